@@ -1,0 +1,114 @@
+//! Block sources: what the writer images, one block at a time.
+
+use crate::error::{ImageError, Result};
+use crate::extents::Extents;
+use crate::image::block_len;
+use crate::index::Entry;
+use crate::io::ReadAt;
+
+/// How the writer treats one block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Not in use: recorded as unallocated, not read.
+    Unallocated,
+    /// Read it, hash it, store it if it changed.
+    Read,
+    /// Already decided (convert keeps inherited and zero entries as they are).
+    Fixed(Entry),
+}
+
+/// Something the image writer can read blocks from.
+pub trait BlockSource: Sync {
+    /// Bytes of the source.
+    fn size(&self) -> u64;
+    /// Block size.
+    fn block_size(&self) -> u32;
+    /// Classify block `n`.
+    fn classify(&self, n: u64) -> Class;
+    /// Read the given blocks (ascending, all classified `Read`) into `buf`, back to back;
+    /// the last block of the source may be short. Bytes the filesystem does not use are zeros.
+    fn read_blocks(&self, blocks: &[u64], buf: &mut Vec<u8>) -> Result<()>;
+}
+
+/// A device or file read directly, limited to its used extents.
+pub struct DeviceBlocks<R> {
+    dev: R,
+    used: Extents,
+    block_size: u32,
+    allocated: Vec<bool>,
+    name: String,
+}
+
+impl<R: ReadAt> DeviceBlocks<R> {
+    /// `used` lists the bytes to image (the whole device for forensic images).
+    pub fn new(dev: R, used: Extents, block_size: u32, name: impl Into<String>) -> Self {
+        let size = dev.size();
+        let bs = u64::from(block_size);
+        let mut allocated = vec![false; size.div_ceil(bs) as usize];
+        for &(s, e) in used.ranges() {
+            let e = e.min(size);
+            if s >= e {
+                continue;
+            }
+            for slot in &mut allocated[(s / bs) as usize..e.div_ceil(bs) as usize] {
+                *slot = true;
+            }
+        }
+        Self { dev, used, block_size, allocated, name: name.into() }
+    }
+
+    /// Bytes of the blocks that will be read.
+    pub fn allocated_bytes(&self) -> u64 {
+        let size = self.dev.size();
+        (0..self.allocated.len() as u64)
+            .filter(|&n| self.allocated[n as usize])
+            .map(|n| block_len(self.block_size, size, n) as u64)
+            .sum()
+    }
+}
+
+impl<R: ReadAt> BlockSource for DeviceBlocks<R> {
+    fn size(&self) -> u64 {
+        self.dev.size()
+    }
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn classify(&self, n: u64) -> Class {
+        if self.allocated.get(n as usize).copied().unwrap_or(false) {
+            Class::Read
+        } else {
+            Class::Unallocated
+        }
+    }
+    fn read_blocks(&self, blocks: &[u64], buf: &mut Vec<u8>) -> Result<()> {
+        let bs = u64::from(self.block_size);
+        let size = self.dev.size();
+        buf.clear();
+        let mut i = 0;
+        // One read per run of consecutive blocks.
+        while i < blocks.len() {
+            let mut j = i + 1;
+            while j < blocks.len() && blocks[j] == blocks[j - 1] + 1 {
+                j += 1;
+            }
+            let start = blocks[i] * bs;
+            let end = ((blocks[j - 1] + 1) * bs).min(size);
+            let at = buf.len();
+            buf.resize(at + (end - start) as usize, 0);
+            self.dev.read_exact_at(&mut buf[at..], start).map_err(|e| {
+                ImageError::io(format!("reading '{}' at offset {start} ({} bytes)", self.name, end - start), e)
+            })?;
+            // Zero what the filesystem does not use, so free space neither costs space nor
+            // shows up as a change.
+            let mut cursor = start;
+            for (s, e) in self.used.overlapping(start, end) {
+                buf[at + (cursor - start) as usize..at + (s - start) as usize].fill(0);
+                cursor = e;
+            }
+            buf[at + (cursor - start) as usize..].fill(0);
+            i = j;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,130 @@
+//! Source planning: which bytes of a device to image, and how to describe it.
+//!
+//! A volume (partition or file holding one) is imaged used-sector when a reader in [`crate::fs`]
+//! recognises its filesystem, forensic otherwise (with a warning). A whole disk is imaged as its
+//! partition table, every gap between partitions and every partition (each used-sector by its
+//! own filesystem), so restoring it gives a working disk.
+
+use crate::disk::{self, TableKind};
+use crate::error::Result;
+use crate::extents::Extents;
+use crate::fs::{self, Detected};
+use crate::header::Method;
+use crate::io::{ReadAt, SliceReadAt};
+use crate::meta::{FsMeta, PartitionMeta, SourceMeta, TableMeta};
+
+/// What to image.
+#[derive(Debug, Clone)]
+pub struct SourcePlan {
+    /// Byte ranges to read.
+    pub used: Extents,
+    /// Used-sector or forensic.
+    pub method: Method,
+    /// Description for the metadata (path, model and serial are filled by the caller).
+    pub source: SourceMeta,
+    /// Warnings for the output and the image metadata.
+    pub warnings: Vec<String>,
+}
+
+fn fs_meta(d: &Detected) -> FsMeta {
+    FsMeta {
+        fs_type: d.info.fs_type.clone(),
+        label: d.info.label.clone(),
+        uuid: d.info.uuid.clone(),
+        used_bytes: d.used.total(),
+    }
+}
+
+/// Plan the imaging of `dev`. `forensic` forces every sector.
+pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result<SourcePlan> {
+    let size = dev.size();
+    let mut warnings = Vec::new();
+    let mut source = SourceMeta { size, sector_size, ..SourceMeta::default() };
+
+    let table = match disk::read_partition_table(dev, sector_size) {
+        Ok(t) => t,
+        Err(e) => {
+            warnings.push(format!("partition table unreadable ({e}); treated as a single volume"));
+            None
+        }
+    };
+    if let Some(table) = table {
+        source.kind = "disk".into();
+        source.partition_table = Some(TableMeta {
+            kind: match table.kind {
+                TableKind::Mbr => "mbr".into(),
+                TableKind::Gpt => "gpt".into(),
+            },
+            disk_id: table.disk_id.clone(),
+        });
+        // Start from everything; partitions with a known filesystem then give back their
+        // free space. Tables and gaps stay fully imaged.
+        let mut used = Extents::full(size);
+        for p in &table.partitions {
+            let len = p.len.min(size.saturating_sub(p.start));
+            let vol = SliceReadAt::new(dev, p.start, len);
+            let detected = if forensic { fs::detect(&vol).ok().flatten() } else {
+                match fs::detect(&vol) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        warnings.push(format!("partition {}: {e}; imaged sector by sector", p.number));
+                        None
+                    }
+                }
+            };
+            let mut method = Method::Forensic;
+            if let Some(d) = &detected {
+                if !forensic {
+                    let mut part_used = d.used.clone();
+                    part_used.truncate(len);
+                    used.remove(p.start, len);
+                    used.add_shifted(&part_used, p.start);
+                    method = Method::UsedSector;
+                }
+            } else if !forensic {
+                warnings.push(format!(
+                    "partition {}: unknown filesystem; imaged sector by sector (forensic)",
+                    p.number
+                ));
+            }
+            source.partitions.push(PartitionMeta {
+                number: p.number,
+                start: p.start,
+                len: p.len,
+                type_id: p.type_id.clone(),
+                uuid: p.uuid.clone(),
+                name: p.name.clone(),
+                filesystem: detected.as_ref().map(fs_meta),
+                method,
+            });
+        }
+        let method = if forensic { Method::Forensic } else { Method::UsedSector };
+        let used = if forensic { Extents::full(size) } else { used };
+        return Ok(SourcePlan { used, method, source, warnings });
+    }
+
+    source.kind = "volume".into();
+    let detected = match fs::detect(dev) {
+        Ok(d) => d,
+        Err(e) => {
+            if !forensic {
+                warnings.push(format!("{e}; imaged sector by sector (forensic)"));
+            }
+            None
+        }
+    };
+    source.filesystem = detected.as_ref().map(fs_meta);
+    match detected {
+        Some(d) if !forensic => {
+            let mut used = d.used;
+            used.truncate(size);
+            Ok(SourcePlan { used, method: Method::UsedSector, source, warnings })
+        }
+        other => {
+            if other.is_none() && !forensic && warnings.is_empty() {
+                warnings.push("unknown filesystem; imaged sector by sector (forensic)".into());
+            }
+            Ok(SourcePlan { used: Extents::full(size), method: Method::Forensic, source, warnings })
+        }
+    }
+}

@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Holdfast: the whole test suite, from a fresh Debian 12 machine.
+#
+#   ./scripts/test.sh
+#
+# 1. installs (only when missing) the Debian packages the tests need,
+# 2. makes sure the rustfmt and clippy components are there,
+# 3. checks that loop devices can be had (the image tests attach loop devices
+#    and mount filesystems, so they need root),
+# 4. runs, failing fast: cargo fmt --check, cargo clippy -D warnings, the tests
+#    (the doc tests then cargo nextest when nextest is installed; plain
+#    cargo test otherwise).
+#
+# Environment:
+#   CARGO_TARGET_DIR  defaults to /var/tmp/holdfast-target, so that repeated
+#                     runs (CI on the same machine) reuse the build.
+#   CI                passed through untouched (CI=true on the CI runner).
+set -euo pipefail
+
+# Debian packages the tests need. One package per line, with what needs it,
+# so that a new kind of test adds one line here.
+PACKAGES=(
+    e2fsprogs   # mkfs.ext4, e2fsck, dumpe2fs, debugfs: ext2/3/4 fixtures of the image tests
+    dosfstools  # mkfs.vfat, fsck.vfat: FAT fixtures of the image tests
+    mtools      # mcopy, mdir: fill FAT fixtures without mounting them
+    fdisk       # sfdisk: partition tables (MBR/GPT) of the whole-disk image tests
+    util-linux  # partx, blkid, wipefs: partition discovery in whole-disk tests
+    mount       # losetup, mount, umount: loop devices for the image and restore tests
+    zstd        # zstd CLI: cross-checking compressed streams, benchmarks
+    partclone   # partclone.*: reference images compared against ours
+    gcc         # C compiler and linker for Rust build scripts and -sys crates
+    libc6-dev   # C runtime files gcc needs to link (not pulled without recommends)
+    pkg-config  # locating system libraries for -sys crates (openssl-sys)
+    libssl-dev  # OpenSSL headers for openssl-sys (TLS to the server)
+)
+
+# Helpers ---------------------------------------------------------------------
+
+banner() {
+    printf '\n==================== %s ====================\n' "$*"
+}
+
+die() {
+    printf 'test.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+
+warn() {
+    printf 'test.sh: WARNING: %s\n' "$*" >&2
+}
+
+is_installed() {
+    # dpkg-query prints the status even for removed packages: check it fully.
+    local status
+    status=$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) || return 1
+    [[ $status == "install ok installed" ]]
+}
+
+run_stage() {
+    # run_stage NAME COMMAND...: run with a banner, fail fast with a clear message.
+    local name=$1
+    shift
+    banner "$name"
+    printf '+ %s\n' "$*"
+    local start=$SECONDS
+    if ! "$@"; then
+        banner "FAILED: $name"
+        die "stage '$name' failed (after $((SECONDS - start)) s): $*"
+    fi
+    printf 'stage %s: ok (%d s)\n' "$name" "$((SECONDS - start))"
+}
+
+# Setup -----------------------------------------------------------------------
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Tools such as mkfs.ext4 and losetup live in sbin, which a non-root PATH lacks.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/holdfast-target}"
+export CI="${CI:-}"
+
+IS_ROOT=0
+if [[ $(id -u) -eq 0 ]]; then
+    IS_ROOT=1
+fi
+
+# 1. Debian packages ----------------------------------------------------------
+
+banner "Debian packages"
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! is_installed "$pkg"; then
+        missing+=("$pkg")
+    fi
+done
+if ((${#missing[@]} == 0)); then
+    echo "all ${#PACKAGES[@]} packages present"
+else
+    echo "missing: ${missing[*]}"
+    if ((IS_ROOT == 0)); then
+        die "packages missing and not running as root; install them with:
+    sudo apt-get update && sudo apt-get install -y --no-install-recommends ${missing[*]}
+or run this script as root."
+    fi
+    apt-get update -qq || die "apt-get update failed"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" \
+        || die "apt-get install ${missing[*]} failed"
+    for pkg in "${missing[@]}"; do
+        is_installed "$pkg" || die "package $pkg still not installed"
+    done
+fi
+
+# 2. Rust components ----------------------------------------------------------
+
+banner "Rust toolchain"
+command -v cargo >/dev/null || die "cargo not found (install the Rust toolchain with rustup)"
+components=()
+cargo fmt --version >/dev/null 2>&1 || components+=(rustfmt)
+cargo clippy --version >/dev/null 2>&1 || components+=(clippy)
+if ((${#components[@]} > 0)); then
+    command -v rustup >/dev/null || die "missing ${components[*]} and rustup is not installed"
+    echo "adding rustup components: ${components[*]}"
+    rustup component add "${components[@]}" || die "rustup component add ${components[*]} failed"
+fi
+cargo --version
+rustc --version
+cargo fmt --version
+cargo clippy --version
+echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
+
+# 3. Loop devices -------------------------------------------------------------
+
+banner "Loop devices"
+if ((IS_ROOT == 0)); then
+    warn "not running as root: the tests that attach loop devices and mount filesystems need root and will fail or be skipped"
+fi
+if [[ ! -e /dev/loop-control ]] && ((IS_ROOT == 1)); then
+    echo "/dev/loop-control missing: loading the loop module"
+    if ! command -v modprobe >/dev/null; then
+        # kmod is not needed on machines where loop already works.
+        if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kmod; }; then
+            warn "could not install kmod (modprobe)"
+        fi
+    fi
+    modprobe loop || warn "modprobe loop failed"
+    if [[ ! -e /dev/loop-control ]]; then
+        # The module may be built in with the node missing (containers): make it.
+        mknod -m 0660 /dev/loop-control c 10 237 || warn "mknod /dev/loop-control failed"
+    fi
+fi
+if [[ -e /dev/loop-control ]]; then
+    echo "/dev/loop-control present"
+else
+    warn "/dev/loop-control does not exist"
+fi
+if loopdev=$(losetup -f 2>/dev/null); then
+    echo "free loop device: $loopdev"
+else
+    if ((IS_ROOT == 1)) && command -v modprobe >/dev/null; then
+        echo "losetup -f failed: trying modprobe loop"
+        modprobe loop || warn "modprobe loop failed"
+    fi
+    if loopdev=$(losetup -f 2>/dev/null); then
+        echo "free loop device after modprobe: $loopdev"
+    else
+        warn "no free loop device (losetup -f fails): the loop-device tests will fail"
+    fi
+fi
+
+# 4. Checks and tests ---------------------------------------------------------
+
+run_stage "cargo fmt" cargo fmt --all --check
+run_stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
+
+if cargo nextest --version >/dev/null 2>&1; then
+    nextest_args=(--workspace)
+    # Recent nextest fails a run that finds no test; do not fail on an empty crate.
+    if cargo nextest run --help 2>/dev/null | grep -q -- '--no-tests'; then
+        nextest_args+=(--no-tests=warn)
+    fi
+    # Doc tests first, so that the run closes on nextest's summary.
+    run_stage "doc tests" cargo test --workspace --doc
+    run_stage "cargo nextest" cargo nextest run "${nextest_args[@]}"
+else
+    run_stage "cargo test" cargo test --workspace
+fi
+
+banner "ALL STAGES PASSED"
