@@ -1,1 +1,34 @@
-fn main() {}
+//! `holdfast-agent`: the Holdfast agent. Today it is the standalone command line for every
+//! image operation (usable on a rescue system with no server); the daemon that talks to the
+//! server comes with the server issue.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+mod cli;
+mod device;
+mod exit;
+mod image_cmd;
+mod output;
+mod secret;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let json = cli.json();
+    match cli.run() {
+        Ok(code) => code,
+        Err(err) => {
+            let code = exit::code_for(&err);
+            if json {
+                output::print_json(&serde_json::json!({
+                    "ok": false,
+                    "error": format!("{err:#}"),
+                    "exit_code": code,
+                }));
+            }
+            eprintln!("holdfast-agent: error: {err:#}");
+            ExitCode::from(code)
+        }
+    }
+}

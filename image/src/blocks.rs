@@ -54,7 +54,13 @@ impl<R: ReadAt> DeviceBlocks<R> {
                 *slot = true;
             }
         }
-        Self { dev, used, block_size, allocated, name: name.into() }
+        Self {
+            dev,
+            used,
+            block_size,
+            allocated,
+            name: name.into(),
+        }
     }
 
     /// Bytes of the blocks that will be read.
@@ -97,7 +103,14 @@ impl<R: ReadAt> BlockSource for DeviceBlocks<R> {
             let at = buf.len();
             buf.resize(at + (end - start) as usize, 0);
             self.dev.read_exact_at(&mut buf[at..], start).map_err(|e| {
-                ImageError::io(format!("reading '{}' at offset {start} ({} bytes)", self.name, end - start), e)
+                ImageError::io(
+                    format!(
+                        "reading '{}' at offset {start} ({} bytes)",
+                        self.name,
+                        end - start
+                    ),
+                    e,
+                )
             })?;
             // Zero what the filesystem does not use, so free space neither costs space nor
             // shows up as a change.

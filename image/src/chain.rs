@@ -45,7 +45,10 @@ impl DirLocator {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = image_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = image_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         (Self { dir }, name)
     }
 }
@@ -53,7 +56,9 @@ impl DirLocator {
 impl Locator for DirLocator {
     fn open(&self, name: &str) -> Result<Arc<dyn PartStore>> {
         if name.contains('/') || name == ".." {
-            return Err(ImageError::Invalid(format!("image name '{name}' must be a plain file name")));
+            return Err(ImageError::Invalid(format!(
+                "image name '{name}' must be a plain file name"
+            )));
         }
         Ok(Arc::new(FileParts::new(self.dir.join(name))))
     }
@@ -63,8 +68,13 @@ impl Locator for DirLocator {
         let mut out = Vec::new();
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let is_part = name.rsplit_once('.').is_some_and(|(_, n)| n.len() >= 3 && n.bytes().all(|b| b.is_ascii_digit()));
-            if !is_part && !name.ends_with(".partial") && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let is_part = name
+                .rsplit_once('.')
+                .is_some_and(|(_, n)| n.len() >= 3 && n.bytes().all(|b| b.is_ascii_digit()));
+            if !is_part
+                && !name.ends_with(".partial")
+                && entry.file_type().is_ok_and(|t| t.is_file())
+            {
                 out.push(name);
             }
         }
@@ -77,7 +87,9 @@ impl Locator for DirLocator {
 pub fn read_header(store: &dyn PartStore) -> Result<Header> {
     let name = store.display_name();
     let mut b = vec![0u8; HEADER_LEN];
-    store.read_part_at(1, &mut b, 0).map_err(|e| ImageError::io(format!("reading '{name}'"), e))?;
+    store
+        .read_part_at(1, &mut b, 0)
+        .map_err(|e| ImageError::io(format!("reading '{name}'"), e))?;
     Header::decode(&name, &b)
 }
 
@@ -108,7 +120,9 @@ pub struct Chain {
 impl Chain {
     /// Only one image (convert works on one image of a chain).
     pub fn single(image: Image) -> Self {
-        Self { images: vec![image] }
+        Self {
+            images: vec![image],
+        }
     }
 
     /// Open `name` and every ancestor, unlocking each with `password`.
@@ -118,12 +132,17 @@ impl Chain {
         let mut images = vec![first];
         let mut seen = HashSet::new();
         loop {
-            let child = images.last().ok_or_else(|| ImageError::Invalid("empty chain".into()))?;
+            let child = images
+                .last()
+                .ok_or_else(|| ImageError::Invalid("empty chain".into()))?;
             if child.header.parent_id.is_nil() {
                 break;
             }
             if !seen.insert(child.header.image_id) || images.len() > 100_000 {
-                return Err(ImageError::ChainBroken { name: name.to_owned(), detail: "the chain loops".into() });
+                return Err(ImageError::ChainBroken {
+                    name: name.to_owned(),
+                    detail: "the chain loops".into(),
+                });
             }
             let mut parent = find_parent(locator, child)?;
             parent.unlock(password)?;
@@ -141,7 +160,11 @@ impl Chain {
     /// The block hasher of the chain.
     pub fn hasher(&self) -> Result<BlockHasher> {
         let p = self.point();
-        p.keys().map(|k| k.block_hasher()).ok_or_else(|| ImageError::PasswordRequired { name: p.name().to_owned() })
+        p.keys()
+            .map(|k| k.block_hasher())
+            .ok_or_else(|| ImageError::PasswordRequired {
+                name: p.name().to_owned(),
+            })
     }
 
     /// Where each block of the point lives.
@@ -158,16 +181,30 @@ impl Chain {
         Ok(match e.state {
             BlockState::Unallocated => Located::Unallocated,
             BlockState::Zero => Located::Zero,
-            BlockState::Data => Located::Data { image: 0, frame: e.frame, slot: e.slot },
+            BlockState::Data => Located::Data {
+                image: 0,
+                frame: e.frame,
+                slot: e.slot,
+            },
             BlockState::Inherited => {
                 for (i, img) in self.images.iter().enumerate().skip(1) {
                     let a = &img.index.entries[b as usize];
-                    let broken = |detail: String| ImageError::ChainBroken { name: self.point().name().to_owned(), detail };
+                    let broken = |detail: String| ImageError::ChainBroken {
+                        name: self.point().name().to_owned(),
+                        detail,
+                    };
                     if !a.state.has_content() || a.hash != e.hash {
-                        return Err(broken(format!("block {b} is inherited but '{}' holds different content", img.name())));
+                        return Err(broken(format!(
+                            "block {b} is inherited but '{}' holds different content",
+                            img.name()
+                        )));
                     }
                     if a.state == BlockState::Data {
-                        return Ok(Located::Data { image: i, frame: a.frame, slot: a.slot });
+                        return Ok(Located::Data {
+                            image: i,
+                            frame: a.frame,
+                            slot: a.slot,
+                        });
                     }
                 }
                 return Err(ImageError::ChainBroken {
@@ -189,7 +226,9 @@ fn find_parent(locator: &dyn Locator, child: &Image) -> Result<Image> {
         }
     }
     for cand in locator.candidates()? {
-        let Ok(store) = locator.open(&cand) else { continue };
+        let Ok(store) = locator.open(&cand) else {
+            continue;
+        };
         if read_header(store.as_ref()).is_ok_and(|h| h.image_id == want) {
             return Image::open(store);
         }
@@ -198,22 +237,41 @@ fn find_parent(locator: &dyn Locator, child: &Image) -> Result<Image> {
         name: child.name().to_owned(),
         detail: format!(
             "its base image {want}{} was not found next to it",
-            child.meta.parent_name.as_ref().map(|n| format!(" ('{n}')")).unwrap_or_default()
+            child
+                .meta
+                .parent_name
+                .as_ref()
+                .map(|n| format!(" ('{n}')"))
+                .unwrap_or_default()
         ),
     })
 }
 
 fn check_link(child: &Image, parent: &Image) -> Result<()> {
-    let broken = |detail: String| ImageError::ChainBroken { name: child.name().to_owned(), detail };
+    let broken = |detail: String| ImageError::ChainBroken {
+        name: child.name().to_owned(),
+        detail,
+    };
     if parent.trailer.content_digest != child.header.parent_digest {
-        return Err(broken(format!("base image '{}' has changed since this image was made", parent.name())));
+        return Err(broken(format!(
+            "base image '{}' has changed since this image was made",
+            parent.name()
+        )));
     }
-    if parent.header.block_size != child.header.block_size || parent.header.source_size != child.header.source_size {
-        return Err(broken(format!("base image '{}' has another block size or source size", parent.name())));
+    if parent.header.block_size != child.header.block_size
+        || parent.header.source_size != child.header.source_size
+    {
+        return Err(broken(format!(
+            "base image '{}' has another block size or source size",
+            parent.name()
+        )));
     }
     if let (Some(a), Some(b)) = (parent.keys(), child.keys()) {
         if a.chain_key() != b.chain_key() {
-            return Err(broken(format!("base image '{}' belongs to another chain", parent.name())));
+            return Err(broken(format!(
+                "base image '{}' belongs to another chain",
+                parent.name()
+            )));
         }
     }
     Ok(())
@@ -254,7 +312,11 @@ impl<'a> ChainBlocks<'a> {
                 .entries
                 .iter()
                 .map(|e| match e.state {
-                    BlockState::Data => Located::Data { image: 0, frame: e.frame, slot: e.slot },
+                    BlockState::Data => Located::Data {
+                        image: 0,
+                        frame: e.frame,
+                        slot: e.slot,
+                    },
                     BlockState::Zero => Located::Zero,
                     _ => Located::Unallocated,
                 })
@@ -262,7 +324,12 @@ impl<'a> ChainBlocks<'a> {
         } else {
             chain.locate_all()?
         };
-        Ok(Self { chain, located, own_only, hasher: chain.hasher()? })
+        Ok(Self {
+            chain,
+            located,
+            own_only,
+            hasher: chain.hasher()?,
+        })
     }
 }
 
@@ -276,7 +343,11 @@ impl BlockSource for ChainBlocks<'_> {
     fn classify(&self, n: u64) -> Class {
         let e = self.chain.point().index.entries[n as usize];
         if self.own_only && e.state != BlockState::Data {
-            return if e.state == BlockState::Unallocated { Class::Unallocated } else { Class::Fixed(e) };
+            return if e.state == BlockState::Unallocated {
+                Class::Unallocated
+            } else {
+                Class::Fixed(e)
+            };
         }
         match self.located[n as usize] {
             Located::Unallocated => Class::Unallocated,
@@ -301,22 +372,34 @@ impl BlockSource for ChainBlocks<'_> {
         }
         buf.clear();
         buf.resize(at, 0);
-        let mut dec = zstd::bulk::Decompressor::new().map_err(|e| ImageError::io("starting the decompressor", e))?;
+        let mut dec = zstd::bulk::Decompressor::new()
+            .map_err(|e| ImageError::io("starting the decompressor", e))?;
         for ((image, frame), wanted) in frames {
             let img = &self.chain.images[image];
             let rec = img.read_record(frame)?;
             let want_blocks: Vec<u64> = wanted.iter().map(|&(_, i)| blocks[i]).collect();
-            let (h, raw) = img.decode_record(frame, &rec, &mut dec).map_err(|f| frame_damage(img, &want_blocks, &f))?;
+            let (h, raw) = img
+                .decode_record(frame, &rec, &mut dec)
+                .map_err(|f| frame_damage(img, &want_blocks, &f))?;
             let slots = slot_offsets(bs, size, &h.blocks);
             for (slot, i) in wanted {
                 let n = blocks[i];
-                let (off, len) = *slots.get(usize::from(slot)).ok_or_else(|| ImageError::corrupt(img.name(), "slot out of range"))?;
+                let (off, len) = *slots
+                    .get(usize::from(slot))
+                    .ok_or_else(|| ImageError::corrupt(img.name(), "slot out of range"))?;
                 if h.blocks[usize::from(slot)] != n || off + len > raw.len() {
-                    return Err(ImageError::corrupt(img.name(), format!("frame does not hold block {n} where the index says")));
+                    return Err(ImageError::corrupt(
+                        img.name(),
+                        format!("frame does not hold block {n} where the index says"),
+                    ));
                 }
                 let data = &raw[off..off + len];
                 if self.hasher.hash(n, data) != point.index.entries[n as usize].hash {
-                    return Err(frame_damage(img, &[n], &FrameFault::Damaged("block hash mismatch".into())));
+                    return Err(frame_damage(
+                        img,
+                        &[n],
+                        &FrameFault::Damaged("block hash mismatch".into()),
+                    ));
                 }
                 buf[out_at[i]..out_at[i] + len].copy_from_slice(data);
             }

@@ -23,7 +23,10 @@ pub fn merge(
     let mut meta = point.meta.clone();
     meta.parent_name = None;
     meta.kind = Kind::Full;
-    let note = format!("merged from chain {} up to image {}", point.header.chain_id, point.header.image_id);
+    let note = format!(
+        "merged from chain {} up to image {}",
+        point.header.chain_id, point.header.image_id
+    );
     meta.warnings.retain(|w| !w.starts_with("merged from"));
     meta.warnings.push(note);
     write_image(&blocks, &ident, &meta, None, opts, sink, progress, cancel)
@@ -42,7 +45,11 @@ pub fn convert(
 ) -> Result<WriteSummary> {
     let point = chain.point();
     let blocks = ChainBlocks::new(chain, true)?;
-    let keys = point.keys().ok_or_else(|| crate::ImageError::PasswordRequired { name: point.name().to_owned() })?;
+    let keys = point
+        .keys()
+        .ok_or_else(|| crate::ImageError::PasswordRequired {
+            name: point.name().to_owned(),
+        })?;
     let ident = Identity {
         image_id: point.header.image_id,
         chain_id: point.header.chain_id,
@@ -53,5 +60,14 @@ pub fn convert(
         keys: Keys::with_chain_key(keys.chain_key(), cipher),
         created: point.header.created,
     };
-    write_image(&blocks, &ident, &point.meta, None, opts, sink, progress, cancel)
+    write_image(
+        &blocks,
+        &ident,
+        &point.meta,
+        None,
+        opts,
+        sink,
+        progress,
+        cancel,
+    )
 }

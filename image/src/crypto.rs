@@ -116,7 +116,12 @@ const MAX_P_COST: u32 = 64;
 impl KdfParams {
     /// Default parameters (64 MiB, 3 passes, 1 lane) with a fresh salt.
     pub fn generate() -> Self {
-        Self { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 1, salt: random_array() }
+        Self {
+            m_cost_kib: 64 * 1024,
+            t_cost: 3,
+            p_cost: 1,
+            salt: random_array(),
+        }
     }
 
     /// True when the parameters are within what a reader accepts.
@@ -127,10 +132,14 @@ impl KdfParams {
     }
 
     fn derive(&self, password: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
-        let params = argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32)).ok()?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let params =
+            argon2::Params::new(self.m_cost_kib, self.t_cost, self.p_cost, Some(32)).ok()?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut out = Zeroizing::new([0u8; 32]);
-        argon.hash_password_into(password, &self.salt, out.as_mut()).ok()?;
+        argon
+            .hash_password_into(password, &self.salt, out.as_mut())
+            .ok()?;
         Some(out)
     }
 }
@@ -153,7 +162,9 @@ pub struct Keys {
 
 impl std::fmt::Debug for Keys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys").field("cipher", &self.cipher).finish_non_exhaustive()
+        f.debug_struct("Keys")
+            .field("cipher", &self.cipher)
+            .finish_non_exhaustive()
     }
 }
 
@@ -166,12 +177,20 @@ impl Keys {
     /// Fresh image keys that continue the chain whose chain key is `chain_key`.
     pub fn with_chain_key(chain_key: [u8; 32], cipher: Cipher) -> Self {
         let image_key = (cipher != Cipher::None).then(|| Zeroizing::new(random_array()));
-        Self { chain_key: Zeroizing::new(chain_key), image_key, cipher }
+        Self {
+            chain_key: Zeroizing::new(chain_key),
+            image_key,
+            cipher,
+        }
     }
 
     /// Keys of an unencrypted image (chain key stored in clear).
     pub fn plain(chain_key: [u8; 32]) -> Self {
-        Self { chain_key: Zeroizing::new(chain_key), image_key: None, cipher: Cipher::None }
+        Self {
+            chain_key: Zeroizing::new(chain_key),
+            image_key: None,
+            cipher: Cipher::None,
+        }
     }
 
     /// The chain key (to start an incremental of this chain).
@@ -186,12 +205,16 @@ impl Keys {
 
     /// A hasher factory for block hashes of this chain.
     pub fn block_hasher(&self) -> BlockHasher {
-        BlockHasher { key: blake3::derive_key(KDF_CONTEXT_HASH, self.chain_key.as_ref()) }
+        BlockHasher {
+            key: blake3::derive_key(KDF_CONTEXT_HASH, self.chain_key.as_ref()),
+        }
     }
 
     /// MAC key over header, metadata and index (encrypted images only).
     pub fn mac_key(&self) -> Option<[u8; 32]> {
-        self.image_key.as_ref().map(|k| blake3::derive_key(KDF_CONTEXT_MAC, k.as_ref()))
+        self.image_key
+            .as_ref()
+            .map(|k| blake3::derive_key(KDF_CONTEXT_MAC, k.as_ref()))
     }
 
     /// The frame cipher, or `None` for unencrypted images.
@@ -209,7 +232,12 @@ impl Keys {
     }
 
     /// Wrap both keys under the password. `aad` binds the blob to the header it sits in.
-    pub fn wrap(&self, password: &[u8], params: &KdfParams, aad: &[u8]) -> Option<([u8; 12], [u8; WRAPPED_LEN])> {
+    pub fn wrap(
+        &self,
+        password: &[u8],
+        params: &KdfParams,
+        aad: &[u8],
+    ) -> Option<([u8; 12], [u8; WRAPPED_LEN])> {
         let image_key = self.image_key.as_ref()?;
         let kek = params.derive(password)?;
         let cipher = Aes256Gcm::new_from_slice(kek.as_ref()).ok()?;
@@ -217,7 +245,9 @@ impl Keys {
         let mut buf = Zeroizing::new(Vec::with_capacity(WRAPPED_LEN));
         buf.extend_from_slice(self.chain_key.as_ref());
         buf.extend_from_slice(image_key.as_ref());
-        cipher.encrypt_in_place(Nonce::from_slice(&nonce), aad, &mut *buf).ok()?;
+        cipher
+            .encrypt_in_place(Nonce::from_slice(&nonce), aad, &mut *buf)
+            .ok()?;
         let mut out = [0u8; WRAPPED_LEN];
         out.copy_from_slice(&buf);
         Some((nonce, out))
@@ -238,12 +268,17 @@ impl Keys {
         let kek = params.derive(password)?;
         let aead = Aes256Gcm::new_from_slice(kek.as_ref()).ok()?;
         let mut buf = Zeroizing::new(blob.to_vec());
-        aead.decrypt_in_place(Nonce::from_slice(nonce), aad, &mut *buf).ok()?;
+        aead.decrypt_in_place(Nonce::from_slice(nonce), aad, &mut *buf)
+            .ok()?;
         let mut chain_key = [0u8; 32];
         let mut image_key = Zeroizing::new([0u8; 32]);
         chain_key.copy_from_slice(&buf[..32]);
         image_key.copy_from_slice(&buf[32..64]);
-        Some(Self { chain_key: Zeroizing::new(chain_key), image_key: Some(image_key), cipher })
+        Some(Self {
+            chain_key: Zeroizing::new(chain_key),
+            image_key: Some(image_key),
+            cipher,
+        })
     }
 }
 
@@ -314,7 +349,12 @@ mod tests {
     use super::*;
 
     fn fast_params() -> KdfParams {
-        KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1, salt: [7; 16] }
+        KdfParams {
+            m_cost_kib: 64,
+            t_cost: 1,
+            p_cost: 1,
+            salt: [7; 16],
+        }
     }
 
     #[test]
@@ -322,7 +362,8 @@ mod tests {
         let keys = Keys::new_chain(Cipher::Aes256);
         let p = fast_params();
         let (nonce, blob) = keys.wrap(b"secret", &p, b"hdr").expect("wrap");
-        let back = Keys::unwrap(&blob, &nonce, b"secret", &p, b"hdr", Cipher::Aes256).expect("unwrap");
+        let back =
+            Keys::unwrap(&blob, &nonce, b"secret", &p, b"hdr", Cipher::Aes256).expect("unwrap");
         assert_eq!(back.chain_key(), keys.chain_key());
         assert!(Keys::unwrap(&blob, &nonce, b"Secret", &p, b"hdr", Cipher::Aes256).is_none());
         assert!(Keys::unwrap(&blob, &nonce, b"secret", &p, b"hdX", Cipher::Aes256).is_none());
@@ -339,7 +380,10 @@ mod tests {
             assert!(fc.open(5, b"aad", &mut buf));
             assert_eq!(buf, b"hello blocks");
             let mut b2 = sealed.clone();
-            assert!(!fc.open(6, b"aad", &mut b2), "another position must not open");
+            assert!(
+                !fc.open(6, b"aad", &mut b2),
+                "another position must not open"
+            );
             let mut b3 = sealed;
             assert!(!fc.open(5, b"aaX", &mut b3));
         }

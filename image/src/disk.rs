@@ -66,7 +66,9 @@ pub enum DiskError {
 }
 
 fn corrupt(detail: impl Into<String>) -> DiskError {
-    DiskError::Corrupt { detail: detail.into() }
+    DiskError::Corrupt {
+        detail: detail.into(),
+    }
 }
 
 /// MBR partition types that hold an EBR chain of logical partitions.
@@ -195,11 +197,16 @@ fn read_mbr(
     let disk_sectors = disk.size() / ss;
     // Anything not shaped like a partition table means "no table": imaging the whole
     // disk is the safe answer to an unknown layout.
-    let used: Vec<(usize, &MbrEntry)> =
-        entries.iter().enumerate().filter(|(_, e)| !e.is_empty()).collect();
+    let used: Vec<(usize, &MbrEntry)> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !e.is_empty())
+        .collect();
     let sane = !used.is_empty()
         && entries.iter().all(|e| e.status == 0 || e.status == 0x80)
-        && used.iter().all(|(_, e)| e.start >= 1 && e.start + e.sectors <= disk_sectors)
+        && used
+            .iter()
+            .all(|(_, e)| e.start >= 1 && e.start + e.sectors <= disk_sectors)
         && used.iter().enumerate().all(|(i, (_, a))| {
             used[i + 1..]
                 .iter()
@@ -254,7 +261,9 @@ fn read_logicals(
     for _ in 0..MAX_LOGICALS {
         let sector = read_sector(disk, ebr, ss)?;
         if sector[510..512] != [0x55, 0xAA] {
-            return Err(corrupt(format!("the extended boot record at sector {ebr} has no signature")));
+            return Err(corrupt(format!(
+                "the extended boot record at sector {ebr} has no signature"
+            )));
         }
         let entries = mbr_entries(&sector);
         for e in entries.iter().filter(|e| !e.is_empty() && !e.is_extended()) {
@@ -272,11 +281,15 @@ fn read_logicals(
         let next_ebr = ext.start + next.start;
         // Each link must move forward inside the container; this also rules out loops.
         if next_ebr <= ebr || next_ebr >= ext_end {
-            return Err(corrupt(format!("the extended boot record chain breaks at sector {ebr}")));
+            return Err(corrupt(format!(
+                "the extended boot record chain breaks at sector {ebr}"
+            )));
         }
         ebr = next_ebr;
     }
-    Err(corrupt(format!("more than {MAX_LOGICALS} logical partitions")))
+    Err(corrupt(format!(
+        "more than {MAX_LOGICALS} logical partitions"
+    )))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -305,7 +318,10 @@ fn read_gpt(disk: &dyn ReadAt, ss: u64) -> Result<PartitionTable, DiskError> {
         })?,
     };
     let mut partitions = Vec::new();
-    for (index, e) in entries.chunks_exact(usize::try_from(header.entry_size).unwrap_or(128)).enumerate() {
+    for (index, e) in entries
+        .chunks_exact(usize::try_from(header.entry_size).unwrap_or(128))
+        .enumerate()
+    {
         let type_guid: [u8; 16] = guid_bytes(&e[0..16]);
         if type_guid == [0; 16] {
             continue;
@@ -359,7 +375,10 @@ fn read_gpt_copy(disk: &dyn ReadAt, ss: u64, lba: u64) -> Result<(GptHeader, Vec
         return Err(corrupt(format!("GPT header CRC mismatch at sector {lba}")));
     }
     if le64(&hdr, 24) != lba {
-        return Err(corrupt(format!("the GPT header at sector {lba} names itself {}", le64(&hdr, 24))));
+        return Err(corrupt(format!(
+            "the GPT header at sector {lba} names itself {}",
+            le64(&hdr, 24)
+        )));
     }
     let header = GptHeader {
         disk_guid: guid_bytes(&hdr[56..72]),
@@ -378,12 +397,17 @@ fn read_gpt_copy(disk: &dyn ReadAt, ss: u64, lba: u64) -> Result<(GptHeader, Vec
     }
     let array_end = header.entries_lba.saturating_add(array_bytes.div_ceil(ss));
     if header.entries_lba < 2 || array_end > disk_sectors {
-        return Err(corrupt(format!("GPT entry array at sector {} lies outside the disk", header.entries_lba)));
+        return Err(corrupt(format!(
+            "GPT entry array at sector {} lies outside the disk",
+            header.entries_lba
+        )));
     }
     let mut entries = vec![0u8; usize::try_from(array_bytes).unwrap_or(0)];
     read_at(disk, &mut entries, header.entries_lba * ss)?;
     if crc32(&entries) != header.entries_crc {
-        return Err(corrupt(format!("GPT entry array CRC mismatch (header at sector {lba})")));
+        return Err(corrupt(format!(
+            "GPT entry array CRC mismatch (header at sector {lba})"
+        )));
     }
     Ok((header, entries))
 }
@@ -411,7 +435,11 @@ fn crc32(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             table[i] = c;
@@ -419,7 +447,9 @@ fn crc32(data: &[u8]) -> u32 {
         }
         table
     };
-    !data.iter().fold(!0u32, |c, &b| TABLE[usize::from((c as u8) ^ b)] ^ (c >> 8))
+    !data
+        .iter()
+        .fold(!0u32, |c, &b| TABLE[usize::from((c as u8) ^ b)] ^ (c >> 8))
 }
 
 #[cfg(test)]
@@ -439,7 +469,10 @@ mod tests {
         let sfdisk = tool("sfdisk")?;
         let dir = tempfile::tempdir().expect("tempdir");
         let disk = dir.path().join("disk.img");
-        std::fs::File::create(&disk).expect("create").set_len(DISK_SIZE).expect("size");
+        std::fs::File::create(&disk)
+            .expect("create")
+            .set_len(DISK_SIZE)
+            .expect("size");
         let mut child = Command::new(sfdisk)
             .arg("-q")
             .arg(&disk)
@@ -449,15 +482,21 @@ mod tests {
             .expect("spawn sfdisk");
         std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), script.as_bytes())
             .expect("script");
-        assert!(child.wait().expect("wait").success(), "sfdisk failed on {script}");
+        assert!(
+            child.wait().expect("wait").success(),
+            "sfdisk failed on {script}"
+        );
         Some((dir, disk))
     }
 
-    /// What `sfdisk --json` says: (number, start, size in bytes, type, uuid, name) per
-    /// data partition, and the disk id.
-    #[allow(clippy::type_complexity)]
-    fn sfdisk_view(disk: &Path) -> (String, Vec<(u32, u64, u64, String, Option<String>, Option<String>)>) {
-        let out = run(Command::new(tool("sfdisk").expect("sfdisk")).arg("--json").arg(disk));
+    /// One partition as compared: (number, start, length, type, uuid, name).
+    type Row = (u32, u64, u64, String, Option<String>, Option<String>);
+
+    /// What `sfdisk --json` says: the disk id and each data partition, in bytes.
+    fn sfdisk_view(disk: &Path) -> (String, Vec<Row>) {
+        let out = run(Command::new(tool("sfdisk").expect("sfdisk"))
+            .arg("--json")
+            .arg(disk));
         let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
         let table = &json["partitiontable"];
         let ss = table["sectorsize"].as_u64().unwrap_or(512);
@@ -473,17 +512,37 @@ mod tests {
             let number: u32 = node[digits..].parse().expect("number");
             let start = p["start"].as_u64().expect("start") * ss;
             let size = p["size"].as_u64().expect("size") * ss;
-            let kind = if table["label"] == "dos" { format!("0x{:0>2}", kind) } else { kind };
-            parts.push((number, start, size, kind, text(&p["uuid"]), p["name"].as_str().map(String::from)));
+            let kind = if table["label"] == "dos" {
+                format!("0x{:0>2}", kind)
+            } else {
+                kind
+            };
+            parts.push((
+                number,
+                start,
+                size,
+                kind,
+                text(&p["uuid"]),
+                p["name"].as_str().map(String::from),
+            ));
         }
         (text(&table["id"]).expect("id"), parts)
     }
 
-    fn our_view(table: &PartitionTable) -> (String, Vec<(u32, u64, u64, String, Option<String>, Option<String>)>) {
+    fn our_view(table: &PartitionTable) -> (String, Vec<Row>) {
         let parts = table
             .partitions
             .iter()
-            .map(|p| (p.number, p.start, p.len, p.type_id.clone(), p.uuid.clone(), p.name.clone()))
+            .map(|p| {
+                (
+                    p.number,
+                    p.start,
+                    p.len,
+                    p.type_id.clone(),
+                    p.uuid.clone(),
+                    p.name.clone(),
+                )
+            })
             .collect();
         (table.disk_id.clone(), parts)
     }
@@ -505,7 +564,9 @@ mod tests {
 
     #[test]
     fn gpt_matches_sfdisk() {
-        let Some((_dir, disk)) = partitioned(GPT_SCRIPT) else { return };
+        let Some((_dir, disk)) = partitioned(GPT_SCRIPT) else {
+            return;
+        };
         let table = read(&disk).expect("read").expect("table");
         assert_eq!(table.kind, TableKind::Gpt);
         assert_eq!(table.sector_size, 512);
@@ -516,13 +577,18 @@ mod tests {
     }
 
     fn scribble(disk: &Path, offset: u64, bytes: &[u8]) {
-        let file = std::fs::OpenOptions::new().write(true).open(disk).expect("open");
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(disk)
+            .expect("open");
         file.write_all_at(bytes, offset).expect("write");
     }
 
     #[test]
     fn gpt_backup_replaces_a_damaged_primary() {
-        let Some((_dir, disk)) = partitioned(GPT_SCRIPT) else { return };
+        let Some((_dir, disk)) = partitioned(GPT_SCRIPT) else {
+            return;
+        };
         let good = read(&disk).expect("read").expect("table");
         // Protective MBR, primary header and primary entry array.
         let mut head = vec![0u8; 34 * 512];
@@ -553,7 +619,9 @@ mod tests {
     fn mbr_with_logicals_matches_sfdisk() {
         let script = "label: dos\nlabel-id: 0x1234abcd\n\
             size=10MiB, type=83\ntype=5\nsize=10MiB, type=83\nsize=12MiB, type=c\n";
-        let Some((_dir, disk)) = partitioned(script) else { return };
+        let Some((_dir, disk)) = partitioned(script) else {
+            return;
+        };
         let table = read(&disk).expect("read").expect("table");
         assert_eq!(table.kind, TableKind::Mbr);
         assert_eq!(table.disk_id, "0x1234abcd");
@@ -565,8 +633,12 @@ mod tests {
 
     #[test]
     fn filesystem_in_a_partition_is_detected() {
-        let Some((dir, disk)) = partitioned(GPT_SCRIPT) else { return };
-        let Some(mkfs) = tool("mkfs.ext4") else { return };
+        let Some((dir, disk)) = partitioned(GPT_SCRIPT) else {
+            return;
+        };
+        let Some(mkfs) = tool("mkfs.ext4") else {
+            return;
+        };
         let table = read(&disk).expect("read").expect("table");
         let p = &table.partitions[0];
         run(Command::new(mkfs)
@@ -587,7 +659,10 @@ mod tests {
     fn bare_filesystems_and_noise_have_no_table() {
         let zeros = vec![0u8; 1 << 20];
         assert_eq!(read_partition_table(&zeros, 512).expect("zeros"), None);
-        assert_eq!(read_partition_table(&vec![0u8; 100], 512).expect("tiny"), None);
+        assert_eq!(
+            read_partition_table(&vec![0u8; 100], 512).expect("tiny"),
+            None
+        );
         // Signed noise: entries that overlap or leave the disk are not a table.
         for seed in 1..30 {
             let mut noise = pseudo_random(1 << 20, seed);
@@ -598,10 +673,17 @@ mod tests {
         }
 
         let dir = tempfile::tempdir().expect("tempdir");
-        for (mkfs, args) in [("mkfs.fat", &["-F", "16"][..]), ("mkfs.fat", &["-F", "32"]), ("mkfs.ext4", &["-q", "-F"])] {
+        for (mkfs, args) in [
+            ("mkfs.fat", &["-F", "16"][..]),
+            ("mkfs.fat", &["-F", "32"]),
+            ("mkfs.ext4", &["-q", "-F"]),
+        ] {
             let Some(mkfs) = tool(mkfs) else { return };
             let image = dir.path().join("bare.img");
-            std::fs::File::create(&image).expect("create").set_len(DISK_SIZE).expect("size");
+            std::fs::File::create(&image)
+                .expect("create")
+                .set_len(DISK_SIZE)
+                .expect("size");
             run(Command::new(mkfs).args(args).arg(&image));
             assert_eq!(read(&image).expect("read"), None, "{args:?}");
         }
@@ -630,7 +712,9 @@ mod tests {
     #[test]
     fn ebr_chains_that_loop_or_stray_are_corrupt() {
         let ok = mbr_with_extended(|_| {});
-        let table = read_partition_table(&ok, 512).expect("read").expect("table");
+        let table = read_partition_table(&ok, 512)
+            .expect("read")
+            .expect("table");
         assert_eq!(table.partitions.len(), 2);
         assert_eq!(table.partitions[1].start, (4096 + 1) * 512);
 
@@ -639,14 +723,25 @@ mod tests {
             ebr[462 + 4] = 0x05;
             ebr[462 + 12..462 + 16].copy_from_slice(&100u32.to_le_bytes());
         });
-        assert!(matches!(read_partition_table(&looped, 512), Err(DiskError::Corrupt { .. })));
+        assert!(matches!(
+            read_partition_table(&looped, 512),
+            Err(DiskError::Corrupt { .. })
+        ));
 
         // A logical partition leaving its container.
-        let stray = mbr_with_extended(|ebr| ebr[446 + 12..446 + 16].copy_from_slice(&9000u32.to_le_bytes()));
-        assert!(matches!(read_partition_table(&stray, 512), Err(DiskError::Corrupt { .. })));
+        let stray = mbr_with_extended(|ebr| {
+            ebr[446 + 12..446 + 16].copy_from_slice(&9000u32.to_le_bytes())
+        });
+        assert!(matches!(
+            read_partition_table(&stray, 512),
+            Err(DiskError::Corrupt { .. })
+        ));
 
         // A missing EBR signature.
         let unsigned = mbr_with_extended(|ebr| ebr[510] = 0);
-        assert!(matches!(read_partition_table(&unsigned, 512), Err(DiskError::Corrupt { .. })));
+        assert!(matches!(
+            read_partition_table(&unsigned, 512),
+            Err(DiskError::Corrupt { .. })
+        ));
     }
 }

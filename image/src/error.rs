@@ -122,12 +122,18 @@ pub enum ImageError {
 impl ImageError {
     /// Wrap an I/O error with what we were doing.
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// Structural damage in `name`.
     pub fn corrupt(name: &str, detail: impl Into<String>) -> Self {
-        Self::Corrupt { name: name.to_owned(), detail: detail.into() }
+        Self::Corrupt {
+            name: name.to_owned(),
+            detail: detail.into(),
+        }
     }
 }
 

@@ -52,7 +52,8 @@ impl FrameHeader {
     fn encode(&self) -> Vec<u8> {
         let mut b = vec![0u8; self.len()];
         b[0..4].copy_from_slice(&FRAME_MAGIC);
-        b[4] = if self.compressed { FLAG_ZSTD } else { 0 } | if self.encrypted { FLAG_AEAD } else { 0 };
+        b[4] = if self.compressed { FLAG_ZSTD } else { 0 }
+            | if self.encrypted { FLAG_AEAD } else { 0 };
         let count = u16::try_from(self.blocks.len()).unwrap_or(u16::MAX);
         b[6..8].copy_from_slice(&count.to_le_bytes());
         b[8..16].copy_from_slice(&self.frame_id.to_le_bytes());
@@ -92,7 +93,9 @@ impl FrameHeader {
             stored_len: u32_at(rec, 16),
             raw_len: u32_at(rec, 20),
             payload_crc: u32_at(rec, 24),
-            blocks: (0..count).map(|i| u64_at(rec, FRAME_FIXED_LEN + 8 * i)).collect(),
+            blocks: (0..count)
+                .map(|i| u64_at(rec, FRAME_FIXED_LEN + 8 * i))
+                .collect(),
         };
         if h.raw_len as usize > MAX_FRAME_RAW {
             return Err(format!("frame plaintext length {} is too large", h.raw_len));
@@ -156,8 +159,15 @@ pub struct FrameEncoder {
 impl FrameEncoder {
     /// `level` 0 disables compression.
     pub fn new(level: i32) -> std::io::Result<Self> {
-        let compressor = if level == 0 { None } else { Some(zstd::bulk::Compressor::new(level)?) };
-        Ok(Self { compressor, scratch: Vec::new() })
+        let compressor = if level == 0 {
+            None
+        } else {
+            Some(zstd::bulk::Compressor::new(level)?)
+        };
+        Ok(Self {
+            compressor,
+            scratch: Vec::new(),
+        })
     }
 
     /// Build a complete frame record from `raw` (the blocks' plaintext, in `blocks` order).
@@ -174,7 +184,8 @@ impl FrameEncoder {
         if let Some(c) = self.compressor.as_mut() {
             if sampled_entropy(raw) < INCOMPRESSIBLE_BITS {
                 self.scratch.clear();
-                self.scratch.reserve(zstd::zstd_safe::compress_bound(raw.len()));
+                self.scratch
+                    .reserve(zstd::zstd_safe::compress_bound(raw.len()));
                 c.compress_to_buffer(raw, &mut self.scratch)?;
                 // Only keep the compressed form when it saves at least 1/64.
                 if self.scratch.len() < raw.len() - raw.len() / 64 {
@@ -225,7 +236,9 @@ impl std::fmt::Display for FrameFault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FrameFault::Damaged(d) => f.write_str(d),
-            FrameFault::Unauthentic => f.write_str("frame failed authentication (AES-GCM tag mismatch)"),
+            FrameFault::Unauthentic => {
+                f.write_str("frame failed authentication (AES-GCM tag mismatch)")
+            }
             FrameFault::NeedsKey => f.write_str("frame is encrypted and no key was given"),
         }
     }
@@ -243,7 +256,9 @@ pub fn check_record(rec: &[u8]) -> Result<FrameHeader, FrameFault> {
         )));
     }
     if crc32c::crc32c(payload) != h.payload_crc {
-        return Err(FrameFault::Damaged("frame payload checksum mismatch".into()));
+        return Err(FrameFault::Damaged(
+            "frame payload checksum mismatch".into(),
+        ));
     }
     Ok(h)
 }
@@ -300,14 +315,19 @@ mod tests {
         let fc = keys.frame_cipher();
         let id = Id([9; 16]);
         let mut enc = FrameEncoder::new(3).expect("encoder");
-        let rec = enc.encode(&id, 42, vec![7, 9], raw, fc.as_ref()).expect("encode");
+        let rec = enc
+            .encode(&id, 42, vec![7, 9], raw, fc.as_ref())
+            .expect("encode");
         let mut d = zstd::bulk::Decompressor::new().expect("decompressor");
         let (h, back) = decode_record(&rec, &id, fc.as_ref(), &mut d).expect("decode");
         assert_eq!(back, raw);
         assert_eq!(h.blocks, vec![7, 9]);
         // Another image id must not open an encrypted frame.
         if cipher != Cipher::None {
-            assert_eq!(decode_record(&rec, &Id([8; 16]), fc.as_ref(), &mut d).err(), Some(FrameFault::Unauthentic));
+            assert_eq!(
+                decode_record(&rec, &Id([8; 16]), fc.as_ref(), &mut d).err(),
+                Some(FrameFault::Unauthentic)
+            );
         }
         (rec, h)
     }
@@ -317,7 +337,9 @@ mod tests {
         let text = b"holdfast ".repeat(8000);
         let (rec, h) = roundtrip(Cipher::None, &text);
         assert!(h.compressed && rec.len() < text.len() / 10);
-        let random: Vec<u8> = (0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let random: Vec<u8> = (0..65536u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let (_, h) = roundtrip(Cipher::Aes256, &random);
         assert!(h.encrypted);
         roundtrip(Cipher::Aes128, &text);
@@ -328,12 +350,17 @@ mod tests {
     fn flipped_byte_is_detected() {
         let id = Id([1; 16]);
         let mut enc = FrameEncoder::new(3).expect("encoder");
-        let rec = enc.encode(&id, 1, vec![0], &[5u8; 4096], None).expect("encode");
+        let rec = enc
+            .encode(&id, 1, vec![0], &[5u8; 4096], None)
+            .expect("encode");
         let mut d = zstd::bulk::Decompressor::new().expect("decompressor");
         for at in [0, 10, 30, rec.len() - 1] {
             let mut bad = rec.clone();
             bad[at] ^= 0x40;
-            assert!(decode_record(&bad, &id, None, &mut d).is_err(), "flip at {at}");
+            assert!(
+                decode_record(&bad, &id, None, &mut d).is_err(),
+                "flip at {at}"
+            );
         }
     }
 }

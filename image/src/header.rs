@@ -61,7 +61,15 @@ impl Id {
 impl std::fmt::Display for Id {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let h = hex(&self.0);
-        write!(f, "{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
     }
 }
 
@@ -74,10 +82,12 @@ impl std::fmt::Debug for Id {
 /// Lower-case hex.
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// The wrapped keys (encrypted images) or the clear chain key (unencrypted images).
@@ -195,7 +205,9 @@ impl Header {
     /// Decode and check magic, version, checksum and every field's range.
     pub fn decode(name: &str, b: &[u8]) -> Result<Self> {
         if b.len() < HEADER_LEN || b[0..8] != HEADER_MAGIC {
-            return Err(ImageError::NotAnImage { name: name.to_owned() });
+            return Err(ImageError::NotAnImage {
+                name: name.to_owned(),
+            });
         }
         let version = u16_at(b, 8);
         if version > FORMAT_VERSION || version == 0 {
@@ -226,11 +238,14 @@ impl Header {
         };
         let cipher = Cipher::from_code(b[98]).ok_or_else(|| bad("cipher"))?;
         let block_size = u32_at(b, 100);
-        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) {
+        if !block_size.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size)
+        {
             return Err(bad("block size"));
         }
         let keys = match (b[136], cipher) {
-            (0, Cipher::None) => KeySection::Plain { chain_key: arr(&b[180..212]) },
+            (0, Cipher::None) => KeySection::Plain {
+                chain_key: arr(&b[180..212]),
+            },
             (1, c) if c != Cipher::None => KeySection::Wrapped {
                 kdf: KdfParams {
                     m_cost_kib: u32_at(b, 140),

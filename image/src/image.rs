@@ -33,7 +33,10 @@ pub struct Image {
 
 impl std::fmt::Debug for Image {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Image").field("name", &self.name).field("id", &self.header.image_id).finish_non_exhaustive()
+        f.debug_struct("Image")
+            .field("name", &self.name)
+            .field("id", &self.header.image_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,59 +47,92 @@ impl Image {
     pub fn open(store: Arc<dyn PartStore>) -> Result<Self> {
         let name = store.display_name();
         let io_err = |e| ImageError::io(format!("reading '{name}'"), e);
-        let size1 = store
-            .part_size(1)
-            .map_err(io_err)?
-            .ok_or_else(|| ImageError::io(format!("opening '{name}'"), std::io::Error::from(std::io::ErrorKind::NotFound)))?;
+        let size1 = store.part_size(1).map_err(io_err)?.ok_or_else(|| {
+            ImageError::io(
+                format!("opening '{name}'"),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )
+        })?;
         if size1 < HEADER_LEN as u64 {
-            return Err(if size1 >= 8 { Self::short(&store, &name)? } else { ImageError::NotAnImage { name } });
+            return Err(if size1 >= 8 {
+                Self::short(&store, &name)?
+            } else {
+                ImageError::NotAnImage { name }
+            });
         }
         let mut header_bytes = vec![0u8; HEADER_LEN];
-        store.read_part_at(1, &mut header_bytes, 0).map_err(io_err)?;
+        store
+            .read_part_at(1, &mut header_bytes, 0)
+            .map_err(io_err)?;
         let header = Header::decode(&name, &header_bytes)?;
-        let stream = LogicalStream::open(store.clone(), &header.image_id, header.split_size, &name)?;
+        let stream =
+            LogicalStream::open(store.clone(), &header.image_id, header.split_size, &name)?;
         let len = stream.size();
         let min_len = header.data_start() + TRAILER_LEN as u64;
-        let truncated = |detail: &str| ImageError::Truncated { name: name.clone(), detail: detail.to_owned() };
+        let truncated = |detail: &str| ImageError::Truncated {
+            name: name.clone(),
+            detail: detail.to_owned(),
+        };
         if len < min_len {
             return Err(truncated("it ends before its trailer"));
         }
         let mut tb = [0u8; TRAILER_LEN];
-        stream.read_exact_at(&mut tb, len - TRAILER_LEN as u64).map_err(io_err)?;
+        stream
+            .read_exact_at(&mut tb, len - TRAILER_LEN as u64)
+            .map_err(io_err)?;
         let trailer = Trailer::decode(&tb).ok_or_else(|| {
             truncated("no valid trailer at its end (the write did not finish, or later split parts are missing)")
         })?;
         if trailer.part_count > stream.part_count() {
             let number = stream.part_count() + 1;
-            return Err(ImageError::MissingPart { name: name.clone(), number, part: stream.part_name(number) });
+            return Err(ImageError::MissingPart {
+                name: name.clone(),
+                number,
+                part: stream.part_name(number),
+            });
         }
         if trailer.part_count != stream.part_count() || trailer.logical_len != len {
-            return Err(ImageError::corrupt(&name, "trailer does not match the parts found"));
+            return Err(ImageError::corrupt(
+                &name,
+                "trailer does not match the parts found",
+            ));
         }
         let data_end = len - TRAILER_LEN as u64;
         if trailer.index_offset < header.data_start()
             || trailer.index_offset.checked_add(trailer.index_len) != Some(data_end)
         {
-            return Err(ImageError::corrupt(&name, "index location in the trailer is out of bounds"));
+            return Err(ImageError::corrupt(
+                &name,
+                "index location in the trailer is out of bounds",
+            ));
         }
         let mut meta_bytes = vec![0u8; header.meta_len as usize];
-        stream.read_exact_at(&mut meta_bytes, HEADER_LEN as u64).map_err(io_err)?;
-        let index_len = usize::try_from(trailer.index_len).map_err(|_| ImageError::corrupt(&name, "index too large"))?;
+        stream
+            .read_exact_at(&mut meta_bytes, HEADER_LEN as u64)
+            .map_err(io_err)?;
+        let index_len = usize::try_from(trailer.index_len)
+            .map_err(|_| ImageError::corrupt(&name, "index too large"))?;
         // The largest legitimate index: 24 bytes per block plus frame table, compressed.
         if trailer.index_len > 64 + header.block_count() * 64 {
             return Err(ImageError::corrupt(&name, "index length is out of range"));
         }
         let mut index_rec = vec![0u8; index_len];
-        stream.read_exact_at(&mut index_rec, trailer.index_offset).map_err(io_err)?;
+        stream
+            .read_exact_at(&mut index_rec, trailer.index_offset)
+            .map_err(io_err)?;
         let mut digest_input = header_bytes.clone();
         digest_input.extend_from_slice(&meta_bytes);
         let digest = digest_of(&digest_input, &index_rec);
         if digest != trailer.index_digest {
-            return Err(ImageError::corrupt(&name, "header, metadata or index checksum mismatch"));
+            return Err(ImageError::corrupt(
+                &name,
+                "header, metadata or index checksum mismatch",
+            ));
         }
         let meta: Metadata = serde_json::from_slice(&meta_bytes)
             .map_err(|e| ImageError::corrupt(&name, format!("metadata is not valid: {e}")))?;
-        let index = Index::decode(&index_rec, &header, trailer.index_offset).map_err(|d| ImageError::corrupt(&name, d))?;
+        let index = Index::decode(&index_rec, &header, trailer.index_offset)
+            .map_err(|d| ImageError::corrupt(&name, d))?;
         if index.content_digest(header.block_size, header.source_size) != trailer.content_digest {
             return Err(ImageError::corrupt(&name, "content digest mismatch"));
         }
@@ -123,11 +159,18 @@ impl Image {
     /// A part 1 shorter than a header: either truncated or not an image at all.
     fn short(store: &Arc<dyn PartStore>, name: &str) -> Result<ImageError> {
         let mut magic = [0u8; 8];
-        store.read_part_at(1, &mut magic, 0).map_err(|e| ImageError::io(format!("reading '{name}'"), e))?;
+        store
+            .read_part_at(1, &mut magic, 0)
+            .map_err(|e| ImageError::io(format!("reading '{name}'"), e))?;
         Ok(if magic == crate::magic::HEADER_MAGIC {
-            ImageError::Truncated { name: name.to_owned(), detail: "it ends inside its header".into() }
+            ImageError::Truncated {
+                name: name.to_owned(),
+                detail: "it ends inside its header".into(),
+            }
         } else {
-            ImageError::NotAnImage { name: name.to_owned() }
+            ImageError::NotAnImage {
+                name: name.to_owned(),
+            }
         })
     }
 
@@ -155,14 +198,25 @@ impl Image {
         if self.keys.is_some() {
             return Ok(());
         }
-        let password = password.ok_or_else(|| ImageError::PasswordRequired { name: self.name.clone() })?;
+        let password = password.ok_or_else(|| ImageError::PasswordRequired {
+            name: self.name.clone(),
+        })?;
         let aad = &self.header_bytes[..KEY_SECTION];
-        let keys = Keys::unwrap(blob, nonce, password, kdf, aad, self.header.cipher)
-            .ok_or_else(|| ImageError::WrongPassword { name: self.name.clone() })?;
-        let mac_key = keys.mac_key().ok_or_else(|| ImageError::corrupt(&self.name, "no MAC key"))?;
+        let keys =
+            Keys::unwrap(blob, nonce, password, kdf, aad, self.header.cipher).ok_or_else(|| {
+                ImageError::WrongPassword {
+                    name: self.name.clone(),
+                }
+            })?;
+        let mac_key = keys
+            .mac_key()
+            .ok_or_else(|| ImageError::corrupt(&self.name, "no MAC key"))?;
         let mac = blake3::keyed_hash(&mac_key, &self.index_bytes_digest_input);
         if *mac.as_bytes() != self.trailer.index_mac {
-            return Err(ImageError::corrupt(&self.name, "index authentication failed (the image was altered)"));
+            return Err(ImageError::corrupt(
+                &self.name,
+                "index authentication failed (the image was altered)",
+            ));
         }
         self.cipher = keys.frame_cipher().map(Arc::new);
         self.keys = Some(keys);
@@ -201,32 +255,45 @@ impl Image {
 
     /// Read the raw record of frame-table row `frame`.
     pub fn read_record(&self, frame: u32) -> Result<Vec<u8>> {
-        let f = self
-            .index
-            .frames
-            .get(frame as usize)
-            .ok_or_else(|| ImageError::corrupt(&self.name, format!("frame {frame} does not exist")))?;
+        let f = self.index.frames.get(frame as usize).ok_or_else(|| {
+            ImageError::corrupt(&self.name, format!("frame {frame} does not exist"))
+        })?;
         let mut rec = vec![0u8; f.len as usize];
-        self.stream
-            .read_exact_at(&mut rec, f.offset)
-            .map_err(|e| ImageError::io(format!("reading frame at offset {} of '{}'", f.offset, self.name), e))?;
+        self.stream.read_exact_at(&mut rec, f.offset).map_err(|e| {
+            ImageError::io(
+                format!("reading frame at offset {} of '{}'", f.offset, self.name),
+                e,
+            )
+        })?;
         Ok(rec)
     }
 
     /// Check a record against its frame-table row: structure, checksum, frame id.
-    pub fn check_record(&self, frame: u32, rec: &[u8]) -> std::result::Result<FrameHeader, FrameFault> {
+    pub fn check_record(
+        &self,
+        frame: u32,
+        rec: &[u8],
+    ) -> std::result::Result<FrameHeader, FrameFault> {
         let h = frame::check_record(rec)?;
         self.check_row(frame, &h)?;
         Ok(h)
     }
 
     fn check_row(&self, frame: u32, h: &FrameHeader) -> std::result::Result<(), FrameFault> {
-        let row = self.index.frames.get(frame as usize).ok_or(FrameFault::Damaged("no such frame".into()))?;
+        let row = self
+            .index
+            .frames
+            .get(frame as usize)
+            .ok_or(FrameFault::Damaged("no such frame".into()))?;
         if h.frame_id != row.frame_id || h.len() + h.stored_len as usize != row.len as usize {
-            return Err(FrameFault::Damaged(format!("frame record does not match index row {frame}")));
+            return Err(FrameFault::Damaged(format!(
+                "frame record does not match index row {frame}"
+            )));
         }
         if h.encrypted != self.is_encrypted() {
-            return Err(FrameFault::Damaged("frame encryption flag differs from the image's".into()));
+            return Err(FrameFault::Damaged(
+                "frame encryption flag differs from the image's".into(),
+            ));
         }
         Ok(())
     }
@@ -238,7 +305,12 @@ impl Image {
         rec: &[u8],
         decompressor: &mut zstd::bulk::Decompressor<'static>,
     ) -> std::result::Result<(FrameHeader, Vec<u8>), FrameFault> {
-        let (h, raw) = frame::decode_record(rec, &self.header.image_id, self.frame_cipher(), decompressor)?;
+        let (h, raw) = frame::decode_record(
+            rec,
+            &self.header.image_id,
+            self.frame_cipher(),
+            decompressor,
+        )?;
         self.check_row(frame, &h)?;
         Ok((h, raw))
     }

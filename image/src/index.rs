@@ -69,9 +69,19 @@ pub struct Entry {
 
 impl Entry {
     /// An unallocated block.
-    pub const UNALLOCATED: Entry = Entry { state: BlockState::Unallocated, slot: 0, frame: 0, hash: [0; HASH_LEN] };
+    pub const UNALLOCATED: Entry = Entry {
+        state: BlockState::Unallocated,
+        slot: 0,
+        frame: 0,
+        hash: [0; HASH_LEN],
+    };
     /// An all-zero block.
-    pub const ZERO: Entry = Entry { state: BlockState::Zero, slot: 0, frame: 0, hash: [0; HASH_LEN] };
+    pub const ZERO: Entry = Entry {
+        state: BlockState::Zero,
+        slot: 0,
+        frame: 0,
+        hash: [0; HASH_LEN],
+    };
 }
 
 /// One frame-table row.
@@ -117,7 +127,9 @@ impl Index {
 
     /// Encode the whole index record (fixed part and zstd-compressed body).
     pub fn encode(&self) -> std::io::Result<Vec<u8>> {
-        let mut body = Vec::with_capacity(16 + self.frames.len() * FRAME_REF_LEN + self.entries.len() * ENTRY_LEN);
+        let mut body = Vec::with_capacity(
+            16 + self.frames.len() * FRAME_REF_LEN + self.entries.len() * ENTRY_LEN,
+        );
         body.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
         body.extend_from_slice(&(self.frames.len() as u64).to_le_bytes());
         for f in &self.frames {
@@ -174,7 +186,9 @@ impl Index {
         let n_entries = u64_at(&body, 0);
         let n_frames = u64_at(&body, 8);
         if n_entries != blocks {
-            return Err(format!("index has {n_entries} entries, the source has {blocks} blocks"));
+            return Err(format!(
+                "index has {n_entries} entries, the source has {blocks} blocks"
+            ));
         }
         if 16 + n_frames * FRAME_REF_LEN as u64 + n_entries * ENTRY_LEN as u64 != raw_len {
             return Err("index body size does not match its counts".into());
@@ -184,11 +198,21 @@ impl Index {
         let mut prev_end = header.data_start();
         let mut prev_id: Option<u64> = None;
         for i in 0..n_frames {
-            let f = FrameRef { offset: u64_at(&body, at), len: u32_at(&body, at + 8), frame_id: u64_at(&body, at + 12) };
+            let f = FrameRef {
+                offset: u64_at(&body, at),
+                len: u32_at(&body, at + 8),
+                frame_id: u64_at(&body, at + 12),
+            };
             at += FRAME_REF_LEN;
-            let end = f.offset.checked_add(u64::from(f.len)).ok_or("frame offset overflows")?;
+            let end = f
+                .offset
+                .checked_add(u64::from(f.len))
+                .ok_or("frame offset overflows")?;
             if f.offset < prev_end || end > data_end {
-                return Err(format!("frame {i} at offset {} lies outside the data area or overlaps", f.offset));
+                return Err(format!(
+                    "frame {i} at offset {} lies outside the data area or overlaps",
+                    f.offset
+                ));
             }
             if prev_id.is_some_and(|p| f.frame_id <= p) {
                 return Err(format!("frame {i} id {} is not increasing", f.frame_id));
@@ -199,7 +223,8 @@ impl Index {
         }
         let mut entries = Vec::with_capacity(n_entries as usize);
         for b in 0..n_entries {
-            let state = BlockState::from_code(body[at]).ok_or_else(|| format!("block {b} has an unknown state"))?;
+            let state = BlockState::from_code(body[at])
+                .ok_or_else(|| format!("block {b} has an unknown state"))?;
             let e = Entry {
                 state,
                 slot: u16::from_le_bytes([body[at + 2], body[at + 3]]),
@@ -207,7 +232,10 @@ impl Index {
                 hash: crate::header::arr(&body[at + 8..at + 8 + HASH_LEN]),
             };
             at += ENTRY_LEN;
-            if e.state == BlockState::Data && (e.frame as usize >= frames.len() || usize::from(e.slot) >= crate::frame::MAX_FRAME_BLOCKS) {
+            if e.state == BlockState::Data
+                && (e.frame as usize >= frames.len()
+                    || usize::from(e.slot) >= crate::frame::MAX_FRAME_BLOCKS)
+            {
                 return Err(format!("block {b} points to a frame that does not exist"));
             }
             if e.state == BlockState::Inherited && header.kind == Kind::Full {

@@ -106,7 +106,11 @@ impl<R: ReadAt> SliceReadAt<R> {
     /// The window must lie inside `inner`; it is clamped to the inner size otherwise.
     pub fn new(inner: R, offset: u64, len: u64) -> Self {
         let avail = inner.size().saturating_sub(offset);
-        Self { inner, offset, len: len.min(avail) }
+        Self {
+            inner,
+            offset,
+            len: len.min(avail),
+        }
     }
 }
 

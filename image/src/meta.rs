@@ -85,7 +85,9 @@ impl SourceMeta {
         if let Some(uuid) = self.filesystem.as_ref().and_then(|f| f.uuid.clone()) {
             return Some(format!("filesystem {uuid}"));
         }
-        self.partition_table.as_ref().map(|t| format!("{} disk {}", t.kind, t.disk_id))
+        self.partition_table
+            .as_ref()
+            .map(|t| format!("{} disk {}", t.kind, t.disk_id))
     }
 }
 

@@ -72,7 +72,10 @@ pub struct StreamSink<W: Write + Send> {
 impl<W: Write + Send> StreamSink<W> {
     /// Wrap a writer.
     pub fn new(inner: W, name: impl Into<String>) -> Self {
-        Self { inner, name: name.into() }
+        Self {
+            inner,
+            name: name.into(),
+        }
     }
     /// The inner writer back.
     pub fn into_inner(self) -> W {
@@ -83,7 +86,10 @@ impl<W: Write + Send> StreamSink<W> {
 impl<W: Write + Send> PartSink for StreamSink<W> {
     fn begin_part(&mut self, number: u32) -> io::Result<()> {
         if number > 1 {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, "a stream sink cannot hold split parts"));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a stream sink cannot hold split parts",
+            ));
         }
         Ok(())
     }
@@ -122,7 +128,13 @@ impl FileSink {
                 base.display()
             )));
         }
-        Ok(Self { base, overwrite, current: None, temps: Vec::new(), committed: false })
+        Ok(Self {
+            base,
+            overwrite,
+            current: None,
+            temps: Vec::new(),
+            committed: false,
+        })
     }
 
     fn temp_path(&self, number: u32) -> PathBuf {
@@ -135,7 +147,11 @@ impl FileSink {
 impl PartSink for FileSink {
     fn begin_part(&mut self, number: u32) -> io::Result<()> {
         let path = self.temp_path(number);
-        let file = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
         self.temps.push((number, path));
         self.current = Some((number, BufWriter::with_capacity(1 << 20, file)));
         Ok(())
@@ -158,7 +174,10 @@ impl PartSink for FileSink {
         if !self.overwrite && self.base.exists() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
-                format!("'{}' appeared while the image was written", self.base.display()),
+                format!(
+                    "'{}' appeared while the image was written",
+                    self.base.display()
+                ),
             ));
         }
         let mut temps = self.temps.clone();
@@ -210,8 +229,19 @@ impl<'a> PartWriter<'a> {
     /// `split_size` 0 means one part.
     pub fn new(sink: &'a mut dyn PartSink, image_id: Id, split_size: u64) -> io::Result<Self> {
         sink.begin_part(1)?;
-        let room = if split_size == 0 { u64::MAX } else { split_size };
-        Ok(Self { sink, image_id, split_size, part: 1, room, written: 0 })
+        let room = if split_size == 0 {
+            u64::MAX
+        } else {
+            split_size
+        };
+        Ok(Self {
+            sink,
+            image_id,
+            split_size,
+            part: 1,
+            room,
+            written: 0,
+        })
     }
 
     /// Logical bytes written so far.
@@ -226,10 +256,13 @@ impl<'a> PartWriter<'a> {
                 self.sink.end_part()?;
                 self.part += 1;
                 self.sink.begin_part(self.part)?;
-                self.sink.write_all(&encode_part_header(&self.image_id, self.part))?;
+                self.sink
+                    .write_all(&encode_part_header(&self.image_id, self.part))?;
                 self.room = self.split_size - PART_HEADER_LEN;
             }
-            let n = buf.len().min(usize::try_from(self.room).unwrap_or(usize::MAX));
+            let n = buf
+                .len()
+                .min(usize::try_from(self.room).unwrap_or(usize::MAX));
             self.sink.write_all(&buf[..n])?;
             self.room -= n as u64;
             self.written += n as u64;
@@ -273,11 +306,17 @@ pub struct FileParts {
 impl FileParts {
     /// Parts of the image whose first part is `base`.
     pub fn new(base: impl Into<PathBuf>) -> Self {
-        Self { base: base.into(), open: Mutex::new(HashMap::new()) }
+        Self {
+            base: base.into(),
+            open: Mutex::new(HashMap::new()),
+        }
     }
 
     fn file(&self, number: u32) -> io::Result<Arc<File>> {
-        let mut open = self.open.lock().map_err(|_| io::Error::other("part cache poisoned"))?;
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| io::Error::other("part cache poisoned"))?;
         if let Some(f) = open.get(&number) {
             return Ok(f.clone());
         }
@@ -302,7 +341,11 @@ impl PartStore for FileParts {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let stem = self.base.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let stem = self
+            .base
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let mut highest = 1;
         for entry in fs::read_dir(dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
@@ -363,32 +406,58 @@ pub struct LogicalStream {
 
 impl LogicalStream {
     /// Map the parts; checks every part after the first carries this image's part header.
-    pub fn open(store: Arc<dyn PartStore>, image_id: &Id, split_size: u64, name: &str) -> Result<Self> {
+    pub fn open(
+        store: Arc<dyn PartStore>,
+        image_id: &Id,
+        split_size: u64,
+        name: &str,
+    ) -> Result<Self> {
         let io_err = |e| ImageError::io(format!("reading '{name}'"), e);
         let size1 = store.part_size(1).map_err(io_err)?.ok_or_else(|| {
-            ImageError::io(format!("opening '{name}'"), io::Error::from(io::ErrorKind::NotFound))
+            ImageError::io(
+                format!("opening '{name}'"),
+                io::Error::from(io::ErrorKind::NotFound),
+            )
         })?;
         let mut starts = vec![0, size1];
         if split_size != 0 {
             if size1 > split_size {
-                return Err(ImageError::corrupt(name, "part 1 is larger than the split size"));
+                return Err(ImageError::corrupt(
+                    name,
+                    "part 1 is larger than the split size",
+                ));
             }
             let highest = store.highest_part().map_err(io_err)?;
             for n in 2..=highest {
-                let size = store.part_size(n).map_err(io_err)?.ok_or_else(|| ImageError::MissingPart {
-                    name: name.to_owned(),
-                    number: n,
-                    part: store.part_name(n),
-                })?;
-                let prev_size = if n == 2 { size1 } else { starts[n as usize - 1] - starts[n as usize - 2] + PART_HEADER_LEN };
+                let size =
+                    store
+                        .part_size(n)
+                        .map_err(io_err)?
+                        .ok_or_else(|| ImageError::MissingPart {
+                            name: name.to_owned(),
+                            number: n,
+                            part: store.part_name(n),
+                        })?;
+                let prev_size = if n == 2 {
+                    size1
+                } else {
+                    starts[n as usize - 1] - starts[n as usize - 2] + PART_HEADER_LEN
+                };
                 if prev_size != split_size {
                     return Err(ImageError::Truncated {
                         name: name.to_owned(),
-                        detail: format!("part {} is {} bytes, not the split size {split_size}", n - 1, prev_size),
+                        detail: format!(
+                            "part {} is {} bytes, not the split size {split_size}",
+                            n - 1,
+                            prev_size
+                        ),
                     });
                 }
                 if size < PART_HEADER_LEN || size > split_size {
-                    return Err(ImageError::corrupt(name, format!("part {n} has an invalid size {size}")));
+                    return Err(ImageError::corrupt(
+                        name,
+                        format!("part {n} has an invalid size {size}"),
+                    ));
                 }
                 let mut ph = [0u8; PART_HEADER_LEN as usize];
                 store.read_part_at(n, &mut ph, 0).map_err(io_err)?;
@@ -426,7 +495,10 @@ impl ReadAt for LogicalStream {
     }
     fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
         if offset + buf.len() as u64 > self.size() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the image"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the image",
+            ));
         }
         while !buf.is_empty() {
             let i = self.starts.partition_point(|&s| s <= offset) - 1;
@@ -434,7 +506,11 @@ impl ReadAt for LogicalStream {
             let avail = self.starts[i + 1] - offset;
             let n = buf.len().min(usize::try_from(avail).unwrap_or(usize::MAX));
             let number = i as u32 + 1;
-            let file_off = if number == 1 { within } else { within + PART_HEADER_LEN };
+            let file_off = if number == 1 {
+                within
+            } else {
+                within + PART_HEADER_LEN
+            };
             let (head, rest) = buf.split_at_mut(n);
             self.store.read_part_at(number, head, file_off)?;
             buf = rest;

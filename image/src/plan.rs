@@ -39,12 +39,18 @@ fn fs_meta(d: &Detected) -> FsMeta {
 pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result<SourcePlan> {
     let size = dev.size();
     let mut warnings = Vec::new();
-    let mut source = SourceMeta { size, sector_size, ..SourceMeta::default() };
+    let mut source = SourceMeta {
+        size,
+        sector_size,
+        ..SourceMeta::default()
+    };
 
     let table = match disk::read_partition_table(dev, sector_size) {
         Ok(t) => t,
         Err(e) => {
-            warnings.push(format!("partition table unreadable ({e}); treated as a single volume"));
+            warnings.push(format!(
+                "partition table unreadable ({e}); treated as a single volume"
+            ));
             None
         }
     };
@@ -63,11 +69,16 @@ pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result
         for p in &table.partitions {
             let len = p.len.min(size.saturating_sub(p.start));
             let vol = SliceReadAt::new(dev, p.start, len);
-            let detected = if forensic { fs::detect(&vol).ok().flatten() } else {
+            let detected = if forensic {
+                fs::detect(&vol).ok().flatten()
+            } else {
                 match fs::detect(&vol) {
                     Ok(d) => d,
                     Err(e) => {
-                        warnings.push(format!("partition {}: {e}; imaged sector by sector", p.number));
+                        warnings.push(format!(
+                            "partition {}: {e}; imaged sector by sector",
+                            p.number
+                        ));
                         None
                     }
                 }
@@ -98,9 +109,18 @@ pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result
                 method,
             });
         }
-        let method = if forensic { Method::Forensic } else { Method::UsedSector };
+        let method = if forensic {
+            Method::Forensic
+        } else {
+            Method::UsedSector
+        };
         let used = if forensic { Extents::full(size) } else { used };
-        return Ok(SourcePlan { used, method, source, warnings });
+        return Ok(SourcePlan {
+            used,
+            method,
+            source,
+            warnings,
+        });
     }
 
     source.kind = "volume".into();
@@ -118,13 +138,23 @@ pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result
         Some(d) if !forensic => {
             let mut used = d.used;
             used.truncate(size);
-            Ok(SourcePlan { used, method: Method::UsedSector, source, warnings })
+            Ok(SourcePlan {
+                used,
+                method: Method::UsedSector,
+                source,
+                warnings,
+            })
         }
         other => {
             if other.is_none() && !forensic && warnings.is_empty() {
                 warnings.push("unknown filesystem; imaged sector by sector (forensic)".into());
             }
-            Ok(SourcePlan { used: Extents::full(size), method: Method::Forensic, source, warnings })
+            Ok(SourcePlan {
+                used: Extents::full(size),
+                method: Method::Forensic,
+                source,
+                warnings,
+            })
         }
     }
 }

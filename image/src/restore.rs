@@ -132,50 +132,75 @@ pub fn restore(
     }
     let tasks: Vec<(FrameKey, Vec<(u16, u64)>)> = plan.into_iter().collect();
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
     } else {
         opts.threads
     };
 
     if !opts.skip_precheck {
-        let total: u64 = tasks.iter().map(|((i, f), _)| u64::from(chain.images[*i].index.frames[*f as usize].len)).sum();
+        let total: u64 = tasks
+            .iter()
+            .map(|((i, f), _)| u64::from(chain.images[*i].index.frames[*f as usize].len))
+            .sum();
         progress.stage("checking", total);
         run_parallel(threads, tasks.len(), cancel, |t| {
             let ((i, f), blocks) = &tasks[t];
             let img = &chain.images[*i];
             let rec = img.read_record(*f)?;
             let bl: Vec<u64> = blocks.iter().map(|b| b.1).collect();
-            img.check_record(*f, &rec).map_err(|fault| frame_damage(img, &bl, &fault))?;
+            img.check_record(*f, &rec)
+                .map_err(|fault| frame_damage(img, &bl, &fault))?;
             progress.advance(rec.len() as u64);
             Ok(())
         })?;
     }
 
-    let total: u64 = tasks.iter().flat_map(|(_, b)| b.iter().map(|&(_, n)| block_len(bs, size, n) as u64)).sum();
-    progress.stage("restoring", total + zero_runs.iter().map(|r| r.1).sum::<u64>());
+    let total: u64 = tasks
+        .iter()
+        .flat_map(|(_, b)| b.iter().map(|&(_, n)| block_len(bs, size, n) as u64))
+        .sum();
+    progress.stage(
+        "restoring",
+        total + zero_runs.iter().map(|r| r.1).sum::<u64>(),
+    );
     let data_bytes = std::sync::atomic::AtomicU64::new(0);
     run_parallel(threads, tasks.len(), cancel, |t| {
         let ((i, f), blocks) = &tasks[t];
         let img = &chain.images[*i];
         let rec = img.read_record(*f)?;
-        let mut dec = zstd::bulk::Decompressor::new().map_err(|e| ImageError::io("starting the decompressor", e))?;
+        let mut dec = zstd::bulk::Decompressor::new()
+            .map_err(|e| ImageError::io("starting the decompressor", e))?;
         let bl: Vec<u64> = blocks.iter().map(|b| b.1).collect();
-        let (h, raw) = img.decode_record(*f, &rec, &mut dec).map_err(|fault| frame_damage(img, &bl, &fault))?;
+        let (h, raw) = img
+            .decode_record(*f, &rec, &mut dec)
+            .map_err(|fault| frame_damage(img, &bl, &fault))?;
         let slots = slot_offsets(bs, size, &h.blocks);
         for &(slot, n) in blocks {
-            let (off, len) = *slots
-                .get(usize::from(slot))
-                .ok_or_else(|| ImageError::corrupt(img.name(), format!("block {n}: slot {slot} out of range")))?;
+            let (off, len) = *slots.get(usize::from(slot)).ok_or_else(|| {
+                ImageError::corrupt(img.name(), format!("block {n}: slot {slot} out of range"))
+            })?;
             if h.blocks[usize::from(slot)] != n || off + len > raw.len() {
-                return Err(ImageError::corrupt(img.name(), format!("frame does not hold block {n} where the index says")));
+                return Err(ImageError::corrupt(
+                    img.name(),
+                    format!("frame does not hold block {n} where the index says"),
+                ));
             }
             let data = &raw[off..off + len];
             if hasher.hash(n, data) != point.index.entries[n as usize].hash {
-                return Err(frame_damage(img, &[n], &FrameFault::Damaged("block content does not match its hash".into())));
+                return Err(frame_damage(
+                    img,
+                    &[n],
+                    &FrameFault::Damaged("block content does not match its hash".into()),
+                ));
             }
-            target
-                .write_all_at(data, n * u64::from(bs))
-                .map_err(|e| ImageError::io(format!("writing the restore target at offset {}", n * u64::from(bs)), e))?;
+            target.write_all_at(data, n * u64::from(bs)).map_err(|e| {
+                ImageError::io(
+                    format!("writing the restore target at offset {}", n * u64::from(bs)),
+                    e,
+                )
+            })?;
             data_bytes.fetch_add(len as u64, Ordering::Relaxed);
             progress.advance(len as u64);
         }
@@ -187,13 +212,15 @@ pub fn restore(
         if cancel.is_cancelled() {
             return Err(ImageError::Cancelled);
         }
-        target
-            .write_zeros(start, len)
-            .map_err(|e| ImageError::io(format!("zeroing the restore target at offset {start}"), e))?;
+        target.write_zeros(start, len).map_err(|e| {
+            ImageError::io(format!("zeroing the restore target at offset {start}"), e)
+        })?;
         zero_bytes += len;
         progress.advance(len);
     }
-    target.sync().map_err(|e| ImageError::io("flushing the restore target", e))?;
+    target
+        .sync()
+        .map_err(|e| ImageError::io("flushing the restore target", e))?;
     Ok(RestoreSummary {
         data_bytes: data_bytes.into_inner(),
         zero_bytes,

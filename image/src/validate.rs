@@ -54,7 +54,12 @@ impl ValidateReport {
 }
 
 /// Validate one image (already opened, which checked header, trailer and index).
-pub fn validate(image: &Image, threads: usize, progress: &dyn Progress, cancel: &Cancel) -> Result<ValidateReport> {
+pub fn validate(
+    image: &Image,
+    threads: usize,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<ValidateReport> {
     let hdr = &image.header;
     let bs = u64::from(hdr.block_size);
     let full = image.is_unlocked();
@@ -70,7 +75,13 @@ pub fn validate(image: &Image, threads: usize, progress: &dyn Progress, cancel: 
     let verified = std::sync::atomic::AtomicU64::new(0);
     let frames = &image.index.frames;
     progress.stage("validating", frames.iter().map(|f| u64::from(f.len)).sum());
-    let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) } else { threads };
+    let threads = if threads == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    } else {
+        threads
+    };
     let push = |first: u64, last: u64, off: u64, detail: String| {
         if let Ok(mut d) = damage.lock() {
             d.push(Damage {
@@ -99,7 +110,8 @@ pub fn validate(image: &Image, threads: usize, progress: &dyn Progress, cancel: 
         };
         let result: std::result::Result<(), FrameFault> = (|| {
             let h = if full {
-                let mut dec = zstd::bulk::Decompressor::new().map_err(|e| FrameFault::Damaged(e.to_string()))?;
+                let mut dec = zstd::bulk::Decompressor::new()
+                    .map_err(|e| FrameFault::Damaged(e.to_string()))?;
                 let (h, raw) = image.decode_record(row, &rec, &mut dec)?;
                 let slots = slot_offsets(hdr.block_size, hdr.source_size, &h.blocks);
                 if let Some(hasher) = &hasher {
@@ -113,7 +125,12 @@ pub fn validate(image: &Image, threads: usize, progress: &dyn Progress, cancel: 
                         if ok {
                             verified.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         } else {
-                            push(n, n, f.offset, "block content does not match its hash".into());
+                            push(
+                                n,
+                                n,
+                                f.offset,
+                                "block content does not match its hash".into(),
+                            );
                         }
                     }
                 }
@@ -121,8 +138,14 @@ pub fn validate(image: &Image, threads: usize, progress: &dyn Progress, cancel: 
             } else {
                 image.check_record(row, &rec)?
             };
-            if h.blocks.len() != want.len() || want.iter().any(|&(slot, n)| h.blocks.get(usize::from(slot)) != Some(&n)) {
-                return Err(FrameFault::Damaged("frame's block list does not match the index".into()));
+            if h.blocks.len() != want.len()
+                || want
+                    .iter()
+                    .any(|&(slot, n)| h.blocks.get(usize::from(slot)) != Some(&n))
+            {
+                return Err(FrameFault::Damaged(
+                    "frame's block list does not match the index".into(),
+                ));
             }
             Ok(())
         })();

@@ -16,7 +16,9 @@ use crate::blocks::{BlockSource, Class};
 use crate::crypto::{Cipher, KdfParams, Keys};
 use crate::error::{ImageError, Result};
 use crate::frame::{FrameEncoder, MAX_FRAME_BLOCKS};
-use crate::header::{Header, Id, KeySection, Kind, Method, KEY_SECTION, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE};
+use crate::header::{
+    Header, Id, KeySection, Kind, Method, KEY_SECTION, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
+};
 use crate::image::{block_len, digest_of};
 use crate::index::{BlockState, Entry, FrameRef, Index};
 use crate::magic::FORMAT_VERSION;
@@ -82,7 +84,9 @@ impl Identity {
 
     /// A new incremental or differential whose parent is `parent` (already unlocked).
     pub fn child_of(parent: &crate::image::Image, kind: Kind, cipher: Cipher) -> Result<Self> {
-        let keys = parent.keys().ok_or_else(|| ImageError::PasswordRequired { name: parent.name().to_owned() })?;
+        let keys = parent.keys().ok_or_else(|| ImageError::PasswordRequired {
+            name: parent.name().to_owned(),
+        })?;
         Ok(Self {
             image_id: Id::random(),
             chain_id: parent.header.chain_id,
@@ -98,7 +102,10 @@ impl Identity {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// How to write.
@@ -118,7 +125,13 @@ pub struct WriteOptions {
 
 impl Default for WriteOptions {
     fn default() -> Self {
-        Self { compression_level: 3, split_size: 0, threads: 0, password: None, kdf: None }
+        Self {
+            compression_level: 3,
+            split_size: 0,
+            threads: 0,
+            password: None,
+            kdf: None,
+        }
     }
 }
 
@@ -213,19 +226,29 @@ fn write_inner(
 ) -> Result<WriteSummary> {
     let bs = src.block_size();
     if !bs.is_power_of_two() || !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bs) {
-        return Err(ImageError::Invalid(format!("block size {bs} must be a power of two from 4 KiB to 1 MiB")));
+        return Err(ImageError::Invalid(format!(
+            "block size {bs} must be a power of two from 4 KiB to 1 MiB"
+        )));
     }
     if opts.split_size != 0 && opts.split_size < MIN_SPLIT_SIZE {
-        return Err(ImageError::Invalid(format!("split size must be at least 5 MiB, got {} bytes", opts.split_size)));
+        return Err(ImageError::Invalid(format!(
+            "split size must be at least 5 MiB, got {} bytes",
+            opts.split_size
+        )));
     }
     if !(0..=22).contains(&opts.compression_level) {
-        return Err(ImageError::Invalid(format!("compression level {} must be 0 to 22", opts.compression_level)));
+        return Err(ImageError::Invalid(format!(
+            "compression level {} must be 0 to 22",
+            opts.compression_level
+        )));
     }
     let size = src.size();
     let n_blocks = size.div_ceil(u64::from(bs));
     if let Some(p) = parent {
         if p.entries.len() as u64 != n_blocks {
-            return Err(ImageError::Invalid("base image has a different block count than the source".into()));
+            return Err(ImageError::Invalid(
+                "base image has a different block count than the source".into(),
+            ));
         }
     }
     let mut meta = meta.clone();
@@ -234,8 +257,10 @@ fn write_inner(
     meta.kind = ident.kind;
     meta.method = ident.method;
     meta.parent_id = (!ident.parent_id.is_nil()).then(|| ident.parent_id.to_string());
-    meta.parent_digest = (!ident.parent_id.is_nil()).then(|| crate::header::hex(&ident.parent_digest));
-    let meta_bytes = serde_json::to_vec(&meta).map_err(|e| ImageError::Invalid(format!("metadata: {e}")))?;
+    meta.parent_digest =
+        (!ident.parent_id.is_nil()).then(|| crate::header::hex(&ident.parent_digest));
+    let meta_bytes =
+        serde_json::to_vec(&meta).map_err(|e| ImageError::Invalid(format!("metadata: {e}")))?;
     if meta_bytes.len() > MAX_META_LEN as usize {
         return Err(ImageError::Invalid("metadata is too large".into()));
     }
@@ -256,20 +281,28 @@ fn write_inner(
         split_size: opts.split_size,
         created: ident.created,
         meta_len: meta_bytes.len() as u32,
-        keys: KeySection::Plain { chain_key: ident.keys.chain_key() },
+        keys: KeySection::Plain {
+            chain_key: ident.keys.chain_key(),
+        },
     };
     if cipher != Cipher::None {
         let password = opts
             .password
             .as_ref()
             .filter(|p| !p.is_empty())
-            .ok_or_else(|| ImageError::Invalid("encryption needs a password (--password-file or HOLDFAST_PASSWORD)".into()))?;
+            .ok_or_else(|| {
+                ImageError::Invalid(
+                    "encryption needs a password (--password-file or HOLDFAST_PASSWORD)".into(),
+                )
+            })?;
         let kdf = opts.kdf.unwrap_or_else(KdfParams::generate);
         let pre = header.encode();
         let (nonce, blob) = ident
             .keys
             .wrap(password, &kdf, &pre[..KEY_SECTION])
-            .ok_or_else(|| ImageError::Invalid("could not derive the key from the password".into()))?;
+            .ok_or_else(|| {
+                ImageError::Invalid("could not derive the key from the password".into())
+            })?;
         header.keys = KeySection::Wrapped { kdf, nonce, blob };
     }
     let header_bytes = header.encode();
@@ -289,7 +322,10 @@ fn write_inner(
     pw.write(&meta_bytes).map_err(werr)?;
 
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) + 1
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            + 1
     } else {
         opts.threads
     };
@@ -300,7 +336,10 @@ fn write_inner(
     let stop = AtomicBool::new(false);
     let window = threads * 4;
 
-    let mut index = Index { entries: vec![Entry::UNALLOCATED; n_blocks as usize], frames: Vec::new() };
+    let mut index = Index {
+        entries: vec![Entry::UNALLOCATED; n_blocks as usize],
+        frames: Vec::new(),
+    };
     let mut read_bytes = 0u64;
     let mut data_bytes = 0u64;
 
@@ -315,7 +354,10 @@ fn write_inner(
         let stop = &stop;
         s.spawn(move || {
             for k in 0..batches {
-                if credit_rx.recv().is_err() || stop.load(Ordering::Relaxed) || work_tx.send(k).is_err() {
+                if credit_rx.recv().is_err()
+                    || stop.load(Ordering::Relaxed)
+                    || work_tx.send(k).is_err()
+                {
                     break;
                 }
             }
@@ -341,7 +383,18 @@ fn write_inner(
                     }
                     let first = k * per_frame;
                     let last = (first + per_frame).min(n_blocks);
-                    let out = process_batch(src, k, first, last, parent, &hasher, frame_cipher, &image_id, &mut enc, &mut buf);
+                    let out = process_batch(
+                        src,
+                        k,
+                        first,
+                        last,
+                        parent,
+                        &hasher,
+                        frame_cipher,
+                        &image_id,
+                        &mut enc,
+                        &mut buf,
+                    );
                     if res_tx.send(out).is_err() {
                         break;
                     }
@@ -351,7 +404,17 @@ fn write_inner(
         drop(work_rx);
         drop(res_tx);
         let r = collect(
-            res_rx, credit_tx, batches, per_frame as usize, &mut pw, &mut index, &mut read_bytes, &mut data_bytes, progress, cancel, &name,
+            res_rx,
+            credit_tx,
+            batches,
+            per_frame as usize,
+            &mut pw,
+            &mut index,
+            &mut read_bytes,
+            &mut data_bytes,
+            progress,
+            cancel,
+            &name,
         );
         if r.is_err() {
             stop.store(true, Ordering::Relaxed);
@@ -360,7 +423,9 @@ fn write_inner(
     });
     outcome?;
 
-    let index_rec = index.encode().map_err(|e| ImageError::io("encoding the index", e))?;
+    let index_rec = index
+        .encode()
+        .map_err(|e| ImageError::io("encoding the index", e))?;
     let index_offset = pw.position();
     pw.write(&index_rec).map_err(werr)?;
     let mut digest_input = header_bytes.to_vec();
@@ -392,7 +457,9 @@ fn write_inner(
     pw.write(&trailer.encode()).map_err(werr)?;
     let parts = pw.part_count();
     if parts != part_count {
-        return Err(ImageError::Invalid(format!("internal: wrote {parts} parts, expected {part_count}")));
+        return Err(ImageError::Invalid(format!(
+            "internal: wrote {parts} parts, expected {part_count}"
+        )));
     }
     if cancel.is_cancelled() {
         return Err(ImageError::Cancelled);
@@ -447,7 +514,13 @@ fn process_batch(
         }
     }
     if to_read.is_empty() {
-        return Ok(BatchOut { batch, entries, record: None, read_bytes: 0, data_bytes: 0 });
+        return Ok(BatchOut {
+            batch,
+            entries,
+            record: None,
+            read_bytes: 0,
+            data_bytes: 0,
+        });
     }
     src.read_blocks(&to_read, buf)?;
     let mut data_blocks = Vec::with_capacity(to_read.len());
@@ -466,9 +539,19 @@ fn process_batch(
                 pe.state.has_content() && pe.hash == hash
             });
             if unchanged {
-                *e = Entry { state: BlockState::Inherited, slot: 0, frame: 0, hash };
+                *e = Entry {
+                    state: BlockState::Inherited,
+                    slot: 0,
+                    frame: 0,
+                    hash,
+                };
             } else {
-                *e = Entry { state: BlockState::Data, slot: data_blocks.len() as u16, frame: 0, hash };
+                *e = Entry {
+                    state: BlockState::Data,
+                    slot: data_blocks.len() as u16,
+                    frame: 0,
+                    hash,
+                };
                 data_blocks.push(n);
                 ranges.push((at, len));
             }
@@ -477,7 +560,13 @@ fn process_batch(
     }
     let read_bytes = at as u64;
     if data_blocks.is_empty() {
-        return Ok(BatchOut { batch, entries, record: None, read_bytes, data_bytes: 0 });
+        return Ok(BatchOut {
+            batch,
+            entries,
+            record: None,
+            read_bytes,
+            data_bytes: 0,
+        });
     }
     // Avoid a copy when every block read is stored.
     let gathered;
@@ -495,7 +584,13 @@ fn process_batch(
     let record = enc
         .encode(image_id, batch, data_blocks, raw, cipher)
         .map_err(|e| ImageError::io("compressing a frame", e))?;
-    Ok(BatchOut { batch, entries, record: Some(record), read_bytes, data_bytes })
+    Ok(BatchOut {
+        batch,
+        entries,
+        record: Some(record),
+        read_bytes,
+        data_bytes,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -527,8 +622,13 @@ fn collect(
             let frame_idx = index.frames.len() as u32;
             if let Some(rec) = &out.record {
                 let offset = pw.position();
-                pw.write(rec).map_err(|e| ImageError::io(format!("writing '{name}'"), e))?;
-                index.frames.push(FrameRef { offset, len: rec.len() as u32, frame_id: out.batch });
+                pw.write(rec)
+                    .map_err(|e| ImageError::io(format!("writing '{name}'"), e))?;
+                index.frames.push(FrameRef {
+                    offset,
+                    len: rec.len() as u32,
+                    frame_id: out.batch,
+                });
             }
             for (i, mut e) in out.entries.into_iter().enumerate() {
                 if e.state == BlockState::Data {

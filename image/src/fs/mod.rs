@@ -264,7 +264,8 @@ pub(crate) mod test_support {
     pub fn copy_used(src: &Path, used: &Extents, dst: &Path) {
         let from = File::open(src).expect("open source");
         let to = File::create(dst).expect("create copy");
-        to.set_len(from.metadata().expect("stat").len()).expect("size copy");
+        to.set_len(from.metadata().expect("stat").len())
+            .expect("size copy");
         let mut buf = vec![0u8; 1 << 20];
         for &(start, end) in used.ranges() {
             let mut at = start;
@@ -275,6 +276,20 @@ pub(crate) mod test_support {
                 at += n as u64;
             }
         }
+    }
+
+    /// What `blkid -p` says about a volume, as KEY=value pairs; `None` when blkid is missing.
+    pub fn blkid(path: &Path) -> Option<std::collections::HashMap<String, String>> {
+        let out = run(Command::new(tool("blkid")?)
+            .args(["-p", "-o", "export"])
+            .arg(path));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        Some(
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     /// Deterministic pseudo-random bytes (xorshift64*), so failures reproduce.
@@ -331,7 +346,11 @@ mod tests {
 
     /// The same runs, found one bit at a time.
     fn runs_slow(bitmap: &[u8], nbits: u64) -> Vec<(u64, u64)> {
-        let bit = |i: u64| bitmap.get((i / 8) as usize).is_some_and(|b| b >> (i % 8) & 1 == 1);
+        let bit = |i: u64| {
+            bitmap
+                .get((i / 8) as usize)
+                .is_some_and(|b| b >> (i % 8) & 1 == 1)
+        };
         let mut out: Vec<(u64, u64)> = Vec::new();
         for i in 0..nbits {
             if bit(i) {
@@ -369,7 +388,11 @@ mod tests {
             let at = (seed as usize * 7) % 200;
             b[at..at + 40].fill(if seed % 2 == 0 { 0 } else { 0xff });
             for nbits in [0, 1, 63, 64, 65, 1000, 2399, 2400] {
-                assert_eq!(runs(&b, nbits), runs_slow(&b, nbits), "seed {seed} nbits {nbits}");
+                assert_eq!(
+                    runs(&b, nbits),
+                    runs_slow(&b, nbits),
+                    "seed {seed} nbits {nbits}"
+                );
             }
         }
     }

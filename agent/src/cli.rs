@@ -1,0 +1,282 @@
+//! Command-line definitions. Command and flag names are an interface: scripts and other
+//! components rely on them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::image_cmd;
+
+/// Holdfast agent: disk images from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "holdfast-agent", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, inspect, validate, restore, merge and convert images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+/// The image subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Image a device, partition or file holding one.
+    Create(CreateArgs),
+    /// Show what an image holds (no password needed).
+    Info(InfoArgs),
+    /// Check an image: structure and ciphertext without the password, every block with it.
+    Validate(ValidateArgs),
+    /// Restore an image (any point of a chain) to a device or file.
+    Restore(RestoreArgs),
+    /// Merge an incremental chain into a new full image.
+    Merge(MergeArgs),
+    /// Re-encode an image (compression, encryption, password, split) or write it raw.
+    Convert(ConvertArgs),
+}
+
+/// Flags every command shares.
+#[derive(Debug, Args, Clone)]
+pub struct Common {
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Worker threads (default: number of cores, plus one for imaging).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+/// `image create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Device, partition or file to image.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// Image file to write (split parts get .002, .003, … appended).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Image every sector, not only those the filesystem uses.
+    #[arg(long)]
+    pub forensic: bool,
+    /// Store only blocks changed since --base (the newest image of the chain).
+    #[arg(long, requires = "base", conflicts_with = "differential")]
+    pub incremental: bool,
+    /// Store blocks changed since the full image of --base's chain.
+    #[arg(long, requires = "base")]
+    pub differential: bool,
+    /// Base image for --incremental / --differential.
+    #[arg(long)]
+    pub base: Option<PathBuf>,
+    /// zstd level, 0 (store) to 22.
+    #[arg(long, default_value_t = 3)]
+    pub compression_level: i32,
+    /// Encrypt with aes128, aes192 or aes256 (default for incrementals: as the base).
+    #[arg(long, value_parser = parse_cipher)]
+    pub encrypt: Option<holdfast_image::crypto::Cipher>,
+    /// File whose first line is the password (else HOLDFAST_PASSWORD).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Split into parts of at most SIZE (bytes, or with K/M/G/T; at least 5M).
+    #[arg(long, value_parser = parse_size)]
+    pub split: Option<u64>,
+    /// Block size, the unit of change detection (default: 32K up to 256 GiB sources).
+    #[arg(long, value_parser = parse_size)]
+    pub block_size: Option<u64>,
+    /// Free-text comment stored in the image.
+    #[arg(long)]
+    pub comment: Option<String>,
+    /// Validate the image after writing it.
+    #[arg(long)]
+    pub verify: bool,
+    /// Replace an existing image of the same name.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Remount a read-write mounted source read-only while imaging.
+    #[arg(long, conflicts_with = "allow_live")]
+    pub lock: bool,
+    /// Image a read-write mounted source as it is (not crash-consistent; recorded as such).
+    #[arg(long)]
+    pub allow_live: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `image info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The image (its first part).
+    #[arg(long)]
+    pub image: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `image validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The image.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Password file (else HOLDFAST_PASSWORD); without it an encrypted image gets a structure check.
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `image restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The image: any point of a chain; its ancestors are found in the same folder.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Device or file to write (a file is created or extended to the source size).
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Password file (else HOLDFAST_PASSWORD).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Overwrite sectors the image does not hold with zeros.
+    #[arg(long)]
+    pub zero_unused: bool,
+    /// Do not checksum every needed frame before writing (one read less; damage then stops midway).
+    #[arg(long)]
+    pub skip_precheck: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `image merge`.
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Newest image of the chain.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The new full image.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Password file (else HOLDFAST_PASSWORD).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// zstd level.
+    #[arg(long, default_value_t = 3)]
+    pub compression_level: i32,
+    /// Split size.
+    #[arg(long, value_parser = parse_size)]
+    pub split: Option<u64>,
+    /// Replace an existing output.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `image convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The image.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Output image or raw file.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Password file for the image (else HOLDFAST_PASSWORD).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// zstd level (default: as the image).
+    #[arg(long)]
+    pub compression_level: Option<i32>,
+    /// Encrypt the output with aes128, aes192 or aes256.
+    #[arg(long, value_parser = parse_cipher, conflicts_with = "decrypt")]
+    pub encrypt: Option<holdfast_image::crypto::Cipher>,
+    /// Write the output unencrypted.
+    #[arg(long)]
+    pub decrypt: bool,
+    /// Password file for the output (else HOLDFAST_NEW_PASSWORD, else the image's password).
+    #[arg(long)]
+    pub new_password_file: Option<PathBuf>,
+    /// Split size of the output.
+    #[arg(long, value_parser = parse_size)]
+    pub split: Option<u64>,
+    /// `holdfast` (re-encode this image) or `raw` (the restored bytes of this point of the chain).
+    #[arg(long, default_value = "holdfast", value_parser = ["holdfast", "raw"])]
+    pub format: String,
+    /// Replace an existing output.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+impl Cli {
+    /// True when the command asked for JSON output.
+    pub fn json(&self) -> bool {
+        let Command::Image(c) = &self.command;
+        match c {
+            ImageCommand::Create(a) => a.common.json,
+            ImageCommand::Info(a) => a.common.json,
+            ImageCommand::Validate(a) => a.common.json,
+            ImageCommand::Restore(a) => a.common.json,
+            ImageCommand::Merge(a) => a.common.json,
+            ImageCommand::Convert(a) => a.common.json,
+        }
+    }
+
+    /// Run the command.
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let Command::Image(c) = self.command;
+        match c {
+            ImageCommand::Create(a) => image_cmd::create::run(a),
+            ImageCommand::Info(a) => image_cmd::info::run(a),
+            ImageCommand::Validate(a) => image_cmd::validate::run(a),
+            ImageCommand::Restore(a) => image_cmd::restore::run(a),
+            ImageCommand::Merge(a) => image_cmd::merge::run(a),
+            ImageCommand::Convert(a) => image_cmd::convert::run(a),
+        }
+    }
+}
+
+fn parse_cipher(s: &str) -> Result<holdfast_image::crypto::Cipher, String> {
+    holdfast_image::crypto::Cipher::parse(s)
+        .ok_or_else(|| format!("unknown cipher '{s}': use aes128, aes192 or aes256"))
+}
+
+/// Parse `123`, `64K`, `5M`, `2G`, `1T` (binary units; `KiB`/`MB` spellings accepted).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (e.g. 4096, 64K, 5M, 2G)"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("'{s}' has an unknown unit (use K, M, G or T)")),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("5M"), Ok(5 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("64KiB"), Ok(64 << 10));
+        assert!(parse_size("5X").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

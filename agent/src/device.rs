@@ -1,0 +1,253 @@
+//! Devices and files on this machine: size, sysfs facts, mounts, and read-only locking.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{Seek, SeekFrom};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+/// What we know about a source or restore target.
+#[derive(Debug)]
+pub struct Device {
+    /// Size in bytes.
+    pub size: u64,
+    /// True for block devices.
+    pub is_block: bool,
+    /// Logical sector size.
+    pub sector_size: u32,
+    /// Model and serial from sysfs.
+    pub model: Option<String>,
+    /// Serial from sysfs.
+    pub serial: Option<String>,
+    /// Device numbers that, when mounted, mean this device is in use: the device, its
+    /// partitions, and for a file every loop device backed by it (and their partitions).
+    pub devs: HashSet<(u32, u32)>,
+}
+
+fn major(dev: u64) -> u32 {
+    (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff)) as u32
+}
+fn minor(dev: u64) -> u32 {
+    ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32
+}
+
+fn read_trim(p: impl AsRef<Path>) -> Option<String> {
+    fs::read_to_string(p)
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+fn parse_devno(s: &str) -> Option<(u32, u32)> {
+    let (a, b) = s.trim().split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// The device and its partitions, as device numbers.
+fn with_partitions(devno: (u32, u32)) -> HashSet<(u32, u32)> {
+    let mut out = HashSet::from([devno]);
+    let sys = PathBuf::from(format!("/sys/dev/block/{}:{}", devno.0, devno.1));
+    if let Ok(rd) = fs::read_dir(&sys) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.join("partition").exists() {
+                if let Some(d) = read_trim(p.join("dev")).and_then(|s| parse_devno(&s)) {
+                    out.insert(d);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Loop devices whose backing file is `file`.
+fn loops_backed_by(file: &Path) -> HashSet<(u32, u32)> {
+    let mut out = HashSet::new();
+    let Ok(canon) = fs::canonicalize(file) else {
+        return out;
+    };
+    let Ok(rd) = fs::read_dir("/sys/block") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Some(backing) = read_trim(p.join("loop/backing_file")) else {
+            continue;
+        };
+        if Path::new(&backing) == canon {
+            if let Some(d) = read_trim(p.join("dev")).and_then(|s| parse_devno(&s)) {
+                out.extend(with_partitions(d));
+            }
+        }
+    }
+    out
+}
+
+impl Device {
+    /// Inspect `path` (a block device or a regular file).
+    pub fn inspect(path: &Path) -> Result<Self> {
+        let meta =
+            fs::metadata(path).with_context(|| format!("cannot open '{}'", path.display()))?;
+        let ft = meta.file_type();
+        if ft.is_block_device() {
+            let mut f =
+                File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
+            let size = f
+                .seek(SeekFrom::End(0))
+                .with_context(|| format!("cannot size '{}'", path.display()))?;
+            let devno = (major(meta.rdev()), minor(meta.rdev()));
+            let sys = PathBuf::from(format!("/sys/dev/block/{}:{}", devno.0, devno.1));
+            // A partition has no queue/ of its own: its disk's is one level up.
+            let sector_size = read_trim(sys.join("queue/logical_block_size"))
+                .or_else(|| read_trim(sys.join("../queue/logical_block_size")))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(512);
+            let dev_dir = if sys.join("partition").exists() {
+                sys.join("../device")
+            } else {
+                sys.join("device")
+            };
+            let model = read_trim(dev_dir.join("model"));
+            let serial =
+                read_trim(dev_dir.join("serial")).or_else(|| read_trim(sys.join("serial")));
+            Ok(Self {
+                size,
+                is_block: true,
+                sector_size,
+                model,
+                serial,
+                devs: with_partitions(devno),
+            })
+        } else if ft.is_file() {
+            Ok(Self {
+                size: meta.len(),
+                is_block: false,
+                sector_size: 512,
+                model: None,
+                serial: None,
+                devs: loops_backed_by(path),
+            })
+        } else {
+            bail!(
+                "'{}' is neither a block device nor a regular file",
+                path.display()
+            )
+        }
+    }
+
+    /// Where this device (or a partition of it, or a loop device over it) is mounted.
+    pub fn mounts(&self) -> Result<Vec<Mount>> {
+        Ok(read_mounts()?
+            .into_iter()
+            .filter(|m| self.devs.contains(&m.devno))
+            .collect())
+    }
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone)]
+pub struct Mount {
+    /// Device numbers.
+    pub devno: (u32, u32),
+    /// Mount point.
+    pub mount_point: PathBuf,
+    /// Mounted read-write.
+    pub read_write: bool,
+}
+
+fn unescape(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let mut out = String::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v as char);
+            i += 4;
+        } else {
+            out.push(b[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// All mounts of this mount namespace.
+pub fn read_mounts() -> Result<Vec<Mount>> {
+    let text =
+        fs::read_to_string("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 6 {
+            continue;
+        }
+        let Some(devno) = parse_devno(f[2]) else {
+            continue;
+        };
+        let read_write = f[5].split(',').any(|o| o == "rw");
+        out.push(Mount {
+            devno,
+            mount_point: PathBuf::from(unescape(f[4])),
+            read_write,
+        });
+    }
+    Ok(out)
+}
+
+/// Remounts read-only for its lifetime, then read-write again.
+pub struct ReadOnlyLock {
+    points: Vec<PathBuf>,
+}
+
+impl ReadOnlyLock {
+    /// Remount every read-write mount of the device read-only (fails when a process holds a
+    /// file open for writing).
+    pub fn acquire(mounts: &[Mount]) -> Result<Self> {
+        let mut lock = Self { points: Vec::new() };
+        for m in mounts.iter().filter(|m| m.read_write) {
+            remount(&m.mount_point, true).with_context(|| {
+                format!(
+                    "cannot lock '{}' (remount read-only failed; is a file open for writing?)",
+                    m.mount_point.display()
+                )
+            })?;
+            lock.points.push(m.mount_point.clone());
+        }
+        Ok(lock)
+    }
+}
+
+impl Drop for ReadOnlyLock {
+    fn drop(&mut self) {
+        for p in self.points.drain(..) {
+            if let Err(e) = remount(&p, false) {
+                eprintln!(
+                    "holdfast-agent: warning: could not remount '{}' read-write: {e}",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+fn remount(point: &Path, read_only: bool) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let mut flags = MsFlags::MS_REMOUNT;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(None::<&str>, point, None::<&str>, flags, None::<&str>)?;
+    Ok(())
+}
+
+/// The host name, from the kernel.
+pub fn hostname() -> String {
+    read_trim("/proc/sys/kernel/hostname").unwrap_or_else(|| "unknown".into())
+}

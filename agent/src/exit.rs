@@ -1,0 +1,51 @@
+//! Exit codes (documented in README and `holdfast-agent image --help`).
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | failure (I/O, bad option, anything else) |
+//! | 2 | usage error (from the argument parser) |
+//! | 3 | the image is damaged, incomplete, or its chain is broken |
+//! | 4 | password missing or wrong |
+//! | 5 | refused to protect data (mounted device, target too small, exists, other source) |
+//! | 6 | cancelled |
+
+use holdfast_image::ImageError;
+
+/// A refusal that protects data (exit code 5).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Validation found damage (exit code 3), after the report was printed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Damaged(pub String);
+
+/// The exit code for an error chain.
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<Refused>() {
+            return 5;
+        }
+        if cause.is::<Damaged>() {
+            return 3;
+        }
+        if let Some(e) = cause.downcast_ref::<ImageError>() {
+            return match e {
+                ImageError::NotAnImage { .. }
+                | ImageError::UnsupportedVersion { .. }
+                | ImageError::Truncated { .. }
+                | ImageError::MissingPart { .. }
+                | ImageError::Corrupt { .. }
+                | ImageError::DamagedBlocks { .. }
+                | ImageError::ChainBroken { .. } => 3,
+                ImageError::PasswordRequired { .. } | ImageError::WrongPassword { .. } => 4,
+                ImageError::SourceMismatch { .. } => 5,
+                ImageError::Cancelled => 6,
+                _ => 1,
+            };
+        }
+    }
+    1
+}

@@ -1,0 +1,109 @@
+//! `image convert`: re-encode one image, or write the restored bytes raw.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use holdfast_image::chain::Chain;
+use holdfast_image::parts::FileSink;
+use holdfast_image::progress::Cancel;
+use holdfast_image::restore::{restore, FileTarget, RestoreOptions};
+use holdfast_image::writer::WriteOptions;
+use serde_json::json;
+
+use super::{open_chain, open_image, secs};
+use crate::cli::ConvertArgs;
+use crate::exit::Refused;
+use crate::output::{print_json, Bar};
+use crate::secret::{password, NEW_PASSWORD_ENV, PASSWORD_ENV};
+
+/// Run.
+pub fn run(a: ConvertArgs) -> Result<ExitCode> {
+    let t0 = Instant::now();
+    let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
+    let bar = Bar::new(a.common.json);
+    let doc = if a.format == "raw" {
+        let chain = open_chain(&a.image, password.as_deref().map(|p| &p[..]))?;
+        if a.output.exists() && !a.overwrite {
+            return Err(Refused(format!(
+                "'{}' already exists (use --overwrite to replace it)",
+                a.output.display()
+            ))
+            .into());
+        }
+        let size = chain.point().header.source_size;
+        let mut tmp = a.output.clone().into_os_string();
+        tmp.push(".partial");
+        let tmp = std::path::PathBuf::from(tmp);
+        let file = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create '{}'", tmp.display()))?;
+        file.set_len(size)?;
+        let target = FileTarget { file, size };
+        let r = restore(
+            &chain,
+            &target,
+            &RestoreOptions {
+                threads: a.common.threads,
+                ..Default::default()
+            },
+            &bar,
+            &Cancel::new(),
+        );
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        std::fs::rename(&tmp, &a.output)?;
+        json!({ "ok": true, "output": a.output.display().to_string(), "format": "raw", "bytes": size })
+    } else {
+        let mut img = open_image(&a.image)?;
+        img.unlock(password.as_deref().map(|p| &p[..]))?;
+        let cipher = if a.decrypt {
+            holdfast_image::crypto::Cipher::None
+        } else {
+            a.encrypt.unwrap_or(img.header.cipher)
+        };
+        let new_password = password_or(a.new_password_file.as_deref(), password.clone())?;
+        let opts = WriteOptions {
+            compression_level: a
+                .compression_level
+                .unwrap_or(i32::from(img.header.compression_level)),
+            split_size: a.split.unwrap_or(0),
+            threads: a.common.threads,
+            password: new_password,
+            kdf: None,
+        };
+        let chain = Chain::single(img);
+        let mut sink = FileSink::create(&a.output, a.overwrite)
+            .map_err(|e| anyhow::Error::new(Refused(e.to_string())))?;
+        let s = holdfast_image::convert::convert(
+            &chain,
+            cipher,
+            &opts,
+            &mut sink,
+            &bar,
+            &Cancel::new(),
+        )?;
+        json!({ "ok": true, "output": a.output.display().to_string(), "format": "holdfast", "encryption": cipher.name(), "summary": s })
+    };
+    bar.finish();
+    if a.common.json {
+        let mut doc = doc;
+        doc["seconds"] = json!(secs(t0.elapsed()));
+        print_json(&doc);
+    } else {
+        println!(
+            "converted '{}' to '{}'",
+            a.image.display(),
+            a.output.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn password_or(
+    file: Option<&std::path::Path>,
+    fallback: Option<zeroize::Zeroizing<Vec<u8>>>,
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    Ok(password(file, NEW_PASSWORD_ENV)?.or(fallback))
+}

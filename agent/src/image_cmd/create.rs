@@ -1,0 +1,321 @@
+//! `image create`: full, incremental and differential images of a device or file.
+
+use std::fs::File;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use holdfast_image::blocks::DeviceBlocks;
+use holdfast_image::chain::Chain;
+use holdfast_image::crypto::Cipher;
+use holdfast_image::extents::Extents;
+use holdfast_image::header::{Kind, Method};
+use holdfast_image::io::FileReadAt;
+use holdfast_image::meta::Metadata;
+use holdfast_image::parts::FileSink;
+use holdfast_image::plan::plan_source;
+use holdfast_image::progress::{Cancel, NoProgress};
+use holdfast_image::validate::validate;
+use holdfast_image::writer::{default_block_size, write_image, Identity, WriteOptions};
+use holdfast_image::ImageError;
+use serde_json::json;
+
+use super::{open_chain, open_image, secs};
+use crate::cli::CreateArgs;
+use crate::device::{hostname, Device, ReadOnlyLock};
+use crate::exit::{Damaged, Refused};
+use crate::output::{bytes, print_json, Bar};
+use crate::secret::{password, PASSWORD_ENV};
+
+/// Run.
+pub fn run(a: CreateArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
+    let dev = Device::inspect(&a.source)?;
+    if std::fs::canonicalize(&a.output).ok() == std::fs::canonicalize(&a.source).ok() {
+        return Err(Refused("the output is the source".into()).into());
+    }
+
+    // Consistency: refuse a read-write mounted source unless locked or explicitly live.
+    let mounts = dev.mounts()?;
+    let rw: Vec<_> = mounts.iter().filter(|m| m.read_write).cloned().collect();
+    let mut _lock = None;
+    let (live, consistency) = if rw.is_empty() {
+        (
+            false,
+            if mounts.is_empty() {
+                "unmounted".to_owned()
+            } else {
+                "mounted read-only".to_owned()
+            },
+        )
+    } else if a.lock {
+        _lock = Some(ReadOnlyLock::acquire(&rw)?);
+        (
+            false,
+            "locked: remounted read-only while imaging".to_owned(),
+        )
+    } else if a.allow_live {
+        (
+            true,
+            "live: mounted read-write while imaging, not crash-consistent".to_owned(),
+        )
+    } else {
+        return Err(Refused(format!(
+            "'{}' is mounted read-write on '{}': unmount it, or use --lock (remount read-only while imaging) \
+             or --allow-live (image it as it changes; not crash-consistent)",
+            a.source.display(),
+            rw[0].mount_point.display()
+        ))
+        .into());
+    };
+
+    let file =
+        File::open(&a.source).with_context(|| format!("cannot open '{}'", a.source.display()))?;
+    let reader = FileReadAt::new(file, dev.size);
+    let mut plan = plan_source(&reader, dev.sector_size, a.forensic)?;
+    plan.source.path = a.source.display().to_string();
+    plan.source.model = dev.model.clone();
+    plan.source.serial = dev.serial.clone();
+    if !dev.is_block && plan.source.kind == "volume" {
+        plan.source.kind = "file".into();
+    } else if plan.source.kind == "volume" {
+        plan.source.kind = "partition".into();
+    }
+    if live {
+        plan.warnings
+            .push("imaged while mounted read-write: not crash-consistent".into());
+    }
+
+    // Base image for incremental / differential.
+    let kind = if a.incremental {
+        Kind::Incremental
+    } else if a.differential {
+        Kind::Differential
+    } else {
+        Kind::Full
+    };
+    let mut base_chain: Option<Chain> = None;
+    let mut parent_name = None;
+    if let Some(base) = a.base.as_deref().filter(|_| kind != Kind::Full) {
+        let out_dir = std::fs::canonicalize(
+            a.output
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(".".as_ref()),
+        )
+        .context("cannot resolve the output folder")?;
+        let base_dir = std::fs::canonicalize(
+            base.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(".".as_ref()),
+        )
+        .with_context(|| format!("cannot open base image '{}'", base.display()))?;
+        if out_dir != base_dir {
+            bail!("an incremental or differential image must be written to the folder of its base image ('{}')", base_dir.display());
+        }
+        if std::fs::canonicalize(base).ok() == std::fs::canonicalize(&a.output).ok() {
+            return Err(Refused("the output would overwrite its own base image".into()).into());
+        }
+        let chain = open_chain(base, password.as_deref().map(|p| &p[..]))?;
+        let chain = if kind == Kind::Differential {
+            // A differential is based on the chain's full image.
+            let full = chain
+                .images
+                .last()
+                .map(|i| i.name().to_owned())
+                .unwrap_or_default();
+            open_chain(
+                std::path::Path::new(&full),
+                password.as_deref().map(|p| &p[..]),
+            )?
+        } else {
+            chain
+        };
+        let b = chain.point();
+        let name = b.name().to_owned();
+        if b.header.source_size != dev.size {
+            return Err(ImageError::SourceMismatch {
+                name,
+                detail: format!(
+                    "it imaged {} bytes, '{}' has {}",
+                    b.header.source_size,
+                    a.source.display(),
+                    dev.size
+                ),
+            }
+            .into());
+        }
+        match (b.meta.source.identity(), plan.source.identity()) {
+            (Some(x), Some(y)) if x != y => {
+                return Err(ImageError::SourceMismatch {
+                    name,
+                    detail: format!("it imaged {x}, the source is {y}"),
+                }
+                .into())
+            }
+            (Some(x), None) => {
+                return Err(ImageError::SourceMismatch {
+                    name,
+                    detail: format!("it imaged {x}, the source has no such identity"),
+                }
+                .into())
+            }
+            _ => {}
+        }
+        parent_name = std::path::Path::new(b.name())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        base_chain = Some(chain);
+    }
+
+    let cipher = match (&base_chain, a.encrypt) {
+        (_, Some(c)) => c,
+        (Some(ch), None) => ch.point().header.cipher,
+        (None, None) => Cipher::None,
+    };
+    let forensic = a.forensic
+        || base_chain
+            .as_ref()
+            .is_some_and(|c| c.point().header.method == Method::Forensic);
+    if forensic && plan.method != Method::Forensic {
+        plan.used = Extents::full(dev.size);
+        plan.method = Method::Forensic;
+    }
+    let ident = match &base_chain {
+        Some(ch) => {
+            let mut id = Identity::child_of(ch.point(), kind, cipher)?;
+            id.method = plan.method;
+            id
+        }
+        None => Identity::new_full(plan.method, cipher),
+    };
+    let block_size = match (&base_chain, a.block_size) {
+        (Some(ch), _) => ch.point().header.block_size,
+        (None, Some(bs)) => u32::try_from(bs).context("block size too large")?,
+        (None, None) => default_block_size(dev.size),
+    };
+    let meta = Metadata {
+        host: hostname(),
+        source: plan.source.clone(),
+        method: plan.method,
+        kind,
+        image_id: String::new(),
+        chain_id: String::new(),
+        parent_id: None,
+        parent_name,
+        parent_digest: None,
+        created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        tool: format!("holdfast-agent {}", env!("CARGO_PKG_VERSION")),
+        comment: a.comment.clone(),
+        live,
+        consistency: consistency.clone(),
+        warnings: plan.warnings.clone(),
+    };
+    if !a.common.json {
+        for w in &plan.warnings {
+            eprintln!("holdfast-agent: warning: {w}");
+        }
+    }
+    let opts = WriteOptions {
+        compression_level: a.compression_level,
+        split_size: a.split.unwrap_or(0),
+        threads: a.common.threads,
+        password: password.clone(),
+        kdf: None,
+    };
+    let blocks = DeviceBlocks::new(
+        &reader,
+        plan.used.clone(),
+        block_size,
+        a.source.display().to_string(),
+    );
+    let mut sink = FileSink::create(&a.output, a.overwrite).map_err(|e| match e {
+        ImageError::Invalid(m) => anyhow::Error::new(Refused(m)),
+        e => e.into(),
+    })?;
+    let bar = Bar::new(a.common.json);
+    let parent_index = base_chain.as_ref().map(|c| &c.point().index);
+    let t0 = Instant::now();
+    let summary = write_image(
+        &blocks,
+        &ident,
+        &meta,
+        parent_index,
+        &opts,
+        &mut sink,
+        &bar,
+        &Cancel::new(),
+    );
+    bar.finish();
+    let summary = summary?;
+    let imaging = t0.elapsed();
+    drop(_lock);
+
+    let mut verified = None;
+    if a.verify {
+        let mut img = open_image(&a.output)?;
+        img.unlock(password.as_deref().map(|p| &p[..]))?;
+        let report = validate(&img, a.common.threads, &NoProgress, &Cancel::new())?;
+        verified = Some(report);
+    }
+    let elapsed = started.elapsed();
+    let rate = summary.read_bytes as f64 / imaging.as_secs_f64().max(1e-9);
+    let doc = json!({
+        "ok": verified.as_ref().is_none_or(|r| r.is_ok()),
+        "image": a.output.display().to_string(),
+        "image_id": summary.image_id,
+        "kind": kind,
+        "method": plan.method,
+        "encryption": cipher.name(),
+        "source": a.source.display().to_string(),
+        "source_size": dev.size,
+        "block_size": block_size,
+        "consistency": consistency,
+        "warnings": plan.warnings,
+        "read_bytes": summary.read_bytes,
+        "data_bytes": summary.data_bytes,
+        "image_bytes": summary.image_bytes,
+        "parts": summary.parts,
+        "frames": summary.frames,
+        "blocks": summary.blocks,
+        "content_digest": summary.content_digest,
+        "seconds": secs(elapsed),
+        "imaging_seconds": secs(imaging),
+        "read_rate_bytes_per_second": rate.round(),
+        "validation": verified,
+    });
+    if a.common.json {
+        print_json(&doc);
+    } else {
+        println!(
+            "created {} image '{}' ({:?}, {}): read {} in {:.1} s ({}/s), wrote {} in {} part(s)",
+            format!("{kind:?}").to_lowercase(),
+            a.output.display(),
+            plan.method,
+            cipher.name(),
+            bytes(summary.read_bytes),
+            imaging.as_secs_f64(),
+            bytes(rate as u64),
+            bytes(summary.image_bytes),
+            summary.parts
+        );
+        if let Some(r) = &verified {
+            println!(
+                "verified: {} frames, {} blocks checked, {} damaged ranges",
+                r.frames,
+                r.blocks_verified,
+                r.damage.len()
+            );
+        }
+    }
+    if let Some(r) = verified.filter(|r| !r.is_ok()) {
+        return Err(Damaged(format!(
+            "verification after writing found {} damaged ranges in '{}'",
+            r.damage.len(),
+            r.image
+        ))
+        .into());
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,53 @@
+//! `image merge`.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Result;
+use holdfast_image::parts::FileSink;
+use holdfast_image::progress::Cancel;
+use holdfast_image::writer::WriteOptions;
+use serde_json::json;
+
+use super::{open_chain, secs};
+use crate::cli::MergeArgs;
+use crate::output::{bytes, print_json, Bar};
+use crate::secret::{password, PASSWORD_ENV};
+
+/// Run.
+pub fn run(a: MergeArgs) -> Result<ExitCode> {
+    let t0 = Instant::now();
+    let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
+    let chain = open_chain(&a.image, password.as_deref().map(|p| &p[..]))?;
+    let cipher = chain.point().header.cipher;
+    let opts = WriteOptions {
+        compression_level: a.compression_level,
+        split_size: a.split.unwrap_or(0),
+        threads: a.common.threads,
+        password: password.clone(),
+        kdf: None,
+    };
+    let mut sink = FileSink::create(&a.output, a.overwrite)?;
+    let bar = Bar::new(a.common.json);
+    let s = holdfast_image::convert::merge(&chain, cipher, &opts, &mut sink, &bar, &Cancel::new());
+    bar.finish();
+    let s = s?;
+    if a.common.json {
+        print_json(&json!({
+            "ok": true,
+            "image": a.output.display().to_string(),
+            "merged": chain.images.iter().map(|i| i.name().to_owned()).collect::<Vec<_>>(),
+            "summary": s,
+            "seconds": secs(t0.elapsed()),
+        }));
+    } else {
+        println!(
+            "merged {} image(s) into full image '{}' ({}, {} parts)",
+            chain.images.len(),
+            a.output.display(),
+            bytes(s.image_bytes),
+            s.parts
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
