@@ -17,19 +17,14 @@ use holdfast_image::ImageError;
 #[error("{0}")]
 pub struct Refused(pub String);
 
-/// Validation found damage (exit code 3), after the report was printed.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Damaged(pub String);
+/// Exit code when validation found damage (the report was printed).
+pub const DAMAGED: u8 = 3;
 
 /// The exit code for an error chain.
 pub fn code_for(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.is::<Refused>() {
             return 5;
-        }
-        if cause.is::<Damaged>() {
-            return 3;
         }
         if let Some(e) = cause.downcast_ref::<ImageError>() {
             return match e {
@@ -39,7 +34,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
                 | ImageError::MissingPart { .. }
                 | ImageError::Corrupt { .. }
                 | ImageError::DamagedBlocks { .. }
-                | ImageError::ChainBroken { .. } => 3,
+                | ImageError::ChainBroken { .. } => DAMAGED,
                 ImageError::PasswordRequired { .. } | ImageError::WrongPassword { .. } => 4,
                 ImageError::SourceMismatch { .. } => 5,
                 ImageError::Cancelled => 6,

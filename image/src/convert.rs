@@ -8,7 +8,8 @@ use crate::parts::PartSink;
 use crate::progress::{Cancel, Progress};
 use crate::writer::{write_image, Identity, WriteOptions, WriteSummary};
 
-/// Write the chain's newest point as a new, independent full image (new chain).
+/// Write the chain's newest point as a new, independent full image (a new chain id, the same
+/// chain key).
 pub fn merge(
     chain: &Chain,
     cipher: Cipher,
@@ -19,7 +20,15 @@ pub fn merge(
 ) -> Result<WriteSummary> {
     let point = chain.point();
     let blocks = ChainBlocks::new(chain, false)?;
-    let ident = Identity::new_full(point.header.method, cipher);
+    let keys = point
+        .keys()
+        .ok_or_else(|| crate::ImageError::PasswordRequired {
+            name: point.name().to_owned(),
+        })?;
+    // Keep the chain key: block hashes stay comparable, so the merged full has the same
+    // content digest as the point it was made from and can serve as a base like it.
+    let mut ident = Identity::new_full(point.header.method, cipher);
+    ident.keys = Keys::with_chain_key(keys.chain_key(), cipher);
     let mut meta = point.meta.clone();
     meta.parent_name = None;
     meta.kind = Kind::Full;

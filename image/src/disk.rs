@@ -744,4 +744,32 @@ mod tests {
             Err(DiskError::Corrupt { .. })
         ));
     }
+
+    #[test]
+    fn random_table_damage_never_panics() {
+        let mbr = "label: dos\nsize=10MiB, type=83\ntype=5\nsize=10MiB\nsize=12MiB\n";
+        for script in [mbr, GPT_SCRIPT] {
+            let Some((_dir, disk)) = partitioned(script) else {
+                return;
+            };
+            let mut img = std::fs::read(&disk).expect("read");
+            // The EBRs of the script above sit at sectors 22528 and 43008 (or GPT entries).
+            let targets = [0usize, 512, 1024, 22528 * 512, 43008 * 512];
+            let noise = pseudo_random(4 * 2000, 23);
+            for hit in noise.chunks_exact(4) {
+                let base = targets[usize::from(hit[0]) % targets.len()];
+                let (a, b) = (
+                    base + 430 + usize::from(hit[1]) % 82,
+                    base + usize::from(hit[3]) * 2,
+                );
+                let (old_a, old_b) = (img[a], img[b]);
+                img[a] = hit[2];
+                img[b] ^= hit[3];
+                let _ = read_partition_table(&img, 512);
+                // Undo (both were saved before either write, so a == b is fine).
+                img[b] = old_b;
+                img[a] = old_a;
+            }
+        }
+    }
 }

@@ -168,7 +168,7 @@ facts=(
     "kernel: $(uname -sr)"
     "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
     "partclone: $(partclone.ext4 -v 2>&1 | awk '/Partclone/ { print $3; exit }')"
-    "zstd: $(zstd --version | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^v[0-9]/) { print $i; exit } }')"
+    "zstd: $(zstd --version | awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^v[0-9]/) { sub(/,$/, "", $i); print $i; exit } }')"
 )
 command -v restic >/dev/null && facts+=("restic: $(restic version | awk '{ print $2 }')")
 command -v borg >/dev/null && facts+=("borg: $(borg --version | awk '{ print $2 }')")
@@ -233,6 +233,8 @@ RUNS=1
 measure ref_changed - ref_changed
 RUNS=$saved_runs
 changed_figures=$(cat "$WORK/changed.txt" 2>/dev/null || echo "n/a")
+changed_bytes=$(sed -n 's/.*changed_bytes=\([0-9]*\).*/\1/p' "$WORK/changed.txt" 2>/dev/null || true)
+changed_figures="$changed_figures, i.e. $(mib "${changed_bytes:-n/a}") MiB before compression"
 log "changed blocks: $changed_figures"
 
 # restic and borg: file-level deduplicating backups of the mounted states ------------------
@@ -483,7 +485,8 @@ used2=$(awk -F'used_bytes=' '/^state2/ { split($2, a, " "); print a[1] }' "$OUTD
     echo
     row "command" "wall s (median)" "output bytes" "time vs unencrypted" "size vs unencrypted"
     row "---" "---:" "---:" "---:" "---:"
-    row "ours: image create (unencrypted)" "${T[hf_full]}" "$SZ_hf" "1.00" "1.00"
+    row "ours: image create (unencrypted)" "${T[hf_full]}" "$SZ_hf" \
+        "$(ratio "${T[hf_full]}" "${T[hf_full]}")" "$(ratio "$SZ_hf" "$SZ_hf")"
     row "ours: image create --encrypt aes256" "${T[hf_full_enc]}" "$SZ_hf_enc" \
         "$(ratio "${T[hf_full_enc]}" "${T[hf_full]}")" "$(ratio "$SZ_hf_enc" "$SZ_hf")"
     echo

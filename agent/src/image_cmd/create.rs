@@ -23,7 +23,7 @@ use serde_json::json;
 use super::{open_chain, open_image, secs};
 use crate::cli::CreateArgs;
 use crate::device::{hostname, Device, ReadOnlyLock};
-use crate::exit::{Damaged, Refused};
+use crate::exit::{Refused, DAMAGED};
 use crate::output::{bytes, print_json, Bar};
 use crate::secret::{password, PASSWORD_ENV};
 
@@ -310,12 +310,15 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         }
     }
     if let Some(r) = verified.filter(|r| !r.is_ok()) {
-        return Err(Damaged(format!(
-            "verification after writing found {} damaged ranges in '{}'",
-            r.damage.len(),
-            r.image
-        ))
-        .into());
+        eprintln!(
+            "holdfast-agent: error: {}",
+            format!(
+                "verification after writing found {} damaged ranges in '{}'",
+                r.damage.len(),
+                r.image
+            )
+        );
+        return Ok(ExitCode::from(DAMAGED));
     }
     Ok(ExitCode::SUCCESS)
 }

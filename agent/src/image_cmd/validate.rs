@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::open_image;
 use crate::cli::ValidateArgs;
-use crate::exit::Damaged;
+use crate::exit::DAMAGED;
 use crate::output::{print_json, Bar};
 use crate::secret::{password, PASSWORD_ENV};
 
@@ -52,12 +52,15 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
         }
     }
     if !report.is_ok() {
-        return Err(Damaged(format!(
-            "'{}' is damaged: {} damaged ranges",
-            report.image,
-            report.damage.len()
-        ))
-        .into());
+        eprintln!(
+            "holdfast-agent: error: {}",
+            format!(
+                "'{}' is damaged: {} damaged ranges",
+                report.image,
+                report.damage.len()
+            )
+        );
+        return Ok(ExitCode::from(DAMAGED));
     }
     Ok(ExitCode::SUCCESS)
 }

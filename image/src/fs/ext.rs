@@ -911,7 +911,7 @@ mod tests {
             return;
         };
         let pristine = std::fs::read(&made.image).expect("read image");
-        let noise = pseudo_random(4 * 60000, 99);
+        let noise = pseudo_random(4 * 3000, 99);
         for round in noise.chunks_exact(4) {
             let mut img = pristine.clone();
             // Hit the superblock or the first group descriptors, with any byte value.

@@ -542,7 +542,7 @@ mod tests {
             other => panic!("expected Corrupt, got {other:?}"),
         }
         // Random damage to the boot sector never panics.
-        let noise = pseudo_random(3 * 60000, 17);
+        let noise = pseudo_random(3 * 3000, 17);
         for hit in noise.chunks_exact(3) {
             let mut img = pristine.clone();
             img[usize::from(hit[0]) % 64] = hit[1];

@@ -1,0 +1,207 @@
+//! Full → incremental → incremental → differential on ext4 and FAT32; every point restores
+//! to a fresh device with a clean fsck and exactly the files of that point.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::util::*;
+
+const VOL: u64 = 96 << 20;
+
+fn change(mnt: &Path, round: u64) {
+    write_files(mnt, round, 6);
+    // Delete one older file and rewrite part of another in place.
+    let _ = std::fs::remove_file(mnt.join("r0/f1.bin"));
+    let p = mnt.join("r0/f2.bin");
+    if let Ok(mut data) = std::fs::read(&p) {
+        let n = data.len().min(5000);
+        data[..n].copy_from_slice(&noise(n, 77 + round));
+        std::fs::write(&p, data).expect("rewrite");
+    }
+}
+
+fn restore_and_check(
+    img: &Path,
+    work: &Path,
+    fs: &str,
+    want: &BTreeMap<String, String>,
+    extra: &[&str],
+) {
+    let target = work.join("restore.img");
+    sparse_file(&target, VOL);
+    let lo = Loop::new(&target);
+    let mut args = vec![
+        "restore",
+        "--image",
+        img.to_str().expect("path"),
+        "--target",
+        lo.path(),
+    ];
+    args.extend_from_slice(extra);
+    image_ok(&args);
+    fsck_clean(lo.path(), fs);
+    assert_eq!(
+        &read_files(lo.path(), fs, work),
+        want,
+        "files restored from {} differ",
+        img.display()
+    );
+    drop(lo);
+    std::fs::remove_file(target).expect("remove target");
+}
+
+fn scenario(fs: &str, extra_create: &[&str], extra_restore: &[&str]) {
+    let t = tempdir();
+    let work = t.path();
+    let vol = work.join("vol.img");
+    sparse_file(&vol, VOL);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), fs);
+    let imgs = work.join("images");
+    std::fs::create_dir_all(&imgs).expect("images dir");
+    let img = |n: &str| imgs.join(n).to_str().expect("path").to_owned();
+    let mut states = Vec::new();
+
+    let create = |out: &str, base: Option<(&str, &str)>| {
+        let mut args = vec!["create", "--source", lo.path(), "--output", out];
+        if let Some((flag, b)) = base {
+            args.extend_from_slice(&[flag, "--base", b]);
+        }
+        args.extend_from_slice(extra_create);
+        image_ok(&args)
+    };
+
+    states.push(edit_files(lo.path(), fs, work, |d| write_files(d, 0, 40)));
+    let full = create(&img("full.hfi"), None);
+    assert_eq!(full["method"], "used-sector", "{full}");
+    for round in 1..=3 {
+        states.push(edit_files(lo.path(), fs, work, |d| change(d, round)));
+        let (out, base) = match round {
+            1 => ("inc1.hfi", ("--incremental", img("full.hfi"))),
+            2 => ("inc2.hfi", ("--incremental", img("inc1.hfi"))),
+            _ => ("diff3.hfi", ("--differential", img("inc2.hfi"))),
+        };
+        let s = create(&img(out), Some((base.0, &base.1)));
+        let stored = s["blocks"]["data"].as_u64().expect("data blocks");
+        let full_stored = full["blocks"]["data"].as_u64().expect("data blocks");
+        assert!(
+            stored * 3 < full_stored,
+            "{out} stores {stored} blocks, the full {full_stored}"
+        );
+        assert!(s["blocks"]["inherited"].as_u64().expect("inherited") > 0);
+    }
+    // The differential is based on the full image, not on inc2.
+    let info = image_ok(&["info", "--image", &img("diff3.hfi")]);
+    assert_eq!(info["parent_id"], full["image_id"]);
+
+    for (i, name) in ["full.hfi", "inc1.hfi", "inc2.hfi", "diff3.hfi"]
+        .iter()
+        .enumerate()
+    {
+        let v = image_ok(&["validate", "--image", &img(name)]);
+        assert_eq!(v["report"]["damage"].as_array().map(Vec::len), Some(0));
+        restore_and_check(&imgs.join(name), work, fs, &states[i], extra_restore);
+    }
+
+    // Merge the incremental chain into a new full image: same content as inc2.
+    let inc2_name = img("inc2.hfi");
+    let mut margs = vec!["merge", "--image", &inc2_name];
+    let out = img("merged.hfi");
+    margs.extend_from_slice(&["--output", &out]);
+    margs.extend_from_slice(extra_restore);
+    let merged = image_ok(&margs);
+    let minfo = image_ok(&["info", "--image", &out]);
+    assert_eq!(minfo["kind"], "full");
+    let inc2 = image_ok(&["info", "--image", &img("inc2.hfi")]);
+    assert_eq!(minfo["content_digest"], inc2["content_digest"], "{merged}");
+    restore_and_check(Path::new(&out), work, fs, &states[2], extra_restore);
+}
+
+#[test]
+fn ext4_chain_full_incremental_differential() {
+    if require_devices("ext4_chain_full_incremental_differential") {
+        scenario("ext4", &[], &[]);
+    }
+}
+
+#[test]
+fn fat32_chain_full_incremental_differential() {
+    if require_devices("fat32_chain_full_incremental_differential") {
+        scenario("vfat", &[], &[]);
+    }
+}
+
+#[test]
+fn ext4_chain_encrypted_and_split() {
+    if !require_devices("ext4_chain_encrypted_and_split") {
+        return;
+    }
+    let t = tempdir();
+    let pw = t.path().join("pw");
+    std::fs::write(&pw, "correct horse battery staple\n").expect("pw");
+    let pw = pw.to_str().expect("path").to_owned();
+    let create: Vec<&str> = vec![
+        "--encrypt",
+        "aes256",
+        "--password-file",
+        &pw,
+        "--split",
+        "5M",
+    ];
+    let restore: Vec<&str> = vec!["--password-file", &pw];
+    scenario_with_pw(&create, &restore, &pw);
+}
+
+fn scenario_with_pw(create: &[&str], restore: &[&str], pw: &str) {
+    // Same as `scenario`, but validation gets the password too.
+    let t = tempdir();
+    let work = t.path();
+    std::fs::copy(pw, work.join("pw")).expect("copy pw");
+    let vol = work.join("vol.img");
+    sparse_file(&vol, VOL);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    let imgs = work.join("images");
+    std::fs::create_dir_all(&imgs).expect("images dir");
+    let img = |n: &str| imgs.join(n).to_str().expect("path").to_owned();
+    let mut states = Vec::new();
+    states.push(edit_files(lo.path(), "ext4", work, |d| {
+        write_files(d, 0, 40);
+        std::fs::write(d.join("noise.bin"), noise(12 << 20, 3)).expect("noise");
+    }));
+    let mut a = vec!["create", "--source", lo.path(), "--output"];
+    let full = img("full.hfi");
+    a.push(&full);
+    a.extend_from_slice(create);
+    let s = image_ok(&a);
+    assert!(
+        s["parts"].as_u64().expect("parts") > 1,
+        "expected a split image: {s}"
+    );
+    assert_eq!(s["encryption"], "aes256");
+    states.push(edit_files(lo.path(), "ext4", work, |d| change(d, 1)));
+    let inc = img("inc1.hfi");
+    let mut a = vec![
+        "create",
+        "--source",
+        lo.path(),
+        "--output",
+        &inc,
+        "--incremental",
+        "--base",
+        &full,
+    ];
+    a.extend_from_slice(restore);
+    let s = image_ok(&a);
+    assert_eq!(
+        s["encryption"], "aes256",
+        "incrementals inherit the base's encryption"
+    );
+    for (i, name) in [&full, &inc].iter().enumerate() {
+        let v = image_ok(&["validate", "--image", name, "--password-file", pw]);
+        assert_eq!(v["report"]["level"], "full");
+        let v = image_ok(&["validate", "--image", name]);
+        assert_eq!(v["report"]["level"], "structure");
+        restore_and_check(Path::new(name), work, "ext4", &states[i], restore);
+    }
+}

@@ -1,0 +1,194 @@
+//! Forensic images and whole disks with a partition table.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::*;
+
+fn read_range(path: &Path, start: u64, len: u64) -> Vec<u8> {
+    let mut f = File::open(path).expect("open");
+    f.seek(SeekFrom::Start(start)).expect("seek");
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact(&mut buf).expect("read");
+    buf
+}
+
+#[test]
+fn forensic_restore_is_byte_identical() {
+    if !require_devices("forensic_restore_is_byte_identical") {
+        return;
+    }
+    let t = tempdir();
+    let vol = t.path().join("vol.img");
+    sparse_file(&vol, 48 << 20);
+    {
+        let lo = Loop::new(&vol);
+        mkfs(lo.path(), "ext4");
+        let m = Mounted::new(lo.path(), &t.path().join("mnt"), "rw");
+        write_files(&m.dir, 0, 10);
+        for i in 0..5 {
+            let _ = std::fs::remove_file(m.dir.join(format!("r0/f{i}.bin")));
+        }
+    }
+    // Leave recognisable bytes in free space too: forensic must keep them.
+    let img = t.path().join("forensic.hfi");
+    let s = image_ok(&[
+        "create",
+        "--source",
+        vol.to_str().expect("p"),
+        "--output",
+        img.to_str().expect("p"),
+        "--forensic",
+    ]);
+    assert_eq!(s["method"], "forensic");
+    let out = t.path().join("restored.img");
+    image_ok(&[
+        "restore",
+        "--image",
+        img.to_str().expect("p"),
+        "--target",
+        out.to_str().expect("p"),
+    ]);
+    assert!(
+        std::fs::read(&vol).expect("vol") == std::fs::read(&out).expect("out"),
+        "forensic restore differs"
+    );
+
+    // An unknown filesystem falls back to forensic with a warning.
+    let raw = t.path().join("raw.img");
+    std::fs::write(&raw, noise(6 << 20, 5)).expect("raw");
+    let img2 = t.path().join("raw.hfi");
+    let s = image_ok(&[
+        "create",
+        "--source",
+        raw.to_str().expect("p"),
+        "--output",
+        img2.to_str().expect("p"),
+    ]);
+    assert_eq!(s["method"], "forensic");
+    assert!(
+        s["warnings"].to_string().contains("unknown filesystem"),
+        "{s}"
+    );
+}
+
+#[test]
+fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
+    if !require_devices("gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips") {
+        return;
+    }
+    let t = tempdir();
+    let disk = t.path().join("disk.img");
+    sparse_file(&disk, 200 << 20);
+    let mut sf = Command::new("sfdisk");
+    sf.arg("--quiet")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped());
+    let mut child = sf.spawn().expect("sfdisk");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"label: gpt\nsize=64MiB, type=L, name=root\nsize=48MiB, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=data\nsize=24MiB, type=L, name=blob\n")
+        .expect("script");
+    assert!(child.wait().expect("sfdisk").success());
+    let dump = sh(Command::new("sfdisk").arg("--json").arg(&disk));
+    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("sfdisk json");
+    let parts: Vec<(u64, u64)> = table["partitiontable"]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().expect("start") * 512,
+                p["size"].as_u64().expect("size") * 512,
+            )
+        })
+        .collect();
+    assert_eq!(parts.len(), 3);
+    let part_loop = |file: &Path, (start, len): (u64, u64)| {
+        let out = sh(Command::new("losetup")
+            .args([
+                "-f",
+                "--show",
+                "-o",
+                &start.to_string(),
+                "--sizelimit",
+                &len.to_string(),
+            ])
+            .arg(file));
+        Loop {
+            dev: String::from_utf8_lossy(&out.stdout).trim().into(),
+        }
+    };
+    let mut want = Vec::new();
+    for (i, fs) in ["ext4", "vfat"].iter().enumerate() {
+        let lo = part_loop(&disk, parts[i]);
+        mkfs(lo.path(), fs);
+        want.push(edit_files(lo.path(), fs, t.path(), |d| {
+            write_files(d, i as u64, 8)
+        }));
+    }
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk)
+            .expect("disk");
+        f.seek(SeekFrom::Start(parts[2].0)).expect("seek");
+        f.write_all(&noise(parts[2].1 as usize, 9)).expect("blob");
+    }
+    let img = t.path().join("disk.hfi");
+    let s = image_ok(&[
+        "create",
+        "--source",
+        disk.to_str().expect("p"),
+        "--output",
+        img.to_str().expect("p"),
+    ]);
+    assert_eq!(s["method"], "used-sector");
+    let info = image_ok(&["info", "--image", img.to_str().expect("p")]);
+    let meta = &info["metadata"]["source"];
+    assert_eq!(meta["kind"], "disk");
+    assert_eq!(meta["partition_table"]["kind"], "gpt");
+    assert_eq!(meta["partitions"][0]["filesystem"]["fs_type"], "ext4");
+    assert_eq!(meta["partitions"][1]["filesystem"]["fs_type"], "fat32");
+    assert_eq!(meta["partitions"][2]["method"], "forensic");
+    // Used-sector: far less read than the disk.
+    assert!(s["read_bytes"].as_u64().expect("read") < (120 << 20), "{s}");
+
+    let out = t.path().join("restored.img");
+    image_ok(&[
+        "restore",
+        "--image",
+        img.to_str().expect("p"),
+        "--target",
+        out.to_str().expect("p"),
+    ]);
+    let d1 = sh(Command::new("sfdisk").arg("--dump").arg(&disk)).stdout;
+    let d2 = sh(Command::new("sfdisk").arg("--dump").arg(&out)).stdout;
+    assert_eq!(
+        String::from_utf8_lossy(&d1).replace(disk.to_str().expect("p"), "X"),
+        String::from_utf8_lossy(&d2).replace(out.to_str().expect("p"), "X")
+    );
+    // The backup GPT at the end of the disk comes back too.
+    assert_eq!(
+        read_range(&disk, (200 << 20) - 33 * 512, 33 * 512),
+        read_range(&out, (200 << 20) - 33 * 512, 33 * 512)
+    );
+    for (i, fs) in ["ext4", "vfat"].iter().enumerate() {
+        let lo = part_loop(&out, parts[i]);
+        fsck_clean(lo.path(), fs);
+        assert_eq!(
+            read_files(lo.path(), fs, t.path()),
+            want[i],
+            "partition {} differs",
+            i + 1
+        );
+    }
+    assert!(
+        read_range(&disk, parts[2].0, parts[2].1) == read_range(&out, parts[2].0, parts[2].1),
+        "unknown partition differs"
+    );
+}

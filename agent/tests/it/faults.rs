@@ -1,0 +1,405 @@
+//! Bad input: each case gets a clear error and damages nothing.
+
+use std::path::{Path, PathBuf};
+
+use crate::util::*;
+
+struct Fixture {
+    _t: tempfile::TempDir,
+    dir: PathBuf,
+    vol: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let t = tempdir();
+        let dir = t.path().to_owned();
+        let vol = dir.join("vol.img");
+        sparse_file(&vol, 48 << 20);
+        let lo = Loop::new(&vol);
+        mkfs(lo.path(), "ext4");
+        {
+            let m = Mounted::new(lo.path(), &dir.join("mnt"), "rw");
+            write_files(&m.dir, 0, 16);
+            std::fs::write(m.dir.join("noise.bin"), noise(12 << 20, 1)).expect("noise");
+        }
+        Self { _t: t, dir, vol }
+    }
+    fn p(&self, name: &str) -> String {
+        self.dir.join(name).to_str().expect("path").to_owned()
+    }
+    fn vol(&self) -> &str {
+        self.vol.to_str().expect("path")
+    }
+}
+
+fn hash(p: &Path) -> String {
+    blake3::hash(&std::fs::read(p).expect("read"))
+        .to_hex()
+        .to_string()
+}
+
+/// A restore target full of a pattern, to prove a refused restore wrote nothing.
+fn patterned_target(f: &Fixture) -> (PathBuf, String) {
+    let t = f.dir.join("target.img");
+    std::fs::write(&t, vec![0xA5u8; 48 << 20]).expect("target");
+    let h = hash(&t);
+    (t, h)
+}
+
+#[test]
+fn wrong_password_is_refused_before_anything_is_written() {
+    if !require_devices("wrong_password") {
+        return;
+    }
+    let f = Fixture::new();
+    std::fs::write(f.p("pw"), "right\n").expect("pw");
+    std::fs::write(f.p("bad"), "wrong\n").expect("pw");
+    image_ok(&[
+        "create",
+        "--source",
+        f.vol(),
+        "--output",
+        &f.p("e.hfi"),
+        "--encrypt",
+        "aes192",
+        "--password-file",
+        &f.p("pw"),
+    ]);
+    let (target, before) = patterned_target(&f);
+    let r = image(&[
+        "restore",
+        "--image",
+        &f.p("e.hfi"),
+        "--target",
+        target.to_str().expect("p"),
+        "--password-file",
+        &f.p("bad"),
+    ]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("wrong password"), "{}", r.stderr);
+    assert_eq!(hash(&target), before);
+    let r = image(&[
+        "restore",
+        "--image",
+        &f.p("e.hfi"),
+        "--target",
+        target.to_str().expect("p"),
+    ]);
+    assert_eq!(r.code, 4);
+    assert!(r.stderr.contains("is encrypted"), "{}", r.stderr);
+    // The password also comes from the environment.
+    let out = agent()
+        .args(["image", "validate", "--image", &f.p("e.hfi"), "--json"])
+        .env("HOLDFAST_PASSWORD", "right")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"full\""));
+}
+
+#[test]
+fn flipped_byte_is_named_by_validate_and_refused_by_restore() {
+    if !require_devices("flipped_byte") {
+        return;
+    }
+    let f = Fixture::new();
+    let img = f.p("full.hfi");
+    image_ok(&[
+        "create",
+        "--source",
+        f.vol(),
+        "--output",
+        &img,
+        "--compression-level",
+        "1",
+    ]);
+    let mut bytes = std::fs::read(&img).expect("img");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&img, bytes).expect("write");
+    let r = image(&["validate", "--image", &img]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let damage = &r.json["report"]["damage"];
+    assert_eq!(damage.as_array().map(Vec::len), Some(1), "{}", r.json);
+    assert!(
+        damage[0]["first_block"].is_u64()
+            && damage[0]["end"].as_u64() > damage[0]["start"].as_u64()
+    );
+    let (target, before) = patterned_target(&f);
+    let r = image(&[
+        "restore",
+        "--image",
+        &img,
+        "--target",
+        target.to_str().expect("p"),
+    ]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("damaged in blocks"), "{}", r.stderr);
+    assert_eq!(hash(&target), before, "a refused restore must not write");
+}
+
+#[test]
+fn truncated_image_and_missing_part_are_named() {
+    if !require_devices("truncated_image") {
+        return;
+    }
+    let f = Fixture::new();
+    let img = f.p("full.hfi");
+    image_ok(&[
+        "create",
+        "--source",
+        f.vol(),
+        "--output",
+        &img,
+        "--compression-level",
+        "0",
+        "--split",
+        "5M",
+    ]);
+    assert!(Path::new(&format!("{img}.002")).exists());
+    // Truncate the last part.
+    let mut last = 2;
+    while Path::new(&format!("{img}.{:03}", last + 1)).exists() {
+        last += 1;
+    }
+    let last_path = format!("{img}.{last:03}");
+    let data = std::fs::read(&last_path).expect("last part");
+    std::fs::write(&last_path, &data[..data.len() - 100]).expect("truncate");
+    let r = image(&["info", "--image", &img]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("incomplete or truncated"), "{}", r.stderr);
+    std::fs::write(&last_path, &data).expect("restore part");
+    image_ok(&["validate", "--image", &img]);
+    // A missing middle part is named.
+    std::fs::rename(format!("{img}.002"), f.p("moved")).expect("move");
+    let r = image(&["validate", "--image", &img]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("missing split part 2") && r.stderr.contains("full.hfi.002"),
+        "{}",
+        r.stderr
+    );
+    // A single unsplit image cut short.
+    let one = f.p("one.hfi");
+    image_ok(&["create", "--source", f.vol(), "--output", &one]);
+    let data = std::fs::read(&one).expect("img");
+    std::fs::write(&one, &data[..data.len() / 3]).expect("cut");
+    let r = image(&["restore", "--image", &one, "--target", &f.p("t.img")]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        !Path::new(&f.p("t.img")).exists(),
+        "no target is created for a refused restore"
+    );
+}
+
+#[test]
+fn incremental_of_another_source_is_refused() {
+    if !require_devices("incremental_of_another_source") {
+        return;
+    }
+    let a = Fixture::new();
+    let b = Fixture::new();
+    let base = a.p("a.hfi");
+    image_ok(&["create", "--source", a.vol(), "--output", &base]);
+    let r = image(&[
+        "create",
+        "--source",
+        b.vol(),
+        "--output",
+        &a.p("b-inc.hfi"),
+        "--incremental",
+        "--base",
+        &base,
+    ]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("belongs to another source"),
+        "{}",
+        r.stderr
+    );
+    assert!(!Path::new(&a.p("b-inc.hfi")).exists());
+    assert!(std::fs::read_dir(&a.dir)
+        .expect("dir")
+        .flatten()
+        .all(|e| !e.file_name().to_string_lossy().ends_with(".partial")));
+}
+
+#[test]
+fn restore_target_too_small_or_mounted_is_refused() {
+    if !require_devices("restore_target_too_small_or_mounted") {
+        return;
+    }
+    let f = Fixture::new();
+    let img = f.p("full.hfi");
+    image_ok(&["create", "--source", f.vol(), "--output", &img]);
+    let small = f.dir.join("small.img");
+    sparse_file(&small, 16 << 20);
+    let lo = Loop::new(&small);
+    let r = image(&["restore", "--image", &img, "--target", lo.path()]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(r.stderr.contains("too small"), "{}", r.stderr);
+    drop(lo);
+    let big = f.dir.join("big.img");
+    sparse_file(&big, 64 << 20);
+    let lo = Loop::new(&big);
+    mkfs(lo.path(), "ext4");
+    let _m = Mounted::new(lo.path(), &f.dir.join("bigmnt"), "ro");
+    let r = image(&["restore", "--image", &img, "--target", lo.path()]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(r.stderr.contains("is mounted"), "{}", r.stderr);
+}
+
+#[test]
+fn mounted_source_needs_lock_or_allow_live() {
+    if !require_devices("mounted_source") {
+        return;
+    }
+    let f = Fixture::new();
+    let lo = Loop::new(&f.vol);
+    let mnt = f.dir.join("live");
+    let _m = Mounted::new(lo.path(), &mnt, "rw");
+    let r = image(&["create", "--source", lo.path(), "--output", &f.p("x.hfi")]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("--lock") && r.stderr.contains("--allow-live"),
+        "{}",
+        r.stderr
+    );
+    // Through the backing file too.
+    let r = image(&["create", "--source", f.vol(), "--output", &f.p("x.hfi")]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+
+    let s = image_ok(&[
+        "create",
+        "--source",
+        lo.path(),
+        "--output",
+        &f.p("locked.hfi"),
+        "--lock",
+    ]);
+    assert!(s["consistency"]
+        .as_str()
+        .expect("consistency")
+        .starts_with("locked"));
+    // Remounted read-write afterwards.
+    std::fs::write(mnt.join("after.txt"), "still writable")
+        .expect("filesystem must be read-write again");
+
+    let s = image_ok(&[
+        "create",
+        "--source",
+        lo.path(),
+        "--output",
+        &f.p("live.hfi"),
+        "--allow-live",
+    ]);
+    assert!(s["consistency"]
+        .as_str()
+        .expect("consistency")
+        .starts_with("live"));
+    let info = image_ok(&["info", "--image", &f.p("live.hfi")]);
+    assert_eq!(info["metadata"]["live"], true);
+}
+
+#[test]
+fn existing_output_is_refused_unless_overwrite() {
+    if !require_devices("existing_output") {
+        return;
+    }
+    let f = Fixture::new();
+    let img = f.p("full.hfi");
+    image_ok(&[
+        "create",
+        "--source",
+        f.vol(),
+        "--output",
+        &img,
+        "--comment",
+        "first",
+    ]);
+    let before = hash(Path::new(&img));
+    let r = image(&["create", "--source", f.vol(), "--output", &img]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert_eq!(hash(Path::new(&img)), before);
+    image_ok(&[
+        "create",
+        "--source",
+        f.vol(),
+        "--output",
+        &img,
+        "--overwrite",
+        "--comment",
+        "second",
+        "--verify",
+    ]);
+    let info = image_ok(&["info", "--image", &img]);
+    assert_eq!(info["metadata"]["comment"], "second");
+}
+
+#[test]
+fn convert_changes_encryption_and_writes_raw() {
+    if !require_devices("convert") {
+        return;
+    }
+    let f = Fixture::new();
+    std::fs::write(f.p("pw"), "one\n").expect("pw");
+    std::fs::write(f.p("pw2"), "two\n").expect("pw");
+    let img = f.p("full.hfi");
+    image_ok(&["create", "--source", f.vol(), "--output", &img]);
+    let enc = f.p("enc.hfi");
+    let c = agent()
+        .args([
+            "image",
+            "convert",
+            "--image",
+            &img,
+            "--output",
+            &enc,
+            "--encrypt",
+            "aes128",
+            "--split",
+            "5M",
+            "--json",
+        ])
+        .env("HOLDFAST_NEW_PASSWORD", "one")
+        .output()
+        .expect("convert");
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    let a = image_ok(&["info", "--image", &img]);
+    let b = image_ok(&["info", "--image", &enc]);
+    assert_eq!(a["content_digest"], b["content_digest"]);
+    assert_eq!(a["image_id"], b["image_id"]);
+    assert_eq!(b["encryption"], "aes128");
+    let re = f.p("re.hfi");
+    image_ok(&[
+        "convert",
+        "--image",
+        &enc,
+        "--output",
+        &re,
+        "--password-file",
+        &f.p("pw"),
+        "--new-password-file",
+        &f.p("pw2"),
+    ]);
+    assert_eq!(
+        image(&["validate", "--image", &re, "--password-file", &f.p("pw")]).code,
+        4
+    );
+    image_ok(&["validate", "--image", &re, "--password-file", &f.p("pw2")]);
+    let raw = f.p("raw.img");
+    image_ok(&[
+        "convert",
+        "--image",
+        &re,
+        "--output",
+        &raw,
+        "--password-file",
+        &f.p("pw2"),
+        "--format",
+        "raw",
+    ]);
+    let lo = Loop::new(Path::new(&raw));
+    fsck_clean(lo.path(), "ext4");
+}

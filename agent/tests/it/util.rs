@@ -1,0 +1,316 @@
+//! Fixtures: loop devices, filesystems, mounts, file checksums, and running the agent.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// True when the environment can run device tests; otherwise skip (or panic under CI).
+pub fn require_devices(test: &str) -> bool {
+    let missing: Vec<&str> = [
+        "losetup",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "e2fsck",
+        "fsck.vfat",
+        "sfdisk",
+        "mount",
+    ]
+    .into_iter()
+    .filter(|t| {
+        !Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+    .collect();
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if missing.is_empty() && root && Path::new("/dev/loop-control").exists() {
+        return true;
+    }
+    let why = format!("{test}: needs root, /dev/loop-control and {missing:?}");
+    if std::env::var_os("CI").is_some() {
+        panic!("{why} (CI is set, so this is a failure; run scripts/test.sh to install them)");
+    }
+    eprintln!("skipping {why}");
+    false
+}
+
+/// Run a command, panic with its output on failure.
+pub fn sh(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The agent binary.
+pub fn agent() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_holdfast-agent"));
+    c.env_remove("HOLDFAST_PASSWORD")
+        .env_remove("HOLDFAST_NEW_PASSWORD");
+    c
+}
+
+/// Result of an agent run with `--json`.
+pub struct Run {
+    pub code: i32,
+    pub json: serde_json::Value,
+    pub stderr: String,
+}
+
+/// Run `holdfast-agent image ARGS --json`.
+pub fn image(args: &[&str]) -> Run {
+    let out = agent()
+        .arg("image")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("run agent");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        json: serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Run and require success.
+pub fn image_ok(args: &[&str]) -> serde_json::Value {
+    let r = image(args);
+    assert_eq!(r.code, 0, "image {args:?} failed: {}\n{}", r.stderr, r.json);
+    r.json
+}
+
+/// A loop device over a file, detached on drop.
+pub struct Loop {
+    pub dev: PathBuf,
+}
+
+impl Loop {
+    pub fn new(file: &Path) -> Self {
+        let out = sh(Command::new("losetup").arg("-f").arg("--show").arg(file));
+        Self {
+            dev: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+        }
+    }
+    pub fn path(&self) -> &str {
+        self.dev.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.dev).output();
+    }
+}
+
+/// A mount, unmounted on drop.
+pub struct Mounted {
+    pub dir: PathBuf,
+}
+
+impl Mounted {
+    pub fn new(dev: &str, dir: &Path, opts: &str) -> Self {
+        std::fs::create_dir_all(dir).expect("mount dir");
+        sh(Command::new("mount").arg("-o").arg(opts).arg(dev).arg(dir));
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        // A just-closed file can keep the mount busy for a moment.
+        for _ in 0..50 {
+            match Command::new("umount").arg(&self.dir).output() {
+                Ok(o) if o.status.success() => return,
+                _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
+        eprintln!("warning: could not unmount {}", self.dir.display());
+    }
+}
+
+/// A sparse file of `size` bytes.
+pub fn sparse_file(path: &Path, size: u64) {
+    let f = std::fs::File::create(path).expect("create file");
+    f.set_len(size).expect("size file");
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Relative path → BLAKE3 of every regular file under `dir`.
+pub fn checksums(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .flatten()
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let ft = e.file_type().expect("file type");
+            let rel = p.strip_prefix(base).expect("prefix").display().to_string();
+            if rel == "lost+found" {
+                continue;
+            }
+            if ft.is_dir() {
+                walk(base, &p, out);
+            } else if ft.is_file() {
+                let data = std::fs::read(&p).expect("read file");
+                out.insert(rel, blake3::hash(&data).to_hex().to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Write some files of mixed content (text, zeros, noise) under `dir`.
+pub fn write_files(dir: &Path, round: u64, count: usize) {
+    std::fs::create_dir_all(dir.join(format!("r{round}"))).expect("mkdir");
+    for i in 0..count {
+        let p = dir.join(format!("r{round}/f{i}.bin"));
+        let mut data = noise(20_000 + i * 7_919, round * 1000 + i as u64);
+        if i % 3 == 0 {
+            data = format!("round {round} file {i}\n")
+                .repeat(5000)
+                .into_bytes();
+        }
+        std::fs::write(p, data).expect("write file");
+    }
+}
+
+/// Check a filesystem on `dev` with its fsck, which must report it clean.
+pub fn fsck_clean(dev: &str, fs: &str) {
+    let out = match fs {
+        "ext4" => Command::new("e2fsck").args(["-fn", dev]).output(),
+        _ => Command::new("fsck.vfat").args(["-n", dev]).output(),
+    }
+    .expect("run fsck");
+    assert!(
+        out.status.success(),
+        "fsck of {dev} is not clean:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Make a filesystem.
+pub fn mkfs(dev: &str, fs: &str) {
+    match fs {
+        "ext4" => sh(Command::new("mkfs.ext4").args(["-q", "-F", dev])),
+        _ => sh(Command::new("mkfs.vfat").args(["-F", "32", dev])),
+    };
+}
+
+/// A temp dir under /var/tmp (not tmpfs: loop devices over tmpfs files are fine, but /tmp
+/// may be small).
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("holdfast-it-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir")
+}
+
+/// Change the files of the filesystem on `dev` with `edit` and return the checksums after.
+///
+/// ext4 is mounted; FAT is edited through mtools (this kernel may have no vfat driver): the
+/// files are copied out, edited, and the differences copied back.
+pub fn edit_files(
+    dev: &str,
+    fs: &str,
+    work: &Path,
+    edit: impl FnOnce(&Path),
+) -> BTreeMap<String, String> {
+    if fs == "ext4" {
+        let m = Mounted::new(dev, &work.join("edit-mnt"), "rw");
+        edit(&m.dir);
+        return checksums(&m.dir);
+    }
+    let stage = extract_fat(dev, &work.join("edit-stage"));
+    let before = checksums(&stage);
+    edit(&stage);
+    let after = checksums(&stage);
+    for path in before.keys().filter(|p| !after.contains_key(*p)) {
+        sh(Command::new("mdel")
+            .arg("-i")
+            .arg(dev)
+            .arg(format!("::/{path}")));
+    }
+    for (path, sum) in &after {
+        if before.get(path) == Some(sum) {
+            continue;
+        }
+        let mut dir = String::new();
+        for part in Path::new(path).parent().into_iter().flat_map(|p| p.iter()) {
+            dir.push('/');
+            dir.push_str(&part.to_string_lossy());
+            // Exists already: mmd fails harmlessly.
+            let _ = Command::new("mmd")
+                .arg("-i")
+                .arg(dev)
+                .arg(format!("::{dir}"))
+                .output();
+        }
+        sh(Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(dev)
+            .arg(stage.join(path))
+            .arg(format!("::/{path}")));
+    }
+    after
+}
+
+/// Checksums of the files on `dev`.
+pub fn read_files(dev: &str, fs: &str, work: &Path) -> BTreeMap<String, String> {
+    if fs == "ext4" {
+        let m = Mounted::new(dev, &work.join("read-mnt"), "ro");
+        return checksums(&m.dir);
+    }
+    checksums(&extract_fat(dev, &work.join("read-stage")))
+}
+
+fn extract_fat(dev: &str, dir: &Path) -> PathBuf {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).expect("stage dir");
+    let listing = sh(Command::new("mdir").arg("-b").arg("-i").arg(dev).arg("::/"));
+    if !listing.stdout.is_empty() {
+        sh(Command::new("mcopy")
+            .arg("-s")
+            .arg("-n")
+            .arg("-i")
+            .arg(dev)
+            .arg("::/*")
+            .arg(dir));
+    }
+    dir.to_owned()
+}
