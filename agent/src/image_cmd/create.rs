@@ -311,12 +311,9 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     }
     if let Some(r) = verified.filter(|r| !r.is_ok()) {
         eprintln!(
-            "holdfast-agent: error: {}",
-            format!(
-                "verification after writing found {} damaged ranges in '{}'",
-                r.damage.len(),
-                r.image
-            )
+            "holdfast-agent: error: verification after writing found {} damaged ranges in '{}'",
+            r.damage.len(),
+            r.image
         );
         return Ok(ExitCode::from(DAMAGED));
     }

@@ -53,12 +53,9 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     }
     if !report.is_ok() {
         eprintln!(
-            "holdfast-agent: error: {}",
-            format!(
-                "'{}' is damaged: {} damaged ranges",
-                report.image,
-                report.damage.len()
-            )
+            "holdfast-agent: error: '{}' is damaged: {} damaged ranges",
+            report.image,
+            report.damage.len()
         );
         return Ok(ExitCode::from(DAMAGED));
     }
