@@ -1,0 +1,5 @@
+//! Integration tests of the image format, in memory: round trips, golden vectors, damage.
+
+mod damage;
+mod golden;
+mod mem;
