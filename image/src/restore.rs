@@ -85,6 +85,11 @@ pub struct RestoreSummary {
     pub images: usize,
 }
 
+thread_local! {
+    /// One zstd context per worker thread, reused across frames.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
 /// Frames to decode: (chain position, frame row) → (slot, block) pairs.
 type Plan = BTreeMap<FrameKey, Vec<(u16, u64)>>;
 /// (chain position, frame row).
@@ -170,13 +175,36 @@ pub fn restore(
         let ((i, f), blocks) = &tasks[t];
         let img = &chain.images[*i];
         let rec = img.read_record(*f)?;
-        let mut dec = zstd::bulk::Decompressor::new()
-            .map_err(|e| ImageError::io("starting the decompressor", e))?;
         let bl: Vec<u64> = blocks.iter().map(|b| b.1).collect();
-        let (h, raw) = img
-            .decode_record(*f, &rec, &mut dec)
+        let (h, raw) = DECOMPRESSOR
+            .with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = Some(
+                        zstd::bulk::Decompressor::new()
+                            .map_err(|e| FrameFault::Damaged(e.to_string()))?,
+                    );
+                }
+                match d.as_mut() {
+                    Some(dec) => img.decode_record(*f, &rec, dec),
+                    None => Err(FrameFault::Damaged("no decompressor".into())),
+                }
+            })
             .map_err(|fault| frame_damage(img, &bl, &fault))?;
         let slots = slot_offsets(bs, size, &h.blocks);
+        // Check every block, then write runs of consecutive blocks with one call each.
+        let mut run: Option<(u64, usize, usize)> = None; // (first block, raw offset, length)
+        let flush = |run: (u64, usize, usize)| -> Result<()> {
+            let at = run.0 * u64::from(bs);
+            target
+                .write_all_at(&raw[run.1..run.1 + run.2], at)
+                .map_err(|e| {
+                    ImageError::io(format!("writing the restore target at offset {at}"), e)
+                })?;
+            data_bytes.fetch_add(run.2 as u64, Ordering::Relaxed);
+            progress.advance(run.2 as u64);
+            Ok(())
+        };
         for &(slot, n) in blocks {
             let (off, len) = *slots.get(usize::from(slot)).ok_or_else(|| {
                 ImageError::corrupt(img.name(), format!("block {n}: slot {slot} out of range"))
@@ -187,22 +215,30 @@ pub fn restore(
                     format!("frame does not hold block {n} where the index says"),
                 ));
             }
-            let data = &raw[off..off + len];
-            if hasher.hash(n, data) != point.index.entries[n as usize].hash {
+            if hasher.hash(n, &raw[off..off + len]) != point.index.entries[n as usize].hash {
                 return Err(frame_damage(
                     img,
                     &[n],
                     &FrameFault::Damaged("block content does not match its hash".into()),
                 ));
             }
-            target.write_all_at(data, n * u64::from(bs)).map_err(|e| {
-                ImageError::io(
-                    format!("writing the restore target at offset {}", n * u64::from(bs)),
-                    e,
-                )
-            })?;
-            data_bytes.fetch_add(len as u64, Ordering::Relaxed);
-            progress.advance(len as u64);
+            run = match run {
+                Some((first, roff, rlen))
+                    if roff + rlen == off
+                        && first + (rlen / bs as usize) as u64 == n
+                        && rlen % bs as usize == 0 =>
+                {
+                    Some((first, roff, rlen + len))
+                }
+                Some(r) => {
+                    flush(r)?;
+                    Some((n, off, len))
+                }
+                None => Some((n, off, len)),
+            };
+        }
+        if let Some(r) = run {
+            flush(r)?;
         }
         Ok(())
     })?;

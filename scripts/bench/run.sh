@@ -243,7 +243,7 @@ dedup_bench() {
     # dedup_bench NAME INIT_FN BACKUP_FN: per run a new repository, state1 then
     # state2 mounted at the same path (so the second run finds its parent).
     local name=$1 init=$2 backup=$3 r t0 t1 s0 s1 s2 ok=1
-    local full_times=() inc_times=() full_size=n/a inc_size=n/a
+    local full_times=() inc_times=() full_sizes=() inc_sizes=()
     for ((r = 1; r <= RUNS; r++)); do
         rm -rf "$WORK/$name-repo" "$WORK/$name-cache"
         if ! "$init" >"$WORK/$name.init.log" 2>&1; then
@@ -269,19 +269,21 @@ dedup_bench() {
         ((ok == 1)) || { log "$name: backup of state2 failed:" && tail -n 5 "$WORK/$name.2.log" >&2 && break; }
         inc_times+=("$(sub "$t1" "$t0")")
         s2=$(du -sb "$WORK/$name-repo" | cut -f1)
-        full_size=$((s1 - s0))
-        inc_size=$((s2 - s1))
-        log "$name run $r: state1 ${full_times[-1]} s, +$full_size B; state2 ${inc_times[-1]} s, +$inc_size B"
+        full_sizes+=($((s1 - s0)))
+        inc_sizes+=($((s2 - s1)))
+        log "$name run $r: state1 ${full_times[-1]} s, +${full_sizes[-1]} B; state2 ${inc_times[-1]} s, +${inc_sizes[-1]} B"
     done
     if ((ok == 1)); then
+        # restic's chunk boundaries depend on a per-repository polynomial: the
+        # sizes vary from run to run, so they are medians too.
         T[${name}_full]=$(median "${full_times[@]}")
         T[${name}_inc]=$(median "${inc_times[@]}")
+        DEDUP_SIZE[${name}_full]=$(median "${full_sizes[@]}")
+        DEDUP_SIZE[${name}_inc]=$(median "${inc_sizes[@]}")
     else
         T[${name}_full]=failed
         T[${name}_inc]=failed
     fi
-    DEDUP_SIZE[${name}_full]=$full_size
-    DEDUP_SIZE[${name}_inc]=$inc_size
     rm -rf "$WORK/$name-repo" "$WORK/$name-cache"
 }
 
@@ -444,7 +446,7 @@ used2=$(awk -F'used_bytes=' '/^state2/ { split($2, a, " "); print a[1] }' "$OUTD
     echo
     echo "Reference size: the 4 KiB blocks of state2 that differ from state1 (all-zero blocks skipped), concatenated and compressed with \`zstd -3 -T2\` ($changed_figures). Times are compared with our full image."
     echo
-    row "command" "wall s (median)" "output bytes" "output MiB" "time vs ours full" "size vs changed-blocks ref"
+    row "command" "wall s (median)" "output bytes (median)" "output MiB" "time vs ours full" "size vs changed-blocks ref"
     row "---" "---:" "---:" "---:" "---:" "---:"
     row "ref: changed 4 KiB blocks \\| zstd -3 (1 run, python)" "${T[ref_changed]}" "$SZ_changed" "$(mib "$SZ_changed")" "n/a" "1.00"
     row "ours: image create --incremental --base full.hfi" "${T[hf_inc]}" "$SZ_inc" "$(mib "$SZ_inc")" \
