@@ -8,9 +8,13 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::image_cmd;
 
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 failure, 2 usage, 3 image damaged/truncated/part missing/chain broken, \
+4 password missing or wrong, 5 refused to protect data (mounted, too small, exists, other source), 6 cancelled.
+Passwords: --password-file FILE or HOLDFAST_PASSWORD (convert: --new-password-file or HOLDFAST_NEW_PASSWORD).";
+
 /// Holdfast agent: disk images from the command line.
 #[derive(Debug, Parser)]
-#[command(name = "holdfast-agent", version, about, long_about = None)]
+#[command(name = "holdfast-agent", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create, inspect, validate, restore, merge and convert images.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = EXIT_CODES)]
     Image(ImageCommand),
 }
 

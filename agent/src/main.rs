@@ -13,8 +13,14 @@ mod image_cmd;
 mod output;
 mod secret;
 
+/// Set by Ctrl-C / SIGTERM: long operations stop between frames and remove partial output.
+pub static CANCEL: holdfast_image::progress::Cancel = holdfast_image::progress::Cancel::new();
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    if let Err(e) = ctrlc::set_handler(|| CANCEL.cancel()) {
+        eprintln!("holdfast-agent: warning: cannot handle Ctrl-C: {e}");
+    }
     let json = cli.json();
     match cli.run() {
         Ok(code) => code,

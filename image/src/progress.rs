@@ -24,8 +24,8 @@ pub struct Cancel(AtomicBool);
 
 impl Cancel {
     /// Not cancelled.
-    pub fn new() -> Self {
-        Self::default()
+    pub const fn new() -> Self {
+        Self(AtomicBool::new(false))
     }
     /// Ask the operation to stop.
     pub fn cancel(&self) {

@@ -6,7 +6,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use holdfast_image::chain::Chain;
 use holdfast_image::parts::FileSink;
-use holdfast_image::progress::Cancel;
 use holdfast_image::restore::{restore, FileTarget, RestoreOptions};
 use holdfast_image::writer::WriteOptions;
 use serde_json::json;
@@ -47,7 +46,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
                 ..Default::default()
             },
             &bar,
-            &Cancel::new(),
+            &crate::CANCEL,
         );
         if let Err(e) = r {
             let _ = std::fs::remove_file(&tmp);
@@ -82,7 +81,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
             &opts,
             &mut sink,
             &bar,
-            &Cancel::new(),
+            &crate::CANCEL,
         )?;
         json!({ "ok": true, "output": a.output.display().to_string(), "format": "holdfast", "encryption": cipher.name(), "summary": s })
     };

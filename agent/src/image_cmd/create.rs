@@ -14,7 +14,7 @@ use holdfast_image::io::FileReadAt;
 use holdfast_image::meta::Metadata;
 use holdfast_image::parts::FileSink;
 use holdfast_image::plan::plan_source;
-use holdfast_image::progress::{Cancel, NoProgress};
+use holdfast_image::progress::NoProgress;
 use holdfast_image::validate::validate;
 use holdfast_image::writer::{default_block_size, write_image, Identity, WriteOptions};
 use holdfast_image::ImageError;
@@ -245,7 +245,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         &opts,
         &mut sink,
         &bar,
-        &Cancel::new(),
+        &crate::CANCEL,
     );
     bar.finish();
     let summary = summary?;
@@ -256,7 +256,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     if a.verify {
         let mut img = open_image(&a.output)?;
         img.unlock(password.as_deref().map(|p| &p[..]))?;
-        let report = validate(&img, a.common.threads, &NoProgress, &Cancel::new())?;
+        let report = validate(&img, a.common.threads, &NoProgress, &crate::CANCEL)?;
         verified = Some(report);
     }
     let elapsed = started.elapsed();

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use anyhow::Result;
 use holdfast_image::parts::FileSink;
-use holdfast_image::progress::Cancel;
 use holdfast_image::writer::WriteOptions;
 use serde_json::json;
 
@@ -29,7 +28,7 @@ pub fn run(a: MergeArgs) -> Result<ExitCode> {
     };
     let mut sink = FileSink::create(&a.output, a.overwrite)?;
     let bar = Bar::new(a.common.json);
-    let s = holdfast_image::convert::merge(&chain, cipher, &opts, &mut sink, &bar, &Cancel::new());
+    let s = holdfast_image::convert::merge(&chain, cipher, &opts, &mut sink, &bar, &crate::CANCEL);
     bar.finish();
     let s = s?;
     if a.common.json {

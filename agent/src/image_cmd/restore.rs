@@ -4,7 +4,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
-use holdfast_image::progress::Cancel;
 use holdfast_image::restore::{restore, RestoreOptions};
 use serde_json::json;
 
@@ -26,7 +25,7 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         threads: a.common.threads,
     };
     let bar = Bar::new(a.common.json);
-    let summary = restore(&chain, &target, &opts, &bar, &Cancel::new());
+    let summary = restore(&chain, &target, &opts, &bar, &crate::CANCEL);
     bar.finish();
     let summary = summary?;
     if dev.is_block && chain.point().meta.source.partition_table.is_some() {

@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use holdfast_image::progress::Cancel;
 use holdfast_image::validate::validate;
 use serde_json::json;
 
@@ -23,7 +22,7 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
         }
     }
     let bar = Bar::new(a.common.json);
-    let report = validate(&img, a.common.threads, &bar, &Cancel::new());
+    let report = validate(&img, a.common.threads, &bar, &crate::CANCEL);
     bar.finish();
     let report = report?;
     if a.common.json {

@@ -403,3 +403,55 @@ fn convert_changes_encryption_and_writes_raw() {
     let lo = Loop::new(Path::new(&raw));
     fsck_clean(lo.path(), "ext4");
 }
+
+#[test]
+fn interrupted_create_leaves_nothing_behind() {
+    if !require_devices("interrupted_create") {
+        return;
+    }
+    let t = tempdir();
+    let src = t.path().join("src.img");
+    let mut data = noise(64 << 20, 4);
+    // Compressible, so zstd at a high level is slow enough to interrupt.
+    for (i, b) in data.iter_mut().enumerate() {
+        if (i / 4096) % 2 == 0 {
+            *b = (i % 7) as u8;
+        }
+    }
+    std::fs::write(&src, data).expect("source");
+    let out = t.path().join("x.hfi");
+    let mut child = agent()
+        .args([
+            "image",
+            "create",
+            "--source",
+            src.to_str().expect("p"),
+            "--output",
+            out.to_str().expect("p"),
+        ])
+        .args([
+            "--compression-level",
+            "19",
+            "--split",
+            "5M",
+            "--forensic",
+            "--threads",
+            "1",
+        ])
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _ = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(6), "an interrupted create exits 6");
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("x.hfi"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
