@@ -35,6 +35,17 @@ fn fs_meta(d: &Detected) -> FsMeta {
     }
 }
 
+/// What the filesystem says about itself even when its allocation cannot be used (e.g. a
+/// journal needing recovery): keeps label and UUID in the metadata and the chain identity.
+fn identify(vol: &dyn ReadAt) -> Option<FsMeta> {
+    fs::READERS.iter().find_map(|r| r.probe(vol).ok().flatten()).map(|i| FsMeta {
+        fs_type: i.fs_type,
+        label: i.label,
+        uuid: i.uuid,
+        used_bytes: i.used_bytes,
+    })
+}
+
 /// Plan the imaging of `dev`. `forensic` forces every sector.
 pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result<SourcePlan> {
     let size = dev.size();
@@ -105,7 +116,7 @@ pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result
                 type_id: p.type_id.clone(),
                 uuid: p.uuid.clone(),
                 name: p.name.clone(),
-                filesystem: detected.as_ref().map(fs_meta),
+                filesystem: detected.as_ref().map(fs_meta).or_else(|| identify(&vol)),
                 method,
             });
         }
@@ -133,7 +144,7 @@ pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result
             None
         }
     };
-    source.filesystem = detected.as_ref().map(fs_meta);
+    source.filesystem = detected.as_ref().map(fs_meta).or_else(|| identify(dev));
     match detected {
         Some(d) if !forensic => {
             let mut used = d.used;
