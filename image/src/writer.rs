@@ -27,9 +27,11 @@ use crate::parts::{PartSink, PartWriter, MIN_SPLIT_SIZE};
 use crate::progress::{Cancel, Progress};
 use crate::trailer::{Trailer, TRAILER_LEN};
 
-/// Target plaintext size of a frame: large enough for zstd to find matches, small enough that
-/// restoring one block of an incremental decodes little.
-pub const FRAME_TARGET: u32 = 1 << 20;
+/// Target plaintext size of a frame: large enough for zstd to find matches across files (on
+/// the benchmark volume 4 MiB frames give 1 % smaller images than 1 MiB frames, and as small
+/// as one zstd stream over the same data), small enough that restore has hundreds of
+/// independent frames to spread over the cores.
+pub const FRAME_TARGET: u32 = 4 << 20;
 
 /// Blocks per frame for a block size.
 pub fn frame_blocks(block_size: u32) -> usize {
@@ -334,7 +336,7 @@ fn write_inner(
     let hasher = ident.keys.block_hasher();
     let frame_cipher = ident.keys.frame_cipher();
     let stop = AtomicBool::new(false);
-    let window = threads * 4;
+    let window = threads * 2;
 
     let mut index = Index {
         entries: vec![Entry::UNALLOCATED; n_blocks as usize],
