@@ -24,6 +24,7 @@ pub mod blocks;
 pub mod chain;
 pub mod convert;
 pub mod crypto;
+pub mod direct;
 pub mod disk;
 pub mod error;
 pub mod extents;

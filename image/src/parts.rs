@@ -6,12 +6,13 @@
 //! split size and logical offsets map to parts by arithmetic.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::direct::DirectAppender;
 use crate::error::{ImageError, Result};
 use crate::header::{u32_at, Id};
 use crate::io::ReadAt;
@@ -113,7 +114,7 @@ impl<W: Write + Send> PartSink for StreamSink<W> {
 pub struct FileSink {
     base: PathBuf,
     overwrite: bool,
-    current: Option<(u32, BufWriter<File>)>,
+    current: Option<DirectAppender>,
     temps: Vec<(u32, PathBuf)>,
     committed: bool,
 }
@@ -147,25 +148,20 @@ impl FileSink {
 impl PartSink for FileSink {
     fn begin_part(&mut self, number: u32) -> io::Result<()> {
         let path = self.temp_path(number);
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
+        let file = DirectAppender::create(&path)?;
         self.temps.push((number, path));
-        self.current = Some((number, BufWriter::with_capacity(1 << 20, file)));
+        self.current = Some(file);
         Ok(())
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self.current.as_mut() {
-            Some((_, w)) => w.write_all(buf),
+            Some(w) => w.write_all(buf),
             None => Err(io::Error::other("no part open")),
         }
     }
     fn end_part(&mut self) -> io::Result<()> {
-        if let Some((_, mut w)) = self.current.take() {
-            w.flush()?;
-            w.get_ref().sync_all()?;
+        if let Some(mut w) = self.current.take() {
+            w.finish()?;
         }
         Ok(())
     }

@@ -38,12 +38,15 @@ fn fs_meta(d: &Detected) -> FsMeta {
 /// What the filesystem says about itself even when its allocation cannot be used (e.g. a
 /// journal needing recovery): keeps label and UUID in the metadata and the chain identity.
 fn identify(vol: &dyn ReadAt) -> Option<FsMeta> {
-    fs::READERS.iter().find_map(|r| r.probe(vol).ok().flatten()).map(|i| FsMeta {
-        fs_type: i.fs_type,
-        label: i.label,
-        uuid: i.uuid,
-        used_bytes: i.used_bytes,
-    })
+    fs::READERS
+        .iter()
+        .find_map(|r| r.probe(vol).ok().flatten())
+        .map(|i| FsMeta {
+            fs_type: i.fs_type,
+            label: i.label,
+            uuid: i.uuid,
+            used_bytes: i.used_bytes,
+        })
 }
 
 /// Plan the imaging of `dev`. `forensic` forces every sector.

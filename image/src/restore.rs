@@ -9,11 +9,11 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::chain::{frame_damage, Chain, Located};
+use crate::direct::DirectFile;
 use crate::error::{ImageError, Result};
 use crate::frame::FrameFault;
 use crate::image::{block_len, slot_offsets};
@@ -27,7 +27,7 @@ pub trait WriteAt: Sync {
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make `[offset, offset + len)` read as zeros.
     fn write_zeros(&self, mut offset: u64, len: u64) -> io::Result<()> {
-        let zeros = vec![0u8; 1 << 20];
+        let zeros = vec![0u8; 4 << 20];
         let end = offset + len;
         while offset < end {
             let n = (end - offset).min(zeros.len() as u64) as usize;
@@ -40,12 +40,25 @@ pub trait WriteAt: Sync {
     fn sync(&self) -> io::Result<()>;
 }
 
-/// A file or block device opened for writing, with its size.
+/// A file or block device opened for writing (direct I/O where aligned), with its size.
 pub struct FileTarget {
-    /// The open file.
-    pub file: File,
-    /// Its size.
-    pub size: u64,
+    file: DirectFile,
+    size: u64,
+}
+
+impl FileTarget {
+    /// Open an existing file or device of `size` bytes.
+    pub fn open(path: &std::path::Path, size: u64) -> io::Result<Self> {
+        Ok(Self {
+            file: DirectFile::open(path)?,
+            size,
+        })
+    }
+
+    /// The ordinary handle.
+    pub fn file(&self) -> &File {
+        self.file.file()
+    }
 }
 
 impl WriteAt for FileTarget {
@@ -56,7 +69,7 @@ impl WriteAt for FileTarget {
         self.file.write_all_at(buf, offset)
     }
     fn sync(&self) -> io::Result<()> {
-        self.file.sync_all()
+        self.file.sync()
     }
 }
 

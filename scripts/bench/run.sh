@@ -137,6 +137,8 @@ measure() {
         if [[ $prep != - ]]; then
             "$prep"
         fi
+        # Flush dirty pages of the previous run so its writeback does not land in this one.
+        sync
         t0=$(now)
         if ! "$fn" >"$WORK/$id.out" 2>"$WORK/$id.err"; then
             log "$id: FAILED (run $r); last lines of its output:"

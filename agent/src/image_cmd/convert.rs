@@ -37,7 +37,9 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
         let file = std::fs::File::create(&tmp)
             .with_context(|| format!("cannot create '{}'", tmp.display()))?;
         file.set_len(size)?;
-        let target = FileTarget { file, size };
+        drop(file);
+        let target = FileTarget::open(&tmp, size)
+            .with_context(|| format!("cannot open '{}'", tmp.display()))?;
         let r = restore(
             &chain,
             &target,

@@ -72,19 +72,18 @@ pub fn open_target(path: &Path, need: u64, sources: &[&Path]) -> Result<(FileTar
         ))
         .into());
     }
-    let file = OpenOptions::new().write(true).open(path).with_context(|| {
+    if !dev.is_block && dev.size < need {
+        let f = OpenOptions::new().write(true).open(path);
+        f.and_then(|f| f.set_len(need))
+            .with_context(|| format!("cannot extend restore target '{}'", path.display()))?;
+    }
+    let target = FileTarget::open(path, dev.size.max(need)).with_context(|| {
         format!(
             "cannot open restore target '{}' for writing",
             path.display()
         )
     })?;
-    let mut size = dev.size;
-    if !dev.is_block && size < need {
-        file.set_len(need)
-            .with_context(|| format!("cannot extend restore target '{}'", path.display()))?;
-        size = need;
-    }
-    Ok((FileTarget { file, size }, dev))
+    Ok((target, dev))
 }
 
 /// Seconds as a float with millisecond precision.
