@@ -12,7 +12,7 @@
 use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::aes::Aes192;
-use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm, Nonce};
+use aes_gcm::{Aes256Gcm, AesGcm, Nonce};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -223,11 +223,11 @@ impl Keys {
         let k = &key[..self.cipher.key_len()];
         Some(match self.cipher {
             Cipher::None => return None,
-            Cipher::Aes128 => FrameCipher::Aes128(Box::new(Aes128Gcm::new_from_slice(k).ok()?)),
+            Cipher::Aes128 => ring_key(&ring::aead::AES_128_GCM, k)?,
             Cipher::Aes192 => {
                 FrameCipher::Aes192(Box::new(AesGcm::<Aes192, U12>::new_from_slice(k).ok()?))
             }
-            Cipher::Aes256 => FrameCipher::Aes256(Box::new(Aes256Gcm::new_from_slice(k).ok()?)),
+            Cipher::Aes256 => ring_key(&ring::aead::AES_256_GCM, k)?,
         })
     }
 
@@ -308,13 +308,22 @@ impl BlockHasher {
 }
 
 /// AES-GCM for frames; the nonce is the frame id (unique per image key), never random.
+///
+/// AES-128 and AES-256 run on `ring` (about twice the throughput of the portable crates on
+/// x86 with AES-NI and carry-less multiply); AES-192, which `ring` does not offer, on the
+/// RustCrypto `aes-gcm` crate. All three are standard AES-GCM.
 pub enum FrameCipher {
-    /// AES-128-GCM.
-    Aes128(Box<Aes128Gcm>),
+    /// AES-128-GCM or AES-256-GCM.
+    Ring(Box<ring::aead::LessSafeKey>),
     /// AES-192-GCM.
     Aes192(Box<AesGcm<Aes192, U12>>),
-    /// AES-256-GCM.
-    Aes256(Box<Aes256Gcm>),
+}
+
+fn ring_key(alg: &'static ring::aead::Algorithm, key: &[u8]) -> Option<FrameCipher> {
+    let unbound = ring::aead::UnboundKey::new(alg, key).ok()?;
+    Some(FrameCipher::Ring(Box::new(ring::aead::LessSafeKey::new(
+        unbound,
+    ))))
 }
 
 fn frame_nonce(frame_id: u64) -> [u8; 12] {
@@ -327,22 +336,36 @@ impl FrameCipher {
     /// Encrypt `buf` in place and append the tag.
     pub fn seal(&self, frame_id: u64, aad: &[u8], buf: &mut Vec<u8>) -> bool {
         let nonce = frame_nonce(frame_id);
-        let n = Nonce::from_slice(&nonce);
         match self {
-            FrameCipher::Aes128(c) => c.encrypt_in_place(n, aad, buf).is_ok(),
-            FrameCipher::Aes192(c) => c.encrypt_in_place(n, aad, buf).is_ok(),
-            FrameCipher::Aes256(c) => c.encrypt_in_place(n, aad, buf).is_ok(),
+            FrameCipher::Ring(k) => {
+                let n = ring::aead::Nonce::assume_unique_for_key(nonce);
+                k.seal_in_place_append_tag(n, ring::aead::Aad::from(aad), buf)
+                    .is_ok()
+            }
+            FrameCipher::Aes192(c) => c
+                .encrypt_in_place(Nonce::from_slice(&nonce), aad, buf)
+                .is_ok(),
         }
     }
 
     /// Check the tag and decrypt in place (the tag is removed). False when authentication fails.
     pub fn open(&self, frame_id: u64, aad: &[u8], buf: &mut Vec<u8>) -> bool {
         let nonce = frame_nonce(frame_id);
-        let n = Nonce::from_slice(&nonce);
         match self {
-            FrameCipher::Aes128(c) => c.decrypt_in_place(n, aad, buf).is_ok(),
-            FrameCipher::Aes192(c) => c.decrypt_in_place(n, aad, buf).is_ok(),
-            FrameCipher::Aes256(c) => c.decrypt_in_place(n, aad, buf).is_ok(),
+            FrameCipher::Ring(k) => {
+                let n = ring::aead::Nonce::assume_unique_for_key(nonce);
+                match k.open_in_place(n, ring::aead::Aad::from(aad), buf) {
+                    Ok(plain) => {
+                        let len = plain.len();
+                        buf.truncate(len);
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }
+            FrameCipher::Aes192(c) => c
+                .decrypt_in_place(Nonce::from_slice(&nonce), aad, buf)
+                .is_ok(),
         }
     }
 }
