@@ -242,34 +242,78 @@ pub fn decode_record(
     cipher: Option<&FrameCipher>,
     decompressor: &mut zstd::bulk::Decompressor<'static>,
 ) -> Result<(FrameHeader, Vec<u8>), FrameFault> {
-    let h = check_record(rec)?;
-    let mut payload = rec[h.len()..].to_vec();
+    let h = FrameHeader::decode(rec).map_err(FrameFault::Damaged)?;
+    let mut out = vec![0u8; h.raw_len as usize];
+    let mut scratch = Vec::new();
+    let h = decode_record_into(
+        rec,
+        image_id,
+        cipher,
+        decompressor,
+        &mut scratch,
+        &mut out,
+        true,
+    )?;
+    Ok((h, out))
+}
+
+/// Decode a record into `out` (at least `raw_len` bytes), reusing the caller's buffers.
+/// `verify_crc` false skips the stored-payload checksum (the caller checked it already).
+pub fn decode_record_into(
+    rec: &[u8],
+    image_id: &Id,
+    cipher: Option<&FrameCipher>,
+    decompressor: &mut zstd::bulk::Decompressor<'static>,
+    scratch: &mut Vec<u8>,
+    out: &mut [u8],
+    verify_crc: bool,
+) -> Result<FrameHeader, FrameFault> {
+    let h = if verify_crc {
+        check_record(rec)?
+    } else {
+        FrameHeader::decode(rec).map_err(FrameFault::Damaged)?
+    };
+    let mut payload = rec.get(h.len()..).unwrap_or_default();
+    if payload.len() != h.stored_len as usize {
+        return Err(FrameFault::Damaged("frame payload length mismatch".into()));
+    }
+    let raw_len = h.raw_len as usize;
+    let out = out.get_mut(..raw_len).ok_or_else(|| {
+        FrameFault::Damaged(format!(
+            "frame plaintext length {raw_len} exceeds the buffer"
+        ))
+    })?;
     if h.encrypted {
         let c = cipher.ok_or(FrameFault::NeedsKey)?;
         let mut pre = h.clone();
         pre.payload_crc = 0;
         let pre_bytes = pre.encode();
-        if !c.open(h.frame_id, &aad(image_id, &pre_bytes), &mut payload) {
+        scratch.clear();
+        scratch.extend_from_slice(payload);
+        if !c.open(h.frame_id, &aad(image_id, &pre_bytes), scratch) {
             return Err(FrameFault::Unauthentic);
         }
+        payload = scratch;
     }
-    let raw = if h.compressed {
-        let mut out = Vec::with_capacity(h.raw_len as usize);
-        decompressor
-            .decompress_to_buffer(&payload, &mut out)
+    if h.compressed {
+        let n = decompressor
+            .decompress_to_buffer(payload, out)
             .map_err(|e| FrameFault::Damaged(format!("frame does not decompress: {e}")))?;
-        out
+        if n != raw_len {
+            return Err(FrameFault::Damaged(format!(
+                "frame plaintext is {n} bytes, header says {raw_len}"
+            )));
+        }
     } else {
-        payload
-    };
-    if raw.len() != h.raw_len as usize {
-        return Err(FrameFault::Damaged(format!(
-            "frame plaintext is {} bytes, header says {}",
-            raw.len(),
-            h.raw_len
-        )));
+        if payload.len() != raw_len {
+            return Err(FrameFault::Damaged(format!(
+                "frame plaintext is {} bytes, header says {raw_len}",
+                payload.len()
+            )));
+        }
+        out.copy_from_slice(payload);
     }
-    Ok((h, raw))
+    Ok(h)
 }
 
 /// Read a fixed header from a byte slice known to be long enough.

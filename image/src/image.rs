@@ -255,17 +255,46 @@ impl Image {
 
     /// Read the raw record of frame-table row `frame`.
     pub fn read_record(&self, frame: u32) -> Result<Vec<u8>> {
+        let mut rec = Vec::new();
+        self.read_record_into(frame, &mut rec)?;
+        Ok(rec)
+    }
+
+    /// Read the raw record of frame-table row `frame` into `rec` (resized to fit).
+    pub fn read_record_into(&self, frame: u32, rec: &mut Vec<u8>) -> Result<()> {
         let f = self.index.frames.get(frame as usize).ok_or_else(|| {
             ImageError::corrupt(&self.name, format!("frame {frame} does not exist"))
         })?;
-        let mut rec = vec![0u8; f.len as usize];
-        self.stream.read_exact_at(&mut rec, f.offset).map_err(|e| {
+        rec.resize(f.len as usize, 0);
+        self.stream.read_exact_at(rec, f.offset).map_err(|e| {
             ImageError::io(
                 format!("reading frame at offset {} of '{}'", f.offset, self.name),
                 e,
             )
-        })?;
-        Ok(rec)
+        })
+    }
+
+    /// Decode a record into the caller's buffers (see [`frame::decode_record_into`]).
+    pub fn decode_record_into(
+        &self,
+        frame: u32,
+        rec: &[u8],
+        decompressor: &mut zstd::bulk::Decompressor<'static>,
+        scratch: &mut Vec<u8>,
+        out: &mut [u8],
+        verify_crc: bool,
+    ) -> std::result::Result<FrameHeader, FrameFault> {
+        let h = frame::decode_record_into(
+            rec,
+            &self.header.image_id,
+            self.frame_cipher(),
+            decompressor,
+            scratch,
+            out,
+            verify_crc,
+        )?;
+        self.check_row(frame, &h)?;
+        Ok(h)
     }
 
     /// Check a record against its frame-table row: structure, checksum, frame id.

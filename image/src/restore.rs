@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::chain::{frame_damage, Chain, Located};
-use crate::direct::DirectFile;
+use crate::direct::{AlignedBuf, DirectFile};
 use crate::error::{ImageError, Result};
 use crate::frame::FrameFault;
 use crate::image::{block_len, slot_offsets};
@@ -98,9 +98,22 @@ pub struct RestoreSummary {
     pub images: usize,
 }
 
-thread_local! {
-    /// One zstd context per worker thread, reused across frames.
-    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+/// Per-thread state of a decoder: reused so no frame allocates (fresh pages are costly).
+struct Worker {
+    dec: zstd::bulk::Decompressor<'static>,
+    rec: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl Worker {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            dec: zstd::bulk::Decompressor::new()
+                .map_err(|e| ImageError::io("starting the decompressor", e))?,
+            rec: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
 }
 
 /// Frames to decode: (chain position, frame row) → (slot, block) pairs.
@@ -125,7 +138,6 @@ pub fn restore(
             target.size()
         )));
     }
-    let hasher = chain.hasher()?;
     let located = chain.locate_all()?;
     let mut plan: Plan = BTreeMap::new();
     let mut zero_runs: Vec<(u64, u64)> = Vec::new();
@@ -183,78 +195,15 @@ pub fn restore(
         "restoring",
         total + zero_runs.iter().map(|r| r.1).sum::<u64>(),
     );
-    let data_bytes = std::sync::atomic::AtomicU64::new(0);
-    run_parallel(threads, tasks.len(), cancel, |t| {
-        let ((i, f), blocks) = &tasks[t];
-        let img = &chain.images[*i];
-        let rec = img.read_record(*f)?;
-        let bl: Vec<u64> = blocks.iter().map(|b| b.1).collect();
-        let (h, raw) = DECOMPRESSOR
-            .with(|d| {
-                let mut d = d.borrow_mut();
-                if d.is_none() {
-                    *d = Some(
-                        zstd::bulk::Decompressor::new()
-                            .map_err(|e| FrameFault::Damaged(e.to_string()))?,
-                    );
-                }
-                match d.as_mut() {
-                    Some(dec) => img.decode_record(*f, &rec, dec),
-                    None => Err(FrameFault::Damaged("no decompressor".into())),
-                }
-            })
-            .map_err(|fault| frame_damage(img, &bl, &fault))?;
-        let slots = slot_offsets(bs, size, &h.blocks);
-        // Check every block, then write runs of consecutive blocks with one call each.
-        let mut run: Option<(u64, usize, usize)> = None; // (first block, raw offset, length)
-        let flush = |run: (u64, usize, usize)| -> Result<()> {
-            let at = run.0 * u64::from(bs);
-            target
-                .write_all_at(&raw[run.1..run.1 + run.2], at)
-                .map_err(|e| {
-                    ImageError::io(format!("writing the restore target at offset {at}"), e)
-                })?;
-            data_bytes.fetch_add(run.2 as u64, Ordering::Relaxed);
-            progress.advance(run.2 as u64);
-            Ok(())
-        };
-        for &(slot, n) in blocks {
-            let (off, len) = *slots.get(usize::from(slot)).ok_or_else(|| {
-                ImageError::corrupt(img.name(), format!("block {n}: slot {slot} out of range"))
-            })?;
-            if h.blocks[usize::from(slot)] != n || off + len > raw.len() {
-                return Err(ImageError::corrupt(
-                    img.name(),
-                    format!("frame does not hold block {n} where the index says"),
-                ));
-            }
-            if hasher.hash(n, &raw[off..off + len]) != point.index.entries[n as usize].hash {
-                return Err(frame_damage(
-                    img,
-                    &[n],
-                    &FrameFault::Damaged("block content does not match its hash".into()),
-                ));
-            }
-            run = match run {
-                Some((first, roff, rlen))
-                    if roff + rlen == off
-                        && first + (rlen / bs as usize) as u64 == n
-                        && rlen % bs as usize == 0 =>
-                {
-                    Some((first, roff, rlen + len))
-                }
-                Some(r) => {
-                    flush(r)?;
-                    Some((n, off, len))
-                }
-                None => Some((n, off, len)),
-            };
-        }
-        if let Some(r) = run {
-            flush(r)?;
-        }
-        Ok(())
-    })?;
+    let data_bytes = write_frames(
+        chain,
+        &tasks,
+        target,
+        threads,
+        !opts.skip_precheck,
+        progress,
+        cancel,
+    )?;
 
     let mut zero_bytes = 0;
     for &(start, len) in &zero_runs {
@@ -271,11 +220,168 @@ pub fn restore(
         .sync()
         .map_err(|e| ImageError::io("flushing the restore target", e))?;
     Ok(RestoreSummary {
-        data_bytes: data_bytes.into_inner(),
+        data_bytes,
         zero_bytes,
         frames: tasks.len() as u64,
         images: chain.images.len(),
     })
+}
+
+/// A decoded frame on its way to the writer: the buffer and the runs to write from it.
+struct Decoded {
+    buf: AlignedBuf,
+    /// (target offset, offset in `buf`, length).
+    runs: Vec<(u64, usize, usize)>,
+}
+
+/// Decode and verify frames on `threads` threads; write them from this thread.
+///
+/// One writer, because a file system serialises allocating writes to one file anyway (ext4
+/// holds the inode lock for the whole direct write); decoders never wait for the device, and
+/// the device never waits for a decoder. Buffers cycle through a pool, so no frame allocates.
+#[allow(clippy::too_many_arguments)]
+fn write_frames(
+    chain: &Chain,
+    tasks: &[(FrameKey, Vec<(u16, u64)>)],
+    target: &dyn WriteAt,
+    threads: usize,
+    prechecked: bool,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+) -> Result<u64> {
+    let point = chain.point();
+    let bs = point.header.block_size;
+    let size = point.header.source_size;
+    let hasher = chain.hasher()?;
+    let threads = threads.max(1);
+    let (pool_tx, pool_rx) = crossbeam_channel::bounded::<AlignedBuf>(threads * 2 + 2);
+    for _ in 0..threads * 2 + 2 {
+        let _ = pool_tx.send(AlignedBuf::new(crate::writer::FRAME_TARGET as usize));
+    }
+    let (out_tx, out_rx) = crossbeam_channel::bounded::<Result<Decoded>>(threads * 2);
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| -> Result<u64> {
+        for _ in 0..threads {
+            let out_tx = out_tx.clone();
+            let pool_rx = pool_rx.clone();
+            let (next, stop, hasher) = (&next, &stop, &hasher);
+            s.spawn(move || {
+                let mut w = match Worker::new() {
+                    Ok(w) => w,
+                    Err(e) => {
+                        let _ = out_tx.send(Err(e));
+                        return;
+                    }
+                };
+                loop {
+                    let t = next.fetch_add(1, Ordering::Relaxed);
+                    if t >= tasks.len() || stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(buf) = pool_rx.recv() else { return };
+                    let r =
+                        decode_task(chain, &tasks[t], hasher, &mut w, buf, prechecked, bs, size);
+                    if out_tx.send(r).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(out_tx);
+        let mut written = 0u64;
+        let result = (|| -> Result<()> {
+            for _ in 0..tasks.len() {
+                if cancel.is_cancelled() {
+                    return Err(ImageError::Cancelled);
+                }
+                let d = out_rx.recv().map_err(|_| {
+                    ImageError::Invalid("internal: restore workers stopped early".into())
+                })??;
+                for &(at, off, len) in &d.runs {
+                    target
+                        .write_all_at(&d.buf.as_slice()[off..off + len], at)
+                        .map_err(|e| {
+                            ImageError::io(format!("writing the restore target at offset {at}"), e)
+                        })?;
+                    written += len as u64;
+                    progress.advance(len as u64);
+                }
+                let _ = pool_tx.send(d.buf);
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            stop.store(true, Ordering::Relaxed);
+            // Unblock decoders waiting for a buffer or for room to send.
+            drop(pool_tx);
+            drop(out_rx);
+        }
+        result.map(|()| written)
+    })
+}
+
+/// Decode one frame into `buf`, check every block it gives against the point's hashes, and
+/// list the runs of consecutive blocks to write.
+#[allow(clippy::too_many_arguments)]
+fn decode_task(
+    chain: &Chain,
+    task: &(FrameKey, Vec<(u16, u64)>),
+    hasher: &crate::crypto::BlockHasher,
+    w: &mut Worker,
+    mut buf: AlignedBuf,
+    prechecked: bool,
+    bs: u32,
+    size: u64,
+) -> Result<Decoded> {
+    let ((i, f), blocks) = task;
+    let img = &chain.images[*i];
+    let point = chain.point();
+    img.read_record_into(*f, &mut w.rec)?;
+    let bl: Vec<u64> = blocks.iter().map(|b| b.1).collect();
+    let raw_len = crate::frame::FrameHeader::decode(&w.rec)
+        .map_err(|d| frame_damage(img, &bl, &FrameFault::Damaged(d)))?
+        .raw_len as usize;
+    if buf.as_slice().len() < raw_len {
+        buf = AlignedBuf::new(raw_len);
+    }
+    let h = img
+        .decode_record_into(
+            *f,
+            &w.rec,
+            &mut w.dec,
+            &mut w.scratch,
+            buf.as_mut_slice(),
+            !prechecked,
+        )
+        .map_err(|fault| frame_damage(img, &bl, &fault))?;
+    let raw = &buf.as_slice()[..raw_len];
+    let slots = slot_offsets(bs, size, &h.blocks);
+    let mut runs: Vec<(u64, usize, usize)> = Vec::new();
+    for &(slot, n) in blocks {
+        let (off, len) = *slots.get(usize::from(slot)).ok_or_else(|| {
+            ImageError::corrupt(img.name(), format!("block {n}: slot {slot} out of range"))
+        })?;
+        if h.blocks[usize::from(slot)] != n || off + len > raw.len() {
+            return Err(ImageError::corrupt(
+                img.name(),
+                format!("frame does not hold block {n} where the index says"),
+            ));
+        }
+        if hasher.hash(n, &raw[off..off + len]) != point.index.entries[n as usize].hash {
+            return Err(frame_damage(
+                img,
+                &[n],
+                &FrameFault::Damaged("block content does not match its hash".into()),
+            ));
+        }
+        let at = n * u64::from(bs);
+        match runs.last_mut() {
+            Some(r) if r.0 + r.2 as u64 == at && r.1 + r.2 == off => r.2 += len,
+            _ => runs.push((at, off, len)),
+        }
+    }
+    Ok(Decoded { buf, runs })
 }
 
 /// Run `job(0..count)` on `threads` threads; stops at the first error or on cancel.
