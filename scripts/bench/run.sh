@@ -12,6 +12,7 @@
 #                   built with cargo build --release when missing)
 #   HOLDFAST_SKIP=1 skip every holdfast command (measure the reference tools only)
 #   BENCH_RUNS      runs per measurement, the median is reported (default 3)
+#   BENCH_WARMUP    untimed runs before them (default 1)
 #   BENCH_SKIP_DEDUP=1  skip restic and borg
 #
 # Each timed command runs BENCH_RUNS times; the table shows the median wall
@@ -22,6 +23,7 @@ set -euo pipefail
 OUTDIR=${1:-/var/tmp/holdfast-bench}
 RUNS=${BENCH_RUNS:-3}
 HOLDFAST_SKIP=${HOLDFAST_SKIP:-0}
+WARMUP=${BENCH_WARMUP:-1}
 BENCH_SKIP_DEDUP=${BENCH_SKIP_DEDUP:-0}
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
@@ -133,6 +135,16 @@ declare -A T # id -> median wall seconds, or a word (failed, skipped)
 # benchmark goes on.
 measure() {
     local id=$1 prep=$2 fn=$3 r t0 t1 times=()
+    # Untimed warm-up runs: the first run after another command pays for the page cache
+    # and memory that command left behind (seen here as 1.5-2x slower first runs, for
+    # every tool alike).
+    for ((r = 1; r <= WARMUP; r++)); do
+        if [[ $prep != - ]]; then
+            "$prep"
+        fi
+        sync
+        "$fn" >"$WORK/$id.out" 2>"$WORK/$id.err" || true
+    done
     for ((r = 1; r <= RUNS; r++)); do
         if [[ $prep != - ]]; then
             "$prep"
@@ -230,10 +242,10 @@ ref_changed() {
     rm -f "$WORK/changed.bin"
 }
 log "incremental reference: changed 4 KiB blocks | zstd -3"
-saved_runs=$RUNS
-RUNS=1
+saved_runs=$RUNS saved_warmup=$WARMUP
+RUNS=1 WARMUP=0
 measure ref_changed - ref_changed
-RUNS=$saved_runs
+RUNS=$saved_runs WARMUP=$saved_warmup
 changed_figures=$(cat "$WORK/changed.txt" 2>/dev/null || echo "n/a")
 changed_bytes=$(sed -n 's/.*changed_bytes=\([0-9]*\).*/\1/p' "$WORK/changed.txt" 2>/dev/null || true)
 changed_figures="$changed_figures, i.e. $(mib "${changed_bytes:-n/a}") MiB before compression"
