@@ -287,10 +287,12 @@ fn write_inner(
             chain_key: ident.keys.chain_key(),
         },
     };
-    if cipher != Cipher::None {
+    // Argon2id takes a noticeable moment (64 MiB, 3 passes): run it beside the workers,
+    // which only need the image key; the header is written when it is done.
+    let wrap_job = if cipher != Cipher::None {
         let password = opts
             .password
-            .as_ref()
+            .clone()
             .filter(|p| !p.is_empty())
             .ok_or_else(|| {
                 ImageError::Invalid(
@@ -299,15 +301,14 @@ fn write_inner(
             })?;
         let kdf = opts.kdf.unwrap_or_else(KdfParams::generate);
         let pre = header.encode();
-        let (nonce, blob) = ident
-            .keys
-            .wrap(password, &kdf, &pre[..KEY_SECTION])
-            .ok_or_else(|| {
-                ImageError::Invalid("could not derive the key from the password".into())
-            })?;
-        header.keys = KeySection::Wrapped { kdf, nonce, blob };
-    }
-    let header_bytes = header.encode();
+        let keys = ident.keys.clone();
+        Some(std::thread::spawn(move || {
+            keys.wrap(&password, &kdf, &pre[..KEY_SECTION])
+                .map(|(nonce, blob)| KeySection::Wrapped { kdf, nonce, blob })
+        }))
+    } else {
+        None
+    };
 
     let mut total = 0u64;
     for n in 0..n_blocks {
@@ -320,8 +321,6 @@ fn write_inner(
     let name = sink.display_name();
     let werr = |e: std::io::Error| ImageError::io(format!("writing '{name}'"), e);
     let mut pw = PartWriter::new(sink, ident.image_id, opts.split_size).map_err(werr)?;
-    pw.write(&header_bytes).map_err(werr)?;
-    pw.write(&meta_bytes).map_err(werr)?;
 
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism()
@@ -352,7 +351,7 @@ fn write_inner(
         let _ = credit_tx.send(());
     }
 
-    let outcome: Result<()> = std::thread::scope(|s| {
+    let outcome: Result<[u8; crate::header::HEADER_LEN]> = std::thread::scope(|s| {
         let stop = &stop;
         s.spawn(move || {
             for k in 0..batches {
@@ -405,25 +404,36 @@ fn write_inner(
         }
         drop(work_rx);
         drop(res_tx);
-        let r = collect(
-            res_rx,
-            credit_tx,
-            batches,
-            per_frame as usize,
-            &mut pw,
-            &mut index,
-            &mut read_bytes,
-            &mut data_bytes,
-            progress,
-            cancel,
-            &name,
-        );
+        let r = (|| {
+            if let Some(job) = wrap_job {
+                header.keys = job.join().ok().flatten().ok_or_else(|| {
+                    ImageError::Invalid("could not derive the key from the password".into())
+                })?;
+            }
+            let header_bytes = header.encode();
+            pw.write(&header_bytes).map_err(werr)?;
+            pw.write(&meta_bytes).map_err(werr)?;
+            collect(
+                res_rx,
+                credit_tx,
+                batches,
+                per_frame as usize,
+                &mut pw,
+                &mut index,
+                &mut read_bytes,
+                &mut data_bytes,
+                progress,
+                cancel,
+                &name,
+            )?;
+            Ok(header_bytes)
+        })();
         if r.is_err() {
             stop.store(true, Ordering::Relaxed);
         }
         r
     });
-    outcome?;
+    let header_bytes = outcome?;
 
     let index_rec = index
         .encode()
