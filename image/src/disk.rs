@@ -5,6 +5,7 @@
 //! or an unknown layout) is `Ok(None)`: the caller treats it as one volume.
 
 use crate::io::ReadAt;
+use crate::le::{u32_at as le32, u64_at as le64};
 
 /// Which kind of partition table a disk carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,22 +125,6 @@ fn read_sector(disk: &dyn ReadAt, lba: u64, ss: u64) -> Result<Vec<u8>, DiskErro
         .ok_or_else(|| corrupt(format!("sector {lba} is out of range")))?;
     read_at(disk, &mut buf, offset)?;
     Ok(buf)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut v = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        v.copy_from_slice(s);
-    }
-    u32::from_le_bytes(v)
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut v = [0u8; 8];
-    if let Some(s) = b.get(at..at + 8) {
-        v.copy_from_slice(s);
-    }
-    u64::from_le_bytes(v)
 }
 
 /// A volume boot sector rather than an MBR: FAT (as the FAT reader recognises it, even

@@ -6,7 +6,8 @@
 //! and the index can be checked against it.
 
 use crate::crypto::{FrameCipher, TAG_LEN};
-use crate::header::{arr, u16_at, u32_at, u64_at, Id};
+use crate::header::Id;
+use crate::le::{u16_at, u32_at, u64_at};
 use crate::magic::FRAME_MAGIC;
 
 /// Fixed part of a frame record header; the block list (8 bytes per block) follows.
@@ -314,11 +315,6 @@ pub fn decode_record_into(
         out.copy_from_slice(payload);
     }
     Ok(h)
-}
-
-/// Read a fixed header from a byte slice known to be long enough.
-pub fn peek_id(rec: &[u8]) -> Option<u64> {
-    (rec.len() >= FRAME_FIXED_LEN).then(|| u64::from_le_bytes(arr(&rec[8..16])))
 }
 
 #[cfg(test)]

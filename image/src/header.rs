@@ -2,6 +2,7 @@
 
 use crate::crypto::{Cipher, KdfParams, WRAPPED_LEN};
 use crate::error::{ImageError, Result};
+use crate::le::{arr, u16_at, u32_at, u64_at};
 use crate::magic::{FORMAT_VERSION, HEADER_MAGIC};
 
 /// Header length in bytes.
@@ -244,26 +245,26 @@ impl Header {
         }
         let keys = match (b[136], cipher) {
             (0, Cipher::None) => KeySection::Plain {
-                chain_key: arr(&b[180..212]),
+                chain_key: arr(b, 180),
             },
             (1, c) if c != Cipher::None => KeySection::Wrapped {
                 kdf: KdfParams {
                     m_cost_kib: u32_at(b, 140),
                     t_cost: u32_at(b, 144),
                     p_cost: u32_at(b, 148),
-                    salt: arr(&b[152..168]),
+                    salt: arr(b, 152),
                 },
-                nonce: arr(&b[168..180]),
-                blob: arr(&b[180..180 + WRAPPED_LEN]),
+                nonce: arr(b, 168),
+                blob: arr(b, 180),
             },
             _ => return Err(bad("key section")),
         };
         let h = Header {
             version,
-            image_id: Id(arr(&b[16..32])),
-            chain_id: Id(arr(&b[32..48])),
-            parent_id: Id(arr(&b[48..64])),
-            parent_digest: arr(&b[64..96]),
+            image_id: Id(arr(b, 16)),
+            chain_id: Id(arr(b, 32)),
+            parent_id: Id(arr(b, 48)),
+            parent_digest: arr(b, 64),
             kind,
             method,
             cipher,
@@ -286,20 +287,4 @@ impl Header {
         }
         Ok(h)
     }
-}
-
-/// Little-endian readers over a slice known to be long enough (checked by callers).
-pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(arr(&b[at..at + 2]))
-}
-pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(arr(&b[at..at + 4]))
-}
-pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(arr(&b[at..at + 8]))
-}
-pub(crate) fn arr<const N: usize>(s: &[u8]) -> [u8; N] {
-    let mut a = [0u8; N];
-    a.copy_from_slice(&s[..N]);
-    a
 }

@@ -5,7 +5,8 @@
 //! incremental can detect changes from this image alone.
 
 use crate::crypto::{BlockHash, HASH_LEN};
-use crate::header::{u32_at, u64_at, Header, Kind};
+use crate::header::{Header, Kind};
+use crate::le::{arr, u32_at, u64_at};
 use crate::magic::INDEX_MAGIC;
 
 /// Bytes of one entry on disk.
@@ -229,7 +230,7 @@ impl Index {
                 state,
                 slot: u16::from_le_bytes([body[at + 2], body[at + 3]]),
                 frame: u32_at(&body, at + 4),
-                hash: crate::header::arr(&body[at + 8..at + 8 + HASH_LEN]),
+                hash: arr(&body, at + 8),
             };
             at += ENTRY_LEN;
             if e.state == BlockState::Data

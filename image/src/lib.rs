@@ -34,6 +34,7 @@ pub mod header;
 pub mod image;
 pub mod index;
 pub mod io;
+mod le;
 pub mod magic;
 pub mod meta;
 pub mod parts;

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::direct::DirectAppender;
 use crate::error::{ImageError, Result};
-use crate::header::{u32_at, Id};
+use crate::header::Id;
 use crate::io::ReadAt;
+use crate::le::u32_at;
 use crate::magic::PART_MAGIC;
 
 /// Smallest split size (as in the manual: 5 MiB).

@@ -1,6 +1,6 @@
 //! The trailer: the last bytes of a complete image.
 
-use crate::header::{arr, u16_at, u32_at, u64_at};
+use crate::le::{arr, u16_at, u32_at, u64_at};
 use crate::magic::{END_MAGIC, FORMAT_VERSION, TRAILER_MAGIC};
 
 /// Trailer length in bytes.
@@ -64,9 +64,9 @@ impl Trailer {
             logical_len: u64_at(b, 16),
             index_offset: u64_at(b, 24),
             index_len: u64_at(b, 32),
-            index_digest: arr(&b[40..72]),
-            index_mac: arr(&b[72..104]),
-            content_digest: arr(&b[104..136]),
+            index_digest: arr(b, 40),
+            index_mac: arr(b, 72),
+            content_digest: arr(b, 104),
             data_bytes: u64_at(b, 136),
             stored_bytes: u64_at(b, 144),
         })

@@ -127,23 +127,7 @@ fn read_at(vol: &dyn ReadAt, fs: &'static str, buf: &mut [u8], offset: u64) -> R
         .map_err(|source| FsError::Io { fs, offset, source })
 }
 
-/// Little-endian field readers for on-disk structures. They return 0 past the end of `b`,
-/// so a short buffer reads as zeroed fields; callers validate the values.
-fn le16(b: &[u8], at: usize) -> u16 {
-    let mut v = [0u8; 2];
-    if let Some(s) = b.get(at..at + 2) {
-        v.copy_from_slice(s);
-    }
-    u16::from_le_bytes(v)
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    let mut v = [0u8; 4];
-    if let Some(s) = b.get(at..at + 4) {
-        v.copy_from_slice(s);
-    }
-    u32::from_le_bytes(v)
-}
+use crate::le::{u16_at as le16, u32_at as le32};
 
 /// Text of a fixed-size, space- or NUL-padded on-disk label; `None` when blank.
 fn padded_text(raw: &[u8]) -> Option<String> {
