@@ -397,6 +397,62 @@ fn read_gpt_copy(disk: &dyn ReadAt, ss: u64, lba: u64) -> Result<(GptHeader, Vec
     Ok((header, entries))
 }
 
+/// Bytes to write at a disk offset.
+pub type SectorWrite = (u64, Vec<u8>);
+
+/// After a whole-disk restore onto a larger disk, the GPT's backup copy still sits where the
+/// old disk ended. This returns the sector writes (offset, bytes) that move it to the new
+/// end and grow the usable area and the protective MBR, as `sgdisk -e` does; `None` when the
+/// table already ends at the disk's end.
+pub fn gpt_relocation(
+    disk: &dyn ReadAt,
+    sector_size: u32,
+) -> Result<Option<Vec<SectorWrite>>, DiskError> {
+    let ss = u64::from(sector_size);
+    let last = (disk.size() / ss).saturating_sub(1);
+    let (header, entries) = read_gpt_copy(disk, ss, 1)?;
+    let mut primary = read_sector(disk, 1, ss)?;
+    let old_alt = le64(&primary, 32);
+    if old_alt == last {
+        return Ok(None);
+    }
+    if old_alt > last {
+        return Err(corrupt(format!(
+            "the GPT ends at sector {old_alt}, past the disk's last sector {last}"
+        )));
+    }
+    let header_size = le32(&primary, 12) as usize;
+    let backup_entries = last - (header.entry_count * header.entry_size).div_ceil(ss);
+    let seal = |sector: &mut Vec<u8>| {
+        sector[16..20].fill(0);
+        let crc = crc32(&sector[..header_size]);
+        sector[16..20].copy_from_slice(&crc.to_le_bytes());
+    };
+    primary[32..40].copy_from_slice(&last.to_le_bytes());
+    primary[48..56].copy_from_slice(&(backup_entries - 1).to_le_bytes());
+    seal(&mut primary);
+    let mut backup = primary.clone();
+    backup[24..32].copy_from_slice(&last.to_le_bytes());
+    backup[32..40].copy_from_slice(&1u64.to_le_bytes());
+    backup[72..80].copy_from_slice(&backup_entries.to_le_bytes());
+    seal(&mut backup);
+    let mut mbr = read_sector(disk, 0, ss)?;
+    for i in 0..4 {
+        let e = 446 + 16 * i;
+        if mbr[e + 4] == PROTECTIVE_TYPE {
+            let count = u32::try_from(last).unwrap_or(u32::MAX);
+            mbr[e + 12..e + 16].copy_from_slice(&count.to_le_bytes());
+        }
+    }
+    Ok(Some(vec![
+        (old_alt * ss, vec![0u8; sector_size as usize]),
+        (backup_entries * ss, entries),
+        (last * ss, backup),
+        (ss, primary),
+        (0, mbr),
+    ]))
+}
+
 fn guid_bytes(b: &[u8]) -> [u8; 16] {
     let mut g = [0u8; 16];
     g.copy_from_slice(&b[..16]);

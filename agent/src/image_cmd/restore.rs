@@ -3,14 +3,38 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use holdfast_image::io::FileReadAt;
 use holdfast_image::restore::{restore, RestoreOptions};
+use holdfast_image::restore::{FileTarget, WriteAt};
 use serde_json::json;
 
 use super::{open_chain, open_target, secs};
 use crate::cli::RestoreArgs;
 use crate::output::{bytes, print_json, Bar};
 use crate::secret::{password, PASSWORD_ENV};
+
+/// A whole disk restored onto a larger one: move the GPT backup to the new end.
+fn relocate_gpt(path: &std::path::Path, target: &FileTarget, sector_size: u32) -> Result<()> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read back '{}'", path.display()))?;
+    let disk = FileReadAt::new(file, target.size());
+    let sector_size = if sector_size == 0 { 512 } else { sector_size };
+    let writes = holdfast_image::disk::gpt_relocation(&disk, sector_size)
+        .with_context(|| format!("cannot grow the restored GPT on '{}'", path.display()))?;
+    for (offset, bytes) in writes.unwrap_or_default() {
+        target.write_all_at(&bytes, offset).with_context(|| {
+            format!(
+                "cannot write the GPT on '{}' at offset {offset}",
+                path.display()
+            )
+        })?;
+    }
+    target
+        .sync()
+        .with_context(|| format!("cannot flush '{}'", path.display()))?;
+    Ok(())
+}
 
 /// Run.
 pub fn run(a: RestoreArgs) -> Result<ExitCode> {
@@ -28,6 +52,15 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
     let summary = restore(&chain, &target, &opts, &bar, &crate::CANCEL);
     bar.finish();
     let summary = summary?;
+    let meta = &chain.point().meta.source;
+    let gpt_moved = meta
+        .partition_table
+        .as_ref()
+        .is_some_and(|t| t.kind == "gpt")
+        && target.size() > need;
+    if gpt_moved {
+        relocate_gpt(&a.target, &target, meta.sector_size)?;
+    }
     if dev.is_block && chain.point().meta.source.partition_table.is_some() {
         // Let the kernel see the restored partition table (best effort).
         let _ = std::process::Command::new("partx")
@@ -48,6 +81,7 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
             "zero_bytes": summary.zero_bytes,
             "frames": summary.frames,
             "seconds": secs(elapsed),
+            "gpt_backup_moved_to_end": gpt_moved,
         }));
     } else {
         println!(

@@ -191,4 +191,53 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
         read_range(&disk, parts[2].0, parts[2].1) == read_range(&out, parts[2].0, parts[2].1),
         "unknown partition differs"
     );
+
+    // Onto a larger disk: the backup GPT moves to the new end and the table verifies clean.
+    let big = t.path().join("bigger.img");
+    sparse_file(&big, 256 << 20);
+    let r = image_ok(&[
+        "restore",
+        "--image",
+        img.to_str().expect("p"),
+        "--target",
+        big.to_str().expect("p"),
+    ]);
+    assert_eq!(r["gpt_backup_moved_to_end"], true, "{r}");
+    assert_eq!(&read_range(&big, (256 << 20) - 512, 8), b"EFI PART");
+    let verify = Command::new("sfdisk")
+        .arg("--verify")
+        .arg(&big)
+        .output()
+        .expect("sfdisk");
+    let text = String::from_utf8_lossy(&verify.stdout).to_string()
+        + &String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        verify.status.success() && !text.contains("mismatch") && !text.contains("corrupt"),
+        "{text}"
+    );
+    let d3 = String::from_utf8_lossy(&sh(Command::new("sfdisk").arg("--json").arg(&big)).stdout)
+        .to_string();
+    let t3: serde_json::Value = serde_json::from_str(&d3).expect("json");
+    assert_eq!(
+        t3["partitiontable"]["partitions"],
+        table["partitiontable"]["partitions"]
+            .as_array()
+            .map(|v| serde_json::Value::Array(
+                v.iter()
+                    .map(|p| {
+                        let mut p = p.clone();
+                        p["node"] = serde_json::Value::String(
+                            p["node"]
+                                .as_str()
+                                .unwrap_or("")
+                                .replace(disk.to_str().expect("p"), big.to_str().expect("p")),
+                        );
+                        p
+                    })
+                    .collect()
+            ))
+            .unwrap_or_default()
+    );
+    let lo = part_loop(&big, parts[0]);
+    fsck_clean(lo.path(), "ext4");
 }
