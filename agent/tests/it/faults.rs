@@ -455,3 +455,49 @@ fn interrupted_create_leaves_nothing_behind() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn full_output_filesystem_fails_cleanly() {
+    if !require_devices("full_output_filesystem") {
+        return;
+    }
+    let t = tempdir();
+    let src = t.path().join("src.img");
+    std::fs::write(&src, noise(40 << 20, 8)).expect("source");
+    // A 16 MiB filesystem cannot hold a 40 MiB incompressible image.
+    let small = t.path().join("small.img");
+    sparse_file(&small, 16 << 20);
+    let lo = Loop::new(&small);
+    mkfs(lo.path(), "ext4");
+    let m = Mounted::new(lo.path(), &t.path().join("out"), "rw");
+    std::fs::write(m.dir.join("keep.txt"), "existing data").expect("keep");
+    let out = m.dir.join("x.hfi");
+    let r = image(&[
+        "create",
+        "--source",
+        src.to_str().expect("p"),
+        "--output",
+        out.to_str().expect("p"),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("No space left on device") && r.stderr.contains("x.hfi"),
+        "{}",
+        r.stderr
+    );
+    let names: Vec<String> = std::fs::read_dir(&m.dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lost+found")
+        .collect();
+    assert_eq!(
+        names,
+        vec!["keep.txt".to_owned()],
+        "only the existing file may remain"
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.dir.join("keep.txt")).expect("keep"),
+        "existing data"
+    );
+}
