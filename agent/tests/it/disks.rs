@@ -241,3 +241,114 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
     let lo = part_loop(&big, parts[0]);
     fsck_clean(lo.path(), "ext4");
 }
+
+#[test]
+fn mbr_disk_with_logical_partitions_round_trips() {
+    if !require_devices("mbr_disk_with_logical_partitions_round_trips") {
+        return;
+    }
+    let t = tempdir();
+    let disk = t.path().join("disk.img");
+    sparse_file(&disk, 160 << 20);
+    let mut child = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(
+            b"label: dos\nsize=48MiB, type=83\ntype=5\nsize=40MiB, type=c\nsize=40MiB, type=83\n",
+        )
+        .expect("script");
+    assert!(child.wait().expect("sfdisk").success());
+    let dump = sh(Command::new("sfdisk").arg("--json").arg(&disk));
+    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("sfdisk json");
+    // Data partitions: 1 (primary), 5 and 6 (logicals); 2 is the extended container.
+    let parts: Vec<(u64, u64)> = table["partitiontable"]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .filter(|p| p["type"] != "5")
+        .map(|p| {
+            (
+                p["start"].as_u64().expect("start") * 512,
+                p["size"].as_u64().expect("size") * 512,
+            )
+        })
+        .collect();
+    assert_eq!(parts.len(), 3, "{table}");
+    let part_loop = |file: &Path, (start, len): (u64, u64)| {
+        let out = sh(Command::new("losetup")
+            .args([
+                "-f",
+                "--show",
+                "-o",
+                &start.to_string(),
+                "--sizelimit",
+                &len.to_string(),
+            ])
+            .arg(file));
+        Loop {
+            dev: String::from_utf8_lossy(&out.stdout).trim().into(),
+        }
+    };
+    let fss = ["ext4", "vfat", "ext4"];
+    let mut want = Vec::new();
+    for (i, fs) in fss.iter().enumerate() {
+        let lo = part_loop(&disk, parts[i]);
+        mkfs(lo.path(), fs);
+        want.push(edit_files(lo.path(), fs, t.path(), |d| {
+            write_files(d, i as u64 + 10, 6)
+        }));
+    }
+    let img = t.path().join("mbr.hfi");
+    image_ok(&[
+        "create",
+        "--source",
+        disk.to_str().expect("p"),
+        "--output",
+        img.to_str().expect("p"),
+    ]);
+    let info = image_ok(&["info", "--image", img.to_str().expect("p")]);
+    let meta = &info["metadata"]["source"];
+    assert_eq!(meta["partition_table"]["kind"], "mbr");
+    let numbers: Vec<u64> = meta["partitions"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .filter_map(|p| p["number"].as_u64())
+        .collect();
+    assert_eq!(numbers, vec![1, 5, 6]);
+    let out = t.path().join("restored.img");
+    image_ok(&[
+        "restore",
+        "--image",
+        img.to_str().expect("p"),
+        "--target",
+        out.to_str().expect("p"),
+    ]);
+    assert_eq!(
+        read_range(&disk, 0, 512),
+        read_range(&out, 0, 512),
+        "MBR differs"
+    );
+    for (i, fs) in fss.iter().enumerate() {
+        // The EBR in front of each logical partition comes back too (it is in a gap).
+        assert_eq!(
+            read_range(&disk, parts[i].0 - 512, 512),
+            read_range(&out, parts[i].0 - 512, 512)
+        );
+        let lo = part_loop(&out, parts[i]);
+        fsck_clean(lo.path(), fs);
+        assert_eq!(
+            read_files(lo.path(), fs, t.path()),
+            want[i],
+            "partition {} differs",
+            i + 1
+        );
+    }
+}
