@@ -129,6 +129,9 @@ pub struct ValidateArgs {
     /// Password file (else HOLDFAST_PASSWORD); without it an encrypted image gets a structure check.
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// Also validate every image the given one depends on, and the links between them.
+    #[arg(long)]
+    pub chain: bool,
     #[command(flatten)]
     pub common: Common,
 }

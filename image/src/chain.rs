@@ -127,8 +127,33 @@ impl Chain {
 
     /// Open `name` and every ancestor, unlocking each with `password`.
     pub fn open(locator: &dyn Locator, name: &str, password: Option<&[u8]>) -> Result<Self> {
+        Self::open_inner(locator, name, password, true)
+    }
+
+    /// Open `name` and every ancestor, checking structure and links; encrypted images are
+    /// unlocked only when a password is given (for validation without the password).
+    pub fn open_structure(
+        locator: &dyn Locator,
+        name: &str,
+        password: Option<&[u8]>,
+    ) -> Result<Self> {
+        Self::open_inner(locator, name, password, false)
+    }
+
+    fn open_inner(
+        locator: &dyn Locator,
+        name: &str,
+        password: Option<&[u8]>,
+        need_keys: bool,
+    ) -> Result<Self> {
+        let unlock = |img: &mut Image| -> Result<()> {
+            if need_keys || password.is_some() {
+                img.unlock(password)?;
+            }
+            Ok(())
+        };
         let mut first = Image::open(locator.open(name)?)?;
-        first.unlock(password)?;
+        unlock(&mut first)?;
         let mut images = vec![first];
         let mut seen = HashSet::new();
         loop {
@@ -145,7 +170,7 @@ impl Chain {
                 });
             }
             let mut parent = find_parent(locator, child)?;
-            parent.unlock(password)?;
+            unlock(&mut parent)?;
             check_link(child, &parent)?;
             images.push(parent);
         }

@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use holdfast_image::validate::validate;
+use holdfast_image::chain::{Chain, DirLocator};
+use holdfast_image::validate::{validate, ValidateReport};
 use serde_json::json;
 
 use super::open_image;
@@ -15,48 +16,68 @@ use crate::secret::{password, PASSWORD_ENV};
 /// Run.
 pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
-    let mut img = open_image(&a.image)?;
-    if img.is_encrypted() {
-        if let Some(p) = &password {
-            img.unlock(Some(p))?;
-        }
-    }
-    let bar = Bar::new(a.common.json);
-    let report = validate(&img, a.common.threads, &bar, &crate::CANCEL);
-    bar.finish();
-    let report = report?;
-    if a.common.json {
-        print_json(&json!({ "ok": report.is_ok(), "report": report }));
+    let pw = password.as_deref().map(|p| &p[..]);
+    let images = if a.chain {
+        let (locator, name) = DirLocator::for_image(&a.image);
+        Chain::open_structure(&locator, &name, pw)?.images
     } else {
-        println!(
-            "{}: {} check of {} frames, {} blocks verified: {}",
-            report.image,
-            report.level,
-            report.frames,
-            report.blocks_verified,
-            if report.is_ok() {
-                "no damage"
-            } else {
-                "DAMAGED"
-            }
-        );
-        if report.level == "structure" {
-            println!("(encrypted image checked without the password: stored checksums only; give the password to check every block)");
+        let mut img = open_image(&a.image)?;
+        if img.is_encrypted() && pw.is_some() {
+            img.unlock(pw)?;
         }
-        for d in &report.damage {
-            println!(
-                "  blocks {}..={} (source bytes {}..{}), frame at image offset {}: {}",
-                d.first_block, d.last_block, d.start, d.end, d.image_offset, d.detail
-            );
+        vec![img]
+    };
+    let bar = Bar::new(a.common.json);
+    let mut reports = Vec::new();
+    for img in &images {
+        let r = validate(img, a.common.threads, &bar, &crate::CANCEL);
+        if r.is_err() {
+            bar.finish();
+        }
+        reports.push(r?);
+    }
+    bar.finish();
+    let ok = reports.iter().all(|r| r.is_ok());
+    if a.common.json {
+        print_json(
+            &json!({ "ok": ok, "report": reports.first(), "chain": a.chain.then_some(&reports) }),
+        );
+    } else {
+        for report in &reports {
+            print_report(report);
         }
     }
-    if !report.is_ok() {
+    if !ok {
+        let damaged: usize = reports.iter().map(|r| r.damage.len()).sum();
         eprintln!(
-            "holdfast-agent: error: '{}' is damaged: {} damaged ranges",
-            report.image,
-            report.damage.len()
+            "holdfast-agent: error: '{}' is damaged: {damaged} damaged ranges",
+            a.image.display()
         );
         return Ok(ExitCode::from(DAMAGED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_report(report: &ValidateReport) {
+    println!(
+        "{}: {} check of {} frames, {} blocks verified: {}",
+        report.image,
+        report.level,
+        report.frames,
+        report.blocks_verified,
+        if report.is_ok() {
+            "no damage"
+        } else {
+            "DAMAGED"
+        }
+    );
+    if report.level == "structure" {
+        println!("(encrypted image checked without the password: stored checksums only; give the password to check every block)");
+    }
+    for d in &report.damage {
+        println!(
+            "  blocks {}..={} (source bytes {}..{}), frame at image offset {}: {}",
+            d.first_block, d.last_block, d.start, d.end, d.image_offset, d.detail
+        );
+    }
 }

@@ -115,6 +115,22 @@ fn scenario(fs: &str, extra_create: &[&str], extra_restore: &[&str]) {
     let inc2 = image_ok(&["info", "--image", &img("inc2.hfi")]);
     assert_eq!(minfo["content_digest"], inc2["content_digest"], "{merged}");
     restore_and_check(Path::new(&out), work, fs, &states[2], extra_restore);
+
+    // The whole chain validates; damage in the full image is found from the newest image.
+    let v = image_ok(&["validate", "--image", &img("inc2.hfi"), "--chain"]);
+    assert_eq!(v["chain"].as_array().map(Vec::len), Some(3), "{v}");
+    let full_path = imgs.join("full.hfi");
+    let mut bytes = std::fs::read(&full_path).expect("full");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&full_path, bytes).expect("write");
+    let r = image(&["validate", "--image", &img("inc2.hfi"), "--chain"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(
+        image(&["validate", "--image", &img("inc2.hfi")]).code,
+        0,
+        "the newest image alone is intact"
+    );
 }
 
 #[test]
@@ -202,6 +218,8 @@ fn scenario_with_pw(create: &[&str], restore: &[&str], pw: &str) {
         assert_eq!(v["report"]["level"], "full");
         let v = image_ok(&["validate", "--image", name]);
         assert_eq!(v["report"]["level"], "structure");
+        let v = image_ok(&["validate", "--image", name, "--chain"]);
+        assert_eq!(v["chain"].as_array().map(Vec::len), Some(i + 1), "{v}");
         restore_and_check(Path::new(name), work, "ext4", &states[i], restore);
     }
 }
