@@ -15,6 +15,56 @@ fn read_range(path: &Path, start: u64, len: u64) -> Vec<u8> {
     buf
 }
 
+/// Write a partition table with `sfdisk SCRIPT`; return its JSON dump and the byte ranges of
+/// the data partitions (not extended containers).
+fn partition(disk: &Path, script: &str) -> (serde_json::Value, Vec<(u64, u64)>) {
+    let mut child = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("script");
+    assert!(child.wait().expect("sfdisk").success());
+    let dump = sh(Command::new("sfdisk").arg("--json").arg(disk));
+    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("sfdisk json");
+    let parts = table["partitiontable"]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .filter(|p| !["5", "f", "85"].contains(&p["type"].as_str().unwrap_or("")))
+        .map(|p| {
+            (
+                p["start"].as_u64().expect("start") * 512,
+                p["size"].as_u64().expect("size") * 512,
+            )
+        })
+        .collect();
+    (table, parts)
+}
+
+/// A loop device over one partition of a disk image.
+fn part_loop(file: &Path, (start, len): (u64, u64)) -> Loop {
+    let out = sh(Command::new("losetup")
+        .args([
+            "-f",
+            "--show",
+            "-o",
+            &start.to_string(),
+            "--sizelimit",
+            &len.to_string(),
+        ])
+        .arg(file));
+    Loop {
+        dev: String::from_utf8_lossy(&out.stdout).trim().into(),
+    }
+}
+
 #[test]
 fn forensic_restore_is_byte_identical() {
     if !require_devices("forensic_restore_is_byte_identical") {
@@ -82,47 +132,11 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
     let t = tempdir();
     let disk = t.path().join("disk.img");
     sparse_file(&disk, 200 << 20);
-    let mut sf = Command::new("sfdisk");
-    sf.arg("--quiet")
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped());
-    let mut child = sf.spawn().expect("sfdisk");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"label: gpt\nsize=64MiB, type=L, name=root\nsize=48MiB, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=data\nsize=24MiB, type=L, name=blob\n")
-        .expect("script");
-    assert!(child.wait().expect("sfdisk").success());
-    let dump = sh(Command::new("sfdisk").arg("--json").arg(&disk));
-    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("sfdisk json");
-    let parts: Vec<(u64, u64)> = table["partitiontable"]["partitions"]
-        .as_array()
-        .expect("partitions")
-        .iter()
-        .map(|p| {
-            (
-                p["start"].as_u64().expect("start") * 512,
-                p["size"].as_u64().expect("size") * 512,
-            )
-        })
-        .collect();
+    let (table, parts) = partition(
+        &disk,
+        "label: gpt\nsize=64MiB, type=L, name=root\nsize=48MiB, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=data\nsize=24MiB, type=L, name=blob\n",
+    );
     assert_eq!(parts.len(), 3);
-    let part_loop = |file: &Path, (start, len): (u64, u64)| {
-        let out = sh(Command::new("losetup")
-            .args([
-                "-f",
-                "--show",
-                "-o",
-                &start.to_string(),
-                "--sizelimit",
-                &len.to_string(),
-            ])
-            .arg(file));
-        Loop {
-            dev: String::from_utf8_lossy(&out.stdout).trim().into(),
-        }
-    };
     let mut want = Vec::new();
     for (i, fs) in ["ext4", "vfat"].iter().enumerate() {
         let lo = part_loop(&disk, parts[i]);
@@ -250,52 +264,12 @@ fn mbr_disk_with_logical_partitions_round_trips() {
     let t = tempdir();
     let disk = t.path().join("disk.img");
     sparse_file(&disk, 160 << 20);
-    let mut child = Command::new("sfdisk")
-        .arg("--quiet")
-        .arg(&disk)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("sfdisk");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(
-            b"label: dos\nsize=48MiB, type=83\ntype=5\nsize=40MiB, type=c\nsize=40MiB, type=83\n",
-        )
-        .expect("script");
-    assert!(child.wait().expect("sfdisk").success());
-    let dump = sh(Command::new("sfdisk").arg("--json").arg(&disk));
-    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("sfdisk json");
+    let (table, parts) = partition(
+        &disk,
+        "label: dos\nsize=48MiB, type=83\ntype=5\nsize=40MiB, type=c\nsize=40MiB, type=83\n",
+    );
     // Data partitions: 1 (primary), 5 and 6 (logicals); 2 is the extended container.
-    let parts: Vec<(u64, u64)> = table["partitiontable"]["partitions"]
-        .as_array()
-        .expect("partitions")
-        .iter()
-        .filter(|p| p["type"] != "5")
-        .map(|p| {
-            (
-                p["start"].as_u64().expect("start") * 512,
-                p["size"].as_u64().expect("size") * 512,
-            )
-        })
-        .collect();
     assert_eq!(parts.len(), 3, "{table}");
-    let part_loop = |file: &Path, (start, len): (u64, u64)| {
-        let out = sh(Command::new("losetup")
-            .args([
-                "-f",
-                "--show",
-                "-o",
-                &start.to_string(),
-                "--sizelimit",
-                &len.to_string(),
-            ])
-            .arg(file));
-        Loop {
-            dev: String::from_utf8_lossy(&out.stdout).trim().into(),
-        }
-    };
     let fss = ["ext4", "vfat", "ext4"];
     let mut want = Vec::new();
     for (i, fs) in fss.iter().enumerate() {

@@ -21,15 +21,7 @@ fn open(bytes: Vec<u8>) -> Result<Image, ImageError> {
 
 fn plain() -> (Vec<u8>, Vec<u8>, holdfast_image::extents::Extents) {
     let (data, used) = source(11);
-    let (bytes, _) = write(
-        &data,
-        &used,
-        &fixed_identity(Cipher::None),
-        None,
-        &opts(Cipher::None),
-        &meta(),
-    )
-    .expect("write");
+    let bytes = write_full(&data, &used, Cipher::None);
     (bytes, data, used)
 }
 
@@ -97,15 +89,7 @@ fn flipped_byte_in_a_frame_is_named_by_block() {
 #[test]
 fn tampered_ciphertext_with_fixed_checksum_fails_authentication() {
     let (data, used) = source(3);
-    let (bytes, _) = write(
-        &data,
-        &used,
-        &fixed_identity(Cipher::Aes128),
-        None,
-        &opts(Cipher::Aes128),
-        &meta(),
-    )
-    .expect("write");
+    let bytes = write_full(&data, &used, Cipher::Aes128);
     let img = open(bytes.clone()).expect("open");
     let f = img.index.frames[0];
     let rec_start = f.offset as usize;

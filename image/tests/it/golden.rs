@@ -31,15 +31,7 @@ fn load_or_write(name: &str, bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn plain_image_is_byte_for_byte_stable() {
     let (data, used) = source(7);
-    let (bytes, _) = write(
-        &data,
-        &used,
-        &fixed_identity(Cipher::None),
-        None,
-        &opts(Cipher::None),
-        &meta(),
-    )
-    .expect("write");
+    let bytes = write_full(&data, &used, Cipher::None);
     let stored = load_or_write("plain-v1.hfi", &bytes);
     assert!(
         bytes == stored,
@@ -110,15 +102,7 @@ fn stored_encrypted_chain_still_reads() {
 #[test]
 fn header_layout_is_pinned() {
     let (data, used) = source(7);
-    let (bytes, _) = write(
-        &data,
-        &used,
-        &fixed_identity(Cipher::None),
-        None,
-        &opts(Cipher::None),
-        &meta(),
-    )
-    .expect("write");
+    let bytes = write_full(&data, &used, Cipher::None);
     // Fields at the offsets the specification gives.
     assert_eq!(
         u32::from_le_bytes(bytes[12..16].try_into().expect("4")),

@@ -102,6 +102,20 @@ pub fn write(
     Ok((sink.into_inner(), s))
 }
 
+/// A full image of `data` with the fixed identity and default options of `cipher`.
+pub fn write_full(data: &[u8], used: &Extents, cipher: Cipher) -> Vec<u8> {
+    write(
+        data,
+        used,
+        &fixed_identity(cipher),
+        None,
+        &opts(cipher),
+        &meta(),
+    )
+    .expect("write")
+    .0
+}
+
 pub fn fixed_identity(cipher: Cipher) -> Identity {
     Identity {
         image_id: Id([1; 16]),
