@@ -28,6 +28,10 @@ PACKAGES=(
     mount       # losetup, mount, umount: loop devices for the image and restore tests
     zstd        # zstd CLI: cross-checking compressed streams, benchmarks
     partclone   # partclone.*: reference images compared against ours
+    openssh-server  # sshd: the SFTP target tests start a real server on loopback
+    openssh-client  # ssh-keygen: host and client keys of the SFTP fixture
+    procps      # kill, pkill: stopping fixture servers as if they crashed
+    passwd      # useradd, chpasswd: the throwaway user the SFTP tests log in as
     gcc         # C compiler and linker for Rust build scripts and -sys crates
     libc6-dev   # C runtime files gcc needs to link (not pulled without recommends)
     pkg-config  # locating system libraries for -sys crates (openssl-sys)

@@ -1,0 +1,106 @@
+//! # holdfast-targets
+//!
+//! Where images are stored: one async [`Target`] trait and its backends — a local folder
+//! ([`local::LocalTarget`]) and SFTP ([`sftp::SftpTarget`]) so far — plus behaviour that
+//! applies to any backend as wrappers: retries with back-off ([`wrap::Retry`]) and a cap on
+//! concurrent connections ([`wrap::Limited`]).
+//!
+//! Targets are named by URLs as in the O&O manual (`sftp://user@host:port/path`, plain paths,
+//! `file://`), parsed by [`location::Location`]; credentials travel separately
+//! ([`location::Credentials`]), are zeroised on drop and never appear in `Debug` output or
+//! error messages.
+
+pub mod error;
+pub mod key;
+pub mod local;
+pub mod location;
+pub mod sftp;
+pub mod wrap;
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use error::TargetError;
+pub use key::ObjectKey;
+
+/// An upload body: any async byte stream.
+pub type Body = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// What a backend can do, for messages and for the wrappers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetCaps {
+    /// Name for messages: the URL without credentials.
+    pub display: String,
+    /// Connections worth opening at once.
+    pub max_connections: usize,
+}
+
+/// One entry of a folder listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Name within the folder.
+    pub name: String,
+    /// Size in bytes (0 for folders).
+    pub size: u64,
+    /// True for a folder.
+    pub is_dir: bool,
+}
+
+/// A place images are written to and read from.
+///
+/// Contract (every backend, checked by the conformance suite in `tests/it`):
+/// - [`put_stream`](Target::put_stream) is all-or-nothing: the body goes to a temporary name
+///   in the same folder, which is renamed to `key` only after the last byte was written and
+///   flushed; on any failure the temporary file is removed and nothing appears under `key`.
+///   It returns the number of bytes written. An existing `key` is refused with
+///   [`TargetError::Exists`] unless `overwrite` is true. The parent folder must exist.
+/// - [`get_range`](Target::get_range) returns exactly `range.end - range.start` bytes; a
+///   range past the end is [`TargetError::Permanent`].
+/// - [`list`](Target::list) returns each entry of a folder once (no `.`/`..`, no temporary
+///   upload names), in no particular order.
+/// - [`delete`](Target::delete) of a missing key is [`TargetError::NotFound`]; callers decide
+///   whether that matters.
+/// - [`mkdirs`](Target::mkdirs) creates a folder and its parents; existing ones are fine.
+/// - Errors name the target (without credentials) and the key.
+#[async_trait]
+pub trait Target: Send + Sync + 'static {
+    /// Capabilities and display name.
+    fn caps(&self) -> TargetCaps;
+    /// Upload `body` to `key`, all or nothing.
+    async fn put_stream(
+        &self,
+        key: &ObjectKey,
+        body: Body,
+        overwrite: bool,
+    ) -> Result<u64, TargetError>;
+    /// Read a byte range of `key`.
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, TargetError>;
+    /// Size of `key`, `NotFound` when missing.
+    async fn size(&self, key: &ObjectKey) -> Result<u64, TargetError>;
+    /// Entries of the folder `dir` (the root when `dir` is `None`).
+    async fn list(&self, dir: Option<&ObjectKey>) -> Result<Vec<ObjectMeta>, TargetError>;
+    /// Remove the file `key`.
+    async fn delete(&self, key: &ObjectKey) -> Result<(), TargetError>;
+    /// Create the folder `dir` and its parents.
+    async fn mkdirs(&self, dir: &ObjectKey) -> Result<(), TargetError>;
+    /// Free bytes, where the protocol can tell.
+    async fn free_space(&self) -> Result<Option<u64>, TargetError>;
+}
+
+/// Name of the temporary file an upload of `name` goes to (hidden, random, recognisable).
+pub fn temp_name(name: &str) -> String {
+    let mut r = [0u8; 6];
+    // Without entropy the name is still unique enough per process: fall back to the pid.
+    if getrandom::getrandom(&mut r).is_err() {
+        r[..4].copy_from_slice(&std::process::id().to_le_bytes());
+    }
+    let tag: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    format!(".{name}.{tag}.hfpartial")
+}
+
+/// True for names made by [`temp_name`].
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".hfpartial")
+}

@@ -1,0 +1,172 @@
+//! Target URLs and the credentials that go with them.
+
+use std::path::PathBuf;
+
+use zeroize::Zeroizing;
+
+use crate::error::TargetError;
+
+/// Where a target is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A local folder (plain path or `file://`).
+    Local {
+        /// The folder.
+        root: PathBuf,
+    },
+    /// An SFTP server: `sftp://[user@]host[:port]/path`.
+    Sftp {
+        /// Host name or address.
+        host: String,
+        /// Port (22 by default).
+        port: u16,
+        /// User from the URL, if any (the credentials may give it instead).
+        user: Option<String>,
+        /// Folder on the server (absolute, or relative to the login folder with `/~/`).
+        path: String,
+    },
+}
+
+impl Location {
+    /// Parse a target URL. A password inside the URL is refused: credentials travel apart.
+    pub fn parse(text: &str) -> Result<Self, TargetError> {
+        if !text.contains("://") {
+            return Ok(Location::Local {
+                root: PathBuf::from(text),
+            });
+        }
+        let u = url::Url::parse(text)
+            .map_err(|e| TargetError::Invalid(format!("target URL is not valid: {e}")))?;
+        if u.password().is_some() {
+            return Err(TargetError::Invalid(
+                "target URLs must not carry a password: pass it with the credentials".into(),
+            ));
+        }
+        let path = percent_decode(u.path());
+        match u.scheme() {
+            "file" => Ok(Location::Local { root: PathBuf::from(path) }),
+            "sftp" => {
+                let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+                    TargetError::Invalid("an sftp:// URL needs a host: sftp://user@host:port/path".into())
+                })?;
+                Ok(Location::Sftp {
+                    host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                    port: u.port().unwrap_or(22),
+                    user: (!u.username().is_empty()).then(|| percent_decode(u.username())),
+                    path: if path.is_empty() { "/".into() } else { path },
+                })
+            }
+            other => Err(TargetError::Invalid(format!(
+                "target scheme '{other}' is not supported by this build (supported: plain paths, file://, sftp://)"
+            ))),
+        }
+    }
+
+    /// The URL for messages (never with credentials).
+    pub fn display(&self) -> String {
+        match self {
+            Location::Local { root } => root.display().to_string(),
+            Location::Sftp {
+                host,
+                port,
+                user,
+                path,
+            } => {
+                let user = user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+                format!("sftp://{user}{host}:{port}{path}")
+            }
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// How to log in. Zeroised on drop; `Debug` shows only which parts are set.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// User name (overrides the URL's).
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<Zeroizing<String>>,
+    /// Private key file (SFTP).
+    pub private_key: Option<PathBuf>,
+    /// Passphrase of the private key.
+    pub passphrase: Option<Zeroizing<String>>,
+    /// File of pinned host keys (SFTP): first use records, a mismatch is refused.
+    pub known_hosts: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("private_key", &self.private_key)
+            .field("passphrase", &self.passphrase.as_ref().map(|_| "<set>"))
+            .field("known_hosts", &self.known_hosts)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        assert_eq!(
+            Location::parse("/srv/img").expect("plain"),
+            Location::Local {
+                root: "/srv/img".into()
+            }
+        );
+        assert_eq!(
+            Location::parse("file:///srv/a%20b").expect("file"),
+            Location::Local {
+                root: "/srv/a b".into()
+            }
+        );
+        let s = Location::parse("sftp://bkp@127.0.0.1:2222/data/img").expect("sftp");
+        assert_eq!(
+            s,
+            Location::Sftp {
+                host: "127.0.0.1".into(),
+                port: 2222,
+                user: Some("bkp".into()),
+                path: "/data/img".into()
+            }
+        );
+        assert_eq!(s.display(), "sftp://bkp@127.0.0.1:2222/data/img");
+        assert!(
+            Location::parse("sftp://bkp:secret@host/x").is_err(),
+            "no passwords in URLs"
+        );
+        assert!(Location::parse("gopher://x/").is_err());
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let c = Credentials {
+            password: Some(Zeroizing::new("hunter2".into())),
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,484 @@
+//! SFTP with `ssh2` (libssh2). Its calls block, so every operation runs on tokio's blocking
+//! pool with a session from a small pool; uploads cross over through a bounded channel.
+//!
+//! The server's host key is pinned: the first connection records its SHA-256 fingerprint in
+//! the known-hosts file given with the credentials; later connections with another key are
+//! refused with [`TargetError::HostKeyMismatch`].
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+use sha2::Digest as _;
+use tokio::io::AsyncReadExt;
+
+use crate::error::TargetError;
+use crate::location::Credentials;
+use crate::{is_temp_name, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps};
+
+/// Chunk size of uploads and of the channel that carries them.
+const CHUNK: usize = 1 << 20;
+/// How long a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+struct Conn {
+    _session: ssh2::Session,
+    sftp: ssh2::Sftp,
+}
+
+struct Inner {
+    host: String,
+    port: u16,
+    user: String,
+    root: String,
+    display: String,
+    creds: Credentials,
+    known_hosts: PathBuf,
+    pool: Mutex<Vec<Conn>>,
+}
+
+/// A folder on an SFTP server.
+#[derive(Clone)]
+pub struct SftpTarget {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SftpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SftpTarget")
+            .field("target", &self.inner.display)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SftpTarget {
+    /// A target at `host:port`, folder `root`, logging in with `creds` (user from `creds` or
+    /// `url_user`; a known-hosts file is required to pin the server's key).
+    pub fn new(
+        host: &str,
+        port: u16,
+        url_user: Option<&str>,
+        root: &str,
+        creds: Credentials,
+    ) -> Result<Self, TargetError> {
+        let user = creds
+            .user
+            .clone()
+            .or_else(|| url_user.map(str::to_owned))
+            .ok_or_else(|| {
+                TargetError::Invalid(
+                    "SFTP needs a user name (in the URL or the credentials)".into(),
+                )
+            })?;
+        let known_hosts = creds.known_hosts.clone().ok_or_else(|| {
+            TargetError::Invalid(
+                "SFTP needs a known-hosts file to pin the server's host key".into(),
+            )
+        })?;
+        if creds.password.is_none() && creds.private_key.is_none() {
+            return Err(TargetError::Invalid(
+                "SFTP needs a password or a private key".into(),
+            ));
+        }
+        let root = root.trim_end_matches('/').to_owned();
+        let display = format!(
+            "sftp://{user}@{host}:{port}{}",
+            if root.is_empty() { "/" } else { &root }
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                host: host.to_owned(),
+                port,
+                user,
+                root,
+                display,
+                creds,
+                known_hosts,
+                pool: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Run `f` with a pooled connection on the blocking pool. A connection that saw a
+    /// transient (connection-level) error is dropped instead of returned.
+    async fn run<R, F>(&self, f: F) -> Result<R, TargetError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Inner, &Conn) -> Result<R, TargetError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let pooled = inner.pool.lock().ok().and_then(|mut p| p.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => inner.connect()?,
+            };
+            let r = f(&inner, &conn);
+            if !matches!(&r, Err(e) if e.is_retryable()) {
+                if let Ok(mut p) = inner.pool.lock() {
+                    p.push(conn);
+                }
+            }
+            r
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(TargetError::Transient {
+                    target: self.inner.display.clone(),
+                    op: "run",
+                    key: String::new(),
+                    detail: "the operation was cancelled".into(),
+                }),
+            },
+        }
+    }
+}
+
+impl Inner {
+    fn path(&self, key: &str) -> PathBuf {
+        PathBuf::from(format!("{}/{key}", self.root))
+    }
+
+    fn transient(
+        &self,
+        op: &'static str,
+        key: &str,
+        detail: impl std::fmt::Display,
+    ) -> TargetError {
+        TargetError::Transient {
+            target: self.display.clone(),
+            op,
+            key: key.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
+    /// Map an ssh2 error: SFTP status codes by meaning, session errors as transient.
+    fn map(&self, op: &'static str, key: &str, e: &ssh2::Error) -> TargetError {
+        let (target, k) = (self.display.clone(), key.to_owned());
+        match e.code() {
+            ssh2::ErrorCode::SFTP(2) | ssh2::ErrorCode::SFTP(10) => {
+                TargetError::NotFound { target, key: k }
+            }
+            ssh2::ErrorCode::SFTP(11) => TargetError::Exists { target, key: k },
+            ssh2::ErrorCode::SFTP(14) => TargetError::Full { target, key: k },
+            ssh2::ErrorCode::SFTP(3) => TargetError::Permanent {
+                target,
+                op,
+                key: k,
+                detail: "permission denied".into(),
+            },
+            ssh2::ErrorCode::SFTP(_) => TargetError::Permanent {
+                target,
+                op,
+                key: k,
+                detail: e.message().to_owned(),
+            },
+            ssh2::ErrorCode::Session(_) => self.transient(op, key, e.message()),
+        }
+    }
+
+    fn io(&self, op: &'static str, key: &str, e: &std::io::Error) -> TargetError {
+        // ssh2 wraps its errors in io::Error for Read/Write; a dropped connection shows here.
+        TargetError::from_io(&self.display, op, key, e)
+    }
+
+    fn connect(&self) -> Result<Conn, TargetError> {
+        let addr = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| self.transient("connect", "", e))?
+            .next()
+            .ok_or_else(|| self.transient("connect", "", "host name has no address"))?;
+        let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .map_err(|e| self.transient("connect", "", e))?;
+        let mut session = ssh2::Session::new().map_err(|e| self.map("connect", "", &e))?;
+        session.set_tcp_stream(tcp);
+        session
+            .handshake()
+            .map_err(|e| self.map("handshake", "", &e))?;
+        self.check_host_key(&session)?;
+        let c = &self.creds;
+        let auth = match (&c.private_key, &c.password) {
+            (Some(key), _) => session.userauth_pubkey_file(
+                &self.user,
+                None,
+                key,
+                c.passphrase.as_deref().map(|p| p.as_str()),
+            ),
+            (None, Some(pw)) => session.userauth_password(&self.user, pw),
+            (None, None) => return Err(TargetError::Invalid("no password or key".into())),
+        };
+        if auth.is_err() || !session.authenticated() {
+            return Err(TargetError::Auth {
+                target: self.display.clone(),
+                user: self.user.clone(),
+            });
+        }
+        let sftp = session.sftp().map_err(|e| self.map("start sftp", "", &e))?;
+        Ok(Conn {
+            _session: session,
+            sftp,
+        })
+    }
+
+    /// Trust on first use, then refuse any other key.
+    fn check_host_key(&self, session: &ssh2::Session) -> Result<(), TargetError> {
+        let (key, _) = session
+            .host_key()
+            .ok_or_else(|| self.transient("handshake", "", "the server sent no host key"))?;
+        let offered = format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(key))
+        );
+        let who = format!("[{}]:{}", self.host, self.port);
+        let text = std::fs::read_to_string(&self.known_hosts).unwrap_or_default();
+        for line in text.lines() {
+            let mut f = line.split_whitespace();
+            if f.next() == Some(who.as_str()) {
+                let expected = f.next().unwrap_or_default().to_owned();
+                if expected == offered {
+                    return Ok(());
+                }
+                return Err(TargetError::HostKeyMismatch {
+                    target: self.display.clone(),
+                    expected,
+                    offered,
+                    known_hosts: self.known_hosts.display().to_string(),
+                });
+            }
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.known_hosts)
+            .map_err(|e| {
+                TargetError::Invalid(format!(
+                    "cannot record the host key in '{}': {e}",
+                    self.known_hosts.display()
+                ))
+            })?;
+        writeln!(f, "{who} {offered}").map_err(|e| {
+            TargetError::Invalid(format!(
+                "cannot record the host key in '{}': {e}",
+                self.known_hosts.display()
+            ))
+        })
+    }
+
+    fn exists(&self, conn: &Conn, path: &Path) -> bool {
+        conn.sftp.stat(path).is_ok()
+    }
+}
+
+#[async_trait]
+impl Target for SftpTarget {
+    fn caps(&self) -> TargetCaps {
+        TargetCaps {
+            display: self.inner.display.clone(),
+            max_connections: 4,
+        }
+    }
+
+    async fn put_stream(
+        &self,
+        key: &ObjectKey,
+        mut body: Body,
+        overwrite: bool,
+    ) -> Result<u64, TargetError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let k = key.clone();
+        let upload = self.run(move |inner, conn| {
+            let dest = inner.path(k.as_str());
+            if !overwrite && inner.exists(conn, &dest) {
+                return Err(TargetError::Exists {
+                    target: inner.display.clone(),
+                    key: k.to_string(),
+                });
+            }
+            let temp = dest.with_file_name(temp_name(k.name()));
+            let result = (|| {
+                let mut file = conn
+                    .sftp
+                    .create(&temp)
+                    .map_err(|e| inner.map("create", k.as_str(), &e))?;
+                let mut n = 0u64;
+                while let Some(chunk) = rx.blocking_recv() {
+                    file.write_all(&chunk)
+                        .map_err(|e| inner.io("write", k.as_str(), &e))?;
+                    n += chunk.len() as u64;
+                }
+                // fsync@openssh.com where offered; older servers just lack it.
+                let _ = file.fsync();
+                drop(file);
+                if overwrite && inner.exists(conn, &dest) {
+                    conn.sftp
+                        .unlink(&dest)
+                        .map_err(|e| inner.map("replace", k.as_str(), &e))?;
+                }
+                // SFTP v3 rename refuses an existing destination: "create only if absent".
+                conn.sftp.rename(&temp, &dest, None).map_err(|e| {
+                    match inner.exists(conn, &dest) {
+                        true => TargetError::Exists {
+                            target: inner.display.clone(),
+                            key: k.to_string(),
+                        },
+                        false => inner.map("rename", k.as_str(), &e),
+                    }
+                })?;
+                Ok(n)
+            })();
+            if result.is_err() {
+                let _ = conn.sftp.unlink(&temp);
+            }
+            result
+        });
+        let feed = async move {
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut filled = 0;
+                while filled < CHUNK {
+                    let n = body.read(&mut buf[filled..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                buf.truncate(filled);
+                if tx.send(Bytes::from(buf)).await.is_err() {
+                    // The upload side stopped: its error is reported.
+                    return Ok(());
+                }
+            }
+        };
+        let (up, fed) = tokio::join!(upload, feed);
+        if let Err(e) = fed {
+            // The body failed: the upload saw the channel close early and renamed nothing
+            // only if it failed too; make sure nothing complete-looking remains.
+            if up.is_ok() {
+                let _ = self.delete(key).await;
+            }
+            return Err(TargetError::Permanent {
+                target: self.inner.display.clone(),
+                op: "read body",
+                key: key.to_string(),
+                detail: e.to_string(),
+            });
+        }
+        up
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, TargetError> {
+        let k = key.clone();
+        self.run(move |inner, conn| {
+            let len = usize::try_from(range.end.saturating_sub(range.start))
+                .map_err(|_| TargetError::Invalid("range too large".into()))?;
+            let mut f = conn
+                .sftp
+                .open(inner.path(k.as_str()))
+                .map_err(|e| inner.map("open", k.as_str(), &e))?;
+            f.seek(SeekFrom::Start(range.start))
+                .map_err(|e| inner.io("read", k.as_str(), &e))?;
+            let mut buf = vec![0u8; len];
+            f.read_exact(&mut buf).map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => TargetError::Permanent {
+                    target: inner.display.clone(),
+                    op: "read",
+                    key: k.to_string(),
+                    detail: format!("range {}..{} is past the end", range.start, range.end),
+                },
+                _ => inner.io("read", k.as_str(), &e),
+            })?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn size(&self, key: &ObjectKey) -> Result<u64, TargetError> {
+        let k = key.clone();
+        self.run(move |inner, conn| {
+            let st = conn
+                .sftp
+                .stat(&inner.path(k.as_str()))
+                .map_err(|e| inner.map("stat", k.as_str(), &e))?;
+            Ok(st.size.unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn list(&self, dir: Option<&ObjectKey>) -> Result<Vec<ObjectMeta>, TargetError> {
+        let d = dir.map(|d| d.to_string());
+        self.run(move |inner, conn| {
+            let key = d.clone().unwrap_or_default();
+            let path = match &d {
+                Some(d) => inner.path(d),
+                None => PathBuf::from(if inner.root.is_empty() {
+                    "/"
+                } else {
+                    &inner.root
+                }),
+            };
+            let entries = conn
+                .sftp
+                .readdir(&path)
+                .map_err(|e| inner.map("list", &key, &e))?;
+            Ok(entries
+                .into_iter()
+                .filter_map(|(p, st)| {
+                    let name = p.file_name()?.to_string_lossy().into_owned();
+                    (!is_temp_name(&name) && name != "." && name != "..").then(|| ObjectMeta {
+                        name,
+                        size: if st.is_dir() { 0 } else { st.size.unwrap_or(0) },
+                        is_dir: st.is_dir(),
+                    })
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), TargetError> {
+        let k = key.clone();
+        self.run(move |inner, conn| {
+            conn.sftp
+                .unlink(&inner.path(k.as_str()))
+                .map_err(|e| inner.map("delete", k.as_str(), &e))
+        })
+        .await
+    }
+
+    async fn mkdirs(&self, dir: &ObjectKey) -> Result<(), TargetError> {
+        let d = dir.clone();
+        self.run(move |inner, conn| {
+            let mut path = inner.root.clone();
+            for part in d.as_str().split('/') {
+                path.push('/');
+                path.push_str(part);
+                let p = Path::new(&path);
+                if conn.sftp.stat(p).is_ok_and(|s| s.is_dir()) {
+                    continue;
+                }
+                conn.sftp
+                    .mkdir(p, 0o755)
+                    .map_err(|e| inner.map("mkdir", d.as_str(), &e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn free_space(&self) -> Result<Option<u64>, TargetError> {
+        // ssh2 does not expose the statvfs@openssh.com extension.
+        Ok(None)
+    }
+}

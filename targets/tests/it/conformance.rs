@@ -1,0 +1,226 @@
+//! The contract of `Target`, checked the same way on every backend.
+
+use std::io::Cursor;
+
+use holdfast_targets::local::LocalTarget;
+use holdfast_targets::location::Credentials;
+use holdfast_targets::sftp::SftpTarget;
+use holdfast_targets::wrap::{Limited, Retry};
+use holdfast_targets::{is_temp_name, Body, ObjectKey, Target, TargetError};
+use zeroize::Zeroizing;
+
+use crate::fixtures::{Sshd, PASSWORD, USER};
+
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn body(data: Vec<u8>) -> Body {
+    Box::new(Cursor::new(data))
+}
+
+fn key(k: &str) -> ObjectKey {
+    ObjectKey::new(k).expect("key")
+}
+
+/// A body that fails after `n` bytes, as a dying source would.
+struct Failing {
+    left: usize,
+}
+
+impl tokio::io::AsyncRead for Failing {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::other("source went away")));
+        }
+        let n = buf.remaining().min(self.left).min(65536);
+        buf.put_slice(&vec![7u8; n]);
+        self.left -= n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+async fn names(t: &dyn Target, dir: Option<&ObjectKey>) -> Vec<String> {
+    let mut n: Vec<String> = t
+        .list(dir)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    n.sort();
+    n
+}
+
+/// Everything the trait promises.
+pub async fn suite(t: &dyn Target) {
+    let display = t.caps().display;
+    // Nested folders with spaces and non-ASCII names.
+    let dir = key("images/Büro 2026/ñ");
+    t.mkdirs(&dir).await.expect("mkdirs");
+    t.mkdirs(&dir).await.expect("mkdirs is idempotent");
+
+    // Round trip of a large stream.
+    let data = noise(24 << 20, 1);
+    let k = key("images/Büro 2026/ñ/full image ü.hfi");
+    let n = t
+        .put_stream(&k, body(data.clone()), false)
+        .await
+        .expect("put");
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(t.size(&k).await.expect("size"), data.len() as u64);
+
+    // Ranged reads at odd offsets, and a range past the end.
+    for (s, len) in [
+        (0u64, 1usize),
+        (3, 4093),
+        (1_000_003, 777_777),
+        (data.len() as u64 - 5, 5),
+    ] {
+        let got = t.get_range(&k, s..s + len as u64).await.expect("range");
+        assert!(
+            got[..] == data[s as usize..s as usize + len],
+            "range {s}+{len} on {display}"
+        );
+    }
+    let past = t
+        .get_range(&k, data.len() as u64 - 2..data.len() as u64 + 2)
+        .await;
+    assert!(
+        matches!(past, Err(TargetError::Permanent { .. })),
+        "{past:?}"
+    );
+
+    // An existing name is refused unless overwrite is asked, and stays intact.
+    let again = t.put_stream(&k, body(b"other".to_vec()), false).await;
+    assert!(
+        matches!(again, Err(TargetError::Exists { .. })),
+        "{again:?}"
+    );
+    assert_eq!(t.size(&k).await.expect("size"), data.len() as u64);
+    assert_eq!(
+        t.put_stream(&k, body(b"replaced".to_vec()), true)
+            .await
+            .expect("overwrite"),
+        8
+    );
+    assert_eq!(&t.get_range(&k, 0..8).await.expect("read")[..], b"replaced");
+
+    // A failing body leaves nothing under the key and no temporary file.
+    let k2 = key("images/Büro 2026/ñ/broken.hfi");
+    let broken = t
+        .put_stream(&k2, Box::new(Failing { left: 3 << 20 }), false)
+        .await;
+    assert!(broken.is_err());
+    assert!(matches!(
+        t.size(&k2).await,
+        Err(TargetError::NotFound { .. })
+    ));
+
+    // List: each entry once, folders marked, no temporary names.
+    t.put_stream(
+        &key("images/Büro 2026/ñ/second one.hfi"),
+        body(vec![1; 10]),
+        false,
+    )
+    .await
+    .expect("put");
+    assert_eq!(
+        names(t, Some(&dir)).await,
+        vec!["full image ü.hfi", "second one.hfi"]
+    );
+    let top = t.list(Some(&key("images"))).await.expect("list");
+    assert!(
+        top.iter().any(|m| m.name == "Büro 2026" && m.is_dir),
+        "{top:?}"
+    );
+    assert!(t
+        .list(Some(&dir))
+        .await
+        .expect("list")
+        .iter()
+        .all(|m| !is_temp_name(&m.name)));
+
+    // Delete, then delete again: NotFound.
+    t.delete(&k).await.expect("delete");
+    assert!(t.delete(&k).await.is_err_and(|e| e.is_not_found()));
+    assert_eq!(names(t, Some(&dir)).await, vec!["second one.hfi"]);
+
+    // Errors name the target, never a password.
+    let missing = t.size(&key("no/such/file")).await.expect_err("missing");
+    assert!(
+        missing.to_string().contains(&display) && !missing.to_string().contains(PASSWORD),
+        "{missing}"
+    );
+}
+
+#[tokio::test]
+async fn local_folder_conforms() {
+    let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    suite(&LocalTarget::new(dir.path())).await;
+    // Nothing temporary is left behind, even hidden.
+    let mut stack = vec![dir.path().to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(d).expect("dir").flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(!is_temp_name(&name), "left behind: {name}");
+            if e.file_type().expect("type").is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+}
+
+pub fn sftp_creds(sshd: &Sshd, use_key: bool) -> Credentials {
+    Credentials {
+        user: Some(USER.into()),
+        password: (!use_key).then(|| Zeroizing::new(PASSWORD.to_owned())),
+        private_key: use_key.then(|| sshd.client_key.clone()),
+        passphrase: None,
+        known_hosts: Some(sshd.dir.path().join("known_hosts")),
+    }
+}
+
+pub fn sftp_target(sshd: &Sshd, use_key: bool) -> SftpTarget {
+    SftpTarget::new(
+        "127.0.0.1",
+        sshd.port,
+        None,
+        &sshd.data.display().to_string(),
+        sftp_creds(sshd, use_key),
+    )
+    .expect("target")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_with_password_conforms() {
+    let Some(sshd) = Sshd::start("sftp_with_password_conforms") else {
+        return;
+    };
+    suite(&Retry::new(
+        Limited::new(sftp_target(&sshd, false), 4),
+        3,
+        std::time::Duration::from_millis(50),
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sftp_with_private_key_conforms() {
+    let Some(sshd) = Sshd::start("sftp_with_private_key_conforms") else {
+        return;
+    };
+    suite(&sftp_target(&sshd, true)).await;
+}

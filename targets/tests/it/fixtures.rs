@@ -1,0 +1,249 @@
+//! Real servers for the tests, started on loopback high ports with throwaway users and keys.
+//!
+//! A server that cannot start skips the test with a message on a developer's machine and fails
+//! it when `CI` is set.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The throwaway system user the SFTP tests log in as.
+pub const USER: &str = "hfbkp";
+/// Its password.
+pub const PASSWORD: &str = "hf-test-pass-7";
+
+/// Skip (or fail under CI) when `what` is missing.
+pub fn unavailable(test: &str, what: &str) -> bool {
+    let msg = format!("{test}: {what}");
+    if std::env::var_os("CI").is_some() {
+        panic!("{msg} (CI is set: run scripts/test.sh, which installs it)");
+    }
+    eprintln!("skipping {msg}");
+    true
+}
+
+fn run(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Create the test user once per machine (serialised across test processes by a lock file).
+fn ensure_user() -> bool {
+    let lock = match std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/var/tmp/holdfast-fixture.lock")
+    {
+        Ok(f) => f,
+        Err(_) => return false,
+    };
+    let Ok(_guard) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive) else {
+        return false;
+    };
+    if !run(Command::new("id").arg(USER)) {
+        // /bin/bash must be in /etc/shells (vsftpd's PAM checks it later); it is on Debian.
+        if !run(Command::new("useradd").args(["-M", "-d", "/nonexistent", "-s", "/bin/bash", USER]))
+        {
+            return false;
+        }
+    }
+    let mut child = match Command::new("chpasswd").stdin(Stdio::piped()).spawn() {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    if let Some(stdin) = child.stdin.as_mut() {
+        use std::io::Write;
+        let _ = writeln!(stdin, "{USER}:{PASSWORD}");
+    }
+    child.wait().is_ok_and(|s| s.success())
+}
+
+/// A free loopback port (bind to 0, read it, release it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn wait_for_port(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// An OpenSSH server serving SFTP from a private folder.
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    /// Folder the tests use, owned by the test user.
+    pub data: PathBuf,
+    /// The client's private key (authorised for the test user).
+    pub client_key: PathBuf,
+    child: Option<Child>,
+}
+
+impl Sshd {
+    /// Start one; `None` when sshd or the user cannot be had.
+    pub fn start(test: &str) -> Option<Self> {
+        if !Path::new("/usr/sbin/sshd").exists() {
+            unavailable(
+                test,
+                "/usr/sbin/sshd (Debian package openssh-server) is not installed",
+            );
+            return None;
+        }
+        if !ensure_user() {
+            unavailable(test, "cannot create the test user (needs root)");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("holdfast-sshd-")
+            .tempdir_in("/var/tmp")
+            .ok()?;
+        let d = dir.path().to_owned();
+        let d = d.as_path();
+        let keygen = |file: &str| {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(file)))
+        };
+        if !keygen("host_ed25519") || !keygen("client_ed25519") {
+            unavailable(test, "ssh-keygen failed");
+            return None;
+        }
+        std::fs::create_dir_all(d.join("authorized_keys")).ok()?;
+        std::fs::copy(
+            d.join("client_ed25519.pub"),
+            d.join("authorized_keys").join(USER),
+        )
+        .ok()?;
+        let data = d.join("data");
+        std::fs::create_dir_all(&data).ok()?;
+        run(Command::new("chown").arg(format!("{USER}:")).arg(&data));
+        // sshd refuses paths others can write to in their parents; the temp dir is 0700.
+        run(Command::new("chmod").arg("755").arg(d));
+        std::fs::create_dir_all("/run/sshd").ok()?;
+        let port = free_port();
+        let mut s = Self {
+            dir,
+            port,
+            data,
+            client_key: d.join("client_ed25519"),
+            child: None,
+        };
+        if !s.spawn(test) {
+            return None;
+        }
+        Some(s)
+    }
+
+    fn spawn(&mut self, test: &str) -> bool {
+        let d = self.dir.path();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+             UsePAM no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+             AuthorizedKeysFile {d}/authorized_keys/%u\nStrictModes no\nPermitRootLogin no\nAllowUsers {USER}\n\
+             Subsystem sftp internal-sftp\n",
+            port = self.port,
+            d = d.display()
+        );
+        if std::fs::write(d.join("sshd_config"), config).is_err() {
+            return false;
+        }
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match child {
+            Ok(c) => self.child = Some(c),
+            Err(e) => {
+                unavailable(test, &format!("sshd does not start: {e}"));
+                return false;
+            }
+        }
+        if !wait_for_port(self.port) {
+            unavailable(test, "sshd did not listen");
+            return false;
+        }
+        true
+    }
+
+    /// Stop the server and its connections at once (as if it crashed): sshd forks a process
+    /// per connection, which outlives the listener unless killed too.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            for pid in descendants(c.id()) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Restart with a new host key (the server was "reinstalled").
+    pub fn restart_with_new_host_key(&mut self, test: &str) -> bool {
+        self.kill();
+        let d = self.dir.path();
+        let _ = std::fs::remove_file(d.join("host_ed25519"));
+        let _ = std::fs::remove_file(d.join("host_ed25519.pub"));
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join("host_ed25519")))
+            && self.spawn(test)
+    }
+}
+
+/// Every process below `root`, from /proc (parent links).
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            // Field 4 (ppid) follows the ")" that closes the command name.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|&&(_, pp)| pp == p)
+                .map(|&(pid, _)| pid),
+        );
+        i += 1;
+    }
+    found.retain(|&p| p != root);
+    found
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.kill();
+        // Files the test user made are owned by it; the temp dir removal (as root) copes.
+    }
+}

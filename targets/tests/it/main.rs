@@ -1,0 +1,6 @@
+//! Target tests: one conformance suite for every backend, run against a local folder and a
+//! real OpenSSH `sshd` started on loopback by the fixture; plus the SFTP faults.
+
+mod conformance;
+mod fixtures;
+mod sftp_faults;
