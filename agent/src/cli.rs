@@ -53,6 +53,11 @@ pub struct Common {
     /// Worker threads (default: number of cores, plus one for imaging).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Credentials for target URLs: `key = value` lines (user, password, private_key,
+    /// passphrase, known_hosts); else HOLDFAST_TARGET_USER, HOLDFAST_TARGET_PASSWORD,
+    /// HOLDFAST_TARGET_KEY, HOLDFAST_TARGET_KEY_PASSPHRASE, HOLDFAST_KNOWN_HOSTS.
+    #[arg(long)]
+    pub credentials_file: Option<PathBuf>,
 }
 
 /// `image create`.
@@ -61,7 +66,8 @@ pub struct CreateArgs {
     /// Device, partition or file to image.
     #[arg(long)]
     pub source: PathBuf,
-    /// Image file to write (split parts get .002, .003, … appended).
+    /// Image file to write: a path or a target URL such as sftp://user@host:port/dir/name.hfi
+    /// (split parts get .002, .003, … appended).
     #[arg(long)]
     pub output: PathBuf,
     /// Image every sector, not only those the filesystem uses.

@@ -12,6 +12,7 @@ mod exit;
 mod image_cmd;
 mod output;
 mod secret;
+mod storage;
 
 /// Set by Ctrl-C / SIGTERM: long operations stop between frames and remove partial output.
 pub static CANCEL: holdfast_image::progress::Cancel = holdfast_image::progress::Cancel::new();

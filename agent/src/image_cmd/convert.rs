@@ -5,12 +5,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use holdfast_image::chain::Chain;
-use holdfast_image::parts::FileSink;
 use holdfast_image::restore::{restore, FileTarget, RestoreOptions};
 use holdfast_image::writer::WriteOptions;
 use serde_json::json;
 
-use super::{open_chain, open_image, secs};
+use super::{open_chain, open_image, open_sink, secs};
 use crate::cli::ConvertArgs;
 use crate::exit::Refused;
 use crate::output::{print_json, Bar};
@@ -20,9 +19,10 @@ use crate::secret::{password, NEW_PASSWORD_ENV, PASSWORD_ENV};
 pub fn run(a: ConvertArgs) -> Result<ExitCode> {
     let t0 = Instant::now();
     let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
+    let creds = a.common.credentials_file.as_deref();
     let bar = Bar::new(a.common.json);
     let doc = if a.format == "raw" {
-        let chain = open_chain(&a.image, password.as_deref().map(|p| &p[..]))?;
+        let chain = open_chain(&a.image, creds, password.as_deref().map(|p| &p[..]))?;
         if a.output.exists() && !a.overwrite {
             return Err(Refused(format!(
                 "'{}' already exists (use --overwrite to replace it)",
@@ -57,7 +57,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
         std::fs::rename(&tmp, &a.output)?;
         json!({ "ok": true, "output": a.output.display().to_string(), "format": "raw", "bytes": size })
     } else {
-        let mut img = open_image(&a.image)?;
+        let mut img = open_image(&a.image, creds)?;
         img.unlock(password.as_deref().map(|p| &p[..]))?;
         let cipher = if a.decrypt {
             holdfast_image::crypto::Cipher::None
@@ -75,13 +75,12 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
             kdf: None,
         };
         let chain = Chain::single(img);
-        let mut sink = FileSink::create(&a.output, a.overwrite)
-            .map_err(|e| anyhow::Error::new(Refused(e.to_string())))?;
+        let mut sink = open_sink(&a.output, creds, a.overwrite)?;
         let s = holdfast_image::convert::convert(
             &chain,
             cipher,
             &opts,
-            &mut sink,
+            sink.as_mut(),
             &bar,
             &crate::CANCEL,
         )?;

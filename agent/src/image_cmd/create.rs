@@ -12,7 +12,6 @@ use holdfast_image::extents::Extents;
 use holdfast_image::header::{Kind, Method};
 use holdfast_image::io::FileReadAt;
 use holdfast_image::meta::Metadata;
-use holdfast_image::parts::FileSink;
 use holdfast_image::plan::plan_source;
 use holdfast_image::progress::NoProgress;
 use holdfast_image::validate::validate;
@@ -20,7 +19,7 @@ use holdfast_image::writer::{default_block_size, write_image, Identity, WriteOpt
 use holdfast_image::ImageError;
 use serde_json::json;
 
-use super::{open_chain, open_image, secs};
+use super::{is_remote, open_chain, open_image, open_sink, secs};
 use crate::cli::CreateArgs;
 use crate::device::{hostname, Device, ReadOnlyLock};
 use crate::exit::{Refused, DAMAGED};
@@ -31,6 +30,7 @@ use crate::secret::{password, PASSWORD_ENV};
 pub fn run(a: CreateArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
+    let creds = a.common.credentials_file.as_deref();
     let dev = Device::inspect(&a.source)?;
     if std::fs::canonicalize(&a.output).ok() == std::fs::canonicalize(&a.source).ok() {
         return Err(Refused("the output is the source".into()).into());
@@ -98,26 +98,40 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     let mut base_chain: Option<Chain> = None;
     let mut parent_name = None;
     if let Some(base) = a.base.as_deref().filter(|_| kind != Kind::Full) {
-        let out_dir = std::fs::canonicalize(
-            a.output
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(".".as_ref()),
-        )
-        .context("cannot resolve the output folder")?;
-        let base_dir = std::fs::canonicalize(
-            base.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(".".as_ref()),
-        )
-        .with_context(|| format!("cannot open base image '{}'", base.display()))?;
-        if out_dir != base_dir {
-            bail!("an incremental or differential image must be written to the folder of its base image ('{}')", base_dir.display());
+        if is_remote(base) || is_remote(&a.output) {
+            let folder = |p: &std::path::Path| {
+                p.to_string_lossy()
+                    .rsplit_once('/')
+                    .map(|(f, _)| f.to_owned())
+            };
+            if folder(base) != folder(&a.output) || is_remote(base) != is_remote(&a.output) {
+                bail!("an incremental or differential image must be written to the folder of its base image");
+            }
+            if base == a.output {
+                return Err(Refused("the output would overwrite its own base image".into()).into());
+            }
+        } else {
+            let out_dir = std::fs::canonicalize(
+                a.output
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(".".as_ref()),
+            )
+            .context("cannot resolve the output folder")?;
+            let base_dir = std::fs::canonicalize(
+                base.parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(".".as_ref()),
+            )
+            .with_context(|| format!("cannot open base image '{}'", base.display()))?;
+            if out_dir != base_dir {
+                bail!("an incremental or differential image must be written to the folder of its base image ('{}')", base_dir.display());
+            }
+            if std::fs::canonicalize(base).ok() == std::fs::canonicalize(&a.output).ok() {
+                return Err(Refused("the output would overwrite its own base image".into()).into());
+            }
         }
-        if std::fs::canonicalize(base).ok() == std::fs::canonicalize(&a.output).ok() {
-            return Err(Refused("the output would overwrite its own base image".into()).into());
-        }
-        let chain = open_chain(base, password.as_deref().map(|p| &p[..]))?;
+        let chain = open_chain(base, creds, password.as_deref().map(|p| &p[..]))?;
         let chain = if kind == Kind::Differential {
             // A differential is based on the chain's full image.
             let full = chain
@@ -127,6 +141,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
                 .unwrap_or_default();
             open_chain(
                 std::path::Path::new(&full),
+                creds,
                 password.as_deref().map(|p| &p[..]),
             )?
         } else {
@@ -230,10 +245,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         block_size,
         a.source.display().to_string(),
     );
-    let mut sink = FileSink::create(&a.output, a.overwrite).map_err(|e| match e {
-        ImageError::Invalid(m) => anyhow::Error::new(Refused(m)),
-        e => e.into(),
-    })?;
+    let mut sink = open_sink(&a.output, creds, a.overwrite)?;
     let bar = Bar::new(a.common.json);
     let parent_index = base_chain.as_ref().map(|c| &c.point().index);
     let t0 = Instant::now();
@@ -243,7 +255,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         &meta,
         parent_index,
         &opts,
-        &mut sink,
+        sink.as_mut(),
         &bar,
         &crate::CANCEL,
     );
@@ -254,7 +266,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
 
     let mut verified = None;
     if a.verify {
-        let mut img = open_image(&a.output)?;
+        let mut img = open_image(&a.output, creds)?;
         img.unlock(password.as_deref().map(|p| &p[..]))?;
         let report = validate(&img, a.common.threads, &NoProgress, &crate::CANCEL)?;
         verified = Some(report);

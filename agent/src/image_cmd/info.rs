@@ -13,7 +13,7 @@ use crate::output::{bytes, print_json};
 
 /// Run.
 pub fn run(a: InfoArgs) -> Result<ExitCode> {
-    let img = open_image(&a.image)?;
+    let img = open_image(&a.image, a.common.credentials_file.as_deref())?;
     let h = &img.header;
     let counts = BlockCounts::of(&img.index);
     let created = humantime::format_rfc3339_seconds(

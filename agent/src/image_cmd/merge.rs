@@ -4,11 +4,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
-use holdfast_image::parts::FileSink;
 use holdfast_image::writer::WriteOptions;
 use serde_json::json;
 
-use super::{open_chain, secs};
+use super::{open_chain, open_sink, secs};
 use crate::cli::MergeArgs;
 use crate::output::{bytes, print_json, Bar};
 use crate::secret::{password, PASSWORD_ENV};
@@ -17,7 +16,8 @@ use crate::secret::{password, PASSWORD_ENV};
 pub fn run(a: MergeArgs) -> Result<ExitCode> {
     let t0 = Instant::now();
     let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
-    let chain = open_chain(&a.image, password.as_deref().map(|p| &p[..]))?;
+    let creds = a.common.credentials_file.as_deref();
+    let chain = open_chain(&a.image, creds, password.as_deref().map(|p| &p[..]))?;
     let cipher = chain.point().header.cipher;
     let opts = WriteOptions {
         compression_level: a.compression_level,
@@ -26,9 +26,10 @@ pub fn run(a: MergeArgs) -> Result<ExitCode> {
         password: password.clone(),
         kdf: None,
     };
-    let mut sink = FileSink::create(&a.output, a.overwrite)?;
+    let mut sink = open_sink(&a.output, creds, a.overwrite)?;
     let bar = Bar::new(a.common.json);
-    let s = holdfast_image::convert::merge(&chain, cipher, &opts, &mut sink, &bar, &crate::CANCEL);
+    let s =
+        holdfast_image::convert::merge(&chain, cipher, &opts, sink.as_mut(), &bar, &crate::CANCEL);
     bar.finish();
     let s = s?;
     if a.common.json {

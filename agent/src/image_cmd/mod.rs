@@ -14,21 +14,66 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use holdfast_image::chain::{Chain, DirLocator};
 use holdfast_image::image::Image;
-use holdfast_image::parts::FileParts;
+use holdfast_image::parts::{FileParts, FileSink, PartSink};
 use holdfast_image::restore::FileTarget;
+use holdfast_image::ImageError;
 
 use crate::device::Device;
 use crate::exit::Refused;
+use crate::storage::{place, Place, TargetLocator, TargetParts, TargetSink};
 
-/// Open one image (structure checked, not unlocked).
-pub fn open_image(path: &Path) -> Result<Image> {
-    Ok(Image::open(Arc::new(FileParts::new(path)))?)
+/// Open one image, a local path or a target URL (structure checked, not unlocked).
+pub fn open_image(spec: &Path, creds: Option<&Path>) -> Result<Image> {
+    Ok(match place(spec, creds)? {
+        Place::Local(path) => Image::open(Arc::new(FileParts::new(path)))?,
+        Place::Remote(r) => Image::open(Arc::new(TargetParts(r)))?,
+    })
 }
 
-/// Open the chain ending at `path`, unlocked with `password`.
-pub fn open_chain(path: &Path, password: Option<&[u8]>) -> Result<Chain> {
-    let (locator, name) = DirLocator::for_image(path);
-    Ok(Chain::open(&locator, &name, password)?)
+/// Open the chain ending at `spec`, unlocked with `password`; with `structure_only`, encrypted
+/// images are unlocked only when a password is given.
+pub fn open_chain_with(
+    spec: &Path,
+    creds: Option<&Path>,
+    password: Option<&[u8]>,
+    structure_only: bool,
+) -> Result<Chain> {
+    let open = if structure_only {
+        Chain::open_structure
+    } else {
+        Chain::open
+    };
+    Ok(match place(spec, creds)? {
+        Place::Local(path) => {
+            let (locator, name) = DirLocator::for_image(&path);
+            open(&locator, &name, password)?
+        }
+        Place::Remote(r) => {
+            let name = r.name.clone();
+            open(&TargetLocator(r), &name, password)?
+        }
+    })
+}
+
+/// Open the chain ending at `spec`, unlocked with `password`.
+pub fn open_chain(spec: &Path, creds: Option<&Path>, password: Option<&[u8]>) -> Result<Chain> {
+    open_chain_with(spec, creds, password, false)
+}
+
+/// Where a new image goes: local files (direct I/O, rename on commit) or a target.
+pub fn open_sink(spec: &Path, creds: Option<&Path>, overwrite: bool) -> Result<Box<dyn PartSink>> {
+    Ok(match place(spec, creds)? {
+        Place::Local(path) => Box::new(FileSink::create(path, overwrite).map_err(|e| match e {
+            ImageError::Invalid(m) => anyhow::Error::new(Refused(m)),
+            e => e.into(),
+        })?),
+        Place::Remote(r) => Box::new(TargetSink::create(r, overwrite)?),
+    })
+}
+
+/// True when `spec` is a target URL rather than a local path.
+pub fn is_remote(spec: &Path) -> bool {
+    spec.to_string_lossy().contains("://") && !spec.to_string_lossy().starts_with("file://")
 }
 
 /// Open a restore target: refuse mounted devices and devices smaller than `need`; create or

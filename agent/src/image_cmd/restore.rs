@@ -40,7 +40,11 @@ fn relocate_gpt(path: &std::path::Path, target: &FileTarget, sector_size: u32) -
 pub fn run(a: RestoreArgs) -> Result<ExitCode> {
     let t0 = Instant::now();
     let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
-    let chain = open_chain(&a.image, password.as_deref().map(|p| &p[..]))?;
+    let chain = open_chain(
+        &a.image,
+        a.common.credentials_file.as_deref(),
+        password.as_deref().map(|p| &p[..]),
+    )?;
     let need = chain.point().header.source_size;
     let (target, dev) = open_target(&a.target, need, &[a.image.as_path()])?;
     let opts = RestoreOptions {

@@ -3,11 +3,10 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use holdfast_image::chain::{Chain, DirLocator};
 use holdfast_image::validate::{validate, ValidateReport};
 use serde_json::json;
 
-use super::open_image;
+use super::{open_chain_with, open_image};
 use crate::cli::ValidateArgs;
 use crate::exit::DAMAGED;
 use crate::output::{print_json, Bar};
@@ -18,10 +17,9 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
     let pw = password.as_deref().map(|p| &p[..]);
     let images = if a.chain {
-        let (locator, name) = DirLocator::for_image(&a.image);
-        Chain::open_structure(&locator, &name, pw)?.images
+        open_chain_with(&a.image, a.common.credentials_file.as_deref(), pw, true)?.images
     } else {
-        let mut img = open_image(&a.image)?;
+        let mut img = open_image(&a.image, a.common.credentials_file.as_deref())?;
         if img.is_encrypted() && pw.is_some() {
             img.unlock(pw)?;
         }

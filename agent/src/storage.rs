@@ -1,0 +1,380 @@
+//! Images on storage targets: the image crate's sync sink, part store and locator traits
+//! implemented over an async [`Target`], so `--output` and `--image` accept target URLs.
+//!
+//! Plain paths keep the local code path (direct I/O, fsync, rename). Credentials for URL
+//! targets come from `--credentials-file FILE` or the environment (`HOLDFAST_TARGET_USER`,
+//! `HOLDFAST_TARGET_PASSWORD`, `HOLDFAST_TARGET_KEY`, `HOLDFAST_TARGET_KEY_PASSPHRASE`,
+//! `HOLDFAST_KNOWN_HOSTS`), never from the command line.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use holdfast_image::chain::Locator;
+use holdfast_image::parts::{PartSink, PartStore};
+use holdfast_image::ImageError;
+use holdfast_targets::body::{channel_body, BodySender};
+use holdfast_targets::location::{Credentials, Location};
+use holdfast_targets::sftp::SftpTarget;
+use holdfast_targets::wrap::{Limited, Retry};
+use holdfast_targets::{ObjectKey, Target, TargetError};
+use tokio::runtime::Runtime;
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+/// Where an image is: a local path, or a file in a target's folder.
+pub enum Place {
+    /// A local file.
+    Local(PathBuf),
+    /// A file `name` in `folder` of `target`.
+    Remote(Remote),
+}
+
+/// An image file on a target.
+#[derive(Clone)]
+pub struct Remote {
+    /// The target, rooted at the image's folder.
+    pub target: Arc<dyn Target>,
+    /// The file name of the image (part 1).
+    pub name: String,
+    /// For messages.
+    pub display: String,
+}
+
+fn runtime() -> Result<&'static Runtime> {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the I/O runtime")?;
+    Ok(RT.get_or_init(|| rt))
+}
+
+/// Parse `spec` (a path or a target URL naming the image file).
+pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
+    let text = spec.to_string_lossy();
+    let loc = Location::parse(&text)?;
+    match loc {
+        Location::Local { root } => Ok(Place::Local(root)),
+        Location::Sftp {
+            host,
+            port,
+            user,
+            path,
+        } => {
+            let (folder, name) = path
+                .rsplit_once('/')
+                .ok_or_else(|| anyhow!("'{text}' names no file"))?;
+            if name.is_empty() {
+                bail!("'{text}' names a folder; give the image's file name");
+            }
+            let creds = credentials(credentials_file)?;
+            let sftp = SftpTarget::new(
+                &host,
+                port,
+                user.as_deref(),
+                if folder.is_empty() { "/" } else { folder },
+                creds,
+            )?;
+            let display = format!("{}/{name}", sftp.caps().display.trim_end_matches('/'));
+            let target: Arc<dyn Target> = Arc::new(Retry::new(
+                Limited::new(sftp, 4),
+                4,
+                Duration::from_millis(200),
+            ));
+            Ok(Place::Remote(Remote {
+                target,
+                name: name.to_owned(),
+                display,
+            }))
+        }
+    }
+}
+
+/// Credentials from the file (`key = value` lines) and then the environment.
+fn credentials(file: Option<&Path>) -> Result<Credentials> {
+    let mut c = Credentials::default();
+    if let Some(f) = file {
+        let text = Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read credentials file '{}'", f.display()))?,
+        );
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once('=').ok_or_else(|| {
+                anyhow!(
+                    "credentials file '{}' line {}: expected key = value",
+                    f.display(),
+                    n + 1
+                )
+            })?;
+            let v = v.trim().to_owned();
+            match k.trim() {
+                "user" => c.user = Some(v),
+                "password" => c.password = Some(Zeroizing::new(v)),
+                "private_key" => c.private_key = Some(PathBuf::from(v)),
+                "passphrase" => c.passphrase = Some(Zeroizing::new(v)),
+                "known_hosts" => c.known_hosts = Some(PathBuf::from(v)),
+                other => bail!(
+                    "credentials file '{}' line {}: unknown key '{other}'",
+                    f.display(),
+                    n + 1
+                ),
+            }
+        }
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    c.user = c.user.or_else(|| env("HOLDFAST_TARGET_USER"));
+    c.password = c
+        .password
+        .or_else(|| env("HOLDFAST_TARGET_PASSWORD").map(Zeroizing::new));
+    c.private_key = c
+        .private_key
+        .or_else(|| env("HOLDFAST_TARGET_KEY").map(PathBuf::from));
+    c.passphrase = c
+        .passphrase
+        .or_else(|| env("HOLDFAST_TARGET_KEY_PASSPHRASE").map(Zeroizing::new));
+    c.known_hosts = c
+        .known_hosts
+        .or_else(|| env("HOLDFAST_KNOWN_HOSTS").map(PathBuf::from));
+    if c.known_hosts.is_none() {
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
+        let dir = home.join(".config/holdfast");
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create '{}'", dir.display()))?;
+        c.known_hosts = Some(dir.join("known_hosts"));
+    }
+    Ok(c)
+}
+
+fn key(name: &str) -> io::Result<ObjectKey> {
+    ObjectKey::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+}
+
+fn to_io(e: TargetError) -> io::Error {
+    let kind = match &e {
+        TargetError::NotFound { .. } => io::ErrorKind::NotFound,
+        TargetError::Exists { .. } => io::ErrorKind::AlreadyExists,
+        TargetError::Full { .. } => io::ErrorKind::StorageFull,
+        _ => io::ErrorKind::Other,
+    };
+    io::Error::new(kind, e.to_string())
+}
+
+impl Remote {
+    fn block_on<F: std::future::Future>(&self, f: F) -> io::Result<F::Output> {
+        Ok(runtime()
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .block_on(f))
+    }
+
+    fn part_name(&self, number: u32) -> String {
+        if number <= 1 {
+            self.name.clone()
+        } else {
+            format!("{}.{number:03}", self.name)
+        }
+    }
+
+    /// True when the image (part 1) exists.
+    pub fn exists(&self) -> Result<bool> {
+        let k = key(&self.name)?;
+        match self.block_on(self.target.size(&k))? {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Writes an image's parts to a target. Each part is one all-or-nothing upload; parts
+/// written so far are deleted again if the image is aborted.
+pub struct TargetSink {
+    remote: Remote,
+    overwrite: bool,
+    current: Option<(BodySender, JoinHandle<Result<u64, TargetError>>)>,
+    done: Vec<u32>,
+    committed: bool,
+}
+
+impl TargetSink {
+    /// Refuses at once when the image exists and `overwrite` is false.
+    pub fn create(remote: Remote, overwrite: bool) -> Result<Self> {
+        if !overwrite && remote.exists()? {
+            return Err(crate::exit::Refused(format!(
+                "'{}' already exists (use --overwrite to replace it)",
+                remote.display
+            ))
+            .into());
+        }
+        Ok(Self {
+            remote,
+            overwrite,
+            current: None,
+            done: Vec::new(),
+            committed: false,
+        })
+    }
+}
+
+impl PartSink for TargetSink {
+    fn begin_part(&mut self, number: u32) -> io::Result<()> {
+        let k = key(&self.remote.part_name(number))?;
+        let (tx, body) = channel_body(8);
+        let target = self.remote.target.clone();
+        let overwrite = self.overwrite;
+        let handle = runtime()
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .spawn(async move { target.put_stream(&k, body, overwrite).await });
+        self.current = Some((tx, handle));
+        self.done.push(number);
+        Ok(())
+    }
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match &self.current {
+            Some((tx, _)) => tx.send(Bytes::copy_from_slice(buf)),
+            None => Err(io::Error::other("no part open")),
+        }
+    }
+    fn end_part(&mut self) -> io::Result<()> {
+        if let Some((tx, handle)) = self.current.take() {
+            tx.finish();
+            let r = self
+                .remote
+                .block_on(handle)?
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            r.map_err(to_io)?;
+        }
+        Ok(())
+    }
+    fn commit(&mut self, part_count: u32) -> io::Result<()> {
+        self.end_part()?;
+        // Parts left over from an older, longer image of the same name.
+        let mut n = part_count + 1;
+        while let Ok(k) = key(&self.remote.part_name(n)) {
+            match self.remote.block_on(self.remote.target.delete(&k))? {
+                Ok(()) => n += 1,
+                Err(_) => break,
+            }
+        }
+        self.committed = true;
+        Ok(())
+    }
+    fn abort(&mut self) {
+        if let Some((tx, handle)) = self.current.take() {
+            tx.fail("image writing was aborted");
+            let _ = self.remote.block_on(handle);
+        }
+        for n in self.done.drain(..) {
+            if let Ok(k) = key(&self.remote.part_name(n)) {
+                let _ = self.remote.block_on(self.remote.target.delete(&k));
+            }
+        }
+    }
+    fn display_name(&self) -> String {
+        self.remote.display.clone()
+    }
+}
+
+impl Drop for TargetSink {
+    fn drop(&mut self) {
+        if !self.committed {
+            self.abort();
+        }
+    }
+}
+
+/// Reads an image's parts from a target by byte ranges.
+pub struct TargetParts(pub Remote);
+
+impl PartStore for TargetParts {
+    fn display_name(&self) -> String {
+        self.0.display.clone()
+    }
+    fn part_name(&self, number: u32) -> String {
+        let base = self
+            .0
+            .display
+            .rsplit_once('/')
+            .map(|(b, _)| b)
+            .unwrap_or("");
+        format!("{base}/{}", self.0.part_name(number))
+    }
+    fn highest_part(&self) -> io::Result<u32> {
+        let list = self.0.block_on(self.0.target.list(None))?.map_err(to_io)?;
+        if !list.iter().any(|m| m.name == self.0.name) {
+            return Ok(0);
+        }
+        let prefix = format!("{}.", self.0.name);
+        Ok(list
+            .iter()
+            .filter_map(|m| m.name.strip_prefix(&prefix))
+            .filter(|n| n.len() >= 3 && n.bytes().all(|b| b.is_ascii_digit()))
+            .filter_map(|n| n.parse::<u32>().ok())
+            .fold(1, u32::max))
+    }
+    fn part_size(&self, number: u32) -> io::Result<Option<u64>> {
+        let k = key(&self.0.part_name(number))?;
+        match self.0.block_on(self.0.target.size(&k))? {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(to_io(e)),
+        }
+    }
+    fn read_part_at(&self, number: u32, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let k = key(&self.0.part_name(number))?;
+        let data = self
+            .0
+            .block_on(
+                self.0
+                    .target
+                    .get_range(&k, offset..offset + buf.len() as u64),
+            )?
+            .map_err(to_io)?;
+        buf.copy_from_slice(&data);
+        Ok(())
+    }
+}
+
+/// Finds the images of a chain in the target folder.
+pub struct TargetLocator(pub Remote);
+
+impl Locator for TargetLocator {
+    fn open(&self, name: &str) -> holdfast_image::Result<Arc<dyn PartStore>> {
+        let mut r = self.0.clone();
+        r.display = match self.0.display.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => name.to_owned(),
+        };
+        r.name = name.to_owned();
+        Ok(Arc::new(TargetParts(r)))
+    }
+    fn candidates(&self) -> holdfast_image::Result<Vec<String>> {
+        let list = self
+            .0
+            .block_on(self.0.target.list(None))
+            .map_err(|e| ImageError::io("listing the target folder", e))?
+            .map_err(|e| ImageError::io("listing the target folder", to_io(e)))?;
+        Ok(list
+            .into_iter()
+            .filter(|m| !m.is_dir)
+            .map(|m| m.name)
+            .filter(|n| {
+                !n.rsplit_once('.')
+                    .is_some_and(|(_, s)| s.len() >= 3 && s.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,157 @@
+//! Images written to and read from an SFTP server (a real `sshd` started on loopback).
+
+use crate::sshd::{Sshd, PASSWORD, USER};
+use crate::util::*;
+
+#[test]
+fn encrypted_split_chain_on_sftp_validates_and_restores_from_there() {
+    if !require_devices("chain_on_sftp") {
+        return;
+    }
+    let Some(sshd) = Sshd::start("chain_on_sftp") else {
+        return;
+    };
+    let t = tempdir();
+    let work = t.path();
+    let vol = work.join("vol.img");
+    sparse_file(&vol, 64 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    let mut states = vec![edit_files(lo.path(), "ext4", work, |d| {
+        write_files(d, 0, 20);
+        std::fs::write(d.join("noise.bin"), noise(12 << 20, 2)).expect("noise");
+    })];
+    let creds = work.join("creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "# test target\nuser = {USER}\npassword = {PASSWORD}\nknown_hosts = {}\n",
+            work.join("known_hosts").display()
+        ),
+    )
+    .expect("creds");
+    let pw = work.join("pw");
+    std::fs::write(&pw, "image password\n").expect("pw");
+    let (creds, pw) = (
+        creds.to_str().expect("p").to_owned(),
+        pw.to_str().expect("p").to_owned(),
+    );
+    let url = |name: &str| {
+        format!(
+            "sftp://{USER}@127.0.0.1:{}{}/{name}",
+            sshd.port,
+            sshd.data.display()
+        )
+    };
+    let full = url("full.hfi");
+    let s = image_ok(&[
+        "create",
+        "--source",
+        lo.path(),
+        "--output",
+        &full,
+        "--encrypt",
+        "aes256",
+        "--password-file",
+        &pw,
+        "--split",
+        "5M",
+        "--credentials-file",
+        &creds,
+    ]);
+    assert!(s["parts"].as_u64().expect("parts") > 1, "{s}");
+    assert!(sshd.data.join("full.hfi.002").exists());
+    states.push(edit_files(lo.path(), "ext4", work, |d| {
+        write_files(d, 1, 5)
+    }));
+    let inc = url("inc.hfi");
+    image_ok(&[
+        "create",
+        "--source",
+        lo.path(),
+        "--output",
+        &inc,
+        "--incremental",
+        "--base",
+        &full,
+        "--password-file",
+        &pw,
+        "--credentials-file",
+        &creds,
+    ]);
+    let v = image_ok(&[
+        "validate",
+        "--image",
+        &inc,
+        "--chain",
+        "--password-file",
+        &pw,
+        "--credentials-file",
+        &creds,
+    ]);
+    assert_eq!(v["chain"].as_array().map(Vec::len), Some(2), "{v}");
+    let info = image_ok(&["info", "--image", &full, "--credentials-file", &creds]);
+    assert_eq!(info["encryption"], "aes256");
+    for (i, img) in [&full, &inc].iter().enumerate() {
+        let target = work.join("restore.img");
+        sparse_file(&target, 64 << 20);
+        let rl = Loop::new(&target);
+        image_ok(&[
+            "restore",
+            "--image",
+            img,
+            "--target",
+            rl.path(),
+            "--password-file",
+            &pw,
+            "--credentials-file",
+            &creds,
+        ]);
+        fsck_clean(rl.path(), "ext4");
+        assert_eq!(
+            read_files(rl.path(), "ext4", work),
+            states[i],
+            "restored from {img}"
+        );
+    }
+    // An existing name is refused; nothing is left behind but the two images.
+    let r = image(&[
+        "create",
+        "--source",
+        lo.path(),
+        "--output",
+        &full,
+        "--credentials-file",
+        &creds,
+    ]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let mut names: Vec<String> = std::fs::read_dir(&sshd.data)
+        .expect("data")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("full.hfi") || n == "inc.hfi"),
+        "{names:?}"
+    );
+
+    // A wrong target password is a clear error that never shows the password.
+    std::fs::write(
+        &creds,
+        format!(
+            "user = {USER}\npassword = wrong-pass\nknown_hosts = {}\n",
+            work.join("known_hosts").display()
+        ),
+    )
+    .expect("creds");
+    let r = image(&["info", "--image", &full, "--credentials-file", &creds]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("authentication failed") && !r.stderr.contains("wrong-pass"),
+        "{}",
+        r.stderr
+    );
+}
