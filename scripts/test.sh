@@ -30,6 +30,8 @@ PACKAGES=(
     partclone   # partclone.*: reference images compared against ours
     openssh-server  # sshd: the SFTP target tests start a real server on loopback
     openssh-client  # ssh-keygen: host and client keys of the SFTP fixture
+    vsftpd      # the FTP/FTPS target tests start a real server on loopback
+    openssl     # the FTPS fixture's test CA and server certificate
     procps      # kill, pkill: stopping fixture servers as if they crashed
     passwd      # useradd, chpasswd: the throwaway user the SFTP tests log in as
     gcc         # C compiler and linker for Rust build scripts and -sys crates

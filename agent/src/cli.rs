@@ -54,8 +54,8 @@ pub struct Common {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Credentials for target URLs: `key = value` lines (user, password, private_key,
-    /// passphrase, known_hosts); else HOLDFAST_TARGET_USER, HOLDFAST_TARGET_PASSWORD,
-    /// HOLDFAST_TARGET_KEY, HOLDFAST_TARGET_KEY_PASSPHRASE, HOLDFAST_KNOWN_HOSTS.
+    /// passphrase, known_hosts, ca_file); else HOLDFAST_TARGET_USER, HOLDFAST_TARGET_PASSWORD,
+    /// HOLDFAST_TARGET_KEY, HOLDFAST_TARGET_KEY_PASSPHRASE, HOLDFAST_KNOWN_HOSTS, HOLDFAST_TARGET_CA.
     #[arg(long)]
     pub credentials_file: Option<PathBuf>,
 }

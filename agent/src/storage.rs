@@ -4,7 +4,7 @@
 //! Plain paths keep the local code path (direct I/O, fsync, rename). Credentials for URL
 //! targets come from `--credentials-file FILE` or the environment (`HOLDFAST_TARGET_USER`,
 //! `HOLDFAST_TARGET_PASSWORD`, `HOLDFAST_TARGET_KEY`, `HOLDFAST_TARGET_KEY_PASSPHRASE`,
-//! `HOLDFAST_KNOWN_HOSTS`), never from the command line.
+//! `HOLDFAST_KNOWN_HOSTS`, `HOLDFAST_TARGET_CA`), never from the command line.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,7 @@ use holdfast_image::chain::Locator;
 use holdfast_image::parts::{PartSink, PartStore};
 use holdfast_image::ImageError;
 use holdfast_targets::body::{channel_body, BodySender};
+use holdfast_targets::ftp::FtpTarget;
 use holdfast_targets::location::{Credentials, Location};
 use holdfast_targets::sftp::SftpTarget;
 use holdfast_targets::wrap::{Limited, Retry};
@@ -60,42 +61,68 @@ fn runtime() -> Result<&'static Runtime> {
 /// Parse `spec` (a path or a target URL naming the image file).
 pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
     let text = spec.to_string_lossy();
-    let loc = Location::parse(&text)?;
-    match loc {
-        Location::Local { root } => Ok(Place::Local(root)),
+    let split = |path: &str| -> Result<(String, String)> {
+        let (folder, name) = path
+            .rsplit_once('/')
+            .ok_or_else(|| anyhow!("'{text}' names no file"))?;
+        if name.is_empty() {
+            bail!("'{text}' names a folder; give the image's file name");
+        }
+        Ok((
+            if folder.is_empty() {
+                "/".into()
+            } else {
+                folder.to_owned()
+            },
+            name.to_owned(),
+        ))
+    };
+    let (backend, caps, name): (Arc<dyn Target>, _, _) = match Location::parse(&text)? {
+        Location::Local { root } => return Ok(Place::Local(root)),
         Location::Sftp {
             host,
             port,
             user,
             path,
         } => {
-            let (folder, name) = path
-                .rsplit_once('/')
-                .ok_or_else(|| anyhow!("'{text}' names no file"))?;
-            if name.is_empty() {
-                bail!("'{text}' names a folder; give the image's file name");
-            }
-            let creds = credentials(credentials_file)?;
-            let sftp = SftpTarget::new(
+            let (folder, name) = split(&path)?;
+            let t = SftpTarget::new(
                 &host,
                 port,
                 user.as_deref(),
-                if folder.is_empty() { "/" } else { folder },
-                creds,
+                &folder,
+                credentials(credentials_file)?,
             )?;
-            let display = format!("{}/{name}", sftp.caps().display.trim_end_matches('/'));
-            let target: Arc<dyn Target> = Arc::new(Retry::new(
-                Limited::new(sftp, 4),
-                4,
-                Duration::from_millis(200),
-            ));
-            Ok(Place::Remote(Remote {
-                target,
-                name: name.to_owned(),
-                display,
-            }))
+            let caps = t.caps();
+            (Arc::new(Limited::new(t, caps.max_connections)), caps, name)
         }
-    }
+        Location::Ftp {
+            secure,
+            host,
+            port,
+            user,
+            path,
+        } => {
+            let (folder, name) = split(&path)?;
+            let t = FtpTarget::new(
+                &host,
+                port,
+                user.as_deref(),
+                &folder,
+                secure,
+                credentials(credentials_file)?,
+            )?;
+            let caps = t.caps();
+            (Arc::new(Limited::new(t, caps.max_connections)), caps, name)
+        }
+    };
+    let display = format!("{}/{name}", caps.display.trim_end_matches('/'));
+    let target: Arc<dyn Target> = Arc::new(Retry::new(backend, 4, Duration::from_millis(200)));
+    Ok(Place::Remote(Remote {
+        target,
+        name,
+        display,
+    }))
 }
 
 /// Credentials from the file (`key = value` lines) and then the environment.
@@ -125,6 +152,7 @@ fn credentials(file: Option<&Path>) -> Result<Credentials> {
                 "private_key" => c.private_key = Some(PathBuf::from(v)),
                 "passphrase" => c.passphrase = Some(Zeroizing::new(v)),
                 "known_hosts" => c.known_hosts = Some(PathBuf::from(v)),
+                "ca_file" => c.ca_file = Some(PathBuf::from(v)),
                 other => bail!(
                     "credentials file '{}' line {}: unknown key '{other}'",
                     f.display(),

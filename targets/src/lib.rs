@@ -12,6 +12,7 @@
 
 pub mod body;
 pub mod error;
+pub mod ftp;
 pub mod key;
 pub mod local;
 pub mod location;
@@ -88,6 +89,40 @@ pub trait Target: Send + Sync + 'static {
     async fn mkdirs(&self, dir: &ObjectKey) -> Result<(), TargetError>;
     /// Free bytes, where the protocol can tell.
     async fn free_space(&self) -> Result<Option<u64>, TargetError>;
+}
+
+/// A shared target is a target (so wrappers can hold `Arc<dyn Target>`).
+#[async_trait]
+impl<T: Target + ?Sized> Target for std::sync::Arc<T> {
+    fn caps(&self) -> TargetCaps {
+        (**self).caps()
+    }
+    async fn put_stream(
+        &self,
+        key: &ObjectKey,
+        body: Body,
+        overwrite: bool,
+    ) -> Result<u64, TargetError> {
+        (**self).put_stream(key, body, overwrite).await
+    }
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, TargetError> {
+        (**self).get_range(key, range).await
+    }
+    async fn size(&self, key: &ObjectKey) -> Result<u64, TargetError> {
+        (**self).size(key).await
+    }
+    async fn list(&self, dir: Option<&ObjectKey>) -> Result<Vec<ObjectMeta>, TargetError> {
+        (**self).list(dir).await
+    }
+    async fn delete(&self, key: &ObjectKey) -> Result<(), TargetError> {
+        (**self).delete(key).await
+    }
+    async fn mkdirs(&self, dir: &ObjectKey) -> Result<(), TargetError> {
+        (**self).mkdirs(dir).await
+    }
+    async fn free_space(&self) -> Result<Option<u64>, TargetError> {
+        (**self).free_space().await
+    }
 }
 
 /// Name of the temporary file an upload of `name` goes to (hidden, random, recognisable).

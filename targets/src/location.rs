@@ -14,6 +14,19 @@ pub enum Location {
         /// The folder.
         root: PathBuf,
     },
+    /// An FTP server: `ftp://[user@]host[:port]/path`, or explicit FTPS with `ftps://`.
+    Ftp {
+        /// Explicit TLS (`AUTH TLS`).
+        secure: bool,
+        /// Host name or address.
+        host: String,
+        /// Port (21 by default).
+        port: u16,
+        /// User from the URL, if any.
+        user: Option<String>,
+        /// Folder on the server.
+        path: String,
+    },
     /// An SFTP server: `sftp://[user@]host[:port]/path`.
     Sftp {
         /// Host name or address.
@@ -56,8 +69,20 @@ impl Location {
                     path: if path.is_empty() { "/".into() } else { path },
                 })
             }
+            "ftp" | "ftps" => {
+                let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+                    TargetError::Invalid("an ftp:// URL needs a host: ftp://user@host:port/path".into())
+                })?;
+                Ok(Location::Ftp {
+                    secure: u.scheme() == "ftps",
+                    host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                    port: u.port().unwrap_or(21),
+                    user: (!u.username().is_empty()).then(|| percent_decode(u.username())),
+                    path: if path.is_empty() { "/".into() } else { path },
+                })
+            }
             other => Err(TargetError::Invalid(format!(
-                "target scheme '{other}' is not supported by this build (supported: plain paths, file://, sftp://)"
+                "target scheme '{other}' is not supported by this build (supported: plain paths, file://, sftp://, ftp://, ftps://)"
             ))),
         }
     }
@@ -74,6 +99,17 @@ impl Location {
             } => {
                 let user = user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
                 format!("sftp://{user}{host}:{port}{path}")
+            }
+            Location::Ftp {
+                secure,
+                host,
+                port,
+                user,
+                path,
+            } => {
+                let user = user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
+                let scheme = if *secure { "ftps" } else { "ftp" };
+                format!("{scheme}://{user}{host}:{port}{path}")
             }
         }
     }
@@ -111,6 +147,8 @@ pub struct Credentials {
     pub passphrase: Option<Zeroizing<String>>,
     /// File of pinned host keys (SFTP): first use records, a mismatch is refused.
     pub known_hosts: Option<PathBuf>,
+    /// PEM file of the CA(s) to trust for FTPS (default: the public web roots).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -121,6 +159,7 @@ impl std::fmt::Debug for Credentials {
             .field("private_key", &self.private_key)
             .field("passphrase", &self.passphrase.as_ref().map(|_| "<set>"))
             .field("known_hosts", &self.known_hosts)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }

@@ -1,6 +1,9 @@
-//! Images written to and read from an SFTP server (a real `sshd` started on loopback).
+//! Images written to and read from real servers on loopback: SFTP (`sshd`) and FTPS
+//! (`vsftpd`).
 
-use crate::sshd::{Sshd, PASSWORD, USER};
+use std::path::Path;
+
+use crate::sshd::{Sshd, Vsftpd, PASSWORD, USER};
 use crate::util::*;
 
 #[test]
@@ -12,6 +15,55 @@ fn encrypted_split_chain_on_sftp_validates_and_restores_from_there() {
         return;
     };
     let t = tempdir();
+    let known = t.path().join("known_hosts");
+    chain_on_target(
+        &|name: &str| {
+            format!(
+                "sftp://{USER}@127.0.0.1:{}{}/{name}",
+                sshd.port,
+                sshd.data.display()
+            )
+        },
+        &sshd.data,
+        &|password: &str| {
+            format!(
+                "# test target\nuser = {USER}\npassword = {password}\nknown_hosts = {}\n",
+                known.display()
+            )
+        },
+    );
+}
+
+#[test]
+fn encrypted_split_chain_on_ftps_validates_and_restores_from_there() {
+    if !require_devices("chain_on_ftps") {
+        return;
+    }
+    let Some(ftpd) = Vsftpd::start("chain_on_ftps") else {
+        return;
+    };
+    chain_on_target(
+        &|name: &str| {
+            format!(
+                "ftps://{USER}@127.0.0.1:{}{}/{name}",
+                ftpd.port,
+                ftpd.data.display()
+            )
+        },
+        &ftpd.data,
+        &|password: &str| {
+            format!(
+                "user = {USER}\npassword = {password}\nca_file = {}\n",
+                ftpd.ca.display()
+            )
+        },
+    );
+}
+
+/// Full and incremental, encrypted and split, on the target; validated there and restored
+/// from there by byte ranges; an existing name refused; a wrong target password a clear error.
+fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn Fn(&str) -> String) {
+    let t = tempdir();
     let work = t.path();
     let vol = work.join("vol.img");
     sparse_file(&vol, 64 << 20);
@@ -22,27 +74,13 @@ fn encrypted_split_chain_on_sftp_validates_and_restores_from_there() {
         std::fs::write(d.join("noise.bin"), noise(12 << 20, 2)).expect("noise");
     })];
     let creds = work.join("creds");
-    std::fs::write(
-        &creds,
-        format!(
-            "# test target\nuser = {USER}\npassword = {PASSWORD}\nknown_hosts = {}\n",
-            work.join("known_hosts").display()
-        ),
-    )
-    .expect("creds");
+    std::fs::write(&creds, creds_text(PASSWORD)).expect("creds");
     let pw = work.join("pw");
     std::fs::write(&pw, "image password\n").expect("pw");
     let (creds, pw) = (
         creds.to_str().expect("p").to_owned(),
         pw.to_str().expect("p").to_owned(),
     );
-    let url = |name: &str| {
-        format!(
-            "sftp://{USER}@127.0.0.1:{}{}/{name}",
-            sshd.port,
-            sshd.data.display()
-        )
-    };
     let full = url("full.hfi");
     let s = image_ok(&[
         "create",
@@ -60,7 +98,7 @@ fn encrypted_split_chain_on_sftp_validates_and_restores_from_there() {
         &creds,
     ]);
     assert!(s["parts"].as_u64().expect("parts") > 1, "{s}");
-    assert!(sshd.data.join("full.hfi.002").exists());
+    assert!(data.join("full.hfi.002").exists());
     states.push(edit_files(lo.path(), "ext4", work, |d| {
         write_files(d, 1, 5)
     }));
@@ -125,7 +163,7 @@ fn encrypted_split_chain_on_sftp_validates_and_restores_from_there() {
         &creds,
     ]);
     assert_eq!(r.code, 5, "{}", r.stderr);
-    let mut names: Vec<String> = std::fs::read_dir(&sshd.data)
+    let mut names: Vec<String> = std::fs::read_dir(data)
         .expect("data")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -139,14 +177,7 @@ fn encrypted_split_chain_on_sftp_validates_and_restores_from_there() {
     );
 
     // A wrong target password is a clear error that never shows the password.
-    std::fs::write(
-        &creds,
-        format!(
-            "user = {USER}\npassword = wrong-pass\nknown_hosts = {}\n",
-            work.join("known_hosts").display()
-        ),
-    )
-    .expect("creds");
+    std::fs::write(&creds, creds_text("wrong-pass")).expect("creds");
     let r = image(&["info", "--image", &full, "--credentials-file", &creds]);
     assert_ne!(r.code, 0);
     assert!(

@@ -190,6 +190,7 @@ pub fn sftp_creds(sshd: &Sshd, use_key: bool) -> Credentials {
         private_key: use_key.then(|| sshd.client_key.clone()),
         passphrase: None,
         known_hosts: Some(sshd.dir.path().join("known_hosts")),
+        ca_file: None,
     }
 }
 
@@ -223,4 +224,41 @@ async fn sftp_with_private_key_conforms() {
         return;
     };
     suite(&sftp_target(&sshd, true)).await;
+}
+
+pub fn ftp_target(
+    ftpd: &crate::fixtures::Vsftpd,
+    secure: bool,
+) -> holdfast_targets::ftp::FtpTarget {
+    let creds = Credentials {
+        user: Some(USER.into()),
+        password: Some(Zeroizing::new(PASSWORD.to_owned())),
+        ca_file: Some(ftpd.ca.clone()),
+        ..Default::default()
+    };
+    holdfast_targets::ftp::FtpTarget::new(
+        "127.0.0.1",
+        ftpd.port,
+        None,
+        &ftpd.data.display().to_string(),
+        secure,
+        creds,
+    )
+    .expect("target")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftp_conforms() {
+    let Some(ftpd) = crate::fixtures::Vsftpd::start("ftp_conforms") else {
+        return;
+    };
+    suite(&ftp_target(&ftpd, false)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ftps_conforms() {
+    let Some(ftpd) = crate::fixtures::Vsftpd::start("ftps_conforms") else {
+        return;
+    };
+    suite(&ftp_target(&ftpd, true)).await;
 }

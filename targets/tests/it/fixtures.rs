@@ -187,6 +187,7 @@ impl Sshd {
             for pid in descendants(c.id()) {
                 let _ = Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
                     .status();
             }
             let _ = c.kill();
@@ -245,5 +246,105 @@ impl Drop for Sshd {
     fn drop(&mut self) {
         self.kill();
         // Files the test user made are owned by it; the temp dir removal (as root) copes.
+    }
+}
+
+/// A vsftpd serving plain FTP and explicit FTPS (same port) from a private folder, with a
+/// test CA and a leaf certificate (rustls refuses a self-signed CA as a server certificate).
+pub struct Vsftpd {
+    /// Removed (with its contents) when the server is dropped.
+    _dir: tempfile::TempDir,
+    pub port: u16,
+    pub data: PathBuf,
+    /// The CA that signed the server certificate.
+    pub ca: PathBuf,
+    child: Option<Child>,
+}
+
+impl Vsftpd {
+    pub fn start(test: &str) -> Option<Self> {
+        if !Path::new("/usr/sbin/vsftpd").exists() {
+            unavailable(
+                test,
+                "/usr/sbin/vsftpd (Debian package vsftpd) is not installed",
+            );
+            return None;
+        }
+        if !ensure_user() {
+            unavailable(test, "cannot create the test user (needs root)");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("holdfast-ftp-")
+            .tempdir_in("/var/tmp")
+            .ok()?;
+        let d = dir.path().to_owned();
+        let sh = |line: &str| run(Command::new("sh").arg("-c").arg(line).current_dir(&d));
+        let ok = sh("openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj '/CN=holdfast test CA' -keyout ca.key -out ca.pem")
+            && sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out server.csr")
+            && sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nkeyUsage=digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth\\n' > leaf.ext")
+            && sh("openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 -extfile leaf.ext -out cert.pem");
+        if !ok {
+            unavailable(test, "openssl could not make the test certificates");
+            return None;
+        }
+        let data = d.join("data");
+        std::fs::create_dir_all(&data).ok()?;
+        run(Command::new("chown").arg(format!("{USER}:")).arg(&data));
+        run(Command::new("chmod").arg("755").arg(&d));
+        std::fs::create_dir_all("/var/run/vsftpd/empty").ok()?;
+        let port = free_port();
+        let pasv = free_port();
+        let config = format!(
+            "listen=YES\nlisten_address=127.0.0.1\nlisten_port={port}\nbackground=NO\nanonymous_enable=NO\n\
+             local_enable=YES\nwrite_enable=YES\nlocal_umask=022\npasv_enable=YES\npasv_address=127.0.0.1\n\
+             pasv_min_port={pasv}\npasv_max_port={pasv_max}\nseccomp_sandbox=NO\npam_service_name=vsftpd\n\
+             ssl_enable=YES\nrsa_cert_file={d}/cert.pem\nrsa_private_key_file={d}/key.pem\nallow_anon_ssl=NO\n\
+             force_local_data_ssl=NO\nforce_local_logins_ssl=NO\nrequire_ssl_reuse=NO\nssl_ciphers=HIGH\n\
+             xferlog_enable=NO\nuserlist_enable=NO\nlocal_root=/\nsecure_chroot_dir=/var/run/vsftpd/empty\n",
+            pasv_max = pasv.saturating_add(40),
+            d = d.display()
+        );
+        std::fs::write(d.join("vsftpd.conf"), config).ok()?;
+        let child = Command::new("/usr/sbin/vsftpd")
+            .arg(d.join("vsftpd.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                unavailable(test, &format!("vsftpd does not start: {e}"));
+                return None;
+            }
+        };
+        let ca = d.join("ca.pem");
+        let s = Self {
+            _dir: dir,
+            port,
+            data,
+            ca,
+            child: Some(child),
+        };
+        if !wait_for_port(port) {
+            unavailable(test, "vsftpd did not listen");
+            return None;
+        }
+        Some(s)
+    }
+}
+
+impl Drop for Vsftpd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            for pid in descendants(c.id()) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

@@ -3,4 +3,5 @@
 
 mod conformance;
 mod fixtures;
+mod ftp_faults;
 mod sftp_faults;

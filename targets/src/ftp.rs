@@ -1,0 +1,503 @@
+//! FTP in passive mode, and explicit FTPS (`AUTH TLS`) with rustls, on `suppaftp`'s blocking
+//! client run on tokio's blocking pool (the same pattern as SFTP).
+//!
+//! FTP cannot refuse an existing name on rename, so "create only if absent" checks the name
+//! right before the rename; two writers racing for one name must be kept apart by the caller.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use suppaftp::{FtpError, RustlsConnector, RustlsFtpStream, Status};
+use tokio::io::AsyncReadExt;
+
+use crate::error::TargetError;
+use crate::location::Credentials;
+use crate::{is_temp_name, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps};
+
+const CHUNK: usize = 1 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+struct Inner {
+    host: String,
+    port: u16,
+    user: String,
+    root: String,
+    display: String,
+    creds: Credentials,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    pool: Mutex<Vec<RustlsFtpStream>>,
+}
+
+/// A folder on an FTP or FTPS server.
+#[derive(Clone)]
+pub struct FtpTarget {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for FtpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FtpTarget")
+            .field("target", &self.inner.display)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_config(ca_file: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, TargetError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| {
+                TargetError::Invalid(format!("cannot read CA file '{}': {e}", path.display()))
+            })?;
+            for cert in certs {
+                let cert = cert.map_err(|e| {
+                    TargetError::Invalid(format!("CA file '{}': {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    TargetError::Invalid(format!("CA file '{}': {e}", path.display()))
+                })?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TargetError::Invalid(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+impl FtpTarget {
+    /// A target at `host:port`, folder `root`; `secure` uses explicit FTPS. The server
+    /// certificate is checked against `creds.ca_file` (or the public web roots).
+    pub fn new(
+        host: &str,
+        port: u16,
+        url_user: Option<&str>,
+        root: &str,
+        secure: bool,
+        creds: Credentials,
+    ) -> Result<Self, TargetError> {
+        let user = creds
+            .user
+            .clone()
+            .or_else(|| url_user.map(str::to_owned))
+            .ok_or_else(|| {
+                TargetError::Invalid("FTP needs a user name (in the URL or the credentials)".into())
+            })?;
+        if creds.password.is_none() {
+            return Err(TargetError::Invalid("FTP needs a password".into()));
+        }
+        let tls = if secure {
+            Some(tls_config(creds.ca_file.as_ref())?)
+        } else {
+            None
+        };
+        let root = root.trim_end_matches('/').to_owned();
+        let scheme = if secure { "ftps" } else { "ftp" };
+        let display = format!(
+            "{scheme}://{user}@{host}:{port}{}",
+            if root.is_empty() { "/" } else { &root }
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                host: host.to_owned(),
+                port,
+                user,
+                root,
+                display,
+                creds,
+                tls,
+                pool: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    async fn run<R, F>(&self, f: F) -> Result<R, TargetError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Inner, &mut RustlsFtpStream) -> Result<R, TargetError> + Send + 'static,
+    {
+        self.run_with(true, f).await
+    }
+
+    /// Like `run`; with `reuse` false the connection is closed afterwards instead of pooled.
+    async fn run_with<R, F>(&self, reuse: bool, f: F) -> Result<R, TargetError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Inner, &mut RustlsFtpStream) -> Result<R, TargetError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let pooled = inner.pool.lock().ok().and_then(|mut p| p.pop());
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => inner.connect()?,
+            };
+            let r = f(&inner, &mut conn);
+            if reuse && !matches!(&r, Err(e) if e.is_retryable()) {
+                if let Ok(mut p) = inner.pool.lock() {
+                    p.push(conn);
+                }
+            }
+            r
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(self
+                    .inner
+                    .transient("run", "", "the operation was cancelled")),
+            },
+        }
+    }
+}
+
+impl Inner {
+    fn path(&self, key: &str) -> String {
+        format!("{}/{key}", self.root)
+    }
+
+    fn transient(
+        &self,
+        op: &'static str,
+        key: &str,
+        detail: impl std::fmt::Display,
+    ) -> TargetError {
+        TargetError::Transient {
+            target: self.display.clone(),
+            op,
+            key: key.to_owned(),
+            detail: detail.to_string(),
+        }
+    }
+
+    fn map(&self, op: &'static str, key: &str, e: FtpError) -> TargetError {
+        let (target, k) = (self.display.clone(), key.to_owned());
+        match e {
+            FtpError::UnexpectedResponse(r) => {
+                let text = String::from_utf8_lossy(&r.body).trim().to_owned();
+                match r.status {
+                    Status::FileUnavailable if op != "create" && op != "rename" => {
+                        TargetError::NotFound { target, key: k }
+                    }
+                    Status::NotLoggedIn => TargetError::Auth {
+                        target,
+                        user: self.user.clone(),
+                    },
+                    Status::ExceededStorage | Status::PageTypeUnknown => {
+                        TargetError::Full { target, key: k }
+                    }
+                    _ => TargetError::Permanent {
+                        target,
+                        op,
+                        key: k,
+                        detail: text,
+                    },
+                }
+            }
+            FtpError::SecureError(s) => TargetError::Permanent {
+                target,
+                op,
+                key: k,
+                detail: format!("TLS: {s}"),
+            },
+            FtpError::ConnectionError(e) => TargetError::from_io(&self.display, op, key, &e),
+            other => self.transient(op, key, other),
+        }
+    }
+
+    fn connect(&self) -> Result<RustlsFtpStream, TargetError> {
+        let addr = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| self.transient("connect", "", e))?
+            .next()
+            .ok_or_else(|| self.transient("connect", "", "host name has no address"))?;
+        let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .map_err(|e| self.transient("connect", "", e))?;
+        let mut ftp =
+            RustlsFtpStream::connect_with_stream(tcp).map_err(|e| self.map("connect", "", e))?;
+        if let Some(tls) = &self.tls {
+            ftp = ftp
+                .into_secure(RustlsConnector::from(tls.clone()), &self.host)
+                .map_err(|e| self.map("start TLS", "", e))?;
+        }
+        let password = self
+            .creds
+            .password
+            .as_ref()
+            .map(|p| p.as_str())
+            .unwrap_or_default();
+        ftp.login(self.user.as_str(), password)
+            .map_err(|e| match e {
+                FtpError::UnexpectedResponse(_) => TargetError::Auth {
+                    target: self.display.clone(),
+                    user: self.user.clone(),
+                },
+                e => self.map("login", "", e),
+            })?;
+        ftp.transfer_type(suppaftp::types::FileType::Binary)
+            .map_err(|e| self.map("login", "", e))?;
+        Ok(ftp)
+    }
+
+    fn exists(ftp: &mut RustlsFtpStream, path: &str) -> bool {
+        ftp.size(path).is_ok()
+    }
+}
+
+#[async_trait]
+impl Target for FtpTarget {
+    fn caps(&self) -> TargetCaps {
+        TargetCaps {
+            display: self.inner.display.clone(),
+            max_connections: 4,
+        }
+    }
+
+    async fn put_stream(
+        &self,
+        key: &ObjectKey,
+        mut body: Body,
+        overwrite: bool,
+    ) -> Result<u64, TargetError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let k = key.clone();
+        let upload = self.run(move |inner, ftp| {
+            let dest = inner.path(k.as_str());
+            if !overwrite && Inner::exists(ftp, &dest) {
+                return Err(TargetError::Exists {
+                    target: inner.display.clone(),
+                    key: k.to_string(),
+                });
+            }
+            let temp = match dest.rsplit_once('/') {
+                Some((dir, _)) => format!("{dir}/{}", temp_name(k.name())),
+                None => temp_name(k.name()),
+            };
+            let result = (|| {
+                let mut stream = ftp
+                    .put_with_stream(&temp)
+                    .map_err(|e| inner.map("create", k.as_str(), e))?;
+                let mut n = 0u64;
+                let mut failed = None;
+                while let Some(chunk) = rx.blocking_recv() {
+                    if let Err(e) = stream.write_all(&chunk) {
+                        failed = Some(e);
+                        break;
+                    }
+                    n += chunk.len() as u64;
+                }
+                if let Some(e) = failed {
+                    let _ = ftp.abort(stream);
+                    return Err(inner.map("write", k.as_str(), FtpError::ConnectionError(e)));
+                }
+                stream
+                    .finish()
+                    .map_err(|e| inner.map("write", k.as_str(), e))?;
+                if Inner::exists(ftp, &dest) {
+                    if !overwrite {
+                        return Err(TargetError::Exists {
+                            target: inner.display.clone(),
+                            key: k.to_string(),
+                        });
+                    }
+                    ftp.rm(&dest)
+                        .map_err(|e| inner.map("replace", k.as_str(), e))?;
+                }
+                ftp.rename(&temp, &dest)
+                    .map_err(|e| inner.map("rename", k.as_str(), e))?;
+                Ok(n)
+            })();
+            if result.is_err() {
+                let _ = ftp.rm(&temp);
+            }
+            result
+        });
+        let feed = async move {
+            loop {
+                let mut buf = vec![0u8; CHUNK];
+                let mut filled = 0;
+                while filled < CHUNK {
+                    let n = body.read(&mut buf[filled..]).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                if filled == 0 {
+                    return Ok::<(), std::io::Error>(());
+                }
+                buf.truncate(filled);
+                if tx.send(Bytes::from(buf)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        };
+        let (up, fed) = tokio::join!(upload, feed);
+        if let Err(e) = fed {
+            if up.is_ok() {
+                let _ = self.delete(key).await;
+            }
+            return Err(TargetError::Permanent {
+                target: self.inner.display.clone(),
+                op: "read body",
+                key: key.to_string(),
+                detail: e.to_string(),
+            });
+        }
+        up
+    }
+
+    async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, TargetError> {
+        let k = key.clone();
+        // Stopping a transfer midway (ABOR) leaves replies whose number differs between
+        // servers (vsftpd: 426 and 226, or 225 when the data was already sent), so the
+        // connection is not trusted afterwards: ranged reads use it once.
+        self.run_with(false, move |inner, ftp| {
+            let path = inner.path(k.as_str());
+            let len = usize::try_from(range.end.saturating_sub(range.start))
+                .map_err(|_| TargetError::Invalid("range too large".into()))?;
+            let size = ftp
+                .size(&path)
+                .map_err(|e| inner.map("stat", k.as_str(), e))? as u64;
+            if range.end > size {
+                return Err(TargetError::Permanent {
+                    target: inner.display.clone(),
+                    op: "read",
+                    key: k.to_string(),
+                    detail: format!(
+                        "range {}..{} is past the end ({size} bytes)",
+                        range.start, range.end
+                    ),
+                });
+            }
+            let offset = usize::try_from(range.start)
+                .map_err(|_| TargetError::Invalid("offset too large".into()))?;
+            ftp.resume_transfer(offset)
+                .map_err(|e| inner.map("read", k.as_str(), e))?;
+            let mut stream = ftp
+                .retr_as_stream(&path)
+                .map_err(|e| inner.map("read", k.as_str(), e))?;
+            let mut buf = vec![0u8; len];
+            let read = stream.read_exact(&mut buf);
+            // Stop the transfer here (the server answers 426/226); the connection stays usable.
+            let aborted = if range.end == size {
+                stream.finish()
+            } else {
+                ftp.abort(stream)
+            };
+            read.map_err(|e| inner.map("read", k.as_str(), FtpError::ConnectionError(e)))?;
+            match aborted {
+                Ok(()) => {}
+                // The transfer had already ended on the server's side: 225/226 is fine, the
+                // control connection is in step.
+                Err(FtpError::UnexpectedResponse(r))
+                    if matches!(
+                        r.status,
+                        Status::DataConnectionOpen | Status::ClosingDataConnection
+                    ) => {}
+                // Anything else leaves the connection in an unknown state: drop it.
+                Err(e) => return Err(inner.transient("read", k.as_str(), e)),
+            }
+            Ok(Bytes::from(buf))
+        })
+        .await
+    }
+
+    async fn size(&self, key: &ObjectKey) -> Result<u64, TargetError> {
+        let k = key.clone();
+        self.run(move |inner, ftp| {
+            ftp.size(inner.path(k.as_str()))
+                .map(|n| n as u64)
+                .map_err(|e| inner.map("stat", k.as_str(), e))
+        })
+        .await
+    }
+
+    async fn list(&self, dir: Option<&ObjectKey>) -> Result<Vec<ObjectMeta>, TargetError> {
+        let d = dir.map(|d| d.to_string());
+        self.run(move |inner, ftp| {
+            let key = d.clone().unwrap_or_default();
+            let path = match &d {
+                Some(d) => inner.path(d),
+                None => {
+                    if inner.root.is_empty() {
+                        "/".into()
+                    } else {
+                        inner.root.clone()
+                    }
+                }
+            };
+            // LIST of a missing folder is an empty listing on some servers: check it first.
+            let here = ftp.pwd().map_err(|e| inner.map("list", &key, e))?;
+            ftp.cwd(&path).map_err(|_| TargetError::NotFound {
+                target: inner.display.clone(),
+                key: key.clone(),
+            })?;
+            let lines = ftp.list(None).map_err(|e| inner.map("list", &key, e));
+            let _ = ftp.cwd(&here);
+            Ok(lines?
+                .iter()
+                .filter_map(|l| suppaftp::list::ListParser::parse_posix(l).ok())
+                .filter(|f| !is_temp_name(f.name()) && f.name() != "." && f.name() != "..")
+                .map(|f| ObjectMeta {
+                    name: f.name().to_owned(),
+                    size: if f.is_directory() { 0 } else { f.size() as u64 },
+                    is_dir: f.is_directory(),
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), TargetError> {
+        let k = key.clone();
+        self.run(move |inner, ftp| {
+            let path = inner.path(k.as_str());
+            if !Inner::exists(ftp, &path) {
+                return Err(TargetError::NotFound {
+                    target: inner.display.clone(),
+                    key: k.to_string(),
+                });
+            }
+            ftp.rm(&path)
+                .map_err(|e| inner.map("delete", k.as_str(), e))
+        })
+        .await
+    }
+
+    async fn mkdirs(&self, dir: &ObjectKey) -> Result<(), TargetError> {
+        let d = dir.clone();
+        self.run(move |inner, ftp| {
+            let here = ftp.pwd().map_err(|e| inner.map("mkdir", d.as_str(), e))?;
+            let mut path = inner.root.clone();
+            for part in d.as_str().split('/') {
+                path.push('/');
+                path.push_str(part);
+                if ftp.cwd(&path).is_ok() {
+                    continue;
+                }
+                ftp.mkdir(&path)
+                    .map_err(|e| inner.map("mkdir", d.as_str(), e))?;
+            }
+            let _ = ftp.cwd(&here);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn free_space(&self) -> Result<Option<u64>, TargetError> {
+        Ok(None)
+    }
+}
