@@ -299,8 +299,14 @@ impl Target for FtpTarget {
                     n += chunk.len() as u64;
                 }
                 if let Some(e) = failed {
-                    let _ = ftp.abort(stream);
-                    return Err(inner.map("write", k.as_str(), FtpError::ConnectionError(e)));
+                    // The server closed the data connection; its reply on the control
+                    // connection says why (e.g. "451 Failure writing to local file").
+                    return Err(match stream.finish() {
+                        Err(reply @ FtpError::UnexpectedResponse(_)) => {
+                            inner.map("write", k.as_str(), reply)
+                        }
+                        _ => inner.map("write", k.as_str(), FtpError::ConnectionError(e)),
+                    });
                 }
                 stream
                     .finish()

@@ -24,6 +24,9 @@ use crate::{is_temp_name, temp_name, Body, ObjectKey, ObjectMeta, Target, Target
 
 /// Chunk size of uploads and of the channel that carries them.
 const CHUNK: usize = 1 << 20;
+/// What an SFTP v3 write failure means: the protocol has no code for a full disk.
+const WRITE_FAILURE: &str =
+    "the server refused the write (SSH_FX_FAILURE: usually a full disk or quota)";
 /// How long a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -176,6 +179,15 @@ impl Inner {
                 key: k,
                 detail: "permission denied".into(),
             },
+            // SFTP v3 servers report ENOSPC, EDQUOT and most other errors as this one code.
+            ssh2::ErrorCode::SFTP(4) if op == "write" => TargetError::Permanent {
+                target,
+                op,
+                key: k,
+                detail:
+                    "the server refused the write (SSH_FX_FAILURE: usually a full disk or quota)"
+                        .into(),
+            },
             ssh2::ErrorCode::SFTP(_) => TargetError::Permanent {
                 target,
                 op,
@@ -187,7 +199,16 @@ impl Inner {
     }
 
     fn io(&self, op: &'static str, key: &str, e: &std::io::Error) -> TargetError {
-        // ssh2 wraps its errors in io::Error for Read/Write; a dropped connection shows here.
+        // ssh2 wraps its errors in io::Error for Read/Write, keeping only the message: an
+        // SSH_FX_FAILURE on write arrives as "failure".
+        if op == "write" && e.to_string().eq_ignore_ascii_case("failure") {
+            return TargetError::Permanent {
+                target: self.display.clone(),
+                op,
+                key: key.to_owned(),
+                detail: WRITE_FAILURE.into(),
+            };
+        }
         TargetError::from_io(&self.display, op, key, e)
     }
 

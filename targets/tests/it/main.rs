@@ -4,4 +4,5 @@
 mod conformance;
 mod fixtures;
 mod ftp_faults;
+mod full;
 mod sftp_faults;
