@@ -18,7 +18,9 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::TargetError;
 use crate::location::Credentials;
-use crate::{is_temp_name, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps};
+use crate::{
+    is_temp_name, is_temp_name_for, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps,
+};
 
 const CHUNK: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -281,10 +283,8 @@ impl Target for FtpTarget {
                     key: k.to_string(),
                 });
             }
-            let temp = match dest.rsplit_once('/') {
-                Some((dir, _)) => format!("{dir}/{}", temp_name(k.name())),
-                None => temp_name(k.name()),
-            };
+            let dir = dest.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+            let temp = format!("{dir}/{}", temp_name(k.name()));
             let result = (|| {
                 let mut stream = ftp
                     .put_with_stream(&temp)

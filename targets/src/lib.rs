@@ -136,7 +136,30 @@ pub fn temp_name(name: &str) -> String {
     format!(".{name}.{tag}.hfpartial")
 }
 
+/// True when `candidate` is a temporary upload name made by [`temp_name`] for `name`.
+pub fn is_temp_name_for(candidate: &str, name: &str) -> bool {
+    is_temp_name(candidate)
+        && candidate
+            .strip_prefix('.')
+            .and_then(|rest| rest.strip_prefix(name))
+            .and_then(|rest| rest.strip_prefix('.'))
+            .is_some_and(|tag| tag.len() == ".hfpartial".len() + 12)
+}
+
 /// True for names made by [`temp_name`].
 pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(".hfpartial")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names() {
+        let t = temp_name("a b.hfi");
+        assert!(is_temp_name(&t) && is_temp_name_for(&t, "a b.hfi"));
+        assert!(!is_temp_name_for(&t, "a b.hf"));
+        assert!(!is_temp_name_for("a b.hfi", "a b.hfi"));
+    }
 }

@@ -20,7 +20,9 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::TargetError;
 use crate::location::Credentials;
-use crate::{is_temp_name, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps};
+use crate::{
+    is_temp_name, is_temp_name_for, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps,
+};
 
 /// Chunk size of uploads and of the channel that carries them.
 const CHUNK: usize = 1 << 20;
@@ -323,6 +325,17 @@ impl Target for SftpTarget {
                     target: inner.display.clone(),
                     key: k.to_string(),
                 });
+            }
+            // Temporary files of earlier uploads of this name that died with their
+            // connection (server restart, network loss) are removed now.
+            if let Some(dir) = dest.parent() {
+                for (p, _) in conn.sftp.readdir(dir).unwrap_or_default() {
+                    if p.file_name()
+                        .is_some_and(|n| is_temp_name_for(&n.to_string_lossy(), k.name()))
+                    {
+                        let _ = conn.sftp.unlink(&p);
+                    }
+                }
             }
             let temp = dest.with_file_name(temp_name(k.name()));
             let result = (|| {

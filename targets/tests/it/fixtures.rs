@@ -195,6 +195,12 @@ impl Sshd {
         }
     }
 
+    /// Start again after [`Sshd::kill`], same port and keys.
+    pub fn restart(&mut self, test: &str) -> bool {
+        self.kill();
+        self.spawn(test)
+    }
+
     /// Restart with a new host key (the server was "reinstalled").
     pub fn restart_with_new_host_key(&mut self, test: &str) -> bool {
         self.kill();

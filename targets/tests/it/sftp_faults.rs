@@ -93,5 +93,21 @@ async fn server_killed_mid_upload_leaves_nothing_complete_looking() {
         let name = entry.file_name().to_string_lossy().into_owned();
         assert!(holdfast_targets::is_temp_name(&name), "unexpected {name}");
     }
-    let _ = body(Vec::new());
+    // The next upload of that name, once the server is back, removes the leftover.
+    assert!(sshd.restart("server_killed_mid_upload"));
+    let t = sftp_target(&sshd, false);
+    let k = ObjectKey::new("big.hfi").expect("key");
+    t.put_stream(&k, body(noise(1 << 20, 9)), false)
+        .await
+        .expect("upload after restart");
+    let names: Vec<String> = std::fs::read_dir(&sshd.data)
+        .expect("data")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["big.hfi".to_owned()],
+        "the partial file is gone"
+    );
 }
