@@ -18,9 +18,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::error::TargetError;
 use crate::location::Credentials;
-use crate::{
-    is_temp_name, is_temp_name_for, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps,
-};
+use crate::{is_temp_name, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps};
 
 const CHUNK: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
