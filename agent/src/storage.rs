@@ -227,12 +227,17 @@ impl Remote {
     }
 }
 
-/// Writes an image's parts to a target. Each part is one all-or-nothing upload; parts
-/// written so far are deleted again if the image is aborted.
+/// A part's upload running on the runtime.
+type Upload = JoinHandle<Result<u64, TargetError>>;
+
+/// Writes an image's parts to a target. Each part is one all-or-nothing upload; the parts
+/// this write completed are deleted again if the image is aborted (a part whose upload
+/// failed never replaced anything, so an existing image of that name is left alone).
 pub struct TargetSink {
     remote: Remote,
     overwrite: bool,
-    current: Option<(BodySender, JoinHandle<Result<u64, TargetError>>)>,
+    current: Option<(u32, BodySender, Upload)>,
+    /// Parts uploaded completely by this write.
     done: Vec<u32>,
     committed: bool,
 }
@@ -266,24 +271,24 @@ impl PartSink for TargetSink {
         let handle = runtime()
             .map_err(|e| io::Error::other(e.to_string()))?
             .spawn(async move { target.put_stream(&k, body, overwrite).await });
-        self.current = Some((tx, handle));
-        self.done.push(number);
+        self.current = Some((number, tx, handle));
         Ok(())
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match &self.current {
-            Some((tx, _)) => tx.send(Bytes::copy_from_slice(buf)),
+            Some((_, tx, _)) => tx.send(Bytes::copy_from_slice(buf)),
             None => Err(io::Error::other("no part open")),
         }
     }
     fn end_part(&mut self) -> io::Result<()> {
-        if let Some((tx, handle)) = self.current.take() {
+        if let Some((number, tx, handle)) = self.current.take() {
             tx.finish();
             let r = self
                 .remote
                 .block_on(handle)?
                 .map_err(|e| io::Error::other(e.to_string()))?;
             r.map_err(to_io)?;
+            self.done.push(number);
         }
         Ok(())
     }
@@ -301,7 +306,7 @@ impl PartSink for TargetSink {
         Ok(())
     }
     fn abort(&mut self) {
-        if let Some((tx, handle)) = self.current.take() {
+        if let Some((_, tx, handle)) = self.current.take() {
             tx.fail("image writing was aborted");
             let _ = self.remote.block_on(handle);
         }

@@ -14,13 +14,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use suppaftp::{FtpError, RustlsConnector, RustlsFtpStream, Status};
-use tokio::io::AsyncReadExt;
 
+use crate::blocking::{self, Pooled};
 use crate::error::TargetError;
 use crate::location::Credentials;
 use crate::{is_temp_name, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps};
 
-const CHUNK: usize = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 struct Inner {
@@ -127,39 +126,20 @@ impl FtpTarget {
         R: Send + 'static,
         F: FnOnce(&Inner, &mut RustlsFtpStream) -> Result<R, TargetError> + Send + 'static,
     {
-        self.run_with(true, f).await
+        blocking::run(&self.inner, true, f).await
     }
+}
 
-    /// Like `run`; with `reuse` false the connection is closed afterwards instead of pooled.
-    async fn run_with<R, F>(&self, reuse: bool, f: F) -> Result<R, TargetError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&Inner, &mut RustlsFtpStream) -> Result<R, TargetError> + Send + 'static,
-    {
-        let inner = self.inner.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let pooled = inner.pool.lock().ok().and_then(|mut p| p.pop());
-            let mut conn = match pooled {
-                Some(c) => c,
-                None => inner.connect()?,
-            };
-            let r = f(&inner, &mut conn);
-            if reuse && !matches!(&r, Err(e) if e.is_retryable()) {
-                if let Ok(mut p) = inner.pool.lock() {
-                    p.push(conn);
-                }
-            }
-            r
-        });
-        match task.await {
-            Ok(r) => r,
-            Err(e) => match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(_) => Err(self
-                    .inner
-                    .transient("run", "", "the operation was cancelled")),
-            },
-        }
+impl Pooled for Inner {
+    type Conn = RustlsFtpStream;
+    fn pool(&self) -> &Mutex<Vec<RustlsFtpStream>> {
+        &self.pool
+    }
+    fn connect(&self) -> Result<RustlsFtpStream, TargetError> {
+        Inner::connect(self)
+    }
+    fn display(&self) -> &str {
+        &self.display
     }
 }
 
@@ -268,98 +248,83 @@ impl Target for FtpTarget {
     async fn put_stream(
         &self,
         key: &ObjectKey,
-        mut body: Body,
+        body: Body,
         overwrite: bool,
     ) -> Result<u64, TargetError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let (tx, mut rx) = blocking::chunks();
         let k = key.clone();
-        let upload = self.run(move |inner, ftp| {
-            let dest = inner.path(k.as_str());
-            if !overwrite && Inner::exists(ftp, &dest) {
-                return Err(TargetError::Exists {
-                    target: inner.display.clone(),
-                    key: k.to_string(),
-                });
-            }
-            let dir = dest.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
-            let temp = format!("{dir}/{}", temp_name(k.name()));
-            let result = (|| {
-                let mut stream = ftp
-                    .put_with_stream(&temp)
-                    .map_err(|e| inner.map("create", k.as_str(), e))?;
-                let mut n = 0u64;
-                let mut failed = None;
-                while let Some(chunk) = rx.blocking_recv() {
-                    if let Err(e) = stream.write_all(&chunk) {
-                        failed = Some(e);
-                        break;
-                    }
-                    n += chunk.len() as u64;
-                }
-                if let Some(e) = failed {
-                    // The server closed the data connection; its reply on the control
-                    // connection says why (e.g. "451 Failure writing to local file").
-                    return Err(match stream.finish() {
-                        Err(reply @ FtpError::UnexpectedResponse(_)) => {
-                            inner.map("write", k.as_str(), reply)
-                        }
-                        _ => inner.map("write", k.as_str(), FtpError::ConnectionError(e)),
+        // A failed or aborted transfer can leave replies queued on the control connection,
+        // so an upload's connection is not reused, and cleanup after a failure runs on a
+        // fresh one.
+        let upload = blocking::run(
+            &self.inner,
+            false,
+            move |inner: &Inner, ftp: &mut RustlsFtpStream| {
+                let dest = inner.path(k.as_str());
+                if !overwrite && Inner::exists(ftp, &dest) {
+                    return Err(TargetError::Exists {
+                        target: inner.display.clone(),
+                        key: k.to_string(),
                     });
                 }
-                stream
-                    .finish()
-                    .map_err(|e| inner.map("write", k.as_str(), e))?;
-                if Inner::exists(ftp, &dest) {
-                    if !overwrite {
-                        return Err(TargetError::Exists {
-                            target: inner.display.clone(),
-                            key: k.to_string(),
+                let dir = dest.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+                let temp = format!("{dir}/{}", temp_name(k.name()));
+                let result = (|| {
+                    let mut stream = ftp
+                        .put_with_stream(&temp)
+                        .map_err(|e| inner.map("create", k.as_str(), e))?;
+                    let mut n = 0u64;
+                    let mut failed = None;
+                    while let Some(chunk) = rx.blocking_recv() {
+                        let chunk = match chunk {
+                            Ok(c) => c,
+                            Err(e) => {
+                                let _ = ftp.abort(stream);
+                                return Err(blocking::body_error(&inner.display, k.as_str(), &e));
+                            }
+                        };
+                        if let Err(e) = stream.write_all(&chunk) {
+                            failed = Some(e);
+                            break;
+                        }
+                        n += chunk.len() as u64;
+                    }
+                    if let Some(e) = failed {
+                        // The server closed the data connection; its reply on the control
+                        // connection says why (e.g. "451 Failure writing to local file").
+                        return Err(match stream.finish() {
+                            Err(reply @ FtpError::UnexpectedResponse(_)) => {
+                                inner.map("write", k.as_str(), reply)
+                            }
+                            _ => inner.map("write", k.as_str(), FtpError::ConnectionError(e)),
                         });
                     }
-                    ftp.rm(&dest)
-                        .map_err(|e| inner.map("replace", k.as_str(), e))?;
-                }
-                ftp.rename(&temp, &dest)
-                    .map_err(|e| inner.map("rename", k.as_str(), e))?;
-                Ok(n)
-            })();
-            if result.is_err() {
-                let _ = ftp.rm(&temp);
-            }
-            result
-        });
-        let feed = async move {
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                let mut filled = 0;
-                while filled < CHUNK {
-                    let n = body.read(&mut buf[filled..]).await?;
-                    if n == 0 {
-                        break;
+                    stream
+                        .finish()
+                        .map_err(|e| inner.map("write", k.as_str(), e))?;
+                    if Inner::exists(ftp, &dest) {
+                        if !overwrite {
+                            return Err(TargetError::Exists {
+                                target: inner.display.clone(),
+                                key: k.to_string(),
+                            });
+                        }
+                        ftp.rm(&dest)
+                            .map_err(|e| inner.map("replace", k.as_str(), e))?;
                     }
-                    filled += n;
+                    ftp.rename(&temp, &dest)
+                        .map_err(|e| inner.map("rename", k.as_str(), e))?;
+                    Ok(n)
+                })();
+                if result.is_err() {
+                    if let Ok(mut fresh) = inner.connect() {
+                        let _ = fresh.rm(&temp);
+                    }
                 }
-                if filled == 0 {
-                    return Ok::<(), std::io::Error>(());
-                }
-                buf.truncate(filled);
-                if tx.send(Bytes::from(buf)).await.is_err() {
-                    return Ok(());
-                }
-            }
-        };
-        let (up, fed) = tokio::join!(upload, feed);
-        if let Err(e) = fed {
-            if up.is_ok() {
-                let _ = self.delete(key).await;
-            }
-            return Err(TargetError::Permanent {
-                target: self.inner.display.clone(),
-                op: "read body",
-                key: key.to_string(),
-                detail: e.to_string(),
-            });
-        }
+                result
+            },
+        );
+        let (up, ()) = tokio::join!(upload, blocking::pump(body, tx));
         up
     }
 
@@ -368,54 +333,58 @@ impl Target for FtpTarget {
         // Stopping a transfer midway (ABOR) leaves replies whose number differs between
         // servers (vsftpd: 426 and 226, or 225 when the data was already sent), so the
         // connection is not trusted afterwards: ranged reads use it once.
-        self.run_with(false, move |inner, ftp| {
-            let path = inner.path(k.as_str());
-            let len = usize::try_from(range.end.saturating_sub(range.start))
-                .map_err(|_| TargetError::Invalid("range too large".into()))?;
-            let size = ftp
-                .size(&path)
-                .map_err(|e| inner.map("stat", k.as_str(), e))? as u64;
-            if range.end > size {
-                return Err(TargetError::Permanent {
-                    target: inner.display.clone(),
-                    op: "read",
-                    key: k.to_string(),
-                    detail: format!(
-                        "range {}..{} is past the end ({size} bytes)",
-                        range.start, range.end
-                    ),
-                });
-            }
-            let offset = usize::try_from(range.start)
-                .map_err(|_| TargetError::Invalid("offset too large".into()))?;
-            ftp.resume_transfer(offset)
-                .map_err(|e| inner.map("read", k.as_str(), e))?;
-            let mut stream = ftp
-                .retr_as_stream(&path)
-                .map_err(|e| inner.map("read", k.as_str(), e))?;
-            let mut buf = vec![0u8; len];
-            let read = stream.read_exact(&mut buf);
-            // Stop the transfer here (the server answers 426/226); the connection stays usable.
-            let aborted = if range.end == size {
-                stream.finish()
-            } else {
-                ftp.abort(stream)
-            };
-            read.map_err(|e| inner.map("read", k.as_str(), FtpError::ConnectionError(e)))?;
-            match aborted {
-                Ok(()) => {}
-                // The transfer had already ended on the server's side: 225/226 is fine, the
-                // control connection is in step.
-                Err(FtpError::UnexpectedResponse(r))
-                    if matches!(
-                        r.status,
-                        Status::DataConnectionOpen | Status::ClosingDataConnection
-                    ) => {}
-                // Anything else leaves the connection in an unknown state: drop it.
-                Err(e) => return Err(inner.transient("read", k.as_str(), e)),
-            }
-            Ok(Bytes::from(buf))
-        })
+        blocking::run(
+            &self.inner,
+            false,
+            move |inner: &Inner, ftp: &mut RustlsFtpStream| {
+                let path = inner.path(k.as_str());
+                let len = usize::try_from(range.end.saturating_sub(range.start))
+                    .map_err(|_| TargetError::Invalid("range too large".into()))?;
+                let size =
+                    ftp.size(&path)
+                        .map_err(|e| inner.map("stat", k.as_str(), e))? as u64;
+                if range.end > size {
+                    return Err(TargetError::Permanent {
+                        target: inner.display.clone(),
+                        op: "read",
+                        key: k.to_string(),
+                        detail: format!(
+                            "range {}..{} is past the end ({size} bytes)",
+                            range.start, range.end
+                        ),
+                    });
+                }
+                let offset = usize::try_from(range.start)
+                    .map_err(|_| TargetError::Invalid("offset too large".into()))?;
+                ftp.resume_transfer(offset)
+                    .map_err(|e| inner.map("read", k.as_str(), e))?;
+                let mut stream = ftp
+                    .retr_as_stream(&path)
+                    .map_err(|e| inner.map("read", k.as_str(), e))?;
+                let mut buf = vec![0u8; len];
+                let read = stream.read_exact(&mut buf);
+                // Stop the transfer here (the server answers 426/226); the connection stays usable.
+                let aborted = if range.end == size {
+                    stream.finish()
+                } else {
+                    ftp.abort(stream)
+                };
+                read.map_err(|e| inner.map("read", k.as_str(), FtpError::ConnectionError(e)))?;
+                match aborted {
+                    Ok(()) => {}
+                    // The transfer had already ended on the server's side: 225/226 is fine, the
+                    // control connection is in step.
+                    Err(FtpError::UnexpectedResponse(r))
+                        if matches!(
+                            r.status,
+                            Status::DataConnectionOpen | Status::ClosingDataConnection
+                        ) => {}
+                    // Anything else leaves the connection in an unknown state: drop it.
+                    Err(e) => return Err(inner.transient("read", k.as_str(), e)),
+                }
+                Ok(Bytes::from(buf))
+            },
+        )
         .await
     }
 

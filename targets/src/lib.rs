@@ -10,6 +10,7 @@
 //! ([`location::Credentials`]), are zeroised on drop and never appear in `Debug` output or
 //! error messages.
 
+mod blocking;
 pub mod body;
 pub mod error;
 pub mod ftp;

@@ -16,16 +16,14 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use bytes::Bytes;
 use sha2::Digest as _;
-use tokio::io::AsyncReadExt;
 
+use crate::blocking::{self, Pooled};
 use crate::error::TargetError;
 use crate::location::Credentials;
 use crate::{
     is_temp_name, is_temp_name_for, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps,
 };
 
-/// Chunk size of uploads and of the channel that carries them.
-const CHUNK: usize = 1 << 20;
 /// What an SFTP v3 write failure means: the protocol has no code for a full disk.
 const WRITE_FAILURE: &str =
     "the server refused the write (SSH_FX_FAILURE: usually a full disk or quota)";
@@ -110,40 +108,25 @@ impl SftpTarget {
         })
     }
 
-    /// Run `f` with a pooled connection on the blocking pool. A connection that saw a
-    /// transient (connection-level) error is dropped instead of returned.
     async fn run<R, F>(&self, f: F) -> Result<R, TargetError>
     where
         R: Send + 'static,
-        F: FnOnce(&Inner, &Conn) -> Result<R, TargetError> + Send + 'static,
+        F: FnOnce(&Inner, &mut Conn) -> Result<R, TargetError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        let task = tokio::task::spawn_blocking(move || {
-            let pooled = inner.pool.lock().ok().and_then(|mut p| p.pop());
-            let conn = match pooled {
-                Some(c) => c,
-                None => inner.connect()?,
-            };
-            let r = f(&inner, &conn);
-            if !matches!(&r, Err(e) if e.is_retryable()) {
-                if let Ok(mut p) = inner.pool.lock() {
-                    p.push(conn);
-                }
-            }
-            r
-        });
-        match task.await {
-            Ok(r) => r,
-            Err(e) => match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(_) => Err(TargetError::Transient {
-                    target: self.inner.display.clone(),
-                    op: "run",
-                    key: String::new(),
-                    detail: "the operation was cancelled".into(),
-                }),
-            },
-        }
+        blocking::run(&self.inner, true, f).await
+    }
+}
+
+impl Pooled for Inner {
+    type Conn = Conn;
+    fn pool(&self) -> &Mutex<Vec<Conn>> {
+        &self.pool
+    }
+    fn connect(&self) -> Result<Conn, TargetError> {
+        Inner::connect(self)
+    }
+    fn display(&self) -> &str {
+        &self.display
     }
 }
 
@@ -313,10 +296,10 @@ impl Target for SftpTarget {
     async fn put_stream(
         &self,
         key: &ObjectKey,
-        mut body: Body,
+        body: Body,
         overwrite: bool,
     ) -> Result<u64, TargetError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let (tx, mut rx) = blocking::chunks();
         let k = key.clone();
         let upload = self.run(move |inner, conn| {
             let dest = inner.path(k.as_str());
@@ -345,6 +328,8 @@ impl Target for SftpTarget {
                     .map_err(|e| inner.map("create", k.as_str(), &e))?;
                 let mut n = 0u64;
                 while let Some(chunk) = rx.blocking_recv() {
+                    let chunk =
+                        chunk.map_err(|e| blocking::body_error(&inner.display, k.as_str(), &e))?;
                     file.write_all(&chunk)
                         .map_err(|e| inner.io("write", k.as_str(), &e))?;
                     n += chunk.len() as u64;
@@ -374,41 +359,7 @@ impl Target for SftpTarget {
             }
             result
         });
-        let feed = async move {
-            loop {
-                let mut buf = vec![0u8; CHUNK];
-                let mut filled = 0;
-                while filled < CHUNK {
-                    let n = body.read(&mut buf[filled..]).await?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
-                if filled == 0 {
-                    return Ok::<(), std::io::Error>(());
-                }
-                buf.truncate(filled);
-                if tx.send(Bytes::from(buf)).await.is_err() {
-                    // The upload side stopped: its error is reported.
-                    return Ok(());
-                }
-            }
-        };
-        let (up, fed) = tokio::join!(upload, feed);
-        if let Err(e) = fed {
-            // The body failed: the upload saw the channel close early and renamed nothing
-            // only if it failed too; make sure nothing complete-looking remains.
-            if up.is_ok() {
-                let _ = self.delete(key).await;
-            }
-            return Err(TargetError::Permanent {
-                target: self.inner.display.clone(),
-                op: "read body",
-                key: key.to_string(),
-                detail: e.to_string(),
-            });
-        }
+        let (up, ()) = tokio::join!(upload, blocking::pump(body, tx));
         up
     }
 

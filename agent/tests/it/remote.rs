@@ -176,6 +176,62 @@ fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn F
         "{names:?}"
     );
 
+    // An overwrite interrupted midway leaves the existing image as it was.
+    let before = image_ok(&["info", "--image", &full, "--credentials-file", &creds])
+        ["content_digest"]
+        .clone();
+    let src = work.join("slow.img");
+    let mut slow = noise(48 << 20, 3);
+    for (i, b) in slow.iter_mut().enumerate() {
+        if (i / 4096) % 2 == 0 {
+            *b = (i % 7) as u8;
+        }
+    }
+    std::fs::write(&src, slow).expect("source");
+    let mut child = agent()
+        .args([
+            "image",
+            "create",
+            "--source",
+            src.to_str().expect("p"),
+            "--output",
+            &full,
+            "--overwrite",
+        ])
+        .args([
+            "--compression-level",
+            "19",
+            "--threads",
+            "1",
+            "--forensic",
+            "--credentials-file",
+            &creds,
+        ])
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let _ = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status();
+    assert_eq!(child.wait().expect("wait").code(), Some(6));
+    let after = image_ok(&["info", "--image", &full, "--credentials-file", &creds])
+        ["content_digest"]
+        .clone();
+    assert_eq!(
+        before, after,
+        "the interrupted overwrite must not touch the existing image"
+    );
+    image_ok(&[
+        "validate",
+        "--image",
+        &full,
+        "--password-file",
+        &pw,
+        "--credentials-file",
+        &creds,
+    ]);
+
     // A wrong target password is a clear error that never shows the password.
     std::fs::write(&creds, creds_text("wrong-pass")).expect("creds");
     let r = image(&["info", "--image", &full, "--credentials-file", &creds]);

@@ -1,0 +1,111 @@
+//! What the blocking backends (SFTP on libssh2, FTP on suppaftp) share: a pool of
+//! connections used on tokio's blocking threads, and the hand-over of an upload body from
+//! the async side to the blocking side.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+
+use crate::error::TargetError;
+use crate::Body;
+
+/// Chunk size of uploads.
+const CHUNK: usize = 1 << 20;
+
+/// A backend whose connections block.
+pub(crate) trait Pooled: Send + Sync + 'static {
+    /// One connection.
+    type Conn: Send + 'static;
+    /// Idle connections.
+    fn pool(&self) -> &Mutex<Vec<Self::Conn>>;
+    /// Open a new connection.
+    fn connect(&self) -> Result<Self::Conn, TargetError>;
+    /// The target's name for messages.
+    fn display(&self) -> &str;
+}
+
+/// Run `f` with a pooled (or new) connection on the blocking pool. The connection goes back
+/// to the pool afterwards unless `reuse` is false or `f` failed with a transient error (a
+/// dropped connection is not worth keeping).
+pub(crate) async fn run<P, R, F>(inner: &Arc<P>, reuse: bool, f: F) -> Result<R, TargetError>
+where
+    P: Pooled,
+    R: Send + 'static,
+    F: FnOnce(&P, &mut P::Conn) -> Result<R, TargetError> + Send + 'static,
+{
+    let inner = inner.clone();
+    let display = inner.display().to_owned();
+    let task = tokio::task::spawn_blocking(move || {
+        let pooled = inner.pool().lock().ok().and_then(|mut p| p.pop());
+        let mut conn = match pooled {
+            Some(c) => c,
+            None => inner.connect()?,
+        };
+        let r = f(&inner, &mut conn);
+        if reuse && !matches!(&r, Err(e) if e.is_retryable()) {
+            if let Ok(mut p) = inner.pool().lock() {
+                p.push(conn);
+            }
+        }
+        r
+    });
+    match task.await {
+        Ok(r) => r,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => Err(TargetError::Transient {
+                target: display,
+                op: "run",
+                key: String::new(),
+                detail: "the operation was cancelled".into(),
+            }),
+        },
+    }
+}
+
+/// Chunks of an upload body; an `Err` means the body failed and the upload must not complete.
+pub(crate) type Chunks = mpsc::Receiver<std::io::Result<Bytes>>;
+
+/// A channel for [`pump`] and the blocking uploader.
+pub(crate) fn chunks() -> (mpsc::Sender<std::io::Result<Bytes>>, Chunks) {
+    mpsc::channel(4)
+}
+
+/// Read `body` in chunks into `tx`. A read error is sent on, so the uploader fails (and
+/// removes its temporary file) instead of taking the bytes so far for the whole file.
+pub(crate) async fn pump(mut body: Body, tx: mpsc::Sender<std::io::Result<Bytes>>) {
+    loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        while filled < CHUNK {
+            match body.read(&mut buf[filled..]).await {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+        if filled == 0 {
+            return;
+        }
+        buf.truncate(filled);
+        // A closed channel means the upload already failed; its error is reported.
+        if tx.send(Ok(Bytes::from(buf))).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The error for a failed upload body.
+pub(crate) fn body_error(target: &str, key: &str, e: &std::io::Error) -> TargetError {
+    TargetError::Permanent {
+        target: target.to_owned(),
+        op: "read body",
+        key: key.to_owned(),
+        detail: e.to_string(),
+    }
+}
