@@ -2,7 +2,6 @@
 
 use crate::error::{ImageError, Result};
 use crate::extents::Extents;
-use crate::image::block_len;
 use crate::index::Entry;
 use crate::io::ReadAt;
 
@@ -61,15 +60,6 @@ impl<R: ReadAt> DeviceBlocks<R> {
             allocated,
             name: name.into(),
         }
-    }
-
-    /// Bytes of the blocks that will be read.
-    pub fn allocated_bytes(&self) -> u64 {
-        let size = self.dev.size();
-        (0..self.allocated.len() as u64)
-            .filter(|&n| self.allocated[n as usize])
-            .map(|n| block_len(self.block_size, size, n) as u64)
-            .sum()
     }
 }
 

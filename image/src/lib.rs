@@ -12,7 +12,7 @@
 //! - [`magic`]: magic numbers and the format version (never edited);
 //! - [`header`], [`meta`], [`frame`], [`index`], [`trailer`]: the records of an image;
 //! - [`crypto`]: keys, password wrapping, frame AEAD, keyed block hashes;
-//! - [`parts`]: split parts, temporary names and commit;
+//! - [`parts`]: split parts, temporary names and commit; [`direct`]: `O_DIRECT` bulk writes;
 //! - [`image`]: opening an image with every check a reader makes;
 //! - [`writer`]: the parallel imaging pipeline; [`blocks`]: what it reads from;
 //! - [`chain`]: resolving incremental chains; [`restore`], [`validate`], [`convert`]:

@@ -116,6 +116,10 @@ impl Worker {
     }
 }
 
+thread_local! {
+    static PRECHECK_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Frames to decode: (chain position, frame row) → (slot, block) pairs.
 type Plan = BTreeMap<FrameKey, Vec<(u16, u64)>>;
 /// (chain position, frame row).
@@ -178,12 +182,16 @@ pub fn restore(
         run_parallel(threads, tasks.len(), cancel, |t| {
             let ((i, f), blocks) = &tasks[t];
             let img = &chain.images[*i];
-            let rec = img.read_record(*f)?;
-            let bl: Vec<u64> = blocks.iter().map(|b| b.1).collect();
-            img.check_record(*f, &rec)
-                .map_err(|fault| frame_damage(img, &bl, &fault))?;
-            progress.advance(rec.len() as u64);
-            Ok(())
+            // One record buffer per thread: fresh pages per frame are costly.
+            PRECHECK_BUF.with(|rec| {
+                let mut rec = rec.borrow_mut();
+                img.read_record_into(*f, &mut rec)?;
+                let bl: Vec<u64> = blocks.iter().map(|b| b.1).collect();
+                img.check_record(*f, &rec)
+                    .map_err(|fault| frame_damage(img, &bl, &fault))?;
+                progress.advance(rec.len() as u64);
+                Ok(())
+            })
         })?;
     }
 

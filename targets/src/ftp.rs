@@ -175,7 +175,7 @@ impl Inner {
                         target,
                         user: self.user.clone(),
                     },
-                    Status::ExceededStorage | Status::PageTypeUnknown => {
+                    Status::ExceededStorage | Status::RequestedActionNotTaken => {
                         TargetError::Full { target, key: k }
                     }
                     _ => TargetError::Permanent {

@@ -1,12 +1,12 @@
 //! # holdfast-targets
 //!
 //! Where images are stored: one async [`Target`] trait and its backends — a local folder
-//! ([`local::LocalTarget`]) and SFTP ([`sftp::SftpTarget`]) so far — plus behaviour that
-//! applies to any backend as wrappers: retries with back-off ([`wrap::Retry`]) and a cap on
-//! concurrent connections ([`wrap::Limited`]).
+//! ([`local::LocalTarget`]), SFTP ([`sftp::SftpTarget`]) and FTP/FTPS ([`ftp::FtpTarget`]);
+//! SMB is still to come — plus behaviour that applies to any backend as wrappers: retries
+//! with back-off ([`wrap::Retry`]) and a cap on concurrent connections ([`wrap::Limited`]).
 //!
-//! Targets are named by URLs as in the O&O manual (`sftp://user@host:port/path`, plain paths,
-//! `file://`), parsed by [`location::Location`]; credentials travel separately
+//! Targets are named by URLs as in the O&O manual (`sftp://user@host:port/path`,
+//! `ftp://…`, `ftps://…`, plain paths, `file://`), parsed by [`location::Location`]; credentials travel separately
 //! ([`location::Credentials`]), are zeroised on drop and never appear in `Debug` output or
 //! error messages.
 

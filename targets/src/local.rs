@@ -69,7 +69,7 @@ impl Target for LocalTarget {
             });
         }
         let temp = dest.with_file_name(temp_name(key.name()));
-        let mut guard = TempFile(Some(temp.clone()));
+        let guard = TempFile(Some(temp.clone()));
         let mut file = tokio::fs::File::create(&temp)
             .await
             .map_err(|e| self.err("create", key, &e))?;
@@ -91,7 +91,9 @@ impl Target for LocalTarget {
                 .await
                 .map_err(|e| self.err("rename", key, &e))?;
         }
-        drop(guard.0.take().map(std::fs::remove_file));
+        // After a rename the temporary name is gone; after a hard link it still names the
+        // file: either way the guard's removal leaves only `dest`.
+        drop(guard);
         Ok(n)
     }
 

@@ -147,3 +147,117 @@ impl<T: Target> Target for Limited<T> {
         self.inner.free_space().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A target whose `size` fails transiently `flaky` times, answers `NotFound` for
+    /// "missing", and records how many calls overlap.
+    #[derive(Default)]
+    struct Probe {
+        flaky: AtomicUsize,
+        calls: AtomicUsize,
+        in_flight: AtomicUsize,
+        peak: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Target for Probe {
+        fn caps(&self) -> TargetCaps {
+            TargetCaps {
+                display: "probe".into(),
+                max_connections: 1,
+            }
+        }
+        async fn put_stream(&self, _: &ObjectKey, _: Body, _: bool) -> Result<u64, TargetError> {
+            Err(TargetError::Invalid("unused".into()))
+        }
+        async fn get_range(&self, _: &ObjectKey, _: Range<u64>) -> Result<Bytes, TargetError> {
+            Err(TargetError::Invalid("unused".into()))
+        }
+        async fn size(&self, key: &ObjectKey) -> Result<u64, TargetError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            if key.as_str() == "missing" {
+                return Err(TargetError::NotFound {
+                    target: "probe".into(),
+                    key: key.to_string(),
+                });
+            }
+            let left = self.flaky.load(Ordering::SeqCst);
+            if left > 0 {
+                self.flaky.store(left - 1, Ordering::SeqCst);
+                return Err(TargetError::Transient {
+                    target: "probe".into(),
+                    op: "stat",
+                    key: key.to_string(),
+                    detail: "dropped".into(),
+                });
+            }
+            Ok(42)
+        }
+        async fn list(&self, _: Option<&ObjectKey>) -> Result<Vec<ObjectMeta>, TargetError> {
+            Ok(Vec::new())
+        }
+        async fn delete(&self, _: &ObjectKey) -> Result<(), TargetError> {
+            Ok(())
+        }
+        async fn mkdirs(&self, _: &ObjectKey) -> Result<(), TargetError> {
+            Ok(())
+        }
+        async fn free_space(&self) -> Result<Option<u64>, TargetError> {
+            Ok(None)
+        }
+    }
+
+    fn key(k: &str) -> ObjectKey {
+        ObjectKey::new(k).expect("key")
+    }
+
+    #[tokio::test]
+    async fn retry_retries_transient_errors_only() {
+        let probe = Probe {
+            flaky: AtomicUsize::new(2),
+            ..Default::default()
+        };
+        let r = Retry::new(probe, 3, Duration::from_millis(1));
+        assert_eq!(r.size(&key("x")).await.expect("third try works"), 42);
+        assert_eq!(r.inner.calls.load(Ordering::SeqCst), 3);
+        assert!(r
+            .size(&key("missing"))
+            .await
+            .is_err_and(|e| e.is_not_found()));
+        assert_eq!(
+            r.inner.calls.load(Ordering::SeqCst),
+            4,
+            "NotFound is not retried"
+        );
+        r.inner.flaky.store(5, Ordering::SeqCst);
+        assert!(
+            r.size(&key("x")).await.is_err_and(|e| e.is_retryable()),
+            "gives up after 3 tries"
+        );
+        assert_eq!(r.inner.calls.load(Ordering::SeqCst), 7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn limited_caps_concurrent_calls() {
+        let l = Arc::new(Limited::new(Probe::default(), 2));
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move { l.size(&key("x")).await })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.expect("join").expect("size"), 42);
+        }
+        assert_eq!(l.inner.peak.load(Ordering::SeqCst), 2);
+    }
+}

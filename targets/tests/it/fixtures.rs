@@ -81,6 +81,37 @@ fn wait_for_port(port: u16) -> bool {
     false
 }
 
+/// What every server fixture needs: its binary (else skip), the test user, and a private
+/// folder (readable by the server's processes) with a `data` folder the user owns.
+fn server_dir(
+    test: &str,
+    binary: &str,
+    package: &str,
+    prefix: &str,
+) -> Option<(tempfile::TempDir, PathBuf)> {
+    if !Path::new(binary).exists() {
+        unavailable(
+            test,
+            &format!("{binary} (Debian package {package}) is not installed"),
+        );
+        return None;
+    }
+    if !ensure_user() {
+        unavailable(test, "cannot create the test user (needs root)");
+        return None;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/var/tmp")
+        .ok()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).ok()?;
+    run(Command::new("chown").arg(format!("{USER}:")).arg(&data));
+    // Servers refuse or cannot reach paths under a 0700 folder.
+    run(Command::new("chmod").arg("755").arg(dir.path()));
+    Some((dir, data))
+}
+
 /// An OpenSSH server serving SFTP from a private folder.
 pub struct Sshd {
     pub dir: tempfile::TempDir,
@@ -95,21 +126,7 @@ pub struct Sshd {
 impl Sshd {
     /// Start one; `None` when sshd or the user cannot be had.
     pub fn start(test: &str) -> Option<Self> {
-        if !Path::new("/usr/sbin/sshd").exists() {
-            unavailable(
-                test,
-                "/usr/sbin/sshd (Debian package openssh-server) is not installed",
-            );
-            return None;
-        }
-        if !ensure_user() {
-            unavailable(test, "cannot create the test user (needs root)");
-            return None;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("holdfast-sshd-")
-            .tempdir_in("/var/tmp")
-            .ok()?;
+        let (dir, data) = server_dir(test, "/usr/sbin/sshd", "openssh-server", "holdfast-sshd-")?;
         let d = dir.path().to_owned();
         let d = d.as_path();
         let keygen = |file: &str| {
@@ -127,11 +144,6 @@ impl Sshd {
             d.join("authorized_keys").join(USER),
         )
         .ok()?;
-        let data = d.join("data");
-        std::fs::create_dir_all(&data).ok()?;
-        run(Command::new("chown").arg(format!("{USER}:")).arg(&data));
-        // sshd refuses paths others can write to in their parents; the temp dir is 0700.
-        run(Command::new("chmod").arg("755").arg(d));
         std::fs::create_dir_all("/run/sshd").ok()?;
         let port = free_port();
         let mut s = Self {
@@ -269,21 +281,7 @@ pub struct Vsftpd {
 
 impl Vsftpd {
     pub fn start(test: &str) -> Option<Self> {
-        if !Path::new("/usr/sbin/vsftpd").exists() {
-            unavailable(
-                test,
-                "/usr/sbin/vsftpd (Debian package vsftpd) is not installed",
-            );
-            return None;
-        }
-        if !ensure_user() {
-            unavailable(test, "cannot create the test user (needs root)");
-            return None;
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("holdfast-ftp-")
-            .tempdir_in("/var/tmp")
-            .ok()?;
+        let (dir, data) = server_dir(test, "/usr/sbin/vsftpd", "vsftpd", "holdfast-ftp-")?;
         let d = dir.path().to_owned();
         let sh = |line: &str| run(Command::new("sh").arg("-c").arg(line).current_dir(&d));
         let ok = sh("openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj '/CN=holdfast test CA' -keyout ca.key -out ca.pem")
@@ -294,10 +292,6 @@ impl Vsftpd {
             unavailable(test, "openssl could not make the test certificates");
             return None;
         }
-        let data = d.join("data");
-        std::fs::create_dir_all(&data).ok()?;
-        run(Command::new("chown").arg(format!("{USER}:")).arg(&data));
-        run(Command::new("chmod").arg("755").arg(&d));
         std::fs::create_dir_all("/var/run/vsftpd/empty").ok()?;
         let port = free_port();
         let pasv = free_port();
