@@ -32,6 +32,8 @@ PACKAGES=(
     openssh-client  # ssh-keygen: host and client keys of the SFTP fixture
     vsftpd      # the FTP/FTPS target tests start a real server on loopback
     openssl     # the FTPS fixture's test CA and server certificate
+    samba       # smbd, smbpasswd: the SMB target tests start a real server on loopback
+    smbclient   # smbclient: the SMB side of the target benchmark
     procps      # kill, pkill: stopping fixture servers as if they crashed
     passwd      # useradd, chpasswd: the throwaway user the SFTP tests log in as
     gcc         # C compiler and linker for Rust build scripts and -sys crates

@@ -20,6 +20,7 @@ use holdfast_targets::body::{channel_body, BodySender};
 use holdfast_targets::ftp::FtpTarget;
 use holdfast_targets::location::{Credentials, Location};
 use holdfast_targets::sftp::SftpTarget;
+use holdfast_targets::smb::SmbTarget;
 use holdfast_targets::wrap::{Limited, Retry};
 use holdfast_targets::{ObjectKey, Target, TargetError};
 use tokio::runtime::Runtime;
@@ -110,6 +111,28 @@ pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
                 user.as_deref(),
                 &folder,
                 secure,
+                credentials(credentials_file)?,
+            )?;
+            let caps = t.caps();
+            (Arc::new(Limited::new(t, caps.max_connections)), caps, name)
+        }
+        Location::Smb {
+            host,
+            port,
+            domain,
+            user,
+            share,
+            path,
+        } => {
+            // The folder inside the share has no leading slash; the share's root is "".
+            let (folder, name) = split(&format!("/{path}"))?;
+            let t = SmbTarget::new(
+                &host,
+                port,
+                domain.as_deref(),
+                user.as_deref(),
+                &share,
+                &folder,
                 credentials(credentials_file)?,
             )?;
             let caps = t.caps();

@@ -78,17 +78,13 @@ pub(crate) fn chunks() -> (mpsc::Sender<std::io::Result<Bytes>>, Chunks) {
 pub(crate) async fn pump(mut body: Body, tx: mpsc::Sender<std::io::Result<Bytes>>) {
     loop {
         let mut buf = vec![0u8; CHUNK];
-        let mut filled = 0;
-        while filled < CHUNK {
-            match body.read(&mut buf[filled..]).await {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
+        let filled = match fill(&mut body, &mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
             }
-        }
+        };
         if filled == 0 {
             return;
         }
@@ -98,6 +94,18 @@ pub(crate) async fn pump(mut body: Body, tx: mpsc::Sender<std::io::Result<Bytes>
             return;
         }
     }
+}
+
+/// Read from `body` until `buf` is full or the body ends; the count read.
+pub(crate) async fn fill(body: &mut Body, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match body.read(&mut buf[filled..]).await? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 /// The error for a failed upload body.

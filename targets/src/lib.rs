@@ -1,13 +1,13 @@
 //! # holdfast-targets
 //!
 //! Where images are stored: one async [`Target`] trait and its backends — a local folder
-//! ([`local::LocalTarget`]), SFTP ([`sftp::SftpTarget`]) and FTP/FTPS ([`ftp::FtpTarget`]);
-//! SMB is still to come — plus behaviour that applies to any backend as wrappers: retries
+//! ([`local::LocalTarget`]), SFTP ([`sftp::SftpTarget`]), FTP/FTPS ([`ftp::FtpTarget`]) and
+//! SMB 2/3 ([`smb::SmbTarget`]) — plus behaviour that applies to any backend as wrappers: retries
 //! with back-off ([`wrap::Retry`]) and a cap on concurrent connections ([`wrap::Limited`]).
 //!
 //! Targets are named by URLs as in the O&O manual (`sftp://user@host:port/path`,
-//! `ftp://…`, `ftps://…`, plain paths, `file://`), parsed by [`location::Location`]; credentials travel separately
-//! ([`location::Credentials`]), are zeroised on drop and never appear in `Debug` output or
+//! `ftp://…`, `ftps://…`, `smb://[domain;]user@server/share/path`, plain paths, `file://`),
+//! parsed by [`location::Location`]; credentials travel separately ([`location::Credentials`]), are zeroised on drop and never appear in `Debug` output or
 //! error messages.
 
 mod blocking;
@@ -18,6 +18,7 @@ pub mod key;
 pub mod local;
 pub mod location;
 pub mod sftp;
+pub mod smb;
 pub mod wrap;
 
 use std::ops::Range;

@@ -38,6 +38,21 @@ pub enum Location {
         /// Folder on the server (absolute, or relative to the login folder with `/~/`).
         path: String,
     },
+    /// An SMB 2/3 share: `smb://[domain;]user@server[:port]/share/path`.
+    Smb {
+        /// Server name or address.
+        host: String,
+        /// Port (445 by default).
+        port: u16,
+        /// Windows domain (or workgroup) from the URL, if any.
+        domain: Option<String>,
+        /// User from the URL, if any.
+        user: Option<String>,
+        /// Share name.
+        share: String,
+        /// Folder inside the share (`/`-separated, may be empty).
+        path: String,
+    },
 }
 
 impl Location {
@@ -81,8 +96,34 @@ impl Location {
                     path: if path.is_empty() { "/".into() } else { path },
                 })
             }
+            "smb" => {
+                let host = u.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+                    TargetError::Invalid("an smb:// URL needs a server: smb://user@server/share/path".into())
+                })?;
+                let mut parts = path.trim_start_matches('/').splitn(2, '/');
+                let share = parts.next().unwrap_or_default().to_owned();
+                if share.is_empty() {
+                    return Err(TargetError::Invalid(
+                        "an smb:// URL needs a share: smb://user@server/share/path".into(),
+                    ));
+                }
+                let folder = parts.next().unwrap_or_default().trim_matches('/').to_owned();
+                let userinfo = percent_decode(u.username());
+                let (domain, user) = match userinfo.split_once(';') {
+                    Some((d, u)) => (Some(d.to_owned()), u.to_owned()),
+                    None => (None, userinfo),
+                };
+                Ok(Location::Smb {
+                    host: host.trim_start_matches('[').trim_end_matches(']').to_owned(),
+                    port: u.port().unwrap_or(445),
+                    domain: domain.filter(|d| !d.is_empty()),
+                    user: (!user.is_empty()).then_some(user),
+                    share,
+                    path: folder,
+                })
+            }
             other => Err(TargetError::Invalid(format!(
-                "target scheme '{other}' is not supported by this build (supported: plain paths, file://, sftp://, ftp://, ftps://)"
+                "target scheme '{other}' is not supported by this build (supported: plain paths, file://, sftp://, ftp://, ftps://, smb://)"
             ))),
         }
     }
@@ -110,6 +151,21 @@ impl Location {
                 let user = user.as_ref().map(|u| format!("{u}@")).unwrap_or_default();
                 let scheme = if *secure { "ftps" } else { "ftp" };
                 format!("{scheme}://{user}{host}:{port}{path}")
+            }
+            Location::Smb {
+                host,
+                port,
+                domain,
+                user,
+                share,
+                path,
+            } => {
+                let domain = domain.as_ref().map(|d| format!("{d};")).unwrap_or_default();
+                let user = user
+                    .as_ref()
+                    .map(|u| format!("{domain}{u}@"))
+                    .unwrap_or_default();
+                format!("smb://{user}{host}:{port}/{share}/{path}")
             }
         }
     }
@@ -198,6 +254,20 @@ mod tests {
             "no passwords in URLs"
         );
         assert!(Location::parse("gopher://x/").is_err());
+        let m = Location::parse("smb://OFFICE;bkp@nas:4445/backup/Büro%20A/img").expect("smb");
+        assert_eq!(
+            m,
+            Location::Smb {
+                host: "nas".into(),
+                port: 4445,
+                domain: Some("OFFICE".into()),
+                user: Some("bkp".into()),
+                share: "backup".into(),
+                path: "Büro A/img".into()
+            }
+        );
+        assert_eq!(m.display(), "smb://OFFICE;bkp@nas:4445/backup/Büro A/img");
+        assert!(Location::parse("smb://nas/").is_err(), "a share is needed");
     }
 
     #[test]

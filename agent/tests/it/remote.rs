@@ -1,9 +1,9 @@
-//! Images written to and read from real servers on loopback: SFTP (`sshd`) and FTPS
-//! (`vsftpd`).
+//! Images written to and read from real servers on loopback: SFTP (`sshd`), FTP and FTPS
+//! (`vsftpd`) and SMB (Samba `smbd`).
 
 use std::path::Path;
 
-use crate::sshd::{Sshd, Vsftpd, PASSWORD, USER};
+use crate::sshd::{Smbd, Sshd, Vsftpd, PASSWORD, USER};
 use crate::util::*;
 
 #[test]
@@ -36,16 +36,25 @@ fn encrypted_split_chain_on_sftp_validates_and_restores_from_there() {
 
 #[test]
 fn encrypted_split_chain_on_ftps_validates_and_restores_from_there() {
-    if !require_devices("chain_on_ftps") {
+    chain_on_ftp("chain_on_ftps", "ftps");
+}
+
+#[test]
+fn encrypted_split_chain_on_ftp_validates_and_restores_from_there() {
+    chain_on_ftp("chain_on_ftp", "ftp");
+}
+
+fn chain_on_ftp(test: &str, scheme: &str) {
+    if !require_devices(test) {
         return;
     }
-    let Some(ftpd) = Vsftpd::start("chain_on_ftps") else {
+    let Some(ftpd) = Vsftpd::start(test) else {
         return;
     };
     chain_on_target(
         &|name: &str| {
             format!(
-                "ftps://{USER}@127.0.0.1:{}{}/{name}",
+                "{scheme}://{USER}@127.0.0.1:{}{}/{name}",
                 ftpd.port,
                 ftpd.data.display()
             )
@@ -57,6 +66,33 @@ fn encrypted_split_chain_on_ftps_validates_and_restores_from_there() {
                 ftpd.ca.display()
             )
         },
+    );
+}
+
+#[test]
+fn encrypted_split_chain_on_smb_validates_and_restores_from_there() {
+    if !require_devices("chain_on_smb") {
+        return;
+    }
+    let Some(smbd) = Smbd::start("chain_on_smb") else {
+        return;
+    };
+    let folder = smbd.data.join("Büro images");
+    std::fs::create_dir_all(&folder).expect("folder");
+    let owned = std::process::Command::new("chown")
+        .arg(format!("{USER}:"))
+        .arg(&folder)
+        .status();
+    assert!(owned.is_ok_and(|s| s.success()));
+    chain_on_target(
+        &|name: &str| {
+            format!(
+                "smb://WORKGROUP;{USER}@127.0.0.1:{}/backup/B%C3%BCro%20images/{name}",
+                smbd.port
+            )
+        },
+        &folder,
+        &|password: &str| format!("password = {password}\n"),
     );
 }
 

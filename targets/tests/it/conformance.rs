@@ -5,6 +5,7 @@ use std::io::Cursor;
 use holdfast_targets::local::LocalTarget;
 use holdfast_targets::location::Credentials;
 use holdfast_targets::sftp::SftpTarget;
+use holdfast_targets::smb::SmbTarget;
 use holdfast_targets::wrap::{Limited, Retry};
 use holdfast_targets::{is_temp_name, Body, ObjectKey, Target, TargetError};
 use zeroize::Zeroizing;
@@ -261,4 +262,27 @@ async fn ftps_conforms() {
         return;
     };
     suite(&ftp_target(&ftpd, true)).await;
+}
+
+pub fn smb_target(smbd: &crate::fixtures::Smbd, password: &str) -> SmbTarget {
+    let creds = Credentials {
+        user: Some(USER.into()),
+        password: Some(Zeroizing::new(password.to_owned())),
+        ..Default::default()
+    };
+    SmbTarget::new("127.0.0.1", smbd.port, None, None, "backup", "", creds).expect("target")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smb_conforms() {
+    let Some(smbd) = crate::fixtures::Smbd::start("smb_conforms") else {
+        return;
+    };
+    let t = smb_target(&smbd, PASSWORD);
+    suite(&t).await;
+    assert!(t
+        .free_space()
+        .await
+        .expect("free space")
+        .is_some_and(|f| f > 0));
 }

@@ -81,6 +81,23 @@ fn wait_for_port(port: u16) -> bool {
     false
 }
 
+/// Start a server and wait until it listens on `port` (a server that cannot start skips).
+fn listening(test: &str, what: &str, cmd: &mut Command, port: u16) -> Option<Child> {
+    let mut child = match cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            unavailable(test, &format!("{what} does not start: {e}"));
+            return None;
+        }
+    };
+    if !wait_for_port(port) {
+        kill_tree(&mut child);
+        unavailable(test, &format!("{what} did not listen"));
+        return None;
+    }
+    child
+}
+
 /// What every server fixture needs: its binary (else skip), the test user, and a private
 /// folder (readable by the server's processes) with a `data` folder the user owns.
 fn server_dir(
@@ -172,39 +189,21 @@ impl Sshd {
         if std::fs::write(d.join("sshd_config"), config).is_err() {
             return false;
         }
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(d.join("sshd_config"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match child {
-            Ok(c) => self.child = Some(c),
-            Err(e) => {
-                unavailable(test, &format!("sshd does not start: {e}"));
-                return false;
-            }
-        }
-        if !wait_for_port(self.port) {
-            unavailable(test, "sshd did not listen");
-            return false;
-        }
-        true
+        self.child = listening(
+            test,
+            "sshd",
+            Command::new("/usr/sbin/sshd")
+                .args(["-D", "-e", "-f"])
+                .arg(d.join("sshd_config")),
+            self.port,
+        );
+        self.child.is_some()
     }
 
     /// Stop the server and its connections at once (as if it crashed): sshd forks a process
     /// per connection, which outlives the listener unless killed too.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            for pid in descendants(c.id()) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_tree(&mut self.child);
     }
 
     /// Start again after [`Sshd::kill`], same port and keys.
@@ -223,6 +222,20 @@ impl Sshd {
             .args(["-q", "-t", "ed25519", "-N", "", "-f"])
             .arg(d.join("host_ed25519")))
             && self.spawn(test)
+    }
+}
+
+/// Kill a server and every process it forked (per-connection servers outlive the listener).
+fn kill_tree(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        for pid in descendants(c.id()) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 
@@ -306,45 +319,114 @@ impl Vsftpd {
             d = d.display()
         );
         std::fs::write(d.join("vsftpd.conf"), config).ok()?;
-        let child = Command::new("/usr/sbin/vsftpd")
-            .arg(d.join("vsftpd.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                unavailable(test, &format!("vsftpd does not start: {e}"));
-                return None;
-            }
-        };
-        let ca = d.join("ca.pem");
-        let s = Self {
+        let child = listening(
+            test,
+            "vsftpd",
+            Command::new("/usr/sbin/vsftpd").arg(d.join("vsftpd.conf")),
+            port,
+        )?;
+        Some(Self {
             _dir: dir,
             port,
             data,
-            ca,
+            ca: d.join("ca.pem"),
             child: Some(child),
-        };
-        if !wait_for_port(port) {
-            unavailable(test, "vsftpd did not listen");
-            return None;
-        }
-        Some(s)
+        })
     }
 }
 
 impl Drop for Vsftpd {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            for pid in descendants(c.id()) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        kill_tree(&mut self.child);
+    }
+}
+
+/// A Samba `smbd` serving the share `backup` (the `data` folder) to the test user, SMB 2.1
+/// and newer; state and passwords live in a private folder.
+pub struct Smbd {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    pub data: PathBuf,
+    child: Option<Child>,
+}
+
+impl Smbd {
+    pub fn start(test: &str) -> Option<Self> {
+        let (dir, data) = server_dir(test, "/usr/sbin/smbd", "samba", "holdfast-smb-")?;
+        let d = dir.path().to_owned();
+        for sub in ["private", "lock", "state", "cache", "pid", "log"] {
+            std::fs::create_dir_all(d.join(sub)).ok()?;
         }
+        let port = free_port();
+        let config = format!(
+            "[global]\nserver role = standalone server\nworkgroup = WORKGROUP\nnetbios name = HOLDFAST-TEST\n\
+             interfaces = 127.0.0.1\nbind interfaces only = yes\nsmb ports = {port}\ndisable netbios = yes\n\
+             server min protocol = SMB2_10\npassdb backend = tdbsam:{d}/private/passdb.tdb\n\
+             private dir = {d}/private\nlock directory = {d}/lock\nstate directory = {d}/state\n\
+             cache directory = {d}/cache\npid directory = {d}/pid\nncalrpc dir = {d}/state/ncalrpc\n\
+             log file = {d}/log/log.%m\nmap to guest = never\nload printers = no\nprinting = bsd\n\
+             printcap name = /dev/null\ndisable spoolss = yes\nserver services = -nbt\n\
+             [backup]\npath = {data}\nread only = no\nvalid users = {USER}\nforce user = {USER}\n",
+            d = d.display(),
+            data = data.display()
+        );
+        let conf = d.join("smb.conf");
+        std::fs::write(&conf, config).ok()?;
+        let mut pw = Command::new("smbpasswd")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-s", "-a", USER])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        if let Some(stdin) = pw.stdin.as_mut() {
+            use std::io::Write;
+            let _ = write!(stdin, "{PASSWORD}\n{PASSWORD}\n");
+        }
+        if !pw.wait().is_ok_and(|s| s.success()) {
+            unavailable(test, "smbpasswd could not add the test user");
+            return None;
+        }
+        let mut s = Self {
+            dir,
+            port,
+            data,
+            child: None,
+        };
+        if !s.spawn(test) {
+            return None;
+        }
+        Some(s)
+    }
+
+    fn spawn(&mut self, test: &str) -> bool {
+        self.child = listening(
+            test,
+            "smbd",
+            Command::new("/usr/sbin/smbd")
+                .args(["--foreground", "--no-process-group", "--configfile"])
+                .arg(self.dir.path().join("smb.conf")),
+            self.port,
+        );
+        self.child.is_some()
+    }
+
+    /// Stop the server and every per-connection process at once (as if it crashed).
+    pub fn kill(&mut self) {
+        kill_tree(&mut self.child);
+    }
+
+    /// Start again after [`Smbd::kill`], same port and users.
+    pub fn restart(&mut self, test: &str) -> bool {
+        self.kill();
+        self.spawn(test)
+    }
+}
+
+impl Drop for Smbd {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

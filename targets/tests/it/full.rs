@@ -115,3 +115,18 @@ async fn full_ftp_folder() {
     };
     fill(&ftp_target(&ftpd, false), &small).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_smb_share() {
+    let Some(smbd) = crate::fixtures::Smbd::start("full_smb_share") else {
+        return;
+    };
+    let Some(small) = SmallFs::mount("full_smb_share", &smbd.data) else {
+        return;
+    };
+    fill(
+        &crate::conformance::smb_target(&smbd, crate::fixtures::PASSWORD),
+        &small,
+    )
+    .await;
+}

@@ -6,3 +6,4 @@ mod fixtures;
 mod ftp_faults;
 mod full;
 mod sftp_faults;
+mod smb_faults;
