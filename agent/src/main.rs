@@ -11,6 +11,7 @@ mod device;
 mod exit;
 mod image_cmd;
 mod output;
+mod readahead;
 mod secret;
 mod storage;
 

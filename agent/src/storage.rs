@@ -6,9 +6,10 @@
 //! `HOLDFAST_TARGET_PASSWORD`, `HOLDFAST_TARGET_KEY`, `HOLDFAST_TARGET_KEY_PASSPHRASE`,
 //! `HOLDFAST_KNOWN_HOSTS`, `HOLDFAST_TARGET_CA`), never from the command line.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -17,6 +18,8 @@ use holdfast_image::chain::Locator;
 use holdfast_image::parts::{PartSink, PartStore};
 use holdfast_image::ImageError;
 use holdfast_targets::body::{channel_body, BodySender};
+
+use crate::readahead::ReadAhead;
 use holdfast_targets::ftp::FtpTarget;
 use holdfast_targets::location::{Credentials, Location};
 use holdfast_targets::sftp::SftpTarget;
@@ -214,8 +217,8 @@ fn key(name: &str) -> io::Result<ObjectKey> {
     ObjectKey::new(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
 }
 
-fn to_io(e: TargetError) -> io::Error {
-    let kind = match &e {
+pub(crate) fn to_io(e: &TargetError) -> io::Error {
+    let kind = match e {
         TargetError::NotFound { .. } => io::ErrorKind::NotFound,
         TargetError::Exists { .. } => io::ErrorKind::AlreadyExists,
         TargetError::Full { .. } => io::ErrorKind::StorageFull,
@@ -310,7 +313,7 @@ impl PartSink for TargetSink {
                 .remote
                 .block_on(handle)?
                 .map_err(|e| io::Error::other(e.to_string()))?;
-            r.map_err(to_io)?;
+            r.map_err(|e| to_io(&e))?;
             self.done.push(number);
         }
         Ok(())
@@ -352,28 +355,48 @@ impl Drop for TargetSink {
     }
 }
 
-/// Reads an image's parts from a target by byte ranges.
-pub struct TargetParts(pub Remote);
+/// Reads an image's parts from a target by byte ranges, reading ahead while reads run in
+/// order.
+pub struct TargetParts {
+    remote: Remote,
+    ahead: ReadAhead,
+    /// Part sizes asked for so far (an image does not change while it is read).
+    sizes: Mutex<HashMap<u32, Option<u64>>>,
+}
+
+impl TargetParts {
+    /// The parts of the image `remote` names.
+    pub fn new(remote: Remote) -> Self {
+        Self {
+            remote,
+            ahead: ReadAhead::default(),
+            sizes: Mutex::new(HashMap::new()),
+        }
+    }
+}
 
 impl PartStore for TargetParts {
     fn display_name(&self) -> String {
-        self.0.display.clone()
+        self.remote.display.clone()
     }
     fn part_name(&self, number: u32) -> String {
         let base = self
-            .0
+            .remote
             .display
             .rsplit_once('/')
             .map(|(b, _)| b)
             .unwrap_or("");
-        format!("{base}/{}", self.0.part_name(number))
+        format!("{base}/{}", self.remote.part_name(number))
     }
     fn highest_part(&self) -> io::Result<u32> {
-        let list = self.0.block_on(self.0.target.list(None))?.map_err(to_io)?;
-        if !list.iter().any(|m| m.name == self.0.name) {
+        let list = self
+            .remote
+            .block_on(self.remote.target.list(None))?
+            .map_err(|e| to_io(&e))?;
+        if !list.iter().any(|m| m.name == self.remote.name) {
             return Ok(0);
         }
-        let prefix = format!("{}.", self.0.name);
+        let prefix = format!("{}.", self.remote.name);
         Ok(list
             .iter()
             .filter_map(|m| m.name.strip_prefix(&prefix))
@@ -382,23 +405,45 @@ impl PartStore for TargetParts {
             .fold(1, u32::max))
     }
     fn part_size(&self, number: u32) -> io::Result<Option<u64>> {
-        let k = key(&self.0.part_name(number))?;
-        match self.0.block_on(self.0.target.size(&k))? {
-            Ok(n) => Ok(Some(n)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(to_io(e)),
+        let known = |s: &Self| {
+            s.sizes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&number)
+                .copied()
+        };
+        if let Some(size) = known(self) {
+            return Ok(size);
         }
+        let k = key(&self.remote.part_name(number))?;
+        let size = match self.remote.block_on(self.remote.target.size(&k))? {
+            Ok(n) => Some(n),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(to_io(&e)),
+        };
+        self.sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(number, size);
+        Ok(size)
     }
     fn read_part_at(&self, number: u32, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let k = key(&self.0.part_name(number))?;
+        let k = key(&self.remote.part_name(number))?;
+        if let Some(size) = self.part_size(number)? {
+            let rt = runtime().map_err(|e| io::Error::other(e.to_string()))?;
+            let part = (number, &k, size);
+            if let Some(done) = self.ahead.read(rt, &self.remote.target, part, buf, offset) {
+                return done;
+            }
+        }
         let data = self
-            .0
+            .remote
             .block_on(
-                self.0
+                self.remote
                     .target
                     .get_range(&k, offset..offset + buf.len() as u64),
             )?
-            .map_err(to_io)?;
+            .map_err(|e| to_io(&e))?;
         buf.copy_from_slice(&data);
         Ok(())
     }
@@ -415,14 +460,14 @@ impl Locator for TargetLocator {
             None => name.to_owned(),
         };
         r.name = name.to_owned();
-        Ok(Arc::new(TargetParts(r)))
+        Ok(Arc::new(TargetParts::new(r)))
     }
     fn candidates(&self) -> holdfast_image::Result<Vec<String>> {
         let list = self
             .0
             .block_on(self.0.target.list(None))
             .map_err(|e| ImageError::io("listing the target folder", e))?
-            .map_err(|e| ImageError::io("listing the target folder", to_io(e)))?;
+            .map_err(|e| ImageError::io("listing the target folder", to_io(&e)))?;
         Ok(list
             .into_iter()
             .filter(|m| !m.is_dir)

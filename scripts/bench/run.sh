@@ -32,24 +32,13 @@ AGENT=${HOLDFAST_AGENT:-${CARGO_TARGET_DIR:-/var/tmp/holdfast-target}/release/ho
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 export LC_ALL=C
 
-log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() {
-    printf 'run.sh: error: %s\n' "$*" >&2
-    exit 1
-}
+# shellcheck source=lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (loop mounts)"
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
 
 # Tools ------------------------------------------------------------------------
-apt_updated=0
-apt_install() {
-    if ((apt_updated == 0)); then
-        apt-get update -qq
-        apt_updated=1
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
-}
 need=()
 command -v partclone.ext4 >/dev/null || need+=(partclone)
 command -v zstd >/dev/null || need+=(zstd)
@@ -107,63 +96,7 @@ mount_ro() {
 }
 
 # Helpers ----------------------------------------------------------------------------
-now() { printf '%s\n' "${EPOCHREALTIME/,/.}"; }
-sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", a - b }'; }
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
-ratio() {
-    # ratio A B: A/B with two decimals, or n/a
-    if [[ $1 =~ ^[0-9.]+$ && $2 =~ ^[0-9.]+$ ]] && awk -v b="$2" 'BEGIN { exit !(b > 0) }'; then
-        awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", a / b }'
-    else
-        echo "n/a"
-    fi
-}
-mib() {
-    if [[ $1 =~ ^[0-9]+$ ]]; then
-        awk -v a="$1" 'BEGIN { printf "%.1f\n", a / 1048576 }'
-    else
-        echo "$1"
-    fi
-}
-size_of() { stat -c %s "$1" 2>/dev/null || echo "n/a"; }
-alloc_of() { du -B1 "$1" 2>/dev/null | cut -f1 || echo "n/a"; }
-
 declare -A T # id -> median wall seconds, or a word (failed, skipped)
-
-# measure ID PREP_FN RUN_FN: RUN_FN is timed RUNS times (PREP_FN, untimed, before
-# each run; "-" for none). A failure is reported and recorded, and the
-# benchmark goes on.
-measure() {
-    local id=$1 prep=$2 fn=$3 r t0 t1 times=()
-    # Untimed warm-up runs: the first run after another command pays for the page cache
-    # and memory that command left behind (seen here as 1.5-2x slower first runs, for
-    # every tool alike).
-    for ((r = 1; r <= WARMUP; r++)); do
-        if [[ $prep != - ]]; then
-            "$prep"
-        fi
-        sync
-        "$fn" >"$WORK/$id.out" 2>"$WORK/$id.err" || true
-    done
-    for ((r = 1; r <= RUNS; r++)); do
-        if [[ $prep != - ]]; then
-            "$prep"
-        fi
-        # Flush dirty pages of the previous run so its writeback does not land in this one.
-        sync
-        t0=$(now)
-        if ! "$fn" >"$WORK/$id.out" 2>"$WORK/$id.err"; then
-            log "$id: FAILED (run $r); last lines of its output:"
-            tail -n 5 "$WORK/$id.err" "$WORK/$id.out" >&2 || true
-            T[$id]=failed
-            return 0
-        fi
-        t1=$(now)
-        times+=("$(sub "$t1" "$t0")")
-    done
-    T[$id]=$(median "${times[@]}")
-    log "$id: ${times[*]} s -> median ${T[$id]} s"
-}
 
 skip_ours() {
     # skip_ours ID...: mark holdfast rows as skipped

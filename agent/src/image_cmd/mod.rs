@@ -26,7 +26,7 @@ use crate::storage::{place, Place, TargetLocator, TargetParts, TargetSink};
 pub fn open_image(spec: &Path, creds: Option<&Path>) -> Result<Image> {
     Ok(match place(spec, creds)? {
         Place::Local(path) => Image::open(Arc::new(FileParts::new(path)))?,
-        Place::Remote(r) => Image::open(Arc::new(TargetParts(r)))?,
+        Place::Remote(r) => Image::open(Arc::new(TargetParts::new(r)))?,
     })
 }
 
