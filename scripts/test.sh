@@ -35,6 +35,8 @@ PACKAGES=(
     samba       # smbd, smbpasswd: the SMB target tests start a real server on loopback
     smbclient   # smbclient: the SMB side of the target benchmark
     procps      # kill, pkill: stopping fixture servers as if they crashed
+    postgresql  # initdb, pg_ctl: the server's store tests run on PostgreSQL too
+    curl        # the server's HTTPS test talks to the real binary
     passwd      # useradd, chpasswd: the throwaway user the SFTP tests log in as
     gcc         # C compiler and linker for Rust build scripts and -sys crates
     libc6-dev   # C runtime files gcc needs to link (not pulled without recommends)

@@ -1,0 +1,152 @@
+//! Configuration: command-line flags, then environment variables, then a TOML file, then
+//! defaults (in that order of precedence).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser;
+use serde::Deserialize;
+
+/// `holdfast-server` flags (each also from an environment variable).
+#[derive(Debug, Parser)]
+#[command(
+    name = "holdfast-server",
+    version,
+    about = "Holdfast server: REST API, agent gateway and store, over HTTPS"
+)]
+pub struct Args {
+    /// TOML configuration file (same keys as the flags, with underscores).
+    #[arg(long, env = "HOLDFAST_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Folder for the SQLite store, the TLS identity and other state [default: ./holdfast-data].
+    #[arg(long, env = "HOLDFAST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address and port to listen on [default: 127.0.0.1:8443].
+    #[arg(long, env = "HOLDFAST_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Database URL: postgres://… for PostgreSQL [default: SQLite file in the data folder].
+    #[arg(long, env = "HOLDFAST_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// PEM certificate (chain) to present instead of the server's own.
+    #[arg(long, env = "HOLDFAST_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HOLDFAST_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Host names and addresses the server's own certificate is made for (comma-separated).
+    #[arg(long = "name", env = "HOLDFAST_SERVER_NAMES", value_delimiter = ',')]
+    pub names: Vec<String>,
+}
+
+/// The configuration file's keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    names: Option<Vec<String>>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub database_url: Option<String>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub names: Vec<String>,
+}
+
+impl Config {
+    /// Resolve `args` over the file they name and the defaults.
+    pub fn resolve(args: Args) -> Result<Self> {
+        let file = match &args.config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read configuration file '{}'", p.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("configuration file '{}' is not valid", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => bail!("tls_cert and tls_key go together: give both or neither"),
+        };
+        let mut names = if args.names.is_empty() {
+            file.names.unwrap_or_default()
+        } else {
+            args.names
+        };
+        if names.is_empty() {
+            names = default_names();
+        }
+        Ok(Self {
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("holdfast-data")),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
+            database_url: args.database_url.or(file.database_url),
+            tls,
+            names,
+        })
+    }
+
+    /// The configured certificate and key, if any.
+    pub fn tls_paths(&self) -> Option<(&Path, &Path)> {
+        self.tls.as_ref().map(|(c, k)| (c.as_path(), k.as_path()))
+    }
+}
+
+/// `localhost`, the loopback addresses and this machine's host name.
+fn default_names() -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if !h.is_empty() && h != "localhost" {
+            names.push(h.to_owned());
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let f = d.path().join("server.toml");
+        std::fs::write(&f, "listen = \"127.0.0.1:9000\"\ndata_dir = \"/srv/hf\"\n").expect("write");
+        let args = Args::parse_from([
+            "holdfast-server",
+            "--config",
+            f.to_str().expect("path"),
+            "--listen",
+            "127.0.0.1:9443",
+        ]);
+        let c = Config::resolve(args).expect("config");
+        assert_eq!(c.listen.port(), 9443);
+        assert_eq!(c.data_dir, PathBuf::from("/srv/hf"));
+        std::fs::write(&f, "lisen = \"x\"\n").expect("write");
+        let args = Args::parse_from(["holdfast-server", "--config", f.to_str().expect("path")]);
+        assert!(Config::resolve(args).is_err(), "unknown keys are refused");
+    }
+}

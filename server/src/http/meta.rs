@@ -1,0 +1,94 @@
+//! Health, metrics, server information and the audit log.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::caller::Caller;
+use super::error::ApiError;
+use super::{AppState, Page};
+use crate::auth::Role;
+use crate::store::Engine;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/info", get(info))
+        .route("/api/v1/audit", get(audit))
+}
+
+/// 200 when the store answers, 503 otherwise (for load balancers and monitoring).
+async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    if state.store.ping().await {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
+    }
+}
+
+/// Prometheus text format.
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let users = state.store.count_users().await?;
+    let m = &state.metrics;
+    let body = format!(
+        "# HELP holdfast_http_requests_total HTTP requests served.\n\
+         # TYPE holdfast_http_requests_total counter\n\
+         holdfast_http_requests_total {}\n\
+         # HELP holdfast_http_errors_total HTTP requests answered with a 5xx status.\n\
+         # TYPE holdfast_http_errors_total counter\n\
+         holdfast_http_errors_total {}\n\
+         # HELP holdfast_users Console and API users.\n\
+         # TYPE holdfast_users gauge\n\
+         holdfast_users {users}\n\
+         # HELP holdfast_uptime_seconds Seconds since the server started.\n\
+         # TYPE holdfast_uptime_seconds gauge\n\
+         holdfast_uptime_seconds {}\n",
+        m.requests.load(Ordering::Relaxed),
+        m.errors.load(Ordering::Relaxed),
+        state.started.elapsed().as_secs(),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
+}
+
+async fn info(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "database": match state.store.engine() { Engine::Sqlite => "sqlite", Engine::Postgres => "postgres" },
+        "certificate_fingerprint": state.fingerprint,
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    })))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<AuditQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let limit = super::page_limit(q.limit)?;
+    let items = state
+        .store
+        .audit_log(q.before.unwrap_or(i64::MAX), limit)
+        .await?;
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(Page { items, next }))
+}

@@ -1,0 +1,130 @@
+//! The HTTP API: one router per resource, merged here, sharing one [`AppState`].
+
+mod caller;
+mod error;
+mod meta;
+mod session;
+mod tokens;
+mod users;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+
+pub use caller::SESSION_COOKIE;
+pub use error::ApiError;
+
+use crate::auth::LoginLimiter;
+use crate::store::Store;
+
+/// Request counters for `/metrics`.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub limiter: Arc<LoginLimiter>,
+    pub metrics: Arc<Metrics>,
+    pub started: Instant,
+    /// Fingerprint of the certificate agents pin.
+    pub fingerprint: String,
+    /// A password hash to verify against when the user is unknown (constant-time logins).
+    pub dummy_hash: String,
+}
+
+impl AppState {
+    /// State over `store`, for a server whose pinned certificate has `fingerprint`.
+    pub fn new(store: Store, fingerprint: String) -> anyhow::Result<Self> {
+        let dummy_hash = crate::auth::hash_password("holdfast-no-such-user")
+            .map_err(|e| anyhow::anyhow!("cannot hash: {e}"))?;
+        Ok(Self {
+            store,
+            limiter: Arc::default(),
+            metrics: Arc::default(),
+            started: Instant::now(),
+            fingerprint,
+            dummy_hash,
+        })
+    }
+}
+
+/// The whole application.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(meta::router())
+        .merge(session::router())
+        .merge(users::router())
+        .merge(tokens::router())
+        .fallback(|| async { ApiError::NotFound("this path".into()) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    if resp.status().is_server_error() {
+        state.metrics.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    resp
+}
+
+/// Run CPU-heavy work (password hashing) on the blocking pool.
+async fn blocking<R: Send + 'static>(
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker failed: {e}")))
+}
+
+/// One page of a list, and where the next one starts.
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` (or `before`) to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<i64>,
+}
+
+impl<T> Page<T> {
+    /// A page of items in ascending id order.
+    fn after(items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Self {
+        let next = (items.len() as i64 == limit)
+            .then(|| items.last().map(&id))
+            .flatten();
+        Self { items, next }
+    }
+}
+
+/// `?after=ID&limit=N`.
+#[derive(Debug, Deserialize)]
+pub struct PageQuery {
+    pub after: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+impl PageQuery {
+    fn limit(&self) -> Result<i64, ApiError> {
+        page_limit(self.limit)
+    }
+}
+
+/// A page size: 1 to 500, 100 when not given.
+fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit.unwrap_or(100) {
+        n @ 1..=500 => Ok(n),
+        _ => Err(ApiError::Invalid("limit must be between 1 and 500".into())),
+    }
+}

@@ -1,0 +1,141 @@
+//! Console login and logout (a session cookie), and the caller's own account.
+
+use axum::extract::State;
+use axum::http::header::SET_COOKIE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::caller::{cookie, Caller, ClientIp, SESSION_COOKIE};
+use super::error::{ApiError, ApiJson};
+use super::{blocking, AppState};
+use crate::auth::{hash_password, new_secret, secret_hash, verify_password};
+use crate::store::now;
+
+/// How long a console session lasts.
+const SESSION_SECONDS: i64 = 12 * 3600;
+/// Shortest password accepted.
+pub const MIN_PASSWORD: usize = 10;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/session", post(login).delete(logout))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/me/password", put(change_password))
+}
+
+#[derive(Deserialize)]
+struct Login {
+    name: String,
+    password: Zeroizing<String>,
+}
+
+fn session_cookie(value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(&format!(
+        "{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
+    ))
+    .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ApiJson(body): ApiJson<Login>,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(wait) = state.limiter.retry_after(ip) {
+        return Err(ApiError::RateLimited(wait));
+    }
+    let found = state.store.user_with_hash(&body.name).await?;
+    let password = body.password.clone();
+    // Verify against a dummy hash when the user is unknown, so timing does not tell.
+    let (user, hash) = match found {
+        Some((u, h)) => (Some(u), h),
+        None => (None, state.dummy_hash.clone()),
+    };
+    let ok = blocking(move || verify_password(&password, &hash)).await?;
+    let user = match user {
+        Some(u) if ok && !u.disabled => u,
+        _ => {
+            state.limiter.failed(ip);
+            tracing::warn!(user = %body.name, %ip, "failed login");
+            return Err(ApiError::BadLogin);
+        }
+    };
+    state.limiter.succeeded(ip);
+    let secret = new_secret("").map_err(ApiError::Internal)?;
+    state
+        .store
+        .create_session(&secret_hash(&secret), user.id, now() + SESSION_SECONDS)
+        .await?;
+    state
+        .store
+        .audit(
+            &user.name,
+            "login",
+            &format!("user:{}", user.id),
+            &ip.to_string(),
+        )
+        .await?;
+    let mut headers = HeaderMap::new();
+    headers.insert(SET_COOKIE, session_cookie(&secret, SESSION_SECONDS)?);
+    Ok((headers, Json(user)))
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    parts: axum::http::request::Parts,
+) -> Result<impl IntoResponse, ApiError> {
+    if let Some(session) = cookie(&parts, SESSION_COOKIE) {
+        state.store.delete_session(&secret_hash(session)).await?;
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(SET_COOKIE, session_cookie("", 0)?);
+    Ok((StatusCode::NO_CONTENT, headers))
+}
+
+async fn me(caller: Caller) -> impl IntoResponse {
+    Json(caller.user)
+}
+
+#[derive(Deserialize)]
+struct ChangePassword {
+    current: Zeroizing<String>,
+    new: Zeroizing<String>,
+}
+
+async fn change_password(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<ChangePassword>,
+) -> Result<impl IntoResponse, ApiError> {
+    if body.new.chars().count() < MIN_PASSWORD {
+        return Err(ApiError::Invalid(format!(
+            "the new password must have at least {MIN_PASSWORD} characters"
+        )));
+    }
+    let Some((_, hash)) = state.store.user_with_hash(&caller.user.name).await? else {
+        return Err(ApiError::Unauthorized);
+    };
+    let current = body.current.clone();
+    if !blocking(move || verify_password(&current, &hash)).await? {
+        return Err(ApiError::Invalid("the current password is wrong".into()));
+    }
+    let new = body.new.clone();
+    let hash = blocking(move || hash_password(&new))
+        .await?
+        .map_err(ApiError::Internal)?;
+    state.store.set_password(caller.user.id, &hash).await?;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "change_password",
+            &format!("user:{}", caller.user.id),
+            "",
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

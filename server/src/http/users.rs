@@ -1,0 +1,108 @@
+//! User management (admins only).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use super::caller::Caller;
+use super::error::{ApiError, ApiJson};
+use super::session::MIN_PASSWORD;
+use super::{blocking, AppState, Page, PageQuery};
+use crate::auth::{hash_password, Role};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/users", get(list).post(create))
+        .route("/api/v1/users/{id}", delete(remove))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let limit = q.limit()?;
+    let items = state.store.users(q.after.unwrap_or(0), limit).await?;
+    Ok(Json(Page::after(items, limit, |u| u.id)))
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+    password: Zeroizing<String>,
+    role: Role,
+}
+
+/// A user name: 1–64 letters, digits, `.`, `_`, `-` or `@`.
+pub fn valid_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.chars().count() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(
+            "user names have 1 to 64 letters, digits, '.', '_', '-' or '@'".into(),
+        ))
+    }
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewUser>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    valid_name(&body.name)?;
+    if body.password.chars().count() < MIN_PASSWORD {
+        return Err(ApiError::Invalid(format!(
+            "passwords must have at least {MIN_PASSWORD} characters"
+        )));
+    }
+    let password = body.password.clone();
+    let hash = blocking(move || hash_password(&password))
+        .await?
+        .map_err(ApiError::Internal)?;
+    let user = state
+        .store
+        .create_user(&body.name, &hash, body.role)
+        .await?;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "create_user",
+            &format!("user:{}", user.id),
+            &format!("name={} role={}", user.name, user.role.as_str()),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    if id == caller.user.id {
+        return Err(ApiError::Invalid(
+            "you cannot delete your own account".into(),
+        ));
+    }
+    if !state.store.delete_user(id).await? {
+        return Err(ApiError::NotFound(format!("user {id}")));
+    }
+    state
+        .store
+        .audit(&caller.user.name, "delete_user", &format!("user:{id}"), "")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

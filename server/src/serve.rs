@@ -1,0 +1,120 @@
+//! Start-up: data folder, store, the first admin, TLS identity, HTTPS, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use zeroize::Zeroizing;
+
+use crate::auth::{hash_password, new_secret, Role};
+use crate::config::Config;
+use crate::http::{app, AppState};
+use crate::store::Store;
+use crate::tls;
+
+/// Environment variable that sets the first admin's password (else one is generated and
+/// printed once).
+pub const ADMIN_PASSWORD_ENV: &str = "HOLDFAST_ADMIN_PASSWORD";
+
+/// Create the `admin` user when there is no user at all, with `given` as its password or
+/// a generated one; the password, when the user is new.
+pub async fn first_admin(
+    store: &Store,
+    given: Option<Zeroizing<String>>,
+) -> Result<Option<Zeroizing<String>>> {
+    if store.count_users().await? > 0 {
+        return Ok(None);
+    }
+    let password = match given {
+        Some(p) if !p.is_empty() => p,
+        _ => Zeroizing::new(new_secret("").map_err(|e| anyhow!(e))?[..20].to_owned()),
+    };
+    let p = password.clone();
+    let hash = tokio::task::spawn_blocking(move || hash_password(&p))
+        .await?
+        .map_err(|e| anyhow!(e))?;
+    store.create_user("admin", &hash, Role::Admin).await?;
+    store
+        .audit("server", "create_user", "user:admin", "first start")
+        .await?;
+    Ok(Some(password))
+}
+
+/// Run the server until SIGINT or SIGTERM. `admin_password` is used when the first start
+/// creates the `admin` user.
+pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data folder '{}'", config.data_dir.display()))?;
+    let url = config
+        .database_url
+        .clone()
+        .unwrap_or_else(|| Store::sqlite_url(&config.data_dir));
+    let store = Store::open(&url)
+        .await
+        .context("cannot open the database")?;
+    let identity = tls::identity(&config.data_dir, config.tls_paths(), &config.names)?;
+    let new_admin = first_admin(&store, admin_password).await?;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rustls_config =
+        axum_server::tls_rustls::RustlsConfig::from_pem_file(&identity.cert, &identity.key)
+            .await
+            .context("cannot load the TLS certificate and key")?;
+    let state = AppState::new(store.clone(), identity.fingerprint.clone())?;
+
+    let host = match config.listen.ip() {
+        ip if ip.is_unspecified() => "localhost".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    println!("Holdfast server {}", env!("CARGO_PKG_VERSION"));
+    println!("  console:      https://{host}:{}/", config.listen.port());
+    println!("  data folder:  {}", config.data_dir.display());
+    println!("  certificate:  {} (agents pin this)", identity.fingerprint);
+    if let Some(p) = new_admin {
+        println!(
+            "  first start:  user 'admin', password '{}' (shown once; change it)",
+            p.as_str()
+        );
+    }
+
+    // Expired sessions are dropped now and then.
+    let purge = store.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            if let Err(e) = purge.purge_sessions().await {
+                tracing::warn!(error = %e, "could not purge expired sessions");
+            }
+        }
+    });
+
+    let handle = axum_server::Handle::new();
+    let on_signal = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        on_signal.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    axum_server::bind_rustls(config.listen, rustls_config)
+        .handle(handle)
+        .serve(app(state).into_make_service_with_connect_info::<SocketAddr>())
+        .await
+        .with_context(|| format!("cannot serve on {}", config.listen))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

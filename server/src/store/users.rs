@@ -1,0 +1,129 @@
+//! Console and API users.
+
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, Row as _};
+
+use super::{now, Store, StoreError};
+use crate::auth::Role;
+
+/// A user as the API shows it (never the password hash).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub role: Role,
+    pub created_at: i64,
+    pub disabled: bool,
+}
+
+fn user(row: &sqlx::any::AnyRow) -> Result<User, sqlx::Error> {
+    let role: String = row.try_get("role")?;
+    Ok(User {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        role: role
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        created_at: row.try_get("created_at")?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+    })
+}
+
+/// The columns every user query returns (a constant, so the formatted SQL is safe).
+const COLUMNS: &str = "id, name, role, created_at, disabled";
+
+impl Store {
+    /// Add a user; `Conflict` when the name is taken.
+    pub async fn create_user(
+        &self,
+        name: &str,
+        password_hash: &str,
+        role: Role,
+    ) -> Result<User, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO users (name, password_hash, role, created_at) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+        )))
+        .bind(name)
+        .bind(password_hash)
+        .bind(role.as_str())
+        .bind(now())
+        .fetch_one(self.pool())
+        .await
+        .map_err(|e| StoreError::unique(e, format!("user '{name}'")))?;
+        Ok(user(&row)?)
+    }
+
+    /// The number of users.
+    pub async fn count_users(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM users")
+            .fetch_one(self.pool())
+            .await?
+            .try_get("n")?)
+    }
+
+    /// A user by name, with the password hash.
+    pub async fn user_with_hash(&self, name: &str) -> Result<Option<(User, String)>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS}, password_hash FROM users WHERE name = $1"
+        )))
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await?;
+        match row {
+            Some(r) => Ok(Some((user(&r)?, r.try_get("password_hash")?))),
+            None => Ok(None),
+        }
+    }
+
+    /// A user by id.
+    pub async fn user(&self, id: i64) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM users WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(user).transpose()?)
+    }
+
+    /// One page of users, by id.
+    pub async fn users(&self, after: i64, limit: i64) -> Result<Vec<User>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2"
+        )))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(user).collect::<Result<_, _>>()?)
+    }
+
+    /// Change a user's password hash.
+    pub async fn set_password(&self, id: i64, password_hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(password_hash)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Remove a user (their sessions and tokens go with them).
+    pub async fn delete_user(&self, id: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM sessions WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

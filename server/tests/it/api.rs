@@ -1,0 +1,338 @@
+//! The REST API through the router: authentication, roles, validation, errors, audit.
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+use tower::ServiceExt as _;
+
+use holdfast_server::http::{app, AppState, SESSION_COOKIE};
+use holdfast_server::serve::first_admin;
+use holdfast_server::store::Store;
+
+struct Api {
+    app: axum::Router,
+    _dir: tempfile::TempDir,
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+}
+
+impl Api {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&Store::sqlite_url(dir.path()))
+            .await
+            .expect("store");
+        first_admin(&store, Some("admin-password-1".to_owned().into()))
+            .await
+            .expect("admin");
+        let state = AppState::new(store, "SHA256:test".into()).expect("state");
+        Self {
+            app: app(state),
+            _dir: dir,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(a) = auth {
+            req = if a.starts_with("hft_") {
+                req.header(header::AUTHORIZATION, format!("Bearer {a}"))
+            } else {
+                req.header(header::COOKIE, format!("{SESSION_COOKIE}={a}"))
+            };
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .expect("request");
+        let resp = self.app.clone().oneshot(req).await.expect("response");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Log in; the session cookie's value.
+    async fn login(&self, name: &str, password: &str) -> String {
+        let r = self
+            .call(
+                "POST",
+                "/api/v1/session",
+                None,
+                Some(json!({"name": name, "password": password})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let cookie = r.headers[header::SET_COOKIE]
+            .to_str()
+            .expect("cookie")
+            .to_owned();
+        for attr in ["HttpOnly", "Secure", "SameSite=Strict"] {
+            assert!(cookie.contains(attr), "{cookie}");
+        }
+        cookie
+            .split(';')
+            .next()
+            .and_then(|kv| kv.split_once('='))
+            .map(|(_, v)| v.to_owned())
+            .expect("value")
+    }
+}
+
+fn code(r: &Reply) -> &str {
+    r.body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn login_roles_tokens_and_audit() {
+    let api = Api::new().await;
+    // Nothing without authentication, with a JSON error that says so.
+    let r = api.call("GET", "/api/v1/me", None, None).await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let r = api
+        .call("GET", "/api/v1/users", Some("not-a-session"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    let admin = api.login("admin", "admin-password-1").await;
+    let r = api.call("GET", "/api/v1/me", Some(&admin), None).await;
+    assert_eq!(r.body["role"], "admin");
+
+    // Validation: short password, bad name, unknown role, malformed JSON, duplicate.
+    for (body, want) in [
+        (
+            json!({"name": "vera", "password": "short", "role": "viewer"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "a b", "password": "long-enough-pw", "role": "viewer"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            json!({"name": "vera", "password": "long-enough-pw", "role": "root"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({"name": "vera"}), StatusCode::UNPROCESSABLE_ENTITY),
+    ] {
+        let r = api
+            .call("POST", "/api/v1/users", Some(&admin), Some(body))
+            .await;
+        assert_eq!((r.status, code(&r)), (want, "invalid"), "{}", r.body);
+    }
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/users",
+            Some(&admin),
+            Some(json!({"name": "vera", "password": "viewer-pass-1", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(r.body.get("password_hash").is_none());
+    let vera_id = r.body["id"].as_i64().expect("id");
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/users",
+            Some(&admin),
+            Some(json!({"name": "vera", "password": "viewer-pass-1", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!((r.status, code(&r)), (StatusCode::CONFLICT, "conflict"));
+
+    // A viewer reads but cannot manage users.
+    let vera = api.login("vera", "viewer-pass-1").await;
+    let r = api.call("GET", "/api/v1/info", Some(&vera), None).await;
+    assert_eq!(r.body["database"], "sqlite");
+    let r = api.call("GET", "/api/v1/users", Some(&vera), None).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::FORBIDDEN, "forbidden"));
+    let r = api.call("GET", "/api/v1/audit", Some(&vera), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    // Personal tokens: shown once, work as bearer, stop working when revoked.
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&vera),
+            Some(json!({"name": "monitoring"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let secret = r.body["secret"].as_str().expect("secret").to_owned();
+    let token_id = r.body["token"]["id"].as_i64().expect("id");
+    let r = api.call("GET", "/api/v1/me", Some(&secret), None).await;
+    assert_eq!(r.body["name"], "vera");
+    let r = api.call("GET", "/api/v1/tokens", Some(&vera), None).await;
+    assert!(
+        !r.body.to_string().contains(&secret),
+        "the secret is never listed"
+    );
+    let r = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/tokens/{token_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "only the owner revokes");
+    let r = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/tokens/{token_id}"),
+            Some(&vera),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api.call("GET", "/api/v1/me", Some(&secret), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // Logout ends the session.
+    let r = api
+        .call("DELETE", "/api/v1/session", Some(&vera), None)
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let r = api.call("GET", "/api/v1/me", Some(&vera), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // Password change needs the current password.
+    let r = api
+        .call(
+            "PUT",
+            "/api/v1/me/password",
+            Some(&admin),
+            Some(json!({"current": "wrong", "new": "new-admin-pass-2"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = api
+        .call(
+            "PUT",
+            "/api/v1/me/password",
+            Some(&admin),
+            Some(json!({"current": "admin-password-1", "new": "new-admin-pass-2"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    api.login("admin", "new-admin-pass-2").await;
+
+    // Users page, and deleting one (not oneself).
+    let r = api
+        .call("GET", "/api/v1/users?limit=1", Some(&admin), None)
+        .await;
+    assert_eq!(r.body["items"].as_array().map(Vec::len), Some(1));
+    assert!(r.body["next"].is_i64());
+    let r = api
+        .call("GET", "/api/v1/users?limit=0", Some(&admin), None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let r = api
+        .call(
+            "DELETE",
+            &format!("/api/v1/users/{vera_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+
+    // The audit log names who did what.
+    let r = api.call("GET", "/api/v1/audit", Some(&admin), None).await;
+    let actions: Vec<&str> = r.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for a in [
+        "create_user",
+        "create_token",
+        "revoke_token",
+        "change_password",
+        "delete_user",
+        "login",
+    ] {
+        assert!(actions.contains(&a), "{a} missing from {actions:?}");
+    }
+}
+
+#[tokio::test]
+async fn failed_logins_are_rate_limited() {
+    let api = Api::new().await;
+    for _ in 0..5 {
+        let r = api
+            .call(
+                "POST",
+                "/api/v1/session",
+                None,
+                Some(json!({"name": "admin", "password": "guess"})),
+            )
+            .await;
+        assert_eq!(
+            (r.status, code(&r)),
+            (StatusCode::UNAUTHORIZED, "bad_login")
+        );
+    }
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/session",
+            None,
+            Some(json!({"name": "admin", "password": "admin-password-1"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
+    assert!(r.headers.contains_key(header::RETRY_AFTER));
+    // An unknown user fails the same way as a wrong password.
+    let api = Api::new().await;
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/session",
+            None,
+            Some(json!({"name": "ghost", "password": "x"})),
+        )
+        .await;
+    assert_eq!(code(&r), "bad_login");
+}
+
+#[tokio::test]
+async fn health_metrics_and_unknown_paths() {
+    let api = Api::new().await;
+    let r = api.call("GET", "/healthz", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = api.call("GET", "/metrics", None, None).await;
+    let text = r.body.as_str().expect("text");
+    assert!(text.contains("holdfast_http_requests_total 1"), "{text}");
+    assert!(text.contains("holdfast_users 1"));
+    let r = api.call("GET", "/api/v1/nothing-here", None, None).await;
+    assert_eq!((r.status, code(&r)), (StatusCode::NOT_FOUND, "not_found"));
+}
