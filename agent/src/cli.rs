@@ -12,7 +12,7 @@ const EXIT_CODES: &str = "Exit codes: 0 success, 1 failure, 2 usage, 3 image dam
 4 password missing or wrong, 5 refused to protect data (mounted, too small, exists, other source), 6 cancelled.
 Passwords: --password-file FILE or HOLDFAST_PASSWORD (convert: --new-password-file or HOLDFAST_NEW_PASSWORD).";
 
-/// Holdfast agent: disk images from the command line.
+/// Holdfast agent: disk images from the command line, and the daemon the server steers.
 #[derive(Debug, Parser)]
 #[command(name = "holdfast-agent", version, about, long_about = None, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -25,6 +25,36 @@ enum Command {
     /// Create, inspect, validate, restore, merge and convert images.
     #[command(subcommand, after_help = EXIT_CODES)]
     Image(ImageCommand),
+    /// Register this machine with a server (one-time token from the console or API).
+    Enroll(EnrollArgs),
+    /// Run the agent: keep the channel to the server open and do what it asks.
+    Run(RunArgs),
+}
+
+/// `enroll`.
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// The server, `https://host:port`.
+    #[arg(long)]
+    pub server: String,
+    /// The enrolment token.
+    #[arg(long, env = "HOLDFAST_ENROLL_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The server certificate's fingerprint, `SHA256:…` (printed by the server, shown in
+    /// the console with the token).
+    #[arg(long)]
+    pub fingerprint: String,
+    /// Configuration file to write [default: /etc/holdfast/agent.json or HOLDFAST_AGENT_CONFIG].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Configuration file written by `enroll` [default: /etc/holdfast/agent.json or HOLDFAST_AGENT_CONFIG].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 /// The image subcommands.
@@ -229,7 +259,9 @@ pub struct ConvertArgs {
 impl Cli {
     /// True when the command asked for JSON output.
     pub fn json(&self) -> bool {
-        let Command::Image(c) = &self.command;
+        let Command::Image(c) = &self.command else {
+            return false;
+        };
         match c {
             ImageCommand::Create(a) => a.common.json,
             ImageCommand::Info(a) => a.common.json,
@@ -242,7 +274,11 @@ impl Cli {
 
     /// Run the command.
     pub fn run(self) -> anyhow::Result<ExitCode> {
-        let Command::Image(c) = self.command;
+        let c = match self.command {
+            Command::Image(c) => c,
+            Command::Enroll(a) => return crate::link::cli_enroll(a),
+            Command::Run(a) => return crate::link::cli_run(a),
+        };
         match c {
             ImageCommand::Create(a) => image_cmd::create::run(a),
             ImageCommand::Info(a) => image_cmd::info::run(a),

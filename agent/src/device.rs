@@ -33,14 +33,14 @@ fn minor(dev: u64) -> u32 {
     ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32
 }
 
-fn read_trim(p: impl AsRef<Path>) -> Option<String> {
+pub(crate) fn read_trim(p: impl AsRef<Path>) -> Option<String> {
     fs::read_to_string(p)
         .ok()
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
 }
 
-fn parse_devno(s: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_devno(s: &str) -> Option<(u32, u32)> {
     let (a, b) = s.trim().split_once(':')?;
     Some((a.parse().ok()?, b.parse().ok()?))
 }
@@ -155,6 +155,8 @@ pub struct Mount {
     pub mount_point: PathBuf,
     /// Mounted read-write.
     pub read_write: bool,
+    /// Filesystem type (`ext4`, `vfat`, …).
+    pub fstype: String,
 }
 
 fn unescape(s: &str) -> String {
@@ -192,10 +194,19 @@ pub fn read_mounts() -> Result<Vec<Mount>> {
             continue;
         };
         let read_write = f[5].split(',').any(|o| o == "rw");
+        // Optional fields end with a lone "-"; the filesystem type follows it.
+        let fstype = f
+            .iter()
+            .skip(6)
+            .skip_while(|x| **x != "-")
+            .nth(1)
+            .map(|t| (*t).to_owned())
+            .unwrap_or_default();
         out.push(Mount {
             devno,
             mount_point: PathBuf::from(unescape(f[4])),
             read_write,
+            fstype,
         });
     }
     Ok(out)

@@ -1,6 +1,6 @@
-//! `holdfast-agent`: the Holdfast agent. Today it is the standalone command line for every
-//! image operation (usable on a rescue system with no server); the daemon that talks to the
-//! server comes with the server issue.
+//! `holdfast-agent`: the Holdfast agent — the standalone command line for every image
+//! operation (usable on a rescue system with no server), enrolment, and the daemon that
+//! keeps a channel to the server (`link/`).
 
 use std::process::ExitCode;
 
@@ -10,6 +10,8 @@ mod cli;
 mod device;
 mod exit;
 mod image_cmd;
+mod inventory;
+mod link;
 mod output;
 mod readahead;
 mod secret;

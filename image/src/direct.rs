@@ -58,7 +58,7 @@ fn open_pair(opts: &OpenOptions, path: &Path) -> io::Result<(Option<File>, File)
 }
 
 fn is_aligned(offset: u64, len: usize) -> bool {
-    offset % ALIGN as u64 == 0 && len % ALIGN == 0
+    offset.is_multiple_of(ALIGN as u64) && len.is_multiple_of(ALIGN)
 }
 
 /// Appends a stream to a new file: full aligned chunks go direct, the tail buffered.

@@ -373,7 +373,7 @@ fn read_gpt_copy(disk: &dyn ReadAt, ss: u64, lba: u64) -> Result<(GptHeader, Vec
         entries_crc: le32(&hdr, 88),
     };
     let disk_sectors = disk.size() / ss;
-    if header.entry_size < 128 || header.entry_size % 8 != 0 {
+    if header.entry_size < 128 || !header.entry_size.is_multiple_of(8) {
         return Err(corrupt(format!("GPT entry size {}", header.entry_size)));
     }
     let array_bytes = header.entry_count * header.entry_size;

@@ -4,12 +4,14 @@
 //! over HTTPS, with its state in SQLite or PostgreSQL. Image data never passes through it.
 //!
 //! Layout: [`config`] (flags, environment, TOML), [`store`] (every SQL statement),
-//! [`auth`] (roles, password hashing, secrets, login rate limit), [`tls`] (the server's own
+//! [`auth`] (roles, password hashing, secrets, login rate limit), [`gateway`] (connected
+//! agents and requests to them), [`tls`] (the server's own
 //! CA and certificate), [`http`] (one router per resource), [`serve`] (start-up, the first
 //! admin, HTTPS, shutdown).
 
 pub mod auth;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod serve;
 pub mod store;

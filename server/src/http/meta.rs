@@ -47,11 +47,15 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
          # HELP holdfast_users Console and API users.\n\
          # TYPE holdfast_users gauge\n\
          holdfast_users {users}\n\
+         # HELP holdfast_agents_online Agents with their channel open.\n\
+         # TYPE holdfast_agents_online gauge\n\
+         holdfast_agents_online {}\n\
          # HELP holdfast_uptime_seconds Seconds since the server started.\n\
          # TYPE holdfast_uptime_seconds gauge\n\
          holdfast_uptime_seconds {}\n",
         m.requests.load(Ordering::Relaxed),
         m.errors.load(Ordering::Relaxed),
+        state.gateway.online_count(),
         state.started.elapsed().as_secs(),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))

@@ -1,5 +1,7 @@
 //! The HTTP API: one router per resource, merged here, sharing one [`AppState`].
 
+mod agent_channel;
+mod agents;
 mod caller;
 mod error;
 mod meta;
@@ -21,6 +23,7 @@ pub use caller::SESSION_COOKIE;
 pub use error::ApiError;
 
 use crate::auth::LoginLimiter;
+use crate::gateway::Gateway;
 use crate::store::Store;
 
 /// Request counters for `/metrics`.
@@ -34,6 +37,7 @@ pub struct Metrics {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    pub gateway: Arc<Gateway>,
     pub limiter: Arc<LoginLimiter>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
@@ -50,6 +54,7 @@ impl AppState {
             .map_err(|e| anyhow::anyhow!("cannot hash: {e}"))?;
         Ok(Self {
             store,
+            gateway: Arc::default(),
             limiter: Arc::default(),
             metrics: Arc::default(),
             started: Instant::now(),
@@ -66,6 +71,8 @@ pub fn app(state: AppState) -> Router {
         .merge(session::router())
         .merge(users::router())
         .merge(tokens::router())
+        .merge(agents::router())
+        .merge(agent_channel::router())
         .fallback(|| async { ApiError::NotFound("this path".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)

@@ -5,6 +5,7 @@
 //! (both engines accept them), times are Unix seconds in integer columns, and each engine
 //! has its own migration folder under `migrations/`.
 
+pub mod agents;
 pub mod audit;
 pub mod sessions;
 pub mod tokens;

@@ -1,20 +1,9 @@
 //! The real binary, as the README starts it: HTTPS with its own CA, the first admin printed
 //! once, and a client that trusts only that CA.
 
-use std::io::{BufRead as _, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-fn curl(args: &[&str]) -> Option<(String, String)> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
-        .args(args)
-        .output()
-        .ok()?;
-    Some((
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
+use crate::proc::{curl, free_port, printed_secrets, start};
 
 #[test]
 fn server_starts_with_its_own_ca_and_first_admin() {
@@ -27,26 +16,14 @@ fn server_starts_with_its_own_ca_and_first_admin() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let port = free_port();
     let (mut child, printed) = start(dir.path(), port, true);
     let text = printed.join("\n");
     assert!(
         text.contains(&format!("https://127.0.0.1:{port}/")),
         "{text}"
     );
-    let fingerprint = text
-        .split_whitespace()
-        .find(|w| w.starts_with("SHA256:"))
-        .expect("fingerprint printed")
-        .to_owned();
-    let password = text
-        .split('\'')
-        .nth(3)
-        .expect("password printed")
-        .to_owned();
+    let (fingerprint, password) = printed_secrets(&printed);
 
     let ca = dir.path().join("tls/ca.pem");
     let base = format!("https://localhost:{port}");
@@ -107,34 +84,4 @@ fn server_starts_with_its_own_ca_and_first_admin() {
         text.contains(&fingerprint) && !text.contains("first start"),
         "{text}"
     );
-}
-
-/// Start the server; the lines it printed up to the certificate line (and the first-start
-/// line when `first` is true).
-fn start(dir: &std::path::Path, port: u16, first: bool) -> (std::process::Child, Vec<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast-server"))
-        .args(["--data-dir", dir.to_str().expect("path")])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env_remove("HOLDFAST_ADMIN_PASSWORD")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let mut printed = Vec::new();
-    let mut seen_certificate = false;
-    for line in lines {
-        let line = line.expect("line");
-        seen_certificate |= line.contains("certificate:");
-        let done = if first {
-            line.contains("first start")
-        } else {
-            seen_certificate
-        };
-        printed.push(line);
-        if done {
-            break;
-        }
-    }
-    (child, printed)
 }

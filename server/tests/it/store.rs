@@ -89,6 +89,81 @@ async fn exercise(store: &Store) {
     let rest = store.audit_log(page[1].id, 10).await.expect("log");
     assert_eq!(rest[0].subject, "thing:0");
     assert!(store.ping().await);
+
+    // Enrolment tokens: each use creates an agent, until used up, revoked or expired.
+    let now = holdfast_server::store::now();
+    let t = store
+        .create_enrollment_token("lab", "e-hash", 2, now + 60, "alice")
+        .await
+        .expect("token");
+    let a1 = store
+        .enroll_agent("e-hash", "pc1", "s1")
+        .await
+        .expect("enrol")
+        .expect("agent");
+    let a2 = store
+        .enroll_agent("e-hash", "pc2", "s2")
+        .await
+        .expect("enrol")
+        .expect("agent");
+    assert_ne!(a1, a2);
+    assert!(
+        store
+            .enroll_agent("e-hash", "pc3", "s3")
+            .await
+            .expect("enrol")
+            .is_none(),
+        "used up"
+    );
+    store
+        .create_enrollment_token("old", "e-old", 5, now - 1, "alice")
+        .await
+        .expect("token");
+    assert!(
+        store
+            .enroll_agent("e-old", "pc4", "s4")
+            .await
+            .expect("enrol")
+            .is_none(),
+        "expired"
+    );
+    let t2 = store
+        .create_enrollment_token("rev", "e-rev", 5, now + 60, "alice")
+        .await
+        .expect("token");
+    assert!(store.revoke_enrollment_token(t2.id).await.expect("revoke"));
+    assert!(
+        store
+            .enroll_agent("e-rev", "pc5", "s5")
+            .await
+            .expect("enrol")
+            .is_none(),
+        "revoked"
+    );
+    assert_eq!(
+        store
+            .enrollment_tokens()
+            .await
+            .expect("list")
+            .iter()
+            .find(|x| x.id == t.id)
+            .map(|x| x.uses_left),
+        Some(0)
+    );
+    // Agents: inventory, last seen, revocation.
+    store
+        .set_inventory(a1, "pc1.lan", "Debian 12", "0.1.0", "{\"disks\":[]}")
+        .await
+        .expect("inventory");
+    let a = store.agent(a1).await.expect("get").expect("agent");
+    assert_eq!(
+        (a.hostname.as_str(), a.secret_hash.as_str()),
+        ("pc1.lan", "s1")
+    );
+    assert!(a.inventory.is_some() && a.last_seen_at.is_some());
+    assert!(store.revoke_agent(a1).await.expect("revoke"));
+    assert!(!store.revoke_agent(a1).await.expect("revoke twice"));
+    assert_eq!(store.agents(0, 10).await.expect("list").len(), 2);
 }
 
 #[tokio::test]

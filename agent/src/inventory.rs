@@ -1,0 +1,258 @@
+//! What this machine has: disks and volumes, from sysfs, `/proc` and the devices' first
+//! sectors (no external commands).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Read as _;
+use std::path::Path;
+
+use holdfast_proto::{Disk, Inventory, Volume};
+
+use crate::device::{hostname, parse_devno, read_mounts, read_trim};
+
+/// Kernel device names that are never disks worth imaging.
+const SKIP: [&str; 6] = ["loop", "ram", "zram", "fd", "sr", "dm-"];
+
+/// The machine's inventory now.
+pub fn collect() -> Inventory {
+    let mounts: HashMap<(u32, u32), (String, String)> = read_mounts()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.devno, (m.mount_point.display().to_string(), m.fstype)))
+        .collect();
+    let labels = links("/dev/disk/by-label");
+    let uuids = links("/dev/disk/by-uuid");
+    let mut disks = Vec::new();
+    let mut volumes = Vec::new();
+    let mut names: Vec<String> = fs::read_dir("/sys/block")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    for name in names
+        .into_iter()
+        .filter(|n| !SKIP.iter().any(|s| n.starts_with(s)))
+    {
+        let sys = Path::new("/sys/block").join(&name);
+        let size = sectors(&sys.join("size"));
+        if size == 0 {
+            continue;
+        }
+        let dev = Path::new("/dev").join(&name);
+        let head = first_sectors(&dev);
+        disks.push(Disk {
+            name: name.clone(),
+            model: read_trim(sys.join("device/model")),
+            serial: read_trim(sys.join("device/serial"))
+                .or_else(|| read_trim(sys.join("device/wwid"))),
+            size,
+            logical_sector_size: read_trim(sys.join("queue/logical_block_size"))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(512),
+            partition_table: head.as_deref().and_then(table_kind).map(str::to_owned),
+            removable: read_trim(sys.join("removable")).as_deref() == Some("1"),
+        });
+        let mut parts: Vec<(u32, String)> = fs::read_dir(&sys)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().join("partition").exists())
+                    .filter_map(|e| {
+                        let n = read_trim(e.path().join("partition"))?.parse().ok()?;
+                        Some((n, e.file_name().to_string_lossy().into_owned()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        parts.sort();
+        let whole = parts.is_empty().then(|| (0u32, name.clone()));
+        for (number, part) in parts.into_iter().chain(whole) {
+            let psys = if number == 0 {
+                sys.clone()
+            } else {
+                sys.join(&part)
+            };
+            let devno = read_trim(psys.join("dev")).and_then(|s| parse_devno(&s));
+            let mounted = devno.and_then(|d| mounts.get(&d));
+            let pdev = Path::new("/dev").join(&part);
+            let filesystem = mounted
+                .map(|(_, t)| t.clone())
+                .or_else(|| first_sectors_fs(&pdev));
+            let used = mounted.and_then(|(p, _)| used_bytes(p));
+            volumes.push(Volume {
+                name: part.clone(),
+                disk: (number != 0).then(|| name.clone()),
+                number: (number != 0).then_some(number),
+                start: if number == 0 {
+                    0
+                } else {
+                    sectors(&psys.join("start"))
+                },
+                size: sectors(&psys.join("size")),
+                filesystem,
+                label: labels.get(&part).cloned(),
+                uuid: uuids.get(&part).cloned(),
+                mount_point: mounted.map(|(p, _)| p.clone()),
+                used,
+            });
+        }
+    }
+    Inventory {
+        hostname: hostname(),
+        os: os_name(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        disks,
+        volumes,
+    }
+}
+
+/// A sysfs count of 512-byte sectors, in bytes.
+fn sectors(p: &Path) -> u64 {
+    read_trim(p)
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(0, |n| n * 512)
+}
+
+/// `/dev/disk/by-*` links: device name → link name (label or UUID, unescaped).
+fn links(dir: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if let Ok(target) = fs::read_link(e.path()) {
+                if let Some(dev) = target.file_name() {
+                    let key = e.file_name().to_string_lossy().replace("\\x20", " ");
+                    out.insert(dev.to_string_lossy().into_owned(), key);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The first 68 KiB of a device (enough for the tables and superblocks we recognise).
+fn first_sectors(dev: &Path) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 68 << 10];
+    let mut f = fs::File::open(dev).ok()?;
+    let mut got = 0;
+    while got < buf.len() {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(got);
+    Some(buf)
+}
+
+/// `gpt` or `mbr` from a disk's first sectors.
+fn table_kind(head: &[u8]) -> Option<&'static str> {
+    if head.get(512..520) == Some(b"EFI PART") {
+        return Some("gpt");
+    }
+    let mbr = head.get(..512)?;
+    let has_entry = (0..4).any(|i| mbr[446 + i * 16 + 4] != 0);
+    (mbr[510..512] == [0x55, 0xAA] && has_entry && filesystem(head).is_none()).then_some("mbr")
+}
+
+fn first_sectors_fs(dev: &Path) -> Option<String> {
+    first_sectors(dev).and_then(|h| filesystem(&h).map(str::to_owned))
+}
+
+/// The filesystem whose signature a volume's first sectors carry.
+fn filesystem(h: &[u8]) -> Option<&'static str> {
+    let at = |off: usize, magic: &[u8]| h.get(off..off + magic.len()) == Some(magic);
+    if at(1080, &[0x53, 0xEF]) {
+        // ext4 when it has extents or 64-bit, ext3 with a journal, else ext2.
+        let incompat = h
+            .get(1120..1124)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        let compat = h
+            .get(1116..1120)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+        return Some(if incompat & (0x40 | 0x80) != 0 {
+            "ext4"
+        } else if compat & 0x4 != 0 {
+            "ext3"
+        } else {
+            "ext2"
+        });
+    }
+    if at(0, b"XFSB") {
+        return Some("xfs");
+    }
+    if at(0x10040, b"_BHRfS_M") {
+        return Some("btrfs");
+    }
+    if at(3, b"NTFS    ") {
+        return Some("ntfs");
+    }
+    if at(3, b"EXFAT   ") {
+        return Some("exfat");
+    }
+    if at(0x52, b"FAT32   ") || at(0x36, b"FAT16   ") || at(0x36, b"FAT12   ") {
+        return Some("vfat");
+    }
+    if at(4086, b"SWAPSPACE2") {
+        return Some("swap");
+    }
+    None
+}
+
+/// Bytes in use on a mounted filesystem.
+fn used_bytes(mount_point: &str) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(mount_point).ok()?;
+    let frag = st.fragment_size() as u64;
+    Some((st.blocks() as u64).saturating_sub(st.blocks_free() as u64) * frag)
+}
+
+/// `PRETTY_NAME` of os-release and the kernel release.
+fn os_name() -> String {
+    let pretty = fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_owned())
+        })
+        .unwrap_or_else(|| "Linux".into());
+    match read_trim("/proc/sys/kernel/osrelease") {
+        Some(k) => format!("{pretty} (kernel {k})"),
+        None => pretty,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let mut h = vec![0u8; 68 << 10];
+        assert_eq!(filesystem(&h), None);
+        h[1080] = 0x53;
+        h[1081] = 0xEF;
+        assert_eq!(filesystem(&h), Some("ext2"));
+        h[1120] = 0x40;
+        assert_eq!(filesystem(&h), Some("ext4"));
+        let mut g = vec![0u8; 1024];
+        g[512..520].copy_from_slice(b"EFI PART");
+        assert_eq!(table_kind(&g), Some("gpt"));
+        let mut m = vec![0u8; 1024];
+        m[510] = 0x55;
+        m[511] = 0xAA;
+        m[446 + 4] = 0x83;
+        assert_eq!(table_kind(&m), Some("mbr"));
+    }
+
+    #[test]
+    fn collects_this_machine() {
+        let inv = collect();
+        assert!(!inv.hostname.is_empty() && !inv.os.is_empty());
+        for v in &inv.volumes {
+            assert!(v.size > 0 || v.number.is_some(), "{v:?}");
+        }
+    }
+}

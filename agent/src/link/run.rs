@@ -1,0 +1,147 @@
+//! `holdfast-agent run`: the daemon. Keeps one channel to the server open, reconnecting
+//! with jittered back-off; sends the inventory on connect and when it changes, heartbeats,
+//! and answers requests. A refusal that retrying cannot fix (revoked, unknown, other
+//! protocol version) ends the daemon with its reason.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use holdfast_proto::{AgentMsg, Inventory, RefusalCode, ServerMsg, CHANNEL_PATH, PROTOCOL_VERSION};
+use serde_json::json;
+
+use super::config::AgentConfig;
+use super::{connect, recv, send};
+use crate::inventory::collect;
+
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How often the inventory is re-read to see whether it changed.
+const INVENTORY_CHECK: Duration = Duration::from_secs(60);
+
+/// How a channel ended.
+enum End {
+    /// The server closed it, or Ctrl-C: reconnect (or stop when cancelled).
+    Closed,
+    /// The server refused us for good.
+    Refused(RefusalCode, String),
+}
+
+/// Run until cancelled or refused for good.
+pub async fn run(config: &AgentConfig) -> Result<()> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        if crate::CANCEL.is_cancelled() {
+            return Ok(());
+        }
+        match session(config).await {
+            Ok(End::Closed) => backoff = Duration::from_secs(1),
+            Ok(End::Refused(code, reason)) => match code {
+                RefusalCode::Revoked | RefusalCode::Unknown | RefusalCode::Version => {
+                    bail!("the server refused this agent: {reason}")
+                }
+                _ => eprintln!("holdfast-agent: the server refused the channel: {reason}"),
+            },
+            Err(e) => eprintln!(
+                "holdfast-agent: {e:#}; retrying in about {} s",
+                backoff.as_secs()
+            ),
+        }
+        if crate::CANCEL.is_cancelled() {
+            return Ok(());
+        }
+        tokio::time::sleep(jitter(backoff)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// `base` ± 50 %, so a fleet that lost the server does not reconnect in lockstep.
+fn jitter(base: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = getrandom::getrandom(&mut b).map_or(0x8000, |()| u16::from_le_bytes(b));
+    base.mul_f64(0.5 + f64::from(r) / f64::from(u16::MAX))
+}
+
+async fn session(config: &AgentConfig) -> Result<End> {
+    let (mut ws, _) = connect(
+        &config.server,
+        CHANNEL_PATH,
+        &config.fingerprint,
+        Some(&config.secret),
+    )
+    .await?;
+    send(
+        &mut ws,
+        &AgentMsg::Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+    )
+    .await?;
+    let heartbeat = match recv(&mut ws).await? {
+        Some(ServerMsg::Welcome {
+            heartbeat_seconds, ..
+        }) => Duration::from_secs(heartbeat_seconds.clamp(1, 3600)),
+        Some(ServerMsg::Refused { code, reason }) => return Ok(End::Refused(code, reason)),
+        Some(other) => bail!("unexpected first message from the server: {other:?}"),
+        None => bail!("the server closed the channel at once"),
+    };
+    eprintln!(
+        "holdfast-agent: connected to {} as agent {}",
+        config.server, config.agent_id
+    );
+    let mut inventory = current_inventory().await;
+    send(&mut ws, &AgentMsg::Inventory(inventory.clone())).await?;
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.reset();
+    let mut check = tokio::time::interval(INVENTORY_CHECK);
+    check.reset();
+    let mut cancel = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = beat.tick() => send(&mut ws, &AgentMsg::Heartbeat).await?,
+            _ = check.tick() => {
+                let now = current_inventory().await;
+                if now != inventory {
+                    inventory = now;
+                    send(&mut ws, &AgentMsg::Inventory(inventory.clone())).await?;
+                }
+            }
+            _ = cancel.tick() => {
+                if crate::CANCEL.is_cancelled() {
+                    let _ = ws.close(None).await;
+                    return Ok(End::Closed);
+                }
+            }
+            msg = recv(&mut ws) => match msg? {
+                Some(ServerMsg::Request { id, body }) => {
+                    let (ok, body) = answer(&body).await;
+                    send(&mut ws, &AgentMsg::Response { id, ok, body }).await?;
+                }
+                Some(ServerMsg::Refused { code, reason }) => return Ok(End::Refused(code, reason)),
+                Some(_) => {}
+                None => return Ok(End::Closed),
+            },
+        }
+    }
+}
+
+/// Reading sysfs and devices blocks: off the async threads.
+async fn current_inventory() -> Inventory {
+    tokio::task::spawn_blocking(collect)
+        .await
+        .unwrap_or_default()
+}
+
+/// Answer one request from the server.
+async fn answer(body: &serde_json::Value) -> (bool, serde_json::Value) {
+    match body.get("op").and_then(|o| o.as_str()) {
+        Some("inventory") => (
+            true,
+            serde_json::to_value(current_inventory().await).unwrap_or_default(),
+        ),
+        other => (
+            false,
+            json!(format!("this agent does not know the request {other:?}")),
+        ),
+    }
+}

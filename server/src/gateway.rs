@@ -1,0 +1,161 @@
+//! The agent gateway: which agents are connected now, and requests to them.
+//!
+//! Each connected agent has a bounded queue of messages to send (a slow agent makes
+//! senders wait instead of growing memory) and a kick signal (revocation closes the channel
+//! at once). A request gets a fresh id; the agent's response with that id completes it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use holdfast_proto::ServerMsg;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Messages queued per agent before senders wait.
+pub const QUEUE: usize = 32;
+
+/// Why a request to an agent did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("agent {0} is not connected")]
+    Offline(i64),
+    #[error("agent {0} did not answer within {1} s")]
+    Timeout(i64, u64),
+    #[error("agent {0} disconnected before answering")]
+    Gone(i64),
+    #[error("agent {0} refused the request: {1}")]
+    Failed(i64, String),
+}
+
+struct Conn {
+    tx: mpsc::Sender<ServerMsg>,
+    kick: watch::Sender<bool>,
+    generation: u64,
+}
+
+/// Connected agents and requests in flight.
+#[derive(Default)]
+pub struct Gateway {
+    conns: Mutex<HashMap<i64, Conn>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<(bool, serde_json::Value)>>>,
+    ids: AtomicU64,
+}
+
+/// What a connection handler holds: its queue and kick signal, and its generation (a newer
+/// connection of the same agent replaces it).
+pub struct Registration {
+    pub rx: mpsc::Receiver<ServerMsg>,
+    pub kicked: watch::Receiver<bool>,
+    pub generation: u64,
+}
+
+impl Gateway {
+    fn conns(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Conn>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register agent `id`'s new connection, closing an older one.
+    pub fn register(&self, id: i64) -> Registration {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (kick, kicked) = watch::channel(false);
+        let generation = self.ids.fetch_add(1, Ordering::Relaxed);
+        if let Some(old) = self.conns().insert(
+            id,
+            Conn {
+                tx,
+                kick,
+                generation,
+            },
+        ) {
+            let _ = old.kick.send(true);
+        }
+        Registration {
+            rx,
+            kicked,
+            generation,
+        }
+    }
+
+    /// Forget a connection (only if it is still the current one of the agent).
+    pub fn unregister(&self, id: i64, generation: u64) {
+        let mut conns = self.conns();
+        if conns.get(&id).is_some_and(|c| c.generation == generation) {
+            conns.remove(&id);
+        }
+    }
+
+    /// Close agent `id`'s channel now (it was revoked).
+    pub fn kick(&self, id: i64) {
+        if let Some(c) = self.conns().remove(&id) {
+            let _ = c.kick.send(true);
+        }
+    }
+
+    /// True when agent `id` has a channel open.
+    pub fn is_online(&self, id: i64) -> bool {
+        self.conns().contains_key(&id)
+    }
+
+    /// Number of open channels.
+    pub fn online_count(&self) -> usize {
+        self.conns().len()
+    }
+
+    /// Send `body` to agent `id` and wait up to `timeout` for its answer.
+    pub async fn request(
+        &self,
+        id: i64,
+        body: serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, GatewayError> {
+        let tx = self
+            .conns()
+            .get(&id)
+            .map(|c| c.tx.clone())
+            .ok_or(GatewayError::Offline(id))?;
+        let req = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (done, answer) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(req, done);
+        let result = tokio::time::timeout(timeout, async {
+            tx.send(ServerMsg::Request { id: req, body })
+                .await
+                .map_err(|_| GatewayError::Gone(id))?;
+            answer.await.map_err(|_| GatewayError::Gone(id))
+        })
+        .await;
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req);
+        match result {
+            Err(_) => Err(GatewayError::Timeout(id, timeout.as_secs())),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((true, body))) => Ok(body),
+            Ok(Ok((false, body))) => Err(GatewayError::Failed(
+                id,
+                body.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| body.to_string()),
+            )),
+        }
+    }
+
+    /// Deliver an agent's response to the request waiting for it.
+    pub fn respond(&self, req: u64, ok: bool, body: serde_json::Value) {
+        if let Some(done) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&req)
+        {
+            let _ = done.send((ok, body));
+        }
+    }
+}
+
+/// A shared gateway.
+pub type SharedGateway = Arc<Gateway>;

@@ -1,0 +1,251 @@
+//! The agents' side of the server: enrolment and the long-lived channel, both WebSockets
+//! opened by the agent (the server never connects to agents).
+
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use holdfast_proto::{
+    AgentMsg, Inventory, RefusalCode, ServerMsg, CHANNEL_PATH, ENROLL_PATH, PROTOCOL_VERSION,
+};
+
+use super::caller::ClientIp;
+use super::AppState;
+use crate::auth::{new_secret, secret_hash};
+
+/// Seconds between an agent's heartbeats; three missed ones close the channel.
+pub const HEARTBEAT_SECONDS: u64 = 15;
+/// Time an agent has to send its first message.
+const FIRST_MESSAGE: Duration = Duration::from_secs(10);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(ENROLL_PATH, get(enroll))
+        .route(CHANNEL_PATH, get(channel))
+}
+
+async fn send(ws: &mut WebSocket, msg: &ServerMsg) -> bool {
+    ws.send(Message::Text(msg.to_text().into())).await.is_ok()
+}
+
+async fn refuse(mut ws: WebSocket, code: RefusalCode, reason: &str) {
+    let _ = send(
+        &mut ws,
+        &ServerMsg::Refused {
+            code,
+            reason: reason.to_owned(),
+        },
+    )
+    .await;
+    let _ = ws.send(Message::Close(None)).await;
+}
+
+/// The next agent message; `None` on close, timeout or garbage.
+async fn next(ws: &mut WebSocket, within: Duration) -> Option<Result<AgentMsg, String>> {
+    loop {
+        let msg = tokio::time::timeout(within, ws.recv()).await.ok()??.ok()?;
+        match msg {
+            Message::Text(t) => {
+                return Some(serde_json::from_str(t.as_str()).map_err(|e| e.to_string()))
+            }
+            Message::Close(_) => return None,
+            _ => continue,
+        }
+    }
+}
+
+fn version_refusal(protocol: u32) -> Option<String> {
+    (protocol != PROTOCOL_VERSION).then(|| {
+        format!(
+            "this server speaks agent protocol {PROTOCOL_VERSION}, the agent speaks {protocol}: install the agent of the server's version"
+        )
+    })
+}
+
+async fn enroll(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |mut ws| async move {
+        let (token, hostname) = match next(&mut ws, FIRST_MESSAGE).await {
+            Some(Ok(AgentMsg::Enroll { protocol, token, hostname })) => {
+                if let Some(reason) = version_refusal(protocol) {
+                    return refuse(ws, RefusalCode::Version, &reason).await;
+                }
+                (token, hostname)
+            }
+            _ => return refuse(ws, RefusalCode::Protocol, "expected an enrolment request").await,
+        };
+        let hostname: String = hostname.chars().filter(|c| !c.is_control()).take(253).collect();
+        let Ok(random) = new_secret("") else {
+            return refuse(ws, RefusalCode::Protocol, "the server has no randomness").await;
+        };
+        // The credential names the agent, so the server finds its hash without a scan; it
+        // is filled in once the id is known, so store the hash of the random part.
+        let enrolled = state
+            .store
+            .enroll_agent(&secret_hash(token.trim()), &hostname, &secret_hash(&random))
+            .await;
+        match enrolled {
+            Ok(Some(id)) => {
+                let _ = state
+                    .store
+                    .audit("enrolment", "enroll_agent", &format!("agent:{id}"), &format!("host={hostname} from={ip}"))
+                    .await;
+                tracing::info!(agent = id, %hostname, %ip, "agent enrolled");
+                let secret = format!("hfa_{id}.{random}");
+                let _ = send(&mut ws, &ServerMsg::Enrolled { agent_id: id, secret }).await;
+                let _ = ws.send(Message::Close(None)).await;
+            }
+            Ok(None) => {
+                tracing::warn!(%ip, "enrolment with a bad token");
+                refuse(
+                    ws,
+                    RefusalCode::BadToken,
+                    "the enrolment token is unknown, used up, revoked or expired: create a new one in the console",
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "enrolment failed");
+                refuse(ws, RefusalCode::Protocol, "the server could not record the agent").await
+            }
+        }
+    })
+}
+
+/// `hfa_<id>.<random>` → (id, random).
+fn parse_credential(headers: &HeaderMap) -> Option<(i64, String)> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let rest = v.strip_prefix("Bearer hfa_")?;
+    let (id, random) = rest.split_once('.')?;
+    Some((id.parse().ok()?, random.to_owned()))
+}
+
+async fn channel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let credential = parse_credential(&headers);
+    ws.on_upgrade(move |ws| async move {
+        let Some((id, random)) = credential else {
+            return refuse(
+                ws,
+                RefusalCode::Unknown,
+                "no agent credential: enrol this agent first",
+            )
+            .await;
+        };
+        let agent = match state.store.agent(id).await {
+            Ok(Some(a)) if a.secret_hash == secret_hash(&random) => a,
+            Ok(_) => {
+                return refuse(
+                    ws,
+                    RefusalCode::Unknown,
+                    "unknown agent credential: enrol this agent again",
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "agent lookup failed");
+                return;
+            }
+        };
+        if agent.revoked_at.is_some() {
+            return refuse(
+                ws,
+                RefusalCode::Revoked,
+                "this agent was revoked by an administrator",
+            )
+            .await;
+        }
+        serve_channel(state, id, ws).await;
+    })
+}
+
+async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
+    match next(&mut ws, FIRST_MESSAGE).await {
+        Some(Ok(AgentMsg::Hello { protocol, .. })) => {
+            if let Some(reason) = version_refusal(protocol) {
+                return refuse(ws, RefusalCode::Version, &reason).await;
+            }
+        }
+        _ => return refuse(ws, RefusalCode::Protocol, "expected hello").await,
+    }
+    let mut reg = state.gateway.register(id);
+    let welcome = ServerMsg::Welcome {
+        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        heartbeat_seconds: HEARTBEAT_SECONDS,
+    };
+    if !send(&mut ws, &welcome).await {
+        state.gateway.unregister(id, reg.generation);
+        return;
+    }
+    let _ = state.store.agent_seen(id).await;
+    tracing::info!(agent = id, "agent connected");
+    let silence = Duration::from_secs(3 * HEARTBEAT_SECONDS);
+    loop {
+        tokio::select! {
+            msg = next(&mut ws, silence) => match msg {
+                Some(Ok(m)) => handle(&state, id, m).await,
+                Some(Err(e)) => {
+                    tracing::warn!(agent = id, error = %e, "malformed message from agent");
+                }
+                None => break,
+            },
+            out = reg.rx.recv() => match out {
+                Some(m) => {
+                    if !send(&mut ws, &m).await {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            _ = reg.kicked.changed() => {
+                // Revoked, or replaced by a newer connection of the same agent.
+                if state.store.agent(id).await.ok().flatten().is_some_and(|a| a.revoked_at.is_some()) {
+                    refuse(ws, RefusalCode::Revoked, "this agent was revoked by an administrator").await;
+                } else {
+                    let _ = ws.send(Message::Close(None)).await;
+                }
+                state.gateway.unregister(id, reg.generation);
+                tracing::info!(agent = id, "agent channel closed by the server");
+                return;
+            }
+        }
+    }
+    state.gateway.unregister(id, reg.generation);
+    let _ = state.store.agent_seen(id).await;
+    tracing::info!(agent = id, "agent disconnected");
+}
+
+async fn handle(state: &AppState, id: i64, msg: AgentMsg) {
+    match msg {
+        AgentMsg::Inventory(inv) => store_inventory(state, id, &inv).await,
+        AgentMsg::Heartbeat => {
+            let _ = state.store.agent_seen(id).await;
+        }
+        AgentMsg::Response { id: req, ok, body } => state.gateway.respond(req, ok, body),
+        AgentMsg::Hello { .. } | AgentMsg::Enroll { .. } => {
+            tracing::warn!(agent = id, "unexpected message on an open channel");
+        }
+    }
+}
+
+/// Keep the agent's latest inventory.
+pub async fn store_inventory(state: &AppState, id: i64, inv: &Inventory) {
+    let json = serde_json::to_string(inv).unwrap_or_default();
+    if let Err(e) = state
+        .store
+        .set_inventory(id, &inv.hostname, &inv.os, &inv.agent_version, &json)
+        .await
+    {
+        tracing::error!(agent = id, error = %e, "could not store the inventory");
+    }
+}

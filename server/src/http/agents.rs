@@ -1,0 +1,227 @@
+//! Agents and enrolment tokens, as admins and operators see them.
+
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use holdfast_proto::Inventory;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::caller::Caller;
+use super::error::{ApiError, ApiJson};
+use super::{AppState, Page, PageQuery};
+use crate::auth::{new_secret, secret_hash, Role};
+use crate::gateway::GatewayError;
+use crate::store::agents::Agent;
+use crate::store::now;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/enrollment-tokens",
+            get(list_tokens).post(create_token),
+        )
+        .route("/api/v1/enrollment-tokens/{id}", delete(revoke_token))
+        .route("/api/v1/agents", get(list))
+        .route("/api/v1/agents/{id}", get(show).delete(revoke))
+        .route(
+            "/api/v1/agents/{id}/inventory/refresh",
+            post(refresh_inventory),
+        )
+}
+
+#[derive(Deserialize)]
+struct NewToken {
+    #[serde(default)]
+    name: String,
+    /// Enrolments it allows (1 by default).
+    uses: Option<i64>,
+    /// Hours it stays valid (24 by default).
+    expires_in_hours: Option<i64>,
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<NewToken>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let uses = body.uses.unwrap_or(1);
+    let hours = body.expires_in_hours.unwrap_or(24);
+    if !(1..=10_000).contains(&uses) || !(1..=24 * 90).contains(&hours) {
+        return Err(ApiError::Invalid(
+            "uses must be 1 to 10000 and expires_in_hours 1 to 2160".into(),
+        ));
+    }
+    let secret = new_secret("hfe_").map_err(ApiError::Internal)?;
+    let token = state
+        .store
+        .create_enrollment_token(
+            body.name.trim(),
+            &secret_hash(&secret),
+            uses,
+            now() + hours * 3600,
+            &caller.user.name,
+        )
+        .await?;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "create_enrollment_token",
+            &format!("enrollment_token:{}", token.id),
+            &format!("uses={uses} hours={hours}"),
+        )
+        .await?;
+    // The address the admin reached us at is the best guess for what agents should use.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("SERVER:PORT");
+    let command = format!(
+        "holdfast-agent enroll --server https://{host} --token {secret} --fingerprint {}",
+        state.fingerprint
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "secret": secret, "command": command })),
+    ))
+}
+
+async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    Ok(Json(
+        json!({ "items": state.store.enrollment_tokens().await? }),
+    ))
+}
+
+async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    if !state.store.revoke_enrollment_token(id).await? {
+        return Err(ApiError::NotFound(format!("enrolment token {id}")));
+    }
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "revoke_enrollment_token",
+            &format!("enrollment_token:{id}"),
+            "",
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An agent with its live state.
+fn view(state: &AppState, a: &Agent, with_inventory: bool) -> Value {
+    let status = if a.revoked_at.is_some() {
+        "revoked"
+    } else if state.gateway.is_online(a.id) {
+        "online"
+    } else {
+        "offline"
+    };
+    let mut v = json!({
+        "id": a.id,
+        "hostname": a.hostname,
+        "status": status,
+        "enrolled_at": a.enrolled_at,
+        "revoked_at": a.revoked_at,
+        "last_seen_at": a.last_seen_at,
+        "os": a.os,
+        "agent_version": a.agent_version,
+        "inventory_at": a.inventory_at,
+    });
+    if with_inventory {
+        v["inventory"] = a
+            .inventory
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or(Value::Null);
+    }
+    v
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let limit = q.limit()?;
+    let agents = state.store.agents(q.after.unwrap_or(0), limit).await?;
+    let next = (agents.len() as i64 == limit)
+        .then(|| agents.last().map(|a| a.id))
+        .flatten();
+    let items = agents.iter().map(|a| view(&state, a, false)).collect();
+    Ok(Json(Page { items, next }))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let a = state
+        .store
+        .agent(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("agent {id}")))?;
+    Ok(Json(view(&state, &a, true)))
+}
+
+async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    if !state.store.revoke_agent(id).await? {
+        return Err(ApiError::NotFound(format!("agent {id}")));
+    }
+    state.gateway.kick(id);
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "revoke_agent",
+            &format!("agent:{id}"),
+            "",
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ask the agent for its inventory now, over the channel (request and response).
+async fn refresh_inventory(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let body = state
+        .gateway
+        .request(id, json!({ "op": "inventory" }), Duration::from_secs(30))
+        .await
+        .map_err(|e| match e {
+            GatewayError::Offline(_) => ApiError::Invalid(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    let inv: Inventory = serde_json::from_value(body)
+        .map_err(|e| ApiError::Internal(format!("agent {id} sent an unreadable inventory: {e}")))?;
+    super::agent_channel::store_inventory(&state, id, &inv).await;
+    Ok(Json(inv))
+}

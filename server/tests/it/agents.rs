@@ -1,0 +1,211 @@
+//! Enrolment and the agent channel end to end: the real server and agent binaries over
+//! HTTPS on loopback.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::proc::{curl, free_port, printed_secrets, start};
+
+/// The agent binary, built next to the server's.
+fn agent_bin() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_BIN_EXE_holdfast-server")).with_file_name("holdfast-agent");
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing: build the whole workspace",
+        p.display()
+    );
+    eprintln!(
+        "skipping: {} is not built (cargo build -p holdfast-agent)",
+        p.display()
+    );
+    None
+}
+
+struct Api {
+    base: String,
+    ca: String,
+    cookies: String,
+}
+
+impl Api {
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Value {
+        let url = format!("{}{path}", self.base);
+        let mut args = vec![
+            "--cacert",
+            &self.ca,
+            "-b",
+            &self.cookies,
+            "-c",
+            &self.cookies,
+            "-X",
+            method,
+        ];
+        if let Some(b) = body {
+            args.extend(["-H", "content-type: application/json", "-d", b]);
+        }
+        args.push(&url);
+        let (out, err) = curl(&args).expect("curl");
+        serde_json::from_str(&out).unwrap_or_else(|_| Value::String(format!("{out}{err}")))
+    }
+}
+
+fn agent(args: &[&str]) -> std::process::Output {
+    Command::new(agent_bin().expect("agent"))
+        .args(args)
+        .output()
+        .expect("agent runs")
+}
+
+/// `holdfast-agent enroll` with `fingerprint`, writing `config`.
+fn enroll(server: &str, token: &str, fingerprint: &str, config: &str) -> std::process::Output {
+    agent(&[
+        "enroll",
+        "--server",
+        server,
+        "--token",
+        token,
+        "--fingerprint",
+        fingerprint,
+        "--config",
+        config,
+    ])
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn enrol_connect_report_inventory_and_revoke() {
+    if agent_bin().is_none() || Command::new("curl").arg("--version").output().is_err() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (mut server, printed) = start(dir.path(), port, true);
+    let (fingerprint, password) = printed_secrets(&printed);
+    let api = Api {
+        base: format!("https://localhost:{port}"),
+        ca: dir.path().join("tls/ca.pem").display().to_string(),
+        cookies: dir.path().join("cookies").display().to_string(),
+    };
+    wait_for("the server", || {
+        curl(&["--cacert", &api.ca, &format!("{}/healthz", api.base)])
+            .is_some_and(|(o, _)| o == "ok\n")
+    });
+    let login = api.call(
+        "POST",
+        "/api/v1/session",
+        Some(&format!(
+            "{{\"name\":\"admin\",\"password\":\"{password}\"}}"
+        )),
+    );
+    assert_eq!(login["role"], "admin", "{login}");
+
+    let created = api.call(
+        "POST",
+        "/api/v1/enrollment-tokens",
+        Some("{\"name\":\"lab\",\"uses\":1}"),
+    );
+    let token = created["secret"].as_str().expect("token secret").to_owned();
+    let command = created["command"].as_str().expect("command");
+    assert!(
+        command.contains(&token) && command.contains(&fingerprint),
+        "{command}"
+    );
+
+    let config = dir.path().join("agent/agent.json");
+    let cfg = config.to_str().expect("path");
+    let server_url = format!("https://localhost:{port}");
+    // A wrong fingerprint: refused before anything is sent, nothing written.
+    let wrong = "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let out = enroll(&server_url, &token, wrong, cfg);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not match the fingerprint"),
+        "{err}"
+    );
+    assert!(!config.exists());
+    // The right one enrols, and the config is private.
+    let out = enroll(&server_url, &token, &fingerprint, cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&config).expect("config").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // The token was for one enrolment only.
+    let out = enroll(&server_url, &token, &fingerprint, &format!("{cfg}.2"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("used up"), "{err}");
+
+    // The daemon connects and reports its inventory.
+    let mut daemon = Command::new(agent_bin().expect("agent"))
+        .args(["run", "--config", cfg])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run");
+    let mut id = 0;
+    wait_for("the agent online with an inventory", || {
+        let list = api.call("GET", "/api/v1/agents", None);
+        let first = &list["items"][0];
+        id = first["id"].as_i64().unwrap_or(0);
+        first["status"] == "online" && first["inventory_at"].is_i64()
+    });
+    let shown = api.call("GET", &format!("/api/v1/agents/{id}"), None);
+    assert!(shown["inventory"]["disks"].is_array(), "{shown}");
+    assert!(!shown["inventory"]["hostname"]
+        .as_str()
+        .unwrap_or("")
+        .is_empty());
+    // A request over the channel, answered by the agent.
+    let fresh = api.call(
+        "POST",
+        &format!("/api/v1/agents/{id}/inventory/refresh"),
+        None,
+    );
+    assert!(fresh["volumes"].is_array(), "{fresh}");
+    let (metrics, _) =
+        curl(&["--cacert", &api.ca, &format!("{}/metrics", api.base)]).expect("metrics");
+    assert!(metrics.contains("holdfast_agents_online 1"), "{metrics}");
+
+    // Revoked: the channel closes at once and the daemon stops with the reason.
+    let r = api.call("DELETE", &format!("/api/v1/agents/{id}"), None);
+    assert!(r.is_string(), "{r}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = daemon.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the revoked agent kept running");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut daemon.stderr.take().expect("stderr"), &mut err)
+        .expect("read");
+    assert!(!status.success() && err.contains("revoked"), "{err}");
+    let shown = api.call("GET", &format!("/api/v1/agents/{id}"), None);
+    assert_eq!(shown["status"], "revoked");
+    // And it cannot come back with its old credential.
+    let out = agent(&["run", "--config", cfg]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
+    let _ = server.kill();
+    let _ = server.wait();
+}

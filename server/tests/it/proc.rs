@@ -1,0 +1,71 @@
+//! Running the real server binary and talking to it with curl.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+
+/// Run curl (10 s limit); its stdout and stderr.
+pub fn curl(args: &[&str]) -> Option<(String, String)> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .ok()?;
+    Some((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Start the server; the lines it printed up to the certificate line (and the first-start
+/// line when `first` is true).
+pub fn start(dir: &std::path::Path, port: u16, first: bool) -> (std::process::Child, Vec<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast-server"))
+        .args(["--data-dir", dir.to_str().expect("path")])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("HOLDFAST_ADMIN_PASSWORD")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = Vec::new();
+    let mut seen_certificate = false;
+    for line in lines {
+        let line = line.expect("line");
+        seen_certificate |= line.contains("certificate:");
+        let done = if first {
+            line.contains("first start")
+        } else {
+            seen_certificate
+        };
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    (child, printed)
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// The certificate fingerprint and the first admin's password the server printed.
+pub fn printed_secrets(printed: &[String]) -> (String, String) {
+    let text = printed.join("\n");
+    let fingerprint = text
+        .split_whitespace()
+        .find(|w| w.starts_with("SHA256:"))
+        .expect("fingerprint printed")
+        .to_owned();
+    let password = text
+        .split('\'')
+        .nth(3)
+        .expect("password printed")
+        .to_owned();
+    (fingerprint, password)
+}
