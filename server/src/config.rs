@@ -37,6 +37,10 @@ pub struct Args {
     /// Host names and addresses the server's own certificate is made for (comma-separated).
     #[arg(long = "name", env = "HOLDFAST_SERVER_NAMES", value_delimiter = ',')]
     pub names: Vec<String>,
+    /// Also enrol and run an agent on this machine (the holdfast-agent binary next to this
+    /// one, or HOLDFAST_AGENT_BIN).
+    #[arg(long, env = "HOLDFAST_LOCAL_AGENT")]
+    pub local_agent: bool,
 }
 
 /// The configuration file's keys.
@@ -49,6 +53,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     names: Option<Vec<String>>,
+    local_agent: Option<bool>,
 }
 
 /// The resolved configuration.
@@ -59,6 +64,7 @@ pub struct Config {
     pub database_url: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub names: Vec<String>,
+    pub local_agent: bool,
 }
 
 impl Config {
@@ -101,6 +107,7 @@ impl Config {
             database_url: args.database_url.or(file.database_url),
             tls,
             names,
+            local_agent: args.local_agent || file.local_agent.unwrap_or(false),
         })
     }
 

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod http;
+pub mod local_agent;
 pub mod serve;
 pub mod store;
 pub mod tls;

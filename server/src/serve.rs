@@ -67,15 +67,27 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),
     };
-    println!("Holdfast server {}", env!("CARGO_PKG_VERSION"));
-    println!("  console:      https://{host}:{}/", config.listen.port());
-    println!("  data folder:  {}", config.data_dir.display());
-    println!("  certificate:  {} (agents pin this)", identity.fingerprint);
+    say(format_args!(
+        "Holdfast server {}",
+        env!("CARGO_PKG_VERSION")
+    ));
+    say(format_args!(
+        "  console:      https://{host}:{}/",
+        config.listen.port()
+    ));
+    say(format_args!(
+        "  data folder:  {}",
+        config.data_dir.display()
+    ));
+    say(format_args!(
+        "  certificate:  {} (agents pin this)",
+        identity.fingerprint
+    ));
     if let Some(p) = new_admin {
-        println!(
+        say(format_args!(
             "  first start:  user 'admin', password '{}' (shown once; change it)",
             p.as_str()
-        );
+        ));
     }
 
     // Expired sessions are dropped now and then.
@@ -89,6 +101,29 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         }
     });
 
+    let local_agent = if config.local_agent {
+        let (store, dir, listen, fp) = (
+            store.clone(),
+            config.data_dir.clone(),
+            config.listen,
+            identity.fingerprint.clone(),
+        );
+        Some(tokio::spawn(async move {
+            match crate::local_agent::start(&store, &dir, listen, &fp).await {
+                Ok(child) => {
+                    say(format_args!("  local agent:  enrolled and running"));
+                    Some(child)
+                }
+                Err(e) => {
+                    tracing::error!("local agent: {e:#}");
+                    None
+                }
+            }
+        }))
+    } else {
+        None
+    };
+
     let handle = axum_server::Handle::new();
     let on_signal = handle.clone();
     tokio::spawn(async move {
@@ -96,11 +131,25 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         tracing::info!("shutting down");
         on_signal.graceful_shutdown(Some(Duration::from_secs(10)));
     });
-    axum_server::bind_rustls(config.listen, rustls_config)
+    let served = axum_server::bind_rustls(config.listen, rustls_config)
         .handle(handle)
         .serve(app(state).into_make_service_with_connect_info::<SocketAddr>())
         .await
-        .with_context(|| format!("cannot serve on {}", config.listen))
+        .with_context(|| format!("cannot serve on {}", config.listen));
+    // The local agent stops with the server (its child is killed when dropped).
+    if let Some(task) = local_agent {
+        task.abort();
+        if let Ok(Some(mut child)) = task.await {
+            let _ = child.kill().await;
+        }
+    }
+    served
+}
+
+/// Print a line on stdout; a closed stdout (a detached or piped start) is not an error.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
 }
 
 async fn shutdown_signal() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::proc::{curl, free_port, printed_secrets, start};
+use crate::proc::{curl, free_port, printed_secrets, start, start_with};
 
 /// The agent binary, built next to the server's.
 fn agent_bin() -> Option<PathBuf> {
@@ -77,7 +77,8 @@ fn enroll(server: &str, token: &str, fingerprint: &str, config: &str) -> std::pr
     ])
 }
 
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+/// Wait up to 20 s for `check`; on time-out, fail with the server's log.
+fn wait_for(what: &str, log: &Path, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if check() {
@@ -85,7 +86,8 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("timed out waiting for {what}");
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    panic!("timed out waiting for {what}; server log:\n{log}");
 }
 
 #[test]
@@ -96,13 +98,14 @@ fn enrol_connect_report_inventory_and_revoke() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let (mut server, printed) = start(dir.path(), port, true);
+    let log = dir.path().join("server.log");
     let (fingerprint, password) = printed_secrets(&printed);
     let api = Api {
         base: format!("https://localhost:{port}"),
         ca: dir.path().join("tls/ca.pem").display().to_string(),
         cookies: dir.path().join("cookies").display().to_string(),
     };
-    wait_for("the server", || {
+    wait_for("the server", &log, || {
         curl(&["--cacert", &api.ca, &format!("{}/healthz", api.base)])
             .is_some_and(|(o, _)| o == "ok\n")
     });
@@ -163,7 +166,7 @@ fn enrol_connect_report_inventory_and_revoke() {
         .spawn()
         .expect("run");
     let mut id = 0;
-    wait_for("the agent online with an inventory", || {
+    wait_for("the agent online with an inventory", &log, || {
         let list = api.call("GET", "/api/v1/agents", None);
         let first = &list["items"][0];
         id = first["id"].as_i64().unwrap_or(0);
@@ -207,5 +210,47 @@ fn enrol_connect_report_inventory_and_revoke() {
     let out = agent(&["run", "--config", cfg]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
     let _ = server.kill();
+    let _ = server.wait();
+}
+
+#[test]
+fn local_agent_flag_enrols_this_machine() {
+    if agent_bin().is_none() || Command::new("curl").arg("--version").output().is_err() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let (mut server, printed) = start_with(dir.path(), port, true, &["--local-agent"]);
+    let log = dir.path().join("server.log");
+    let (_, password) = printed_secrets(&printed);
+    let api = Api {
+        base: format!("https://localhost:{port}"),
+        ca: dir.path().join("tls/ca.pem").display().to_string(),
+        cookies: dir.path().join("cookies").display().to_string(),
+    };
+    wait_for("the server", &log, || {
+        curl(&["--cacert", &api.ca, &format!("{}/healthz", api.base)])
+            .is_some_and(|(o, _)| o == "ok\n")
+    });
+    api.call(
+        "POST",
+        "/api/v1/session",
+        Some(&format!(
+            "{{\"name\":\"admin\",\"password\":\"{password}\"}}"
+        )),
+    );
+    wait_for("the local agent online", &log, || {
+        let list = api.call("GET", "/api/v1/agents", None);
+        list["items"][0]["status"] == "online"
+    });
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("local-agent.json"))
+            .expect("config")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
     let _ = server.wait();
 }

@@ -19,12 +19,28 @@ pub fn curl(args: &[&str]) -> Option<(String, String)> {
 /// Start the server; the lines it printed up to the certificate line (and the first-start
 /// line when `first` is true).
 pub fn start(dir: &std::path::Path, port: u16, first: bool) -> (std::process::Child, Vec<String>) {
+    start_with(dir, port, first, &[])
+}
+
+/// [`start`] with more flags.
+pub fn start_with(
+    dir: &std::path::Path,
+    port: u16,
+    first: bool,
+    extra: &[&str],
+) -> (std::process::Child, Vec<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_holdfast-server"))
         .args(["--data-dir", dir.to_str().expect("path")])
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .env_remove("HOLDFAST_ADMIN_PASSWORD")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // The server's log, for a failing test to show.
+        .stderr(
+            std::fs::File::create(dir.join("server.log"))
+                .map(Stdio::from)
+                .unwrap_or_else(|_| Stdio::null()),
+        )
         .spawn()
         .expect("spawn");
     let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
