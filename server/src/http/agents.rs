@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ErrorBody};
 use super::{AppState, Page, PageQuery};
 use crate::auth::{new_secret, secret_hash, Role};
 use crate::gateway::GatewayError;
@@ -34,7 +34,7 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewToken {
     #[serde(default)]
     name: String,
@@ -44,6 +44,7 @@ struct NewToken {
     expires_in_hours: Option<i64>,
 }
 
+#[utoipa::path(post, path = "/api/v1/enrollment-tokens", tag = "agents", request_body = NewToken, responses((status = 201, description = "the token, its secret (shown once) and the enrol command", body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -93,6 +94,7 @@ async fn create_token(
     ))
 }
 
+#[utoipa::path(get, path = "/api/v1/enrollment-tokens", tag = "agents", responses((status = 200, body = Object)), security(("session" = []), ("token" = [])))]
 async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
@@ -103,6 +105,7 @@ async fn list_tokens(
     ))
 }
 
+#[utoipa::path(delete, path = "/api/v1/enrollment-tokens/{id}", tag = "agents", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -154,6 +157,7 @@ fn view(state: &AppState, a: &Agent, with_inventory: bool) -> Value {
     v
 }
 
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", params(PageQuery), responses((status = 200, description = "a page of agents with their status", body = Object)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -169,6 +173,7 @@ async fn list(
     Ok(Json(Page { items, next }))
 }
 
+#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = i64, Path)), responses((status = 200, description = "the agent with its inventory", body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
@@ -183,6 +188,7 @@ async fn show(
     Ok(Json(view(&state, &a, true)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
@@ -206,6 +212,7 @@ async fn revoke(
 }
 
 /// Ask the agent for its inventory now, over the channel (request and response).
+#[utoipa::path(post, path = "/api/v1/agents/{id}/inventory/refresh", tag = "agents", params(("id" = i64, Path)), responses((status = 200, description = "the inventory the agent sent", body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn refresh_inventory(
     State(state): State<AppState>,
     caller: Caller,

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::caller::Caller;
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::{AppState, Page};
 use crate::auth::Role;
 use crate::store::Engine;
@@ -25,6 +25,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// 200 when the store answers, 503 otherwise (for load balancers and monitoring).
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "the database answers", body = String), (status = 503, body = String)))]
 async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     if state.store.ping().await {
         (StatusCode::OK, "ok\n")
@@ -34,6 +35,7 @@ async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let users = state.store.count_users().await?;
     let m = &state.metrics;
@@ -61,6 +63,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
 }
 
+#[utoipa::path(get, path = "/api/v1/info", tag = "meta", responses((status = 200, description = "version, database engine, certificate fingerprint, uptime", body = Object)), security(("session" = []), ("token" = [])))]
 async fn info(
     State(state): State<AppState>,
     caller: Caller,
@@ -74,12 +77,13 @@ async fn info(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 struct AuditQuery {
     before: Option<i64>,
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "meta", params(AuditQuery), responses((status = 200, description = "a page of the audit log, newest first", body = Object), (status = 403, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn audit(
     State(state): State<AppState>,
     caller: Caller,

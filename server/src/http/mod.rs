@@ -5,6 +5,7 @@ mod agents;
 mod caller;
 mod error;
 mod meta;
+mod openapi;
 mod session;
 mod tokens;
 mod users;
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use caller::SESSION_COOKIE;
 pub use error::ApiError;
+pub use openapi::document as openapi_document;
 
 use crate::auth::LoginLimiter;
 use crate::gateway::Gateway;
@@ -73,6 +75,7 @@ pub fn app(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(agents::router())
         .merge(agent_channel::router())
+        .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("this path".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
@@ -116,7 +119,7 @@ impl<T> Page<T> {
 }
 
 /// `?after=ID&limit=N`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct PageQuery {
     pub after: Option<i64>,
     pub limit: Option<i64>,

@@ -10,10 +10,11 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::caller::{cookie, Caller, ClientIp, SESSION_COOKIE};
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ErrorBody};
 use super::{blocking, AppState};
 use crate::auth::{hash_password, new_secret, secret_hash, verify_password};
 use crate::store::now;
+use crate::store::users::User;
 
 /// How long a console session lasts.
 const SESSION_SECONDS: i64 = 12 * 3600;
@@ -27,9 +28,11 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/me/password", put(change_password))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct Login {
+    /// User name.
     name: String,
+    #[schema(value_type = String)]
     password: Zeroizing<String>,
 }
 
@@ -40,6 +43,7 @@ fn session_cookie(value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
     .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+#[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = Login, responses((status = 200, description = "logged in; sets the session cookie", body = User), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -84,6 +88,7 @@ async fn login(
     Ok((headers, Json(user)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/session", tag = "session", responses((status = 204, description = "logged out")))]
 async fn logout(
     State(state): State<AppState>,
     parts: axum::http::request::Parts,
@@ -96,16 +101,20 @@ async fn logout(
     Ok((StatusCode::NO_CONTENT, headers))
 }
 
+#[utoipa::path(get, path = "/api/v1/me", tag = "session", responses((status = 200, body = User), (status = 401, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn me(caller: Caller) -> impl IntoResponse {
     Json(caller.user)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct ChangePassword {
+    #[schema(value_type = String)]
     current: Zeroizing<String>,
+    #[schema(value_type = String)]
     new: Zeroizing<String>,
 }
 
+#[utoipa::path(put, path = "/api/v1/me/password", tag = "session", request_body = ChangePassword, responses((status = 204), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn change_password(
     State(state): State<AppState>,
     caller: Caller,

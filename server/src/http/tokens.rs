@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ErrorBody};
 use super::AppState;
 use crate::auth::{new_secret, secret_hash, Role};
 
@@ -19,6 +19,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/tokens/{id}", delete(revoke))
 }
 
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, description = "the caller's tokens", body = Object)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -29,11 +30,12 @@ async fn list(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewToken {
     name: String,
 }
 
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken, responses((status = 201, description = "the token and its secret (shown once)", body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -66,6 +68,7 @@ async fn create(
     ))
 }
 
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,

@@ -9,10 +9,11 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ErrorBody};
 use super::session::MIN_PASSWORD;
 use super::{blocking, AppState, Page, PageQuery};
 use crate::auth::{hash_password, Role};
+use crate::store::users::User;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -20,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/users/{id}", delete(remove))
 }
 
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", params(PageQuery), responses((status = 200, description = "a page of users", body = Object), (status = 403, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -31,9 +33,10 @@ async fn list(
     Ok(Json(Page::after(items, limit, |u| u.id)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewUser {
     name: String,
+    #[schema(value_type = String)]
     password: Zeroizing<String>,
     role: Role,
 }
@@ -54,6 +57,7 @@ pub fn valid_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = NewUser, responses((status = 201, body = User), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -86,6 +90,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(user)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,

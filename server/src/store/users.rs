@@ -7,7 +7,7 @@ use super::{now, Store, StoreError};
 use crate::auth::Role;
 
 /// A user as the API shows it (never the password hash).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct User {
     pub id: i64,
     pub name: String,

@@ -336,3 +336,36 @@ async fn health_metrics_and_unknown_paths() {
     let r = api.call("GET", "/api/v1/nothing-here", None, None).await;
     assert_eq!((r.status, code(&r)), (StatusCode::NOT_FOUND, "not_found"));
 }
+
+#[tokio::test]
+async fn openapi_document_lists_every_route() {
+    let api = Api::new().await;
+    let r = api.call("GET", "/api/v1/openapi.json", None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.")));
+    let paths = r.body["paths"].as_object().expect("paths");
+    for p in [
+        "/api/v1/session",
+        "/api/v1/me",
+        "/api/v1/me/password",
+        "/api/v1/users",
+        "/api/v1/users/{id}",
+        "/api/v1/tokens",
+        "/api/v1/tokens/{id}",
+        "/api/v1/info",
+        "/api/v1/audit",
+        "/api/v1/enrollment-tokens",
+        "/api/v1/enrollment-tokens/{id}",
+        "/api/v1/agents",
+        "/api/v1/agents/{id}",
+        "/api/v1/agents/{id}/inventory/refresh",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(p), "{p} is not documented");
+    }
+    let schemes = &r.body["components"]["securitySchemes"];
+    assert!(schemes["session"].is_object() && schemes["token"].is_object());
+}

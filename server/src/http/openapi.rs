@@ -1,0 +1,51 @@
+//! The OpenAPI document, generated from the handlers' annotations and served at
+//! `/api/v1/openapi.json` (public: it describes, it does not grant).
+
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::{agents, meta, session, tokens, users, AppState, SESSION_COOKIE};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Holdfast server API", description = "Users, tokens, agents and (next) jobs and reports. See docs/api.md."),
+    paths(
+        session::login, session::logout, session::me, session::change_password,
+        users::list, users::create, users::remove,
+        tokens::list, tokens::create, tokens::revoke,
+        meta::healthz, meta::metrics, meta::info, meta::audit,
+        agents::create_token, agents::list_tokens, agents::revoke_token,
+        agents::list, agents::show, agents::revoke, agents::refresh_inventory,
+    ),
+    components(schemas(super::error::ErrorBody, super::error::ErrorDetail, crate::store::users::User, crate::auth::Role)),
+    modifiers(&Security),
+)]
+struct ApiDoc;
+
+/// The two ways to authenticate: the console's session cookie and API tokens.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(SESSION_COOKIE))),
+        );
+        components.add_security_scheme(
+            "token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The document as JSON.
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/openapi.json", get(|| async { Json(document()) }))
+}
