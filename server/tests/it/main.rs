@@ -3,6 +3,7 @@
 
 mod agents;
 mod api;
+mod channel;
 mod https;
 mod postgres;
 mod proc;
