@@ -117,6 +117,15 @@ impl Config {
     }
 }
 
+/// This machine's host name (`localhost` when unknown).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 /// `localhost`, the loopback addresses and this machine's host name.
 fn default_names() -> Vec<String> {
     let mut names = vec![
@@ -124,11 +133,9 @@ fn default_names() -> Vec<String> {
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
-    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
-        let h = h.trim();
-        if !h.is_empty() && h != "localhost" {
-            names.push(h.to_owned());
-        }
+    let h = host_name();
+    if h != "localhost" {
+        names.push(h);
     }
     names
 }
@@ -155,5 +162,12 @@ mod tests {
         std::fs::write(&f, "lisen = \"x\"\n").expect("write");
         let args = Args::parse_from(["holdfast-server", "--config", f.to_str().expect("path")]);
         assert!(Config::resolve(args).is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let c: FileConfig =
+            toml::from_str(include_str!("../../deploy/server.toml")).expect("deploy/server.toml");
+        assert_eq!(c.data_dir.as_deref(), Some(Path::new("/var/lib/holdfast")));
     }
 }

@@ -16,6 +16,9 @@ use crate::tls;
 /// printed once).
 pub const ADMIN_PASSWORD_ENV: &str = "HOLDFAST_ADMIN_PASSWORD";
 
+/// Machines the enrolment token printed at first start may enrol.
+const FIRST_TOKEN_USES: i64 = 10;
+
 /// Create the `admin` user when there is no user at all, with `given` as its password or
 /// a generated one; the password, when the user is new.
 pub async fn first_admin(
@@ -87,6 +90,23 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         say(format_args!(
             "  first start:  user 'admin', password '{}' (shown once; change it)",
             p.as_str()
+        ));
+        // A first token, so other machines can join before anyone opens the console.
+        let token = new_secret("hfe_").map_err(|e| anyhow!(e))?;
+        store
+            .create_enrollment_token(
+                "first start",
+                &crate::auth::secret_hash(&token),
+                FIRST_TOKEN_USES,
+                crate::store::now() + 24 * 3600,
+                "server",
+            )
+            .await?;
+        say(format_args!(
+            "  enrol others: holdfast-agent enroll --server https://{}:{} --token {token} --fingerprint {}   (valid 24 h, {FIRST_TOKEN_USES} machines)",
+            if config.listen.ip().is_unspecified() { crate::config::host_name() } else { host.clone() },
+            config.listen.port(),
+            identity.fingerprint
         ));
     }
 

@@ -24,6 +24,17 @@ fn server_starts_with_its_own_ca_and_first_admin() {
         "{text}"
     );
     let (fingerprint, password) = printed_secrets(&printed);
+    // The command for other machines carries a token and the same fingerprint.
+    let enrol = printed
+        .iter()
+        .find(|l| l.contains("enrol others"))
+        .expect("enrolment command printed");
+    assert!(
+        enrol.contains("holdfast-agent enroll --server https://127.0.0.1:")
+            && enrol.contains("--token hfe_")
+            && enrol.contains(&fingerprint),
+        "{enrol}"
+    );
 
     let ca = dir.path().join("tls/ca.pem");
     let base = format!("https://localhost:{port}");

@@ -16,8 +16,8 @@ pub fn curl(args: &[&str]) -> Option<(String, String)> {
     ))
 }
 
-/// Start the server; the lines it printed up to the certificate line (and the first-start
-/// line when `first` is true).
+/// Start the server; the lines it printed up to the certificate line (on a first start, up
+/// to the enrolment command for other machines).
 pub fn start(dir: &std::path::Path, port: u16, first: bool) -> (std::process::Child, Vec<String>) {
     start_with(dir, port, first, &[])
 }
@@ -50,7 +50,7 @@ pub fn start_with(
         let line = line.expect("line");
         seen_certificate |= line.contains("certificate:");
         let done = if first {
-            line.contains("first start")
+            line.contains("enrol others")
         } else {
             seen_certificate
         };
