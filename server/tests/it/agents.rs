@@ -211,6 +211,24 @@ fn enrol_connect_report_inventory_and_revoke() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
     let _ = server.kill();
     let _ = server.wait();
+
+    // No secret ever reached the server's log or an agent's answer after its creation.
+    let agent_secret = std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|c| c["secret"].as_str().map(str::to_owned))
+        .expect("agent secret");
+    let logged = std::fs::read_to_string(&log).expect("log");
+    assert!(logged.contains("agent enrolled"), "the log is the server's");
+    for secret in [&password, &token, &agent_secret] {
+        assert!(
+            !logged.contains(secret.as_str()),
+            "a secret is in the server log"
+        );
+        assert!(!shown.to_string().contains(secret.as_str()));
+    }
+    let random = agent_secret.split('.').nth(1).expect("random part");
+    assert!(!logged.contains(random) && !shown.to_string().contains(random));
 }
 
 #[test]

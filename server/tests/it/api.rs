@@ -369,3 +369,86 @@ async fn openapi_document_lists_every_route() {
     let schemes = &r.body["components"]["securitySchemes"];
     assert!(schemes["session"].is_object() && schemes["token"].is_object());
 }
+
+/// Every authenticated route refuses anonymous callers (401) and roles below the one it
+/// needs (403).
+#[tokio::test]
+async fn every_route_refuses_anonymous_and_lower_roles() {
+    let api = Api::new().await;
+    let admin = api.login("admin", "admin-password-1").await;
+    for (name, role) in [("olga", "operator"), ("vic", "viewer")] {
+        let r = api
+            .call(
+                "POST",
+                "/api/v1/users",
+                Some(&admin),
+                Some(json!({"name": name, "password": "long-enough-pw", "role": role})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let operator = api.login("olga", "long-enough-pw").await;
+    let viewer = api.login("vic", "long-enough-pw").await;
+    let user = json!({"name": "x", "password": "long-enough-pw", "role": "viewer"});
+    let routes: Vec<(&str, &str, &str, Option<Value>)> = vec![
+        ("GET", "/api/v1/me", "viewer", None),
+        (
+            "PUT",
+            "/api/v1/me/password",
+            "viewer",
+            Some(json!({"current": "a", "new": "b"})),
+        ),
+        ("GET", "/api/v1/info", "viewer", None),
+        ("GET", "/api/v1/tokens", "viewer", None),
+        (
+            "POST",
+            "/api/v1/tokens",
+            "viewer",
+            Some(json!({"name": "t"})),
+        ),
+        ("DELETE", "/api/v1/tokens/1", "viewer", None),
+        ("GET", "/api/v1/agents", "viewer", None),
+        ("GET", "/api/v1/agents/1", "viewer", None),
+        (
+            "POST",
+            "/api/v1/agents/1/inventory/refresh",
+            "operator",
+            None,
+        ),
+        ("DELETE", "/api/v1/agents/1", "admin", None),
+        ("GET", "/api/v1/users", "admin", None),
+        ("POST", "/api/v1/users", "admin", Some(user)),
+        ("DELETE", "/api/v1/users/1", "admin", None),
+        ("GET", "/api/v1/audit", "admin", None),
+        ("GET", "/api/v1/enrollment-tokens", "admin", None),
+        (
+            "POST",
+            "/api/v1/enrollment-tokens",
+            "admin",
+            Some(json!({"uses": 1})),
+        ),
+        ("DELETE", "/api/v1/enrollment-tokens/1", "admin", None),
+    ];
+    for (method, path, needs, body) in routes {
+        let r = api.call(method, path, None, body.clone()).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "anonymous {method} {path}"
+        );
+        let lower: &[(&str, &String)] = match needs {
+            "admin" => &[("operator", &operator), ("viewer", &viewer)],
+            "operator" => &[("viewer", &viewer)],
+            _ => &[],
+        };
+        for (role, session) in lower {
+            let r = api.call(method, path, Some(session), body.clone()).await;
+            assert_eq!(
+                r.status,
+                StatusCode::FORBIDDEN,
+                "{role} {method} {path}: {}",
+                r.body
+            );
+        }
+    }
+}
