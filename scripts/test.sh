@@ -37,6 +37,7 @@ PACKAGES=(
     procps      # kill, pkill: stopping fixture servers as if they crashed
     postgresql  # initdb, pg_ctl: the server's store tests run on PostgreSQL too
     curl        # the server's HTTPS test talks to the real binary
+    iproute2    # ip netns: the multi-agent test runs each agent in its own network namespace
     passwd      # useradd, chpasswd: the throwaway user the SFTP tests log in as
     gcc         # C compiler and linker for Rust build scripts and -sys crates
     libc6-dev   # C runtime files gcc needs to link (not pulled without recommends)

@@ -41,6 +41,9 @@ pub struct Args {
     /// one, or HOLDFAST_AGENT_BIN).
     #[arg(long, env = "HOLDFAST_LOCAL_AGENT")]
     pub local_agent: bool,
+    /// Seconds between agents' heartbeats (three missed ones mark an agent offline).
+    #[arg(long, env = "HOLDFAST_HEARTBEAT_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_seconds: u64,
 }
 
 /// The configuration file's keys.
@@ -65,6 +68,7 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub names: Vec<String>,
     pub local_agent: bool,
+    pub heartbeat_seconds: u64,
 }
 
 impl Config {
@@ -108,6 +112,7 @@ impl Config {
             tls,
             names,
             local_agent: args.local_agent || file.local_agent.unwrap_or(false),
+            heartbeat_seconds: args.heartbeat_seconds,
         })
     }
 

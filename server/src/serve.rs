@@ -63,7 +63,8 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         axum_server::tls_rustls::RustlsConfig::from_pem_file(&identity.cert, &identity.key)
             .await
             .context("cannot load the TLS certificate and key")?;
-    let state = AppState::new(store.clone(), identity.fingerprint.clone())?;
+    let mut state = AppState::new(store.clone(), identity.fingerprint.clone())?;
+    state.heartbeat_seconds = config.heartbeat_seconds;
 
     let host = match config.listen.ip() {
         ip if ip.is_unspecified() => "localhost".to_owned(),

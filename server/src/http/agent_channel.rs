@@ -17,7 +17,7 @@ use super::caller::ClientIp;
 use super::AppState;
 use crate::auth::{new_secret, secret_hash};
 
-/// Seconds between an agent's heartbeats; three missed ones close the channel.
+/// Default seconds between an agent's heartbeats; three missed ones close the channel.
 pub const HEARTBEAT_SECONDS: u64 = 15;
 /// Time an agent has to send its first message.
 const FIRST_MESSAGE: Duration = Duration::from_secs(10);
@@ -181,7 +181,7 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
     let mut reg = state.gateway.register(id);
     let welcome = ServerMsg::Welcome {
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
-        heartbeat_seconds: HEARTBEAT_SECONDS,
+        heartbeat_seconds: state.heartbeat_seconds,
     };
     if !send(&mut ws, &welcome).await {
         state.gateway.unregister(id, reg.generation);
@@ -189,7 +189,7 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
     }
     let _ = state.store.agent_seen(id).await;
     tracing::info!(agent = id, "agent connected");
-    let silence = Duration::from_secs(3 * HEARTBEAT_SECONDS);
+    let silence = Duration::from_secs(3 * state.heartbeat_seconds);
     loop {
         tokio::select! {
             msg = next(&mut ws, silence) => match msg {

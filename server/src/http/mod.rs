@@ -47,6 +47,8 @@ pub struct AppState {
     pub fingerprint: String,
     /// A password hash to verify against when the user is unknown (constant-time logins).
     pub dummy_hash: String,
+    /// Seconds between agents' heartbeats; three missed ones close a channel.
+    pub heartbeat_seconds: u64,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             started: Instant::now(),
             fingerprint,
             dummy_hash,
+            heartbeat_seconds: agent_channel::HEARTBEAT_SECONDS,
         })
     }
 }

@@ -5,6 +5,7 @@ mod agents;
 mod api;
 mod channel;
 mod https;
+mod netns;
 mod postgres;
 mod proc;
 mod store;

@@ -1,0 +1,234 @@
+//! Server and two agents on their own addresses, each in its own network namespace, joined
+//! by a bridge in a fourth. All traffic stays inside the namespaces: the root namespace gets
+//! an `unreachable` route for the test subnet and never connects to it; the test talks to the
+//! server with curl run inside the server's namespace.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The test subnet (private; routed nowhere from the root namespace).
+const SUBNET: &str = "10.231.7.0/24";
+const SERVER_IP: &str = "10.231.7.1";
+
+fn sh(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", cmd])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The namespaces; removed on drop.
+struct Net {
+    tag: String,
+}
+
+impl Net {
+    fn ns(&self, name: &str) -> String {
+        format!("hf{}{name}", self.tag)
+    }
+
+    fn up(tag: &str) -> Option<Self> {
+        let net = Net {
+            tag: tag.to_owned(),
+        };
+        let (br, srv, a1, a2) = (net.ns("br"), net.ns("srv"), net.ns("a1"), net.ns("a2"));
+        // Unreachable from the root namespace, whatever the host's routes say.
+        let _ = sh(&format!("ip route add unreachable {SUBNET}"));
+        let mut ok = sh(&format!("ip netns add {br} && ip -n {br} link add br0 type bridge && ip -n {br} link set br0 up"));
+        for (i, ns) in [(1, &srv), (2, &a1), (3, &a2)] {
+            ok = ok
+                && sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"))
+                && sh(&format!("ip link add v{tag}{i} netns {ns} type veth peer name p{i} netns {br}"))
+                && sh(&format!("ip -n {br} link set p{i} master br0 && ip -n {br} link set p{i} up"))
+                && sh(&format!("ip -n {ns} addr add 10.231.7.{i}/24 dev v{tag}{i} && ip -n {ns} link set v{tag}{i} up"));
+        }
+        ok.then_some(net)
+    }
+
+    /// Cut or restore agent `i`'s link (its port on the bridge).
+    fn link(&self, i: u32, up: bool) {
+        assert!(sh(&format!(
+            "ip -n {} link set p{i} {}",
+            self.ns("br"),
+            if up { "up" } else { "down" }
+        )));
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for n in ["srv", "a1", "a2", "br"] {
+            let _ = sh(&format!("ip netns del {}", self.ns(n)));
+        }
+    }
+}
+
+fn in_ns(ns: &str, program: &Path) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]).arg(program);
+    c
+}
+
+fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn two_agents_in_namespaces_go_offline_and_come_back() {
+    let unavailable = |why: &str| {
+        assert!(std::env::var_os("CI").is_none(), "{why} (CI is set)");
+        eprintln!("skipping: {why}");
+    };
+    let server_bin = Path::new(env!("CARGO_BIN_EXE_holdfast-server")).to_owned();
+    let agent_bin = server_bin.with_file_name("holdfast-agent");
+    if !agent_bin.exists() {
+        return unavailable("holdfast-agent is not built");
+    }
+    let tag = format!("{}", std::process::id() % 10000);
+    let Some(net) = Net::up(&tag) else {
+        return unavailable("cannot create network namespaces (needs root and iproute2)");
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let port = 18000 + (std::process::id() % 1000) as u16;
+    let mut server = Command::new("ip");
+    server
+        .args(["netns", "exec", &net.ns("srv")])
+        .arg(&server_bin)
+        .args(["--data-dir", d.to_str().expect("path")])
+        .args([
+            "--listen",
+            &format!("0.0.0.0:{port}"),
+            "--name",
+            &format!("localhost,{SERVER_IP}"),
+        ])
+        .args(["--heartbeat-seconds", "1"])
+        .env("HOLDFAST_ADMIN_PASSWORD", "netns-admin-pass")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _server = Kill(server.spawn().expect("server"));
+    let ca = d.join("tls/ca.pem");
+    let cookies = d.join("cookies");
+    // curl inside the server's namespace, to its loopback.
+    let api = |method: &str, path: &str, body: Option<&str>| -> Value {
+        let mut c = in_ns(&net.ns("srv"), Path::new("curl"));
+        c.args(["-sS", "--max-time", "10", "--cacert"]).arg(&ca);
+        c.arg("-b")
+            .arg(&cookies)
+            .arg("-c")
+            .arg(&cookies)
+            .args(["-X", method]);
+        if let Some(b) = body {
+            c.args(["-H", "content-type: application/json", "-d", b]);
+        }
+        c.arg(format!("https://localhost:{port}{path}"));
+        let out = c.output().expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    };
+    wait_for("the server", 20, || {
+        ca.exists()
+            && api(
+                "POST",
+                "/api/v1/session",
+                Some("{\"name\":\"admin\",\"password\":\"netns-admin-pass\"}"),
+            )["role"]
+                == "admin"
+    });
+    let info = api("GET", "/api/v1/info", None);
+    let fingerprint = info["certificate_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned();
+    let token = api("POST", "/api/v1/enrollment-tokens", Some("{\"uses\":2}"))["secret"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let server_url = format!("https://{SERVER_IP}:{port}");
+
+    // A wrong fingerprint is refused by the agent.
+    let out = in_ns(&net.ns("a1"), &agent_bin)
+        .args(["enroll", "--server", &server_url, "--token", &token])
+        .args([
+            "--fingerprint",
+            "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ])
+        .arg("--config")
+        .arg(d.join("wrong.json"))
+        .output()
+        .expect("agent");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match the fingerprint"));
+
+    let mut daemons = Vec::new();
+    for a in ["a1", "a2"] {
+        let cfg = d.join(format!("{a}.json"));
+        let out = in_ns(&net.ns(a), &agent_bin)
+            .args([
+                "enroll",
+                "--server",
+                &server_url,
+                "--token",
+                &token,
+                "--fingerprint",
+                &fingerprint,
+            ])
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .expect("agent");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let run = in_ns(&net.ns(a), &agent_bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run");
+        daemons.push(Kill(run));
+    }
+    let status = |id: i64| api("GET", &format!("/api/v1/agents/{id}"), None)["status"].clone();
+    wait_for("both agents online with inventories", 30, || {
+        let list = api("GET", "/api/v1/agents", None);
+        list["items"].as_array().is_some_and(|a| {
+            a.len() == 2
+                && a.iter()
+                    .all(|x| x["status"] == "online" && x["inventory_at"].is_i64())
+        })
+    });
+    // Cut agent 1's link: it goes offline, agent 2 stays online; restore it: it comes back.
+    net.link(2, false);
+    wait_for("agent 1 offline", 30, || status(1) == "offline");
+    assert_eq!(status(2), "online");
+    net.link(2, true);
+    wait_for("agent 1 back online", 90, || status(1) == "online");
+    // Revoked: refused from then on.
+    api("DELETE", "/api/v1/agents/2", None);
+    wait_for("agent 2 revoked and gone", 30, || {
+        status(2) == "revoked" && daemons[1].0.try_wait().ok().flatten().is_some()
+    });
+    assert_eq!(status(1), "online");
+}
