@@ -19,6 +19,15 @@ use crate::auth::{new_secret, secret_hash};
 
 /// Default seconds between an agent's heartbeats; three missed ones close the channel.
 pub const HEARTBEAT_SECONDS: u64 = 15;
+/// Largest message an agent may send (an inventory of a big server fits many times; the
+/// library's default is 64 MiB).
+const WS_MAX_MESSAGE: usize = 16 << 20;
+
+/// The same limits for both agent endpoints.
+fn sized(ws: WebSocketUpgrade) -> WebSocketUpgrade {
+    ws.max_message_size(WS_MAX_MESSAGE)
+}
+
 /// Time an agent has to send its first message.
 const FIRST_MESSAGE: Duration = Duration::from_secs(10);
 
@@ -71,7 +80,7 @@ async fn enroll(
     ClientIp(ip): ClientIp,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.on_upgrade(move |mut ws| async move {
+    sized(ws).on_upgrade(move |mut ws| async move {
         let (token, hostname) = match next(&mut ws, FIRST_MESSAGE).await {
             Some(Ok(AgentMsg::Enroll { protocol, token, hostname })) => {
                 if let Some(reason) = version_refusal(protocol) {
@@ -133,7 +142,7 @@ async fn channel(
     ws: WebSocketUpgrade,
 ) -> Response {
     let credential = parse_credential(&headers);
-    ws.on_upgrade(move |ws| async move {
+    sized(ws).on_upgrade(move |ws| async move {
         let Some((id, random)) = credential else {
             return refuse(
                 ws,

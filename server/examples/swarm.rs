@@ -1,0 +1,371 @@
+//! Scale harness: many simulated agents in one process, speaking the real protocol (TLS
+//! WebSockets, enrolment, hello, inventory, heartbeats, answering requests), against a
+//! running server; then agent listings at a fixed rate, with their latency, while they stay
+//! connected. Used by `scripts/bench/swarm.sh`; see docs/benchmarks.md.
+//!
+//! `swarm --server https://localhost:PORT --ca CA.pem --password ADMIN_PASSWORD --agents N
+//!  --rate REQ_PER_S --seconds S [--server-pid PID]`
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use holdfast_proto::{AgentMsg, Inventory, ServerMsg, CHANNEL_PATH, ENROLL_PATH, PROTOCOL_VERSION};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::Message;
+
+type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+struct Opts {
+    host: String,
+    port: u16,
+    tls: Arc<rustls::ClientConfig>,
+    password: String,
+    agents: usize,
+    rate: u64,
+    seconds: u64,
+    server_pid: Option<u32>,
+}
+
+fn opts() -> Res<Opts> {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let server = get("--server").ok_or("--server https://HOST:PORT is needed")?;
+    let rest = server
+        .strip_prefix("https://")
+        .ok_or("the server URL starts with https://")?;
+    let (host, port) = rest
+        .trim_end_matches('/')
+        .rsplit_once(':')
+        .ok_or("the server URL needs a port")?;
+    let pem = std::fs::read(get("--ca").ok_or("--ca CA.pem is needed")?)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(c?)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Opts {
+        host: host.to_owned(),
+        port: port.parse()?,
+        tls: Arc::new(tls),
+        password: get("--password").ok_or("--password is needed")?,
+        agents: get("--agents").map_or(Ok(1000), |v| v.parse())?,
+        rate: get("--rate").map_or(Ok(200), |v| v.parse())?,
+        seconds: get("--seconds").map_or(Ok(30), |v| v.parse())?,
+        server_pid: get("--server-pid").and_then(|v| v.parse().ok()),
+    })
+}
+
+/// A kept-alive HTTPS/1.1 connection for API calls.
+struct Http {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    host: String,
+}
+
+impl Http {
+    async fn connect(o: &Opts) -> Res<Self> {
+        let tcp = tokio::net::TcpStream::connect((o.host.as_str(), o.port)).await?;
+        tcp.set_nodelay(true)?;
+        let name = rustls_pki_types::ServerName::try_from(o.host.clone())?;
+        let stream = tokio_rustls::TlsConnector::from(o.tls.clone())
+            .connect(name, tcp)
+            .await?;
+        Ok(Self {
+            stream,
+            host: o.host.clone(),
+        })
+    }
+
+    /// One request; the status, headers and body.
+    async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        auth: &str,
+        body: Option<&str>,
+    ) -> Res<(u16, String, Vec<u8>)> {
+        let body = body.unwrap_or("");
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.stream.write_all(req.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        let head_end = loop {
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err("the server closed the connection".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let status: u16 = head.split_whitespace().nth(1).ok_or("no status")?.parse()?;
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_owned())
+            })
+            .ok_or("no content-length")?
+            .parse()?;
+        while buf.len() < head_end + len {
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err("the server closed the connection".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok((status, head, buf[head_end..head_end + len].to_vec()))
+    }
+}
+
+async fn ws(
+    o: &Opts,
+    path: &str,
+    bearer: Option<&str>,
+) -> Res<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>>
+{
+    let mut req = format!("wss://{}:{}{path}", o.host, o.port).into_client_request()?;
+    if let Some(b) = bearer {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {b}").parse()?);
+    }
+    let connector = tokio_tungstenite::Connector::Rustls(o.tls.clone());
+    let (s, _) =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector)).await?;
+    Ok(s)
+}
+
+async fn next_msg(
+    s: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Res<ServerMsg> {
+    while let Some(m) = s.next().await {
+        if let Message::Text(t) = m? {
+            return Ok(serde_json::from_str(t.as_str())?);
+        }
+    }
+    Err("closed".into())
+}
+
+/// One simulated agent: enrol, then keep the channel with heartbeats; counts itself online.
+async fn agent(
+    o: Arc<Opts>,
+    n: usize,
+    token: String,
+    online: Arc<AtomicUsize>,
+    enrolled: Arc<tokio::sync::Semaphore>,
+) -> Res<()> {
+    let permit = enrolled.acquire().await?;
+    let mut e = ws(&o, ENROLL_PATH, None).await?;
+    let hello = AgentMsg::Enroll {
+        protocol: PROTOCOL_VERSION,
+        token,
+        hostname: format!("sim-{n:05}"),
+    };
+    e.send(Message::Text(hello.to_text().into())).await?;
+    let secret = match next_msg(&mut e).await? {
+        ServerMsg::Enrolled { secret, .. } => secret,
+        other => return Err(format!("enrolment refused: {other:?}").into()),
+    };
+    drop(e);
+    let mut c = ws(&o, CHANNEL_PATH, Some(&secret)).await?;
+    let hello = AgentMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        agent_version: "sim".into(),
+    };
+    c.send(Message::Text(hello.to_text().into())).await?;
+    let beat = match next_msg(&mut c).await? {
+        ServerMsg::Welcome {
+            heartbeat_seconds, ..
+        } => Duration::from_secs(heartbeat_seconds),
+        other => return Err(format!("channel refused: {other:?}").into()),
+    };
+    let inv = Inventory {
+        hostname: format!("sim-{n:05}"),
+        os: "sim".into(),
+        agent_version: "sim".into(),
+        ..Default::default()
+    };
+    c.send(Message::Text(
+        AgentMsg::Inventory(inv.clone()).to_text().into(),
+    ))
+    .await?;
+    drop(permit);
+    online.fetch_add(1, Ordering::Relaxed);
+    let mut tick = tokio::time::interval(beat);
+    tick.reset();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => c.send(Message::Text(AgentMsg::Heartbeat.to_text().into())).await?,
+            m = next_msg(&mut c) => if let ServerMsg::Request { id, .. } = m? {
+                let body = serde_json::to_value(&inv)?;
+                c.send(Message::Text(AgentMsg::Response { id, ok: true, body }.to_text().into())).await?;
+            },
+        }
+    }
+}
+
+fn rss_mib(pid: Option<u32>) -> String {
+    pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_owned()))
+        })
+        .map(|kb| {
+            format!(
+                "{:.0} MiB",
+                kb.trim_end_matches(" kB")
+                    .trim()
+                    .parse::<f64>()
+                    .unwrap_or(0.0)
+                    / 1024.0
+            )
+        })
+        .unwrap_or_else(|| "n/a".into())
+}
+
+#[tokio::main]
+async fn main() -> Res<()> {
+    let o = Arc::new(opts()?);
+    let mut http = Http::connect(&o).await?;
+    let (_, head, _) = http
+        .call(
+            "POST",
+            "/api/v1/session",
+            "",
+            Some(&format!(
+                "{{\"name\":\"admin\",\"password\":\"{}\"}}",
+                o.password
+            )),
+        )
+        .await?;
+    let cookie = head
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("set-cookie: ")
+                .or_else(|| l.strip_prefix("Set-Cookie: "))
+        })
+        .and_then(|c| c.split(';').next())
+        .ok_or("login failed")?
+        .to_owned();
+    let auth = format!("Cookie: {cookie}\r\n");
+    let (_, _, body) = http
+        .call(
+            "POST",
+            "/api/v1/enrollment-tokens",
+            &auth,
+            Some(&format!("{{\"uses\":{}}}", o.agents)),
+        )
+        .await?;
+    let token = serde_json::from_slice::<serde_json::Value>(&body)?["secret"]
+        .as_str()
+        .ok_or("no token")?
+        .to_owned();
+
+    let online = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let enrolling = Arc::new(tokio::sync::Semaphore::new(64));
+    let start = Instant::now();
+    for n in 0..o.agents {
+        let (o, token, online, failed, enrolling) = (
+            o.clone(),
+            token.clone(),
+            online.clone(),
+            failed.clone(),
+            enrolling.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = agent(o, n, token, online, enrolling).await {
+                if failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                    eprintln!("agent {n}: {e}");
+                }
+            }
+        });
+    }
+    while online.load(Ordering::Relaxed) + failed.load(Ordering::Relaxed) < o.agents {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "connected: {} agents ({} failed) in {:.1} s; server RSS {}",
+        online.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        start.elapsed().as_secs_f64(),
+        rss_mib(o.server_pid)
+    );
+
+    // Agent listings at a fixed rate over 4 kept-alive connections, while agents stay on.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(Http::connect(&o).await?);
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Res<Duration>>(1024);
+    let per_client = (o.rate as f64 / 4.0).max(0.1);
+    let total = o.rate * o.seconds;
+    for mut c in clients {
+        let (tx, auth) = (tx.clone(), auth.clone());
+        let count = total / 4;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_client));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for _ in 0..count {
+                tick.tick().await;
+                let t = Instant::now();
+                let r = c.call("GET", "/api/v1/agents?limit=100", &auth, None).await;
+                let r = match r {
+                    Ok((200, _, _)) => Ok(t.elapsed()),
+                    Ok((s, _, _)) => Err(format!("status {s}").into()),
+                    Err(e) => Err(e),
+                };
+                if tx.send(r).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    drop(tx);
+    let load_start = Instant::now();
+    let mut lat = Vec::new();
+    let mut errors = 0usize;
+    while let Some(r) = rx.recv().await {
+        match r {
+            Ok(d) => lat.push(d),
+            Err(_) => errors += 1,
+        }
+    }
+    let took = load_start.elapsed().as_secs_f64();
+    lat.sort();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    println!(
+        "listing: {} requests in {took:.1} s ({:.0}/s), {errors} errors; p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; agents still online: {}; server RSS {}",
+        lat.len(),
+        lat.len() as f64 / took,
+        pct(0.50),
+        pct(0.99),
+        pct(1.0),
+        online.load(Ordering::Relaxed) - failed.load(Ordering::Relaxed).min(online.load(Ordering::Relaxed)),
+        rss_mib(o.server_pid)
+    );
+    Ok(())
+}
