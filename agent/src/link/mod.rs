@@ -62,18 +62,37 @@ pub async fn send(ws: &mut Ws, msg: &AgentMsg) -> Result<()> {
 
 /// The next server message; `None` when the server closed the channel.
 pub async fn recv(ws: &mut Ws) -> Result<Option<ServerMsg>> {
-    while let Some(msg) = ws.next().await {
-        match msg.context("the connection to the server broke")? {
-            Message::Text(t) => {
-                return serde_json::from_str(t.as_str()).map(Some).with_context(|| {
-                    format!("the server sent a message this agent does not understand: {t}")
-                })
-            }
-            Message::Close(_) => return Ok(None),
-            _ => continue,
+    loop {
+        match recv_frame(ws).await? {
+            Frame::Msg(m) => return Ok(Some(m)),
+            Frame::Control => continue,
+            Frame::Closed => return Ok(None),
         }
     }
-    Ok(None)
+}
+
+/// What arrived from the server.
+pub enum Frame {
+    Msg(ServerMsg),
+    /// A ping or another control frame: the server is alive.
+    Control,
+    Closed,
+}
+
+/// The next frame of any kind.
+pub async fn recv_frame(ws: &mut Ws) -> Result<Frame> {
+    match ws.next().await {
+        None => Ok(Frame::Closed),
+        Some(msg) => match msg.context("the connection to the server broke")? {
+            Message::Text(t) => serde_json::from_str(t.as_str())
+                .map(Frame::Msg)
+                .with_context(|| {
+                    format!("the server sent a message this agent does not understand: {t}")
+                }),
+            Message::Close(_) => Ok(Frame::Closed),
+            _ => Ok(Frame::Control),
+        },
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -10,7 +10,7 @@ use holdfast_proto::{AgentMsg, Inventory, RefusalCode, ServerMsg, CHANNEL_PATH, 
 use serde_json::json;
 
 use super::config::AgentConfig;
-use super::{connect, recv, send};
+use super::{connect, recv, recv_frame, send, Frame};
 use crate::inventory::collect;
 
 /// Longest wait between reconnection attempts.
@@ -96,6 +96,7 @@ async fn session(config: &AgentConfig) -> Result<End> {
     let mut check = tokio::time::interval(INVENTORY_CHECK);
     check.reset();
     let mut cancel = tokio::time::interval(Duration::from_millis(250));
+    let mut heard = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = beat.tick() => send(&mut ws, &AgentMsg::Heartbeat).await?,
@@ -111,15 +112,22 @@ async fn session(config: &AgentConfig) -> Result<End> {
                     let _ = ws.close(None).await;
                     return Ok(End::Closed);
                 }
-            }
-            msg = recv(&mut ws) => match msg? {
-                Some(ServerMsg::Request { id, body }) => {
-                    let (ok, body) = answer(&body).await;
-                    send(&mut ws, &AgentMsg::Response { id, ok, body }).await?;
+                // The server pings every heartbeat: three without a word means it is gone.
+                if heard.elapsed() > 3 * heartbeat {
+                    bail!("the server stopped answering for {} s", heard.elapsed().as_secs());
                 }
-                Some(ServerMsg::Refused { code, reason }) => return Ok(End::Refused(code, reason)),
-                Some(_) => {}
-                None => return Ok(End::Closed),
+            }
+            frame = recv_frame(&mut ws) => {
+                heard = std::time::Instant::now();
+                match frame? {
+                    Frame::Msg(ServerMsg::Request { id, body }) => {
+                        let (ok, body) = answer(&body).await;
+                        send(&mut ws, &AgentMsg::Response { id, ok, body }).await?;
+                    }
+                    Frame::Msg(ServerMsg::Refused { code, reason }) => return Ok(End::Refused(code, reason)),
+                    Frame::Msg(_) | Frame::Control => {}
+                    Frame::Closed => return Ok(End::Closed),
+                }
             },
         }
     }

@@ -199,10 +199,24 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
     let _ = state.store.agent_seen(id).await;
     tracing::info!(agent = id, "agent connected");
     let silence = Duration::from_secs(3 * state.heartbeat_seconds);
+    // Pings let the agent notice a server that went silent (it reconnects instead of
+    // waiting for TCP to give up).
+    let mut ping = tokio::time::interval(Duration::from_secs(state.heartbeat_seconds));
+    ping.reset();
+    let mut heard = std::time::Instant::now();
     loop {
         tokio::select! {
+            _ = ping.tick() => {
+                // The agent heartbeats; three intervals without a word and it is gone.
+                if heard.elapsed() > silence || ws.send(Message::Ping(Default::default())).await.is_err() {
+                    break;
+                }
+            }
             msg = next(&mut ws, silence) => match msg {
-                Some(Ok(m)) => handle(&state, id, m).await,
+                Some(Ok(m)) => {
+                    heard = std::time::Instant::now();
+                    handle(&state, id, m).await
+                }
                 Some(Err(e)) => {
                     tracing::warn!(agent = id, error = %e, "malformed message from agent");
                 }

@@ -205,7 +205,9 @@ fn two_agents_in_namespaces_go_offline_and_come_back() {
             .arg("--config")
             .arg(&cfg)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(d.join(format!("{a}.log"))).expect("log"),
+            ))
             .spawn()
             .expect("run");
         daemons.push(Kill(run));
@@ -225,6 +227,20 @@ fn two_agents_in_namespaces_go_offline_and_come_back() {
     assert_eq!(status(2), "online");
     net.link(2, true);
     wait_for("agent 1 back online", 90, || status(1) == "online");
+    // A server that goes silent (stopped, not closed): agents notice from the missing pings,
+    // reconnect, and are online again once it answers.
+    let pid = _server.0.id();
+    let server_pid = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()
+        .and_then(|c| c.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| pid.to_string());
+    assert!(sh(&format!("kill -STOP {server_pid}")));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(sh(&format!("kill -CONT {server_pid}")));
+    wait_for("agents online after the silence", 60, || {
+        let log = std::fs::read_to_string(d.join("a2.log")).unwrap_or_default();
+        log.contains("stopped answering") && status(1) == "online" && status(2) == "online"
+    });
     // Revoked: refused from then on.
     api("DELETE", "/api/v1/agents/2", None);
     wait_for("agent 2 revoked and gone", 30, || {
