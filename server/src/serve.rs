@@ -65,6 +65,8 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
             .context("cannot load the TLS certificate and key")?;
     let mut state = AppState::new(store.clone(), identity.fingerprint.clone())?;
     state.heartbeat_seconds = config.heartbeat_seconds;
+    let handle = axum_server::Handle::new();
+    state.listener = Some(handle.clone());
 
     let host = match config.listen.ip() {
         ip if ip.is_unspecified() => "localhost".to_owned(),
@@ -145,7 +147,6 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         None
     };
 
-    let handle = axum_server::Handle::new();
     let on_signal = handle.clone();
     tokio::spawn(async move {
         shutdown_signal().await;

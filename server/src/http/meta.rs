@@ -52,12 +52,16 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
          # HELP holdfast_agents_online Agents with their channel open.\n\
          # TYPE holdfast_agents_online gauge\n\
          holdfast_agents_online {}\n\
+         # HELP holdfast_connections Open HTTPS connections serving requests (agent channels: holdfast_agents_online).\n\
+         # TYPE holdfast_connections gauge\n\
+         holdfast_connections {}\n\
          # HELP holdfast_uptime_seconds Seconds since the server started.\n\
          # TYPE holdfast_uptime_seconds gauge\n\
          holdfast_uptime_seconds {}\n",
         m.requests.load(Ordering::Relaxed),
         m.errors.load(Ordering::Relaxed),
         state.gateway.online_count(),
+        state.listener.as_ref().map_or(0, |h| h.connection_count()),
         state.started.elapsed().as_secs(),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))

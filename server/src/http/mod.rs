@@ -49,6 +49,9 @@ pub struct AppState {
     pub dummy_hash: String,
     /// Seconds between agents' heartbeats; three missed ones close a channel.
     pub heartbeat_seconds: u64,
+    /// The listener's handle, for the open-connections gauge (absent when the router is
+    /// used without a listener, as in tests).
+    pub listener: Option<axum_server::Handle>,
 }
 
 impl AppState {
@@ -65,6 +68,7 @@ impl AppState {
             fingerprint,
             dummy_hash,
             heartbeat_seconds: agent_channel::HEARTBEAT_SECONDS,
+            listener: None,
         })
     }
 }

@@ -188,6 +188,14 @@ fn enrol_connect_report_inventory_and_revoke() {
     let (metrics, _) =
         curl(&["--cacert", &api.ca, &format!("{}/metrics", api.base)]).expect("metrics");
     assert!(metrics.contains("holdfast_agents_online 1"), "{metrics}");
+    // At least this request's connection is open (upgraded agent channels leave the
+    // listener's count and show in holdfast_agents_online).
+    let open: usize = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("holdfast_connections "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("connections gauge");
+    assert!(open >= 1, "{metrics}");
 
     // Revoked: the channel closes at once and the daemon stops with the reason.
     let r = api.call("DELETE", &format!("/api/v1/agents/{id}"), None);
