@@ -97,8 +97,8 @@ pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
                 &folder,
                 credentials(credentials_file)?,
             )?;
-            let caps = t.caps();
-            (Arc::new(Limited::new(t, caps.max_connections)), caps, name)
+            let (t, caps) = limited(t);
+            (t, caps, name)
         }
         Location::Ftp {
             secure,
@@ -116,8 +116,8 @@ pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
                 secure,
                 credentials(credentials_file)?,
             )?;
-            let caps = t.caps();
-            (Arc::new(Limited::new(t, caps.max_connections)), caps, name)
+            let (t, caps) = limited(t);
+            (t, caps, name)
         }
         Location::Smb {
             host,
@@ -138,8 +138,8 @@ pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
                 &folder,
                 credentials(credentials_file)?,
             )?;
-            let caps = t.caps();
-            (Arc::new(Limited::new(t, caps.max_connections)), caps, name)
+            let (t, caps) = limited(t);
+            (t, caps, name)
         }
     };
     let display = format!("{}/{name}", caps.display.trim_end_matches('/'));
@@ -149,6 +149,12 @@ pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
         name,
         display,
     }))
+}
+
+/// A backend behind the connection cap it asks for.
+fn limited<T: Target>(t: T) -> (Arc<dyn Target>, holdfast_targets::TargetCaps) {
+    let caps = t.caps();
+    (Arc::new(Limited::new(t, caps.max_connections)), caps)
 }
 
 /// Credentials from the file (`key = value` lines) and then the environment.

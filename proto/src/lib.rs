@@ -20,6 +20,16 @@ pub use inventory::{Disk, Inventory, Volume};
 /// Version of the messages below. A server refuses agents with another version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// `SHA256:<base64>` (no padding) of a DER certificate: what the server prints and agents pin.
+pub fn certificate_fingerprint(der: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(der))
+    )
+}
+
 /// Path of the agent channel on the server.
 pub const CHANNEL_PATH: &str = "/api/v1/agent/channel";
 /// Path agents enrol at (a WebSocket as well: one exchange, then closed).

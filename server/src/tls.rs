@@ -10,12 +10,12 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use base64::Engine as _;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use sha2::Digest as _;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::CertificateDer;
 
 /// The certificate chain and key the server presents, and the fingerprint agents pin.
 #[derive(Debug, Clone)]
@@ -28,14 +28,7 @@ pub struct Identity {
     pub fingerprint: String,
 }
 
-/// `SHA256:<base64>` (no padding) of a DER certificate, as agents are given it.
-pub fn fingerprint(der: &[u8]) -> String {
-    let digest = sha2::Sha256::digest(der);
-    format!(
-        "SHA256:{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-    )
-}
+pub use holdfast_proto::certificate_fingerprint as fingerprint;
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
@@ -49,18 +42,10 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
         .with_context(|| format!("cannot write '{}'", path.display()))
 }
 
-fn first_der(pem_path: &Path) -> Result<Vec<u8>> {
-    let text = std::fs::read_to_string(pem_path)
-        .with_context(|| format!("cannot read certificate '{}'", pem_path.display()))?;
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END"))
-        .collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body.trim())
-        .with_context(|| format!("'{}' holds no PEM certificate", pem_path.display()))
+/// The first certificate of a PEM file.
+fn first_der(pem_path: &Path) -> Result<CertificateDer<'static>> {
+    CertificateDer::from_pem_file(pem_path)
+        .with_context(|| format!("'{}' holds no readable PEM certificate", pem_path.display()))
 }
 
 /// The identity: the configured certificate, or ours from `data_dir` (made on first use for
@@ -118,17 +103,13 @@ fn make_ca_and_server(dir: &Path, names: &[String]) -> Result<()> {
     let server_cert = leaf.signed_by(&server_key, &issuer)?;
 
     std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
-    write_private(&dir.join("ca.key"), &issuer_key_pem(&issuer))?;
+    write_private(&dir.join("ca.key"), &issuer.key().serialize_pem())?;
     std::fs::write(
         dir.join("server.pem"),
         format!("{}{}", server_cert.pem(), ca_cert.pem()),
     )?;
     write_private(&dir.join("server.key"), &server_key.serialize_pem())?;
     Ok(())
-}
-
-fn issuer_key_pem(issuer: &Issuer<'_, KeyPair>) -> String {
-    issuer.key().serialize_pem()
 }
 
 #[cfg(test)]

@@ -45,7 +45,9 @@ pub async fn connect(
         );
     }
     let pinned = Arc::new(Pinned::new(fingerprint));
-    let connector = Connector::Rustls(Arc::new(client_config(pinned.clone())));
+    let connector = Connector::Rustls(Arc::new(
+        client_config(pinned.clone()).context("cannot set up TLS")?,
+    ));
     let (ws, _) =
         tokio_tungstenite::connect_async_tls_with_config(req, None, false, Some(connector))
             .await

@@ -4,21 +4,13 @@
 
 use std::sync::{Arc, Mutex};
 
-use base64::Engine as _;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use sha2::Digest as _;
 
-/// `SHA256:<base64>` of a DER certificate (as the server prints it).
-pub fn fingerprint(der: &[u8]) -> String {
-    format!(
-        "SHA256:{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(der))
-    )
-}
+pub use holdfast_proto::certificate_fingerprint as fingerprint;
 
 /// Accepts the server when a certificate of its chain has the pinned fingerprint and the
 /// chain verifies up to it (or it is the server's own certificate); remembers that
@@ -122,18 +114,12 @@ impl ServerCertVerifier for Pinned {
 }
 
 /// A client configuration that trusts only what `verifier` accepts.
-pub fn client_config(verifier: Arc<Pinned>) -> rustls::ClientConfig {
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map(|b| {
-            b.dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth()
-        })
-        .unwrap_or_else(|_| {
-            // The ring provider supports the default versions; this branch is not taken.
-            rustls::ClientConfig::builder()
-                .with_root_certificates(RootCertStore::empty())
-                .with_no_client_auth()
-        })
+pub fn client_config(verifier: Arc<Pinned>) -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(
+        rustls::ClientConfig::builder_with_provider(verifier.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth(),
+    )
 }

@@ -166,11 +166,8 @@ async fn list(
     caller.require(Role::Viewer)?;
     let limit = q.limit()?;
     let agents = state.store.agents(q.after.unwrap_or(0), limit).await?;
-    let next = (agents.len() as i64 == limit)
-        .then(|| agents.last().map(|a| a.id))
-        .flatten();
-    let items = agents.iter().map(|a| view(&state, a, false)).collect();
-    Ok(Json(Page { items, next }))
+    let page = Page::new(agents, limit, |a| a.id).map(|a| view(&state, &a, false));
+    Ok(Json(page))
 }
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = i64, Path)), responses((status = 200, description = "the agent with its inventory", body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]

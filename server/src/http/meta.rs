@@ -99,8 +99,5 @@ async fn audit(
         .store
         .audit_log(q.before.unwrap_or(i64::MAX), limit)
         .await?;
-    let next = (items.len() as i64 == limit)
-        .then(|| items.last().map(|e| e.id))
-        .flatten();
-    Ok(Json(Page { items, next }))
+    Ok(Json(Page::new(items, limit, |e| e.id)))
 }

@@ -116,12 +116,21 @@ pub struct Page<T> {
 }
 
 impl<T> Page<T> {
-    /// A page of items in ascending id order.
-    fn after(items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Self {
+    /// A page of at most `limit` items; a full page has a next one, which starts after
+    /// the last item's id (in whatever order the list runs).
+    fn new(items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Self {
         let next = (items.len() as i64 == limit)
             .then(|| items.last().map(&id))
             .flatten();
         Self { items, next }
+    }
+
+    /// The same page with every item shown another way.
+    fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next: self.next,
+        }
     }
 }
 

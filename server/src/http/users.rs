@@ -30,7 +30,7 @@ async fn list(
     caller.require(Role::Admin)?;
     let limit = q.limit()?;
     let items = state.store.users(q.after.unwrap_or(0), limit).await?;
-    Ok(Json(Page::after(items, limit, |u| u.id)))
+    Ok(Json(Page::new(items, limit, |u| u.id)))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
