@@ -11,7 +11,7 @@ RATE=${2:-200}
 SECONDS_=${3:-30}
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/holdfast-target}
-cargo build --release -p holdfast-server --example swarm >&2
+cargo build --release -p holdfast-server --bins --example swarm >&2
 # Every agent is a socket on both sides: use the hard limit of open files.
 ulimit -n "$(ulimit -Hn)"
 D=$(mktemp -d /var/tmp/holdfast-swarm.XXXXXX)

@@ -92,6 +92,13 @@ impl Gateway {
         }
     }
 
+    /// Close every channel (the server is stopping; agents reconnect when it is back).
+    pub fn close_all(&self) {
+        for (_, c) in self.conns().drain() {
+            let _ = c.kick.send(true);
+        }
+    }
+
     /// True when agent `id` has a channel open.
     pub fn is_online(&self, id: i64) -> bool {
         self.conns().contains_key(&id)

@@ -148,9 +148,13 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
     };
 
     let on_signal = handle.clone();
+    let gateway = state.gateway.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        // Agent channels never end by themselves: close them so the shutdown does not
+        // wait out its grace period.
+        gateway.close_all();
         on_signal.graceful_shutdown(Some(Duration::from_secs(10)));
     });
     let served = axum_server::bind_rustls(config.listen, rustls_config)

@@ -22,11 +22,19 @@ pub const HEARTBEAT_SECONDS: u64 = 15;
 /// Largest message an agent may send (an inventory of a big server fits many times; the
 /// library's default is 64 MiB).
 const WS_MAX_MESSAGE: usize = 16 << 20;
+/// Bytes read from the socket at a time. The library's 128 KiB default is zero-filled on
+/// every read, so it stays resident for each of thousands of idle channels; a larger
+/// message still grows the buffer to its size.
+const WS_READ_CHUNK: usize = 8 << 10;
 
 /// The same limits for both agent endpoints.
 fn sized(ws: WebSocketUpgrade) -> WebSocketUpgrade {
     ws.max_message_size(WS_MAX_MESSAGE)
+        .read_buffer_size(WS_READ_CHUNK)
 }
+
+/// How often a connected agent's "last seen" time is written to the store.
+const RECORD_SEEN: Duration = Duration::from_secs(60);
 
 /// Time an agent has to send its first message.
 const FIRST_MESSAGE: Duration = Duration::from_secs(10);
@@ -204,6 +212,7 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
     let mut ping = tokio::time::interval(Duration::from_secs(state.heartbeat_seconds));
     ping.reset();
     let mut heard = std::time::Instant::now();
+    let mut recorded = heard;
     loop {
         tokio::select! {
             _ = ping.tick() => {
@@ -215,6 +224,12 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
             msg = next(&mut ws, silence) => match msg {
                 Some(Ok(m)) => {
                     heard = std::time::Instant::now();
+                    // An online agent's "last seen" is now; the store only needs it to
+                    // survive a crash, so it is written once a minute, not per heartbeat.
+                    if heard.duration_since(recorded) >= RECORD_SEEN {
+                        let _ = state.store.agent_seen(id).await;
+                        recorded = heard;
+                    }
                     handle(&state, id, m).await
                 }
                 Some(Err(e)) => {
@@ -251,9 +266,8 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
 async fn handle(state: &AppState, id: i64, msg: AgentMsg) {
     match msg {
         AgentMsg::Inventory(inv) => store_inventory(state, id, &inv).await,
-        AgentMsg::Heartbeat => {
-            let _ = state.store.agent_seen(id).await;
-        }
+        // Proof of life only: the channel loop noted the time.
+        AgentMsg::Heartbeat => {}
         AgentMsg::Response { id: req, ok, body } => state.gateway.respond(req, ok, body),
         AgentMsg::Hello { .. } | AgentMsg::Enroll { .. } => {
             tracing::warn!(agent = id, "unexpected message on an open channel");

@@ -142,7 +142,8 @@ fn view(state: &AppState, a: &Agent, with_inventory: bool) -> Value {
         "status": status,
         "enrolled_at": a.enrolled_at,
         "revoked_at": a.revoked_at,
-        "last_seen_at": a.last_seen_at,
+        // The store writes it once a minute; an agent on the channel is seen now.
+        "last_seen_at": if status == "online" { Some(crate::store::now()) } else { a.last_seen_at },
         "os": a.os,
         "agent_version": a.agent_version,
         "inventory_at": a.inventory_at,
