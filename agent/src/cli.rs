@@ -80,6 +80,10 @@ pub struct Common {
     /// Print one JSON document on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Print progress as JSON lines on stderr (`{"stage":…,"done":…,"total":…}`), for
+    /// programs that run this command.
+    #[arg(long)]
+    pub progress_lines: bool,
     /// Worker threads (default: number of cores, plus one for imaging).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -136,6 +140,9 @@ pub struct CreateArgs {
     /// Replace an existing image of the same name.
     #[arg(long)]
     pub overwrite: bool,
+    /// Create the output's folder, and any missing folder above it, on the target.
+    #[arg(long)]
+    pub create_folders: bool,
     /// Remount a read-write mounted source read-only while imaging.
     #[arg(long, conflicts_with = "allow_live")]
     pub lock: bool,

@@ -19,6 +19,8 @@ pub struct Refused(pub String);
 
 /// Exit code when validation found damage (the report was printed).
 pub const DAMAGED: u8 = 3;
+/// Exit code of a cancelled command (its partial output was removed).
+pub const CANCELLED: u8 = 6;
 
 /// The exit code for an error chain.
 pub fn code_for(err: &anyhow::Error) -> u8 {
@@ -37,7 +39,7 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
                 | ImageError::ChainBroken { .. } => DAMAGED,
                 ImageError::PasswordRequired { .. } | ImageError::WrongPassword { .. } => 4,
                 ImageError::SourceMismatch { .. } => 5,
-                ImageError::Cancelled => 6,
+                ImageError::Cancelled => CANCELLED,
                 _ => 1,
             };
         }

@@ -151,6 +151,54 @@ pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
     }))
 }
 
+/// Create the folder that holds `spec` (an image's path or URL), and any missing folder
+/// above it, like `mkdir -p`.
+pub fn create_folders(spec: &Path, credentials_file: Option<&Path>) -> Result<()> {
+    let text = spec.to_string_lossy();
+    match place(spec, credentials_file)? {
+        Place::Local(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create the folder '{}'", dir.display()))?;
+            }
+            Ok(())
+        }
+        Place::Remote(_) => match text.rsplit_once('/') {
+            Some((folder, _)) => make_folder(folder, credentials_file, 0),
+            None => Ok(()),
+        },
+    }
+}
+
+/// Make `folder` (a target URL) in its parent, making the parent first when it is missing.
+fn make_folder(folder: &str, credentials_file: Option<&Path>, depth: u32) -> Result<()> {
+    // `place` reads the last segment as the name: the target is rooted at the parent.
+    let Ok(Place::Remote(parent)) = place(Path::new(folder), credentials_file) else {
+        // The root of the server or share: it exists or nothing can make it.
+        return Ok(());
+    };
+    let dir = key(&parent.name)?;
+    let made = parent.block_on(parent.target.mkdirs(&dir))?;
+    match made {
+        Ok(()) => Ok(()),
+        Err(first) => {
+            let up = folder.rsplit_once('/').map(|(p, _)| p);
+            match up {
+                Some(up)
+                    if depth < 32
+                        && up.contains("://")
+                        && make_folder(up, credentials_file, depth + 1).is_ok() =>
+                {
+                    parent
+                        .block_on(parent.target.mkdirs(&dir))?
+                        .with_context(|| format!("cannot create the folder '{folder}'"))
+                }
+                _ => Err(anyhow!("cannot create the folder '{folder}': {first}")),
+            }
+        }
+    }
+}
+
 /// A backend behind the connection cap it asks for.
 fn limited<T: Target>(t: T) -> (Arc<dyn Target>, holdfast_targets::TargetCaps) {
     let caps = t.caps();

@@ -12,10 +12,12 @@
 //! back-pressure of a slow peer reaches the sender instead of growing memory).
 
 pub mod inventory;
+pub mod job;
 
 use serde::{Deserialize, Serialize};
 
 pub use inventory::{Disk, Inventory, Volume};
+pub use job::{JobOrder, RunReport, RunStatus};
 
 /// Version of the messages below. A server refuses agents with another version.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -60,6 +62,23 @@ pub enum AgentMsg {
         ok: bool,
         body: serde_json::Value,
     },
+    /// Progress of a running job (sent at most every half second; may be dropped when the
+    /// channel is down).
+    Progress {
+        run_id: i64,
+        stage: String,
+        done: u64,
+        total: u64,
+    },
+    /// A log line of a running job.
+    Log {
+        run_id: i64,
+        level: String,
+        text: String,
+    },
+    /// A finished run. Kept on the agent's disk until [`ServerMsg::ReportStored`] says the
+    /// server has it, so a report made while the server was away arrives later.
+    Report(job::RunReport),
 }
 
 /// Server → agent.
@@ -78,6 +97,8 @@ pub enum ServerMsg {
     Refused { code: RefusalCode, reason: String },
     /// A request the agent answers with [`AgentMsg::Response`].
     Request { id: u64, body: serde_json::Value },
+    /// The report of this run is stored: the agent may forget it.
+    ReportStored { run_id: i64 },
 }
 
 /// Why a channel or enrolment was refused.

@@ -63,7 +63,18 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         axum_server::tls_rustls::RustlsConfig::from_pem_file(&identity.cert, &identity.key)
             .await
             .context("cannot load the TLS certificate and key")?;
-    let mut state = AppState::new(store.clone(), identity.fingerprint.clone())?;
+    let given_key = std::env::var("HOLDFAST_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let vault = crate::vault::Vault::open(&config.data_dir, given_key.as_deref())
+        .context("cannot open the credentials vault")?;
+    if vault.source() == crate::vault::KeySource::Created {
+        say(format_args!(
+            "Master key for stored credentials created: {} (back it up with the database)",
+            config.data_dir.join(crate::vault::KEY_FILE).display()
+        ));
+    }
+    let mut state = AppState::new(store.clone(), identity.fingerprint.clone(), vault)?;
     state.heartbeat_seconds = config.heartbeat_seconds;
     let handle = axum_server::Handle::new();
     state.listener = Some(handle.clone());

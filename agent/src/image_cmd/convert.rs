@@ -20,7 +20,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
     let t0 = Instant::now();
     let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
     let creds = a.common.credentials_file.as_deref();
-    let bar = Bar::new(a.common.json);
+    let bar = Bar::new(&a.common);
     let doc = if a.format == "raw" {
         let chain = open_chain(&a.image, creds, password.as_deref().map(|p| &p[..]))?;
         if a.output.exists() && !a.overwrite {

@@ -245,8 +245,11 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         block_size,
         a.source.display().to_string(),
     );
+    if a.create_folders {
+        crate::storage::create_folders(&a.output, creds)?;
+    }
     let mut sink = open_sink(&a.output, creds, a.overwrite)?;
-    let bar = Bar::new(a.common.json);
+    let bar = Bar::new(&a.common);
     let parent_index = base_chain.as_ref().map(|c| &c.point().index);
     let t0 = Instant::now();
     let summary = write_image(

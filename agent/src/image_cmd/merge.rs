@@ -27,7 +27,7 @@ pub fn run(a: MergeArgs) -> Result<ExitCode> {
         kdf: None,
     };
     let mut sink = open_sink(&a.output, creds, a.overwrite)?;
-    let bar = Bar::new(a.common.json);
+    let bar = Bar::new(&a.common);
     let s =
         holdfast_image::convert::merge(&chain, cipher, &opts, sink.as_mut(), &bar, &crate::CANCEL);
     bar.finish();

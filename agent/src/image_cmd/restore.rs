@@ -52,7 +52,7 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         skip_precheck: a.skip_precheck,
         threads: a.common.threads,
     };
-    let bar = Bar::new(a.common.json);
+    let bar = Bar::new(&a.common);
     let summary = restore(&chain, &target, &opts, &bar, &crate::CANCEL);
     bar.finish();
     let summary = summary?;

@@ -25,7 +25,7 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
         }
         vec![img]
     };
-    let bar = Bar::new(a.common.json);
+    let bar = Bar::new(&a.common);
     let mut reports = Vec::new();
     for img in &images {
         let r = validate(img, a.common.threads, &bar, &crate::CANCEL);

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod enroll;
+pub mod jobs;
 pub mod pin;
 pub mod run;
 
@@ -120,7 +121,8 @@ pub fn cli_enroll(a: crate::cli::EnrollArgs) -> Result<std::process::ExitCode> {
 
 /// `holdfast-agent run`.
 pub fn cli_run(a: crate::cli::RunArgs) -> Result<std::process::ExitCode> {
-    let c = config::AgentConfig::load(&config::path(a.config))?;
-    runtime()?.block_on(run::run(&c))?;
+    let path = config::path(a.config);
+    let c = config::AgentConfig::load(&path)?;
+    runtime()?.block_on(run::run(&c, &path))?;
     Ok(std::process::ExitCode::SUCCESS)
 }

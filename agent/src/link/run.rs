@@ -3,6 +3,8 @@
 //! and answers requests. A refusal that retrying cannot fix (revoked, unknown, other
 //! protocol version) ends the daemon with its reason.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -10,7 +12,8 @@ use holdfast_proto::{AgentMsg, Inventory, RefusalCode, ServerMsg, CHANNEL_PATH, 
 use serde_json::json;
 
 use super::config::AgentConfig;
-use super::{connect, recv, recv_frame, send, Frame};
+use super::jobs::{state_dir, Jobs, EVENTS};
+use super::{connect, recv, recv_frame, send, Frame, Ws};
 use crate::inventory::collect;
 
 /// Longest wait between reconnection attempts.
@@ -26,14 +29,16 @@ enum End {
     Refused(RefusalCode, String),
 }
 
-/// Run until cancelled or refused for good.
-pub async fn run(config: &AgentConfig) -> Result<()> {
+/// Run until cancelled or refused for good. `config_path` places the state directory.
+pub async fn run(config: &AgentConfig, config_path: &Path) -> Result<()> {
+    let (events_tx, mut events) = tokio::sync::mpsc::channel(EVENTS);
+    let jobs = Jobs::open(state_dir(config_path), events_tx)?;
     let mut backoff = Duration::from_secs(1);
     loop {
         if crate::CANCEL.is_cancelled() {
             return Ok(());
         }
-        match session(config).await {
+        match session(config, &jobs, &mut events).await {
             Ok(End::Closed) => backoff = Duration::from_secs(1),
             Ok(End::Refused(code, reason)) => match code {
                 RefusalCode::Revoked | RefusalCode::Unknown | RefusalCode::Version => {
@@ -61,7 +66,11 @@ fn jitter(base: Duration) -> Duration {
     base.mul_f64(0.5 + f64::from(r) / f64::from(u16::MAX))
 }
 
-async fn session(config: &AgentConfig) -> Result<End> {
+async fn session(
+    config: &AgentConfig,
+    jobs: &Arc<Jobs>,
+    events: &mut tokio::sync::mpsc::Receiver<AgentMsg>,
+) -> Result<End> {
     let (mut ws, _) = connect(
         &config.server,
         CHANNEL_PATH,
@@ -91,6 +100,9 @@ async fn session(config: &AgentConfig) -> Result<End> {
     );
     let mut inventory = current_inventory().await;
     send(&mut ws, &AgentMsg::Inventory(inventory.clone())).await?;
+    // Progress of a channel that broke is stale; reports made meanwhile are spooled.
+    while events.try_recv().is_ok() {}
+    send_reports(&mut ws, jobs).await?;
     let mut beat = tokio::time::interval(heartbeat);
     beat.reset();
     let mut check = tokio::time::interval(INVENTORY_CHECK);
@@ -117,13 +129,16 @@ async fn session(config: &AgentConfig) -> Result<End> {
                     bail!("the server stopped answering for {} s", heard.elapsed().as_secs());
                 }
             }
+            Some(event) = events.recv() => send(&mut ws, &event).await?,
+            () = jobs.reports_ready.notified() => send_reports(&mut ws, jobs).await?,
             frame = recv_frame(&mut ws) => {
                 heard = std::time::Instant::now();
                 match frame? {
                     Frame::Msg(ServerMsg::Request { id, body }) => {
-                        let (ok, body) = answer(&body).await;
+                        let (ok, body) = answer(jobs, body).await;
                         send(&mut ws, &AgentMsg::Response { id, ok, body }).await?;
                     }
+                    Frame::Msg(ServerMsg::ReportStored { run_id }) => jobs.stored(run_id),
                     Frame::Msg(ServerMsg::Refused { code, reason }) => return Ok(End::Refused(code, reason)),
                     Frame::Msg(_) | Frame::Control => {}
                     Frame::Closed => return Ok(End::Closed),
@@ -140,13 +155,38 @@ async fn current_inventory() -> Inventory {
         .unwrap_or_default()
 }
 
+/// Send every spooled report (the server stores each once and acknowledges it).
+async fn send_reports(ws: &mut Ws, jobs: &Jobs) -> Result<()> {
+    for report in jobs.spooled() {
+        send(ws, &AgentMsg::Report(report)).await?;
+    }
+    Ok(())
+}
+
 /// Answer one request from the server.
-async fn answer(body: &serde_json::Value) -> (bool, serde_json::Value) {
+async fn answer(jobs: &Arc<Jobs>, mut body: serde_json::Value) -> (bool, serde_json::Value) {
     match body.get("op").and_then(|o| o.as_str()) {
         Some("inventory") => (
             true,
             serde_json::to_value(current_inventory().await).unwrap_or_default(),
         ),
+        Some("run_job") => {
+            match serde_json::from_value::<holdfast_proto::JobOrder>(body["order"].take()) {
+                Ok(order) => match jobs.accept(order) {
+                    Ok(state) => (true, json!({ "state": state })),
+                    Err(e) => (false, json!(format!("{e:#}"))),
+                },
+                Err(e) => (false, json!(format!("the job order is not valid: {e}"))),
+            }
+        }
+        Some("cancel") => match body["run_id"].as_i64() {
+            Some(run) if jobs.cancel(run) => (true, json!({ "state": "cancelling" })),
+            Some(run) => (
+                false,
+                json!(format!("run {run} is not running on this agent")),
+            ),
+            None => (false, json!("cancel needs a run_id")),
+        },
         other => (
             false,
             json!(format!("this agent does not know the request {other:?}")),

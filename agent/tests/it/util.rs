@@ -57,9 +57,17 @@ pub fn sh(cmd: &mut Command) -> Output {
     out
 }
 
-/// The agent binary.
+/// The agent binary (these helpers are shared with the server's tests, where the agent is
+/// built next to the server).
 pub fn agent() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_holdfast-agent"));
+    let bin = option_env!("CARGO_BIN_EXE_holdfast-agent")
+        .map(PathBuf::from)
+        .or_else(|| {
+            option_env!("CARGO_BIN_EXE_holdfast-server")
+                .map(|s| Path::new(s).with_file_name("holdfast-agent"))
+        })
+        .unwrap_or_else(|| PathBuf::from("holdfast-agent"));
+    let mut c = Command::new(bin);
     c.env_remove("HOLDFAST_PASSWORD")
         .env_remove("HOLDFAST_NEW_PASSWORD");
     c

@@ -230,7 +230,11 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
                         let _ = state.store.agent_seen(id).await;
                         recorded = heard;
                     }
-                    handle(&state, id, m).await
+                    if let Some(answer) = handle(&state, id, m).await {
+                        if !send(&mut ws, &answer).await {
+                            break;
+                        }
+                    }
                 }
                 Some(Err(e)) => {
                     tracing::warn!(agent = id, error = %e, "malformed message from agent");
@@ -263,16 +267,37 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
     tracing::info!(agent = id, "agent disconnected");
 }
 
-async fn handle(state: &AppState, id: i64, msg: AgentMsg) {
+/// Act on one message of agent `id`; what to answer, if anything.
+async fn handle(state: &AppState, id: i64, msg: AgentMsg) -> Option<ServerMsg> {
     match msg {
         AgentMsg::Inventory(inv) => store_inventory(state, id, &inv).await,
         // Proof of life only: the channel loop noted the time.
         AgentMsg::Heartbeat => {}
         AgentMsg::Response { id: req, ok, body } => state.gateway.respond(req, ok, body),
+        AgentMsg::Progress {
+            run_id,
+            stage,
+            done,
+            total,
+        } => state.jobs.on_progress(id, run_id, stage, done, total).await,
+        AgentMsg::Log {
+            run_id,
+            level,
+            text,
+        } => state.jobs.on_log(id, run_id, &level, &text).await,
+        AgentMsg::Report(report) => {
+            // Acknowledged once stored (or known): the agent then deletes its copy.
+            if state.jobs.on_report(id, &report).await {
+                return Some(ServerMsg::ReportStored {
+                    run_id: report.run_id,
+                });
+            }
+        }
         AgentMsg::Hello { .. } | AgentMsg::Enroll { .. } => {
             tracing::warn!(agent = id, "unexpected message on an open channel");
         }
     }
+    None
 }
 
 /// Keep the agent's latest inventory.

@@ -70,6 +70,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            StoreError::InUse(why) => ApiError::Conflict(why),
             other => ApiError::Internal(other.to_string()),
         }
     }

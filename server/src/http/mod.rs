@@ -4,9 +4,12 @@ mod agent_channel;
 mod agents;
 mod caller;
 mod error;
+mod jobs;
 mod meta;
 mod openapi;
+mod reports;
 mod session;
+mod targets;
 mod tokens;
 mod users;
 
@@ -26,7 +29,9 @@ pub use openapi::document as openapi_document;
 
 use crate::auth::LoginLimiter;
 use crate::gateway::Gateway;
+use crate::jobs::Dispatcher;
 use crate::store::Store;
+use crate::vault::Vault;
 
 /// Request counters for `/metrics`.
 #[derive(Default, Debug)]
@@ -40,6 +45,10 @@ pub struct Metrics {
 pub struct AppState {
     pub store: Store,
     pub gateway: Arc<Gateway>,
+    /// The master key that seals credentials.
+    pub vault: Arc<Vault>,
+    /// Runs from order to report.
+    pub jobs: Arc<Dispatcher>,
     pub limiter: Arc<LoginLimiter>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
@@ -56,12 +65,20 @@ pub struct AppState {
 
 impl AppState {
     /// State over `store`, for a server whose pinned certificate has `fingerprint`.
-    pub fn new(store: Store, fingerprint: String) -> anyhow::Result<Self> {
+    pub fn new(store: Store, fingerprint: String, vault: Vault) -> anyhow::Result<Self> {
         let dummy_hash = crate::auth::hash_password("holdfast-no-such-user")
             .map_err(|e| anyhow::anyhow!("cannot hash: {e}"))?;
+        let gateway: Arc<Gateway> = Arc::default();
+        let vault = Arc::new(vault);
         Ok(Self {
+            jobs: Arc::new(Dispatcher::new(
+                store.clone(),
+                gateway.clone(),
+                vault.clone(),
+            )),
             store,
-            gateway: Arc::default(),
+            gateway,
+            vault,
             limiter: Arc::default(),
             metrics: Arc::default(),
             started: Instant::now(),
@@ -81,6 +98,9 @@ pub fn app(state: AppState) -> Router {
         .merge(users::router())
         .merge(tokens::router())
         .merge(agents::router())
+        .merge(targets::router())
+        .merge(jobs::router())
+        .merge(reports::router())
         .merge(agent_channel::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("this path".into()) })
@@ -104,6 +124,20 @@ async fn blocking<R: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::Internal(format!("worker failed: {e}")))
+}
+
+/// A file download: `body` as `mime`, saved as `filename`.
+fn attachment(mime: &str, filename: &str, body: String) -> impl axum::response::IntoResponse {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, mime.to_owned()),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        body,
+    )
 }
 
 /// One page of a list, and where the next one starts.

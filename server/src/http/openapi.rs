@@ -6,11 +6,13 @@ use axum::{Json, Router};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, meta, session, tokens, users, AppState, SESSION_COOKIE};
+use super::{
+    agents, jobs, meta, reports, session, targets, tokens, users, AppState, SESSION_COOKIE,
+};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Holdfast server API", description = "Users, tokens, agents and (next) jobs and reports. See docs/api.md."),
+    info(title = "Holdfast server API", description = "Users, tokens, agents, storage targets, jobs and reports. See docs/api.md."),
     paths(
         session::login, session::logout, session::me, session::change_password,
         users::list, users::create, users::remove,
@@ -18,6 +20,9 @@ use super::{agents, meta, session, tokens, users, AppState, SESSION_COOKIE};
         meta::healthz, meta::metrics, meta::info, meta::audit,
         agents::create_token, agents::list_tokens, agents::revoke_token,
         agents::list, agents::show, agents::revoke, agents::refresh_inventory,
+        targets::list, targets::create, targets::show, targets::update, targets::remove,
+        jobs::list, jobs::create, jobs::show, jobs::update, jobs::remove, jobs::run_now, jobs::cancel, jobs::export, jobs::import,
+        reports::list, reports::show, reports::download, reports::images,
     ),
     components(schemas(super::error::ErrorBody, super::error::ErrorDetail, crate::store::users::User, crate::auth::Role)),
     modifiers(&Security),

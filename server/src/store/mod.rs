@@ -7,7 +7,9 @@
 
 pub mod agents;
 pub mod audit;
+pub mod jobs;
 pub mod sessions;
+pub mod targets;
 pub mod tokens;
 pub mod users;
 
@@ -51,6 +53,9 @@ pub enum StoreError {
     /// A unique name is taken.
     #[error("{0} already exists")]
     Conflict(String),
+    /// Removing it would leave something that names it dangling.
+    #[error("{0}")]
+    InUse(String),
 }
 
 impl StoreError {

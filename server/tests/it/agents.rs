@@ -1,94 +1,13 @@
 //! Enrolment and the agent channel end to end: the real server and agent binaries over
 //! HTTPS on loopback.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::fleet::{agent, agent_bin, enroll, wait_for, Api};
 use crate::proc::{curl, free_port, printed_secrets, start, start_with};
-
-/// The agent binary, built next to the server's.
-fn agent_bin() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_BIN_EXE_holdfast-server")).with_file_name("holdfast-agent");
-    if p.exists() {
-        return Some(p);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing: build the whole workspace",
-        p.display()
-    );
-    eprintln!(
-        "skipping: {} is not built (cargo build -p holdfast-agent)",
-        p.display()
-    );
-    None
-}
-
-struct Api {
-    base: String,
-    ca: String,
-    cookies: String,
-}
-
-impl Api {
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Value {
-        let url = format!("{}{path}", self.base);
-        let mut args = vec![
-            "--cacert",
-            &self.ca,
-            "-b",
-            &self.cookies,
-            "-c",
-            &self.cookies,
-            "-X",
-            method,
-        ];
-        if let Some(b) = body {
-            args.extend(["-H", "content-type: application/json", "-d", b]);
-        }
-        args.push(&url);
-        let (out, err) = curl(&args).expect("curl");
-        serde_json::from_str(&out).unwrap_or_else(|_| Value::String(format!("{out}{err}")))
-    }
-}
-
-fn agent(args: &[&str]) -> std::process::Output {
-    Command::new(agent_bin().expect("agent"))
-        .args(args)
-        .output()
-        .expect("agent runs")
-}
-
-/// `holdfast-agent enroll` with `fingerprint`, writing `config`.
-fn enroll(server: &str, token: &str, fingerprint: &str, config: &str) -> std::process::Output {
-    agent(&[
-        "enroll",
-        "--server",
-        server,
-        "--token",
-        token,
-        "--fingerprint",
-        fingerprint,
-        "--config",
-        config,
-    ])
-}
-
-/// Wait up to 20 s for `check`; on time-out, fail with the server's log.
-fn wait_for(what: &str, log: &Path, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let log = std::fs::read_to_string(log).unwrap_or_default();
-    panic!("timed out waiting for {what}; server log:\n{log}");
-}
 
 #[test]
 fn enrol_connect_report_inventory_and_revoke() {

@@ -12,6 +12,7 @@ use holdfast_server::store::Store;
 
 struct Api {
     app: axum::Router,
+    store: Store,
     _dir: tempfile::TempDir,
 }
 
@@ -30,9 +31,15 @@ impl Api {
         first_admin(&store, Some("admin-password-1".to_owned().into()))
             .await
             .expect("admin");
-        let state = AppState::new(store, "SHA256:test".into()).expect("state");
+        let state = AppState::new(
+            store.clone(),
+            "SHA256:test".into(),
+            holdfast_server::vault::Vault::open(dir.path(), None).expect("vault"),
+        )
+        .expect("state");
         Self {
             app: app(state),
+            store,
             _dir: dir,
         }
     }
@@ -361,6 +368,18 @@ async fn openapi_document_lists_every_route() {
         "/api/v1/agents",
         "/api/v1/agents/{id}",
         "/api/v1/agents/{id}/inventory/refresh",
+        "/api/v1/targets",
+        "/api/v1/targets/{id}",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/run",
+        "/api/v1/jobs/{id}/cancel",
+        "/api/v1/jobs/{id}/export",
+        "/api/v1/jobs/import",
+        "/api/v1/reports",
+        "/api/v1/reports/{id}",
+        "/api/v1/reports/{id}/download",
+        "/api/v1/images",
         "/healthz",
         "/metrics",
     ] {
@@ -390,6 +409,8 @@ async fn every_route_refuses_anonymous_and_lower_roles() {
     let operator = api.login("olga", "long-enough-pw").await;
     let viewer = api.login("vic", "long-enough-pw").await;
     let user = json!({"name": "x", "password": "long-enough-pw", "role": "viewer"});
+    let target = json!({"name": "t", "url": "/srv/images"});
+    let job = json!({"name": "j", "enabled": true, "spec": {"agents": [1], "source": "/dev/sda", "target_id": 1}});
     let routes: Vec<(&str, &str, &str, Option<Value>)> = vec![
         ("GET", "/api/v1/me", "viewer", None),
         (
@@ -428,6 +449,24 @@ async fn every_route_refuses_anonymous_and_lower_roles() {
             Some(json!({"uses": 1})),
         ),
         ("DELETE", "/api/v1/enrollment-tokens/1", "admin", None),
+        ("GET", "/api/v1/targets", "viewer", None),
+        ("GET", "/api/v1/targets/1", "viewer", None),
+        ("POST", "/api/v1/targets", "admin", Some(target.clone())),
+        ("PUT", "/api/v1/targets/1", "admin", Some(target)),
+        ("DELETE", "/api/v1/targets/1", "admin", None),
+        ("GET", "/api/v1/jobs", "viewer", None),
+        ("GET", "/api/v1/jobs/1", "viewer", None),
+        ("GET", "/api/v1/jobs/1/export", "viewer", None),
+        ("POST", "/api/v1/jobs", "operator", Some(job.clone())),
+        ("POST", "/api/v1/jobs/import", "operator", Some(job.clone())),
+        ("PUT", "/api/v1/jobs/1", "operator", Some(job)),
+        ("DELETE", "/api/v1/jobs/1", "operator", None),
+        ("POST", "/api/v1/jobs/1/run", "operator", None),
+        ("POST", "/api/v1/jobs/1/cancel", "operator", None),
+        ("GET", "/api/v1/reports", "viewer", None),
+        ("GET", "/api/v1/reports/1", "viewer", None),
+        ("GET", "/api/v1/reports/1/download", "viewer", None),
+        ("GET", "/api/v1/images", "viewer", None),
     ];
     for (method, path, needs, body) in routes {
         let r = api.call(method, path, None, body.clone()).await;
@@ -451,4 +490,175 @@ async fn every_route_refuses_anonymous_and_lower_roles() {
             );
         }
     }
+}
+
+/// Targets and jobs: input checked with clear errors, secrets write-only, what a job names
+/// must exist, and a run whose agent is offline ends with a report saying so.
+#[tokio::test]
+async fn targets_and_jobs_check_input_and_keep_secrets() {
+    let api = Api::new().await;
+    let admin = api.login("admin", "admin-password-1").await;
+    let call = |m: &'static str, p: String, b: Option<Value>| {
+        let admin = admin.clone();
+        let api = &api;
+        async move { api.call(m, &p, Some(&admin), b).await }
+    };
+    // An agent, enrolled through the store.
+    api.store
+        .create_enrollment_token("t", "token-hash", 1, i64::MAX, "admin")
+        .await
+        .expect("token");
+    let agent = api
+        .store
+        .enroll_agent("token-hash", "web01", "secret-hash")
+        .await
+        .expect("enrol")
+        .expect("agent");
+
+    for (body, says) in [
+        (json!({"name": "a", "url": "http://nas/x"}), "scheme"),
+        (json!({"name": "a", "url": "sftp://u:pw@nas/x"}), "password"),
+        (json!({"name": "", "url": "/srv"}), "name"),
+        (json!({"name": "a", "url": "/srv", "bogus": 1}), "bogus"),
+    ] {
+        let r = call("POST", "/api/v1/targets".into(), Some(body)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+        assert!(r.body.to_string().contains(says), "{}", r.body);
+    }
+    let r = call(
+        "POST",
+        "/api/v1/targets".into(),
+        Some(json!({"name": "nas", "url": "smb://nas/backup/img", "username": "bk", "password": "target-pw-42"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(!r.body.to_string().contains("target-pw-42"));
+    assert_eq!(r.body["credentials"]["password"], "set");
+    assert_eq!(r.body["credentials"]["private_key"], "not set");
+    let target = r.body["id"].as_i64().expect("id");
+    // Editing without credentials keeps them; clearing forgets them.
+    let r = call(
+        "PUT",
+        format!("/api/v1/targets/{target}"),
+        Some(json!({"name": "nas", "url": "smb://nas/backup/images", "username": "bk"})),
+    )
+    .await;
+    assert_eq!(r.body["credentials"]["password"], "set", "{}", r.body);
+    let dup = call(
+        "POST",
+        "/api/v1/targets".into(),
+        Some(json!({"name": "nas", "url": "/srv"})),
+    )
+    .await;
+    assert_eq!(dup.status, StatusCode::CONFLICT, "{}", dup.body);
+
+    let spec = json!({"agents": [agent], "source": "/dev/sda", "target_id": target, "encryption": "aes256"});
+    for (body, says) in [
+        (json!({"name": "j", "spec": spec}), "password"),
+        (
+            json!({"name": "j", "spec": {"agents": [999], "source": "/dev/sda", "target_id": target}}),
+            "agent 999",
+        ),
+        (
+            json!({"name": "j", "spec": {"agents": [agent], "source": "/dev/sda", "target_id": 999}}),
+            "target 999",
+        ),
+        (
+            json!({"name": "j", "spec": {"agents": [agent], "source": "sda", "target_id": target}}),
+            "source",
+        ),
+        (
+            json!({"name": "j", "spec": {"agents": [agent], "source": "/dev/sda", "target_id": target, "name_template": "$TEMPL:(Nope)"}}),
+            "Nope",
+        ),
+        (
+            json!({"name": "j", "spec": {"agents": [agent], "source": "/dev/sda", "target_id": target, "split_size": 1000}}),
+            "split_size",
+        ),
+    ] {
+        let r = call("POST", "/api/v1/jobs".into(), Some(body)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+        assert!(r.body.to_string().contains(says), "{says}: {}", r.body);
+    }
+    let r = call(
+        "POST",
+        "/api/v1/jobs".into(),
+        Some(json!({"name": "nightly", "spec": spec, "password": "image-pw-77"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["password"], "set");
+    assert!(!r.body.to_string().contains("image-pw-77"));
+    let job = r.body["id"].as_i64().expect("id");
+    // A target a job uses cannot be removed.
+    let r = call("DELETE", format!("/api/v1/targets/{target}"), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+
+    // Export has no secret; an encrypting job imports disabled (no password yet).
+    let r = call("GET", format!("/api/v1/jobs/{job}/export"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!r.body.to_string().contains("image-pw-77"));
+    let mut doc = r.body.clone();
+    doc["name"] = json!("nightly copy");
+    let r = call("POST", "/api/v1/jobs/import".into(), Some(doc)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["enabled"], false);
+    assert_eq!(r.body["password"], "not set");
+
+    // The agent is offline: the run ends at once, failed, saying why.
+    let r = call("POST", format!("/api/v1/jobs/{job}/run"), None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let run = &r.body["runs"][0];
+    assert_eq!(run["status"], "failed", "{}", r.body);
+    let id = run["id"].as_i64().expect("run id");
+    let r = call("GET", format!("/api/v1/reports/{id}"), None).await;
+    assert!(
+        r.body["steps"][0]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not connected")),
+        "{}",
+        r.body
+    );
+    let r = call(
+        "POST",
+        format!("/api/v1/jobs/{job}/run"),
+        Some(json!({"agent_id": 5})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let r = call("GET", "/api/v1/reports?status=bogus".into(), None).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let r = call("GET", "/api/v1/reports?status=failed".into(), None).await;
+    assert_eq!(
+        r.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r.body
+    );
+    let r = call(
+        "GET",
+        format!("/api/v1/reports/{id}/download?format=xml"),
+        None,
+    )
+    .await;
+    assert_eq!(r.headers[header::CONTENT_TYPE], "application/xml");
+    assert!(
+        r.body
+            .as_str()
+            .is_some_and(|x| x.contains("<status>failed</status>")),
+        "{}",
+        r.body
+    );
+
+    // The vault keeps secrets sealed in the store.
+    let stored = api
+        .store
+        .target(target)
+        .await
+        .expect("read")
+        .expect("target");
+    assert!(stored
+        .secret
+        .as_deref()
+        .is_some_and(|s| s.starts_with("v1:") && !s.contains("target-pw-42")));
 }

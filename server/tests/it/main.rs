@@ -4,8 +4,18 @@
 mod agents;
 mod api;
 mod channel;
+// Real servers (sshd, Samba) for storage targets, shared with the targets crate's tests.
+#[allow(dead_code)]
+#[path = "../../../targets/tests/it/fixtures.rs"]
+mod fixtures;
+mod fleet;
 mod https;
+mod jobs;
 mod netns;
 mod postgres;
 mod proc;
 mod store;
+// Loop devices, filesystems and checksums, shared with the agent's tests.
+#[allow(dead_code)]
+#[path = "../../../agent/tests/it/util.rs"]
+mod util;

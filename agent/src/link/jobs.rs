@@ -1,0 +1,657 @@
+//! Jobs the server sends: each runs as a child `holdfast-agent image create` (the same
+//! command an admin runs by hand, so a job and a manual run behave alike; a crash of one
+//! image does not take the daemon down, and cancelling is a signal), with credentials in
+//! its environment, never on its command line. Progress lines from the child go to the
+//! server as they come; the report is written to the agent's spool first and deleted only
+//! when the server says it has stored it, so reports survive a lost server and a restart.
+//!
+//! Spool (in the state directory): `runs/ID.json` while a run is under way (an agent that
+//! finds one at start was stopped mid-run and reports it failed), `reports/ID.json` until
+//! the server stores it.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use holdfast_proto::job::{
+    HookCommand, ImageTask, ImageWritten, JobOrder, Method, RunReport, RunStatus, Step, StepStatus,
+};
+use holdfast_proto::AgentMsg;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
+use tokio::sync::{mpsc, Notify};
+
+/// Events buffered for the channel; beyond that progress is dropped (the report is not).
+pub const EVENTS: usize = 256;
+/// How long a cancelled image gets to clean up before it is killed.
+const CANCEL_GRACE: Duration = Duration::from_secs(60);
+
+/// What is known of a run while it is under way (no secrets).
+#[derive(Debug, Serialize, Deserialize)]
+struct Marker {
+    run_id: i64,
+    job_id: Option<i64>,
+    name: String,
+    started_at: i64,
+}
+
+/// The agent's jobs: running ones and the report spool.
+pub struct Jobs {
+    dir: PathBuf,
+    exe: PathBuf,
+    running: Mutex<HashMap<i64, Arc<Notify>>>,
+    events: mpsc::Sender<AgentMsg>,
+    /// Woken when a report is spooled.
+    pub reports_ready: Notify,
+}
+
+/// The state directory: `HOLDFAST_AGENT_STATE`, else `/var/lib/holdfast-agent` for the
+/// default configuration, else beside the configuration file (`agent.state/`).
+pub fn state_dir(config: &Path) -> PathBuf {
+    if let Some(d) = std::env::var_os("HOLDFAST_AGENT_STATE") {
+        return PathBuf::from(d);
+    }
+    if config == Path::new(super::config::DEFAULT_PATH) {
+        return PathBuf::from("/var/lib/holdfast-agent");
+    }
+    config.with_extension("state")
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn step(status: StepStatus, title: &str, detail: impl Into<String>) -> Step {
+    Step {
+        at: now(),
+        status,
+        title: title.to_owned(),
+        detail: detail.into(),
+    }
+}
+
+/// Write `bytes` to `path` atomically, private to the agent's user.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write '{}'", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write '{}'", path.display()))
+}
+
+impl Jobs {
+    /// Open the spool in `dir`; runs left under way by a stopped agent become failed reports.
+    pub fn open(dir: PathBuf, events: mpsc::Sender<AgentMsg>) -> Result<Arc<Self>> {
+        for sub in ["runs", "reports", "work"] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir.join(sub))
+                .with_context(|| format!("cannot create '{}'", dir.join(sub).display()))?;
+        }
+        let exe = std::env::current_exe().context("cannot find the agent's own binary")?;
+        let jobs = Arc::new(Self {
+            dir,
+            exe,
+            running: Mutex::default(),
+            events,
+            reports_ready: Notify::new(),
+        });
+        for entry in std::fs::read_dir(jobs.dir.join("runs"))?.flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let Ok(m) = serde_json::from_str::<Marker>(&text) else {
+                continue;
+            };
+            let report = RunReport {
+                run_id: m.run_id,
+                job_id: m.job_id,
+                name: m.name,
+                status: RunStatus::Failed,
+                started_at: m.started_at,
+                ended_at: now(),
+                bytes_read: 0,
+                bytes_written: 0,
+                images: Vec::new(),
+                steps: vec![step(
+                    StepStatus::Error,
+                    "Agent stopped",
+                    "the agent stopped while this job ran (killed, crashed or restarted); the image was not completed and no complete image was left under its name",
+                )],
+            };
+            jobs.spool(&report)?;
+        }
+        Ok(jobs)
+    }
+
+    fn marker(&self, run_id: i64) -> PathBuf {
+        self.dir.join("runs").join(format!("{run_id}.json"))
+    }
+
+    fn report_path(&self, run_id: i64) -> PathBuf {
+        self.dir.join("reports").join(format!("{run_id}.json"))
+    }
+
+    /// Keep `report` until the server stores it; the run is no longer under way.
+    fn spool(&self, report: &RunReport) -> Result<()> {
+        write_private(
+            &self.report_path(report.run_id),
+            &serde_json::to_vec(report)?,
+        )?;
+        let _ = std::fs::remove_file(self.marker(report.run_id));
+        self.reports_ready.notify_one();
+        Ok(())
+    }
+
+    /// Reports waiting for the server, oldest run first.
+    pub fn spooled(&self) -> Vec<RunReport> {
+        let mut out: Vec<RunReport> = std::fs::read_dir(self.dir.join("reports"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .filter_map(|e| std::fs::read(e.path()).ok())
+            .filter_map(|b| serde_json::from_slice(&b).ok())
+            .collect();
+        out.sort_by_key(|r| r.run_id);
+        out
+    }
+
+    /// The server stored the report of `run_id`.
+    pub fn stored(&self, run_id: i64) {
+        let _ = std::fs::remove_file(self.report_path(run_id));
+    }
+
+    /// Start `order` unless this run is already known (an order sent twice runs once).
+    pub fn accept(self: &Arc<Self>, order: JobOrder) -> Result<&'static str> {
+        let id = order.run_id;
+        if self.marker(id).exists() || self.report_path(id).exists() {
+            return Ok("already accepted");
+        }
+        let cancel = Arc::new(Notify::new());
+        {
+            let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.contains_key(&id) {
+                return Ok("already running");
+            }
+            running.insert(id, cancel.clone());
+        }
+        let marker = Marker {
+            run_id: id,
+            job_id: order.job_id,
+            name: order.name.clone(),
+            started_at: now(),
+        };
+        if let Err(e) = write_private(&self.marker(id), &serde_json::to_vec(&marker)?) {
+            self.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            return Err(e);
+        }
+        let jobs = self.clone();
+        tokio::spawn(async move {
+            let report = jobs.run(order, marker.started_at, cancel).await;
+            if let Err(e) = jobs.spool(&report) {
+                eprintln!("holdfast-agent: cannot keep the report of run {id}: {e:#}");
+            }
+            jobs.running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        });
+        Ok("started")
+    }
+
+    /// Cancel run `run_id`; false when it is not running here.
+    pub fn cancel(&self, run_id: i64) -> bool {
+        match self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&run_id)
+        {
+            Some(c) => {
+                c.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn log(&self, run_id: i64, level: &str, text: impl Into<String>) {
+        let _ = self.events.try_send(AgentMsg::Log {
+            run_id,
+            level: level.to_owned(),
+            text: text.into(),
+        });
+    }
+
+    /// Run the steps of `order` and say how it went.
+    async fn run(&self, order: JobOrder, started_at: i64, cancel: Arc<Notify>) -> RunReport {
+        let mut report = RunReport {
+            run_id: order.run_id,
+            job_id: order.job_id,
+            name: order.name.clone(),
+            status: RunStatus::Successful,
+            started_at,
+            ended_at: started_at,
+            bytes_read: 0,
+            bytes_written: 0,
+            images: Vec::new(),
+            steps: vec![step(StepStatus::Info, "Job started", &order.name)],
+        };
+        self.log(
+            order.run_id,
+            "info",
+            format!("job '{}' started", order.name),
+        );
+        let mut stop = false;
+        if let Some(hook) = &order.before {
+            stop = self
+                .hook(&order, hook, "Command before the job", &mut report)
+                .await;
+        }
+        if !stop {
+            let work = self.dir.join("work").join(order.run_id.to_string());
+            let outcome = self.image(&order, &work, &cancel, &mut report).await;
+            let _ = std::fs::remove_dir_all(&work);
+            match outcome {
+                Ok(written) => {
+                    report.steps.push(step(
+                        StepStatus::Ok,
+                        "Image created",
+                        format!(
+                            "{} ({:?}): read {} bytes, wrote {} bytes in {} part(s){}",
+                            written.name,
+                            written.method,
+                            report.bytes_read,
+                            written.bytes,
+                            written.parts,
+                            match written.verified {
+                                Some(true) => ", validated",
+                                Some(false) => ", VALIDATION FAILED",
+                                None => "",
+                            }
+                        ),
+                    ));
+                    if written.verified == Some(false) {
+                        report.status = RunStatus::Failed;
+                    }
+                    report.images.push(written);
+                }
+                Err(ImageFailure::Cancelled) => {
+                    report.steps.push(step(
+                        StepStatus::Error,
+                        "Cancelled",
+                        "cancelled by an operator; the partial image was removed",
+                    ));
+                    report.status = RunStatus::Cancelled;
+                    stop = true;
+                }
+                Err(ImageFailure::Failed(e)) => {
+                    report
+                        .steps
+                        .push(step(StepStatus::Error, "Image failed", e));
+                    report.status = RunStatus::Failed;
+                    stop = order.abort_on_error;
+                }
+            }
+        }
+        if let Some(hook) = &order.after {
+            if stop {
+                report.steps.push(step(
+                    StepStatus::Info,
+                    "Command after the job",
+                    "not run: the job was stopped",
+                ));
+            } else {
+                self.hook(&order, hook, "Command after the job", &mut report)
+                    .await;
+            }
+        }
+        report.ended_at = now();
+        report.steps.push(step(
+            match report.status {
+                RunStatus::Successful => StepStatus::Ok,
+                RunStatus::Warning => StepStatus::Warning,
+                _ => StepStatus::Error,
+            },
+            "Job finished",
+            report.status.as_str(),
+        ));
+        self.log(
+            order.run_id,
+            "info",
+            format!("job '{}' finished: {}", order.name, report.status.as_str()),
+        );
+        report
+    }
+
+    /// Run a before/after command; true when the job must stop.
+    async fn hook(
+        &self,
+        order: &JobOrder,
+        hook: &HookCommand,
+        title: &str,
+        report: &mut RunReport,
+    ) -> bool {
+        match run_hook(hook).await {
+            Ok(output) => {
+                report.steps.push(step(StepStatus::Ok, title, output));
+                false
+            }
+            Err(e) => {
+                let detail = format!("{e:#}");
+                self.log(order.run_id, "error", format!("{title}: {detail}"));
+                if hook.abort_on_failure {
+                    report.steps.push(step(
+                        StepStatus::Error,
+                        title,
+                        format!("{detail}; the job is aborted"),
+                    ));
+                    report.status = RunStatus::Failed;
+                    true
+                } else {
+                    report.steps.push(step(StepStatus::Warning, title, detail));
+                    if report.status == RunStatus::Successful {
+                        report.status = RunStatus::Warning;
+                    }
+                    false
+                }
+            }
+        }
+    }
+
+    /// Write the image with a child `image create`.
+    async fn image(
+        &self,
+        order: &JobOrder,
+        work: &Path,
+        cancel: &Notify,
+        report: &mut RunReport,
+    ) -> Result<ImageWritten, ImageFailure> {
+        let task = &order.image;
+        let mut cmd = self
+            .image_command(task, work)
+            .map_err(|e| ImageFailure::Failed(format!("{e:#}")))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| ImageFailure::Failed(format!("cannot start the imaging: {e}")))?;
+        let stderr = child.stderr.take();
+        let mut stdout = child.stdout.take();
+        let run_id = order.run_id;
+        let events = self.events.clone();
+        // Progress lines become events; anything else is a log line (warnings, errors).
+        let lines = tokio::spawn(async move {
+            let mut errors = Vec::new();
+            if let Some(err) = stderr {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(p) = serde_json::from_str::<Progress>(&line) {
+                        let _ = events.try_send(AgentMsg::Progress {
+                            run_id,
+                            stage: p.stage,
+                            done: p.done,
+                            total: p.total,
+                        });
+                    } else {
+                        let _ = events.try_send(AgentMsg::Log {
+                            run_id,
+                            level: "info".into(),
+                            text: line.clone(),
+                        });
+                        errors.push(line);
+                    }
+                }
+            }
+            errors
+        });
+        let mut out = Vec::new();
+        let read_out = async {
+            if let Some(o) = stdout.as_mut() {
+                let _ = o.read_to_end(&mut out).await;
+            }
+        };
+        let mut cancelled = false;
+        let status = tokio::select! {
+            (status, ()) = async { tokio::join!(child.wait(), read_out) } => status,
+            () = cancel.notified() => {
+                cancelled = true;
+                // SIGTERM: the command stops between frames and removes its partial image.
+                if let Some(pid) = child.id() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+                match tokio::time::timeout(CANCEL_GRACE, child.wait()).await {
+                    Ok(s) => s,
+                    Err(_) => {
+                        let _ = child.kill().await;
+                        child.wait().await
+                    }
+                }
+            }
+        }
+        .map_err(|e| ImageFailure::Failed(format!("the imaging process failed: {e}")))?;
+        let stderr_lines = lines.await.unwrap_or_default();
+        if cancelled || status.code() == Some(crate::exit::CANCELLED.into()) {
+            return Err(ImageFailure::Cancelled);
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
+        if !status.success() {
+            let why = doc["error"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| stderr_lines.last().cloned())
+                .unwrap_or_else(|| format!("the imaging process ended with {status}"));
+            return Err(ImageFailure::Failed(why));
+        }
+        report.bytes_read += doc["read_bytes"].as_u64().unwrap_or(0);
+        let bytes = doc["image_bytes"].as_u64().unwrap_or(0);
+        report.bytes_written += bytes;
+        Ok(ImageWritten {
+            name: task.name.clone(),
+            method: task.method,
+            base: task.base.clone(),
+            image_id: doc["image_id"].as_str().unwrap_or_default().to_owned(),
+            bytes,
+            parts: doc["parts"].as_u64().unwrap_or(1),
+            verified: doc
+                .get("validation")
+                .filter(|v| !v.is_null())
+                .map(|_| doc["ok"].as_bool().unwrap_or(false)),
+        })
+    }
+
+    /// The child command for `task`: flags for the options, secrets in the environment or
+    /// in private files under `work`.
+    fn image_command(&self, task: &ImageTask, work: &Path) -> Result<tokio::process::Command> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(work)
+            .with_context(|| format!("cannot create '{}'", work.display()))?;
+        let at = |name: &str| join(&task.target.url, name);
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.args([
+            "image",
+            "create",
+            "--json",
+            "--progress-lines",
+            "--create-folders",
+            "--source",
+        ])
+        .arg(&task.source)
+        .arg("--output")
+        .arg(at(&task.name))
+        .arg("--compression-level")
+        .arg(task.compression_level.to_string());
+        match (task.method, &task.base) {
+            (Method::Full, _) => {}
+            (m, Some(base)) => {
+                cmd.arg(if m == Method::Incremental {
+                    "--incremental"
+                } else {
+                    "--differential"
+                })
+                .arg("--base")
+                .arg(at(base));
+            }
+            (m, None) => return Err(anyhow!("a {m:?} image needs a base image")),
+        }
+        if let Some(c) = &task.encryption {
+            cmd.arg("--encrypt").arg(c);
+        }
+        if let Some(s) = task.split_size {
+            cmd.arg("--split").arg(s.to_string());
+        }
+        if task.verify {
+            cmd.arg("--verify");
+        }
+        if task.overwrite {
+            cmd.arg("--overwrite");
+        }
+        if !task.comment.is_empty() {
+            cmd.arg("--comment").arg(&task.comment);
+        }
+        cmd.arg(if task.live { "--allow-live" } else { "--lock" });
+        // Host keys are pinned per agent: the first job to a server records its key.
+        cmd.env("HOLDFAST_KNOWN_HOSTS", self.dir.join("known_hosts"));
+        for k in [
+            "HOLDFAST_TARGET_USER",
+            "HOLDFAST_TARGET_PASSWORD",
+            "HOLDFAST_TARGET_KEY",
+            "HOLDFAST_TARGET_KEY_PASSPHRASE",
+            "HOLDFAST_TARGET_CA",
+            "HOLDFAST_PASSWORD",
+        ] {
+            cmd.env_remove(k);
+        }
+        let t = &task.target;
+        if let Some(u) = &t.user {
+            cmd.env("HOLDFAST_TARGET_USER", u);
+        }
+        if let Some(p) = &t.password {
+            cmd.env("HOLDFAST_TARGET_PASSWORD", p.expose());
+        }
+        if let Some(k) = &t.private_key {
+            let path = work.join("key");
+            write_private(&path, k.expose().as_bytes())?;
+            cmd.env("HOLDFAST_TARGET_KEY", path);
+        }
+        if let Some(p) = &t.passphrase {
+            cmd.env("HOLDFAST_TARGET_KEY_PASSPHRASE", p.expose());
+        }
+        if let Some(ca) = &t.ca_pem {
+            let path = work.join("ca.pem");
+            write_private(&path, ca.as_bytes())?;
+            cmd.env("HOLDFAST_TARGET_CA", path);
+        }
+        if let Some(p) = &task.password {
+            cmd.env("HOLDFAST_PASSWORD", p.expose());
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+}
+
+/// A progress line of the child.
+#[derive(Deserialize)]
+struct Progress {
+    stage: String,
+    done: u64,
+    total: u64,
+}
+
+/// How writing an image did not work out.
+enum ImageFailure {
+    Cancelled,
+    Failed(String),
+}
+
+/// `name` inside the folder `url` (a URL or a local path).
+fn join(url: &str, name: &str) -> String {
+    format!(
+        "{}/{}",
+        url.trim_end_matches('/'),
+        name.trim_start_matches('/')
+    )
+}
+
+/// Largest part of a command's output kept in the report.
+const HOOK_OUTPUT: usize = 2000;
+
+/// Run `hook` with `/bin/sh -c`, as its user, within its timeout; its output on success.
+async fn run_hook(hook: &HookCommand) -> Result<String> {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&hook.command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(name) = hook.user.as_deref().filter(|u| !u.is_empty()) {
+        let user = nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .ok_or_else(|| anyhow!("there is no user '{name}' on this machine"))?;
+        cmd.uid(user.uid.as_raw())
+            .gid(user.gid.as_raw())
+            .env("HOME", &user.dir)
+            .env("USER", name)
+            .env("LOGNAME", name)
+            .current_dir(&user.dir);
+    }
+    let timeout = Duration::from_secs(hook.timeout_seconds.max(1));
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot run '{}'", hook.command))?;
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            anyhow!(
+                "'{}' did not finish within {} s and was stopped",
+                hook.command,
+                timeout.as_secs()
+            )
+        })?
+        .with_context(|| format!("cannot run '{}'", hook.command))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let text = text.trim();
+    let text = match text.char_indices().nth(HOOK_OUTPUT) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    };
+    if out.status.success() {
+        Ok(format!("'{}' succeeded. {text}", hook.command)
+            .trim_end()
+            .to_owned())
+    } else {
+        Err(anyhow!(
+            "'{}' failed ({}): {text}",
+            hook.command,
+            out.status
+        ))
+    }
+}

@@ -1,0 +1,185 @@
+//! Jobs on the channel: the order the server sends (with everything the agent needs,
+//! credentials included — they exist in clear only inside this TLS channel and the agent's
+//! memory), the progress and log events that come back while it runs, and the report.
+
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// A secret in a message: redacted in `Debug`, wiped from memory when dropped.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub Zeroizing<String>);
+
+impl Secret {
+    /// Wrap `s`.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(Zeroizing::new(s.into()))
+    }
+
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// How the agent reaches a storage target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetAccess {
+    /// The target's folder as a URL (`sftp://…`, `smb://…`, `ftp://…`, `ftps://…`) or a
+    /// local path.
+    pub url: String,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// A private key (SFTP), PEM text.
+    pub private_key: Option<Secret>,
+    pub passphrase: Option<Secret>,
+    /// CA certificate(s) to trust for FTPS, PEM text.
+    pub ca_pem: Option<String>,
+}
+
+/// How an image relates to earlier ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// A full image.
+    Full,
+    /// Blocks changed since the newest image of the chain.
+    Incremental,
+    /// Blocks changed since the chain's full image.
+    Differential,
+}
+
+/// Create one image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageTask {
+    /// Device, partition or file to image.
+    pub source: String,
+    pub target: TargetAccess,
+    /// The image's file name, relative to the target's folder (may hold `/`).
+    pub name: String,
+    pub method: Method,
+    /// The base image (name on the same target) for incremental and differential.
+    pub base: Option<String>,
+    pub compression_level: i32,
+    /// `aes128`, `aes192` or `aes256`; none for no encryption.
+    pub encryption: Option<String>,
+    /// The image password (encryption, and opening an encrypted base).
+    pub password: Option<Secret>,
+    /// Split into parts of at most this many bytes.
+    pub split_size: Option<u64>,
+    /// Validate the image after writing it.
+    pub verify: bool,
+    /// Replace an image of the same name.
+    pub overwrite: bool,
+    pub comment: String,
+    /// Image a read-write mounted source as it is (otherwise it is remounted read-only).
+    pub live: bool,
+}
+
+/// A command run before or after the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HookCommand {
+    /// Run with `/bin/sh -c`.
+    pub command: String,
+    /// Run as this user (default: the agent's user).
+    pub user: Option<String>,
+    pub timeout_seconds: u64,
+    /// A failure (non-zero exit, timeout) ends the job.
+    pub abort_on_failure: bool,
+}
+
+/// What the agent runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobOrder {
+    /// The run's id: the report carries it, and an order seen twice runs once.
+    pub run_id: i64,
+    pub job_id: Option<i64>,
+    /// Job name, for the report.
+    pub name: String,
+    pub image: ImageTask,
+    pub before: Option<HookCommand>,
+    pub after: Option<HookCommand>,
+    /// Stop at the first failing step (otherwise later steps still run and the report says
+    /// what failed).
+    pub abort_on_error: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Successful,
+    Warning,
+    Failed,
+    Cancelled,
+    Missed,
+}
+
+impl RunStatus {
+    /// The name used in the API and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Successful => "successful",
+            Self::Warning => "warning",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Missed => "missed",
+        }
+    }
+}
+
+/// The outcome of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Ok,
+    Info,
+    Warning,
+    Error,
+}
+
+/// One line of a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    /// Unix seconds.
+    pub at: i64,
+    pub status: StepStatus,
+    pub title: String,
+    pub detail: String,
+}
+
+/// An image a run wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageWritten {
+    /// File name relative to the target's folder.
+    pub name: String,
+    pub method: Method,
+    pub base: Option<String>,
+    pub image_id: String,
+    pub bytes: u64,
+    pub parts: u64,
+    /// Validated after writing: true (sound), false (damaged), none (not checked).
+    pub verified: Option<bool>,
+}
+
+/// What a run did, from the agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub run_id: i64,
+    pub job_id: Option<i64>,
+    pub name: String,
+    pub status: RunStatus,
+    /// Unix seconds.
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub images: Vec<ImageWritten>,
+    pub steps: Vec<Step>,
+}

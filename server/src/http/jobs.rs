@@ -1,0 +1,397 @@
+//! Jobs: definitions (operators write them), run now, cancel, export and import.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use super::caller::Caller;
+use super::error::{ApiError, ApiJson, ErrorBody};
+use super::{attachment, AppState, Page, PageQuery};
+use crate::auth::Role;
+use crate::jobs::spec::JobSpec;
+use crate::jobs::{job_context, DispatchError};
+use crate::store::jobs::{JobRow, RunFilter};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/jobs", get(list).post(create))
+        .route("/api/v1/jobs/import", post(import))
+        .route("/api/v1/jobs/{id}", get(show).put(update).delete(remove))
+        .route("/api/v1/jobs/{id}/run", post(run_now))
+        .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/export", get(export))
+}
+
+/// A job as operators write it. The image password is write-only.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobBody {
+    name: String,
+    #[serde(default = "yes")]
+    enabled: bool,
+    spec: JobSpec,
+    /// Password of encrypted images (kept in the vault, never shown).
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    password: Option<Zeroizing<String>>,
+    /// Forget the stored password.
+    #[serde(default)]
+    clear_password: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The exported form of a job: its definition, no secret.
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobExport {
+    name: String,
+    enabled: bool,
+    spec: JobSpec,
+}
+
+impl JobBody {
+    async fn check(&self, state: &AppState, stored_password: bool) -> Result<String, ApiError> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(ApiError::Invalid("name must be 1 to 100 characters".into()));
+        }
+        check_spec(state, &self.spec).await?;
+        let has_password = self.password.as_ref().is_some_and(|p| !p.is_empty())
+            || (stored_password && !self.clear_password);
+        if self.spec.encryption.is_some() && !has_password {
+            return Err(ApiError::Invalid(
+                "an encrypting job needs a password".into(),
+            ));
+        }
+        serde_json::to_string(&self.spec).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+}
+
+/// The definition's own rules, and that what it names exists.
+async fn check_spec(state: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
+    spec.validate().map_err(ApiError::Invalid)?;
+    for a in &spec.agents {
+        if state.store.agent(*a).await?.is_none() {
+            return Err(ApiError::Invalid(format!("there is no agent {a}")));
+        }
+    }
+    if state.store.target(spec.target_id).await?.is_none() {
+        return Err(ApiError::Invalid(format!(
+            "there is no target {}",
+            spec.target_id
+        )));
+    }
+    Ok(())
+}
+
+/// Seal and store the password of job `id` as `body` asks.
+async fn store_password(state: &AppState, id: i64, body: &JobBody) -> Result<(), ApiError> {
+    if body.clear_password {
+        state.store.set_job_secret(id, None).await?;
+    }
+    if let Some(p) = body.password.as_ref().filter(|p| !p.is_empty()) {
+        let sealed = state
+            .vault
+            .seal(&job_context(id), p.as_bytes())
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        state.store.set_job_secret(id, Some(&sealed)).await?;
+    }
+    Ok(())
+}
+
+/// A job as shown, with its last run.
+async fn view(state: &AppState, j: &JobRow) -> Result<Value, ApiError> {
+    let spec: Value = serde_json::from_str(&j.spec).unwrap_or(Value::Null);
+    let last = state
+        .store
+        .runs(
+            &RunFilter {
+                job_id: Some(j.id),
+                ..RunFilter::default()
+            },
+            i64::MAX,
+            1,
+        )
+        .await?
+        .into_iter()
+        .next();
+    Ok(json!({
+        "id": j.id,
+        "name": j.name,
+        "enabled": j.enabled,
+        "spec": spec,
+        "password": if j.secret.is_some() { "set" } else { "not set" },
+        "last_run": last.map(|r| json!({"id": r.id, "state": r.state, "started_at": r.started_at, "ended_at": r.ended_at})),
+        "created_at": j.created_at,
+        "updated_at": j.updated_at,
+    }))
+}
+
+async fn find(state: &AppState, id: i64) -> Result<JobRow, ApiError> {
+    state
+        .store
+        .job(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(PageQuery), responses((status = 200, description = "a page of jobs with their last run", body = Object)), security(("session" = []), ("token" = [])))]
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let limit = q.limit()?;
+    let page = Page::new(
+        state.store.jobs(q.after.unwrap_or(0), limit).await?,
+        limit,
+        |j| j.id,
+    );
+    let mut items = Vec::with_capacity(page.items.len());
+    for j in &page.items {
+        items.push(view(&state, j).await?);
+    }
+    Ok(Json(json!({ "items": items, "next": page.next })))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobBody, responses((status = 201, body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<JobBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let spec = body.check(&state, false).await?;
+    let j = state
+        .store
+        .create_job(body.name.trim(), body.enabled, &spec)
+        .await?;
+    store_password(&state, j.id, &body).await?;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "create_job",
+            &format!("job:{}", j.id),
+            &j.name,
+        )
+        .await?;
+    let j = find(&state, j.id).await?;
+    Ok((StatusCode::CREATED, Json(view(&state, &j).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let j = find(&state, id).await?;
+    Ok(Json(view(&state, &j).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), request_body = JobBody, responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    ApiJson(body): ApiJson<JobBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let old = find(&state, id).await?;
+    let spec = body.check(&state, old.secret.is_some()).await?;
+    state
+        .store
+        .update_job(id, body.name.trim(), body.enabled, &spec)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    store_password(&state, id, &body).await?;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "update_job",
+            &format!("job:{id}"),
+            body.name.trim(),
+        )
+        .await?;
+    let j = find(&state, id).await?;
+    Ok(Json(view(&state, &j).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    if !state.store.delete_job(id).await? {
+        return Err(ApiError::NotFound(format!("job {id}")));
+    }
+    state
+        .store
+        .audit(&caller.user.name, "delete_job", &format!("job:{id}"), "")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /jobs/{id}/run`: on one agent of the job, or all of them.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    #[serde(default)]
+    agent_id: Option<i64>,
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/run", tag = "jobs", params(("id" = i64, Path)), request_body = RunBody, responses((status = 202, description = "the runs started (a run whose agent is offline is recorded as failed)", body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn run_now(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    // The body is optional: none runs the job on all its agents.
+    let body: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RunBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Invalid(format!("the request body is not valid: {e}")))?
+    };
+    let job = find(&state, id).await?;
+    let spec: JobSpec = serde_json::from_str(&job.spec)
+        .map_err(|e| ApiError::Internal(format!("job {id}: {e}")))?;
+    let agents = match body.agent_id {
+        Some(a) if spec.agents.contains(&a) => vec![a],
+        Some(a) => {
+            return Err(ApiError::Invalid(format!(
+                "job {id} does not run on agent {a}"
+            )))
+        }
+        None => spec.agents.clone(),
+    };
+    let mut runs = Vec::new();
+    for agent in agents {
+        match state.jobs.start(&job, agent, "manual", None).await {
+            Ok(run) => runs.push(super::reports::summary(&state, &run)),
+            Err(e @ (DispatchError::Busy(..) | DispatchError::AlreadyRan(_))) => {
+                return Err(ApiError::Conflict(e.to_string()))
+            }
+            Err(e @ (DispatchError::Spec(_) | DispatchError::NotFound(_))) => {
+                return Err(ApiError::Invalid(e.to_string()))
+            }
+            Err(e) => return Err(ApiError::Internal(e.to_string())),
+        }
+    }
+    state
+        .store
+        .audit(&caller.user.name, "run_job", &format!("job:{id}"), "")
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "runs": runs }))))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path)), responses((status = 202, description = "the runs asked to stop", body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    find(&state, id).await?;
+    let open = state
+        .store
+        .runs(
+            &RunFilter {
+                job_id: Some(id),
+                state: Some("running".into()),
+                ..RunFilter::default()
+            },
+            i64::MAX,
+            500,
+        )
+        .await?;
+    let mut asked = Vec::new();
+    let mut errors = Vec::new();
+    for run in open {
+        match state.jobs.cancel(&run).await {
+            Ok(()) => asked.push(run.id),
+            Err(e) => errors.push(format!("run {}: {e}", run.id)),
+        }
+    }
+    state
+        .store
+        .audit(&caller.user.name, "cancel_job", &format!("job:{id}"), "")
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "cancelling": asked, "errors": errors })),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/export", tag = "jobs", params(("id" = i64, Path)), responses((status = 200, description = "the job's definition as a file (no secrets)", body = JobExport), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn export(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let j = find(&state, id).await?;
+    let spec: JobSpec =
+        serde_json::from_str(&j.spec).map_err(|e| ApiError::Internal(format!("job {id}: {e}")))?;
+    let doc = JobExport {
+        name: j.name.clone(),
+        enabled: j.enabled,
+        spec,
+    };
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(attachment(
+        "application/json",
+        &format!("job-{id}.json"),
+        text,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/import", tag = "jobs", request_body = JobExport, responses((status = 201, body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn import(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(doc): ApiJson<JobExport>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let body = JobBody {
+        name: doc.name,
+        // An imported job that needs a password stays off until one is set.
+        enabled: doc.enabled && doc.spec.encryption.is_none(),
+        spec: doc.spec,
+        password: None,
+        clear_password: false,
+    };
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::Invalid("name must be 1 to 100 characters".into()));
+    }
+    check_spec(&state, &body.spec).await?;
+    let spec = serde_json::to_string(&body.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let j = state.store.create_job(name, body.enabled, &spec).await?;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "import_job",
+            &format!("job:{}", j.id),
+            &j.name,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(view(&state, &j).await?)))
+}

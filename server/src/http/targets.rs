@@ -1,0 +1,336 @@
+//! Storage targets: admins register a folder URL and its credentials once; jobs name the
+//! target. Credentials are sealed by the vault and never come back: the API says only
+//! whether each is set.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use super::caller::Caller;
+use super::error::{ApiError, ApiJson, ErrorBody};
+use super::{AppState, Page, PageQuery};
+use crate::auth::Role;
+use crate::jobs::{target_context, TargetSecret};
+use crate::store::targets::{TargetFields, TargetRow};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/targets", get(list).post(create))
+        .route("/api/v1/targets/{id}", get(show).put(update).delete(remove))
+}
+
+/// A target as admins write it. Credentials are write-only.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TargetBody {
+    name: String,
+    /// The folder: `sftp://host[:port]/path`, `ftp://…`, `ftps://…`,
+    /// `smb://[domain;]server[:port]/share/path`, `file:///path` or an absolute path on the
+    /// agents.
+    url: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    password: Option<Zeroizing<String>>,
+    /// Private key (SFTP), PEM text.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    private_key: Option<Zeroizing<String>>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    passphrase: Option<Zeroizing<String>>,
+    /// CA certificate(s) to trust for FTPS, PEM text.
+    #[serde(default)]
+    ca_pem: Option<String>,
+    #[serde(default)]
+    notes: String,
+    /// Forget the stored credentials (before any given here are set).
+    #[serde(default)]
+    clear_credentials: bool,
+}
+
+/// What a target URL must look like; the agent checks the rest when it connects.
+fn check_url(url: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| Err(ApiError::Invalid(format!("url: {why}")));
+    if url.chars().any(char::is_control) {
+        return bad("control characters are not allowed");
+    }
+    if url.starts_with('/') {
+        return Ok(());
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return bad("give an absolute path or a URL such as sftp://host/path");
+    };
+    if !["sftp", "ftp", "ftps", "smb", "file"].contains(&scheme) {
+        return bad("the scheme must be sftp, ftp, ftps, smb or file");
+    }
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.contains('@') && authority.split('@').next().is_some_and(|u| u.contains(':')) {
+        return bad("do not put a password in the URL; use the password field");
+    }
+    if scheme != "file" && authority.rsplit('@').next().unwrap_or("").is_empty() {
+        return bad("the URL names no server");
+    }
+    Ok(())
+}
+
+impl TargetBody {
+    fn check(&self) -> Result<(), ApiError> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(ApiError::Invalid("name must be 1 to 100 characters".into()));
+        }
+        check_url(self.url.trim())?;
+        if let Some(pem) = &self.ca_pem {
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(ApiError::Invalid(
+                    "ca_pem must hold PEM certificates".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn fields(&self) -> TargetFields<'_> {
+        TargetFields {
+            name: self.name.trim(),
+            url: self.url.trim(),
+            username: self
+                .username
+                .as_deref()
+                .map(str::trim)
+                .filter(|u| !u.is_empty()),
+            ca_pem: self.ca_pem.as_deref(),
+            notes: &self.notes,
+        }
+    }
+}
+
+/// The stored credentials of `t`.
+fn secret(state: &AppState, t: &TargetRow) -> Result<TargetSecret, ApiError> {
+    match &t.secret {
+        None => Ok(TargetSecret::default()),
+        Some(sealed) => {
+            let plain = state
+                .vault
+                .unseal(&target_context(t.id), sealed)
+                .map_err(|e| ApiError::Internal(format!("target {}: {e}", t.id)))?;
+            serde_json::from_slice(&plain)
+                .map_err(|e| ApiError::Internal(format!("target {}: {e}", t.id)))
+        }
+    }
+}
+
+/// Merge the credentials of `body` into `t`'s and store them sealed.
+async fn store_secret(state: &AppState, t: &TargetRow, body: TargetBody) -> Result<(), ApiError> {
+    let given = body.password.is_some() || body.private_key.is_some() || body.passphrase.is_some();
+    if !given && !body.clear_credentials {
+        return Ok(());
+    }
+    let mut s = if body.clear_credentials {
+        TargetSecret::default()
+    } else {
+        secret(state, t)?
+    };
+    if let Some(p) = body.password {
+        s.password = Some(p);
+    }
+    if let Some(k) = body.private_key {
+        s.private_key = Some(k);
+    }
+    if let Some(p) = body.passphrase {
+        s.passphrase = Some(p);
+    }
+    let sealed = if s.is_empty() {
+        None
+    } else {
+        let plain =
+            Zeroizing::new(serde_json::to_vec(&s).map_err(|e| ApiError::Internal(e.to_string()))?);
+        Some(
+            state
+                .vault
+                .seal(&target_context(t.id), &plain)
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        )
+    };
+    state
+        .store
+        .set_target_secret(t.id, sealed.as_deref())
+        .await?;
+    Ok(())
+}
+
+fn set(v: &Option<Zeroizing<String>>) -> &'static str {
+    if v.is_some() {
+        "set"
+    } else {
+        "not set"
+    }
+}
+
+/// A target as shown: credentials only as set / not set.
+fn view(state: &AppState, t: &TargetRow) -> Result<Value, ApiError> {
+    let s = secret(state, t)?;
+    Ok(json!({
+        "id": t.id,
+        "name": t.name,
+        "url": t.url,
+        "username": t.username,
+        "ca_pem": t.ca_pem,
+        "notes": t.notes,
+        "credentials": {
+            "password": set(&s.password),
+            "private_key": set(&s.private_key),
+            "passphrase": set(&s.passphrase),
+        },
+        "created_at": t.created_at,
+        "updated_at": t.updated_at,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/targets", tag = "targets", params(PageQuery), responses((status = 200, description = "a page of targets (credentials shown as set / not set)", body = Object)), security(("session" = []), ("token" = [])))]
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let limit = q.limit()?;
+    let rows = state.store.targets(q.after.unwrap_or(0), limit).await?;
+    let page = Page::new(rows, limit, |t| t.id);
+    let items = page
+        .items
+        .iter()
+        .map(|t| view(&state, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json(json!({ "items": items, "next": page.next })))
+}
+
+#[utoipa::path(post, path = "/api/v1/targets", tag = "targets", request_body = TargetBody, responses((status = 201, description = "the target", body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<TargetBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    body.check()?;
+    let t = state.store.create_target(&body.fields()).await?;
+    store_secret(&state, &t, body).await?;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "create_target",
+            &format!("target:{}", t.id),
+            &t.url,
+        )
+        .await?;
+    let t = state.store.target(t.id).await?.unwrap_or(t);
+    Ok((StatusCode::CREATED, Json(view(&state, &t)?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/targets/{id}", tag = "targets", params(("id" = i64, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let t = state
+        .store
+        .target(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("target {id}")))?;
+    Ok(Json(view(&state, &t)?))
+}
+
+#[utoipa::path(put, path = "/api/v1/targets/{id}", tag = "targets", params(("id" = i64, Path)), request_body = TargetBody, responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    ApiJson(body): ApiJson<TargetBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    body.check()?;
+    let t = state
+        .store
+        .update_target(id, &body.fields())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("target {id}")))?;
+    let changed_secret = body.clear_credentials
+        || body.password.is_some()
+        || body.private_key.is_some()
+        || body.passphrase.is_some();
+    store_secret(&state, &t, body).await?;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "update_target",
+            &format!("target:{id}"),
+            if changed_secret {
+                "credentials changed"
+            } else {
+                ""
+            },
+        )
+        .await?;
+    let t = state.store.target(id).await?.unwrap_or(t);
+    Ok(Json(view(&state, &t)?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/targets/{id}", tag = "targets", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    if !state.store.delete_target(id).await? {
+        return Err(ApiError::NotFound(format!("target {id}")));
+    }
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "delete_target",
+            &format!("target:{id}"),
+            "",
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_url;
+
+    #[test]
+    fn urls_are_checked() {
+        for ok in [
+            "/srv/images",
+            "sftp://backup@nas:2222/images",
+            "smb://CORP;admin@nas/share/dir",
+            "ftps://ftp.example/images",
+            "file:///srv/images",
+        ] {
+            assert!(check_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "images",
+            "http://nas/x",
+            "sftp://user:pw@nas/x",
+            "sftp:///x",
+            "sftp://nas/x\n",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+}

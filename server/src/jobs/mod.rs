@@ -1,0 +1,563 @@
+//! Jobs at run time: turning a job into an order for an agent (file name from the
+//! template, the base image of the chain, credentials opened from the vault), sending it
+//! over the agent's channel, following its progress, and storing its report.
+
+pub mod report_xml;
+pub mod spec;
+pub mod template;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use holdfast_proto::job::{ImageTask, JobOrder, Method, RunReport, Secret, TargetAccess};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::gateway::{Gateway, GatewayError};
+use crate::store::jobs::{Finish, ImageRow, JobRow, NewImage, RunRow};
+use crate::store::targets::TargetRow;
+use crate::store::{Store, StoreError};
+use crate::vault::{Vault, VaultError};
+use spec::JobSpec;
+
+/// How long an agent has to accept an order.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Log lines kept per running run.
+const LOG_LINES: usize = 50;
+
+/// Why a run could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Vault(#[from] VaultError),
+    #[error("the job's definition is not valid: {0}")]
+    Spec(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("this job already has a run on agent {0} for that time")]
+    AlreadyRan(i64),
+    #[error("agent {0} is busy with run {1} of this job")]
+    Busy(i64, i64),
+}
+
+/// Target credentials as sealed in the vault.
+#[derive(Default, Serialize, Deserialize)]
+pub struct TargetSecret {
+    pub password: Option<Zeroizing<String>>,
+    pub private_key: Option<Zeroizing<String>>,
+    pub passphrase: Option<Zeroizing<String>>,
+}
+
+impl TargetSecret {
+    /// True when nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self.password.is_none() && self.private_key.is_none() && self.passphrase.is_none()
+    }
+}
+
+/// The vault context of a target's credentials.
+pub fn target_context(id: i64) -> String {
+    format!("target:{id}")
+}
+
+/// The vault context of a job's image password.
+pub fn job_context(id: i64) -> String {
+    format!("job:{id}")
+}
+
+/// The latest progress of a running run, as the console shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveProgress {
+    pub stage: String,
+    pub done: u64,
+    pub total: u64,
+    /// Bytes per second, smoothed.
+    pub rate: f64,
+    /// Seconds left at this rate.
+    pub eta_seconds: Option<u64>,
+    /// The latest log lines.
+    pub log: VecDeque<String>,
+    #[serde(skip)]
+    at: Option<Instant>,
+    /// The agent running it: only it may report progress.
+    #[serde(skip)]
+    agent_id: i64,
+}
+
+impl LiveProgress {
+    fn new(agent_id: i64) -> Self {
+        Self {
+            stage: "starting".into(),
+            done: 0,
+            total: 0,
+            rate: 0.0,
+            eta_seconds: None,
+            log: VecDeque::new(),
+            at: None,
+            agent_id,
+        }
+    }
+}
+
+/// Runs from order to report.
+pub struct Dispatcher {
+    pub store: Store,
+    pub gateway: Arc<Gateway>,
+    pub vault: Arc<Vault>,
+    live: Mutex<HashMap<i64, LiveProgress>>,
+}
+
+impl Dispatcher {
+    pub fn new(store: Store, gateway: Arc<Gateway>, vault: Arc<Vault>) -> Self {
+        Self {
+            store,
+            gateway,
+            vault,
+            live: Mutex::default(),
+        }
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<i64, LiveProgress>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The progress of run `id`, while it runs.
+    pub fn progress(&self, id: i64) -> Option<LiveProgress> {
+        self.live().get(&id).cloned()
+    }
+
+    /// True when `run_id` is a running run of `agent_id` (known live, or found in the
+    /// store after a server restart).
+    async fn owns(&self, agent_id: i64, run_id: i64) -> bool {
+        if let Some(p) = self.live().get(&run_id) {
+            return p.agent_id == agent_id;
+        }
+        match self.store.run(run_id).await {
+            Ok(Some(r)) if r.agent_id == agent_id && !r.finished() => {
+                self.live()
+                    .entry(run_id)
+                    .or_insert_with(|| LiveProgress::new(agent_id));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Agent `agent_id`'s progress event for one of its runs.
+    pub async fn on_progress(
+        &self,
+        agent_id: i64,
+        run_id: i64,
+        stage: String,
+        done: u64,
+        total: u64,
+    ) {
+        if !self.owns(agent_id, run_id).await {
+            return;
+        }
+        let mut live = self.live();
+        let Some(p) = live.get_mut(&run_id) else {
+            return;
+        };
+        let now = Instant::now();
+        if p.stage == stage && done >= p.done {
+            if let Some(at) = p.at {
+                let secs = now.duration_since(at).as_secs_f64();
+                if secs > 0.0 {
+                    let rate = (done - p.done) as f64 / secs;
+                    // Smoothed so one slow moment does not swing the estimate.
+                    p.rate = if p.rate == 0.0 {
+                        rate
+                    } else {
+                        0.7 * p.rate + 0.3 * rate
+                    };
+                }
+            }
+        } else {
+            p.rate = 0.0;
+        }
+        p.stage = stage;
+        p.done = done;
+        p.total = total;
+        p.at = Some(now);
+        p.eta_seconds =
+            (p.rate > 0.0).then(|| (total.saturating_sub(done) as f64 / p.rate).round() as u64);
+    }
+
+    /// Agent `agent_id`'s log line for one of its runs.
+    pub async fn on_log(&self, agent_id: i64, run_id: i64, level: &str, text: &str) {
+        if !self.owns(agent_id, run_id).await {
+            return;
+        }
+        let mut live = self.live();
+        if let Some(p) = live.get_mut(&run_id) {
+            if p.log.len() == LOG_LINES {
+                p.log.pop_front();
+            }
+            p.log.push_back(format!("{level}: {text}"));
+        }
+    }
+
+    /// Start `job` on `agent_id` now. `scheduled_for` names a scheduled run (one per job,
+    /// agent and time).
+    pub async fn start(
+        &self,
+        job: &JobRow,
+        agent_id: i64,
+        cause: &str,
+        scheduled_for: Option<i64>,
+    ) -> Result<RunRow, DispatchError> {
+        let spec: JobSpec =
+            serde_json::from_str(&job.spec).map_err(|e| DispatchError::Spec(e.to_string()))?;
+        if let Some(open) = self
+            .store
+            .open_runs(agent_id)
+            .await?
+            .into_iter()
+            .find(|r| r.job_id == Some(job.id))
+        {
+            return Err(DispatchError::Busy(agent_id, open.id));
+        }
+        let agent = self
+            .store
+            .agent(agent_id)
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("agent {agent_id}")))?;
+        let target = self
+            .store
+            .target(spec.target_id)
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("target {}", spec.target_id)))?;
+        let run = self
+            .store
+            .create_run(Some(job.id), agent_id, &job.name, cause, scheduled_for)
+            .await?
+            .ok_or(DispatchError::AlreadyRan(agent_id))?;
+        let at = chrono::DateTime::from_timestamp(scheduled_for.unwrap_or(run.created_at), 0)
+            .unwrap_or_default();
+        let vars = template::Vars {
+            computer: &agent.hostname,
+            user: "root",
+            at,
+        };
+        let order = match self.order(job, &spec, &target, &run, &vars).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.end_here(&run, "failed", &format!("{e}")).await;
+                return Err(e);
+            }
+        };
+        let body = serde_json::json!({ "op": "run_job", "order": order });
+        match self.gateway.request(agent_id, body, ACCEPT_TIMEOUT).await {
+            Ok(_) => {
+                self.store.run_started(run.id).await?;
+                self.live()
+                    .entry(run.id)
+                    .or_insert_with(|| LiveProgress::new(agent_id));
+            }
+            Err(e) => {
+                let why = match e {
+                    GatewayError::Offline(_) => format!(
+                        "agent {} ({}) is not connected; the job did not run",
+                        agent_id, agent.hostname
+                    ),
+                    other => other.to_string(),
+                };
+                self.end_here(&run, "failed", &why).await;
+            }
+        }
+        Ok(self.store.run(run.id).await?.unwrap_or(run))
+    }
+
+    /// Everything the agent needs for this run.
+    async fn order(
+        &self,
+        job: &JobRow,
+        spec: &JobSpec,
+        target: &TargetRow,
+        run: &RunRow,
+        vars: &template::Vars<'_, chrono::Utc>,
+    ) -> Result<JobOrder, DispatchError> {
+        let folder = template::render(&spec.folder, vars).map_err(DispatchError::Spec)?;
+        let file = template::render(&spec.name_template, vars).map_err(DispatchError::Spec)?;
+        let name = if folder.trim_matches('/').is_empty() {
+            file
+        } else {
+            format!("{}/{file}", folder.trim_matches('/'))
+        };
+        let images = self.store.job_images(job.id, run.agent_id).await?;
+        let (head, full) = chain_bases(&images, spec.target_id);
+        let (method, base) = spec.next_method(head, full);
+        let secret: TargetSecret = match &target.secret {
+            Some(sealed) => {
+                let plain = self.vault.unseal(&target_context(target.id), sealed)?;
+                serde_json::from_slice(&plain).map_err(|_| VaultError::Sealed)?
+            }
+            None => TargetSecret::default(),
+        };
+        let password = match &job.secret {
+            Some(sealed) => {
+                let plain = self.vault.unseal(&job_context(job.id), sealed)?;
+                Some(Secret::new(String::from_utf8_lossy(&plain).into_owned()))
+            }
+            None => None,
+        };
+        if spec.encryption.is_some() && password.is_none() {
+            return Err(DispatchError::Spec(
+                "the job encrypts but has no password set".into(),
+            ));
+        }
+        let reveal = |s: &Option<Zeroizing<String>>| s.as_ref().map(|v| Secret::new(v.as_str()));
+        Ok(JobOrder {
+            run_id: run.id,
+            job_id: Some(job.id),
+            name: job.name.clone(),
+            image: ImageTask {
+                source: spec.source.clone(),
+                target: TargetAccess {
+                    url: target.url.clone(),
+                    user: target.username.clone(),
+                    password: reveal(&secret.password),
+                    private_key: reveal(&secret.private_key),
+                    passphrase: reveal(&secret.passphrase),
+                    ca_pem: target.ca_pem.clone(),
+                },
+                name,
+                method,
+                base,
+                compression_level: spec.compression_level,
+                encryption: spec.encryption.clone(),
+                password,
+                split_size: spec.split_size,
+                verify: spec.verify,
+                overwrite: spec.overwrite,
+                comment: spec.comment.clone(),
+                live: spec.live,
+            },
+            before: spec.before.as_ref().map(spec::Hook::order),
+            after: spec.after.as_ref().map(spec::Hook::order),
+            abort_on_error: spec.abort_on_error,
+        })
+    }
+
+    /// End a run that no agent ran, with a one-step report saying why.
+    async fn end_here(&self, run: &RunRow, state: &str, why: &str) {
+        let now = crate::store::now();
+        let report = RunReport {
+            run_id: run.id,
+            job_id: run.job_id,
+            name: run.name.clone(),
+            status: match state {
+                "missed" => holdfast_proto::RunStatus::Missed,
+                "cancelled" => holdfast_proto::RunStatus::Cancelled,
+                _ => holdfast_proto::RunStatus::Failed,
+            },
+            started_at: now,
+            ended_at: now,
+            bytes_read: 0,
+            bytes_written: 0,
+            images: Vec::new(),
+            steps: vec![holdfast_proto::job::Step {
+                at: now,
+                status: holdfast_proto::job::StepStatus::Error,
+                title: "Not started".into(),
+                detail: why.to_owned(),
+            }],
+        };
+        let text = serde_json::to_string(&report).unwrap_or_default();
+        if let Err(e) = self.store.run_ended_here(run.id, state, &text).await {
+            tracing::error!(run = run.id, error = %e, "cannot record the end of a run");
+        }
+        self.live().remove(&run.id);
+    }
+
+    /// Ask the agent to cancel run `run`.
+    pub async fn cancel(&self, run: &RunRow) -> Result<(), GatewayError> {
+        self.gateway
+            .request(
+                run.agent_id,
+                serde_json::json!({ "op": "cancel", "run_id": run.id }),
+                ACCEPT_TIMEOUT,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    /// Store a report from agent `agent_id`. True when the agent may forget it (stored now
+    /// or before); a report for another agent's run is refused and logged.
+    pub async fn on_report(&self, agent_id: i64, report: &RunReport) -> bool {
+        let run = match self.store.run(report.run_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                tracing::warn!(
+                    agent = agent_id,
+                    run = report.run_id,
+                    "report for an unknown run dropped"
+                );
+                return true;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a run");
+                return false;
+            }
+        };
+        if run.agent_id != agent_id {
+            tracing::warn!(
+                agent = agent_id,
+                run = run.id,
+                owner = run.agent_id,
+                "an agent sent a report for another agent's run; ignored"
+            );
+            return true;
+        }
+        let text = serde_json::to_string(report).unwrap_or_default();
+        let finish = Finish {
+            run_id: run.id,
+            state: report.status.as_str(),
+            started_at: report.started_at,
+            ended_at: report.ended_at,
+            bytes_read: i64::try_from(report.bytes_read).unwrap_or(i64::MAX),
+            bytes_written: i64::try_from(report.bytes_written).unwrap_or(i64::MAX),
+            report: &text,
+            images: report
+                .images
+                .iter()
+                .map(|i| NewImage {
+                    name: &i.name,
+                    method: match i.method {
+                        Method::Full => "full",
+                        Method::Incremental => "incremental",
+                        Method::Differential => "differential",
+                    },
+                    base_name: i.base.as_deref(),
+                    image_id: &i.image_id,
+                    bytes: i64::try_from(i.bytes).unwrap_or(i64::MAX),
+                    verified: i.verified,
+                })
+                .collect(),
+        };
+        match self.store.finish_run(&finish).await {
+            Ok(stored) => {
+                if stored {
+                    if let Some(job_id) = run.job_id {
+                        if let Ok(Some(job)) = self.store.job(job_id).await {
+                            if let Some(t) = job.target_id() {
+                                let _ = self.store.set_images_target(run.id, t).await;
+                            }
+                        }
+                    }
+                    tracing::info!(
+                        run = run.id,
+                        agent = agent_id,
+                        status = report.status.as_str(),
+                        "run finished"
+                    );
+                }
+                self.live().remove(&run.id);
+                true
+            }
+            Err(e) => {
+                tracing::error!(run = run.id, error = %e, "cannot store a report");
+                false
+            }
+        }
+    }
+}
+
+/// The bases a new image of a chain may use, from the job's images on one agent: the
+/// newest image (for an increment) and the newest full (for a differential), on
+/// `target_id`, each only when its whole chain back to the full is there and none of it
+/// failed validation. Otherwise the next run starts a new chain with a full image.
+pub fn chain_bases(images: &[ImageRow], target_id: i64) -> (Option<&str>, Option<&str>) {
+    let on_target: Vec<&ImageRow> = images
+        .iter()
+        .filter(|i| i.target_id == Some(target_id))
+        .collect();
+    let by_name: HashMap<&str, &ImageRow> =
+        on_target.iter().map(|i| (i.name.as_str(), *i)).collect();
+    let sound = |img: &ImageRow| {
+        let mut cur = img;
+        // Each step goes to an older image: a chain is never longer than the list.
+        for _ in 0..=on_target.len() {
+            if cur.verified == Some(false) {
+                return false;
+            }
+            match cur.base_name.as_deref() {
+                None => return cur.method == "full",
+                Some(b) => match by_name.get(b) {
+                    Some(next) => cur = next,
+                    None => return false,
+                },
+            }
+        }
+        false
+    };
+    let head = on_target
+        .last()
+        .filter(|i| sound(i))
+        .map(|i| i.name.as_str());
+    let full = on_target
+        .iter()
+        .rev()
+        .find(|i| i.method == "full" && sound(i))
+        .map(|i| i.name.as_str());
+    (head, full)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(
+        id: i64,
+        name: &str,
+        method: &str,
+        base: Option<&str>,
+        verified: Option<bool>,
+    ) -> ImageRow {
+        ImageRow {
+            id,
+            run_id: id,
+            job_id: Some(1),
+            agent_id: 1,
+            target_id: Some(7),
+            name: name.into(),
+            method: method.into(),
+            base_name: base.map(str::to_owned),
+            image_id: String::new(),
+            bytes: 1,
+            verified,
+            created_at: id,
+            deleted_at: None,
+        }
+    }
+
+    #[test]
+    fn chains_grow_on_sound_images_only() {
+        assert_eq!(chain_bases(&[], 7), (None, None));
+        let a = img(1, "a", "full", None, Some(true));
+        let b = img(2, "b", "incremental", Some("a"), None);
+        assert_eq!(
+            chain_bases(&[a.clone(), b.clone()], 7),
+            (Some("b"), Some("a"))
+        );
+        // Another target: a new chain.
+        assert_eq!(chain_bases(&[a.clone(), b.clone()], 8), (None, None));
+        // The newest failed validation: no base.
+        let c = img(3, "c", "incremental", Some("b"), Some(false));
+        assert_eq!(
+            chain_bases(&[a.clone(), b.clone(), c], 7),
+            (None, Some("a"))
+        );
+        // A damaged image inside the chain spoils every image after it.
+        let bad_b = img(2, "b", "incremental", Some("a"), Some(false));
+        let d = img(4, "d", "incremental", Some("b"), Some(true));
+        assert_eq!(chain_bases(&[a.clone(), bad_b, d], 7), (None, Some("a")));
+        // A missing link (deleted image) too.
+        let e = img(5, "e", "incremental", Some("gone"), None);
+        assert_eq!(chain_bases(&[a, e], 7), (None, Some("a")));
+    }
+}

@@ -1,0 +1,168 @@
+//! What a job is: the definition admins write (REST body, stored as JSON, exported and
+//! imported), with its validation. Secrets are not part of it: the image password lives
+//! in the vault and the target's credentials with the target.
+
+use holdfast_proto::job::{HookCommand, Method};
+use serde::{Deserialize, Serialize};
+
+/// How the job's images relate to each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageMethod {
+    /// A full image every run.
+    Full,
+    /// A full image first, then increments on the newest image of the chain ("use created
+    /// image as base for the following execution").
+    IncrementalChain,
+    /// A full image first, then differentials against it.
+    Differential,
+}
+
+/// A command before or after the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Hook {
+    pub command: String,
+    /// Run as this user (default: the agent's user).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Seconds before it is stopped and counted as failed.
+    #[serde(default = "default_hook_timeout")]
+    pub timeout_seconds: u64,
+    /// A failure ends the job.
+    #[serde(default)]
+    pub abort_on_failure: bool,
+}
+
+fn default_hook_timeout() -> u64 {
+    600
+}
+
+impl Hook {
+    pub fn order(&self) -> HookCommand {
+        HookCommand {
+            command: self.command.clone(),
+            user: self.user.clone(),
+            timeout_seconds: self.timeout_seconds,
+            abort_on_failure: self.abort_on_failure,
+        }
+    }
+}
+
+/// A job definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The agents that run it.
+    pub agents: Vec<i64>,
+    /// Device, partition or image file to image on each agent (e.g. `/dev/sda`).
+    pub source: String,
+    /// The target the images go to.
+    pub target_id: i64,
+    /// Folder inside the target (may use template parameters).
+    #[serde(default)]
+    pub folder: String,
+    /// File name of each image; template parameters `$TEMPL:(Name)` as in the manual:
+    /// ComputerName, UserName, Year, Month, Day, Hour, Minute, Second, Weekday, WeekNumber.
+    #[serde(default = "default_template")]
+    pub name_template: String,
+    #[serde(default = "default_method")]
+    pub method: ImageMethod,
+    /// zstd level 0–22.
+    #[serde(default = "default_compression")]
+    pub compression_level: i32,
+    /// `aes128`, `aes192` or `aes256` (the password is set separately and kept in the vault).
+    #[serde(default)]
+    pub encryption: Option<String>,
+    /// Split into parts of at most this many bytes (at least 5 MiB).
+    #[serde(default)]
+    pub split_size: Option<u64>,
+    /// Validate each image after writing it.
+    #[serde(default)]
+    pub verify: bool,
+    /// Replace an existing image of the same name.
+    #[serde(default)]
+    pub overwrite: bool,
+    #[serde(default)]
+    pub comment: String,
+    /// Image a read-write mounted source as it changes (otherwise it is remounted
+    /// read-only while imaging).
+    #[serde(default)]
+    pub live: bool,
+    #[serde(default)]
+    pub before: Option<Hook>,
+    #[serde(default)]
+    pub after: Option<Hook>,
+    /// Stop at the first error (the command after the job is not run).
+    #[serde(default)]
+    pub abort_on_error: bool,
+}
+
+fn default_template() -> String {
+    "$TEMPL:(ComputerName)-$TEMPL:(Year)$TEMPL:(Month)$TEMPL:(Day)-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi".into()
+}
+
+fn default_method() -> ImageMethod {
+    ImageMethod::Full
+}
+
+fn default_compression() -> i32 {
+    3
+}
+
+impl JobSpec {
+    /// Every rule a definition must follow, with what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.agents.is_empty() {
+            return Err("a job needs at least one agent".into());
+        }
+        let source = self.source.trim();
+        if source.is_empty() || !source.starts_with('/') {
+            return Err("source must be an absolute device or file path, such as /dev/sda".into());
+        }
+        if !(0..=22).contains(&self.compression_level) {
+            return Err("compression_level must be 0 to 22".into());
+        }
+        if let Some(c) = &self.encryption {
+            if !["aes128", "aes192", "aes256"].contains(&c.as_str()) {
+                return Err("encryption must be aes128, aes192 or aes256".into());
+            }
+        }
+        if self.split_size.is_some_and(|s| s < 5 << 20) {
+            return Err("split_size must be at least 5 MiB (5242880 bytes)".into());
+        }
+        super::template::check(&self.name_template).map_err(|e| format!("name_template: {e}"))?;
+        super::template::check(&self.folder).map_err(|e| format!("folder: {e}"))?;
+        if self.name_template.trim().is_empty() {
+            return Err("name_template must not be empty".into());
+        }
+        for (what, hook) in [("before", &self.before), ("after", &self.after)] {
+            if let Some(h) = hook {
+                if h.command.trim().is_empty() {
+                    return Err(format!("{what}.command must not be empty"));
+                }
+                if !(1..=86_400).contains(&h.timeout_seconds) {
+                    return Err(format!("{what}.timeout_seconds must be 1 to 86400"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The method of the next image, given the newest sound image of the chain on this
+    /// agent (its name), if any.
+    pub fn next_method(
+        &self,
+        chain_head: Option<&str>,
+        chain_full: Option<&str>,
+    ) -> (Method, Option<String>) {
+        match (self.method, chain_head, chain_full) {
+            (ImageMethod::IncrementalChain, Some(head), _) => {
+                (Method::Incremental, Some(head.to_owned()))
+            }
+            (ImageMethod::Differential, _, Some(full)) => {
+                (Method::Differential, Some(full.to_owned()))
+            }
+            _ => (Method::Full, None),
+        }
+    }
+}

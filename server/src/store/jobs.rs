@@ -1,0 +1,430 @@
+//! Jobs, their runs (each run's report is kept with it) and the images runs wrote.
+
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, Row as _};
+
+use super::{now, Store, StoreError};
+
+/// A job as stored: its definition is JSON (see `crate::jobs::spec::JobSpec`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct JobRow {
+    pub id: i64,
+    pub name: String,
+    pub enabled: bool,
+    pub spec: String,
+    /// The sealed image password; never serialised.
+    #[serde(skip)]
+    pub secret: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl JobRow {
+    /// The target the definition names (without parsing all of it).
+    pub fn target_id(&self) -> Option<i64> {
+        serde_json::from_str::<serde_json::Value>(&self.spec)
+            .ok()
+            .and_then(|v| v["target_id"].as_i64())
+    }
+}
+
+/// A run of a job (or a manual action) on one agent.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RunRow {
+    pub id: i64,
+    pub job_id: Option<i64>,
+    pub agent_id: i64,
+    pub name: String,
+    /// `manual` or `schedule`.
+    pub cause: String,
+    pub scheduled_for: Option<i64>,
+    /// `queued`, `running`, then `successful`, `warning`, `failed`, `cancelled` or `missed`.
+    pub state: String,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub bytes_read: i64,
+    pub bytes_written: i64,
+    /// The agent's report (JSON of `holdfast_proto::RunReport`).
+    #[serde(skip)]
+    pub report: Option<String>,
+}
+
+impl RunRow {
+    /// True once the run has ended.
+    pub fn finished(&self) -> bool {
+        !matches!(self.state.as_str(), "queued" | "running")
+    }
+}
+
+/// An image a run wrote.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ImageRow {
+    pub id: i64,
+    pub run_id: i64,
+    pub job_id: Option<i64>,
+    pub agent_id: i64,
+    pub target_id: Option<i64>,
+    pub name: String,
+    pub method: String,
+    pub base_name: Option<String>,
+    pub image_id: String,
+    pub bytes: i64,
+    /// Validated after writing: true sound, false damaged, none not checked.
+    pub verified: Option<bool>,
+    pub created_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+/// A finished run as the agent reported it.
+pub struct Finish<'a> {
+    pub run_id: i64,
+    pub state: &'a str,
+    pub started_at: i64,
+    pub ended_at: i64,
+    pub bytes_read: i64,
+    pub bytes_written: i64,
+    pub report: &'a str,
+    /// Images written: name, method, base name, image id, bytes, verified.
+    pub images: Vec<NewImage<'a>>,
+}
+
+/// An image to record.
+pub struct NewImage<'a> {
+    pub name: &'a str,
+    pub method: &'a str,
+    pub base_name: Option<&'a str>,
+    pub image_id: &'a str,
+    pub bytes: i64,
+    pub verified: Option<bool>,
+}
+
+const JOB_COLUMNS: &str = "id, name, enabled, spec, secret, created_at, updated_at";
+const RUN_COLUMNS: &str = "id, job_id, agent_id, name, cause, scheduled_for, state, created_at, started_at, ended_at, bytes_read, bytes_written, report";
+const IMAGE_COLUMNS: &str = "id, run_id, job_id, agent_id, target_id, name, method, base_name, image_id, bytes, verified, created_at, deleted_at";
+
+fn job(r: &sqlx::any::AnyRow) -> Result<JobRow, sqlx::Error> {
+    Ok(JobRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        enabled: r.try_get::<i64, _>("enabled")? != 0,
+        spec: r.try_get("spec")?,
+        secret: r.try_get("secret")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+fn run(r: &sqlx::any::AnyRow) -> Result<RunRow, sqlx::Error> {
+    Ok(RunRow {
+        id: r.try_get("id")?,
+        job_id: r.try_get("job_id")?,
+        agent_id: r.try_get("agent_id")?,
+        name: r.try_get("name")?,
+        cause: r.try_get("cause")?,
+        scheduled_for: r.try_get("scheduled_for")?,
+        state: r.try_get("state")?,
+        created_at: r.try_get("created_at")?,
+        started_at: r.try_get("started_at")?,
+        ended_at: r.try_get("ended_at")?,
+        bytes_read: r.try_get("bytes_read")?,
+        bytes_written: r.try_get("bytes_written")?,
+        report: r.try_get("report")?,
+    })
+}
+
+fn image(r: &sqlx::any::AnyRow) -> Result<ImageRow, sqlx::Error> {
+    Ok(ImageRow {
+        id: r.try_get("id")?,
+        run_id: r.try_get("run_id")?,
+        job_id: r.try_get("job_id")?,
+        agent_id: r.try_get("agent_id")?,
+        target_id: r.try_get("target_id")?,
+        name: r.try_get("name")?,
+        method: r.try_get("method")?,
+        base_name: r.try_get("base_name")?,
+        image_id: r.try_get("image_id")?,
+        bytes: r.try_get("bytes")?,
+        verified: r.try_get::<Option<i64>, _>("verified")?.map(|v| v != 0),
+        created_at: r.try_get("created_at")?,
+        deleted_at: r.try_get("deleted_at")?,
+    })
+}
+
+/// Which runs to list.
+#[derive(Debug, Default, Clone)]
+pub struct RunFilter {
+    pub job_id: Option<i64>,
+    pub agent_id: Option<i64>,
+    pub state: Option<String>,
+}
+
+impl Store {
+    pub async fn create_job(
+        &self,
+        name: &str,
+        enabled: bool,
+        spec: &str,
+    ) -> Result<JobRow, StoreError> {
+        let t = now();
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO jobs (name, enabled, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+             RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(name)
+        .bind(i64::from(enabled))
+        .bind(spec)
+        .bind(t)
+        .fetch_one(self.pool())
+        .await
+        .map_err(|e| StoreError::unique(e, format!("a job named '{name}'")))?;
+        Ok(job(&r)?)
+    }
+
+    pub async fn update_job(
+        &self,
+        id: i64,
+        name: &str,
+        enabled: bool,
+        spec: &str,
+    ) -> Result<Option<JobRow>, StoreError> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE jobs SET name = $1, enabled = $2, spec = $3, updated_at = $4 WHERE id = $5 \
+             RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(name)
+        .bind(i64::from(enabled))
+        .bind(spec)
+        .bind(now())
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(|e| StoreError::unique(e, format!("a job named '{name}'")))?;
+        Ok(r.as_ref().map(job).transpose()?)
+    }
+
+    /// Replace the sealed image password (`None` clears it).
+    pub async fn set_job_secret(&self, id: i64, sealed: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET secret = $1, updated_at = $2 WHERE id = $3")
+            .bind(sealed)
+            .bind(now())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn job(&self, id: i64) -> Result<Option<JobRow>, StoreError> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(r.as_ref().map(job).transpose()?)
+    }
+
+    /// Jobs with an id above `after`, by id.
+    pub async fn jobs(&self, after: i64, limit: i64) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE id > $1 ORDER BY id LIMIT $2"
+        )))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(job).collect::<Result<_, _>>()?)
+    }
+
+    /// Remove a job; its runs and images stay (their job id becomes empty).
+    pub async fn delete_job(&self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Record a new run; `None` when this job already has a run on this agent for this
+    /// scheduled time (a schedule never fires twice, even across restarts).
+    pub async fn create_run(
+        &self,
+        job_id: Option<i64>,
+        agent_id: i64,
+        name: &str,
+        cause: &str,
+        scheduled_for: Option<i64>,
+    ) -> Result<Option<RunRow>, StoreError> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO runs (job_id, agent_id, name, cause, scheduled_for, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6) RETURNING {RUN_COLUMNS}"
+        )))
+        .bind(job_id)
+        .bind(agent_id)
+        .bind(name)
+        .bind(cause)
+        .bind(scheduled_for)
+        .bind(now())
+        .fetch_one(self.pool())
+        .await;
+        match r {
+            Ok(r) => Ok(Some(run(&r)?)),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A queued run was accepted by its agent.
+    pub async fn run_started(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE runs SET state = 'running', started_at = $1 WHERE id = $2 AND state = 'queued'",
+        )
+        .bind(now())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// End a run that never reached an agent (offline, refused): `state` and a report.
+    pub async fn run_ended_here(
+        &self,
+        id: i64,
+        state: &str,
+        report: &str,
+    ) -> Result<bool, StoreError> {
+        let t = now();
+        let done = sqlx::query(
+            "UPDATE runs SET state = $1, started_at = COALESCE(started_at, $2), ended_at = $2, report = $3 \
+             WHERE id = $4 AND state IN ('queued', 'running')",
+        )
+        .bind(state)
+        .bind(t)
+        .bind(report)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Store the agent's report of a run and the images it wrote, once: a report sent again
+    /// (after a reconnect) changes nothing. False when the run had already ended.
+    pub async fn finish_run(&self, f: &Finish<'_>) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET state = $1, started_at = $2, ended_at = $3, bytes_read = $4, bytes_written = $5, report = $6 \
+             WHERE id = $7 AND state IN ('queued', 'running')",
+        )
+        .bind(f.state)
+        .bind(f.started_at)
+        .bind(f.ended_at)
+        .bind(f.bytes_read)
+        .bind(f.bytes_written)
+        .bind(f.report)
+        .bind(f.run_id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        for i in &f.images {
+            sqlx::query(
+                "INSERT INTO images (run_id, job_id, agent_id, target_id, name, method, base_name, image_id, bytes, verified, created_at) \
+                 SELECT r.id, r.job_id, r.agent_id, NULL, $1, $2, $3, $4, $5, $6, $7 FROM runs r WHERE r.id = $8",
+            )
+            .bind(i.name)
+            .bind(i.method)
+            .bind(i.base_name)
+            .bind(i.image_id)
+            .bind(i.bytes)
+            .bind(i.verified.map(i64::from))
+            .bind(f.ended_at)
+            .bind(f.run_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Note the target of the images a run wrote (known to the dispatcher, not the agent).
+    pub async fn set_images_target(&self, run_id: i64, target_id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE images SET target_id = $1 WHERE run_id = $2")
+            .bind(target_id)
+            .bind(run_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn run(&self, id: i64) -> Result<Option<RunRow>, StoreError> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(r.as_ref().map(run).transpose()?)
+    }
+
+    /// Runs matching `filter` with an id below `before`, newest first.
+    pub async fn runs(
+        &self,
+        filter: &RunFilter,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id < $1 \
+             AND ($2 IS NULL OR job_id = $2) AND ($3 IS NULL OR agent_id = $3) AND ($4 IS NULL OR state = $4) \
+             ORDER BY id DESC LIMIT $5"
+        )))
+        .bind(before)
+        .bind(filter.job_id)
+        .bind(filter.agent_id)
+        .bind(filter.state.as_deref())
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(run).collect::<Result<_, _>>()?)
+    }
+
+    /// Runs still queued or running on `agent_id`.
+    pub async fn open_runs(&self, agent_id: i64) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE agent_id = $1 AND state IN ('queued', 'running') ORDER BY id"
+        )))
+        .bind(agent_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(run).collect::<Result<_, _>>()?)
+    }
+
+    /// The images of `job_id` on `agent_id` that still exist, oldest first.
+    pub async fn job_images(
+        &self,
+        job_id: i64,
+        agent_id: i64,
+    ) -> Result<Vec<ImageRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE job_id = $1 AND agent_id = $2 AND deleted_at IS NULL ORDER BY id"
+        )))
+        .bind(job_id)
+        .bind(agent_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(image).collect::<Result<_, _>>()?)
+    }
+
+    /// Images with an id above `after`, by id (deleted ones included, marked).
+    pub async fn images(&self, after: i64, limit: i64) -> Result<Vec<ImageRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE id > $1 ORDER BY id LIMIT $2"
+        )))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(image).collect::<Result<_, _>>()?)
+    }
+}

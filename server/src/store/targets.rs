@@ -1,0 +1,150 @@
+//! Storage targets: where images go. Credentials are stored sealed by the vault; this
+//! layer only keeps the sealed text.
+
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, Row as _};
+
+use super::{now, Store, StoreError};
+
+/// A target as stored.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TargetRow {
+    pub id: i64,
+    pub name: String,
+    /// The folder, as a URL or a local path on the agents.
+    pub url: String,
+    pub username: Option<String>,
+    /// Sealed credentials (JSON of password, private key, passphrase); never serialised.
+    #[serde(skip)]
+    pub secret: Option<String>,
+    /// CA certificate(s) for FTPS, PEM (public data).
+    pub ca_pem: Option<String>,
+    pub notes: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// The fields an admin sets.
+#[derive(Debug, Clone)]
+pub struct TargetFields<'a> {
+    pub name: &'a str,
+    pub url: &'a str,
+    pub username: Option<&'a str>,
+    pub ca_pem: Option<&'a str>,
+    pub notes: &'a str,
+}
+
+const COLUMNS: &str = "id, name, url, username, secret, ca_pem, notes, created_at, updated_at";
+
+fn row(r: &sqlx::any::AnyRow) -> Result<TargetRow, sqlx::Error> {
+    Ok(TargetRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        url: r.try_get("url")?,
+        username: r.try_get("username")?,
+        secret: r.try_get("secret")?,
+        ca_pem: r.try_get("ca_pem")?,
+        notes: r.try_get("notes")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+impl Store {
+    /// Add a target (its credentials are set after, once its id is known to seal them).
+    pub async fn create_target(&self, f: &TargetFields<'_>) -> Result<TargetRow, StoreError> {
+        let t = now();
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO targets (name, url, username, ca_pem, notes, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {COLUMNS}"
+        )))
+        .bind(f.name)
+        .bind(f.url)
+        .bind(f.username)
+        .bind(f.ca_pem)
+        .bind(f.notes)
+        .bind(t)
+        .fetch_one(self.pool())
+        .await
+        .map_err(|e| StoreError::unique(e, format!("a target named '{}'", f.name)))?;
+        Ok(row(&r)?)
+    }
+
+    /// Change a target's fields; `None` when there is no such target.
+    pub async fn update_target(
+        &self,
+        id: i64,
+        f: &TargetFields<'_>,
+    ) -> Result<Option<TargetRow>, StoreError> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE targets SET name = $1, url = $2, username = $3, ca_pem = $4, notes = $5, updated_at = $6 \
+             WHERE id = $7 RETURNING {COLUMNS}"
+        )))
+        .bind(f.name)
+        .bind(f.url)
+        .bind(f.username)
+        .bind(f.ca_pem)
+        .bind(f.notes)
+        .bind(now())
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(|e| StoreError::unique(e, format!("a target named '{}'", f.name)))?;
+        Ok(r.as_ref().map(row).transpose()?)
+    }
+
+    /// Replace a target's sealed credentials (`None` clears them).
+    pub async fn set_target_secret(&self, id: i64, sealed: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE targets SET secret = $1, updated_at = $2 WHERE id = $3")
+            .bind(sealed)
+            .bind(now())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn target(&self, id: i64) -> Result<Option<TargetRow>, StoreError> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM targets WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(r.as_ref().map(row).transpose()?)
+    }
+
+    /// Targets with an id above `after`, by id.
+    pub async fn targets(&self, after: i64, limit: i64) -> Result<Vec<TargetRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM targets WHERE id > $1 ORDER BY id LIMIT $2"
+        )))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
+    }
+
+    /// Remove a target; false when absent. Refused while a job names it.
+    pub async fn delete_target(&self, id: i64) -> Result<bool, StoreError> {
+        let used: Vec<String> = self
+            .jobs(0, i64::MAX)
+            .await?
+            .into_iter()
+            .filter(|j| j.target_id() == Some(id))
+            .map(|j| j.name)
+            .collect();
+        if !used.is_empty() {
+            return Err(StoreError::InUse(format!(
+                "the target is used by job(s) {}",
+                used.join(", ")
+            )));
+        }
+        let done = sqlx::query("DELETE FROM targets WHERE id = $1")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

@@ -1,0 +1,321 @@
+//! Jobs end to end with the real binaries: a target with credentials in the vault, a job
+//! that images a loop device to a real SFTP server through an enrolled agent, run now,
+//! live progress, reports (JSON and XML) and an incremental chain that restores.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::fixtures::{Sshd, PASSWORD, USER};
+use crate::fleet::{agent_bin, enroll, wait_for, wait_secs, Api};
+use crate::proc::{curl, free_port, printed_secrets, start};
+use crate::util::{
+    edit_files, image_ok, mkfs, noise, read_files, require_devices, sparse_file, tempdir,
+    write_files, Loop,
+};
+
+/// The image password of the test job.
+const IMAGE_PASSWORD: &str = "job image password 9";
+
+/// A running `holdfast-agent run`, stopped on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A server with one enrolled, running agent.
+struct Fleet {
+    _server: Daemon,
+    agent: Option<Daemon>,
+    api: Api,
+    log: std::path::PathBuf,
+    agent_log: std::path::PathBuf,
+    agent_id: i64,
+    config: String,
+}
+
+impl Fleet {
+    fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let (server, printed) = start(dir, port, true);
+        let log = dir.join("server.log");
+        let (fingerprint, password) = printed_secrets(&printed);
+        let api = Api {
+            base: format!("https://localhost:{port}"),
+            ca: dir.join("tls/ca.pem").display().to_string(),
+            cookies: dir.join("cookies").display().to_string(),
+        };
+        wait_for("the server", &log, || {
+            curl(&["--cacert", &api.ca, &format!("{}/healthz", api.base)])
+                .is_some_and(|(o, _)| o == "ok\n")
+        });
+        let login = api.call(
+            "POST",
+            "/api/v1/session",
+            Some(&json!({"name": "admin", "password": password}).to_string()),
+        );
+        assert_eq!(login["role"], "admin", "{login}");
+        let token = api.call("POST", "/api/v1/enrollment-tokens", Some("{}"));
+        let config = dir.join("agent.json").display().to_string();
+        let out = enroll(
+            &api.base,
+            token["secret"].as_str().expect("secret"),
+            &fingerprint,
+            &config,
+        );
+        assert!(out.status.success(), "{out:?}");
+        let agents = api.call("GET", "/api/v1/agents", None);
+        let agent_id = agents["items"][0]["id"].as_i64().expect("agent id");
+        let mut f = Self {
+            _server: Daemon(server),
+            agent: None,
+            api,
+            log,
+            agent_log: dir.join("agent.log"),
+            agent_id,
+            config,
+        };
+        f.start_agent();
+        f
+    }
+
+    fn start_agent(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.agent_log)
+            .expect("agent log");
+        let child = Command::new(agent_bin().expect("agent"))
+            .args(["run", "--config", &self.config])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent starts");
+        self.agent = Some(Daemon(child));
+        let path = format!("/api/v1/agents/{}", self.agent_id);
+        wait_for("the agent online", &self.log, || {
+            self.api.call("GET", &path, None)["status"] == "online"
+        });
+    }
+
+    /// Run job `job` now; the run's id.
+    fn run(&self, job: i64) -> i64 {
+        let r = self
+            .api
+            .call("POST", &format!("/api/v1/jobs/{job}/run"), None);
+        assert_eq!(r["runs"][0]["status"], "running", "{r}");
+        r["runs"][0]["id"].as_i64().expect("run id")
+    }
+
+    /// Wait for run `id` to end; its report and the largest progress fraction seen.
+    fn finish(&self, id: i64) -> (Value, f64) {
+        let mut seen = 0.0f64;
+        let mut report = Value::Null;
+        wait_secs("the run to end", &self.log, 120, || {
+            report = self.api.call("GET", &format!("/api/v1/reports/{id}"), None);
+            let p = &report["progress"];
+            if let (Some(d), Some(t)) = (p["done"].as_f64(), p["total"].as_f64()) {
+                if t > 0.0 {
+                    seen = seen.max(d / t);
+                }
+            }
+            !matches!(report["status"].as_str(), Some("running" | "queued"))
+        });
+        (report, seen)
+    }
+}
+
+#[test]
+fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
+    if agent_bin().is_none() || !require_devices("job_chain_to_sftp") {
+        return;
+    }
+    let Some(sshd) = Sshd::start("job_chain_to_sftp") else {
+        return;
+    };
+    let t = tempdir();
+    let work = t.path();
+    let fleet = Fleet::start(work);
+    let api = &fleet.api;
+
+    // The source: an ext4 volume on a loop device, not mounted while imaging.
+    let vol = work.join("vol.img");
+    sparse_file(&vol, 96 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    let mut states = vec![edit_files(lo.path(), "ext4", work, |d| {
+        write_files(d, 0, 30);
+        std::fs::write(d.join("noise.bin"), noise(40 << 20, 3)).expect("noise");
+    })];
+
+    // The target: credentials go in once and never come back.
+    let target = api.call(
+        "POST",
+        "/api/v1/targets",
+        Some(
+            &json!({
+                "name": "sftp box",
+                "url": format!("sftp://127.0.0.1:{}{}", sshd.port, sshd.data.display()),
+                "username": USER,
+                "password": PASSWORD,
+            })
+            .to_string(),
+        ),
+    );
+    assert_eq!(target["credentials"]["password"], "set", "{target}");
+    assert!(!target.to_string().contains(PASSWORD));
+    let target_id = target["id"].as_i64().expect("target id");
+
+    let job = api.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &json!({
+                "name": "nightly",
+                "spec": {
+                    "agents": [fleet.agent_id],
+                    "source": lo.path(),
+                    "target_id": target_id,
+                    "folder": "$TEMPL:(ComputerName)",
+                    "name_template": "vol-$TEMPL:(Year)$TEMPL:(Month)$TEMPL:(Day)-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi",
+                    "method": "incremental_chain",
+                    "encryption": "aes256",
+                    "split_size": 16 << 20,
+                    "verify": true,
+                    "before": {"command": "echo preparing", "timeout_seconds": 30},
+                },
+                "password": IMAGE_PASSWORD,
+            })
+            .to_string(),
+        ),
+    );
+    assert_eq!(job["password"], "set", "{job}");
+    assert!(!job.to_string().contains(IMAGE_PASSWORD));
+    let job_id = job["id"].as_i64().expect("job id");
+
+    // First run: a full image, with progress on the way.
+    let run1 = fleet.run(job_id);
+    let (r1, seen) = fleet.finish(run1);
+    assert_eq!(r1["status"], "successful", "{r1}");
+    assert!(seen > 0.0, "no progress was seen while the job ran: {r1}");
+    let img1 = &r1["images"][0];
+    assert_eq!(img1["method"], "full", "{r1}");
+    assert_eq!(img1["verified"], true, "{r1}");
+    assert!(img1["parts"].as_u64().expect("parts") > 1, "{r1}");
+    let name1 = img1["name"].as_str().expect("name").to_owned();
+    let steps: Vec<&str> = r1["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["title"].as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "Job started",
+            "Command before the job",
+            "Image created",
+            "Job finished"
+        ],
+        "{r1}"
+    );
+    assert!(r1["bytes_written"].as_i64().expect("bytes") > 0);
+    // The image is on the SFTP server under the computer's name, complete.
+    let host = fleet
+        .api
+        .call("GET", &format!("/api/v1/agents/{}", fleet.agent_id), None)["hostname"]
+        .as_str()
+        .expect("hostname")
+        .to_owned();
+    assert!(name1.starts_with(&format!("{host}/vol-")), "{name1}");
+    assert!(sshd.data.join(&name1).exists(), "{name1} not on the server");
+
+    // Second run, after changes: an increment on the first image.
+    states.push(edit_files(lo.path(), "ext4", work, |d| {
+        write_files(d, 1, 6)
+    }));
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a new name (seconds)
+    let run2 = fleet.run(job_id);
+    let (r2, _) = fleet.finish(run2);
+    assert_eq!(r2["status"], "successful", "{r2}");
+    let img2 = &r2["images"][0];
+    assert_eq!(img2["method"], "incremental", "{r2}");
+    assert_eq!(img2["base"], name1.as_str(), "{r2}");
+    let name2 = img2["name"].as_str().expect("name").to_owned();
+
+    // Lists, downloads.
+    let list = api.call("GET", &format!("/api/v1/reports?job_id={job_id}"), None);
+    let ids: Vec<i64> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    assert_eq!(ids, [run2, run1], "{list}");
+    let (xml, _) = curl(&[
+        "--cacert",
+        &api.ca,
+        "-b",
+        &api.cookies,
+        &format!("{}/api/v1/reports/{run2}/download?format=xml", api.base),
+    ])
+    .expect("xml");
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert!(xml.contains("<status>successful</status>"), "{xml}");
+    assert!(xml.contains(&format!("name=\"{name2}\"")), "{xml}");
+    let images = api.call("GET", "/api/v1/images", None);
+    assert_eq!(
+        images["items"].as_array().map(Vec::len),
+        Some(2),
+        "{images}"
+    );
+    assert_eq!(images["items"][0]["target_id"], target_id, "{images}");
+
+    // The increment restores to the second state, straight from the SFTP server.
+    let creds = work.join("creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "user = {USER}\npassword = {PASSWORD}\nknown_hosts = {}\n",
+            work.join("known_hosts").display()
+        ),
+    )
+    .expect("creds");
+    let pw = work.join("pw");
+    std::fs::write(&pw, format!("{IMAGE_PASSWORD}\n")).expect("pw");
+    let restored = work.join("restored.img");
+    sparse_file(&restored, 96 << 20);
+    let rl = Loop::new(&restored);
+    image_ok(&[
+        "restore",
+        "--image",
+        &format!(
+            "sftp://{USER}@127.0.0.1:{}{}/{name2}",
+            sshd.port,
+            sshd.data.display()
+        ),
+        "--target",
+        rl.path(),
+        "--password-file",
+        pw.to_str().expect("path"),
+        "--credentials-file",
+        creds.to_str().expect("path"),
+    ]);
+    assert_eq!(read_files(rl.path(), "ext4", work), states[1]);
+
+    // No secret in any response, the server's log or the agent's log.
+    for text in [
+        std::fs::read_to_string(&fleet.log).unwrap_or_default(),
+        std::fs::read_to_string(&fleet.agent_log).unwrap_or_default(),
+        r1.to_string(),
+        r2.to_string(),
+        xml,
+    ] {
+        assert!(!text.contains(PASSWORD) && !text.contains(IMAGE_PASSWORD));
+    }
+}
