@@ -158,6 +158,7 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         None
     };
 
+    let scheduler = crate::jobs::scheduler::spawn(state.jobs.clone());
     let on_signal = handle.clone();
     let gateway = state.gateway.clone();
     tokio::spawn(async move {
@@ -173,6 +174,7 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         .serve(app(state).into_make_service_with_connect_info::<SocketAddr>())
         .await
         .with_context(|| format!("cannot serve on {}", config.listen));
+    scheduler.abort();
     // The local agent stops with the server (its child is killed when dropped).
     if let Some(task) = local_agent {
         task.abort();

@@ -172,6 +172,36 @@ impl Jobs {
         out
     }
 
+    /// Every run this agent has: running, stopped mid-run, or with a report not yet stored.
+    pub fn known(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for sub in ["runs", "reports"] {
+            for e in std::fs::read_dir(self.dir.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = e.file_name();
+                if let Some(id) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .and_then(|n| n.parse().ok())
+                {
+                    ids.push(id);
+                }
+            }
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// The server stored the report of `run_id`.
     pub fn stored(&self, run_id: i64) {
         let _ = std::fs::remove_file(self.report_path(run_id));
@@ -532,6 +562,7 @@ impl Jobs {
             cmd.arg("--comment").arg(&task.comment);
         }
         cmd.arg(if task.live { "--allow-live" } else { "--lock" });
+        cmd.env(crate::PARENT_ENV, std::process::id().to_string());
         // Host keys are pinned per agent: the first job to a server records its key.
         cmd.env("HOLDFAST_KNOWN_HOSTS", self.dir.join("known_hosts"));
         for k in [

@@ -179,6 +179,7 @@ async fn answer(jobs: &Arc<Jobs>, mut body: serde_json::Value) -> (bool, serde_j
                 Err(e) => (false, json!(format!("the job order is not valid: {e}"))),
             }
         }
+        Some("runs") => (true, json!({ "runs": jobs.known() })),
         Some("cancel") => match body["run_id"].as_i64() {
             Some(run) if jobs.cancel(run) => (true, json!({ "state": "cancelling" })),
             Some(run) => (

@@ -206,6 +206,10 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
     }
     let _ = state.store.agent_seen(id).await;
     tracing::info!(agent = id, "agent connected");
+    // Settle runs the agent should have but does not (answered through this channel).
+    let jobs = state.jobs.clone();
+    let asked_at = crate::store::now();
+    tokio::spawn(async move { jobs.reconcile(id, asked_at).await });
     let silence = Duration::from_secs(3 * state.heartbeat_seconds);
     // Pings let the agent notice a server that went silent (it reconnects instead of
     // waiting for TCP to give up).

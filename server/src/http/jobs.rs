@@ -283,7 +283,7 @@ async fn run_now(
     };
     let mut runs = Vec::new();
     for agent in agents {
-        match state.jobs.start(&job, agent, "manual", None).await {
+        match state.jobs.start(&job, agent).await {
             Ok(run) => runs.push(super::reports::summary(&state, &run)),
             Err(e @ (DispatchError::Busy(..) | DispatchError::AlreadyRan(_))) => {
                 return Err(ApiError::Conflict(e.to_string()))

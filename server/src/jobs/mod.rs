@@ -3,6 +3,8 @@
 //! over the agent's channel, following its progress, and storing its report.
 
 pub mod report_xml;
+pub mod schedule;
+pub mod scheduler;
 pub mod spec;
 pub mod template;
 
@@ -107,8 +109,13 @@ pub struct Dispatcher {
     pub store: Store,
     pub gateway: Arc<Gateway>,
     pub vault: Arc<Vault>,
+    /// Runs an agent may have at once.
+    pub per_agent: usize,
     live: Mutex<HashMap<i64, LiveProgress>>,
 }
+
+/// Runs an agent has at once unless configured: imaging saturates a machine's disks.
+pub const PER_AGENT: usize = 1;
 
 impl Dispatcher {
     pub fn new(store: Store, gateway: Arc<Gateway>, vault: Arc<Vault>) -> Self {
@@ -116,6 +123,7 @@ impl Dispatcher {
             store,
             gateway,
             vault,
+            per_agent: PER_AGENT,
             live: Mutex::default(),
         }
     }
@@ -201,75 +209,112 @@ impl Dispatcher {
         }
     }
 
-    /// Start `job` on `agent_id` now. `scheduled_for` names a scheduled run (one per job,
-    /// agent and time).
-    pub async fn start(
-        &self,
-        job: &JobRow,
-        agent_id: i64,
-        cause: &str,
-        scheduled_for: Option<i64>,
-    ) -> Result<RunRow, DispatchError> {
+    /// Start `job` on `agent_id` now, by hand: refused while the agent runs this job or
+    /// is at its limit of runs; a run whose agent is offline ends at once, failed.
+    pub async fn start(&self, job: &JobRow, agent_id: i64) -> Result<RunRow, DispatchError> {
         let spec: JobSpec =
             serde_json::from_str(&job.spec).map_err(|e| DispatchError::Spec(e.to_string()))?;
-        if let Some(open) = self
-            .store
-            .open_runs(agent_id)
-            .await?
-            .into_iter()
-            .find(|r| r.job_id == Some(job.id))
-        {
-            return Err(DispatchError::Busy(agent_id, open.id));
+        let open = self.store.open_runs(agent_id).await?;
+        if let Some(r) = open.iter().find(|r| r.job_id == Some(job.id)) {
+            return Err(DispatchError::Busy(agent_id, r.id));
         }
-        let agent = self
-            .store
+        if let Some(r) = open
+            .iter()
+            .filter(|r| r.state == "running")
+            .nth(self.per_agent.saturating_sub(1))
+        {
+            return Err(DispatchError::Busy(agent_id, r.id));
+        }
+        self.store
             .agent(agent_id)
             .await?
             .ok_or_else(|| DispatchError::NotFound(format!("agent {agent_id}")))?;
-        let target = self
-            .store
+        self.store
             .target(spec.target_id)
             .await?
             .ok_or_else(|| DispatchError::NotFound(format!("target {}", spec.target_id)))?;
         let run = self
             .store
-            .create_run(Some(job.id), agent_id, &job.name, cause, scheduled_for)
+            .create_run(Some(job.id), agent_id, &job.name, "manual", None)
             .await?
             .ok_or(DispatchError::AlreadyRan(agent_id))?;
-        let at = chrono::DateTime::from_timestamp(scheduled_for.unwrap_or(run.created_at), 0)
+        self.deliver(&run, false).await?;
+        Ok(self.store.run(run.id).await?.unwrap_or(run))
+    }
+
+    /// Send queued run `run` to its agent. When the agent is not connected the run goes
+    /// back to the queue (`requeue`) or ends failed.
+    pub async fn deliver(&self, run: &RunRow, requeue: bool) -> Result<(), DispatchError> {
+        if !self.store.claim_run(run.id).await? {
+            return Ok(());
+        }
+        let order = match self.prepare(run).await {
+            Ok(o) => o,
+            Err(e) => {
+                self.end_here(run, "failed", &e.to_string()).await;
+                return Err(e);
+            }
+        };
+        let body = serde_json::json!({ "op": "run_job", "order": order });
+        match self
+            .gateway
+            .request(run.agent_id, body, ACCEPT_TIMEOUT)
+            .await
+        {
+            Ok(_) => {
+                self.live()
+                    .entry(run.id)
+                    .or_insert_with(|| LiveProgress::new(run.agent_id));
+            }
+            Err(GatewayError::Offline(_)) if requeue => self.store.requeue_run(run.id).await?,
+            // The order may have reached the agent: its report will say, or the check of
+            // its runs when it next connects ends the run.
+            Err(e @ (GatewayError::Timeout(..) | GatewayError::Gone(_))) => {
+                tracing::warn!(run = run.id, error = %e, "no answer to a job order; the run stays open");
+            }
+            Err(e) => {
+                let why = match e {
+                    GatewayError::Offline(a) => {
+                        format!("agent {a} is not connected; the job did not run")
+                    }
+                    other => other.to_string(),
+                };
+                self.end_here(run, "failed", &why).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The order for `run`, from its job, agent and target as they are now.
+    async fn prepare(&self, run: &RunRow) -> Result<JobOrder, DispatchError> {
+        let job_id = run
+            .job_id
+            .ok_or_else(|| DispatchError::NotFound("the run's job".into()))?;
+        let job = self
+            .store
+            .job(job_id)
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("job {job_id}")))?;
+        let spec: JobSpec =
+            serde_json::from_str(&job.spec).map_err(|e| DispatchError::Spec(e.to_string()))?;
+        let agent = self
+            .store
+            .agent(run.agent_id)
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("agent {}", run.agent_id)))?;
+        let target = self
+            .store
+            .target(spec.target_id)
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("target {}", spec.target_id)))?;
+        let at = chrono::DateTime::from_timestamp(run.scheduled_for.unwrap_or(run.created_at), 0)
             .unwrap_or_default();
         let vars = template::Vars {
             computer: &agent.hostname,
             user: "root",
             at,
         };
-        let order = match self.order(job, &spec, &target, &run, &vars).await {
-            Ok(o) => o,
-            Err(e) => {
-                self.end_here(&run, "failed", &format!("{e}")).await;
-                return Err(e);
-            }
-        };
-        let body = serde_json::json!({ "op": "run_job", "order": order });
-        match self.gateway.request(agent_id, body, ACCEPT_TIMEOUT).await {
-            Ok(_) => {
-                self.store.run_started(run.id).await?;
-                self.live()
-                    .entry(run.id)
-                    .or_insert_with(|| LiveProgress::new(agent_id));
-            }
-            Err(e) => {
-                let why = match e {
-                    GatewayError::Offline(_) => format!(
-                        "agent {} ({}) is not connected; the job did not run",
-                        agent_id, agent.hostname
-                    ),
-                    other => other.to_string(),
-                };
-                self.end_here(&run, "failed", &why).await;
-            }
-        }
-        Ok(self.store.run(run.id).await?.unwrap_or(run))
+        self.order(&job, &spec, &target, run, &vars).await
     }
 
     /// Everything the agent needs for this run.
@@ -344,7 +389,7 @@ impl Dispatcher {
     }
 
     /// End a run that no agent ran, with a one-step report saying why.
-    async fn end_here(&self, run: &RunRow, state: &str, why: &str) {
+    pub async fn end_here(&self, run: &RunRow, state: &str, why: &str) {
         let now = crate::store::now();
         let report = RunReport {
             run_id: run.id,
@@ -372,6 +417,55 @@ impl Dispatcher {
             tracing::error!(run = run.id, error = %e, "cannot record the end of a run");
         }
         self.live().remove(&run.id);
+    }
+
+    /// Agent `agent_id` just connected: runs the store has running there that the agent
+    /// does not know (it never got the order, or lost its state) end as failed. Runs handed
+    /// out after `asked_at` are left alone (their order may be on its way).
+    pub async fn reconcile(&self, agent_id: i64, asked_at: i64) {
+        let known: std::collections::HashSet<i64> = match self
+            .gateway
+            .request(
+                agent_id,
+                serde_json::json!({ "op": "runs" }),
+                ACCEPT_TIMEOUT,
+            )
+            .await
+        {
+            Ok(v) => v["runs"]
+                .as_array()
+                .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
+                .unwrap_or_default(),
+            Err(e) => {
+                tracing::debug!(agent = agent_id, error = %e, "cannot ask the agent for its runs");
+                return;
+            }
+        };
+        let open = match self.store.open_runs(agent_id).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read open runs");
+                return;
+            }
+        };
+        for run in open {
+            if run.state == "running"
+                && run.started_at.is_some_and(|t| t < asked_at)
+                && !known.contains(&run.id)
+            {
+                tracing::warn!(
+                    run = run.id,
+                    agent = agent_id,
+                    "the agent does not know a running run"
+                );
+                self.end_here(
+                    &run,
+                    "failed",
+                    &format!("agent {agent_id} does not know this run: it never received the order, or lost its state"),
+                )
+                .await;
+            }
+        }
     }
 
     /// Ask the agent to cancel run `run`.

@@ -95,6 +95,12 @@ pub struct JobSpec {
     /// Stop at the first error (the command after the job is not run).
     #[serde(default)]
     pub abort_on_error: bool,
+    /// When it runs by itself; none: only when started by hand.
+    #[serde(default)]
+    pub schedule: Option<super::schedule::Schedule>,
+    /// Free text for admins.
+    #[serde(default)]
+    pub notes: String,
 }
 
 fn default_template() -> String {
@@ -134,6 +140,9 @@ impl JobSpec {
         super::template::check(&self.folder).map_err(|e| format!("folder: {e}"))?;
         if self.name_template.trim().is_empty() {
             return Err("name_template must not be empty".into());
+        }
+        if let Some(s) = &self.schedule {
+            s.validate().map_err(|e| format!("schedule: {e}"))?;
         }
         for (what, hook) in [("before", &self.before), ("after", &self.after)] {
             if let Some(h) = hook {

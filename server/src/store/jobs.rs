@@ -274,16 +274,82 @@ impl Store {
         }
     }
 
-    /// A queued run was accepted by its agent.
-    pub async fn run_started(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query(
+    /// Record the runs of `job_id` on `agents` for the start at `scheduled_for`, in one
+    /// transaction; a run that exists already (the same start seen again, after a restart)
+    /// is left alone. The runs created.
+    pub async fn create_scheduled_runs(
+        &self,
+        job_id: i64,
+        agents: &[i64],
+        name: &str,
+        scheduled_for: i64,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let mut made = Vec::new();
+        let t = now();
+        for agent in agents {
+            let r = sqlx::query(AssertSqlSafe(format!(
+                "INSERT INTO runs (job_id, agent_id, name, cause, scheduled_for, state, created_at) \
+                 VALUES ($1, $2, $3, 'schedule', $4, 'queued', $5) \
+                 ON CONFLICT (job_id, agent_id, scheduled_for) DO NOTHING RETURNING {RUN_COLUMNS}"
+            )))
+            .bind(job_id)
+            .bind(agent)
+            .bind(name)
+            .bind(scheduled_for)
+            .bind(t)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(r) = r {
+                made.push(run(&r)?);
+            }
+        }
+        tx.commit().await?;
+        Ok(made)
+    }
+
+    /// Take queued run `id` for dispatch (queued → running); false when another caller
+    /// took it first or it ended.
+    pub async fn claim_run(&self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
             "UPDATE runs SET state = 'running', started_at = $1 WHERE id = $2 AND state = 'queued'",
         )
         .bind(now())
         .bind(id)
         .execute(self.pool())
         .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Put a claimed run back in the queue (its agent went away before accepting it).
+    pub async fn requeue_run(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE runs SET state = 'queued', started_at = NULL WHERE id = $1 AND state = 'running'",
+        )
+        .bind(id)
+        .execute(self.pool())
+        .await?;
         Ok(())
+    }
+
+    /// Every queued run, oldest first.
+    pub async fn queued_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE state = 'queued' ORDER BY id"
+        )))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(run).collect::<Result<_, _>>()?)
+    }
+
+    /// Every running run, oldest first.
+    pub async fn running_runs(&self) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE state = 'running' ORDER BY id"
+        )))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(run).collect::<Result<_, _>>()?)
     }
 
     /// End a run that never reached an agent (offline, refused): `state` and a report.
@@ -308,12 +374,13 @@ impl Store {
     }
 
     /// Store the agent's report of a run and the images it wrote, once: a report sent again
-    /// (after a reconnect) changes nothing. False when the run had already ended.
+    /// (after a reconnect) changes nothing. False when the run is not running (ended
+    /// already, or never handed to an agent).
     pub async fn finish_run(&self, f: &Finish<'_>) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;
         let done = sqlx::query(
             "UPDATE runs SET state = $1, started_at = $2, ended_at = $3, bytes_read = $4, bytes_written = $5, report = $6 \
-             WHERE id = $7 AND state IN ('queued', 'running')",
+             WHERE id = $7 AND state = 'running'",
         )
         .bind(f.state)
         .bind(f.started_at)

@@ -30,7 +30,9 @@ impl Drop for Daemon {
 
 /// A server with one enrolled, running agent.
 struct Fleet {
-    _server: Daemon,
+    server: Daemon,
+    dir: std::path::PathBuf,
+    port: u16,
     agent: Option<Daemon>,
     api: Api,
     log: std::path::PathBuf,
@@ -72,7 +74,9 @@ impl Fleet {
         let agents = api.call("GET", "/api/v1/agents", None);
         let agent_id = agents["items"][0]["id"].as_i64().expect("agent id");
         let mut f = Self {
-            _server: Daemon(server),
+            server: Daemon(server),
+            dir: dir.to_owned(),
+            port,
             agent: None,
             api,
             log,
@@ -85,6 +89,7 @@ impl Fleet {
     }
 
     fn start_agent(&mut self) {
+        self.agent = None;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -100,6 +105,35 @@ impl Fleet {
         let path = format!("/api/v1/agents/{}", self.agent_id);
         wait_for("the agent online", &self.log, || {
             self.api.call("GET", &path, None)["status"] == "online"
+        });
+    }
+
+    /// Kill the server at once and start it again on the same data.
+    fn restart_server(&mut self) {
+        let _ = self.server.0.kill();
+        let _ = self.server.0.wait();
+        let (server, _) = start(&self.dir, self.port, false);
+        self.server = Daemon(server);
+        wait_for("the server again", &self.log, || {
+            curl(&[
+                "--cacert",
+                &self.api.ca,
+                &format!("{}/healthz", self.api.base),
+            ])
+            .is_some_and(|(o, _)| o == "ok\n")
+        });
+    }
+
+    /// Kill the agent daemon at once (as a crash would).
+    fn kill_agent(&mut self) {
+        self.agent = None;
+    }
+
+    /// Wait until run `id` shows progress (bytes done).
+    fn wait_progress(&self, id: i64) {
+        wait_secs("progress of the run", &self.log, 60, || {
+            let r = self.api.call("GET", &format!("/api/v1/reports/{id}"), None);
+            r["progress"]["done"].as_u64().is_some_and(|d| d > 0)
         });
     }
 
@@ -318,4 +352,139 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
     ] {
         assert!(!text.contains(PASSWORD) && !text.contains(IMAGE_PASSWORD));
     }
+}
+
+/// Files under `dir` (relative paths), hidden temporaries included.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn jobs_survive_cancel_agent_crash_server_restart_and_failing_commands() {
+    if agent_bin().is_none() || !require_devices("job_faults") {
+        return;
+    }
+    let Some(sshd) = Sshd::start("job_faults") else {
+        return;
+    };
+    let t = tempdir();
+    let work = t.path();
+    let mut fleet = Fleet::start(work);
+
+    // A slow job: incompressible data at the strongest compression.
+    let vol = work.join("vol.img");
+    sparse_file(&vol, 256 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    edit_files(lo.path(), "ext4", work, |d| {
+        std::fs::write(d.join("noise.bin"), noise(200 << 20, 5)).expect("noise");
+    });
+    let target = fleet.api.call(
+        "POST",
+        "/api/v1/targets",
+        Some(
+            &json!({
+                "name": "sftp box",
+                "url": format!("sftp://127.0.0.1:{}{}", sshd.port, sshd.data.display()),
+                "username": USER,
+                "password": PASSWORD,
+            })
+            .to_string(),
+        ),
+    );
+    let target_id = target["id"].as_i64().expect("target id");
+    let job = |fleet: &Fleet, name: &str, extra: Value| {
+        let mut spec = json!({
+            "agents": [fleet.agent_id],
+            "source": lo.path(),
+            "target_id": target_id,
+            "name_template": format!("{name}-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi"),
+            "compression_level": 19,
+        });
+        if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            s.extend(e.clone());
+        }
+        let r = fleet.api.call(
+            "POST",
+            "/api/v1/jobs",
+            Some(&json!({"name": name, "spec": spec}).to_string()),
+        );
+        r["id"].as_i64().unwrap_or_else(|| panic!("job: {r}"))
+    };
+    let slow = job(&fleet, "slow", json!({}));
+
+    // Cancel mid-image: cancelled, and nothing is left on the server.
+    let run = fleet.run(slow);
+    fleet.wait_progress(run);
+    let c = fleet
+        .api
+        .call("POST", &format!("/api/v1/jobs/{slow}/cancel"), None);
+    assert_eq!(c["cancelling"], json!([run]), "{c}");
+    let (r, _) = fleet.finish(run);
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(files(&sshd.data), Vec::<String>::new(), "{r}");
+
+    // The agent crashes mid-image: once back it reports the run failed, and no image
+    // (not even a partial one) is left.
+    let run = fleet.run(slow);
+    fleet.wait_progress(run);
+    fleet.kill_agent();
+    fleet.start_agent();
+    let (r, _) = fleet.finish(run);
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(r.to_string().contains("Agent stopped"), "{r}");
+    wait_secs("the partial image removed", &fleet.log, 30, || {
+        files(&sshd.data).is_empty()
+    });
+
+    // The server restarts mid-image: the job goes on, its report arrives after the
+    // agent reconnects, and the job does not run twice.
+    let run = fleet.run(slow);
+    fleet.wait_progress(run);
+    fleet.restart_server();
+    let (r, _) = fleet.finish(run);
+    assert_eq!(r["status"], "successful", "{r}");
+    let all = fleet
+        .api
+        .call("GET", &format!("/api/v1/reports?job_id={slow}"), None);
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(3), "{all}");
+    let name = r["images"][0]["name"].as_str().expect("name").to_owned();
+    assert_eq!(files(&sshd.data), [name], "only the finished image");
+
+    // A failing command before the job: with "abort" the image is not made; without, it is
+    // and the run ends with a warning.
+    let abort = job(
+        &fleet,
+        "abort",
+        json!({"before": {"command": "echo no disk space; exit 3", "abort_on_failure": true}, "compression_level": 1}),
+    );
+    let (r, _) = fleet.finish(fleet.run(abort));
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        r.to_string().contains("no disk space") && r.to_string().contains("aborted"),
+        "{r}"
+    );
+    assert!(r["images"].as_array().is_none_or(Vec::is_empty), "{r}");
+    let warn = job(
+        &fleet,
+        "warn",
+        json!({"before": {"command": "exit 1"}, "after": {"command": "echo done-after"}, "compression_level": 1}),
+    );
+    let (r, _) = fleet.finish(fleet.run(warn));
+    assert_eq!(r["status"], "warning", "{r}");
+    assert_eq!(r["images"].as_array().map(Vec::len), Some(1), "{r}");
+    assert!(r.to_string().contains("done-after"), "{r}");
 }

@@ -14,6 +14,7 @@ mod jobs;
 mod netns;
 mod postgres;
 mod proc;
+mod scheduler;
 mod store;
 // Loop devices, filesystems and checksums, shared with the agent's tests.
 #[allow(dead_code)]

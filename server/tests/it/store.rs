@@ -166,6 +166,169 @@ async fn exercise(store: &Store) {
     assert_eq!(store.agents(0, 10).await.expect("list").len(), 2);
 }
 
+/// Targets, jobs, runs and images: the statements the scheduler and dispatcher rely on.
+async fn exercise_jobs(store: &Store) {
+    use holdfast_server::store::jobs::{Finish, NewImage, RunFilter};
+    use holdfast_server::store::targets::TargetFields;
+    store
+        .create_enrollment_token("jobs", "jobs-token", 2, i64::MAX, "admin")
+        .await
+        .expect("token");
+    let a = store
+        .enroll_agent("jobs-token", "a", "ha")
+        .await
+        .expect("a")
+        .expect("a");
+    let b = store
+        .enroll_agent("jobs-token", "b", "hb")
+        .await
+        .expect("b")
+        .expect("b");
+    let fields = TargetFields {
+        name: "nas",
+        url: "smb://nas/share",
+        username: Some("bk"),
+        ca_pem: None,
+        notes: "",
+    };
+    let t = store.create_target(&fields).await.expect("target");
+    assert!(matches!(
+        store.create_target(&fields).await,
+        Err(holdfast_server::store::StoreError::Conflict(_))
+    ));
+    store
+        .set_target_secret(t.id, Some("v1:sealed"))
+        .await
+        .expect("secret");
+    assert_eq!(
+        store
+            .target(t.id)
+            .await
+            .expect("get")
+            .expect("t")
+            .secret
+            .as_deref(),
+        Some("v1:sealed")
+    );
+    let spec = format!(
+        "{{\"agents\":[{a},{b}],\"source\":\"/dev/sda\",\"target_id\":{}}}",
+        t.id
+    );
+    let j = store.create_job("nightly", true, &spec).await.expect("job");
+    assert_eq!(j.target_id(), Some(t.id));
+    assert!(matches!(
+        store.delete_target(t.id).await,
+        Err(holdfast_server::store::StoreError::InUse(_))
+    ));
+
+    // A start is recorded once per agent, however often it is seen.
+    let made = store
+        .create_scheduled_runs(j.id, &[a, b], "nightly", 1000)
+        .await
+        .expect("runs");
+    assert_eq!(made.len(), 2);
+    let again = store
+        .create_scheduled_runs(j.id, &[a, b], "nightly", 1000)
+        .await
+        .expect("again");
+    assert!(again.is_empty());
+    assert_eq!(store.queued_runs().await.expect("queued").len(), 2);
+    let ra = made
+        .iter()
+        .find(|r| r.agent_id == a)
+        .expect("run a")
+        .clone();
+    assert!(store.claim_run(ra.id).await.expect("claim"));
+    assert!(!store.claim_run(ra.id).await.expect("claim twice"));
+    store.requeue_run(ra.id).await.expect("requeue");
+    assert!(store.claim_run(ra.id).await.expect("claim again"));
+    assert_eq!(store.running_runs().await.expect("running").len(), 1);
+
+    // A report is stored once, with its images.
+    let finish = Finish {
+        run_id: ra.id,
+        state: "successful",
+        started_at: 1001,
+        ended_at: 1010,
+        bytes_read: 10,
+        bytes_written: 5,
+        report: "{}",
+        images: vec![NewImage {
+            name: "a/full.hfi",
+            method: "full",
+            base_name: None,
+            image_id: "id1",
+            bytes: 5,
+            verified: Some(true),
+        }],
+    };
+    assert!(store.finish_run(&finish).await.expect("finish"));
+    assert!(!store.finish_run(&finish).await.expect("finish twice"));
+    store
+        .set_images_target(ra.id, t.id)
+        .await
+        .expect("target of images");
+    let imgs = store.job_images(j.id, a).await.expect("images");
+    assert_eq!(imgs.len(), 1);
+    assert_eq!(
+        (imgs[0].verified, imgs[0].target_id),
+        (Some(true), Some(t.id))
+    );
+
+    // Filters, newest first.
+    let by_state = |s: &str| RunFilter {
+        state: Some(s.into()),
+        ..RunFilter::default()
+    };
+    assert_eq!(
+        store
+            .runs(&by_state("successful"), i64::MAX, 10)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .runs(&by_state("queued"), i64::MAX, 10)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    let all = store
+        .runs(
+            &RunFilter {
+                job_id: Some(j.id),
+                ..RunFilter::default()
+            },
+            i64::MAX,
+            10,
+        )
+        .await
+        .expect("list");
+    assert!(all.len() == 2 && all[0].id > all[1].id);
+    let rb = made.iter().find(|r| r.agent_id == b).expect("run b");
+    assert!(store
+        .run_ended_here(rb.id, "missed", "{}")
+        .await
+        .expect("missed"));
+    assert!(!store
+        .run_ended_here(rb.id, "failed", "{}")
+        .await
+        .expect("ended already"));
+    // A manual run has no start time: any number of them.
+    for _ in 0..2 {
+        assert!(store
+            .create_run(Some(j.id), a, "nightly", "manual", None)
+            .await
+            .expect("manual")
+            .is_some());
+    }
+    assert!(store.delete_job(j.id).await.expect("delete job"));
+    assert!(store.delete_target(t.id).await.expect("delete target"));
+}
+
 #[tokio::test]
 async fn store_on_sqlite() {
     let d = tempfile::tempdir().expect("tempdir");
@@ -173,6 +336,7 @@ async fn store_on_sqlite() {
         .await
         .expect("open");
     exercise(&store).await;
+    exercise_jobs(&store).await;
     // Reopening applies no migration twice and keeps the data.
     drop(store);
     let again = Store::open(&Store::sqlite_url(d.path()))
@@ -188,6 +352,7 @@ async fn store_on_postgres() {
     };
     let store = Store::open(&pg.url).await.expect("open");
     exercise(&store).await;
+    exercise_jobs(&store).await;
     drop(store);
     let again = Store::open(&pg.url).await.expect("reopen");
     assert_eq!(again.count_users().await.expect("count"), 1);

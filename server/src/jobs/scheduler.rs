@@ -1,0 +1,139 @@
+//! The scheduler: every tick it records the runs of every start that fell due (one per
+//! job, agent and start time — the store refuses a second, so a restart never runs a start
+//! twice), then hands queued runs to agents that are connected and free: one run per job at
+//! a time, at most `per_agent` runs per agent. A run whose agent stays away past the
+//! schedule's time frame ends as missed.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::spec::JobSpec;
+use super::Dispatcher;
+use crate::store::jobs::JobRow;
+
+/// How often the scheduler looks.
+pub const TICK: Duration = Duration::from_secs(1);
+/// How far back a starting server looks for starts it may have slept through.
+const LOOK_BACK: i64 = 24 * 3600;
+/// Starts recorded per job and tick at most (a per-second cron after a long stop).
+const STARTS_PER_TICK: usize = 50;
+/// How long a manual run waits for its agent before it counts as missed.
+const MANUAL_FRAME: i64 = 24 * 3600;
+
+/// Run the scheduler until the task is dropped.
+pub fn spawn(jobs: Arc<Dispatcher>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut since = Utc::now() - chrono::Duration::seconds(LOOK_BACK);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Utc::now();
+            if let Err(e) = once(&jobs, since, now).await {
+                tracing::error!(error = %e, "scheduler tick failed");
+                continue;
+            }
+            since = now;
+        }
+    })
+}
+
+/// Every enabled job that has a schedule, with its definition.
+async fn scheduled_jobs(
+    jobs: &Dispatcher,
+) -> Result<Vec<(JobRow, JobSpec)>, crate::store::StoreError> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = jobs.store.jobs(after, 500).await?;
+        let Some(last) = page.last().map(|j| j.id) else {
+            break;
+        };
+        for j in page {
+            if !j.enabled {
+                continue;
+            }
+            match serde_json::from_str::<JobSpec>(&j.spec) {
+                Ok(spec) if spec.schedule.is_some() => out.push((j, spec)),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(job = j.id, error = %e, "job definition unreadable"),
+            }
+        }
+        after = last;
+    }
+    Ok(out)
+}
+
+/// One look: record due starts in `(since, now]`, end what was missed, hand out the rest.
+pub async fn once(
+    jobs: &Arc<Dispatcher>,
+    since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), crate::store::StoreError> {
+    let scheduled = scheduled_jobs(jobs).await?;
+    let mut frames: HashMap<i64, i64> = HashMap::new();
+    for (job, spec) in &scheduled {
+        let Some(schedule) = &spec.schedule else {
+            continue;
+        };
+        frames.insert(job.id, schedule.frame_seconds());
+        for start in schedule.starts_between(since, now, STARTS_PER_TICK) {
+            let made = jobs
+                .store
+                .create_scheduled_runs(job.id, &spec.agents, &job.name, start.timestamp())
+                .await?;
+            if !made.is_empty() {
+                tracing::info!(job = job.id, start = %start, runs = made.len(), "schedule fired");
+            }
+        }
+    }
+
+    let running = jobs.store.running_runs().await?;
+    let mut per_agent: HashMap<i64, usize> = HashMap::new();
+    let mut busy: HashSet<(Option<i64>, i64)> = HashSet::new();
+    for r in &running {
+        *per_agent.entry(r.agent_id).or_default() += 1;
+        busy.insert((r.job_id, r.agent_id));
+    }
+    let now_s = now.timestamp();
+    for run in jobs.store.queued_runs().await? {
+        let (reference, frame) = match run.scheduled_for {
+            Some(t) => (
+                t,
+                run.job_id
+                    .and_then(|j| frames.get(&j).copied())
+                    .unwrap_or(0),
+            ),
+            None => (run.created_at, MANUAL_FRAME),
+        };
+        if now_s > reference + frame {
+            let why = format!(
+                "agent {} was not connected from the start time {} through the time frame ({} min); the job did not run",
+                run.agent_id,
+                super::report_xml::time(reference),
+                frame / 60
+            );
+            jobs.end_here(&run, "missed", &why).await;
+            tracing::warn!(run = run.id, agent = run.agent_id, "run missed");
+            continue;
+        }
+        if !jobs.gateway.is_online(run.agent_id)
+            || busy.contains(&(run.job_id, run.agent_id))
+            || per_agent.get(&run.agent_id).copied().unwrap_or(0) >= jobs.per_agent
+        {
+            continue;
+        }
+        *per_agent.entry(run.agent_id).or_default() += 1;
+        busy.insert((run.job_id, run.agent_id));
+        let d = jobs.clone();
+        tokio::spawn(async move {
+            if let Err(e) = d.deliver(&run, true).await {
+                tracing::warn!(run = run.id, error = %e, "run not delivered");
+            }
+        });
+    }
+    Ok(())
+}

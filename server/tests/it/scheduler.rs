@@ -1,0 +1,305 @@
+//! The scheduler driven by a test clock (each look is given its time window), over the
+//! real store and gateway, with simulated agents on the gateway that accept every order.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use holdfast_proto::job::{ImageWritten, Method, Step, StepStatus};
+use holdfast_proto::{RunReport, RunStatus, ServerMsg};
+use holdfast_server::gateway::Gateway;
+use holdfast_server::jobs::{scheduler, Dispatcher};
+use holdfast_server::store::jobs::RunFilter;
+use holdfast_server::store::targets::TargetFields;
+use holdfast_server::store::Store;
+use holdfast_server::vault::Vault;
+use serde_json::Value;
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("time")
+        .with_timezone(&Utc)
+}
+
+/// An agent on the gateway that accepts every order and keeps it.
+struct SimAgent {
+    orders: Arc<Mutex<Vec<Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimAgent {
+    fn connect(gateway: &Arc<Gateway>, id: i64) -> Self {
+        let mut reg = gateway.register(id);
+        let orders = Arc::new(Mutex::new(Vec::new()));
+        let (g, o) = (gateway.clone(), orders.clone());
+        let task = tokio::spawn(async move {
+            while let Some(msg) = reg.rx.recv().await {
+                if let ServerMsg::Request { id: req, body } = msg {
+                    o.lock().expect("orders").push(body);
+                    g.respond(req, true, serde_json::json!({"state": "started"}));
+                }
+            }
+        });
+        Self { orders, task }
+    }
+
+    fn orders(&self) -> Vec<Value> {
+        self.orders.lock().expect("orders").clone()
+    }
+
+    /// Wait until `n` orders arrived (deliveries run in tasks).
+    async fn wait_orders(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let o = self.orders();
+            if o.len() >= n {
+                return o;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("expected {n} orders, got {:?}", self.orders());
+    }
+}
+
+fn report(run_id: i64, job_id: i64, image: Option<&str>) -> RunReport {
+    RunReport {
+        run_id,
+        job_id: Some(job_id),
+        name: "nightly".into(),
+        status: RunStatus::Successful,
+        started_at: 1,
+        ended_at: 2,
+        bytes_read: 10,
+        bytes_written: 5,
+        images: image
+            .map(|n| ImageWritten {
+                name: n.into(),
+                method: Method::Full,
+                base: None,
+                image_id: "x".into(),
+                bytes: 5,
+                parts: 1,
+                verified: Some(true),
+            })
+            .into_iter()
+            .collect(),
+        steps: vec![Step {
+            at: 2,
+            status: StepStatus::Ok,
+            title: "Job finished".into(),
+            detail: String::new(),
+        }],
+    }
+}
+
+async fn state_of(store: &Store, job: i64, agent: i64) -> Vec<String> {
+    store
+        .runs(
+            &RunFilter {
+                job_id: Some(job),
+                agent_id: Some(agent),
+                ..RunFilter::default()
+            },
+            i64::MAX,
+            100,
+        )
+        .await
+        .expect("runs")
+        .into_iter()
+        .rev()
+        .map(|r| r.state)
+        .collect()
+}
+
+#[tokio::test]
+async fn schedules_fire_once_wait_for_agents_chain_images_and_miss_after_the_frame() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&Store::sqlite_url(dir.path()))
+        .await
+        .expect("store");
+    let vault = Arc::new(Vault::open(dir.path(), None).expect("vault"));
+    let gateway: Arc<Gateway> = Arc::default();
+    let jobs = Arc::new(Dispatcher::new(
+        store.clone(),
+        gateway.clone(),
+        vault.clone(),
+    ));
+    store
+        .create_enrollment_token("t", "tok", 2, i64::MAX, "admin")
+        .await
+        .expect("token");
+    let a = store
+        .enroll_agent("tok", "alpha", "h")
+        .await
+        .expect("a")
+        .expect("a");
+    let b = store
+        .enroll_agent("tok", "beta", "h")
+        .await
+        .expect("b")
+        .expect("b");
+    let target = store
+        .create_target(&TargetFields {
+            name: "nas",
+            url: "/srv/images",
+            username: None,
+            ca_pem: None,
+            notes: "",
+        })
+        .await
+        .expect("target");
+    let spec = serde_json::json!({
+        "agents": [a, b],
+        "source": "/dev/vdb",
+        "target_id": target.id,
+        "method": "incremental_chain",
+        "name_template": "$TEMPL:(ComputerName)-$TEMPL:(Year)$TEMPL:(Month)$TEMPL:(Day).hfi",
+        "schedule": {"kind": "daily", "time": "03:00", "time_frame_minutes": 60},
+    });
+    let job = store
+        .create_job("nightly", true, &spec.to_string())
+        .await
+        .expect("job")
+        .id;
+
+    // 03:00 falls due: alpha is connected and gets its order, beta is not and waits.
+    let alpha = SimAgent::connect(&gateway, a);
+    scheduler::once(
+        &jobs,
+        at("2026-11-22T02:59:00Z"),
+        at("2026-11-22T03:00:30Z"),
+    )
+    .await
+    .expect("tick");
+    let orders = alpha.wait_orders(1).await;
+    let order = &orders[0]["order"];
+    assert_eq!(order["image"]["name"], "alpha-20261122.hfi", "{order}");
+    assert_eq!(order["image"]["method"], "full", "{order}");
+    assert_eq!(state_of(&store, job, a).await, ["running"]);
+    assert_eq!(state_of(&store, job, b).await, ["queued"]);
+
+    // Looking again, or a restarted server looking back a day, records nothing twice.
+    scheduler::once(
+        &jobs,
+        at("2026-11-22T03:00:30Z"),
+        at("2026-11-22T03:01:00Z"),
+    )
+    .await
+    .expect("tick");
+    let restarted = Arc::new(Dispatcher::new(
+        store.clone(),
+        gateway.clone(),
+        vault.clone(),
+    ));
+    scheduler::once(
+        &restarted,
+        at("2026-11-21T03:01:00Z"),
+        at("2026-11-22T03:02:00Z"),
+    )
+    .await
+    .expect("tick after restart");
+    assert_eq!(alpha.orders().len(), 1);
+    assert_eq!(state_of(&store, job, a).await, ["running"]);
+    assert_eq!(state_of(&store, job, b).await, ["queued"]);
+
+    // Beta comes back within the time frame: it runs.
+    let beta = SimAgent::connect(&gateway, b);
+    scheduler::once(
+        &jobs,
+        at("2026-11-22T03:02:00Z"),
+        at("2026-11-22T03:40:00Z"),
+    )
+    .await
+    .expect("tick");
+    beta.wait_orders(1).await;
+    assert_eq!(state_of(&store, job, b).await, ["running"]);
+
+    // Next night alpha has not finished: its new run waits (one run per job at a time).
+    scheduler::once(
+        &jobs,
+        at("2026-11-23T02:59:00Z"),
+        at("2026-11-23T03:00:10Z"),
+    )
+    .await
+    .expect("tick");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(alpha.orders().len(), 1);
+    assert_eq!(state_of(&store, job, a).await, ["running", "queued"]);
+    // Its report arrives (with an image): the waiting run goes out as an increment on it.
+    let first_a = store
+        .runs(
+            &RunFilter {
+                agent_id: Some(a),
+                state: Some("running".into()),
+                ..RunFilter::default()
+            },
+            i64::MAX,
+            1,
+        )
+        .await
+        .expect("runs")[0]
+        .id;
+    assert!(
+        jobs.on_report(a, &report(first_a, job, Some("alpha-20261122.hfi")))
+            .await
+    );
+    // A report for another agent's run is not taken.
+    let first_b = store
+        .runs(
+            &RunFilter {
+                agent_id: Some(b),
+                state: Some("running".into()),
+                ..RunFilter::default()
+            },
+            i64::MAX,
+            1,
+        )
+        .await
+        .expect("runs")[0]
+        .id;
+    assert!(jobs.on_report(a, &report(first_b, job, None)).await);
+    assert_eq!(state_of(&store, job, b).await, ["running", "queued"]);
+    scheduler::once(
+        &jobs,
+        at("2026-11-23T03:00:10Z"),
+        at("2026-11-23T03:00:20Z"),
+    )
+    .await
+    .expect("tick");
+    let orders = alpha.wait_orders(2).await;
+    let second = &orders[1]["order"]["image"];
+    assert_eq!(second["method"], "incremental", "{second}");
+    assert_eq!(second["base"], "alpha-20261122.hfi", "{second}");
+    assert_eq!(second["name"], "alpha-20261123.hfi", "{second}");
+
+    // Beta finishes night one, then is away all of night two's frame: missed, with why.
+    assert!(jobs.on_report(b, &report(first_b, job, None)).await);
+    beta.task.abort();
+    gateway.kick(b);
+    scheduler::once(
+        &jobs,
+        at("2026-11-23T03:00:20Z"),
+        at("2026-11-23T04:00:30Z"),
+    )
+    .await
+    .expect("tick");
+    assert_eq!(state_of(&store, job, b).await, ["successful", "missed"]);
+    let missed = store
+        .runs(
+            &RunFilter {
+                agent_id: Some(b),
+                state: Some("missed".into()),
+                ..RunFilter::default()
+            },
+            i64::MAX,
+            1,
+        )
+        .await
+        .expect("runs");
+    let text = missed[0].report.clone().unwrap_or_default();
+    assert!(
+        text.contains("not connected") && text.contains("60 min"),
+        "{text}"
+    );
+    alpha.task.abort();
+}
