@@ -43,6 +43,7 @@ PACKAGES=(
     libc6-dev   # C runtime files gcc needs to link (not pulled without recommends)
     pkg-config  # locating system libraries for -sys crates (openssl-sys)
     libssl-dev  # OpenSSL headers for openssl-sys (TLS to the server)
+    python3-aiosmtpd  # the SMTP sink the mail tests deliver to (run by /usr/bin/python3)
 )
 
 # Helpers ---------------------------------------------------------------------

@@ -32,6 +32,22 @@ pub fn certificate_fingerprint(der: &[u8]) -> String {
     )
 }
 
+/// Bytes in binary units, for people: `512 B`, `1.5 MiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// Path of the agent channel on the server.
 pub const CHANNEL_PATH: &str = "/api/v1/agent/channel";
 /// Path agents enrol at (a WebSocket as well: one exchange, then closed).

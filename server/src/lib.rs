@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod http;
 pub mod jobs;
 pub mod local_agent;
+pub mod mail;
 pub mod serve;
 pub mod store;
 pub mod tls;

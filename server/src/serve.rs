@@ -159,6 +159,7 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
     };
 
     let scheduler = crate::jobs::scheduler::spawn(state.jobs.clone());
+    let outbox = state.mailer.clone().spawn();
     let on_signal = handle.clone();
     let gateway = state.gateway.clone();
     tokio::spawn(async move {
@@ -175,6 +176,7 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         .await
         .with_context(|| format!("cannot serve on {}", config.listen));
     scheduler.abort();
+    outbox.abort();
     // The local agent stops with the server (its child is killed when dropped).
     if let Some(task) = local_agent {
         task.abort();

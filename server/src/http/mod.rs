@@ -9,6 +9,7 @@ mod meta;
 mod openapi;
 mod reports;
 mod session;
+mod settings;
 mod targets;
 mod tokens;
 mod users;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// Runs from order to report.
     pub jobs: Arc<Dispatcher>,
+    /// Sends e-mail with the stored SMTP settings.
+    pub mailer: Arc<crate::mail::Mailer>,
     pub limiter: Arc<LoginLimiter>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
@@ -76,6 +79,7 @@ impl AppState {
                 gateway.clone(),
                 vault.clone(),
             )),
+            mailer: Arc::new(crate::mail::Mailer::new(store.clone(), vault.clone())),
             store,
             gateway,
             vault,
@@ -101,6 +105,7 @@ pub fn app(state: AppState) -> Router {
         .merge(targets::router())
         .merge(jobs::router())
         .merge(reports::router())
+        .merge(settings::router())
         .merge(agent_channel::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("this path".into()) })

@@ -7,7 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agents, jobs, meta, reports, session, targets, tokens, users, AppState, SESSION_COOKIE,
+    agents, jobs, meta, reports, session, settings, targets, tokens, users, AppState,
+    SESSION_COOKIE,
 };
 
 #[derive(OpenApi)]
@@ -23,6 +24,7 @@ use super::{
         targets::list, targets::create, targets::show, targets::update, targets::remove,
         jobs::list, jobs::create, jobs::show, jobs::update, jobs::remove, jobs::run_now, jobs::cancel, jobs::export, jobs::import,
         reports::list, reports::show, reports::download, reports::images,
+        settings::smtp, settings::set_smtp, settings::test_mail, settings::security, settings::outbox,
     ),
     components(schemas(super::error::ErrorBody, super::error::ErrorDetail, crate::store::users::User, crate::auth::Role)),
     modifiers(&Security),

@@ -2,6 +2,7 @@
 //! template, the base image of the chain, credentials opened from the vault), sending it
 //! over the agent's channel, following its progress, and storing its report.
 
+pub mod notify;
 pub mod report_xml;
 pub mod schedule;
 pub mod scheduler;
@@ -413,8 +414,10 @@ impl Dispatcher {
             }],
         };
         let text = serde_json::to_string(&report).unwrap_or_default();
-        if let Err(e) = self.store.run_ended_here(run.id, state, &text).await {
-            tracing::error!(run = run.id, error = %e, "cannot record the end of a run");
+        match self.store.run_ended_here(run.id, state, &text).await {
+            Ok(true) => self.ended(run.id).await,
+            Ok(false) => {}
+            Err(e) => tracing::error!(run = run.id, error = %e, "cannot record the end of a run"),
         }
         self.live().remove(&run.id);
     }
@@ -465,6 +468,13 @@ impl Dispatcher {
                 )
                 .await;
             }
+        }
+    }
+
+    /// A run ended: mail its report if its job asks for that.
+    async fn ended(&self, run_id: i64) {
+        if let Err(e) = notify::run_ended(&self.store, run_id).await {
+            tracing::error!(run = run_id, error = %e, "cannot queue the report mail");
         }
     }
 
@@ -549,6 +559,7 @@ impl Dispatcher {
                         status = report.status.as_str(),
                         "run finished"
                     );
+                    self.ended(run.id).await;
                 }
                 self.live().remove(&run.id);
                 true

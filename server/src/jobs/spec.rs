@@ -48,6 +48,46 @@ impl Hook {
     }
 }
 
+/// When a job's report is mailed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyWhen {
+    Never,
+    Always,
+    /// Successful runs only.
+    OnSuccess,
+    /// Warnings and worse (warning, cancelled, failed, missed).
+    OnWarning,
+    /// Failed and missed runs.
+    OnFailure,
+}
+
+impl NotifyWhen {
+    /// True when a run that ended `state` is mailed.
+    pub fn matches(self, state: &str) -> bool {
+        let failure = matches!(state, "failed" | "missed");
+        let warning = matches!(state, "warning" | "cancelled");
+        match self {
+            Self::Never => false,
+            Self::Always => true,
+            Self::OnSuccess => state == "successful",
+            Self::OnWarning => warning || failure,
+            Self::OnFailure => failure,
+        }
+    }
+}
+
+/// Who hears about a job's runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    pub when: NotifyWhen,
+    pub recipients: Vec<String>,
+    /// Text put before the report in the mail.
+    #[serde(default)]
+    pub text: String,
+}
+
 /// A job definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +135,9 @@ pub struct JobSpec {
     /// Stop at the first error (the command after the job is not run).
     #[serde(default)]
     pub abort_on_error: bool,
+    /// Mail the report.
+    #[serde(default)]
+    pub notify: Option<Notify>,
     /// When it runs by itself; none: only when started by hand.
     #[serde(default)]
     pub schedule: Option<super::schedule::Schedule>,
@@ -140,6 +183,12 @@ impl JobSpec {
         super::template::check(&self.folder).map_err(|e| format!("folder: {e}"))?;
         if self.name_template.trim().is_empty() {
             return Err("name_template must not be empty".into());
+        }
+        if let Some(n) = &self.notify {
+            if n.when != NotifyWhen::Never && n.recipients.is_empty() {
+                return Err("notify: give at least one recipient".into());
+            }
+            crate::mail::mailboxes(&n.recipients).map_err(|e| format!("notify: {e}"))?;
         }
         if let Some(s) = &self.schedule {
             s.validate().map_err(|e| format!("schedule: {e}"))?;

@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod audit;
 pub mod jobs;
+pub mod mail;
 pub mod sessions;
 pub mod targets;
 pub mod tokens;

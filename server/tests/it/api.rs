@@ -380,6 +380,10 @@ async fn openapi_document_lists_every_route() {
         "/api/v1/reports/{id}",
         "/api/v1/reports/{id}/download",
         "/api/v1/images",
+        "/api/v1/settings/smtp",
+        "/api/v1/settings/smtp/test",
+        "/api/v1/settings/security",
+        "/api/v1/mail",
         "/healthz",
         "/metrics",
     ] {
@@ -410,6 +414,7 @@ async fn every_route_refuses_anonymous_and_lower_roles() {
     let viewer = api.login("vic", "long-enough-pw").await;
     let user = json!({"name": "x", "password": "long-enough-pw", "role": "viewer"});
     let target = json!({"name": "t", "url": "/srv/images"});
+    let smtp = json!({"settings": {"server": "mail", "port": 25, "tls": "none", "sender": "a@example.test"}});
     let job = json!({"name": "j", "enabled": true, "spec": {"agents": [1], "source": "/dev/sda", "target_id": 1}});
     let routes: Vec<(&str, &str, &str, Option<Value>)> = vec![
         ("GET", "/api/v1/me", "viewer", None),
@@ -467,6 +472,16 @@ async fn every_route_refuses_anonymous_and_lower_roles() {
         ("GET", "/api/v1/reports/1", "viewer", None),
         ("GET", "/api/v1/reports/1/download", "viewer", None),
         ("GET", "/api/v1/images", "viewer", None),
+        ("GET", "/api/v1/settings/smtp", "admin", None),
+        ("PUT", "/api/v1/settings/smtp", "admin", Some(smtp)),
+        (
+            "POST",
+            "/api/v1/settings/smtp/test",
+            "admin",
+            Some(json!({"to": "a@example.test"})),
+        ),
+        ("GET", "/api/v1/settings/security", "admin", None),
+        ("GET", "/api/v1/mail", "admin", None),
     ];
     for (method, path, needs, body) in routes {
         let r = api.call(method, path, None, body.clone()).await;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::fixtures::{Sshd, PASSWORD, USER};
+use crate::fixtures::{SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
 use crate::fleet::{agent_bin, enroll, wait_for, wait_secs, Api};
 use crate::proc::{curl, free_port, printed_secrets, start};
 use crate::util::{
@@ -487,4 +487,150 @@ fn jobs_survive_cancel_agent_crash_server_restart_and_failing_commands() {
     assert_eq!(r["status"], "warning", "{r}");
     assert_eq!(r["images"].as_array().map(Vec::len), Some(1), "{r}");
     assert!(r.to_string().contains("done-after"), "{r}");
+}
+
+#[test]
+fn reports_are_mailed_and_a_mail_failure_never_touches_the_job() {
+    if agent_bin().is_none() || !require_devices("job_mail") {
+        return;
+    }
+    let Some(sink) = SmtpSink::start("job_mail") else {
+        return;
+    };
+    let t = tempdir();
+    let work = t.path();
+    let fleet = Fleet::start(work);
+    let api = &fleet.api;
+    let smtp = |password: &str| {
+        api.call(
+            "PUT",
+            "/api/v1/settings/smtp",
+            Some(
+                &json!({
+                    "settings": {
+                        "server": "localhost",
+                        "port": sink.port,
+                        "tls": "starttls",
+                        "username": SMTP_USER,
+                        "sender": "Holdfast <holdfast@example.test>",
+                        "ca_pem": std::fs::read_to_string(&sink.ca).expect("ca"),
+                    },
+                    "password": password,
+                })
+                .to_string(),
+            ),
+        )
+    };
+    let r = smtp(SMTP_PASSWORD);
+    assert_eq!(r["password"], "set", "{r}");
+    assert!(!r.to_string().contains(SMTP_PASSWORD));
+
+    // The test mail goes out over STARTTLS with a login.
+    let r = api.call(
+        "POST",
+        "/api/v1/settings/smtp/test",
+        Some(r#"{"to": "admin@example.test"}"#),
+    );
+    assert_eq!(r["sent"], true, "{r}");
+    let mails = sink.mails();
+    assert_eq!(mails.len(), 1);
+    for want in [
+        "X-Sink-TLS: True",
+        "X-Sink-Auth: True",
+        "X-Sink-To: admin@example.test",
+        "Subject: [Holdfast] Test e-mail",
+    ] {
+        assert!(mails[0].contains(want), "{want}: {}", mails[0]);
+    }
+
+    // A job that mails its report, to a folder on the agent's machine.
+    let vol = work.join("vol.img");
+    sparse_file(&vol, 32 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    edit_files(lo.path(), "ext4", work, |d| write_files(d, 0, 5));
+    let images = work.join("images");
+    std::fs::create_dir_all(&images).expect("images");
+    let target = api.call(
+        "POST",
+        "/api/v1/targets",
+        Some(&json!({"name": "local", "url": images.display().to_string()}).to_string()),
+    );
+    let job = api.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &json!({"name": "mailjob", "spec": {
+                "agents": [fleet.agent_id],
+                "source": lo.path(),
+                "target_id": target["id"],
+                "name_template": "m-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi",
+                "notify": {"when": "always", "recipients": ["ops@example.test"], "text": "Nightly backup of the lab"},
+            }})
+            .to_string(),
+        ),
+    );
+    let job_id = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+    let (r, _) = fleet.finish(fleet.run(job_id));
+    assert_eq!(r["status"], "successful", "{r}");
+    wait_secs("the report mail", &fleet.log, 30, || {
+        sink.mails().len() == 2
+    });
+    let mail = &sink.mails()[1];
+    let host = api.call("GET", &format!("/api/v1/agents/{}", fleet.agent_id), None)["hostname"]
+        .as_str()
+        .expect("hostname")
+        .to_owned();
+    for want in [
+        format!("Subject: [Holdfast] successful: mailjob on {host}"),
+        "X-Sink-To: ops@example.test".to_owned(),
+        "Nightly backup of the lab".to_owned(),
+        format!("Report id: {}", r["id"]),
+        "Image created".to_owned(),
+    ] {
+        assert!(mail.contains(&want), "{want}: {mail}");
+    }
+
+    // A wrong SMTP password: the test says so; a job still runs and succeeds, its mail is
+    // recorded with the error and kept for a retry.
+    smtp("not-the-password");
+    let r = api.call(
+        "POST",
+        "/api/v1/settings/smtp/test",
+        Some(r#"{"to": "admin@example.test"}"#),
+    );
+    assert_eq!(r["error"]["code"], "invalid", "{r}");
+    assert!(r.to_string().contains("535"), "{r}");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a new image name
+    let (r, _) = fleet.finish(fleet.run(job_id));
+    assert_eq!(r["status"], "successful", "{r}");
+    let report_mail = |outbox: &Value| {
+        outbox["items"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|m| m["kind"] == "report" && m["state"] != "sent")
+                .cloned()
+        })
+    };
+    let mut pending = Value::Null;
+    wait_secs("the failed report mail", &fleet.log, 30, || {
+        let outbox = api.call("GET", "/api/v1/mail", None);
+        match report_mail(&outbox) {
+            Some(m) if m["attempts"].as_i64() >= Some(1) => {
+                pending = m;
+                true
+            }
+            _ => false,
+        }
+    });
+    assert_eq!(pending["state"], "pending", "{pending}");
+    assert!(
+        pending["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("535")),
+        "{pending}"
+    );
+    assert_eq!(sink.mails().len(), 2);
+    let log = std::fs::read_to_string(&fleet.log).unwrap_or_default();
+    assert!(!log.contains(SMTP_PASSWORD) && !log.contains("not-the-password"));
 }

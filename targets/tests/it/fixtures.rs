@@ -98,6 +98,21 @@ fn listening(test: &str, what: &str, cmd: &mut Command, port: u16) -> Option<Chi
     child
 }
 
+/// A test CA (`ca.pem`) and a server certificate for localhost / 127.0.0.1 signed by it
+/// (`cert.pem`, `key.pem`) in `d`: rustls refuses a self-signed CA used as a server's
+/// certificate.
+fn test_ca(test: &str, d: &Path) -> bool {
+    let sh = |line: &str| run(Command::new("sh").arg("-c").arg(line).current_dir(d));
+    let ok = sh("openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj '/CN=holdfast test CA' -keyout ca.key -out ca.pem")
+        && sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out server.csr")
+        && sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nkeyUsage=digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth\\n' > leaf.ext")
+        && sh("openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 -extfile leaf.ext -out cert.pem");
+    if !ok {
+        unavailable(test, "openssl could not make the test certificates");
+    }
+    ok
+}
+
 /// What every server fixture needs: its binary (else skip), the test user, and a private
 /// folder (readable by the server's processes) with a `data` folder the user owns.
 fn server_dir(
@@ -296,13 +311,7 @@ impl Vsftpd {
     pub fn start(test: &str) -> Option<Self> {
         let (dir, data) = server_dir(test, "/usr/sbin/vsftpd", "vsftpd", "holdfast-ftp-")?;
         let d = dir.path().to_owned();
-        let sh = |line: &str| run(Command::new("sh").arg("-c").arg(line).current_dir(&d));
-        let ok = sh("openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj '/CN=holdfast test CA' -keyout ca.key -out ca.pem")
-            && sh("openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout key.pem -out server.csr")
-            && sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nkeyUsage=digitalSignature,keyEncipherment\\nextendedKeyUsage=serverAuth\\n' > leaf.ext")
-            && sh("openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 -extfile leaf.ext -out cert.pem");
-        if !ok {
-            unavailable(test, "openssl could not make the test certificates");
+        if !test_ca(test, &d) {
             return None;
         }
         std::fs::create_dir_all("/var/run/vsftpd/empty").ok()?;
@@ -428,5 +437,114 @@ impl Smbd {
 impl Drop for Smbd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The SMTP sink's login.
+pub const SMTP_USER: &str = "mailer";
+/// Its password (any other is refused).
+pub const SMTP_PASSWORD: &str = "sink-pass-3";
+
+/// An SMTP sink (Debian's python3-aiosmtpd): STARTTLS offered with a test CA, AUTH checked
+/// against [`SMTP_USER`] / [`SMTP_PASSWORD`], each mail saved as a file with the envelope,
+/// whether TLS was on and whether the client logged in.
+pub struct SmtpSink {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    /// The CA that signed the sink's certificate.
+    pub ca: PathBuf,
+    child: Option<Child>,
+}
+
+const SINK_PY: &str = r#"
+import itertools, os, ssl, sys, threading, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+out, port, cert, key, user, pw = sys.argv[1:7]
+count = itertools.count()
+class Handler:
+    async def handle_DATA(self, server, session, envelope):
+        name = os.path.join(out, "%d-%d.eml" % (time.time_ns(), next(count)))
+        head = "X-Sink-From: %s\r\nX-Sink-To: %s\r\nX-Sink-TLS: %s\r\nX-Sink-Auth: %s\r\n" % (
+            envelope.mail_from, ",".join(envelope.rcpt_tos), session.ssl is not None, session.authenticated)
+        with open(name + ".tmp", "wb") as f:
+            f.write(head.encode() + envelope.original_content)
+        os.rename(name + ".tmp", name)
+        return "250 OK"
+def auth(server, session, envelope, mechanism, data):
+    ok = isinstance(data, LoginPassword) and data.login.decode() == user and data.password.decode() == pw
+    # handled=False: aiosmtpd answers 535 itself (True would leave the client waiting)
+    return AuthResult(success=ok, handled=False)
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+Controller(Handler(), hostname="127.0.0.1", port=int(port), tls_context=ctx, require_starttls=False,
+           auth_require_tls=False, authenticator=auth).start()
+threading.Event().wait()
+"#;
+
+impl SmtpSink {
+    pub fn start(test: &str) -> Option<Self> {
+        let python = "/usr/bin/python3";
+        let importable = Command::new(python)
+            .args(["-c", "import aiosmtpd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !importable {
+            unavailable(test, "the SMTP sink needs /usr/bin/python3 with aiosmtpd (Debian package python3-aiosmtpd)");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("holdfast-smtp-")
+            .tempdir_in("/var/tmp")
+            .ok()?;
+        let d = dir.path().to_owned();
+        if !test_ca(test, &d) {
+            return None;
+        }
+        std::fs::create_dir_all(d.join("mail")).ok()?;
+        std::fs::write(d.join("sink.py"), SINK_PY).ok()?;
+        let port = free_port();
+        let child = listening(
+            test,
+            "the SMTP sink",
+            Command::new(python)
+                .arg(d.join("sink.py"))
+                .arg(d.join("mail"))
+                .arg(port.to_string())
+                .arg(d.join("cert.pem"))
+                .arg(d.join("key.pem"))
+                .args([SMTP_USER, SMTP_PASSWORD]),
+            port,
+        )?;
+        Some(Self {
+            ca: d.join("ca.pem"),
+            dir,
+            port,
+            child: Some(child),
+        })
+    }
+
+    /// The mails received so far, oldest first.
+    pub fn mails(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("mail"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .collect()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        kill_tree(&mut self.child);
     }
 }

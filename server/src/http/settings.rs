@@ -1,0 +1,171 @@
+//! Server settings: SMTP (with a test mail), the mail outbox, and security facts.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::caller::Caller;
+use super::error::{ApiError, ApiJson, ErrorBody};
+use super::{page_limit, AppState, Page};
+use crate::auth::Role;
+use crate::mail::{MailError, SmtpSettings, SMTP_CONTEXT, SMTP_KEY};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/settings/smtp", get(smtp).put(set_smtp))
+        .route("/api/v1/settings/smtp/test", post(test_mail))
+        .route("/api/v1/settings/security", get(security))
+        .route("/api/v1/mail", get(outbox))
+}
+
+/// SMTP settings as admins write them; the password is write-only.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpBody {
+    settings: SmtpSettings,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    password: Option<Zeroizing<String>>,
+    #[serde(default)]
+    clear_password: bool,
+}
+
+#[utoipa::path(get, path = "/api/v1/settings/smtp", tag = "settings", responses((status = 200, description = "the SMTP settings (password shown as set / not set), or null", body = Object)), security(("session" = []), ("token" = [])))]
+async fn smtp(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let stored = state.store.setting(SMTP_KEY).await?;
+    Ok(Json(match stored {
+        None => json!({ "settings": null, "password": "not set" }),
+        Some((value, secret)) => json!({
+            "settings": serde_json::from_str::<serde_json::Value>(&value).unwrap_or_default(),
+            "password": if secret.is_some() { "set" } else { "not set" },
+        }),
+    }))
+}
+
+#[utoipa::path(put, path = "/api/v1/settings/smtp", tag = "settings", request_body = SmtpBody, responses((status = 200, body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn set_smtp(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<SmtpBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    body.settings.validate().map_err(ApiError::Invalid)?;
+    let value =
+        serde_json::to_string(&body.settings).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let sealed = match &body.password {
+        Some(p) if !p.is_empty() => Some(Some(
+            state
+                .vault
+                .seal(SMTP_CONTEXT, p.as_bytes())
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
+        )),
+        _ if body.clear_password => Some(None),
+        _ => None,
+    };
+    state
+        .store
+        .set_setting(SMTP_KEY, &value, sealed.as_ref().map(|s| s.as_deref()))
+        .await?;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "update_smtp",
+            "settings:smtp",
+            if sealed.is_some() {
+                "password changed"
+            } else {
+                ""
+            },
+        )
+        .await?;
+    smtp(State(state), caller).await
+}
+
+/// `POST /settings/smtp/test`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestMail {
+    to: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/settings/smtp/test", tag = "settings", request_body = TestMail, responses((status = 200, description = "sent"), (status = 422, description = "not configured, bad address, or the SMTP server refused (the error says what it said)", body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn test_mail(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<TestMail>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let subject = "[Holdfast] Test e-mail";
+    let text = format!(
+        "This is a test e-mail from the Holdfast server, sent by {}.\nIf you can read it, report mails will arrive.\n",
+        caller.user.name
+    );
+    let id = state
+        .store
+        .enqueue_mail("test", &body.to, subject, &text)
+        .await?;
+    match state
+        .mailer
+        .send(std::slice::from_ref(&body.to), subject, &text)
+        .await
+    {
+        Ok(()) => {
+            state.store.mail_sent(id).await?;
+            Ok((StatusCode::OK, Json(json!({ "sent": true, "mail_id": id }))))
+        }
+        Err(e) => {
+            // A test is not retried: its failure is the answer.
+            state.store.mail_failed(id, &e.to_string(), None).await?;
+            match e {
+                MailError::Store(s) => Err(s.into()),
+                other => Err(ApiError::Invalid(format!(
+                    "the test e-mail was not sent: {other}"
+                ))),
+            }
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/api/v1/settings/security", tag = "settings", responses((status = 200, description = "certificate fingerprint and master key status", body = Object)), security(("session" = []), ("token" = [])))]
+async fn security(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    Ok(Json(json!({
+        "certificate_fingerprint": state.fingerprint,
+        "master_key": { "source": state.vault.source(), "id": state.vault.key_id() },
+    })))
+}
+
+/// `?before=&limit=`
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct OutboxQuery {
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/mail", tag = "settings", params(OutboxQuery), responses((status = 200, description = "mails sent, pending and given up, newest first, with their last error", body = Object)), security(("session" = []), ("token" = [])))]
+async fn outbox(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<OutboxQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let limit = page_limit(q.limit)?;
+    let rows = state
+        .store
+        .mails(q.before.unwrap_or(i64::MAX), limit)
+        .await?;
+    Ok(Json(Page::new(rows, limit, |m| m.id)))
+}
