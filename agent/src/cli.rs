@@ -72,6 +72,9 @@ pub enum ImageCommand {
     Merge(MergeArgs),
     /// Re-encode an image (compression, encryption, password, split) or write it raw.
     Convert(ConvertArgs),
+    /// Delete an image: every part of it (the highest first, so an interrupted delete can be
+    /// run again).
+    Delete(DeleteArgs),
 }
 
 /// Flags every command shares.
@@ -156,6 +159,16 @@ pub struct CreateArgs {
 /// `image info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
+    /// The image (its first part).
+    #[arg(long)]
+    pub image: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `image delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
     /// The image (its first part).
     #[arg(long)]
     pub image: PathBuf,
@@ -276,6 +289,7 @@ impl Cli {
             ImageCommand::Restore(a) => a.common.json,
             ImageCommand::Merge(a) => a.common.json,
             ImageCommand::Convert(a) => a.common.json,
+            ImageCommand::Delete(a) => a.common.json,
         }
     }
 
@@ -293,6 +307,7 @@ impl Cli {
             ImageCommand::Restore(a) => image_cmd::restore::run(a),
             ImageCommand::Merge(a) => image_cmd::merge::run(a),
             ImageCommand::Convert(a) => image_cmd::convert::run(a),
+            ImageCommand::Delete(a) => image_cmd::delete::run(a),
         }
     }
 }

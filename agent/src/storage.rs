@@ -151,6 +151,55 @@ pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
     }))
 }
 
+/// Delete every part of the image `spec` names, the highest first; the number of parts.
+/// An image that is not there is an error.
+pub fn delete_image(spec: &Path, credentials_file: Option<&Path>) -> Result<u32> {
+    match place(spec, credentials_file)? {
+        Place::Local(base) => {
+            let mut parts = 0;
+            while holdfast_image::parts::part_path(&base, parts + 1).exists() {
+                parts += 1;
+            }
+            if parts == 0 {
+                bail!("there is no image '{}'", base.display());
+            }
+            for n in (1..=parts).rev() {
+                let p = holdfast_image::parts::part_path(&base, n);
+                std::fs::remove_file(&p)
+                    .with_context(|| format!("cannot delete '{}'", p.display()))?;
+            }
+            Ok(parts)
+        }
+        Place::Remote(r) => {
+            let list = r.block_on(r.target.list(None))??;
+            let prefix = format!("{}.", r.name);
+            let mut numbers: Vec<u32> = list
+                .iter()
+                .filter_map(|m| {
+                    if m.name == r.name {
+                        Some(1)
+                    } else {
+                        m.name
+                            .strip_prefix(&prefix)
+                            .filter(|n| n.len() >= 3 && n.bytes().all(|b| b.is_ascii_digit()))
+                            .and_then(|n| n.parse::<u32>().ok())
+                    }
+                })
+                .collect();
+            if !numbers.contains(&1) {
+                bail!("there is no image '{}'", r.display);
+            }
+            numbers.sort_unstable_by(|a, b| b.cmp(a));
+            for n in &numbers {
+                let k = key(&r.part_name(*n))?;
+                r.block_on(r.target.delete(&k))?
+                    .with_context(|| format!("cannot delete part {n} of '{}'", r.display))?;
+            }
+            Ok(numbers.len() as u32)
+        }
+    }
+}
+
 /// Create the folder that holds `spec` (an image's path or URL), and any missing folder
 /// above it, like `mkdir -p`.
 pub fn create_folders(spec: &Path, credentials_file: Option<&Path>) -> Result<()> {

@@ -108,6 +108,10 @@ pub struct JobOrder {
     /// Stop at the first failing step (otherwise later steps still run and the report says
     /// what failed).
     pub abort_on_error: bool,
+    /// Images (names on the same target) to delete once the new image is written and
+    /// sound: what the job's retention lets go.
+    #[serde(default)]
+    pub delete_after: Vec<String>,
 }
 
 /// How a run ended.
@@ -181,5 +185,8 @@ pub struct RunReport {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub images: Vec<ImageWritten>,
+    /// Images the run deleted (retention).
+    #[serde(default)]
+    pub deleted: Vec<String>,
     pub steps: Vec<Step>,
 }

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod create;
+pub mod delete;
 pub mod info;
 pub mod merge;
 pub mod restore;

@@ -128,6 +128,7 @@ impl Jobs {
                 bytes_read: 0,
                 bytes_written: 0,
                 images: Vec::new(),
+                deleted: Vec::new(),
                 steps: vec![step(
                     StepStatus::Error,
                     "Agent stopped",
@@ -284,6 +285,7 @@ impl Jobs {
             bytes_read: 0,
             bytes_written: 0,
             images: Vec::new(),
+            deleted: Vec::new(),
             steps: vec![step(StepStatus::Info, "Job started", &order.name)],
         };
         self.log(
@@ -300,7 +302,6 @@ impl Jobs {
         if !stop {
             let work = self.dir.join("work").join(order.run_id.to_string());
             let outcome = self.image(&order, &work, &cancel, &mut report).await;
-            let _ = std::fs::remove_dir_all(&work);
             match outcome {
                 Ok(written) => {
                     report.steps.push(step(
@@ -320,10 +321,15 @@ impl Jobs {
                             }
                         ),
                     ));
-                    if written.verified == Some(false) {
+                    let sound = written.verified != Some(false);
+                    if !sound {
                         report.status = RunStatus::Failed;
                     }
                     report.images.push(written);
+                    // Older images go only once the new one is written and sound.
+                    if sound && !order.delete_after.is_empty() {
+                        self.retention(&order, &work, &mut report).await;
+                    }
                 }
                 Err(ImageFailure::Cancelled) => {
                     report.steps.push(step(
@@ -343,6 +349,7 @@ impl Jobs {
                 }
             }
         }
+        let _ = std::fs::remove_dir_all(self.dir.join("work").join(order.run_id.to_string()));
         if let Some(hook) = &order.after {
             if stop {
                 report.steps.push(step(
@@ -510,16 +517,110 @@ impl Jobs {
         })
     }
 
-    /// The child command for `task`: flags for the options, secrets in the environment or
-    /// in private files under `work`.
-    fn image_command(&self, task: &ImageTask, work: &Path) -> Result<tokio::process::Command> {
+    /// Delete the images retention lets go, each with a child `image delete`; a failure is
+    /// a warning (the images stay, and the next run tries again).
+    async fn retention(&self, order: &JobOrder, work: &Path, report: &mut RunReport) {
+        let mut failed = Vec::new();
+        for name in &order.delete_after {
+            let outcome = match self.target_command(&order.image.target, work) {
+                Ok(mut cmd) => {
+                    cmd.args(["image", "delete", "--json", "--image"])
+                        .arg(join(&order.image.target.url, name));
+                    cmd.output().await.map_err(|e| e.to_string()).and_then(|o| {
+                        if o.status.success() {
+                            Ok(())
+                        } else {
+                            let doc: serde_json::Value =
+                                serde_json::from_slice(&o.stdout).unwrap_or_default();
+                            Err(doc["error"].as_str().map(str::to_owned).unwrap_or_else(|| {
+                                String::from_utf8_lossy(&o.stderr).trim().to_owned()
+                            }))
+                        }
+                    })
+                }
+                Err(e) => Err(format!("{e:#}")),
+            };
+            match outcome {
+                Ok(()) => report.deleted.push(name.clone()),
+                Err(e) => failed.push(format!("{name}: {e}")),
+            }
+        }
+        if !report.deleted.is_empty() {
+            report.steps.push(step(
+                StepStatus::Ok,
+                "Retention",
+                format!("deleted {}", report.deleted.join(", ")),
+            ));
+        }
+        if !failed.is_empty() {
+            report.steps.push(step(
+                StepStatus::Warning,
+                "Retention",
+                format!("could not delete {}", failed.join("; ")),
+            ));
+            if report.status == RunStatus::Successful {
+                report.status = RunStatus::Warning;
+            }
+        }
+    }
+
+    /// A child `holdfast-agent` with the target's credentials in its environment (a key or
+    /// CA in private files under `work`), never on its command line.
+    fn target_command(
+        &self,
+        t: &holdfast_proto::job::TargetAccess,
+        work: &Path,
+    ) -> Result<tokio::process::Command> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(work)
             .with_context(|| format!("cannot create '{}'", work.display()))?;
-        let at = |name: &str| join(&task.target.url, name);
         let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.env(crate::PARENT_ENV, std::process::id().to_string());
+        // Host keys are pinned per agent: the first job to a server records its key.
+        cmd.env("HOLDFAST_KNOWN_HOSTS", self.dir.join("known_hosts"));
+        for k in [
+            "HOLDFAST_TARGET_USER",
+            "HOLDFAST_TARGET_PASSWORD",
+            "HOLDFAST_TARGET_KEY",
+            "HOLDFAST_TARGET_KEY_PASSPHRASE",
+            "HOLDFAST_TARGET_CA",
+            "HOLDFAST_PASSWORD",
+        ] {
+            cmd.env_remove(k);
+        }
+        if let Some(u) = &t.user {
+            cmd.env("HOLDFAST_TARGET_USER", u);
+        }
+        if let Some(p) = &t.password {
+            cmd.env("HOLDFAST_TARGET_PASSWORD", p.expose());
+        }
+        if let Some(k) = &t.private_key {
+            let path = work.join("key");
+            write_private(&path, k.expose().as_bytes())?;
+            cmd.env("HOLDFAST_TARGET_KEY", path);
+        }
+        if let Some(p) = &t.passphrase {
+            cmd.env("HOLDFAST_TARGET_KEY_PASSPHRASE", p.expose());
+        }
+        if let Some(ca) = &t.ca_pem {
+            let path = work.join("ca.pem");
+            write_private(&path, ca.as_bytes())?;
+            cmd.env("HOLDFAST_TARGET_CA", path);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        Ok(cmd)
+    }
+
+    /// The child command for `task`: flags for the options, secrets in the environment or
+    /// in private files under `work`.
+    fn image_command(&self, task: &ImageTask, work: &Path) -> Result<tokio::process::Command> {
+        let at = |name: &str| join(&task.target.url, name);
+        let mut cmd = self.target_command(&task.target, work)?;
         cmd.args([
             "image",
             "create",
@@ -562,46 +663,9 @@ impl Jobs {
             cmd.arg("--comment").arg(&task.comment);
         }
         cmd.arg(if task.live { "--allow-live" } else { "--lock" });
-        cmd.env(crate::PARENT_ENV, std::process::id().to_string());
-        // Host keys are pinned per agent: the first job to a server records its key.
-        cmd.env("HOLDFAST_KNOWN_HOSTS", self.dir.join("known_hosts"));
-        for k in [
-            "HOLDFAST_TARGET_USER",
-            "HOLDFAST_TARGET_PASSWORD",
-            "HOLDFAST_TARGET_KEY",
-            "HOLDFAST_TARGET_KEY_PASSPHRASE",
-            "HOLDFAST_TARGET_CA",
-            "HOLDFAST_PASSWORD",
-        ] {
-            cmd.env_remove(k);
-        }
-        let t = &task.target;
-        if let Some(u) = &t.user {
-            cmd.env("HOLDFAST_TARGET_USER", u);
-        }
-        if let Some(p) = &t.password {
-            cmd.env("HOLDFAST_TARGET_PASSWORD", p.expose());
-        }
-        if let Some(k) = &t.private_key {
-            let path = work.join("key");
-            write_private(&path, k.expose().as_bytes())?;
-            cmd.env("HOLDFAST_TARGET_KEY", path);
-        }
-        if let Some(p) = &t.passphrase {
-            cmd.env("HOLDFAST_TARGET_KEY_PASSPHRASE", p.expose());
-        }
-        if let Some(ca) = &t.ca_pem {
-            let path = work.join("ca.pem");
-            write_private(&path, ca.as_bytes())?;
-            cmd.env("HOLDFAST_TARGET_CA", path);
-        }
         if let Some(p) = &task.password {
             cmd.env("HOLDFAST_PASSWORD", p.expose());
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
         Ok(cmd)
     }
 }

@@ -58,6 +58,7 @@ fn full(state: &AppState, r: &RunRow, report: Option<&RunReport>) -> Value {
     if let Some(rep) = report {
         v["steps"] = json!(rep.steps);
         v["images"] = json!(rep.images);
+        v["deleted"] = json!(rep.deleted);
     }
     v
 }

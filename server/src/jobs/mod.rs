@@ -4,6 +4,7 @@
 
 pub mod notify;
 pub mod report_xml;
+pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod spec;
@@ -335,8 +336,27 @@ impl Dispatcher {
             format!("{}/{file}", folder.trim_matches('/'))
         };
         let images = self.store.job_images(job.id, run.agent_id).await?;
-        let (head, full) = chain_bases(&images, spec.target_id);
+        let (mut head, mut full) = chain_bases(&images, spec.target_id);
+        // A chain that reached its length is closed: the next image starts a new one.
+        if let (Some(limit), Some(h)) = (spec.chain_length, head) {
+            if chain_len(&images, h) >= limit as usize {
+                (head, full) = (None, None);
+            }
+        }
         let (method, base) = spec.next_method(head, full);
+        let delete_after = spec
+            .retention
+            .as_ref()
+            .map(|rule| {
+                retention::expired(
+                    &images,
+                    spec.target_id,
+                    method == Method::Full,
+                    rule,
+                    crate::store::now(),
+                )
+            })
+            .unwrap_or_default();
         let secret: TargetSecret = match &target.secret {
             Some(sealed) => {
                 let plain = self.vault.unseal(&target_context(target.id), sealed)?;
@@ -386,6 +406,7 @@ impl Dispatcher {
             before: spec.before.as_ref().map(spec::Hook::order),
             after: spec.after.as_ref().map(spec::Hook::order),
             abort_on_error: spec.abort_on_error,
+            delete_after,
         })
     }
 
@@ -406,6 +427,7 @@ impl Dispatcher {
             bytes_read: 0,
             bytes_written: 0,
             images: Vec::new(),
+            deleted: Vec::new(),
             steps: vec![holdfast_proto::job::Step {
                 at: now,
                 status: holdfast_proto::job::StepStatus::Error,
@@ -546,6 +568,13 @@ impl Dispatcher {
         match self.store.finish_run(&finish).await {
             Ok(stored) => {
                 if stored {
+                    if let Err(e) = self
+                        .store
+                        .mark_images_deleted(agent_id, run.job_id, &report.deleted)
+                        .await
+                    {
+                        tracing::error!(run = run.id, error = %e, "cannot record deleted images");
+                    }
                     if let Some(job_id) = run.job_id {
                         if let Ok(Some(job)) = self.store.job(job_id).await {
                             if let Some(t) = job.target_id() {
@@ -570,6 +599,24 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// How many images the chain ending in `head` has, back to its full image.
+pub fn chain_len(images: &[ImageRow], head: &str) -> usize {
+    let by_name: HashMap<&str, &ImageRow> = images.iter().map(|i| (i.name.as_str(), i)).collect();
+    let mut n = 0;
+    let mut cur = by_name.get(head).copied();
+    while let Some(img) = cur {
+        n += 1;
+        if n > images.len() {
+            break;
+        }
+        cur = img
+            .base_name
+            .as_deref()
+            .and_then(|b| by_name.get(b).copied());
+    }
+    n
 }
 
 /// The bases a new image of a chain may use, from the job's images on one agent: the

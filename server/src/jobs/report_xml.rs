@@ -66,7 +66,11 @@ pub fn render(run: &RunRow, report: Option<&RunReport>) -> String {
                 i.verified.map(|v| v.to_string()).unwrap_or_default()
             );
         }
-        x.push_str("  </images>\n  <steps>\n");
+        x.push_str("  </images>\n  <deleted>\n");
+        for d in &r.deleted {
+            let _ = writeln!(x, "    <image name=\"{}\"/>", esc(d));
+        }
+        x.push_str("  </deleted>\n  <steps>\n");
         for s in &r.steps {
             let _ = writeln!(
                 x,

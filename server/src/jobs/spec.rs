@@ -138,6 +138,13 @@ pub struct JobSpec {
     /// Mail the report.
     #[serde(default)]
     pub notify: Option<Notify>,
+    /// Images per chain (the full and what is built on it) before the next run starts a
+    /// new chain with a full image; none: one chain for ever (while its images are sound).
+    #[serde(default)]
+    pub chain_length: Option<u32>,
+    /// What to keep; older chains are deleted whole after a successful run.
+    #[serde(default)]
+    pub retention: Option<super::retention::Retention>,
     /// When it runs by itself; none: only when started by hand.
     #[serde(default)]
     pub schedule: Option<super::schedule::Schedule>,
@@ -189,6 +196,12 @@ impl JobSpec {
                 return Err("notify: give at least one recipient".into());
             }
             crate::mail::mailboxes(&n.recipients).map_err(|e| format!("notify: {e}"))?;
+        }
+        if let Some(r) = &self.retention {
+            r.validate().map_err(|e| format!("retention: {e}"))?;
+        }
+        if self.chain_length == Some(0) {
+            return Err("chain_length must be at least 1".into());
         }
         if let Some(s) = &self.schedule {
             s.validate().map_err(|e| format!("schedule: {e}"))?;

@@ -414,6 +414,28 @@ impl Store {
         Ok(true)
     }
 
+    /// Mark the images `names` of `job_id` on `agent_id` deleted (retention removed them).
+    pub async fn mark_images_deleted(
+        &self,
+        agent_id: i64,
+        job_id: Option<i64>,
+        names: &[String],
+    ) -> Result<(), StoreError> {
+        let t = now();
+        for name in names {
+            sqlx::query(
+                "UPDATE images SET deleted_at = $1 WHERE agent_id = $2 AND job_id = $3 AND name = $4 AND deleted_at IS NULL",
+            )
+            .bind(t)
+            .bind(agent_id)
+            .bind(job_id)
+            .bind(name)
+            .execute(self.pool())
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Note the target of the images a run wrote (known to the dispatcher, not the agent).
     pub async fn set_images_target(&self, run_id: i64, target_id: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE images SET target_id = $1 WHERE run_id = $2")

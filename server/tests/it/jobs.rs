@@ -634,3 +634,136 @@ fn reports_are_mailed_and_a_mail_failure_never_touches_the_job() {
     let log = std::fs::read_to_string(&fleet.log).unwrap_or_default();
     assert!(!log.contains(SMTP_PASSWORD) && !log.contains("not-the-password"));
 }
+
+#[test]
+fn a_scheduled_chain_job_runs_by_itself_and_retention_deletes_only_whole_chains() {
+    if agent_bin().is_none() || !require_devices("job_retention") {
+        return;
+    }
+    let t = tempdir();
+    let work = t.path();
+    let fleet = Fleet::start(work);
+    let api = &fleet.api;
+    let vol = work.join("vol.img");
+    sparse_file(&vol, 32 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    edit_files(lo.path(), "ext4", work, |d| write_files(d, 0, 5));
+    let images = work.join("images");
+    std::fs::create_dir_all(&images).expect("images");
+    let target = api.call(
+        "POST",
+        "/api/v1/targets",
+        Some(&json!({"name": "local", "url": images.display().to_string()}).to_string()),
+    );
+    // Every 3 seconds; chains of two images; keep two chains.
+    let job = api.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &json!({"name": "every3s", "spec": {
+                "agents": [fleet.agent_id],
+                "source": lo.path(),
+                "target_id": target["id"],
+                "name_template": "r-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi",
+                "method": "incremental_chain",
+                "chain_length": 2,
+                "retention": {"keep_last": 2},
+                "schedule": {"kind": "cron", "expression": "*/3 * * * * *", "time_frame_minutes": 1},
+            }})
+            .to_string(),
+        ),
+    );
+    let job_id = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+    let done = |api: &Api| -> Vec<Value> {
+        let list = api.call("GET", &format!("/api/v1/reports?job_id={job_id}"), None);
+        let mut items: Vec<Value> = list["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| !matches!(r["status"].as_str(), Some("running" | "queued")))
+            .collect();
+        items.reverse();
+        items
+    };
+    wait_secs("five scheduled runs", &fleet.log, 90, || {
+        done(api).len() >= 5
+    });
+    // Stop the schedule, and let a run that started meanwhile end.
+    let mut off = api.call("GET", &format!("/api/v1/jobs/{job_id}"), None);
+    off["enabled"] = json!(false);
+    let put = json!({"name": off["name"], "enabled": false, "spec": off["spec"]});
+    api.call(
+        "PUT",
+        &format!("/api/v1/jobs/{job_id}"),
+        Some(&put.to_string()),
+    );
+    wait_secs("the last run to end", &fleet.log, 60, || {
+        let list = api.call(
+            "GET",
+            &format!("/api/v1/reports?job_id={job_id}&status=running"),
+            None,
+        );
+        list["items"].as_array().is_some_and(Vec::is_empty)
+    });
+    let runs = done(api);
+    let mut reports = Vec::new();
+    for r in &runs[..5] {
+        assert_eq!(r["status"], "successful", "{r}");
+        assert_eq!(r["cause"], "schedule", "{r}");
+        reports.push(api.call("GET", &format!("/api/v1/reports/{}", r["id"]), None));
+    }
+    let names: Vec<String> = reports
+        .iter()
+        .map(|r| r["images"][0]["name"].as_str().expect("name").to_owned())
+        .collect();
+    let methods: Vec<&str> = reports
+        .iter()
+        .map(|r| r["images"][0]["method"].as_str().expect("method"))
+        .collect();
+    assert_eq!(
+        methods,
+        ["full", "incremental", "full", "incremental", "full"],
+        "{reports:?}"
+    );
+    // The fifth run started a third chain: the first chain (images 1 and 2) went, whole.
+    assert!(
+        reports[4]
+            .to_string()
+            .contains(&format!("deleted {}, {}", names[0], names[1])),
+        "{}",
+        reports[4]
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&images)
+        .expect("images")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut kept = names[2..5].to_vec();
+    // Runs after the fifth (before the schedule stopped) may have added images.
+    for r in &runs[5..] {
+        let rep = api.call("GET", &format!("/api/v1/reports/{}", r["id"]), None);
+        if let Some(n) = rep["images"][0]["name"].as_str() {
+            kept.push(n.to_owned());
+        }
+        for d in rep["deleted"].as_array().into_iter().flatten() {
+            kept.retain(|k| Some(k.as_str()) != d.as_str());
+        }
+    }
+    kept.sort();
+    assert_eq!(left, kept);
+    let listed = api.call("GET", "/api/v1/images", None);
+    let deleted: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|i| !i["deleted_at"].is_null())
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert!(
+        deleted.starts_with(&[names[0].as_str(), names[1].as_str()]),
+        "{listed}"
+    );
+}
