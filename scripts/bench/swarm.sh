@@ -5,6 +5,8 @@
 # latency (see docs/benchmarks.md).
 #
 #   scripts/bench/swarm.sh [AGENTS] [RATE] [SECONDS]     (defaults 5000 200 30)
+#   SWARM_DISPATCH=1 scripts/bench/swarm.sh 2000          a job scheduled for every agent at
+#                                                         once: time until each has its order
 set -euo pipefail
 AGENTS=${1:-5000}
 RATE=${2:-200}
@@ -26,4 +28,5 @@ for _ in $(seq 100); do
 done
 echo "server pid $PID, idle RSS $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/$PID/status")"
 "$CARGO_TARGET_DIR/release/examples/swarm" --server "https://localhost:$PORT" --ca "$D/tls/ca.pem" \
-    --password swarm-admin-pass --agents "$AGENTS" --rate "$RATE" --seconds "$SECONDS_" --server-pid "$PID"
+    --password swarm-admin-pass --agents "$AGENTS" --rate "$RATE" --seconds "$SECONDS_" --server-pid "$PID" \
+    ${SWARM_DISPATCH:+--dispatch}

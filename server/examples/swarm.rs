@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use holdfast_proto::{AgentMsg, Inventory, ServerMsg, CHANNEL_PATH, ENROLL_PATH, PROTOCOL_VERSION};
@@ -27,6 +27,8 @@ struct Opts {
     rate: u64,
     seconds: u64,
     server_pid: Option<u32>,
+    /// Instead of listing: schedule one job for every agent and time its dispatch.
+    dispatch: bool,
 }
 
 fn opts() -> Res<Opts> {
@@ -64,6 +66,7 @@ fn opts() -> Res<Opts> {
         rate: get("--rate").map_or(Ok(200), |v| v.parse())?,
         seconds: get("--seconds").map_or(Ok(30), |v| v.parse())?,
         server_pid: get("--server-pid").and_then(|v| v.parse().ok()),
+        dispatch: args.iter().any(|a| a == "--dispatch"),
     })
 }
 
@@ -173,6 +176,7 @@ async fn agent(
     token: String,
     online: Arc<AtomicUsize>,
     enrolled: Arc<tokio::sync::Semaphore>,
+    orders: Orders,
 ) -> Res<()> {
     let permit = enrolled.acquire().await?;
     let mut e = ws(&o, ENROLL_PATH, None).await?;
@@ -216,12 +220,143 @@ async fn agent(
     loop {
         tokio::select! {
             _ = tick.tick() => c.send(Message::Text(AgentMsg::Heartbeat.to_text().into())).await?,
-            m = next_msg(&mut c) => if let ServerMsg::Request { id, .. } = m? {
-                let body = serde_json::to_value(&inv)?;
-                c.send(Message::Text(AgentMsg::Response { id, ok: true, body }.to_text().into())).await?;
+            m = next_msg(&mut c) => if let ServerMsg::Request { id, body } = m? {
+                let answer = match body["op"].as_str() {
+                    Some("run_job") => {
+                        orders.lock().map_err(|_| "lock")?.push((n, SystemTime::now()));
+                        serde_json::json!({"state": "started"})
+                    }
+                    Some("runs") => serde_json::json!({"runs": []}),
+                    _ => serde_json::to_value(&inv)?,
+                };
+                c.send(Message::Text(AgentMsg::Response { id, ok: true, body: answer }.to_text().into())).await?;
             },
         }
     }
+}
+
+/// Job orders the simulated agents received: agent number and when.
+type Orders = Arc<std::sync::Mutex<Vec<(usize, SystemTime)>>>;
+
+/// CPU seconds the process has used (user + system).
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .and_then(|s| {
+            let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks =
+                fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// Schedule one job for every agent a few seconds ahead and time how long until each has
+/// its order; count agents with none or more than one.
+async fn dispatch(o: &Opts, http: &mut Http, auth: &str, orders: &Orders) -> Res<()> {
+    let mut ids = Vec::new();
+    let mut after = 0;
+    loop {
+        let (_, _, body) = http
+            .call(
+                "GET",
+                &format!("/api/v1/agents?limit=500&after={after}"),
+                auth,
+                None,
+            )
+            .await?;
+        let page: serde_json::Value = serde_json::from_slice(&body)?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        ids.extend(items.iter().filter_map(|a| a["id"].as_i64()));
+        match page["next"].as_i64() {
+            Some(n) => after = n,
+            None => break,
+        }
+    }
+    let (status, _, body) = http
+        .call(
+            "POST",
+            "/api/v1/targets",
+            auth,
+            Some(r#"{"name":"sim","url":"/srv/sim"}"#),
+        )
+        .await?;
+    if status != 201 {
+        return Err(format!("target: {}", String::from_utf8_lossy(&body)).into());
+    }
+    let target = serde_json::from_slice::<serde_json::Value>(&body)?["id"].clone();
+    // A whole second a few seconds ahead (schedules count in seconds).
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let fire = now + 6;
+    let at = {
+        let secs = fire % 86_400;
+        let days = fire / 86_400;
+        // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
+            secs / 3600,
+            secs % 3600 / 60,
+            secs % 60
+        )
+    };
+    let job = serde_json::json!({"name": "fleet-wide", "spec": {
+        "agents": ids, "source": "/dev/sda", "target_id": target,
+        "schedule": {"kind": "once", "at": at, "timezone": "UTC"},
+    }});
+    let (status, _, body) = http
+        .call("POST", "/api/v1/jobs", auth, Some(&job.to_string()))
+        .await?;
+    if status != 201 {
+        return Err(format!("job: {}", String::from_utf8_lossy(&body)).into());
+    }
+    let fire_at = UNIX_EPOCH + Duration::from_secs(fire);
+    while SystemTime::now() < fire_at {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu0 = cpu_seconds(o.server_pid);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && orders.lock().map_err(|_| "lock")?.len() < ids.len() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // late doubles would show now
+    let cpu = cpu_seconds(o.server_pid) - cpu0;
+    let got = orders.lock().map_err(|_| "lock")?.clone();
+    let mut per_agent = std::collections::HashMap::new();
+    for (n, _) in &got {
+        *per_agent.entry(*n).or_insert(0usize) += 1;
+    }
+    let mut delays: Vec<f64> = got
+        .iter()
+        .map(|(_, t)| t.duration_since(fire_at).map_or(0.0, |d| d.as_secs_f64()))
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        delays
+            .get(((delays.len() as f64 * p) as usize).min(delays.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    println!(
+        "dispatch: {} of {} agents got the job; first {:.2} s, p50 {:.2} s, last {:.2} s after the start time; {} agents without, {} with more than one; server CPU {:.1} s; server RSS {}",
+        per_agent.len(),
+        ids.len(),
+        pct(0.0),
+        pct(0.5),
+        pct(1.0),
+        ids.len().saturating_sub(per_agent.len()),
+        per_agent.values().filter(|&&c| c > 1).count(),
+        cpu,
+        rss_mib(o.server_pid)
+    );
+    Ok(())
 }
 
 fn rss_mib(pid: Option<u32>) -> String {
@@ -281,20 +416,22 @@ async fn main() -> Res<()> {
         .ok_or("no token")?
         .to_owned();
 
+    let orders: Orders = Arc::default();
     let online = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let enrolling = Arc::new(tokio::sync::Semaphore::new(64));
     let start = Instant::now();
     for n in 0..o.agents {
-        let (o, token, online, failed, enrolling) = (
+        let (o, token, online, failed, enrolling, orders) = (
             o.clone(),
             token.clone(),
             online.clone(),
             failed.clone(),
             enrolling.clone(),
+            orders.clone(),
         );
         tokio::spawn(async move {
-            if let Err(e) = agent(o, n, token, online, enrolling).await {
+            if let Err(e) = agent(o, n, token, online, enrolling, orders).await {
                 if failed.fetch_add(1, Ordering::Relaxed) < 3 {
                     eprintln!("agent {n}: {e}");
                 }
@@ -311,6 +448,10 @@ async fn main() -> Res<()> {
         start.elapsed().as_secs_f64(),
         rss_mib(o.server_pid)
     );
+
+    if o.dispatch {
+        return dispatch(&o, &mut http, &auth, &orders).await;
+    }
 
     // Agent listings at a fixed rate over 4 kept-alive connections, while agents stay on.
     let mut clients = Vec::new();

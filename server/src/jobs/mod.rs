@@ -250,6 +250,11 @@ impl Dispatcher {
         if !self.store.claim_run(run.id).await? {
             return Ok(());
         }
+        self.deliver_claimed(run, requeue).await
+    }
+
+    /// [`Dispatcher::deliver`] for a run already taken from the queue.
+    pub async fn deliver_claimed(&self, run: &RunRow, requeue: bool) -> Result<(), DispatchError> {
         let order = match self.prepare(run).await {
             Ok(o) => o,
             Err(e) => {

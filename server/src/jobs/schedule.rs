@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// `HH:MM` (or `HH:MM:SS`) times and `YYYY-MM-DDTHH:MM` date-times, as admins write them.
 mod clock {
-    use chrono::{NaiveDateTime, NaiveTime};
+    use chrono::{NaiveDateTime, NaiveTime, Timelike as _};
     use serde::{Deserialize as _, Deserializer, Serializer};
 
     pub fn parse_time(s: &str) -> Option<NaiveTime> {
@@ -21,7 +21,9 @@ mod clock {
     pub mod time {
         use super::*;
         pub fn serialize<S: Serializer>(t: &NaiveTime, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(&t.format("%H:%M").to_string())
+            // Seconds only when there are some: the text reads back to the same time.
+            let f = if t.second() == 0 { "%H:%M" } else { "%H:%M:%S" };
+            s.serialize_str(&t.format(f).to_string())
         }
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveTime, D::Error> {
             let text = String::deserialize(d)?;
@@ -33,7 +35,12 @@ mod clock {
     pub mod datetime {
         use super::*;
         pub fn serialize<S: Serializer>(t: &NaiveDateTime, s: S) -> Result<S::Ok, S::Error> {
-            s.serialize_str(&t.format("%Y-%m-%dT%H:%M").to_string())
+            let f = if t.second() == 0 {
+                "%Y-%m-%dT%H:%M"
+            } else {
+                "%Y-%m-%dT%H:%M:%S"
+            };
+            s.serialize_str(&t.format(f).to_string())
         }
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NaiveDateTime, D::Error> {
             let text = String::deserialize(d)?;
@@ -474,6 +481,20 @@ mod tests {
             serde_json::json!({"kind": "daily", "time": "02:30", "timezone": "Europe/Berlin"}),
         );
         assert_eq!(next5(&s, "2026-03-28T12:00:00Z")[0], "2026-03-29T01:30Z");
+    }
+
+    #[test]
+    fn times_read_back_as_written() {
+        for v in [
+            serde_json::json!({"kind": "once", "at": "2026-12-24T18:00:30", "timezone": "UTC"}),
+            serde_json::json!({"kind": "daily", "time": "03:15:07", "timezone": "UTC"}),
+            serde_json::json!({"kind": "daily", "time": "03:15", "timezone": "UTC"}),
+        ] {
+            let s = sched(v);
+            let again: Schedule =
+                serde_json::from_value(serde_json::to_value(&s).expect("write")).expect("read");
+            assert_eq!(again, s);
+        }
     }
 
     #[test]

@@ -27,16 +27,21 @@ const MANUAL_FRAME: i64 = 24 * 3600;
 pub fn spawn(jobs: Arc<Dispatcher>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut since = Utc::now() - chrono::Duration::seconds(LOOK_BACK);
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tick.tick().await;
             let now = Utc::now();
-            if let Err(e) = once(&jobs, since, now).await {
-                tracing::error!(error = %e, "scheduler tick failed");
-                continue;
+            let mut wake = now + chrono::Duration::from_std(TICK).unwrap_or_default();
+            match once(&jobs, since, now).await {
+                Ok(next) => {
+                    since = now;
+                    // Wake at the next start itself, not up to a tick after it.
+                    if let Some(n) = next.filter(|n| *n < wake) {
+                        wake = n;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "scheduler tick failed"),
             }
-            since = now;
+            let pause = (wake - Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(pause).await;
         }
     })
 }
@@ -68,18 +73,23 @@ async fn scheduled_jobs(
 }
 
 /// One look: record due starts in `(since, now]`, end what was missed, hand out the rest.
+/// The next start after `now` of any job, to wake for.
 pub async fn once(
     jobs: &Arc<Dispatcher>,
     since: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<(), crate::store::StoreError> {
+) -> Result<Option<DateTime<Utc>>, crate::store::StoreError> {
     let scheduled = scheduled_jobs(jobs).await?;
     let mut frames: HashMap<i64, i64> = HashMap::new();
+    let mut next: Option<DateTime<Utc>> = None;
     for (job, spec) in &scheduled {
         let Some(schedule) = &spec.schedule else {
             continue;
         };
         frames.insert(job.id, schedule.frame_seconds());
+        if let Some(n) = schedule.next_after(now) {
+            next = Some(next.map_or(n, |m| m.min(n)));
+        }
         for start in schedule.starts_between(since, now, STARTS_PER_TICK) {
             let made = jobs
                 .store
@@ -99,6 +109,7 @@ pub async fn once(
         busy.insert((r.job_id, r.agent_id));
     }
     let now_s = now.timestamp();
+    let mut ready = Vec::new();
     for run in jobs.store.queued_runs().await? {
         let (reference, frame) = match run.scheduled_for {
             Some(t) => (
@@ -128,12 +139,19 @@ pub async fn once(
         }
         *per_agent.entry(run.agent_id).or_default() += 1;
         busy.insert((run.job_id, run.agent_id));
+        ready.push(run);
+    }
+    // Taken from the queue together (a fleet-wide start is one statement per 500 runs),
+    // then sent concurrently.
+    let ids: Vec<i64> = ready.iter().map(|r| r.id).collect();
+    let taken: HashSet<i64> = jobs.store.claim_runs(&ids).await?.into_iter().collect();
+    for run in ready.into_iter().filter(|r| taken.contains(&r.id)) {
         let d = jobs.clone();
         tokio::spawn(async move {
-            if let Err(e) = d.deliver(&run, true).await {
+            if let Err(e) = d.deliver_claimed(&run, true).await {
                 tracing::warn!(run = run.id, error = %e, "run not delivered");
             }
         });
     }
-    Ok(())
+    Ok(next)
 }

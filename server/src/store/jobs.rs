@@ -287,20 +287,24 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let mut made = Vec::new();
         let t = now();
-        for agent in agents {
-            let r = sqlx::query(AssertSqlSafe(format!(
+        // Many rows per statement: a fleet-wide start is a few statements, not thousands.
+        for chunk in agents.chunks(500) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, ${}, $2, 'schedule', $3, 'queued', $4)", i + 5))
+                .collect();
+            let mut q = sqlx::query(AssertSqlSafe(format!(
                 "INSERT INTO runs (job_id, agent_id, name, cause, scheduled_for, state, created_at) \
-                 VALUES ($1, $2, $3, 'schedule', $4, 'queued', $5) \
-                 ON CONFLICT (job_id, agent_id, scheduled_for) DO NOTHING RETURNING {RUN_COLUMNS}"
+                 VALUES {} ON CONFLICT (job_id, agent_id, scheduled_for) DO NOTHING RETURNING {RUN_COLUMNS}",
+                values.join(", ")
             )))
             .bind(job_id)
-            .bind(agent)
             .bind(name)
             .bind(scheduled_for)
-            .bind(t)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(r) = r {
+            .bind(t);
+            for agent in chunk {
+                q = q.bind(*agent);
+            }
+            for r in q.fetch_all(&mut *tx).await? {
                 made.push(run(&r)?);
             }
         }
@@ -319,6 +323,27 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Take queued runs `ids` for dispatch in a few statements; the ids taken.
+    pub async fn claim_runs(&self, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
+        let t = now();
+        let mut taken = Vec::new();
+        for chunk in ids.chunks(500) {
+            let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let mut q = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE runs SET state = 'running', started_at = $1 WHERE state = 'queued' AND id IN ({}) RETURNING id",
+                list.join(", ")
+            )))
+            .bind(t);
+            for id in chunk {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(self.pool()).await? {
+                taken.push(r.try_get("id")?);
+            }
+        }
+        Ok(taken)
     }
 
     /// Put a claimed run back in the queue (its agent went away before accepting it).
