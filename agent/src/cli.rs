@@ -29,6 +29,26 @@ enum Command {
     Enroll(EnrollArgs),
     /// Run the agent: keep the channel to the server open and do what it asks.
     Run(RunArgs),
+    /// Check storage targets.
+    #[command(subcommand)]
+    Target(TargetCommand),
+}
+
+/// The target subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TargetCommand {
+    /// Write a test file to a folder, read it back, delete it, and tell the free space.
+    Test(TargetTestArgs),
+}
+
+/// `target test`.
+#[derive(Debug, Args)]
+pub struct TargetTestArgs {
+    /// The folder: a path or a URL such as sftp://user@host:port/dir.
+    #[arg(long)]
+    pub url: String,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 /// `enroll`.
@@ -279,8 +299,10 @@ pub struct ConvertArgs {
 impl Cli {
     /// True when the command asked for JSON output.
     pub fn json(&self) -> bool {
-        let Command::Image(c) = &self.command else {
-            return false;
+        let c = match &self.command {
+            Command::Image(c) => c,
+            Command::Target(TargetCommand::Test(a)) => return a.common.json,
+            _ => return false,
         };
         match c {
             ImageCommand::Create(a) => a.common.json,
@@ -299,6 +321,7 @@ impl Cli {
             Command::Image(c) => c,
             Command::Enroll(a) => return crate::link::cli_enroll(a),
             Command::Run(a) => return crate::link::cli_run(a),
+            Command::Target(TargetCommand::Test(a)) => return target_test(a),
         };
         match c {
             ImageCommand::Create(a) => image_cmd::create::run(a),
@@ -310,6 +333,25 @@ impl Cli {
             ImageCommand::Delete(a) => image_cmd::delete::run(a),
         }
     }
+}
+
+/// `target test`.
+fn target_test(a: TargetTestArgs) -> anyhow::Result<ExitCode> {
+    let p = crate::storage::probe(&a.url, a.common.credentials_file.as_deref())?;
+    if a.common.json {
+        crate::output::print_json(&serde_json::to_value(&p)?);
+    } else {
+        println!(
+            "{}: wrote, read back and deleted a {} test file (write {} ms, read {} ms); free space {}",
+            p.target,
+            crate::output::bytes(p.bytes),
+            p.write_ms,
+            p.read_ms,
+            p.free_bytes
+                .map_or_else(|| "unknown".to_owned(), crate::output::bytes)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_cipher(s: &str) -> Result<holdfast_image::crypto::Cipher, String> {

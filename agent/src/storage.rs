@@ -151,6 +151,86 @@ pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
     }))
 }
 
+/// What a target test found.
+#[derive(Debug, serde::Serialize)]
+pub struct Probe {
+    pub ok: bool,
+    /// The folder tested (no credentials).
+    pub target: String,
+    pub bytes: u64,
+    pub write_ms: u64,
+    pub read_ms: u64,
+    /// Free bytes, where the protocol can tell.
+    pub free_bytes: Option<u64>,
+}
+
+/// Size of the test file.
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Write a test file into the folder `folder` (a path or URL), read it back and compare,
+/// delete it, and ask for the free space.
+pub fn probe(folder: &str, credentials_file: Option<&Path>) -> Result<Probe> {
+    let mut tag = [0u8; 6];
+    getrandom::getrandom(&mut tag).map_err(|e| anyhow!("no randomness: {e}"))?;
+    let name: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    let spec = format!("{}/.holdfast-test-{name}", folder.trim_end_matches('/'));
+    let (target, file, shown): (Arc<dyn Target>, String, String) =
+        match place(Path::new(&spec), credentials_file)? {
+            Place::Local(path) => {
+                let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+                let file = path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let shown = dir.display().to_string();
+                (
+                    Arc::new(holdfast_targets::local::LocalTarget::new(dir)),
+                    file,
+                    shown,
+                )
+            }
+            Place::Remote(r) => {
+                let shown = r
+                    .display
+                    .rsplit_once('/')
+                    .map_or(r.display.clone(), |(d, _)| d.to_owned());
+                (r.target, r.name, shown)
+            }
+        };
+    let k = key(&file)?;
+    let mut data = vec![0u8; PROBE_BYTES];
+    getrandom::getrandom(&mut data).map_err(|e| anyhow!("no randomness: {e}"))?;
+    runtime()?.block_on(async {
+        let t0 = std::time::Instant::now();
+        target
+            .put_stream(&k, Box::new(std::io::Cursor::new(data.clone())), false)
+            .await
+            .with_context(|| format!("cannot write a test file to {shown}"))?;
+        let write_ms = t0.elapsed().as_millis() as u64;
+        let t1 = std::time::Instant::now();
+        let back = target.get_range(&k, 0..PROBE_BYTES as u64).await;
+        let read_ms = t1.elapsed().as_millis() as u64;
+        let removed = target.delete(&k).await;
+        let back = back.with_context(|| format!("cannot read the test file back from {shown}"))?;
+        if back[..] != data[..] {
+            bail!("the test file read back from {shown} differs from what was written");
+        }
+        removed.with_context(|| format!("cannot delete the test file from {shown}"))?;
+        let free_bytes = target
+            .free_space()
+            .await
+            .with_context(|| format!("cannot ask {shown} for its free space"))?;
+        Ok(Probe {
+            ok: true,
+            target: shown,
+            bytes: PROBE_BYTES as u64,
+            write_ms,
+            read_ms,
+            free_bytes,
+        })
+    })
+}
+
 /// Delete every part of the image `spec` names, the highest first; the number of parts.
 /// An image that is not there is an error.
 pub fn delete_image(spec: &Path, credentials_file: Option<&Path>) -> Result<u32> {

@@ -265,6 +265,11 @@ impl Jobs {
         }
     }
 
+    /// Send `msg` on the channel (waiting for room, unlike progress).
+    pub async fn reply(&self, msg: AgentMsg) {
+        let _ = self.events.send(msg).await;
+    }
+
     fn log(&self, run_id: i64, level: &str, text: impl Into<String>) {
         let _ = self.events.try_send(AgentMsg::Log {
             run_id,
@@ -515,6 +520,154 @@ impl Jobs {
                 .filter(|v| !v.is_null())
                 .map(|_| doc["ok"].as_bool().unwrap_or(false)),
         })
+    }
+
+    /// Run a child `holdfast-agent ARGS --json` with the target's credentials; its JSON
+    /// answer, or its error.
+    async fn child_json(
+        &self,
+        target: &holdfast_proto::job::TargetAccess,
+        args: &[&str],
+    ) -> Result<serde_json::Value> {
+        let mut tag = [0u8; 6];
+        getrandom::getrandom(&mut tag).map_err(|e| anyhow!("no randomness: {e}"))?;
+        let work = self.dir.join("work").join(format!(
+            "check-{}",
+            tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ));
+        let out = async {
+            let mut cmd = self.target_command(target, &work)?;
+            cmd.args(args).arg("--json");
+            let o = cmd
+                .output()
+                .await
+                .context("cannot run the agent's own binary")?;
+            let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            if o.status.success() {
+                Ok(doc)
+            } else {
+                Err(anyhow!(
+                    "{}",
+                    doc["error"].as_str().map(str::to_owned).unwrap_or_else(|| {
+                        String::from_utf8_lossy(&o.stderr).trim().to_owned()
+                    })
+                ))
+            }
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&work);
+        out
+    }
+
+    /// "Test connection": write, read back and delete a test file on the target.
+    pub async fn test_target(
+        &self,
+        target: &holdfast_proto::job::TargetAccess,
+    ) -> Result<serde_json::Value> {
+        self.child_json(target, &["target", "test", "--url", &target.url])
+            .await
+    }
+
+    /// "Check job": can `order` run here? Source, target, space, base image, users of the
+    /// commands — each a line with ok / warning / error, nothing changed.
+    pub async fn check(&self, order: &JobOrder) -> serde_json::Value {
+        let mut checks = Vec::new();
+        let mut add = |check: &str, status: &str, detail: String| {
+            checks.push(serde_json::json!({"check": check, "status": status, "detail": detail}));
+        };
+        let task = &order.image;
+        let source = PathBuf::from(&task.source);
+        let dev = tokio::task::spawn_blocking(move || {
+            let d = crate::device::Device::inspect(&source)?;
+            let rw = d.mounts()?.into_iter().filter(|m| m.read_write).count();
+            anyhow::Ok((d.size, rw))
+        })
+        .await
+        .map_err(|e| anyhow!("{e}"))
+        .and_then(|r| r);
+        let size = match dev {
+            Ok((size, rw)) => {
+                add(
+                    "source",
+                    "ok",
+                    format!("{} ({})", task.source, crate::output::bytes(size)),
+                );
+                if rw > 0 && !task.live {
+                    add(
+                        "source mounted",
+                        "warning",
+                        format!(
+                            "{} is mounted read-write: it will be remounted read-only while imaging",
+                            task.source
+                        ),
+                    );
+                }
+                Some(size)
+            }
+            Err(e) => {
+                add("source", "error", format!("{e:#}"));
+                None
+            }
+        };
+        match self.test_target(&task.target).await {
+            Ok(p) => {
+                let free = p["free_bytes"].as_u64();
+                add(
+                    "target",
+                    "ok",
+                    format!(
+                        "{}: writable, free space {}",
+                        p["target"].as_str().unwrap_or(&task.target.url),
+                        free.map_or_else(|| "unknown".into(), crate::output::bytes)
+                    ),
+                );
+                if let (Some(free), Some(size)) = (free, size) {
+                    if free < size {
+                        add(
+                            "space",
+                            "warning",
+                            format!(
+                                "{} free for a {} source: enough only if it is mostly unused or compresses well",
+                                crate::output::bytes(free),
+                                crate::output::bytes(size)
+                            ),
+                        );
+                    }
+                }
+            }
+            Err(e) => add("target", "error", format!("{e:#}")),
+        }
+        if let Some(base) = &task.base {
+            let url = join(&task.target.url, base);
+            match self
+                .child_json(&task.target, &["image", "info", "--image", &url])
+                .await
+            {
+                Ok(_) => add("base image", "ok", format!("{base} is there and complete")),
+                Err(e) => add("base image", "error", format!("{base}: {e:#}")),
+            }
+        }
+        for (what, hook) in [
+            ("command before", &order.before),
+            ("command after", &order.after),
+        ] {
+            if let Some(user) = hook
+                .as_ref()
+                .and_then(|h| h.user.as_deref())
+                .filter(|u| !u.is_empty())
+            {
+                match nix::unistd::User::from_name(user) {
+                    Ok(Some(_)) => add(what, "ok", format!("runs as {user}")),
+                    _ => add(
+                        what,
+                        "error",
+                        format!("there is no user '{user}' on this machine"),
+                    ),
+                }
+            }
+        }
+        let ok = !checks.iter().any(|c| c["status"] == "error");
+        serde_json::json!({ "ok": ok, "checks": checks })
     }
 
     /// Delete the images retention lets go, each with a child `image delete`; a failure is

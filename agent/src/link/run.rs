@@ -135,8 +135,18 @@ async fn session(
                 heard = std::time::Instant::now();
                 match frame? {
                     Frame::Msg(ServerMsg::Request { id, body }) => {
-                        let (ok, body) = answer(jobs, body).await;
-                        send(&mut ws, &AgentMsg::Response { id, ok, body }).await?;
+                        // Checks that touch targets take seconds: answered from a task, so
+                        // heartbeats and other requests go on meanwhile.
+                        if matches!(body["op"].as_str(), Some("test_target" | "check_job")) {
+                            let jobs = jobs.clone();
+                            tokio::spawn(async move {
+                                let (ok, body) = answer(&jobs, body).await;
+                                jobs.reply(AgentMsg::Response { id, ok, body }).await;
+                            });
+                        } else {
+                            let (ok, body) = answer(jobs, body).await;
+                            send(&mut ws, &AgentMsg::Response { id, ok, body }).await?;
+                        }
                     }
                     Frame::Msg(ServerMsg::ReportStored { run_id }) => jobs.stored(run_id),
                     Frame::Msg(ServerMsg::Refused { code, reason }) => return Ok(End::Refused(code, reason)),
@@ -180,6 +190,22 @@ async fn answer(jobs: &Arc<Jobs>, mut body: serde_json::Value) -> (bool, serde_j
             }
         }
         Some("runs") => (true, json!({ "runs": jobs.known() })),
+        Some("test_target") => {
+            match serde_json::from_value::<holdfast_proto::job::TargetAccess>(body["target"].take())
+            {
+                Ok(t) => match jobs.test_target(&t).await {
+                    Ok(v) => (true, v),
+                    Err(e) => (false, json!(format!("{e:#}"))),
+                },
+                Err(e) => (false, json!(format!("the target is not valid: {e}"))),
+            }
+        }
+        Some("check_job") => {
+            match serde_json::from_value::<holdfast_proto::JobOrder>(body["order"].take()) {
+                Ok(order) => (true, jobs.check(&order).await),
+                Err(e) => (false, json!(format!("the job order is not valid: {e}"))),
+            }
+        }
         Some("cancel") => match body["run_id"].as_i64() {
             Some(run) if jobs.cancel(run) => (true, json!({ "state": "cancelling" })),
             Some(run) => (

@@ -24,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/jobs/{id}", get(show).put(update).delete(remove))
         .route("/api/v1/jobs/{id}/run", post(run_now))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
+        .route("/api/v1/jobs/{id}/check", post(check))
         .route("/api/v1/jobs/{id}/export", get(export))
 }
 
@@ -262,25 +263,7 @@ async fn run_now(
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
-    // The body is optional: none runs the job on all its agents.
-    let body: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RunBody::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Invalid(format!("the request body is not valid: {e}")))?
-    };
-    let job = find(&state, id).await?;
-    let spec: JobSpec = serde_json::from_str(&job.spec)
-        .map_err(|e| ApiError::Internal(format!("job {id}: {e}")))?;
-    let agents = match body.agent_id {
-        Some(a) if spec.agents.contains(&a) => vec![a],
-        Some(a) => {
-            return Err(ApiError::Invalid(format!(
-                "job {id} does not run on agent {a}"
-            )))
-        }
-        None => spec.agents.clone(),
-    };
+    let (job, agents) = job_and_agents(&state, id, &body).await?;
     let mut runs = Vec::new();
     for agent in agents {
         match state.jobs.start(&job, agent).await {
@@ -299,6 +282,57 @@ async fn run_now(
         .audit(&caller.user.name, "run_job", &format!("job:{id}"), "")
         .await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "runs": runs }))))
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/check", tag = "jobs", params(("id" = i64, Path)), request_body = RunBody, responses((status = 200, description = "per agent: can the job run there now (source, target, space, base image), nothing changed", body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn check(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    body: axum::body::Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let (job, agents) = job_and_agents(&state, id, &body).await?;
+    let mut out = Vec::new();
+    for agent in agents {
+        let result = match state.jobs.check(&job, agent).await {
+            Ok(v) => v,
+            Err(e) => {
+                json!({ "ok": false, "checks": [{"check": "agent", "status": "error", "detail": e.to_string()}] })
+            }
+        };
+        out.push(json!({ "agent_id": agent, "result": result }));
+    }
+    Ok(Json(json!({ "agents": out })))
+}
+
+/// The job and the agents a run or check concerns: the body's `agent_id` (one of the
+/// job's), or all of them.
+async fn job_and_agents(
+    state: &AppState,
+    id: i64,
+    body: &[u8],
+) -> Result<(JobRow, Vec<i64>), ApiError> {
+    // The body is optional: none means every agent of the job.
+    let body: RunBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RunBody::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::Invalid(format!("the request body is not valid: {e}")))?
+    };
+    let job = find(state, id).await?;
+    let spec: JobSpec = serde_json::from_str(&job.spec)
+        .map_err(|e| ApiError::Internal(format!("job {id}: {e}")))?;
+    let agents = match body.agent_id {
+        Some(a) if spec.agents.contains(&a) => vec![a],
+        Some(a) => {
+            return Err(ApiError::Invalid(format!(
+                "job {id} does not run on agent {a}"
+            )))
+        }
+        None => spec.agents.clone(),
+    };
+    Ok((job, agents))
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path)), responses((status = 202, description = "the runs asked to stop", body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]

@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/targets", get(list).post(create))
         .route("/api/v1/targets/{id}", get(show).put(update).delete(remove))
+        .route("/api/v1/targets/{id}/test", axum::routing::post(test))
 }
 
 /// A target as admins write it. Credentials are write-only.
@@ -306,6 +307,34 @@ async fn remove(
         )
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /targets/{id}/test`: from which agent.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestBody {
+    agent_id: i64,
+}
+
+#[utoipa::path(post, path = "/api/v1/targets/{id}/test", tag = "targets", params(("id" = i64, Path)), request_body = TestBody, responses((status = 200, description = "the agent wrote, read back and deleted a test file; timings and free space", body = Object), (status = 404, body = ErrorBody), (status = 422, description = "the agent is offline, or the target failed (the error says how)", body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn test(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    ApiJson(body): ApiJson<TestBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let t = state
+        .store
+        .target(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("target {id}")))?;
+    let found = state
+        .jobs
+        .test_target(&t, body.agent_id)
+        .await
+        .map_err(|e| ApiError::Invalid(format!("the test of target '{}' failed: {e}", t.name)))?;
+    Ok(Json(found))
 }
 
 #[cfg(test)]

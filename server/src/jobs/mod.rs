@@ -27,6 +27,8 @@ use spec::JobSpec;
 
 /// How long an agent has to accept an order.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a check on an agent may take (a target that does not answer times out first).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(180);
 /// Log lines kept per running run.
 const LOG_LINES: usize = 50;
 
@@ -45,6 +47,8 @@ pub enum DispatchError {
     AlreadyRan(i64),
     #[error("agent {0} is busy with run {1} of this job")]
     Busy(i64, i64),
+    #[error("{0}")]
+    Gateway(#[from] GatewayError),
 }
 
 /// Target credentials as sealed in the vault.
@@ -362,13 +366,7 @@ impl Dispatcher {
                 )
             })
             .unwrap_or_default();
-        let secret: TargetSecret = match &target.secret {
-            Some(sealed) => {
-                let plain = self.vault.unseal(&target_context(target.id), sealed)?;
-                serde_json::from_slice(&plain).map_err(|_| VaultError::Sealed)?
-            }
-            None => TargetSecret::default(),
-        };
+        let access = self.access(target)?;
         let password = match &job.secret {
             Some(sealed) => {
                 let plain = self.vault.unseal(&job_context(job.id), sealed)?;
@@ -381,21 +379,13 @@ impl Dispatcher {
                 "the job encrypts but has no password set".into(),
             ));
         }
-        let reveal = |s: &Option<Zeroizing<String>>| s.as_ref().map(|v| Secret::new(v.as_str()));
         Ok(JobOrder {
             run_id: run.id,
             job_id: Some(job.id),
             name: job.name.clone(),
             image: ImageTask {
                 source: spec.source.clone(),
-                target: TargetAccess {
-                    url: target.url.clone(),
-                    user: target.username.clone(),
-                    password: reveal(&secret.password),
-                    private_key: reveal(&secret.private_key),
-                    passphrase: reveal(&secret.passphrase),
-                    ca_pem: target.ca_pem.clone(),
-                },
+                target: access,
                 name,
                 method,
                 base,
@@ -413,6 +403,78 @@ impl Dispatcher {
             abort_on_error: spec.abort_on_error,
             delete_after,
         })
+    }
+
+    /// How an agent reaches `target`: its URL and its credentials opened from the vault.
+    pub fn access(&self, target: &TargetRow) -> Result<TargetAccess, DispatchError> {
+        let secret: TargetSecret = match &target.secret {
+            Some(sealed) => {
+                let plain = self.vault.unseal(&target_context(target.id), sealed)?;
+                serde_json::from_slice(&plain).map_err(|_| VaultError::Sealed)?
+            }
+            None => TargetSecret::default(),
+        };
+        let reveal = |s: &Option<Zeroizing<String>>| s.as_ref().map(|v| Secret::new(v.as_str()));
+        Ok(TargetAccess {
+            url: target.url.clone(),
+            user: target.username.clone(),
+            password: reveal(&secret.password),
+            private_key: reveal(&secret.private_key),
+            passphrase: reveal(&secret.passphrase),
+            ca_pem: target.ca_pem.clone(),
+        })
+    }
+
+    /// "Test connection": agent `agent_id` writes, reads back and deletes a test file on
+    /// `target`; what it found.
+    pub async fn test_target(
+        &self,
+        target: &TargetRow,
+        agent_id: i64,
+    ) -> Result<serde_json::Value, GatewayError> {
+        let access = self
+            .access(target)
+            .map_err(|e| GatewayError::Failed(agent_id, e.to_string()))?;
+        self.gateway
+            .request(
+                agent_id,
+                serde_json::json!({ "op": "test_target", "target": access }),
+                CHECK_TIMEOUT,
+            )
+            .await
+    }
+
+    /// "Check job": agent `agent_id` verifies it could run `job` now (source, target,
+    /// space, base image), changing nothing; its list of checks.
+    pub async fn check(
+        &self,
+        job: &JobRow,
+        agent_id: i64,
+    ) -> Result<serde_json::Value, DispatchError> {
+        let probe = RunRow {
+            id: 0,
+            job_id: Some(job.id),
+            agent_id,
+            name: job.name.clone(),
+            cause: "check".into(),
+            scheduled_for: None,
+            state: "queued".into(),
+            created_at: crate::store::now(),
+            started_at: None,
+            ended_at: None,
+            bytes_read: 0,
+            bytes_written: 0,
+            report: None,
+        };
+        let order = self.prepare(&probe).await?;
+        Ok(self
+            .gateway
+            .request(
+                agent_id,
+                serde_json::json!({ "op": "check_job", "order": order }),
+                CHECK_TIMEOUT,
+            )
+            .await?)
     }
 
     /// End a run that no agent ran, with a one-step report saying why.

@@ -204,6 +204,40 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
     assert_eq!(target["credentials"]["password"], "set", "{target}");
     assert!(!target.to_string().contains(PASSWORD));
     let target_id = target["id"].as_i64().expect("target id");
+    // "Test connection" from the agent; a wrong password is named as such.
+    let agent_body = json!({"agent_id": fleet.agent_id}).to_string();
+    let tested = api.call(
+        "POST",
+        &format!("/api/v1/targets/{target_id}/test"),
+        Some(&agent_body),
+    );
+    assert_eq!(tested["ok"], true, "{tested}");
+    assert_eq!(tested["bytes"], 1 << 20, "{tested}");
+    let bad = api.call(
+        "POST",
+        "/api/v1/targets",
+        Some(
+            &json!({
+                "name": "wrong password",
+                "url": format!("sftp://127.0.0.1:{}{}", sshd.port, sshd.data.display()),
+                "username": USER,
+                "password": "not-the-password",
+            })
+            .to_string(),
+        ),
+    );
+    let r = api.call(
+        "POST",
+        &format!("/api/v1/targets/{}/test", bad["id"]),
+        Some(&agent_body),
+    );
+    assert_eq!(r["error"]["code"], "invalid", "{r}");
+    let msg = r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_lowercase();
+    assert!(msg.contains("sftp://") && msg.contains("auth"), "{r}");
+    assert!(!r.to_string().contains("not-the-password"));
 
     let job = api.call(
         "POST",
@@ -231,6 +265,21 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
     assert_eq!(job["password"], "set", "{job}");
     assert!(!job.to_string().contains(IMAGE_PASSWORD));
     let job_id = job["id"].as_i64().expect("job id");
+
+    // "Check job": it can run here, nothing changed.
+    let c = api.call("POST", &format!("/api/v1/jobs/{job_id}/check"), None);
+    let result = &c["agents"][0]["result"];
+    assert_eq!(result["ok"], true, "{c}");
+    let checks: Vec<&str> = result["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .filter_map(|c| c["check"].as_str())
+        .collect();
+    assert!(
+        checks.contains(&"source") && checks.contains(&"target"),
+        "{c}"
+    );
 
     // First run: a full image, with progress on the way.
     let run1 = fleet.run(job_id);
@@ -268,6 +317,14 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
         .to_owned();
     assert!(name1.starts_with(&format!("{host}/vol-")), "{name1}");
     assert!(sshd.data.join(&name1).exists(), "{name1} not on the server");
+
+    // A check now also finds the base the next increment needs.
+    let c = api.call("POST", &format!("/api/v1/jobs/{job_id}/check"), None);
+    assert!(
+        c.to_string()
+            .contains(&format!("{name1} is there and complete")),
+        "{c}"
+    );
 
     // Second run, after changes: an increment on the first image.
     states.push(edit_files(lo.path(), "ext4", work, |d| {
