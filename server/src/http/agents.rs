@@ -147,6 +147,7 @@ fn view(state: &AppState, a: &Agent, with_inventory: bool) -> Value {
         "os": a.os,
         "agent_version": a.agent_version,
         "inventory_at": a.inventory_at,
+        "site_id": a.site_id,
     });
     if with_inventory {
         v["inventory"] = a

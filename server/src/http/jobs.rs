@@ -76,18 +76,21 @@ impl JobBody {
     }
 }
 
-/// The definition's own rules, and that what it names exists.
+/// The definition's own rules, and that what it names (resolved through its site) exists.
 async fn check_spec(state: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
     spec.validate().map_err(ApiError::Invalid)?;
-    for a in &spec.agents {
+    let resolved = spec
+        .resolve(&*state.jobs.sites().await?)
+        .map_err(ApiError::Invalid)?;
+    for a in &resolved.agents {
         if state.store.agent(*a).await?.is_none() {
             return Err(ApiError::Invalid(format!("there is no agent {a}")));
         }
     }
-    if state.store.target(spec.target_id).await?.is_none() {
+    if state.store.target(resolved.target()).await?.is_none() {
         return Err(ApiError::Invalid(format!(
             "there is no target {}",
-            spec.target_id
+            resolved.target()
         )));
     }
     Ok(())
@@ -321,8 +324,11 @@ async fn job_and_agents(
             .map_err(|e| ApiError::Invalid(format!("the request body is not valid: {e}")))?
     };
     let job = find(state, id).await?;
-    let spec: JobSpec = serde_json::from_str(&job.spec)
-        .map_err(|e| ApiError::Internal(format!("job {id}: {e}")))?;
+    let spec = state
+        .jobs
+        .spec_of(&job)
+        .await
+        .map_err(|e| ApiError::Invalid(format!("job {id}: {e}")))?;
     let agents = match body.agent_id {
         Some(a) if spec.agents.contains(&a) => vec![a],
         Some(a) => {

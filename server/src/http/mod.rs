@@ -10,6 +10,7 @@ mod openapi;
 mod reports;
 mod session;
 mod settings;
+mod sites;
 mod targets;
 mod tokens;
 mod users;
@@ -106,6 +107,7 @@ pub fn app(state: AppState) -> Router {
         .merge(jobs::router())
         .merge(reports::router())
         .merge(settings::router())
+        .merge(sites::router())
         .merge(agent_channel::router())
         .merge(openapi::router())
         .fallback(|| async { ApiError::NotFound("this path".into()) })

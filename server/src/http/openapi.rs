@@ -7,7 +7,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agents, jobs, meta, reports, session, settings, targets, tokens, users, AppState,
+    agents, jobs, meta, reports, session, settings, sites, targets, tokens, users, AppState,
     SESSION_COOKIE,
 };
 
@@ -24,6 +24,7 @@ use super::{
         targets::list, targets::create, targets::show, targets::update, targets::remove, targets::test,
         jobs::list, jobs::create, jobs::show, jobs::update, jobs::remove, jobs::run_now, jobs::cancel, jobs::check, jobs::export, jobs::import,
         reports::list, reports::show, reports::download, reports::images,
+        sites::list, sites::create, sites::show, sites::update, sites::remove, sites::move_agent,
         settings::smtp, settings::set_smtp, settings::test_mail, settings::security, settings::outbox,
     ),
     components(schemas(super::error::ErrorBody, super::error::ErrorDetail, crate::store::users::User, crate::auth::Role)),

@@ -23,7 +23,7 @@ use crate::store::jobs::{Finish, ImageRow, JobRow, NewImage, RunRow};
 use crate::store::targets::TargetRow;
 use crate::store::{Store, StoreError};
 use crate::vault::{Vault, VaultError};
-use spec::JobSpec;
+use spec::{JobSpec, SiteBook};
 
 /// How long an agent has to accept an order.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,7 +118,13 @@ pub struct Dispatcher {
     /// Runs an agent may have at once.
     pub per_agent: usize,
     live: Mutex<HashMap<i64, LiveProgress>>,
+    /// Sites and their agents, read at most once a second (a fleet-wide start prepares
+    /// thousands of orders at once).
+    sites: tokio::sync::Mutex<Option<(Instant, Arc<SiteBook>)>>,
 }
+
+/// How long the cached sites are used.
+const SITES_FRESH: Duration = Duration::from_secs(1);
 
 /// Runs an agent has at once unless configured: imaging saturates a machine's disks.
 pub const PER_AGENT: usize = 1;
@@ -131,7 +137,34 @@ impl Dispatcher {
             vault,
             per_agent: PER_AGENT,
             live: Mutex::default(),
+            sites: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// Sites with their agents (cached for a second).
+    pub async fn sites(&self) -> Result<Arc<SiteBook>, StoreError> {
+        let mut cached = self.sites.lock().await;
+        if let Some((at, book)) = cached.as_ref() {
+            if at.elapsed() < SITES_FRESH {
+                return Ok(book.clone());
+            }
+        }
+        let book = Arc::new(self.store.site_book().await?);
+        *cached = Some((Instant::now(), book.clone()));
+        Ok(book)
+    }
+
+    /// Sites or their agents changed: read them again next time.
+    pub async fn forget_sites(&self) {
+        *self.sites.lock().await = None;
+    }
+
+    /// The definition of `job` as it runs (site defaults and agents resolved).
+    pub async fn spec_of(&self, job: &JobRow) -> Result<JobSpec, DispatchError> {
+        let spec: JobSpec =
+            serde_json::from_str(&job.spec).map_err(|e| DispatchError::Spec(e.to_string()))?;
+        spec.resolve(&*self.sites().await?)
+            .map_err(DispatchError::Spec)
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<i64, LiveProgress>> {
@@ -218,8 +251,7 @@ impl Dispatcher {
     /// Start `job` on `agent_id` now, by hand: refused while the agent runs this job or
     /// is at its limit of runs; a run whose agent is offline ends at once, failed.
     pub async fn start(&self, job: &JobRow, agent_id: i64) -> Result<RunRow, DispatchError> {
-        let spec: JobSpec =
-            serde_json::from_str(&job.spec).map_err(|e| DispatchError::Spec(e.to_string()))?;
+        let spec = self.spec_of(job).await?;
         let open = self.store.open_runs(agent_id).await?;
         if let Some(r) = open.iter().find(|r| r.job_id == Some(job.id)) {
             return Err(DispatchError::Busy(agent_id, r.id));
@@ -236,9 +268,9 @@ impl Dispatcher {
             .await?
             .ok_or_else(|| DispatchError::NotFound(format!("agent {agent_id}")))?;
         self.store
-            .target(spec.target_id)
+            .target(spec.target())
             .await?
-            .ok_or_else(|| DispatchError::NotFound(format!("target {}", spec.target_id)))?;
+            .ok_or_else(|| DispatchError::NotFound(format!("target {}", spec.target())))?;
         let run = self
             .store
             .create_run(Some(job.id), agent_id, &job.name, "manual", None)
@@ -306,8 +338,7 @@ impl Dispatcher {
             .job(job_id)
             .await?
             .ok_or_else(|| DispatchError::NotFound(format!("job {job_id}")))?;
-        let spec: JobSpec =
-            serde_json::from_str(&job.spec).map_err(|e| DispatchError::Spec(e.to_string()))?;
+        let spec = self.spec_of(&job).await?;
         let agent = self
             .store
             .agent(run.agent_id)
@@ -315,9 +346,9 @@ impl Dispatcher {
             .ok_or_else(|| DispatchError::NotFound(format!("agent {}", run.agent_id)))?;
         let target = self
             .store
-            .target(spec.target_id)
+            .target(spec.target())
             .await?
-            .ok_or_else(|| DispatchError::NotFound(format!("target {}", spec.target_id)))?;
+            .ok_or_else(|| DispatchError::NotFound(format!("target {}", spec.target())))?;
         let at = chrono::DateTime::from_timestamp(run.scheduled_for.unwrap_or(run.created_at), 0)
             .unwrap_or_default();
         let vars = template::Vars {
@@ -345,7 +376,7 @@ impl Dispatcher {
             format!("{}/{file}", folder.trim_matches('/'))
         };
         let images = self.store.job_images(job.id, run.agent_id).await?;
-        let (mut head, mut full) = chain_bases(&images, spec.target_id);
+        let (mut head, mut full) = chain_bases(&images, spec.target());
         // A chain that reached its length is closed: the next image starts a new one.
         if let (Some(limit), Some(h)) = (spec.chain_length, head) {
             if chain_len(&images, h) >= limit as usize {
@@ -359,7 +390,7 @@ impl Dispatcher {
             .map(|rule| {
                 retention::expired(
                     &images,
-                    spec.target_id,
+                    spec.target(),
                     method == Method::Full,
                     rule,
                     crate::store::now(),

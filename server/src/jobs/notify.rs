@@ -77,6 +77,8 @@ pub async fn run_ended(store: &Store, run_id: i64) -> Result<(), StoreError> {
     let Ok(spec) = serde_json::from_str::<JobSpec>(&job.spec) else {
         return Ok(());
     };
+    // A site's notification rule applies when the job has none.
+    let spec = spec.resolve(&store.site_book().await?).unwrap_or(spec);
     let Some(rule) = spec.notify.filter(|n| n.when.matches(&run.state)) else {
         return Ok(());
     };

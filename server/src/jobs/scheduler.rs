@@ -61,10 +61,10 @@ async fn scheduled_jobs(
             if !j.enabled {
                 continue;
             }
-            match serde_json::from_str::<JobSpec>(&j.spec) {
+            match jobs.spec_of(&j).await {
                 Ok(spec) if spec.schedule.is_some() => out.push((j, spec)),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(job = j.id, error = %e, "job definition unreadable"),
+                Err(e) => tracing::warn!(job = j.id, error = %e, "job cannot be scheduled"),
             }
         }
         after = last;

@@ -88,16 +88,54 @@ pub struct Notify {
     pub text: String,
 }
 
+/// Sites by id: each with its row (defaults as JSON) and its agents.
+pub type SiteBook = std::collections::HashMap<i64, (crate::store::sites::SiteRow, Vec<i64>)>;
+
+/// What a site's jobs inherit unless they set it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SiteDefaults {
+    #[serde(default)]
+    pub target_id: Option<i64>,
+    #[serde(default)]
+    pub folder: Option<String>,
+    #[serde(default)]
+    pub schedule: Option<super::schedule::Schedule>,
+    #[serde(default)]
+    pub notify: Option<Notify>,
+}
+
+impl SiteDefaults {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(f) = &self.folder {
+            super::template::check(f).map_err(|e| format!("folder: {e}"))?;
+        }
+        if let Some(s) = &self.schedule {
+            s.validate().map_err(|e| format!("schedule: {e}"))?;
+        }
+        if let Some(n) = &self.notify {
+            crate::mail::mailboxes(&n.recipients).map_err(|e| format!("notify: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// A job definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
-    /// The agents that run it.
+    /// The agents that run it (with `site_id`: also every agent of the site).
+    #[serde(default)]
     pub agents: Vec<i64>,
+    /// A site: the job runs on all its agents and takes the site's defaults for what it
+    /// leaves unset (target, folder, schedule, notification).
+    #[serde(default)]
+    pub site_id: Option<i64>,
     /// Device, partition or image file to image on each agent (e.g. `/dev/sda`).
     pub source: String,
-    /// The target the images go to.
-    pub target_id: i64,
+    /// The target the images go to (default: the site's).
+    #[serde(default)]
+    pub target_id: Option<i64>,
     /// Folder inside the target (may use template parameters).
     #[serde(default)]
     pub folder: String,
@@ -168,8 +206,11 @@ fn default_compression() -> i32 {
 impl JobSpec {
     /// Every rule a definition must follow, with what is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        if self.agents.is_empty() {
-            return Err("a job needs at least one agent".into());
+        if self.agents.is_empty() && self.site_id.is_none() {
+            return Err("a job needs agents or a site".into());
+        }
+        if self.target_id.is_none() && self.site_id.is_none() {
+            return Err("a job needs a target_id (or a site with a default target)".into());
         }
         let source = self.source.trim();
         if source.is_empty() || !source.starts_with('/') {
@@ -217,6 +258,43 @@ impl JobSpec {
             }
         }
         Ok(())
+    }
+
+    /// The target, once resolved (see [`JobSpec::resolve`]).
+    pub fn target(&self) -> i64 {
+        self.target_id.unwrap_or_default()
+    }
+
+    /// The definition as it runs: the site's agents added and its defaults filled in for
+    /// what the job leaves unset. `sites` maps a site id to its defaults and agents.
+    pub fn resolve(&self, sites: &SiteBook) -> Result<JobSpec, String> {
+        let mut out = self.clone();
+        if let Some(id) = self.site_id {
+            let (row, agents) = sites
+                .get(&id)
+                .ok_or_else(|| format!("there is no site {id}"))?;
+            let d: SiteDefaults = serde_json::from_str(&row.defaults)
+                .map_err(|e| format!("site {id}: its defaults are unreadable: {e}"))?;
+            for a in agents {
+                if !out.agents.contains(a) {
+                    out.agents.push(*a);
+                }
+            }
+            out.target_id = out.target_id.or(d.target_id);
+            if out.folder.is_empty() {
+                out.folder = d.folder.unwrap_or_default();
+            }
+            if out.schedule.is_none() {
+                out.schedule = d.schedule;
+            }
+            if out.notify.is_none() {
+                out.notify = d.notify;
+            }
+        }
+        if out.target_id.is_none() {
+            return Err("the job names no target and its site has no default target".into());
+        }
+        Ok(out)
     }
 
     /// The method of the next image, given the newest sound image of the chain on this

@@ -31,12 +31,14 @@ pub struct Agent {
     #[serde(skip)]
     pub inventory: Option<String>,
     pub inventory_at: Option<i64>,
+    /// The site it belongs to.
+    pub site_id: Option<i64>,
     #[serde(skip)]
     pub secret_hash: String,
 }
 
 /// The columns every agent query returns (a constant, so the formatted SQL is safe).
-const AGENT_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, inventory, inventory_at, secret_hash";
+const AGENT_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, inventory, inventory_at, site_id, secret_hash";
 const TOKEN_COLUMNS: &str = "id, name, uses_left, expires_at, created_by, created_at, revoked_at";
 
 fn agent(r: &sqlx::any::AnyRow) -> Result<Agent, sqlx::Error> {
@@ -50,6 +52,7 @@ fn agent(r: &sqlx::any::AnyRow) -> Result<Agent, sqlx::Error> {
         agent_version: r.try_get("agent_version")?,
         inventory: r.try_get("inventory")?,
         inventory_at: r.try_get("inventory_at")?,
+        site_id: r.try_get("site_id")?,
         secret_hash: r.try_get("secret_hash")?,
     })
 }

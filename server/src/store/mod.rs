@@ -10,6 +10,7 @@ pub mod audit;
 pub mod jobs;
 pub mod mail;
 pub mod sessions;
+pub mod sites;
 pub mod targets;
 pub mod tokens;
 pub mod users;

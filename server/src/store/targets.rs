@@ -141,6 +141,24 @@ impl Store {
                 used.join(", ")
             )));
         }
+        let sites: Vec<String> = self
+            .sites(0, i64::MAX)
+            .await?
+            .into_iter()
+            .filter(|s| {
+                serde_json::from_str::<serde_json::Value>(&s.defaults)
+                    .ok()
+                    .and_then(|v| v["target_id"].as_i64())
+                    == Some(id)
+            })
+            .map(|s| s.name)
+            .collect();
+        if !sites.is_empty() {
+            return Err(StoreError::InUse(format!(
+                "the target is the default of site(s) {}",
+                sites.join(", ")
+            )));
+        }
         let done = sqlx::query("DELETE FROM targets WHERE id = $1")
             .bind(id)
             .execute(self.pool())

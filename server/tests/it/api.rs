@@ -382,6 +382,9 @@ async fn openapi_document_lists_every_route() {
         "/api/v1/reports/{id}",
         "/api/v1/reports/{id}/download",
         "/api/v1/images",
+        "/api/v1/sites",
+        "/api/v1/sites/{id}",
+        "/api/v1/agents/{id}/site",
         "/api/v1/settings/smtp",
         "/api/v1/settings/smtp/test",
         "/api/v1/settings/security",
@@ -481,6 +484,22 @@ async fn every_route_refuses_anonymous_and_lower_roles() {
         ("GET", "/api/v1/reports/1", "viewer", None),
         ("GET", "/api/v1/reports/1/download", "viewer", None),
         ("GET", "/api/v1/images", "viewer", None),
+        ("GET", "/api/v1/sites", "viewer", None),
+        ("GET", "/api/v1/sites/1", "viewer", None),
+        ("POST", "/api/v1/sites", "admin", Some(json!({"name": "s"}))),
+        (
+            "PUT",
+            "/api/v1/sites/1",
+            "admin",
+            Some(json!({"name": "s"})),
+        ),
+        ("DELETE", "/api/v1/sites/1", "admin", None),
+        (
+            "PUT",
+            "/api/v1/agents/1/site",
+            "admin",
+            Some(json!({"site_id": null})),
+        ),
         ("GET", "/api/v1/settings/smtp", "admin", None),
         ("PUT", "/api/v1/settings/smtp", "admin", Some(smtp)),
         (
@@ -673,6 +692,58 @@ async fn targets_and_jobs_check_input_and_keep_secrets() {
         "{}",
         r.body
     );
+
+    // A site with a default target: a job naming only the site runs on its agents.
+    let r = call(
+        "POST",
+        "/api/v1/sites".into(),
+        Some(json!({"name": "branch", "defaults": {"target_id": target, "folder": "$TEMPL:(ComputerName)",
+            "notify": {"when": "on_failure", "recipients": ["ops@example.test"]}}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let site = r.body["id"].as_i64().expect("site");
+    let r = call(
+        "PUT",
+        format!("/api/v1/agents/{agent}/site"),
+        Some(json!({"site_id": site})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+    let r = call("GET", format!("/api/v1/sites/{site}"), None).await;
+    assert_eq!(r.body["agents"], json!([agent]), "{}", r.body);
+    let r = call(
+        "POST",
+        "/api/v1/jobs".into(),
+        Some(json!({"name": "site nightly", "spec": {"site_id": site, "source": "/dev/sda"}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let site_job = r.body["id"].as_i64().expect("job");
+    let r = call("POST", format!("/api/v1/jobs/{site_job}/run"), None).await;
+    assert_eq!(r.body["runs"][0]["agent_id"], agent, "{}", r.body);
+    // The site's rule mails the failure (the agent is offline): queued in the outbox.
+    let r = call("GET", "/api/v1/mail".into(), None).await;
+    assert!(
+        r.body.to_string().contains("ops@example.test"),
+        "{}",
+        r.body
+    );
+    for (path, what) in [
+        (format!("/api/v1/sites/{site}"), "job"),
+        (format!("/api/v1/targets/{target}"), "job"),
+    ] {
+        let r = call("DELETE", path, None).await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+        assert!(r.body.to_string().contains(what), "{}", r.body);
+    }
+    let r = call(
+        "POST",
+        "/api/v1/jobs".into(),
+        Some(json!({"name": "nowhere", "spec": {"site_id": 999, "source": "/dev/sda"}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
 
     // The vault keeps secrets sealed in the store.
     let stored = api

@@ -326,6 +326,46 @@ async fn exercise_jobs(store: &Store) {
             .is_some());
     }
     assert!(store.delete_job(j.id).await.expect("delete job"));
+
+    // Sites: defaults, members, and what names them cannot go.
+    let site = store
+        .create_site("branch", &format!("{{\"target_id\":{}}}", t.id))
+        .await
+        .expect("site");
+    assert!(store.set_agent_site(a, Some(site.id)).await.expect("move"));
+    assert!(!store
+        .set_agent_site(99_999, Some(site.id))
+        .await
+        .expect("no agent"));
+    let book = store.site_book().await.expect("book");
+    assert_eq!(
+        book.get(&site.id).map(|(_, agents)| agents.clone()),
+        Some(vec![a])
+    );
+    assert_eq!(
+        store.agent(a).await.expect("get").expect("a").site_id,
+        Some(site.id)
+    );
+    assert!(matches!(
+        store.delete_target(t.id).await,
+        Err(holdfast_server::store::StoreError::InUse(_))
+    ));
+    let on_site = store
+        .create_job("site job", true, &format!("{{\"site_id\":{}}}", site.id))
+        .await
+        .expect("site job");
+    assert!(matches!(
+        store.delete_site(site.id).await,
+        Err(holdfast_server::store::StoreError::InUse(_))
+    ));
+    assert!(store.delete_job(on_site.id).await.expect("delete"));
+    assert!(store
+        .update_site(site.id, "branch 2", "{}")
+        .await
+        .expect("update")
+        .is_some());
+    assert!(store.delete_site(site.id).await.expect("delete site"));
+    assert_eq!(store.agent(a).await.expect("get").expect("a").site_id, None);
     assert!(store.delete_target(t.id).await.expect("delete target"));
 }
 

@@ -1,0 +1,208 @@
+//! Sites: named groups of agents with defaults their jobs inherit; moving agents between
+//! them.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::caller::Caller;
+use super::error::{ApiError, ApiJson, ErrorBody};
+use super::{AppState, Page, PageQuery};
+use crate::auth::Role;
+use crate::jobs::spec::SiteDefaults;
+use crate::store::sites::SiteRow;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/sites", get(list).post(create))
+        .route("/api/v1/sites/{id}", get(show).put(update).delete(remove))
+        .route("/api/v1/agents/{id}/site", put(move_agent))
+}
+
+/// A site as admins write it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SiteBody {
+    name: String,
+    #[serde(default)]
+    defaults: SiteDefaults,
+}
+
+impl SiteBody {
+    async fn check(&self, state: &AppState) -> Result<String, ApiError> {
+        let name = self.name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(ApiError::Invalid("name must be 1 to 100 characters".into()));
+        }
+        self.defaults.validate().map_err(ApiError::Invalid)?;
+        if let Some(t) = self.defaults.target_id {
+            if state.store.target(t).await?.is_none() {
+                return Err(ApiError::Invalid(format!("there is no target {t}")));
+            }
+        }
+        serde_json::to_string(&self.defaults).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+}
+
+/// A site as shown: its defaults and agents.
+async fn view(state: &AppState, s: &SiteRow) -> Result<Value, ApiError> {
+    let book = state.jobs.sites().await?;
+    let agents = book.get(&s.id).map(|(_, a)| a.clone()).unwrap_or_default();
+    Ok(json!({
+        "id": s.id,
+        "name": s.name,
+        "defaults": serde_json::from_str::<Value>(&s.defaults).unwrap_or(Value::Null),
+        "agents": agents,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+    }))
+}
+
+async fn find(state: &AppState, id: i64) -> Result<SiteRow, ApiError> {
+    state
+        .store
+        .site(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("site {id}")))
+}
+
+#[utoipa::path(get, path = "/api/v1/sites", tag = "sites", params(PageQuery), responses((status = 200, description = "a page of sites with their defaults and agents", body = Object)), security(("session" = []), ("token" = [])))]
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<PageQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let limit = q.limit()?;
+    let page = Page::new(
+        state.store.sites(q.after.unwrap_or(0), limit).await?,
+        limit,
+        |s| s.id,
+    );
+    let mut items = Vec::with_capacity(page.items.len());
+    for s in &page.items {
+        items.push(view(&state, s).await?);
+    }
+    Ok(Json(json!({ "items": items, "next": page.next })))
+}
+
+#[utoipa::path(post, path = "/api/v1/sites", tag = "sites", request_body = SiteBody, responses((status = 201, body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<SiteBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let defaults = body.check(&state).await?;
+    let s = state.store.create_site(body.name.trim(), &defaults).await?;
+    state.jobs.forget_sites().await;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "create_site",
+            &format!("site:{}", s.id),
+            &s.name,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(view(&state, &s).await?)))
+}
+
+#[utoipa::path(get, path = "/api/v1/sites/{id}", tag = "sites", params(("id" = i64, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let s = find(&state, id).await?;
+    Ok(Json(view(&state, &s).await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/sites/{id}", tag = "sites", params(("id" = i64, Path)), request_body = SiteBody, responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    ApiJson(body): ApiJson<SiteBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let defaults = body.check(&state).await?;
+    let s = state
+        .store
+        .update_site(id, body.name.trim(), &defaults)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("site {id}")))?;
+    state.jobs.forget_sites().await;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "update_site",
+            &format!("site:{id}"),
+            &s.name,
+        )
+        .await?;
+    Ok(Json(view(&state, &s).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/sites/{id}", tag = "sites", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    if !state.store.delete_site(id).await? {
+        return Err(ApiError::NotFound(format!("site {id}")));
+    }
+    state.jobs.forget_sites().await;
+    state
+        .store
+        .audit(&caller.user.name, "delete_site", &format!("site:{id}"), "")
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /agents/{id}/site`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSite {
+    /// The site, or null for none.
+    site_id: Option<i64>,
+}
+
+#[utoipa::path(put, path = "/api/v1/agents/{id}/site", tag = "sites", params(("id" = i64, Path)), request_body = AgentSite, responses((status = 204), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn move_agent(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    ApiJson(body): ApiJson<AgentSite>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    if let Some(s) = body.site_id {
+        find(&state, s)
+            .await
+            .map_err(|_| ApiError::Invalid(format!("there is no site {s}")))?;
+    }
+    if !state.store.set_agent_site(id, body.site_id).await? {
+        return Err(ApiError::NotFound(format!("agent {id}")));
+    }
+    state.jobs.forget_sites().await;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "move_agent",
+            &format!("agent:{id}"),
+            &body
+                .site_id
+                .map_or_else(|| "no site".to_owned(), |s| format!("site:{s}")),
+        )
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
