@@ -160,11 +160,13 @@ async fn list(
         limit,
         |j| j.id,
     );
-    let mut items = Vec::with_capacity(page.items.len());
-    for j in &page.items {
-        items.push(view(&state, j).await?);
-    }
-    Ok(Json(json!({ "items": items, "next": page.next })))
+    Ok(Json(
+        page.try_map_async(|j| {
+            let state = &state;
+            async move { view(state, &j).await }
+        })
+        .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobBody, responses((status = 201, body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]

@@ -166,6 +166,22 @@ impl<T> Page<T> {
         Self { items, next }
     }
 
+    /// The same page with every item shown by `view`, which may fail or wait.
+    async fn try_map_async<U, F, Fut>(self, mut view: F) -> Result<Page<U>, ApiError>
+    where
+        F: FnMut(T) -> Fut,
+        Fut: std::future::Future<Output = Result<U, ApiError>>,
+    {
+        let mut items = Vec::with_capacity(self.items.len());
+        for item in self.items {
+            items.push(view(item).await?);
+        }
+        Ok(Page {
+            items,
+            next: self.next,
+        })
+    }
+
     /// The same page with every item shown another way.
     fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
         Page {

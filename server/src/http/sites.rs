@@ -83,11 +83,13 @@ async fn list(
         limit,
         |s| s.id,
     );
-    let mut items = Vec::with_capacity(page.items.len());
-    for s in &page.items {
-        items.push(view(&state, s).await?);
-    }
-    Ok(Json(json!({ "items": items, "next": page.next })))
+    Ok(Json(
+        page.try_map_async(|s| {
+            let state = &state;
+            async move { view(state, &s).await }
+        })
+        .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/sites", tag = "sites", request_body = SiteBody, responses((status = 201, body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]

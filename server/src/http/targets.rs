@@ -205,12 +205,13 @@ async fn list(
     let limit = q.limit()?;
     let rows = state.store.targets(q.after.unwrap_or(0), limit).await?;
     let page = Page::new(rows, limit, |t| t.id);
-    let items = page
-        .items
-        .iter()
-        .map(|t| view(&state, t))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json(json!({ "items": items, "next": page.next })))
+    Ok(Json(
+        page.try_map_async(|t| {
+            let state = &state;
+            async move { view(state, &t) }
+        })
+        .await?,
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/targets", tag = "targets", request_body = TargetBody, responses((status = 201, description = "the target", body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
