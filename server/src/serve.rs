@@ -160,6 +160,7 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
 
     let scheduler = crate::jobs::scheduler::spawn(state.jobs.clone());
     let outbox = state.mailer.clone().spawn();
+    let alerts = crate::jobs::alerts::spawn(state.jobs.clone());
     let on_signal = handle.clone();
     let gateway = state.gateway.clone();
     tokio::spawn(async move {
@@ -177,6 +178,7 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         .with_context(|| format!("cannot serve on {}", config.listen));
     scheduler.abort();
     outbox.abort();
+    alerts.abort();
     // The local agent stops with the server (its child is killed when dropped).
     if let Some(task) = local_agent {
         task.abort();

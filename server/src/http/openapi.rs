@@ -25,7 +25,7 @@ use super::{
         jobs::list, jobs::create, jobs::show, jobs::update, jobs::remove, jobs::run_now, jobs::cancel, jobs::check, jobs::export, jobs::import,
         reports::list, reports::show, reports::download, reports::images,
         sites::list, sites::create, sites::show, sites::update, sites::remove, sites::move_agent,
-        settings::smtp, settings::set_smtp, settings::test_mail, settings::security, settings::outbox,
+        settings::smtp, settings::set_smtp, settings::test_mail, settings::security, settings::outbox, settings::alerts, settings::set_alerts,
     ),
     components(schemas(super::error::ErrorBody, super::error::ErrorDetail, crate::store::users::User, crate::auth::Role)),
     modifiers(&Security),

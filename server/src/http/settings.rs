@@ -13,6 +13,7 @@ use super::caller::Caller;
 use super::error::{ApiError, ApiJson, ErrorBody};
 use super::{page_limit, AppState, Page};
 use crate::auth::Role;
+use crate::jobs::alerts::{Alerts, ALERTS_KEY};
 use crate::mail::{MailError, SmtpSettings, SMTP_CONTEXT, SMTP_KEY};
 
 pub fn router() -> Router<AppState> {
@@ -20,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/settings/smtp", get(smtp).put(set_smtp))
         .route("/api/v1/settings/smtp/test", post(test_mail))
         .route("/api/v1/settings/security", get(security))
+        .route("/api/v1/settings/alerts", get(alerts).put(set_alerts))
         .route("/api/v1/mail", get(outbox))
 }
 
@@ -146,6 +148,41 @@ async fn security(
         "certificate_fingerprint": state.fingerprint,
         "master_key": { "source": state.vault.source(), "id": state.vault.key_id() },
     })))
+}
+
+#[utoipa::path(get, path = "/api/v1/settings/alerts", tag = "settings", responses((status = 200, description = "the daily digest and the no-successful-backup alert", body = Alerts)), security(("session" = []), ("token" = [])))]
+async fn alerts(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let rules: Alerts = state
+        .store
+        .setting(ALERTS_KEY)
+        .await?
+        .and_then(|(v, _)| serde_json::from_str(&v).ok())
+        .unwrap_or_default();
+    Ok(Json(rules))
+}
+
+#[utoipa::path(put, path = "/api/v1/settings/alerts", tag = "settings", request_body = Alerts, responses((status = 200, body = Alerts), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn set_alerts(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(rules): ApiJson<Alerts>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    rules.validate().map_err(ApiError::Invalid)?;
+    let value = serde_json::to_string(&rules).map_err(|e| ApiError::Internal(e.to_string()))?;
+    state
+        .store
+        .set_setting(ALERTS_KEY, &value, Some(None))
+        .await?;
+    state
+        .store
+        .audit(&caller.user.name, "update_alerts", "settings:alerts", "")
+        .await?;
+    Ok(Json(rules))
 }
 
 /// `?before=&limit=`

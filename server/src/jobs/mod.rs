@@ -2,6 +2,7 @@
 //! template, the base image of the chain, credentials opened from the vault), sending it
 //! over the agent's channel, following its progress, and storing its report.
 
+pub mod alerts;
 pub mod notify;
 pub mod report_xml;
 pub mod retention;

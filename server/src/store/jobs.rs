@@ -503,6 +503,34 @@ impl Store {
         Ok(rows.iter().map(run).collect::<Result<_, _>>()?)
     }
 
+    /// Runs that ended at or after `since`, oldest first.
+    pub async fn runs_ended_since(&self, since: i64) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE ended_at >= $1 ORDER BY id"
+        )))
+        .bind(since)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(run).collect::<Result<_, _>>()?)
+    }
+
+    /// When each agent last had a successful run.
+    pub async fn last_success(&self) -> Result<std::collections::HashMap<i64, i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent_id, MAX(ended_at) AS at FROM runs WHERE state = 'successful' GROUP BY agent_id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for r in rows {
+            let at: Option<i64> = r.try_get("at")?;
+            if let Some(at) = at {
+                out.insert(r.try_get::<i64, _>("agent_id")?, at);
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs still queued or running on `agent_id`.
     pub async fn open_runs(&self, agent_id: i64) -> Result<Vec<RunRow>, StoreError> {
         let rows = sqlx::query(AssertSqlSafe(format!(

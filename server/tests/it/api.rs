@@ -388,6 +388,7 @@ async fn openapi_document_lists_every_route() {
         "/api/v1/settings/smtp",
         "/api/v1/settings/smtp/test",
         "/api/v1/settings/security",
+        "/api/v1/settings/alerts",
         "/api/v1/mail",
         "/healthz",
         "/metrics",
@@ -509,6 +510,8 @@ async fn every_route_refuses_anonymous_and_lower_roles() {
             Some(json!({"to": "a@example.test"})),
         ),
         ("GET", "/api/v1/settings/security", "admin", None),
+        ("GET", "/api/v1/settings/alerts", "admin", None),
+        ("PUT", "/api/v1/settings/alerts", "admin", Some(json!({}))),
         ("GET", "/api/v1/mail", "admin", None),
     ];
     for (method, path, needs, body) in routes {

@@ -304,3 +304,134 @@ async fn schedules_fire_once_wait_for_agents_chain_images_and_miss_after_the_fra
     );
     alpha.task.abort();
 }
+
+#[tokio::test]
+async fn stale_agents_are_alerted_once_and_the_digest_goes_out_once_a_day() {
+    use holdfast_server::jobs::alerts;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&Store::sqlite_url(dir.path()))
+        .await
+        .expect("store");
+    let vault = Arc::new(Vault::open(dir.path(), None).expect("vault"));
+    let jobs = Dispatcher::new(store.clone(), Arc::default(), vault);
+    store
+        .create_enrollment_token("t", "tok", 2, i64::MAX, "admin")
+        .await
+        .expect("token");
+    let a = store
+        .enroll_agent("tok", "alpha", "h")
+        .await
+        .expect("a")
+        .expect("a");
+    let b = store
+        .enroll_agent("tok", "beta", "h")
+        .await
+        .expect("b")
+        .expect("b");
+    let target = store
+        .create_target(&TargetFields {
+            name: "nas",
+            url: "/srv/images",
+            username: None,
+            ca_pem: None,
+            notes: "",
+        })
+        .await
+        .expect("target");
+    let spec = serde_json::json!({"agents": [a, b], "source": "/dev/vdb", "target_id": target.id});
+    let job = store
+        .create_job("nightly", true, &spec.to_string())
+        .await
+        .expect("job")
+        .id;
+    // Alpha succeeds now; beta never ran.
+    let run = store
+        .create_run(Some(job), a, "nightly", "manual", None)
+        .await
+        .expect("run")
+        .expect("run");
+    assert!(store.claim_run(run.id).await.expect("claim"));
+    let mut ok = report(run.id, job, None);
+    ok.ended_at = Utc::now().timestamp();
+    assert!(jobs.on_report(a, &ok).await);
+    store
+        .set_setting(
+            alerts::ALERTS_KEY,
+            &serde_json::json!({
+                "stale": {"recipients": ["ops@example.test"], "hours": 26},
+            })
+            .to_string(),
+            Some(None),
+        )
+        .await
+        .expect("rules");
+    let now = Utc::now();
+    let outbox = |kind: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .mails(i64::MAX, 100)
+                .await
+                .expect("mails")
+                .into_iter()
+                .filter(|m| m.kind == kind)
+                .collect::<Vec<_>>()
+        }
+    };
+    // Within 26 hours: nothing. After them: beta (never succeeded) is named; alpha's
+    // success is 27 hours old as well: both, once.
+    alerts::check(&jobs, now + chrono::Duration::hours(1))
+        .await
+        .expect("check");
+    assert!(outbox("alert").await.is_empty());
+    let later = now + chrono::Duration::hours(27);
+    alerts::check(&jobs, later).await.expect("check");
+    alerts::check(&jobs, later + chrono::Duration::minutes(5))
+        .await
+        .expect("again");
+    let sent = outbox("alert").await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(sent
+        .iter()
+        .any(|m| m.subject.contains("beta") && m.body.contains("none has succeeded")));
+    assert!(sent
+        .iter()
+        .any(|m| m.subject.contains("alpha") && m.body.contains("last successful backup")));
+    assert!(sent.iter().all(|m| m.recipients == "ops@example.test"));
+    // Another full period of silence: alerted again.
+    alerts::check(&jobs, later + chrono::Duration::hours(27))
+        .await
+        .expect("check");
+    assert_eq!(outbox("alert").await.len(), 4);
+
+    // The digest: once a day, after its time.
+    store
+        .set_setting(
+            alerts::ALERTS_KEY,
+            &serde_json::json!({
+                "digest": {"recipients": ["boss@example.test"], "time": "07:00", "timezone": "UTC"},
+            })
+            .to_string(),
+            Some(None),
+        )
+        .await
+        .expect("rules");
+    let day = |h: u32, m: u32| {
+        now.date_naive()
+            .and_hms_opt(h, m, 0)
+            .expect("time")
+            .and_utc()
+            + chrono::Duration::days(1)
+    };
+    alerts::check(&jobs, day(6, 59)).await.expect("check");
+    assert!(outbox("digest").await.is_empty());
+    alerts::check(&jobs, day(7, 1)).await.expect("check");
+    alerts::check(&jobs, day(9, 0)).await.expect("check");
+    let digests = outbox("digest").await;
+    assert_eq!(digests.len(), 1, "{digests:?}");
+    assert_eq!(digests[0].recipients, "boss@example.test");
+    alerts::check(&jobs, day(7, 1) + chrono::Duration::days(1))
+        .await
+        .expect("check");
+    assert_eq!(outbox("digest").await.len(), 2);
+}
