@@ -61,6 +61,68 @@ impl SimAgent {
     }
 }
 
+/// A store with two enrolled agents (alpha, beta) and a target, and a dispatcher over it.
+struct Setup {
+    _dir: tempfile::TempDir,
+    store: Store,
+    vault: Arc<Vault>,
+    gateway: Arc<Gateway>,
+    jobs: Arc<Dispatcher>,
+    a: i64,
+    b: i64,
+    target: holdfast_server::store::targets::TargetRow,
+}
+
+impl Setup {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&Store::sqlite_url(dir.path()))
+            .await
+            .expect("store");
+        let vault = Arc::new(Vault::open(dir.path(), None).expect("vault"));
+        let gateway: Arc<Gateway> = Arc::default();
+        let jobs = Arc::new(Dispatcher::new(
+            store.clone(),
+            gateway.clone(),
+            vault.clone(),
+        ));
+        store
+            .create_enrollment_token("t", "tok", 2, i64::MAX, "admin")
+            .await
+            .expect("token");
+        let mut ids = Vec::new();
+        for name in ["alpha", "beta"] {
+            ids.push(
+                store
+                    .enroll_agent("tok", name, "h")
+                    .await
+                    .expect("enrol")
+                    .expect("agent"),
+            );
+        }
+        let target = store
+            .create_target(&TargetFields {
+                name: "nas",
+                url: "/srv/images",
+                username: None,
+                ca_pem: None,
+                notes: "",
+            })
+            .await
+            .expect("target");
+        Self {
+            _dir: dir,
+            store,
+            vault,
+            gateway,
+            jobs,
+            a: ids[0],
+            b: ids[1],
+            target,
+        }
+    }
+}
+
 fn report(run_id: i64, job_id: i64, image: Option<&str>) -> RunReport {
     RunReport {
         run_id,
@@ -114,41 +176,16 @@ async fn state_of(store: &Store, job: i64, agent: i64) -> Vec<String> {
 
 #[tokio::test]
 async fn schedules_fire_once_wait_for_agents_chain_images_and_miss_after_the_frame() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&Store::sqlite_url(dir.path()))
-        .await
-        .expect("store");
-    let vault = Arc::new(Vault::open(dir.path(), None).expect("vault"));
-    let gateway: Arc<Gateway> = Arc::default();
-    let jobs = Arc::new(Dispatcher::new(
-        store.clone(),
-        gateway.clone(),
-        vault.clone(),
-    ));
-    store
-        .create_enrollment_token("t", "tok", 2, i64::MAX, "admin")
-        .await
-        .expect("token");
-    let a = store
-        .enroll_agent("tok", "alpha", "h")
-        .await
-        .expect("a")
-        .expect("a");
-    let b = store
-        .enroll_agent("tok", "beta", "h")
-        .await
-        .expect("b")
-        .expect("b");
-    let target = store
-        .create_target(&TargetFields {
-            name: "nas",
-            url: "/srv/images",
-            username: None,
-            ca_pem: None,
-            notes: "",
-        })
-        .await
-        .expect("target");
+    let Setup {
+        _dir,
+        store,
+        vault,
+        gateway,
+        jobs,
+        a,
+        b,
+        target,
+    } = Setup::new().await;
     let spec = serde_json::json!({
         "agents": [a, b],
         "source": "/dev/vdb",
@@ -308,36 +345,15 @@ async fn schedules_fire_once_wait_for_agents_chain_images_and_miss_after_the_fra
 #[tokio::test]
 async fn stale_agents_are_alerted_once_and_the_digest_goes_out_once_a_day() {
     use holdfast_server::jobs::alerts;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&Store::sqlite_url(dir.path()))
-        .await
-        .expect("store");
-    let vault = Arc::new(Vault::open(dir.path(), None).expect("vault"));
-    let jobs = Dispatcher::new(store.clone(), Arc::default(), vault);
-    store
-        .create_enrollment_token("t", "tok", 2, i64::MAX, "admin")
-        .await
-        .expect("token");
-    let a = store
-        .enroll_agent("tok", "alpha", "h")
-        .await
-        .expect("a")
-        .expect("a");
-    let b = store
-        .enroll_agent("tok", "beta", "h")
-        .await
-        .expect("b")
-        .expect("b");
-    let target = store
-        .create_target(&TargetFields {
-            name: "nas",
-            url: "/srv/images",
-            username: None,
-            ca_pem: None,
-            notes: "",
-        })
-        .await
-        .expect("target");
+    let Setup {
+        _dir,
+        store,
+        jobs,
+        a,
+        b,
+        target,
+        ..
+    } = Setup::new().await;
     let spec = serde_json::json!({"agents": [a, b], "source": "/dev/vdb", "target_id": target.id});
     let job = store
         .create_job("nightly", true, &spec.to_string())
