@@ -94,6 +94,18 @@ pub struct HookCommand {
     pub abort_on_failure: bool,
 }
 
+/// What the machine does once the job is over (not after a cancelled one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AfterJob {
+    #[default]
+    None,
+    /// Restart a minute later (time for the report to reach the server).
+    Restart,
+    /// Shut down a minute later.
+    Shutdown,
+}
+
 /// What the agent runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobOrder {
@@ -112,6 +124,8 @@ pub struct JobOrder {
     /// sound: what the job's retention lets go.
     #[serde(default)]
     pub delete_after: Vec<String>,
+    #[serde(default)]
+    pub after_job: AfterJob,
 }
 
 /// How a run ended.

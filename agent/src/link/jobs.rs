@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use holdfast_proto::job::{
-    HookCommand, ImageTask, ImageWritten, JobOrder, Method, RunReport, RunStatus, Step, StepStatus,
+    AfterJob, HookCommand, ImageTask, ImageWritten, JobOrder, Method, RunReport, RunStatus, Step,
+    StepStatus,
 };
 use holdfast_proto::AgentMsg;
 use serde::{Deserialize, Serialize};
@@ -366,6 +367,11 @@ impl Jobs {
                 self.hook(&order, hook, "Command after the job", &mut report)
                     .await;
             }
+        }
+        if order.after_job != AfterJob::None && report.status != RunStatus::Cancelled {
+            report
+                .steps
+                .push(after_job(order.after_job, &order.name).await);
         }
         report.ended_at = now();
         report.steps.push(step(
@@ -820,6 +826,40 @@ impl Jobs {
             cmd.env("HOLDFAST_PASSWORD", p.expose());
         }
         Ok(cmd)
+    }
+}
+
+/// Ask the system to restart or shut down in a minute (`shutdown -r|-h +1`), so the report
+/// can still reach the server; the step says whether it was scheduled.
+async fn after_job(action: AfterJob, job: &str) -> Step {
+    let (flag, what) = match action {
+        AfterJob::Restart => ("-r", "restart"),
+        AfterJob::Shutdown | AfterJob::None => ("-h", "shut down"),
+    };
+    let out = tokio::process::Command::new("shutdown")
+        .args([flag, "+1", &format!("Holdfast: job '{job}' finished")])
+        .stdin(Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => step(
+            StepStatus::Ok,
+            "After the job",
+            format!("the machine will {what} in one minute"),
+        ),
+        Ok(o) => step(
+            StepStatus::Error,
+            "After the job",
+            format!(
+                "cannot {what}: shutdown failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ),
+        Err(e) => step(
+            StepStatus::Error,
+            "After the job",
+            format!("cannot {what}: cannot run shutdown: {e}"),
+        ),
     }
 }
 

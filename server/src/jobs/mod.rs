@@ -434,6 +434,7 @@ impl Dispatcher {
             after: spec.after.as_ref().map(spec::Hook::order),
             abort_on_error: spec.abort_on_error,
             delete_after,
+            after_job: spec.after_job,
         })
     }
 

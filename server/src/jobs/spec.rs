@@ -173,6 +173,11 @@ pub struct JobSpec {
     /// Stop at the first error (the command after the job is not run).
     #[serde(default)]
     pub abort_on_error: bool,
+    /// Restart or shut down the machine once the job is over: `none`, `restart`,
+    /// `shutdown` (a minute later, so the report still reaches the server).
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub after_job: holdfast_proto::job::AfterJob,
     /// Mail the report.
     #[serde(default)]
     pub notify: Option<Notify>,

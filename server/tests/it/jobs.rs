@@ -39,6 +39,8 @@ struct Fleet {
     agent_log: std::path::PathBuf,
     agent_id: i64,
     config: String,
+    /// More environment for the agent daemon.
+    agent_env: Vec<(String, String)>,
 }
 
 impl Fleet {
@@ -83,6 +85,7 @@ impl Fleet {
             agent_log: dir.join("agent.log"),
             agent_id,
             config,
+            agent_env: Vec::new(),
         };
         f.start_agent();
         f
@@ -97,6 +100,7 @@ impl Fleet {
             .expect("agent log");
         let child = Command::new(agent_bin().expect("agent"))
             .args(["run", "--config", &self.config])
+            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -822,5 +826,72 @@ fn a_scheduled_chain_job_runs_by_itself_and_retention_deletes_only_whole_chains(
     assert!(
         deleted.starts_with(&[names[0].as_str(), names[1].as_str()]),
         "{listed}"
+    );
+}
+
+#[test]
+fn after_the_job_the_machine_is_asked_to_restart() {
+    if agent_bin().is_none() || !require_devices("job_after") {
+        return;
+    }
+    let t = tempdir();
+    let work = t.path();
+    let mut fleet = Fleet::start(work);
+    // A stand-in `shutdown` first on the agent's PATH notes how it was asked.
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let asked = work.join("shutdown-args");
+    let fake = bin.join("shutdown");
+    std::fs::write(
+        &fake,
+        format!("#!/bin/sh\necho \"$@\" > {}\n", asked.display()),
+    )
+    .expect("fake shutdown");
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    fleet.agent_env.push(("PATH".into(), path));
+    fleet.start_agent();
+    let api = &fleet.api;
+    let vol = work.join("vol.img");
+    sparse_file(&vol, 16 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    let images = work.join("images");
+    std::fs::create_dir_all(&images).expect("images");
+    let target = api.call(
+        "POST",
+        "/api/v1/targets",
+        Some(&json!({"name": "local", "url": images.display().to_string()}).to_string()),
+    );
+    let job = api.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &json!({"name": "then restart", "spec": {
+                "agents": [fleet.agent_id],
+                "source": lo.path(),
+                "target_id": target["id"],
+                "after_job": "restart",
+            }})
+            .to_string(),
+        ),
+    );
+    let job_id = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+    let (r, _) = fleet.finish(fleet.run(job_id));
+    assert_eq!(r["status"], "successful", "{r}");
+    assert!(
+        r.to_string()
+            .contains("the machine will restart in one minute"),
+        "{r}"
+    );
+    let args = std::fs::read_to_string(&asked).expect("shutdown was run");
+    assert!(
+        args.starts_with("-r +1 Holdfast: job 'then restart' finished"),
+        "{args}"
     );
 }
