@@ -438,7 +438,7 @@ fn jobs_survive_cancel_agent_crash_server_restart_and_failing_commands() {
     if agent_bin().is_none() || !require_devices("job_faults") {
         return;
     }
-    let Some(sshd) = Sshd::start("job_faults") else {
+    let Some(mut sshd) = Sshd::start("job_faults") else {
         return;
     };
     let t = tempdir();
@@ -524,6 +524,29 @@ fn jobs_survive_cancel_agent_crash_server_restart_and_failing_commands() {
     assert_eq!(all["items"].as_array().map(Vec::len), Some(3), "{all}");
     let name = r["images"][0]["name"].as_str().expect("name").to_owned();
     assert_eq!(files(&sshd.data), [name], "only the finished image");
+
+    // The target goes away mid-image (the SFTP server dies): failed, the error names the
+    // target, and no image appears under the name.
+    let run = fleet.run(slow);
+    fleet.wait_progress(run);
+    sshd.kill();
+    let (r, _) = fleet.finish(run);
+    assert_eq!(r["status"], "failed", "{r}");
+    assert!(
+        r.to_string()
+            .contains(&format!("sftp://{USER}@127.0.0.1:{}", sshd.port)),
+        "{r}"
+    );
+    assert!(sshd.restart("job_faults"), "sshd restarts");
+    assert_eq!(
+        files(&sshd.data)
+            .iter()
+            .filter(|f| !f.starts_with('.'))
+            .count(),
+        1,
+        "{:?}",
+        files(&sshd.data)
+    );
 
     // A failing command before the job: with "abort" the image is not made; without, it is
     // and the run ends with a warning.

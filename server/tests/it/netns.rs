@@ -93,6 +93,77 @@ impl Drop for Kill {
     }
 }
 
+/// The server in the `srv` namespace on `port`, its log in `d/server.log`.
+fn start_server(net: &Net, server_bin: &Path, d: &Path, port: u16) -> Kill {
+    let mut server = Command::new("ip");
+    server
+        .args(["netns", "exec", &net.ns("srv")])
+        .arg(server_bin)
+        .args(["--data-dir", d.to_str().expect("path")])
+        .args([
+            "--listen",
+            &format!("0.0.0.0:{port}"),
+            "--name",
+            &format!("localhost,{SERVER_IP}"),
+        ])
+        .args(["--heartbeat-seconds", "1"])
+        .env("HOLDFAST_ADMIN_PASSWORD", "netns-admin-pass")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(d.join("server.log")).expect("log"),
+        ));
+    Kill(server.spawn().expect("server"))
+}
+
+/// The API over curl run inside the server's namespace, to its loopback.
+struct NsApi {
+    ns: String,
+    ca: std::path::PathBuf,
+    cookies: std::path::PathBuf,
+    port: u16,
+}
+
+impl NsApi {
+    fn new(net: &Net, d: &Path, port: u16) -> Self {
+        Self {
+            ns: net.ns("srv"),
+            ca: d.join("tls/ca.pem"),
+            cookies: d.join("cookies"),
+            port,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Value {
+        let mut c = in_ns(&self.ns, Path::new("curl"));
+        c.args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&self.ca);
+        c.arg("-b")
+            .arg(&self.cookies)
+            .arg("-c")
+            .arg(&self.cookies)
+            .args(["-X", method]);
+        if let Some(b) = body {
+            c.args(["-H", "content-type: application/json", "-d", b]);
+        }
+        c.arg(format!("https://localhost:{}{path}", self.port));
+        let out = c.output().expect("curl");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// Wait for the server and log in as admin.
+    fn login(&self) {
+        wait_for("the server", 20, || {
+            self.ca.exists()
+                && self.call(
+                    "POST",
+                    "/api/v1/session",
+                    Some("{\"name\":\"admin\",\"password\":\"netns-admin-pass\"}"),
+                )["role"]
+                    == "admin"
+        });
+    }
+}
+
 #[test]
 fn two_agents_in_namespaces_go_offline_and_come_back() {
     let unavailable = |why: &str| {
@@ -111,49 +182,10 @@ fn two_agents_in_namespaces_go_offline_and_come_back() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let port = 18000 + (std::process::id() % 1000) as u16;
-    let mut server = Command::new("ip");
-    server
-        .args(["netns", "exec", &net.ns("srv")])
-        .arg(&server_bin)
-        .args(["--data-dir", d.to_str().expect("path")])
-        .args([
-            "--listen",
-            &format!("0.0.0.0:{port}"),
-            "--name",
-            &format!("localhost,{SERVER_IP}"),
-        ])
-        .args(["--heartbeat-seconds", "1"])
-        .env("HOLDFAST_ADMIN_PASSWORD", "netns-admin-pass")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _server = Kill(server.spawn().expect("server"));
-    let ca = d.join("tls/ca.pem");
-    let cookies = d.join("cookies");
-    // curl inside the server's namespace, to its loopback.
-    let api = |method: &str, path: &str, body: Option<&str>| -> Value {
-        let mut c = in_ns(&net.ns("srv"), Path::new("curl"));
-        c.args(["-sS", "--max-time", "10", "--cacert"]).arg(&ca);
-        c.arg("-b")
-            .arg(&cookies)
-            .arg("-c")
-            .arg(&cookies)
-            .args(["-X", method]);
-        if let Some(b) = body {
-            c.args(["-H", "content-type: application/json", "-d", b]);
-        }
-        c.arg(format!("https://localhost:{port}{path}"));
-        let out = c.output().expect("curl");
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    };
-    wait_for("the server", 20, || {
-        ca.exists()
-            && api(
-                "POST",
-                "/api/v1/session",
-                Some("{\"name\":\"admin\",\"password\":\"netns-admin-pass\"}"),
-            )["role"]
-                == "admin"
-    });
+    let _server = start_server(&net, &server_bin, d, port);
+    let ns_api = NsApi::new(&net, d, port);
+    let api = |method: &str, path: &str, body: Option<&str>| ns_api.call(method, path, body);
+    ns_api.login();
     let info = api("GET", "/api/v1/info", None);
     let fingerprint = info["certificate_fingerprint"]
         .as_str()
@@ -247,4 +279,136 @@ fn two_agents_in_namespaces_go_offline_and_come_back() {
         status(2) == "revoked" && daemons[1].0.try_wait().ok().flatten().is_some()
     });
     assert_eq!(status(1), "online");
+}
+
+/// A job is running when the agent's link is cut: it goes on, its report arrives once the
+/// link is back, and it is not run twice.
+#[test]
+fn a_job_outlives_a_cut_link_and_reports_once_back() {
+    let unavailable = |why: &str| {
+        assert!(std::env::var_os("CI").is_none(), "{why} (CI is set)");
+        eprintln!("skipping: {why}");
+    };
+    let server_bin = Path::new(env!("CARGO_BIN_EXE_holdfast-server")).to_owned();
+    let agent_bin = server_bin.with_file_name("holdfast-agent");
+    if !agent_bin.exists() {
+        return unavailable("holdfast-agent is not built");
+    }
+    if !crate::util::require_devices("job_link_cut") {
+        return;
+    }
+    let tag = format!("{}", (std::process::id() + 5000) % 10000);
+    let Some(net) = Net::up(&tag) else {
+        return unavailable("cannot create network namespaces (needs root and iproute2)");
+    };
+    let t = crate::util::tempdir();
+    let d = t.path();
+    let port = 19000 + (std::process::id() % 1000) as u16;
+    let _server = start_server(&net, &server_bin, d, port);
+    let ns_api = NsApi::new(&net, d, port);
+    let api = |method: &str, path: &str, body: Option<&str>| ns_api.call(method, path, body);
+    ns_api.login();
+    let fingerprint = api("GET", "/api/v1/info", None)["certificate_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned();
+    let token = api("POST", "/api/v1/enrollment-tokens", Some("{}"))["secret"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let cfg = d.join("a1.json");
+    let out = in_ns(&net.ns("a1"), &agent_bin)
+        .args(["enroll", "--server", &format!("https://{SERVER_IP}:{port}")])
+        .args(["--token", &token, "--fingerprint", &fingerprint])
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .expect("agent");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _agent = Kill(
+        in_ns(&net.ns("a1"), &agent_bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(d.join("a1.log")).expect("log"),
+            ))
+            .spawn()
+            .expect("run"),
+    );
+    wait_for("the agent online", 30, || {
+        api("GET", "/api/v1/agents/1", None)["status"] == "online"
+    });
+
+    // A slow job to a folder on the agent's machine (the namespaces share the files).
+    let vol = d.join("vol.img");
+    crate::util::sparse_file(&vol, 192 << 20);
+    let lo = crate::util::Loop::new(&vol);
+    crate::util::mkfs(lo.path(), "ext4");
+    crate::util::edit_files(lo.path(), "ext4", d, |m| {
+        std::fs::write(m.join("noise.bin"), crate::util::noise(150 << 20, 9)).expect("noise");
+    });
+    let images = d.join("images");
+    std::fs::create_dir_all(&images).expect("images");
+    let target = api(
+        "POST",
+        "/api/v1/targets",
+        Some(
+            &serde_json::json!({"name": "local", "url": images.display().to_string()}).to_string(),
+        ),
+    );
+    let job = api(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &serde_json::json!({"name": "through the cut", "spec": {
+                "agents": [1], "source": lo.path(), "target_id": target["id"], "compression_level": 19,
+            }})
+            .to_string(),
+        ),
+    );
+    let job_id = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+    let run = api("POST", &format!("/api/v1/jobs/{job_id}/run"), None);
+    let run_id = run["runs"][0]["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{run}"));
+    let report = |id: i64| api("GET", &format!("/api/v1/reports/{id}"), None);
+    wait_for("progress", 60, || {
+        report(run_id)["progress"]["done"]
+            .as_u64()
+            .is_some_and(|x| x > 0)
+    });
+    net.link(2, false);
+    wait_for("the agent offline", 30, || {
+        api("GET", "/api/v1/agents/1", None)["status"] == "offline"
+    });
+    assert_eq!(report(run_id)["status"], "running");
+    // The image finishes while the server is unreachable; the report waits on the agent.
+    wait_for("the image written", 120, || {
+        std::fs::read_dir(&images)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".hfi"))
+            })
+            .unwrap_or(false)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(report(run_id)["status"], "running");
+    net.link(2, true);
+    wait_for("the report after the link is back", 90, || {
+        report(run_id)["status"] == "successful"
+    });
+    let all = api("GET", &format!("/api/v1/reports?job_id={job_id}"), None);
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(1), "{all}");
+    let files: Vec<_> = std::fs::read_dir(&images)
+        .expect("images")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
 }
