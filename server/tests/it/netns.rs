@@ -93,6 +93,23 @@ impl Drop for Kill {
     }
 }
 
+/// Skip with a message, or fail under CI.
+fn unavailable(why: &str) {
+    assert!(std::env::var_os("CI").is_none(), "{why} (CI is set)");
+    eprintln!("skipping: {why}");
+}
+
+/// The server and agent binaries (the agent is built next to the server).
+fn binaries() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let server_bin = Path::new(env!("CARGO_BIN_EXE_holdfast-server")).to_owned();
+    let agent_bin = server_bin.with_file_name("holdfast-agent");
+    if !agent_bin.exists() {
+        unavailable("holdfast-agent is not built");
+        return None;
+    }
+    Some((server_bin, agent_bin))
+}
+
 /// The server in the `srv` namespace on `port`, its log in `d/server.log`.
 fn start_server(net: &Net, server_bin: &Path, d: &Path, port: u16) -> Kill {
     let mut server = Command::new("ip");
@@ -166,15 +183,9 @@ impl NsApi {
 
 #[test]
 fn two_agents_in_namespaces_go_offline_and_come_back() {
-    let unavailable = |why: &str| {
-        assert!(std::env::var_os("CI").is_none(), "{why} (CI is set)");
-        eprintln!("skipping: {why}");
+    let Some((server_bin, agent_bin)) = binaries() else {
+        return;
     };
-    let server_bin = Path::new(env!("CARGO_BIN_EXE_holdfast-server")).to_owned();
-    let agent_bin = server_bin.with_file_name("holdfast-agent");
-    if !agent_bin.exists() {
-        return unavailable("holdfast-agent is not built");
-    }
     let tag = format!("{}", std::process::id() % 10000);
     let Some(net) = Net::up(&tag) else {
         return unavailable("cannot create network namespaces (needs root and iproute2)");
@@ -285,15 +296,9 @@ fn two_agents_in_namespaces_go_offline_and_come_back() {
 /// link is back, and it is not run twice.
 #[test]
 fn a_job_outlives_a_cut_link_and_reports_once_back() {
-    let unavailable = |why: &str| {
-        assert!(std::env::var_os("CI").is_none(), "{why} (CI is set)");
-        eprintln!("skipping: {why}");
+    let Some((server_bin, agent_bin)) = binaries() else {
+        return;
     };
-    let server_bin = Path::new(env!("CARGO_BIN_EXE_holdfast-server")).to_owned();
-    let agent_bin = server_bin.with_file_name("holdfast-agent");
-    if !agent_bin.exists() {
-        return unavailable("holdfast-agent is not built");
-    }
     if !crate::util::require_devices("job_link_cut") {
         return;
     }
