@@ -13,6 +13,7 @@ use super::caller::Caller;
 use super::error::{ApiError, ApiJson, ErrorBody};
 use super::{attachment, AppState, Page, PageQuery};
 use crate::auth::Role;
+use crate::jobs::job_xml;
 use crate::jobs::spec::JobSpec;
 use crate::jobs::{job_context, DispatchError};
 use crate::store::jobs::{JobRow, RunFilter};
@@ -381,36 +382,68 @@ async fn cancel(
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{id}/export", tag = "jobs", params(("id" = i64, Path)), responses((status = 200, description = "the job's definition as a file (no secrets)", body = JobExport), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// `?format=json|xml`
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ExportQuery {
+    /// `json` (default) or `xml`.
+    format: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/export", tag = "jobs", params(("id" = i64, Path), ExportQuery), responses((status = 200, description = "the job's definition as a JSON or XML file (no secrets)", body = JobExport), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn export(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
+    Query(q): Query<ExportQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let j = find(&state, id).await?;
     let spec: JobSpec =
         serde_json::from_str(&j.spec).map_err(|e| ApiError::Internal(format!("job {id}: {e}")))?;
-    let doc = JobExport {
+    let doc = serde_json::to_value(JobExport {
         name: j.name.clone(),
         enabled: j.enabled,
         spec,
-    };
-    let text = serde_json::to_string_pretty(&doc).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(attachment(
-        "application/json",
-        &format!("job-{id}.json"),
-        text,
-    ))
+    })
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(match q.format.as_deref().unwrap_or("json") {
+        "json" => attachment(
+            "application/json",
+            &format!("job-{id}.json"),
+            serde_json::to_string_pretty(&doc).map_err(|e| ApiError::Internal(e.to_string()))?,
+        ),
+        "xml" => attachment(
+            "application/xml",
+            &format!("job-{id}.xml"),
+            job_xml::to_xml("job", &doc),
+        ),
+        _ => return Err(ApiError::Invalid("format must be json or xml".into())),
+    })
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/import", tag = "jobs", request_body = JobExport, responses((status = 201, body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+#[utoipa::path(post, path = "/api/v1/jobs/import", tag = "jobs", request_body(content = JobExport, description = "a job file as exported: JSON, or XML with an XML content type"), responses((status = 201, body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn import(
     State(state): State<AppState>,
     caller: Caller,
-    ApiJson(doc): ApiJson<JobExport>,
+    headers: axum::http::HeaderMap,
+    file: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
+    let is_xml = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("xml"));
+    let value = if is_xml {
+        let text = std::str::from_utf8(&file)
+            .map_err(|_| ApiError::Invalid("the job file is not UTF-8 text".into()))?;
+        job_xml::from_xml("job", text)
+            .map_err(|e| ApiError::Invalid(format!("the job file: {e}")))?
+    } else {
+        serde_json::from_slice(&file)
+            .map_err(|e| ApiError::Invalid(format!("the job file is not valid JSON: {e}")))?
+    };
+    let doc: JobExport = serde_json::from_value(value)
+        .map_err(|e| ApiError::Invalid(format!("the job file: {e}")))?;
     let body = JobBody {
         name: doc.name,
         // An imported job that needs a password stays off until one is set.

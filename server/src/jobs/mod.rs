@@ -3,6 +3,7 @@
 //! over the agent's channel, following its progress, and storing its report.
 
 pub mod alerts;
+pub mod job_xml;
 pub mod notify;
 pub mod report_xml;
 pub mod retention;

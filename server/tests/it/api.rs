@@ -51,6 +51,18 @@ impl Api {
         auth: Option<&str>,
         body: Option<Value>,
     ) -> Reply {
+        let body = body.map(|b| ("application/json", b.to_string()));
+        self.send(method, path, auth, body).await
+    }
+
+    /// A request with a body of any content type.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: Option<(&str, String)>,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(a) = auth {
             req = if a.starts_with("hft_") {
@@ -60,9 +72,7 @@ impl Api {
             };
         }
         let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_string())),
+            Some((kind, b)) => req.header(header::CONTENT_TYPE, kind).body(Body::from(b)),
             None => req.body(Body::empty()),
         }
         .expect("request");
@@ -650,6 +660,38 @@ async fn targets_and_jobs_check_input_and_keep_secrets() {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(r.body["enabled"], false);
     assert_eq!(r.body["password"], "not set");
+
+    // The same as XML, and back.
+    let r = call("GET", format!("/api/v1/jobs/{job}/export?format=xml"), None).await;
+    assert_eq!(r.headers[header::CONTENT_TYPE], "application/xml");
+    let xml = r
+        .body
+        .as_str()
+        .expect("xml")
+        .replace("<name>nightly</name>", "<name>nightly xml</name>");
+    assert!(
+        xml.contains("<encryption>aes256</encryption>") && !xml.contains("image-pw-77"),
+        "{xml}"
+    );
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/jobs/import",
+            Some(&admin),
+            Some(("application/xml", xml)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["spec"]["encryption"], "aes256", "{}", r.body);
+    let r = api
+        .send(
+            "POST",
+            "/api/v1/jobs/import",
+            Some(&admin),
+            Some(("application/xml", "<report/>".into())),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
 
     // The agent is offline: the run ends at once, failed, saying why.
     let r = call("POST", format!("/api/v1/jobs/{job}/run"), None).await;

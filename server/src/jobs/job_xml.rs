@@ -1,0 +1,222 @@
+//! Job files as XML: the same document as the JSON export, one element per field. Strings
+//! are plain text; other values say their type (`type="number"`, `"bool"`, `"null"`,
+//! `"object"`, `"array"` with `<item>` children), so a file reads back to exactly what was
+//! written, and an admin can edit it by hand.
+
+use std::fmt::Write as _;
+
+use quick_xml::events::Event;
+use quick_xml::Reader;
+use serde_json::{Map, Value};
+
+/// Text safe inside an element or attribute.
+fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn element(out: &mut String, name: &str, v: &Value, depth: usize) {
+    let pad = "  ".repeat(depth);
+    match v {
+        Value::Null => {
+            let _ = writeln!(out, "{pad}<{name} type=\"null\"/>");
+        }
+        Value::Bool(b) => {
+            let _ = writeln!(out, "{pad}<{name} type=\"bool\">{b}</{name}>");
+        }
+        Value::Number(n) => {
+            let _ = writeln!(out, "{pad}<{name} type=\"number\">{n}</{name}>");
+        }
+        Value::String(s) => {
+            let _ = writeln!(out, "{pad}<{name}>{}</{name}>", esc(s));
+        }
+        Value::Array(items) => {
+            let _ = writeln!(out, "{pad}<{name} type=\"array\">");
+            for i in items {
+                element(out, "item", i, depth + 1);
+            }
+            let _ = writeln!(out, "{pad}</{name}>");
+        }
+        Value::Object(fields) => {
+            let _ = writeln!(out, "{pad}<{name} type=\"object\">");
+            for (k, v) in fields {
+                element(out, k, v, depth + 1);
+            }
+            let _ = writeln!(out, "{pad}</{name}>");
+        }
+    }
+}
+
+/// `v` (an object) as an XML document with root element `root`.
+pub fn to_xml(root: &str, v: &Value) -> String {
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    element(&mut out, root, v, 0);
+    out
+}
+
+/// One element being read: its name, type and what it holds so far.
+struct Open {
+    name: String,
+    kind: String,
+    text: String,
+    children: Vec<(String, Value)>,
+}
+
+impl Open {
+    fn finish(self) -> Result<Value, String> {
+        let text = self.text.trim();
+        let at = &self.name;
+        Ok(match self.kind.as_str() {
+            "" | "string" => Value::String(self.text),
+            "null" => Value::Null,
+            "bool" => Value::Bool(
+                text.parse()
+                    .map_err(|_| format!("<{at}>: '{text}' is not true or false"))?,
+            ),
+            "number" => Value::Number(
+                text.parse::<serde_json::Number>()
+                    .map_err(|_| format!("<{at}>: '{text}' is not a number"))?,
+            ),
+            "array" => Value::Array(self.children.into_iter().map(|(_, v)| v).collect()),
+            "object" => Value::Object(self.children.into_iter().collect::<Map<_, _>>()),
+            other => return Err(format!("<{at}>: unknown type '{other}'")),
+        })
+    }
+}
+
+/// Read a document written by [`to_xml`] (or by hand in its form) back to a value; the
+/// root element's name is checked.
+pub fn from_xml(root: &str, text: &str) -> Result<Value, String> {
+    let mut reader = Reader::from_str(text);
+    let mut stack: Vec<Open> = Vec::new();
+    let mut done: Option<Value> = None;
+    let open = |e: &quick_xml::events::BytesStart<'_>| -> Result<Open, String> {
+        let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+        let mut kind = String::new();
+        for a in e.attributes() {
+            let a = a.map_err(|err| format!("<{name}>: {err}"))?;
+            if a.key.as_ref() == b"type" {
+                kind = a
+                    .unescape_value()
+                    .map_err(|err| format!("<{name}>: {err}"))?
+                    .into_owned();
+            }
+        }
+        Ok(Open {
+            name,
+            kind,
+            text: String::new(),
+            children: Vec::new(),
+        })
+    };
+    let mut close = |stack: &mut Vec<Open>, node: Open| -> Result<(), String> {
+        let name = node.name.clone();
+        let value = node.finish()?;
+        match stack.last_mut() {
+            Some(parent) => parent.children.push((name, value)),
+            None => {
+                if name != root {
+                    return Err(format!("the document is a <{name}>, not a <{root}>"));
+                }
+                done = Some(value);
+            }
+        }
+        Ok(())
+    };
+    loop {
+        let pos = reader.buffer_position();
+        match reader.read_event() {
+            Err(e) => return Err(format!("not valid XML near byte {pos}: {e}")),
+            Ok(Event::Eof) => break,
+            Ok(Event::Start(e)) => {
+                let node = open(&e)?;
+                stack.push(node);
+            }
+            Ok(Event::Empty(e)) => {
+                let node = open(&e)?;
+                close(&mut stack, node)?;
+            }
+            Ok(Event::Text(t)) => {
+                if let Some(top) = stack.last_mut() {
+                    let s = t.decode().map_err(|e| format!("<{}>: {e}", top.name))?;
+                    top.text.push_str(&s);
+                }
+            }
+            // `&amp;`, `&#38;` and the like arrive on their own.
+            Ok(Event::GeneralRef(r)) => {
+                if let Some(top) = stack.last_mut() {
+                    let c = match r.resolve_char_ref() {
+                        Ok(Some(c)) => c,
+                        Ok(None) => match r.decode().as_deref() {
+                            Ok("amp") => '&',
+                            Ok("lt") => '<',
+                            Ok("gt") => '>',
+                            Ok("quot") => '"',
+                            Ok("apos") => '\'',
+                            _ => return Err(format!("<{}>: unknown entity", top.name)),
+                        },
+                        Err(e) => return Err(format!("<{}>: {e}", top.name)),
+                    };
+                    top.text.push(c);
+                }
+            }
+            Ok(Event::CData(t)) => {
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&String::from_utf8_lossy(&t));
+                }
+            }
+            Ok(Event::End(_)) => {
+                let node = stack.pop().ok_or("an element is closed twice")?;
+                close(&mut stack, node)?;
+            }
+            Ok(_) => {}
+        }
+    }
+    if let Some(open) = stack.last() {
+        return Err(format!("<{}> is not closed", open.name));
+    }
+    done.ok_or_else(|| format!("no <{root}> element"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_read_back_as_written() {
+        let v = serde_json::json!({
+            "name": "nightly <& \"x\">",
+            "enabled": true,
+            "spec": {"agents": [1, 2], "source": "/dev/sda", "encryption": null,
+                     "schedule": {"kind": "daily", "time": "03:00"}, "empty": "", "list": []},
+        });
+        let xml = to_xml("job", &v);
+        assert!(xml.contains("<source>/dev/sda</source>"), "{xml}");
+        assert_eq!(from_xml("job", &xml).expect("read"), v);
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        assert!(from_xml("job", "<report/>")
+            .expect_err("root")
+            .contains("<report>"));
+        assert!(from_xml("job", "<job><a type=\"number\">x</a></job>")
+            .expect_err("number")
+            .contains("not a number"));
+        assert!(from_xml("job", "<job><a>")
+            .expect_err("open")
+            .contains("not closed"));
+        assert!(from_xml("job", "<job><a type=\"weird\"/></job>")
+            .expect_err("type")
+            .contains("unknown type"));
+    }
+}
