@@ -7,7 +7,7 @@ use holdfast_proto::RunReport;
 use crate::store::jobs::RunRow;
 
 /// Text safe inside an element or attribute.
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
