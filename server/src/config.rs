@@ -44,6 +44,9 @@ pub struct Args {
     /// Seconds between agents' heartbeats (three missed ones mark an agent offline).
     #[arg(long, env = "HOLDFAST_HEARTBEAT_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat_seconds: u64,
+    /// Job runs an agent may have at once [default: 1; imaging saturates a machine's disks].
+    #[arg(long, env = "HOLDFAST_AGENT_CONCURRENCY", value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub agent_concurrency: Option<u64>,
 }
 
 /// The configuration file's keys.
@@ -57,6 +60,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     names: Option<Vec<String>>,
     local_agent: Option<bool>,
+    agent_concurrency: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -69,6 +73,8 @@ pub struct Config {
     pub names: Vec<String>,
     pub local_agent: bool,
     pub heartbeat_seconds: u64,
+    /// Job runs an agent may have at once.
+    pub agent_concurrency: usize,
 }
 
 impl Config {
@@ -113,6 +119,11 @@ impl Config {
             names,
             local_agent: args.local_agent || file.local_agent.unwrap_or(false),
             heartbeat_seconds: args.heartbeat_seconds,
+            agent_concurrency: match args.agent_concurrency.or(file.agent_concurrency) {
+                Some(n @ 1..=64) => n as usize,
+                Some(n) => bail!("agent_concurrency must be 1 to 64 (got {n})"),
+                None => crate::jobs::PER_AGENT,
+            },
         })
     }
 

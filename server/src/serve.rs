@@ -75,6 +75,7 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         ));
     }
     let mut state = AppState::new(store.clone(), identity.fingerprint.clone(), vault)?;
+    state.jobs.set_per_agent(config.agent_concurrency);
     state.heartbeat_seconds = config.heartbeat_seconds;
     let handle = axum_server::Handle::new();
     state.listener = Some(handle.clone());

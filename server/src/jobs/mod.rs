@@ -118,7 +118,7 @@ pub struct Dispatcher {
     pub gateway: Arc<Gateway>,
     pub vault: Arc<Vault>,
     /// Runs an agent may have at once.
-    pub per_agent: usize,
+    per_agent: std::sync::atomic::AtomicUsize,
     live: Mutex<HashMap<i64, LiveProgress>>,
     /// Sites and their agents, read at most once a second (a fleet-wide start prepares
     /// thousands of orders at once).
@@ -137,10 +137,21 @@ impl Dispatcher {
             store,
             gateway,
             vault,
-            per_agent: PER_AGENT,
+            per_agent: std::sync::atomic::AtomicUsize::new(PER_AGENT),
             live: Mutex::default(),
             sites: tokio::sync::Mutex::default(),
         }
+    }
+
+    /// Runs an agent may have at once.
+    pub fn per_agent(&self) -> usize {
+        self.per_agent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Set how many runs an agent may have at once (at least one).
+    pub fn set_per_agent(&self, n: usize) {
+        self.per_agent
+            .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Sites with their agents (cached for a second).
@@ -261,7 +272,7 @@ impl Dispatcher {
         if let Some(r) = open
             .iter()
             .filter(|r| r.state == "running")
-            .nth(self.per_agent.saturating_sub(1))
+            .nth(self.per_agent().saturating_sub(1))
         {
             return Err(DispatchError::Busy(agent_id, r.id));
         }

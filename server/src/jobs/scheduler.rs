@@ -133,7 +133,7 @@ pub async fn once(
         }
         if !jobs.gateway.is_online(run.agent_id)
             || busy.contains(&(run.job_id, run.agent_id))
-            || per_agent.get(&run.agent_id).copied().unwrap_or(0) >= jobs.per_agent
+            || per_agent.get(&run.agent_id).copied().unwrap_or(0) >= jobs.per_agent()
         {
             continue;
         }

@@ -451,3 +451,47 @@ async fn stale_agents_are_alerted_once_and_the_digest_goes_out_once_a_day() {
         .expect("check");
     assert_eq!(outbox("digest").await.len(), 2);
 }
+
+#[tokio::test]
+async fn an_agent_gets_no_more_runs_at_once_than_its_limit() {
+    let Setup {
+        _dir,
+        store,
+        gateway,
+        jobs,
+        a,
+        target,
+        ..
+    } = Setup::new().await;
+    let spec = serde_json::json!({
+        "agents": [a], "source": "/dev/vdb", "target_id": target.id,
+        "schedule": {"kind": "daily", "time": "03:00"},
+    });
+    for name in ["system disk", "data disk"] {
+        store
+            .create_job(name, true, &spec.to_string())
+            .await
+            .expect("job");
+    }
+    let alpha = SimAgent::connect(&gateway, a);
+    scheduler::once(
+        &jobs,
+        at("2026-11-22T02:59:00Z"),
+        at("2026-11-22T03:00:05Z"),
+    )
+    .await
+    .expect("tick");
+    alpha.wait_orders(1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(alpha.orders().len(), 1, "the default limit is one run");
+    jobs.set_per_agent(2);
+    scheduler::once(
+        &jobs,
+        at("2026-11-22T03:00:05Z"),
+        at("2026-11-22T03:00:10Z"),
+    )
+    .await
+    .expect("tick");
+    alpha.wait_orders(2).await;
+    alpha.task.abort();
+}
