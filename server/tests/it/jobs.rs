@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::fixtures::{SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
+use crate::fixtures::{Smbd, SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
 use crate::fleet::{agent_bin, enroll, wait_for, wait_secs, Api};
 use crate::proc::{curl, free_port, printed_secrets, start};
 use crate::util::{
@@ -917,4 +917,95 @@ fn after_the_job_the_machine_is_asked_to_restart() {
         args.starts_with("-r +1 Holdfast: job 'then restart' finished"),
         "{args}"
     );
+}
+
+#[test]
+fn a_chain_job_writes_to_an_smb_share_and_restores_from_it() {
+    if agent_bin().is_none() || !require_devices("job_smb") {
+        return;
+    }
+    let Some(smbd) = Smbd::start("job_smb") else {
+        return;
+    };
+    let t = tempdir();
+    let work = t.path();
+    let fleet = Fleet::start(work);
+    let api = &fleet.api;
+    let vol = work.join("vol.img");
+    sparse_file(&vol, 48 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    let mut states = vec![edit_files(lo.path(), "ext4", work, |d| {
+        write_files(d, 0, 10);
+        std::fs::write(d.join("noise.bin"), noise(8 << 20, 4)).expect("noise");
+    })];
+    let target = api.call(
+        "POST",
+        "/api/v1/targets",
+        Some(
+            &json!({
+                "name": "nas share",
+                "url": format!("smb://127.0.0.1:{}/backup", smbd.port),
+                "username": USER,
+                "password": PASSWORD,
+            })
+            .to_string(),
+        ),
+    );
+    let target_id = target["id"].as_i64().unwrap_or_else(|| panic!("{target}"));
+    let tested = api.call(
+        "POST",
+        &format!("/api/v1/targets/{target_id}/test"),
+        Some(&json!({"agent_id": fleet.agent_id}).to_string()),
+    );
+    assert_eq!(tested["ok"], true, "{tested}");
+    let job = api.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &json!({"name": "to the share", "spec": {
+                "agents": [fleet.agent_id],
+                "source": lo.path(),
+                "target_id": target_id,
+                "folder": "$TEMPL:(ComputerName)",
+                "name_template": "s-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi",
+                "method": "incremental_chain",
+                "encryption": "aes128",
+                "verify": true,
+            }, "password": IMAGE_PASSWORD})
+            .to_string(),
+        ),
+    );
+    let job_id = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+    let (r1, _) = fleet.finish(fleet.run(job_id));
+    assert_eq!(r1["status"], "successful", "{r1}");
+    states.push(edit_files(lo.path(), "ext4", work, |d| {
+        write_files(d, 1, 4)
+    }));
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a new name (seconds)
+    let (r2, _) = fleet.finish(fleet.run(job_id));
+    assert_eq!(r2["status"], "successful", "{r2}");
+    assert_eq!(r2["images"][0]["method"], "incremental", "{r2}");
+    let name2 = r2["images"][0]["name"].as_str().expect("name").to_owned();
+    assert!(smbd.data.join(&name2).exists(), "{name2} not on the share");
+
+    let creds = work.join("creds");
+    std::fs::write(&creds, format!("user = {USER}\npassword = {PASSWORD}\n")).expect("creds");
+    let pw = work.join("pw");
+    std::fs::write(&pw, format!("{IMAGE_PASSWORD}\n")).expect("pw");
+    let restored = work.join("restored.img");
+    sparse_file(&restored, 48 << 20);
+    let rl = Loop::new(&restored);
+    image_ok(&[
+        "restore",
+        "--image",
+        &format!("smb://{USER}@127.0.0.1:{}/backup/{name2}", smbd.port),
+        "--target",
+        rl.path(),
+        "--password-file",
+        pw.to_str().expect("path"),
+        "--credentials-file",
+        creds.to_str().expect("path"),
+    ]);
+    assert_eq!(read_files(rl.path(), "ext4", work), states[1]);
 }
