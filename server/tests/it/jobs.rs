@@ -372,36 +372,18 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
     assert_eq!(images["items"][0]["target_id"], target_id, "{images}");
 
     // The increment restores to the second state, straight from the SFTP server.
-    let creds = work.join("creds");
-    std::fs::write(
-        &creds,
-        format!(
-            "user = {USER}\npassword = {PASSWORD}\nknown_hosts = {}\n",
-            work.join("known_hosts").display()
-        ),
-    )
-    .expect("creds");
-    let pw = work.join("pw");
-    std::fs::write(&pw, format!("{IMAGE_PASSWORD}\n")).expect("pw");
-    let restored = work.join("restored.img");
-    sparse_file(&restored, 96 << 20);
-    let rl = Loop::new(&restored);
-    image_ok(&[
-        "restore",
-        "--image",
+    let known = format!("known_hosts = {}\n", work.join("known_hosts").display());
+    restores_to(
         &format!(
             "sftp://{USER}@127.0.0.1:{}{}/{name2}",
             sshd.port,
             sshd.data.display()
         ),
-        "--target",
-        rl.path(),
-        "--password-file",
-        pw.to_str().expect("path"),
-        "--credentials-file",
-        creds.to_str().expect("path"),
-    ]);
-    assert_eq!(read_files(rl.path(), "ext4", work), states[1]);
+        &known,
+        work,
+        96 << 20,
+        &states[1],
+    );
 
     // No secret in any response, the server's log or the agent's log.
     for text in [
@@ -413,6 +395,45 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
     ] {
         assert!(!text.contains(PASSWORD) && !text.contains(IMAGE_PASSWORD));
     }
+}
+
+/// Restore `image` (a target URL; the test user's credentials plus `more_creds` lines)
+/// with the agent's command line onto a fresh loop device of `size`, and check its files
+/// are `want`.
+fn restores_to(
+    image: &str,
+    more_creds: &str,
+    work: &Path,
+    size: u64,
+    want: &std::collections::BTreeMap<String, String>,
+) {
+    let creds = work.join("creds");
+    std::fs::write(
+        &creds,
+        format!("user = {USER}\npassword = {PASSWORD}\n{more_creds}"),
+    )
+    .expect("creds");
+    let pw = work.join("pw");
+    std::fs::write(&pw, format!("{IMAGE_PASSWORD}\n")).expect("pw");
+    let restored = work.join("restored.img");
+    sparse_file(&restored, size);
+    let rl = Loop::new(&restored);
+    image_ok(&[
+        "restore",
+        "--image",
+        image,
+        "--target",
+        rl.path(),
+        "--password-file",
+        pw.to_str().expect("path"),
+        "--credentials-file",
+        creds.to_str().expect("path"),
+    ]);
+    assert_eq!(
+        &read_files(rl.path(), "ext4", work),
+        want,
+        "restored from {image}"
+    );
 }
 
 /// Files under `dir` (relative paths), hidden temporaries included.
@@ -989,23 +1010,11 @@ fn a_chain_job_writes_to_an_smb_share_and_restores_from_it() {
     let name2 = r2["images"][0]["name"].as_str().expect("name").to_owned();
     assert!(smbd.data.join(&name2).exists(), "{name2} not on the share");
 
-    let creds = work.join("creds");
-    std::fs::write(&creds, format!("user = {USER}\npassword = {PASSWORD}\n")).expect("creds");
-    let pw = work.join("pw");
-    std::fs::write(&pw, format!("{IMAGE_PASSWORD}\n")).expect("pw");
-    let restored = work.join("restored.img");
-    sparse_file(&restored, 48 << 20);
-    let rl = Loop::new(&restored);
-    image_ok(&[
-        "restore",
-        "--image",
+    restores_to(
         &format!("smb://{USER}@127.0.0.1:{}/backup/{name2}", smbd.port),
-        "--target",
-        rl.path(),
-        "--password-file",
-        pw.to_str().expect("path"),
-        "--credentials-file",
-        creds.to_str().expect("path"),
-    ]);
-    assert_eq!(read_files(rl.path(), "ext4", work), states[1]);
+        "",
+        work,
+        48 << 20,
+        &states[1],
+    );
 }
