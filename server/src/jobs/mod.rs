@@ -688,9 +688,10 @@ impl Dispatcher {
                         tracing::error!(run = run.id, error = %e, "cannot record deleted images");
                     }
                     if let Some(job_id) = run.job_id {
+                        // The target as the job runs: its own, or its site's.
                         if let Ok(Some(job)) = self.store.job(job_id).await {
-                            if let Some(t) = job.target_id() {
-                                let _ = self.store.set_images_target(run.id, t).await;
+                            if let Ok(spec) = self.spec_of(&job).await {
+                                let _ = self.store.set_images_target(run.id, spec.target()).await;
                             }
                         }
                     }

@@ -417,3 +417,189 @@ fn a_job_outlives_a_cut_link_and_reports_once_back() {
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
 }
+
+/// Enrol and start an agent in namespace `ns`, with its own host name (its own UTS
+/// namespace), configuration `cfg` and log `log`.
+fn agent_in(
+    net: &Net,
+    ns: &str,
+    agent_bin: &Path,
+    enroll: &[&str],
+    cfg: &Path,
+    log: &Path,
+) -> Kill {
+    let host = format!("agent-{ns}");
+    let wrap = |args: &str| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &net.ns(ns), "unshare", "--uts", "sh", "-c"])
+            .arg(format!(
+                "hostname {host} && exec {} {args}",
+                agent_bin.display()
+            ));
+        c
+    };
+    let out = wrap(&format!(
+        "enroll {} --config {}",
+        enroll.join(" "),
+        cfg.display()
+    ))
+    .output()
+    .expect("enroll");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Kill(
+        wrap(&format!("run --config {}", cfg.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(log).expect("log")))
+            .spawn()
+            .expect("run"),
+    )
+}
+
+/// A site's scheduled chain job on two agents, each in its own network namespace (and
+/// host name), writing to an SFTP server reachable only inside the test network.
+#[test]
+fn a_site_schedule_runs_a_chain_on_two_agents_to_sftp_in_the_test_network() {
+    let Some((server_bin, agent_bin)) = binaries() else {
+        return;
+    };
+    if !crate::util::require_devices("site_schedule_netns") {
+        return;
+    }
+    let tag = format!("{}", (std::process::id() + 2500) % 10000);
+    let Some(net) = Net::up(&tag) else {
+        return unavailable("cannot create network namespaces (needs root and iproute2)");
+    };
+    let Some(sshd) =
+        crate::fixtures::Sshd::start_in_netns("site_schedule_netns", &net.ns("srv"), SERVER_IP)
+    else {
+        return;
+    };
+    let t = crate::util::tempdir();
+    let d = t.path();
+    let port = 17000 + (std::process::id() % 1000) as u16;
+    let _server = start_server(&net, &server_bin, d, port);
+    let ns_api = NsApi::new(&net, d, port);
+    let api = |method: &str, path: &str, body: Option<&str>| ns_api.call(method, path, body);
+    ns_api.login();
+    let fingerprint = api("GET", "/api/v1/info", None)["certificate_fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned();
+    let token = api("POST", "/api/v1/enrollment-tokens", Some("{\"uses\":2}"))["secret"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let server_url = format!("https://{SERVER_IP}:{port}");
+    let enroll = [
+        "--server",
+        server_url.as_str(),
+        "--token",
+        token.as_str(),
+        "--fingerprint",
+        fingerprint.as_str(),
+    ];
+    let _agents: Vec<Kill> = ["a1", "a2"]
+        .iter()
+        .map(|a| {
+            agent_in(
+                &net,
+                a,
+                &agent_bin,
+                &enroll,
+                &d.join(format!("{a}.json")),
+                &d.join(format!("{a}.log")),
+            )
+        })
+        .collect();
+    wait_for("both agents online", 30, || {
+        let list = api("GET", "/api/v1/agents", None);
+        list["items"]
+            .as_array()
+            .is_some_and(|a| a.len() == 2 && a.iter().all(|x| x["status"] == "online"))
+    });
+
+    let vol = d.join("vol.img");
+    crate::util::sparse_file(&vol, 32 << 20);
+    let lo = crate::util::Loop::new(&vol);
+    crate::util::mkfs(lo.path(), "ext4");
+    crate::util::edit_files(lo.path(), "ext4", d, |m| crate::util::write_files(m, 0, 5));
+    let target = api(
+        "POST",
+        "/api/v1/targets",
+        Some(
+            &serde_json::json!({
+                "name": "sftp in the lab",
+                "url": format!("sftp://{SERVER_IP}:{}{}", sshd.port, sshd.data.display()),
+                "username": crate::fixtures::USER,
+                "password": crate::fixtures::PASSWORD,
+            })
+            .to_string(),
+        ),
+    );
+    // The site brings the target and the schedule; the job only says what and how.
+    let site = api(
+        "POST",
+        "/api/v1/sites",
+        Some(
+            &serde_json::json!({"name": "lab", "defaults": {
+                "target_id": target["id"],
+                "folder": "$TEMPL:(ComputerName)",
+                "schedule": {"kind": "cron", "expression": "*/4 * * * * *", "time_frame_minutes": 1},
+            }})
+            .to_string(),
+        ),
+    );
+    for id in [1, 2] {
+        api(
+            "PUT",
+            &format!("/api/v1/agents/{id}/site"),
+            Some(&serde_json::json!({"site_id": site["id"]}).to_string()),
+        );
+    }
+    let job = api(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &serde_json::json!({"name": "lab nightly", "spec": {
+                "site_id": site["id"], "source": lo.path(), "method": "incremental_chain",
+                "name_template": "v-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi",
+            }})
+            .to_string(),
+        ),
+    );
+    let job_id = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+    let done = |agent: i64| -> Vec<Value> {
+        let list = api(
+            "GET",
+            &format!("/api/v1/reports?job_id={job_id}&agent_id={agent}&status=successful"),
+            None,
+        );
+        let mut items = list["items"].as_array().cloned().unwrap_or_default();
+        items.reverse();
+        items
+    };
+    wait_for("three scheduled runs on each agent", 120, || {
+        done(1).len() >= 3 && done(2).len() >= 3
+    });
+    for agent in [1, 2] {
+        let runs = done(agent);
+        let mut methods = Vec::new();
+        for r in &runs[..3] {
+            assert_eq!(r["cause"], "schedule", "{r}");
+            let rep = api("GET", &format!("/api/v1/reports/{}", r["id"]), None);
+            let name = rep["images"][0]["name"].as_str().expect("name").to_owned();
+            assert!(name.starts_with(&format!("agent-a{agent}/v-")), "{name}");
+            assert!(sshd.data.join(&name).exists(), "{name} not on the server");
+            methods.push(rep["images"][0]["method"].as_str().unwrap_or("").to_owned());
+        }
+        assert_eq!(
+            methods,
+            ["full", "incremental", "incremental"],
+            "agent {agent}"
+        );
+    }
+}

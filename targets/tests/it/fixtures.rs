@@ -113,6 +113,41 @@ fn test_ca(test: &str, d: &Path) -> bool {
     ok
 }
 
+/// [`listening`] for a server in network namespace `ns` on `addr` (checked from inside).
+fn listening_in(
+    test: &str,
+    what: &str,
+    cmd: &mut Command,
+    ns: &str,
+    addr: &str,
+    port: u16,
+) -> Option<Child> {
+    let mut child = match cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            unavailable(test, &format!("{what} does not start: {e}"));
+            return None;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if run(Command::new("ip").args([
+            "netns",
+            "exec",
+            ns,
+            "bash",
+            "-c",
+            &format!("exec 3<>/dev/tcp/{addr}/{port}"),
+        ])) {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    kill_tree(&mut child);
+    unavailable(test, &format!("{what} did not listen in {ns}"));
+    None
+}
+
 /// What every server fixture needs: its binary (else skip), the test user, and a private
 /// folder (readable by the server's processes) with a `data` folder the user owns.
 fn server_dir(
@@ -152,12 +187,23 @@ pub struct Sshd {
     pub data: PathBuf,
     /// The client's private key (authorised for the test user).
     pub client_key: PathBuf,
+    /// A network namespace and address to serve on instead of the loopback.
+    netns: Option<(String, String)>,
     child: Option<Child>,
 }
 
 impl Sshd {
     /// Start one; `None` when sshd or the user cannot be had.
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_at(test, None)
+    }
+
+    /// Start one in network namespace `ns`, serving on `addr` there.
+    pub fn start_in_netns(test: &str, ns: &str, addr: &str) -> Option<Self> {
+        Self::start_at(test, Some((ns.to_owned(), addr.to_owned())))
+    }
+
+    fn start_at(test: &str, netns: Option<(String, String)>) -> Option<Self> {
         let (dir, data) = server_dir(test, "/usr/sbin/sshd", "openssh-server", "holdfast-sshd-")?;
         let d = dir.path().to_owned();
         let d = d.as_path();
@@ -183,6 +229,7 @@ impl Sshd {
             port,
             data,
             client_key: d.join("client_ed25519"),
+            netns,
             child: None,
         };
         if !s.spawn(test) {
@@ -193,8 +240,9 @@ impl Sshd {
 
     fn spawn(&mut self, test: &str) -> bool {
         let d = self.dir.path();
+        let listen = self.netns.as_ref().map_or("127.0.0.1", |(_, a)| a.as_str());
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
+            "Port {port}\nListenAddress {listen}\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
              UsePAM no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              AuthorizedKeysFile {d}/authorized_keys/%u\nStrictModes no\nPermitRootLogin no\nAllowUsers {USER}\n\
              Subsystem sftp internal-sftp\n",
@@ -204,14 +252,19 @@ impl Sshd {
         if std::fs::write(d.join("sshd_config"), config).is_err() {
             return false;
         }
-        self.child = listening(
-            test,
-            "sshd",
-            Command::new("/usr/sbin/sshd")
-                .args(["-D", "-e", "-f"])
-                .arg(d.join("sshd_config")),
-            self.port,
-        );
+        let mut cmd = match &self.netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "/usr/sbin/sshd"]);
+                c
+            }
+            None => Command::new("/usr/sbin/sshd"),
+        };
+        cmd.args(["-D", "-e", "-f"]).arg(d.join("sshd_config"));
+        self.child = match &self.netns {
+            None => listening(test, "sshd", &mut cmd, self.port),
+            Some((ns, addr)) => listening_in(test, "sshd", &mut cmd, ns, addr, self.port),
+        };
         self.child.is_some()
     }
 
