@@ -167,6 +167,20 @@ impl NsApi {
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
     }
 
+    /// The certificate fingerprint agents pin, and an enrolment token for `uses` agents.
+    fn enrolment(&self, uses: u32) -> (String, String) {
+        let fingerprint = self.call("GET", "/api/v1/info", None)["certificate_fingerprint"]
+            .as_str()
+            .expect("fingerprint")
+            .to_owned();
+        let body = format!("{{\"uses\":{uses}}}");
+        let token = self.call("POST", "/api/v1/enrollment-tokens", Some(&body))["secret"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        (fingerprint, token)
+    }
+
     /// Wait for the server and log in as admin.
     fn login(&self) {
         wait_for("the server", 20, || {
@@ -197,15 +211,7 @@ fn two_agents_in_namespaces_go_offline_and_come_back() {
     let ns_api = NsApi::new(&net, d, port);
     let api = |method: &str, path: &str, body: Option<&str>| ns_api.call(method, path, body);
     ns_api.login();
-    let info = api("GET", "/api/v1/info", None);
-    let fingerprint = info["certificate_fingerprint"]
-        .as_str()
-        .expect("fingerprint")
-        .to_owned();
-    let token = api("POST", "/api/v1/enrollment-tokens", Some("{\"uses\":2}"))["secret"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let (fingerprint, token) = ns_api.enrolment(2);
     let server_url = format!("https://{SERVER_IP}:{port}");
 
     // A wrong fingerprint is refused by the agent.
@@ -313,14 +319,7 @@ fn a_job_outlives_a_cut_link_and_reports_once_back() {
     let ns_api = NsApi::new(&net, d, port);
     let api = |method: &str, path: &str, body: Option<&str>| ns_api.call(method, path, body);
     ns_api.login();
-    let fingerprint = api("GET", "/api/v1/info", None)["certificate_fingerprint"]
-        .as_str()
-        .expect("fingerprint")
-        .to_owned();
-    let token = api("POST", "/api/v1/enrollment-tokens", Some("{}"))["secret"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let (fingerprint, token) = ns_api.enrolment(1);
     let cfg = d.join("a1.json");
     let out = in_ns(&net.ns("a1"), &agent_bin)
         .args(["enroll", "--server", &format!("https://{SERVER_IP}:{port}")])
@@ -485,14 +484,7 @@ fn a_site_schedule_runs_a_chain_on_two_agents_to_sftp_in_the_test_network() {
     let ns_api = NsApi::new(&net, d, port);
     let api = |method: &str, path: &str, body: Option<&str>| ns_api.call(method, path, body);
     ns_api.login();
-    let fingerprint = api("GET", "/api/v1/info", None)["certificate_fingerprint"]
-        .as_str()
-        .expect("fingerprint")
-        .to_owned();
-    let token = api("POST", "/api/v1/enrollment-tokens", Some("{\"uses\":2}"))["secret"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let (fingerprint, token) = ns_api.enrolment(2);
     let server_url = format!("https://{SERVER_IP}:{port}");
     let enroll = [
         "--server",
