@@ -502,7 +502,27 @@ impl SmbTarget {
             let _ = file.set_info(FileDispositionInformation::default()).await;
         }
         let _ = file.close().await;
+        if done.is_err() && self.exists(&s, temp.as_str()).await.unwrap_or(false) {
+            // The mark can be lost when writes were still in flight as the upload failed
+            // (a full share): delete the temporary file by name.
+            let _ = self.remove(&s, temp.as_str()).await;
+        }
         done
+    }
+
+    /// Delete the file `rel` (opened for deletion, marked, closed).
+    async fn remove(&self, s: &Session, rel: &str) -> Result<(), TargetError> {
+        let args = FileCreateArgs::make_open_existing(
+            FileAccessMask::new()
+                .with_delete(true)
+                .with_file_read_attributes(true),
+        );
+        let file = self.open_file(s, rel, &args, "delete").await?;
+        let marked = file.set_info(FileDispositionInformation::default()).await;
+        let closed = file.close().await;
+        marked
+            .and(closed)
+            .map_err(|e| self.classify("delete", rel, e))
     }
 
     async fn range(
@@ -750,20 +770,8 @@ impl Target for SmbTarget {
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), TargetError> {
-        self.with_session(move |s| async move {
-            let args = FileCreateArgs::make_open_existing(
-                FileAccessMask::new()
-                    .with_delete(true)
-                    .with_file_read_attributes(true),
-            );
-            let file = self.open_file(&s, key.as_str(), &args, "delete").await?;
-            let marked = file.set_info(FileDispositionInformation::default()).await;
-            let closed = file.close().await;
-            marked
-                .and(closed)
-                .map_err(|e| self.classify("delete", key.as_str(), e))
-        })
-        .await
+        self.with_session(move |s| async move { self.remove(&s, key.as_str()).await })
+            .await
     }
 
     async fn mkdirs(&self, dir: &ObjectKey) -> Result<(), TargetError> {
