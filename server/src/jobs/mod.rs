@@ -607,7 +607,7 @@ impl Dispatcher {
 
     /// A run ended: mail its report if its job asks for that.
     async fn ended(&self, run_id: i64) {
-        if let Err(e) = notify::run_ended(&self.store, run_id).await {
+        if let Err(e) = notify::run_ended(self, run_id).await {
             tracing::error!(run = run_id, error = %e, "cannot queue the report mail");
         }
     }

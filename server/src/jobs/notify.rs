@@ -4,10 +4,9 @@
 use holdfast_proto::RunReport;
 
 use super::report_xml::time;
-use super::spec::JobSpec;
 use crate::mail::{SmtpSettings, SMTP_KEY};
 use crate::store::jobs::RunRow;
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 
 /// Bytes in binary units.
 fn size(n: i64) -> String {
@@ -64,7 +63,8 @@ pub fn body(run: &RunRow, computer: &str, report: Option<&RunReport>, text: &str
 }
 
 /// Put the report mail of run `run_id` in the outbox when its job's rule asks for it.
-pub async fn run_ended(store: &Store, run_id: i64) -> Result<(), StoreError> {
+pub async fn run_ended(jobs: &super::Dispatcher, run_id: i64) -> Result<(), StoreError> {
+    let store = &jobs.store;
     let Some(run) = store.run(run_id).await? else {
         return Ok(());
     };
@@ -74,11 +74,11 @@ pub async fn run_ended(store: &Store, run_id: i64) -> Result<(), StoreError> {
     }) else {
         return Ok(());
     };
-    let Ok(spec) = serde_json::from_str::<JobSpec>(&job.spec) else {
+    // A site's notification rule applies when the job has none (sites read from the
+    // dispatcher's cache: many runs can end at once).
+    let Ok(spec) = jobs.spec_of(&job).await else {
         return Ok(());
     };
-    // A site's notification rule applies when the job has none.
-    let spec = spec.resolve(&store.site_book().await?).unwrap_or(spec);
     let Some(rule) = spec.notify.filter(|n| n.when.matches(&run.state)) else {
         return Ok(());
     };

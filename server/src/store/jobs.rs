@@ -315,14 +315,7 @@ impl Store {
     /// Take queued run `id` for dispatch (queued → running); false when another caller
     /// took it first or it ended.
     pub async fn claim_run(&self, id: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE runs SET state = 'running', started_at = $1 WHERE id = $2 AND state = 'queued'",
-        )
-        .bind(now())
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(!self.claim_runs(&[id]).await?.is_empty())
     }
 
     /// Take queued runs `ids` for dispatch in a few statements; the ids taken.
