@@ -50,7 +50,7 @@ impl Net {
         ok.then_some(net)
     }
 
-    /// Cut or restore agent `i`'s link (its port on the bridge).
+    /// Cut or restore bridge port `i`: 1 the server's, 2 agent 1's, 3 agent 2's.
     fn link(&self, i: u32, up: bool) {
         assert!(sh(&format!(
             "ip -n {} link set p{i} {}",
@@ -458,23 +458,63 @@ fn agent_in(
     )
 }
 
-/// A site's scheduled chain job on two agents, each in its own network namespace (and
-/// host name), writing to an SFTP server reachable only inside the test network.
+/// Start times for a cron schedule: four starts `gap` seconds apart, all in one minute (the
+/// next one when this one has too little left), as one cron expression in UTC that fires
+/// only then this year.
+fn four_starts(gap: u32) -> (String, Vec<chrono::DateTime<chrono::Utc>>) {
+    use chrono::{Datelike as _, DurationRound as _, Timelike as _};
+    let mut first = chrono::Utc::now() + chrono::Duration::seconds(12);
+    if first.second() + 3 * gap > 59 {
+        first = first
+            .duration_trunc(chrono::Duration::minutes(1))
+            .expect("minute")
+            + chrono::Duration::seconds(62);
+    }
+    let starts: Vec<_> = (0..4)
+        .map(|i| first + chrono::Duration::seconds(i64::from(i * gap)))
+        .collect();
+    let seconds: Vec<String> = starts.iter().map(|t| t.second().to_string()).collect();
+    let expr = format!(
+        "{} {} {} {} {} *",
+        seconds.join(","),
+        first.minute(),
+        first.hour(),
+        first.day(),
+        first.month()
+    );
+    (expr, starts)
+}
+
+/// The whole product in one piece. A server, two agents each in its own network namespace
+/// and host name, and an SFTP server, a Samba share and an SMTP sink reachable only inside
+/// the test network. Two sites bring a target, a schedule and a mail rule each; each site's
+/// incremental-chain job (chains of two, keep the newest chain) images its agent's loop
+/// device at four scheduled starts. The job's before-command changes the file system each
+/// time. Every change is captured, retention deletes only the old chain, each run mails its
+/// report, and the last image restores to the last state.
 #[test]
-fn a_site_schedule_runs_a_chain_on_two_agents_to_sftp_in_the_test_network() {
+fn scheduled_chains_on_two_agents_go_to_sftp_and_smb_with_retention_and_mail() {
+    use crate::fixtures::{Smbd, SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
+    use crate::util::{edit_files, mkfs, noise, read_files, sparse_file, write_files, Loop};
+    use serde_json::json;
+    const TEST: &str = "e2e_netns";
+    const IMAGE_PASSWORD: &str = "office image password";
     let Some((server_bin, agent_bin)) = binaries() else {
         return;
     };
-    if !crate::util::require_devices("site_schedule_netns") {
+    if !crate::util::require_devices(TEST) {
         return;
     }
     let tag = format!("{}", (std::process::id() + 2500) % 10000);
     let Some(net) = Net::up(&tag) else {
         return unavailable("cannot create network namespaces (needs root and iproute2)");
     };
-    let Some(sshd) =
-        crate::fixtures::Sshd::start_in_netns("site_schedule_netns", &net.ns("srv"), SERVER_IP)
-    else {
+    let srv = net.ns("srv");
+    let (Some(sshd), Some(smbd), Some(sink)) = (
+        Sshd::start_in_netns(TEST, &srv, SERVER_IP),
+        Smbd::start_in_netns(TEST, &srv, SERVER_IP),
+        SmtpSink::start_in_netns(TEST, &srv),
+    ) else {
         return;
     };
     let t = crate::util::tempdir();
@@ -482,7 +522,10 @@ fn a_site_schedule_runs_a_chain_on_two_agents_to_sftp_in_the_test_network() {
     let port = 17000 + (std::process::id() % 1000) as u16;
     let _server = start_server(&net, &server_bin, d, port);
     let ns_api = NsApi::new(&net, d, port);
-    let api = |method: &str, path: &str, body: Option<&str>| ns_api.call(method, path, body);
+    let api = |method: &str, path: &str, body: Value| {
+        let body = (!body.is_null()).then(|| body.to_string());
+        ns_api.call(method, path, body.as_deref())
+    };
     ns_api.login();
     let (fingerprint, token) = ns_api.enrolment(2);
     let server_url = format!("https://{SERVER_IP}:{port}");
@@ -508,90 +551,274 @@ fn a_site_schedule_runs_a_chain_on_two_agents_to_sftp_in_the_test_network() {
         })
         .collect();
     wait_for("both agents online", 30, || {
-        let list = api("GET", "/api/v1/agents", None);
+        let list = api("GET", "/api/v1/agents", Value::Null);
         list["items"]
             .as_array()
             .is_some_and(|a| a.len() == 2 && a.iter().all(|x| x["status"] == "online"))
     });
+    let r = api(
+        "PUT",
+        "/api/v1/settings/smtp",
+        json!({"settings": {
+            "server": "localhost", "port": sink.port, "tls": "starttls", "username": SMTP_USER,
+            "sender": "Holdfast <holdfast@example.test>",
+            "ca_pem": std::fs::read_to_string(&sink.ca).expect("ca"),
+        }, "password": SMTP_PASSWORD}),
+    );
+    assert_eq!(r["password"], "set", "{r}");
 
-    let vol = d.join("vol.img");
-    crate::util::sparse_file(&vol, 32 << 20);
-    let lo = crate::util::Loop::new(&vol);
-    crate::util::mkfs(lo.path(), "ext4");
-    crate::util::edit_files(lo.path(), "ext4", d, |m| crate::util::write_files(m, 0, 5));
-    let target = api(
+    // Agent 1 ("lab") goes to SFTP, agent 2 ("office") to the share, encrypted.
+    let sftp = api(
         "POST",
         "/api/v1/targets",
-        Some(
-            &serde_json::json!({
-                "name": "sftp in the lab",
-                "url": format!("sftp://{SERVER_IP}:{}{}", sshd.port, sshd.data.display()),
-                "username": crate::fixtures::USER,
-                "password": crate::fixtures::PASSWORD,
-            })
-            .to_string(),
-        ),
+        json!({"name": "sftp in the lab", "username": USER, "password": PASSWORD,
+            "url": format!("sftp://{SERVER_IP}:{}{}", sshd.port, sshd.data.display())}),
     );
-    // The site brings the target and the schedule; the job only says what and how.
-    let site = api(
+    let smb = api(
         "POST",
-        "/api/v1/sites",
-        Some(
-            &serde_json::json!({"name": "lab", "defaults": {
+        "/api/v1/targets",
+        json!({"name": "office share", "username": USER, "password": PASSWORD,
+            "url": format!("smb://{SERVER_IP}:{}/backup", smbd.port)}),
+    );
+    for (target, agent) in [(&sftp, 1), (&smb, 2)] {
+        let tested = api(
+            "POST",
+            &format!("/api/v1/targets/{}/test", target["id"]),
+            json!({"agent_id": agent}),
+        );
+        assert_eq!(tested["ok"], true, "{tested}");
+    }
+    let (expression, starts) = four_starts(8);
+    let mut vols = Vec::new();
+    let mut jobs = Vec::new();
+    let mut sites = Vec::new();
+    for (agent, site, target) in [(1, "lab", &sftp), (2, "office", &smb)] {
+        let vol = d.join(format!("{site}.img"));
+        sparse_file(&vol, 32 << 20);
+        let lo = Loop::new(&vol);
+        mkfs(lo.path(), "ext4");
+        edit_files(lo.path(), "ext4", d, |m| {
+            write_files(m, 0, 5);
+            std::fs::write(m.join("noise.bin"), noise(4 << 20, agent)).expect("noise");
+        });
+        let site_row = api(
+            "POST",
+            "/api/v1/sites",
+            json!({"name": site, "defaults": {
                 "target_id": target["id"],
                 "folder": "$TEMPL:(ComputerName)",
-                "schedule": {"kind": "cron", "expression": "*/4 * * * * *", "time_frame_minutes": 1},
-            }})
-            .to_string(),
-        ),
-    );
-    for id in [1, 2] {
+                "schedule": {"kind": "cron", "expression": expression, "timezone": "UTC", "time_frame_minutes": 1},
+                "notify": {"when": "always", "recipients": [format!("{site}-ops@example.test")]},
+            }}),
+        );
         api(
             "PUT",
-            &format!("/api/v1/agents/{id}/site"),
-            Some(&serde_json::json!({"site_id": site["id"]}).to_string()),
+            &format!("/api/v1/agents/{agent}/site"),
+            json!({"site_id": site_row["id"]}),
         );
+        // Before each run: a new file of fresh random bytes on the volume.
+        let change = format!(
+            "m=$(mktemp -d) && mount {dev} $m && n=$(ls $m | grep -c '^change-'); \
+             head -c 300000 /dev/urandom > $m/change-$n && umount $m && rmdir $m",
+            dev = lo.path()
+        );
+        let mut spec = json!({
+            "site_id": site_row["id"], "source": lo.path(), "method": "incremental_chain",
+            "chain_length": 2, "retention": {"keep_last": 1},
+            "name_template": "v-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi",
+            "before": {"command": change, "abort_on_failure": true},
+        });
+        let mut body = json!({"name": format!("{site} nightly")});
+        if site == "office" {
+            spec["encryption"] = json!("aes128");
+            body["password"] = json!(IMAGE_PASSWORD);
+        }
+        body["spec"] = spec;
+        let job = api("POST", "/api/v1/jobs", body);
+        jobs.push(job["id"].as_i64().unwrap_or_else(|| panic!("{job}")));
+        vols.push(lo);
+        sites.push(site_row["id"].clone());
     }
-    let job = api(
-        "POST",
-        "/api/v1/jobs",
-        Some(
-            &serde_json::json!({"name": "lab nightly", "spec": {
-                "site_id": site["id"], "source": lo.path(), "method": "incremental_chain",
-                "name_template": "v-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi",
-            }})
-            .to_string(),
-        ),
+    assert!(
+        chrono::Utc::now() < starts[0],
+        "set up too slowly for the first start"
     );
-    let job_id = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
-    let done = |agent: i64| -> Vec<Value> {
-        let list = api(
-            "GET",
-            &format!("/api/v1/reports?job_id={job_id}&agent_id={agent}&status=successful"),
-            None,
-        );
-        let mut items = list["items"].as_array().cloned().unwrap_or_default();
+    let ended = |job: i64| -> Vec<Value> {
+        let list = api("GET", &format!("/api/v1/reports?job_id={job}"), Value::Null);
+        let mut items: Vec<Value> = list["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| !matches!(r["status"].as_str(), Some("running" | "queued")))
+            .collect();
         items.reverse();
         items
     };
-    wait_for("three scheduled runs on each agent", 120, || {
-        done(1).len() >= 3 && done(2).len() >= 3
+    wait_for("four scheduled runs of each job", 150, || {
+        jobs.iter().all(|&j| ended(j).len() >= 4)
     });
-    for agent in [1, 2] {
-        let runs = done(agent);
-        let mut methods = Vec::new();
-        for r in &runs[..3] {
+
+    for (i, &job) in jobs.iter().enumerate() {
+        let agent = i + 1;
+        let runs = ended(job);
+        assert_eq!(runs.len(), 4, "{runs:?}");
+        let reports: Vec<Value> = runs
+            .iter()
+            .map(|r| api("GET", &format!("/api/v1/reports/{}", r["id"]), Value::Null))
+            .collect();
+        for r in &reports {
+            assert_eq!(r["status"], "successful", "{r}");
             assert_eq!(r["cause"], "schedule", "{r}");
-            let rep = api("GET", &format!("/api/v1/reports/{}", r["id"]), None);
-            let name = rep["images"][0]["name"].as_str().expect("name").to_owned();
-            assert!(name.starts_with(&format!("agent-a{agent}/v-")), "{name}");
-            assert!(sshd.data.join(&name).exists(), "{name} not on the server");
-            methods.push(rep["images"][0]["method"].as_str().unwrap_or("").to_owned());
         }
+        let names: Vec<String> = reports
+            .iter()
+            .map(|r| r["images"][0]["name"].as_str().expect("name").to_owned())
+            .collect();
+        let methods: Vec<&str> = reports
+            .iter()
+            .map(|r| r["images"][0]["method"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(methods, ["full", "incremental", "full", "incremental"]);
+        for n in &names {
+            assert!(n.starts_with(&format!("agent-a{agent}/v-")), "{n}");
+        }
+        // An increment holds the change, not the volume again.
+        let bytes = |r: &Value| r["images"][0]["bytes"].as_u64().unwrap_or(0);
+        assert!(bytes(&reports[1]) * 2 < bytes(&reports[0]), "{reports:?}");
+        // The third run started the second chain: the first (two images) went, whole, and
+        // only then; what is left is exactly the newest chain.
+        let deleted: Vec<&Value> = reports.iter().map(|r| &r["deleted"]).collect();
         assert_eq!(
-            methods,
-            ["full", "incremental", "incremental"],
-            "agent {agent}"
+            deleted,
+            [
+                &json!([]),
+                &json!([]),
+                &json!([names[0], names[1]]),
+                &json!([])
+            ]
+        );
+        let data = if agent == 1 { &sshd.data } else { &smbd.data };
+        let mut left: Vec<String> = std::fs::read_dir(data.join(format!("agent-a{agent}")))
+            .expect("folder")
+            .flatten()
+            .map(|e| format!("agent-a{agent}/{}", e.file_name().to_string_lossy()))
+            .collect();
+        left.sort();
+        assert_eq!(left, names[2..]);
+
+        // Each run's report arrived by mail to the site's address.
+        let site = if agent == 1 { "lab" } else { "office" };
+        let mine = || -> Vec<String> {
+            sink.mails()
+                .into_iter()
+                .filter(|m| m.contains(&format!("X-Sink-To: {site}-ops@example.test")))
+                .collect()
+        };
+        wait_for("the report mails", 30, || mine().len() >= 4);
+        let mails = mine();
+        assert_eq!(mails.len(), 4);
+        for (mail, r) in mails.iter().zip(&reports) {
+            let want = format!("Subject: [Holdfast] successful: {site} nightly on agent-a{agent}");
+            assert!(mail.contains(&want), "{want}: {mail}");
+            assert!(mail.contains(&format!("Report id: {}", r["id"])), "{mail}");
+            assert!(mail.contains("X-Sink-TLS: True"), "{mail}");
+        }
+
+        // The last image restores, from inside the agent's namespace, to the volume as the
+        // last run left it: the initial files and four changes.
+        let last_state = read_files(vols[i].path(), "ext4", d);
+        let changes = last_state
+            .keys()
+            .filter(|k| k.starts_with("change-"))
+            .count();
+        assert_eq!(changes, 4, "{last_state:?}");
+        let url = if agent == 1 {
+            format!(
+                "sftp://{USER}@{SERVER_IP}:{}{}/{}",
+                sshd.port,
+                sshd.data.display(),
+                names[3]
+            )
+        } else {
+            format!("smb://{USER}@{SERVER_IP}:{}/backup/{}", smbd.port, names[3])
+        };
+        let creds = d.join("creds");
+        std::fs::write(
+            &creds,
+            format!(
+                "user = {USER}\npassword = {PASSWORD}\nknown_hosts = {}\n",
+                d.join("known_hosts").display()
+            ),
+        )
+        .expect("creds");
+        let pw = d.join("pw");
+        std::fs::write(&pw, format!("{IMAGE_PASSWORD}\n")).expect("pw");
+        let restored = d.join("restored.img");
+        sparse_file(&restored, 32 << 20);
+        let rl = Loop::new(&restored);
+        let mut restore = in_ns(&net.ns(&format!("a{agent}")), &agent_bin);
+        restore
+            .args(["image", "restore", "--image", &url, "--target", rl.path()])
+            .arg("--credentials-file")
+            .arg(&creds);
+        if agent == 2 {
+            restore.arg("--password-file").arg(&pw);
+        }
+        let out = restore.output().expect("restore");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            read_files(rl.path(), "ext4", d),
+            last_state,
+            "restored from {url}"
         );
     }
+
+    // Agent 2 is cut off through a whole time frame (none: it had to be there at the
+    // start): the run is missed, says why, and its report mail goes out; once the agent is
+    // back, the missed start is not run after all.
+    net.link(3, false);
+    wait_for("agent 2 offline", 30, || {
+        api("GET", "/api/v1/agents/2", Value::Null)["status"] == "offline"
+    });
+    let at = (chrono::Utc::now() + chrono::Duration::seconds(3)).format("%Y-%m-%dT%H:%M:%S");
+    let job = api(
+        "POST",
+        "/api/v1/jobs",
+        json!({"name": "office weekly", "spec": {
+            "site_id": sites[1], "source": vols[1].path(),
+            "schedule": {"kind": "once", "at": at.to_string(), "timezone": "UTC", "time_frame_minutes": 0},
+        }}),
+    );
+    let weekly = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+    wait_for("the missed run", 30, || ended(weekly).len() == 1);
+    let missed = api(
+        "GET",
+        &format!("/api/v1/reports/{}", ended(weekly)[0]["id"]),
+        Value::Null,
+    );
+    assert_eq!(missed["status"], "missed", "{missed}");
+    assert!(missed.to_string().contains("was not connected"), "{missed}");
+    wait_for("the missed run's mail", 30, || {
+        sink.mails().iter().any(|m| {
+            m.contains("Subject: [Holdfast] missed: office weekly on agent-a2")
+                && m.contains(&format!("Report id: {}", missed["id"]))
+        })
+    });
+    net.link(3, true);
+    wait_for("agent 2 back", 90, || {
+        api("GET", "/api/v1/agents/2", Value::Null)["status"] == "online"
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ended(weekly).len(), 1);
+    let all = api(
+        "GET",
+        &format!("/api/v1/reports?job_id={weekly}"),
+        Value::Null,
+    );
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(1), "{all}");
 }

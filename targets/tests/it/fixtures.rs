@@ -148,6 +148,33 @@ fn listening_in(
     None
 }
 
+/// Where a fixture serves: the loopback, or a network namespace and an address in it.
+pub type Netns = Option<(String, String)>;
+
+/// Start `program args` (in the namespace when given) and wait until it listens on `port`.
+fn serve(
+    test: &str,
+    what: &str,
+    netns: &Netns,
+    program: &str,
+    args: &[&std::ffi::OsStr],
+    port: u16,
+) -> Option<Child> {
+    let mut cmd = match netns {
+        Some((ns, _)) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    };
+    cmd.args(args);
+    match netns {
+        None => listening(test, what, &mut cmd, port),
+        Some((ns, addr)) => listening_in(test, what, &mut cmd, ns, addr, port),
+    }
+}
+
 /// What every server fixture needs: its binary (else skip), the test user, and a private
 /// folder (readable by the server's processes) with a `data` folder the user owns.
 fn server_dir(
@@ -188,7 +215,7 @@ pub struct Sshd {
     /// The client's private key (authorised for the test user).
     pub client_key: PathBuf,
     /// A network namespace and address to serve on instead of the loopback.
-    netns: Option<(String, String)>,
+    netns: Netns,
     child: Option<Child>,
 }
 
@@ -203,7 +230,7 @@ impl Sshd {
         Self::start_at(test, Some((ns.to_owned(), addr.to_owned())))
     }
 
-    fn start_at(test: &str, netns: Option<(String, String)>) -> Option<Self> {
+    fn start_at(test: &str, netns: Netns) -> Option<Self> {
         let (dir, data) = server_dir(test, "/usr/sbin/sshd", "openssh-server", "holdfast-sshd-")?;
         let d = dir.path().to_owned();
         let d = d.as_path();
@@ -252,19 +279,20 @@ impl Sshd {
         if std::fs::write(d.join("sshd_config"), config).is_err() {
             return false;
         }
-        let mut cmd = match &self.netns {
-            Some((ns, _)) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, "/usr/sbin/sshd"]);
-                c
-            }
-            None => Command::new("/usr/sbin/sshd"),
-        };
-        cmd.args(["-D", "-e", "-f"]).arg(d.join("sshd_config"));
-        self.child = match &self.netns {
-            None => listening(test, "sshd", &mut cmd, self.port),
-            Some((ns, addr)) => listening_in(test, "sshd", &mut cmd, ns, addr, self.port),
-        };
+        let config = d.join("sshd_config");
+        self.child = serve(
+            test,
+            "sshd",
+            &self.netns,
+            "/usr/sbin/sshd",
+            &[
+                "-D".as_ref(),
+                "-e".as_ref(),
+                "-f".as_ref(),
+                config.as_os_str(),
+            ],
+            self.port,
+        );
         self.child.is_some()
     }
 
@@ -409,11 +437,21 @@ pub struct Smbd {
     dir: tempfile::TempDir,
     pub port: u16,
     pub data: PathBuf,
+    netns: Netns,
     child: Option<Child>,
 }
 
 impl Smbd {
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_at(test, None)
+    }
+
+    /// Start one in network namespace `ns`, serving on `addr` there.
+    pub fn start_in_netns(test: &str, ns: &str, addr: &str) -> Option<Self> {
+        Self::start_at(test, Some((ns.to_owned(), addr.to_owned())))
+    }
+
+    fn start_at(test: &str, netns: Netns) -> Option<Self> {
         let (dir, data) = server_dir(test, "/usr/sbin/smbd", "samba", "holdfast-smb-")?;
         let d = dir.path().to_owned();
         for sub in ["private", "lock", "state", "cache", "pid", "log"] {
@@ -422,13 +460,14 @@ impl Smbd {
         let port = free_port();
         let config = format!(
             "[global]\nserver role = standalone server\nworkgroup = WORKGROUP\nnetbios name = HOLDFAST-TEST\n\
-             interfaces = 127.0.0.1\nbind interfaces only = yes\nsmb ports = {port}\ndisable netbios = yes\n\
+             interfaces = {listen}\nbind interfaces only = yes\nsmb ports = {port}\ndisable netbios = yes\n\
              server min protocol = SMB2_10\npassdb backend = tdbsam:{d}/private/passdb.tdb\n\
              private dir = {d}/private\nlock directory = {d}/lock\nstate directory = {d}/state\n\
              cache directory = {d}/cache\npid directory = {d}/pid\nncalrpc dir = {d}/state/ncalrpc\n\
              log file = {d}/log/log.%m\nmap to guest = never\nload printers = no\nprinting = bsd\n\
              printcap name = /dev/null\ndisable spoolss = yes\nserver services = -nbt\n\
              [backup]\npath = {data}\nread only = no\nvalid users = {USER}\nforce user = {USER}\n",
+            listen = netns.as_ref().map_or("127.0.0.1", |(_, a)| a.as_str()),
             d = d.display(),
             data = data.display()
         );
@@ -455,6 +494,7 @@ impl Smbd {
             dir,
             port,
             data,
+            netns,
             child: None,
         };
         if !s.spawn(test) {
@@ -464,12 +504,18 @@ impl Smbd {
     }
 
     fn spawn(&mut self, test: &str) -> bool {
-        self.child = listening(
+        let conf = self.dir.path().join("smb.conf");
+        self.child = serve(
             test,
             "smbd",
-            Command::new("/usr/sbin/smbd")
-                .args(["--foreground", "--no-process-group", "--configfile"])
-                .arg(self.dir.path().join("smb.conf")),
+            &self.netns,
+            "/usr/sbin/smbd",
+            &[
+                "--foreground".as_ref(),
+                "--no-process-group".as_ref(),
+                "--configfile".as_ref(),
+                conf.as_os_str(),
+            ],
             self.port,
         );
         self.child.is_some()
@@ -513,7 +559,7 @@ const SINK_PY: &str = r#"
 import itertools, os, ssl, sys, threading, time
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-out, port, cert, key, user, pw = sys.argv[1:7]
+out, host, port, cert, key, user, pw = sys.argv[1:8]
 count = itertools.count()
 class Handler:
     async def handle_DATA(self, server, session, envelope):
@@ -530,13 +576,22 @@ def auth(server, session, envelope, mechanism, data):
     return AuthResult(success=ok, handled=False)
 ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
 ctx.load_cert_chain(cert, key)
-Controller(Handler(), hostname="127.0.0.1", port=int(port), tls_context=ctx, require_starttls=False,
+Controller(Handler(), hostname=host, port=int(port), tls_context=ctx, require_starttls=False,
            auth_require_tls=False, authenticator=auth).start()
 threading.Event().wait()
 "#;
 
 impl SmtpSink {
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_at(test, None)
+    }
+
+    /// Start one in network namespace `ns`, on its loopback (for a server in `ns`).
+    pub fn start_in_netns(test: &str, ns: &str) -> Option<Self> {
+        Self::start_at(test, Some((ns.to_owned(), "127.0.0.1".to_owned())))
+    }
+
+    fn start_at(test: &str, netns: Netns) -> Option<Self> {
         let python = "/usr/bin/python3";
         let importable = Command::new(python)
             .args(["-c", "import aiosmtpd"])
@@ -559,16 +614,24 @@ impl SmtpSink {
         std::fs::create_dir_all(d.join("mail")).ok()?;
         std::fs::write(d.join("sink.py"), SINK_PY).ok()?;
         let port = free_port();
-        let child = listening(
+        let (mail, script) = (d.join("mail"), d.join("sink.py"));
+        let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
+        let port_text = port.to_string();
+        let child = serve(
             test,
             "the SMTP sink",
-            Command::new(python)
-                .arg(d.join("sink.py"))
-                .arg(d.join("mail"))
-                .arg(port.to_string())
-                .arg(d.join("cert.pem"))
-                .arg(d.join("key.pem"))
-                .args([SMTP_USER, SMTP_PASSWORD]),
+            &netns,
+            python,
+            &[
+                script.as_os_str(),
+                mail.as_os_str(),
+                "127.0.0.1".as_ref(),
+                port_text.as_ref(),
+                cert.as_os_str(),
+                key.as_os_str(),
+                SMTP_USER.as_ref(),
+                SMTP_PASSWORD.as_ref(),
+            ],
             port,
         )?;
         Some(Self {
