@@ -89,6 +89,21 @@ pub fn secret_hash(secret: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d)
 }
 
+/// The CSRF token of a console session: derived from its secret (which only the
+/// browser's cookie holds), so it needs no storage and dies with the session.
+pub fn csrf_token(session_secret: &str) -> String {
+    secret_hash(&format!("csrf:{session_secret}"))
+}
+
+/// Equal strings, compared in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// Failed logins allowed per address within [`WINDOW`] before further attempts are refused.
 const MAX_FAILURES: u32 = 5;
 const WINDOW: Duration = Duration::from_secs(60);

@@ -10,11 +10,16 @@ use axum::http::request::Parts;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::{secret_hash, Role};
+use crate::auth::{csrf_token, secret_hash, Role};
 use crate::store::users::User;
 
 /// Name of the console's session cookie.
 pub const SESSION_COOKIE: &str = "holdfast_session";
+/// Name of the cookie that carries the session's CSRF token for scripts (pages also embed
+/// it); a change made with a session cookie must repeat it in [`CSRF_HEADER`].
+pub const CSRF_COOKIE: &str = "holdfast_csrf";
+/// The header a session's changes carry their CSRF token in.
+pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Who is calling.
 #[derive(Debug, Clone)]
@@ -62,10 +67,24 @@ impl FromRequestParts<AppState> for Caller {
                 .ok_or(ApiError::Unauthorized);
         }
         if let Some(session) = cookie(parts, SESSION_COOKIE) {
-            let user = state.store.session_user(&secret_hash(session)).await?;
-            return user
-                .map(|user| Caller { user })
-                .ok_or(ApiError::Unauthorized);
+            let user = state
+                .store
+                .session_user(&secret_hash(session))
+                .await?
+                .ok_or(ApiError::Unauthorized)?;
+            // Another site can make the browser send the cookie, but cannot read the
+            // token: every change must carry it.
+            if !parts.method.is_safe() {
+                let sent = parts
+                    .headers
+                    .get(CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if !crate::auth::constant_time_eq(sent, &csrf_token(session)) {
+                    return Err(ApiError::Csrf);
+                }
+            }
+            return Ok(Caller { user });
         }
         Err(ApiError::Unauthorized)
     }

@@ -19,6 +19,9 @@ pub enum ApiError {
     /// Authenticated, but the role does not allow this.
     #[error("your role does not allow this")]
     Forbidden,
+    /// A console session's change without its CSRF token.
+    #[error("the request lacks this session's CSRF token (header x-csrf-token); reload the page")]
+    Csrf,
     /// Nothing at this path or id.
     #[error("{0} not found")]
     NotFound(String),
@@ -57,6 +60,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::BadLogin => (StatusCode::UNAUTHORIZED, "bad_login"),
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Csrf => (StatusCode::FORBIDDEN, "csrf"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),

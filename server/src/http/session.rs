@@ -9,10 +9,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use super::caller::{cookie, Caller, ClientIp, SESSION_COOKIE};
+use super::caller::{cookie, Caller, ClientIp, CSRF_COOKIE, SESSION_COOKIE};
 use super::error::{ApiError, ApiJson, ErrorBody};
 use super::{blocking, AppState};
-use crate::auth::{hash_password, new_secret, secret_hash, verify_password};
+use crate::auth::{csrf_token, hash_password, new_secret, secret_hash, verify_password};
 use crate::store::now;
 use crate::store::users::User;
 
@@ -36,14 +36,38 @@ struct Login {
     password: Zeroizing<String>,
 }
 
-fn session_cookie(value: &str, max_age: i64) -> Result<HeaderValue, ApiError> {
-    HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={value}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Strict"
-    ))
-    .map_err(|e| ApiError::Internal(e.to_string()))
+/// The session cookie (for the server only) and the CSRF cookie (readable by scripts).
+fn session_cookies(secret: &str, max_age: i64) -> Result<HeaderMap, ApiError> {
+    let csrf = if secret.is_empty() {
+        String::new()
+    } else {
+        csrf_token(secret)
+    };
+    let mut headers = HeaderMap::new();
+    for (cookie, more) in [
+        (format!("{SESSION_COOKIE}={secret}"), "; HttpOnly"),
+        (format!("{CSRF_COOKIE}={csrf}"), ""),
+    ] {
+        headers.append(
+            SET_COOKIE,
+            HeaderValue::from_str(&format!(
+                "{cookie}; Path=/; Max-Age={max_age}{more}; Secure; SameSite=Strict"
+            ))
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+        );
+    }
+    Ok(headers)
 }
 
-#[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = Login, responses((status = 200, description = "logged in; sets the session cookie", body = User), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+/// A new session: the user, and the token its changes must carry in `x-csrf-token`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct LoggedIn {
+    #[serde(flatten)]
+    user: User,
+    csrf_token: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = Login, responses((status = 200, description = "logged in; sets the session and CSRF cookies", body = LoggedIn), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -83,9 +107,14 @@ async fn login(
             &ip.to_string(),
         )
         .await?;
-    let mut headers = HeaderMap::new();
-    headers.insert(SET_COOKIE, session_cookie(&secret, SESSION_SECONDS)?);
-    Ok((headers, Json(user)))
+    let headers = session_cookies(&secret, SESSION_SECONDS)?;
+    Ok((
+        headers,
+        Json(LoggedIn {
+            csrf_token: csrf_token(&secret),
+            user,
+        }),
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/session", tag = "session", responses((status = 204, description = "logged out")))]
@@ -96,9 +125,7 @@ async fn logout(
     if let Some(session) = cookie(&parts, SESSION_COOKIE) {
         state.store.delete_session(&secret_hash(session)).await?;
     }
-    let mut headers = HeaderMap::new();
-    headers.insert(SET_COOKIE, session_cookie("", 0)?);
-    Ok((StatusCode::NO_CONTENT, headers))
+    Ok((StatusCode::NO_CONTENT, session_cookies("", 0)?))
 }
 
 #[utoipa::path(get, path = "/api/v1/me", tag = "session", responses((status = 200, body = User), (status = 401, body = ErrorBody)), security(("session" = []), ("token" = [])))]

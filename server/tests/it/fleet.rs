@@ -33,10 +33,25 @@ pub struct Api {
     pub cookies: String,
 }
 
+/// The value of cookie `name` in curl's cookie jar `jar` (tab-separated, value last).
+pub fn jar_cookie(jar: &Path, name: &str) -> Option<String> {
+    std::fs::read_to_string(jar).ok()?.lines().find_map(|l| {
+        let f: Vec<&str> = l.split('\t').collect();
+        (f.len() == 7 && f[5] == name).then(|| f[6].to_owned())
+    })
+}
+
 impl Api {
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Value {
         let url = format!("{}{path}", self.base);
+        // A browser's script repeats the session's CSRF cookie in a header; so do we.
+        let csrf = format!(
+            "x-csrf-token: {}",
+            jar_cookie(Path::new(&self.cookies), "holdfast_csrf").unwrap_or_default()
+        );
         let mut args = vec![
+            "-H",
+            &csrf,
             "--cacert",
             &self.ca,
             "-b",

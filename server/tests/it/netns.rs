@@ -154,6 +154,8 @@ impl NsApi {
         let mut c = in_ns(&self.ns, Path::new("curl"));
         c.args(["-sS", "--max-time", "10", "--cacert"])
             .arg(&self.ca);
+        let csrf = crate::fleet::jar_cookie(&self.cookies, "holdfast_csrf").unwrap_or_default();
+        c.args(["-H", &format!("x-csrf-token: {csrf}")]);
         c.arg("-b")
             .arg(&self.cookies)
             .arg("-c")
