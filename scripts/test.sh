@@ -44,6 +44,9 @@ PACKAGES=(
     pkg-config  # locating system libraries for -sys crates (openssl-sys)
     libssl-dev  # OpenSSL headers for openssl-sys (TLS to the server)
     python3-aiosmtpd  # the SMTP sink the mail tests deliver to (run by /usr/bin/python3)
+    chromium         # the console tests drive a headless browser
+    chromium-driver  # chromedriver: the WebDriver endpoint of that browser
+    fonts-dejavu-core  # a font for the browser's screenshots
 )
 
 # Helpers ---------------------------------------------------------------------
@@ -197,4 +200,7 @@ else
     run_stage "cargo test" cargo test --workspace
 fi
 
+# The console tests' screenshots, to look at (cargo's CARGO_TARGET_TMPDIR).
+echo "console screenshots: $(cargo metadata --format-version 1 --no-deps 2>/dev/null \
+    | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/tmp/console-screenshots/"
 banner "ALL STAGES PASSED"

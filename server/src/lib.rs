@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod console;
 pub mod gateway;
 pub mod http;
 pub mod jobs;

@@ -49,6 +49,7 @@ async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     ApiJson(body): ApiJson<NewToken>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
@@ -79,10 +80,12 @@ async fn create_token(
             &format!("uses={uses} hours={hours}"),
         )
         .await?;
-    // The address the admin reached us at is the best guess for what agents should use.
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
+    // The address the admin reached us at is the best guess for what agents should use
+    // (HTTP/2 carries it in the URI, HTTP/1.1 in the Host header).
+    let host = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or("SERVER:PORT");
     let command = format!(
         "holdfast-agent enroll --server https://{host} --token {secret} --fingerprint {}",

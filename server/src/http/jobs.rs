@@ -22,6 +22,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/jobs", get(list).post(create))
         .route("/api/v1/jobs/import", post(import))
+        .route("/api/v1/jobs/preview", post(preview))
         .route("/api/v1/jobs/{id}", get(show).put(update).delete(remove))
         .route("/api/v1/jobs/{id}/run", post(run_now))
         .route("/api/v1/jobs/{id}/cancel", post(cancel))
@@ -95,6 +96,67 @@ async fn check_spec(state: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
         )));
     }
     Ok(())
+}
+
+/// `POST /jobs/preview`: a definition to look at before saving it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewBody {
+    spec: JobSpec,
+}
+
+#[utoipa::path(post, path = "/api/v1/jobs/preview", tag = "jobs", request_body = PreviewBody, responses((status = 200, description = "the image name the first agent would get at the next start, and the next five starts (the site's schedule when the job has none); nothing is stored", body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn preview(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<PreviewBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    check_spec(&state, &body.spec).await?;
+    let spec = body
+        .spec
+        .resolve(&*state.jobs.sites().await?)
+        .map_err(ApiError::Invalid)?;
+    let now = chrono::Utc::now();
+    let mut next_runs = Vec::new();
+    if let Some(schedule) = &spec.schedule {
+        let mut at = now;
+        while next_runs.len() < 5 {
+            let Some(t) = schedule.next_after(at) else {
+                break;
+            };
+            next_runs.push(t);
+            at = t;
+        }
+    }
+    let computer = match spec.agents.first() {
+        Some(a) => state.store.agent(*a).await?.map(|a| a.hostname),
+        None => None,
+    }
+    .unwrap_or_else(|| "COMPUTER".into());
+    let vars = crate::jobs::template::Vars {
+        computer: &computer,
+        user: "root",
+        at: next_runs.first().copied().unwrap_or(now),
+    };
+    let folder = crate::jobs::template::render(&spec.folder, &vars).map_err(ApiError::Invalid)?;
+    let file =
+        crate::jobs::template::render(&spec.name_template, &vars).map_err(ApiError::Invalid)?;
+    let name = match folder.trim_matches('/') {
+        "" => file,
+        f => format!("{f}/{file}"),
+    };
+    let tz: chrono_tz::Tz = spec
+        .schedule
+        .as_ref()
+        .and_then(|s| s.timezone.parse().ok())
+        .unwrap_or(chrono_tz::UTC);
+    Ok(Json(json!({
+        "name": name,
+        "computer": computer,
+        "agents": spec.agents.len(),
+        "next_runs": next_runs.iter().map(|t| t.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z").to_string()).collect::<Vec<_>>(),
+    })))
 }
 
 /// Seal and store the password of job `id` as `body` asks.

@@ -25,9 +25,10 @@ use axum::response::Response;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
-pub use caller::SESSION_COOKIE;
+pub use caller::{cookie, CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE};
 pub use error::ApiError;
 pub use openapi::document as openapi_document;
+pub(crate) use targets::secret as target_secret;
 
 use crate::auth::LoginLimiter;
 use crate::gateway::Gateway;
@@ -110,6 +111,7 @@ pub fn app(state: AppState) -> Router {
         .merge(sites::router())
         .merge(agent_channel::router())
         .merge(openapi::router())
+        .merge(crate::console::router())
         .fallback(|| async { ApiError::NotFound("this path".into()) })
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)

@@ -22,7 +22,7 @@ use super::{
         agents::create_token, agents::list_tokens, agents::revoke_token,
         agents::list, agents::show, agents::revoke, agents::refresh_inventory,
         targets::list, targets::create, targets::show, targets::update, targets::remove, targets::test,
-        jobs::list, jobs::create, jobs::show, jobs::update, jobs::remove, jobs::run_now, jobs::cancel, jobs::check, jobs::export, jobs::import,
+        jobs::list, jobs::create, jobs::show, jobs::update, jobs::remove, jobs::run_now, jobs::cancel, jobs::check, jobs::export, jobs::import, jobs::preview,
         reports::list, reports::show, reports::download, reports::images,
         sites::list, sites::create, sites::show, sites::update, sites::remove, sites::move_agent,
         settings::smtp, settings::set_smtp, settings::test_mail, settings::security, settings::outbox, settings::alerts, settings::set_alerts,

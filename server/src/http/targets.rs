@@ -114,7 +114,7 @@ impl TargetBody {
 }
 
 /// The stored credentials of `t`.
-fn secret(state: &AppState, t: &TargetRow) -> Result<TargetSecret, ApiError> {
+pub(crate) fn secret(state: &AppState, t: &TargetRow) -> Result<TargetSecret, ApiError> {
     match &t.secret {
         None => Ok(TargetSecret::default()),
         Some(sealed) => {

@@ -551,6 +551,22 @@ impl Store {
         Ok(rows.iter().map(image).collect::<Result<_, _>>()?)
     }
 
+    /// The newest `limit` images of `agent_id` that still exist, newest first.
+    pub async fn agent_images(
+        &self,
+        agent_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ImageRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE agent_id = $1 AND deleted_at IS NULL ORDER BY id DESC LIMIT $2"
+        )))
+        .bind(agent_id)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(image).collect::<Result<_, _>>()?)
+    }
+
     /// Images with an id above `after`, by id (deleted ones included, marked).
     pub async fn images(&self, after: i64, limit: i64) -> Result<Vec<ImageRow>, StoreError> {
         let rows = sqlx::query(AssertSqlSafe(format!(

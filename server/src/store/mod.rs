@@ -9,6 +9,7 @@ pub mod agents;
 pub mod audit;
 pub mod jobs;
 pub mod mail;
+pub mod overview;
 pub mod sessions;
 pub mod sites;
 pub mod targets;

@@ -69,6 +69,7 @@ impl Api {
                 req.header(header::AUTHORIZATION, format!("Bearer {a}"))
             } else {
                 req.header(header::COOKIE, format!("{SESSION_COOKIE}={a}"))
+                    .header("x-csrf-token", holdfast_server::auth::csrf_token(a))
             };
         }
         let req = match body {
@@ -229,6 +230,56 @@ async fn login_roles_tokens_and_audit() {
     let r = api.call("GET", "/api/v1/me", Some(&secret), None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
+    // A change made with a session cookie must repeat the session's CSRF token (another
+    // site can make a browser send the cookie, not read the token); a GET needs none, and a
+    // bearer token none either.
+    for sent in [None, Some("forged-token")] {
+        let mut req = Request::builder()
+            .method("POST")
+            .uri("/api/v1/tokens")
+            .header(header::COOKIE, format!("{SESSION_COOKIE}={vera}"))
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(t) = sent {
+            req = req.header("x-csrf-token", t);
+        }
+        let resp = api
+            .app
+            .clone()
+            .oneshot(
+                req.body(Body::from(r#"{"name": "csrf"}"#))
+                    .expect("request"),
+            )
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{sent:?}");
+        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(body["error"]["code"], "csrf", "{body}");
+    }
+    let r = api.call("GET", "/api/v1/tokens", Some(&vera), None).await;
+    assert!(
+        !r.body.to_string().contains("\"csrf\""),
+        "nothing was created"
+    );
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&vera),
+            Some(json!({"name": "automation"})),
+        )
+        .await;
+    let bearer = r.body["secret"].as_str().expect("secret").to_owned();
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&bearer),
+            Some(json!({"name": "by token"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+
     // Logout ends the session.
     let r = api
         .call("DELETE", "/api/v1/session", Some(&vera), None)
@@ -385,6 +436,7 @@ async fn openapi_document_lists_every_route() {
         "/api/v1/jobs/{id}/run",
         "/api/v1/jobs/{id}/cancel",
         "/api/v1/jobs/{id}/check",
+        "/api/v1/jobs/preview",
         "/api/v1/targets/{id}/test",
         "/api/v1/jobs/{id}/export",
         "/api/v1/jobs/import",
@@ -483,6 +535,12 @@ async fn every_route_refuses_anonymous_and_lower_roles() {
         ("PUT", "/api/v1/jobs/1", "operator", Some(job)),
         ("DELETE", "/api/v1/jobs/1", "operator", None),
         ("POST", "/api/v1/jobs/1/run", "operator", None),
+        (
+            "POST",
+            "/api/v1/jobs/preview",
+            "viewer",
+            Some(json!({"spec": {"agents": [1], "source": "/dev/sda", "target_id": 1}})),
+        ),
         ("POST", "/api/v1/jobs/1/cancel", "operator", None),
         ("POST", "/api/v1/jobs/1/check", "operator", None),
         (
@@ -801,4 +859,67 @@ async fn targets_and_jobs_check_input_and_keep_secrets() {
         .secret
         .as_deref()
         .is_some_and(|s| s.starts_with("v1:") && !s.contains("target-pw-42")));
+}
+
+#[tokio::test]
+async fn console_pages_need_a_session_and_a_role() {
+    let api = Api::new().await;
+    let pages = [
+        "/",
+        "/agents",
+        "/sites",
+        "/jobs",
+        "/jobs/new",
+        "/reports",
+        "/targets",
+        "/settings",
+    ];
+    // Without a session: to the login page, which comes back here afterwards.
+    for page in pages.iter().chain(&["/console/events"]) {
+        let r = api.call("GET", page, None, None).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{page}");
+        let to = r.headers[header::LOCATION].to_str().expect("location");
+        assert!(to.starts_with("/login?next=%2F"), "{page}: {to}");
+    }
+    let r = api
+        .call("GET", "/login?next=//evil.example", None, None)
+        .await;
+    assert!(
+        !r.body.to_string().contains("evil.example"),
+        "never an open redirect"
+    );
+    let admin = api.login("admin", "admin-password-1").await;
+    for page in pages {
+        let r = api.call("GET", page, Some(&admin), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{page}: {}", r.body);
+        assert!(r.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("csp")
+            .contains("script-src 'self'"));
+        assert!(r
+            .body
+            .to_string()
+            .contains(&holdfast_server::auth::csrf_token(&admin)));
+    }
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/users",
+            Some(&admin),
+            Some(json!({"name": "vic", "password": "long-enough-pw", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let viewer = api.login("vic", "long-enough-pw").await;
+    let r = api.call("GET", "/jobs/new", Some(&viewer), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.to_string().contains("your role does not allow this"));
+    let r = api.call("GET", "/jobs", Some(&viewer), None).await;
+    assert!(!r.body.to_string().contains("Run now"));
+    let r = api.call("GET", "/reports/99", Some(&admin), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = api
+        .call("GET", "/reports?status=exploded", Some(&admin), None)
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
 }

@@ -3,7 +3,9 @@
 
 mod agents;
 mod api;
+mod browser;
 mod channel;
+mod console;
 // Real servers (sshd, Samba) for storage targets, shared with the targets crate's tests.
 #[allow(dead_code)]
 #[path = "../../../targets/tests/it/fixtures.rs"]

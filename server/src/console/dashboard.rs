@@ -1,0 +1,245 @@
+//! The dashboard: the fleet at a glance — agents, last night, what runs now, who has no
+//! recent backup, storage per target, and thirty days of image sizes and durations.
+
+use std::collections::HashMap;
+
+use askama::Template;
+use axum::extract::State;
+
+use super::view::{self, bytes, duration, when};
+use super::{render, PageResult, Session, Shell};
+use crate::http::AppState;
+use crate::jobs::alerts::{Alerts, ALERTS_KEY};
+use crate::store::jobs::RunFilter;
+use crate::store::overview::DayTotal;
+
+/// Hours without a successful backup after which an agent is listed, unless the stale
+/// alert sets its own.
+const STALE_HOURS: u32 = 24;
+
+pub struct RunLine {
+    pub id: i64,
+    pub name: String,
+    pub agent: String,
+    pub state: String,
+    pub at: String,
+    pub percent: u32,
+    pub text: String,
+}
+
+pub struct StaleLine {
+    pub id: i64,
+    pub hostname: String,
+    pub last: String,
+}
+
+pub struct UsageLine {
+    pub name: String,
+    pub images: i64,
+    pub bytes: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+struct Dashboard {
+    shell: Shell,
+    total: usize,
+    online: usize,
+    busy: usize,
+    offline: usize,
+    night: Vec<(String, i64)>,
+    problems: Vec<RunLine>,
+    running: Vec<RunLine>,
+    stale_hours: u32,
+    stale: Vec<StaleLine>,
+    usage: Vec<UsageLine>,
+    chart: String,
+}
+
+pub async fn page(State(state): State<AppState>, session: Session) -> PageResult {
+    let store = &state.store;
+    let now = crate::store::now();
+    let agents = store.agents(0, i64::MAX).await?;
+    let names: HashMap<i64, String> = agents.iter().map(|a| (a.id, a.hostname.clone())).collect();
+    let name_of = |id: i64| {
+        names
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("agent {id}"))
+    };
+    let running_runs = store.running_runs().await?;
+    let busy_ids: std::collections::HashSet<i64> =
+        running_runs.iter().map(|r| r.agent_id).collect();
+    let (mut online, mut offline, mut busy, mut total) = (0, 0, 0, 0);
+    for a in &agents {
+        match view::agent_status(&state, a) {
+            "online" if busy_ids.contains(&a.id) => busy += 1,
+            "online" => online += 1,
+            "offline" => offline += 1,
+            _ => continue,
+        }
+        total += 1;
+    }
+    let running = running_runs
+        .iter()
+        .map(|r| {
+            let (percent, text) = view::progress(&state, r.id);
+            RunLine {
+                id: r.id,
+                name: r.name.clone(),
+                agent: name_of(r.agent_id),
+                state: r.state.clone(),
+                at: when(r.started_at),
+                percent,
+                text,
+            }
+        })
+        .collect();
+    // "Last night": the last 24 hours.
+    let since = now - 24 * 3600;
+    let night = store.state_counts(since).await?;
+    let mut problems = Vec::new();
+    for state_name in ["failed", "missed", "warning", "cancelled"] {
+        let filter = RunFilter {
+            state: Some(state_name.into()),
+            ..RunFilter::default()
+        };
+        for r in store.runs(&filter, i64::MAX, 10).await? {
+            if r.ended_at.unwrap_or(0) >= since {
+                problems.push(RunLine {
+                    id: r.id,
+                    name: r.name.clone(),
+                    agent: name_of(r.agent_id),
+                    state: r.state.clone(),
+                    at: when(r.ended_at),
+                    percent: 100,
+                    text: String::new(),
+                });
+            }
+        }
+    }
+    let stale_hours = store
+        .setting(ALERTS_KEY)
+        .await?
+        .and_then(|(v, _)| serde_json::from_str::<Alerts>(&v).ok())
+        .and_then(|a| a.stale.map(|s| s.hours))
+        .unwrap_or(STALE_HOURS);
+    let last = store.last_success().await?;
+    let stale = agents
+        .iter()
+        .filter(|a| a.revoked_at.is_none())
+        .filter(|a| {
+            last.get(&a.id)
+                .is_none_or(|t| *t < now - i64::from(stale_hours) * 3600)
+        })
+        .map(|a| StaleLine {
+            id: a.id,
+            hostname: a.hostname.clone(),
+            last: view::ago(last.get(&a.id).copied()),
+        })
+        .collect();
+    let targets: HashMap<i64, String> = store
+        .targets(0, i64::MAX)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t.name))
+        .collect();
+    let usage = store
+        .target_usage()
+        .await?
+        .into_iter()
+        .map(|u| UsageLine {
+            name: u
+                .target_id
+                .and_then(|id| targets.get(&id).cloned())
+                .unwrap_or_else(|| "(removed target)".into()),
+            images: u.images,
+            bytes: bytes(u.bytes),
+        })
+        .collect();
+    let days = store.daily_totals(now - 30 * 86_400).await?;
+    Ok(render(Dashboard {
+        shell: session.shell("dashboard"),
+        total,
+        online,
+        busy,
+        offline,
+        night,
+        problems,
+        running,
+        stale_hours,
+        stale,
+        usage,
+        chart: chart(&days, now / 86_400),
+    }))
+}
+
+/// Thirty days as an SVG: bars for bytes written, a line for the summed run time. Only
+/// numbers and dates go into it.
+fn chart(days: &[DayTotal], today: i64) -> String {
+    const W: i64 = 720;
+    const H: i64 = 180;
+    const LEFT: i64 = 8;
+    let by_day: HashMap<i64, &DayTotal> = days.iter().map(|d| (d.day, d)).collect();
+    let max_bytes = days
+        .iter()
+        .map(|d| d.bytes_written)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let max_secs = days.iter().map(|d| d.seconds).max().unwrap_or(0).max(1);
+    let step = (W - LEFT) / 30;
+    let mut bars = String::new();
+    let mut line = Vec::new();
+    let mut labels = String::new();
+    for i in 0..30 {
+        let day = today - 29 + i;
+        let x = LEFT + i * step;
+        let d = by_day.get(&day);
+        let b = d.map_or(0, |d| d.bytes_written);
+        let s = d.map_or(0, |d| d.seconds);
+        let h = b * (H - 30) / max_bytes;
+        let fill = if d.is_some_and(|d| d.failed > 0) {
+            "#d9776f"
+        } else {
+            "#9bbcf0"
+        };
+        bars.push_str(&format!(
+            "<rect x=\"{x}\" y=\"{}\" width=\"{}\" height=\"{h}\" fill=\"{fill}\"><title>{}: {} written, {} run time, {} runs</title></rect>",
+            H - 20 - h,
+            step - 4,
+            date(day),
+            bytes(b),
+            duration(s),
+            d.map_or(0, |d| d.runs)
+        ));
+        line.push(format!(
+            "{},{}",
+            x + (step - 4) / 2,
+            H - 20 - s * (H - 30) / max_secs
+        ));
+        if i % 5 == 4 {
+            labels.push_str(&format!(
+                "<text x=\"{x}\" y=\"{}\">{}</text>",
+                H - 5,
+                &date(day)[5..]
+            ));
+        }
+    }
+    format!(
+        "<svg class=\"chart\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"Image sizes and run times, last 30 days\" width=\"100%\">\
+         {bars}<polyline points=\"{}\" fill=\"none\" stroke=\"#1c2430\" stroke-width=\"2\"/>{labels}\
+         <text x=\"{LEFT}\" y=\"10\">max {} a day · line: run time, max {}</text></svg>",
+        line.join(" "),
+        bytes(max_bytes),
+        duration(max_secs)
+    )
+}
+
+fn date(day: i64) -> String {
+    view::when(Some(day * 86_400))
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}

@@ -1,0 +1,82 @@
+//! Server-sent events for open console pages: once a second, the progress of every running
+//! run and the state of every agent, as one `state` event.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::IntoResponse;
+use serde::Serialize;
+
+use super::{view, Session};
+use crate::http::AppState;
+
+const EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Serialize)]
+struct RunState {
+    id: i64,
+    percent: u32,
+    text: String,
+}
+
+#[derive(Serialize)]
+struct LiveState {
+    runs: Vec<RunState>,
+    agents: BTreeMap<i64, &'static str>,
+}
+
+async fn snapshot(state: &AppState) -> Option<Event> {
+    // Queued runs too: a page that shows one learns when it starts and ends.
+    let mut runs = state.store.running_runs().await.ok()?;
+    runs.extend(state.store.queued_runs().await.ok()?);
+    let busy: std::collections::HashSet<i64> = runs
+        .iter()
+        .filter(|r| r.state == "running")
+        .map(|r| r.agent_id)
+        .collect();
+    let agents = state
+        .store
+        .agents(0, i64::MAX)
+        .await
+        .ok()?
+        .iter()
+        .map(|a| {
+            let s = match view::agent_status(state, a) {
+                "online" if busy.contains(&a.id) => "busy",
+                s => s,
+            };
+            (a.id, s)
+        })
+        .collect();
+    let runs = runs
+        .iter()
+        .map(|r| {
+            let (percent, text) = view::progress(state, r.id);
+            RunState {
+                id: r.id,
+                percent,
+                text,
+            }
+        })
+        .collect();
+    Event::default()
+        .event("state")
+        .json_data(LiveState { runs, agents })
+        .ok()
+}
+
+pub async fn stream(State(state): State<AppState>, _session: Session) -> impl IntoResponse {
+    let events = futures_util::stream::unfold((state, true), |(state, first)| async move {
+        if !first {
+            tokio::time::sleep(EVERY).await;
+        }
+        let event = snapshot(&state)
+            .await
+            .unwrap_or_else(|| Event::default().comment("store unavailable"));
+        Some((Ok::<_, Infallible>(event), (state, false)))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,394 @@
+//! Jobs: the list with next run and last result, one job's page with its runs and
+//! actions, and the job wizard (what, where, when, options, notification) for new and
+//! existing jobs.
+
+use std::collections::{BTreeSet, HashMap};
+
+use askama::Template;
+use axum::extract::{Path, State};
+
+use super::view::{self, when};
+use super::{render, PageError, PageResult, Session, Shell};
+use crate::auth::Role;
+use crate::http::{ApiError, AppState};
+use crate::jobs::schedule::{Repeat, Schedule};
+use crate::store::jobs::{JobRow, RunFilter};
+
+pub struct JobLine {
+    pub id: i64,
+    pub name: String,
+    pub enabled: bool,
+    pub runs_on: String,
+    pub schedule: String,
+    pub next: String,
+    pub last_id: Option<i64>,
+    pub last_state: String,
+    pub last_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "jobs.html")]
+struct Jobs {
+    shell: Shell,
+    jobs: Vec<JobLine>,
+}
+
+/// A schedule in a few words.
+fn describe(s: &Schedule) -> String {
+    let what = match &s.repeat {
+        Repeat::Once { at } => format!("once at {}", at.format("%Y-%m-%d %H:%M")),
+        Repeat::Daily { time, every_days } if *every_days == 1 => {
+            format!("daily at {}", time.format("%H:%M"))
+        }
+        Repeat::Daily { time, every_days } => {
+            format!("every {every_days} days at {}", time.format("%H:%M"))
+        }
+        Repeat::Weekly {
+            time,
+            weekdays,
+            every_weeks,
+        } => format!(
+            "{}{} at {}",
+            if *every_weeks > 1 {
+                format!("every {every_weeks} weeks on ")
+            } else {
+                String::new()
+            },
+            weekdays.join(", "),
+            time.format("%H:%M")
+        ),
+        Repeat::Monthly { time, day } => {
+            format!("monthly on day {day} at {}", time.format("%H:%M"))
+        }
+        Repeat::Cron { expression } => format!("cron {expression}"),
+    };
+    format!("{what} ({})", s.timezone)
+}
+
+async fn line(
+    state: &AppState,
+    j: &JobRow,
+    sites: &HashMap<i64, String>,
+) -> Result<JobLine, PageError> {
+    let spec = state.jobs.spec_of(j).await.ok();
+    let raw: Option<crate::jobs::spec::JobSpec> = serde_json::from_str(&j.spec).ok();
+    let runs_on = match raw.as_ref().and_then(|s| s.site_id) {
+        Some(site) => format!(
+            "site {}",
+            sites
+                .get(&site)
+                .cloned()
+                .unwrap_or_else(|| site.to_string())
+        ),
+        None => {
+            let n = spec.as_ref().map_or(0, |s| s.agents.len());
+            format!("{n} agent{}", if n == 1 { "" } else { "s" })
+        }
+    };
+    let schedule = spec.as_ref().and_then(|s| s.schedule.clone());
+    let next = if j.enabled {
+        schedule
+            .as_ref()
+            .and_then(|s| s.next_after(chrono::Utc::now()))
+            .map(|t| when(Some(t.timestamp())))
+            .unwrap_or_default()
+    } else {
+        "disabled".into()
+    };
+    let filter = RunFilter {
+        job_id: Some(j.id),
+        ..RunFilter::default()
+    };
+    let last = state
+        .store
+        .runs(&filter, i64::MAX, 1)
+        .await?
+        .into_iter()
+        .next();
+    Ok(JobLine {
+        id: j.id,
+        name: j.name.clone(),
+        enabled: j.enabled,
+        runs_on,
+        schedule: schedule
+            .as_ref()
+            .map(describe)
+            .unwrap_or_else(|| "manual".into()),
+        next,
+        last_id: last.as_ref().map(|r| r.id),
+        last_state: last.as_ref().map(|r| r.state.clone()).unwrap_or_default(),
+        last_at: last
+            .as_ref()
+            .map(|r| view::ago(r.ended_at.or(r.started_at).or(Some(r.created_at))))
+            .unwrap_or_default(),
+    })
+}
+
+async fn site_names(state: &AppState) -> Result<HashMap<i64, String>, PageError> {
+    Ok(state
+        .store
+        .sites(0, i64::MAX)
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s.name))
+        .collect())
+}
+
+pub async fn list(State(state): State<AppState>, session: Session) -> PageResult {
+    let sites = site_names(&state).await?;
+    let mut jobs = Vec::new();
+    for j in state.store.jobs(0, i64::MAX).await? {
+        jobs.push(line(&state, &j, &sites).await?);
+    }
+    Ok(render(Jobs {
+        shell: session.shell("jobs"),
+        jobs,
+    }))
+}
+
+pub struct RunLine {
+    pub id: i64,
+    pub agent: String,
+    pub state: String,
+    pub at: String,
+    pub percent: u32,
+    pub text: String,
+}
+
+#[derive(Template)]
+#[template(path = "job.html")]
+struct JobPage {
+    shell: Shell,
+    job: JobLine,
+    spec_json: String,
+    password: bool,
+    agents: Vec<(i64, String)>,
+    runs: Vec<RunLine>,
+}
+
+async fn find(state: &AppState, id: i64) -> Result<JobRow, PageError> {
+    state
+        .store
+        .job(id)
+        .await?
+        .ok_or_else(|| PageError(ApiError::NotFound(format!("job {id}"))))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<i64>,
+) -> PageResult {
+    let j = find(&state, id).await?;
+    let sites = site_names(&state).await?;
+    let job = line(&state, &j, &sites).await?;
+    let names: HashMap<i64, String> = state
+        .store
+        .agents(0, i64::MAX)
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a.hostname))
+        .collect();
+    let name_of = |a: i64| {
+        names
+            .get(&a)
+            .cloned()
+            .unwrap_or_else(|| format!("agent {a}"))
+    };
+    let agents = state
+        .jobs
+        .spec_of(&j)
+        .await
+        .map(|s| s.agents)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (a, name_of(a)))
+        .collect();
+    let filter = RunFilter {
+        job_id: Some(id),
+        ..RunFilter::default()
+    };
+    let runs = state
+        .store
+        .runs(&filter, i64::MAX, 30)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let (percent, text) = if r.finished() {
+                (100, String::new())
+            } else {
+                view::progress(&state, r.id)
+            };
+            RunLine {
+                id: r.id,
+                agent: name_of(r.agent_id),
+                at: when(r.started_at.or(r.scheduled_for).or(Some(r.created_at))),
+                state: r.state,
+                percent,
+                text,
+            }
+        })
+        .collect();
+    let spec: serde_json::Value = serde_json::from_str(&j.spec).unwrap_or_default();
+    Ok(render(JobPage {
+        shell: session.shell("jobs"),
+        job,
+        spec_json: serde_json::to_string_pretty(&spec).unwrap_or_default(),
+        password: j.secret.is_some(),
+        agents,
+        runs,
+    }))
+}
+
+/// A disk or partition an agent reported, offered as a source.
+pub struct SourceOption {
+    pub path: String,
+    pub label: String,
+}
+
+pub struct AgentOption {
+    pub id: i64,
+    pub hostname: String,
+    pub site: String,
+}
+
+#[derive(Template)]
+#[template(path = "job_form.html")]
+struct JobForm {
+    shell: Shell,
+    /// 0 for a new job.
+    id: i64,
+    /// The job as JSON (name, enabled, spec) for the page's script to fill the form.
+    current: String,
+    password: bool,
+    agents: Vec<AgentOption>,
+    sites: Vec<(i64, String)>,
+    targets: Vec<(i64, String)>,
+    sources: Vec<SourceOption>,
+    allow_none: bool,
+    none_label: &'static str,
+    /// The schedule fields' name prefix.
+    sched: &'static str,
+}
+
+async fn form(
+    state: &AppState,
+    session: &Session,
+    id: i64,
+    current: String,
+    password: bool,
+) -> PageResult {
+    session.require(Role::Operator)?;
+    let sites: Vec<(i64, String)> = state
+        .store
+        .sites(0, i64::MAX)
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s.name))
+        .collect();
+    let site_names: HashMap<i64, &str> = sites.iter().map(|(i, n)| (*i, n.as_str())).collect();
+    let mut agents = Vec::new();
+    let mut sources = BTreeSet::new();
+    for a in state.store.agents(0, i64::MAX).await? {
+        if a.revoked_at.is_some() {
+            continue;
+        }
+        if let Some(inv) = a
+            .inventory
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<holdfast_proto::Inventory>(t).ok())
+        {
+            for d in &inv.disks {
+                sources.insert((
+                    format!("/dev/{}", d.name),
+                    format!(
+                        "whole disk, {} {}",
+                        holdfast_proto::human_bytes(d.size),
+                        d.model.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
+            for v in &inv.volumes {
+                sources.insert((
+                    format!("/dev/{}", v.name),
+                    format!(
+                        "{} {} {}",
+                        v.filesystem.as_deref().unwrap_or("partition"),
+                        holdfast_proto::human_bytes(v.size),
+                        v.label.as_deref().unwrap_or("")
+                    ),
+                ));
+                if let Some(uuid) = &v.uuid {
+                    sources.insert((
+                        format!("/dev/disk/by-uuid/{uuid}"),
+                        format!("{} by its stable id", v.name),
+                    ));
+                }
+            }
+        }
+        agents.push(AgentOption {
+            id: a.id,
+            site: a
+                .site_id
+                .and_then(|s| site_names.get(&s).map(|n| (*n).to_owned()))
+                .unwrap_or_default(),
+            hostname: a.hostname,
+        });
+    }
+    let targets = state
+        .store
+        .targets(0, i64::MAX)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t.name))
+        .collect();
+    Ok(render(JobForm {
+        shell: session.shell("jobs"),
+        id,
+        current,
+        password,
+        agents,
+        sites,
+        targets,
+        sources: sources
+            .into_iter()
+            .map(|(path, label)| SourceOption { path, label })
+            .collect(),
+        allow_none: true,
+        sched: "spec.schedule.",
+        none_label: "no schedule of its own (the site's, or run by hand)",
+    }))
+}
+
+pub async fn new(State(state): State<AppState>, session: Session) -> PageResult {
+    let current = serde_json::json!({
+        "name": "", "enabled": true,
+        "spec": {
+            "name_template": "$TEMPL:(ComputerName)-$TEMPL:(Year)$TEMPL:(Month)$TEMPL:(Day)-$TEMPL:(Hour)$TEMPL:(Minute).hfi",
+            "folder": "$TEMPL:(ComputerName)",
+            "method": "incremental_chain", "compression_level": 3, "chain_length": 7,
+            "verify": true,
+            "schedule": {"kind": "daily", "time": "22:00", "every_days": 1, "timezone": "UTC", "time_frame_minutes": 60},
+            "retention": {"keep_last": 2},
+        }
+    });
+    form(&state, &session, 0, current.to_string(), false).await
+}
+
+pub async fn edit(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<i64>,
+) -> PageResult {
+    let j = find(&state, id).await?;
+    let spec: serde_json::Value = serde_json::from_str(&j.spec).unwrap_or_default();
+    let current = serde_json::json!({"name": j.name, "enabled": j.enabled, "spec": spec});
+    form(
+        &state,
+        &session,
+        id,
+        current.to_string(),
+        j.secret.is_some(),
+    )
+    .await
+}

@@ -1,0 +1,143 @@
+//! Sites: named groups of agents with a default target, folder, schedule and notification
+//! that their jobs inherit.
+
+use askama::Template;
+use axum::extract::{Path, State};
+
+use super::{render, PageError, PageResult, Session, Shell};
+use crate::http::{ApiError, AppState};
+
+pub struct SiteLine {
+    pub id: i64,
+    pub name: String,
+    pub agents: usize,
+    pub target: String,
+}
+
+#[derive(Template)]
+#[template(path = "sites.html")]
+struct Sites {
+    shell: Shell,
+    sites: Vec<SiteLine>,
+    targets: Vec<(i64, String)>,
+    // The form for a new site.
+    id: i64,
+    current: String,
+    allow_none: bool,
+    none_label: &'static str,
+    /// The schedule fields' name prefix.
+    sched: &'static str,
+}
+
+async fn targets(state: &AppState) -> Result<Vec<(i64, String)>, PageError> {
+    Ok(state
+        .store
+        .targets(0, i64::MAX)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t.name))
+        .collect())
+}
+
+pub async fn list(State(state): State<AppState>, session: Session) -> PageResult {
+    let targets = targets(&state).await?;
+    let book = state.store.site_book().await?;
+    let mut sites: Vec<SiteLine> = book
+        .values()
+        .map(|(row, agents)| {
+            let d: crate::jobs::spec::SiteDefaults =
+                serde_json::from_str(&row.defaults).unwrap_or_default();
+            SiteLine {
+                id: row.id,
+                name: row.name.clone(),
+                agents: agents.len(),
+                target: d
+                    .target_id
+                    .and_then(|t| targets.iter().find(|(id, _)| *id == t))
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    sites.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(render(Sites {
+        shell: session.shell("sites"),
+        sites,
+        targets,
+        id: 0,
+        current: serde_json::json!({"name": "", "defaults": {"folder": "$TEMPL:(ComputerName)", "schedule": {"kind": "none"}}}).to_string(),
+        allow_none: true,
+        sched: "defaults.schedule.",
+        none_label: "no default schedule",
+    }))
+}
+
+pub struct Member {
+    pub id: i64,
+    pub hostname: String,
+    pub here: bool,
+    pub elsewhere: String,
+}
+
+#[derive(Template)]
+#[template(path = "site.html")]
+struct SitePage {
+    shell: Shell,
+    id: i64,
+    name: String,
+    current: String,
+    targets: Vec<(i64, String)>,
+    members: Vec<Member>,
+    allow_none: bool,
+    none_label: &'static str,
+    /// The schedule fields' name prefix.
+    sched: &'static str,
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<i64>,
+) -> PageResult {
+    let site = state
+        .store
+        .site(id)
+        .await?
+        .ok_or_else(|| PageError(ApiError::NotFound(format!("site {id}"))))?;
+    let names: std::collections::HashMap<i64, String> = state
+        .store
+        .sites(0, i64::MAX)
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s.name))
+        .collect();
+    let members = state
+        .store
+        .agents(0, i64::MAX)
+        .await?
+        .into_iter()
+        .filter(|a| a.revoked_at.is_none())
+        .map(|a| Member {
+            id: a.id,
+            hostname: a.hostname,
+            here: a.site_id == Some(id),
+            elsewhere: a
+                .site_id
+                .filter(|s| *s != id)
+                .and_then(|s| names.get(&s).cloned())
+                .unwrap_or_default(),
+        })
+        .collect();
+    let defaults: serde_json::Value = serde_json::from_str(&site.defaults).unwrap_or_default();
+    Ok(render(SitePage {
+        shell: session.shell("sites"),
+        id,
+        current: serde_json::json!({"name": site.name, "defaults": defaults}).to_string(),
+        name: site.name,
+        targets: targets(&state).await?,
+        members,
+        allow_none: true,
+        sched: "defaults.schedule.",
+        none_label: "no default schedule",
+    }))
+}

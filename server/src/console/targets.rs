@@ -1,0 +1,117 @@
+//! Targets: where images go. Credentials are shown as set / not set, never their values.
+
+use askama::Template;
+use axum::extract::{Path, State};
+
+use super::view::{bytes, when};
+use super::{render, PageError, PageResult, Session, Shell};
+use crate::http::{ApiError, AppState};
+
+pub struct TargetLine {
+    pub id: i64,
+    pub name: String,
+    pub url: String,
+    pub username: String,
+    pub images: i64,
+    pub bytes: String,
+}
+
+#[derive(Template)]
+#[template(path = "targets.html")]
+struct Targets {
+    shell: Shell,
+    targets: Vec<TargetLine>,
+    // The empty form for a new target.
+    id: i64,
+    name: String,
+    url: String,
+    username: String,
+    ca_pem: String,
+    notes: String,
+    password: bool,
+    private_key: bool,
+}
+
+pub async fn list(State(state): State<AppState>, session: Session) -> PageResult {
+    let usage = state.store.target_usage().await?;
+    let targets = state
+        .store
+        .targets(0, i64::MAX)
+        .await?
+        .into_iter()
+        .map(|t| {
+            let u = usage.iter().find(|u| u.target_id == Some(t.id));
+            TargetLine {
+                id: t.id,
+                name: t.name,
+                url: t.url,
+                username: t.username.unwrap_or_default(),
+                images: u.map_or(0, |u| u.images),
+                bytes: bytes(u.map_or(0, |u| u.bytes)),
+            }
+        })
+        .collect();
+    Ok(render(Targets {
+        shell: session.shell("targets"),
+        targets,
+        id: 0,
+        name: String::new(),
+        url: String::new(),
+        username: String::new(),
+        ca_pem: String::new(),
+        notes: String::new(),
+        password: false,
+        private_key: false,
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "target.html")]
+struct TargetPage {
+    shell: Shell,
+    id: i64,
+    name: String,
+    url: String,
+    username: String,
+    ca_pem: String,
+    notes: String,
+    password: bool,
+    private_key: bool,
+    updated: String,
+    agents: Vec<(i64, String)>,
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    session: Session,
+    Path(id): Path<i64>,
+) -> PageResult {
+    let t = state
+        .store
+        .target(id)
+        .await?
+        .ok_or_else(|| PageError(ApiError::NotFound(format!("target {id}"))))?;
+    // Only whether each credential is there: the page never holds a secret.
+    let secret = crate::http::target_secret(&state, &t)?;
+    let agents = state
+        .store
+        .agents(0, i64::MAX)
+        .await?
+        .into_iter()
+        .filter(|a| a.revoked_at.is_none() && state.gateway.is_online(a.id))
+        .map(|a| (a.id, a.hostname))
+        .collect();
+    Ok(render(TargetPage {
+        shell: session.shell("targets"),
+        id: t.id,
+        name: t.name,
+        url: t.url,
+        username: t.username.unwrap_or_default(),
+        ca_pem: t.ca_pem.unwrap_or_default(),
+        notes: t.notes,
+        password: secret.password.is_some(),
+        private_key: secret.private_key.is_some(),
+        updated: when(Some(t.updated_at)),
+        agents,
+    }))
+}

@@ -1,0 +1,354 @@
+//! The web console in a real browser (headless Chromium over WebDriver) against the real
+//! server and agent binaries, an SFTP server and an SMTP sink: the day of an admin from
+//! login to a report's XML. Every page is saved as a screenshot under
+//! `$CARGO_TARGET_TMPDIR/console-screenshots/`.
+
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::browser::Browser;
+use crate::fixtures::{SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
+use crate::fleet::{agent_bin, wait_for, wait_secs};
+use crate::proc::{curl, free_port, printed_secrets, start};
+use crate::util::{edit_files, mkfs, require_devices, sparse_file, tempdir, write_files, Loop};
+
+/// A process stopped on drop.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The browser's `fetch` of `path` with `method` (and the page's CSRF token unless
+/// `csrf` is false): the status and the error code.
+fn fetch(b: &Browser, method: &str, path: &str, csrf: bool) -> (i64, String) {
+    let v = b.script_async(
+        "const [method, path, csrf, done] = arguments;
+         const headers = {'content-type': 'application/json'};
+         if (csrf) headers['x-csrf-token'] = document.querySelector('meta[name=csrf]').content;
+         fetch(path, {method, headers, body: method === 'GET' ? undefined : '{}'})
+           .then(async r => { let code = ''; try { code = (await r.json()).error.code; } catch (_) {} done([r.status, code]); })
+           .catch(e => done([0, String(e)]));",
+        &[json!(method), json!(path), json!(csrf)],
+    );
+    (
+        v[0].as_i64().unwrap_or(0),
+        v[1].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn log_in(b: &Browser, base: &str, name: &str, password: &str) {
+    b.go(&format!("{base}/login"));
+    b.fill("#login-form input[name=name]", name);
+    b.fill("#login-form input[name=password]", password);
+    b.click("#login-form button[type=submit]");
+    b.wait("the dashboard", 15, |b| b.has("nav a.on[href='/']"));
+}
+
+#[test]
+fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() {
+    const TEST: &str = "console";
+    if agent_bin().is_none() || !require_devices(TEST) {
+        return;
+    }
+    let Some(sshd) = Sshd::start(TEST) else {
+        return;
+    };
+    let Some(sink) = SmtpSink::start(TEST) else {
+        return;
+    };
+    let t = tempdir();
+    let work = t.path();
+    let Some(b) = Browser::start(TEST, work, 1400) else {
+        return;
+    };
+    let port = free_port();
+    let (server, printed) = start(work, port, true);
+    let _server = Kill(server);
+    let log = work.join("server.log");
+    let (_, password) = printed_secrets(&printed);
+    let base = format!("https://localhost:{port}");
+    let ca = work.join("tls/ca.pem").display().to_string();
+    wait_for("the server", &log, || {
+        curl(&["--cacert", &ca, &format!("{base}/healthz")]).is_some_and(|(o, _)| o == "ok\n")
+    });
+
+    // Not logged in: the login page, which says what is wrong with a bad password.
+    b.go(&format!("{base}/jobs"));
+    b.wait("the login page", 15, |b| b.url().contains("/login?next="));
+    b.shot("01-login");
+    b.fill("#login-form input[name=name]", "admin");
+    b.fill("#login-form input[name=password]", "not the password");
+    b.click("#login-form button[type=submit]");
+    b.wait("the login error", 15, |b| {
+        b.text("#login-form .msg")
+            .contains("wrong user name or password")
+    });
+    log_in(&b, &base, "admin", &password);
+    b.shot("02-dashboard-empty");
+
+    // Enrol an agent with the command the page shows.
+    b.go(&format!("{base}/agents"));
+    b.fill("#enrol-form input[name=name]", "lab machines");
+    b.click("#enrol-form button[type=submit]");
+    b.wait("the enrol command", 15, |b| {
+        b.text("#enrol-command")
+            .starts_with("holdfast-agent enroll")
+    });
+    b.shot("03-enrolment");
+    let command = b.text("#enrol-command");
+    let config = work.join("agent.json");
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    let out = Command::new(agent_bin().expect("agent"))
+        .args(&args)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .expect("enrol");
+    assert!(out.status.success(), "{command}: {out:?}");
+    let _agent = Kill(
+        Command::new(agent_bin().expect("agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(work.join("agent.log")).expect("log"),
+            ))
+            .spawn()
+            .expect("agent"),
+    );
+    b.go(&format!("{base}/agents"));
+    b.wait("the agent online", 30, |b| {
+        b.has("[data-agent='1'].s-online") || {
+            b.go(&format!("{base}/agents"));
+            false
+        }
+    });
+    b.shot("04-agents");
+    b.click("a[href='/agents/1']");
+    b.wait("the agent's disks", 15, |b| b.has(".disk .parts"));
+    b.shot("05-agent");
+
+    // An SFTP target, tested from the agent.
+    b.go(&format!("{base}/targets"));
+    b.fill("#target-form input[name=name]", "lab sftp");
+    b.fill(
+        "#target-form input[name=url]",
+        &format!("sftp://127.0.0.1:{}{}", sshd.port, sshd.data.display()),
+    );
+    b.fill("#target-form input[name=username]", USER);
+    b.fill("#target-form input[name=password]", PASSWORD);
+    b.click("#target-form button[type=submit]");
+    b.wait("the target's page", 15, |b| b.has("#test-form"));
+    assert!(!b
+        .script("return document.body.innerHTML", &[])
+        .to_string()
+        .contains(PASSWORD));
+    b.click("#test-form button[type=submit]");
+    b.wait("the connection test", 60, |b| {
+        b.text("#test-result").starts_with("OK")
+    });
+    b.shot("06-target-tested");
+
+    // A site with the agent.
+    b.go(&format!("{base}/sites"));
+    b.fill("#site-form input[name=name]", "Head office");
+    b.choose("#site-form select[name='defaults.target_id']", "1");
+    b.click("#site-form button[type=submit]");
+    b.wait("the site's page", 15, |b| b.has("#move-1"));
+    b.click("#move-1");
+    b.wait("the agent in the site", 15, |b| !b.has("#move-1"));
+    b.shot("07-site");
+
+    // The job wizard: a nightly job for the site, with a live preview of the name and the
+    // next five runs.
+    let vol = work.join("vol.img");
+    sparse_file(&vol, 64 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    edit_files(lo.path(), "ext4", work, |d| {
+        write_files(d, 0, 8);
+        std::fs::write(d.join("noise.bin"), crate::util::noise(24 << 20, 3)).expect("noise");
+    });
+    b.go(&format!("{base}/jobs"));
+    b.click("#new-job");
+    b.wait("the wizard", 15, |b| b.has("#job-form"));
+    b.fill("#job-form input[name=name]", "Nightly office image");
+    b.click("#job-form input[name=run_on][value=site]");
+    b.fill("#job-form input[name='spec.source']", lo.path());
+    b.fill("#job-form input[name='spec.name_template']", "nightly-$TEMPL:(ComputerName)-$TEMPL:(Year)$TEMPL:(Month)$TEMPL:(Day)-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi");
+    b.choose("#job-form select[name='spec.schedule.kind']", "daily");
+    b.set(
+        "#job-form [data-sched=daily] input[name='spec.schedule.time']",
+        "22:30",
+    );
+    b.wait("the preview", 15, |b| {
+        b.text("#preview-name").contains("nightly-")
+            && b.script(
+                "return document.querySelectorAll('#preview-runs li').length",
+                &[],
+            ) == 5
+    });
+    let host = b.text("#preview-name");
+    assert!(host.contains("/nightly-"), "{host}");
+    assert!(
+        b.text("#preview-runs").contains("22:30"),
+        "{}",
+        b.text("#preview-runs")
+    );
+    b.shot("08-job-wizard");
+    b.fill(
+        "#job-form input[name='spec.notify.recipients']",
+        "ops@example.test",
+    );
+    b.choose("#job-form select[name='spec.notify.when']", "always");
+    b.click("#save-job");
+    b.wait("the job's page", 15, |b| b.has("#run-now"));
+    b.shot("09-job");
+
+    // Run it now and watch the bar reach 100 %.
+    b.click("#run-now");
+    b.wait("a run on the page", 15, |b| b.has("[data-run]"));
+    // The bar follows the run live (server-sent events); when the run ends the page shows
+    // its result with a full bar.
+    let mut widths = Vec::new();
+    b.wait("the run to finish", 120, |b| {
+        widths.push(
+            b.script(
+                "const i = document.querySelector('[data-run] .progress > i'); return i ? i.style.width : ''",
+                &[],
+            )
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        );
+        b.has("td .badge.s-successful")
+    });
+    assert_eq!(
+        b.script(
+            "return document.querySelector('[data-run] .progress > i').style.width",
+            &[]
+        ),
+        "100%",
+        "{widths:?}"
+    );
+    b.shot("10-job-ran");
+    b.click("td a[href^='/reports/']");
+    b.wait("the report", 15, |b| b.has("#download-xml"));
+    let report = b.text("main");
+    for want in ["successful", "Image created", "Job finished"] {
+        assert!(report.contains(want), "{want}: {report}");
+    }
+    b.shot("11-report");
+    b.click("#download-xml");
+    let mut xml = String::new();
+    wait_secs("the XML download", &log, 30, || {
+        std::fs::read_dir(&b.downloads)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|e| e.file_name().to_string_lossy().ends_with(".xml"))
+            .and_then(|e| std::fs::read_to_string(e.path()).ok())
+            .is_some_and(|t| {
+                xml = t;
+                true
+            })
+    });
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert!(xml.contains("<status>successful</status>"), "{xml}");
+
+    // Mail settings and a test e-mail to the sink.
+    b.go(&format!("{base}/settings"));
+    b.fill("#smtp-form input[name='settings.server']", "localhost");
+    b.fill(
+        "#smtp-form input[name='settings.port']",
+        &sink.port.to_string(),
+    );
+    b.choose("#smtp-form select[name='settings.tls']", "starttls");
+    b.fill("#smtp-form input[name='settings.username']", SMTP_USER);
+    b.fill("#smtp-form input[name=password]", SMTP_PASSWORD);
+    b.fill(
+        "#smtp-form input[name='settings.sender']",
+        "Holdfast <holdfast@example.test>",
+    );
+    b.fill(
+        "#smtp-form textarea[name='settings.ca_pem']",
+        &std::fs::read_to_string(&sink.ca).expect("ca"),
+    );
+    b.click("#smtp-form button[type=submit]");
+    b.wait("the settings saved", 15, |b| {
+        b.text("#smtp-form .msg") == "Saved."
+    });
+    b.fill("#test-mail-form input[name=to]", "admin@example.test");
+    b.click("#test-mail-form button[type=submit]");
+    b.wait("the test mail sent", 30, |b| {
+        b.text("#test-mail-form .msg").starts_with("Sent")
+    });
+    assert!(sink
+        .mails()
+        .iter()
+        .any(|m| m.contains("X-Sink-To: admin@example.test") && m.contains("Test e-mail")));
+    assert!(!b
+        .script("return document.body.innerHTML", &[])
+        .to_string()
+        .contains(SMTP_PASSWORD));
+    b.shot("12-settings");
+    // A narrow window (a small laptop, a tablet): the navigation folds above the page.
+    b.size(820, 1000);
+    b.go(&format!("{base}/"));
+    b.wait("the dashboard", 15, |b| b.has("main h1"));
+    b.shot("13-dashboard-narrow");
+    b.size(1400, 1000);
+    b.go(&format!("{base}/settings"));
+
+    // A change without the CSRF token is refused, with it accepted.
+    assert_eq!(
+        fetch(&b, "POST", "/api/v1/jobs/1/check", false),
+        (403, "csrf".into())
+    );
+    assert_eq!(fetch(&b, "POST", "/api/v1/jobs/1/check", true).0, 200);
+
+    // A viewer: sees everything, has no buttons that change anything, and the server
+    // refuses the changes anyway.
+    b.fill("#user-form input[name=name]", "vera");
+    b.fill("#user-form input[name=password]", "viewer-password-1");
+    b.choose("#user-form select[name=role]", "viewer");
+    b.click("#user-form button[type=submit]");
+    b.wait("the new user", 15, |b| b.text("#users").contains("vera"));
+    b.click("#logout");
+    b.wait("the login page", 15, |b| b.url().contains("/login"));
+    log_in(&b, &base, "vera", "viewer-password-1");
+    for (page, absent) in [
+        ("/jobs/1", "#run-now"),
+        ("/jobs", "#new-job"),
+        ("/agents", "#enrol-form"),
+        ("/targets/1", "#test-form"),
+        ("/settings", "#smtp-form"),
+    ] {
+        b.go(&format!("{base}{page}"));
+        b.wait(page, 15, |b| b.has("main h1"));
+        assert!(!b.has(absent), "{absent} on {page} for a viewer");
+    }
+    b.shot("14-viewer-settings");
+    for (method, path) in [
+        ("POST", "/api/v1/jobs/1/run"),
+        ("DELETE", "/api/v1/jobs/1"),
+        ("POST", "/api/v1/jobs/1/cancel"),
+        ("DELETE", "/api/v1/agents/1"),
+    ] {
+        assert_eq!(
+            fetch(&b, method, path, true),
+            (403, "forbidden".into()),
+            "{method} {path}"
+        );
+    }
+    b.go(&format!("{base}/jobs/new"));
+    b.wait("a refusal", 15, |b| {
+        b.text("body").contains("your role does not allow this")
+    });
+}

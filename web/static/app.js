@@ -1,0 +1,342 @@
+// Holdfast console: the few things a server-rendered page cannot do alone. Every change
+// goes to the REST API (same checks as any API client) with the session's CSRF token;
+// live state arrives as server-sent events. No framework, no build step.
+"use strict";
+(function () {
+  const csrf = () => (document.querySelector('meta[name="csrf"]') || {}).content || "";
+
+  async function api(method, path, body) {
+    const opts = { method, headers: { "x-csrf-token": csrf() }, credentials: "same-origin" };
+    if (body !== undefined) {
+      opts.headers["content-type"] = "application/json";
+      opts.body = JSON.stringify(body);
+    }
+    const r = await fetch(path, opts);
+    const text = await r.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+    if (!r.ok) {
+      const e = data && data.error;
+      let msg = e ? e.message : (r.status + " " + r.statusText);
+      if (e && e.details) msg += ": " + e.details.map((d) => (d.field ? d.field + ": " : "") + d.message).join("; ");
+      const err = new Error(msg);
+      err.status = r.status;
+      throw err;
+    }
+    return data;
+  }
+
+  // Read a form into JSON: `name="a.b"` nests, data-type says how to read the value
+  // (number, bool, list = comma/space separated, json); empty optional fields are left out.
+  function read(form) {
+    const out = {};
+    for (const el of form.elements) {
+      if (!el.name || el.disabled || el.closest("[hidden]")) continue;
+      const type = el.dataset.type || "";
+      let v;
+      if (el.type === "checkbox") {
+        if (type === "set") { if (!el.checked) continue; v = el.value; }
+        else v = el.checked;
+      } else if (el.type === "radio") {
+        if (!el.checked) continue;
+        v = el.value;
+      } else {
+        v = el.value.trim();
+        if (v === "" && !el.dataset.keepEmpty) continue;
+        if (type === "number") v = Number(v);
+        else if (type === "list") v = v.split(/[\s,;]+/).filter(Boolean);
+        else if (type === "numbers") v = v.split(/[\s,;]+/).filter(Boolean).map(Number);
+        else if (type === "json") v = JSON.parse(v);
+      }
+      const keys = el.name.split(".");
+      let o = out;
+      keys.slice(0, -1).forEach((k) => { o = o[k] = o[k] || {}; });
+      const last = keys[keys.length - 1];
+      if (type === "set") (o[last] = o[last] || []).push(v);
+      else o[last] = v;
+    }
+    return out;
+  }
+
+  function bytes(n) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+    return (i ? n.toFixed(1) : String(n)) + " " + units[i];
+  }
+
+  function show(el, text, ok) {
+    if (!el) return;
+    el.textContent = text;
+    el.className = "msg " + (ok ? "ok" : "error");
+  }
+
+  function then(spec, data) {
+    if (!spec || spec === "reload") return location.reload();
+    if (spec === "stay") return;
+    location.href = spec.replace("{id}", data && data.id !== undefined ? data.id : "");
+  }
+
+  // <form data-api="/api/v1/x" data-method="POST" data-then="/x/{id}">
+  document.addEventListener("submit", async (ev) => {
+    const form = ev.target.closest("form[data-api]");
+    if (!form) return;
+    ev.preventDefault();
+    const out = form.querySelector(".msg");
+    const button = form.querySelector("button[type=submit], button:not([type])");
+    if (button) button.disabled = true;
+    try {
+      let body = read(form);
+      if (form.dataset.build) body = window.hf.build[form.dataset.build](body, form);
+      const data = await api(form.dataset.method || "POST", form.dataset.api, body);
+      if (form.dataset.done) show(out, form.dataset.done, true);
+      if (form.dataset.result && window.hf.result[form.dataset.result]) window.hf.result[form.dataset.result](data, form);
+      else then(form.dataset.then, data);
+    } catch (e) {
+      show(out, e.message, false);
+    } finally {
+      if (button) button.disabled = false;
+    }
+  });
+
+  // <button data-call="POST /api/v1/jobs/3/run" data-confirm="…" data-then="reload">
+  document.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("[data-call]");
+    if (b) {
+      ev.preventDefault();
+      if (b.dataset.confirm && !window.confirm(b.dataset.confirm)) return;
+      const [method, path] = b.dataset.call.split(" ");
+      const out = document.getElementById(b.dataset.out || "") || b.parentElement.querySelector(".msg");
+      b.disabled = true;
+      try {
+        const body = b.dataset.body ? JSON.parse(b.dataset.body) : undefined;
+        const data = await api(method, path, body);
+        if (b.dataset.result && window.hf.result[b.dataset.result]) window.hf.result[b.dataset.result](data, b);
+        else then(b.dataset.then, data);
+      } catch (e) {
+        show(out, e.message, false);
+      } finally {
+        b.disabled = false;
+      }
+      return;
+    }
+    const t = ev.target.closest("[data-toggle-job]");
+    if (t) {
+      const path = "/api/v1/jobs/" + t.dataset.toggleJob;
+      try {
+        const j = await api("GET", path);
+        await api("PUT", path, { name: j.name, enabled: !j.enabled, spec: j.spec });
+        location.reload();
+      } catch (e) {
+        show(t.parentElement.querySelector(".msg"), e.message, false);
+      }
+      return;
+    }
+    const c = ev.target.closest("[data-copy]");
+    if (c) {
+      const text = document.getElementById(c.dataset.copy).textContent;
+      const done = () => { c.textContent = "Copied"; setTimeout(() => (c.textContent = "Copy"), 1500); };
+      if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(text).then(done, done);
+      else {
+        const r = document.createRange();
+        r.selectNodeContents(document.getElementById(c.dataset.copy));
+        const s = getSelection(); s.removeAllRanges(); s.addRange(r);
+        document.execCommand("copy"); done();
+      }
+    }
+  });
+
+  // Live state: runs' progress and agents' status, pushed by the server.
+  function live() {
+    if (!document.querySelector("[data-live]")) return;
+    const es = new EventSource("/console/events");
+    es.addEventListener("state", (ev) => {
+      const s = JSON.parse(ev.data);
+      const running = new Set();
+      for (const r of s.runs) {
+        running.add(String(r.id));
+        document.querySelectorAll('[data-run="' + r.id + '"]').forEach((el) => {
+          el.dataset.seen = "1";
+          const bar = el.querySelector(".progress > i");
+          if (bar) bar.style.width = r.percent + "%";
+          const t = el.querySelector("[data-text]");
+          if (t) t.textContent = r.text;
+          el.dataset.percent = r.percent;
+        });
+      }
+      // A run that left the list has ended: its final state is on the report.
+      document.querySelectorAll("[data-run]").forEach((el) => {
+        const open = el.dataset.state === "running" || el.dataset.state === "queued" || el.dataset.seen;
+        if (!running.has(el.dataset.run) && open && el.dataset.state !== "done" && !el.dataset.ended) {
+          el.dataset.ended = "1";
+          const bar = el.querySelector(".progress > i");
+          if (bar) bar.style.width = "100%";
+          el.dataset.percent = "100";
+          const t = el.querySelector("[data-text]");
+          if (t) t.textContent = "finished";
+          if (el.dataset.reload) setTimeout(() => location.reload(), 800);
+        }
+      });
+      document.querySelectorAll("[data-agent]").forEach((el) => {
+        const st = s.agents[el.dataset.agent];
+        if (st && el.textContent !== st) { el.textContent = st; el.className = "badge s-" + st; }
+      });
+      if (s.reload_on && document.querySelector('[data-reload-on="' + s.reload_on + '"]')) location.reload();
+    });
+  }
+
+  const result = {
+    // A new enrolment token: show the command to run on the machine.
+    enrolment(data) {
+      document.getElementById("enrol-command").textContent = data.command;
+      document.getElementById("enrol-result").hidden = false;
+    },
+    // "Test connection" / "check job" answers: say what the agent found.
+    probe(data, el) {
+      const out = document.getElementById(el.dataset.out || "") || el.parentElement.querySelector(".msg");
+      const ok = data.ok !== false;
+      let text = data.detail || data.message || (ok ? "OK" : "failed");
+      if (data.write_ms !== undefined) {
+        text = "wrote, read back and deleted a " + bytes(data.bytes) + " test file (write " + data.write_ms +
+          " ms, read " + data.read_ms + " ms); free space " + (data.free_bytes == null ? "unknown" : bytes(data.free_bytes));
+      }
+      if (data.problems && data.problems.length) text = data.problems.join("; ");
+      show(out, (ok ? "OK: " : "Failed: ") + text, ok);
+    },
+    // A test e-mail was handed to the SMTP server.
+    sent(data, el) {
+      show(el.querySelector(".msg"), "Sent: the SMTP server accepted the test e-mail.", true);
+    },
+  };
+
+  result.token = (data) => {
+    const pre = document.getElementById("token-secret");
+    pre.textContent = "Your new token (shown once): " + data.secret;
+    pre.hidden = false;
+  };
+  result.checked = (data, el) => {
+    const lines = (data.agents || []).map((a) => {
+      const r = a.result || {};
+      const bad = (r.checks || []).filter((c) => c.status !== "ok");
+      return "agent " + a.agent_id + ": " + (r.ok ? "ready" : bad.map((c) => c.check + ": " + c.detail).join("; "));
+    });
+    const ok = (data.agents || []).every((a) => a.result && a.result.ok);
+    show(document.getElementById(el.dataset.out), lines.join(" · ") || "no agents", ok);
+  };
+
+  const build = {
+    // The wizard's fields as the API's job: drop what is not chosen, convert units.
+    job(body) {
+      const spec = body.spec || {};
+      if (body.run_on === "site") delete spec.agents;
+      else {
+        delete spec.site_id;
+        spec.agents = (spec.agents || []).map(Number);
+      }
+      if (spec.schedule && (spec.schedule.kind === "none" || !spec.schedule.kind)) delete spec.schedule;
+      for (const hook of ["before", "after"]) {
+        if (spec[hook] && !spec[hook].command) delete spec[hook];
+      }
+      if (spec.retention && Object.keys(spec.retention).length === 0) delete spec.retention;
+      if (spec.notify && !spec.notify.when) delete spec.notify;
+      if (spec.notify && !spec.notify.recipients) spec.notify.recipients = [];
+      if (body.split_mib) spec.split_size = body.split_mib * 1048576;
+      const out = { name: body.name || "", enabled: !!body.enabled, spec };
+      if (body.password) out.password = body.password;
+      return out;
+    },
+    import(body) {
+      return JSON.parse(body.file || "null");
+    },
+    alerts(body) {
+      const out = {};
+      if (body.stale && body.stale.hours) out.stale = { hours: body.stale.hours, recipients: body.stale.recipients || [] };
+      if (body.digest && body.digest.time) out.digest = Object.assign({ recipients: [] }, body.digest);
+      return out;
+    },
+    site(body) {
+      const d = body.defaults || {};
+      if (d.schedule && (d.schedule.kind === "none" || !d.schedule.kind)) delete d.schedule;
+      if (d.notify && !d.notify.when) delete d.notify;
+      if (d.notify && !d.notify.recipients) d.notify.recipients = [];
+      return { name: body.name || "", defaults: d };
+    },
+  };
+
+  // Show the parts of a form that belong to the chosen option: data-switch="x" on a
+  // select or radio, data-x="value other" on the parts.
+  function switches(root) {
+    root.querySelectorAll("[data-switch]").forEach((sw) => {
+      const key = sw.dataset.switch;
+      const form = sw.form || root;
+      const chosen = () => {
+        const els = form.querySelectorAll('[data-switch="' + key + '"]');
+        for (const e of els) if (e.type !== "radio" || e.checked) return e.value;
+        return "";
+      };
+      const apply = () => {
+        const v = chosen();
+        form.querySelectorAll("[data-" + key + "]").forEach((part) => {
+          part.hidden = !part.getAttribute("data-" + key).split(" ").includes(v);
+        });
+      };
+      sw.addEventListener("change", apply);
+      apply();
+    });
+  }
+
+  // Put `obj` (nested like the field names) into the form's fields.
+  function fill(form, obj) {
+    const get = (path) => path.split(".").reduce((o, k) => (o == null ? undefined : o[k]), obj);
+    for (const el of form.elements) {
+      if (!el.name) continue;
+      const v = get(el.name);
+      if (v === undefined || v === null) continue;
+      if (el.type === "checkbox") el.checked = el.dataset.type === "set" ? v.map(String).includes(el.value) : !!v;
+      else if (el.type === "radio") el.checked = String(v) === el.value;
+      else if (Array.isArray(v)) el.value = v.join(", ");
+      else el.value = String(v);
+    }
+  }
+
+  function wizard(form) {
+    const current = JSON.parse(form.dataset.current || "{}");
+    const spec = current.spec || {};
+    current.run_on = spec.site_id ? "site" : "agents";
+    if (spec.split_size) current.split_mib = Math.round(spec.split_size / 1048576);
+    fill(form, current);
+    switches(form);
+    const name = document.getElementById("preview-name");
+    const runs = document.getElementById("preview-runs");
+    const error = document.getElementById("preview-error");
+    let timer = null;
+    const preview = async () => {
+      try {
+        const body = build.job(read(form));
+        const p = await api("POST", "/api/v1/jobs/preview", { spec: body.spec });
+        name.textContent = "Image: " + p.name + (p.agents > 1 ? "  (first of " + p.agents + " agents)" : "");
+        runs.replaceChildren(...p.next_runs.map((t) => { const li = document.createElement("li"); li.textContent = t; return li; }));
+        if (!p.next_runs.length) { const li = document.createElement("li"); li.textContent = "no scheduled runs: run by hand"; runs.replaceChildren(li); }
+        error.textContent = "";
+      } catch (e) {
+        error.textContent = e.message;
+      }
+    };
+    const later = () => { clearTimeout(timer); timer = setTimeout(preview, 300); };
+    form.addEventListener("input", later);
+    form.addEventListener("change", later);
+    preview();
+  }
+
+  function init() {
+    document.querySelectorAll("form[data-wizard]").forEach(wizard);
+    document.querySelectorAll("form[data-current]:not([data-wizard])").forEach((f) => {
+      fill(f, JSON.parse(f.dataset.current || "{}"));
+      switches(f);
+    });
+    live();
+  }
+
+  window.hf = { api, read, show, build, result };
+  document.addEventListener("DOMContentLoaded", init);
+})();
