@@ -75,7 +75,7 @@ pub async fn list(
         .map(|r| r.agent_id)
         .collect();
     let last = store.last_success().await?;
-    let all = store.agents(0, i64::MAX).await?;
+    let all = store.agent_list().await?;
     let total = all.len();
     let q = f.q.trim().to_lowercase();
     let agents = all

@@ -7,10 +7,9 @@ use askama::Template;
 use axum::extract::State;
 
 use super::view::{self, bytes, duration, when};
-use super::{render, PageResult, Session, Shell};
-use crate::http::AppState;
+use super::{render, PageError, PageResult, Session, Shell};
+use crate::http::{ApiError, AppState};
 use crate::jobs::alerts::{Alerts, ALERTS_KEY};
-use crate::store::jobs::RunFilter;
 use crate::store::overview::DayTotal;
 
 /// Hours without a successful backup after which an agent is listed, unless the stale
@@ -59,7 +58,7 @@ struct Dashboard {
 pub async fn page(State(state): State<AppState>, session: Session) -> PageResult {
     let store = &state.store;
     let now = crate::store::now();
-    let agents = store.agents(0, i64::MAX).await?;
+    let agents = store.agent_list().await?;
     let names: HashMap<i64, String> = agents.iter().map(|a| (a.id, a.hostname.clone())).collect();
     let name_of = |id: i64| {
         names
@@ -98,26 +97,20 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
     // "Last night": the last 24 hours.
     let since = now - 24 * 3600;
     let night = store.state_counts(since).await?;
-    let mut problems = Vec::new();
-    for state_name in ["failed", "missed", "warning", "cancelled"] {
-        let filter = RunFilter {
-            state: Some(state_name.into()),
-            ..RunFilter::default()
-        };
-        for r in store.runs(&filter, i64::MAX, 10).await? {
-            if r.ended_at.unwrap_or(0) >= since {
-                problems.push(RunLine {
-                    id: r.id,
-                    name: r.name.clone(),
-                    agent: name_of(r.agent_id),
-                    state: r.state.clone(),
-                    at: when(r.ended_at),
-                    percent: 100,
-                    text: String::new(),
-                });
-            }
-        }
-    }
+    let problems = store
+        .runs_ended_in(since, &["failed", "missed", "warning", "cancelled"], 20)
+        .await?
+        .into_iter()
+        .map(|r| RunLine {
+            id: r.id,
+            agent: name_of(r.agent_id),
+            at: when(r.ended_at),
+            percent: 100,
+            text: String::new(),
+            name: r.name,
+            state: r.state,
+        })
+        .collect();
     let stale_hours = store
         .setting(ALERTS_KEY)
         .await?
@@ -157,7 +150,7 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
             bytes: bytes(u.bytes),
         })
         .collect();
-    let days = store.daily_totals(now - 30 * 86_400).await?;
+    let days = daily_totals(&state, now).await?;
     Ok(render(Dashboard {
         shell: session.shell("dashboard"),
         total,
@@ -172,6 +165,45 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
         usage,
         chart: chart(&days, now / 86_400),
     }))
+}
+
+/// How long the totals of past days are kept: runs that end late (a report delivered after
+/// a reconnect) still show up in their day within this.
+const CLOSED_DAYS_FOR: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The last thirty days' totals: past days from the cache (summing them reads every run of
+/// the month), today read afresh.
+async fn daily_totals(state: &AppState, now: i64) -> Result<Vec<DayTotal>, PageError> {
+    let today = now / 86_400;
+    let cached = {
+        let guard = state
+            .console
+            .closed_days
+            .lock()
+            .map_err(|_| PageError(ApiError::Internal("console cache poisoned".into())))?;
+        guard
+            .as_ref()
+            .filter(|(day, at, _)| *day == today && at.elapsed() < CLOSED_DAYS_FOR)
+            .map(|(_, _, totals)| totals.clone())
+    };
+    let mut days = match cached {
+        Some(d) => d,
+        None => {
+            let closed: Vec<DayTotal> = state
+                .store
+                .daily_totals((today - 29) * 86_400)
+                .await?
+                .into_iter()
+                .filter(|d| d.day < today)
+                .collect();
+            if let Ok(mut guard) = state.console.closed_days.lock() {
+                *guard = Some((today, std::time::Instant::now(), closed.clone()));
+            }
+            closed
+        }
+    };
+    days.extend(state.store.daily_totals(today * 86_400).await?);
+    Ok(days)
 }
 
 /// Thirty days as an SVG: bars for bytes written, a line for the summed run time. Only

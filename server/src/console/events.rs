@@ -39,7 +39,7 @@ async fn snapshot(state: &AppState) -> Option<Event> {
         .collect();
     let agents = state
         .store
-        .agents(0, i64::MAX)
+        .agent_list()
         .await
         .ok()?
         .iter()

@@ -2,7 +2,7 @@
 //! actions, and the job wizard (what, where, when, options, notification) for new and
 //! existing jobs.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -184,7 +184,7 @@ pub async fn show(
     let job = line(&state, &j, &sites).await?;
     let names: HashMap<i64, String> = state
         .store
-        .agents(0, i64::MAX)
+        .agent_list()
         .await?
         .into_iter()
         .map(|a| (a.id, a.hostname))
@@ -288,7 +288,8 @@ async fn form(
         .collect();
     let site_names: HashMap<i64, &str> = sites.iter().map(|(i, n)| (*i, n.as_str())).collect();
     let mut agents = Vec::new();
-    let mut sources = BTreeSet::new();
+    // One entry per path (agents share device names; the first description wins).
+    let mut sources = BTreeMap::new();
     for a in state.store.agents(0, i64::MAX).await? {
         if a.revoked_at.is_some() {
             continue;
@@ -299,30 +300,31 @@ async fn form(
             .and_then(|t| serde_json::from_str::<holdfast_proto::Inventory>(t).ok())
         {
             for d in &inv.disks {
-                sources.insert((
-                    format!("/dev/{}", d.name),
-                    format!(
-                        "whole disk, {} {}",
-                        holdfast_proto::human_bytes(d.size),
-                        d.model.as_deref().unwrap_or("")
-                    ),
-                ));
+                sources
+                    .entry(format!("/dev/{}", d.name))
+                    .or_insert_with(|| {
+                        format!(
+                            "whole disk, {} {}",
+                            holdfast_proto::human_bytes(d.size),
+                            d.model.as_deref().unwrap_or("")
+                        )
+                    });
             }
             for v in &inv.volumes {
-                sources.insert((
-                    format!("/dev/{}", v.name),
-                    format!(
-                        "{} {} {}",
-                        v.filesystem.as_deref().unwrap_or("partition"),
-                        holdfast_proto::human_bytes(v.size),
-                        v.label.as_deref().unwrap_or("")
-                    ),
-                ));
+                sources
+                    .entry(format!("/dev/{}", v.name))
+                    .or_insert_with(|| {
+                        format!(
+                            "{} {} {}",
+                            v.filesystem.as_deref().unwrap_or("partition"),
+                            holdfast_proto::human_bytes(v.size),
+                            v.label.as_deref().unwrap_or("")
+                        )
+                    });
                 if let Some(uuid) = &v.uuid {
-                    sources.insert((
-                        format!("/dev/disk/by-uuid/{uuid}"),
-                        format!("{} by its stable id", v.name),
-                    ));
+                    sources
+                        .entry(format!("/dev/disk/by-uuid/{uuid}"))
+                        .or_insert_with(|| format!("{} by its stable id", v.name));
                 }
             }
         }

@@ -48,6 +48,20 @@ pub fn router() -> Router<AppState> {
         .merge(assets::router())
 }
 
+/// What pages keep between requests: figures that are expensive to read and change
+/// rarely.
+#[derive(Default)]
+pub struct Cache {
+    /// The dashboard's daily totals of days that are over: (today, read at, totals).
+    closed_days: std::sync::Mutex<
+        Option<(
+            i64,
+            std::time::Instant,
+            Vec<crate::store::overview::DayTotal>,
+        )>,
+    >,
+}
+
 /// The logged-in user of a page; without a session, the browser goes to the login page.
 pub struct Session {
     pub user: User,

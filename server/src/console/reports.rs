@@ -88,7 +88,7 @@ pub async fn list(
         .runs(&filter, f.before.unwrap_or(i64::MAX), PAGE)
         .await?;
     let agents: Vec<(i64, String)> = store
-        .agents(0, i64::MAX)
+        .agent_list()
         .await?
         .into_iter()
         .map(|a| (a.id, a.hostname))

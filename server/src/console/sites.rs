@@ -113,7 +113,7 @@ pub async fn show(
         .collect();
     let members = state
         .store
-        .agents(0, i64::MAX)
+        .agent_list()
         .await?
         .into_iter()
         .filter(|a| a.revoked_at.is_none())

@@ -95,7 +95,7 @@ pub async fn show(
     let secret = crate::http::target_secret(&state, &t)?;
     let agents = state
         .store
-        .agents(0, i64::MAX)
+        .agent_list()
         .await?
         .into_iter()
         .filter(|a| a.revoked_at.is_none() && state.gateway.is_online(a.id))

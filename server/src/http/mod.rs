@@ -55,6 +55,8 @@ pub struct AppState {
     /// Sends e-mail with the stored SMTP settings.
     pub mailer: Arc<crate::mail::Mailer>,
     pub limiter: Arc<LoginLimiter>,
+    /// What console pages keep between requests.
+    pub console: Arc<crate::console::Cache>,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
     /// Fingerprint of the certificate agents pin.
@@ -86,6 +88,7 @@ impl AppState {
             gateway,
             vault,
             limiter: Arc::default(),
+            console: Arc::default(),
             metrics: Arc::default(),
             started: Instant::now(),
             fingerprint,

@@ -174,6 +174,18 @@ impl Store {
         Ok(rows.iter().map(agent).collect::<Result<_, _>>()?)
     }
 
+    /// Every agent, by id, without its inventory (what lists and live views need: a fleet's
+    /// inventories are megabytes).
+    pub async fn agent_list(&self) -> Result<Vec<Agent>, StoreError> {
+        let columns = AGENT_COLUMNS.replace("inventory,", "CAST(NULL AS TEXT) AS inventory,");
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {columns} FROM agents ORDER BY id"
+        )))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(agent).collect::<Result<_, _>>()?)
+    }
+
     /// Revoke an agent; false when there is no such live agent.
     pub async fn revoke_agent(&self, id: i64) -> Result<bool, StoreError> {
         let done =

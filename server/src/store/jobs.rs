@@ -481,18 +481,53 @@ impl Store {
         before: i64,
         limit: i64,
     ) -> Result<Vec<RunRow>, StoreError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE id < $1 \
-             AND ($2 IS NULL OR job_id = $2) AND ($3 IS NULL OR agent_id = $3) AND ($4 IS NULL OR state = $4) \
-             ORDER BY id DESC LIMIT $5"
-        )))
-        .bind(before)
-        .bind(filter.job_id)
-        .bind(filter.agent_id)
-        .bind(filter.state.as_deref())
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await?;
+        // Only the conditions given, so that the database can use the index of each (an
+        // `$n IS NULL OR column = $n` condition hides them and scans every run).
+        let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id < $1");
+        let mut n = 1;
+        for (column, given) in [
+            ("job_id", filter.job_id.is_some()),
+            ("agent_id", filter.agent_id.is_some()),
+            ("state", filter.state.is_some()),
+        ] {
+            if given {
+                n += 1;
+                sql.push_str(&format!(" AND {column} = ${n}"));
+            }
+        }
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", n + 1));
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(before);
+        if let Some(j) = filter.job_id {
+            q = q.bind(j);
+        }
+        if let Some(a) = filter.agent_id {
+            q = q.bind(a);
+        }
+        if let Some(s) = &filter.state {
+            q = q.bind(s.clone());
+        }
+        let rows = q.bind(limit).fetch_all(self.pool()).await?;
+        Ok(rows.iter().map(run).collect::<Result<_, _>>()?)
+    }
+
+    /// The newest `limit` runs that ended at or after `since` in one of `states`.
+    pub async fn runs_ended_in(
+        &self,
+        since: i64,
+        states: &[&str],
+        limit: i64,
+    ) -> Result<Vec<RunRow>, StoreError> {
+        let marks: Vec<String> = (0..states.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE ended_at >= $1 AND state IN ({}) ORDER BY ended_at DESC LIMIT ${}",
+            marks.join(", "),
+            states.len() + 2
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(since);
+        for s in states {
+            q = q.bind(*s);
+        }
+        let rows = q.bind(limit).fetch_all(self.pool()).await?;
         Ok(rows.iter().map(run).collect::<Result<_, _>>()?)
     }
 
