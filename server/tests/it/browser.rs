@@ -186,12 +186,21 @@ impl Browser {
     }
 
     pub fn click(&self, selector: &str) {
-        let el = self.find(selector);
-        self.session_call(
-            "POST",
-            &format!("/element/{}/click", el.0),
-            Some(&json!({})),
-        );
+        // A page that reloads between finding and clicking leaves a stale reference: again.
+        for _ in 0..5 {
+            let el = self.find(selector);
+            match http(
+                self.port,
+                "POST",
+                &format!("/session/{}/element/{}/click", self.session, el.0),
+                Some(&json!({})),
+            ) {
+                Ok(_) => return,
+                Err(e) if e.contains("stale") => std::thread::sleep(Duration::from_millis(100)),
+                Err(e) => panic!("click {selector}: {e}"),
+            }
+        }
+        panic!("click {selector}: the element keeps going stale");
     }
 
     /// Replace the text of field `selector` with `text` (typed as keys).
@@ -226,13 +235,24 @@ impl Browser {
         self.click(&format!("{selector} option[value=\"{value}\"]"));
     }
 
-    /// The visible text of `selector`.
+    /// The visible text of `selector` (read in one step: a page that reloads meanwhile
+    /// cannot leave a stale reference).
     pub fn text(&self, selector: &str) -> String {
-        let el = self.find(selector);
-        self.session_call("GET", &format!("/element/{}/text", el.0), None)
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = self.script(
+                "const e = document.querySelector(arguments[0]); return e ? e.innerText : null",
+                &[json!(selector)],
+            );
+            if let Some(t) = v.as_str() {
+                return t.to_owned();
+            }
+            if Instant::now() > deadline {
+                self.shot("failed-text");
+                panic!("no element '{selector}' on {}", self.url());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Run `script` (a function body; `arguments` are `args`) in the page.

@@ -210,6 +210,20 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     b.click("#save-job");
     b.wait("the job's page", 15, |b| b.has("#run-now"));
     b.shot("09-job");
+    // Check: the agent says whether the job could run now (source, target, space, base).
+    b.click("#check-job");
+    b.wait("the check's answer", 60, |b| !b.text("#job-msg").is_empty());
+    let checked = b.text("#job-msg");
+    assert!(checked.contains("ready"), "{checked}");
+    // Disable and enable again.
+    b.click("#toggle-job");
+    b.wait("the job disabled", 15, |b| {
+        b.text("main h1").contains("(disabled)")
+    });
+    b.click("#toggle-job");
+    b.wait("the job enabled", 15, |b| {
+        !b.text("main h1").contains("(disabled)")
+    });
 
     // Run it now and watch the bar reach 100 %.
     b.click("#run-now");
