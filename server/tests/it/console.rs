@@ -173,7 +173,7 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     mkfs(lo.path(), "ext4");
     edit_files(lo.path(), "ext4", work, |d| {
         write_files(d, 0, 8);
-        std::fs::write(d.join("noise.bin"), crate::util::noise(24 << 20, 3)).expect("noise");
+        std::fs::write(d.join("noise.bin"), crate::util::noise(48 << 20, 3)).expect("noise");
     });
     b.go(&format!("{base}/jobs"));
     b.click("#new-job");
