@@ -14,6 +14,7 @@ pub struct UserLine {
     pub id: i64,
     pub name: String,
     pub role: &'static str,
+    pub disabled: bool,
     pub created: String,
 }
 
@@ -69,6 +70,7 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
             .map(|u| UserLine {
                 id: u.id,
                 role: u.role.as_str(),
+                disabled: u.disabled,
                 created: when(Some(u.created_at)),
                 name: u.name,
             })

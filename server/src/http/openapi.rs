@@ -16,7 +16,7 @@ use super::{
     info(title = "Holdfast server API", description = "Users, tokens, agents, storage targets, jobs and reports. See docs/api.md."),
     paths(
         session::login, session::logout, session::me, session::change_password,
-        users::list, users::create, users::remove,
+        users::list, users::create, users::update, users::remove,
         tokens::list, tokens::create, tokens::revoke,
         meta::healthz, meta::metrics, meta::info, meta::audit,
         agents::create_token, agents::list_tokens, agents::revoke_token,

@@ -18,7 +18,7 @@ use crate::store::users::User;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/users", get(list).post(create))
-        .route("/api/v1/users/{id}", delete(remove))
+        .route("/api/v1/users/{id}", delete(remove).put(update))
 }
 
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", params(PageQuery), responses((status = 200, description = "a page of users", body = Object), (status = 403, body = ErrorBody)), security(("session" = []), ("token" = [])))]
@@ -88,6 +88,45 @@ async fn create(
         )
         .await?;
     Ok((StatusCode::CREATED, Json(user)))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UserChange {
+    role: Role,
+    #[serde(default)]
+    disabled: bool,
+}
+
+#[utoipa::path(put, path = "/api/v1/users/{id}", tag = "users", params(("id" = i64, Path)), request_body = UserChange, responses((status = 200, body = User), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+    ApiJson(body): ApiJson<UserChange>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    // Nobody locks themselves out: there may be no other admin.
+    if id == caller.user.id && (body.role != Role::Admin || body.disabled) {
+        return Err(ApiError::Invalid(
+            "you cannot lower or disable your own account".into(),
+        ));
+    }
+    let user = state
+        .store
+        .update_user(id, body.role, body.disabled)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("user {id}")))?;
+    state
+        .store
+        .audit(
+            &caller.user.name,
+            "update_user",
+            &format!("user:{id}"),
+            &format!("role={} disabled={}", user.role.as_str(), user.disabled),
+        )
+        .await?;
+    Ok(Json(user))
 }
 
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]

@@ -108,6 +108,25 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Change a user's role and whether they are disabled (a disabled user's sessions and
+    /// tokens stop working at once); the user as now stored, or none when there is none.
+    pub async fn update_user(
+        &self,
+        id: i64,
+        role: Role,
+        disabled: bool,
+    ) -> Result<Option<User>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE users SET role = $1, disabled = $2 WHERE id = $3 RETURNING {COLUMNS}"
+        )))
+        .bind(role.as_str())
+        .bind(i64::from(disabled))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(user).transpose()?)
+    }
+
     /// Remove a user (their sessions and tokens go with them).
     pub async fn delete_user(&self, id: i64) -> Result<bool, StoreError> {
         let mut tx = self.pool().begin().await?;

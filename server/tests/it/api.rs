@@ -181,6 +181,31 @@ async fn login_roles_tokens_and_audit() {
         .await;
     assert_eq!((r.status, code(&r)), (StatusCode::CONFLICT, "conflict"));
 
+    // Roles change in place; nobody lowers or disables themselves.
+    for (role, want) in [("operator", "operator"), ("viewer", "viewer")] {
+        let r = api
+            .call(
+                "PUT",
+                &format!("/api/v1/users/{vera_id}"),
+                Some(&admin),
+                Some(json!({"role": role})),
+            )
+            .await;
+        assert_eq!((r.status, &r.body["role"]), (StatusCode::OK, &json!(want)));
+    }
+    let r = api
+        .call(
+            "PUT",
+            "/api/v1/users/1",
+            Some(&admin),
+            Some(json!({"role": "admin", "disabled": true})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+    );
+
     // A viewer reads but cannot manage users.
     let vera = api.login("vera", "viewer-pass-1").await;
     let r = api.call("GET", "/api/v1/info", Some(&vera), None).await;
@@ -512,6 +537,12 @@ async fn every_route_refuses_anonymous_and_lower_roles() {
         ("DELETE", "/api/v1/agents/1", "admin", None),
         ("GET", "/api/v1/users", "admin", None),
         ("POST", "/api/v1/users", "admin", Some(user)),
+        (
+            "PUT",
+            "/api/v1/users/1",
+            "admin",
+            Some(json!({"role": "viewer"})),
+        ),
         ("DELETE", "/api/v1/users/1", "admin", None),
         ("GET", "/api/v1/audit", "admin", None),
         ("GET", "/api/v1/enrollment-tokens", "admin", None),

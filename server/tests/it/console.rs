@@ -334,6 +334,17 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     b.choose("#user-form select[name=role]", "viewer");
     b.click("#user-form button[type=submit]");
     b.wait("the new user", 15, |b| b.text("#users").contains("vera"));
+    // Roles change in place: vera becomes an operator, then a viewer again.
+    b.choose("#user-2 select[name=role]", "operator");
+    b.click("#user-2 button[type=submit]");
+    b.wait("vera an operator", 15, |b| {
+        b.text("#audit").contains("role=operator disabled=false")
+    });
+    b.choose("#user-2 select[name=role]", "viewer");
+    b.click("#user-2 button[type=submit]");
+    b.wait("vera a viewer", 15, |b| {
+        b.text("#audit").contains("role=viewer disabled=false")
+    });
     b.click("#logout");
     b.wait("the login page", 15, |b| b.url().contains("/login"));
     log_in(&b, &base, "vera", "viewer-password-1");
