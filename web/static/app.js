@@ -5,9 +5,13 @@
 (function () {
   const csrf = () => (document.querySelector('meta[name="csrf"]') || {}).content || "";
 
-  async function api(method, path, body) {
+  // `raw`: send `body` as it is, with that content type (an uploaded file).
+  async function api(method, path, body, raw) {
     const opts = { method, headers: { "x-csrf-token": csrf() }, credentials: "same-origin" };
-    if (body !== undefined) {
+    if (raw) {
+      opts.headers["content-type"] = raw;
+      opts.body = body;
+    } else if (body !== undefined) {
       opts.headers["content-type"] = "application/json";
       opts.body = JSON.stringify(body);
     }
@@ -86,9 +90,19 @@
     const button = form.querySelector("button[type=submit], button:not([type])");
     if (button) button.disabled = true;
     try {
-      let body = read(form);
-      if (form.dataset.build) body = window.hf.build[form.dataset.build](body, form);
-      const data = await api(form.dataset.method || "POST", form.dataset.api, body);
+      let data;
+      if (form.dataset.upload !== undefined) {
+        // A file (or pasted text) sent as it is: XML when it starts with "<", else JSON.
+        const input = form.querySelector("input[type=file]");
+        const text = input && input.files.length ? await input.files[0].text() : form.querySelector("textarea").value;
+        if (!text.trim()) throw new Error("choose a file or paste one");
+        const type = text.trim().startsWith("<") ? "application/xml" : "application/json";
+        data = await api(form.dataset.method || "POST", form.dataset.api, text, type);
+      } else {
+        let body = read(form);
+        if (form.dataset.build) body = window.hf.build[form.dataset.build](body, form);
+        data = await api(form.dataset.method || "POST", form.dataset.api, body);
+      }
       if (form.dataset.done) show(out, form.dataset.done, true);
       if (form.dataset.result && window.hf.result[form.dataset.result]) window.hf.result[form.dataset.result](data, form);
       else then(form.dataset.then, data);
@@ -244,9 +258,6 @@
       const out = { name: body.name || "", enabled: !!body.enabled, spec };
       if (body.password) out.password = body.password;
       return out;
-    },
-    import(body) {
-      return JSON.parse(body.file || "null");
     },
     alerts(body) {
       const out = {};

@@ -218,6 +218,44 @@ impl Browser {
         );
     }
 
+    /// Choose the file at `path` in the file field `selector`.
+    pub fn upload(&self, selector: &str, path: &Path) {
+        let el = self.find(selector);
+        self.session_call(
+            "POST",
+            &format!("/element/{}/value", el.0),
+            Some(&json!({ "text": path.display().to_string() })),
+        );
+    }
+
+    /// The text of the downloaded file whose name starts with `prefix` and ends with
+    /// `suffix`, once complete (Chromium creates the name empty and writes to a
+    /// `.crdownload` file first), waiting up to 30 s for it.
+    pub fn download(&self, prefix: &str, suffix: &str) -> String {
+        let mut text = String::new();
+        self.wait("the download", 30, |b| {
+            let names: Vec<std::path::PathBuf> = std::fs::read_dir(&b.downloads)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            let busy = names
+                .iter()
+                .any(|p| p.extension().is_some_and(|x| x == "crdownload"));
+            text = names
+                .iter()
+                .find(|p| {
+                    let n = p.file_name().unwrap_or_default().to_string_lossy();
+                    n.starts_with(prefix) && n.ends_with(suffix)
+                })
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            !busy && !text.is_empty()
+        });
+        text
+    }
+
     /// Set field `selector` to `value` as a script would (for date and time fields, whose
     /// typed form depends on the locale), announcing the change.
     pub fn set(&self, selector: &str, value: &str) {

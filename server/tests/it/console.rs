@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::browser::Browser;
 use crate::fixtures::{SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
-use crate::fleet::{agent_bin, wait_for, wait_secs};
+use crate::fleet::{agent_bin, wait_for};
 use crate::proc::{curl, free_port, printed_secrets, start};
 use crate::util::{edit_files, mkfs, require_devices, sparse_file, tempdir, write_files, Loop};
 
@@ -260,21 +260,34 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     }
     b.shot("11-report");
     b.click("#download-xml");
-    let mut xml = String::new();
-    wait_secs("the XML download", &log, 30, || {
-        std::fs::read_dir(&b.downloads)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .find(|e| e.file_name().to_string_lossy().ends_with(".xml"))
-            .and_then(|e| std::fs::read_to_string(e.path()).ok())
-            .is_some_and(|t| {
-                xml = t;
-                true
-            })
-    });
+    let xml = b.download("report-", ".xml");
     assert!(xml.starts_with("<?xml"), "{xml}");
     assert!(xml.contains("<status>successful</status>"), "{xml}");
+
+    // Export the job as XML and import it: the same name is refused with the reason; under
+    // another name it becomes a second job.
+    b.click("a[href^='/jobs/']");
+    b.click("#export-xml");
+    let exported = b.download("job-", ".xml");
+    let file = work.join("downloads").join("job-1.xml");
+    b.go(&format!("{base}/jobs"));
+    b.upload("#import-form input[type=file]", &file);
+    b.click("#import-form button[type=submit]");
+    b.wait("the refusal", 15, |b| {
+        b.text("#import-form .msg").contains("already exists")
+    });
+    let copy = work.join("copy.xml");
+    std::fs::write(
+        &copy,
+        exported.replace("Nightly office image", "Nightly office image (copy)"),
+    )
+    .expect("copy");
+    b.go(&format!("{base}/jobs"));
+    b.upload("#import-form input[type=file]", &copy);
+    b.click("#import-form button[type=submit]");
+    b.wait("the imported job", 15, |b| {
+        b.text("main h1").contains("Nightly office image (copy)")
+    });
 
     // Mail settings and a test e-mail to the sink.
     b.go(&format!("{base}/settings"));
