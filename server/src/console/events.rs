@@ -14,6 +14,8 @@ use super::{view, Session};
 use crate::http::AppState;
 
 const EVERY: Duration = Duration::from_secs(1);
+/// Events between checks that the session is still valid (a logout ends its streams).
+const RECHECK: u32 = 30;
 
 #[derive(Serialize)]
 struct RunState {
@@ -68,15 +70,27 @@ async fn snapshot(state: &AppState) -> Option<Event> {
         .ok()
 }
 
-pub async fn stream(State(state): State<AppState>, _session: Session) -> impl IntoResponse {
-    let events = futures_util::stream::unfold((state, true), |(state, first)| async move {
-        if !first {
-            tokio::time::sleep(EVERY).await;
+pub async fn stream(State(state): State<AppState>, session: Session) -> impl IntoResponse {
+    // The session was checked to get here; it is checked again now and then, so that a
+    // logout or an expiry also ends the stream.
+    let session = session.key;
+    let events = futures_util::stream::unfold((state, 0u32), move |(state, n)| {
+        let session = session.clone();
+        async move {
+            if n > 0 {
+                tokio::time::sleep(EVERY).await;
+            }
+            if n > 0 && n % RECHECK == 0 {
+                match state.store.session_user(&session).await {
+                    Ok(Some(_)) => {}
+                    _ => return None,
+                }
+            }
+            let event = snapshot(&state)
+                .await
+                .unwrap_or_else(|| Event::default().comment("store unavailable"));
+            Some((Ok::<_, Infallible>(event), (state, n.wrapping_add(1))))
         }
-        let event = snapshot(&state)
-            .await
-            .unwrap_or_else(|| Event::default().comment("store unavailable"));
-        Some((Ok::<_, Infallible>(event), (state, false)))
     });
     Sse::new(events).keep_alive(KeepAlive::default())
 }

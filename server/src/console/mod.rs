@@ -66,6 +66,8 @@ pub struct Cache {
 pub struct Session {
     pub user: User,
     pub csrf: String,
+    /// How the store knows the session (to check later that it still holds).
+    pub key: String,
 }
 
 impl FromRequestParts<AppState> for Session {
@@ -80,10 +82,12 @@ impl FromRequestParts<AppState> for Session {
         let Some(secret) = crate::http::cookie(parts, SESSION_COOKIE) else {
             return Err(to_login());
         };
-        match state.store.session_user(&secret_hash(secret)).await {
+        let key = secret_hash(secret);
+        match state.store.session_user(&key).await {
             Ok(Some(user)) => Ok(Session {
                 csrf: csrf_token(secret),
                 user,
+                key,
             }),
             Ok(None) => Err(to_login()),
             Err(e) => Err(PageError::from(ApiError::from(e)).into_response()),

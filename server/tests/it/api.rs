@@ -932,6 +932,23 @@ async fn console_pages_need_a_session_and_a_role() {
             .to_string()
             .contains(&holdfast_server::auth::csrf_token(&admin)));
     }
+    // Live state: a stream of server-sent events, the first at once.
+    let req = Request::builder()
+        .uri("/console/events")
+        .header(header::COOKIE, format!("{SESSION_COOKIE}={admin}"))
+        .body(Body::empty())
+        .expect("request");
+    let resp = api.app.clone().oneshot(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let mut body = resp.into_body();
+    let frame = body.frame().await.expect("an event").expect("frame");
+    let text = String::from_utf8_lossy(frame.data_ref().expect("data")).into_owned();
+    assert!(
+        text.starts_with("event: state") && text.contains("\"agents\""),
+        "{text}"
+    );
+    drop(body);
     let r = api
         .call(
             "POST",
