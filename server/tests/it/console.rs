@@ -202,6 +202,8 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
         b.text("#preview-runs")
     );
     b.shot("08-job-wizard");
+    // The strongest compression: a run long enough to watch.
+    b.fill("#job-form input[name='spec.compression_level']", "19");
     b.fill(
         "#job-form input[name='spec.notify.recipients']",
         "ops@example.test",
@@ -223,6 +225,41 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     b.click("#toggle-job");
     b.wait("the job enabled", 15, |b| {
         !b.text("main h1").contains("(disabled)")
+    });
+    // Edit: the wizard comes back filled with the job as stored.
+    b.click("#edit-job");
+    b.wait("the filled wizard", 15, |b| {
+        b.script(
+            "return document.querySelector('#job-form input[name=name]').value",
+            &[],
+        ) == "Nightly office image"
+    });
+    for (field, want) in [
+        ("input[name=run_on]:checked", "site"),
+        (
+            "[data-sched=daily] input[name='spec.schedule.time']",
+            "22:30",
+        ),
+        ("input[name='spec.notify.recipients']", "ops@example.test"),
+        ("input[name='spec.compression_level']", "19"),
+        ("select[name='spec.method']", "incremental_chain"),
+    ] {
+        let got = b.script(
+            "return document.querySelector('#job-form ' + arguments[0]).value",
+            &[json!(field)],
+        );
+        assert_eq!(got, want, "{field}");
+    }
+    b.fill(
+        "#job-form input[name='spec.comment']",
+        "edited in the console",
+    );
+    b.click("#save-job");
+    b.wait("the job's page again", 15, |b| {
+        b.has("#run-now")
+            && b.script("return document.querySelector('main').textContent", &[])
+                .as_str()
+                .is_some_and(|t| t.contains("edited in the console"))
     });
 
     // Run it now and watch the bar reach 100 %.
@@ -250,6 +287,14 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
         ),
         "100%",
         "{widths:?}"
+    );
+    let moving = widths
+        .iter()
+        .filter_map(|w| w.trim_end_matches('%').parse::<f64>().ok())
+        .any(|w| w > 0.0 && w < 100.0);
+    assert!(
+        moving,
+        "the bar never showed the run in between: {widths:?}"
     );
     b.shot("10-job-ran");
     b.click("td a[href^='/reports/']");
