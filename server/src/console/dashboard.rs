@@ -209,6 +209,9 @@ async fn daily_totals(state: &AppState, now: i64) -> Result<Vec<DayTotal>, PageE
 /// Thirty days as an SVG: bars for bytes written, a line for the summed run time. Only
 /// numbers and dates go into it.
 fn chart(days: &[DayTotal], today: i64) -> String {
+    if days.is_empty() {
+        return String::new();
+    }
     const W: i64 = 720;
     const H: i64 = 180;
     const LEFT: i64 = 8;
