@@ -183,8 +183,8 @@ async fn daily_totals(state: &AppState, now: i64) -> Result<Vec<DayTotal>, PageE
             .map_err(|_| PageError(ApiError::Internal("console cache poisoned".into())))?;
         guard
             .as_ref()
-            .filter(|(day, at, _)| *day == today && at.elapsed() < CLOSED_DAYS_FOR)
-            .map(|(_, _, totals)| totals.clone())
+            .filter(|c| c.today == today && c.read_at.elapsed() < CLOSED_DAYS_FOR)
+            .map(|c| c.totals.clone())
     };
     let mut days = match cached {
         Some(d) => d,
@@ -197,7 +197,11 @@ async fn daily_totals(state: &AppState, now: i64) -> Result<Vec<DayTotal>, PageE
                 .filter(|d| d.day < today)
                 .collect();
             if let Ok(mut guard) = state.console.closed_days.lock() {
-                *guard = Some((today, std::time::Instant::now(), closed.clone()));
+                *guard = Some(super::ClosedDays {
+                    today,
+                    read_at: std::time::Instant::now(),
+                    totals: closed.clone(),
+                });
             }
             closed
         }

@@ -52,14 +52,16 @@ pub fn router() -> Router<AppState> {
 /// rarely.
 #[derive(Default)]
 pub struct Cache {
-    /// The dashboard's daily totals of days that are over: (today, read at, totals).
-    closed_days: std::sync::Mutex<
-        Option<(
-            i64,
-            std::time::Instant,
-            Vec<crate::store::overview::DayTotal>,
-        )>,
-    >,
+    pub(crate) closed_days: std::sync::Mutex<Option<ClosedDays>>,
+}
+
+/// The dashboard's daily totals of the days that are over, as read at one time.
+#[derive(Clone)]
+pub(crate) struct ClosedDays {
+    /// The day they were read on (days since 1970); a new day reads them again.
+    pub today: i64,
+    pub read_at: std::time::Instant,
+    pub totals: Vec<crate::store::overview::DayTotal>,
 }
 
 /// The logged-in user of a page; without a session, the browser goes to the login page.
