@@ -83,10 +83,7 @@ pub async fn list(
         .filter(|a| q.is_empty() || a.hostname.to_lowercase().contains(&q))
         .filter(|a| f.site.is_none() || a.site_id == f.site)
         .map(|a| {
-            let status = match view::agent_status(&state, a) {
-                "online" if busy.contains(&a.id) => "busy",
-                s => s,
-            };
+            let status = view::agent_state(&state, a, &busy);
             AgentLine {
                 id: a.id,
                 hostname: a.hostname.clone(),
@@ -235,7 +232,7 @@ pub async fn show(
             written: bytes(r.bytes_written),
         })
         .collect();
-    let status = view::agent_status(&state, &a);
+    let status = state.agent_status(&a);
     Ok(render(AgentPage {
         shell: session.shell("agents"),
         id,

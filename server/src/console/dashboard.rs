@@ -71,8 +71,8 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
         running_runs.iter().map(|r| r.agent_id).collect();
     let (mut online, mut offline, mut busy, mut total) = (0, 0, 0, 0);
     for a in &agents {
-        match view::agent_status(&state, a) {
-            "online" if busy_ids.contains(&a.id) => busy += 1,
+        match view::agent_state(&state, a, &busy_ids) {
+            "busy" => busy += 1,
             "online" => online += 1,
             "offline" => offline += 1,
             _ => continue,

@@ -45,13 +45,7 @@ async fn snapshot(state: &AppState) -> Option<Event> {
         .await
         .ok()?
         .iter()
-        .map(|a| {
-            let s = match view::agent_status(state, a) {
-                "online" if busy.contains(&a.id) => "busy",
-                s => s,
-            };
-            (a.id, s)
-        })
+        .map(|a| (a.id, view::agent_state(state, a, &busy)))
         .collect();
     let runs = runs
         .iter()

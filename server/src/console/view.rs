@@ -43,14 +43,16 @@ pub fn bytes(n: i64) -> String {
     holdfast_proto::human_bytes(u64::try_from(n).unwrap_or(0))
 }
 
-/// An agent's state: revoked, online, or offline.
-pub fn agent_status(state: &AppState, a: &Agent) -> &'static str {
-    if a.revoked_at.is_some() {
-        "revoked"
-    } else if state.gateway.is_online(a.id) {
-        "online"
-    } else {
-        "offline"
+/// An agent's state in the console: revoked, offline, online, or busy (online with a run
+/// going; `busy` holds the agents that have one).
+pub fn agent_state(
+    state: &AppState,
+    a: &Agent,
+    busy: &std::collections::HashSet<i64>,
+) -> &'static str {
+    match state.agent_status(a) {
+        "online" if busy.contains(&a.id) => "busy",
+        s => s,
     }
 }
 

@@ -132,13 +132,7 @@ async fn revoke_token(
 
 /// An agent with its live state.
 fn view(state: &AppState, a: &Agent, with_inventory: bool) -> Value {
-    let status = if a.revoked_at.is_some() {
-        "revoked"
-    } else if state.gateway.is_online(a.id) {
-        "online"
-    } else {
-        "offline"
-    };
+    let status = state.agent_status(a);
     let mut v = json!({
         "id": a.id,
         "hostname": a.hostname,

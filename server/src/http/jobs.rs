@@ -139,13 +139,8 @@ async fn preview(
         user: "root",
         at: next_runs.first().copied().unwrap_or(now),
     };
-    let folder = crate::jobs::template::render(&spec.folder, &vars).map_err(ApiError::Invalid)?;
-    let file =
-        crate::jobs::template::render(&spec.name_template, &vars).map_err(ApiError::Invalid)?;
-    let name = match folder.trim_matches('/') {
-        "" => file,
-        f => format!("{f}/{file}"),
-    };
+    let name = crate::jobs::template::image_name(&spec.folder, &spec.name_template, &vars)
+        .map_err(ApiError::Invalid)?;
     let tz: chrono_tz::Tz = spec
         .schedule
         .as_ref()

@@ -99,6 +99,19 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// An agent's state as the API and the console show it: revoked, online or offline.
+    pub fn agent_status(&self, a: &crate::store::agents::Agent) -> &'static str {
+        if a.revoked_at.is_some() {
+            "revoked"
+        } else if self.gateway.is_online(a.id) {
+            "online"
+        } else {
+            "offline"
+        }
+    }
+}
+
 /// The whole application.
 pub fn app(state: AppState) -> Router {
     Router::new()

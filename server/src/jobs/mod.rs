@@ -381,13 +381,8 @@ impl Dispatcher {
         run: &RunRow,
         vars: &template::Vars<'_, chrono::Utc>,
     ) -> Result<JobOrder, DispatchError> {
-        let folder = template::render(&spec.folder, vars).map_err(DispatchError::Spec)?;
-        let file = template::render(&spec.name_template, vars).map_err(DispatchError::Spec)?;
-        let name = if folder.trim_matches('/').is_empty() {
-            file
-        } else {
-            format!("{}/{file}", folder.trim_matches('/'))
-        };
+        let name = template::image_name(&spec.folder, &spec.name_template, vars)
+            .map_err(DispatchError::Spec)?;
         let images = self.store.job_images(job.id, run.agent_id).await?;
         let (mut head, mut full) = chain_bases(&images, spec.target());
         // A chain that reached its length is closed: the next image starts a new one.

@@ -94,6 +94,21 @@ pub fn render<Tz: TimeZone>(template: &str, v: &Vars<'_, Tz>) -> Result<String, 
     Ok(out)
 }
 
+/// The image's name under its target: `folder` and `file` filled, joined by one `/` (no
+/// folder: the file alone).
+pub fn image_name<Tz: TimeZone>(
+    folder: &str,
+    file: &str,
+    v: &Vars<'_, Tz>,
+) -> Result<String, String> {
+    let folder = render(folder, v)?;
+    let file = render(file, v)?;
+    Ok(match folder.trim_matches('/') {
+        "" => file,
+        f => format!("{f}/{file}"),
+    })
+}
+
 /// Check `template` by filling it with sample values.
 pub fn check(template: &str) -> Result<(), String> {
     let at = chrono::Utc
@@ -135,6 +150,14 @@ mod tests {
             "web_01_a/2026-11-22_030405_Sun_w47_root.hfi"
         );
         assert_eq!(render("cost $5.hfi", &v).expect("plain $"), "cost $5.hfi");
+        // Folder and file join with one slash; no folder, the file alone.
+        for (folder, want) in [
+            ("$TEMPL:(Year)/", "2026/x.hfi"),
+            ("a/b", "a/b/x.hfi"),
+            ("", "x.hfi"),
+        ] {
+            assert_eq!(image_name(folder, "x.hfi", &v).expect("name"), want);
+        }
     }
 
     #[test]

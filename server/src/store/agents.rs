@@ -39,6 +39,8 @@ pub struct Agent {
 
 /// The columns every agent query returns (a constant, so the formatted SQL is safe).
 const AGENT_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, inventory, inventory_at, site_id, secret_hash";
+/// [`AGENT_COLUMNS`] without the inventory (read as none).
+const AGENT_LIST_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, CAST(NULL AS TEXT) AS inventory, inventory_at, site_id, secret_hash";
 const TOKEN_COLUMNS: &str = "id, name, uses_left, expires_at, created_by, created_at, revoked_at";
 
 fn agent(r: &sqlx::any::AnyRow) -> Result<Agent, sqlx::Error> {
@@ -177,9 +179,8 @@ impl Store {
     /// Every agent, by id, without its inventory (what lists and live views need: a fleet's
     /// inventories are megabytes).
     pub async fn agent_list(&self) -> Result<Vec<Agent>, StoreError> {
-        let columns = AGENT_COLUMNS.replace("inventory,", "CAST(NULL AS TEXT) AS inventory,");
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {columns} FROM agents ORDER BY id"
+            "SELECT {AGENT_LIST_COLUMNS} FROM agents ORDER BY id"
         )))
         .fetch_all(self.pool())
         .await?;
