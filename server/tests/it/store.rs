@@ -317,6 +317,48 @@ async fn exercise_jobs(store: &Store) {
         .run_ended_here(rb.id, "failed", "{}")
         .await
         .expect("ended already"));
+    // The console's reads over many runs: conditions combined, the problems since a time,
+    // counts, daily sums and storage per target, the same on both databases.
+    let combined = RunFilter {
+        job_id: Some(j.id),
+        agent_id: Some(b),
+        state: Some("missed".into()),
+    };
+    let found = store.runs(&combined, i64::MAX, 10).await.expect("list");
+    assert_eq!(found.iter().map(|r| r.id).collect::<Vec<_>>(), [rb.id]);
+    let problems = store
+        .runs_ended_in(0, &["failed", "missed"], 10)
+        .await
+        .expect("problems");
+    assert_eq!(problems.iter().map(|r| r.id).collect::<Vec<_>>(), [rb.id]);
+    assert_eq!(
+        store.state_counts(0).await.expect("counts"),
+        [("missed".to_owned(), 1), ("successful".to_owned(), 1)]
+    );
+    let days = store.daily_totals(0).await.expect("days");
+    assert_eq!(
+        days.first()
+            .map(|d| (d.day, d.runs, d.failed, d.bytes_written, d.seconds)),
+        Some((0, 1, 0, 5, 9)),
+        "{days:?}"
+    );
+    assert_eq!(
+        (
+            days.iter().map(|d| d.runs).sum::<i64>(),
+            days.iter().map(|d| d.failed).sum::<i64>()
+        ),
+        (2, 1)
+    );
+    let usage = store.target_usage().await.expect("usage");
+    assert_eq!(
+        usage
+            .iter()
+            .map(|u| (u.target_id, u.images, u.bytes))
+            .collect::<Vec<_>>(),
+        [(Some(t.id), 1, 5)]
+    );
+    let listed = store.agent_list().await.expect("agent list");
+    assert!(listed.len() >= 2 && listed.iter().all(|x| x.inventory.is_none()));
     // A manual run has no start time: any number of them.
     for _ in 0..2 {
         assert!(store
