@@ -137,6 +137,25 @@ fn flipped_byte_is_named_by_validate_and_refused_by_restore() {
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("damaged in blocks"), "{}", r.stderr);
     assert_eq!(hash(&target), before, "a refused restore must not write");
+    // Into a new file (written under a temporary name, no checksum pass before): the damage
+    // stops it midway and nothing is left, neither the file nor its temporary name.
+    let fresh = f.p("fresh.img");
+    let r = image(&["restore", "--image", &img, "--target", &fresh]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("damaged in blocks"), "{}", r.stderr);
+    let left: Vec<String> = std::fs::read_dir(f.p(""))
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("fresh"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    // An intact image restores into a new file under its name, with no temporary left.
+    let good = f.p("good.hfi");
+    image_ok(&["create", "--source", f.vol(), "--output", &good]);
+    image_ok(&["restore", "--image", &good, "--target", &fresh]);
+    assert_eq!(hash(Path::new(&fresh)), hash(Path::new(f.vol())));
+    assert!(!Path::new(&f.p(".fresh.img.holdfast-partial")).exists());
 }
 
 #[test]
