@@ -5,15 +5,22 @@
 //! Once reads run in order, this reads the part ahead in fixed blocks, several requests in
 //! flight (as many as the target's connection cap lets through), and serves the reads from
 //! those blocks. Scattered reads (header, index, trailer) go straight to the target.
+//!
+//! Where the target reads a file front to back cheaper than by ranges (FTP: one `RETR`
+//! instead of a connection per range), the blocks come from one stream per part instead; a
+//! block the stream fails to deliver is read by range, so a passing fault is retried like any
+//! other read.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::future::{BoxFuture, FutureExt as _, Shared};
+use futures_util::StreamExt as _;
 use holdfast_targets::{ObjectKey, Target, TargetError};
 use tokio::runtime::Runtime;
+use tokio::sync::{mpsc, oneshot};
 
 /// Bytes per read-ahead request.
 const BLOCK: u64 = 8 << 20;
@@ -39,6 +46,8 @@ struct State {
     /// Last block the previous read touched.
     last: Option<u64>,
     window: u64,
+    /// The stream the next blocks come from, on targets that stream.
+    stream: Option<Streamed>,
 }
 
 impl ReadAhead {
@@ -61,6 +70,7 @@ impl ReadAhead {
             return None;
         }
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
+        let streams = target.caps().stream_reads;
         let fetches: Vec<(u64, Fetch)> = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if st.part != Some((part, size)) {
@@ -83,9 +93,15 @@ impl ReadAhead {
                 if start >= size {
                     break;
                 }
-                st.blocks
-                    .entry(b)
-                    .or_insert_with(|| fetch(rt, target, key, start..(start + BLOCK).min(size)));
+                if st.blocks.contains_key(&b) {
+                    continue;
+                }
+                let range = start..(start + BLOCK).min(size);
+                let f = match streams {
+                    true => st.streamed_block(rt, target, key, size, b),
+                    false => fetch(rt, target, key, range),
+                };
+                st.blocks.insert(b, f);
             }
             st.window = (st.window * 2).min(MAX_WINDOW);
             (first..=last)
@@ -127,6 +143,100 @@ impl ReadAhead {
     }
 }
 
+impl State {
+    /// Block `b` of `key` (`size` bytes) from the stream, started here when there is none
+    /// that delivers `b` next.
+    fn streamed_block(
+        &mut self,
+        rt: &Runtime,
+        target: &Arc<dyn Target>,
+        key: &ObjectKey,
+        size: u64,
+        b: u64,
+    ) -> Fetch {
+        let mut s = match self.stream.take() {
+            Some(s) if s.next == b && !s.wanted.is_closed() => s,
+            // Dropping the old stream stops its transfer; its pending blocks are read by range.
+            _ => Streamed::start(rt, target, key, b, size),
+        };
+        let (reply, delivered) = oneshot::channel();
+        let asked = s.wanted.send(reply).is_ok();
+        s.next = b + 1;
+        self.stream = Some(s);
+        let (target, key) = (target.clone(), key.clone());
+        let start = b * BLOCK;
+        async move {
+            if asked {
+                if let Ok(data) = delivered.await {
+                    return Ok(data);
+                }
+            }
+            target
+                .get_range(&key, start..(start + BLOCK).min(size))
+                .await
+                .map_err(Arc::new)
+        }
+        .boxed()
+        .shared()
+    }
+}
+
+/// One stream over a part, cut into blocks as they are asked for.
+struct Streamed {
+    /// The block the next request is for.
+    next: u64,
+    /// Requests, in block order; each is answered with its block, or dropped when the stream
+    /// broke.
+    wanted: mpsc::UnboundedSender<oneshot::Sender<Bytes>>,
+}
+
+impl Streamed {
+    /// A stream over `key` (`size` bytes) from block `first` to the end. It reads only as
+    /// far as blocks are asked for.
+    fn start(
+        rt: &Runtime,
+        target: &Arc<dyn Target>,
+        key: &ObjectKey,
+        first: u64,
+        size: u64,
+    ) -> Self {
+        let (wanted, mut asked) = mpsc::unbounded_channel::<oneshot::Sender<Bytes>>();
+        let (target, key) = (target.clone(), key.clone());
+        rt.spawn(async move {
+            let mut at = first * BLOCK;
+            // An error ends the stream; the blocks asked for are then read by range and
+            // report it.
+            let Ok(mut stream) = target.read_stream(&key, at..size).await else {
+                return;
+            };
+            let mut carry = Bytes::new();
+            while at < size {
+                let Some(reply) = asked.recv().await else {
+                    return;
+                };
+                let want = (size - at).min(BLOCK) as usize;
+                let mut block = BytesMut::with_capacity(want);
+                while block.len() < want {
+                    if carry.is_empty() {
+                        match stream.next().await {
+                            Some(Ok(piece)) => carry = piece,
+                            _ => return,
+                        }
+                    }
+                    let n = carry.len().min(want - block.len());
+                    block.extend_from_slice(&carry.split_to(n));
+                }
+                at += want as u64;
+                let _ = reply.send(block.freeze());
+            }
+        });
+        Self {
+            next: first,
+            wanted,
+        }
+    }
+}
+
 /// Start reading `range` of `key` now; the result can be awaited by any reader.
 fn fetch(
     rt: &Runtime,
@@ -150,22 +260,85 @@ fn fetch(
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     use super::*;
     use holdfast_targets::local::LocalTarget;
+    use holdfast_targets::{Body, ByteStream, ObjectMeta, TargetCaps};
 
-    #[test]
-    fn reads_in_order_and_scattered_return_the_right_bytes() {
-        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-        let data: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 251) as u8).collect();
-        std::fs::write(dir.path().join("img"), &data).expect("write");
+    /// A local folder that also streams, in 1 MiB pieces; each stream breaks (a transient
+    /// error) after `break_after` bytes, as a dropped connection would.
+    struct Streaming {
+        local: LocalTarget,
+        break_after: u64,
+        opened: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl Target for Streaming {
+        fn caps(&self) -> TargetCaps {
+            TargetCaps {
+                stream_reads: true,
+                ..self.local.caps()
+            }
+        }
+        async fn put_stream(&self, k: &ObjectKey, b: Body, o: bool) -> Result<u64, TargetError> {
+            self.local.put_stream(k, b, o).await
+        }
+        async fn get_range(&self, k: &ObjectKey, r: Range<u64>) -> Result<Bytes, TargetError> {
+            self.local.get_range(k, r).await
+        }
+        async fn read_stream(
+            &self,
+            key: &ObjectKey,
+            range: Range<u64>,
+        ) -> Result<ByteStream, TargetError> {
+            self.opened.fetch_add(1, Ordering::SeqCst);
+            let whole = self.local.get_range(key, range.clone()).await?;
+            let cut = (self.break_after as usize).min(whole.len());
+            let mut items: Vec<Result<Bytes, TargetError>> = whole
+                .slice(..cut)
+                .chunks(1 << 20)
+                .map(|c| Ok(Bytes::copy_from_slice(c)))
+                .collect();
+            if cut < whole.len() {
+                items.push(Err(TargetError::Transient {
+                    target: "streaming".into(),
+                    op: "read",
+                    key: key.to_string(),
+                    detail: "connection reset".into(),
+                }));
+            }
+            Ok(Box::pin(futures_util::stream::iter(items)))
+        }
+        async fn size(&self, k: &ObjectKey) -> Result<u64, TargetError> {
+            self.local.size(k).await
+        }
+        async fn list(&self, d: Option<&ObjectKey>) -> Result<Vec<ObjectMeta>, TargetError> {
+            self.local.list(d).await
+        }
+        async fn delete(&self, k: &ObjectKey) -> Result<(), TargetError> {
+            self.local.delete(k).await
+        }
+        async fn mkdirs(&self, d: &ObjectKey) -> Result<(), TargetError> {
+            self.local.mkdirs(d).await
+        }
+        async fn free_space(&self) -> Result<Option<u64>, TargetError> {
+            self.local.free_space().await
+        }
+    }
+
+    /// Reads in order, across block boundaries, slightly out of order, scattered and past
+    /// the end, each checked against `data`.
+    fn read_all_ways(target: &Arc<dyn Target>, data: &[u8]) {
         let rt = Runtime::new().expect("runtime");
-        let target: Arc<dyn Target> = Arc::new(LocalTarget::new(dir.path()));
         let key = ObjectKey::new("img").expect("key");
         let part = (1, &key, data.len() as u64);
         let ahead = ReadAhead::default();
         let read = |offset: u64, len: usize| {
             let mut buf = vec![0u8; len];
-            let served = ahead.read(&rt, &target, part, &mut buf, offset);
+            let served = ahead.read(&rt, target, part, &mut buf, offset);
             (
                 served.map(|r| r.map(|()| buf)),
                 offset as usize..offset as usize + len,
@@ -173,7 +346,6 @@ mod tests {
         };
         // A scattered read is left to the caller.
         assert!(read(19 << 20, 100).0.is_none());
-        // Reads in order, across block boundaries, slightly out of order, to the very end.
         let _ = read(0, 4096);
         let mut at = 4096u64;
         for len in [3_000_000usize, 7_000_001, 5_000_000, 1] {
@@ -189,5 +361,29 @@ mod tests {
         assert!(got.expect("in order").expect("read") == data[range]);
         // Past the end: left to the target, which refuses it.
         assert!(read(data.len() as u64 - 4, 8).0.is_none());
+    }
+
+    #[test]
+    fn reads_by_ranges_and_by_streams_return_the_right_bytes() {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let data: Vec<u8> = (0..(40u32 << 20)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("img"), &data).expect("write");
+        let ranged: Arc<dyn Target> = Arc::new(LocalTarget::new(dir.path()));
+        read_all_ways(&ranged, &data);
+        for break_after in [u64::MAX, 13 << 20] {
+            let streaming = Arc::new(Streaming {
+                local: LocalTarget::new(dir.path()),
+                break_after,
+                opened: AtomicU64::new(0),
+            });
+            let target: Arc<dyn Target> = streaming.clone();
+            read_all_ways(&target, &data);
+            let opened = streaming.opened.load(Ordering::SeqCst);
+            // Broken streams are replaced (their blocks read by range meanwhile).
+            assert!(
+                opened >= if break_after == u64::MAX { 1 } else { 2 },
+                "streams opened: {opened} (break after {break_after})"
+            );
+        }
     }
 }

@@ -12,13 +12,14 @@
 #   and the same image written to / restored from a local folder.
 #
 # Environment: HOLDFAST_AGENT, BENCH_RUNS (default 3), BENCH_WARMUP (default 1) as in
-# run.sh; BENCH_SIZE_MIB (default 1024).
+# run.sh; BENCH_SIZE_MIB (default 1024); BENCH_TARGETS (default "sftp ftp smb").
 set -euo pipefail
 
 OUTDIR=${1:-/var/tmp/holdfast-tbench}
 RUNS=${BENCH_RUNS:-3}
 WARMUP=${BENCH_WARMUP:-1}
 SIZE_MIB=${BENCH_SIZE_MIB:-1024}
+read -r -a PROTOCOLS <<<"${BENCH_TARGETS:-sftp ftp smb}"
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 AGENT=${HOLDFAST_AGENT:-${CARGO_TARGET_DIR:-/var/tmp/holdfast-target}/release/holdfast-agent}
@@ -206,7 +207,7 @@ smb_ours_get() { ours_get "$SMB_URL"; }
 
 measure local_put - local_put
 measure local_get no_restored local_get
-for p in sftp ftp smb; do
+for p in "${PROTOCOLS[@]}"; do
     case $p in
     sftp) ref_put=sftp_put ref_get=sftp_get ;;
     ftp) ref_put=curl_put ref_get=curl_get ;;
@@ -223,7 +224,7 @@ rate() { awk -v s="$SIZE" -v t="$1" 'BEGIN { if (t > 0) printf "%.0f", s / t / 1
 {
     echo "| target | direction | reference client | s | MiB/s | holdfast-agent | s | MiB/s | ours vs reference |"
     echo "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"
-    for p in sftp ftp smb; do
+    for p in "${PROTOCOLS[@]}"; do
         case $p in
         sftp) rp="sftp put" rg="sftp get" ;;
         ftp) rp="curl -T" rg="curl" ;;
@@ -238,7 +239,7 @@ rate() { awk -v s="$SIZE" -v t="$1" 'BEGIN { if (t > 0) printf "%.0f", s / t / 1
     echo "| local folder | write / read | — | | | image create / restore | $a / $b | $(rate "$a") / $(rate "$b") | |"
     echo
     echo "ours vs reference = reference time / our time (above 1: we are faster)."
-    for p in sftp ftp smb; do
+    for p in "${PROTOCOLS[@]}"; do
         echo "- image written to $p at $(ratio "${T[local_put]}" "${T[${p}_ours_put]}")× the speed of the same image written to a local folder"
     done
 } | tee "$OUTDIR/results.md"

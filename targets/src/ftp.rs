@@ -14,13 +14,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use suppaftp::{FtpError, RustlsConnector, RustlsFtpStream, Status};
+use tokio::sync::mpsc;
 
 use crate::blocking::{self, Pooled};
 use crate::error::TargetError;
 use crate::location::Credentials;
-use crate::{is_temp_name, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps};
+use crate::{is_temp_name, temp_name, Body, ByteStream, ObjectKey, ObjectMeta, Target, TargetCaps};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bytes per piece of a streamed read, and pieces queued ahead of the reader.
+const STREAM_PIECE: usize = 1 << 20;
+const STREAM_QUEUE: usize = 8;
 
 struct Inner {
     host: String,
@@ -236,12 +240,84 @@ impl Inner {
     }
 }
 
+/// Read `range` of `key` with one `RETR` from its start, handing `sink` pieces of at most
+/// `piece` bytes in order; `sink` returns false to stop early. The transfer is then ended:
+/// completed when it reached the end of the file, aborted (`ABOR`) otherwise.
+fn retr_range(
+    inner: &Inner,
+    ftp: &mut RustlsFtpStream,
+    key: &str,
+    range: Range<u64>,
+    piece: usize,
+    mut sink: impl FnMut(Bytes) -> bool,
+) -> Result<(), TargetError> {
+    let path = inner.path(key);
+    let size = ftp.size(&path).map_err(|e| inner.map("stat", key, e))? as u64;
+    if range.end > size || range.start > range.end {
+        return Err(TargetError::Permanent {
+            target: inner.display.clone(),
+            op: "read",
+            key: key.to_owned(),
+            detail: format!(
+                "range {}..{} is past the end ({size} bytes)",
+                range.start, range.end
+            ),
+        });
+    }
+    let offset = usize::try_from(range.start)
+        .map_err(|_| TargetError::Invalid("offset too large".into()))?;
+    ftp.resume_transfer(offset)
+        .map_err(|e| inner.map("read", key, e))?;
+    let mut stream = ftp
+        .retr_as_stream(&path)
+        .map_err(|e| inner.map("read", key, e))?;
+    let mut left = range.end - range.start;
+    let mut read = Ok(());
+    let mut stopped = false;
+    while left > 0 {
+        let mut buf = vec![0u8; left.min(piece as u64) as usize];
+        if let Err(e) = stream.read_exact(&mut buf) {
+            read = Err(e);
+            break;
+        }
+        left -= buf.len() as u64;
+        if !sink(Bytes::from(buf)) {
+            stopped = true;
+            break;
+        }
+    }
+    let ended = if read.is_ok() && !stopped && range.end == size {
+        stream.finish()
+    } else {
+        // Stop the transfer here (the server answers 426/226).
+        ftp.abort(stream)
+    };
+    read.map_err(|e| inner.map("read", key, FtpError::ConnectionError(e)))?;
+    match ended {
+        _ if stopped => Ok(()),
+        Ok(()) => Ok(()),
+        // The transfer had already ended on the server's side: 225/226 is fine, the
+        // control connection is in step.
+        Err(FtpError::UnexpectedResponse(r))
+            if matches!(
+                r.status,
+                Status::DataConnectionOpen | Status::ClosingDataConnection
+            ) =>
+        {
+            Ok(())
+        }
+        // Anything else leaves the connection in an unknown state: drop it.
+        Err(e) => Err(inner.transient("read", key, e)),
+    }
+}
+
 #[async_trait]
 impl Target for FtpTarget {
     fn caps(&self) -> TargetCaps {
         TargetCaps {
             display: self.inner.display.clone(),
             max_connections: 4,
+            stream_reads: true,
         }
     }
 
@@ -330,6 +406,8 @@ impl Target for FtpTarget {
 
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, TargetError> {
         let k = key.clone();
+        let len = usize::try_from(range.end.saturating_sub(range.start))
+            .map_err(|_| TargetError::Invalid("range too large".into()))?;
         // Stopping a transfer midway (ABOR) leaves replies whose number differs between
         // servers (vsftpd: 426 and 226, or 225 when the data was already sent), so the
         // connection is not trusted afterwards: ranged reads use it once.
@@ -337,55 +415,45 @@ impl Target for FtpTarget {
             &self.inner,
             false,
             move |inner: &Inner, ftp: &mut RustlsFtpStream| {
-                let path = inner.path(k.as_str());
-                let len = usize::try_from(range.end.saturating_sub(range.start))
-                    .map_err(|_| TargetError::Invalid("range too large".into()))?;
-                let size =
-                    ftp.size(&path)
-                        .map_err(|e| inner.map("stat", k.as_str(), e))? as u64;
-                if range.end > size {
-                    return Err(TargetError::Permanent {
-                        target: inner.display.clone(),
-                        op: "read",
-                        key: k.to_string(),
-                        detail: format!(
-                            "range {}..{} is past the end ({size} bytes)",
-                            range.start, range.end
-                        ),
-                    });
-                }
-                let offset = usize::try_from(range.start)
-                    .map_err(|_| TargetError::Invalid("offset too large".into()))?;
-                ftp.resume_transfer(offset)
-                    .map_err(|e| inner.map("read", k.as_str(), e))?;
-                let mut stream = ftp
-                    .retr_as_stream(&path)
-                    .map_err(|e| inner.map("read", k.as_str(), e))?;
-                let mut buf = vec![0u8; len];
-                let read = stream.read_exact(&mut buf);
-                // Stop the transfer here (the server answers 426/226); the connection stays usable.
-                let aborted = if range.end == size {
-                    stream.finish()
-                } else {
-                    ftp.abort(stream)
-                };
-                read.map_err(|e| inner.map("read", k.as_str(), FtpError::ConnectionError(e)))?;
-                match aborted {
-                    Ok(()) => {}
-                    // The transfer had already ended on the server's side: 225/226 is fine, the
-                    // control connection is in step.
-                    Err(FtpError::UnexpectedResponse(r))
-                        if matches!(
-                            r.status,
-                            Status::DataConnectionOpen | Status::ClosingDataConnection
-                        ) => {}
-                    // Anything else leaves the connection in an unknown state: drop it.
-                    Err(e) => return Err(inner.transient("read", k.as_str(), e)),
-                }
-                Ok(Bytes::from(buf))
+                let mut data = Bytes::new();
+                retr_range(inner, ftp, k.as_str(), range, len.max(1), |piece| {
+                    data = piece;
+                    true
+                })?;
+                Ok(data)
             },
         )
         .await
+    }
+
+    async fn read_stream(
+        &self,
+        key: &ObjectKey,
+        range: Range<u64>,
+    ) -> Result<ByteStream, TargetError> {
+        let (tx, rx) = mpsc::channel::<Result<Bytes, TargetError>>(STREAM_QUEUE);
+        let failed = tx.clone();
+        let (inner, k) = (self.inner.clone(), key.clone());
+        tokio::spawn(async move {
+            let sent = blocking::run(
+                &inner,
+                false,
+                move |inner: &Inner, ftp: &mut RustlsFtpStream| {
+                    retr_range(inner, ftp, k.as_str(), range, STREAM_PIECE, |piece| {
+                        // A closed channel: the reader is gone, stop the transfer.
+                        tx.blocking_send(Ok(piece)).is_ok()
+                    })
+                },
+            )
+            .await;
+            if let Err(e) = sent {
+                let _ = failed.send(Err(e)).await;
+            }
+        });
+        Ok(Box::pin(futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|item| (item, rx)) },
+        )))
     }
 
     async fn size(&self, key: &ObjectKey) -> Result<u64, TargetError> {

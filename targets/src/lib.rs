@@ -39,7 +39,14 @@ pub struct TargetCaps {
     pub display: String,
     /// Connections worth opening at once.
     pub max_connections: usize,
+    /// Reading a file front to back with [`Target::read_stream`] is cheaper than by ranges
+    /// (FTP: one `RETR` instead of a connection, `REST` and `ABOR` per range).
+    pub stream_reads: bool,
 }
+
+/// The bytes of a range in order, as they arrive (see [`Target::read_stream`]).
+pub type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, TargetError>> + Send>>;
 
 /// One entry of a folder listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +69,9 @@ pub struct ObjectMeta {
 ///   [`TargetError::Exists`] unless `overwrite` is true. The parent folder must exist.
 /// - [`get_range`](Target::get_range) returns exactly `range.end - range.start` bytes; a
 ///   range past the end is [`TargetError::Permanent`].
+/// - [`read_stream`](Target::read_stream), where [`TargetCaps::stream_reads`] says so, yields
+///   exactly the range's bytes in order and then ends, or ends with an error; dropping the
+///   stream stops the transfer. Elsewhere it is [`TargetError::Invalid`].
 /// - [`list`](Target::list) returns each entry of a folder once (no `.`/`..`, no temporary
 ///   upload names), in no particular order.
 /// - [`delete`](Target::delete) of a missing key is [`TargetError::NotFound`]; callers decide
@@ -81,6 +91,19 @@ pub trait Target: Send + Sync + 'static {
     ) -> Result<u64, TargetError>;
     /// Read a byte range of `key`.
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, TargetError>;
+    /// Read a byte range of `key` front to back as one stream (only where
+    /// [`TargetCaps::stream_reads`]; the connection stays busy while the stream lives).
+    async fn read_stream(
+        &self,
+        key: &ObjectKey,
+        range: Range<u64>,
+    ) -> Result<ByteStream, TargetError> {
+        let _ = range;
+        Err(TargetError::Invalid(format!(
+            "{}: streamed reads of '{key}' are not offered; read by ranges",
+            self.caps().display
+        )))
+    }
     /// Size of `key`, `NotFound` when missing.
     async fn size(&self, key: &ObjectKey) -> Result<u64, TargetError>;
     /// Entries of the folder `dir` (the root when `dir` is `None`).
@@ -109,6 +132,13 @@ impl<T: Target + ?Sized> Target for std::sync::Arc<T> {
     }
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, TargetError> {
         (**self).get_range(key, range).await
+    }
+    async fn read_stream(
+        &self,
+        key: &ObjectKey,
+        range: Range<u64>,
+    ) -> Result<ByteStream, TargetError> {
+        (**self).read_stream(key, range).await
     }
     async fn size(&self, key: &ObjectKey) -> Result<u64, TargetError> {
         (**self).size(key).await

@@ -52,6 +52,7 @@ impl Target for LocalTarget {
         TargetCaps {
             display: self.name(),
             max_connections: 8,
+            stream_reads: false,
         }
     }
 

@@ -709,6 +709,7 @@ impl Target for SmbTarget {
         TargetCaps {
             display: self.display.clone(),
             max_connections: 4,
+            stream_reads: false,
         }
     }
 

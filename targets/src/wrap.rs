@@ -9,7 +9,9 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::error::TargetError;
-use crate::{Body, ObjectKey, ObjectMeta, Target, TargetCaps};
+use futures_util::StreamExt as _;
+
+use crate::{Body, ByteStream, ObjectKey, ObjectMeta, Target, TargetCaps};
 
 /// Retries operations that fail with a [`TargetError::is_retryable`] error, with exponential
 /// back-off. Uploads are not retried here: their body is a stream that cannot be rewound
@@ -66,6 +68,15 @@ impl<T: Target> Target for Retry<T> {
     }
     async fn get_range(&self, key: &ObjectKey, range: Range<u64>) -> Result<Bytes, TargetError> {
         self.again(|| self.inner.get_range(key, range.clone()))
+            .await
+    }
+    async fn read_stream(
+        &self,
+        key: &ObjectKey,
+        range: Range<u64>,
+    ) -> Result<ByteStream, TargetError> {
+        // Only opening is retried: a stream that breaks midway is the reader's to restart.
+        self.again(|| self.inner.read_stream(key, range.clone()))
             .await
     }
     async fn size(&self, key: &ObjectKey) -> Result<u64, TargetError> {
@@ -126,6 +137,24 @@ impl<T: Target> Target for Limited<T> {
         let _p = self.permit().await?;
         self.inner.get_range(key, range).await
     }
+    async fn read_stream(
+        &self,
+        key: &ObjectKey,
+        range: Range<u64>,
+    ) -> Result<ByteStream, TargetError> {
+        // The stream holds its connection, so it holds its permit until dropped.
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| TargetError::Invalid("target closed".into()))?;
+        let stream = self.inner.read_stream(key, range).await?;
+        Ok(Box::pin(stream.map(move |item| {
+            let _held = &permit;
+            item
+        })))
+    }
     async fn size(&self, key: &ObjectKey) -> Result<u64, TargetError> {
         let _p = self.permit().await?;
         self.inner.size(key).await
@@ -170,6 +199,7 @@ mod tests {
             TargetCaps {
                 display: "probe".into(),
                 max_connections: 1,
+                stream_reads: false,
             }
         }
         async fn put_stream(&self, _: &ObjectKey, _: Body, _: bool) -> Result<u64, TargetError> {

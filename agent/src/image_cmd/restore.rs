@@ -104,7 +104,9 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
     )?;
     let need = chain.point().header.source_size;
     let new_file = NewFile::for_target(&a.target)?;
-    let write_to = new_file.as_ref().map_or(a.target.as_path(), |n| n.temp.as_path());
+    let write_to = new_file
+        .as_ref()
+        .map_or(a.target.as_path(), |n| n.temp.as_path());
     let (target, dev) = open_target(write_to, need, &[a.image.as_path()])?;
     let opts = RestoreOptions {
         zero_unused: a.zero_unused,

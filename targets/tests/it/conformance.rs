@@ -2,12 +2,13 @@
 
 use std::io::Cursor;
 
+use futures_util::StreamExt as _;
 use holdfast_targets::local::LocalTarget;
 use holdfast_targets::location::Credentials;
 use holdfast_targets::sftp::SftpTarget;
 use holdfast_targets::smb::SmbTarget;
 use holdfast_targets::wrap::{Limited, Retry};
-use holdfast_targets::{is_temp_name, Body, ObjectKey, Target, TargetError};
+use holdfast_targets::{is_temp_name, Body, ByteStream, ObjectKey, Target, TargetError};
 use zeroize::Zeroizing;
 
 use crate::fixtures::{Sshd, PASSWORD, USER};
@@ -65,6 +66,59 @@ async fn names(t: &dyn Target, dir: Option<&ObjectKey>) -> Vec<String> {
     n
 }
 
+/// All of a stream's items: the bytes, and the error it ended with, if any.
+pub async fn drain(mut s: ByteStream) -> (Vec<u8>, Option<TargetError>) {
+    let mut got = Vec::new();
+    while let Some(item) = s.next().await {
+        match item {
+            Ok(piece) => got.extend_from_slice(&piece),
+            Err(e) => return (got, Some(e)),
+        }
+    }
+    (got, None)
+}
+
+/// Streamed reads where the target offers them: exact bytes from odd offsets, a range past the
+/// end refused, a stream dropped early leaves the target usable. Elsewhere they are refused.
+async fn streamed_reads(t: &dyn Target, k: &ObjectKey, data: &[u8]) {
+    let display = t.caps().display;
+    let len = data.len() as u64;
+    if !t.caps().stream_reads {
+        let refused = t.read_stream(k, 0..len).await;
+        assert!(
+            matches!(refused, Err(TargetError::Invalid(_))),
+            "{display}: streamed reads are not offered"
+        );
+        return;
+    }
+    for range in [0..len, 3..len, 1_000_003..9_777_777, len - 5..len, 7..7] {
+        let stream = t.read_stream(k, range.clone()).await.expect("stream");
+        let (got, err) = drain(stream).await;
+        assert!(err.is_none(), "{range:?} on {display}: {err:?}");
+        assert!(
+            got[..] == data[range.start as usize..range.end as usize],
+            "{range:?} on {display}"
+        );
+    }
+    let past = drain(t.read_stream(k, len - 2..len + 2).await.expect("stream")).await;
+    assert!(
+        matches!(past, (ref got, Some(TargetError::Permanent { .. })) if got.is_empty()),
+        "{past:?}"
+    );
+    // Dropped after its first piece: the transfer stops, and the target reads on.
+    let mut early = t.read_stream(k, 0..len).await.expect("stream");
+    let first = early.next().await.expect("a piece").expect("bytes");
+    assert!(first[..] == data[..first.len()]);
+    drop(early);
+    let got = t
+        .get_range(k, 11..4107)
+        .await
+        .expect("range after a dropped stream");
+    assert!(got[..] == data[11..4107]);
+    let (got, err) = drain(t.read_stream(k, 0..len).await.expect("stream")).await;
+    assert!(err.is_none() && got[..] == data[..], "{display}: {err:?}");
+}
+
 /// Everything the trait promises.
 pub async fn suite(t: &dyn Target) {
     let display = t.caps().display;
@@ -103,6 +157,8 @@ pub async fn suite(t: &dyn Target) {
         matches!(past, Err(TargetError::Permanent { .. })),
         "{past:?}"
     );
+
+    streamed_reads(t, &k, &data).await;
 
     // An existing name is refused unless overwrite is asked, and stays intact.
     let again = t.put_stream(&k, body(b"other".to_vec()), false).await;

@@ -389,6 +389,19 @@ pub struct Vsftpd {
 }
 
 impl Vsftpd {
+    /// Kill the processes serving connections (as a crash or a dropped link would end
+    /// them); the server goes on accepting new ones.
+    pub fn kill_sessions(&self) {
+        if let Some(c) = &self.child {
+            for pid in descendants(c.id()) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+    }
+
     pub fn start(test: &str) -> Option<Self> {
         let (dir, data) = server_dir(test, "/usr/sbin/vsftpd", "vsftpd", "holdfast-ftp-")?;
         let d = dir.path().to_owned();

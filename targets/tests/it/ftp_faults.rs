@@ -1,7 +1,8 @@
 //! FTP/FTPS faults: each gives a clear error naming the target.
 
+use futures_util::StreamExt as _;
 use holdfast_targets::location::Credentials;
-use holdfast_targets::{Target, TargetError};
+use holdfast_targets::{ObjectKey, Target, TargetError};
 use zeroize::Zeroizing;
 
 use crate::fixtures::{Vsftpd, PASSWORD, USER};
@@ -37,4 +38,37 @@ async fn untrusted_certificate_and_wrong_password_are_refused() {
         assert!(matches!(e, TargetError::Auth { .. }), "{e}");
         assert!(!e.to_string().contains("wrong-password"));
     }
+}
+
+/// The server's session dies in the middle of a streamed read: the stream ends with an error
+/// naming the target, never as a clean but short read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_killed_mid_stream_ends_the_stream_with_an_error() {
+    let Some(ftpd) = Vsftpd::start("session_killed_mid_stream") else {
+        return;
+    };
+    let target = crate::conformance::ftp_target(&ftpd, false);
+    let data = crate::conformance::noise(96 << 20, 9);
+    let k = ObjectKey::new("big.bin").expect("key");
+    target
+        .put_stream(&k, crate::conformance::body(data.clone()), false)
+        .await
+        .expect("put");
+    let mut stream = target
+        .read_stream(&k, 0..data.len() as u64)
+        .await
+        .expect("stream");
+    let first = stream.next().await.expect("a piece").expect("bytes");
+    assert!(first[..] == data[..first.len()]);
+    ftpd.kill_sessions();
+    let (rest, err) = crate::conformance::drain(stream).await;
+    assert!(
+        first.len() + rest.len() < data.len(),
+        "the read cannot have completed"
+    );
+    let err = err.expect("the stream must end with an error, not short");
+    assert!(
+        err.to_string().contains(&target.caps().display),
+        "the error names the target: {err}"
+    );
 }
