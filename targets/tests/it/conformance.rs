@@ -329,6 +329,16 @@ pub fn smb_target(smbd: &crate::fixtures::Smbd, password: &str) -> SmbTarget {
     SmbTarget::new("127.0.0.1", smbd.port, None, None, "backup", "", creds).expect("target")
 }
 
+/// The same contract when every few MiB move to a new connection (as every 256 MiB do by
+/// default): uploads continue their file on the next one, reads go on there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smb_conforms_across_connections() {
+    let Some(smbd) = crate::fixtures::Smbd::start("smb_conforms_across_connections") else {
+        return;
+    };
+    suite(&smb_target(&smbd, PASSWORD).rotate_after(3 << 20)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smb_conforms() {
     let Some(smbd) = crate::fixtures::Smbd::start("smb_conforms") else {
