@@ -27,12 +27,6 @@ use crate::{
 /// What an SFTP v3 write failure means: the protocol has no code for a full disk.
 const WRITE_FAILURE: &str =
     "the server refused the write (SSH_FX_FAILURE: usually a full disk or quota)";
-/// Ciphers in order of preference: AES-GCM first, because libssh2 runs it through OpenSSL
-/// (AES-NI, several GB/s) while its ChaCha20-Poly1305, the usual first choice, is portable C
-/// that caps a transfer at a few hundred MB/s. The rest is libssh2's own list.
-const CIPHERS: &str = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,\
-    chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr,\
-    aes256-cbc,aes192-cbc,aes128-cbc";
 /// Bytes of an upload sent ahead of the server's acknowledgements (OpenSSH's `sftp` keeps
 /// 64 requests of 32 KiB in flight; its server's channel window is 2 MiB).
 const IN_FLIGHT: usize = 4 << 20;
@@ -216,11 +210,6 @@ impl Inner {
             .map_err(|e| self.transient("connect", "", e))?;
         let mut session = ssh2::Session::new().map_err(|e| self.map("connect", "", &e))?;
         session.set_tcp_stream(tcp);
-        for dir in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
-            session
-                .method_pref(dir, CIPHERS)
-                .map_err(|e| self.map("connect", "", &e))?;
-        }
         session
             .handshake()
             .map_err(|e| self.map("handshake", "", &e))?;
