@@ -308,7 +308,13 @@ fn write_pipelined(
         while !body_done && pending.len() - acked < IN_FLIGHT {
             match rx.blocking_recv() {
                 Some(chunk) => {
-                    let chunk = chunk.map_err(|e| blocking::body_error(&inner.display, key, &e))?;
+                    let chunk = match chunk {
+                        Ok(c) => c,
+                        Err(e) => {
+                            settle(file, &pending[acked..]);
+                            return Err(blocking::body_error(&inner.display, key, &e));
+                        }
+                    };
                     // Drop the acknowledged head once it outweighs the rest (each byte is
                     // moved at most once on average).
                     if acked >= pending.len() - acked {
@@ -328,6 +334,20 @@ fn write_pipelined(
             Ok(0) => return Err(inner.transient("write", key, "the server acknowledged nothing")),
             Ok(n) => acked += n,
             Err(e) => return Err(inner.io("write", key, &e)),
+        }
+    }
+}
+
+/// Let libssh2 finish sending `unacked` and the server acknowledge it before the upload
+/// stops. libssh2 returns from a write once the first request is acknowledged, possibly
+/// with a later request only partly sent; a CLOSE sent then lands inside that request and
+/// the server waits for ever (an image cancelled midway hung so). What this writes goes to
+/// the temporary file, which is removed.
+fn settle(file: &mut ssh2::File, mut unacked: &[u8]) {
+    while !unacked.is_empty() {
+        match file.write(unacked) {
+            Ok(n) if n > 0 => unacked = &unacked[n.min(unacked.len())..],
+            _ => return,
         }
     }
 }

@@ -175,10 +175,11 @@ pub async fn suite(t: &dyn Target) {
     );
     assert_eq!(&t.get_range(&k, 0..8).await.expect("read")[..], b"replaced");
 
-    // A failing body leaves nothing under the key and no temporary file.
+    // A failing body leaves nothing under the key and no temporary file (failing after more
+    // than a pipelined writer keeps in flight).
     let k2 = key("images/Büro 2026/ñ/broken.hfi");
     let broken = t
-        .put_stream(&k2, Box::new(Failing { left: 3 << 20 }), false)
+        .put_stream(&k2, Box::new(Failing { left: 9 << 20 }), false)
         .await;
     assert!(broken.is_err());
     assert!(matches!(
