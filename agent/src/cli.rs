@@ -227,7 +227,9 @@ pub struct RestoreArgs {
     /// Overwrite sectors the image does not hold with zeros.
     #[arg(long)]
     pub zero_unused: bool,
-    /// Do not checksum every needed frame before writing (one read less; damage then stops midway).
+    /// Do not checksum every needed frame before writing over a device or an existing file (one
+    /// read less; damage then stops midway). A new file is never checked first: it is written
+    /// under a temporary name and only named when complete.
     #[arg(long)]
     pub skip_precheck: bool,
     #[command(flatten)]
