@@ -96,10 +96,9 @@ impl ReadAhead {
                 if st.blocks.contains_key(&b) {
                     continue;
                 }
-                let range = start..(start + BLOCK).min(size);
                 let f = match streams {
                     true => st.streamed_block(rt, target, key, size, b),
-                    false => fetch(rt, target, key, range),
+                    false => fetch(rt, target, key, start..(start + BLOCK).min(size)),
                 };
                 st.blocks.insert(b, f);
             }
@@ -156,7 +155,8 @@ impl State {
     ) -> Fetch {
         let mut s = match self.stream.take() {
             Some(s) if s.next == b && !s.wanted.is_closed() => s,
-            // Dropping the old stream stops its transfer; its pending blocks are read by range.
+            // The old stream still delivers the blocks already asked of it, then stops (and
+            // with it its transfer).
             _ => Streamed::start(rt, target, key, b, size),
         };
         let (reply, delivered) = oneshot::channel();
