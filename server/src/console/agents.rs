@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 
 use super::view::{self, bytes, when};
-use super::{render, PageError, PageResult, Session, Shell};
+use super::{render, site_names, PageError, PageResult, Session, Shell};
 use crate::http::{ApiError, AppState};
 use crate::store::jobs::RunFilter;
 
@@ -61,12 +61,7 @@ pub async fn list(
     Query(f): Query<Filters>,
 ) -> PageResult {
     let store = &state.store;
-    let sites: Vec<(i64, String)> = store
-        .sites(0, i64::MAX)
-        .await?
-        .into_iter()
-        .map(|s| (s.id, s.name))
-        .collect();
+    let sites: Vec<(i64, String)> = site_names(&state).await?;
     let site_names: HashMap<i64, &str> = sites.iter().map(|(i, n)| (*i, n.as_str())).collect();
     let busy: HashSet<i64> = store
         .running_runs()

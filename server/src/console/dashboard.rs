@@ -7,7 +7,7 @@ use askama::Template;
 use axum::extract::State;
 
 use super::view::{self, bytes, duration, when};
-use super::{render, PageError, PageResult, Session, Shell};
+use super::{render, target_names, PageError, PageResult, Session, Shell};
 use crate::http::{ApiError, AppState};
 use crate::jobs::alerts::{Alerts, ALERTS_KEY};
 use crate::store::overview::DayTotal;
@@ -131,12 +131,7 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
             last: view::ago(last.get(&a.id).copied()),
         })
         .collect();
-    let targets: HashMap<i64, String> = store
-        .targets(0, i64::MAX)
-        .await?
-        .into_iter()
-        .map(|t| (t.id, t.name))
-        .collect();
+    let targets: HashMap<i64, String> = target_names(&state).await?;
     let usage = store
         .target_usage()
         .await?

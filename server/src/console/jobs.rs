@@ -8,7 +8,7 @@ use askama::Template;
 use axum::extract::{Path, State};
 
 use super::view::{self, when};
-use super::{render, PageError, PageResult, Session, Shell};
+use super::{render, site_names, target_names, PageError, PageResult, Session, Shell};
 use crate::auth::Role;
 use crate::http::{ApiError, AppState};
 use crate::jobs::schedule::{Repeat, Schedule};
@@ -124,18 +124,8 @@ async fn line(
     })
 }
 
-async fn site_names(state: &AppState) -> Result<HashMap<i64, String>, PageError> {
-    Ok(state
-        .store
-        .sites(0, i64::MAX)
-        .await?
-        .into_iter()
-        .map(|s| (s.id, s.name))
-        .collect())
-}
-
 pub async fn list(State(state): State<AppState>, session: Session) -> PageResult {
-    let sites = site_names(&state).await?;
+    let sites: HashMap<i64, String> = site_names(&state).await?;
     let mut jobs = Vec::new();
     for j in state.store.jobs(0, i64::MAX).await? {
         jobs.push(line(&state, &j, &sites).await?);
@@ -279,13 +269,7 @@ async fn form(
     password: bool,
 ) -> PageResult {
     session.require(Role::Operator)?;
-    let sites: Vec<(i64, String)> = state
-        .store
-        .sites(0, i64::MAX)
-        .await?
-        .into_iter()
-        .map(|s| (s.id, s.name))
-        .collect();
+    let sites: Vec<(i64, String)> = site_names(state).await?;
     let site_names: HashMap<i64, &str> = sites.iter().map(|(i, n)| (*i, n.as_str())).collect();
     let mut agents = Vec::new();
     // One entry per path (agents share device names; the first description wins).
@@ -337,13 +321,7 @@ async fn form(
             hostname: a.hostname,
         });
     }
-    let targets = state
-        .store
-        .targets(0, i64::MAX)
-        .await?
-        .into_iter()
-        .map(|t| (t.id, t.name))
-        .collect();
+    let targets = target_names(state).await?;
     Ok(render(JobForm {
         shell: session.shell("jobs"),
         id,

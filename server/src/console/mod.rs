@@ -175,6 +175,18 @@ impl IntoResponse for PageError {
     }
 }
 
+/// Every site as (id, name), collected as the caller needs (a picker's list, a lookup).
+async fn site_names<C: FromIterator<(i64, String)>>(state: &AppState) -> Result<C, PageError> {
+    let sites = state.store.sites(0, i64::MAX).await?;
+    Ok(sites.into_iter().map(|s| (s.id, s.name)).collect())
+}
+
+/// Every storage target as (id, name), collected as the caller needs.
+async fn target_names<C: FromIterator<(i64, String)>>(state: &AppState) -> Result<C, PageError> {
+    let targets = state.store.targets(0, i64::MAX).await?;
+    Ok(targets.into_iter().map(|t| (t.id, t.name)).collect())
+}
+
 /// Render a page (a template error is a bug: logged, shown as a 500).
 pub fn render<T: Template>(page: T) -> Response {
     match page.render() {

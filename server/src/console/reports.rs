@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::view::{self, bytes, duration, when};
 use super::{render, PageError, PageResult, Session, Shell};
-use crate::http::{ApiError, AppState};
+use crate::http::{ApiError, AppState, RUN_STATES};
 use crate::store::jobs::RunFilter;
 
 const PAGE: i64 = 50;
@@ -50,16 +50,6 @@ pub struct Filters {
     before: Option<i64>,
 }
 
-const STATES: [&str; 7] = [
-    "queued",
-    "running",
-    "successful",
-    "warning",
-    "failed",
-    "cancelled",
-    "missed",
-];
-
 pub async fn list(
     State(state): State<AppState>,
     session: Session,
@@ -73,7 +63,7 @@ pub async fn list(
     let agent = (!f.agent.is_empty())
         .then(|| f.agent.parse::<i64>().map_err(|_| bad("agent")))
         .transpose()?;
-    if !f.status.is_empty() && !STATES.contains(&f.status.as_str()) {
+    if !f.status.is_empty() && !RUN_STATES.contains(&f.status.as_str()) {
         return Err(PageError(ApiError::Invalid(format!(
             "'{}' is not a run state",
             f.status

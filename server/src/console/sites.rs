@@ -4,7 +4,7 @@
 use askama::Template;
 use axum::extract::{Path, State};
 
-use super::{render, PageError, PageResult, Session, Shell};
+use super::{render, site_names, target_names, PageError, PageResult, Session, Shell};
 use crate::http::{ApiError, AppState};
 
 pub struct SiteLine {
@@ -29,18 +29,8 @@ struct Sites {
     sched: &'static str,
 }
 
-async fn targets(state: &AppState) -> Result<Vec<(i64, String)>, PageError> {
-    Ok(state
-        .store
-        .targets(0, i64::MAX)
-        .await?
-        .into_iter()
-        .map(|t| (t.id, t.name))
-        .collect())
-}
-
 pub async fn list(State(state): State<AppState>, session: Session) -> PageResult {
-    let targets = targets(&state).await?;
+    let targets: Vec<(i64, String)> = target_names(&state).await?;
     let book = state.store.site_book().await?;
     let mut sites: Vec<SiteLine> = book
         .values()
@@ -104,13 +94,7 @@ pub async fn show(
         .site(id)
         .await?
         .ok_or_else(|| PageError(ApiError::NotFound(format!("site {id}"))))?;
-    let names: std::collections::HashMap<i64, String> = state
-        .store
-        .sites(0, i64::MAX)
-        .await?
-        .into_iter()
-        .map(|s| (s.id, s.name))
-        .collect();
+    let names: std::collections::HashMap<i64, String> = site_names(&state).await?;
     let members = state
         .store
         .agent_list()
@@ -134,7 +118,7 @@ pub async fn show(
         id,
         current: serde_json::json!({"name": site.name, "defaults": defaults}).to_string(),
         name: site.name,
-        targets: targets(&state).await?,
+        targets: target_names(&state).await?,
         members,
         allow_none: true,
         sched: "defaults.schedule.",

@@ -15,6 +15,8 @@ mod targets;
 mod tokens;
 mod users;
 
+pub(crate) use reports::STATES as RUN_STATES;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;

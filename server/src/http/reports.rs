@@ -75,7 +75,8 @@ pub struct ReportQuery {
     limit: Option<i64>,
 }
 
-const STATES: [&str; 7] = [
+/// Every state a run can be in (the report filters accept these).
+pub(crate) const STATES: [&str; 7] = [
     "queued",
     "running",
     "successful",
