@@ -36,6 +36,8 @@ type Fetch = Shared<BoxFuture<'static, Result<Bytes, Arc<TargetError>>>>;
 #[derive(Default)]
 pub struct ReadAhead {
     state: Mutex<State>,
+    /// Whether the target streams (asked once: its answer does not change).
+    streams: std::sync::OnceLock<bool>,
 }
 
 #[derive(Default)]
@@ -70,7 +72,7 @@ impl ReadAhead {
             return None;
         }
         let (first, last) = (offset / BLOCK, (end - 1) / BLOCK);
-        let streams = target.caps().stream_reads;
+        let streams = *self.streams.get_or_init(|| target.caps().stream_reads);
         let fetches: Vec<(u64, Fetch)> = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             if st.part != Some((part, size)) {

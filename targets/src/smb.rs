@@ -2,8 +2,8 @@
 //! encryption when the server asks for it).
 //!
 //! One client per target holds one connection and session; requests are multiplexed on it,
-//! with Nagle's algorithm off, and it is replaced by a new login every [`ROTATE_BYTES`]
-//! (see [`CREDITS_BACKLOG`] for why).
+//! with Nagle's algorithm off, and it is replaced by a new login every 128 MiB (see
+//! `CREDITS_BACKLOG` for why).
 //! A single outstanding read is slow (each round trip waits for the server), so reads and
 //! writes keep [`DEPTH`] requests in flight. A connection that broke is dropped and the next
 //! operation logs in again, so the [`Retry`](crate::wrap::Retry) wrapper can recover.
@@ -177,7 +177,7 @@ impl SmbTarget {
         })
     }
 
-    /// Move to a new connection after `bytes` instead of [`ROTATE_BYTES`] (at least 1 MiB).
+    /// Move to a new connection after `bytes` instead of every 128 MiB (at least 1 MiB).
     pub fn rotate_after(mut self, bytes: u64) -> Self {
         self.rotate = bytes.max(1 << 20);
         self
