@@ -172,6 +172,15 @@ impl DirectFile {
         else {
             return self.buffered.write_all_at(data, offset);
         };
+        // Data already in aligned memory (a decoded frame's blocks) goes as it is.
+        if data.as_ptr().align_offset(ALIGN) == 0 {
+            return match direct.write_all_at(data, offset) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.buffered.write_all_at(data, offset)
+                }
+                other => other,
+            };
+        }
         STAGING.with(|s| {
             let mut s = s.borrow_mut();
             let staging = s.get_or_insert_with(|| AlignedBuf::new(CHUNK));
@@ -223,11 +232,19 @@ mod tests {
         f.write_all_at(&vec![1u8; CHUNK + ALIGN], ALIGN as u64)
             .expect("aligned");
         f.write_all_at(&[2u8; 100], 5).expect("unaligned");
+        let mut in_aligned_memory = AlignedBuf::new(CHUNK + 2 * ALIGN);
+        in_aligned_memory.as_mut_slice().fill(3);
+        f.write_all_at(in_aligned_memory.as_slice(), 2 * CHUNK as u64)
+            .expect("from aligned memory");
         f.sync().expect("sync");
         let back = std::fs::read(&p).expect("read");
         assert_eq!(&back[..5], &[7; 5]);
         assert_eq!(&back[5..105], &[2; 100][..]);
         assert!(back[ALIGN..ALIGN * 2 + CHUNK].iter().all(|&b| b == 1));
-        assert!(back[ALIGN * 2 + CHUNK..].iter().all(|&b| b == 7));
+        assert!(back[ALIGN * 2 + CHUNK..2 * CHUNK].iter().all(|&b| b == 7));
+        assert!(back[2 * CHUNK..3 * CHUNK + 2 * ALIGN]
+            .iter()
+            .all(|&b| b == 3));
+        assert_eq!(back.len(), 3 * CHUNK + 2 * ALIGN);
     }
 }

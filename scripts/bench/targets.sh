@@ -12,7 +12,8 @@
 #   and the same image written to / restored from a local folder.
 #
 # Environment: HOLDFAST_AGENT, BENCH_RUNS (default 3), BENCH_WARMUP (default 1) as in
-# run.sh; BENCH_SIZE_MIB (default 1024); BENCH_TARGETS (default "sftp ftp smb").
+# run.sh; BENCH_SIZE_MIB (default 1024); BENCH_TARGETS (default "sftp ftp smb");
+# BENCH_SERVE=1 starts the servers, prints their URLs and waits (for profiling by hand).
 set -euo pipefail
 
 OUTDIR=${1:-/var/tmp/holdfast-tbench}
@@ -173,6 +174,13 @@ FTP_URL="ftp://$USER_NAME@127.0.0.1:$FTP_PORT$DATA"
 SMB_URL="smb://$USER_NAME@127.0.0.1:$SMB_PORT/backup"
 RESTORED=$WORK/restored.bin
 SIZE=$(stat -c %s "$SRC")
+
+if [[ -n ${BENCH_SERVE:-} ]]; then
+    printf 'serving until interrupted; --credentials-file %s\n%s\n%s\n%s\n' \
+        "$CREDS" "$SFTP_URL" "$FTP_URL" "$SMB_URL"
+    wait
+    exit 0
+fi
 
 declare -A T
 
