@@ -38,16 +38,10 @@ where
     let inner = inner.clone();
     let display = inner.display().to_owned();
     let task = tokio::task::spawn_blocking(move || {
-        let pooled = inner.pool().lock().ok().and_then(|mut p| p.pop());
-        let mut conn = match pooled {
-            Some(c) => c,
-            None => inner.connect()?,
-        };
+        let mut conn = take(&*inner)?;
         let r = f(&inner, &mut conn);
         if reuse && !matches!(&r, Err(e) if e.is_retryable()) {
-            if let Ok(mut p) = inner.pool().lock() {
-                p.push(conn);
-            }
+            give_back(&*inner, conn);
         }
         r
     });
@@ -62,6 +56,21 @@ where
                 detail: "the operation was cancelled".into(),
             }),
         },
+    }
+}
+
+/// An idle connection from the pool, or a new one (on a blocking thread).
+pub(crate) fn take<P: Pooled>(inner: &P) -> Result<P::Conn, TargetError> {
+    match inner.pool().lock().ok().and_then(|mut p| p.pop()) {
+        Some(c) => Ok(c),
+        None => inner.connect(),
+    }
+}
+
+/// Return a connection that is still good to the pool.
+pub(crate) fn give_back<P: Pooled>(inner: &P, conn: P::Conn) {
+    if let Ok(mut p) = inner.pool().lock() {
+        p.push(conn);
     }
 }
 

@@ -100,6 +100,8 @@ pub struct SmbTarget {
     session: Mutex<Option<Arc<Session>>>,
     /// Bytes a connection carries before the next operation moves to a new one.
     rotate: u64,
+    /// Logins made so far (see [`SmbTarget::logins`]).
+    logins: AtomicU64,
 }
 
 impl std::fmt::Debug for SmbTarget {
@@ -174,6 +176,7 @@ impl SmbTarget {
             display,
             session: Mutex::new(None),
             rotate: ROTATE_BYTES,
+            logins: AtomicU64::new(0),
         })
     }
 
@@ -181,6 +184,11 @@ impl SmbTarget {
     pub fn rotate_after(mut self, bytes: u64) -> Self {
         self.rotate = bytes.max(1 << 20);
         self
+    }
+
+    /// How many connections (each with its login) this target has opened so far.
+    pub fn logins(&self) -> u64 {
+        self.logins.load(Ordering::Relaxed)
     }
 
     /// The current session, logging in when there is none.
@@ -222,6 +230,7 @@ impl SmbTarget {
             }
         }
         .map_err(|e| self.classify("connect", "", e))?;
+        self.logins.fetch_add(1, Ordering::Relaxed);
         no_delay_to(&peers);
         let limits = client
             .get_connection(&self.host)

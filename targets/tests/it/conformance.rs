@@ -337,7 +337,10 @@ async fn smb_conforms_across_connections() {
     let Some(smbd) = crate::fixtures::Smbd::start("smb_conforms_across_connections") else {
         return;
     };
-    suite(&smb_target(&smbd, PASSWORD).rotate_after(3 << 20)).await;
+    let t = smb_target(&smbd, PASSWORD).rotate_after(3 << 20);
+    suite(&t).await;
+    // The suite moves over 48 MiB (a 24 MiB stream up and back): many new connections.
+    assert!(t.logins() >= 8, "only {} logins", t.logins());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
