@@ -385,8 +385,21 @@ impl Target for FtpTarget {
                                 key: k.to_string(),
                             });
                         }
-                        ftp.rm(&dest)
+                        // Servers on rename(2) replace in one step; for the others the
+                        // old file is moved aside first and put back if the new one
+                        // cannot take its name, so a failure in between loses neither.
+                        if ftp.rename(&temp, &dest).is_ok() {
+                            return Ok(n);
+                        }
+                        let aside = format!("{dir}/{}", temp_name(k.name()));
+                        ftp.rename(&dest, &aside)
                             .map_err(|e| inner.map("replace", k.as_str(), e))?;
+                        if let Err(e) = ftp.rename(&temp, &dest) {
+                            let _ = ftp.rename(&aside, &dest);
+                            return Err(inner.map("rename", k.as_str(), e));
+                        }
+                        let _ = ftp.rm(&aside);
+                        return Ok(n);
                     }
                     ftp.rename(&temp, &dest)
                         .map_err(|e| inner.map("rename", k.as_str(), e))?;

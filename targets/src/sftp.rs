@@ -309,6 +309,28 @@ impl Inner {
     }
 }
 
+/// Give `temp` the name `dest`, which exists. SFTP v3's rename will not replace, so the
+/// old file is moved aside (under a temporary name) first and put back when the new one
+/// cannot take its name: a failure in between loses neither.
+fn swap_in(
+    inner: &Inner,
+    conn: &Conn,
+    temp: &Path,
+    dest: &Path,
+    key: &ObjectKey,
+) -> Result<(), TargetError> {
+    let aside = dest.with_file_name(temp_name(key.name()));
+    conn.sftp
+        .rename(dest, &aside, None)
+        .map_err(|e| inner.map("replace", key.as_str(), &e))?;
+    if let Err(e) = conn.sftp.rename(temp, dest, None) {
+        let _ = conn.sftp.rename(&aside, dest, None);
+        return Err(inner.map("rename", key.as_str(), &e));
+    }
+    let _ = conn.sftp.unlink(&aside);
+    Ok(())
+}
+
 /// Write the body to the temporary file `temp` in stretches of [`STRIPE`] bytes that
 /// alternate between [`LANES`] connections of their own; the byte count.
 ///
@@ -535,9 +557,8 @@ impl Target for SftpTarget {
                     let _ = f.fsync();
                 }
                 if overwrite && inner.exists(conn, &dest) {
-                    conn.sftp
-                        .unlink(&dest)
-                        .map_err(|e| inner.map("replace", k.as_str(), &e))?;
+                    swap_in(inner, conn, &temp, &dest, &k)?;
+                    return Ok(n);
                 }
                 // SFTP v3 rename refuses an existing destination: "create only if absent".
                 conn.sftp.rename(&temp, &dest, None).map_err(|e| {

@@ -228,8 +228,13 @@ pub async fn suite(t: &dyn Target) {
 async fn local_folder_conforms() {
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
     suite(&LocalTarget::new(dir.path())).await;
-    // Nothing temporary is left behind, even hidden.
-    let mut stack = vec![dir.path().to_owned()];
+    nothing_temporary_left(dir.path());
+}
+
+/// No temporary file (an upload's, or an old image moved aside while replaced) is left
+/// anywhere under `root`, not even hidden from listings.
+fn nothing_temporary_left(root: &std::path::Path) {
+    let mut stack = vec![root.to_owned()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(d).expect("dir").flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -274,6 +279,7 @@ async fn sftp_with_password_conforms() {
         std::time::Duration::from_millis(50),
     ))
     .await;
+    nothing_temporary_left(&sshd.data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,6 +288,7 @@ async fn sftp_with_private_key_conforms() {
         return;
     };
     suite(&sftp_target(&sshd, true)).await;
+    nothing_temporary_left(&sshd.data);
 }
 
 pub fn ftp_target(
@@ -311,6 +318,7 @@ async fn ftp_conforms() {
         return;
     };
     suite(&ftp_target(&ftpd, false)).await;
+    nothing_temporary_left(&ftpd.data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,6 +327,7 @@ async fn ftps_conforms() {
         return;
     };
     suite(&ftp_target(&ftpd, true)).await;
+    nothing_temporary_left(&ftpd.data);
 }
 
 pub fn smb_target(smbd: &crate::fixtures::Smbd, password: &str) -> SmbTarget {
@@ -350,6 +359,7 @@ async fn smb_conforms() {
     };
     let t = smb_target(&smbd, PASSWORD);
     suite(&t).await;
+    nothing_temporary_left(&smbd.data);
     assert!(t
         .free_space()
         .await
