@@ -16,12 +16,10 @@ pub struct TargetLine {
     pub bytes: String,
 }
 
-#[derive(Template)]
-#[template(path = "targets.html")]
-struct Targets {
-    shell: Shell,
-    targets: Vec<TargetLine>,
-    // The empty form for a new target.
+/// The target form's fields (`target_form.html`), shared by the list page (empty, for a new
+/// target) and a target's page; credentials only as set / not set.
+#[derive(Default)]
+struct TargetForm {
     id: i64,
     name: String,
     url: String,
@@ -30,6 +28,14 @@ struct Targets {
     notes: String,
     password: bool,
     private_key: bool,
+}
+
+#[derive(Template)]
+#[template(path = "targets.html")]
+struct Targets {
+    shell: Shell,
+    targets: Vec<TargetLine>,
+    form: TargetForm,
 }
 
 pub async fn list(State(state): State<AppState>, session: Session) -> PageResult {
@@ -54,14 +60,7 @@ pub async fn list(State(state): State<AppState>, session: Session) -> PageResult
     Ok(render(Targets {
         shell: session.shell("targets"),
         targets,
-        id: 0,
-        name: String::new(),
-        url: String::new(),
-        username: String::new(),
-        ca_pem: String::new(),
-        notes: String::new(),
-        password: false,
-        private_key: false,
+        form: TargetForm::default(),
     }))
 }
 
@@ -69,14 +68,7 @@ pub async fn list(State(state): State<AppState>, session: Session) -> PageResult
 #[template(path = "target.html")]
 struct TargetPage {
     shell: Shell,
-    id: i64,
-    name: String,
-    url: String,
-    username: String,
-    ca_pem: String,
-    notes: String,
-    password: bool,
-    private_key: bool,
+    form: TargetForm,
     updated: String,
     agents: Vec<(i64, String)>,
 }
@@ -103,14 +95,16 @@ pub async fn show(
         .collect();
     Ok(render(TargetPage {
         shell: session.shell("targets"),
-        id: t.id,
-        name: t.name,
-        url: t.url,
-        username: t.username.unwrap_or_default(),
-        ca_pem: t.ca_pem.unwrap_or_default(),
-        notes: t.notes,
-        password: secret.password.is_some(),
-        private_key: secret.private_key.is_some(),
+        form: TargetForm {
+            id: t.id,
+            name: t.name,
+            url: t.url,
+            username: t.username.unwrap_or_default(),
+            ca_pem: t.ca_pem.unwrap_or_default(),
+            notes: t.notes,
+            password: secret.password.is_some(),
+            private_key: secret.private_key.is_some(),
+        },
         updated: when(Some(t.updated_at)),
         agents,
     }))

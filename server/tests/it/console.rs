@@ -145,6 +145,22 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     b.fill("#target-form input[name=password]", PASSWORD);
     b.click("#target-form button[type=submit]");
     b.wait("the target's page", 15, |b| b.has("#test-form"));
+    // The edit form holds the target as saved; the password only as "set".
+    assert_eq!(b.text("h1"), "Target: lab sftp");
+    assert_eq!(
+        b.script(
+            "return document.querySelector('#target-form input[name=url]').value",
+            &[]
+        ),
+        json!(format!(
+            "sftp://127.0.0.1:{}{}",
+            sshd.port,
+            sshd.data.display()
+        ))
+    );
+    assert!(b
+        .text("#target-form")
+        .contains("set; leave empty to keep it"));
     assert!(!b
         .script("return document.body.innerHTML", &[])
         .to_string()
