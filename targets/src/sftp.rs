@@ -338,9 +338,9 @@ fn swap_in(
 /// one connection a third of the two cores stayed idle during an upload; two writing
 /// disjoint stretches took 10% less time (measured; a third connection or other stretch
 /// sizes gained nothing more). Each further connection is opened only once the body
-/// reaches its first stretch; when it cannot be had, those there are write everything. The caller's
-/// connection only creates, renames or removes the file: a failed write can leave a lane's
-/// channel mid-request, and such a connection is cut, never reused.
+/// reaches its first stretch; when it cannot be had, the lanes already open write
+/// everything. The caller's connection only creates, renames or removes the file: a failed
+/// write can leave a lane's channel mid-request, and such a connection is cut, never reused.
 fn write_striped(
     inner: &Inner,
     key: &str,
@@ -349,9 +349,12 @@ fn write_striped(
 ) -> Result<u64, TargetError> {
     let first = open_lane(inner, key, temp)?;
     std::thread::scope(|scope| {
-        let (tx, lane_rx) = std::sync::mpsc::sync_channel(LANE_QUEUE);
-        let mut lanes = vec![tx];
-        let mut running = vec![scope.spawn(move || run_lane(inner, key, first, &lane_rx))];
+        let start = |lane| {
+            let (tx, pieces) = std::sync::mpsc::sync_channel(LANE_QUEUE);
+            (tx, scope.spawn(move || run_lane(inner, key, lane, &pieces)))
+        };
+        let (tx, handle) = start(first);
+        let (mut lanes, mut running) = (vec![tx], vec![handle]);
         let mut pos = 0u64;
         let mut body_failed = None;
         'body: while let Some(chunk) = rx.blocking_recv() {
@@ -364,11 +367,12 @@ fn write_striped(
             };
             while !chunk.is_empty() {
                 let stretch = pos / STRIPE;
-                if stretch == lanes.len() as u64 && stretch < LANES && pos.is_multiple_of(STRIPE) {
-                    if let Ok(second) = open_lane(inner, key, temp) {
-                        let (tx, lane_rx) = std::sync::mpsc::sync_channel(LANE_QUEUE);
+                let opens_lane = stretch == lanes.len() as u64 && stretch < LANES;
+                if opens_lane && pos.is_multiple_of(STRIPE) {
+                    if let Ok(lane) = open_lane(inner, key, temp) {
+                        let (tx, handle) = start(lane);
                         lanes.push(tx);
-                        running.push(scope.spawn(move || run_lane(inner, key, second, &lane_rx)));
+                        running.push(handle);
                     }
                 }
                 let room = STRIPE - pos % STRIPE;

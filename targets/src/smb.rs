@@ -378,7 +378,6 @@ impl SmbTarget {
         }
     }
 
-    /// Write the whole body to `file`, [`DEPTH`] requests in flight; the byte count.
     /// Write `body` to the temporary file `temp`, opened as `file` on `s`. Once a connection
     /// has carried its share ([`ROTATE_BYTES`]), the file is closed and the upload goes on
     /// from the same offset on a new connection. Gives back the connection and handle the
@@ -629,12 +628,31 @@ impl SmbTarget {
             }
             let _ = file.close().await;
         }
-        if done.is_err() && self.exists(&s, temp.as_str()).await.unwrap_or(false) {
-            // The mark can be lost when writes were still in flight as the upload failed
-            // (a full share): delete the temporary file by name.
-            let _ = self.remove(&s, temp.as_str()).await;
+        if done.is_err() {
+            self.remove_leftover(&s, temp.as_str()).await;
         }
         done
+    }
+
+    /// Make sure the temporary file of a failed upload is gone. The delete-on-close mark
+    /// can be lost when writes were still in flight as the upload failed (a full share),
+    /// and Samba defers a close until those writes finish: the file stays visible, "delete
+    /// pending", for a moment. Wait for it to go, deleting it by name if it stays; give up
+    /// when the connection is gone (the next upload of the name removes it) or after ~3 s.
+    async fn remove_leftover(&self, s: &Session, temp: &str) {
+        for _ in 0..30 {
+            match self.exists(s, temp).await {
+                Ok(false) => return,
+                Ok(true) => {
+                    if self.remove(s, temp).await.is_ok() {
+                        return;
+                    }
+                }
+                Err(e) if e.is_retryable() => return,
+                Err(_) => {}
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Delete the file `rel` (opened for deletion, marked, closed).
