@@ -26,10 +26,21 @@ pub(crate) trait Pooled: Send + Sync + 'static {
     fn display(&self) -> &str;
 }
 
-/// Run `f` with a pooled (or new) connection on the blocking pool. The connection goes back
-/// to the pool afterwards unless `reuse` is false or `f` failed with a transient error (a
-/// dropped connection is not worth keeping).
-pub(crate) async fn run<P, R, F>(inner: &Arc<P>, reuse: bool, f: F) -> Result<R, TargetError>
+/// When a connection goes back to the pool after an operation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// Unless the operation failed with a transient error (a dropped connection is not
+    /// worth keeping).
+    UnlessDropped,
+    /// Only after a success (a failed transfer can leave replies queued on it).
+    OnSuccess,
+    /// Never (the operation leaves it in a state not worth trusting).
+    Never,
+}
+
+/// Run `f` with a pooled (or new) connection on the blocking pool; the connection goes
+/// back to the pool afterwards as `reuse` says.
+pub(crate) async fn run<P, R, F>(inner: &Arc<P>, reuse: Reuse, f: F) -> Result<R, TargetError>
 where
     P: Pooled,
     R: Send + 'static,
@@ -40,7 +51,12 @@ where
     let task = tokio::task::spawn_blocking(move || {
         let mut conn = take(&*inner)?;
         let r = f(&inner, &mut conn);
-        if reuse && !matches!(&r, Err(e) if e.is_retryable()) {
+        let keep = match (reuse, &r) {
+            (Reuse::Never, _) | (Reuse::OnSuccess, Err(_)) => false,
+            (Reuse::UnlessDropped, Err(e)) => !e.is_retryable(),
+            (_, Ok(_)) => true,
+        };
+        if keep {
             give_back(&*inner, conn);
         }
         r

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use suppaftp::{FtpError, RustlsConnector, RustlsFtpStream, Status};
 use tokio::sync::mpsc;
 
-use crate::blocking::{self, Pooled};
+use crate::blocking::{self, Pooled, Reuse};
 use crate::error::TargetError;
 use crate::location::Credentials;
 use crate::{is_temp_name, temp_name, Body, ByteStream, ObjectKey, ObjectMeta, Target, TargetCaps};
@@ -130,7 +130,7 @@ impl FtpTarget {
         R: Send + 'static,
         F: FnOnce(&Inner, &mut RustlsFtpStream) -> Result<R, TargetError> + Send + 'static,
     {
-        blocking::run(&self.inner, true, f).await
+        blocking::run(&self.inner, Reuse::UnlessDropped, f).await
     }
 }
 
@@ -330,11 +330,11 @@ impl Target for FtpTarget {
         let (tx, mut rx) = blocking::chunks();
         let k = key.clone();
         // A failed or aborted transfer can leave replies queued on the control connection,
-        // so an upload's connection is not reused, and cleanup after a failure runs on a
-        // fresh one.
+        // so an upload's connection is reused only after a success, and cleanup after a
+        // failure runs on a fresh one.
         let upload = blocking::run(
             &self.inner,
-            false,
+            Reuse::OnSuccess,
             move |inner: &Inner, ftp: &mut RustlsFtpStream| {
                 let dest = inner.path(k.as_str());
                 if !overwrite && Inner::exists(ftp, &dest) {
@@ -426,7 +426,7 @@ impl Target for FtpTarget {
         // connection is not trusted afterwards: ranged reads use it once.
         blocking::run(
             &self.inner,
-            false,
+            Reuse::Never,
             move |inner: &Inner, ftp: &mut RustlsFtpStream| {
                 let mut data = Bytes::new();
                 retr_range(inner, ftp, k.as_str(), range, len.max(1), |piece| {
@@ -450,7 +450,7 @@ impl Target for FtpTarget {
         tokio::spawn(async move {
             let sent = blocking::run(
                 &inner,
-                false,
+                Reuse::Never,
                 move |inner: &Inner, ftp: &mut RustlsFtpStream| {
                     retr_range(inner, ftp, k.as_str(), range, STREAM_PIECE, |piece| {
                         // A closed channel: the reader is gone, stop the transfer.

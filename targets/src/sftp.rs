@@ -18,7 +18,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use sha2::Digest as _;
 
-use crate::blocking::{self, Pooled};
+use crate::blocking::{self, Pooled, Reuse};
 use crate::error::TargetError;
 use crate::location::Credentials;
 use crate::{
@@ -136,7 +136,7 @@ impl SftpTarget {
         R: Send + 'static,
         F: FnOnce(&Inner, &mut Conn) -> Result<R, TargetError> + Send + 'static,
     {
-        blocking::run(&self.inner, true, f).await
+        blocking::run(&self.inner, Reuse::UnlessDropped, f).await
     }
 }
 
