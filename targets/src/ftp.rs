@@ -19,7 +19,10 @@ use tokio::sync::mpsc;
 use crate::blocking::{self, Pooled, Reuse};
 use crate::error::TargetError;
 use crate::location::Credentials;
-use crate::{is_temp_name, temp_name, Body, ByteStream, ObjectKey, ObjectMeta, Target, TargetCaps};
+use crate::{
+    is_temp_name, is_temp_name_for, temp_name, Body, ByteStream, ObjectKey, ObjectMeta, Target,
+    TargetCaps,
+};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bytes per piece of a streamed read, and pieces queued ahead of the reader.
@@ -240,6 +243,28 @@ impl Inner {
     }
 }
 
+/// Remove temporary files of earlier uploads of `name` in `dir` that died with their
+/// connection (server restart, network loss): hidden from listings, they would hold the
+/// server's space for ever. Best effort: `LIST -a` (dot files are hidden without it) where
+/// the server takes it; the working folder is restored.
+fn remove_stale_temps(ftp: &mut RustlsFtpStream, dir: &str, name: &str) {
+    let Ok(here) = ftp.pwd() else {
+        return;
+    };
+    if ftp.cwd(if dir.is_empty() { "/" } else { dir }).is_err() {
+        return;
+    }
+    let lines = ftp.list(Some("-a")).unwrap_or_default();
+    let _ = ftp.cwd(&here);
+    for line in lines {
+        if let Ok(f) = suppaftp::list::ListParser::parse_posix(&line) {
+            if is_temp_name_for(f.name(), name) {
+                let _ = ftp.rm(format!("{dir}/{}", f.name()));
+            }
+        }
+    }
+}
+
 /// Read `range` of `key` with one `RETR` from its start, handing `sink` pieces of at most
 /// `piece` bytes in order; `sink` returns false to stop early. The transfer is then ended:
 /// completed when it reached the end of the file, aborted (`ABOR`) otherwise.
@@ -344,6 +369,7 @@ impl Target for FtpTarget {
                     });
                 }
                 let dir = dest.rsplit_once('/').map_or("", |(d, _)| d).to_owned();
+                remove_stale_temps(ftp, &dir, k.name());
                 let temp = format!("{dir}/{}", temp_name(k.name()));
                 let result = (|| {
                     let mut stream = ftp

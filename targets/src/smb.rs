@@ -26,7 +26,9 @@ use zeroize::Zeroizing;
 use crate::blocking::{body_error, chunks, pump, Chunks};
 use crate::error::TargetError;
 use crate::location::Credentials;
-use crate::{is_temp_name, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps};
+use crate::{
+    is_temp_name, is_temp_name_for, temp_name, Body, ObjectKey, ObjectMeta, Target, TargetCaps,
+};
 
 /// Requests kept in flight per transfer.
 const DEPTH: usize = 16;
@@ -590,6 +592,7 @@ impl SmbTarget {
                 key: key.to_string(),
             });
         }
+        self.remove_stale_temps(&s, key).await;
         let temp = key.with_name(&temp_name(key.name()))?;
         let args = FileCreateArgs::make_create_new(
             FileAttributes::new(),
@@ -632,6 +635,31 @@ impl SmbTarget {
             self.remove_leftover(&s, temp.as_str()).await;
         }
         done
+    }
+
+    /// Remove temporary files of earlier uploads of `key` that died with their connection
+    /// (server restart, network loss): hidden from listings, they would hold the share's
+    /// space for ever. Best effort: a folder that cannot be listed is left as it is.
+    async fn remove_stale_temps(&self, s: &Session, key: &ObjectKey) {
+        let parent = key.parent().map(|p| p.to_string()).unwrap_or_default();
+        let Ok(d) = self
+            .open_dir(s, &parent, CreateDisposition::Open, "list")
+            .await
+        else {
+            return;
+        };
+        let Ok((d, Ok(entries))) = query_all(Arc::new(d)).await else {
+            return;
+        };
+        let _ = d.close().await;
+        for e in entries {
+            let name = e.file_name.to_string();
+            if is_temp_name_for(&name, key.name()) {
+                if let Ok(stale) = key.with_name(&name) {
+                    let _ = self.remove(s, stale.as_str()).await;
+                }
+            }
+        }
     }
 
     /// Make sure the temporary file of a failed upload is gone. The delete-on-close mark

@@ -5,6 +5,7 @@ use holdfast_targets::location::Credentials;
 use holdfast_targets::{ObjectKey, Target, TargetError};
 use zeroize::Zeroizing;
 
+use crate::conformance::{body, ftp_target, noise};
 use crate::fixtures::{Vsftpd, PASSWORD, USER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,4 +72,60 @@ async fn a_session_killed_mid_stream_ends_the_stream_with_an_error() {
         err.to_string().contains(&target.caps().display),
         "the error names the target: {err}"
     );
+}
+
+/// The server's session dies in the middle of an upload: the upload fails with an error
+/// naming the target, nothing is under the final name (at most a hidden temporary file),
+/// and the next upload of that name removes what earlier ones left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_killed_mid_upload_leaves_nothing_complete_looking() {
+    let Some(ftpd) = Vsftpd::start("session_killed_mid_upload") else {
+        return;
+    };
+    let t = std::sync::Arc::new(ftp_target(&ftpd, false));
+    let k = ObjectKey::new("big.hfi").expect("key");
+    // A slow body: the session dies while it is still being sent.
+    let (mut w, r) = tokio::io::duplex(1 << 20);
+    let feeder = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for i in 0..200u64 {
+            if w.write_all(&noise(1 << 20, i)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+    let upload = {
+        let (t, k) = (t.clone(), k.clone());
+        tokio::spawn(async move { t.put_stream(&k, Box::new(r), false).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    ftpd.kill_sessions();
+    let res = upload.await.expect("join");
+    feeder.abort();
+    let e = res.expect_err("upload must fail");
+    assert!(e.to_string().contains(&t.caps().display), "{e}");
+    assert!(!ftpd.data.join("big.hfi").exists());
+    let names = || -> Vec<String> {
+        std::fs::read_dir(&ftpd.data)
+            .expect("data")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        names().iter().all(|n| holdfast_targets::is_temp_name(n)),
+        "{:?}",
+        names()
+    );
+    // A leftover of an upload whose connection died before it could clean up.
+    std::fs::write(
+        ftpd.data.join(holdfast_targets::temp_name("big.hfi")),
+        b"left",
+    )
+    .expect("plant a leftover");
+    t.put_stream(&k, body(noise(1 << 20, 9)), false)
+        .await
+        .expect("upload after the sessions died");
+    assert_eq!(names(), vec!["big.hfi".to_owned()], "leftovers are gone");
 }

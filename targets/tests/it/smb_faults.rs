@@ -85,9 +85,21 @@ async fn server_killed_mid_upload_leaves_no_image() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(left.iter().all(|n| is_temp_name(n)), "{left:?}");
-    // And a new upload of the same name works.
+    // A new upload of the same name works and removes what earlier ones left (also one
+    // planted here, in case the dead connection's file was already gone).
+    std::fs::write(
+        smbd.data.join(holdfast_targets::temp_name("killed.hfi")),
+        b"left",
+    )
+    .expect("plant a leftover");
     t.put_stream(&k, body(noise(3 << 20, 10)), false)
         .await
         .expect("upload after restart");
     assert_eq!(t.size(&k).await.expect("size"), 3 << 20);
+    let left: Vec<String> = std::fs::read_dir(&smbd.data)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["killed.hfi".to_owned()], "leftovers are gone");
 }
