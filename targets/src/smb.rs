@@ -625,8 +625,8 @@ impl SmbTarget {
         };
         if let Some(file) = file {
             if done.is_err() {
-                // Delete on close; a connection that is gone leaves the temporary name,
-                // which the next upload of the same name or a listing never shows.
+                // Delete on close; a connection that is gone leaves the temporary name:
+                // listings never show it, and the next upload of the name removes it.
                 let _ = file.set_info(FileDispositionInformation::default()).await;
             }
             let _ = file.close().await;
