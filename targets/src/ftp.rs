@@ -243,19 +243,31 @@ impl Inner {
     }
 }
 
+/// The `LIST` lines (with `options`) of the folder `dir`, or `None` when it cannot be
+/// entered (a missing folder lists as empty on some servers, so it is entered first); the
+/// working folder is restored.
+fn list_in(
+    ftp: &mut RustlsFtpStream,
+    dir: &str,
+    options: Option<&str>,
+) -> Result<Option<Vec<String>>, FtpError> {
+    let here = ftp.pwd()?;
+    if ftp.cwd(dir).is_err() {
+        return Ok(None);
+    }
+    let lines = ftp.list(options);
+    let _ = ftp.cwd(&here);
+    lines.map(Some)
+}
+
 /// Remove temporary files of earlier uploads of `name` in `dir` that died with their
 /// connection (server restart, network loss): hidden from listings, they would hold the
 /// server's space for ever. Best effort: `LIST -a` (dot files are hidden without it) where
-/// the server takes it; the working folder is restored.
+/// the server takes it.
 fn remove_stale_temps(ftp: &mut RustlsFtpStream, dir: &str, name: &str) {
-    let Ok(here) = ftp.pwd() else {
+    let Ok(Some(lines)) = list_in(ftp, if dir.is_empty() { "/" } else { dir }, Some("-a")) else {
         return;
     };
-    if ftp.cwd(if dir.is_empty() { "/" } else { dir }).is_err() {
-        return;
-    }
-    let lines = ftp.list(Some("-a")).unwrap_or_default();
-    let _ = ftp.cwd(&here);
     for line in lines {
         if let Ok(f) = suppaftp::list::ListParser::parse_posix(&line) {
             if is_temp_name_for(f.name(), name) {
@@ -518,15 +530,13 @@ impl Target for FtpTarget {
                     }
                 }
             };
-            // LIST of a missing folder is an empty listing on some servers: check it first.
-            let here = ftp.pwd().map_err(|e| inner.map("list", &key, e))?;
-            ftp.cwd(&path).map_err(|_| TargetError::NotFound {
-                target: inner.display.clone(),
-                key: key.clone(),
-            })?;
-            let lines = ftp.list(None).map_err(|e| inner.map("list", &key, e));
-            let _ = ftp.cwd(&here);
-            Ok(lines?
+            let lines = list_in(ftp, &path, None)
+                .map_err(|e| inner.map("list", &key, e))?
+                .ok_or_else(|| TargetError::NotFound {
+                    target: inner.display.clone(),
+                    key: key.clone(),
+                })?;
+            Ok(lines
                 .iter()
                 .filter_map(|l| suppaftp::list::ListParser::parse_posix(l).ok())
                 .filter(|f| !is_temp_name(f.name()) && f.name() != "." && f.name() != "..")

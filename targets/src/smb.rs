@@ -466,7 +466,6 @@ impl SmbTarget {
                             }
                             Ok::<(), std::io::Error>(())
                         });
-
                     }
                     Some(Err(e)) => return Err(body_error(&self.display, key, &e)),
                     None => ended = true,
@@ -695,16 +694,9 @@ impl SmbTarget {
     /// space for ever. Best effort: a folder that cannot be listed is left as it is.
     async fn remove_stale_temps(&self, s: &Session, key: &ObjectKey) {
         let parent = key.parent().map(|p| p.to_string()).unwrap_or_default();
-        let Ok(d) = self
-            .open_dir(s, &parent, CreateDisposition::Open, "list")
-            .await
-        else {
+        let Ok(entries) = self.dir_entries(s, &parent).await else {
             return;
         };
-        let Ok((d, Ok(entries))) = query_all(Arc::new(d)).await else {
-            return;
-        };
-        let _ = d.close().await;
         for e in entries {
             let name = e.file_name.to_string();
             if is_temp_name_for(&name, key.name()) {
@@ -713,6 +705,23 @@ impl SmbTarget {
                 }
             }
         }
+    }
+
+    /// Every entry of the folder `rel`, temporary names and `.`/`..` included.
+    async fn dir_entries(
+        &self,
+        s: &Session,
+        rel: &str,
+    ) -> Result<Vec<FileDirectoryInformation>, TargetError> {
+        let d = Arc::new(
+            self.open_dir(s, rel, CreateDisposition::Open, "list")
+                .await?,
+        );
+        let (d, entries) = query_all(d)
+            .await
+            .map_err(|e| self.permanent("list", rel, &e))?;
+        let _ = d.close().await;
+        entries.map_err(|e| self.classify("list", rel, e))
     }
 
     /// Make sure the temporary file of a failed upload is gone. The delete-on-close mark
@@ -843,15 +852,14 @@ async fn close(r: Resource) {
     };
 }
 
-/// Hold credits for a request of `len` bytes from the session's budget.
 /// Turn Nagle's algorithm off on this process's TCP connections to `peers`.
 ///
 /// The `smb` crate opens its socket itself and leaves Nagle on, so every small request (a
 /// read, the tail of a write, each login step) waits for the acknowledgement of the segment
 /// before it: reading 1 GiB over loopback took 4.9 s instead of 1.8 s, a login 180 ms
-/// instead of 20 ms. The socket is reached through a
-/// duplicate of its descriptor (`pidfd_getfd` on this very process: the same socket, no
-/// unsafe code); whatever fails leaves the connection as it was, only slower.
+/// instead of 20 ms. The socket is reached through a duplicate of its descriptor
+/// (`pidfd_getfd` on this very process: the same socket, no unsafe code); whatever fails
+/// leaves the connection as it was, only slower.
 fn no_delay_to(peers: &[std::net::SocketAddr]) {
     use rustix::process::{getpid, pidfd_getfd, pidfd_open, PidfdFlags, PidfdGetfdFlags};
     let (Ok(me), Ok(fds)) = (
@@ -877,6 +885,7 @@ fn no_delay_to(peers: &[std::net::SocketAddr]) {
     }
 }
 
+/// Hold credits for a request of `len` bytes from the session's budget.
 async fn credits(s: &Session, len: usize) -> std::io::Result<tokio::sync::SemaphorePermit<'_>> {
     let cost = len.div_ceil(CREDIT_BYTES).max(1) as u32;
     s.budget
@@ -1003,16 +1012,9 @@ impl Target for SmbTarget {
     async fn list(&self, dir: Option<&ObjectKey>) -> Result<Vec<ObjectMeta>, TargetError> {
         let rel = dir.map(ObjectKey::as_str).unwrap_or("");
         self.with_session(move |s| async move {
-            let d = Arc::new(
-                self.open_dir(&s, rel, CreateDisposition::Open, "list")
-                    .await?,
-            );
-            let (d, entries) = query_all(d)
-                .await
-                .map_err(|e| self.permanent("list", rel, &e))?;
-            let _ = d.close().await;
-            let entries = entries.map_err(|e| self.classify("list", rel, e))?;
-            Ok(entries
+            Ok(self
+                .dir_entries(&s, rel)
+                .await?
                 .into_iter()
                 .filter_map(|e| {
                     let name = e.file_name.to_string();
