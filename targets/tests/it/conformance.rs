@@ -29,6 +29,33 @@ pub fn body(data: Vec<u8>) -> Body {
     Box::new(Cursor::new(data))
 }
 
+/// A body that arrives slowly (1 MiB every 10 ms, up to 200 MiB), so a server can be
+/// killed while it is still being sent; abort the feeder once the upload has ended.
+pub fn slow_body() -> (Body, tokio::task::JoinHandle<()>) {
+    let (mut w, r) = tokio::io::duplex(1 << 20);
+    let feeder = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        for i in 0..200u64 {
+            if w.write_all(&noise(1 << 20, i)).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+    (Box::new(r), feeder)
+}
+
+/// The names in the folder `dir` on this machine (a server's data folder), sorted.
+pub fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read the folder")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 fn key(k: &str) -> ObjectKey {
     ObjectKey::new(k).expect("key")
 }

@@ -5,7 +5,7 @@ use holdfast_targets::location::Credentials;
 use holdfast_targets::{ObjectKey, Target, TargetError};
 use zeroize::Zeroizing;
 
-use crate::conformance::{body, ftp_target, noise};
+use crate::conformance::{body, files_in, ftp_target, noise, slow_body};
 use crate::fixtures::{Vsftpd, PASSWORD, USER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,19 +85,10 @@ async fn a_session_killed_mid_upload_leaves_nothing_complete_looking() {
     let t = std::sync::Arc::new(ftp_target(&ftpd, false));
     let k = ObjectKey::new("big.hfi").expect("key");
     // A slow body: the session dies while it is still being sent.
-    let (mut w, r) = tokio::io::duplex(1 << 20);
-    let feeder = tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        for i in 0..200u64 {
-            if w.write_all(&noise(1 << 20, i)).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    });
+    let (slow, feeder) = slow_body();
     let upload = {
         let (t, k) = (t.clone(), k.clone());
-        tokio::spawn(async move { t.put_stream(&k, Box::new(r), false).await })
+        tokio::spawn(async move { t.put_stream(&k, slow, false).await })
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     ftpd.kill_sessions();
@@ -106,17 +97,10 @@ async fn a_session_killed_mid_upload_leaves_nothing_complete_looking() {
     let e = res.expect_err("upload must fail");
     assert!(e.to_string().contains(&t.caps().display), "{e}");
     assert!(!ftpd.data.join("big.hfi").exists());
-    let names = || -> Vec<String> {
-        std::fs::read_dir(&ftpd.data)
-            .expect("data")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .collect()
-    };
+    let left = files_in(&ftpd.data);
     assert!(
-        names().iter().all(|n| holdfast_targets::is_temp_name(n)),
-        "{:?}",
-        names()
+        left.iter().all(|n| holdfast_targets::is_temp_name(n)),
+        "{left:?}"
     );
     // A leftover of an upload whose connection died before it could clean up.
     std::fs::write(
@@ -127,5 +111,5 @@ async fn a_session_killed_mid_upload_leaves_nothing_complete_looking() {
     t.put_stream(&k, body(noise(1 << 20, 9)), false)
         .await
         .expect("upload after the sessions died");
-    assert_eq!(names(), vec!["big.hfi".to_owned()], "leftovers are gone");
+    assert_eq!(files_in(&ftpd.data), ["big.hfi"], "leftovers are gone");
 }

@@ -6,7 +6,7 @@ use std::process::Command;
 use holdfast_targets::local::LocalTarget;
 use holdfast_targets::{is_temp_name, ObjectKey, Target};
 
-use crate::conformance::{body, ftp_target, noise, sftp_target};
+use crate::conformance::{body, files_in, ftp_target, noise, sftp_target};
 use crate::fixtures::{unavailable, Sshd, Vsftpd, USER};
 
 /// A 16 MiB ext4 mounted on `dir/small`, owned by the test user; unmounted on drop.
@@ -78,10 +78,8 @@ async fn fill(t: &dyn Target, small: &SmallFs) {
             .any(|w| text.contains(w)),
         "the error says what happened: {text}"
     );
-    let left: Vec<String> = std::fs::read_dir(&small.mnt)
-        .expect("dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    let left: Vec<String> = files_in(&small.mnt)
+        .into_iter()
         .filter(|n| n != "lost+found")
         .collect();
     assert!(

@@ -2,7 +2,7 @@
 
 use holdfast_targets::{ObjectKey, Target, TargetError};
 
-use crate::conformance::{body, noise, sftp_creds, sftp_target};
+use crate::conformance::{body, files_in, noise, sftp_creds, sftp_target, slow_body};
 use crate::fixtures::{Sshd, PASSWORD};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -67,17 +67,8 @@ async fn server_killed_mid_upload_leaves_nothing_complete_looking() {
     let t = sftp_target(&sshd, false);
     let k = ObjectKey::new("big.hfi").expect("key");
     // A slow body: the server dies while it is still being sent.
-    let (mut w, r) = tokio::io::duplex(1 << 20);
-    let feeder = tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        for i in 0..200u64 {
-            if w.write_all(&noise(1 << 20, i)).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    });
-    let upload = tokio::spawn(async move { t.put_stream(&k, Box::new(r), false).await });
+    let (slow, feeder) = slow_body();
+    let upload = tokio::spawn(async move { t.put_stream(&k, slow, false).await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     sshd.kill();
     let res = upload.await.expect("join");
@@ -89,8 +80,7 @@ async fn server_killed_mid_upload_leaves_nothing_complete_looking() {
     );
     // Nothing under the final name; at most a hidden temporary file.
     assert!(!sshd.data.join("big.hfi").exists());
-    for entry in std::fs::read_dir(&sshd.data).expect("data").flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
+    for name in files_in(&sshd.data) {
         assert!(holdfast_targets::is_temp_name(&name), "unexpected {name}");
     }
     // The next upload of that name, once the server is back, removes the leftover.
@@ -100,14 +90,9 @@ async fn server_killed_mid_upload_leaves_nothing_complete_looking() {
     t.put_stream(&k, body(noise(1 << 20, 9)), false)
         .await
         .expect("upload after restart");
-    let names: Vec<String> = std::fs::read_dir(&sshd.data)
-        .expect("data")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
     assert_eq!(
-        names,
-        vec!["big.hfi".to_owned()],
+        files_in(&sshd.data),
+        ["big.hfi"],
         "the partial file is gone"
     );
 }

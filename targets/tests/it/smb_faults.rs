@@ -5,7 +5,7 @@ use holdfast_targets::smb::SmbTarget;
 use holdfast_targets::{is_temp_name, ObjectKey, Target, TargetError};
 use zeroize::Zeroizing;
 
-use crate::conformance::{body, noise, smb_target};
+use crate::conformance::{body, files_in, noise, smb_target};
 use crate::fixtures::{Smbd, PASSWORD, USER};
 
 fn key(k: &str) -> ObjectKey {
@@ -79,11 +79,7 @@ async fn server_killed_mid_upload_leaves_no_image() {
         .expect("list")
         .iter()
         .all(|m| m.name != "killed.hfi"));
-    let left: Vec<String> = std::fs::read_dir(&smbd.data)
-        .expect("dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let left = files_in(&smbd.data);
     assert!(left.iter().all(|n| is_temp_name(n)), "{left:?}");
     // A new upload of the same name works and removes what earlier ones left (also one
     // planted here, in case the dead connection's file was already gone).
@@ -96,10 +92,5 @@ async fn server_killed_mid_upload_leaves_no_image() {
         .await
         .expect("upload after restart");
     assert_eq!(t.size(&k).await.expect("size"), 3 << 20);
-    let left: Vec<String> = std::fs::read_dir(&smbd.data)
-        .expect("dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(left, vec!["killed.hfi".to_owned()], "leftovers are gone");
+    assert_eq!(files_in(&smbd.data), ["killed.hfi"], "leftovers are gone");
 }
