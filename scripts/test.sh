@@ -9,7 +9,7 @@
 #    and mount filesystems, so they need root),
 # 4. runs, failing fast: cargo fmt --check, cargo clippy -D warnings, the tests
 #    (the doc tests then cargo nextest when nextest is installed; plain
-#    cargo test otherwise).
+#    cargo test otherwise), then the storage benchmark at a tiny size.
 #
 # Environment:
 #   CARGO_TARGET_DIR  defaults to /var/tmp/holdfast-target, so that repeated
@@ -198,6 +198,16 @@ if cargo nextest --version >/dev/null 2>&1; then
     run_stage "cargo nextest" cargo nextest run "${nextest_args[@]}"
 else
     run_stage "cargo test" cargo test --workspace
+fi
+
+# The storage benchmark at a tiny size, strict, with the test build's agent: so that it
+# cannot silently stop working (it starts its own servers and user, as on a fresh machine).
+if ((IS_ROOT == 1)); then
+    run_stage "benchmark: storage targets (tiny)" env BENCH_SIZE_MIB=1 BENCH_RUNS=1 BENCH_WARMUP=0 \
+        BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
+        scripts/bench/targets.sh /var/tmp/holdfast-tbench-tiny
+else
+    warn "not running as root: skipping the storage benchmark (it starts servers and a user)"
 fi
 
 # The console tests' screenshots, to look at (cargo's CARGO_TARGET_TMPDIR).

@@ -3,7 +3,7 @@
 
 log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() {
-    printf 'run.sh: error: %s\n' "$*" >&2
+    printf '%s: error: %s\n' "$(basename "$0")" "$*" >&2
     exit 1
 }
 
@@ -14,6 +14,11 @@ apt_install() {
         apt_updated=1
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# A loopback port free now (bound to 0 and released).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 now() { printf '%s\n' "${EPOCHREALTIME/,/.}"; }
@@ -63,6 +68,9 @@ measure() {
             log "$id: FAILED (run $r); last lines of its output:"
             tail -n 5 "$WORK/$id.err" "$WORK/$id.out" >&2 || true
             T[$id]=failed
+            # The test command runs every benchmark at a tiny size with BENCH_STRICT=1, so
+            # that a benchmark that stopped working fails the run instead of a table cell.
+            [[ ${BENCH_STRICT:-} == 1 ]] && die "$id failed (BENCH_STRICT=1)"
             return 0
         fi
         t1=$(now)

@@ -48,10 +48,19 @@ if [[ ! -x $AGENT ]]; then
         cargo build --release -p holdfast-agent)
 fi
 
-# The same throwaway user as the test fixtures.
+# The same throwaway user as the test fixtures, created or repaired on every run: vsftpd
+# changes into the user's home before its local_root applies, so the home must exist.
 USER_NAME=hfbkp
 PASS=hf-test-pass-7
-id "$USER_NAME" >/dev/null 2>&1 || useradd -M -d /nonexistent -s /bin/bash "$USER_NAME"
+USER_HOME=/var/tmp/holdfast-fixture-home
+mkdir -p "$USER_HOME"
+if id "$USER_NAME" >/dev/null 2>&1; then
+    usermod -d "$USER_HOME" -s /bin/bash "$USER_NAME"
+else
+    useradd -M -d "$USER_HOME" -s /bin/bash "$USER_NAME"
+fi
+chown "$USER_NAME:" "$USER_HOME"
+chmod 755 "$USER_HOME"
 echo "$USER_NAME:$PASS" | chpasswd
 
 mkdir -p "$OUTDIR"
@@ -68,7 +77,9 @@ if [[ $(stat -c %s "$SRC" 2>/dev/null || echo 0) -ne $((SIZE_MIB << 20)) ]]; the
     log "making $SIZE_MIB MiB of random data"
     head -c "$((SIZE_MIB << 20))" /dev/urandom >"$SRC"
 fi
-SSH_PORT=42022 FTP_PORT=42021 SMB_PORT=42445
+# Ports the kernel hands out now (another server on the machine may hold any fixed one).
+SSH_PORT=$(free_port) FTP_PORT=$(free_port) SMB_PORT=$(free_port)
+PASV_MIN=$(free_port)
 
 PIDS=()
 cleanup() {
@@ -113,8 +124,8 @@ write_enable=YES
 local_umask=022
 pasv_enable=YES
 pasv_address=127.0.0.1
-pasv_min_port=42100
-pasv_max_port=42140
+pasv_min_port=$PASV_MIN
+pasv_max_port=$((PASV_MIN + 40))
 seccomp_sandbox=NO
 pam_service_name=vsftpd
 xferlog_enable=NO

@@ -30,7 +30,14 @@ fn run(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Create the test user once per machine (serialised across test processes by a lock file).
+/// Its home folder. vsftpd changes into the home before `local_root` applies, so it must
+/// exist; it is made (and the user repaired) on every run, since a machine may have the user
+/// from an earlier run and not the folder, or the folder and not the user.
+pub const HOME: &str = "/var/tmp/holdfast-fixture-home";
+
+/// Create or repair the test user, its home and its password (serialised across test
+/// processes by a lock file). Never "only when missing": a user left by an earlier run may
+/// have another home or shell.
 fn ensure_user() -> bool {
     let lock = match std::fs::OpenOptions::new()
         .create(true)
@@ -44,12 +51,21 @@ fn ensure_user() -> bool {
     let Ok(_guard) = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive) else {
         return false;
     };
-    if !run(Command::new("id").arg(USER)) {
-        // /bin/bash must be in /etc/shells (vsftpd's PAM checks it later); it is on Debian.
-        if !run(Command::new("useradd").args(["-M", "-d", "/nonexistent", "-s", "/bin/bash", USER]))
-        {
-            return false;
-        }
+    if std::fs::create_dir_all(HOME).is_err() {
+        return false;
+    }
+    // /bin/bash must be in /etc/shells (vsftpd's PAM checks it); it is on Debian.
+    let account = ["-d", HOME, "-s", "/bin/bash"];
+    let made = if run(Command::new("id").arg(USER)) {
+        run(Command::new("usermod").args(account).arg(USER))
+    } else {
+        run(Command::new("useradd").arg("-M").args(account).arg(USER))
+    };
+    if !made
+        || !run(Command::new("chown").arg(format!("{USER}:")).arg(HOME))
+        || !run(Command::new("chmod").arg("755").arg(HOME))
+    {
+        return false;
     }
     let mut child = match Command::new("chpasswd").stdin(Stdio::piped()).spawn() {
         Ok(c) => c,
