@@ -341,7 +341,7 @@ impl Cli {
 fn target_test(a: TargetTestArgs) -> anyhow::Result<ExitCode> {
     let p = crate::storage::probe(&a.url, a.common.credentials_file.as_deref())?;
     if a.common.json {
-        crate::output::print_json(&serde_json::to_value(&p)?);
+        crate::outcome::print(&p);
     } else {
         println!(
             "{}: wrote, read back and deleted a {} test file (write {} ms, read {} ms); free space {}",

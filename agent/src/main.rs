@@ -12,6 +12,7 @@ mod exit;
 mod image_cmd;
 mod inventory;
 mod link;
+mod outcome;
 mod output;
 mod readahead;
 mod secret;
@@ -52,11 +53,11 @@ fn main() -> ExitCode {
         Err(err) => {
             let code = exit::code_for(&err);
             if json {
-                output::print_json(&serde_json::json!({
-                    "ok": false,
-                    "error": format!("{err:#}"),
-                    "exit_code": code,
-                }));
+                outcome::print(&outcome::Failure {
+                    ok: false,
+                    error: format!("{err:#}"),
+                    exit_code: code,
+                });
             }
             eprintln!("holdfast-agent: error: {err:#}");
             ExitCode::from(code)

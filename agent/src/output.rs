@@ -1,4 +1,4 @@
-//! Output: one JSON document, or text and a progress bar on a terminal, or progress as
+//! Output: one JSON document (its types are in `crate::outcome`), or text and a progress bar on a terminal, or progress as
 //! JSON lines on stderr for the daemon that runs the command as a job.
 
 use std::io::{IsTerminal, Write as _};
@@ -7,14 +7,6 @@ use std::time::{Duration, Instant};
 
 use holdfast_image::progress::Progress;
 use indicatif::{ProgressBar, ProgressStyle};
-
-/// Print a JSON value on stdout.
-pub fn print_json(v: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(v).unwrap_or_else(|_| "{}".into())
-    );
-}
 
 /// How often progress lines are printed.
 const LINE_EVERY: Duration = Duration::from_millis(500);

@@ -15,8 +15,9 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use holdfast_image::chain::Locator;
-use holdfast_image::parts::{PartSink, PartStore};
+use holdfast_image::parts::{is_later_part, part_number, PartSink, PartStore};
 use holdfast_image::ImageError;
+use holdfast_proto::request::TargetProbe;
 use holdfast_targets::body::{channel_body, BodySender};
 
 use crate::readahead::ReadAhead;
@@ -151,25 +152,12 @@ pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
     }))
 }
 
-/// What a target test found.
-#[derive(Debug, serde::Serialize)]
-pub struct Probe {
-    pub ok: bool,
-    /// The folder tested (no credentials).
-    pub target: String,
-    pub bytes: u64,
-    pub write_ms: u64,
-    pub read_ms: u64,
-    /// Free bytes, where the protocol can tell.
-    pub free_bytes: Option<u64>,
-}
-
 /// Size of the test file.
 const PROBE_BYTES: usize = 1 << 20;
 
 /// Write a test file into the folder `folder` (a path or URL), read it back and compare,
 /// delete it, and ask for the free space.
-pub fn probe(folder: &str, credentials_file: Option<&Path>) -> Result<Probe> {
+pub fn probe(folder: &str, credentials_file: Option<&Path>) -> Result<TargetProbe> {
     let mut tag = [0u8; 6];
     getrandom::getrandom(&mut tag).map_err(|e| anyhow!("no randomness: {e}"))?;
     let name: String = tag.iter().map(|b| format!("{b:02x}")).collect();
@@ -220,7 +208,7 @@ pub fn probe(folder: &str, credentials_file: Option<&Path>) -> Result<Probe> {
             .free_space()
             .await
             .with_context(|| format!("cannot ask {shown} for its free space"))?;
-        Ok(Probe {
+        Ok(TargetProbe {
             ok: true,
             target: shown,
             bytes: PROBE_BYTES as u64,
@@ -252,19 +240,9 @@ pub fn delete_image(spec: &Path, credentials_file: Option<&Path>) -> Result<u32>
         }
         Place::Remote(r) => {
             let list = r.block_on(r.target.list(None))??;
-            let prefix = format!("{}.", r.name);
             let mut numbers: Vec<u32> = list
                 .iter()
-                .filter_map(|m| {
-                    if m.name == r.name {
-                        Some(1)
-                    } else {
-                        m.name
-                            .strip_prefix(&prefix)
-                            .filter(|n| n.len() >= 3 && n.bytes().all(|b| b.is_ascii_digit()))
-                            .and_then(|n| n.parse::<u32>().ok())
-                    }
-                })
+                .filter_map(|m| part_number(&r.name, &m.name))
                 .collect();
             if !numbers.contains(&1) {
                 bail!("there is no image '{}'", r.display);
@@ -418,11 +396,7 @@ impl Remote {
     }
 
     fn part_name(&self, number: u32) -> String {
-        if number <= 1 {
-            self.name.clone()
-        } else {
-            format!("{}.{number:03}", self.name)
-        }
+        holdfast_image::parts::part_name(&self.name, number)
     }
 
     /// True when the image (part 1) exists.
@@ -579,12 +553,9 @@ impl PartStore for TargetParts {
         if !list.iter().any(|m| m.name == self.remote.name) {
             return Ok(0);
         }
-        let prefix = format!("{}.", self.remote.name);
         Ok(list
             .iter()
-            .filter_map(|m| m.name.strip_prefix(&prefix))
-            .filter(|n| n.len() >= 3 && n.bytes().all(|b| b.is_ascii_digit()))
-            .filter_map(|n| n.parse::<u32>().ok())
+            .filter_map(|m| part_number(&self.remote.name, &m.name))
             .fold(1, u32::max))
     }
     fn part_size(&self, number: u32) -> io::Result<Option<u64>> {
@@ -655,10 +626,7 @@ impl Locator for TargetLocator {
             .into_iter()
             .filter(|m| !m.is_dir)
             .map(|m| m.name)
-            .filter(|n| {
-                !n.rsplit_once('.')
-                    .is_some_and(|(_, s)| s.len() >= 3 && s.bytes().all(|b| b.is_ascii_digit()))
-            })
+            .filter(|n| !is_later_part(n))
             .collect())
     }
 }

@@ -68,10 +68,7 @@ impl Locator for DirLocator {
         let mut out = Vec::new();
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let is_part = name
-                .rsplit_once('.')
-                .is_some_and(|(_, n)| n.len() >= 3 && n.bytes().all(|b| b.is_ascii_digit()));
-            if !is_part
+            if !crate::parts::is_later_part(&name)
                 && !name.ends_with(".partial")
                 && entry.file_type().is_ok_and(|t| t.is_file())
             {

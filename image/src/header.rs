@@ -29,10 +29,11 @@ pub enum Kind {
     Differential,
 }
 
-/// Used-sector or forensic.
+/// Which sectors an image holds: used-sector or forensic (not to be confused with [`Kind`]:
+/// full, incremental or differential).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Method {
+pub enum Coverage {
     /// Only blocks the filesystem uses.
     UsedSector,
     /// Every sector.
@@ -126,7 +127,7 @@ pub struct Header {
     /// Full / incremental / differential.
     pub kind: Kind,
     /// Used-sector / forensic.
-    pub method: Method,
+    pub method: Coverage,
     /// Frame cipher.
     pub cipher: Cipher,
     /// zstd level used (informational).
@@ -173,8 +174,8 @@ impl Header {
             Kind::Differential => 2,
         };
         b[97] = match self.method {
-            Method::UsedSector => 0,
-            Method::Forensic => 1,
+            Coverage::UsedSector => 0,
+            Coverage::Forensic => 1,
         };
         b[98] = self.cipher.code();
         b[99] = self.compression_level.to_le_bytes()[0];
@@ -233,8 +234,8 @@ impl Header {
             _ => return Err(bad("kind")),
         };
         let method = match b[97] {
-            0 => Method::UsedSector,
-            1 => Method::Forensic,
+            0 => Coverage::UsedSector,
+            1 => Coverage::Forensic,
             _ => return Err(bad("method")),
         };
         let cipher = Cipher::from_code(b[98]).ok_or_else(|| bad("cipher"))?;

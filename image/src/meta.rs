@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::header::{Kind, Method};
+use crate::header::{Coverage, Kind};
 
 /// Largest metadata record a reader accepts.
 pub const MAX_META_LEN: u32 = 4 << 20;
@@ -42,7 +42,7 @@ pub struct PartitionMeta {
     /// Filesystem found, if any.
     pub filesystem: Option<FsMeta>,
     /// How it was imaged.
-    pub method: Method,
+    pub method: Coverage,
 }
 
 /// The partition table of a whole-disk image.
@@ -99,7 +99,7 @@ pub struct Metadata {
     /// The source.
     pub source: SourceMeta,
     /// Used-sector or forensic.
-    pub method: Method,
+    pub method: Coverage,
     /// Full / incremental / differential.
     pub kind: Kind,
     /// This image (same as the header).

@@ -19,19 +19,60 @@ use crate::io::ReadAt;
 use crate::le::u32_at;
 use crate::magic::PART_MAGIC;
 
-/// Smallest split size (as in the manual: 5 MiB).
+/// Smallest split size: 5 MiB (smaller parts would cost more in headers and requests than
+/// they save on media with small file limits).
 pub const MIN_SPLIT_SIZE: u64 = 5 << 20;
 /// Length of the header at the start of parts 2, 3, ….
 pub const PART_HEADER_LEN: u64 = 64;
 
+// The naming rule of split images, in one place: part 1 is the image's own name; part N
+// (N ≥ 2) is the name followed by `.NNN` (at least three digits: `.002`, …, `.999`, `.1000`).
+
+/// What follows the image's name in the name of part `number` (empty for part 1).
+fn part_suffix(number: u32) -> String {
+    if number <= 1 {
+        String::new()
+    } else {
+        format!(".{number:03}")
+    }
+}
+
+/// The part number in a suffix `NNN` (at least three digits, ≥ 2).
+fn parse_part_suffix(digits: &str) -> Option<u32> {
+    if digits.len() < 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|n| *n >= 2)
+}
+
+/// Name of part `number` of the image named `base`.
+pub fn part_name(base: &str, number: u32) -> String {
+    format!("{base}{}", part_suffix(number))
+}
+
 /// File name of part `number` of the image whose first part is `base`.
 pub fn part_path(base: &Path, number: u32) -> PathBuf {
-    if number <= 1 {
-        return base.to_path_buf();
-    }
     let mut s = base.as_os_str().to_owned();
-    s.push(format!(".{number:03}"));
+    s.push(part_suffix(number));
     PathBuf::from(s)
+}
+
+/// Which part of the image named `base` the file `name` is: 1 for `base` itself, N for
+/// `base.NNN`; `None` for any other name.
+pub fn part_number(base: &str, name: &str) -> Option<u32> {
+    if name == base {
+        return Some(1);
+    }
+    name.strip_prefix(base)?
+        .strip_prefix('.')
+        .and_then(parse_part_suffix)
+}
+
+/// True when `name` is a later part (2, 3, …) of some image: `ANY.NNN`. Listings of images
+/// leave these out.
+pub fn is_later_part(name: &str) -> bool {
+    name.rsplit_once('.')
+        .is_some_and(|(_, digits)| parse_part_suffix(digits).is_some())
 }
 
 /// Encode the header of part `number` (≥ 2).
@@ -346,12 +387,8 @@ impl PartStore for FileParts {
         let mut highest = 1;
         for entry in fs::read_dir(dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if let Some(num) = name.strip_prefix(&stem).and_then(|r| r.strip_prefix('.')) {
-                if num.len() >= 3 && num.bytes().all(|b| b.is_ascii_digit()) {
-                    if let Ok(n) = num.parse::<u32>() {
-                        highest = highest.max(n);
-                    }
-                }
+            if let Some(n) = part_number(&stem, &name) {
+                highest = highest.max(n);
             }
         }
         Ok(highest)
@@ -514,5 +551,34 @@ impl ReadAt for LogicalStream {
             offset += n as u64;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_part_naming_rule_reads_back_what_it_writes() {
+        for n in [1, 2, 9, 10, 999, 1000, 12345] {
+            let name = part_name("img.hfi", n);
+            assert_eq!(part_number("img.hfi", &name), Some(n), "{name}");
+            assert_eq!(is_later_part(&name), n > 1, "{name}");
+            assert_eq!(
+                part_path(Path::new("/b/img.hfi"), n),
+                PathBuf::from(format!("/b/{name}"))
+            );
+        }
+        assert_eq!(part_name("img.hfi", 2), "img.hfi.002");
+        for other in [
+            "img.hfi.02",
+            "img.hfi.001",
+            "img.hfi.00a",
+            "img.hfi2.002",
+            "other.002x",
+        ] {
+            assert_eq!(part_number("img.hfi", other), None, "{other}");
+        }
+        assert!(!is_later_part("img.hfi") && !is_later_part("vol-2026.hfi"));
     }
 }

@@ -9,7 +9,7 @@ use crate::disk::{self, TableKind};
 use crate::error::Result;
 use crate::extents::Extents;
 use crate::fs::{self, Detected};
-use crate::header::Method;
+use crate::header::Coverage;
 use crate::io::{ReadAt, SliceReadAt};
 use crate::meta::{FsMeta, PartitionMeta, SourceMeta, TableMeta};
 
@@ -19,7 +19,7 @@ pub struct SourcePlan {
     /// Byte ranges to read.
     pub used: Extents,
     /// Used-sector or forensic.
-    pub method: Method,
+    pub method: Coverage,
     /// Description for the metadata (path, model and serial are filled by the caller).
     pub source: SourceMeta,
     /// Warnings for the output and the image metadata.
@@ -97,14 +97,14 @@ pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result
                     }
                 }
             };
-            let mut method = Method::Forensic;
+            let mut method = Coverage::Forensic;
             if let Some(d) = &detected {
                 if !forensic {
                     let mut part_used = d.used.clone();
                     part_used.truncate(len);
                     used.remove(p.start, len);
                     used.add_shifted(&part_used, p.start);
-                    method = Method::UsedSector;
+                    method = Coverage::UsedSector;
                 }
             } else if !forensic {
                 warnings.push(format!(
@@ -124,9 +124,9 @@ pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result
             });
         }
         let method = if forensic {
-            Method::Forensic
+            Coverage::Forensic
         } else {
-            Method::UsedSector
+            Coverage::UsedSector
         };
         let used = if forensic { Extents::full(size) } else { used };
         return Ok(SourcePlan {
@@ -154,7 +154,7 @@ pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result
             used.truncate(size);
             Ok(SourcePlan {
                 used,
-                method: Method::UsedSector,
+                method: Coverage::UsedSector,
                 source,
                 warnings,
             })
@@ -165,7 +165,7 @@ pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result
             }
             Ok(SourcePlan {
                 used: Extents::full(size),
-                method: Method::Forensic,
+                method: Coverage::Forensic,
                 source,
                 warnings,
             })

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::frame::FrameFault;
@@ -14,7 +14,7 @@ use crate::progress::{Cancel, Progress};
 use crate::restore::run_parallel;
 
 /// One damaged range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Damage {
     /// First damaged block.
     pub first_block: u64,
@@ -30,14 +30,23 @@ pub struct Damage {
     pub detail: String,
 }
 
+/// How deep a validation could look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Every block's hash checked.
+    Full,
+    /// Encrypted and no password: checksums of the stored ciphertext only.
+    Structure,
+}
+
 /// The outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ValidateReport {
     /// Image name.
     pub image: String,
-    /// `full` (every block's hash checked) or `structure` (encrypted, no password: checksums
-    /// of the stored ciphertext only).
-    pub level: &'static str,
+    /// How deep it looked.
+    pub level: Level,
     /// Frames checked.
     pub frames: u64,
     /// Blocks whose hash was checked.
@@ -158,7 +167,7 @@ pub fn validate(
     damage.sort_by_key(|d| (d.first_block, d.last_block));
     Ok(ValidateReport {
         image: image.name().to_owned(),
-        level: if full { "full" } else { "structure" },
+        level: if full { Level::Full } else { Level::Structure },
         frames: frames.len() as u64,
         blocks_verified: verified.into_inner(),
         damage,

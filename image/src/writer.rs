@@ -17,7 +17,7 @@ use crate::crypto::{Cipher, KdfParams, Keys};
 use crate::error::{ImageError, Result};
 use crate::frame::{FrameEncoder, MAX_FRAME_BLOCKS};
 use crate::header::{
-    Header, Id, KeySection, Kind, Method, KEY_SECTION, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
+    Coverage, Header, Id, KeySection, Kind, KEY_SECTION, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE,
 };
 use crate::image::{block_len, digest_of};
 use crate::index::{BlockState, Entry, FrameRef, Index};
@@ -61,8 +61,8 @@ pub struct Identity {
     pub parent_digest: [u8; 32],
     /// Kind.
     pub kind: Kind,
-    /// Method.
-    pub method: Method,
+    /// Coverage.
+    pub method: Coverage,
     /// Keys (chain key shared with the chain; fresh image key).
     pub keys: Keys,
     /// Seconds since the epoch.
@@ -71,7 +71,7 @@ pub struct Identity {
 
 impl Identity {
     /// A new full image starting a new chain.
-    pub fn new_full(method: Method, cipher: Cipher) -> Self {
+    pub fn new_full(method: Coverage, cipher: Cipher) -> Self {
         Self {
             image_id: Id::random(),
             chain_id: Id::random(),
@@ -138,7 +138,7 @@ impl Default for WriteOptions {
 }
 
 /// How many blocks of each state the image has.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlockCounts {
     /// Not in use.
     pub unallocated: u64,
@@ -167,7 +167,7 @@ impl BlockCounts {
 }
 
 /// What was written.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct WriteSummary {
     /// The image id.
     pub image_id: String,

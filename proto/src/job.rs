@@ -46,7 +46,7 @@ pub struct TargetAccess {
 /// How an image relates to earlier ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Method {
+pub enum ImageKind {
     /// A full image.
     Full,
     /// Blocks changed since the newest image of the chain.
@@ -63,7 +63,7 @@ pub struct ImageTask {
     pub target: TargetAccess,
     /// The image's file name, relative to the target's folder (may hold `/`).
     pub name: String,
-    pub method: Method,
+    pub method: ImageKind,
     /// The base image (name on the same target) for incremental and differential.
     pub base: Option<String>,
     pub compression_level: i32,
@@ -177,7 +177,7 @@ pub struct Step {
 pub struct ImageWritten {
     /// File name relative to the target's folder.
     pub name: String,
-    pub method: Method,
+    pub method: ImageKind,
     pub base: Option<String>,
     pub image_id: String,
     pub bytes: u64,

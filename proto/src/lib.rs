@@ -13,14 +13,39 @@
 
 pub mod inventory;
 pub mod job;
+pub mod request;
 
 use serde::{Deserialize, Serialize};
 
 pub use inventory::{Disk, Inventory, Volume};
 pub use job::{JobOrder, RunReport, RunStatus};
+pub use request::{Call, Reply, Request};
 
-/// Version of the messages below. A server refuses agents with another version.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the messages below. A server refuses agents with another version, saying
+/// which side to upgrade ([`version_mismatch`]).
+///
+/// 2: requests and replies are typed ([`Request`], [`Reply`]) instead of JSON objects
+/// picked apart by an `op` string.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Why an agent speaking protocol `agent` cannot talk to a server speaking `server`, and
+/// which side to upgrade; `None` when they match.
+pub fn version_mismatch(agent: u32, server: u32, server_version: &str) -> Option<String> {
+    use std::cmp::Ordering;
+    match agent.cmp(&server) {
+        Ordering::Equal => None,
+        Ordering::Less => Some(format!(
+            "this agent speaks protocol version {agent} and the server (holdfast-server \
+             {server_version}) speaks {server}: upgrade the agent to holdfast-agent \
+             {server_version}"
+        )),
+        Ordering::Greater => Some(format!(
+            "this agent speaks protocol version {agent}, newer than the server's ({server}, \
+             holdfast-server {server_version}): upgrade the server, or install the agent of \
+             the server's version"
+        )),
+    }
+}
 
 /// `SHA256:<base64>` (no padding) of a DER certificate: what the server prints and agents pin.
 pub fn certificate_fingerprint(der: &[u8]) -> String {
@@ -72,11 +97,11 @@ pub enum AgentMsg {
     Inventory(Inventory),
     /// Sent every heartbeat interval; the server marks the agent offline without them.
     Heartbeat,
-    /// The answer to a [`ServerMsg::Request`] with the same id.
+    /// The answer to a [`ServerMsg::Request`] with the same id: the request's reply, or a
+    /// sentence saying why it could not be done.
     Response {
         id: u64,
-        ok: bool,
-        body: serde_json::Value,
+        result: Result<Reply, String>,
     },
     /// Progress of a running job (sent at most every half second; may be dropped when the
     /// channel is down).
@@ -112,7 +137,7 @@ pub enum ServerMsg {
     /// The server will not talk to this agent; the reason says why (and what to do).
     Refused { code: RefusalCode, reason: String },
     /// A request the agent answers with [`AgentMsg::Response`].
-    Request { id: u64, body: serde_json::Value },
+    Request { id: u64, request: Request },
     /// The report of this run is stored: the agent may forget it.
     ReportStored { run_id: i64 },
 }
@@ -169,5 +194,46 @@ mod tests {
             r
         );
         assert!(serde_json::from_str::<AgentMsg>("{\"type\":\"nope\"}").is_err());
+    }
+
+    #[test]
+    fn requests_and_replies_are_typed() {
+        use request::{Call as _, Cancel, Cancelling, ListRuns, RunList};
+        let m = ServerMsg::Request {
+            id: 7,
+            request: Cancel { run_id: 3 }.into(),
+        };
+        let t = m.to_text();
+        assert!(t.contains("\"request\":\"cancel\""), "{t}");
+        assert_eq!(serde_json::from_str::<ServerMsg>(&t).expect("parse"), m);
+        let answer = AgentMsg::Response {
+            id: 7,
+            result: Ok(Reply::Cancelling(Cancelling { run_id: 3 })),
+        };
+        assert_eq!(
+            serde_json::from_str::<AgentMsg>(&answer.to_text()).expect("parse"),
+            answer
+        );
+        // A reply of another kind is handed back, never read as the one expected.
+        let runs = Reply::Runs(RunList { runs: vec![1, 2] });
+        assert_eq!(Cancel::reply(runs.clone()), Err(runs.clone()));
+        assert_eq!(ListRuns::reply(runs), Ok(RunList { runs: vec![1, 2] }));
+        // A missing field is an error, not a default.
+        let missing = r#"{"type":"response","id":1,"result":{"Ok":{"reply":"cancelling"}}}"#;
+        assert!(serde_json::from_str::<AgentMsg>(missing).is_err());
+        let unknown = r#"{"type":"request","id":1,"request":{"request":"format_disk"}}"#;
+        assert!(serde_json::from_str::<ServerMsg>(unknown).is_err());
+    }
+
+    #[test]
+    fn a_version_mismatch_names_the_side_to_upgrade() {
+        assert_eq!(version_mismatch(2, 2, "0.2.0"), None);
+        let older = version_mismatch(1, 2, "0.2.0").expect("refused");
+        assert!(
+            older.contains("upgrade the agent to holdfast-agent 0.2.0"),
+            "{older}"
+        );
+        let newer = version_mismatch(3, 2, "0.2.0").expect("refused");
+        assert!(newer.contains("upgrade the server"), "{newer}");
     }
 }

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt as _, StreamExt as _};
-use holdfast_proto::{AgentMsg, Inventory, ServerMsg, CHANNEL_PATH, ENROLL_PATH, PROTOCOL_VERSION};
+use holdfast_proto::request::{Acceptance, RunAccepted, RunList};
+use holdfast_proto::{
+    AgentMsg, Inventory, Reply, Request, ServerMsg, CHANNEL_PATH, ENROLL_PATH, PROTOCOL_VERSION,
+};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::Message;
@@ -220,16 +223,17 @@ async fn agent(
     loop {
         tokio::select! {
             _ = tick.tick() => c.send(Message::Text(AgentMsg::Heartbeat.to_text().into())).await?,
-            m = next_msg(&mut c) => if let ServerMsg::Request { id, body } = m? {
-                let answer = match body["op"].as_str() {
-                    Some("run_job") => {
+            m = next_msg(&mut c) => if let ServerMsg::Request { id, request } = m? {
+                let result = match request {
+                    Request::RunJob(_) => {
                         orders.lock().map_err(|_| "lock")?.push((n, SystemTime::now()));
-                        serde_json::json!({"state": "started"})
+                        Ok(Reply::RunAccepted(RunAccepted { acceptance: Acceptance::Started }))
                     }
-                    Some("runs") => serde_json::json!({"runs": []}),
-                    _ => serde_json::to_value(&inv)?,
+                    Request::ListRuns(_) => Ok(Reply::Runs(RunList::default())),
+                    Request::Inventory(_) => Ok(Reply::Inventory(inv.clone())),
+                    other => Err(format!("the simulated agent does not do {other:?}")),
                 };
-                c.send(Message::Text(AgentMsg::Response { id, ok: true, body: answer }.to_text().into())).await?;
+                c.send(Message::Text(AgentMsg::Response { id, result }.to_text().into())).await?;
             },
         }
     }

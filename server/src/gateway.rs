@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use holdfast_proto::ServerMsg;
+use holdfast_proto::{Call, Reply, ServerMsg};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Messages queued per agent before senders wait.
@@ -26,7 +26,16 @@ pub enum GatewayError {
     Gone(i64),
     #[error("agent {0} refused the request: {1}")]
     Failed(i64, String),
+    #[error("agent {agent} answered a {asked} request with a {got} reply")]
+    WrongReply {
+        agent: i64,
+        asked: &'static str,
+        got: &'static str,
+    },
 }
+
+/// What the agent answered: a reply, or why it could not.
+type Answer = Result<Reply, String>;
 
 struct Conn {
     tx: mpsc::Sender<ServerMsg>,
@@ -38,7 +47,7 @@ struct Conn {
 #[derive(Default)]
 pub struct Gateway {
     conns: Mutex<HashMap<i64, Conn>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<(bool, serde_json::Value)>>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     ids: AtomicU64,
 }
 
@@ -109,13 +118,15 @@ impl Gateway {
         self.conns().len()
     }
 
-    /// Send `body` to agent `id` and wait up to `timeout` for its answer.
-    pub async fn request(
+    /// Send `call` to agent `id` and wait up to `timeout` for its reply.
+    pub async fn request<C: Call>(
         &self,
         id: i64,
-        body: serde_json::Value,
+        call: C,
         timeout: Duration,
-    ) -> Result<serde_json::Value, GatewayError> {
+    ) -> Result<C::Reply, GatewayError> {
+        let request = call.into();
+        let asked = request_kind(&request);
         let tx = self
             .conns()
             .get(&id)
@@ -128,7 +139,7 @@ impl Gateway {
             .unwrap_or_else(|p| p.into_inner())
             .insert(req, done);
         let result = tokio::time::timeout(timeout, async {
-            tx.send(ServerMsg::Request { id: req, body })
+            tx.send(ServerMsg::Request { id: req, request })
                 .await
                 .map_err(|_| GatewayError::Gone(id))?;
             answer.await.map_err(|_| GatewayError::Gone(id))
@@ -141,26 +152,38 @@ impl Gateway {
         match result {
             Err(_) => Err(GatewayError::Timeout(id, timeout.as_secs())),
             Ok(Err(e)) => Err(e),
-            Ok(Ok((true, body))) => Ok(body),
-            Ok(Ok((false, body))) => Err(GatewayError::Failed(
-                id,
-                body.as_str()
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| body.to_string()),
-            )),
+            Ok(Ok(Err(why))) => Err(GatewayError::Failed(id, why)),
+            Ok(Ok(Ok(reply))) => C::reply(reply).map_err(|other| GatewayError::WrongReply {
+                agent: id,
+                asked,
+                got: other.kind(),
+            }),
         }
     }
 
     /// Deliver an agent's response to the request waiting for it.
-    pub fn respond(&self, req: u64, ok: bool, body: serde_json::Value) {
+    pub fn respond(&self, req: u64, answer: Answer) {
         if let Some(done) = self
             .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&req)
         {
-            let _ = done.send((ok, body));
+            let _ = done.send(answer);
         }
+    }
+}
+
+/// A request's kind, for messages.
+fn request_kind(r: &holdfast_proto::Request) -> &'static str {
+    use holdfast_proto::Request;
+    match r {
+        Request::RunJob(_) => "run_job",
+        Request::Cancel(_) => "cancel",
+        Request::ListRuns(_) => "list_runs",
+        Request::CheckJob(_) => "check_job",
+        Request::TestTarget(_) => "test_target",
+        Request::Inventory(_) => "inventory",
     }
 }
 

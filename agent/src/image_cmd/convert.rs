@@ -3,16 +3,16 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use crate::outcome::ConvertedTo;
 use anyhow::{Context, Result};
 use holdfast_image::chain::Chain;
 use holdfast_image::restore::{restore, FileTarget, RestoreOptions};
 use holdfast_image::writer::WriteOptions;
-use serde_json::json;
 
 use super::{open_chain, open_image, open_sink, secs};
 use crate::cli::ConvertArgs;
 use crate::exit::Refused;
-use crate::output::{print_json, Bar};
+use crate::output::Bar;
 use crate::secret::{password, NEW_PASSWORD_ENV, PASSWORD_ENV};
 
 /// Run.
@@ -21,7 +21,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
     let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
     let creds = a.common.credentials_file.as_deref();
     let bar = Bar::new(&a.common);
-    let doc = if a.format == "raw" {
+    let to = if a.format == "raw" {
         let chain = open_chain(&a.image, creds, password.as_deref().map(|p| &p[..]))?;
         if a.output.exists() && !a.overwrite {
             return Err(Refused(format!(
@@ -55,7 +55,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
             return Err(e.into());
         }
         std::fs::rename(&tmp, &a.output)?;
-        json!({ "ok": true, "output": a.output.display().to_string(), "format": "raw", "bytes": size })
+        ConvertedTo::Raw { bytes: size }
     } else {
         let mut img = open_image(&a.image, creds)?;
         img.unlock(password.as_deref().map(|p| &p[..]))?;
@@ -84,13 +84,19 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
             &bar,
             &crate::CANCEL,
         )?;
-        json!({ "ok": true, "output": a.output.display().to_string(), "format": "holdfast", "encryption": cipher.name(), "summary": s })
+        ConvertedTo::Holdfast {
+            encryption: cipher.name().to_owned(),
+            summary: s,
+        }
     };
     bar.finish();
     if a.common.json {
-        let mut doc = doc;
-        doc["seconds"] = json!(secs(t0.elapsed()));
-        print_json(&doc);
+        crate::outcome::print(&crate::outcome::Converted {
+            ok: true,
+            output: a.output.display().to_string(),
+            to,
+            seconds: secs(t0.elapsed()),
+        });
     } else {
         println!(
             "converted '{}' to '{}'",

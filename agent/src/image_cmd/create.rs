@@ -9,7 +9,7 @@ use holdfast_image::blocks::DeviceBlocks;
 use holdfast_image::chain::Chain;
 use holdfast_image::crypto::Cipher;
 use holdfast_image::extents::Extents;
-use holdfast_image::header::{Kind, Method};
+use holdfast_image::header::{Coverage, Kind};
 use holdfast_image::io::FileReadAt;
 use holdfast_image::meta::Metadata;
 use holdfast_image::plan::plan_source;
@@ -17,13 +17,12 @@ use holdfast_image::progress::NoProgress;
 use holdfast_image::validate::validate;
 use holdfast_image::writer::{default_block_size, write_image, Identity, WriteOptions};
 use holdfast_image::ImageError;
-use serde_json::json;
 
 use super::{is_remote, open_chain, open_image, open_sink, secs};
 use crate::cli::CreateArgs;
 use crate::device::{hostname, Device, ReadOnlyLock};
 use crate::exit::{Refused, DAMAGED};
-use crate::output::{bytes, print_json, Bar};
+use crate::output::{bytes, Bar};
 use crate::secret::{password, PASSWORD_ENV};
 
 /// Run.
@@ -192,10 +191,10 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     let forensic = a.forensic
         || base_chain
             .as_ref()
-            .is_some_and(|c| c.point().header.method == Method::Forensic);
-    if forensic && plan.method != Method::Forensic {
+            .is_some_and(|c| c.point().header.method == Coverage::Forensic);
+    if forensic && plan.method != Coverage::Forensic {
         plan.used = Extents::full(dev.size);
-        plan.method = Method::Forensic;
+        plan.method = Coverage::Forensic;
     }
     let ident = match &base_chain {
         Some(ch) => {
@@ -276,32 +275,31 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     }
     let elapsed = started.elapsed();
     let rate = summary.read_bytes as f64 / imaging.as_secs_f64().max(1e-9);
-    let doc = json!({
-        "ok": verified.as_ref().is_none_or(|r| r.is_ok()),
-        "image": a.output.display().to_string(),
-        "image_id": summary.image_id,
-        "kind": kind,
-        "method": plan.method,
-        "encryption": cipher.name(),
-        "source": a.source.display().to_string(),
-        "source_size": dev.size,
-        "block_size": block_size,
-        "consistency": consistency,
-        "warnings": plan.warnings,
-        "read_bytes": summary.read_bytes,
-        "data_bytes": summary.data_bytes,
-        "image_bytes": summary.image_bytes,
-        "parts": summary.parts,
-        "frames": summary.frames,
-        "blocks": summary.blocks,
-        "content_digest": summary.content_digest,
-        "seconds": secs(elapsed),
-        "imaging_seconds": secs(imaging),
-        "read_rate_bytes_per_second": rate.round(),
-        "validation": verified,
-    });
     if a.common.json {
-        print_json(&doc);
+        crate::outcome::print(&crate::outcome::Created {
+            ok: verified.as_ref().is_none_or(|r| r.is_ok()),
+            image: a.output.display().to_string(),
+            image_id: summary.image_id.clone(),
+            kind,
+            coverage: plan.method,
+            encryption: cipher.name().to_owned(),
+            source: a.source.display().to_string(),
+            source_size: dev.size,
+            block_size,
+            consistency: consistency.clone(),
+            warnings: plan.warnings.clone(),
+            read_bytes: summary.read_bytes,
+            data_bytes: summary.data_bytes,
+            image_bytes: summary.image_bytes,
+            parts: summary.parts,
+            frames: summary.frames,
+            blocks: summary.blocks,
+            content_digest: summary.content_digest.clone(),
+            seconds: secs(elapsed),
+            imaging_seconds: secs(imaging),
+            read_rate_bytes_per_second: rate.round(),
+            validation: verified.clone(),
+        });
     } else {
         println!(
             "created {} image '{}' ({:?}, {}): read {} in {:.1} s ({}/s), wrote {} in {} part(s)",

@@ -5,11 +5,10 @@ use std::process::ExitCode;
 use anyhow::Result;
 use holdfast_image::header::hex;
 use holdfast_image::writer::BlockCounts;
-use serde_json::json;
 
 use super::open_image;
 use crate::cli::InfoArgs;
-use crate::output::{bytes, print_json};
+use crate::output::bytes;
 
 /// Run.
 pub fn run(a: InfoArgs) -> Result<ExitCode> {
@@ -19,32 +18,31 @@ pub fn run(a: InfoArgs) -> Result<ExitCode> {
     let created = humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.created),
     );
-    let doc = json!({
-        "ok": true,
-        "image": img.name(),
-        "format_version": h.version,
-        "image_id": h.image_id.to_string(),
-        "chain_id": h.chain_id.to_string(),
-        "parent_id": (!h.parent_id.is_nil()).then(|| h.parent_id.to_string()),
-        "kind": h.kind,
-        "method": h.method,
-        "encryption": h.cipher.name(),
-        "compression_level": h.compression_level,
-        "block_size": h.block_size,
-        "source_size": h.source_size,
-        "split_size": h.split_size,
-        "parts": img.part_count(),
-        "image_bytes": img.logical_len(),
-        "data_bytes": img.trailer.data_bytes,
-        "stored_bytes": img.trailer.stored_bytes,
-        "frames": img.index.frames.len(),
-        "blocks": counts,
-        "content_digest": hex(&img.trailer.content_digest),
-        "created": created.to_string(),
-        "metadata": img.meta,
-    });
     if a.common.json {
-        print_json(&doc);
+        crate::outcome::print(&crate::outcome::Info {
+            ok: true,
+            image: img.name().to_owned(),
+            format_version: h.version,
+            image_id: h.image_id.to_string(),
+            chain_id: h.chain_id.to_string(),
+            parent_id: (!h.parent_id.is_nil()).then(|| h.parent_id.to_string()),
+            kind: h.kind,
+            coverage: h.method,
+            encryption: h.cipher.name().to_owned(),
+            compression_level: h.compression_level,
+            block_size: h.block_size,
+            source_size: h.source_size,
+            split_size: h.split_size,
+            parts: img.part_count(),
+            image_bytes: img.logical_len(),
+            data_bytes: img.trailer.data_bytes,
+            stored_bytes: img.trailer.stored_bytes,
+            frames: img.index.frames.len() as u64,
+            blocks: counts,
+            content_digest: hex(&img.trailer.content_digest),
+            created: created.to_string(),
+            metadata: img.meta.clone(),
+        });
         return Ok(ExitCode::SUCCESS);
     }
     let m = &img.meta;

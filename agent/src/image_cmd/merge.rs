@@ -5,11 +5,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use holdfast_image::writer::WriteOptions;
-use serde_json::json;
 
 use super::{open_chain, open_sink, secs};
 use crate::cli::MergeArgs;
-use crate::output::{bytes, print_json, Bar};
+use crate::output::{bytes, Bar};
 use crate::secret::{password, PASSWORD_ENV};
 
 /// Run.
@@ -33,13 +32,13 @@ pub fn run(a: MergeArgs) -> Result<ExitCode> {
     bar.finish();
     let s = s?;
     if a.common.json {
-        print_json(&json!({
-            "ok": true,
-            "image": a.output.display().to_string(),
-            "merged": chain.images.iter().map(|i| i.name().to_owned()).collect::<Vec<_>>(),
-            "summary": s,
-            "seconds": secs(t0.elapsed()),
-        }));
+        crate::outcome::print(&crate::outcome::Merged {
+            ok: true,
+            image: a.output.display().to_string(),
+            merged: chain.images.iter().map(|i| i.name().to_owned()).collect(),
+            summary: s.clone(),
+            seconds: secs(t0.elapsed()),
+        });
     } else {
         println!(
             "merged {} image(s) into full image '{}' ({}, {} parts)",

@@ -8,11 +8,10 @@ use anyhow::{Context, Result};
 use holdfast_image::io::FileReadAt;
 use holdfast_image::restore::{restore, RestoreOptions};
 use holdfast_image::restore::{FileTarget, WriteAt};
-use serde_json::json;
 
 use super::{open_chain, open_target, secs};
 use crate::cli::RestoreArgs;
-use crate::output::{bytes, print_json, Bar};
+use crate::output::{bytes, Bar};
 use crate::secret::{password, PASSWORD_ENV};
 
 /// A whole disk restored onto a larger one: move the GPT backup to the new end.
@@ -141,18 +140,18 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
     let elapsed = t0.elapsed();
     let chain_names: Vec<String> = chain.images.iter().map(|i| i.name().to_owned()).collect();
     if a.common.json {
-        print_json(&json!({
-            "ok": true,
-            "image": a.image.display().to_string(),
-            "target": a.target.display().to_string(),
-            "chain": chain_names,
-            "source_size": need,
-            "data_bytes": summary.data_bytes,
-            "zero_bytes": summary.zero_bytes,
-            "frames": summary.frames,
-            "seconds": secs(elapsed),
-            "gpt_backup_moved_to_end": gpt_moved,
-        }));
+        crate::outcome::print(&crate::outcome::Restored {
+            ok: true,
+            image: a.image.display().to_string(),
+            target: a.target.display().to_string(),
+            chain: chain_names.clone(),
+            source_size: need,
+            data_bytes: summary.data_bytes,
+            zero_bytes: summary.zero_bytes,
+            frames: summary.frames,
+            seconds: secs(elapsed),
+            gpt_backup_moved_to_end: gpt_moved,
+        });
     } else {
         println!(
             "restored '{}' to '{}': {} of data, {} zeroed, from {} image(s) in {:.1} s",

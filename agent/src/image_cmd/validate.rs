@@ -3,13 +3,12 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use holdfast_image::validate::{validate, ValidateReport};
-use serde_json::json;
+use holdfast_image::validate::{validate, Level, ValidateReport};
 
 use super::{open_chain_with, open_image};
 use crate::cli::ValidateArgs;
 use crate::exit::DAMAGED;
-use crate::output::{print_json, Bar};
+use crate::output::Bar;
 use crate::secret::{password, PASSWORD_ENV};
 
 /// Run.
@@ -37,9 +36,16 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     bar.finish();
     let ok = reports.iter().all(|r| r.is_ok());
     if a.common.json {
-        print_json(
-            &json!({ "ok": ok, "report": reports.first(), "chain": a.chain.then_some(&reports) }),
-        );
+        // The image named is the newest of a chain (opened last).
+        let report = reports
+            .last()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("no image was validated"))?;
+        crate::outcome::print(&crate::outcome::Validated {
+            ok,
+            report,
+            chain: a.chain.then(|| reports.clone()),
+        });
     } else {
         for report in &reports {
             print_report(report);
@@ -60,7 +66,10 @@ fn print_report(report: &ValidateReport) {
     println!(
         "{}: {} check of {} frames, {} blocks verified: {}",
         report.image,
-        report.level,
+        match report.level {
+            Level::Full => "full",
+            Level::Structure => "structure",
+        },
         report.frames,
         report.blocks_verified,
         if report.is_ok() {
@@ -69,7 +78,7 @@ fn print_report(report: &ValidateReport) {
             "DAMAGED"
         }
     );
-    if report.level == "structure" {
+    if report.level == Level::Structure {
         println!("(encrypted image checked without the password: stored checksums only; give the password to check every block)");
     }
     for d in &report.damage {

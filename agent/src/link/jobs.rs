@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use holdfast_proto::job::{
-    AfterJob, HookCommand, ImageTask, ImageWritten, JobOrder, Method, RunReport, RunStatus, Step,
-    StepStatus,
+    AfterJob, HookCommand, ImageKind, ImageTask, ImageWritten, JobOrder, RunReport, RunStatus,
+    Step, StepStatus,
 };
+use holdfast_proto::request::{Acceptance, Check, CheckStatus, JobCheck, TargetProbe};
 use holdfast_proto::AgentMsg;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
@@ -210,16 +211,16 @@ impl Jobs {
     }
 
     /// Start `order` unless this run is already known (an order sent twice runs once).
-    pub fn accept(self: &Arc<Self>, order: JobOrder) -> Result<&'static str> {
+    pub fn accept(self: &Arc<Self>, order: JobOrder) -> Result<Acceptance> {
         let id = order.run_id;
         if self.marker(id).exists() || self.report_path(id).exists() {
-            return Ok("already accepted");
+            return Ok(Acceptance::AlreadyAccepted);
         }
         let cancel = Arc::new(Notify::new());
         {
             let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
             if running.contains_key(&id) {
-                return Ok("already running");
+                return Ok(Acceptance::AlreadyRunning);
             }
             running.insert(id, cancel.clone());
         }
@@ -247,7 +248,7 @@ impl Jobs {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&id);
         });
-        Ok("started")
+        Ok(Acceptance::Started)
     }
 
     /// Cancel run `run_id`; false when it is not running here.
@@ -470,10 +471,10 @@ impl Jobs {
             }
             errors
         });
-        let mut out = Vec::new();
+        let mut stdout_bytes = Vec::new();
         let read_out = async {
             if let Some(o) = stdout.as_mut() {
-                let _ = o.read_to_end(&mut out).await;
+                let _ = o.read_to_end(&mut stdout_bytes).await;
             }
         };
         let mut cancelled = false;
@@ -498,43 +499,38 @@ impl Jobs {
             }
         }
         .map_err(|e| ImageFailure::Failed(format!("the imaging process failed: {e}")))?;
-        let stderr_lines = lines.await.unwrap_or_default();
+        // The lines were forwarded as log lines; the outcome is the document on stdout.
+        let _ = lines.await;
         if cancelled || status.code() == Some(crate::exit::CANCELLED.into()) {
             return Err(ImageFailure::Cancelled);
         }
-        let doc: serde_json::Value = serde_json::from_slice(&out).unwrap_or_default();
-        if !status.success() {
-            let why = doc["error"]
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| stderr_lines.last().cloned())
-                .unwrap_or_else(|| format!("the imaging process ended with {status}"));
-            return Err(ImageFailure::Failed(why));
-        }
-        report.bytes_read += doc["read_bytes"].as_u64().unwrap_or(0);
-        let bytes = doc["image_bytes"].as_u64().unwrap_or(0);
-        report.bytes_written += bytes;
+        let out = std::process::Output {
+            status,
+            stdout: stdout_bytes,
+            stderr: Vec::new(),
+        };
+        let created: crate::outcome::Created = crate::outcome::read("the imaging process", &out)
+            .map_err(|e| ImageFailure::Failed(format!("{e:#}")))?;
+        report.bytes_read += created.read_bytes;
+        report.bytes_written += created.image_bytes;
         Ok(ImageWritten {
             name: task.name.clone(),
             method: task.method,
             base: task.base.clone(),
-            image_id: doc["image_id"].as_str().unwrap_or_default().to_owned(),
-            bytes,
-            parts: doc["parts"].as_u64().unwrap_or(1),
-            verified: doc
-                .get("validation")
-                .filter(|v| !v.is_null())
-                .map(|_| doc["ok"].as_bool().unwrap_or(false)),
+            image_id: created.image_id,
+            bytes: created.image_bytes,
+            parts: u64::from(created.parts),
+            verified: created.validation.as_ref().map(|v| v.is_ok()),
         })
     }
 
-    /// Run a child `holdfast-agent ARGS --json` with the target's credentials; its JSON
+    /// Run a child `holdfast-agent ARGS --json` with the target's credentials; its typed
     /// answer, or its error.
-    async fn child_json(
+    async fn child_json<T: serde::de::DeserializeOwned>(
         &self,
         target: &holdfast_proto::job::TargetAccess,
         args: &[&str],
-    ) -> Result<serde_json::Value> {
+    ) -> Result<T> {
         let mut tag = [0u8; 6];
         getrandom::getrandom(&mut tag).map_err(|e| anyhow!("no randomness: {e}"))?;
         let work = self.dir.join("work").join(format!(
@@ -548,17 +544,7 @@ impl Jobs {
                 .output()
                 .await
                 .context("cannot run the agent's own binary")?;
-            let doc: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
-            if o.status.success() {
-                Ok(doc)
-            } else {
-                Err(anyhow!(
-                    "{}",
-                    doc["error"].as_str().map(str::to_owned).unwrap_or_else(|| {
-                        String::from_utf8_lossy(&o.stderr).trim().to_owned()
-                    })
-                ))
-            }
+            crate::outcome::read(&format!("holdfast-agent {}", args.join(" ")), &o)
         }
         .await;
         let _ = std::fs::remove_dir_all(&work);
@@ -569,17 +555,22 @@ impl Jobs {
     pub async fn test_target(
         &self,
         target: &holdfast_proto::job::TargetAccess,
-    ) -> Result<serde_json::Value> {
+    ) -> Result<TargetProbe> {
         self.child_json(target, &["target", "test", "--url", &target.url])
             .await
     }
 
     /// "Check job": can `order` run here? Source, target, space, base image, users of the
     /// commands — each a line with ok / warning / error, nothing changed.
-    pub async fn check(&self, order: &JobOrder) -> serde_json::Value {
+    pub async fn check(&self, order: &JobOrder) -> JobCheck {
+        use CheckStatus::{Error, Ok as Fine, Warning};
         let mut checks = Vec::new();
-        let mut add = |check: &str, status: &str, detail: String| {
-            checks.push(serde_json::json!({"check": check, "status": status, "detail": detail}));
+        let mut add = |check: &str, status: CheckStatus, detail: String| {
+            checks.push(Check {
+                check: check.to_owned(),
+                status,
+                detail,
+            });
         };
         let task = &order.image;
         let source = PathBuf::from(&task.source);
@@ -595,13 +586,13 @@ impl Jobs {
             Ok((size, rw)) => {
                 add(
                     "source",
-                    "ok",
+                    Fine,
                     format!("{} ({})", task.source, crate::output::bytes(size)),
                 );
                 if rw > 0 && !task.live {
                     add(
                         "source mounted",
-                        "warning",
+                        Warning,
                         format!(
                             "{} is mounted read-write: it will be remounted read-only while imaging",
                             task.source
@@ -611,19 +602,19 @@ impl Jobs {
                 Some(size)
             }
             Err(e) => {
-                add("source", "error", format!("{e:#}"));
+                add("source", Error, format!("{e:#}"));
                 None
             }
         };
         match self.test_target(&task.target).await {
             Ok(p) => {
-                let free = p["free_bytes"].as_u64();
+                let free = p.free_bytes;
                 add(
                     "target",
-                    "ok",
+                    Fine,
                     format!(
                         "{}: writable, free space {}",
-                        p["target"].as_str().unwrap_or(&task.target.url),
+                        p.target,
                         free.map_or_else(|| "unknown".into(), crate::output::bytes)
                     ),
                 );
@@ -631,7 +622,7 @@ impl Jobs {
                     if free < size {
                         add(
                             "space",
-                            "warning",
+                            Warning,
                             format!(
                                 "{} free for a {} source: enough only if it is mostly unused or compresses well",
                                 crate::output::bytes(free),
@@ -641,16 +632,26 @@ impl Jobs {
                     }
                 }
             }
-            Err(e) => add("target", "error", format!("{e:#}")),
+            Err(e) => add("target", Error, format!("{e:#}")),
         }
         if let Some(base) = &task.base {
             let url = join(&task.target.url, base);
             match self
-                .child_json(&task.target, &["image", "info", "--image", &url])
+                .child_json::<crate::outcome::Info>(
+                    &task.target,
+                    &["image", "info", "--image", &url],
+                )
                 .await
             {
-                Ok(_) => add("base image", "ok", format!("{base} is there and complete")),
-                Err(e) => add("base image", "error", format!("{base}: {e:#}")),
+                Ok(info) => add(
+                    "base image",
+                    Fine,
+                    format!(
+                        "{base} is there and complete (image of {}, created {})",
+                        info.metadata.source.path, info.created
+                    ),
+                ),
+                Err(e) => add("base image", Error, format!("{base}: {e:#}")),
             }
         }
         for (what, hook) in [
@@ -663,17 +664,16 @@ impl Jobs {
                 .filter(|u| !u.is_empty())
             {
                 match nix::unistd::User::from_name(user) {
-                    Ok(Some(_)) => add(what, "ok", format!("runs as {user}")),
+                    Ok(Some(_)) => add(what, Fine, format!("runs as {user}")),
                     _ => add(
                         what,
-                        "error",
+                        Error,
                         format!("there is no user '{user}' on this machine"),
                     ),
                 }
             }
         }
-        let ok = !checks.iter().any(|c| c["status"] == "error");
-        serde_json::json!({ "ok": ok, "checks": checks })
+        JobCheck::new(checks)
     }
 
     /// Delete the images retention lets go, each with a child `image delete`; a failure is
@@ -686,15 +686,9 @@ impl Jobs {
                     cmd.args(["image", "delete", "--json", "--image"])
                         .arg(join(&order.image.target.url, name));
                     cmd.output().await.map_err(|e| e.to_string()).and_then(|o| {
-                        if o.status.success() {
-                            Ok(())
-                        } else {
-                            let doc: serde_json::Value =
-                                serde_json::from_slice(&o.stdout).unwrap_or_default();
-                            Err(doc["error"].as_str().map(str::to_owned).unwrap_or_else(|| {
-                                String::from_utf8_lossy(&o.stderr).trim().to_owned()
-                            }))
-                        }
+                        crate::outcome::read::<crate::outcome::Deleted>("image delete", &o)
+                            .map(|_| ())
+                            .map_err(|e| format!("{e:#}"))
                     })
                 }
                 Err(e) => Err(format!("{e:#}")),
@@ -794,9 +788,9 @@ impl Jobs {
         .arg("--compression-level")
         .arg(task.compression_level.to_string());
         match (task.method, &task.base) {
-            (Method::Full, _) => {}
+            (ImageKind::Full, _) => {}
             (m, Some(base)) => {
-                cmd.arg(if m == Method::Incremental {
+                cmd.arg(if m == ImageKind::Incremental {
                     "--incremental"
                 } else {
                     "--differential"

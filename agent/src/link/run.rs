@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use holdfast_proto::{AgentMsg, Inventory, RefusalCode, ServerMsg, CHANNEL_PATH, PROTOCOL_VERSION};
-use serde_json::json;
+use holdfast_proto::request::{Cancelling, RunAccepted, RunList};
+use holdfast_proto::{
+    AgentMsg, Inventory, RefusalCode, Reply, Request, ServerMsg, CHANNEL_PATH, PROTOCOL_VERSION,
+};
 
 use super::config::AgentConfig;
 use super::jobs::{state_dir, Jobs, EVENTS};
@@ -134,18 +136,18 @@ async fn session(
             frame = recv_frame(&mut ws) => {
                 heard = std::time::Instant::now();
                 match frame? {
-                    Frame::Msg(ServerMsg::Request { id, body }) => {
+                    Frame::Msg(ServerMsg::Request { id, request }) => {
                         // Checks that touch targets take seconds: answered from a task, so
                         // heartbeats and other requests go on meanwhile.
-                        if matches!(body["op"].as_str(), Some("test_target" | "check_job")) {
+                        if matches!(request, Request::TestTarget(_) | Request::CheckJob(_)) {
                             let jobs = jobs.clone();
                             tokio::spawn(async move {
-                                let (ok, body) = answer(&jobs, body).await;
-                                jobs.reply(AgentMsg::Response { id, ok, body }).await;
+                                let result = answer(&jobs, request).await;
+                                jobs.reply(AgentMsg::Response { id, result }).await;
                             });
                         } else {
-                            let (ok, body) = answer(jobs, body).await;
-                            send(&mut ws, &AgentMsg::Response { id, ok, body }).await?;
+                            let result = answer(jobs, request).await;
+                            send(&mut ws, &AgentMsg::Response { id, result }).await?;
                         }
                     }
                     Frame::Msg(ServerMsg::ReportStored { run_id }) => jobs.stored(run_id),
@@ -173,50 +175,27 @@ async fn send_reports(ws: &mut Ws, jobs: &Jobs) -> Result<()> {
     Ok(())
 }
 
-/// Answer one request from the server.
-async fn answer(jobs: &Arc<Jobs>, mut body: serde_json::Value) -> (bool, serde_json::Value) {
-    match body.get("op").and_then(|o| o.as_str()) {
-        Some("inventory") => (
-            true,
-            serde_json::to_value(current_inventory().await).unwrap_or_default(),
-        ),
-        Some("run_job") => {
-            match serde_json::from_value::<holdfast_proto::JobOrder>(body["order"].take()) {
-                Ok(order) => match jobs.accept(order) {
-                    Ok(state) => (true, json!({ "state": state })),
-                    Err(e) => (false, json!(format!("{e:#}"))),
-                },
-                Err(e) => (false, json!(format!("the job order is not valid: {e}"))),
+/// Answer one request from the server: its reply, or why it cannot be done.
+async fn answer(jobs: &Arc<Jobs>, request: Request) -> Result<Reply, String> {
+    match request {
+        Request::Inventory(_) => Ok(Reply::Inventory(current_inventory().await)),
+        Request::RunJob(r) => jobs
+            .accept(*r.order)
+            .map(|acceptance| Reply::RunAccepted(RunAccepted { acceptance }))
+            .map_err(|e| format!("{e:#}")),
+        Request::ListRuns(_) => Ok(Reply::Runs(RunList { runs: jobs.known() })),
+        Request::TestTarget(r) => jobs
+            .test_target(&r.target)
+            .await
+            .map(Reply::TargetProbe)
+            .map_err(|e| format!("{e:#}")),
+        Request::CheckJob(r) => Ok(Reply::JobCheck(jobs.check(&r.order).await)),
+        Request::Cancel(r) => {
+            if jobs.cancel(r.run_id) {
+                Ok(Reply::Cancelling(Cancelling { run_id: r.run_id }))
+            } else {
+                Err(format!("run {} is not running on this agent", r.run_id))
             }
         }
-        Some("runs") => (true, json!({ "runs": jobs.known() })),
-        Some("test_target") => {
-            match serde_json::from_value::<holdfast_proto::job::TargetAccess>(body["target"].take())
-            {
-                Ok(t) => match jobs.test_target(&t).await {
-                    Ok(v) => (true, v),
-                    Err(e) => (false, json!(format!("{e:#}"))),
-                },
-                Err(e) => (false, json!(format!("the target is not valid: {e}"))),
-            }
-        }
-        Some("check_job") => {
-            match serde_json::from_value::<holdfast_proto::JobOrder>(body["order"].take()) {
-                Ok(order) => (true, jobs.check(&order).await),
-                Err(e) => (false, json!(format!("the job order is not valid: {e}"))),
-            }
-        }
-        Some("cancel") => match body["run_id"].as_i64() {
-            Some(run) if jobs.cancel(run) => (true, json!({ "state": "cancelling" })),
-            Some(run) => (
-                false,
-                json!(format!("run {run} is not running on this agent")),
-            ),
-            None => (false, json!("cancel needs a run_id")),
-        },
-        other => (
-            false,
-            json!(format!("this agent does not know the request {other:?}")),
-        ),
     }
 }

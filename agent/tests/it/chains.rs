@@ -73,7 +73,7 @@ fn scenario(fs: &str, extra_create: &[&str], extra_restore: &[&str]) {
 
     states.push(edit_files(lo.path(), fs, work, |d| write_files(d, 0, 40)));
     let full = create(&img("full.hfi"), None);
-    assert_eq!(full["method"], "used-sector", "{full}");
+    assert_eq!(full["coverage"], "used-sector", "{full}");
     for round in 1..=3 {
         states.push(edit_files(lo.path(), fs, work, |d| change(d, round)));
         let (out, base) = match round {

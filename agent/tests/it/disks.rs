@@ -92,7 +92,7 @@ fn forensic_restore_is_byte_identical() {
         img.to_str().expect("p"),
         "--forensic",
     ]);
-    assert_eq!(s["method"], "forensic");
+    assert_eq!(s["coverage"], "forensic");
     let out = t.path().join("restored.img");
     image_ok(&[
         "restore",
@@ -117,7 +117,7 @@ fn forensic_restore_is_byte_identical() {
         "--output",
         img2.to_str().expect("p"),
     ]);
-    assert_eq!(s["method"], "forensic");
+    assert_eq!(s["coverage"], "forensic");
     assert!(
         s["warnings"].to_string().contains("unknown filesystem"),
         "{s}"
@@ -161,7 +161,7 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
         "--output",
         img.to_str().expect("p"),
     ]);
-    assert_eq!(s["method"], "used-sector");
+    assert_eq!(s["coverage"], "used-sector");
     let info = image_ok(&["info", "--image", img.to_str().expect("p")]);
     let meta = &info["metadata"]["source"];
     assert_eq!(meta["kind"], "disk");

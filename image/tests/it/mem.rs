@@ -8,7 +8,7 @@ use holdfast_image::blocks::DeviceBlocks;
 use holdfast_image::chain::{Chain, Locator};
 use holdfast_image::crypto::{Cipher, KdfParams, Keys};
 use holdfast_image::extents::Extents;
-use holdfast_image::header::{Id, Kind, Method};
+use holdfast_image::header::{Coverage, Id, Kind};
 use holdfast_image::meta::{Metadata, SourceMeta};
 use holdfast_image::parts::{MemParts, PartStore, StreamSink};
 use holdfast_image::progress::{Cancel, NoProgress};
@@ -53,7 +53,7 @@ pub fn meta() -> Metadata {
             sector_size: 512,
             ..Default::default()
         },
-        method: Method::UsedSector,
+        method: Coverage::UsedSector,
         kind: Kind::Full,
         image_id: String::new(),
         chain_id: String::new(),
@@ -123,7 +123,7 @@ pub fn fixed_identity(cipher: Cipher) -> Identity {
         parent_id: Id::default(),
         parent_digest: [0; 32],
         kind: Kind::Full,
-        method: Method::UsedSector,
+        method: Coverage::UsedSector,
         keys: if cipher == Cipher::None {
             Keys::plain([3; 32])
         } else {

@@ -11,11 +11,12 @@ use super::view::{self, bytes, when};
 use super::{render, site_names, PageError, PageResult, Session, Shell};
 use crate::http::{ApiError, AppState};
 use crate::store::jobs::RunFilter;
+use crate::store::{AgentStatus, RunState};
 
 pub struct AgentLine {
     pub id: i64,
     pub hostname: String,
-    pub status: &'static str,
+    pub status: AgentStatus,
     pub os: String,
     pub version: String,
     pub site: String,
@@ -89,7 +90,7 @@ pub async fn list(
                     .site_id
                     .and_then(|s| site_names.get(&s).map(|n| (*n).to_owned()))
                     .unwrap_or_default(),
-                last_seen: if status == "online" || status == "busy" {
+                last_seen: if status.is_connected() {
                     "now".into()
                 } else {
                     view::ago(a.last_seen_at)
@@ -97,7 +98,7 @@ pub async fn list(
                 last_backup: view::ago(last.get(&a.id).copied()),
             }
         })
-        .filter(|a| f.status.is_empty() || a.status == f.status)
+        .filter(|a| f.status.is_empty() || a.status.as_str() == f.status)
         .collect();
     Ok(render(Agents {
         shell: session.shell("agents"),
@@ -143,7 +144,7 @@ pub struct ImageLine {
 pub struct ReportLine {
     pub id: i64,
     pub name: String,
-    pub state: String,
+    pub state: RunState,
     pub at: String,
     pub written: String,
 }
@@ -154,7 +155,7 @@ struct AgentPage {
     shell: Shell,
     id: i64,
     hostname: String,
-    status: &'static str,
+    status: AgentStatus,
     os: String,
     version: String,
     site: String,
@@ -166,6 +167,8 @@ struct AgentPage {
     images: Vec<ImageLine>,
     reports: Vec<ReportLine>,
     revoked: bool,
+    /// Why the server refused the agent's channel (another protocol version), and when.
+    refusal: Option<(String, String)>,
 }
 
 pub async fn show(
@@ -237,7 +240,7 @@ pub async fn show(
         version: a.agent_version.clone(),
         site,
         enrolled: when(Some(a.enrolled_at)),
-        last_seen: if status == "online" {
+        last_seen: if status.is_connected() {
             "now".into()
         } else {
             view::ago(a.last_seen_at)
@@ -248,6 +251,7 @@ pub async fn show(
         images,
         reports,
         revoked: a.revoked_at.is_some(),
+        refusal: a.refusal.clone().map(|why| (why, view::ago(a.refused_at))),
     }))
 }
 

@@ -11,6 +11,7 @@ use super::{render, target_names, PageError, PageResult, Session, Shell};
 use crate::http::{ApiError, AppState};
 use crate::jobs::alerts::{Alerts, ALERTS_KEY};
 use crate::store::overview::DayTotal;
+use crate::store::{AgentStatus, RunState};
 
 /// Hours without a successful backup after which an agent is listed, unless the stale
 /// alert sets its own.
@@ -20,7 +21,7 @@ pub struct RunLine {
     pub id: i64,
     pub name: String,
     pub agent: String,
-    pub state: String,
+    pub state: RunState,
     pub at: String,
     pub percent: u32,
     pub text: String,
@@ -72,10 +73,10 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
     let (mut online, mut offline, mut busy, mut total) = (0, 0, 0, 0);
     for a in &agents {
         match view::agent_state(&state, a, &busy_ids) {
-            "busy" => busy += 1,
-            "online" => online += 1,
-            "offline" => offline += 1,
-            _ => continue,
+            AgentStatus::Busy => busy += 1,
+            AgentStatus::Online => online += 1,
+            AgentStatus::Offline => offline += 1,
+            AgentStatus::Revoked => continue,
         }
         total += 1;
     }
@@ -87,7 +88,7 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
                 id: r.id,
                 name: r.name.clone(),
                 agent: name_of(r.agent_id),
-                state: r.state.clone(),
+                state: r.state,
                 at: when(r.started_at),
                 percent,
                 text,
@@ -98,7 +99,7 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
     let since = now - 24 * 3600;
     let night = store.state_counts(since).await?;
     let problems = store
-        .runs_ended_in(since, &["failed", "missed", "warning", "cancelled"], 20)
+        .runs_ended_in(since, &RunState::TROUBLE, 20)
         .await?
         .into_iter()
         .map(|r| RunLine {

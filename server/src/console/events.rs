@@ -36,7 +36,7 @@ async fn snapshot(state: &AppState) -> Option<Event> {
     runs.extend(state.store.queued_runs().await.ok()?);
     let busy: std::collections::HashSet<i64> = runs
         .iter()
-        .filter(|r| r.state == "running")
+        .filter(|r| r.state == crate::store::RunState::Running)
         .map(|r| r.agent_id)
         .collect();
     let agents = state
@@ -45,7 +45,7 @@ async fn snapshot(state: &AppState) -> Option<Event> {
         .await
         .ok()?
         .iter()
-        .map(|a| (a.id, view::agent_state(state, a, &busy)))
+        .map(|a| (a.id, view::agent_state(state, a, &busy).as_str()))
         .collect();
     let runs = runs
         .iter()

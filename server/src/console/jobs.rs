@@ -13,6 +13,7 @@ use crate::auth::Role;
 use crate::http::{ApiError, AppState};
 use crate::jobs::schedule::{Repeat, Schedule};
 use crate::store::jobs::{JobRow, RunFilter};
+use crate::store::RunState;
 
 pub struct JobLine {
     pub id: i64,
@@ -116,7 +117,10 @@ async fn line(
             .unwrap_or_else(|| "manual".into()),
         next,
         last_id: last.as_ref().map(|r| r.id),
-        last_state: last.as_ref().map(|r| r.state.clone()).unwrap_or_default(),
+        last_state: last
+            .as_ref()
+            .map(|r| r.state.as_str().to_owned())
+            .unwrap_or_default(),
         last_at: last
             .as_ref()
             .map(|r| view::ago(r.ended_at.or(r.started_at).or(Some(r.created_at))))
@@ -139,7 +143,7 @@ pub async fn list(State(state): State<AppState>, session: Session) -> PageResult
 pub struct RunLine {
     pub id: i64,
     pub agent: String,
-    pub state: String,
+    pub state: RunState,
     pub at: String,
     pub percent: u32,
     pub text: String,
@@ -344,7 +348,7 @@ pub async fn new(State(state): State<AppState>, session: Session) -> PageResult 
     let current = serde_json::json!({
         "name": "", "enabled": true,
         "spec": {
-            "name_template": "$TEMPL:(ComputerName)-$TEMPL:(Year)$TEMPL:(Month)$TEMPL:(Day)-$TEMPL:(Hour)$TEMPL:(Minute).hfi",
+            "name_template": "$TEMPL:(ComputerName)-$TEMPL:(Year)$TEMPL:(Month)$TEMPL:(Day)-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second)-r$TEMPL:(RunId).hfi",
             "folder": "$TEMPL:(ComputerName)",
             "method": "incremental_chain", "compression_level": 3, "chain_length": 7,
             "verify": true,

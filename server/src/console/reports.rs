@@ -1,5 +1,5 @@
 //! Reports: the filterable list of runs, and one report with its summary, steps, images
-//! and downloads, as in the manual's report view.
+//! and downloads: what was done, step by step, with the images it left.
 
 use std::collections::HashMap;
 
@@ -9,8 +9,9 @@ use serde::Deserialize;
 
 use super::view::{self, bytes, duration, when};
 use super::{render, PageError, PageResult, Session, Shell};
-use crate::http::{ApiError, AppState, RUN_STATES};
+use crate::http::{ApiError, AppState};
 use crate::store::jobs::RunFilter;
+use crate::store::RunState;
 
 const PAGE: i64 = 50;
 
@@ -19,7 +20,7 @@ pub struct Line {
     pub name: String,
     pub agent: String,
     pub agent_id: i64,
-    pub state: String,
+    pub state: RunState,
     pub cause: String,
     pub started: String,
     pub took: String,
@@ -63,16 +64,14 @@ pub async fn list(
     let agent = (!f.agent.is_empty())
         .then(|| f.agent.parse::<i64>().map_err(|_| bad("agent")))
         .transpose()?;
-    if !f.status.is_empty() && !RUN_STATES.contains(&f.status.as_str()) {
-        return Err(PageError(ApiError::Invalid(format!(
-            "'{}' is not a run state",
-            f.status
-        ))));
-    }
+    let status = (!f.status.is_empty())
+        .then(|| f.status.parse::<RunState>())
+        .transpose()
+        .map_err(|e| PageError(ApiError::Invalid(e.to_string())))?;
     let filter = RunFilter {
         job_id: job,
         agent_id: agent,
-        state: (!f.status.is_empty()).then(|| f.status.clone()),
+        state: status,
     };
     let runs = store
         .runs(&filter, f.before.unwrap_or(i64::MAX), PAGE)
@@ -159,7 +158,7 @@ struct Report {
     job_id: Option<i64>,
     agent_id: i64,
     agent: String,
-    state: String,
+    state: RunState,
     cause: String,
     scheduled: String,
     started: String,

@@ -4,6 +4,7 @@ use chrono::{TimeZone as _, Utc};
 
 use crate::http::AppState;
 use crate::store::agents::Agent;
+use crate::store::AgentStatus;
 
 /// A time as admins read it (`2026-11-22 07:34 UTC`); empty when absent.
 pub fn when(t: Option<i64>) -> String {
@@ -49,9 +50,9 @@ pub fn agent_state(
     state: &AppState,
     a: &Agent,
     busy: &std::collections::HashSet<i64>,
-) -> &'static str {
+) -> AgentStatus {
     match state.agent_status(a) {
-        "online" if busy.contains(&a.id) => "busy",
+        AgentStatus::Online if busy.contains(&a.id) => AgentStatus::Busy,
         s => s,
     }
 }

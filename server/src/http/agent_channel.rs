@@ -76,11 +76,7 @@ async fn next(ws: &mut WebSocket, within: Duration) -> Option<Result<AgentMsg, S
 }
 
 fn version_refusal(protocol: u32) -> Option<String> {
-    (protocol != PROTOCOL_VERSION).then(|| {
-        format!(
-            "this server speaks agent protocol {PROTOCOL_VERSION}, the agent speaks {protocol}: install the agent of the server's version"
-        )
-    })
+    holdfast_proto::version_mismatch(protocol, PROTOCOL_VERSION, env!("CARGO_PKG_VERSION"))
 }
 
 async fn enroll(
@@ -190,6 +186,11 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
     match next(&mut ws, FIRST_MESSAGE).await {
         Some(Ok(AgentMsg::Hello { protocol, .. })) => {
             if let Some(reason) = version_refusal(protocol) {
+                // The agent stops on this refusal: the agent's page says why.
+                if let Err(e) = state.store.set_agent_refusal(id, Some(&reason)).await {
+                    tracing::error!(agent = id, error = %e, "cannot record a refusal");
+                }
+                tracing::warn!(agent = id, protocol, "agent refused: {reason}");
                 return refuse(ws, RefusalCode::Version, &reason).await;
             }
         }
@@ -205,6 +206,9 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
         return;
     }
     let _ = state.store.agent_seen(id).await;
+    if let Err(e) = state.store.set_agent_refusal(id, None).await {
+        tracing::error!(agent = id, error = %e, "cannot clear a refusal");
+    }
     tracing::info!(agent = id, "agent connected");
     // Settle runs the agent should have but does not (answered through this channel).
     let jobs = state.jobs.clone();
@@ -277,7 +281,7 @@ async fn handle(state: &AppState, id: i64, msg: AgentMsg) -> Option<ServerMsg> {
         AgentMsg::Inventory(inv) => store_inventory(state, id, &inv).await,
         // Proof of life only: the channel loop noted the time.
         AgentMsg::Heartbeat => {}
-        AgentMsg::Response { id: req, ok, body } => state.gateway.respond(req, ok, body),
+        AgentMsg::Response { id: req, result } => state.gateway.respond(req, result),
         AgentMsg::Progress {
             run_id,
             stage,

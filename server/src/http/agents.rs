@@ -140,7 +140,7 @@ fn view(state: &AppState, a: &Agent, with_inventory: bool) -> Value {
         "enrolled_at": a.enrolled_at,
         "revoked_at": a.revoked_at,
         // The store writes it once a minute; an agent on the channel is seen now.
-        "last_seen_at": if status == "online" { Some(crate::store::now()) } else { a.last_seen_at },
+        "last_seen_at": if status.is_connected() { Some(crate::store::now()) } else { a.last_seen_at },
         "os": a.os,
         "agent_version": a.agent_version,
         "inventory_at": a.inventory_at,
@@ -215,16 +215,18 @@ async fn refresh_inventory(
     Path(id): Path<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let body = state
+    let inv: Inventory = state
         .gateway
-        .request(id, json!({ "op": "inventory" }), Duration::from_secs(30))
+        .request(
+            id,
+            holdfast_proto::request::GetInventory {},
+            Duration::from_secs(30),
+        )
         .await
         .map_err(|e| match e {
             GatewayError::Offline(_) => ApiError::Invalid(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         })?;
-    let inv: Inventory = serde_json::from_value(body)
-        .map_err(|e| ApiError::Internal(format!("agent {id} sent an unreadable inventory: {e}")))?;
     super::agent_channel::store_inventory(&state, id, &inv).await;
     Ok(Json(inv))
 }

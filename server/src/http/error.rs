@@ -75,6 +75,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
             StoreError::InUse(why) => ApiError::Conflict(why),
+            StoreError::Dangling(why) => ApiError::Invalid(why),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use holdfast_proto::request::{Check, CheckStatus, JobCheck};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
@@ -17,6 +18,7 @@ use crate::jobs::job_xml;
 use crate::jobs::spec::JobSpec;
 use crate::jobs::{job_context, DispatchError};
 use crate::store::jobs::{JobRow, RunFilter};
+use crate::store::RunState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -138,6 +140,7 @@ async fn preview(
         computer: &computer,
         user: "root",
         at: next_runs.first().copied().unwrap_or(now),
+        run_id: None,
     };
     let name = crate::jobs::template::image_name(&spec.folder, &spec.name_template, &vars)
         .map_err(ApiError::Invalid)?;
@@ -360,9 +363,11 @@ async fn check(
     for agent in agents {
         let result = match state.jobs.check(&job, agent).await {
             Ok(v) => v,
-            Err(e) => {
-                json!({ "ok": false, "checks": [{"check": "agent", "status": "error", "detail": e.to_string()}] })
-            }
+            Err(e) => JobCheck::new(vec![Check {
+                check: "agent".into(),
+                status: CheckStatus::Error,
+                detail: e.to_string(),
+            }]),
         };
         out.push(json!({ "agent_id": agent, "result": result }));
     }
@@ -414,7 +419,7 @@ async fn cancel(
         .runs(
             &RunFilter {
                 job_id: Some(id),
-                state: Some("running".into()),
+                state: Some(RunState::Running),
                 ..RunFilter::default()
             },
             i64::MAX,

@@ -15,8 +15,6 @@ mod targets;
 mod tokens;
 mod users;
 
-pub(crate) use reports::STATES as RUN_STATES;
-
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -35,7 +33,7 @@ pub(crate) use targets::secret as target_secret;
 use crate::auth::LoginLimiter;
 use crate::gateway::Gateway;
 use crate::jobs::Dispatcher;
-use crate::store::Store;
+use crate::store::{AgentStatus, Store};
 use crate::vault::Vault;
 
 /// Request counters for `/metrics`.
@@ -102,14 +100,15 @@ impl AppState {
 }
 
 impl AppState {
-    /// An agent's state as the API and the console show it: revoked, online or offline.
-    pub fn agent_status(&self, a: &crate::store::agents::Agent) -> &'static str {
+    /// An agent's state as the API and the console show it: revoked, online or offline
+    /// (the console also tells busy agents apart).
+    pub fn agent_status(&self, a: &crate::store::agents::Agent) -> AgentStatus {
         if a.revoked_at.is_some() {
-            "revoked"
+            AgentStatus::Revoked
         } else if self.gateway.is_online(a.id) {
-            "online"
+            AgentStatus::Online
         } else {
-            "offline"
+            AgentStatus::Offline
         }
     }
 }

@@ -15,6 +15,7 @@ use super::{attachment, page_limit, AppState, Page, PageQuery};
 use crate::auth::Role;
 use crate::jobs::report_xml;
 use crate::store::jobs::{RunFilter, RunRow};
+use crate::store::RunState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -75,17 +76,6 @@ pub struct ReportQuery {
     limit: Option<i64>,
 }
 
-/// Every state a run can be in (the report filters accept these).
-pub(crate) const STATES: [&str; 7] = [
-    "queued",
-    "running",
-    "successful",
-    "warning",
-    "failed",
-    "cancelled",
-    "missed",
-];
-
 #[utoipa::path(get, path = "/api/v1/reports", tag = "reports", params(ReportQuery), responses((status = 200, description = "a page of reports, newest first", body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
@@ -94,18 +84,16 @@ async fn list(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = page_limit(q.limit)?;
-    if let Some(s) = &q.status {
-        if !STATES.contains(&s.as_str()) {
-            return Err(ApiError::Invalid(format!(
-                "status must be one of {}",
-                STATES.join(", ")
-            )));
-        }
-    }
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<RunState>)
+        .transpose()
+        .map_err(|e| ApiError::Invalid(format!("status: {e}")))?;
     let filter = RunFilter {
         job_id: q.job_id,
         agent_id: q.agent_id,
-        state: q.status,
+        state: status,
     };
     let runs = state
         .store

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::report_xml::time;
 use super::Dispatcher;
-use crate::store::StoreError;
+use crate::store::{RunState, StoreError};
 
 /// The settings key of the alert rules.
 pub const ALERTS_KEY: &str = "alerts";
@@ -128,7 +128,7 @@ async fn digest(jobs: &Dispatcher, d: &Digest, now: DateTime<Utc>) -> Result<(),
     }
     let bad: Vec<_> = runs
         .iter()
-        .filter(|r| !matches!(r.state.as_str(), "successful"))
+        .filter(|r| r.state != RunState::Successful)
         .collect();
     if !bad.is_empty() {
         body.push_str("\nNot successful:\n");
@@ -146,8 +146,15 @@ async fn digest(jobs: &Dispatcher, d: &Digest, now: DateTime<Utc>) -> Result<(),
     }
     let subject = format!(
         "[Holdfast] Daily digest {day}: {} successful, {} not",
-        counts.get("successful").copied().unwrap_or(0),
-        runs.len() - counts.get("successful").copied().unwrap_or(0)
+        counts
+            .get(RunState::Successful.as_str())
+            .copied()
+            .unwrap_or(0),
+        runs.len()
+            - counts
+                .get(RunState::Successful.as_str())
+                .copied()
+                .unwrap_or(0)
     );
     jobs.store
         .enqueue_mail("digest", &d.recipients.join(", "), &subject, &body)

@@ -16,14 +16,18 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use holdfast_proto::job::{ImageTask, JobOrder, Method, RunReport, Secret, TargetAccess};
+use holdfast_proto::job::{ImageKind, ImageTask, JobOrder, RunReport, Secret, TargetAccess};
+use holdfast_proto::request::{
+    Cancel, CheckJob, JobCheck, ListRuns, RunJob, TargetProbe, TestTarget,
+};
+use holdfast_proto::RunStatus;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::gateway::{Gateway, GatewayError};
 use crate::store::jobs::{Finish, ImageRow, JobRow, NewImage, RunRow};
 use crate::store::targets::TargetRow;
-use crate::store::{Store, StoreError};
+use crate::store::{RunState, Store, StoreError};
 use crate::vault::{Vault, VaultError};
 use spec::{JobSpec, SiteBook};
 
@@ -271,7 +275,7 @@ impl Dispatcher {
         }
         if let Some(r) = open
             .iter()
-            .filter(|r| r.state == "running")
+            .filter(|r| r.state == RunState::Running)
             .nth(self.per_agent().saturating_sub(1))
         {
             return Err(DispatchError::Busy(agent_id, r.id));
@@ -307,14 +311,19 @@ impl Dispatcher {
         let order = match self.prepare(run).await {
             Ok(o) => o,
             Err(e) => {
-                self.end_here(run, "failed", &e.to_string()).await;
+                self.end_here(run, RunStatus::Failed, &e.to_string()).await;
                 return Err(e);
             }
         };
-        let body = serde_json::json!({ "op": "run_job", "order": order });
         match self
             .gateway
-            .request(run.agent_id, body, ACCEPT_TIMEOUT)
+            .request(
+                run.agent_id,
+                RunJob {
+                    order: Box::new(order),
+                },
+                ACCEPT_TIMEOUT,
+            )
             .await
         {
             Ok(_) => {
@@ -335,7 +344,7 @@ impl Dispatcher {
                     }
                     other => other.to_string(),
                 };
-                self.end_here(run, "failed", &why).await;
+                self.end_here(run, RunStatus::Failed, &why).await;
             }
         }
         Ok(())
@@ -368,6 +377,7 @@ impl Dispatcher {
             computer: &agent.hostname,
             user: "root",
             at,
+            run_id: Some(run.id),
         };
         self.order(&job, &spec, &target, run, &vars).await
     }
@@ -384,6 +394,12 @@ impl Dispatcher {
         let name = template::image_name(&spec.folder, &spec.name_template, vars)
             .map_err(DispatchError::Spec)?;
         let images = self.store.job_images(job.id, run.agent_id).await?;
+        let taken: Vec<&str> = images
+            .iter()
+            .filter(|i| i.deleted_at.is_none())
+            .map(|i| i.name.as_str())
+            .collect();
+        let name = template::unique_name(name, run.id, &taken);
         let (mut head, mut full) = chain_bases(&images, spec.target());
         // A chain that reached its length is closed: the next image starts a new one.
         if let (Some(limit), Some(h)) = (spec.chain_length, head) {
@@ -399,7 +415,7 @@ impl Dispatcher {
                 retention::expired(
                     &images,
                     spec.target(),
-                    method == Method::Full,
+                    method == ImageKind::Full,
                     rule,
                     crate::store::now(),
                 )
@@ -471,26 +487,18 @@ impl Dispatcher {
         &self,
         target: &TargetRow,
         agent_id: i64,
-    ) -> Result<serde_json::Value, GatewayError> {
+    ) -> Result<TargetProbe, GatewayError> {
         let access = self
             .access(target)
             .map_err(|e| GatewayError::Failed(agent_id, e.to_string()))?;
         self.gateway
-            .request(
-                agent_id,
-                serde_json::json!({ "op": "test_target", "target": access }),
-                CHECK_TIMEOUT,
-            )
+            .request(agent_id, TestTarget { target: access }, CHECK_TIMEOUT)
             .await
     }
 
     /// "Check job": agent `agent_id` verifies it could run `job` now (source, target,
     /// space, base image), changing nothing; its list of checks.
-    pub async fn check(
-        &self,
-        job: &JobRow,
-        agent_id: i64,
-    ) -> Result<serde_json::Value, DispatchError> {
+    pub async fn check(&self, job: &JobRow, agent_id: i64) -> Result<JobCheck, DispatchError> {
         let probe = RunRow {
             id: 0,
             job_id: Some(job.id),
@@ -498,7 +506,7 @@ impl Dispatcher {
             name: job.name.clone(),
             cause: "check".into(),
             scheduled_for: None,
-            state: "queued".into(),
+            state: RunState::Queued,
             created_at: crate::store::now(),
             started_at: None,
             ended_at: None,
@@ -511,24 +519,22 @@ impl Dispatcher {
             .gateway
             .request(
                 agent_id,
-                serde_json::json!({ "op": "check_job", "order": order }),
+                CheckJob {
+                    order: Box::new(order),
+                },
                 CHECK_TIMEOUT,
             )
             .await?)
     }
 
     /// End a run that no agent ran, with a one-step report saying why.
-    pub async fn end_here(&self, run: &RunRow, state: &str, why: &str) {
+    pub async fn end_here(&self, run: &RunRow, status: RunStatus, why: &str) {
         let now = crate::store::now();
         let report = RunReport {
             run_id: run.id,
             job_id: run.job_id,
             name: run.name.clone(),
-            status: match state {
-                "missed" => holdfast_proto::RunStatus::Missed,
-                "cancelled" => holdfast_proto::RunStatus::Cancelled,
-                _ => holdfast_proto::RunStatus::Failed,
-            },
+            status,
             started_at: now,
             ended_at: now,
             bytes_read: 0,
@@ -543,7 +549,11 @@ impl Dispatcher {
             }],
         };
         let text = serde_json::to_string(&report).unwrap_or_default();
-        match self.store.run_ended_here(run.id, state, &text).await {
+        match self
+            .store
+            .run_ended_here(run.id, status.into(), &text)
+            .await
+        {
             Ok(true) => self.ended(run.id).await,
             Ok(false) => {}
             Err(e) => tracing::error!(run = run.id, error = %e, "cannot record the end of a run"),
@@ -557,17 +567,10 @@ impl Dispatcher {
     pub async fn reconcile(&self, agent_id: i64, asked_at: i64) {
         let known: std::collections::HashSet<i64> = match self
             .gateway
-            .request(
-                agent_id,
-                serde_json::json!({ "op": "runs" }),
-                ACCEPT_TIMEOUT,
-            )
+            .request(agent_id, ListRuns {}, ACCEPT_TIMEOUT)
             .await
         {
-            Ok(v) => v["runs"]
-                .as_array()
-                .map(|a| a.iter().filter_map(serde_json::Value::as_i64).collect())
-                .unwrap_or_default(),
+            Ok(list) => list.runs.into_iter().collect(),
             Err(e) => {
                 tracing::debug!(agent = agent_id, error = %e, "cannot ask the agent for its runs");
                 return;
@@ -581,7 +584,7 @@ impl Dispatcher {
             }
         };
         for run in open {
-            if run.state == "running"
+            if run.state == RunState::Running
                 && run.started_at.is_some_and(|t| t < asked_at)
                 && !known.contains(&run.id)
             {
@@ -592,7 +595,7 @@ impl Dispatcher {
                 );
                 self.end_here(
                     &run,
-                    "failed",
+                    RunStatus::Failed,
                     &format!("agent {agent_id} does not know this run: it never received the order, or lost its state"),
                 )
                 .await;
@@ -610,11 +613,7 @@ impl Dispatcher {
     /// Ask the agent to cancel run `run`.
     pub async fn cancel(&self, run: &RunRow) -> Result<(), GatewayError> {
         self.gateway
-            .request(
-                run.agent_id,
-                serde_json::json!({ "op": "cancel", "run_id": run.id }),
-                ACCEPT_TIMEOUT,
-            )
+            .request(run.agent_id, Cancel { run_id: run.id }, ACCEPT_TIMEOUT)
             .await
             .map(|_| ())
     }
@@ -649,7 +648,7 @@ impl Dispatcher {
         let text = serde_json::to_string(report).unwrap_or_default();
         let finish = Finish {
             run_id: run.id,
-            state: report.status.as_str(),
+            state: report.status.into(),
             started_at: report.started_at,
             ended_at: report.ended_at,
             bytes_read: i64::try_from(report.bytes_read).unwrap_or(i64::MAX),
@@ -661,9 +660,9 @@ impl Dispatcher {
                 .map(|i| NewImage {
                     name: &i.name,
                     method: match i.method {
-                        Method::Full => "full",
-                        Method::Incremental => "incremental",
-                        Method::Differential => "differential",
+                        ImageKind::Full => "full",
+                        ImageKind::Incremental => "incremental",
+                        ImageKind::Differential => "differential",
                     },
                     base_name: i.base.as_deref(),
                     image_id: &i.image_id,

@@ -6,7 +6,7 @@ use holdfast_proto::RunReport;
 use super::report_xml::time;
 use crate::mail::{SmtpSettings, SMTP_KEY};
 use crate::store::jobs::RunRow;
-use crate::store::StoreError;
+use crate::store::{RunState, StoreError};
 
 /// Bytes in binary units.
 fn size(n: i64) -> String {
@@ -79,7 +79,7 @@ pub async fn run_ended(jobs: &super::Dispatcher, run_id: i64) -> Result<(), Stor
     let Ok(spec) = jobs.spec_of(&job).await else {
         return Ok(());
     };
-    let Some(rule) = spec.notify.filter(|n| n.when.matches(&run.state)) else {
+    let Some(rule) = spec.notify.filter(|n| n.when.matches(run.state)) else {
         return Ok(());
     };
     let computer = store
@@ -94,7 +94,7 @@ pub async fn run_ended(jobs: &super::Dispatcher, run_id: i64) -> Result<(), Stor
         .map(|s| s.subject_template)
         .unwrap_or_else(|| "[Holdfast] $STATUS: $JOB on $COMPUTER".into());
     let subject = template
-        .replace("$STATUS", &run.state)
+        .replace("$STATUS", run.state.as_str())
         .replace("$JOB", &run.name)
         .replace("$COMPUTER", &computer)
         .replace("$REPORT", &run.id.to_string());
@@ -103,7 +103,7 @@ pub async fn run_ended(jobs: &super::Dispatcher, run_id: i64) -> Result<(), Stor
         .as_deref()
         .and_then(|t| serde_json::from_str(t).ok());
     let text = body(&run, &computer, report.as_ref(), &rule.text);
-    let kind = if run.state == "missed" {
+    let kind = if run.state == RunState::Missed {
         "missed"
     } else {
         "report"

@@ -41,7 +41,7 @@ pub fn render(run: &RunRow, report: Option<&RunReport>) -> String {
         run.id, job, run.agent_id
     );
     let _ = writeln!(x, "  <name>{}</name>", esc(&run.name));
-    let _ = writeln!(x, "  <status>{}</status>", esc(&run.state));
+    let _ = writeln!(x, "  <status>{}</status>", run.state.as_str());
     let _ = writeln!(x, "  <cause>{}</cause>", esc(&run.cause));
     if let Some(t) = run.started_at {
         let _ = writeln!(x, "  <start>{}</start>", time(t));

@@ -127,7 +127,8 @@ pub async fn once(
                 super::report_xml::time(reference),
                 frame / 60
             );
-            jobs.end_here(&run, "missed", &why).await;
+            jobs.end_here(&run, holdfast_proto::RunStatus::Missed, &why)
+                .await;
             tracing::warn!(run = run.id, agent = run.agent_id, "run missed");
             continue;
         }

@@ -2,13 +2,15 @@
 //! imported), with its validation. Secrets are not part of it: the image password lives
 //! in the vault and the target's credentials with the target.
 
-use holdfast_proto::job::{HookCommand, Method};
+use holdfast_proto::job::{HookCommand, ImageKind};
 use serde::{Deserialize, Serialize};
 
-/// How the job's images relate to each other.
+use crate::store::RunState;
+
+/// How a job chains its images, run after run (each image is then one [`ImageKind`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
-pub enum ImageMethod {
+pub enum ChainMode {
     /// A full image every run.
     Full,
     /// A full image first, then increments on the newest image of the chain ("use created
@@ -64,13 +66,13 @@ pub enum NotifyWhen {
 
 impl NotifyWhen {
     /// True when a run that ended `state` is mailed.
-    pub fn matches(self, state: &str) -> bool {
-        let failure = matches!(state, "failed" | "missed");
-        let warning = matches!(state, "warning" | "cancelled");
+    pub fn matches(self, state: RunState) -> bool {
+        let failure = matches!(state, RunState::Failed | RunState::Missed);
+        let warning = matches!(state, RunState::Warning | RunState::Cancelled);
         match self {
             Self::Never => false,
             Self::Always => true,
-            Self::OnSuccess => state == "successful",
+            Self::OnSuccess => state == RunState::Successful,
             Self::OnWarning => warning || failure,
             Self::OnFailure => failure,
         }
@@ -139,12 +141,14 @@ pub struct JobSpec {
     /// Folder inside the target (may use template parameters).
     #[serde(default)]
     pub folder: String,
-    /// File name of each image; template parameters `$TEMPL:(Name)` as in the manual:
-    /// ComputerName, UserName, Year, Month, Day, Hour, Minute, Second, Weekday, WeekNumber.
+    /// File name of each image; template parameters `$TEMPL:(Name)` (the syntax of the
+    /// O&O command files admins already have):
+    /// ComputerName, UserName, Year, Month, Day, Hour, Minute, Second, Weekday, WeekNumber,
+    /// RunId. A name one of the job's images already has gets `-r<run id>` added.
     #[serde(default = "default_template")]
     pub name_template: String,
     #[serde(default = "default_method")]
-    pub method: ImageMethod,
+    pub method: ChainMode,
     /// zstd level 0–22.
     #[serde(default = "default_compression")]
     pub compression_level: i32,
@@ -197,11 +201,11 @@ pub struct JobSpec {
 }
 
 fn default_template() -> String {
-    "$TEMPL:(ComputerName)-$TEMPL:(Year)$TEMPL:(Month)$TEMPL:(Day)-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi".into()
+    "$TEMPL:(ComputerName)-$TEMPL:(Year)$TEMPL:(Month)$TEMPL:(Day)-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second)-r$TEMPL:(RunId).hfi".into()
 }
 
-fn default_method() -> ImageMethod {
-    ImageMethod::Full
+fn default_method() -> ChainMode {
+    ChainMode::Full
 }
 
 fn default_compression() -> i32 {
@@ -308,15 +312,15 @@ impl JobSpec {
         &self,
         chain_head: Option<&str>,
         chain_full: Option<&str>,
-    ) -> (Method, Option<String>) {
+    ) -> (ImageKind, Option<String>) {
         match (self.method, chain_head, chain_full) {
-            (ImageMethod::IncrementalChain, Some(head), _) => {
-                (Method::Incremental, Some(head.to_owned()))
+            (ChainMode::IncrementalChain, Some(head), _) => {
+                (ImageKind::Incremental, Some(head.to_owned()))
             }
-            (ImageMethod::Differential, _, Some(full)) => {
-                (Method::Differential, Some(full.to_owned()))
+            (ChainMode::Differential, _, Some(full)) => {
+                (ImageKind::Differential, Some(full.to_owned()))
             }
-            _ => (Method::Full, None),
+            _ => (ImageKind::Full, None),
         }
     }
 }

@@ -1,10 +1,11 @@
-//! File-name templates, as in the manual's command files: `$TEMPL:(Year)` or
-//! `${TEMPL:(Year)}` is replaced by its value when a run starts.
+//! File-name templates in the syntax of O&O DiskImage command files (so names admins
+//! already use keep working): `$TEMPL:(Year)` or `${TEMPL:(Year)}` is replaced by its
+//! value when a run starts.
 
 use chrono::{DateTime, Datelike as _, TimeZone, Timelike as _};
 
 /// The parameters (names compared without case).
-pub const NAMES: [&str; 10] = [
+pub const NAMES: [&str; 11] = [
     "ComputerName",
     "UserName",
     "Year",
@@ -15,13 +16,19 @@ pub const NAMES: [&str; 10] = [
     "Second",
     "Weekday",
     "WeekNumber",
+    "RunId",
 ];
+
+/// What `RunId` shows in a preview, where no run exists yet.
+pub const RUN_ID_PREVIEW: &str = "{run}";
 
 /// What a template is filled with.
 pub struct Vars<'a, Tz: TimeZone> {
     pub computer: &'a str,
     pub user: &'a str,
     pub at: DateTime<Tz>,
+    /// The run's id (none in a preview).
+    pub run_id: Option<i64>,
 }
 
 /// A value made safe for a file name: anything but letters, digits, `.`, `_` and `-`
@@ -51,6 +58,9 @@ fn value<Tz: TimeZone>(name: &str, v: &Vars<'_, Tz>) -> Option<String> {
         "second" => format!("{:02}", at.second()),
         "weekday" => at.weekday().to_string(),
         "weeknumber" => format!("{:02}", at.iso_week().week()),
+        "runid" => v
+            .run_id
+            .map_or_else(|| RUN_ID_PREVIEW.to_owned(), |id| id.to_string()),
         _ => return None,
     })
 }
@@ -94,6 +104,29 @@ pub fn render<Tz: TimeZone>(template: &str, v: &Vars<'_, Tz>) -> Result<String, 
     Ok(out)
 }
 
+/// `name` made unique among `taken` (the names of the job's images on this agent) by the run
+/// id before the extension: `pc-0300.hfi` → `pc-0300-r42.hfi`. A template that fills to the
+/// same name twice (two runs in one second, or a template without the time) never makes a
+/// run overwrite an earlier image, its own base included.
+pub fn unique_name(name: String, run_id: i64, taken: &[&str]) -> String {
+    if !taken.contains(&name.as_str()) {
+        return name;
+    }
+    let (dir, file) = name
+        .rsplit_once('/')
+        .map_or(("", name.as_str()), |(d, f)| (d, f));
+    let (stem, ext) = match file.rsplit_once('.') {
+        Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
+        _ => (file, String::new()),
+    };
+    let file = format!("{stem}-r{run_id}{ext}");
+    if dir.is_empty() {
+        file
+    } else {
+        format!("{dir}/{file}")
+    }
+}
+
 /// The image's name under its target: `folder` and `file` filled, joined by one `/` (no
 /// folder: the file alone).
 pub fn image_name<Tz: TimeZone>(
@@ -121,6 +154,7 @@ pub fn check(template: &str) -> Result<(), String> {
             computer: "host",
             user: "root",
             at,
+            run_id: Some(1),
         },
     )
     .map(|_| ())
@@ -140,6 +174,7 @@ mod tests {
             computer: "web 01/a",
             user: "root",
             at,
+            run_id: Some(42),
         };
         assert_eq!(
             render(
@@ -150,6 +185,10 @@ mod tests {
             "web_01_a/2026-11-22_030405_Sun_w47_root.hfi"
         );
         assert_eq!(render("cost $5.hfi", &v).expect("plain $"), "cost $5.hfi");
+        assert_eq!(
+            render("r$TEMPL:(RunId).hfi", &v).expect("run id"),
+            "r42.hfi"
+        );
         // Folder and file join with one slash; no folder, the file alone.
         for (folder, want) in [
             ("$TEMPL:(Year)/", "2026/x.hfi"),
@@ -158,6 +197,24 @@ mod tests {
         ] {
             assert_eq!(image_name(folder, "x.hfi", &v).expect("name"), want);
         }
+    }
+
+    #[test]
+    fn a_name_the_job_already_has_gets_the_run_id() {
+        let taken = ["pc/vol-0300.hfi", "pc/vol-0300", "x.hfi"];
+        assert_eq!(
+            unique_name("pc/vol-0301.hfi".into(), 7, &taken),
+            "pc/vol-0301.hfi"
+        );
+        assert_eq!(
+            unique_name("pc/vol-0300.hfi".into(), 7, &taken),
+            "pc/vol-0300-r7.hfi"
+        );
+        assert_eq!(
+            unique_name("pc/vol-0300".into(), 7, &taken),
+            "pc/vol-0300-r7"
+        );
+        assert_eq!(unique_name("x.hfi".into(), 9, &taken), "x-r9.hfi");
     }
 
     #[test]

@@ -33,14 +33,18 @@ pub struct Agent {
     pub inventory_at: Option<i64>,
     /// The site it belongs to.
     pub site_id: Option<i64>,
+    /// Why the server last refused its channel for good (another protocol version), until
+    /// it next connects.
+    pub refusal: Option<String>,
+    pub refused_at: Option<i64>,
     #[serde(skip)]
     pub secret_hash: String,
 }
 
 /// The columns every agent query returns (a constant, so the formatted SQL is safe).
-const AGENT_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, inventory, inventory_at, site_id, secret_hash";
+const AGENT_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, inventory, inventory_at, site_id, refusal, refused_at, secret_hash";
 /// [`AGENT_COLUMNS`] without the inventory (read as none).
-const AGENT_LIST_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, CAST(NULL AS TEXT) AS inventory, inventory_at, site_id, secret_hash";
+const AGENT_LIST_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, CAST(NULL AS TEXT) AS inventory, inventory_at, site_id, refusal, refused_at, secret_hash";
 const TOKEN_COLUMNS: &str = "id, name, uses_left, expires_at, created_by, created_at, revoked_at";
 
 fn agent(r: &sqlx::any::AnyRow) -> Result<Agent, sqlx::Error> {
@@ -55,6 +59,8 @@ fn agent(r: &sqlx::any::AnyRow) -> Result<Agent, sqlx::Error> {
         inventory: r.try_get("inventory")?,
         inventory_at: r.try_get("inventory_at")?,
         site_id: r.try_get("site_id")?,
+        refusal: r.try_get("refusal")?,
+        refused_at: r.try_get("refused_at")?,
         secret_hash: r.try_get("secret_hash")?,
     })
 }
@@ -198,7 +204,19 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Note that the agent was heard from.
+    /// Record why agent `id`'s channel was refused for good (`None`: it connected, forget
+    /// the last refusal).
+    pub async fn set_agent_refusal(&self, id: i64, why: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agents SET refusal = $1, refused_at = $2 WHERE id = $3")
+            .bind(why)
+            .bind(why.map(|_| now()))
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Note that agent `id` was heard from now.
     pub async fn agent_seen(&self, id: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE agents SET last_seen_at = $1 WHERE id = $2")
             .bind(now())

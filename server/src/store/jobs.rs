@@ -3,6 +3,7 @@
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row as _};
 
+use super::states::RunState;
 use super::{now, Store, StoreError};
 
 /// A job as stored: its definition is JSON (see `crate::jobs::spec::JobSpec`).
@@ -38,8 +39,7 @@ pub struct RunRow {
     /// `manual` or `schedule`.
     pub cause: String,
     pub scheduled_for: Option<i64>,
-    /// `queued`, `running`, then `successful`, `warning`, `failed`, `cancelled` or `missed`.
-    pub state: String,
+    pub state: RunState,
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub ended_at: Option<i64>,
@@ -53,7 +53,7 @@ pub struct RunRow {
 impl RunRow {
     /// True once the run has ended.
     pub fn finished(&self) -> bool {
-        !matches!(self.state.as_str(), "queued" | "running")
+        !self.state.is_open()
     }
 }
 
@@ -79,7 +79,7 @@ pub struct ImageRow {
 /// A finished run as the agent reported it.
 pub struct Finish<'a> {
     pub run_id: i64,
-    pub state: &'a str,
+    pub state: RunState,
     pub started_at: i64,
     pub ended_at: i64,
     pub bytes_read: i64,
@@ -123,7 +123,10 @@ fn run(r: &sqlx::any::AnyRow) -> Result<RunRow, sqlx::Error> {
         name: r.try_get("name")?,
         cause: r.try_get("cause")?,
         scheduled_for: r.try_get("scheduled_for")?,
-        state: r.try_get("state")?,
+        state: r
+            .try_get::<String, _>("state")?
+            .parse()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         created_at: r.try_get("created_at")?,
         started_at: r.try_get("started_at")?,
         ended_at: r.try_get("ended_at")?,
@@ -151,36 +154,128 @@ fn image(r: &sqlx::any::AnyRow) -> Result<ImageRow, sqlx::Error> {
     })
 }
 
+/// The links a job's spec names, kept in columns (and `job_agents`) beside the spec so that
+/// foreign keys guard them.
+#[derive(Debug, Default, serde::Deserialize)]
+struct JobLinks {
+    #[serde(default)]
+    target_id: Option<i64>,
+    #[serde(default)]
+    site_id: Option<i64>,
+    #[serde(default)]
+    agents: Vec<i64>,
+}
+
+impl JobLinks {
+    /// The links in `spec` (the server's own JSON of a job spec).
+    fn of(spec: &str) -> Result<Self, StoreError> {
+        serde_json::from_str(spec)
+            .map_err(|e| StoreError::Dangling(format!("the job's definition cannot be read: {e}")))
+    }
+
+    /// A write of job `name` failed: a name taken, a link to nothing, or the database.
+    fn error(&self, e: sqlx::Error, name: &str) -> StoreError {
+        if StoreError::is_foreign_key(&e) {
+            let id = |v: Option<i64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+            return StoreError::Dangling(format!(
+                "job '{name}' names target {} or site {}, and one of them does not exist",
+                id(self.target_id),
+                id(self.site_id)
+            ));
+        }
+        StoreError::unique(e, format!("a job named '{name}'"))
+    }
+
+    /// Replace the job's agent rows.
+    async fn write_agents(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        job_id: i64,
+        name: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM job_agents WHERE job_id = $1")
+            .bind(job_id)
+            .execute(&mut **tx)
+            .await?;
+        let mut agents = self.agents.clone();
+        agents.sort_unstable();
+        agents.dedup();
+        for agent in agents {
+            sqlx::query("INSERT INTO job_agents (job_id, agent_id) VALUES ($1, $2)")
+                .bind(job_id)
+                .bind(agent)
+                .execute(&mut **tx)
+                .await
+                .map_err(|e| {
+                    if StoreError::is_foreign_key(&e) {
+                        StoreError::Dangling(format!(
+                            "job '{name}' names agent {agent}, which does not exist"
+                        ))
+                    } else {
+                        StoreError::Db(e)
+                    }
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// A column of `jobs` that links to another table.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LinkColumn {
+    Target,
+    Site,
+}
+
+impl LinkColumn {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Target => "target_id",
+            Self::Site => "site_id",
+        }
+    }
+}
+
 /// Which runs to list.
 #[derive(Debug, Default, Clone)]
 pub struct RunFilter {
     pub job_id: Option<i64>,
     pub agent_id: Option<i64>,
-    pub state: Option<String>,
+    pub state: Option<RunState>,
 }
 
 impl Store {
+    /// Record a job, with the links its spec names (target, site, agents) as columns and
+    /// rows beside it, in one transaction.
     pub async fn create_job(
         &self,
         name: &str,
         enabled: bool,
         spec: &str,
     ) -> Result<JobRow, StoreError> {
+        let links = JobLinks::of(spec)?;
         let t = now();
+        let mut tx = self.pool().begin().await?;
         let r = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO jobs (name, enabled, spec, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
-             RETURNING {JOB_COLUMNS}"
+            "INSERT INTO jobs (name, enabled, spec, target_id, site_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {JOB_COLUMNS}"
         )))
         .bind(name)
         .bind(i64::from(enabled))
         .bind(spec)
+        .bind(links.target_id)
+        .bind(links.site_id)
         .bind(t)
-        .fetch_one(self.pool())
+        .fetch_one(&mut *tx)
         .await
-        .map_err(|e| StoreError::unique(e, format!("a job named '{name}'")))?;
-        Ok(job(&r)?)
+        .map_err(|e| links.error(e, name))?;
+        let row = job(&r)?;
+        links.write_agents(&mut tx, row.id, name).await?;
+        tx.commit().await?;
+        Ok(row)
     }
 
+    /// Change a job and its links in one transaction; `None` when there is no such job.
     pub async fn update_job(
         &self,
         id: i64,
@@ -188,19 +283,48 @@ impl Store {
         enabled: bool,
         spec: &str,
     ) -> Result<Option<JobRow>, StoreError> {
+        let links = JobLinks::of(spec)?;
+        let mut tx = self.pool().begin().await?;
         let r = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE jobs SET name = $1, enabled = $2, spec = $3, updated_at = $4 WHERE id = $5 \
-             RETURNING {JOB_COLUMNS}"
+            "UPDATE jobs SET name = $1, enabled = $2, spec = $3, target_id = $4, site_id = $5, \
+             updated_at = $6 WHERE id = $7 RETURNING {JOB_COLUMNS}"
         )))
         .bind(name)
         .bind(i64::from(enabled))
         .bind(spec)
+        .bind(links.target_id)
+        .bind(links.site_id)
         .bind(now())
         .bind(id)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(|e| StoreError::unique(e, format!("a job named '{name}'")))?;
-        Ok(r.as_ref().map(job).transpose()?)
+        .map_err(|e| links.error(e, name))?;
+        let Some(r) = r else {
+            return Ok(None);
+        };
+        let row = job(&r)?;
+        links.write_agents(&mut tx, id, name).await?;
+        tx.commit().await?;
+        Ok(Some(row))
+    }
+
+    /// Names of the jobs whose `column` (`target_id` or `site_id`) is `id`.
+    pub(crate) async fn jobs_linked(
+        &self,
+        column: LinkColumn,
+        id: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT name FROM jobs WHERE {} = $1 ORDER BY name",
+            column.name()
+        )))
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("name"))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Replace the sealed image password (`None` clears it).
@@ -374,7 +498,7 @@ impl Store {
     pub async fn run_ended_here(
         &self,
         id: i64,
-        state: &str,
+        state: RunState,
         report: &str,
     ) -> Result<bool, StoreError> {
         let t = now();
@@ -382,7 +506,7 @@ impl Store {
             "UPDATE runs SET state = $1, started_at = COALESCE(started_at, $2), ended_at = $2, report = $3 \
              WHERE id = $4 AND state IN ('queued', 'running')",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(t)
         .bind(report)
         .bind(id)
@@ -400,7 +524,7 @@ impl Store {
             "UPDATE runs SET state = $1, started_at = $2, ended_at = $3, bytes_read = $4, bytes_written = $5, report = $6 \
              WHERE id = $7 AND state = 'running'",
         )
-        .bind(f.state)
+        .bind(f.state.as_str())
         .bind(f.started_at)
         .bind(f.ended_at)
         .bind(f.bytes_read)
@@ -503,8 +627,8 @@ impl Store {
         if let Some(a) = filter.agent_id {
             q = q.bind(a);
         }
-        if let Some(s) = &filter.state {
-            q = q.bind(s.clone());
+        if let Some(s) = filter.state {
+            q = q.bind(s.as_str());
         }
         let rows = q.bind(limit).fetch_all(self.pool()).await?;
         Ok(rows.iter().map(run).collect::<Result<_, _>>()?)
@@ -514,7 +638,7 @@ impl Store {
     pub async fn runs_ended_in(
         &self,
         since: i64,
-        states: &[&str],
+        states: &[RunState],
         limit: i64,
     ) -> Result<Vec<RunRow>, StoreError> {
         let marks: Vec<String> = (0..states.len()).map(|i| format!("${}", i + 2)).collect();
@@ -525,7 +649,7 @@ impl Store {
         );
         let mut q = sqlx::query(AssertSqlSafe(sql)).bind(since);
         for s in states {
-            q = q.bind(*s);
+            q = q.bind(s.as_str());
         }
         let rows = q.bind(limit).fetch_all(self.pool()).await?;
         Ok(rows.iter().map(run).collect::<Result<_, _>>()?)

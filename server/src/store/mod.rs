@@ -12,9 +12,12 @@ pub mod mail;
 pub mod overview;
 pub mod sessions;
 pub mod sites;
+pub mod states;
 pub mod targets;
 pub mod tokens;
 pub mod users;
+
+pub use states::{AgentStatus, RunState};
 
 use std::path::Path;
 use std::str::FromStr;
@@ -59,9 +62,17 @@ pub enum StoreError {
     /// Removing it would leave something that names it dangling.
     #[error("{0}")]
     InUse(String),
+    /// It names something that does not exist (a target, site or agent).
+    #[error("{0}")]
+    Dangling(String),
 }
 
 impl StoreError {
+    /// True when `e` is the database refusing a foreign-key violation.
+    pub(crate) fn is_foreign_key(e: &sqlx::Error) -> bool {
+        matches!(e, sqlx::Error::Database(d) if d.is_foreign_key_violation())
+    }
+
     /// Map a unique-constraint violation to [`StoreError::Conflict`].
     pub(crate) fn unique(e: sqlx::Error, what: impl Into<String>) -> Self {
         match &e {

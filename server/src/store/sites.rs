@@ -5,7 +5,31 @@ use std::collections::HashMap;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row as _};
 
+use super::jobs::LinkColumn;
 use super::{now, Store, StoreError};
+
+/// The default target a site's defaults (the server's own JSON) name.
+fn default_target(defaults: &str) -> Result<Option<i64>, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Links {
+        #[serde(default)]
+        target_id: Option<i64>,
+    }
+    serde_json::from_str::<Links>(defaults)
+        .map(|l| l.target_id)
+        .map_err(|e| StoreError::Dangling(format!("the site's defaults cannot be read: {e}")))
+}
+
+/// A write of site `name` failed: its name taken, its target gone, or the database.
+fn site_error(e: sqlx::Error, name: &str, target: Option<i64>) -> StoreError {
+    if StoreError::is_foreign_key(&e) {
+        let target = target.map_or_else(|| "none".to_owned(), |t| t.to_string());
+        return StoreError::Dangling(format!(
+            "site '{name}' names target {target} as its default, which does not exist"
+        ));
+    }
+    StoreError::unique(e, format!("a site named '{name}'"))
+}
 
 /// A site as stored; its defaults are JSON (see `crate::jobs::spec::SiteDefaults`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -30,17 +54,20 @@ fn site(r: &sqlx::any::AnyRow) -> Result<SiteRow, sqlx::Error> {
 }
 
 impl Store {
+    /// Record a site; its default target (in `defaults`) is kept in a column beside them.
     pub async fn create_site(&self, name: &str, defaults: &str) -> Result<SiteRow, StoreError> {
+        let target = default_target(defaults)?;
         let t = now();
         let r = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO sites (name, defaults, created_at, updated_at) VALUES ($1, $2, $3, $3) RETURNING {COLUMNS}"
+            "INSERT INTO sites (name, defaults, target_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) RETURNING {COLUMNS}"
         )))
         .bind(name)
         .bind(defaults)
+        .bind(target)
         .bind(t)
         .fetch_one(self.pool())
         .await
-        .map_err(|e| StoreError::unique(e, format!("a site named '{name}'")))?;
+        .map_err(|e| site_error(e, name, target))?;
         Ok(site(&r)?)
     }
 
@@ -50,16 +77,18 @@ impl Store {
         name: &str,
         defaults: &str,
     ) -> Result<Option<SiteRow>, StoreError> {
+        let target = default_target(defaults)?;
         let r = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE sites SET name = $1, defaults = $2, updated_at = $3 WHERE id = $4 RETURNING {COLUMNS}"
+            "UPDATE sites SET name = $1, defaults = $2, target_id = $3, updated_at = $4 WHERE id = $5 RETURNING {COLUMNS}"
         )))
         .bind(name)
         .bind(defaults)
+        .bind(target)
         .bind(now())
         .bind(id)
         .fetch_optional(self.pool())
         .await
-        .map_err(|e| StoreError::unique(e, format!("a site named '{name}'")))?;
+        .map_err(|e| site_error(e, name, target))?;
         Ok(r.as_ref().map(site).transpose()?)
     }
 
@@ -85,31 +114,39 @@ impl Store {
         Ok(rows.iter().map(site).collect::<Result<_, _>>()?)
     }
 
-    /// Remove a site (its agents stay, without a site). Refused while a job names it.
+    /// Remove a site (its agents stay, without a site). The database refuses while a job
+    /// names it (a foreign key); the error names the jobs.
     pub async fn delete_site(&self, id: i64) -> Result<bool, StoreError> {
-        let used: Vec<String> = self
-            .jobs(0, i64::MAX)
-            .await?
-            .into_iter()
-            .filter(|j| {
-                serde_json::from_str::<serde_json::Value>(&j.spec)
-                    .ok()
-                    .and_then(|v| v["site_id"].as_i64())
-                    == Some(id)
-            })
-            .map(|j| j.name)
-            .collect();
-        if !used.is_empty() {
-            return Err(StoreError::InUse(format!(
-                "the site is used by job(s) {}",
-                used.join(", ")
-            )));
-        }
         let done = sqlx::query("DELETE FROM sites WHERE id = $1")
             .bind(id)
             .execute(self.pool())
+            .await;
+        match done {
+            Ok(d) => Ok(d.rows_affected() == 1),
+            Err(e) if StoreError::is_foreign_key(&e) => {
+                let jobs = self.jobs_linked(LinkColumn::Site, id).await?;
+                Err(StoreError::InUse(format!(
+                    "the site is used by job(s) {}",
+                    jobs.join(", ")
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Names of the sites whose default target is `target_id`.
+    pub(crate) async fn sites_with_default_target(
+        &self,
+        target_id: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT name FROM sites WHERE target_id = $1 ORDER BY name")
+            .bind(target_id)
+            .fetch_all(self.pool())
             .await?;
-        Ok(done.rows_affected() == 1)
+        Ok(rows
+            .iter()
+            .map(|r| r.try_get("name"))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Put agent `agent_id` in site `site_id` (or in none); false when there is no such agent.

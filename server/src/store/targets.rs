@@ -4,6 +4,7 @@
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row as _};
 
+use super::jobs::LinkColumn;
 use super::{now, Store, StoreError};
 
 /// A target as stored.
@@ -126,43 +127,31 @@ impl Store {
         Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
     }
 
-    /// Remove a target; false when absent. Refused while a job names it.
+    /// Remove a target; false when absent. The database refuses while a job or a site's
+    /// defaults name it (a foreign key); the error names them.
     pub async fn delete_target(&self, id: i64) -> Result<bool, StoreError> {
-        let used: Vec<String> = self
-            .jobs(0, i64::MAX)
-            .await?
-            .into_iter()
-            .filter(|j| j.target_id() == Some(id))
-            .map(|j| j.name)
-            .collect();
-        if !used.is_empty() {
-            return Err(StoreError::InUse(format!(
-                "the target is used by job(s) {}",
-                used.join(", ")
-            )));
-        }
-        let sites: Vec<String> = self
-            .sites(0, i64::MAX)
-            .await?
-            .into_iter()
-            .filter(|s| {
-                serde_json::from_str::<serde_json::Value>(&s.defaults)
-                    .ok()
-                    .and_then(|v| v["target_id"].as_i64())
-                    == Some(id)
-            })
-            .map(|s| s.name)
-            .collect();
-        if !sites.is_empty() {
-            return Err(StoreError::InUse(format!(
-                "the target is the default of site(s) {}",
-                sites.join(", ")
-            )));
-        }
         let done = sqlx::query("DELETE FROM targets WHERE id = $1")
             .bind(id)
             .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected() == 1)
+            .await;
+        match done {
+            Ok(d) => Ok(d.rows_affected() == 1),
+            Err(e) if StoreError::is_foreign_key(&e) => {
+                let jobs = self.jobs_linked(LinkColumn::Target, id).await?;
+                let sites = self.sites_with_default_target(id).await?;
+                let mut users = Vec::new();
+                if !jobs.is_empty() {
+                    users.push(format!("job(s) {}", jobs.join(", ")));
+                }
+                if !sites.is_empty() {
+                    users.push(format!("the defaults of site(s) {}", sites.join(", ")));
+                }
+                Err(StoreError::InUse(format!(
+                    "the target is used by {}",
+                    users.join(" and ")
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -4,6 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use holdfast_proto::{AgentMsg, RefusalCode, CHANNEL_PATH, PROTOCOL_VERSION};
 use serde_json::Value;
 
 use crate::fleet::{agent, agent_bin, enroll, wait_for, Api};
@@ -115,6 +116,45 @@ fn enrol_connect_report_inventory_and_revoke() {
         .and_then(|v| v.trim().parse().ok())
         .expect("connections gauge");
     assert!(open >= 1, "{metrics}");
+
+    // An agent of another protocol version (here: the one before, with this agent's own
+    // credential) is refused at hello, told which side to upgrade, and the agent's page in
+    // the console says so; the connected daemon's channel is not disturbed.
+    let credential = std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|c| c["secret"].as_str().map(|s| format!("Bearer {s}")))
+        .expect("agent credential");
+    let old = AgentMsg::Hello {
+        protocol: PROTOCOL_VERSION - 1,
+        agent_version: "0.0.1".into(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let answer = runtime.block_on(crate::channel::exchange(
+        port,
+        std::path::Path::new(&api.ca),
+        CHANNEL_PATH,
+        Some(&credential),
+        Some(old),
+    ));
+    let (code, reason) = crate::channel::refusal(answer);
+    assert_eq!(code, RefusalCode::Version);
+    assert!(
+        reason.contains(&format!("protocol version {}", PROTOCOL_VERSION - 1))
+            && reason.contains("upgrade the agent"),
+        "{reason}"
+    );
+    let page = api.call("GET", &format!("/agents/{id}"), None);
+    let page = page.as_str().unwrap_or_default();
+    assert!(
+        page.contains("data-refusal") && page.contains("upgrade the agent"),
+        "{page}"
+    );
+    let shown = api.call("GET", &format!("/api/v1/agents/{id}"), None);
+    assert_eq!(shown["status"], "online", "{shown}");
 
     // Revoked: the channel closes at once and the daemon stops with the reason.
     let r = api.call("DELETE", &format!("/api/v1/agents/{id}"), None);

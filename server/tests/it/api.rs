@@ -735,9 +735,16 @@ async fn targets_and_jobs_check_input_and_keep_secrets() {
     assert_eq!(r.body["password"], "set");
     assert!(!r.body.to_string().contains("image-pw-77"));
     let job = r.body["id"].as_i64().expect("id");
-    // A target a job uses cannot be removed.
+    // A target a job uses cannot be removed: the database refuses, the answer names the job.
     let r = call("DELETE", format!("/api/v1/targets/{target}"), None).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("job(s) nightly")),
+        "{}",
+        r.body
+    );
 
     // Export has no secret; an encrypting job imports disabled (no password yet).
     let r = call("GET", format!("/api/v1/jobs/{job}/export"), None).await;

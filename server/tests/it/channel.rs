@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::proc::{free_port, start};
 
 /// Open `path` trusting only the server's CA; send `first` (if any); the server's answer.
-async fn exchange(
+pub async fn exchange(
     port: u16,
     ca: &std::path::Path,
     path: &str,
@@ -55,7 +55,7 @@ async fn exchange(
     }
 }
 
-fn refusal(m: ServerMsg) -> (RefusalCode, String) {
+pub fn refusal(m: ServerMsg) -> (RefusalCode, String) {
     match m {
         ServerMsg::Refused { code, reason } => (code, reason),
         other => panic!("expected a refusal, got {other:?}"),
@@ -86,12 +86,12 @@ async fn refusals_say_why() {
     let (code, reason) = refusal(exchange(port, &ca, ENROLL_PATH, None, Some(enroll)).await);
     assert_eq!(code, RefusalCode::Version);
     assert!(
-        reason.contains("protocol 1") && reason.contains("99"),
+        reason.contains("protocol version 99") && reason.contains("upgrade the server"),
         "{reason}"
     );
     // A token nobody issued.
     let enroll = AgentMsg::Enroll {
-        protocol: 1,
+        protocol: holdfast_proto::PROTOCOL_VERSION,
         token: "hfe_nope".into(),
         hostname: "pc".into(),
     };

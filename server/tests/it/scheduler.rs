@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use holdfast_proto::job::{ImageWritten, Method, Step, StepStatus};
-use holdfast_proto::{RunReport, RunStatus, ServerMsg};
+use holdfast_proto::job::{ImageKind, ImageWritten, Step, StepStatus};
+use holdfast_proto::request::{Acceptance, RunAccepted, RunList};
+use holdfast_proto::{Reply, Request, RunReport, RunStatus, ServerMsg};
 use holdfast_server::gateway::Gateway;
 use holdfast_server::jobs::{scheduler, Dispatcher};
 use holdfast_server::store::jobs::RunFilter;
@@ -34,9 +35,17 @@ impl SimAgent {
         let (g, o) = (gateway.clone(), orders.clone());
         let task = tokio::spawn(async move {
             while let Some(msg) = reg.rx.recv().await {
-                if let ServerMsg::Request { id: req, body } = msg {
-                    o.lock().expect("orders").push(body);
-                    g.respond(req, true, serde_json::json!({"state": "started"}));
+                if let ServerMsg::Request { id: req, request } = msg {
+                    let reply = match &request {
+                        Request::ListRuns(_) => Reply::Runs(RunList::default()),
+                        _ => Reply::RunAccepted(RunAccepted {
+                            acceptance: Acceptance::Started,
+                        }),
+                    };
+                    o.lock()
+                        .expect("orders")
+                        .push(serde_json::to_value(&request).expect("json"));
+                    g.respond(req, Ok(reply));
                 }
             }
         });
@@ -136,7 +145,7 @@ fn report(run_id: i64, job_id: i64, image: Option<&str>) -> RunReport {
         images: image
             .map(|n| ImageWritten {
                 name: n.into(),
-                method: Method::Full,
+                method: ImageKind::Full,
                 base: None,
                 image_id: "x".into(),
                 bytes: 5,
@@ -170,7 +179,7 @@ async fn state_of(store: &Store, job: i64, agent: i64) -> Vec<String> {
         .expect("runs")
         .into_iter()
         .rev()
-        .map(|r| r.state)
+        .map(|r| r.state.as_str().to_owned())
         .collect()
 }
 
@@ -268,7 +277,7 @@ async fn schedules_fire_once_wait_for_agents_chain_images_and_miss_after_the_fra
         .runs(
             &RunFilter {
                 agent_id: Some(a),
-                state: Some("running".into()),
+                state: Some(holdfast_server::store::RunState::Running),
                 ..RunFilter::default()
             },
             i64::MAX,
@@ -286,7 +295,7 @@ async fn schedules_fire_once_wait_for_agents_chain_images_and_miss_after_the_fra
         .runs(
             &RunFilter {
                 agent_id: Some(b),
-                state: Some("running".into()),
+                state: Some(holdfast_server::store::RunState::Running),
                 ..RunFilter::default()
             },
             i64::MAX,
@@ -326,7 +335,7 @@ async fn schedules_fire_once_wait_for_agents_chain_images_and_miss_after_the_fra
         .runs(
             &RunFilter {
                 agent_id: Some(b),
-                state: Some("missed".into()),
+                state: Some(holdfast_server::store::RunState::Missed),
                 ..RunFilter::default()
             },
             i64::MAX,

@@ -1,7 +1,7 @@
 //! The store's queries, run the same way on SQLite and on PostgreSQL.
 
 use holdfast_server::auth::Role;
-use holdfast_server::store::{Store, StoreError};
+use holdfast_server::store::{RunState, Store, StoreError};
 
 use crate::postgres::Postgres;
 
@@ -216,10 +216,27 @@ async fn exercise_jobs(store: &Store) {
     );
     let j = store.create_job("nightly", true, &spec).await.expect("job");
     assert_eq!(j.target_id(), Some(t.id));
-    assert!(matches!(
-        store.delete_target(t.id).await,
-        Err(holdfast_server::store::StoreError::InUse(_))
-    ));
+    // The database's foreign key refuses, and the error names the job that uses it.
+    match store.delete_target(t.id).await {
+        Err(holdfast_server::store::StoreError::InUse(why)) => {
+            assert!(why.contains("job(s) nightly"), "{why}")
+        }
+        other => panic!("deleting a target in use: {other:?}"),
+    }
+    // A job that names a target, site or agent that does not exist is refused.
+    for dangling in [
+        "{\"target_id\":99999}".to_owned(),
+        "{\"site_id\":99999}".to_owned(),
+        "{\"agents\":[99999]}".to_owned(),
+    ] {
+        assert!(
+            matches!(
+                store.create_job("dangling", true, &dangling).await,
+                Err(holdfast_server::store::StoreError::Dangling(_))
+            ),
+            "{dangling}"
+        );
+    }
 
     // A start is recorded once per agent, however often it is seen.
     let made = store
@@ -247,7 +264,7 @@ async fn exercise_jobs(store: &Store) {
     // A report is stored once, with its images.
     let finish = Finish {
         run_id: ra.id,
-        state: "successful",
+        state: RunState::Successful,
         started_at: 1001,
         ended_at: 1010,
         bytes_read: 10,
@@ -277,7 +294,7 @@ async fn exercise_jobs(store: &Store) {
 
     // Filters, newest first.
     let by_state = |s: &str| RunFilter {
-        state: Some(s.into()),
+        state: Some(s.parse().expect("a run state")),
         ..RunFilter::default()
     };
     assert_eq!(
@@ -310,11 +327,11 @@ async fn exercise_jobs(store: &Store) {
     assert!(all.len() == 2 && all[0].id > all[1].id);
     let rb = made.iter().find(|r| r.agent_id == b).expect("run b");
     assert!(store
-        .run_ended_here(rb.id, "missed", "{}")
+        .run_ended_here(rb.id, RunState::Missed, "{}")
         .await
         .expect("missed"));
     assert!(!store
-        .run_ended_here(rb.id, "failed", "{}")
+        .run_ended_here(rb.id, RunState::Failed, "{}")
         .await
         .expect("ended already"));
     // The console's reads over many runs: conditions combined, the problems since a time,
@@ -322,12 +339,12 @@ async fn exercise_jobs(store: &Store) {
     let combined = RunFilter {
         job_id: Some(j.id),
         agent_id: Some(b),
-        state: Some("missed".into()),
+        state: Some(RunState::Missed),
     };
     let found = store.runs(&combined, i64::MAX, 10).await.expect("list");
     assert_eq!(found.iter().map(|r| r.id).collect::<Vec<_>>(), [rb.id]);
     let problems = store
-        .runs_ended_in(0, &["failed", "missed"], 10)
+        .runs_ended_in(0, &[RunState::Failed, RunState::Missed], 10)
         .await
         .expect("problems");
     assert_eq!(problems.iter().map(|r| r.id).collect::<Vec<_>>(), [rb.id]);
@@ -396,10 +413,12 @@ async fn exercise_jobs(store: &Store) {
         .create_job("site job", true, &format!("{{\"site_id\":{}}}", site.id))
         .await
         .expect("site job");
-    assert!(matches!(
-        store.delete_site(site.id).await,
-        Err(holdfast_server::store::StoreError::InUse(_))
-    ));
+    match store.delete_site(site.id).await {
+        Err(holdfast_server::store::StoreError::InUse(why)) => {
+            assert!(why.contains("site job"), "{why}")
+        }
+        other => panic!("deleting a site in use: {other:?}"),
+    }
     assert!(store.delete_job(on_site.id).await.expect("delete"));
     assert!(store
         .update_site(site.id, "branch 2", "{}")

@@ -1,0 +1,188 @@
+//! What the image and target commands print with `--json`: one type per document, written
+//! by the command line and read back by the daemon, which runs those commands as child
+//! processes for its jobs. A field missing from a document is an error when it is read,
+//! never a default.
+//!
+//! `target test --json` prints [`holdfast_proto::request::TargetProbe`], which goes on to
+//! the server unchanged.
+
+use std::process::Output;
+
+use anyhow::{anyhow, Result};
+use holdfast_image::header::{Coverage, Kind};
+use holdfast_image::meta::Metadata;
+use holdfast_image::validate::ValidateReport;
+use holdfast_image::writer::{BlockCounts, WriteSummary};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A command that failed (exit code other than 0), with `--json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// Always false.
+    pub ok: bool,
+    /// What went wrong, for people.
+    pub error: String,
+    /// The process's exit code (see `crate::exit`).
+    pub exit_code: u8,
+}
+
+/// `image create --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Created {
+    /// False when the validation after writing found damage.
+    pub ok: bool,
+    pub image: String,
+    pub image_id: String,
+    pub kind: Kind,
+    pub coverage: Coverage,
+    pub encryption: String,
+    pub source: String,
+    pub source_size: u64,
+    pub block_size: u32,
+    /// How a consistent state was obtained (`unmounted`, `locked: …`, `live: …`).
+    pub consistency: String,
+    pub warnings: Vec<String>,
+    pub read_bytes: u64,
+    pub data_bytes: u64,
+    pub image_bytes: u64,
+    pub parts: u32,
+    pub frames: u64,
+    pub blocks: BlockCounts,
+    pub content_digest: String,
+    pub seconds: f64,
+    pub imaging_seconds: f64,
+    pub read_rate_bytes_per_second: f64,
+    /// The validation after writing, when asked for.
+    pub validation: Option<ValidateReport>,
+}
+
+/// `image info --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Info {
+    pub ok: bool,
+    pub image: String,
+    pub format_version: u16,
+    pub image_id: String,
+    pub chain_id: String,
+    pub parent_id: Option<String>,
+    pub kind: Kind,
+    pub coverage: Coverage,
+    pub encryption: String,
+    pub compression_level: i8,
+    pub block_size: u32,
+    pub source_size: u64,
+    pub split_size: u64,
+    pub parts: u32,
+    pub image_bytes: u64,
+    pub data_bytes: u64,
+    pub stored_bytes: u64,
+    pub frames: u64,
+    pub blocks: BlockCounts,
+    pub content_digest: String,
+    /// RFC 3339, seconds.
+    pub created: String,
+    pub metadata: Metadata,
+}
+
+/// `image validate --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Validated {
+    /// True when nothing is damaged.
+    pub ok: bool,
+    /// The image named (the newest of the chain with `--chain`).
+    pub report: ValidateReport,
+    /// With `--chain`: every image of the chain, oldest first.
+    pub chain: Option<Vec<ValidateReport>>,
+}
+
+/// `image restore --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Restored {
+    pub ok: bool,
+    pub image: String,
+    pub target: String,
+    /// The images read, oldest first.
+    pub chain: Vec<String>,
+    pub source_size: u64,
+    pub data_bytes: u64,
+    pub zero_bytes: u64,
+    pub frames: u64,
+    pub seconds: f64,
+    /// A GPT restored onto a larger disk has its backup copy moved to the new end.
+    pub gpt_backup_moved_to_end: bool,
+}
+
+/// `image merge --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Merged {
+    pub ok: bool,
+    /// The new full image.
+    pub image: String,
+    /// The images merged, oldest first.
+    pub merged: Vec<String>,
+    pub summary: WriteSummary,
+    pub seconds: f64,
+}
+
+/// What `image convert` wrote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "format", rename_all = "lowercase")]
+pub enum ConvertedTo {
+    /// A raw copy of the source: `bytes` long.
+    Raw { bytes: u64 },
+    /// A new Holdfast image (other compression, encryption, password or split size).
+    Holdfast {
+        encryption: String,
+        summary: WriteSummary,
+    },
+}
+
+/// `image convert --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Converted {
+    pub ok: bool,
+    pub output: String,
+    #[serde(flatten)]
+    pub to: ConvertedTo,
+    pub seconds: f64,
+}
+
+/// `image delete --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub ok: bool,
+    pub image: String,
+    pub parts: u32,
+}
+
+/// Print `doc` on stdout as the command's JSON answer.
+pub fn print<T: Serialize>(doc: &T) {
+    match serde_json::to_string_pretty(doc) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("holdfast-agent: error: cannot print the JSON answer: {e}"),
+    }
+}
+
+/// The answer of a child `holdfast-agent … --json` that has ended: its document on success,
+/// its error otherwise (the [`Failure`] it printed; failing that, its last line on stderr).
+pub fn read<T: DeserializeOwned>(what: &str, out: &Output) -> Result<T> {
+    if out.status.success() {
+        return serde_json::from_slice(&out.stdout)
+            .map_err(|e| anyhow!("{what} printed an answer that cannot be read: {e}"));
+    }
+    Err(anyhow!("{}", failure(what, out)))
+}
+
+/// Why a child `holdfast-agent … --json` failed.
+pub fn failure(what: &str, out: &Output) -> String {
+    if let Ok(f) = serde_json::from_slice::<Failure>(&out.stdout) {
+        return f.error;
+    }
+    // It printed no answer (it crashed, or was killed): what it said last.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(line) => line.trim().to_owned(),
+        None => format!("{what} ended with {}", out.status),
+    }
+}

@@ -1,0 +1,199 @@
+//! Requests the server sends down an agent's channel, and the typed reply to each.
+//!
+//! One type per request (`RunJob`, `Cancel`, …), each naming its reply type through
+//! [`Call`]. On the wire a request is one [`Request`] (tagged by `request`) inside
+//! [`ServerMsg::Request`](crate::ServerMsg::Request), and the answer one [`Reply`] (tagged by
+//! `reply`) or an error sentence inside [`AgentMsg::Response`](crate::AgentMsg::Response).
+//! The agent answers with an exhaustive `match` on [`Request`]; the server's gateway turns
+//! the [`Reply`] back into the request's own reply type, and a reply of another kind is a
+//! protocol error, never a default.
+
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::Inventory;
+use crate::job::{JobOrder, TargetAccess};
+
+/// A request to an agent, as it travels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    RunJob(RunJob),
+    Cancel(Cancel),
+    ListRuns(ListRuns),
+    CheckJob(CheckJob),
+    TestTarget(TestTarget),
+    Inventory(GetInventory),
+}
+
+/// An agent's answer to a [`Request`], as it travels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    RunAccepted(RunAccepted),
+    Cancelling(Cancelling),
+    Runs(RunList),
+    JobCheck(JobCheck),
+    TargetProbe(TargetProbe),
+    Inventory(Inventory),
+}
+
+impl Reply {
+    /// The reply's kind, for messages about a reply of the wrong kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RunAccepted(_) => "run_accepted",
+            Self::Cancelling(_) => "cancelling",
+            Self::Runs(_) => "runs",
+            Self::JobCheck(_) => "job_check",
+            Self::TargetProbe(_) => "target_probe",
+            Self::Inventory(_) => "inventory",
+        }
+    }
+}
+
+/// A request type and the reply it gets.
+pub trait Call: Into<Request> {
+    /// What the agent answers.
+    type Reply;
+    /// The request's reply out of `reply`; `Err` gives back a reply of another kind.
+    fn reply(reply: Reply) -> Result<Self::Reply, Reply>;
+}
+
+/// `call!(Variant(RequestType) => ReplyVariant(ReplyType))`: the request's wrapping into
+/// [`Request`] and its [`Call`] impl.
+macro_rules! call {
+    ($variant:ident($request:ty) => $reply_variant:ident($reply:ty)) => {
+        impl From<$request> for Request {
+            fn from(r: $request) -> Self {
+                Self::$variant(r)
+            }
+        }
+        impl Call for $request {
+            type Reply = $reply;
+            fn reply(reply: Reply) -> Result<$reply, Reply> {
+                match reply {
+                    Reply::$reply_variant(r) => Ok(r),
+                    other => Err(other),
+                }
+            }
+        }
+    };
+}
+
+/// Start a run (an order seen twice runs once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunJob {
+    pub order: Box<JobOrder>,
+}
+call!(RunJob(RunJob) => RunAccepted(RunAccepted));
+
+/// What became of a [`RunJob`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acceptance {
+    /// The run started now.
+    Started,
+    /// The run is running already (the order came twice).
+    AlreadyRunning,
+    /// The run was started before and has ended or is ending (its report follows).
+    AlreadyAccepted,
+}
+
+/// The agent took the order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAccepted {
+    pub acceptance: Acceptance,
+}
+
+/// Stop a run (between frames; the partial image is removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    pub run_id: i64,
+}
+call!(Cancel(Cancel) => Cancelling(Cancelling));
+
+/// The run is being stopped; its report (cancelled) follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelling {
+    pub run_id: i64,
+}
+
+/// Which runs does the agent know (running, or reports not yet stored)?
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRuns {}
+call!(ListRuns(ListRuns) => Runs(RunList));
+
+/// The runs an agent knows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunList {
+    pub runs: Vec<i64>,
+}
+
+/// Could this order run here now? Nothing is changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckJob {
+    pub order: Box<JobOrder>,
+}
+call!(CheckJob(CheckJob) => JobCheck(JobCheck));
+
+/// How one check of a [`CheckJob`] came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Ok,
+    Warning,
+    Error,
+}
+
+/// One line of a job check: what was checked, and what was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// `source`, `target`, `space`, `base image`, `command before`…
+    pub check: String,
+    pub status: CheckStatus,
+    pub detail: String,
+}
+
+/// The answer to a [`CheckJob`]: every check, and whether none failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCheck {
+    pub ok: bool,
+    pub checks: Vec<Check>,
+}
+
+impl JobCheck {
+    /// A check result from its lines (`ok` when none is an error).
+    pub fn new(checks: Vec<Check>) -> Self {
+        Self {
+            ok: !checks.iter().any(|c| c.status == CheckStatus::Error),
+            checks,
+        }
+    }
+}
+
+/// Write, read back and delete a test file on a target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestTarget {
+    pub target: TargetAccess,
+}
+call!(TestTarget(TestTarget) => TargetProbe(TargetProbe));
+
+/// What a target test found (also what `holdfast-agent target test --json` prints).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetProbe {
+    pub ok: bool,
+    /// The folder tested (no credentials).
+    pub target: String,
+    /// Size of the test file.
+    pub bytes: u64,
+    pub write_ms: u64,
+    pub read_ms: u64,
+    /// Free bytes, where the protocol can tell.
+    pub free_bytes: Option<u64>,
+}
+
+/// The machine's disks and volumes, read now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetInventory {}
+
+call!(Inventory(GetInventory) => Inventory(Inventory));
