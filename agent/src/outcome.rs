@@ -38,6 +38,10 @@ pub struct Created {
     pub coverage: Coverage,
     pub encryption: String,
     pub source: String,
+    /// `partition`, `disk` or `file`.
+    pub source_kind: String,
+    /// Its filesystem (for a disk, each partition's, in order); none when not recognised.
+    pub filesystem: Option<String>,
     pub source_size: u64,
     pub block_size: u32,
     /// How a consistent state was obtained (`unmounted`, `locked: …`, `live: …`).

@@ -55,6 +55,17 @@ pub enum ImageKind {
     Differential,
 }
 
+impl ImageKind {
+    /// The name used in the API and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Incremental => "incremental",
+            Self::Differential => "differential",
+        }
+    }
+}
+
 /// Create one image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageTask {
@@ -172,7 +183,30 @@ pub struct Step {
     pub detail: String,
 }
 
-/// An image a run wrote.
+/// Which sectors an image holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Coverage {
+    /// Only the blocks the filesystem uses.
+    UsedSector,
+    /// Every sector.
+    Forensic,
+}
+
+impl Coverage {
+    /// The name used in the API and reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UsedSector => "used-sector",
+            Self::Forensic => "forensic",
+        }
+    }
+}
+
+/// An image a run wrote: what was imaged, where it went and how.
+///
+/// The fields after `verified` came with protocol 2; reports stored before have them empty
+/// (hence their defaults: they are read from the server's store, not from an agent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageWritten {
     /// File name relative to the target's folder.
@@ -184,6 +218,26 @@ pub struct ImageWritten {
     pub parts: u64,
     /// Validated after writing: true (sound), false (damaged), none (not checked).
     pub verified: Option<bool>,
+    /// The device, partition or file imaged.
+    #[serde(default)]
+    pub source: String,
+    /// `partition`, `disk` or `file`.
+    #[serde(default)]
+    pub source_kind: String,
+    /// Its filesystem (of each partition, for a disk); none when not recognised.
+    #[serde(default)]
+    pub filesystem: Option<String>,
+    /// The target's folder, as a URL without credentials (or a path).
+    #[serde(default)]
+    pub target: String,
+    #[serde(default)]
+    pub coverage: Option<Coverage>,
+    /// How a consistent state was obtained (`unmounted`, `locked: …`, `live: …`).
+    #[serde(default)]
+    pub consistency: String,
+    /// What the imaging warned about (a forensic fallback, a live source…).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// What a run did, from the agent.
@@ -192,6 +246,9 @@ pub struct RunReport {
     pub run_id: i64,
     pub job_id: Option<i64>,
     pub name: String,
+    /// The agent's host name (empty in reports stored before protocol 2).
+    #[serde(default)]
+    pub host: String,
     pub status: RunStatus,
     /// Unix seconds.
     pub started_at: i64,

@@ -13,8 +13,9 @@ use http_body_util::BodyExt as _;
 use sqlx::Connection as _;
 use tower::ServiceExt as _;
 
+use holdfast_server::app::{app, AppState};
 use holdfast_server::auth::{csrf_token, secret_hash, Role};
-use holdfast_server::http::{app, AppState, SESSION_COOKIE};
+use holdfast_server::http::SESSION_COOKIE;
 use holdfast_server::store::Store;
 use holdfast_server::vault::Vault;
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _, Result};
 use zeroize::Zeroizing;
 
+use crate::app::{app, AppState};
 use crate::auth::{hash_password, new_secret, Role};
 use crate::config::Config;
-use crate::http::{app, AppState};
 use crate::store::Store;
 use crate::tls;
 

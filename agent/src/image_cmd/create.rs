@@ -284,6 +284,8 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
             coverage: plan.method,
             encryption: cipher.name().to_owned(),
             source: a.source.display().to_string(),
+            source_kind: plan.source.kind.clone(),
+            filesystem: filesystems(&plan.source),
             source_size: dev.size,
             block_size,
             consistency: consistency.clone(),
@@ -331,4 +333,18 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(DAMAGED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The filesystem of a volume, or each partition's of a disk (`gpt: ext4, fat32, none`).
+fn filesystems(source: &holdfast_image::meta::SourceMeta) -> Option<String> {
+    if let Some(fs) = &source.filesystem {
+        return Some(fs.fs_type.clone());
+    }
+    let table = source.partition_table.as_ref()?;
+    let each: Vec<&str> = source
+        .partitions
+        .iter()
+        .map(|p| p.filesystem.as_ref().map_or("none", |f| f.fs_type.as_str()))
+        .collect();
+    Some(format!("{}: {}", table.kind, each.join(", ")))
 }

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
 use holdfast_proto::job::{
-    AfterJob, HookCommand, ImageKind, ImageTask, ImageWritten, JobOrder, RunReport, RunStatus,
-    Step, StepStatus,
+    AfterJob, Coverage, HookCommand, ImageKind, ImageTask, ImageWritten, JobOrder, RunReport,
+    RunStatus, Step, StepStatus,
 };
 use holdfast_proto::request::{Acceptance, Check, CheckStatus, JobCheck, TargetProbe};
 use holdfast_proto::AgentMsg;
@@ -124,6 +124,7 @@ impl Jobs {
                 run_id: m.run_id,
                 job_id: m.job_id,
                 name: m.name,
+                host: crate::device::hostname(),
                 status: RunStatus::Failed,
                 started_at: m.started_at,
                 ended_at: now(),
@@ -286,6 +287,7 @@ impl Jobs {
             run_id: order.run_id,
             job_id: order.job_id,
             name: order.name.clone(),
+            host: crate::device::hostname(),
             status: RunStatus::Successful,
             started_at,
             ended_at: started_at,
@@ -315,9 +317,15 @@ impl Jobs {
                         StepStatus::Ok,
                         "Image created",
                         format!(
-                            "{} ({:?}): read {} bytes, wrote {} bytes in {} part(s){}",
+                            "{} {} ({}) on {}: {} image '{}' in {}, {}; read {} bytes, wrote {} bytes in {} part(s){}",
+                            written.source_kind,
+                            written.source,
+                            written.filesystem.as_deref().unwrap_or("no filesystem recognised"),
+                            report.host,
+                            written.method.as_str(),
                             written.name,
-                            written.method,
+                            written.target,
+                            written.consistency,
                             report.bytes_read,
                             written.bytes,
                             written.parts,
@@ -328,6 +336,15 @@ impl Jobs {
                             }
                         ),
                     ));
+                    // A forensic fallback or a live source is not what was asked for.
+                    for w in &written.warnings {
+                        report
+                            .steps
+                            .push(step(StepStatus::Warning, "Imaging warning", w.clone()));
+                    }
+                    if !written.warnings.is_empty() && report.status == RunStatus::Successful {
+                        report.status = RunStatus::Warning;
+                    }
                     let sound = written.verified != Some(false);
                     if !sound {
                         report.status = RunStatus::Failed;
@@ -521,6 +538,16 @@ impl Jobs {
             bytes: created.image_bytes,
             parts: u64::from(created.parts),
             verified: created.validation.as_ref().map(|v| v.is_ok()),
+            source: created.source,
+            source_kind: created.source_kind,
+            filesystem: created.filesystem,
+            target: task.target.url.clone(),
+            coverage: Some(match created.coverage {
+                holdfast_image::header::Coverage::UsedSector => Coverage::UsedSector,
+                holdfast_image::header::Coverage::Forensic => Coverage::Forensic,
+            }),
+            consistency: created.consistency,
+            warnings: created.warnings,
         })
     }
 

@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use super::view::{self, bytes, when};
 use super::{render, site_names, PageError, PageResult, Session, Shell};
-use crate::http::{ApiError, AppState};
+use crate::app::AppState;
+use crate::http::ApiError;
 use crate::store::jobs::RunFilter;
 use crate::store::{AgentStatus, RunState};
 

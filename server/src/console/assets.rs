@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 
-use crate::http::AppState;
+use crate::app::AppState;
 
 const CSS: &str = include_str!("../../../web/static/app.css");
 const JS: &str = include_str!("../../../web/static/app.js");

@@ -8,7 +8,8 @@ use axum::extract::State;
 
 use super::view::{self, bytes, duration, when};
 use super::{render, target_names, PageError, PageResult, Session, Shell};
-use crate::http::{ApiError, AppState};
+use crate::app::AppState;
+use crate::http::ApiError;
 use crate::jobs::alerts::{Alerts, ALERTS_KEY};
 use crate::store::overview::DayTotal;
 use crate::store::{AgentStatus, RunState};

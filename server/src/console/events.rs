@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 
 use super::{view, Session};
-use crate::http::AppState;
+use crate::app::AppState;
 
 const EVERY: Duration = Duration::from_secs(1);
 /// Events between checks that the session is still valid (a logout ends its streams).

@@ -9,8 +9,9 @@ use axum::extract::{Path, State};
 
 use super::view::{self, when};
 use super::{render, site_names, target_names, PageError, PageResult, Session, Shell};
+use crate::app::AppState;
 use crate::auth::Role;
-use crate::http::{ApiError, AppState};
+use crate::http::ApiError;
 use crate::jobs::schedule::{Repeat, Schedule};
 use crate::store::jobs::{JobRow, RunFilter};
 use crate::store::RunState;

@@ -23,8 +23,9 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 
+use crate::app::AppState;
 use crate::auth::{csrf_token, secret_hash, Role};
-use crate::http::{ApiError, AppState, SESSION_COOKIE};
+use crate::http::{ApiError, SESSION_COOKIE};
 use crate::store::users::User;
 
 pub fn router() -> Router<AppState> {

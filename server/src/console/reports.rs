@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use super::view::{self, bytes, duration, when};
 use super::{render, PageError, PageResult, Session, Shell};
-use crate::http::{ApiError, AppState};
+use crate::app::AppState;
+use crate::http::ApiError;
 use crate::store::jobs::RunFilter;
 use crate::store::RunState;
 
@@ -147,6 +148,11 @@ pub struct ImageLine {
     pub bytes: String,
     pub parts: u64,
     pub verified: &'static str,
+    /// What was imaged: `partition /dev/sdb1 (ext4)`.
+    pub source: String,
+    pub target: String,
+    /// Used-sector or forensic, and how it was made consistent.
+    pub how: String,
 }
 
 #[derive(Template)]
@@ -210,7 +216,23 @@ pub async fn show(
             rep.images
                 .into_iter()
                 .map(|i| ImageLine {
-                    method: format!("{:?}", i.method).to_lowercase(),
+                    method: i.method.as_str().to_owned(),
+                    source: format!(
+                        "{} {} ({})",
+                        i.source_kind,
+                        i.source,
+                        i.filesystem
+                            .as_deref()
+                            .unwrap_or("no filesystem recognised")
+                    )
+                    .trim()
+                    .to_owned(),
+                    target: i.target,
+                    how: [i.coverage.map_or("", |c| c.as_str()), &i.consistency]
+                        .into_iter()
+                        .filter(|s| !s.is_empty())
+                        .collect::<Vec<_>>()
+                        .join("; "),
                     base: i.base.unwrap_or_default(),
                     bytes: holdfast_proto::human_bytes(i.bytes),
                     parts: i.parts,

@@ -6,7 +6,7 @@ use axum::extract::State;
 
 use super::view::when;
 use super::{render, PageResult, Session, Shell};
-use crate::http::AppState;
+use crate::app::AppState;
 use crate::jobs::alerts::ALERTS_KEY;
 use crate::mail::SMTP_KEY;
 

@@ -5,7 +5,8 @@ use askama::Template;
 use axum::extract::{Path, State};
 
 use super::{render, site_names, target_names, PageError, PageResult, Session, Shell};
-use crate::http::{ApiError, AppState};
+use crate::app::AppState;
+use crate::http::ApiError;
 
 pub struct SiteLine {
     pub id: i64,

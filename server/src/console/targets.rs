@@ -5,7 +5,8 @@ use axum::extract::{Path, State};
 
 use super::view::{bytes, when};
 use super::{render, PageError, PageResult, Session, Shell};
-use crate::http::{ApiError, AppState};
+use crate::app::AppState;
+use crate::http::ApiError;
 
 pub struct TargetLine {
     pub id: i64,

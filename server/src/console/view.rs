@@ -2,7 +2,7 @@
 
 use chrono::{TimeZone as _, Utc};
 
-use crate::http::AppState;
+use crate::app::AppState;
 use crate::store::agents::Agent;
 use crate::store::AgentStatus;
 

@@ -118,6 +118,42 @@ where
         <Json<T> as axum::extract::FromRequest<S>>::from_request(req, state)
             .await
             .map(|Json(v)| ApiJson(v))
-            .map_err(|e| ApiError::Invalid(e.body_text()))
+            .map_err(|e| ApiError::Invalid(rejection_sentence(&e)))
+    }
+}
+
+/// A JSON body's rejection as a sentence for an admin: which field, and what is wrong with
+/// it, without the parser's positions and type names.
+fn rejection_sentence(e: &axum::extract::rejection::JsonRejection) -> String {
+    use axum::extract::rejection::JsonRejection;
+    let text = e.body_text();
+    let detail = text
+        .split_once("target type: ")
+        .map_or(text.as_str(), |(_, d)| d);
+    // serde_json ends with " at line L column C": useless to a person filling a form.
+    let detail = match detail.rfind(" at line ") {
+        Some(i) => &detail[..i],
+        None => detail,
+    };
+    let detail = detail
+        .replace("invalid type: string \"\"", "it is empty")
+        .replace("invalid type: ", "it is ")
+        .replace("expected i64", "a number is expected")
+        .replace("expected u64", "a whole number is expected")
+        .replace("expected a string", "a text is expected")
+        .replace("expected a boolean", "yes or no (true/false) is expected");
+    match e {
+        JsonRejection::JsonDataError(_) => match detail.split_once(": ") {
+            // `spec.target_id: it is empty, a number is expected`
+            Some((field, what)) if !field.contains(' ') => {
+                format!("the field '{field}' is not valid: {what}")
+            }
+            _ => format!("the request is not valid: {detail}"),
+        },
+        JsonRejection::JsonSyntaxError(_) => format!("the request is not valid JSON: {detail}"),
+        JsonRejection::MissingJsonContentType(_) => {
+            "the request must be JSON (Content-Type: application/json)".to_owned()
+        }
+        _ => format!("the request cannot be read: {detail}"),
     }
 }

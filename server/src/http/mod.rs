@@ -1,4 +1,5 @@
-//! The HTTP API: one router per resource, merged here, sharing one [`AppState`].
+//! The HTTP API: one router per resource, merged by [`router`]; the state they share is
+//! [`crate::app::AppState`].
 
 mod agent_channel;
 mod agents;
@@ -15,13 +16,6 @@ mod targets;
 mod tokens;
 mod users;
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
-
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use axum::Router;
 use serde::{Deserialize, Serialize};
 
@@ -30,91 +24,11 @@ pub use error::ApiError;
 pub use openapi::document as openapi_document;
 pub(crate) use targets::secret as target_secret;
 
-use crate::auth::LoginLimiter;
-use crate::gateway::Gateway;
-use crate::jobs::Dispatcher;
-use crate::store::{AgentStatus, Store};
-use crate::vault::Vault;
+use crate::app::AppState;
+pub(crate) use agent_channel::HEARTBEAT_SECONDS;
 
-/// Request counters for `/metrics`.
-#[derive(Default, Debug)]
-pub struct Metrics {
-    pub requests: AtomicU64,
-    pub errors: AtomicU64,
-}
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: Store,
-    pub gateway: Arc<Gateway>,
-    /// The master key that seals credentials.
-    pub vault: Arc<Vault>,
-    /// Runs from order to report.
-    pub jobs: Arc<Dispatcher>,
-    /// Sends e-mail with the stored SMTP settings.
-    pub mailer: Arc<crate::mail::Mailer>,
-    pub limiter: Arc<LoginLimiter>,
-    /// What console pages keep between requests.
-    pub console: Arc<crate::console::Cache>,
-    pub metrics: Arc<Metrics>,
-    pub started: Instant,
-    /// Fingerprint of the certificate agents pin.
-    pub fingerprint: String,
-    /// A password hash to verify against when the user is unknown (constant-time logins).
-    pub dummy_hash: String,
-    /// Seconds between agents' heartbeats; three missed ones close a channel.
-    pub heartbeat_seconds: u64,
-    /// The listener's handle, for the open-connections gauge (absent when the router is
-    /// used without a listener, as in tests).
-    pub listener: Option<axum_server::Handle>,
-}
-
-impl AppState {
-    /// State over `store`, for a server whose pinned certificate has `fingerprint`.
-    pub fn new(store: Store, fingerprint: String, vault: Vault) -> anyhow::Result<Self> {
-        let dummy_hash = crate::auth::hash_password("holdfast-no-such-user")
-            .map_err(|e| anyhow::anyhow!("cannot hash: {e}"))?;
-        let gateway: Arc<Gateway> = Arc::default();
-        let vault = Arc::new(vault);
-        Ok(Self {
-            jobs: Arc::new(Dispatcher::new(
-                store.clone(),
-                gateway.clone(),
-                vault.clone(),
-            )),
-            mailer: Arc::new(crate::mail::Mailer::new(store.clone(), vault.clone())),
-            store,
-            gateway,
-            vault,
-            limiter: Arc::default(),
-            console: Arc::default(),
-            metrics: Arc::default(),
-            started: Instant::now(),
-            fingerprint,
-            dummy_hash,
-            heartbeat_seconds: agent_channel::HEARTBEAT_SECONDS,
-            listener: None,
-        })
-    }
-}
-
-impl AppState {
-    /// An agent's state as the API and the console show it: revoked, online or offline
-    /// (the console also tells busy agents apart).
-    pub fn agent_status(&self, a: &crate::store::agents::Agent) -> AgentStatus {
-        if a.revoked_at.is_some() {
-            AgentStatus::Revoked
-        } else if self.gateway.is_online(a.id) {
-            AgentStatus::Online
-        } else {
-            AgentStatus::Offline
-        }
-    }
-}
-
-/// The whole application.
-pub fn app(state: AppState) -> Router {
+/// Every API route and the agents' channel.
+pub fn router() -> Router<AppState> {
     Router::new()
         .merge(meta::router())
         .merge(session::router())
@@ -128,19 +42,6 @@ pub fn app(state: AppState) -> Router {
         .merge(sites::router())
         .merge(agent_channel::router())
         .merge(openapi::router())
-        .merge(crate::console::router())
-        .fallback(|| async { ApiError::NotFound("this path".into()) })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
-        .with_state(state)
-}
-
-async fn count(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
-    state.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    if resp.status().is_server_error() {
-        state.metrics.errors.fetch_add(1, Ordering::Relaxed);
-    }
-    resp
 }
 
 /// Run CPU-heavy work (password hashing) on the blocking pool.

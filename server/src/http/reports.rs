@@ -57,6 +57,7 @@ fn parsed(r: &RunRow) -> Option<RunReport> {
 fn full(state: &AppState, r: &RunRow, report: Option<&RunReport>) -> Value {
     let mut v = summary(state, r);
     if let Some(rep) = report {
+        v["host"] = json!(rep.host);
         v["steps"] = json!(rep.steps);
         v["images"] = json!(rep.images);
         v["deleted"] = json!(rep.deleted);

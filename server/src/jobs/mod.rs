@@ -49,10 +49,11 @@ pub enum DispatchError {
     Spec(String),
     #[error("{0} not found")]
     NotFound(String),
-    #[error("this job already has a run on agent {0} for that time")]
-    AlreadyRan(i64),
-    #[error("agent {0} is busy with run {1} of this job")]
-    Busy(i64, i64),
+    #[error("this job already has a run on {0} for that time")]
+    AlreadyRan(String),
+    /// The agent (its host name) cannot take the run now, and why.
+    #[error("{0} is busy: {1}")]
+    Busy(String, String),
     #[error("{0}")]
     Gateway(#[from] GatewayError),
 }
@@ -269,21 +270,36 @@ impl Dispatcher {
     /// is at its limit of runs; a run whose agent is offline ends at once, failed.
     pub async fn start(&self, job: &JobRow, agent_id: i64) -> Result<RunRow, DispatchError> {
         let spec = self.spec_of(job).await?;
+        let host = self
+            .store
+            .agent(agent_id)
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("agent {agent_id}")))?
+            .hostname;
         let open = self.store.open_runs(agent_id).await?;
         if let Some(r) = open.iter().find(|r| r.job_id == Some(job.id)) {
-            return Err(DispatchError::Busy(agent_id, r.id));
+            return Err(DispatchError::Busy(
+                host,
+                format!(
+                    "job '{}' is already {} there (report {})",
+                    job.name, r.state, r.id
+                ),
+            ));
         }
+        let limit = self.per_agent();
         if let Some(r) = open
             .iter()
             .filter(|r| r.state == RunState::Running)
-            .nth(self.per_agent().saturating_sub(1))
+            .nth(limit.saturating_sub(1))
         {
-            return Err(DispatchError::Busy(agent_id, r.id));
+            return Err(DispatchError::Busy(
+                host,
+                format!(
+                    "it runs {limit} job(s) at once, its limit, and has no slot free (the last to start: '{}', report {})",
+                    r.name, r.id
+                ),
+            ));
         }
-        self.store
-            .agent(agent_id)
-            .await?
-            .ok_or_else(|| DispatchError::NotFound(format!("agent {agent_id}")))?;
         self.store
             .target(spec.target())
             .await?
@@ -292,7 +308,7 @@ impl Dispatcher {
             .store
             .create_run(Some(job.id), agent_id, &job.name, "manual", None)
             .await?
-            .ok_or(DispatchError::AlreadyRan(agent_id))?;
+            .ok_or(DispatchError::AlreadyRan(host))?;
         self.deliver(&run, false).await?;
         Ok(self.store.run(run.id).await?.unwrap_or(run))
     }
@@ -339,9 +355,10 @@ impl Dispatcher {
             }
             Err(e) => {
                 let why = match e {
-                    GatewayError::Offline(a) => {
-                        format!("agent {a} is not connected; the job did not run")
-                    }
+                    GatewayError::Offline(_) => format!(
+                        "{} is not connected to the server; the job did not run",
+                        self.host_name(run.agent_id).await
+                    ),
                     other => other.to_string(),
                 };
                 self.end_here(run, RunStatus::Failed, &why).await;
@@ -527,13 +544,23 @@ impl Dispatcher {
             .await?)
     }
 
+    /// Agent `agent_id`'s host name, for messages (`agent N` when it cannot be read).
+    async fn host_name(&self, agent_id: i64) -> String {
+        match self.store.agent(agent_id).await {
+            Ok(Some(a)) if !a.hostname.is_empty() => a.hostname,
+            _ => format!("agent {agent_id}"),
+        }
+    }
+
     /// End a run that no agent ran, with a one-step report saying why.
     pub async fn end_here(&self, run: &RunRow, status: RunStatus, why: &str) {
         let now = crate::store::now();
+        let host = self.host_name(run.agent_id).await;
         let report = RunReport {
             run_id: run.id,
             job_id: run.job_id,
             name: run.name.clone(),
+            host,
             status,
             started_at: now,
             ended_at: now,
@@ -596,7 +623,10 @@ impl Dispatcher {
                 self.end_here(
                     &run,
                     RunStatus::Failed,
-                    &format!("agent {agent_id} does not know this run: it never received the order, or lost its state"),
+                    &format!(
+                        "{} does not know this run: it never received the order, or lost its state",
+                        self.host_name(agent_id).await
+                    ),
                 )
                 .await;
             }
@@ -659,11 +689,7 @@ impl Dispatcher {
                 .iter()
                 .map(|i| NewImage {
                     name: &i.name,
-                    method: match i.method {
-                        ImageKind::Full => "full",
-                        ImageKind::Incremental => "incremental",
-                        ImageKind::Differential => "differential",
-                    },
+                    method: i.method.as_str(),
                     base_name: i.base.as_deref(),
                     image_id: &i.image_id,
                     bytes: i64::try_from(i.bytes).unwrap_or(i64::MAX),

@@ -41,6 +41,9 @@ pub fn render(run: &RunRow, report: Option<&RunReport>) -> String {
         run.id, job, run.agent_id
     );
     let _ = writeln!(x, "  <name>{}</name>", esc(&run.name));
+    if let Some(r) = report.filter(|r| !r.host.is_empty()) {
+        let _ = writeln!(x, "  <host>{}</host>", esc(&r.host));
+    }
     let _ = writeln!(x, "  <status>{}</status>", run.state.as_str());
     let _ = writeln!(x, "  <cause>{}</cause>", esc(&run.cause));
     if let Some(t) = run.started_at {
@@ -56,15 +59,37 @@ pub fn render(run: &RunRow, report: Option<&RunReport>) -> String {
         for i in &r.images {
             let _ = writeln!(
                 x,
-                "    <image name=\"{}\" method=\"{:?}\" base=\"{}\" image_id=\"{}\" bytes=\"{}\" parts=\"{}\" verified=\"{}\"/>",
+                "    <image name=\"{}\" method=\"{}\" base=\"{}\" image_id=\"{}\" bytes=\"{}\" parts=\"{}\" verified=\"{}\">",
                 esc(&i.name),
-                i.method,
+                i.method.as_str(),
                 esc(i.base.as_deref().unwrap_or("")),
                 esc(&i.image_id),
                 i.bytes,
                 i.parts,
                 i.verified.map(|v| v.to_string()).unwrap_or_default()
             );
+            let _ = writeln!(
+                x,
+                "      <source kind=\"{}\" filesystem=\"{}\">{}</source>",
+                esc(&i.source_kind),
+                esc(i.filesystem.as_deref().unwrap_or("")),
+                esc(&i.source)
+            );
+            let _ = writeln!(x, "      <target>{}</target>", esc(&i.target));
+            let _ = writeln!(
+                x,
+                "      <coverage>{}</coverage>",
+                i.coverage.map_or("", |c| c.as_str())
+            );
+            let _ = writeln!(
+                x,
+                "      <consistency>{}</consistency>",
+                esc(&i.consistency)
+            );
+            for w in &i.warnings {
+                let _ = writeln!(x, "      <warning>{}</warning>", esc(w));
+            }
+            x.push_str("    </image>\n");
         }
         x.push_str("  </images>\n  <deleted>\n");
         for d in &r.deleted {

@@ -219,7 +219,7 @@ impl JobSpec {
             return Err("a job needs agents or a site".into());
         }
         if self.target_id.is_none() && self.site_id.is_none() {
-            return Err("a job needs a target_id (or a site with a default target)".into());
+            return Err("a job needs a storage target (or a site with a default target)".into());
         }
         let source = self.source.trim();
         if source.is_empty() || !source.starts_with('/') {

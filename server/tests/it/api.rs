@@ -6,7 +6,8 @@ use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
-use holdfast_server::http::{app, AppState, SESSION_COOKIE};
+use holdfast_server::app::{app, AppState};
+use holdfast_server::http::SESSION_COOKIE;
 use holdfast_server::serve::first_admin;
 use holdfast_server::store::Store;
 
@@ -428,6 +429,14 @@ async fn health_metrics_and_unknown_paths() {
     assert!(text.contains("holdfast_users 1"));
     let r = api.call("GET", "/api/v1/nothing-here", None, None).await;
     assert_eq!((r.status, code(&r)), (StatusCode::NOT_FOUND, "not_found"));
+    // Outside the API a missing page is a page, not a JSON body.
+    let r = api.call("GET", "/no-such-page", None, None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let page = r.body.as_str().unwrap_or_default();
+    assert!(
+        page.contains("<html") && page.contains("/no-such-page"),
+        "{page}"
+    );
 }
 
 #[tokio::test]
@@ -725,6 +734,20 @@ async fn targets_and_jobs_check_input_and_keep_secrets() {
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
         assert!(r.body.to_string().contains(says), "{says}: {}", r.body);
     }
+    // A blank wizard's preview (a target not chosen yet) is told which field is wrong, in
+    // a sentence, without the parser's positions.
+    let r = call(
+        "POST",
+        "/api/v1/jobs/preview".into(),
+        Some(json!({"spec": {"agents": [], "source": "", "target_id": ""}})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let says = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        says.contains("'spec.target_id'") && says.contains("empty") && !says.contains("line 1"),
+        "{says}"
+    );
     let r = call(
         "POST",
         "/api/v1/jobs".into(),

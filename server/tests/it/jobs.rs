@@ -293,6 +293,18 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
     let img1 = &r1["images"][0];
     assert_eq!(img1["method"], "full", "{r1}");
     assert_eq!(img1["verified"], true, "{r1}");
+    // The report says what was imaged, where it went and how.
+    assert!(!r1["host"].as_str().unwrap_or("").is_empty(), "{r1}");
+    assert_eq!(img1["source"], lo.path(), "{r1}");
+    assert_eq!(img1["filesystem"], "ext4", "{r1}");
+    assert_eq!(img1["coverage"], "used-sector", "{r1}");
+    assert_eq!(img1["consistency"], "unmounted", "{r1}");
+    assert!(
+        img1["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("sftp://")),
+        "{r1}"
+    );
     assert!(img1["parts"].as_u64().expect("parts") > 1, "{r1}");
     let name1 = img1["name"].as_str().expect("name").to_owned();
     let steps: Vec<&str> = r1["steps"]
@@ -363,6 +375,12 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
     assert!(xml.starts_with("<?xml"), "{xml}");
     assert!(xml.contains("<status>successful</status>"), "{xml}");
     assert!(xml.contains(&format!("name=\"{name2}\"")), "{xml}");
+    assert!(
+        xml.contains("<host>")
+            && xml.contains("<coverage>used-sector</coverage>")
+            && xml.contains("filesystem=\"ext4\""),
+        "{xml}"
+    );
     let images = api.call("GET", "/api/v1/images", None);
     assert_eq!(
         images["items"].as_array().map(Vec::len),
@@ -938,6 +956,45 @@ fn after_the_job_the_machine_is_asked_to_restart() {
         args.starts_with("-r +1 Holdfast: job 'then restart' finished"),
         "{args}"
     );
+
+    // A source with no filesystem is imaged sector by sector, and the report says so: the
+    // run ends as a warning, not as successful.
+    let raw = work.join("raw.img");
+    sparse_file(&raw, 8 << 20);
+    let lo_raw = Loop::new(&raw);
+    let job = api.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &json!({"name": "raw", "spec": {
+                "agents": [fleet.agent_id],
+                "source": lo_raw.path(),
+                "target_id": target["id"],
+                "name_template": "raw.hfi",
+            }})
+            .to_string(),
+        ),
+    );
+    let raw_job = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+    let (r, _) = fleet.finish(fleet.run(raw_job));
+    assert_eq!(r["status"], "warning", "{r}");
+    assert_eq!(r["images"][0]["coverage"], "forensic", "{r}");
+    assert_eq!(r["images"][0]["name"], "raw.hfi", "{r}");
+    let warned = r["steps"].as_array().is_some_and(|steps| {
+        steps.iter().any(|s| {
+            s["status"] == "warning" && s["detail"].as_str().is_some_and(|d| d.contains("forensic"))
+        })
+    });
+    assert!(warned, "{r}");
+    // The same file name again: the run id keeps the new image from replacing the first.
+    let (again, _) = fleet.finish(fleet.run(raw_job));
+    assert_eq!(again["status"], "warning", "{again}");
+    assert_eq!(
+        again["images"][0]["name"],
+        format!("raw-r{}.hfi", again["id"]),
+        "{again}"
+    );
+    assert!(images.join("raw.hfi").exists());
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use holdfast_proto::job::{ImageKind, ImageWritten, Step, StepStatus};
+use holdfast_proto::job::{Coverage, ImageKind, ImageWritten, Step, StepStatus};
 use holdfast_proto::request::{Acceptance, RunAccepted, RunList};
 use holdfast_proto::{Reply, Request, RunReport, RunStatus, ServerMsg};
 use holdfast_server::gateway::Gateway;
@@ -137,6 +137,7 @@ fn report(run_id: i64, job_id: i64, image: Option<&str>) -> RunReport {
         run_id,
         job_id: Some(job_id),
         name: "nightly".into(),
+        host: "alpha".into(),
         status: RunStatus::Successful,
         started_at: 1,
         ended_at: 2,
@@ -151,6 +152,13 @@ fn report(run_id: i64, job_id: i64, image: Option<&str>) -> RunReport {
                 bytes: 5,
                 parts: 1,
                 verified: Some(true),
+                source: "/dev/sdb1".into(),
+                source_kind: "partition".into(),
+                filesystem: Some("ext4".into()),
+                target: "sftp://backup@nas/images".into(),
+                coverage: Some(Coverage::UsedSector),
+                consistency: "unmounted".into(),
+                warnings: Vec::new(),
             })
             .into_iter()
             .collect(),
