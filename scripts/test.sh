@@ -3,7 +3,8 @@
 #
 #   ./scripts/test.sh
 #
-# 1. installs (only when missing) the Debian packages the tests need,
+# 1. installs (only when missing) the Debian packages the tests need, and the
+#    Python tools from PyPI (openapi-spec-validator, into /var/tmp/holdfast-pytools),
 # 2. makes sure the rustfmt and clippy components are there,
 # 3. checks that loop devices can be had (the image tests attach loop devices
 #    and mount filesystems, so they need root),
@@ -123,6 +124,23 @@ or run this script as root."
     for pkg in "${missing[@]}"; do
         is_installed "$pkg" || die "package $pkg still not installed"
     done
+fi
+
+# Python tools from PyPI the tests run, in their own folder (never the system's packages).
+PYTOOLS=${HOLDFAST_PYTOOLS:-/var/tmp/holdfast-pytools}
+export HOLDFAST_PYTOOLS=$PYTOOLS
+banner "Python tools"
+if [[ -d $PYTOOLS/openapi_spec_validator ]]; then
+    echo "openapi-spec-validator present in $PYTOOLS"
+else
+    command -v python3 >/dev/null || die "python3 not found (it runs the OpenAPI validator)"
+    if ! python3 -m pip --version >/dev/null 2>&1 && ((IS_ROOT == 1)); then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip \
+            || die "apt-get install python3-pip failed"
+    fi
+    echo "installing openapi-spec-validator (PyPI) into $PYTOOLS"
+    python3 -m pip install --quiet --disable-pip-version-check --target "$PYTOOLS" \
+        openapi-spec-validator || die "pip install openapi-spec-validator failed"
 fi
 
 # 2. Rust components ----------------------------------------------------------

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// A machine: identity, disks and volumes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Inventory {
     pub hostname: String,
     /// `PRETTY_NAME` of `/etc/os-release` and the kernel release.
@@ -15,6 +16,7 @@ pub struct Inventory {
 
 /// A whole block device.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Disk {
     /// Kernel name (`sda`, `nvme0n1`).
     pub name: String,
@@ -29,6 +31,7 @@ pub struct Disk {
 
 /// A partition (or a whole disk holding a filesystem).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Volume {
     /// Kernel name (`sda1`).
     pub name: String,

@@ -46,6 +46,7 @@ pub struct TargetAccess {
 /// How an image relates to earlier ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum ImageKind {
     /// A full image.
     Full,
@@ -142,6 +143,7 @@ pub struct JobOrder {
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum RunStatus {
     Successful,
     Warning,
@@ -166,6 +168,7 @@ impl RunStatus {
 /// The outcome of one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum StepStatus {
     Ok,
     Info,
@@ -175,6 +178,7 @@ pub enum StepStatus {
 
 /// One line of a report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Step {
     /// Unix seconds.
     pub at: i64,
@@ -186,6 +190,7 @@ pub struct Step {
 /// Which sectors an image holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum Coverage {
     /// Only the blocks the filesystem uses.
     UsedSector,
@@ -208,6 +213,7 @@ impl Coverage {
 /// The fields after `verified` came with protocol 2; reports stored before have them empty
 /// (hence their defaults: they are read from the server's store, not from an agent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct ImageWritten {
     /// File name relative to the target's folder.
     pub name: String,

@@ -139,6 +139,7 @@ call!(CheckJob(CheckJob) => JobCheck(JobCheck));
 /// How one check of a [`CheckJob`] came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum CheckStatus {
     Ok,
     Warning,
@@ -147,6 +148,7 @@ pub enum CheckStatus {
 
 /// One line of a job check: what was checked, and what was found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct Check {
     /// `source`, `target`, `space`, `base image`, `command before`…
     pub check: String,
@@ -156,6 +158,7 @@ pub struct Check {
 
 /// The answer to a [`CheckJob`]: every check, and whether none failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct JobCheck {
     pub ok: bool,
     pub checks: Vec<Check>,
@@ -180,6 +183,7 @@ call!(TestTarget(TestTarget) => TargetProbe(TargetProbe));
 
 /// What a target test found (also what `holdfast-agent target test --json` prints).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub struct TargetProbe {
     pub ok: bool,
     /// The folder tested (no credentials).

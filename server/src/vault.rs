@@ -39,7 +39,7 @@ pub enum VaultError {
 }
 
 /// Where the master key came from (shown to admins, never the key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeySource {
     /// Created by this server in the data directory.

@@ -2,22 +2,22 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use holdfast_proto::Inventory;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiJson, ErrorBody};
-use super::{AppState, Page, PageQuery};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+use super::{AppState, Items, Page, PageQuery};
 use crate::auth::{new_secret, secret_hash, Role};
 use crate::gateway::GatewayError;
-use crate::store::agents::Agent;
+use crate::store::agents::{Agent, EnrollmentToken};
 use crate::store::now;
+use crate::store::AgentStatus;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -44,7 +44,18 @@ struct NewToken {
     expires_in_hours: Option<i64>,
 }
 
-#[utoipa::path(post, path = "/api/v1/enrollment-tokens", tag = "agents", request_body = NewToken, responses((status = 201, description = "the token, its secret (shown once) and the enrol command", body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// A new enrolment token with what is shown only once.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CreatedToken {
+    token: EnrollmentToken,
+    /// The token itself (`hfe_…`); only its hash is kept.
+    secret: String,
+    /// The command that enrols a machine with it.
+    command: String,
+}
+
+/// Create an enrolment token (its secret and the enrol command are shown once).
+#[utoipa::path(post, path = "/api/v1/enrollment-tokens", tag = "agents", request_body = NewToken, responses((status = 201, description = "the token, its secret (shown once) and the enrol command", body = CreatedToken), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn create_token(
     State(state): State<AppState>,
     caller: Caller,
@@ -93,26 +104,32 @@ async fn create_token(
     );
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "token": token, "secret": secret, "command": command })),
+        Json(CreatedToken {
+            token,
+            secret,
+            command,
+        }),
     ))
 }
 
-#[utoipa::path(get, path = "/api/v1/enrollment-tokens", tag = "agents", responses((status = 200, body = Object)), security(("session" = []), ("token" = [])))]
+/// List enrolment tokens (never their secrets).
+#[utoipa::path(get, path = "/api/v1/enrollment-tokens", tag = "agents", responses((status = 200, description = "every enrolment token, newest first", body = Items<EnrollmentToken>)), security(("session" = []), ("token" = [])))]
 async fn list_tokens(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
-    Ok(Json(
-        json!({ "items": state.store.enrollment_tokens().await? }),
-    ))
+    Ok(Json(Items {
+        items: state.store.enrollment_tokens().await?,
+    }))
 }
 
+/// Revoke an enrolment token.
 #[utoipa::path(delete, path = "/api/v1/enrollment-tokens/{id}", tag = "agents", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn revoke_token(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     if !state.store.revoke_enrollment_token(id).await? {
@@ -131,36 +148,64 @@ async fn revoke_token(
 }
 
 /// An agent with its live state.
-fn view(state: &AppState, a: &Agent, with_inventory: bool) -> Value {
-    let status = state.agent_status(a);
-    let mut v = json!({
-        "id": a.id,
-        "hostname": a.hostname,
-        "status": status,
-        "enrolled_at": a.enrolled_at,
-        "revoked_at": a.revoked_at,
-        // The store writes it once a minute; an agent on the channel is seen now.
-        "last_seen_at": if status.is_connected() { Some(crate::store::now()) } else { a.last_seen_at },
-        "os": a.os,
-        "agent_version": a.agent_version,
-        "inventory_at": a.inventory_at,
-        "site_id": a.site_id,
-    });
-    if with_inventory {
-        v["inventory"] = a
-            .inventory
-            .as_deref()
-            .and_then(|t| serde_json::from_str(t).ok())
-            .unwrap_or(Value::Null);
-    }
-    v
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct AgentView {
+    id: i64,
+    hostname: String,
+    status: AgentStatus,
+    enrolled_at: i64,
+    revoked_at: Option<i64>,
+    last_seen_at: Option<i64>,
+    os: String,
+    agent_version: String,
+    inventory_at: Option<i64>,
+    site_id: Option<i64>,
+    /// Why the server last refused its channel (another protocol version), until it
+    /// connects again.
+    refusal: Option<String>,
+    refused_at: Option<i64>,
+    /// Its disks and volumes (one agent only; lists leave it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inventory: Option<Inventory>,
 }
 
-#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", params(PageQuery), responses((status = 200, description = "a page of agents with their status", body = Object)), security(("session" = []), ("token" = [])))]
+fn view(state: &AppState, a: &Agent, with_inventory: bool) -> AgentView {
+    let status = state.agent_status(a);
+    AgentView {
+        id: a.id,
+        hostname: a.hostname.clone(),
+        status,
+        enrolled_at: a.enrolled_at,
+        revoked_at: a.revoked_at,
+        // The store writes it once a minute; an agent on the channel is seen now.
+        last_seen_at: if status.is_connected() {
+            Some(crate::store::now())
+        } else {
+            a.last_seen_at
+        },
+        os: a.os.clone(),
+        agent_version: a.agent_version.clone(),
+        inventory_at: a.inventory_at,
+        site_id: a.site_id,
+        refusal: a.refusal.clone(),
+        refused_at: a.refused_at,
+        // Written by the server from what the agent sent: unreadable only if damaged.
+        inventory: with_inventory
+            .then(|| {
+                a.inventory
+                    .as_deref()
+                    .and_then(|t| serde_json::from_str(t).ok())
+            })
+            .flatten(),
+    }
+}
+
+/// List agents with their status.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents", params(PageQuery), responses((status = 200, description = "a page of agents with their status", body = Page<AgentView>)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = q.limit()?;
@@ -169,11 +214,12 @@ async fn list(
     Ok(Json(page))
 }
 
-#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = i64, Path)), responses((status = 200, description = "the agent with its inventory", body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Show an agent with its inventory.
+#[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = i64, Path)), responses((status = 200, description = "the agent with its inventory", body = AgentView), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let a = state
@@ -184,11 +230,12 @@ async fn show(
     Ok(Json(view(&state, &a, true)))
 }
 
+/// Revoke an agent: its channel closes and it can no longer connect.
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     if !state.store.revoke_agent(id).await? {
@@ -208,11 +255,11 @@ async fn revoke(
 }
 
 /// Ask the agent for its inventory now, over the channel (request and response).
-#[utoipa::path(post, path = "/api/v1/agents/{id}/inventory/refresh", tag = "agents", params(("id" = i64, Path)), responses((status = 200, description = "the inventory the agent sent", body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+#[utoipa::path(post, path = "/api/v1/agents/{id}/inventory/refresh", tag = "agents", params(("id" = i64, Path)), responses((status = 200, description = "the inventory the agent sent", body = Inventory), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn refresh_inventory(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
     let inv: Inventory = state

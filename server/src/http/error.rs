@@ -25,6 +25,9 @@ pub enum ApiError {
     /// Nothing at this path or id.
     #[error("{0} not found")]
     NotFound(String),
+    /// A path or query parameter cannot be read (an id that is not a number).
+    #[error("{0}")]
+    BadRequest(String),
     /// The request is malformed or fails validation.
     #[error("{0}")]
     Invalid(String),
@@ -48,8 +51,8 @@ pub struct ErrorBody {
 /// What went wrong: a stable code and a message for people.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// `unauthorized`, `bad_login`, `forbidden`, `not_found`, `invalid`, `conflict`,
-    /// `rate_limited` or `internal`.
+    /// `unauthorized`, `bad_login`, `forbidden`, `csrf`, `not_found`, `bad_request`,
+    /// `invalid`, `conflict`, `rate_limited` or `internal`.
     pub code: String,
     pub message: String,
 }
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Csrf => (StatusCode::FORBIDDEN, "csrf"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -155,5 +159,55 @@ fn rejection_sentence(e: &axum::extract::rejection::JsonRejection) -> String {
             "the request must be JSON (Content-Type: application/json)".to_owned()
         }
         _ => format!("the request cannot be read: {detail}"),
+    }
+}
+
+/// `Path<T>` whose rejection (an id that is not a number, say) is [`ApiError::BadRequest`]
+/// with the JSON error body, not axum's plain text.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| ApiPath(v))
+            .map_err(|e| ApiError::BadRequest(format!("the path is not valid: {}", e.body_text())))
+    }
+}
+
+/// `Query<T>` whose rejection (a value of the wrong type) is [`ApiError::BadRequest`] with
+/// the JSON error body.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| ApiQuery(v))
+            .map_err(|e| {
+                let text = e.body_text();
+                let detail = text
+                    .split_once("query string: ")
+                    .map_or(text.as_str(), |(_, d)| d);
+                ApiError::BadRequest(format!("the query is not valid: {detail}"))
+            })
     }
 }

@@ -1,18 +1,18 @@
 //! Jobs: definitions (operators write them), run now, cancel, export and import.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use holdfast_proto::request::{Check, CheckStatus, JobCheck};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiJson, ErrorBody};
-use super::{attachment, AppState, Page, PageQuery};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+use super::reports::RunSummary;
+use super::{attachment, AppState, Page, PageQuery, Stored};
 use crate::auth::Role;
 use crate::jobs::job_xml;
 use crate::jobs::spec::JobSpec;
@@ -107,7 +107,8 @@ pub struct PreviewBody {
     spec: JobSpec,
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/preview", tag = "jobs", request_body = PreviewBody, responses((status = 200, description = "the image name the first agent would get at the next start, and the next five starts (the site's schedule when the job has none); nothing is stored", body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Preview a job definition: the image name and the next starts, nothing stored.
+#[utoipa::path(post, path = "/api/v1/jobs/preview", tag = "jobs", request_body = PreviewBody, responses((status = 200, description = "the image name the first agent would get at the next start, and the next five starts (the site's schedule when the job has none); nothing is stored", body = Preview), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn preview(
     State(state): State<AppState>,
     caller: Caller,
@@ -149,12 +150,84 @@ async fn preview(
         .as_ref()
         .and_then(|s| s.timezone.parse().ok())
         .unwrap_or(chrono_tz::UTC);
-    Ok(Json(json!({
-        "name": name,
-        "computer": computer,
-        "agents": spec.agents.len(),
-        "next_runs": next_runs.iter().map(|t| t.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z").to_string()).collect::<Vec<_>>(),
-    })))
+    Ok(Json(Preview {
+        name,
+        computer,
+        agents: spec.agents.len(),
+        next_runs: next_runs
+            .iter()
+            .map(|t| {
+                t.with_timezone(&tz)
+                    .format("%a %Y-%m-%d %H:%M %Z")
+                    .to_string()
+            })
+            .collect(),
+    }))
+}
+
+/// What a definition would do, before it is saved.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Preview {
+    /// The first agent's image name at the next start (`{run}` stands for the run id).
+    name: String,
+    /// The host name it was filled with.
+    computer: String,
+    /// How many agents the job runs on.
+    agents: usize,
+    /// The next five starts, in the schedule's time zone.
+    next_runs: Vec<String>,
+}
+
+/// A job as shown: its definition (no secrets) and its last run.
+#[derive(Serialize, utoipa::ToSchema)]
+struct JobView {
+    id: i64,
+    name: String,
+    enabled: bool,
+    spec: JobSpec,
+    /// The image password, when the job encrypts.
+    password: Stored,
+    last_run: Option<LastRun>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+/// A job's newest run.
+#[derive(Serialize, utoipa::ToSchema)]
+struct LastRun {
+    /// The report id.
+    id: i64,
+    state: RunState,
+    started_at: Option<i64>,
+    ended_at: Option<i64>,
+}
+
+/// The runs a "run now" started.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Started {
+    runs: Vec<RunSummary>,
+}
+
+/// What a job check found on each agent.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Checked {
+    agents: Vec<AgentChecked>,
+}
+
+/// One agent's answer to a job check.
+#[derive(Serialize, utoipa::ToSchema)]
+struct AgentChecked {
+    agent_id: i64,
+    result: JobCheck,
+}
+
+/// What a cancel asked for.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Cancelled {
+    /// The runs asked to stop (their reports follow, cancelled).
+    cancelling: Vec<i64>,
+    /// Runs that could not be asked, and why.
+    errors: Vec<String>,
 }
 
 /// Seal and store the password of job `id` as `body` asks.
@@ -173,8 +246,14 @@ async fn store_password(state: &AppState, id: i64, body: &JobBody) -> Result<(),
 }
 
 /// A job as shown, with its last run.
-async fn view(state: &AppState, j: &JobRow) -> Result<Value, ApiError> {
-    let spec: Value = serde_json::from_str(&j.spec).unwrap_or(Value::Null);
+async fn view(state: &AppState, j: &JobRow) -> Result<JobView, ApiError> {
+    // Written by this server from a checked definition: unreadable only if damaged.
+    let spec: JobSpec = serde_json::from_str(&j.spec).map_err(|e| {
+        ApiError::Internal(format!(
+            "the stored definition of job {} cannot be read: {e}",
+            j.id
+        ))
+    })?;
     let last = state
         .store
         .runs(
@@ -188,16 +267,21 @@ async fn view(state: &AppState, j: &JobRow) -> Result<Value, ApiError> {
         .await?
         .into_iter()
         .next();
-    Ok(json!({
-        "id": j.id,
-        "name": j.name,
-        "enabled": j.enabled,
-        "spec": spec,
-        "password": if j.secret.is_some() { "set" } else { "not set" },
-        "last_run": last.map(|r| json!({"id": r.id, "state": r.state, "started_at": r.started_at, "ended_at": r.ended_at})),
-        "created_at": j.created_at,
-        "updated_at": j.updated_at,
-    }))
+    Ok(JobView {
+        id: j.id,
+        name: j.name.clone(),
+        enabled: j.enabled,
+        spec,
+        password: Stored::when(j.secret.is_some()),
+        last_run: last.map(|r| LastRun {
+            id: r.id,
+            state: r.state,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+        }),
+        created_at: j.created_at,
+        updated_at: j.updated_at,
+    })
 }
 
 async fn find(state: &AppState, id: i64) -> Result<JobRow, ApiError> {
@@ -208,11 +292,12 @@ async fn find(state: &AppState, id: i64) -> Result<JobRow, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("job {id}")))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(PageQuery), responses((status = 200, description = "a page of jobs with their last run", body = Object)), security(("session" = []), ("token" = [])))]
+/// List jobs with their last run.
+#[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(PageQuery), responses((status = 200, description = "a page of jobs with their last run", body = Page<JobView>)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = q.limit()?;
@@ -230,7 +315,8 @@ async fn list(
     ))
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobBody, responses((status = 201, body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Create a job.
+#[utoipa::path(post, path = "/api/v1/jobs", tag = "jobs", request_body = JobBody, responses((status = 201, description = "the job", body = JobView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -256,22 +342,24 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view(&state, &j).await?)))
 }
 
-#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Show a job.
+#[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), responses((status = 200, description = "the job", body = JobView), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let j = find(&state, id).await?;
     Ok(Json(view(&state, &j).await?))
 }
 
-#[utoipa::path(put, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), request_body = JobBody, responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Change a job.
+#[utoipa::path(put, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), request_body = JobBody, responses((status = 200, description = "the job", body = JobView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<JobBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
@@ -296,11 +384,12 @@ async fn update(
     Ok(Json(view(&state, &j).await?))
 }
 
+/// Delete a job (its reports stay).
 #[utoipa::path(delete, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
     if !state.store.delete_job(id).await? {
@@ -321,11 +410,12 @@ pub struct RunBody {
     agent_id: Option<i64>,
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/run", tag = "jobs", params(("id" = i64, Path)), request_body = RunBody, responses((status = 202, description = "the runs started (a run whose agent is offline is recorded as failed)", body = Object), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Run a job now.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/run", tag = "jobs", params(("id" = i64, Path)), request_body = RunBody, responses((status = 202, description = "the runs started (a run whose agent is offline is recorded as failed)", body = Started), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn run_now(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
@@ -347,14 +437,15 @@ async fn run_now(
         .store
         .audit(&caller.user.name, "run_job", &format!("job:{id}"), "")
         .await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "runs": runs }))))
+    Ok((StatusCode::ACCEPTED, Json(Started { runs })))
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/check", tag = "jobs", params(("id" = i64, Path)), request_body = RunBody, responses((status = 200, description = "per agent: can the job run there now (source, target, space, base image), nothing changed", body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Check whether a job could run on its agents now, changing nothing.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/check", tag = "jobs", params(("id" = i64, Path)), request_body = RunBody, responses((status = 200, description = "per agent: can the job run there now (source, target, space, base image), nothing changed", body = Checked), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn check(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     body: axum::body::Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
@@ -369,9 +460,12 @@ async fn check(
                 detail: e.to_string(),
             }]),
         };
-        out.push(json!({ "agent_id": agent, "result": result }));
+        out.push(AgentChecked {
+            agent_id: agent,
+            result,
+        });
     }
-    Ok(Json(json!({ "agents": out })))
+    Ok(Json(Checked { agents: out }))
 }
 
 /// The job and the agents a run or check concerns: the body's `agent_id` (one of the
@@ -406,11 +500,12 @@ async fn job_and_agents(
     Ok((job, agents))
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path)), responses((status = 202, description = "the runs asked to stop", body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Cancel a job's running runs.
+#[utoipa::path(post, path = "/api/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = i64, Path)), responses((status = 202, description = "the runs asked to stop", body = Cancelled), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
     find(&state, id).await?;
@@ -440,23 +535,28 @@ async fn cancel(
         .await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "cancelling": asked, "errors": errors })),
+        Json(Cancelled {
+            cancelling: asked,
+            errors,
+        }),
     ))
 }
 
 /// `?format=json|xml`
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExportQuery {
     /// `json` (default) or `xml`.
     format: Option<String>,
 }
 
+/// Export a job's definition as JSON or XML (no secrets).
 #[utoipa::path(get, path = "/api/v1/jobs/{id}/export", tag = "jobs", params(("id" = i64, Path), ExportQuery), responses((status = 200, description = "the job's definition as a JSON or XML file (no secrets)", body = JobExport), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn export(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
-    Query(q): Query<ExportQuery>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let j = find(&state, id).await?;
@@ -483,7 +583,8 @@ async fn export(
     })
 }
 
-#[utoipa::path(post, path = "/api/v1/jobs/import", tag = "jobs", request_body(content = JobExport, description = "a job file as exported: JSON, or XML with an XML content type"), responses((status = 201, body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Import a job file (JSON or XML).
+#[utoipa::path(post, path = "/api/v1/jobs/import", tag = "jobs", request_body(content = JobExport, description = "a job file as exported: JSON, or XML with an XML content type"), responses((status = 201, description = "the imported job", body = JobView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn import(
     State(state): State<AppState>,
     caller: Caller,

@@ -2,18 +2,18 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::caller::Caller;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ApiQuery, ErrorBody};
 use super::{AppState, Page};
 use crate::auth::Role;
+use crate::store::audit::AuditEntry;
 use crate::store::Engine;
 
 pub fn router() -> Router<AppState> {
@@ -67,31 +67,48 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body))
 }
 
-#[utoipa::path(get, path = "/api/v1/info", tag = "meta", responses((status = 200, description = "version, database engine, certificate fingerprint, uptime", body = Object)), security(("session" = []), ("token" = [])))]
+/// Server version, database engine, certificate fingerprint and uptime.
+#[utoipa::path(get, path = "/api/v1/info", tag = "meta", responses((status = 200, description = "version, database engine, certificate fingerprint, uptime", body = Info)), security(("session" = []), ("token" = [])))]
 async fn info(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "database": match state.store.engine() { Engine::Sqlite => "sqlite", Engine::Postgres => "postgres" },
-        "certificate_fingerprint": state.fingerprint,
-        "uptime_seconds": state.started.elapsed().as_secs(),
-    })))
+    Ok(Json(Info {
+        version: env!("CARGO_PKG_VERSION"),
+        database: match state.store.engine() {
+            Engine::Sqlite => "sqlite",
+            Engine::Postgres => "postgres",
+        },
+        certificate_fingerprint: state.fingerprint.clone(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+    }))
+}
+
+/// What this server is.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Info {
+    version: &'static str,
+    /// `sqlite` or `postgres`.
+    database: &'static str,
+    /// What agents pin (`SHA256:…`).
+    certificate_fingerprint: String,
+    uptime_seconds: u64,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
     before: Option<i64>,
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "meta", params(AuditQuery), responses((status = 200, description = "a page of the audit log, newest first", body = Object), (status = 403, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Read the audit log, newest first.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "meta", params(AuditQuery), responses((status = 200, description = "a page of the audit log, newest first", body = Page<AuditEntry>), (status = 403, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn audit(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<AuditQuery>,
+    ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     let limit = super::page_limit(q.limit)?;

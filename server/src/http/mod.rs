@@ -67,8 +67,34 @@ fn attachment(mime: &str, filename: &str, body: String) -> impl axum::response::
     )
 }
 
+/// Whether a secret is stored; the secret itself never leaves the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub enum Stored {
+    #[serde(rename = "set")]
+    Set,
+    #[serde(rename = "not set")]
+    NotSet,
+}
+
+impl Stored {
+    /// `Set` when `present`.
+    pub fn when(present: bool) -> Self {
+        if present {
+            Self::Set
+        } else {
+            Self::NotSet
+        }
+    }
+}
+
+/// A whole list (not paged).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
 /// One page of a list, and where the next one starts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     /// Pass as `after` (or `before`) to get the next page; absent on the last page.
@@ -113,6 +139,7 @@ impl<T> Page<T> {
 
 /// `?after=ID&limit=N`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     pub after: Option<i64>,
     pub limit: Option<i64>,

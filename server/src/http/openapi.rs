@@ -28,7 +28,7 @@ use super::{
         settings::smtp, settings::set_smtp, settings::test_mail, settings::security, settings::outbox, settings::alerts, settings::set_alerts,
     ),
     components(schemas(super::error::ErrorBody, super::error::ErrorDetail, crate::store::users::User, crate::auth::Role)),
-    modifiers(&Security),
+    modifiers(&Security, &OperationIds),
 )]
 struct ApiDoc;
 
@@ -46,6 +46,34 @@ impl Modify for Security {
             "token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Operation ids are the handlers' names, which repeat across resources (`list`, `show`…):
+/// prefixed with the operation's tag (`agents_list`), they are unique.
+struct OperationIds;
+
+impl Modify for OperationIds {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        for item in api.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let tag = op.tags.as_ref().and_then(|t| t.first()).cloned();
+                if let (Some(tag), Some(id)) = (tag, op.operation_id.as_mut()) {
+                    if !id.starts_with(&format!("{tag}_")) {
+                        *id = format!("{tag}_{id}");
+                    }
+                }
+            }
+        }
     }
 }
 

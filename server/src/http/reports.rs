@@ -1,20 +1,21 @@
 //! Reports (one per run of a job or manual action), with live progress while a run is
 //! under way, downloads as JSON and XML, and the images runs wrote.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use holdfast_proto::job::{ImageWritten, Step};
 use holdfast_proto::RunReport;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::caller::Caller;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
 use super::{attachment, page_limit, AppState, Page, PageQuery};
 use crate::auth::Role;
 use crate::jobs::report_xml;
-use crate::store::jobs::{RunFilter, RunRow};
+use crate::jobs::LiveProgress;
+use crate::store::jobs::{ImageRow, RunFilter, RunRow};
 use crate::store::RunState;
 
 pub fn router() -> Router<AppState> {
@@ -26,25 +27,60 @@ pub fn router() -> Router<AppState> {
 }
 
 /// A run in lists: state, times, bytes, and live progress while it runs.
-pub fn summary(state: &AppState, r: &RunRow) -> Value {
-    let mut v = json!({
-        "id": r.id,
-        "job_id": r.job_id,
-        "agent_id": r.agent_id,
-        "name": r.name,
-        "cause": r.cause,
-        "scheduled_for": r.scheduled_for,
-        "status": r.state,
-        "created_at": r.created_at,
-        "started_at": r.started_at,
-        "ended_at": r.ended_at,
-        "bytes_read": r.bytes_read,
-        "bytes_written": r.bytes_written,
-    });
-    if !r.finished() {
-        v["progress"] = json!(state.jobs.progress(r.id));
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunSummary {
+    /// The report id.
+    id: i64,
+    job_id: Option<i64>,
+    agent_id: i64,
+    name: String,
+    /// `manual` or `schedule`.
+    cause: String,
+    scheduled_for: Option<i64>,
+    status: RunState,
+    created_at: i64,
+    started_at: Option<i64>,
+    ended_at: Option<i64>,
+    bytes_read: i64,
+    bytes_written: i64,
+    /// While it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<LiveProgress>,
+}
+
+/// A run with its report: the agent's host, the steps, the images written and deleted.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    summary: RunSummary,
+    /// The agent's host name (empty in reports from before protocol 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<Vec<Step>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    images: Option<Vec<ImageWritten>>,
+    /// Images the run's retention deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted: Option<Vec<String>>,
+}
+
+pub fn summary(state: &AppState, r: &RunRow) -> RunSummary {
+    RunSummary {
+        id: r.id,
+        job_id: r.job_id,
+        agent_id: r.agent_id,
+        name: r.name.clone(),
+        cause: r.cause.clone(),
+        scheduled_for: r.scheduled_for,
+        status: r.state,
+        created_at: r.created_at,
+        started_at: r.started_at,
+        ended_at: r.ended_at,
+        bytes_read: r.bytes_read,
+        bytes_written: r.bytes_written,
+        progress: (!r.finished()).then(|| state.jobs.progress(r.id)).flatten(),
     }
-    v
 }
 
 fn parsed(r: &RunRow) -> Option<RunReport> {
@@ -54,19 +90,19 @@ fn parsed(r: &RunRow) -> Option<RunReport> {
 }
 
 /// A run with its report's steps and images.
-fn full(state: &AppState, r: &RunRow, report: Option<&RunReport>) -> Value {
-    let mut v = summary(state, r);
-    if let Some(rep) = report {
-        v["host"] = json!(rep.host);
-        v["steps"] = json!(rep.steps);
-        v["images"] = json!(rep.images);
-        v["deleted"] = json!(rep.deleted);
+fn full(state: &AppState, r: &RunRow, report: Option<&RunReport>) -> RunDetail {
+    RunDetail {
+        summary: summary(state, r),
+        host: report.map(|rep| rep.host.clone()),
+        steps: report.map(|rep| rep.steps.clone()),
+        images: report.map(|rep| rep.images.clone()),
+        deleted: report.map(|rep| rep.deleted.clone()),
     }
-    v
 }
 
 /// `?job_id=&agent_id=&status=&before=&limit=`
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ReportQuery {
     job_id: Option<i64>,
     agent_id: Option<i64>,
@@ -77,11 +113,12 @@ pub struct ReportQuery {
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/reports", tag = "reports", params(ReportQuery), responses((status = 200, description = "a page of reports, newest first", body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// List reports (runs), newest first.
+#[utoipa::path(get, path = "/api/v1/reports", tag = "reports", params(ReportQuery), responses((status = 200, description = "a page of reports, newest first", body = Page<RunSummary>), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<ReportQuery>,
+    ApiQuery(q): ApiQuery<ReportQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = page_limit(q.limit)?;
@@ -113,11 +150,12 @@ async fn find(state: &AppState, id: i64) -> Result<RunRow, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("report {id}")))
 }
 
-#[utoipa::path(get, path = "/api/v1/reports/{id}", tag = "reports", params(("id" = i64, Path)), responses((status = 200, description = "the report with its steps and images (progress while running)", body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Show a report with its steps and images.
+#[utoipa::path(get, path = "/api/v1/reports/{id}", tag = "reports", params(("id" = i64, Path)), responses((status = 200, description = "the report with its steps and images (progress while running)", body = RunDetail), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let r = find(&state, id).await?;
@@ -126,17 +164,19 @@ async fn show(
 
 /// `?format=json|xml`
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DownloadQuery {
     /// `json` (default) or `xml`.
     format: Option<String>,
 }
 
+/// Download a report as JSON or XML.
 #[utoipa::path(get, path = "/api/v1/reports/{id}/download", tag = "reports", params(("id" = i64, Path), DownloadQuery), responses((status = 200, description = "the report as a JSON or XML file"), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn download(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
-    Query(q): Query<DownloadQuery>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<DownloadQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let r = find(&state, id).await?;
@@ -158,11 +198,12 @@ async fn download(
     Ok(attachment(mime, &format!("report-{id}.{ext}"), body))
 }
 
-#[utoipa::path(get, path = "/api/v1/images", tag = "reports", params(PageQuery), responses((status = 200, description = "a page of images written by runs (deleted ones marked)", body = Object)), security(("session" = []), ("token" = [])))]
+/// List the images runs wrote.
+#[utoipa::path(get, path = "/api/v1/images", tag = "reports", params(PageQuery), responses((status = 200, description = "a page of images written by runs (deleted ones marked)", body = Page<ImageRow>)), security(("session" = []), ("token" = [])))]
 async fn images(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = q.limit()?;

@@ -67,6 +67,7 @@ struct LoggedIn {
     csrf_token: String,
 }
 
+/// Log in: start a console session.
 #[utoipa::path(post, path = "/api/v1/session", tag = "session", request_body = Login, responses((status = 200, description = "logged in; sets the session and CSRF cookies", body = LoggedIn), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
@@ -117,6 +118,7 @@ async fn login(
     ))
 }
 
+/// Log out: end the session.
 #[utoipa::path(delete, path = "/api/v1/session", tag = "session", responses((status = 204, description = "logged out")))]
 async fn logout(
     State(state): State<AppState>,
@@ -128,6 +130,7 @@ async fn logout(
     Ok((StatusCode::NO_CONTENT, session_cookies("", 0)?))
 }
 
+/// Who is calling, and with which role.
 #[utoipa::path(get, path = "/api/v1/me", tag = "session", responses((status = 200, body = User), (status = 401, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn me(caller: Caller) -> impl IntoResponse {
     Json(caller.user)
@@ -141,6 +144,7 @@ struct ChangePassword {
     new: Zeroizing<String>,
 }
 
+/// Change the caller's password.
 #[utoipa::path(put, path = "/api/v1/me/password", tag = "session", request_body = ChangePassword, responses((status = 204), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn change_password(
     State(state): State<AppState>,

@@ -1,20 +1,20 @@
 //! Server settings: SMTP (with a test mail), the mail outbox, and security facts.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiJson, ErrorBody};
-use super::{page_limit, AppState, Page};
+use super::error::{ApiError, ApiJson, ApiQuery, ErrorBody};
+use super::{page_limit, AppState, Page, Stored};
 use crate::auth::Role;
 use crate::jobs::alerts::{Alerts, ALERTS_KEY};
 use crate::mail::{MailError, SmtpSettings, SMTP_CONTEXT, SMTP_KEY};
+use crate::store::mail::MailRow;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -37,7 +37,8 @@ pub struct SmtpBody {
     clear_password: bool,
 }
 
-#[utoipa::path(get, path = "/api/v1/settings/smtp", tag = "settings", responses((status = 200, description = "the SMTP settings (password shown as set / not set), or null", body = Object)), security(("session" = []), ("token" = [])))]
+/// Read the SMTP settings (the password only as set or not set).
+#[utoipa::path(get, path = "/api/v1/settings/smtp", tag = "settings", responses((status = 200, description = "the SMTP settings (password shown as set / not set), or null", body = SmtpView)), security(("session" = []), ("token" = [])))]
 async fn smtp(
     State(state): State<AppState>,
     caller: Caller,
@@ -45,15 +46,53 @@ async fn smtp(
     caller.require(Role::Admin)?;
     let stored = state.store.setting(SMTP_KEY).await?;
     Ok(Json(match stored {
-        None => json!({ "settings": null, "password": "not set" }),
-        Some((value, secret)) => json!({
-            "settings": serde_json::from_str::<serde_json::Value>(&value).unwrap_or_default(),
-            "password": if secret.is_some() { "set" } else { "not set" },
-        }),
+        None => SmtpView {
+            settings: None,
+            password: Stored::NotSet,
+        },
+        Some((value, secret)) => SmtpView {
+            // Written by this server from checked settings: unreadable only if damaged.
+            settings: Some(serde_json::from_str(&value).map_err(|e| {
+                ApiError::Internal(format!("the stored SMTP settings cannot be read: {e}"))
+            })?),
+            password: Stored::when(secret.is_some()),
+        },
     }))
 }
 
-#[utoipa::path(put, path = "/api/v1/settings/smtp", tag = "settings", request_body = SmtpBody, responses((status = 200, body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// The SMTP settings as shown: the password only as set or not set.
+#[derive(Serialize, utoipa::ToSchema)]
+struct SmtpView {
+    /// None until an admin saves them.
+    settings: Option<SmtpSettings>,
+    password: Stored,
+}
+
+/// A test e-mail that went out.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TestSent {
+    sent: bool,
+    /// Its line in the outbox.
+    mail_id: i64,
+}
+
+/// The server's identity and the key that seals credentials.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Security {
+    /// What agents pin (`SHA256:…`).
+    certificate_fingerprint: String,
+    master_key: MasterKey,
+}
+
+/// Where the master key comes from, and its id (never the key).
+#[derive(Serialize, utoipa::ToSchema)]
+struct MasterKey {
+    source: crate::vault::KeySource,
+    id: String,
+}
+
+/// Change the SMTP settings.
+#[utoipa::path(put, path = "/api/v1/settings/smtp", tag = "settings", request_body = SmtpBody, responses((status = 200, description = "the SMTP settings as saved", body = SmtpView), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn set_smtp(
     State(state): State<AppState>,
     caller: Caller,
@@ -100,6 +139,7 @@ pub struct TestMail {
     to: String,
 }
 
+/// Send a test e-mail.
 #[utoipa::path(post, path = "/api/v1/settings/smtp/test", tag = "settings", request_body = TestMail, responses((status = 200, description = "sent"), (status = 422, description = "not configured, bad address, or the SMTP server refused (the error says what it said)", body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn test_mail(
     State(state): State<AppState>,
@@ -123,7 +163,13 @@ async fn test_mail(
     {
         Ok(()) => {
             state.store.mail_sent(id).await?;
-            Ok((StatusCode::OK, Json(json!({ "sent": true, "mail_id": id }))))
+            Ok((
+                StatusCode::OK,
+                Json(TestSent {
+                    sent: true,
+                    mail_id: id,
+                }),
+            ))
         }
         Err(e) => {
             // A test is not retried: its failure is the answer.
@@ -138,18 +184,23 @@ async fn test_mail(
     }
 }
 
-#[utoipa::path(get, path = "/api/v1/settings/security", tag = "settings", responses((status = 200, description = "certificate fingerprint and master key status", body = Object)), security(("session" = []), ("token" = [])))]
+/// Certificate fingerprint and master key status.
+#[utoipa::path(get, path = "/api/v1/settings/security", tag = "settings", responses((status = 200, description = "certificate fingerprint and master key status", body = Security)), security(("session" = []), ("token" = [])))]
 async fn security(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
-    Ok(Json(json!({
-        "certificate_fingerprint": state.fingerprint,
-        "master_key": { "source": state.vault.source(), "id": state.vault.key_id() },
-    })))
+    Ok(Json(Security {
+        certificate_fingerprint: state.fingerprint.clone(),
+        master_key: MasterKey {
+            source: state.vault.source(),
+            id: state.vault.key_id().to_owned(),
+        },
+    }))
 }
 
+/// Read the alert and digest settings.
 #[utoipa::path(get, path = "/api/v1/settings/alerts", tag = "settings", responses((status = 200, description = "the daily digest and the no-successful-backup alert", body = Alerts)), security(("session" = []), ("token" = [])))]
 async fn alerts(
     State(state): State<AppState>,
@@ -165,6 +216,7 @@ async fn alerts(
     Ok(Json(rules))
 }
 
+/// Change the alert and digest settings.
 #[utoipa::path(put, path = "/api/v1/settings/alerts", tag = "settings", request_body = Alerts, responses((status = 200, body = Alerts), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn set_alerts(
     State(state): State<AppState>,
@@ -187,16 +239,18 @@ async fn set_alerts(
 
 /// `?before=&limit=`
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OutboxQuery {
     before: Option<i64>,
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/api/v1/mail", tag = "settings", params(OutboxQuery), responses((status = 200, description = "mails sent, pending and given up, newest first, with their last error", body = Object)), security(("session" = []), ("token" = [])))]
+/// List the mail outbox, newest first.
+#[utoipa::path(get, path = "/api/v1/mail", tag = "settings", params(OutboxQuery), responses((status = 200, description = "mails sent, pending and given up, newest first, with their last error", body = Page<MailRow>)), security(("session" = []), ("token" = [])))]
 async fn outbox(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<OutboxQuery>,
+    ApiQuery(q): ApiQuery<OutboxQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     let limit = page_limit(q.limit)?;

@@ -1,16 +1,15 @@
 //! Sites: named groups of agents with defaults their jobs inherit; moving agents between
 //! them.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiJson, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::{AppState, Page, PageQuery};
 use crate::auth::Role;
 use crate::jobs::spec::SiteDefaults;
@@ -49,17 +48,35 @@ impl SiteBody {
 }
 
 /// A site as shown: its defaults and agents.
-async fn view(state: &AppState, s: &SiteRow) -> Result<Value, ApiError> {
+#[derive(Serialize, utoipa::ToSchema)]
+struct SiteView {
+    id: i64,
+    name: String,
+    defaults: SiteDefaults,
+    /// The ids of its (not revoked) agents.
+    agents: Vec<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+async fn view(state: &AppState, s: &SiteRow) -> Result<SiteView, ApiError> {
     let book = state.jobs.sites().await?;
     let agents = book.get(&s.id).map(|(_, a)| a.clone()).unwrap_or_default();
-    Ok(json!({
-        "id": s.id,
-        "name": s.name,
-        "defaults": serde_json::from_str::<Value>(&s.defaults).unwrap_or(Value::Null),
-        "agents": agents,
-        "created_at": s.created_at,
-        "updated_at": s.updated_at,
-    }))
+    // Written by this server from checked defaults: unreadable only if damaged.
+    let defaults = serde_json::from_str(&s.defaults).map_err(|e| {
+        ApiError::Internal(format!(
+            "the stored defaults of site {} cannot be read: {e}",
+            s.id
+        ))
+    })?;
+    Ok(SiteView {
+        id: s.id,
+        name: s.name.clone(),
+        defaults,
+        agents,
+        created_at: s.created_at,
+        updated_at: s.updated_at,
+    })
 }
 
 async fn find(state: &AppState, id: i64) -> Result<SiteRow, ApiError> {
@@ -70,11 +87,12 @@ async fn find(state: &AppState, id: i64) -> Result<SiteRow, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("site {id}")))
 }
 
-#[utoipa::path(get, path = "/api/v1/sites", tag = "sites", params(PageQuery), responses((status = 200, description = "a page of sites with their defaults and agents", body = Object)), security(("session" = []), ("token" = [])))]
+/// List sites with their defaults and agents.
+#[utoipa::path(get, path = "/api/v1/sites", tag = "sites", params(PageQuery), responses((status = 200, description = "a page of sites with their defaults and agents", body = Page<SiteView>)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = q.limit()?;
@@ -92,7 +110,8 @@ async fn list(
     ))
 }
 
-#[utoipa::path(post, path = "/api/v1/sites", tag = "sites", request_body = SiteBody, responses((status = 201, body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Create a site.
+#[utoipa::path(post, path = "/api/v1/sites", tag = "sites", request_body = SiteBody, responses((status = 201, description = "the site", body = SiteView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -114,22 +133,24 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view(&state, &s).await?)))
 }
 
-#[utoipa::path(get, path = "/api/v1/sites/{id}", tag = "sites", params(("id" = i64, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Show a site.
+#[utoipa::path(get, path = "/api/v1/sites/{id}", tag = "sites", params(("id" = i64, Path)), responses((status = 200, description = "the site", body = SiteView), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let s = find(&state, id).await?;
     Ok(Json(view(&state, &s).await?))
 }
 
-#[utoipa::path(put, path = "/api/v1/sites/{id}", tag = "sites", params(("id" = i64, Path)), request_body = SiteBody, responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Change a site.
+#[utoipa::path(put, path = "/api/v1/sites/{id}", tag = "sites", params(("id" = i64, Path)), request_body = SiteBody, responses((status = 200, description = "the site", body = SiteView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<SiteBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
@@ -152,11 +173,12 @@ async fn update(
     Ok(Json(view(&state, &s).await?))
 }
 
+/// Delete a site (its agents stay, without a site).
 #[utoipa::path(delete, path = "/api/v1/sites/{id}", tag = "sites", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     if !state.store.delete_site(id).await? {
@@ -178,11 +200,12 @@ pub struct AgentSite {
     site_id: Option<i64>,
 }
 
+/// Move an agent into a site (or out of any).
 #[utoipa::path(put, path = "/api/v1/agents/{id}/site", tag = "sites", params(("id" = i64, Path)), request_body = AgentSite, responses((status = 204), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn move_agent(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<AgentSite>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;

@@ -2,21 +2,21 @@
 //! target. Credentials are sealed by the vault and never come back: the API says only
 //! whether each is set.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiJson, ErrorBody};
-use super::{AppState, Page, PageQuery};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+use super::{AppState, Page, PageQuery, Stored};
 use crate::auth::Role;
 use crate::jobs::{target_context, TargetSecret};
 use crate::store::targets::{TargetFields, TargetRow};
+use holdfast_proto::request::TargetProbe;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -167,39 +167,58 @@ async fn store_secret(state: &AppState, t: &TargetRow, body: TargetBody) -> Resu
     Ok(())
 }
 
-fn set(v: &Option<Zeroizing<String>>) -> &'static str {
-    if v.is_some() {
-        "set"
-    } else {
-        "not set"
-    }
+fn set(v: &Option<Zeroizing<String>>) -> Stored {
+    Stored::when(v.is_some())
 }
 
 /// A target as shown: credentials only as set / not set.
-fn view(state: &AppState, t: &TargetRow) -> Result<Value, ApiError> {
-    let s = secret(state, t)?;
-    Ok(json!({
-        "id": t.id,
-        "name": t.name,
-        "url": t.url,
-        "username": t.username,
-        "ca_pem": t.ca_pem,
-        "notes": t.notes,
-        "credentials": {
-            "password": set(&s.password),
-            "private_key": set(&s.private_key),
-            "passphrase": set(&s.passphrase),
-        },
-        "created_at": t.created_at,
-        "updated_at": t.updated_at,
-    }))
+#[derive(Serialize, utoipa::ToSchema)]
+struct TargetView {
+    id: i64,
+    name: String,
+    url: String,
+    username: Option<String>,
+    /// CA certificate(s) to trust for FTPS, PEM text.
+    ca_pem: Option<String>,
+    notes: String,
+    credentials: Credentials,
+    created_at: i64,
+    updated_at: i64,
 }
 
-#[utoipa::path(get, path = "/api/v1/targets", tag = "targets", params(PageQuery), responses((status = 200, description = "a page of targets (credentials shown as set / not set)", body = Object)), security(("session" = []), ("token" = [])))]
+/// Which credentials the vault holds for a target.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Credentials {
+    password: Stored,
+    private_key: Stored,
+    passphrase: Stored,
+}
+
+fn view(state: &AppState, t: &TargetRow) -> Result<TargetView, ApiError> {
+    let s = secret(state, t)?;
+    Ok(TargetView {
+        id: t.id,
+        name: t.name.clone(),
+        url: t.url.clone(),
+        username: t.username.clone(),
+        ca_pem: t.ca_pem.clone(),
+        notes: t.notes.clone(),
+        credentials: Credentials {
+            password: set(&s.password),
+            private_key: set(&s.private_key),
+            passphrase: set(&s.passphrase),
+        },
+        created_at: t.created_at,
+        updated_at: t.updated_at,
+    })
+}
+
+/// List storage targets (credentials only as set or not set).
+#[utoipa::path(get, path = "/api/v1/targets", tag = "targets", params(PageQuery), responses((status = 200, description = "a page of targets (credentials shown as set / not set)", body = Page<TargetView>)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let limit = q.limit()?;
@@ -214,7 +233,8 @@ async fn list(
     ))
 }
 
-#[utoipa::path(post, path = "/api/v1/targets", tag = "targets", request_body = TargetBody, responses((status = 201, description = "the target", body = Object), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Create a storage target; its credentials go into the vault.
+#[utoipa::path(post, path = "/api/v1/targets", tag = "targets", request_body = TargetBody, responses((status = 201, description = "the target", body = TargetView), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -237,11 +257,12 @@ async fn create(
     Ok((StatusCode::CREATED, Json(view(&state, &t)?)))
 }
 
-#[utoipa::path(get, path = "/api/v1/targets/{id}", tag = "targets", params(("id" = i64, Path)), responses((status = 200, body = Object), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Show a storage target.
+#[utoipa::path(get, path = "/api/v1/targets/{id}", tag = "targets", params(("id" = i64, Path)), responses((status = 200, description = "the target", body = TargetView), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let t = state
@@ -252,11 +273,12 @@ async fn show(
     Ok(Json(view(&state, &t)?))
 }
 
-#[utoipa::path(put, path = "/api/v1/targets/{id}", tag = "targets", params(("id" = i64, Path)), request_body = TargetBody, responses((status = 200, body = Object), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Change a storage target.
+#[utoipa::path(put, path = "/api/v1/targets/{id}", tag = "targets", params(("id" = i64, Path)), request_body = TargetBody, responses((status = 200, description = "the target", body = TargetView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<TargetBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
@@ -288,11 +310,12 @@ async fn update(
     Ok(Json(view(&state, &t)?))
 }
 
+/// Delete a storage target no job or site uses.
 #[utoipa::path(delete, path = "/api/v1/targets/{id}", tag = "targets", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     if !state.store.delete_target(id).await? {
@@ -317,11 +340,12 @@ pub struct TestBody {
     agent_id: i64,
 }
 
-#[utoipa::path(post, path = "/api/v1/targets/{id}/test", tag = "targets", params(("id" = i64, Path)), request_body = TestBody, responses((status = 200, description = "the agent wrote, read back and deleted a test file; timings and free space", body = Object), (status = 404, body = ErrorBody), (status = 422, description = "the agent is offline, or the target failed (the error says how)", body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Test a storage target from an agent: write, read back and delete a test file.
+#[utoipa::path(post, path = "/api/v1/targets/{id}/test", tag = "targets", params(("id" = i64, Path)), request_body = TestBody, responses((status = 200, description = "the agent wrote, read back and deleted a test file; timings and free space", body = TargetProbe), (status = 404, body = ErrorBody), (status = 422, description = "the agent is offline, or the target failed (the error says how)", body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn test(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<TestBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;

@@ -1,17 +1,17 @@
 //! Personal API tokens: the secret is shown once, at creation.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiJson, ErrorBody};
-use super::AppState;
+use super::error::{ApiError, ApiJson, ApiPath, ErrorBody};
+use super::{AppState, Items};
 use crate::auth::{new_secret, secret_hash, Role};
+use crate::store::tokens::ApiToken;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -19,15 +19,16 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/tokens/{id}", delete(revoke))
 }
 
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, description = "the caller's tokens", body = Object)), security(("session" = []), ("token" = [])))]
+/// List the caller's API tokens.
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, description = "the caller's tokens", body = Items<ApiToken>)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(
-        json!({ "items": state.store.tokens(caller.user.id).await? }),
-    ))
+    Ok(Json(Items {
+        items: state.store.tokens(caller.user.id).await?,
+    }))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -35,7 +36,16 @@ struct NewToken {
     name: String,
 }
 
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken, responses((status = 201, description = "the token and its secret (shown once)", body = Object), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// A new API token and its secret, shown this once.
+#[derive(Serialize, utoipa::ToSchema)]
+struct CreatedToken {
+    token: ApiToken,
+    /// The bearer secret (`hft_…`); only its hash is kept.
+    secret: String,
+}
+
+/// Create an API token (its secret is shown once).
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken, responses((status = 201, description = "the token and its secret (shown once)", body = CreatedToken), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -62,17 +72,15 @@ async fn create(
             name,
         )
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "token": token, "secret": secret })),
-    ))
+    Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
 
+/// Revoke an API token.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     if !state.store.revoke_token(caller.user.id, id).await? {

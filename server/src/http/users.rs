@@ -1,6 +1,6 @@
 //! User management (admins only).
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{delete, get};
@@ -9,7 +9,7 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiJson, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::session::MIN_PASSWORD;
 use super::{blocking, AppState, Page, PageQuery};
 use crate::auth::{hash_password, Role};
@@ -21,11 +21,12 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/users/{id}", delete(remove).put(update))
 }
 
-#[utoipa::path(get, path = "/api/v1/users", tag = "users", params(PageQuery), responses((status = 200, description = "a page of users", body = Object), (status = 403, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// List users.
+#[utoipa::path(get, path = "/api/v1/users", tag = "users", params(PageQuery), responses((status = 200, description = "a page of users", body = Page<User>), (status = 403, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<PageQuery>,
+    ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     let limit = q.limit()?;
@@ -57,6 +58,7 @@ pub fn valid_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Create a user.
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = NewUser, responses((status = 201, body = User), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn create(
     State(state): State<AppState>,
@@ -98,11 +100,12 @@ struct UserChange {
     disabled: bool,
 }
 
+/// Change a user's role or disable them.
 #[utoipa::path(put, path = "/api/v1/users/{id}", tag = "users", params(("id" = i64, Path)), request_body = UserChange, responses((status = 200, body = User), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
     ApiJson(body): ApiJson<UserChange>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
@@ -129,11 +132,12 @@ async fn update(
     Ok(Json(user))
 }
 
+/// Delete a user.
 #[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users", params(("id" = i64, Path)), responses((status = 204), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn remove(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<i64>,
+    ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     if id == caller.user.id {

@@ -84,7 +84,7 @@ pub fn job_context(id: i64) -> String {
 }
 
 /// The latest progress of a running run, as the console shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LiveProgress {
     pub stage: String,
     pub done: u64,
@@ -94,6 +94,7 @@ pub struct LiveProgress {
     /// Seconds left at this rate.
     pub eta_seconds: Option<u64>,
     /// The latest log lines.
+    #[schema(value_type = Vec<String>)]
     pub log: VecDeque<String>,
     #[serde(skip)]
     at: Option<Instant>,

@@ -6,7 +6,7 @@ use sqlx::{AssertSqlSafe, Row as _};
 use super::{now, Store, StoreError};
 
 /// An enrolment token as listed (never the secret).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct EnrollmentToken {
     pub id: i64,
     pub name: String,

@@ -6,7 +6,7 @@ use sqlx::Row as _;
 use super::{now, Store, StoreError};
 
 /// One audit entry.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     pub at: i64,

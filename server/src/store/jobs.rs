@@ -58,7 +58,7 @@ impl RunRow {
 }
 
 /// An image a run wrote.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ImageRow {
     pub id: i64,
     pub run_id: i64,

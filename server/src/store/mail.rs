@@ -6,7 +6,7 @@ use sqlx::{AssertSqlSafe, Row as _};
 use super::{now, Store, StoreError};
 
 /// A mail as recorded.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct MailRow {
     pub id: i64,
     /// `report`, `missed`, `alert`, `digest` or `test`.

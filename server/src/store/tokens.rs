@@ -7,7 +7,7 @@ use super::{now, Store, StoreError};
 use crate::store::users::User;
 
 /// A token as listed (never the secret or its hash).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ApiToken {
     pub id: i64,
     pub name: String,

@@ -495,6 +495,83 @@ async fn openapi_document_lists_every_route() {
     assert!(schemes["session"].is_object() && schemes["token"].is_object());
 }
 
+/// The document is valid OpenAPI (checked by `openapi-spec-validator`, which the test
+/// command installs from PyPI), every operation has a unique id and a summary, only path
+/// template variables are path parameters, and no success response is an untyped object.
+#[tokio::test]
+async fn openapi_document_validates_and_types_every_response() {
+    let api = Api::new().await;
+    let doc = api
+        .call("GET", "/api/v1/openapi.json", None, None)
+        .await
+        .body;
+    let mut ids = std::collections::HashSet::new();
+    let mut problems = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            let at = format!("{method} {path}");
+            let id = op["operationId"].as_str().unwrap_or_default();
+            if id.is_empty() || !ids.insert(id.to_owned()) {
+                problems.push(format!("{at}: operation id '{id}' missing or used twice"));
+            }
+            if op["summary"].as_str().unwrap_or_default().is_empty() {
+                problems.push(format!("{at}: no summary"));
+            }
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let name = p["name"].as_str().unwrap_or_default();
+                if p["in"] == "path" && !path.contains(&format!("{{{name}}}")) {
+                    problems.push(format!("{at}: '{name}' is declared a path parameter"));
+                }
+            }
+            for (status, resp) in op["responses"].as_object().into_iter().flatten() {
+                if !status.starts_with('2') {
+                    continue;
+                }
+                for (mime, content) in resp["content"].as_object().into_iter().flatten() {
+                    let schema = &content["schema"];
+                    let untyped = schema == &serde_json::json!({"type": "object"})
+                        || schema == &serde_json::json!({});
+                    if mime == "application/json" && untyped {
+                        problems.push(format!("{at}: {status} is an untyped object"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(ids.contains("agents_list") && ids.contains("jobs_list"), "{ids:?}");
+
+    // The validator, from PyPI (scripts/test.sh installs it under /var/tmp/holdfast-pytools).
+    let tools = std::env::var("HOLDFAST_PYTOOLS")
+        .unwrap_or_else(|_| "/var/tmp/holdfast-pytools".to_owned());
+    if !std::path::Path::new(&tools)
+        .join("openapi_spec_validator")
+        .exists()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openapi-spec-validator is not installed in {tools} (CI is set: run scripts/test.sh, which installs it)"
+        );
+        eprintln!("skipping the OpenAPI validation: openapi-spec-validator is not in {tools}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).expect("write");
+    let out = std::process::Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&file)
+        .env("PYTHONPATH", &tools)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Every authenticated route refuses anonymous callers (401) and roles below the one it
 /// needs (403).
 #[tokio::test]
@@ -733,6 +810,12 @@ async fn targets_and_jobs_check_input_and_keep_secrets() {
         let r = call("POST", "/api/v1/jobs".into(), Some(body)).await;
         assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
         assert!(r.body.to_string().contains(says), "{says}: {}", r.body);
+    }
+    // An id or a query value of the wrong type is a 400 with the JSON error body.
+    for path in ["/api/v1/jobs/abc", "/api/v1/reports?limit=many"] {
+        let r = call("GET", path.into(), None).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{path}: {}", r.body);
+        assert_eq!(r.body["error"]["code"], "bad_request", "{path}: {}", r.body);
     }
     // A blank wizard's preview (a target not chosen yet) is told which field is wrong, in
     // a sentence, without the parser's positions.
