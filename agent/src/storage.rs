@@ -21,10 +21,7 @@ use holdfast_proto::request::TargetProbe;
 use holdfast_targets::body::{channel_body, BodySender};
 
 use crate::readahead::ReadAhead;
-use holdfast_targets::ftp::FtpTarget;
 use holdfast_targets::location::{Credentials, Location};
-use holdfast_targets::sftp::SftpTarget;
-use holdfast_targets::smb::SmbTarget;
 use holdfast_targets::wrap::{Limited, Retry};
 use holdfast_targets::{ObjectKey, Target, TargetError};
 use tokio::runtime::Runtime;
@@ -66,83 +63,12 @@ fn runtime() -> Result<&'static Runtime> {
 /// Parse `spec` (a path or a target URL naming the image file).
 pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
     let text = spec.to_string_lossy();
-    let split = |path: &str| -> Result<(String, String)> {
-        let (folder, name) = path
-            .rsplit_once('/')
-            .ok_or_else(|| anyhow!("'{text}' names no file"))?;
-        if name.is_empty() {
-            bail!("'{text}' names a folder; give the image's file name");
-        }
-        Ok((
-            if folder.is_empty() {
-                "/".into()
-            } else {
-                folder.to_owned()
-            },
-            name.to_owned(),
-        ))
-    };
-    let (backend, caps, name): (Arc<dyn Target>, _, _) = match Location::parse(&text)? {
-        Location::Local { root } => return Ok(Place::Local(root)),
-        Location::Sftp {
-            host,
-            port,
-            user,
-            path,
-        } => {
-            let (folder, name) = split(&path)?;
-            let t = SftpTarget::new(
-                &host,
-                port,
-                user.as_deref(),
-                &folder,
-                credentials(credentials_file)?,
-            )?;
-            let (t, caps) = limited(t);
-            (t, caps, name)
-        }
-        Location::Ftp {
-            secure,
-            host,
-            port,
-            user,
-            path,
-        } => {
-            let (folder, name) = split(&path)?;
-            let t = FtpTarget::new(
-                &host,
-                port,
-                user.as_deref(),
-                &folder,
-                secure,
-                credentials(credentials_file)?,
-            )?;
-            let (t, caps) = limited(t);
-            (t, caps, name)
-        }
-        Location::Smb {
-            host,
-            port,
-            domain,
-            user,
-            share,
-            path,
-        } => {
-            // The folder inside the share has no leading slash; the share's root is "".
-            let (folder, name) = split(&format!("/{path}"))?;
-            let t = SmbTarget::new(
-                &host,
-                port,
-                domain.as_deref(),
-                user.as_deref(),
-                &share,
-                &folder,
-                credentials(credentials_file)?,
-            )?;
-            let (t, caps) = limited(t);
-            (t, caps, name)
-        }
-    };
+    let location = Location::parse(&text)?;
+    if let Location::Local { root } = location {
+        return Ok(Place::Local(root));
+    }
+    let (folder, name) = location.split_file()?;
+    let (backend, caps) = limited(folder.open(credentials(credentials_file)?)?);
     let display = format!("{}/{name}", caps.display.trim_end_matches('/'));
     let target: Arc<dyn Target> = Arc::new(Retry::new(backend, 4, Duration::from_millis(200)));
     Ok(Place::Remote(Remote {

@@ -2,22 +2,28 @@
 //!
 //! Where images are stored: one async [`Target`] trait and its backends — a local folder
 //! ([`local::LocalTarget`]), SFTP ([`sftp::SftpTarget`]), FTP/FTPS ([`ftp::FtpTarget`]) and
-//! SMB 2/3 ([`smb::SmbTarget`]) — plus behaviour that applies to any backend as wrappers: retries
+//! SMB 2/3 ([`smb::SmbTarget`]), each behind a cargo feature of its name (all on by default)
+//! — plus behaviour that applies to any backend as wrappers: retries
 //! with back-off ([`wrap::Retry`]) and a cap on concurrent connections ([`wrap::Limited`]).
 //!
 //! Targets are named by URLs as in the O&O manual (`sftp://user@host:port/path`,
 //! `ftp://…`, `ftps://…`, `smb://[domain;]user@server/share/path`, plain paths, `file://`),
-//! parsed by [`location::Location`]; credentials travel separately ([`location::Credentials`]), are zeroised on drop and never appear in `Debug` output or
+//! parsed by [`location::Location`], which also opens the backend a URL names
+//! ([`location::Location::open`]); credentials travel separately ([`location::Credentials`]), are zeroised on drop and never appear in `Debug` output or
 //! error messages.
 
+#[cfg(any(feature = "sftp", feature = "ftp"))]
 mod blocking;
 pub mod body;
 pub mod error;
+#[cfg(feature = "ftp")]
 pub mod ftp;
 pub mod key;
 pub mod local;
 pub mod location;
+#[cfg(feature = "sftp")]
 pub mod sftp;
+#[cfg(feature = "smb")]
 pub mod smb;
 pub mod wrap;
 

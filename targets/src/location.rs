@@ -128,6 +128,127 @@ impl Location {
         }
     }
 
+    /// The folder part of a location that names a file, and the file's name:
+    /// `sftp://h/a/b.hfi` → (`sftp://h/a`, `b.hfi`).
+    pub fn split_file(&self) -> Result<(Location, String), TargetError> {
+        let shown = self.display();
+        let split = |path: &str| -> Result<(String, String), TargetError> {
+            let (folder, name) = path
+                .rsplit_once('/')
+                .ok_or_else(|| TargetError::Invalid(format!("'{shown}' names no file")))?;
+            if name.is_empty() {
+                return Err(TargetError::Invalid(format!(
+                    "'{shown}' names a folder; give the image's file name"
+                )));
+            }
+            let folder = if folder.is_empty() { "/" } else { folder };
+            Ok((folder.to_owned(), name.to_owned()))
+        };
+        let mut folder = self.clone();
+        let name = match &mut folder {
+            Location::Local { root } => {
+                let name = root
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| TargetError::Invalid(format!("'{shown}' names no file")))?;
+                let parent = root.parent().map(PathBuf::from).unwrap_or_default();
+                *root = parent;
+                name
+            }
+            Location::Sftp { path, .. } | Location::Ftp { path, .. } => {
+                let (f, name) = split(path)?;
+                *path = f;
+                name
+            }
+            // The folder inside a share has no leading slash; the share's root is "".
+            Location::Smb { path, .. } => {
+                let (f, name) = split(&format!("/{path}"))?;
+                *path = f.trim_start_matches('/').to_owned();
+                name
+            }
+        };
+        Ok((folder, name))
+    }
+
+    /// The backend for this folder, logging in with `creds` (a network backend left out of
+    /// this build is an error that says so).
+    pub fn open(
+        &self,
+        creds: Credentials,
+    ) -> Result<std::sync::Arc<dyn crate::Target>, TargetError> {
+        #[cfg(not(all(feature = "sftp", feature = "ftp", feature = "smb")))]
+        let missing = |what: &str| {
+            TargetError::Invalid(format!(
+                "this build of Holdfast has no {what} support (cargo feature of holdfast-targets)"
+            ))
+        };
+        match self {
+            Location::Local { root } => Ok(std::sync::Arc::new(crate::local::LocalTarget::new(
+                root.clone(),
+            ))),
+            #[cfg(feature = "sftp")]
+            Location::Sftp {
+                host,
+                port,
+                user,
+                path,
+            } => Ok(std::sync::Arc::new(crate::sftp::SftpTarget::new(
+                host,
+                *port,
+                user.as_deref(),
+                path,
+                creds,
+            )?)),
+            #[cfg(feature = "ftp")]
+            Location::Ftp {
+                secure,
+                host,
+                port,
+                user,
+                path,
+            } => Ok(std::sync::Arc::new(crate::ftp::FtpTarget::new(
+                host,
+                *port,
+                user.as_deref(),
+                path,
+                *secure,
+                creds,
+            )?)),
+            #[cfg(feature = "smb")]
+            Location::Smb {
+                host,
+                port,
+                domain,
+                user,
+                share,
+                path,
+            } => Ok(std::sync::Arc::new(crate::smb::SmbTarget::new(
+                host,
+                *port,
+                domain.as_deref(),
+                user.as_deref(),
+                share,
+                path,
+                creds,
+            )?)),
+            #[cfg(not(feature = "sftp"))]
+            Location::Sftp { .. } => {
+                drop(creds);
+                Err(missing("SFTP"))
+            }
+            #[cfg(not(feature = "ftp"))]
+            Location::Ftp { .. } => {
+                drop(creds);
+                Err(missing("FTP"))
+            }
+            #[cfg(not(feature = "smb"))]
+            Location::Smb { .. } => {
+                drop(creds);
+                Err(missing("SMB"))
+            }
+        }
+    }
+
     /// The URL for messages (never with credentials).
     pub fn display(&self) -> String {
         match self {

@@ -17,6 +17,7 @@ use crate::auth::Role;
 use crate::jobs::{target_context, TargetSecret};
 use crate::store::targets::{TargetFields, TargetRow};
 use holdfast_proto::request::TargetProbe;
+use holdfast_targets::location::Location;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -57,28 +58,20 @@ pub struct TargetBody {
 }
 
 /// What a target URL must look like; the agent checks the rest when it connects.
+/// A target URL as the agents will read it: parsed by the same parser (`holdfast-targets`),
+/// plus what only makes sense for a folder given to many machines.
 fn check_url(url: &str) -> Result<(), ApiError> {
-    let bad = |why: &str| Err(ApiError::Invalid(format!("url: {why}")));
+    let bad = |why: String| Err(ApiError::Invalid(format!("url: {why}")));
     if url.chars().any(char::is_control) {
-        return bad("control characters are not allowed");
+        return bad("control characters are not allowed".into());
     }
-    if url.starts_with('/') {
-        return Ok(());
+    match Location::parse(url) {
+        Err(e) => bad(e.to_string()),
+        Ok(Location::Local { root }) if !root.is_absolute() => {
+            bad("give an absolute path or a URL such as sftp://host/path".into())
+        }
+        Ok(_) => Ok(()),
     }
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return bad("give an absolute path or a URL such as sftp://host/path");
-    };
-    if !["sftp", "ftp", "ftps", "smb", "file"].contains(&scheme) {
-        return bad("the scheme must be sftp, ftp, ftps, smb or file");
-    }
-    let authority = rest.split('/').next().unwrap_or("");
-    if authority.contains('@') && authority.split('@').next().is_some_and(|u| u.contains(':')) {
-        return bad("do not put a password in the URL; use the password field");
-    }
-    if scheme != "file" && authority.rsplit('@').next().unwrap_or("").is_empty() {
-        return bad("the URL names no server");
-    }
-    Ok(())
 }
 
 impl TargetBody {

@@ -539,7 +539,10 @@ async fn openapi_document_validates_and_types_every_response() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    assert!(ids.contains("agents_list") && ids.contains("jobs_list"), "{ids:?}");
+    assert!(
+        ids.contains("agents_list") && ids.contains("jobs_list"),
+        "{ids:?}"
+    );
 
     // The validator, from PyPI (scripts/test.sh installs it under /var/tmp/holdfast-pytools).
     let tools = std::env::var("HOLDFAST_PYTOOLS")
