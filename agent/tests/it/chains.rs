@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::util::*;
+use holdfast_testkit::devices::*;
 
 const VOL: u64 = 96 << 20;
 

@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::Command;
 
-use crate::util::*;
+use holdfast_testkit::devices::*;
 
 fn read_range(path: &Path, start: u64, len: u64) -> Vec<u8> {
     let mut f = File::open(path).expect("open");

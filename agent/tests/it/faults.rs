@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::util::*;
+use holdfast_testkit::devices::*;
 
 struct Fixture {
     _t: tempfile::TempDir,

@@ -7,9 +7,3 @@ mod chains;
 mod disks;
 mod faults;
 mod remote;
-// The SFTP server fixture is shared with the targets crate's tests; not every helper is
-// used here.
-#[allow(dead_code)]
-#[path = "../../../targets/tests/it/fixtures.rs"]
-mod sshd;
-mod util;

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use crate::sshd::{Smbd, Sshd, Vsftpd, PASSWORD, USER};
-use crate::util::*;
+use holdfast_testkit::devices::*;
+use holdfast_testkit::servers::{Smbd, Sshd, Vsftpd, PASSWORD, USER};
 
 #[test]
 fn encrypted_split_chain_on_sftp_validates_and_restores_from_there() {

@@ -85,7 +85,7 @@ impl Browser {
     pub fn start(test: &str, dir: &Path, width: u32) -> Option<Self> {
         for (path, package) in [(CHROMIUM, "chromium"), (DRIVER, "chromium-driver")] {
             if !Path::new(path).exists() {
-                crate::fixtures::unavailable(
+                holdfast_testkit::servers::unavailable(
                     test,
                     &format!("{path} (Debian package {package}) is not installed"),
                 );

@@ -8,10 +8,12 @@ use std::process::{Command, Stdio};
 use serde_json::json;
 
 use crate::browser::Browser;
-use crate::fixtures::{SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
 use crate::fleet::{agent_bin, wait_for};
 use crate::proc::{curl, free_port, printed_secrets, start};
-use crate::util::{edit_files, mkfs, require_devices, sparse_file, tempdir, write_files, Loop};
+use holdfast_testkit::devices::{
+    edit_files, mkfs, require_devices, sparse_file, tempdir, write_files, Loop,
+};
+use holdfast_testkit::servers::{SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
 
 /// A process stopped on drop.
 struct Kill(std::process::Child);
@@ -189,7 +191,11 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     mkfs(lo.path(), "ext4");
     edit_files(lo.path(), "ext4", work, |d| {
         write_files(d, 0, 8);
-        std::fs::write(d.join("noise.bin"), crate::util::noise(48 << 20, 3)).expect("noise");
+        std::fs::write(
+            d.join("noise.bin"),
+            holdfast_testkit::devices::noise(48 << 20, 3),
+        )
+        .expect("noise");
     });
     b.go(&format!("{base}/jobs"));
     b.click("#new-job");

@@ -7,13 +7,13 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 
-use crate::fixtures::{Smbd, SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
 use crate::fleet::{agent_bin, enroll, wait_for, wait_secs, Api};
 use crate::proc::{curl, free_port, printed_secrets, start};
-use crate::util::{
+use holdfast_testkit::devices::{
     edit_files, image_ok, mkfs, noise, read_files, require_devices, sparse_file, tempdir,
     write_files, Loop,
 };
+use holdfast_testkit::servers::{Smbd, SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
 
 /// The image password of the test job.
 const IMAGE_PASSWORD: &str = "job image password 9";

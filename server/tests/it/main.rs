@@ -6,10 +6,6 @@ mod api;
 mod browser;
 mod channel;
 mod console;
-// Real servers (sshd, Samba) for storage targets, shared with the targets crate's tests.
-#[allow(dead_code)]
-#[path = "../../../targets/tests/it/fixtures.rs"]
-mod fixtures;
 mod fleet;
 mod https;
 mod jobs;
@@ -18,7 +14,3 @@ mod postgres;
 mod proc;
 mod scheduler;
 mod store;
-// Loop devices, filesystems and checksums, shared with the agent's tests.
-#[allow(dead_code)]
-#[path = "../../../agent/tests/it/util.rs"]
-mod util;

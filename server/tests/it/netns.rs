@@ -307,14 +307,14 @@ fn a_job_outlives_a_cut_link_and_reports_once_back() {
     let Some((server_bin, agent_bin)) = binaries() else {
         return;
     };
-    if !crate::util::require_devices("job_link_cut") {
+    if !holdfast_testkit::devices::require_devices("job_link_cut") {
         return;
     }
     let tag = format!("{}", (std::process::id() + 5000) % 10000);
     let Some(net) = Net::up(&tag) else {
         return unavailable("cannot create network namespaces (needs root and iproute2)");
     };
-    let t = crate::util::tempdir();
+    let t = holdfast_testkit::devices::tempdir();
     let d = t.path();
     let port = 19000 + (std::process::id() % 1000) as u16;
     let _server = start_server(&net, &server_bin, d, port);
@@ -353,11 +353,15 @@ fn a_job_outlives_a_cut_link_and_reports_once_back() {
 
     // A slow job to a folder on the agent's machine (the namespaces share the files).
     let vol = d.join("vol.img");
-    crate::util::sparse_file(&vol, 192 << 20);
-    let lo = crate::util::Loop::new(&vol);
-    crate::util::mkfs(lo.path(), "ext4");
-    crate::util::edit_files(lo.path(), "ext4", d, |m| {
-        std::fs::write(m.join("noise.bin"), crate::util::noise(150 << 20, 9)).expect("noise");
+    holdfast_testkit::devices::sparse_file(&vol, 192 << 20);
+    let lo = holdfast_testkit::devices::Loop::new(&vol);
+    holdfast_testkit::devices::mkfs(lo.path(), "ext4");
+    holdfast_testkit::devices::edit_files(lo.path(), "ext4", d, |m| {
+        std::fs::write(
+            m.join("noise.bin"),
+            holdfast_testkit::devices::noise(150 << 20, 9),
+        )
+        .expect("noise");
     });
     let images = d.join("images");
     std::fs::create_dir_all(&images).expect("images");
@@ -496,15 +500,19 @@ fn four_starts(gap: u32) -> (String, Vec<chrono::DateTime<chrono::Utc>>) {
 /// report, and the last image restores to the last state.
 #[test]
 fn scheduled_chains_on_two_agents_go_to_sftp_and_smb_with_retention_and_mail() {
-    use crate::fixtures::{Smbd, SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
-    use crate::util::{edit_files, mkfs, noise, read_files, sparse_file, write_files, Loop};
+    use holdfast_testkit::devices::{
+        edit_files, mkfs, noise, read_files, sparse_file, write_files, Loop,
+    };
+    use holdfast_testkit::servers::{
+        Smbd, SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER,
+    };
     use serde_json::json;
     const TEST: &str = "e2e_netns";
     const IMAGE_PASSWORD: &str = "office image password";
     let Some((server_bin, agent_bin)) = binaries() else {
         return;
     };
-    if !crate::util::require_devices(TEST) {
+    if !holdfast_testkit::devices::require_devices(TEST) {
         return;
     }
     let tag = format!("{}", (std::process::id() + 2500) % 10000);
@@ -519,7 +527,7 @@ fn scheduled_chains_on_two_agents_go_to_sftp_and_smb_with_retention_and_mail() {
     ) else {
         return;
     };
-    let t = crate::util::tempdir();
+    let t = holdfast_testkit::devices::tempdir();
     let d = t.path();
     let port = 17000 + (std::process::id() % 1000) as u16;
     let _server = start_server(&net, &server_bin, d, port);

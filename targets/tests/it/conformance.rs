@@ -11,7 +11,7 @@ use holdfast_targets::wrap::{Limited, Retry};
 use holdfast_targets::{is_temp_name, Body, ByteStream, ObjectKey, Target, TargetError};
 use zeroize::Zeroizing;
 
-use crate::fixtures::{Sshd, PASSWORD, USER};
+use holdfast_testkit::servers::{Sshd, PASSWORD, USER};
 
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -319,7 +319,7 @@ async fn sftp_with_private_key_conforms() {
 }
 
 pub fn ftp_target(
-    ftpd: &crate::fixtures::Vsftpd,
+    ftpd: &holdfast_testkit::servers::Vsftpd,
     secure: bool,
 ) -> holdfast_targets::ftp::FtpTarget {
     let creds = Credentials {
@@ -341,7 +341,7 @@ pub fn ftp_target(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ftp_conforms() {
-    let Some(ftpd) = crate::fixtures::Vsftpd::start("ftp_conforms") else {
+    let Some(ftpd) = holdfast_testkit::servers::Vsftpd::start("ftp_conforms") else {
         return;
     };
     suite(&ftp_target(&ftpd, false)).await;
@@ -350,14 +350,14 @@ async fn ftp_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ftps_conforms() {
-    let Some(ftpd) = crate::fixtures::Vsftpd::start("ftps_conforms") else {
+    let Some(ftpd) = holdfast_testkit::servers::Vsftpd::start("ftps_conforms") else {
         return;
     };
     suite(&ftp_target(&ftpd, true)).await;
     nothing_temporary_left(&ftpd.data);
 }
 
-pub fn smb_target(smbd: &crate::fixtures::Smbd, password: &str) -> SmbTarget {
+pub fn smb_target(smbd: &holdfast_testkit::servers::Smbd, password: &str) -> SmbTarget {
     let creds = Credentials {
         user: Some(USER.into()),
         password: Some(Zeroizing::new(password.to_owned())),
@@ -370,7 +370,8 @@ pub fn smb_target(smbd: &crate::fixtures::Smbd, password: &str) -> SmbTarget {
 /// default): uploads continue their file on the next one, reads go on there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smb_conforms_across_connections() {
-    let Some(smbd) = crate::fixtures::Smbd::start("smb_conforms_across_connections") else {
+    let Some(smbd) = holdfast_testkit::servers::Smbd::start("smb_conforms_across_connections")
+    else {
         return;
     };
     let t = smb_target(&smbd, PASSWORD).rotate_after(3 << 20);
@@ -381,7 +382,7 @@ async fn smb_conforms_across_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smb_conforms() {
-    let Some(smbd) = crate::fixtures::Smbd::start("smb_conforms") else {
+    let Some(smbd) = holdfast_testkit::servers::Smbd::start("smb_conforms") else {
         return;
     };
     let t = smb_target(&smbd, PASSWORD);

@@ -6,7 +6,7 @@ use holdfast_targets::{ObjectKey, Target, TargetError};
 use zeroize::Zeroizing;
 
 use crate::conformance::{body, files_in, ftp_target, noise, slow_body};
-use crate::fixtures::{Vsftpd, PASSWORD, USER};
+use holdfast_testkit::servers::{Vsftpd, PASSWORD, USER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_certificate_and_wrong_password_are_refused() {

@@ -7,7 +7,7 @@ use holdfast_targets::local::LocalTarget;
 use holdfast_targets::{is_temp_name, ObjectKey, Target};
 
 use crate::conformance::{body, files_in, ftp_target, noise, sftp_target};
-use crate::fixtures::{unavailable, Sshd, Vsftpd, USER};
+use holdfast_testkit::servers::{unavailable, Sshd, Vsftpd, USER};
 
 /// A 16 MiB ext4 mounted on `dir/small`, owned by the test user; unmounted on drop.
 struct SmallFs {
@@ -143,14 +143,14 @@ async fn full_ftp_folder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_smb_share() {
-    let Some(smbd) = crate::fixtures::Smbd::start("full_smb_share") else {
+    let Some(smbd) = holdfast_testkit::servers::Smbd::start("full_smb_share") else {
         return;
     };
     let Some(small) = SmallFs::mount("full_smb_share", &smbd.data) else {
         return;
     };
     fill(
-        &crate::conformance::smb_target(&smbd, crate::fixtures::PASSWORD),
+        &crate::conformance::smb_target(&smbd, holdfast_testkit::servers::PASSWORD),
         &small,
     )
     .await;

@@ -3,7 +3,7 @@
 use holdfast_targets::{ObjectKey, Target, TargetError};
 
 use crate::conformance::{body, files_in, noise, sftp_creds, sftp_target, slow_body};
-use crate::fixtures::{Sshd, PASSWORD};
+use holdfast_testkit::servers::{Sshd, PASSWORD};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_an_auth_error() {

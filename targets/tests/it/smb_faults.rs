@@ -6,7 +6,7 @@ use holdfast_targets::{is_temp_name, ObjectKey, Target, TargetError};
 use zeroize::Zeroizing;
 
 use crate::conformance::{body, files_in, noise, smb_target};
-use crate::fixtures::{Smbd, PASSWORD, USER};
+use holdfast_testkit::servers::{Smbd, PASSWORD, USER};
 
 fn key(k: &str) -> ObjectKey {
     ObjectKey::new(k).expect("key")

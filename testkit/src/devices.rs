@@ -1,4 +1,4 @@
-//! Fixtures: loop devices, filesystems, mounts, file checksums, and running the agent.
+//! Loop devices, filesystems, mounts, file checksums, and running the agent.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,17 +57,26 @@ pub fn sh(cmd: &mut Command) -> Output {
     out
 }
 
-/// The agent binary (these helpers are shared with the server's tests, where the agent is
-/// built next to the server).
-pub fn agent() -> Command {
-    let bin = option_env!("CARGO_BIN_EXE_holdfast-agent")
-        .map(PathBuf::from)
-        .or_else(|| {
-            option_env!("CARGO_BIN_EXE_holdfast-server")
-                .map(|s| Path::new(s).with_file_name("holdfast-agent"))
+/// The agent binary: `HOLDFAST_AGENT_BIN`, else `holdfast-agent` beside the running test
+/// binary's folder (cargo puts test binaries in `target/PROFILE/deps/` and the workspace's
+/// binaries in `target/PROFILE/`).
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("HOLDFAST_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            exe.parent()
+                .and_then(Path::parent)
+                .map(|profile| profile.join("holdfast-agent"))
         })
-        .unwrap_or_else(|| PathBuf::from("holdfast-agent"));
-    let mut c = Command::new(bin);
+        .unwrap_or_else(|| PathBuf::from("holdfast-agent"))
+}
+
+/// A command running the agent binary, without the password variables of the caller.
+pub fn agent() -> Command {
+    let mut c = Command::new(agent_binary());
     c.env_remove("HOLDFAST_PASSWORD")
         .env_remove("HOLDFAST_NEW_PASSWORD");
     c

@@ -1,0 +1,16 @@
+//! # holdfast-testkit
+//!
+//! What the tests of several crates need, in one place (a dev-dependency, never shipped):
+//!
+//! - [`servers`]: real servers started on loopback high ports with a throwaway user — OpenSSH
+//!   `sshd` (SFTP), vsftpd (FTP/FTPS), Samba `smbd`, an SMTP sink — and the test user they
+//!   share. Each fixture creates or repairs the machine state it relies on (the user, its
+//!   home, its password) on every run.
+//! - [`devices`]: loop devices, filesystems, mounts, file checksums, and running the agent's
+//!   command line.
+//!
+//! A fixture that cannot start skips its test with a message on a developer's machine and
+//! fails it when `CI` is set.
+
+pub mod devices;
+pub mod servers;
