@@ -13,7 +13,7 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::http::ApiError;
 use crate::jobs::schedule::{Repeat, Schedule};
-use crate::store::jobs::{JobRow, RunFilter};
+use crate::store::jobs::{JobRow, LastRun, RunFilter};
 use crate::store::RunState;
 
 pub struct JobLine {
@@ -70,6 +70,7 @@ fn describe(s: &Schedule) -> String {
 async fn line(
     state: &AppState,
     j: &JobRow,
+    last: Option<LastRun>,
     sites: &HashMap<i64, String>,
 ) -> Result<JobLine, PageError> {
     let spec = state.jobs.spec_of(j).await.ok();
@@ -97,16 +98,6 @@ async fn line(
     } else {
         "disabled".into()
     };
-    let filter = RunFilter {
-        job_id: Some(j.id),
-        ..RunFilter::default()
-    };
-    let last = state
-        .store
-        .runs(&filter, i64::MAX, 1)
-        .await?
-        .into_iter()
-        .next();
     Ok(JobLine {
         id: j.id,
         name: j.name.clone(),
@@ -132,8 +123,8 @@ async fn line(
 pub async fn list(State(state): State<AppState>, session: Session) -> PageResult {
     let sites: HashMap<i64, String> = site_names(&state).await?;
     let mut jobs = Vec::new();
-    for j in state.store.jobs(0, i64::MAX).await? {
-        jobs.push(line(&state, &j, &sites).await?);
+    for (j, last) in state.store.jobs_with_last_run(0, i64::MAX).await? {
+        jobs.push(line(&state, &j, last, &sites).await?);
     }
     Ok(render(Jobs {
         shell: session.shell("jobs"),
@@ -176,7 +167,8 @@ pub async fn show(
 ) -> PageResult {
     let j = find(&state, id).await?;
     let sites = site_names(&state).await?;
-    let job = line(&state, &j, &sites).await?;
+    let last = state.store.last_run(j.id).await?;
+    let job = line(&state, &j, last, &sites).await?;
     let names: HashMap<i64, String> = state
         .store
         .agent_list()

@@ -17,7 +17,7 @@ use crate::auth::Role;
 use crate::jobs::job_xml;
 use crate::jobs::spec::JobSpec;
 use crate::jobs::{job_context, DispatchError};
-use crate::store::jobs::{JobRow, RunFilter};
+use crate::store::jobs::{JobRow, LastRun, RunFilter};
 use crate::store::RunState;
 
 pub fn router() -> Router<AppState> {
@@ -192,16 +192,6 @@ struct JobView {
     updated_at: i64,
 }
 
-/// A job's newest run.
-#[derive(Serialize, utoipa::ToSchema)]
-struct LastRun {
-    /// The report id.
-    id: i64,
-    state: RunState,
-    started_at: Option<i64>,
-    ended_at: Option<i64>,
-}
-
 /// The runs a "run now" started.
 #[derive(Serialize, utoipa::ToSchema)]
 struct Started {
@@ -247,6 +237,11 @@ async fn store_password(state: &AppState, id: i64, body: &JobBody) -> Result<(),
 
 /// A job as shown, with its last run.
 async fn view(state: &AppState, j: &JobRow) -> Result<JobView, ApiError> {
+    let last = state.store.last_run(j.id).await?;
+    shown(j, last)
+}
+
+fn shown(j: &JobRow, last_run: Option<LastRun>) -> Result<JobView, ApiError> {
     // Written by this server from a checked definition: unreadable only if damaged.
     let spec: JobSpec = serde_json::from_str(&j.spec).map_err(|e| {
         ApiError::Internal(format!(
@@ -254,31 +249,13 @@ async fn view(state: &AppState, j: &JobRow) -> Result<JobView, ApiError> {
             j.id
         ))
     })?;
-    let last = state
-        .store
-        .runs(
-            &RunFilter {
-                job_id: Some(j.id),
-                ..RunFilter::default()
-            },
-            i64::MAX,
-            1,
-        )
-        .await?
-        .into_iter()
-        .next();
     Ok(JobView {
         id: j.id,
         name: j.name.clone(),
         enabled: j.enabled,
         spec,
         password: Stored::when(j.secret.is_some()),
-        last_run: last.map(|r| LastRun {
-            id: r.id,
-            state: r.state,
-            started_at: r.started_at,
-            ended_at: r.ended_at,
-        }),
+        last_run,
         created_at: j.created_at,
         updated_at: j.updated_at,
     })
@@ -302,17 +279,22 @@ async fn list(
     caller.require(Role::Viewer)?;
     let limit = q.limit()?;
     let page = Page::new(
-        state.store.jobs(q.after.unwrap_or(0), limit).await?,
+        state
+            .store
+            .jobs_with_last_run(q.after.unwrap_or(0), limit)
+            .await?,
         limit,
-        |j| j.id,
+        |(j, _)| j.id,
     );
-    Ok(Json(
-        page.try_map_async(|j| {
-            let state = &state;
-            async move { view(state, &j).await }
-        })
-        .await?,
-    ))
+    let items = page
+        .items
+        .into_iter()
+        .map(|(j, last)| shown(&j, last))
+        .collect::<Result<_, _>>()?;
+    Ok(Json(Page {
+        items,
+        next: page.next,
+    }))
 }
 
 /// Create a job.

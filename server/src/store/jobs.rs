@@ -236,6 +236,46 @@ impl LinkColumn {
     }
 }
 
+/// A job's newest run, as job lists show it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct LastRun {
+    /// The report id.
+    pub id: i64,
+    pub state: RunState,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+}
+
+/// The columns of a job's newest run (`r`), named apart from the job's.
+const LAST_RUN_COLUMNS: &str = "r.id AS last_id, r.state AS last_state, r.created_at AS last_created_at, r.started_at AS last_started_at, r.ended_at AS last_ended_at";
+
+/// `a, b` as `p.a, p.b`.
+fn prefixed(table: &str, columns: &str) -> String {
+    columns
+        .split(", ")
+        .map(|c| format!("{table}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The newest run in a row of [`LAST_RUN_COLUMNS`]; none when the job never ran.
+fn last_run(r: &sqlx::any::AnyRow) -> Result<Option<LastRun>, sqlx::Error> {
+    let Some(id) = r.try_get::<Option<i64>, _>("last_id")? else {
+        return Ok(None);
+    };
+    Ok(Some(LastRun {
+        id,
+        state: r
+            .try_get::<String, _>("last_state")?
+            .parse()
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        created_at: r.try_get("last_created_at")?,
+        started_at: r.try_get("last_started_at")?,
+        ended_at: r.try_get("last_ended_at")?,
+    }))
+}
+
 /// Which runs to list.
 #[derive(Debug, Default, Clone)]
 pub struct RunFilter {
@@ -358,6 +398,40 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.iter().map(job).collect::<Result<_, _>>()?)
+    }
+
+    /// Jobs with an id above `after`, by id, each with its newest run: what the API's and the
+    /// console's job lists show, in one query.
+    pub async fn jobs_with_last_run(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(JobRow, Option<LastRun>)>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {}, {LAST_RUN_COLUMNS} FROM jobs j \
+             LEFT JOIN runs r ON r.id = (SELECT MAX(id) FROM runs WHERE job_id = j.id) \
+             WHERE j.id > $1 ORDER BY j.id LIMIT $2",
+            prefixed("j", JOB_COLUMNS)
+        )))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((job(r)?, last_run(r)?)))
+            .collect::<Result<_, sqlx::Error>>()?)
+    }
+
+    /// Job `id`'s newest run.
+    pub async fn last_run(&self, job_id: i64) -> Result<Option<LastRun>, StoreError> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {LAST_RUN_COLUMNS} FROM runs r WHERE r.id = (SELECT MAX(id) FROM runs WHERE job_id = $1)"
+        )))
+        .bind(job_id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(r.as_ref().map(last_run).transpose()?.flatten())
     }
 
     /// Remove a job; its runs and images stay (their job id becomes empty).

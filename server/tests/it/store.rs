@@ -244,6 +244,20 @@ async fn exercise_jobs(store: &Store) {
         .await
         .expect("runs");
     assert_eq!(made.len(), 2);
+    // Job lists read each job with its newest run in one query.
+    let newest = made.iter().map(|r| r.id).max();
+    let listed = store.jobs_with_last_run(0, 100).await.expect("jobs");
+    assert_eq!(
+        listed
+            .iter()
+            .find(|(row, _)| row.id == j.id)
+            .and_then(|(_, last)| last.as_ref().map(|l| l.id)),
+        newest
+    );
+    assert_eq!(
+        store.last_run(j.id).await.expect("last run").map(|l| l.id),
+        newest
+    );
     let again = store
         .create_scheduled_runs(j.id, &[a, b], "nightly", 1000)
         .await
