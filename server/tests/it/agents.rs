@@ -78,6 +78,35 @@ fn enrol_connect_report_inventory_and_revoke() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("used up"), "{err}");
 
+    // A run the server has as running on this agent, which the agent never got: when the
+    // agent connects the server asks for its runs (a typed request over the real channel)
+    // and ends that one failed, saying why.
+    let agent_id = std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|c| c["agent_id"].as_i64())
+        .expect("agent id");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let orphan = runtime.block_on(async {
+        let store = holdfast_server::store::Store::open(
+            &holdfast_server::store::Store::sqlite_url(dir.path()),
+        )
+        .await
+        .expect("store");
+        let run = store
+            .create_run(None, agent_id, "orphan", "manual", None)
+            .await
+            .expect("run")
+            .expect("created");
+        assert!(store.claim_run(run.id).await.expect("claim"));
+        run.id
+    });
+    // The server only ends runs that started before it asked (seconds).
+    std::thread::sleep(Duration::from_millis(1100));
+
     // The daemon connects and reports its inventory.
     let mut daemon = Command::new(agent_bin().expect("agent"))
         .args(["run", "--config", cfg])
@@ -94,6 +123,14 @@ fn enrol_connect_report_inventory_and_revoke() {
     });
     let shown = api.call("GET", &format!("/api/v1/agents/{id}"), None);
     assert!(shown["inventory"]["disks"].is_array(), "{shown}");
+    wait_for("the orphan run ended", &log, || {
+        api.call("GET", &format!("/api/v1/reports/{orphan}"), None)["status"] == "failed"
+    });
+    let report = api.call("GET", &format!("/api/v1/reports/{orphan}"), None);
+    assert!(
+        report.to_string().contains("does not know this run"),
+        "{report}"
+    );
     assert!(!shown["inventory"]["hostname"]
         .as_str()
         .unwrap_or("")
@@ -129,10 +166,6 @@ fn enrol_connect_report_inventory_and_revoke() {
         protocol: PROTOCOL_VERSION - 1,
         agent_version: "0.0.1".into(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     let answer = runtime.block_on(crate::channel::exchange(
         port,
         std::path::Path::new(&api.ca),
