@@ -139,7 +139,8 @@ else
             || die "apt-get install python3-pip failed"
     fi
     echo "installing openapi-spec-validator (PyPI) into $PYTOOLS"
-    python3 -m pip install --quiet --disable-pip-version-check --target "$PYTOOLS" \
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts \
+        --root-user-action=ignore --target "$PYTOOLS" \
         openapi-spec-validator || die "pip install openapi-spec-validator failed"
 fi
 

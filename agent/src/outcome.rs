@@ -190,3 +190,41 @@ pub fn failure(what: &str, out: &Output) -> String {
         None => format!("{what} ended with {}", out.status),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::{ExitStatus, Output};
+
+    use super::*;
+
+    fn output(code: i32, stdout: &str, stderr: &str) -> Output {
+        Output {
+            status: ExitStatus::from_raw(code << 8),
+            stdout: stdout.as_bytes().to_vec(),
+            stderr: stderr.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_child_is_read_by_type_and_its_failure_explained() {
+        let ok = output(0, r#"{"ok":true,"image":"a.hfi","parts":2}"#, "");
+        let d: Deleted = read("image delete", &ok).expect("typed");
+        assert_eq!(d.parts, 2);
+        // A field missing is an error, not a default.
+        let missing = output(0, r#"{"ok":true,"image":"a.hfi"}"#, "");
+        let e = read::<Deleted>("image delete", &missing).expect_err("missing field");
+        assert!(e.to_string().contains("parts"), "{e}");
+        // A failure says what the child said: its JSON error, else its last line.
+        let failed = output(
+            3,
+            r#"{"ok":false,"error":"the image is damaged","exit_code":3}"#,
+            "",
+        );
+        let e = read::<Deleted>("image delete", &failed).expect_err("failed");
+        assert_eq!(e.to_string(), "the image is damaged");
+        let died = output(1, "", "progress\nthread panicked: out of memory\n\n");
+        assert_eq!(failure("x", &died), "thread panicked: out of memory");
+        assert!(failure("image create", &output(9, "", "")).starts_with("image create ended with"));
+    }
+}

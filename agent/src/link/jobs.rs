@@ -516,15 +516,16 @@ impl Jobs {
             }
         }
         .map_err(|e| ImageFailure::Failed(format!("the imaging process failed: {e}")))?;
-        // The lines were forwarded as log lines; the outcome is the document on stdout.
-        let _ = lines.await;
+        // The outcome is the document on stdout; the other lines on stderr were forwarded as
+        // log lines, and the last of them explains a child that died without a document.
+        let other_lines = lines.await.unwrap_or_default();
         if cancelled || status.code() == Some(crate::exit::CANCELLED.into()) {
             return Err(ImageFailure::Cancelled);
         }
         let out = std::process::Output {
             status,
             stdout: stdout_bytes,
-            stderr: Vec::new(),
+            stderr: other_lines.join("\n").into_bytes(),
         };
         let created: crate::outcome::Created = crate::outcome::read("the imaging process", &out)
             .map_err(|e| ImageFailure::Failed(format!("{e:#}")))?;
