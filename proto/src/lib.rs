@@ -205,6 +205,9 @@ mod tests {
         };
         let t = m.to_text();
         assert!(t.contains("\"request\":\"cancel\""), "{t}");
+        if let ServerMsg::Request { request, .. } = &m {
+            assert_eq!(request.kind(), "cancel");
+        }
         assert_eq!(serde_json::from_str::<ServerMsg>(&t).expect("parse"), m);
         let answer = AgentMsg::Response {
             id: 7,

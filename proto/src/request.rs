@@ -37,6 +37,20 @@ pub enum Reply {
     Inventory(Inventory),
 }
 
+impl Request {
+    /// The request's kind, as tagged on the wire (for messages).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RunJob(_) => "run_job",
+            Self::Cancel(_) => "cancel",
+            Self::ListRuns(_) => "list_runs",
+            Self::CheckJob(_) => "check_job",
+            Self::TestTarget(_) => "test_target",
+            Self::Inventory(_) => "inventory",
+        }
+    }
+}
+
 impl Reply {
     /// The reply's kind, for messages about a reply of the wrong kind.
     pub fn kind(&self) -> &'static str {

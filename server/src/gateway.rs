@@ -126,7 +126,7 @@ impl Gateway {
         timeout: Duration,
     ) -> Result<C::Reply, GatewayError> {
         let request = call.into();
-        let asked = request_kind(&request);
+        let asked = request.kind();
         let tx = self
             .conns()
             .get(&id)
@@ -171,19 +171,6 @@ impl Gateway {
         {
             let _ = done.send(answer);
         }
-    }
-}
-
-/// A request's kind, for messages.
-fn request_kind(r: &holdfast_proto::Request) -> &'static str {
-    use holdfast_proto::Request;
-    match r {
-        Request::RunJob(_) => "run_job",
-        Request::Cancel(_) => "cancel",
-        Request::ListRuns(_) => "list_runs",
-        Request::CheckJob(_) => "check_job",
-        Request::TestTarget(_) => "test_target",
-        Request::Inventory(_) => "inventory",
     }
 }
 

@@ -207,12 +207,16 @@ impl Store {
     /// Record why agent `id`'s channel was refused for good (`None`: it connected, forget
     /// the last refusal).
     pub async fn set_agent_refusal(&self, id: i64, why: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE agents SET refusal = $1, refused_at = $2 WHERE id = $3")
-            .bind(why)
-            .bind(why.map(|_| now()))
-            .bind(id)
-            .execute(self.pool())
-            .await?;
+        // Clearing runs on every connection: it writes only when there is a refusal to clear.
+        sqlx::query(
+            "UPDATE agents SET refusal = $1, refused_at = $2 \
+             WHERE id = $3 AND (refusal IS NOT NULL OR $1 IS NOT NULL)",
+        )
+        .bind(why)
+        .bind(why.map(|_| now()))
+        .bind(id)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 

@@ -16,17 +16,10 @@ pub struct JobRow {
     /// The sealed image password; never serialised.
     #[serde(skip)]
     pub secret: Option<String>,
+    /// The target its definition names (kept in a column beside it, with a foreign key).
+    pub target_id: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
-}
-
-impl JobRow {
-    /// The target the definition names (without parsing all of it).
-    pub fn target_id(&self) -> Option<i64> {
-        serde_json::from_str::<serde_json::Value>(&self.spec)
-            .ok()
-            .and_then(|v| v["target_id"].as_i64())
-    }
 }
 
 /// A run of a job (or a manual action) on one agent.
@@ -99,7 +92,7 @@ pub struct NewImage<'a> {
     pub verified: Option<bool>,
 }
 
-const JOB_COLUMNS: &str = "id, name, enabled, spec, secret, created_at, updated_at";
+const JOB_COLUMNS: &str = "id, name, enabled, spec, secret, target_id, created_at, updated_at";
 const RUN_COLUMNS: &str = "id, job_id, agent_id, name, cause, scheduled_for, state, created_at, started_at, ended_at, bytes_read, bytes_written, report";
 const IMAGE_COLUMNS: &str = "id, run_id, job_id, agent_id, target_id, name, method, base_name, image_id, bytes, verified, created_at, deleted_at";
 
@@ -110,6 +103,7 @@ fn job(r: &sqlx::any::AnyRow) -> Result<JobRow, sqlx::Error> {
         enabled: r.try_get::<i64, _>("enabled")? != 0,
         spec: r.try_get("spec")?,
         secret: r.try_get("secret")?,
+        target_id: r.try_get("target_id")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
@@ -220,18 +214,24 @@ impl JobLinks {
     }
 }
 
-/// A column of `jobs` that links to another table.
+/// A column that links rows of one table to another: what names a target or a site.
 #[derive(Debug, Clone, Copy)]
-pub(crate) enum LinkColumn {
-    Target,
-    Site,
+pub(crate) enum Link {
+    /// A job's target.
+    JobTarget,
+    /// A job's site.
+    JobSite,
+    /// A site's default target.
+    SiteTarget,
 }
 
-impl LinkColumn {
-    fn name(self) -> &'static str {
+impl Link {
+    /// The table and its column (constants, so the formatted SQL is safe).
+    fn table_and_column(self) -> (&'static str, &'static str) {
         match self {
-            Self::Target => "target_id",
-            Self::Site => "site_id",
+            Self::JobTarget => ("jobs", "target_id"),
+            Self::JobSite => ("jobs", "site_id"),
+            Self::SiteTarget => ("sites", "target_id"),
         }
     }
 }
@@ -348,15 +348,16 @@ impl Store {
         Ok(Some(row))
     }
 
-    /// Names of the jobs whose `column` (`target_id` or `site_id`) is `id`.
-    pub(crate) async fn jobs_linked(
+    /// Names of the rows (jobs or sites) whose `link` is `id`, sorted: what a refused
+    /// delete names.
+    pub(crate) async fn names_linked(
         &self,
-        column: LinkColumn,
+        link: Link,
         id: i64,
     ) -> Result<Vec<String>, StoreError> {
+        let (table, column) = link.table_and_column();
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT name FROM jobs WHERE {} = $1 ORDER BY name",
-            column.name()
+            "SELECT name FROM {table} WHERE {column} = $1 ORDER BY name"
         )))
         .bind(id)
         .fetch_all(self.pool())

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row as _};
 
-use super::jobs::LinkColumn;
+use super::jobs::Link;
 use super::{now, Store, StoreError};
 
 /// The default target a site's defaults (the server's own JSON) name.
@@ -124,7 +124,7 @@ impl Store {
         match done {
             Ok(d) => Ok(d.rows_affected() == 1),
             Err(e) if StoreError::is_foreign_key(&e) => {
-                let jobs = self.jobs_linked(LinkColumn::Site, id).await?;
+                let jobs = self.names_linked(Link::JobSite, id).await?;
                 Err(StoreError::InUse(format!(
                     "the site is used by job(s) {}",
                     jobs.join(", ")
@@ -132,21 +132,6 @@ impl Store {
             }
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Names of the sites whose default target is `target_id`.
-    pub(crate) async fn sites_with_default_target(
-        &self,
-        target_id: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let rows = sqlx::query("SELECT name FROM sites WHERE target_id = $1 ORDER BY name")
-            .bind(target_id)
-            .fetch_all(self.pool())
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| r.try_get("name"))
-            .collect::<Result<_, _>>()?)
     }
 
     /// Put agent `agent_id` in site `site_id` (or in none); false when there is no such agent.

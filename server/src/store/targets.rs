@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row as _};
 
-use super::jobs::LinkColumn;
+use super::jobs::Link;
 use super::{now, Store, StoreError};
 
 /// A target as stored.
@@ -137,8 +137,8 @@ impl Store {
         match done {
             Ok(d) => Ok(d.rows_affected() == 1),
             Err(e) if StoreError::is_foreign_key(&e) => {
-                let jobs = self.jobs_linked(LinkColumn::Target, id).await?;
-                let sites = self.sites_with_default_target(id).await?;
+                let jobs = self.names_linked(Link::JobTarget, id).await?;
+                let sites = self.names_linked(Link::SiteTarget, id).await?;
                 let mut users = Vec::new();
                 if !jobs.is_empty() {
                     users.push(format!("job(s) {}", jobs.join(", ")));

@@ -215,7 +215,7 @@ async fn exercise_jobs(store: &Store) {
         t.id
     );
     let j = store.create_job("nightly", true, &spec).await.expect("job");
-    assert_eq!(j.target_id(), Some(t.id));
+    assert_eq!(j.target_id, Some(t.id));
     // The database's foreign key refuses, and the error names the job that uses it.
     match store.delete_target(t.id).await {
         Err(holdfast_server::store::StoreError::InUse(why)) => {

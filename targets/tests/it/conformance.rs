@@ -13,17 +13,7 @@ use zeroize::Zeroizing;
 
 use holdfast_testkit::servers::{Sshd, PASSWORD, USER};
 
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+pub use holdfast_testkit::devices::noise;
 
 pub fn body(data: Vec<u8>) -> Body {
     Box::new(Cursor::new(data))
