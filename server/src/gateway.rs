@@ -34,6 +34,24 @@ pub enum GatewayError {
     },
 }
 
+impl GatewayError {
+    /// The error as a sentence about the agent on `host` (its display form names the agent's
+    /// id, for logs).
+    pub fn on(&self, host: &str) -> String {
+        match self {
+            GatewayError::Offline(_) => format!(
+                "{host} is not connected to the server (its agent is stopped, or cannot reach the server)"
+            ),
+            GatewayError::Timeout(_, s) => format!("{host} did not answer within {s} s"),
+            GatewayError::Gone(_) => format!("{host} disconnected before answering"),
+            GatewayError::Failed(_, why) => format!("{host}: {why}"),
+            GatewayError::WrongReply { asked, got, .. } => format!(
+                "{host} answered a {asked} request with a {got} reply (its agent is of another version)"
+            ),
+        }
+    }
+}
+
 /// What the agent answered: a reply, or why it could not.
 type Answer = Result<Reply, String>;
 

@@ -57,13 +57,21 @@ pub async fn start(
     listening(listen).await?;
     if !config.exists() {
         let token = new_secret("hfe_").map_err(anyhow::Error::msg)?;
-        store
+        let mut change = store.change("server").await?;
+        let created = change
             .create_enrollment_token(
                 "local agent",
                 &secret_hash(&token),
                 1,
                 now() + 600,
                 "server",
+            )
+            .await?;
+        change
+            .commit(
+                "create_enrollment_token",
+                &format!("enrollment_token:{}", created.id),
+                "local agent",
             )
             .await?;
         let out = Command::new(&bin)

@@ -36,9 +36,10 @@ pub async fn first_admin(
     let hash = tokio::task::spawn_blocking(move || hash_password(&p))
         .await?
         .map_err(|e| anyhow!(e))?;
-    store.create_user("admin", &hash, Role::Admin).await?;
-    store
-        .audit("server", "create_user", "user:admin", "first start")
+    let mut change = store.change("server").await?;
+    let admin = change.create_user("admin", &hash, Role::Admin).await?;
+    change
+        .commit("create_user", &format!("user:{}", admin.id), "first start")
         .await?;
     Ok(Some(password))
 }
@@ -108,13 +109,21 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         ));
         // A first token, so other machines can join before anyone opens the console.
         let token = new_secret("hfe_").map_err(|e| anyhow!(e))?;
-        store
+        let mut change = store.change("server").await?;
+        let created = change
             .create_enrollment_token(
                 "first start",
                 &crate::auth::secret_hash(&token),
                 FIRST_TOKEN_USES,
                 crate::store::now() + 24 * 3600,
                 "server",
+            )
+            .await?;
+        change
+            .commit(
+                "create_enrollment_token",
+                &format!("enrollment_token:{}", created.id),
+                "first start",
             )
             .await?;
         say(format_args!(

@@ -1,6 +1,7 @@
 //! The agents' side of the server: enrolment and the long-lived channel, both WebSockets
 //! opened by the agent (the server never connects to agents).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -16,6 +17,7 @@ use holdfast_proto::{
 use super::caller::ClientIp;
 use super::AppState;
 use crate::auth::{new_secret, secret_hash};
+use crate::store::StoreError;
 
 /// Default seconds between an agent's heartbeats; three missed ones close the channel.
 pub const HEARTBEAT_SECONDS: u64 = 15;
@@ -100,16 +102,9 @@ async fn enroll(
         };
         // The credential names the agent, so the server finds its hash without a scan; it
         // is filled in once the id is known, so store the hash of the random part.
-        let enrolled = state
-            .store
-            .enroll_agent(&secret_hash(token.trim()), &hostname, &secret_hash(&random))
-            .await;
+        let enrolled = record_enrolment(&state, token.trim(), &hostname, &random, ip).await;
         match enrolled {
             Ok(Some(id)) => {
-                let _ = state
-                    .store
-                    .audit("enrolment", "enroll_agent", &format!("agent:{id}"), &format!("host={hostname} from={ip}"))
-                    .await;
                 tracing::info!(agent = id, %hostname, %ip, "agent enrolled");
                 let secret = format!("hfa_{id}.{random}");
                 let _ = send(&mut ws, &ServerMsg::Enrolled { agent_id: id, secret }).await;
@@ -130,6 +125,32 @@ async fn enroll(
             }
         }
     })
+}
+
+/// Record the agent `hostname` enrolling from `ip` with `token`, its credential's random
+/// part `random`, with its audit entry; `None` when the token is not good.
+async fn record_enrolment(
+    state: &AppState,
+    token: &str,
+    hostname: &str,
+    random: &str,
+    ip: IpAddr,
+) -> Result<Option<i64>, StoreError> {
+    let mut change = state.store.change("enrolment").await?;
+    let Some(id) = change
+        .enroll_agent(&secret_hash(token), hostname, &secret_hash(random))
+        .await?
+    else {
+        return Ok(None);
+    };
+    change
+        .commit(
+            "enroll_agent",
+            &format!("agent:{id}"),
+            &format!("host={hostname} from={ip}"),
+        )
+        .await?;
+    Ok(Some(id))
 }
 
 /// `hfa_<id>.<random>` → (id, random).

@@ -14,7 +14,6 @@ use super::caller::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::{AppState, Items, Page, PageQuery};
 use crate::auth::{new_secret, secret_hash, Role};
-use crate::gateway::GatewayError;
 use crate::store::agents::{Agent, EnrollmentToken};
 use crate::store::now;
 use crate::store::AgentStatus;
@@ -72,8 +71,8 @@ async fn create_token(
         ));
     }
     let secret = new_secret("hfe_").map_err(ApiError::Internal)?;
-    let token = state
-        .store
+    let mut change = state.store.change(&caller.user.name).await?;
+    let token = change
         .create_enrollment_token(
             body.name.trim(),
             &secret_hash(&secret),
@@ -82,10 +81,8 @@ async fn create_token(
             &caller.user.name,
         )
         .await?;
-    state
-        .store
-        .audit(
-            &caller.user.name,
+    change
+        .commit(
             "create_enrollment_token",
             &format!("enrollment_token:{}", token.id),
             &format!("uses={uses} hours={hours}"),
@@ -132,13 +129,12 @@ async fn revoke_token(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
-    if !state.store.revoke_enrollment_token(id).await? {
+    let mut change = state.store.change(&caller.user.name).await?;
+    if !change.revoke_enrollment_token(id).await? {
         return Err(ApiError::NotFound(format!("enrolment token {id}")));
     }
-    state
-        .store
-        .audit(
-            &caller.user.name,
+    change
+        .commit(
             "revoke_enrollment_token",
             &format!("enrollment_token:{id}"),
             "",
@@ -238,19 +234,14 @@ async fn revoke(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
-    if !state.store.revoke_agent(id).await? {
+    let mut change = state.store.change(&caller.user.name).await?;
+    if !change.revoke_agent(id).await? {
         return Err(ApiError::NotFound(format!("agent {id}")));
     }
-    state.gateway.kick(id);
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "revoke_agent",
-            &format!("agent:{id}"),
-            "",
-        )
+    change
+        .commit("revoke_agent", &format!("agent:{id}"), "")
         .await?;
+    state.gateway.kick(id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -262,18 +253,18 @@ async fn refresh_inventory(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let inv: Inventory = state
+    let asked = state
         .gateway
         .request(
             id,
             holdfast_proto::request::GetInventory {},
             Duration::from_secs(30),
         )
-        .await
-        .map_err(|e| match e {
-            GatewayError::Offline(_) => ApiError::Invalid(e.to_string()),
-            other => ApiError::Internal(other.to_string()),
-        })?;
+        .await;
+    let inv: Inventory = match asked {
+        Ok(inv) => inv,
+        Err(e) => return Err(ApiError::Invalid(e.on(&state.jobs.host_name(id).await))),
+    };
     super::agent_channel::store_inventory(&state, id, &inv).await;
     Ok(Json(inv))
 }

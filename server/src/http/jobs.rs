@@ -18,7 +18,7 @@ use crate::jobs::job_xml;
 use crate::jobs::spec::JobSpec;
 use crate::jobs::{job_context, DispatchError};
 use crate::store::jobs::{JobRow, LastRun, RunFilter};
-use crate::store::RunState;
+use crate::store::{Change, RunState};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -221,16 +221,21 @@ struct Cancelled {
 }
 
 /// Seal and store the password of job `id` as `body` asks.
-async fn store_password(state: &AppState, id: i64, body: &JobBody) -> Result<(), ApiError> {
+async fn store_password(
+    state: &AppState,
+    change: &mut Change,
+    id: i64,
+    body: &JobBody,
+) -> Result<(), ApiError> {
     if body.clear_password {
-        state.store.set_job_secret(id, None).await?;
+        change.set_job_secret(id, None).await?;
     }
     if let Some(p) = body.password.as_ref().filter(|p| !p.is_empty()) {
         let sealed = state
             .vault
             .seal(&job_context(id), p.as_bytes())
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        state.store.set_job_secret(id, Some(&sealed)).await?;
+        change.set_job_secret(id, Some(&sealed)).await?;
     }
     Ok(())
 }
@@ -306,19 +311,13 @@ async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
     let spec = body.check(&state, false).await?;
-    let j = state
-        .store
+    let mut change = state.store.change(&caller.user.name).await?;
+    let j = change
         .create_job(body.name.trim(), body.enabled, &spec)
         .await?;
-    store_password(&state, j.id, &body).await?;
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "create_job",
-            &format!("job:{}", j.id),
-            &j.name,
-        )
+    store_password(&state, &mut change, j.id, &body).await?;
+    change
+        .commit("create_job", &format!("job:{}", j.id), &j.name)
         .await?;
     let j = find(&state, j.id).await?;
     Ok((StatusCode::CREATED, Json(view(&state, &j).await?)))
@@ -347,20 +346,14 @@ async fn update(
     caller.require(Role::Operator)?;
     let old = find(&state, id).await?;
     let spec = body.check(&state, old.secret.is_some()).await?;
-    state
-        .store
+    let mut change = state.store.change(&caller.user.name).await?;
+    change
         .update_job(id, body.name.trim(), body.enabled, &spec)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
-    store_password(&state, id, &body).await?;
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "update_job",
-            &format!("job:{id}"),
-            body.name.trim(),
-        )
+    store_password(&state, &mut change, id, &body).await?;
+    change
+        .commit("update_job", &format!("job:{id}"), body.name.trim())
         .await?;
     let j = find(&state, id).await?;
     Ok(Json(view(&state, &j).await?))
@@ -374,12 +367,12 @@ async fn remove(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
-    if !state.store.delete_job(id).await? {
+    let mut change = state.store.change(&caller.user.name).await?;
+    if !change.delete_job(id).await? {
         return Err(ApiError::NotFound(format!("job {id}")));
     }
-    state
-        .store
-        .audit(&caller.user.name, "delete_job", &format!("job:{id}"), "")
+    change
+        .commit("delete_job", &format!("job:{id}"), "")
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -404,7 +397,7 @@ async fn run_now(
     let (job, agents) = job_and_agents(&state, id, &body).await?;
     let mut runs = Vec::new();
     for agent in agents {
-        match state.jobs.start(&job, agent).await {
+        match state.jobs.start(&job, agent, &caller.user.name).await {
             Ok(run) => runs.push(super::reports::summary(&state, &run)),
             Err(e @ (DispatchError::Busy(..) | DispatchError::AlreadyRan(_))) => {
                 return Err(ApiError::Conflict(e.to_string()))
@@ -415,10 +408,6 @@ async fn run_now(
             Err(e) => return Err(ApiError::Internal(e.to_string())),
         }
     }
-    state
-        .store
-        .audit(&caller.user.name, "run_job", &format!("job:{id}"), "")
-        .await?;
     Ok((StatusCode::ACCEPTED, Json(Started { runs })))
 }
 
@@ -511,9 +500,19 @@ async fn cancel(
             Err(e) => errors.push(format!("run {}: {e}", run.id)),
         }
     }
+    let asked_text = asked
+        .iter()
+        .map(|r| format!("run:{r}"))
+        .collect::<Vec<_>>()
+        .join(" ");
     state
         .store
-        .audit(&caller.user.name, "cancel_job", &format!("job:{id}"), "")
+        .record_action(
+            &caller.user.name,
+            "cancel_job",
+            &format!("job:{id}"),
+            &asked_text,
+        )
         .await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -603,15 +602,10 @@ async fn import(
     }
     check_spec(&state, &body.spec).await?;
     let spec = serde_json::to_string(&body.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let j = state.store.create_job(name, body.enabled, &spec).await?;
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "import_job",
-            &format!("job:{}", j.id),
-            &j.name,
-        )
+    let mut change = state.store.change(&caller.user.name).await?;
+    let j = change.create_job(name, body.enabled, &spec).await?;
+    change
+        .commit("import_job", &format!("job:{}", j.id), &j.name)
         .await?;
     Ok((StatusCode::CREATED, Json(view(&state, &j).await?)))
 }

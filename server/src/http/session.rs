@@ -95,18 +95,12 @@ async fn login(
     };
     state.limiter.succeeded(ip);
     let secret = new_secret("").map_err(ApiError::Internal)?;
-    state
-        .store
+    let mut change = state.store.change(&user.name).await?;
+    change
         .create_session(&secret_hash(&secret), user.id, now() + SESSION_SECONDS)
         .await?;
-    state
-        .store
-        .audit(
-            &user.name,
-            "login",
-            &format!("user:{}", user.id),
-            &ip.to_string(),
-        )
+    change
+        .commit("login", &format!("user:{}", user.id), &ip.to_string())
         .await?;
     let headers = session_cookies(&secret, SESSION_SECONDS)?;
     Ok((
@@ -167,15 +161,10 @@ async fn change_password(
     let hash = blocking(move || hash_password(&new))
         .await?
         .map_err(ApiError::Internal)?;
-    state.store.set_password(caller.user.id, &hash).await?;
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "change_password",
-            &format!("user:{}", caller.user.id),
-            "",
-        )
+    let mut change = state.store.change(&caller.user.name).await?;
+    change.set_password(caller.user.id, &hash).await?;
+    change
+        .commit("change_password", &format!("user:{}", caller.user.id), "")
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

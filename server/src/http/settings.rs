@@ -112,22 +112,17 @@ async fn set_smtp(
         _ if body.clear_password => Some(None),
         _ => None,
     };
-    state
-        .store
+    let mut change = state.store.change(&caller.user.name).await?;
+    change
         .set_setting(SMTP_KEY, &value, sealed.as_ref().map(|s| s.as_deref()))
         .await?;
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "update_smtp",
-            "settings:smtp",
-            if sealed.is_some() {
-                "password changed"
-            } else {
-                ""
-            },
-        )
+    let detail = if sealed.is_some() {
+        "password changed"
+    } else {
+        ""
+    };
+    change
+        .commit("update_smtp", "settings:smtp", detail)
         .await?;
     smtp(State(state), caller).await
 }
@@ -226,13 +221,10 @@ async fn set_alerts(
     caller.require(Role::Admin)?;
     rules.validate().map_err(ApiError::Invalid)?;
     let value = serde_json::to_string(&rules).map_err(|e| ApiError::Internal(e.to_string()))?;
-    state
-        .store
-        .set_setting(ALERTS_KEY, &value, Some(None))
-        .await?;
-    state
-        .store
-        .audit(&caller.user.name, "update_alerts", "settings:alerts", "")
+    let mut change = state.store.change(&caller.user.name).await?;
+    change.set_setting(ALERTS_KEY, &value, Some(None)).await?;
+    change
+        .commit("update_alerts", "settings:alerts", "")
         .await?;
     Ok(Json(rules))
 }

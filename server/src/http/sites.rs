@@ -119,16 +119,10 @@ async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     let defaults = body.check(&state).await?;
-    let s = state.store.create_site(body.name.trim(), &defaults).await?;
-    state.jobs.forget_sites().await;
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "create_site",
-            &format!("site:{}", s.id),
-            &s.name,
-        )
+    let mut change = state.store.change(&caller.user.name).await?;
+    let s = change.create_site(body.name.trim(), &defaults).await?;
+    change
+        .commit("create_site", &format!("site:{}", s.id), &s.name)
         .await?;
     Ok((StatusCode::CREATED, Json(view(&state, &s).await?)))
 }
@@ -155,20 +149,13 @@ async fn update(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     let defaults = body.check(&state).await?;
-    let s = state
-        .store
+    let mut change = state.store.change(&caller.user.name).await?;
+    let s = change
         .update_site(id, body.name.trim(), &defaults)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("site {id}")))?;
-    state.jobs.forget_sites().await;
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "update_site",
-            &format!("site:{id}"),
-            &s.name,
-        )
+    change
+        .commit("update_site", &format!("site:{id}"), &s.name)
         .await?;
     Ok(Json(view(&state, &s).await?))
 }
@@ -181,13 +168,12 @@ async fn remove(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
-    if !state.store.delete_site(id).await? {
+    let mut change = state.store.change(&caller.user.name).await?;
+    if !change.delete_site(id).await? {
         return Err(ApiError::NotFound(format!("site {id}")));
     }
-    state.jobs.forget_sites().await;
-    state
-        .store
-        .audit(&caller.user.name, "delete_site", &format!("site:{id}"), "")
+    change
+        .commit("delete_site", &format!("site:{id}"), "")
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -214,20 +200,15 @@ async fn move_agent(
             .await
             .map_err(|_| ApiError::Invalid(format!("there is no site {s}")))?;
     }
-    if !state.store.set_agent_site(id, body.site_id).await? {
+    let mut change = state.store.change(&caller.user.name).await?;
+    if !change.set_agent_site(id, body.site_id).await? {
         return Err(ApiError::NotFound(format!("agent {id}")));
     }
-    state.jobs.forget_sites().await;
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "move_agent",
-            &format!("agent:{id}"),
-            &body
-                .site_id
-                .map_or_else(|| "no site".to_owned(), |s| format!("site:{s}")),
-        )
+    let to = body
+        .site_id
+        .map_or_else(|| "no site".to_owned(), |s| format!("site:{s}"));
+    change
+        .commit("move_agent", &format!("agent:{id}"), &to)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

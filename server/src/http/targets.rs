@@ -16,6 +16,7 @@ use super::{AppState, Page, PageQuery, Stored};
 use crate::auth::Role;
 use crate::jobs::{target_context, TargetSecret};
 use crate::store::targets::{TargetFields, TargetRow};
+use crate::store::Change;
 use holdfast_proto::request::TargetProbe;
 use holdfast_targets::location::Location;
 
@@ -122,7 +123,12 @@ pub(crate) fn secret(state: &AppState, t: &TargetRow) -> Result<TargetSecret, Ap
 }
 
 /// Merge the credentials of `body` into `t`'s and store them sealed.
-async fn store_secret(state: &AppState, t: &TargetRow, body: TargetBody) -> Result<(), ApiError> {
+async fn store_secret(
+    state: &AppState,
+    change: &mut Change,
+    t: &TargetRow,
+    body: TargetBody,
+) -> Result<(), ApiError> {
     let given = body.password.is_some() || body.private_key.is_some() || body.passphrase.is_some();
     if !given && !body.clear_credentials {
         return Ok(());
@@ -153,10 +159,7 @@ async fn store_secret(state: &AppState, t: &TargetRow, body: TargetBody) -> Resu
                 .map_err(|e| ApiError::Internal(e.to_string()))?,
         )
     };
-    state
-        .store
-        .set_target_secret(t.id, sealed.as_deref())
-        .await?;
+    change.set_target_secret(t.id, sealed.as_deref()).await?;
     Ok(())
 }
 
@@ -235,16 +238,11 @@ async fn create(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     body.check()?;
-    let t = state.store.create_target(&body.fields()).await?;
-    store_secret(&state, &t, body).await?;
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "create_target",
-            &format!("target:{}", t.id),
-            &t.url,
-        )
+    let mut change = state.store.change(&caller.user.name).await?;
+    let t = change.create_target(&body.fields()).await?;
+    store_secret(&state, &mut change, &t, body).await?;
+    change
+        .commit("create_target", &format!("target:{}", t.id), &t.url)
         .await?;
     let t = state.store.target(t.id).await?.unwrap_or(t);
     Ok((StatusCode::CREATED, Json(view(&state, &t)?)))
@@ -276,8 +274,8 @@ async fn update(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     body.check()?;
-    let t = state
-        .store
+    let mut change = state.store.change(&caller.user.name).await?;
+    let t = change
         .update_target(id, &body.fields())
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("target {id}")))?;
@@ -285,19 +283,14 @@ async fn update(
         || body.password.is_some()
         || body.private_key.is_some()
         || body.passphrase.is_some();
-    store_secret(&state, &t, body).await?;
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "update_target",
-            &format!("target:{id}"),
-            if changed_secret {
-                "credentials changed"
-            } else {
-                ""
-            },
-        )
+    store_secret(&state, &mut change, &t, body).await?;
+    let detail = if changed_secret {
+        "credentials changed"
+    } else {
+        ""
+    };
+    change
+        .commit("update_target", &format!("target:{id}"), detail)
         .await?;
     let t = state.store.target(id).await?.unwrap_or(t);
     Ok(Json(view(&state, &t)?))
@@ -311,17 +304,12 @@ async fn remove(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
-    if !state.store.delete_target(id).await? {
+    let mut change = state.store.change(&caller.user.name).await?;
+    if !change.delete_target(id).await? {
         return Err(ApiError::NotFound(format!("target {id}")));
     }
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "delete_target",
-            &format!("target:{id}"),
-            "",
-        )
+    change
+        .commit("delete_target", &format!("target:{id}"), "")
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

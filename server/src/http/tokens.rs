@@ -59,18 +59,12 @@ async fn create(
         ));
     }
     let secret = new_secret("hft_").map_err(ApiError::Internal)?;
-    let token = state
-        .store
+    let mut change = state.store.change(&caller.user.name).await?;
+    let token = change
         .create_token(caller.user.id, name, &secret_hash(&secret))
         .await?;
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "create_token",
-            &format!("token:{}", token.id),
-            name,
-        )
+    change
+        .commit("create_token", &format!("token:{}", token.id), name)
         .await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
@@ -83,17 +77,12 @@ async fn revoke(
     ApiPath(id): ApiPath<i64>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
-    if !state.store.revoke_token(caller.user.id, id).await? {
+    let mut change = state.store.change(&caller.user.name).await?;
+    if !change.revoke_token(caller.user.id, id).await? {
         return Err(ApiError::NotFound(format!("token {id}")));
     }
-    state
-        .store
-        .audit(
-            &caller.user.name,
-            "revoke_token",
-            &format!("token:{id}"),
-            "",
-        )
+    change
+        .commit("revoke_token", &format!("token:{id}"), "")
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

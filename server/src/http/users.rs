@@ -76,14 +76,10 @@ async fn create(
     let hash = blocking(move || hash_password(&password))
         .await?
         .map_err(ApiError::Internal)?;
-    let user = state
-        .store
-        .create_user(&body.name, &hash, body.role)
-        .await?;
-    state
-        .store
-        .audit(
-            &caller.user.name,
+    let mut change = state.store.change(&caller.user.name).await?;
+    let user = change.create_user(&body.name, &hash, body.role).await?;
+    change
+        .commit(
             "create_user",
             &format!("user:{}", user.id),
             &format!("name={} role={}", user.name, user.role.as_str()),
@@ -115,15 +111,13 @@ async fn update(
             "you cannot lower or disable your own account".into(),
         ));
     }
-    let user = state
-        .store
+    let mut change = state.store.change(&caller.user.name).await?;
+    let user = change
         .update_user(id, body.role, body.disabled)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("user {id}")))?;
-    state
-        .store
-        .audit(
-            &caller.user.name,
+    change
+        .commit(
             "update_user",
             &format!("user:{id}"),
             &format!("role={} disabled={}", user.role.as_str(), user.disabled),
@@ -145,12 +139,12 @@ async fn remove(
             "you cannot delete your own account".into(),
         ));
     }
-    if !state.store.delete_user(id).await? {
+    let mut change = state.store.change(&caller.user.name).await?;
+    if !change.delete_user(id).await? {
         return Err(ApiError::NotFound(format!("user {id}")));
     }
-    state
-        .store
-        .audit(&caller.user.name, "delete_user", &format!("user:{id}"), "")
+    change
+        .commit("delete_user", &format!("user:{id}"), "")
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -56,6 +56,9 @@ pub enum DispatchError {
     Busy(String, String),
     #[error("{0}")]
     Gateway(#[from] GatewayError),
+    /// What went wrong between the server and an agent, told about its host.
+    #[error("{0}")]
+    Agent(String),
 }
 
 /// Target credentials as sealed in the vault.
@@ -128,10 +131,18 @@ pub struct Dispatcher {
     live: Mutex<HashMap<i64, LiveProgress>>,
     /// Sites and their agents, read at most once a second (a fleet-wide start prepares
     /// thousands of orders at once).
-    sites: tokio::sync::Mutex<Option<(Instant, Arc<SiteBook>)>>,
+    sites: tokio::sync::Mutex<Option<CachedSites>>,
 }
 
-/// How long the cached sites are used.
+/// Sites as read at `at`, when the store's sites epoch was `epoch`.
+struct CachedSites {
+    at: Instant,
+    epoch: u64,
+    book: Arc<SiteBook>,
+}
+
+/// How long cached sites are used when nothing on this server changed them (another
+/// server instance on the same database may have).
 const SITES_FRESH: Duration = Duration::from_secs(1);
 
 /// Runs an agent has at once unless configured: imaging saturates a machine's disks.
@@ -160,22 +171,22 @@ impl Dispatcher {
             .store(n.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Sites with their agents (cached for a second).
+    /// Sites with their agents (cached for a second, and until a change to them commits).
     pub async fn sites(&self) -> Result<Arc<SiteBook>, StoreError> {
         let mut cached = self.sites.lock().await;
-        if let Some((at, book)) = cached.as_ref() {
-            if at.elapsed() < SITES_FRESH {
-                return Ok(book.clone());
+        let epoch = self.store.sites_epoch();
+        if let Some(c) = cached.as_ref() {
+            if c.epoch == epoch && c.at.elapsed() < SITES_FRESH {
+                return Ok(c.book.clone());
             }
         }
         let book = Arc::new(self.store.site_book().await?);
-        *cached = Some((Instant::now(), book.clone()));
+        *cached = Some(CachedSites {
+            at: Instant::now(),
+            epoch,
+            book: book.clone(),
+        });
         Ok(book)
-    }
-
-    /// Sites or their agents changed: read them again next time.
-    pub async fn forget_sites(&self) {
-        *self.sites.lock().await = None;
     }
 
     /// The definition of `job` as it runs (site defaults and agents resolved).
@@ -268,8 +279,14 @@ impl Dispatcher {
     }
 
     /// Start `job` on `agent_id` now, by hand: refused while the agent runs this job or
-    /// is at its limit of runs; a run whose agent is offline ends at once, failed.
-    pub async fn start(&self, job: &JobRow, agent_id: i64) -> Result<RunRow, DispatchError> {
+    /// is at its limit of runs; a run whose agent is offline ends at once, failed. The run is
+    /// recorded with its audit entry naming `by`.
+    pub async fn start(
+        &self,
+        job: &JobRow,
+        agent_id: i64,
+        by: &str,
+    ) -> Result<RunRow, DispatchError> {
         let spec = self.spec_of(job).await?;
         let host = self
             .store
@@ -305,11 +322,18 @@ impl Dispatcher {
             .target(spec.target())
             .await?
             .ok_or_else(|| DispatchError::NotFound(format!("target {}", spec.target())))?;
-        let run = self
-            .store
+        let mut change = self.store.change(by).await?;
+        let run = change
             .create_run(Some(job.id), agent_id, &job.name, "manual", None)
             .await?
-            .ok_or(DispatchError::AlreadyRan(host))?;
+            .ok_or_else(|| DispatchError::AlreadyRan(host.clone()))?;
+        change
+            .commit(
+                "run_job",
+                &format!("run:{}", run.id),
+                &format!("job:{} on {host}", job.id),
+            )
+            .await?;
         self.deliver(&run, false).await?;
         Ok(self.store.run(run.id).await?.unwrap_or(run))
     }
@@ -355,13 +379,10 @@ impl Dispatcher {
                 tracing::warn!(run = run.id, error = %e, "no answer to a job order; the run stays open");
             }
             Err(e) => {
-                let why = match e {
-                    GatewayError::Offline(_) => format!(
-                        "{} is not connected to the server; the job did not run",
-                        self.host_name(run.agent_id).await
-                    ),
-                    other => other.to_string(),
-                };
+                let why = format!(
+                    "{}; the job did not run",
+                    e.on(&self.host_name(run.agent_id).await)
+                );
                 self.end_here(run, RunStatus::Failed, &why).await;
             }
         }
@@ -505,13 +526,16 @@ impl Dispatcher {
         &self,
         target: &TargetRow,
         agent_id: i64,
-    ) -> Result<TargetProbe, GatewayError> {
-        let access = self
-            .access(target)
-            .map_err(|e| GatewayError::Failed(agent_id, e.to_string()))?;
-        self.gateway
+    ) -> Result<TargetProbe, DispatchError> {
+        let access = self.access(target)?;
+        match self
+            .gateway
             .request(agent_id, TestTarget { target: access }, CHECK_TIMEOUT)
             .await
+        {
+            Ok(probe) => Ok(probe),
+            Err(e) => Err(self.on_host(agent_id, e).await),
+        }
     }
 
     /// "Check job": agent `agent_id` verifies it could run `job` now (source, target,
@@ -533,24 +557,26 @@ impl Dispatcher {
             report: None,
         };
         let order = self.prepare(&probe).await?;
-        Ok(self
-            .gateway
-            .request(
-                agent_id,
-                CheckJob {
-                    order: Box::new(order),
-                },
-                CHECK_TIMEOUT,
-            )
-            .await?)
+        let order = CheckJob {
+            order: Box::new(order),
+        };
+        match self.gateway.request(agent_id, order, CHECK_TIMEOUT).await {
+            Ok(checks) => Ok(checks),
+            Err(e) => Err(self.on_host(agent_id, e).await),
+        }
     }
 
     /// Agent `agent_id`'s host name, for messages (`agent N` when it cannot be read).
-    async fn host_name(&self, agent_id: i64) -> String {
+    pub async fn host_name(&self, agent_id: i64) -> String {
         match self.store.agent(agent_id).await {
             Ok(Some(a)) if !a.hostname.is_empty() => a.hostname,
             _ => format!("agent {agent_id}"),
         }
+    }
+
+    /// Gateway error `e` told about agent `agent_id`'s host.
+    async fn on_host(&self, agent_id: i64, e: GatewayError) -> DispatchError {
+        DispatchError::Agent(e.on(&self.host_name(agent_id).await))
     }
 
     /// End a run that no agent ran, with a one-step report saying why.
@@ -642,11 +668,15 @@ impl Dispatcher {
     }
 
     /// Ask the agent to cancel run `run`.
-    pub async fn cancel(&self, run: &RunRow) -> Result<(), GatewayError> {
-        self.gateway
+    pub async fn cancel(&self, run: &RunRow) -> Result<(), DispatchError> {
+        match self
+            .gateway
             .request(run.agent_id, Cancel { run_id: run.id }, ACCEPT_TIMEOUT)
             .await
-            .map(|_| ())
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.on_host(run.agent_id, e).await),
+        }
     }
 
     /// Store a report from agent `agent_id`. True when the agent may forget it (stored now

@@ -122,8 +122,8 @@ pub async fn once(
         };
         if now_s > reference + frame {
             let why = format!(
-                "agent {} was not connected from the start time {} through the time frame ({} min); the job did not run",
-                run.agent_id,
+                "{} was not connected from the start time {} through the time frame ({} min); the job did not run",
+                jobs.host_name(run.agent_id).await,
                 super::report_xml::time(reference),
                 frame / 60
             );

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row as _};
 
-use super::{now, Store, StoreError};
+use super::{now, Change, Store, StoreError};
 
 /// An enrolment token as listed (never the secret).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -78,30 +78,6 @@ fn token(r: &sqlx::any::AnyRow) -> Result<EnrollmentToken, sqlx::Error> {
 }
 
 impl Store {
-    /// Record an enrolment token good for `uses` enrolments until `expires_at`.
-    pub async fn create_enrollment_token(
-        &self,
-        name: &str,
-        token_hash: &str,
-        uses: i64,
-        expires_at: i64,
-        created_by: &str,
-    ) -> Result<EnrollmentToken, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO enrollment_tokens (name, token_hash, uses_left, expires_at, created_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
-        )))
-        .bind(name)
-        .bind(token_hash)
-        .bind(uses)
-        .bind(expires_at)
-        .bind(created_by)
-        .bind(now())
-        .fetch_one(self.pool())
-        .await?;
-        Ok(token(&row)?)
-    }
-
     /// Every enrolment token, newest first.
     pub async fn enrollment_tokens(&self) -> Result<Vec<EnrollmentToken>, StoreError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
@@ -110,53 +86,6 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.iter().map(token).collect::<Result<_, _>>()?)
-    }
-
-    /// Revoke an enrolment token; false when there is no such live token.
-    pub async fn revoke_enrollment_token(&self, id: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE enrollment_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-        )
-        .bind(now())
-        .bind(id)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Use one enrolment of a live token and create the agent, in one transaction; `None`
-    /// when the token is unknown, used up, revoked or expired.
-    pub async fn enroll_agent(
-        &self,
-        token_hash: &str,
-        hostname: &str,
-        secret_hash: &str,
-    ) -> Result<Option<i64>, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let used = sqlx::query(
-            "UPDATE enrollment_tokens SET uses_left = uses_left - 1 \
-             WHERE token_hash = $1 AND uses_left > 0 AND revoked_at IS NULL AND expires_at > $2 \
-             RETURNING id",
-        )
-        .bind(token_hash)
-        .bind(now())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(used) = used else {
-            return Ok(None);
-        };
-        let token_id: i64 = used.try_get("id")?;
-        let row = sqlx::query(
-            "INSERT INTO agents (hostname, secret_hash, enrolled_at, token_id) VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(hostname)
-        .bind(secret_hash)
-        .bind(now())
-        .bind(token_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(row.try_get("id")?))
     }
 
     /// An agent by id.
@@ -191,17 +120,6 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.iter().map(agent).collect::<Result<_, _>>()?)
-    }
-
-    /// Revoke an agent; false when there is no such live agent.
-    pub async fn revoke_agent(&self, id: i64) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("UPDATE agents SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now())
-                .bind(id)
-                .execute(self.pool())
-                .await?;
-        Ok(done.rows_affected() == 1)
     }
 
     /// Record why agent `id`'s channel was refused for good (`None`: it connected, forget
@@ -252,5 +170,88 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+}
+
+impl Change {
+    /// Record an enrolment token good for `uses` enrolments until `expires_at`.
+    pub async fn create_enrollment_token(
+        &mut self,
+        name: &str,
+        token_hash: &str,
+        uses: i64,
+        expires_at: i64,
+        created_by: &str,
+    ) -> Result<EnrollmentToken, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO enrollment_tokens (name, token_hash, uses_left, expires_at, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {TOKEN_COLUMNS}"
+        )))
+        .bind(name)
+        .bind(token_hash)
+        .bind(uses)
+        .bind(expires_at)
+        .bind(created_by)
+        .bind(now())
+        .fetch_one(self.conn())
+        .await?;
+        Ok(token(&row)?)
+    }
+
+    /// Revoke an enrolment token; false when there is no such live token.
+    pub async fn revoke_enrollment_token(&mut self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE enrollment_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now())
+        .bind(id)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Use one enrolment of a live token and create the agent, in one transaction; `None`
+    /// when the token is unknown, used up, revoked or expired.
+    pub async fn enroll_agent(
+        &mut self,
+        token_hash: &str,
+        hostname: &str,
+        secret_hash: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let used = sqlx::query(
+            "UPDATE enrollment_tokens SET uses_left = uses_left - 1 \
+             WHERE token_hash = $1 AND uses_left > 0 AND revoked_at IS NULL AND expires_at > $2 \
+             RETURNING id",
+        )
+        .bind(token_hash)
+        .bind(now())
+        .fetch_optional(self.conn())
+        .await?;
+        let Some(used) = used else {
+            return Ok(None);
+        };
+        let token_id: i64 = used.try_get("id")?;
+        let row = sqlx::query(
+            "INSERT INTO agents (hostname, secret_hash, enrolled_at, token_id) VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(hostname)
+        .bind(secret_hash)
+        .bind(now())
+        .bind(token_id)
+        .fetch_one(self.conn())
+        .await?;
+        Ok(Some(row.try_get("id")?))
+    }
+
+    /// Revoke an agent; false when there is no such live agent.
+    pub async fn revoke_agent(&mut self, id: i64) -> Result<bool, StoreError> {
+        self.touches_sites();
+        let done =
+            sqlx::query("UPDATE agents SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now())
+                .bind(id)
+                .execute(self.conn())
+                .await?;
+        Ok(done.rows_affected() == 1)
     }
 }

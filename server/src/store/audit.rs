@@ -1,7 +1,7 @@
 //! The audit log: who changed what, and when.
 
 use serde::Serialize;
-use sqlx::Row as _;
+use sqlx::{AnyConnection, Row as _};
 
 use super::{now, Store, StoreError};
 
@@ -17,25 +17,17 @@ pub struct AuditEntry {
 }
 
 impl Store {
-    /// Record that `actor` did `action` to `subject`.
-    pub async fn audit(
+    /// Record that `actor` did `action` to `subject` where nothing in the store changes
+    /// (asking agents to stop a job); a change records its entry itself, see [`super::Change`].
+    pub async fn record_action(
         &self,
         actor: &str,
         action: &str,
         subject: &str,
         detail: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(now())
-        .bind(actor)
-        .bind(action)
-        .bind(subject)
-        .bind(detail)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        let mut conn = self.pool().acquire().await?;
+        write_entry(&mut conn, actor, action, subject, detail).await
     }
 
     /// One page of the log, newest first: entries with an id below `before`.
@@ -61,4 +53,25 @@ impl Store {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+/// Append an entry to the log on `conn` (inside a change's transaction, or alone).
+pub(super) async fn write_entry(
+    conn: &mut AnyConnection,
+    actor: &str,
+    action: &str,
+    subject: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(now())
+    .bind(actor)
+    .bind(action)
+    .bind(subject)
+    .bind(detail)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

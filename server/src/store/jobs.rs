@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row as _};
 
 use super::states::RunState;
-use super::{now, Store, StoreError};
+use super::{now, Change, Store, StoreError};
 
 /// A job as stored: its definition is JSON (see `crate::jobs::spec::JobSpec`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -183,13 +183,13 @@ impl JobLinks {
     /// Replace the job's agent rows.
     async fn write_agents(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        conn: &mut sqlx::AnyConnection,
         job_id: i64,
         name: &str,
     ) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM job_agents WHERE job_id = $1")
             .bind(job_id)
-            .execute(&mut **tx)
+            .execute(&mut *conn)
             .await?;
         let mut agents = self.agents.clone();
         agents.sort_unstable();
@@ -198,7 +198,7 @@ impl JobLinks {
             sqlx::query("INSERT INTO job_agents (job_id, agent_id) VALUES ($1, $2)")
                 .bind(job_id)
                 .bind(agent)
-                .execute(&mut **tx)
+                .execute(&mut *conn)
                 .await
                 .map_err(|e| {
                     if StoreError::is_foreign_key(&e) {
@@ -285,69 +285,6 @@ pub struct RunFilter {
 }
 
 impl Store {
-    /// Record a job, with the links its spec names (target, site, agents) as columns and
-    /// rows beside it, in one transaction.
-    pub async fn create_job(
-        &self,
-        name: &str,
-        enabled: bool,
-        spec: &str,
-    ) -> Result<JobRow, StoreError> {
-        let links = JobLinks::of(spec)?;
-        let t = now();
-        let mut tx = self.pool().begin().await?;
-        let r = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO jobs (name, enabled, spec, target_id, site_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {JOB_COLUMNS}"
-        )))
-        .bind(name)
-        .bind(i64::from(enabled))
-        .bind(spec)
-        .bind(links.target_id)
-        .bind(links.site_id)
-        .bind(t)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| links.error(e, name))?;
-        let row = job(&r)?;
-        links.write_agents(&mut tx, row.id, name).await?;
-        tx.commit().await?;
-        Ok(row)
-    }
-
-    /// Change a job and its links in one transaction; `None` when there is no such job.
-    pub async fn update_job(
-        &self,
-        id: i64,
-        name: &str,
-        enabled: bool,
-        spec: &str,
-    ) -> Result<Option<JobRow>, StoreError> {
-        let links = JobLinks::of(spec)?;
-        let mut tx = self.pool().begin().await?;
-        let r = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE jobs SET name = $1, enabled = $2, spec = $3, target_id = $4, site_id = $5, \
-             updated_at = $6 WHERE id = $7 RETURNING {JOB_COLUMNS}"
-        )))
-        .bind(name)
-        .bind(i64::from(enabled))
-        .bind(spec)
-        .bind(links.target_id)
-        .bind(links.site_id)
-        .bind(now())
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| links.error(e, name))?;
-        let Some(r) = r else {
-            return Ok(None);
-        };
-        let row = job(&r)?;
-        links.write_agents(&mut tx, id, name).await?;
-        tx.commit().await?;
-        Ok(Some(row))
-    }
-
     /// Names of the rows (jobs or sites) whose `link` is `id`, sorted: what a refused
     /// delete names.
     pub(crate) async fn names_linked(
@@ -366,17 +303,6 @@ impl Store {
             .iter()
             .map(|r| r.try_get("name"))
             .collect::<Result<_, _>>()?)
-    }
-
-    /// Replace the sealed image password (`None` clears it).
-    pub async fn set_job_secret(&self, id: i64, sealed: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET secret = $1, updated_at = $2 WHERE id = $3")
-            .bind(sealed)
-            .bind(now())
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
     }
 
     pub async fn job(&self, id: i64) -> Result<Option<JobRow>, StoreError> {
@@ -433,44 +359,6 @@ impl Store {
         .fetch_optional(self.pool())
         .await?;
         Ok(r.as_ref().map(last_run).transpose()?.flatten())
-    }
-
-    /// Remove a job; its runs and images stay (their job id becomes empty).
-    pub async fn delete_job(&self, id: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM jobs WHERE id = $1")
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Record a new run; `None` when this job already has a run on this agent for this
-    /// scheduled time (a schedule never fires twice, even across restarts).
-    pub async fn create_run(
-        &self,
-        job_id: Option<i64>,
-        agent_id: i64,
-        name: &str,
-        cause: &str,
-        scheduled_for: Option<i64>,
-    ) -> Result<Option<RunRow>, StoreError> {
-        let r = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO runs (job_id, agent_id, name, cause, scheduled_for, state, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'queued', $6) RETURNING {RUN_COLUMNS}"
-        )))
-        .bind(job_id)
-        .bind(agent_id)
-        .bind(name)
-        .bind(cause)
-        .bind(scheduled_for)
-        .bind(now())
-        .fetch_one(self.pool())
-        .await;
-        match r {
-            Ok(r) => Ok(Some(run(&r)?)),
-            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Record the runs of `job_id` on `agents` for the start at `scheduled_for`, in one
@@ -811,5 +699,119 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.iter().map(image).collect::<Result<_, _>>()?)
+    }
+}
+
+impl Change {
+    /// Record a job, with the links its spec names (target, site, agents) as columns and
+    /// rows beside it, in one transaction.
+    pub async fn create_job(
+        &mut self,
+        name: &str,
+        enabled: bool,
+        spec: &str,
+    ) -> Result<JobRow, StoreError> {
+        let links = JobLinks::of(spec)?;
+        let t = now();
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO jobs (name, enabled, spec, target_id, site_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(name)
+        .bind(i64::from(enabled))
+        .bind(spec)
+        .bind(links.target_id)
+        .bind(links.site_id)
+        .bind(t)
+        .fetch_one(self.conn())
+        .await
+        .map_err(|e| links.error(e, name))?;
+        let row = job(&r)?;
+        links.write_agents(self.conn(), row.id, name).await?;
+        Ok(row)
+    }
+
+    /// Change a job and its links in one transaction; `None` when there is no such job.
+    pub async fn update_job(
+        &mut self,
+        id: i64,
+        name: &str,
+        enabled: bool,
+        spec: &str,
+    ) -> Result<Option<JobRow>, StoreError> {
+        let links = JobLinks::of(spec)?;
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE jobs SET name = $1, enabled = $2, spec = $3, target_id = $4, site_id = $5, \
+             updated_at = $6 WHERE id = $7 RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(name)
+        .bind(i64::from(enabled))
+        .bind(spec)
+        .bind(links.target_id)
+        .bind(links.site_id)
+        .bind(now())
+        .bind(id)
+        .fetch_optional(self.conn())
+        .await
+        .map_err(|e| links.error(e, name))?;
+        let Some(r) = r else {
+            return Ok(None);
+        };
+        let row = job(&r)?;
+        links.write_agents(self.conn(), id, name).await?;
+        Ok(Some(row))
+    }
+
+    /// Replace the sealed image password (`None` clears it).
+    pub async fn set_job_secret(
+        &mut self,
+        id: i64,
+        sealed: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET secret = $1, updated_at = $2 WHERE id = $3")
+            .bind(sealed)
+            .bind(now())
+            .bind(id)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Remove a job; its runs and images stay (their job id becomes empty).
+    pub async fn delete_job(&mut self, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM jobs WHERE id = $1")
+            .bind(id)
+            .execute(self.conn())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Record a new run; `None` when this job already has a run on this agent for this
+    /// scheduled time (a schedule never fires twice, even across restarts).
+    pub async fn create_run(
+        &mut self,
+        job_id: Option<i64>,
+        agent_id: i64,
+        name: &str,
+        cause: &str,
+        scheduled_for: Option<i64>,
+    ) -> Result<Option<RunRow>, StoreError> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO runs (job_id, agent_id, name, cause, scheduled_for, state, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6) RETURNING {RUN_COLUMNS}"
+        )))
+        .bind(job_id)
+        .bind(agent_id)
+        .bind(name)
+        .bind(cause)
+        .bind(scheduled_for)
+        .bind(now())
+        .fetch_one(self.conn())
+        .await;
+        match r {
+            Ok(r) => Ok(Some(run(&r)?)),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -3,7 +3,9 @@
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row as _};
 
-use super::{now, Store, StoreError};
+use sqlx::AnyConnection;
+
+use super::{now, Change, Store, StoreError};
 
 /// A mail as recorded.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -56,7 +58,9 @@ impl Store {
         })
     }
 
-    /// Set a setting; `secret: None` keeps the stored secret, `Some(None)` clears it.
+    /// Set a setting the server keeps for itself (when a digest or an alert last went
+    /// out); `secret: None` keeps the stored secret, `Some(None)` clears it. Settings an
+    /// admin changes go through [`Change::set_setting`].
     pub async fn set_setting(
         &self,
         key: &str,
@@ -64,29 +68,7 @@ impl Store {
         secret: Option<Option<&str>>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
-        let kept: Option<String> = match secret {
-            Some(s) => s.map(str::to_owned),
-            None => sqlx::query("SELECT secret FROM settings WHERE key = $1")
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get::<Option<String>, _>("secret"))
-                .transpose()?
-                .flatten(),
-        };
-        sqlx::query("DELETE FROM settings WHERE key = $1")
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO settings (key, value, secret, updated_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(key)
-        .bind(value)
-        .bind(kept)
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
+        write_setting(&mut tx, key, value, secret).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -170,4 +152,47 @@ impl Store {
         .await?;
         Ok(rows.iter().map(mail).collect::<Result<_, _>>()?)
     }
+}
+
+impl Change {
+    /// Set a setting; `secret: None` keeps the stored secret, `Some(None)` clears it.
+    pub async fn set_setting(
+        &mut self,
+        key: &str,
+        value: &str,
+        secret: Option<Option<&str>>,
+    ) -> Result<(), StoreError> {
+        write_setting(self.conn(), key, value, secret).await
+    }
+}
+
+/// Replace setting `key` (see [`Store::set_setting`] for `secret`).
+async fn write_setting(
+    conn: &mut AnyConnection,
+    key: &str,
+    value: &str,
+    secret: Option<Option<&str>>,
+) -> Result<(), StoreError> {
+    let kept: Option<String> = match secret {
+        Some(s) => s.map(str::to_owned),
+        None => sqlx::query("SELECT secret FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| r.try_get::<Option<String>, _>("secret"))
+            .transpose()?
+            .flatten(),
+    };
+    sqlx::query("DELETE FROM settings WHERE key = $1")
+        .bind(key)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("INSERT INTO settings (key, value, secret, updated_at) VALUES ($1, $2, $3, $4)")
+        .bind(key)
+        .bind(value)
+        .bind(kept)
+        .bind(now())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }

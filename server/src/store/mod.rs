@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod change;
 pub mod jobs;
 pub mod mail;
 pub mod overview;
@@ -17,10 +18,13 @@ pub mod targets;
 pub mod tokens;
 pub mod users;
 
+pub use change::Change;
 pub use states::{AgentStatus, RunState};
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
@@ -44,6 +48,8 @@ pub enum Engine {
 pub struct Store {
     pool: AnyPool,
     engine: Engine,
+    /// See [`Store::sites_epoch`].
+    sites_epoch: Arc<AtomicU64>,
 }
 
 /// Store errors: a database failure, or a rule of the data model.
@@ -130,7 +136,11 @@ impl Store {
             Engine::Sqlite => SQLITE.run(&pool).await?,
             Engine::Postgres => POSTGRES.run(&pool).await?,
         }
-        Ok(Self { pool, engine })
+        Ok(Self {
+            pool,
+            engine,
+            sites_epoch: Arc::default(),
+        })
     }
 
     /// The SQLite store file in `data_dir`.

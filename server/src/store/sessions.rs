@@ -2,29 +2,10 @@
 
 use sqlx::Row as _;
 
-use super::{now, Store, StoreError};
+use super::{now, Change, Store, StoreError};
 use crate::store::users::User;
 
 impl Store {
-    /// Record a session for `user_id` until `expires_at`.
-    pub async fn create_session(
-        &self,
-        token_hash: &str,
-        user_id: i64,
-        expires_at: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(token_hash)
-        .bind(user_id)
-        .bind(now())
-        .bind(expires_at)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
     /// The enabled user of a live session.
     pub async fn session_user(&self, token_hash: &str) -> Result<Option<User>, StoreError> {
         let row =
@@ -54,5 +35,26 @@ impl Store {
             .execute(self.pool())
             .await?
             .rows_affected())
+    }
+}
+
+impl Change {
+    /// Record a session for `user_id` until `expires_at`.
+    pub async fn create_session(
+        &mut self,
+        token_hash: &str,
+        user_id: i64,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sessions (token_hash, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token_hash)
+        .bind(user_id)
+        .bind(now())
+        .bind(expires_at)
+        .execute(self.conn())
+        .await?;
+        Ok(())
     }
 }

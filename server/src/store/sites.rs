@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row as _};
 
 use super::jobs::Link;
-use super::{now, Store, StoreError};
+use super::{now, Change, Store, StoreError};
 
 /// The default target a site's defaults (the server's own JSON) name.
 fn default_target(defaults: &str) -> Result<Option<i64>, StoreError> {
@@ -54,44 +54,6 @@ fn site(r: &sqlx::any::AnyRow) -> Result<SiteRow, sqlx::Error> {
 }
 
 impl Store {
-    /// Record a site; its default target (in `defaults`) is kept in a column beside them.
-    pub async fn create_site(&self, name: &str, defaults: &str) -> Result<SiteRow, StoreError> {
-        let target = default_target(defaults)?;
-        let t = now();
-        let r = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO sites (name, defaults, target_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) RETURNING {COLUMNS}"
-        )))
-        .bind(name)
-        .bind(defaults)
-        .bind(target)
-        .bind(t)
-        .fetch_one(self.pool())
-        .await
-        .map_err(|e| site_error(e, name, target))?;
-        Ok(site(&r)?)
-    }
-
-    pub async fn update_site(
-        &self,
-        id: i64,
-        name: &str,
-        defaults: &str,
-    ) -> Result<Option<SiteRow>, StoreError> {
-        let target = default_target(defaults)?;
-        let r = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE sites SET name = $1, defaults = $2, target_id = $3, updated_at = $4 WHERE id = $5 RETURNING {COLUMNS}"
-        )))
-        .bind(name)
-        .bind(defaults)
-        .bind(target)
-        .bind(now())
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(|e| site_error(e, name, target))?;
-        Ok(r.as_ref().map(site).transpose()?)
-    }
-
     pub async fn site(&self, id: i64) -> Result<Option<SiteRow>, StoreError> {
         let r = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM sites WHERE id = $1"
@@ -114,40 +76,6 @@ impl Store {
         Ok(rows.iter().map(site).collect::<Result<_, _>>()?)
     }
 
-    /// Remove a site (its agents stay, without a site). The database refuses while a job
-    /// names it (a foreign key); the error names the jobs.
-    pub async fn delete_site(&self, id: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM sites WHERE id = $1")
-            .bind(id)
-            .execute(self.pool())
-            .await;
-        match done {
-            Ok(d) => Ok(d.rows_affected() == 1),
-            Err(e) if StoreError::is_foreign_key(&e) => {
-                let jobs = self.names_linked(Link::JobSite, id).await?;
-                Err(StoreError::InUse(format!(
-                    "the site is used by job(s) {}",
-                    jobs.join(", ")
-                )))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Put agent `agent_id` in site `site_id` (or in none); false when there is no such agent.
-    pub async fn set_agent_site(
-        &self,
-        agent_id: i64,
-        site_id: Option<i64>,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE agents SET site_id = $1 WHERE id = $2")
-            .bind(site_id)
-            .bind(agent_id)
-            .execute(self.pool())
-            .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     /// Every site with its defaults and its (not revoked) agents, in one look.
     pub async fn site_book(&self) -> Result<HashMap<i64, (SiteRow, Vec<i64>)>, StoreError> {
         let mut book: HashMap<i64, (SiteRow, Vec<i64>)> = self
@@ -168,5 +96,83 @@ impl Store {
             }
         }
         Ok(book)
+    }
+}
+
+impl Change {
+    /// Record a site; its default target (in `defaults`) is kept in a column beside them.
+    pub async fn create_site(&mut self, name: &str, defaults: &str) -> Result<SiteRow, StoreError> {
+        self.touches_sites();
+        let target = default_target(defaults)?;
+        let t = now();
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO sites (name, defaults, target_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) RETURNING {COLUMNS}"
+        )))
+        .bind(name)
+        .bind(defaults)
+        .bind(target)
+        .bind(t)
+        .fetch_one(self.conn())
+        .await
+        .map_err(|e| site_error(e, name, target))?;
+        Ok(site(&r)?)
+    }
+
+    pub async fn update_site(
+        &mut self,
+        id: i64,
+        name: &str,
+        defaults: &str,
+    ) -> Result<Option<SiteRow>, StoreError> {
+        self.touches_sites();
+        let target = default_target(defaults)?;
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE sites SET name = $1, defaults = $2, target_id = $3, updated_at = $4 WHERE id = $5 RETURNING {COLUMNS}"
+        )))
+        .bind(name)
+        .bind(defaults)
+        .bind(target)
+        .bind(now())
+        .bind(id)
+        .fetch_optional(self.conn())
+        .await
+        .map_err(|e| site_error(e, name, target))?;
+        Ok(r.as_ref().map(site).transpose()?)
+    }
+
+    /// Remove a site (its agents stay, without a site). The database refuses while a job
+    /// names it (a foreign key); the error names the jobs.
+    pub async fn delete_site(&mut self, id: i64) -> Result<bool, StoreError> {
+        self.touches_sites();
+        let done = sqlx::query("DELETE FROM sites WHERE id = $1")
+            .bind(id)
+            .execute(self.conn())
+            .await;
+        match done {
+            Ok(d) => Ok(d.rows_affected() == 1),
+            Err(e) if StoreError::is_foreign_key(&e) => {
+                let jobs = self.store().names_linked(Link::JobSite, id).await?;
+                Err(StoreError::InUse(format!(
+                    "the site is used by job(s) {}",
+                    jobs.join(", ")
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Put agent `agent_id` in site `site_id` (or in none); false when there is no such agent.
+    pub async fn set_agent_site(
+        &mut self,
+        agent_id: i64,
+        site_id: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        self.touches_sites();
+        let done = sqlx::query("UPDATE agents SET site_id = $1 WHERE id = $2")
+            .bind(site_id)
+            .bind(agent_id)
+            .execute(self.conn())
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row as _};
 
 use super::jobs::Link;
-use super::{now, Store, StoreError};
+use super::{now, Change, Store, StoreError};
 
 /// A target as stored.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -52,59 +52,6 @@ fn row(r: &sqlx::any::AnyRow) -> Result<TargetRow, sqlx::Error> {
 }
 
 impl Store {
-    /// Add a target (its credentials are set after, once its id is known to seal them).
-    pub async fn create_target(&self, f: &TargetFields<'_>) -> Result<TargetRow, StoreError> {
-        let t = now();
-        let r = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO targets (name, url, username, ca_pem, notes, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {COLUMNS}"
-        )))
-        .bind(f.name)
-        .bind(f.url)
-        .bind(f.username)
-        .bind(f.ca_pem)
-        .bind(f.notes)
-        .bind(t)
-        .fetch_one(self.pool())
-        .await
-        .map_err(|e| StoreError::unique(e, format!("a target named '{}'", f.name)))?;
-        Ok(row(&r)?)
-    }
-
-    /// Change a target's fields; `None` when there is no such target.
-    pub async fn update_target(
-        &self,
-        id: i64,
-        f: &TargetFields<'_>,
-    ) -> Result<Option<TargetRow>, StoreError> {
-        let r = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE targets SET name = $1, url = $2, username = $3, ca_pem = $4, notes = $5, updated_at = $6 \
-             WHERE id = $7 RETURNING {COLUMNS}"
-        )))
-        .bind(f.name)
-        .bind(f.url)
-        .bind(f.username)
-        .bind(f.ca_pem)
-        .bind(f.notes)
-        .bind(now())
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(|e| StoreError::unique(e, format!("a target named '{}'", f.name)))?;
-        Ok(r.as_ref().map(row).transpose()?)
-    }
-
-    /// Replace a target's sealed credentials (`None` clears them).
-    pub async fn set_target_secret(&self, id: i64, sealed: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE targets SET secret = $1, updated_at = $2 WHERE id = $3")
-            .bind(sealed)
-            .bind(now())
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
     pub async fn target(&self, id: i64) -> Result<Option<TargetRow>, StoreError> {
         let r = sqlx::query(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM targets WHERE id = $1"
@@ -126,19 +73,78 @@ impl Store {
         .await?;
         Ok(rows.iter().map(row).collect::<Result<_, _>>()?)
     }
+}
+
+impl Change {
+    /// Add a target (its credentials are set after, once its id is known to seal them).
+    pub async fn create_target(&mut self, f: &TargetFields<'_>) -> Result<TargetRow, StoreError> {
+        let t = now();
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO targets (name, url, username, ca_pem, notes, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {COLUMNS}"
+        )))
+        .bind(f.name)
+        .bind(f.url)
+        .bind(f.username)
+        .bind(f.ca_pem)
+        .bind(f.notes)
+        .bind(t)
+        .fetch_one(self.conn())
+        .await
+        .map_err(|e| StoreError::unique(e, format!("a target named '{}'", f.name)))?;
+        Ok(row(&r)?)
+    }
+
+    /// Change a target's fields; `None` when there is no such target.
+    pub async fn update_target(
+        &mut self,
+        id: i64,
+        f: &TargetFields<'_>,
+    ) -> Result<Option<TargetRow>, StoreError> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE targets SET name = $1, url = $2, username = $3, ca_pem = $4, notes = $5, updated_at = $6 \
+             WHERE id = $7 RETURNING {COLUMNS}"
+        )))
+        .bind(f.name)
+        .bind(f.url)
+        .bind(f.username)
+        .bind(f.ca_pem)
+        .bind(f.notes)
+        .bind(now())
+        .bind(id)
+        .fetch_optional(self.conn())
+        .await
+        .map_err(|e| StoreError::unique(e, format!("a target named '{}'", f.name)))?;
+        Ok(r.as_ref().map(row).transpose()?)
+    }
+
+    /// Replace a target's sealed credentials (`None` clears them).
+    pub async fn set_target_secret(
+        &mut self,
+        id: i64,
+        sealed: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE targets SET secret = $1, updated_at = $2 WHERE id = $3")
+            .bind(sealed)
+            .bind(now())
+            .bind(id)
+            .execute(self.conn())
+            .await?;
+        Ok(())
+    }
 
     /// Remove a target; false when absent. The database refuses while a job or a site's
     /// defaults name it (a foreign key); the error names them.
-    pub async fn delete_target(&self, id: i64) -> Result<bool, StoreError> {
+    pub async fn delete_target(&mut self, id: i64) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM targets WHERE id = $1")
             .bind(id)
-            .execute(self.pool())
+            .execute(self.conn())
             .await;
         match done {
             Ok(d) => Ok(d.rows_affected() == 1),
             Err(e) if StoreError::is_foreign_key(&e) => {
-                let jobs = self.names_linked(Link::JobTarget, id).await?;
-                let sites = self.names_linked(Link::SiteTarget, id).await?;
+                let jobs = self.store().names_linked(Link::JobTarget, id).await?;
+                let sites = self.store().names_linked(Link::SiteTarget, id).await?;
                 let mut users = Vec::new();
                 if !jobs.is_empty() {
                     users.push(format!("job(s) {}", jobs.join(", ")));

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::Row as _;
 
-use super::{now, Store, StoreError};
+use super::{now, Change, Store, StoreError};
 use crate::store::users::User;
 
 /// A token as listed (never the secret or its hash).
@@ -27,26 +27,6 @@ fn token(row: &sqlx::any::AnyRow) -> Result<ApiToken, sqlx::Error> {
 }
 
 impl Store {
-    /// Record a new token of `user_id`.
-    pub async fn create_token(
-        &self,
-        user_id: i64,
-        name: &str,
-        token_hash: &str,
-    ) -> Result<ApiToken, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO api_tokens (user_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4) \
-             RETURNING id, name, created_at, last_used_at, revoked_at",
-        )
-        .bind(user_id)
-        .bind(name)
-        .bind(token_hash)
-        .bind(now())
-        .fetch_one(self.pool())
-        .await?;
-        Ok(token(&row)?)
-    }
-
     /// The tokens of `user_id`, newest first.
     pub async fn tokens(&self, user_id: i64) -> Result<Vec<ApiToken>, StoreError> {
         let rows = sqlx::query(
@@ -57,19 +37,6 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.iter().map(token).collect::<Result<_, _>>()?)
-    }
-
-    /// Revoke token `id` of `user_id`; false when there is no such live token.
-    pub async fn revoke_token(&self, user_id: i64, id: i64) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
-        )
-        .bind(now())
-        .bind(id)
-        .bind(user_id)
-        .execute(self.pool())
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 
     /// The enabled user of a live token, noting its use.
@@ -89,5 +56,40 @@ impl Store {
             .await?;
         let user = self.user(row.try_get("user_id")?).await?;
         Ok(user.filter(|u| !u.disabled))
+    }
+}
+
+impl Change {
+    /// Record a new token of `user_id`.
+    pub async fn create_token(
+        &mut self,
+        user_id: i64,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<ApiToken, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO api_tokens (user_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4) \
+             RETURNING id, name, created_at, last_used_at, revoked_at",
+        )
+        .bind(user_id)
+        .bind(name)
+        .bind(token_hash)
+        .bind(now())
+        .fetch_one(self.conn())
+        .await?;
+        Ok(token(&row)?)
+    }
+
+    /// Revoke token `id` of `user_id`; false when there is no such live token.
+    pub async fn revoke_token(&mut self, user_id: i64, id: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now())
+        .bind(id)
+        .bind(user_id)
+        .execute(self.conn())
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 }

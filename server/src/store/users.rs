@@ -3,7 +3,7 @@
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row as _};
 
-use super::{now, Store, StoreError};
+use super::{now, Change, Store, StoreError};
 use crate::auth::Role;
 
 /// A user as the API shows it (never the password hash).
@@ -33,26 +33,6 @@ fn user(row: &sqlx::any::AnyRow) -> Result<User, sqlx::Error> {
 const COLUMNS: &str = "id, name, role, created_at, disabled";
 
 impl Store {
-    /// Add a user; `Conflict` when the name is taken.
-    pub async fn create_user(
-        &self,
-        name: &str,
-        password_hash: &str,
-        role: Role,
-    ) -> Result<User, StoreError> {
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO users (name, password_hash, role, created_at) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
-        )))
-        .bind(name)
-        .bind(password_hash)
-        .bind(role.as_str())
-        .bind(now())
-        .fetch_one(self.pool())
-        .await
-        .map_err(|e| StoreError::unique(e, format!("user '{name}'")))?;
-        Ok(user(&row)?)
-    }
-
     /// The number of users.
     pub async fn count_users(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query("SELECT COUNT(*) AS n FROM users")
@@ -97,13 +77,35 @@ impl Store {
         .await?;
         Ok(rows.iter().map(user).collect::<Result<_, _>>()?)
     }
+}
+
+impl Change {
+    /// Add a user; `Conflict` when the name is taken.
+    pub async fn create_user(
+        &mut self,
+        name: &str,
+        password_hash: &str,
+        role: Role,
+    ) -> Result<User, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO users (name, password_hash, role, created_at) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+        )))
+        .bind(name)
+        .bind(password_hash)
+        .bind(role.as_str())
+        .bind(now())
+        .fetch_one(self.conn())
+        .await
+        .map_err(|e| StoreError::unique(e, format!("user '{name}'")))?;
+        Ok(user(&row)?)
+    }
 
     /// Change a user's password hash.
-    pub async fn set_password(&self, id: i64, password_hash: &str) -> Result<bool, StoreError> {
+    pub async fn set_password(&mut self, id: i64, password_hash: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
             .bind(password_hash)
             .bind(id)
-            .execute(self.pool())
+            .execute(self.conn())
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -111,7 +113,7 @@ impl Store {
     /// Change a user's role and whether they are disabled (a disabled user's sessions and
     /// tokens stop working at once); the user as now stored, or none when there is none.
     pub async fn update_user(
-        &self,
+        &mut self,
         id: i64,
         role: Role,
         disabled: bool,
@@ -122,27 +124,25 @@ impl Store {
         .bind(role.as_str())
         .bind(i64::from(disabled))
         .bind(id)
-        .fetch_optional(self.pool())
+        .fetch_optional(self.conn())
         .await?;
         Ok(row.as_ref().map(user).transpose()?)
     }
 
     /// Remove a user (their sessions and tokens go with them).
-    pub async fn delete_user(&self, id: i64) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
+    pub async fn delete_user(&mut self, id: i64) -> Result<bool, StoreError> {
         sqlx::query("DELETE FROM sessions WHERE user_id = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute(self.conn())
             .await?;
         sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute(self.conn())
             .await?;
         let done = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute(self.conn())
             .await?;
-        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 }

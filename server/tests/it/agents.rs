@@ -1,6 +1,7 @@
 //! Enrolment and the agent channel end to end: the real server and agent binaries over
 //! HTTPS on loopback.
 
+use crate::changed;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -96,11 +97,12 @@ fn enrol_connect_report_inventory_and_revoke() {
         )
         .await
         .expect("store");
-        let run = store
-            .create_run(None, agent_id, "orphan", "manual", None)
-            .await
-            .expect("run")
-            .expect("created");
+        let run = changed(&store, async |c| {
+            c.create_run(None, agent_id, "orphan", "manual", None).await
+        })
+        .await
+        .expect("run")
+        .expect("created");
         assert!(store.claim_run(run.id).await.expect("claim"));
         run.id
     });

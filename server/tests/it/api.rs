@@ -1,5 +1,6 @@
 //! The REST API through the router: authentication, roles, validation, errors, audit.
 
+use crate::changed;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use http_body_util::BodyExt as _;
@@ -9,7 +10,7 @@ use tower::ServiceExt as _;
 use holdfast_server::app::{app, AppState};
 use holdfast_server::http::SESSION_COOKIE;
 use holdfast_server::serve::first_admin;
-use holdfast_server::store::Store;
+use holdfast_server::store::{RunState, Store};
 
 struct Api {
     app: axum::Router,
@@ -738,16 +739,18 @@ async fn targets_and_jobs_check_input_and_keep_secrets() {
         async move { api.call(m, &p, Some(&admin), b).await }
     };
     // An agent, enrolled through the store.
-    api.store
-        .create_enrollment_token("t", "token-hash", 1, i64::MAX, "admin")
-        .await
-        .expect("token");
-    let agent = api
-        .store
-        .enroll_agent("token-hash", "web01", "secret-hash")
-        .await
-        .expect("enrol")
-        .expect("agent");
+    changed(&api.store, async |c| {
+        c.create_enrollment_token("t", "token-hash", 1, i64::MAX, "admin")
+            .await
+    })
+    .await
+    .expect("token");
+    let agent = changed(&api.store, async |c| {
+        c.enroll_agent("token-hash", "web01", "secret-hash").await
+    })
+    .await
+    .expect("enrol")
+    .expect("agent");
 
     for (body, says) in [
         (json!({"name": "a", "url": "http://nas/x"}), "scheme"),
@@ -908,10 +911,62 @@ async fn targets_and_jobs_check_input_and_keep_secrets() {
     assert!(
         r.body["steps"][0]["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("not connected")),
+            .is_some_and(|d| d.contains("web01 is not connected")),
         "{}",
         r.body
     );
+    // Every request to an offline agent names its host.
+    for (path, body) in [
+        (format!("/api/v1/agents/{agent}/inventory/refresh"), None),
+        (
+            format!("/api/v1/targets/{target}/test"),
+            Some(json!({"agent_id": agent})),
+        ),
+    ] {
+        let r = call("POST", path, body).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("web01 is not connected")),
+            "{}",
+            r.body
+        );
+    }
+    let r = call("POST", format!("/api/v1/jobs/{job}/check"), None).await;
+    assert!(
+        r.body["agents"][0]["result"]["checks"][0]["detail"]
+            .as_str()
+            .is_some_and(|m| m.contains("web01 is not connected")),
+        "{}",
+        r.body
+    );
+    // A run of the job still open on the agent: a second start is refused, naming the host,
+    // the job and the open run.
+    let open = changed(&api.store, async |c| {
+        c.create_run(Some(job), agent, "j", "manual", None).await
+    })
+    .await
+    .expect("run")
+    .expect("created");
+    let r = call("POST", format!("/api/v1/jobs/{job}/run"), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.body);
+    let says = format!(
+        "web01 is busy: job 'nightly' is already queued there (report {})",
+        open.id
+    );
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&says)),
+        "{}",
+        r.body
+    );
+    assert!(api
+        .store
+        .run_ended_here(open.id, RunState::Cancelled, "")
+        .await
+        .expect("end"));
     let r = call(
         "POST",
         format!("/api/v1/jobs/{job}/run"),

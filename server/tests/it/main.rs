@@ -14,3 +14,17 @@ mod postgres;
 mod proc;
 mod scheduler;
 mod store;
+
+use holdfast_server::store::{Change, Store, StoreError};
+
+/// Make one change to `store` and commit it (with a test audit entry); a change that fails is
+/// rolled back.
+pub async fn changed<T>(
+    store: &Store,
+    f: impl AsyncFnOnce(&mut Change) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut c = store.change("test").await?;
+    let out = f(&mut c).await?;
+    c.commit("test", "test:0", "").await?;
+    Ok(out)
+}

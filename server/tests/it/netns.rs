@@ -812,7 +812,10 @@ fn scheduled_chains_on_two_agents_go_to_sftp_and_smb_with_retention_and_mail() {
         Value::Null,
     );
     assert_eq!(missed["status"], "missed", "{missed}");
-    assert!(missed.to_string().contains("was not connected"), "{missed}");
+    assert!(
+        missed.to_string().contains("agent-a2 was not connected"),
+        "{missed}"
+    );
     wait_for("the missed run's mail", 30, || {
         sink.mails().iter().any(|m| {
             m.contains("Subject: [Holdfast] missed: office weekly on agent-a2")

@@ -1,6 +1,7 @@
 //! The scheduler driven by a test clock (each look is given its time window), over the
 //! real store and gateway, with simulated agents on the gateway that accept every order.
 
+use crate::changed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,22 +96,23 @@ impl Setup {
             gateway.clone(),
             vault.clone(),
         ));
-        store
-            .create_enrollment_token("t", "tok", 2, i64::MAX, "admin")
-            .await
-            .expect("token");
+        changed(&store, async |c| {
+            c.create_enrollment_token("t", "tok", 2, i64::MAX, "admin")
+                .await
+        })
+        .await
+        .expect("token");
         let mut ids = Vec::new();
         for name in ["alpha", "beta"] {
             ids.push(
-                store
-                    .enroll_agent("tok", name, "h")
+                changed(&store, async |c| c.enroll_agent("tok", name, "h").await)
                     .await
                     .expect("enrol")
                     .expect("agent"),
             );
         }
-        let target = store
-            .create_target(&TargetFields {
+        let target = changed(&store, async |c| {
+            c.create_target(&TargetFields {
                 name: "nas",
                 url: "/srv/images",
                 username: None,
@@ -118,7 +120,9 @@ impl Setup {
                 notes: "",
             })
             .await
-            .expect("target");
+        })
+        .await
+        .expect("target");
         Self {
             _dir: dir,
             store,
@@ -211,11 +215,12 @@ async fn schedules_fire_once_wait_for_agents_chain_images_and_miss_after_the_fra
         "name_template": "$TEMPL:(ComputerName)-$TEMPL:(Year)$TEMPL:(Month)$TEMPL:(Day).hfi",
         "schedule": {"kind": "daily", "time": "03:00", "time_frame_minutes": 60},
     });
-    let job = store
-        .create_job("nightly", true, &spec.to_string())
-        .await
-        .expect("job")
-        .id;
+    let job = changed(&store, async |c| {
+        c.create_job("nightly", true, &spec.to_string()).await
+    })
+    .await
+    .expect("job")
+    .id;
 
     // 03:00 falls due: alpha is connected and gets its order, beta is not and waits.
     let alpha = SimAgent::connect(&gateway, a);
@@ -372,17 +377,19 @@ async fn stale_agents_are_alerted_once_and_the_digest_goes_out_once_a_day() {
         ..
     } = Setup::new().await;
     let spec = serde_json::json!({"agents": [a, b], "source": "/dev/vdb", "target_id": target.id});
-    let job = store
-        .create_job("nightly", true, &spec.to_string())
-        .await
-        .expect("job")
-        .id;
+    let job = changed(&store, async |c| {
+        c.create_job("nightly", true, &spec.to_string()).await
+    })
+    .await
+    .expect("job")
+    .id;
     // Alpha succeeds now; beta never ran.
-    let run = store
-        .create_run(Some(job), a, "nightly", "manual", None)
-        .await
-        .expect("run")
-        .expect("run");
+    let run = changed(&store, async |c| {
+        c.create_run(Some(job), a, "nightly", "manual", None).await
+    })
+    .await
+    .expect("run")
+    .expect("run");
     assert!(store.claim_run(run.id).await.expect("claim"));
     let mut ok = report(run.id, job, None);
     ok.ended_at = Utc::now().timestamp();
@@ -485,10 +492,11 @@ async fn an_agent_gets_no_more_runs_at_once_than_its_limit() {
         "schedule": {"kind": "daily", "time": "03:00"},
     });
     for name in ["system disk", "data disk"] {
-        store
-            .create_job(name, true, &spec.to_string())
-            .await
-            .expect("job");
+        changed(&store, async |c| {
+            c.create_job(name, true, &spec.to_string()).await
+        })
+        .await
+        .expect("job");
     }
     let alpha = SimAgent::connect(&gateway, a);
     scheduler::once(

@@ -1,5 +1,6 @@
 //! The store's queries, run the same way on SQLite and on PostgreSQL.
 
+use crate::changed;
 use holdfast_server::auth::Role;
 use holdfast_server::store::{RunState, Store, StoreError};
 
@@ -7,16 +8,21 @@ use crate::postgres::Postgres;
 
 async fn exercise(store: &Store) {
     assert_eq!(store.count_users().await.expect("count"), 0);
-    let a = store
-        .create_user("alice", "hash-a", Role::Admin)
-        .await
-        .expect("create");
-    let b = store
-        .create_user("bob", "hash-b", Role::Viewer)
-        .await
-        .expect("create");
+    let a = changed(store, async |c| {
+        c.create_user("alice", "hash-a", Role::Admin).await
+    })
+    .await
+    .expect("create");
+    let b = changed(store, async |c| {
+        c.create_user("bob", "hash-b", Role::Viewer).await
+    })
+    .await
+    .expect("create");
     assert!(matches!(
-        store.create_user("alice", "x", Role::Viewer).await,
+        changed(store, async |c| c
+            .create_user("alice", "x", Role::Viewer)
+            .await)
+        .await,
         Err(StoreError::Conflict(_))
     ));
     let (u, hash) = store
@@ -33,14 +39,18 @@ async fn exercise(store: &Store) {
     assert_eq!(second.iter().map(|u| u.id).collect::<Vec<_>>(), vec![b.id]);
 
     // Sessions: live ones find their user, expired ones do not.
-    store
-        .create_session("s-live", a.id, holdfast_server::store::now() + 60)
-        .await
-        .expect("session");
-    store
-        .create_session("s-old", a.id, holdfast_server::store::now() - 1)
-        .await
-        .expect("session");
+    changed(store, async |c| {
+        c.create_session("s-live", a.id, holdfast_server::store::now() + 60)
+            .await
+    })
+    .await
+    .expect("session");
+    changed(store, async |c| {
+        c.create_session("s-old", a.id, holdfast_server::store::now() - 1)
+            .await
+    })
+    .await
+    .expect("session");
     assert_eq!(
         store
             .session_user("s-live")
@@ -53,8 +63,7 @@ async fn exercise(store: &Store) {
     assert_eq!(store.purge_sessions().await.expect("purge"), 1);
 
     // Tokens: usable until revoked, and only by their owner.
-    let t = store
-        .create_token(b.id, "ci", "t-hash")
+    let t = changed(store, async |c| c.create_token(b.id, "ci", "t-hash").await)
         .await
         .expect("token");
     assert_eq!(
@@ -65,21 +74,32 @@ async fn exercise(store: &Store) {
         .last_used_at
         .is_some());
     assert!(
-        !store.revoke_token(a.id, t.id).await.expect("revoke"),
+        !changed(store, async |c| c.revoke_token(a.id, t.id).await)
+            .await
+            .expect("revoke"),
         "not alice's"
     );
-    assert!(store.revoke_token(b.id, t.id).await.expect("revoke"));
+    assert!(changed(store, async |c| c.revoke_token(b.id, t.id).await)
+        .await
+        .expect("revoke"));
     assert!(store.token_user("t-hash").await.expect("get").is_none());
 
     // Deleting a user takes their sessions and tokens along.
-    assert!(store.delete_user(a.id).await.expect("delete"));
+    assert!(changed(store, async |c| c.delete_user(a.id).await)
+        .await
+        .expect("delete"));
     assert!(store.session_user("s-live").await.expect("get").is_none());
-    assert!(!store.delete_user(a.id).await.expect("delete again"));
+    assert!(!changed(store, async |c| c.delete_user(a.id).await)
+        .await
+        .expect("delete again"));
 
     // The audit log pages newest first.
     for i in 0..3 {
         store
-            .audit("alice", "test", &format!("thing:{i}"), "")
+            .change("alice")
+            .await
+            .expect("begin")
+            .commit("test", &format!("thing:{i}"), "")
             .await
             .expect("audit");
     }
@@ -92,49 +112,54 @@ async fn exercise(store: &Store) {
 
     // Enrolment tokens: each use creates an agent, until used up, revoked or expired.
     let now = holdfast_server::store::now();
-    let t = store
-        .create_enrollment_token("lab", "e-hash", 2, now + 60, "alice")
-        .await
-        .expect("token");
-    let a1 = store
-        .enroll_agent("e-hash", "pc1", "s1")
+    let t = changed(store, async |c| {
+        c.create_enrollment_token("lab", "e-hash", 2, now + 60, "alice")
+            .await
+    })
+    .await
+    .expect("token");
+    let a1 = changed(store, async |c| c.enroll_agent("e-hash", "pc1", "s1").await)
         .await
         .expect("enrol")
         .expect("agent");
-    let a2 = store
-        .enroll_agent("e-hash", "pc2", "s2")
+    let a2 = changed(store, async |c| c.enroll_agent("e-hash", "pc2", "s2").await)
         .await
         .expect("enrol")
         .expect("agent");
     assert_ne!(a1, a2);
     assert!(
-        store
-            .enroll_agent("e-hash", "pc3", "s3")
+        changed(store, async |c| c.enroll_agent("e-hash", "pc3", "s3").await)
             .await
             .expect("enrol")
             .is_none(),
         "used up"
     );
-    store
-        .create_enrollment_token("old", "e-old", 5, now - 1, "alice")
-        .await
-        .expect("token");
+    changed(store, async |c| {
+        c.create_enrollment_token("old", "e-old", 5, now - 1, "alice")
+            .await
+    })
+    .await
+    .expect("token");
     assert!(
-        store
-            .enroll_agent("e-old", "pc4", "s4")
+        changed(store, async |c| c.enroll_agent("e-old", "pc4", "s4").await)
             .await
             .expect("enrol")
             .is_none(),
         "expired"
     );
-    let t2 = store
-        .create_enrollment_token("rev", "e-rev", 5, now + 60, "alice")
-        .await
-        .expect("token");
-    assert!(store.revoke_enrollment_token(t2.id).await.expect("revoke"));
+    let t2 = changed(store, async |c| {
+        c.create_enrollment_token("rev", "e-rev", 5, now + 60, "alice")
+            .await
+    })
+    .await
+    .expect("token");
     assert!(
-        store
-            .enroll_agent("e-rev", "pc5", "s5")
+        changed(store, async |c| c.revoke_enrollment_token(t2.id).await)
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        changed(store, async |c| c.enroll_agent("e-rev", "pc5", "s5").await)
             .await
             .expect("enrol")
             .is_none(),
@@ -161,8 +186,12 @@ async fn exercise(store: &Store) {
         ("pc1.lan", "s1")
     );
     assert!(a.inventory.is_some() && a.last_seen_at.is_some());
-    assert!(store.revoke_agent(a1).await.expect("revoke"));
-    assert!(!store.revoke_agent(a1).await.expect("revoke twice"));
+    assert!(changed(store, async |c| c.revoke_agent(a1).await)
+        .await
+        .expect("revoke"));
+    assert!(!changed(store, async |c| c.revoke_agent(a1).await)
+        .await
+        .expect("revoke twice"));
     assert_eq!(store.agents(0, 10).await.expect("list").len(), 2);
 }
 
@@ -170,20 +199,24 @@ async fn exercise(store: &Store) {
 async fn exercise_jobs(store: &Store) {
     use holdfast_server::store::jobs::{Finish, NewImage, RunFilter};
     use holdfast_server::store::targets::TargetFields;
-    store
-        .create_enrollment_token("jobs", "jobs-token", 2, i64::MAX, "admin")
-        .await
-        .expect("token");
-    let a = store
-        .enroll_agent("jobs-token", "a", "ha")
-        .await
-        .expect("a")
-        .expect("a");
-    let b = store
-        .enroll_agent("jobs-token", "b", "hb")
-        .await
-        .expect("b")
-        .expect("b");
+    changed(store, async |c| {
+        c.create_enrollment_token("jobs", "jobs-token", 2, i64::MAX, "admin")
+            .await
+    })
+    .await
+    .expect("token");
+    let a = changed(store, async |c| {
+        c.enroll_agent("jobs-token", "a", "ha").await
+    })
+    .await
+    .expect("a")
+    .expect("a");
+    let b = changed(store, async |c| {
+        c.enroll_agent("jobs-token", "b", "hb").await
+    })
+    .await
+    .expect("b")
+    .expect("b");
     let fields = TargetFields {
         name: "nas",
         url: "smb://nas/share",
@@ -191,15 +224,18 @@ async fn exercise_jobs(store: &Store) {
         ca_pem: None,
         notes: "",
     };
-    let t = store.create_target(&fields).await.expect("target");
+    let t = changed(store, async |c| c.create_target(&fields).await)
+        .await
+        .expect("target");
     assert!(matches!(
-        store.create_target(&fields).await,
+        changed(store, async |c| c.create_target(&fields).await).await,
         Err(holdfast_server::store::StoreError::Conflict(_))
     ));
-    store
-        .set_target_secret(t.id, Some("v1:sealed"))
-        .await
-        .expect("secret");
+    changed(store, async |c| {
+        c.set_target_secret(t.id, Some("v1:sealed")).await
+    })
+    .await
+    .expect("secret");
     assert_eq!(
         store
             .target(t.id)
@@ -214,10 +250,12 @@ async fn exercise_jobs(store: &Store) {
         "{{\"agents\":[{a},{b}],\"source\":\"/dev/sda\",\"target_id\":{}}}",
         t.id
     );
-    let j = store.create_job("nightly", true, &spec).await.expect("job");
+    let j = changed(store, async |c| c.create_job("nightly", true, &spec).await)
+        .await
+        .expect("job");
     assert_eq!(j.target_id, Some(t.id));
     // The database's foreign key refuses, and the error names the job that uses it.
-    match store.delete_target(t.id).await {
+    match changed(store, async |c| c.delete_target(t.id).await).await {
         Err(holdfast_server::store::StoreError::InUse(why)) => {
             assert!(why.contains("job(s) nightly"), "{why}")
         }
@@ -231,7 +269,10 @@ async fn exercise_jobs(store: &Store) {
     ] {
         assert!(
             matches!(
-                store.create_job("dangling", true, &dangling).await,
+                changed(store, async |c| c
+                    .create_job("dangling", true, &dangling)
+                    .await)
+                .await,
                 Err(holdfast_server::store::StoreError::Dangling(_))
             ),
             "{dangling}"
@@ -392,24 +433,34 @@ async fn exercise_jobs(store: &Store) {
     assert!(listed.len() >= 2 && listed.iter().all(|x| x.inventory.is_none()));
     // A manual run has no start time: any number of them.
     for _ in 0..2 {
-        assert!(store
+        assert!(changed(store, async |c| c
             .create_run(Some(j.id), a, "nightly", "manual", None)
-            .await
-            .expect("manual")
-            .is_some());
+            .await)
+        .await
+        .expect("manual")
+        .is_some());
     }
-    assert!(store.delete_job(j.id).await.expect("delete job"));
+    assert!(changed(store, async |c| c.delete_job(j.id).await)
+        .await
+        .expect("delete job"));
 
     // Sites: defaults, members, and what names them cannot go.
-    let site = store
-        .create_site("branch", &format!("{{\"target_id\":{}}}", t.id))
-        .await
-        .expect("site");
-    assert!(store.set_agent_site(a, Some(site.id)).await.expect("move"));
-    assert!(!store
+    let site = changed(store, async |c| {
+        c.create_site("branch", &format!("{{\"target_id\":{}}}", t.id))
+            .await
+    })
+    .await
+    .expect("site");
+    assert!(
+        changed(store, async |c| c.set_agent_site(a, Some(site.id)).await)
+            .await
+            .expect("move")
+    );
+    assert!(!changed(store, async |c| c
         .set_agent_site(99_999, Some(site.id))
-        .await
-        .expect("no agent"));
+        .await)
+    .await
+    .expect("no agent"));
     let book = store.site_book().await.expect("book");
     assert_eq!(
         book.get(&site.id).map(|(_, agents)| agents.clone()),
@@ -420,28 +471,76 @@ async fn exercise_jobs(store: &Store) {
         Some(site.id)
     );
     assert!(matches!(
-        store.delete_target(t.id).await,
+        changed(store, async |c| c.delete_target(t.id).await).await,
         Err(holdfast_server::store::StoreError::InUse(_))
     ));
-    let on_site = store
-        .create_job("site job", true, &format!("{{\"site_id\":{}}}", site.id))
-        .await
-        .expect("site job");
-    match store.delete_site(site.id).await {
+    let on_site = changed(store, async |c| {
+        c.create_job("site job", true, &format!("{{\"site_id\":{}}}", site.id))
+            .await
+    })
+    .await
+    .expect("site job");
+    match changed(store, async |c| c.delete_site(site.id).await).await {
         Err(holdfast_server::store::StoreError::InUse(why)) => {
             assert!(why.contains("site job"), "{why}")
         }
         other => panic!("deleting a site in use: {other:?}"),
     }
-    assert!(store.delete_job(on_site.id).await.expect("delete"));
-    assert!(store
-        .update_site(site.id, "branch 2", "{}")
+    assert!(changed(store, async |c| c.delete_job(on_site.id).await)
         .await
-        .expect("update")
-        .is_some());
-    assert!(store.delete_site(site.id).await.expect("delete site"));
+        .expect("delete"));
+    assert!(changed(store, async |c| c
+        .update_site(site.id, "branch 2", "{}")
+        .await)
+    .await
+    .expect("update")
+    .is_some());
+    assert!(changed(store, async |c| c.delete_site(site.id).await)
+        .await
+        .expect("delete site"));
     assert_eq!(store.agent(a).await.expect("get").expect("a").site_id, None);
-    assert!(store.delete_target(t.id).await.expect("delete target"));
+    assert!(changed(store, async |c| c.delete_target(t.id).await)
+        .await
+        .expect("delete target"));
+
+    // A change and its audit entry are kept together or not at all; a committed change to
+    // sites moves the epoch caches compare, a dropped one does not.
+    let newest = |store: &Store| {
+        let store = store.clone();
+        async move { store.audit_log(i64::MAX, 1).await.expect("log")[0].id }
+    };
+    let (logged, epoch) = (newest(store).await, store.sites_epoch());
+    {
+        let mut c = store.change("alice").await.expect("begin");
+        c.create_site("dropped", "{}").await.expect("site");
+    }
+    assert!(store
+        .sites(0, 100)
+        .await
+        .expect("sites")
+        .iter()
+        .all(|s| s.name != "dropped"));
+    assert_eq!((newest(store).await, store.sites_epoch()), (logged, epoch));
+    let mut c = store.change("alice").await.expect("begin");
+    let kept = c.create_site("kept", "{}").await.expect("site");
+    c.commit("create_site", &format!("site:{}", kept.id), "kept")
+        .await
+        .expect("commit");
+    let entry = store.audit_log(i64::MAX, 1).await.expect("log").remove(0);
+    assert_eq!(
+        (entry.actor.as_str(), entry.action.as_str(), entry.subject),
+        ("alice", "create_site", format!("site:{}", kept.id))
+    );
+    assert_eq!(store.sites_epoch(), epoch + 1);
+    // A refused change writes no entry.
+    let logged = newest(store).await;
+    let mut c = store.change("alice").await.expect("begin");
+    assert!(matches!(
+        c.create_site("kept", "{}").await,
+        Err(StoreError::Conflict(_))
+    ));
+    drop(c);
+    assert_eq!(newest(store).await, logged);
 }
 
 #[tokio::test]
