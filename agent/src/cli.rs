@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use holdfast_proto::job::{ConsistencyMethod, DEFAULT_MAX_FREEZE_SECS};
 
 use crate::image_cmd;
 
@@ -32,6 +33,10 @@ enum Command {
     /// Check storage targets.
     #[command(subcommand)]
     Target(TargetCommand),
+    /// Thaw a filesystem frozen by `image create` if that process ends without thawing it or
+    /// runs past the maximum freeze time (started by it; not for people).
+    #[command(hide = true)]
+    ThawWatchdog(ThawWatchdogArgs),
 }
 
 /// The target subcommands.
@@ -166,14 +171,47 @@ pub struct CreateArgs {
     /// Create the output's folder, and any missing folder above it, on the target.
     #[arg(long)]
     pub create_folders: bool,
-    /// Remount a read-write mounted source read-only while imaging.
-    #[arg(long, conflicts_with = "allow_live")]
+    /// How a source mounted read-write is made consistent: auto (not mounted: as it is;
+    /// mounted: frozen while imaging when the estimate fits --max-freeze; otherwise refused),
+    /// unmounted, freeze, lock (remount read-only while imaging) or live (copy it as it
+    /// changes; not crash-consistent, recorded as such).
+    #[arg(long, default_value = "auto", value_parser = parse_consistency)]
+    pub consistency: ConsistencyMethod,
+    /// The longest a filesystem may stay frozen, in seconds; imaging stops at that time.
+    #[arg(long, default_value_t = DEFAULT_MAX_FREEZE_SECS, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub max_freeze: u32,
+    /// The same as --consistency lock.
+    #[arg(long, conflicts_with_all = ["allow_live", "consistency"])]
     pub lock: bool,
-    /// Image a read-write mounted source as it is (not crash-consistent; recorded as such).
-    #[arg(long)]
+    /// The same as --consistency live.
+    #[arg(long, conflicts_with = "consistency")]
     pub allow_live: bool,
     #[command(flatten)]
     pub common: Common,
+}
+
+impl CreateArgs {
+    /// The consistency method asked for, shorthands included.
+    pub fn consistency_method(&self) -> ConsistencyMethod {
+        if self.lock {
+            ConsistencyMethod::Lock
+        } else if self.allow_live {
+            ConsistencyMethod::Live
+        } else {
+            self.consistency
+        }
+    }
+}
+
+/// `thaw-watchdog` (started by `image create` before it freezes a filesystem).
+#[derive(Debug, Args)]
+pub struct ThawWatchdogArgs {
+    /// The frozen filesystem's mount point.
+    #[arg(long)]
+    pub mountpoint: PathBuf,
+    /// Thaw it after this many seconds whatever happens.
+    #[arg(long)]
+    pub max_secs: u64,
 }
 
 /// `image info`.
@@ -324,6 +362,7 @@ impl Cli {
             Command::Enroll(a) => return crate::link::cli_enroll(a),
             Command::Run(a) => return crate::link::cli_run(a),
             Command::Target(TargetCommand::Test(a)) => return target_test(a),
+            Command::ThawWatchdog(a) => return crate::freeze::watchdog(a),
         };
         match c {
             ImageCommand::Create(a) => image_cmd::create::run(a),
@@ -354,6 +393,10 @@ fn target_test(a: TargetTestArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_consistency(s: &str) -> Result<ConsistencyMethod, String> {
+    s.parse()
 }
 
 fn parse_cipher(s: &str) -> Result<holdfast_image::crypto::Cipher, String> {

@@ -33,6 +33,11 @@ fn minor(dev: u64) -> u32 {
     ((dev & 0xff) | ((dev >> 12) & !0xff)) as u32
 }
 
+/// A `dev_t` as (major, minor).
+pub fn devno(dev: u64) -> (u32, u32) {
+    (major(dev), minor(dev))
+}
+
 pub(crate) fn read_trim(p: impl AsRef<Path>) -> Option<String> {
     fs::read_to_string(p)
         .ok()
@@ -256,6 +261,13 @@ fn remount(point: &Path, read_only: bool) -> Result<()> {
     }
     mount(None::<&str>, point, None::<&str>, flags, None::<&str>)?;
     Ok(())
+}
+
+/// Bytes in use on the filesystem mounted on `mount_point`.
+pub fn used_bytes(mount_point: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(mount_point).ok()?;
+    let frag = st.fragment_size() as u64;
+    Some((st.blocks() as u64).saturating_sub(st.blocks_free() as u64) * frag)
 }
 
 /// The host name, from the kernel.

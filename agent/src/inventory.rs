@@ -8,7 +8,7 @@ use std::path::Path;
 
 use holdfast_proto::{Disk, Inventory, Volume};
 
-use crate::device::{hostname, parse_devno, read_mounts, read_trim};
+use crate::device::{hostname, parse_devno, read_mounts, read_trim, used_bytes};
 
 /// Kernel device names that are never disks worth imaging.
 const SKIP: [&str; 6] = ["loop", "ram", "zram", "fd", "sr", "dm-"];
@@ -80,7 +80,7 @@ pub fn collect() -> Inventory {
             let filesystem = mounted
                 .map(|(_, t)| t.clone())
                 .or_else(|| first_sectors_fs(&pdev));
-            let used = mounted.and_then(|(p, _)| used_bytes(p));
+            let used = mounted.and_then(|(p, _)| used_bytes(Path::new(p)));
             volumes.push(Volume {
                 name: part.clone(),
                 disk: (number != 0).then(|| name.clone()),
@@ -202,12 +202,6 @@ fn filesystem(h: &[u8]) -> Option<&'static str> {
 }
 
 /// Bytes in use on a mounted filesystem.
-fn used_bytes(mount_point: &str) -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs(mount_point).ok()?;
-    let frag = st.fragment_size() as u64;
-    Some((st.blocks() as u64).saturating_sub(st.blocks_free() as u64) * frag)
-}
-
 /// `PRETTY_NAME` of os-release and the kernel release.
 fn os_name() -> String {
     let pretty = fs::read_to_string("/etc/os-release")

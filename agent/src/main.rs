@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod consistency;
 mod device;
 mod exit;
+mod freeze;
 mod image_cmd;
 mod inventory;
 mod link;

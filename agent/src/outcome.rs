@@ -44,7 +44,7 @@ pub struct Created {
     pub filesystem: Option<String>,
     pub source_size: u64,
     pub block_size: u32,
-    /// How a consistent state was obtained (`unmounted`, `locked: …`, `live: …`).
+    /// How a consistent state was obtained (`unmounted`, `frozen: …`, `locked: …`, `live: …`).
     pub consistency: String,
     pub warnings: Vec<String>,
     pub read_bytes: u64,

@@ -120,7 +120,7 @@ pub struct Metadata {
     pub comment: Option<String>,
     /// True when the source was mounted read-write while imaged (not crash-consistent).
     pub live: bool,
-    /// How consistency was obtained: `unmounted`, `locked read-only`, `live`.
+    /// How consistency was obtained: `unmounted`, `mounted read-only`, `frozen: …`, `locked: …`, `live: …`.
     pub consistency: String,
     /// Warnings raised while imaging (e.g. unknown filesystem, imaged forensically).
     #[serde(default)]

@@ -67,6 +67,66 @@ impl ImageKind {
     }
 }
 
+/// How an image of a source that may be mounted read-write is made consistent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub enum ConsistencyMethod {
+    /// The first that applies: `unmounted` (or mounted read-only), else `freeze` when the
+    /// estimated imaging time fits the maximum freeze time; otherwise refused, naming the
+    /// choices.
+    #[default]
+    Auto,
+    /// Only a source that is not mounted read-write.
+    Unmounted,
+    /// Freeze the mounted filesystem while imaging (always thawed, at the latest after the
+    /// maximum freeze time).
+    Freeze,
+    /// Remount the filesystem read-only while imaging.
+    Lock,
+    /// Copy it as it changes: not crash-consistent, and the run ends with a warning.
+    Live,
+}
+
+impl ConsistencyMethod {
+    /// Every method, in the order `auto` considers the real ones.
+    pub const ALL: [Self; 5] = [
+        Self::Auto,
+        Self::Unmounted,
+        Self::Freeze,
+        Self::Lock,
+        Self::Live,
+    ];
+
+    /// The name used on the command line, in job definitions and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Unmounted => "unmounted",
+            Self::Freeze => "freeze",
+            Self::Lock => "lock",
+            Self::Live => "live",
+        }
+    }
+}
+
+impl std::str::FromStr for ConsistencyMethod {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|m| m.as_str()).collect();
+                format!("unknown consistency method '{s}': use {}", names.join(", "))
+            })
+    }
+}
+
+/// The maximum freeze time when a job does not set one.
+pub const DEFAULT_MAX_FREEZE_SECS: u32 = 30;
+
 /// Create one image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageTask {
@@ -90,8 +150,10 @@ pub struct ImageTask {
     /// Replace an image of the same name.
     pub overwrite: bool,
     pub comment: String,
-    /// Image a read-write mounted source as it is (otherwise it is remounted read-only).
-    pub live: bool,
+    /// How a source mounted read-write is made consistent.
+    pub consistency: ConsistencyMethod,
+    /// The longest a filesystem may stay frozen, in seconds.
+    pub max_freeze_secs: u32,
 }
 
 /// A command run before or after the job.
@@ -238,7 +300,7 @@ pub struct ImageWritten {
     pub target: String,
     #[serde(default)]
     pub coverage: Option<Coverage>,
-    /// How a consistent state was obtained (`unmounted`, `locked: …`, `live: …`).
+    /// How a consistent state was obtained (`unmounted`, `frozen: …`, `locked: …`, `live: …`).
     #[serde(default)]
     pub consistency: String,
     /// What the imaging warned about (a forensic fallback, a live source…).

@@ -26,7 +26,9 @@ pub use request::{Call, Reply, Request};
 ///
 /// 2: requests and replies are typed ([`Request`], [`Reply`]) instead of JSON objects
 /// picked apart by an `op` string.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// 3: an image task names its consistency method and maximum freeze time instead of a
+/// `live` flag.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Why an agent speaking protocol `agent` cannot talk to a server speaking `server`, and
 /// which side to upgrade; `None` when they match.

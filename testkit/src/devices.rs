@@ -331,3 +331,70 @@ fn extract_fat(dev: &str, dir: &Path) -> PathBuf {
     }
     dir.to_owned()
 }
+
+/// A blkio cgroup (v1) that throttles reads from one device, so imaging it takes a known
+/// time: what tests of time limits need. Removed on drop (its processes must have ended).
+pub struct ReadThrottle {
+    dir: PathBuf,
+}
+
+impl ReadThrottle {
+    /// Where cgroup v1's blkio controller is mounted on this kind of machine.
+    const ROOT: &'static str = "/sys/fs/cgroup/blkio";
+
+    /// Throttle reads from `dev` to `bytes_per_second` for the commands [`Self::wrap`] runs;
+    /// `None` (with a message, or a panic under `CI`) when the machine cannot.
+    pub fn new(dev: &str, bytes_per_second: u64) -> Option<Self> {
+        let root = Path::new(Self::ROOT);
+        if !root.join("blkio.throttle.read_bps_device").exists() {
+            let why = format!("no blkio cgroup with read throttling at {}", Self::ROOT);
+            if std::env::var_os("CI").is_some() {
+                panic!("{why} (CI is set, so this is a failure)");
+            }
+            eprintln!("skipping: {why}");
+            return None;
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = root.join(format!("holdfast-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir(&dir);
+        std::fs::create_dir(&dir).expect("create cgroup");
+        let devno = sh(Command::new("lsblk").args(["-dno", "MAJ:MIN", dev]));
+        let devno = String::from_utf8_lossy(&devno.stdout).trim().to_owned();
+        std::fs::write(
+            dir.join("blkio.throttle.read_bps_device"),
+            format!("{devno} {bytes_per_second}"),
+        )
+        .expect("set read throttle");
+        Some(Self { dir })
+    }
+
+    /// `cmd`, run inside the cgroup from its first instruction.
+    pub fn wrap(&self, cmd: &Command) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg("echo $$ > \"$0\" && exec \"$@\"")
+            .arg(self.dir.join("cgroup.procs"))
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        c
+    }
+}
+
+impl Drop for ReadThrottle {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        eprintln!("warning: could not remove cgroup {}", self.dir.display());
+    }
+}

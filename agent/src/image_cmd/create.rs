@@ -1,8 +1,11 @@
 //! `image create`: full, incremental and differential images of a device or file.
 
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use holdfast_image::blocks::DeviceBlocks;
@@ -12,15 +15,16 @@ use holdfast_image::extents::Extents;
 use holdfast_image::header::{Coverage, Kind};
 use holdfast_image::io::FileReadAt;
 use holdfast_image::meta::Metadata;
-use holdfast_image::plan::plan_source;
-use holdfast_image::progress::NoProgress;
+use holdfast_image::plan::{plan_source, SourcePlan};
+use holdfast_image::progress::{Cancel, NoProgress};
 use holdfast_image::validate::validate;
 use holdfast_image::writer::{default_block_size, write_image, Identity, WriteOptions};
 use holdfast_image::ImageError;
 
 use super::{is_remote, open_chain, open_image, open_sink, secs};
 use crate::cli::CreateArgs;
-use crate::device::{hostname, Device, ReadOnlyLock};
+use crate::consistency::{self, Estimate};
+use crate::device::{devno, hostname, Device};
 use crate::exit::{Refused, DAMAGED};
 use crate::output::{bytes, Bar};
 use crate::secret::{password, PASSWORD_ENV};
@@ -35,56 +39,25 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         return Err(Refused("the output is the source".into()).into());
     }
 
-    // Consistency: refuse a read-write mounted source unless locked or explicitly live.
-    let mounts = dev.mounts()?;
-    let rw: Vec<_> = mounts.iter().filter(|m| m.read_write).cloned().collect();
-    let mut _lock = None;
-    let (live, consistency) = if rw.is_empty() {
-        (
-            false,
-            if mounts.is_empty() {
-                "unmounted".to_owned()
-            } else {
-                "mounted read-only".to_owned()
-            },
-        )
-    } else if a.lock {
-        _lock = Some(ReadOnlyLock::acquire(&rw)?);
-        (
-            false,
-            "locked: remounted read-only while imaging".to_owned(),
-        )
-    } else if a.allow_live {
-        (
-            true,
-            "live: mounted read-write while imaging, not crash-consistent".to_owned(),
-        )
-    } else {
-        return Err(Refused(format!(
-            "'{}' is mounted read-write on '{}': unmount it, or use --lock (remount read-only while imaging) \
-             or --allow-live (image it as it changes; not crash-consistent)",
-            a.source.display(),
-            rw[0].mount_point.display()
-        ))
-        .into());
-    };
-
     let file =
         File::open(&a.source).with_context(|| format!("cannot open '{}'", a.source.display()))?;
+    let source_file = file
+        .try_clone()
+        .with_context(|| format!("cannot open '{}'", a.source.display()))?;
     let reader = FileReadAt::new(file, dev.size);
-    let mut plan = plan_source(&reader, dev.sector_size, a.forensic)?;
-    plan.source.path = a.source.display().to_string();
-    plan.source.model = dev.model.clone();
-    plan.source.serial = dev.serial.clone();
-    if !dev.is_block && plan.source.kind == "volume" {
-        plan.source.kind = "file".into();
-    } else if plan.source.kind == "volume" {
-        plan.source.kind = "partition".into();
-    }
-    if live {
-        plan.warnings
-            .push("imaged while mounted read-write: not crash-consistent".into());
-    }
+    // Read again once the source is held: a mounted filesystem changes until then.
+    let plan = read_plan(&reader, &dev, &a)?;
+
+    // Consistency: how a source mounted read-write is held while it is read.
+    let asked = a.consistency_method();
+    let max_freeze = Duration::from_secs(u64::from(a.max_freeze));
+    let choice = consistency::choose(asked, &a.source, &dev.mounts()?, max_freeze, |used| {
+        if let Some(dir) = a.output.parent().filter(|_| !is_remote(&a.output)) {
+            refuse_output_on_source(dir, &dev)?;
+        }
+        Ok(Estimate::measure(&reader, &plan.used, used)?)
+    })?;
+    let (consistency, live) = choice.description(max_freeze);
 
     // Base image for incremental / differential.
     let kind = if a.incremental {
@@ -183,6 +156,24 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         base_chain = Some(chain);
     }
 
+    if a.create_folders {
+        crate::storage::create_folders(&a.output, creds)?;
+    }
+    let mut sink = open_sink(&a.output, creds, a.overwrite)?;
+
+    // Hold the source (as late as possible: a frozen filesystem stops its writers) and read
+    // its allocation as it is now held.
+    let held = choice.apply(asked, max_freeze, &source_file)?;
+    let mut plan = if held.changed_anything() {
+        read_plan(&reader, &dev, &a)?
+    } else {
+        plan
+    };
+    if live {
+        plan.warnings
+            .push("imaged while mounted read-write: not crash-consistent".into());
+    }
+
     let cipher = match (&base_chain, a.encrypt) {
         (_, Some(c)) => c,
         (Some(ch), None) => ch.point().header.cipher,
@@ -223,7 +214,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         tool: format!("holdfast-agent {}", env!("CARGO_PKG_VERSION")),
         comment: a.comment.clone(),
         live,
-        consistency: consistency.clone(),
+        consistency,
         warnings: plan.warnings.clone(),
     };
     if !a.common.json {
@@ -244,27 +235,49 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         block_size,
         a.source.display().to_string(),
     );
-    if a.create_folders {
-        crate::storage::create_folders(&a.output, creds)?;
-    }
-    let mut sink = open_sink(&a.output, creds, a.overwrite)?;
     let bar = Bar::new(&a.common);
     let parent_index = base_chain.as_ref().map(|c| &c.point().index);
     let t0 = Instant::now();
-    let summary = write_image(
-        &blocks,
-        &ident,
-        &meta,
-        parent_index,
-        &opts,
-        sink.as_mut(),
-        &bar,
-        &crate::CANCEL,
-    );
+    let stop = Cancel::new();
+    let deadline = held.deadline();
+    let done = AtomicBool::new(false);
+    let summary = std::thread::scope(|s| {
+        s.spawn(|| stop_at(deadline, &stop, &done));
+        let summary = write_image(
+            &blocks,
+            &ident,
+            &meta,
+            parent_index,
+            &opts,
+            sink.as_mut(),
+            &bar,
+            &stop,
+        );
+        done.store(true, Ordering::Relaxed);
+        summary
+    });
+    let released = held.release();
     bar.finish();
+    if stop.is_cancelled() && !crate::CANCEL.is_cancelled() {
+        bail!(
+            "imaging did not finish within the maximum freeze time of {} s: the filesystem was thawed and no image was left; \
+             raise the maximum freeze time, or choose --consistency lock or live",
+            max_freeze.as_secs()
+        );
+    }
     let summary = summary?;
     let imaging = t0.elapsed();
-    drop(_lock);
+    let consistency = match released {
+        Ok(how) => how,
+        Err(e) => {
+            // What was read is not of one instant: the image must not look complete.
+            let removed = crate::storage::delete_image(&a.output, creds);
+            return Err(e.context(match removed {
+                Ok(_) => "the image was removed".to_owned(),
+                Err(d) => format!("the image could not be removed ({d:#}): delete it"),
+            }));
+        }
+    };
 
     let mut verified = None;
     if a.verify {
@@ -347,4 +360,51 @@ fn filesystems(source: &holdfast_image::meta::SourceMeta) -> Option<String> {
         .map(|p| p.filesystem.as_ref().map_or("none", |f| f.fs_type.as_str()))
         .collect();
     Some(format!("{}: {}", table.kind, each.join(", ")))
+}
+
+/// Trip `stop` when the command is cancelled, or at `deadline` (a freeze's end), until `done`.
+fn stop_at(deadline: Option<Instant>, stop: &Cancel, done: &AtomicBool) {
+    while !done.load(Ordering::Relaxed) {
+        if crate::CANCEL.is_cancelled() || deadline.is_some_and(|d| Instant::now() >= d) {
+            stop.cancel();
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Refuse to freeze a filesystem that holds the output folder `dir` (the image's own writes
+/// would wait for the thaw).
+fn refuse_output_on_source(dir: &Path, dev: &Device) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    // The folder may not exist yet: its nearest existing parent is where it will be.
+    let Some(meta) = dir.ancestors().find_map(|d| std::fs::metadata(d).ok()) else {
+        return Ok(());
+    };
+    if dev.devs.contains(&devno(meta.dev())) {
+        return Err(Refused(format!(
+            "the output folder '{}' is on the filesystem being imaged: freezing it would stop the image's own writes; write the image elsewhere",
+            dir.display()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// What to read of the source, and its description for the metadata.
+fn read_plan(reader: &FileReadAt, dev: &Device, a: &CreateArgs) -> Result<SourcePlan> {
+    let mut plan = plan_source(reader, dev.sector_size, a.forensic)?;
+    plan.source.path = a.source.display().to_string();
+    plan.source.model = dev.model.clone();
+    plan.source.serial = dev.serial.clone();
+    if !dev.is_block && plan.source.kind == "volume" {
+        plan.source.kind = "file".into();
+    } else if plan.source.kind == "volume" {
+        plan.source.kind = "partition".into();
+    }
+    Ok(plan)
 }

@@ -602,30 +602,32 @@ impl Jobs {
         };
         let task = &order.image;
         let source = PathBuf::from(&task.source);
+        let (asked, max) = (
+            task.consistency,
+            Duration::from_secs(u64::from(task.max_freeze_secs)),
+        );
         let dev = tokio::task::spawn_blocking(move || {
             let d = crate::device::Device::inspect(&source)?;
-            let rw = d.mounts()?.into_iter().filter(|m| m.read_write).count();
-            anyhow::Ok((d.size, rw))
+            let how = crate::consistency::preview(&source, asked, max);
+            anyhow::Ok((d.size, how))
         })
         .await
         .map_err(|e| anyhow!("{e}"))
         .and_then(|r| r);
         let size = match dev {
-            Ok((size, rw)) => {
+            Ok((size, how)) => {
                 add(
                     "source",
                     Fine,
                     format!("{} ({})", task.source, crate::output::bytes(size)),
                 );
-                if rw > 0 && !task.live {
-                    add(
-                        "source mounted",
-                        Warning,
-                        format!(
-                            "{} is mounted read-write: it will be remounted read-only while imaging",
-                            task.source
-                        ),
-                    );
+                match how {
+                    Ok((how, live)) => add(
+                        "consistency",
+                        if live { Warning } else { Fine },
+                        format!("{} ({}): {how}", task.source, asked.as_str()),
+                    ),
+                    Err(e) => add("consistency", Error, format!("{e:#}")),
                 }
                 Some(size)
             }
@@ -843,7 +845,10 @@ impl Jobs {
         if !task.comment.is_empty() {
             cmd.arg("--comment").arg(&task.comment);
         }
-        cmd.arg(if task.live { "--allow-live" } else { "--lock" });
+        cmd.arg("--consistency")
+            .arg(task.consistency.as_str())
+            .arg("--max-freeze")
+            .arg(task.max_freeze_secs.to_string());
         if let Some(p) = &task.password {
             cmd.env("HOLDFAST_PASSWORD", p.expose());
         }

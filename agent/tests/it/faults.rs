@@ -270,58 +270,6 @@ fn restore_target_too_small_or_mounted_is_refused() {
 }
 
 #[test]
-fn mounted_source_needs_lock_or_allow_live() {
-    if !require_devices("mounted_source") {
-        return;
-    }
-    let f = Fixture::new();
-    let lo = Loop::new(&f.vol);
-    let mnt = f.dir.join("live");
-    let _m = Mounted::new(lo.path(), &mnt, "rw");
-    let r = image(&["create", "--source", lo.path(), "--output", &f.p("x.hfi")]);
-    assert_eq!(r.code, 5, "{}", r.stderr);
-    assert!(
-        r.stderr.contains("--lock") && r.stderr.contains("--allow-live"),
-        "{}",
-        r.stderr
-    );
-    // Through the backing file too.
-    let r = image(&["create", "--source", f.vol(), "--output", &f.p("x.hfi")]);
-    assert_eq!(r.code, 5, "{}", r.stderr);
-
-    let s = image_ok(&[
-        "create",
-        "--source",
-        lo.path(),
-        "--output",
-        &f.p("locked.hfi"),
-        "--lock",
-    ]);
-    assert!(s["consistency"]
-        .as_str()
-        .expect("consistency")
-        .starts_with("locked"));
-    // Remounted read-write afterwards.
-    std::fs::write(mnt.join("after.txt"), "still writable")
-        .expect("filesystem must be read-write again");
-
-    let s = image_ok(&[
-        "create",
-        "--source",
-        lo.path(),
-        "--output",
-        &f.p("live.hfi"),
-        "--allow-live",
-    ]);
-    assert!(s["consistency"]
-        .as_str()
-        .expect("consistency")
-        .starts_with("live"));
-    let info = image_ok(&["info", "--image", &f.p("live.hfi")]);
-    assert_eq!(info["metadata"]["live"], true);
-}
-
-#[test]
 fn existing_output_is_refused_unless_overwrite() {
     if !require_devices("existing_output") {
         return;

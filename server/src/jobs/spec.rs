@@ -2,7 +2,7 @@
 //! imported), with its validation. Secrets are not part of it: the image password lives
 //! in the vault and the target's credentials with the target.
 
-use holdfast_proto::job::{HookCommand, ImageKind};
+use holdfast_proto::job::{ConsistencyMethod, HookCommand, ImageKind, DEFAULT_MAX_FREEZE_SECS};
 use serde::{Deserialize, Serialize};
 
 use crate::store::RunState;
@@ -166,10 +166,13 @@ pub struct JobSpec {
     pub overwrite: bool,
     #[serde(default)]
     pub comment: String,
-    /// Image a read-write mounted source as it changes (otherwise it is remounted
-    /// read-only while imaging).
+    /// How a source mounted read-write is made consistent: `auto` (the default), `unmounted`,
+    /// `freeze`, `lock` or `live`.
     #[serde(default)]
-    pub live: bool,
+    pub consistency: ConsistencyMethod,
+    /// The longest the source's filesystem may stay frozen, in seconds (1 to 3600).
+    #[serde(default = "default_max_freeze")]
+    pub max_freeze_secs: u32,
     #[serde(default)]
     pub before: Option<Hook>,
     #[serde(default)]
@@ -208,6 +211,10 @@ fn default_method() -> ChainMode {
     ChainMode::Full
 }
 
+fn default_max_freeze() -> u32 {
+    DEFAULT_MAX_FREEZE_SECS
+}
+
 fn default_compression() -> i32 {
     3
 }
@@ -232,6 +239,9 @@ impl JobSpec {
             if !["aes128", "aes192", "aes256"].contains(&c.as_str()) {
                 return Err("encryption must be aes128, aes192 or aes256".into());
             }
+        }
+        if !(1..=3600).contains(&self.max_freeze_secs) {
+            return Err("max_freeze_secs must be 1 to 3600".into());
         }
         if self.split_size.is_some_and(|s| s < 5 << 20) {
             return Err("split_size must be at least 5 MiB (5242880 bytes)".into());

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use crate::fleet::{agent_bin, enroll, wait_for, wait_secs, Api};
 use crate::proc::{curl, free_port, printed_secrets, start};
 use holdfast_testkit::devices::{
-    edit_files, image_ok, mkfs, noise, read_files, require_devices, sparse_file, tempdir,
-    write_files, Loop,
+    checksums, edit_files, image_ok, mkfs, noise, read_files, require_devices, sh, sparse_file,
+    tempdir, write_files, Loop, Mounted,
 };
 use holdfast_testkit::servers::{Smbd, SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, SMTP_USER, USER};
 
@@ -342,10 +342,14 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
         "{c}"
     );
 
-    // Second run, after changes: an increment on the first image.
-    states.push(edit_files(lo.path(), "ext4", work, |d| {
-        write_files(d, 1, 6)
-    }));
+    // Second run, after changes, with the volume mounted read-write: the default method
+    // freezes it for the imaging (the check says so first); an increment on the first image.
+    let mounted = Mounted::new(lo.path(), &work.join("in-use"), "rw");
+    write_files(&mounted.dir, 1, 6);
+    sh(&mut Command::new("sync"));
+    states.push(checksums(&mounted.dir));
+    let c = api.call("POST", &format!("/api/v1/jobs/{job_id}/check"), None);
+    assert!(c.to_string().contains("frozen while imaging"), "{c}");
     std::thread::sleep(std::time::Duration::from_millis(1100)); // a new name (seconds)
     let run2 = fleet.run(job_id);
     let (r2, _) = fleet.finish(run2);
@@ -353,6 +357,14 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
     let img2 = &r2["images"][0];
     assert_eq!(img2["method"], "incremental", "{r2}");
     assert_eq!(img2["base"], name1.as_str(), "{r2}");
+    assert!(
+        img2["consistency"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("frozen: the filesystem was frozen for")),
+        "{r2}"
+    );
+    std::fs::write(mounted.dir.join("after.txt"), "thawed").expect("thawed after the run");
+    drop(mounted);
     let name2 = img2["name"].as_str().expect("name").to_owned();
 
     // Lists, downloads.

@@ -1,0 +1,306 @@
+//! How an image of a source that may be mounted read-write is made consistent: which method
+//! applies ([`choose`]), and what holds it while the source is read ([`Held`]).
+//!
+//! | method | when | what the image is |
+//! |---|---|---|
+//! | `unmounted` | not mounted, or mounted read-only | the filesystem as it is |
+//! | `freeze` | a mounted filesystem that can be frozen, imaged within the maximum freeze time | one instant (crash-consistent); writers wait meanwhile |
+//! | `lock` | asked for | remounted read-only while imaging (fails while a file is open for writing) |
+//! | `live` | asked for | copied as it changes: not crash-consistent, a warning |
+//!
+//! `auto` takes the first of `unmounted` and `freeze` that applies and otherwise refuses,
+//! naming the choices. Snapshots (LVM, device-mapper) are not available yet.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use holdfast_image::extents::Extents;
+use holdfast_image::io::ReadAt;
+use holdfast_proto::job::ConsistencyMethod;
+
+use crate::device::{used_bytes, Mount, ReadOnlyLock};
+use crate::exit::Refused;
+use crate::freeze::Frozen;
+
+/// How much of the used space is read to measure the read rate before freezing.
+const SAMPLE_BYTES: u64 = 64 << 20;
+/// The longest the measurement reads.
+const SAMPLE_TIME: Duration = Duration::from_secs(2);
+
+/// The method chosen for a source, not yet applied.
+#[derive(Debug)]
+pub enum Choice {
+    /// Nothing mounted read-write: read it as it is (the description says which).
+    AsIs(&'static str),
+    Freeze(Vec<Mount>),
+    Lock(Vec<Mount>),
+    Live,
+}
+
+/// What `auto` and `freeze` need to know before freezing: an estimate of the imaging time.
+pub struct Estimate {
+    pub used_bytes: u64,
+    pub read_rate: f64,
+}
+
+impl Estimate {
+    /// Measure how fast `sample` reads from `reader` (at most [`SAMPLE_BYTES`] or
+    /// [`SAMPLE_TIME`]) and estimate the time to read `used_bytes`.
+    pub fn measure(
+        reader: &dyn ReadAt,
+        sample: &Extents,
+        used_bytes: u64,
+    ) -> std::io::Result<Self> {
+        let mut buf = vec![0u8; 1 << 20];
+        let started = Instant::now();
+        let mut read = 0u64;
+        'ranges: for &(start, len) in sample.ranges() {
+            let mut at = start;
+            while at < start + len {
+                let n = (start + len - at).min(buf.len() as u64) as usize;
+                reader.read_exact_at(&mut buf[..n], at)?;
+                at += n as u64;
+                read += n as u64;
+                if read >= SAMPLE_BYTES || started.elapsed() >= SAMPLE_TIME {
+                    break 'ranges;
+                }
+            }
+        }
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        Ok(Self {
+            used_bytes,
+            read_rate: read as f64 / secs,
+        })
+    }
+
+    /// The estimated imaging time.
+    pub fn time(&self) -> Duration {
+        Duration::from_secs_f64(self.used_bytes as f64 / self.read_rate.max(1.0))
+    }
+}
+
+/// Choose how to image `source` given how it is mounted. `estimate` is asked, with the bytes
+/// the mounted filesystems use, only when a freeze is considered.
+pub fn choose(
+    asked: ConsistencyMethod,
+    source: &Path,
+    mounts: &[Mount],
+    max_freeze: Duration,
+    estimate: impl FnOnce(u64) -> Result<Estimate>,
+) -> Result<Choice> {
+    let rw: Vec<Mount> = mounts.iter().filter(|m| m.read_write).cloned().collect();
+    let Some(first) = rw.first() else {
+        return Ok(Choice::AsIs(if mounts.is_empty() {
+            "unmounted"
+        } else {
+            "mounted read-only"
+        }));
+    };
+    let place = format!(
+        "'{}' is mounted read-write on '{}'",
+        source.display(),
+        first.mount_point.display()
+    );
+    let choices = "choose --consistency lock (remount it read-only while imaging), \
+                   live (copy it as it changes; not crash-consistent), or unmount it";
+    match asked {
+        ConsistencyMethod::Unmounted => Err(Refused(format!(
+            "{place}, and the consistency method 'unmounted' images only sources that are not: {choices}"
+        ))
+        .into()),
+        ConsistencyMethod::Lock => Ok(Choice::Lock(rw)),
+        ConsistencyMethod::Live => Ok(Choice::Live),
+        ConsistencyMethod::Freeze | ConsistencyMethod::Auto => {
+            let mut seen = Vec::new();
+            let mut used = 0;
+            for m in &rw {
+                if !seen.contains(&m.devno) {
+                    seen.push(m.devno);
+                    used += used_bytes(&m.mount_point).unwrap_or(0);
+                }
+            }
+            let e = estimate(used)?;
+            if e.time() > max_freeze {
+                let why = format!(
+                    "imaging its {} used at the measured {}/s would take about {} s, longer than the maximum freeze time of {} s",
+                    crate::output::bytes(e.used_bytes),
+                    crate::output::bytes(e.read_rate as u64),
+                    e.time().as_secs().max(1),
+                    max_freeze.as_secs()
+                );
+                return Err(if asked == ConsistencyMethod::Auto {
+                    Refused(format!("{place} and cannot be frozen: {why}; raise the maximum freeze time, or {choices}"))
+                } else {
+                    Refused(format!("{place}: not frozen, since {why}"))
+                }
+                .into());
+            }
+            Ok(Choice::Freeze(rw))
+        }
+    }
+}
+
+/// A chosen method applied: what holds the source consistent until [`Held::release`].
+pub struct Held {
+    description: String,
+    hold: Hold,
+}
+
+enum Hold {
+    Nothing,
+    Locked(ReadOnlyLock),
+    Frozen(Vec<Frozen>),
+}
+
+impl Choice {
+    /// How the source is held, for the image's metadata; true for a live copy.
+    pub fn description(&self, max_freeze: Duration) -> (String, bool) {
+        match self {
+            Choice::AsIs(how) => ((*how).to_owned(), false),
+            Choice::Live => (
+                "live: mounted read-write while imaging, not crash-consistent".to_owned(),
+                true,
+            ),
+            Choice::Lock(_) => (
+                "locked: remounted read-only while imaging".to_owned(),
+                false,
+            ),
+            Choice::Freeze(_) => (
+                format!(
+                    "frozen: the filesystem was frozen while imaging (at most {} s)",
+                    max_freeze.as_secs()
+                ),
+                false,
+            ),
+        }
+    }
+
+    /// Apply the method. `source_file` is the source, open: its cached pages are dropped once
+    /// the filesystem is held, since a filesystem writes file data around the device's cache
+    /// and a page read before may be stale.
+    pub fn apply(
+        self,
+        asked: ConsistencyMethod,
+        max_freeze: Duration,
+        source_file: &std::fs::File,
+    ) -> Result<Held> {
+        let (description, _) = self.description(max_freeze);
+        let hold = match self {
+            Choice::AsIs(_) | Choice::Live => Hold::Nothing,
+            Choice::Lock(rw) => Hold::Locked(ReadOnlyLock::acquire(&rw)?),
+            Choice::Freeze(rw) => {
+                let mut frozen = Vec::new();
+                let mut seen = Vec::new();
+                for m in rw {
+                    // One filesystem mounted in several places is frozen once.
+                    if seen.contains(&m.devno) {
+                        continue;
+                    }
+                    seen.push(m.devno);
+                    match Frozen::freeze(&m.mount_point, max_freeze) {
+                        Ok(f) => frozen.push(f),
+                        Err(e) if asked == ConsistencyMethod::Auto => {
+                            return Err(Refused(format!(
+                                "{e:#}; choose --consistency lock (remount it read-only while imaging) \
+                                 or live (copy it as it changes; not crash-consistent), or unmount it"
+                            ))
+                            .into())
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Hold::Frozen(frozen)
+            }
+        };
+        if !matches!(hold, Hold::Nothing) {
+            drop_cached_pages(source_file);
+        }
+        Ok(Held { description, hold })
+    }
+}
+
+impl Held {
+    /// True when the filesystem was frozen or remounted: what was read of it before may have
+    /// changed (a freeze also writes out its journal).
+    pub fn changed_anything(&self) -> bool {
+        !matches!(self.hold, Hold::Nothing)
+    }
+
+    /// When imaging must stop, if it is held by a freeze.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.hold {
+            Hold::Frozen(f) => f.iter().map(Frozen::deadline).min(),
+            _ => None,
+        }
+    }
+
+    /// Let go; how it went, for the report. An error when a freeze ended before we thawed it
+    /// (what was read is then not of one instant).
+    pub fn release(self) -> Result<String> {
+        match self.hold {
+            Hold::Nothing => Ok(self.description),
+            Hold::Locked(lock) => {
+                drop(lock);
+                Ok(self.description)
+            }
+            Hold::Frozen(frozen) => {
+                let mut longest = Duration::ZERO;
+                let mut failed = None;
+                for f in frozen {
+                    match f.thaw() {
+                        Ok(held) => longest = longest.max(held),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                Ok(format!(
+                    "frozen: the filesystem was frozen for {:.1} s while imaging",
+                    longest.as_secs_f64()
+                ))
+            }
+        }
+    }
+}
+
+/// Drop the device's clean cached pages (`POSIX_FADV_DONTNEED`), so reads come from the disk.
+fn drop_cached_pages(file: &std::fs::File) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    let _ = posix_fadvise(
+        file.as_raw_fd(),
+        0,
+        0,
+        PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    );
+}
+
+/// What imaging `source` with `asked` would do now, changing nothing: the description, and
+/// whether it is a warning (a live copy); an error says why it would be refused.
+pub fn preview(
+    source: &Path,
+    asked: ConsistencyMethod,
+    max_freeze: Duration,
+) -> Result<(String, bool)> {
+    let dev = crate::device::Device::inspect(source)?;
+    let file = std::fs::File::open(source)
+        .map_err(|e| anyhow::anyhow!("cannot open '{}': {e}", source.display()))?;
+    let reader = holdfast_image::io::FileReadAt::new(file, dev.size);
+    let mut estimated = None;
+    let choice = choose(asked, source, &dev.mounts()?, max_freeze, |used| {
+        let plan = holdfast_image::plan::plan_source(&reader, dev.sector_size, false)?;
+        let e = Estimate::measure(&reader, &plan.used, used)?;
+        estimated = Some(e.time());
+        Ok(e)
+    })?;
+    let (mut how, live) = choice.description(max_freeze);
+    if let Some(t) = estimated {
+        how = format!(
+            "{how}; the estimated imaging time is {:.0} s",
+            t.as_secs_f64().ceil()
+        );
+    }
+    Ok((how, live))
+}
