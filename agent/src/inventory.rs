@@ -1,25 +1,37 @@
-//! What this machine has: disks and volumes, from sysfs, `/proc` and the devices' first
-//! sectors (no external commands).
+//! What this machine has: disks and volumes (loop devices, LVM volumes and LUKS mappings
+//! among them, with what they are made of), how each can be imaged consistently, from sysfs,
+//! `/proc` and the devices' first sectors (no external commands).
 
 use std::collections::HashMap;
 use std::fs;
 use std::io::Read as _;
 use std::path::Path;
 
+use holdfast_proto::inventory::Backing;
+use holdfast_proto::job::ConsistencyMethod;
 use holdfast_proto::{Disk, Inventory, Volume};
 
 use crate::device::{hostname, parse_devno, read_mounts, read_trim, used_bytes};
 
 /// Kernel device names that are never disks worth imaging.
-const SKIP: [&str; 6] = ["loop", "ram", "zram", "fd", "sr", "dm-"];
+const SKIP: [&str; 4] = ["ram", "zram", "fd", "sr"];
+
+/// Filesystems the kernel can freeze (`FIFREEZE`).
+const FREEZABLE: [&str; 6] = ["ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs"];
 
 /// The machine's inventory now.
 pub fn collect() -> Inventory {
-    let mounts: HashMap<(u32, u32), (String, String)> = read_mounts()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| (m.devno, (m.mount_point.display().to_string(), m.fstype)))
-        .collect();
+    // A filesystem mounted in several places (bind mounts) is shown at its shortest path.
+    let mut mounts: HashMap<(u32, u32), (String, String, bool)> = HashMap::new();
+    for m in read_mounts().unwrap_or_default() {
+        let point = m.mount_point.display().to_string();
+        let shorter = mounts
+            .get(&m.devno)
+            .is_none_or(|(p, _, _)| point.len() < p.len());
+        if shorter {
+            mounts.insert(m.devno, (point, m.fstype, m.read_write));
+        }
+    }
     let labels = links("/dev/disk/by-label");
     let uuids = links("/dev/disk/by-uuid");
     let mut disks = Vec::new();
@@ -54,6 +66,7 @@ pub fn collect() -> Inventory {
                 .unwrap_or(512),
             partition_table: head.as_deref().and_then(table_kind).map(str::to_owned),
             removable: read_trim(sys.join("removable")).as_deref() == Some("1"),
+            backing: backing(&sys),
         });
         let mut parts: Vec<(u32, String)> = fs::read_dir(&sys)
             .map(|rd| {
@@ -78,9 +91,10 @@ pub fn collect() -> Inventory {
             let mounted = devno.and_then(|d| mounts.get(&d));
             let pdev = Path::new("/dev").join(&part);
             let filesystem = mounted
-                .map(|(_, t)| t.clone())
+                .map(|(_, t, _)| t.clone())
                 .or_else(|| first_sectors_fs(&pdev));
-            let used = mounted.and_then(|(p, _)| used_bytes(Path::new(p)));
+            let used = mounted.and_then(|(p, _, _)| used_bytes(Path::new(p)));
+            let read_write = mounted.is_some_and(|(_, _, rw)| *rw);
             volumes.push(Volume {
                 name: part.clone(),
                 disk: (number != 0).then(|| name.clone()),
@@ -91,11 +105,13 @@ pub fn collect() -> Inventory {
                     sectors(&psys.join("start"))
                 },
                 size: sectors(&psys.join("size")),
-                filesystem,
                 label: labels.get(&part).cloned(),
                 uuid: uuids.get(&part).cloned(),
-                mount_point: mounted.map(|(p, _)| p.clone()),
+                mount_point: mounted.map(|(p, _, _)| p.clone()),
                 used,
+                read_write,
+                consistency: methods(read_write, filesystem.as_deref()),
+                filesystem,
             });
         }
     }
@@ -106,6 +122,62 @@ pub fn collect() -> Inventory {
         disks,
         volumes,
     }
+}
+
+/// How a volume can be imaged consistently now.
+fn methods(read_write: bool, filesystem: Option<&str>) -> Vec<ConsistencyMethod> {
+    use ConsistencyMethod::{Freeze, Live, Lock, Unmounted};
+    if !read_write {
+        return vec![Unmounted];
+    }
+    if filesystem.is_some_and(|f| FREEZABLE.contains(&f)) {
+        vec![Freeze, Lock, Live]
+    } else {
+        vec![Lock, Live]
+    }
+}
+
+/// What the device at `sys` (`/sys/block/NAME`) is made of, when it is not a disk.
+fn backing(sys: &Path) -> Option<Backing> {
+    if let Some(file) = read_trim(sys.join("loop/backing_file")) {
+        return Some(Backing::Loop { file });
+    }
+    let name = read_trim(sys.join("dm/name"))?;
+    let uuid = read_trim(sys.join("dm/uuid")).unwrap_or_default();
+    let mut on: Vec<String> = fs::read_dir(sys.join("slaves"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    on.sort();
+    Some(if uuid.starts_with("LVM-") {
+        let (vg, lv) = lvm_names(&name);
+        Backing::Lvm { vg, lv, on }
+    } else if uuid.starts_with("CRYPT-") {
+        Backing::Crypt { name, on }
+    } else {
+        Backing::DeviceMapper { name, on }
+    })
+}
+
+/// An LVM device-mapper name (`vg-lv`, each `-` inside a name doubled) as (vg, lv).
+fn lvm_names(dm_name: &str) -> (String, String) {
+    let bytes = dm_name.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'-' {
+            if bytes.get(i + 1) == Some(&b'-') {
+                i += 2;
+                continue;
+            }
+            let undouble = |s: &str| s.replace("--", "-");
+            return (undouble(&dm_name[..i]), undouble(&dm_name[i + 1..]));
+        }
+        i += 1;
+    }
+    (dm_name.replace("--", "-"), String::new())
 }
 
 /// A sysfs count of 512-byte sectors, in bytes.
@@ -201,7 +273,6 @@ fn filesystem(h: &[u8]) -> Option<&'static str> {
     None
 }
 
-/// Bytes in use on a mounted filesystem.
 /// `PRETTY_NAME` of os-release and the kernel release.
 fn os_name() -> String {
     let pretty = fs::read_to_string("/etc/os-release")
@@ -239,6 +310,55 @@ mod tests {
         m[511] = 0xAA;
         m[446 + 4] = 0x83;
         assert_eq!(table_kind(&m), Some("mbr"));
+    }
+
+    #[test]
+    fn lvm_names_are_split_at_the_single_hyphen() {
+        for (dm, vg, lv) in [
+            ("vg0-root", "vg0", "root"),
+            ("my--vg-my--lv", "my-vg", "my-lv"),
+            ("vg-lv--x", "vg", "lv-x"),
+            ("vg--only", "vg-only", ""),
+        ] {
+            assert_eq!(lvm_names(dm), (vg.to_owned(), lv.to_owned()), "{dm}");
+        }
+    }
+
+    #[test]
+    fn a_mounted_loop_device_is_listed_with_its_file_and_how_to_image_it() {
+        use holdfast_testkit::devices::{
+            mkfs, require_devices, sparse_file, tempdir, Loop, Mounted,
+        };
+        use ConsistencyMethod::{Freeze, Live, Lock, Unmounted};
+        if !require_devices("inventory of a loop device") {
+            return;
+        }
+        let t = tempdir();
+        let file = t.path().join("inventory.img");
+        sparse_file(&file, 32 << 20);
+        let lo = Loop::new(&file);
+        mkfs(lo.path(), "ext4");
+        let name = lo.path().trim_start_matches("/dev/").to_owned();
+        let m = Mounted::new(lo.path(), &t.path().join("mnt"), "rw");
+        let inv = collect();
+        let disk = inv.disks.iter().find(|d| d.name == name).expect("listed");
+        let file = fs::canonicalize(&file).expect("path").display().to_string();
+        assert_eq!(disk.backing, Some(Backing::Loop { file }));
+        let v = inv.volumes.iter().find(|v| v.name == name).expect("volume");
+        assert_eq!(
+            v.mount_point.as_deref(),
+            Some(m.dir.to_str().expect("path"))
+        );
+        assert_eq!(v.filesystem.as_deref(), Some("ext4"));
+        assert!(v.read_write && v.used.is_some_and(|u| u > 0), "{v:?}");
+        assert_eq!(v.consistency, [Freeze, Lock, Live]);
+        drop(m);
+        let inv = collect();
+        let v = inv.volumes.iter().find(|v| v.name == name).expect("volume");
+        assert_eq!(
+            (v.read_write, &v.consistency[..]),
+            (false, &[Unmounted][..])
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::ConsistencyMethod;
+
 /// A machine: identity, disks and volumes.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
@@ -27,6 +29,42 @@ pub struct Disk {
     /// `gpt`, `mbr`, or absent when the disk has no table we recognise.
     pub partition_table: Option<String>,
     pub removable: bool,
+    /// What the device is when it is not a physical disk (older agents did not say).
+    #[serde(default)]
+    pub backing: Option<Backing>,
+}
+
+/// A block device made of something else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub enum Backing {
+    /// A loop device over a file.
+    Loop { file: String },
+    /// An LVM logical volume `vg/lv`, on the devices `on` (kernel names).
+    Lvm {
+        vg: String,
+        lv: String,
+        on: Vec<String>,
+    },
+    /// A LUKS (dm-crypt) mapping, on the devices `on`.
+    Crypt { name: String, on: Vec<String> },
+    /// Another device-mapper device.
+    DeviceMapper { name: String, on: Vec<String> },
+}
+
+impl Backing {
+    /// For people: `loop over FILE`, `LVM volume vg/lv on sda2`, ….
+    pub fn describe(&self) -> String {
+        match self {
+            Backing::Loop { file } => format!("loop device over {file}"),
+            Backing::Lvm { vg, lv, on } => format!("LVM volume {vg}/{lv} on {}", on.join(", ")),
+            Backing::Crypt { name, on } => format!("LUKS mapping {name} on {}", on.join(", ")),
+            Backing::DeviceMapper { name, on } => {
+                format!("device-mapper device {name} on {}", on.join(", "))
+            }
+        }
+    }
 }
 
 /// A partition (or a whole disk holding a filesystem).
@@ -49,4 +87,11 @@ pub struct Volume {
     pub mount_point: Option<String>,
     /// Bytes in use (from the mounted filesystem).
     pub used: Option<u64>,
+    /// Mounted read-write (older agents did not say).
+    #[serde(default)]
+    pub read_write: bool,
+    /// How it can be imaged consistently now: `unmounted` when it is not mounted read-write;
+    /// otherwise `freeze` (when its filesystem can be frozen), `lock` and `live`.
+    #[serde(default)]
+    pub consistency: Vec<ConsistencyMethod>,
 }

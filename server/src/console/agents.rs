@@ -126,6 +126,20 @@ pub struct Segment {
 pub struct DiskView {
     pub title: String,
     pub segments: Vec<Segment>,
+    /// Its volumes, one line each.
+    pub volumes: Vec<VolumeLine>,
+}
+
+/// A volume as listed under its disk.
+pub struct VolumeLine {
+    pub name: String,
+    pub size: String,
+    pub filesystem: String,
+    /// Where it is mounted, and how (empty: not mounted).
+    pub mounted: String,
+    pub used: String,
+    /// How a job images it consistently now.
+    pub consistency: String,
 }
 
 pub struct JobLine {
@@ -272,6 +286,7 @@ fn disk_views(inv: &holdfast_proto::Inventory) -> Vec<DiskView> {
                 })
                 .collect();
             parts.sort_by_key(|v| v.start);
+            let volumes = parts.iter().map(|v| volume_line(v)).collect();
             let mut segments = Vec::new();
             let mut at = 0u64;
             for v in parts {
@@ -304,21 +319,59 @@ fn disk_views(inv: &holdfast_proto::Inventory) -> Vec<DiskView> {
             if d.size > at + (1 << 20) {
                 segments.push(free(d.size - at, size));
             }
+            let what = match (&d.backing, &d.model) {
+                (Some(b), _) => b.describe(),
+                (None, Some(m)) => m.clone(),
+                (None, None) => "disk".to_owned(),
+            };
             DiskView {
                 title: format!(
-                    "{} · {} · {}{}",
+                    "{} · {} · {what}{}",
                     d.name,
                     holdfast_proto::human_bytes(d.size),
-                    d.model.as_deref().unwrap_or("disk"),
                     d.partition_table
                         .as_deref()
                         .map(|t| format!(" · {}", t.to_uppercase()))
                         .unwrap_or_default()
                 ),
                 segments,
+                volumes,
             }
         })
         .collect()
+}
+
+fn volume_line(v: &holdfast_proto::inventory::Volume) -> VolumeLine {
+    use holdfast_proto::job::ConsistencyMethod as M;
+    let consistency = match v.consistency.as_slice() {
+        [] => String::new(),
+        [M::Unmounted] => "as it is (not mounted read-write)".to_owned(),
+        m if m.contains(&M::Freeze) => {
+            "frozen while imaging (auto, within the job's limit); or lock, live".to_owned()
+        }
+        _ => "cannot be frozen: lock (remount read-only) or live".to_owned(),
+    };
+    VolumeLine {
+        name: v.name.clone(),
+        size: holdfast_proto::human_bytes(v.size),
+        filesystem: v.filesystem.clone().unwrap_or_default(),
+        mounted: v
+            .mount_point
+            .as_ref()
+            .map(|m| {
+                format!(
+                    "{m} ({})",
+                    if v.read_write {
+                        "read-write"
+                    } else {
+                        "read-only"
+                    }
+                )
+            })
+            .unwrap_or_default(),
+        used: v.used.map(holdfast_proto::human_bytes).unwrap_or_default(),
+        consistency,
+    }
 }
 
 fn free(len: u64, disk: f64) -> Segment {

@@ -133,8 +133,17 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     });
     b.shot("04-agents");
     b.click("a[href='/agents/1']");
-    b.wait("the agent's disks", 15, |b| b.has(".disk .parts"));
+    b.wait("the agent's disks and volumes", 15, |b| {
+        b.has(".disk .parts") && b.has(".disk table.volumes")
+    });
     b.shot("05-agent");
+    // "Refresh" asks the agent for its inventory now, and shows it.
+    b.script("window.beforeRefresh = true; return null", &[]);
+    b.click("#refresh-inventory");
+    b.wait("the page with the new inventory", 30, |b| {
+        b.script("return window.beforeRefresh === undefined", &[]) == json!(true)
+            && b.has(".disk table.volumes")
+    });
 
     // An SFTP target, tested from the agent.
     b.go(&format!("{base}/targets"));
