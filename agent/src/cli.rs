@@ -180,6 +180,17 @@ pub struct CreateArgs {
     /// The longest a filesystem may stay frozen, in seconds; imaging stops at that time.
     #[arg(long, default_value_t = DEFAULT_MAX_FREEZE_SECS, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub max_freeze: u32,
+    /// A command (`/bin/sh -c`) run just before the source is held (frozen or locked), e.g. to
+    /// flush a database and hold its writes; when it fails, nothing is imaged.
+    #[arg(long)]
+    pub before_snapshot: Option<String>,
+    /// A command run once the hold is no longer needed (the image is of one instant), e.g. to
+    /// let the database go on; when it fails, the image is kept with a warning.
+    #[arg(long)]
+    pub after_snapshot: Option<String>,
+    /// The time limit of each of those commands, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub snapshot_command_timeout: u32,
     /// The same as --consistency lock.
     #[arg(long, conflicts_with_all = ["allow_live", "consistency"])]
     pub lock: bool,

@@ -18,6 +18,7 @@ mod outcome;
 mod output;
 mod readahead;
 mod secret;
+mod snapshot_commands;
 mod storage;
 
 /// Set by Ctrl-C / SIGTERM: long operations stop between frames and remove partial output.

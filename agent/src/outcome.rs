@@ -59,6 +59,23 @@ pub struct Created {
     pub read_rate_bytes_per_second: f64,
     /// The validation after writing, when asked for.
     pub validation: Option<ValidateReport>,
+    /// The commands run before and after the source was held, in order.
+    pub commands: Vec<CommandRun>,
+}
+
+/// A command run around the instant an image is taken of (see `crate::snapshot_commands`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRun {
+    /// `before the snapshot` or `after the snapshot`.
+    pub stage: String,
+    pub command: String,
+    /// Its exit status; none when it was stopped or could not run.
+    pub exit_code: Option<i32>,
+    /// The end of what it printed (stdout and stderr).
+    pub output: String,
+    /// Why it has no exit status.
+    pub note: Option<String>,
+    pub seconds: f64,
 }
 
 /// `image info --json`.

@@ -154,6 +154,12 @@ pub struct ImageTask {
     pub consistency: ConsistencyMethod,
     /// The longest a filesystem may stay frozen, in seconds.
     pub max_freeze_secs: u32,
+    /// A command run just before the source is held (e.g. flush a database).
+    pub before_snapshot: Option<String>,
+    /// A command run once the hold is no longer needed.
+    pub after_snapshot: Option<String>,
+    /// The time limit of each, in seconds.
+    pub snapshot_command_timeout_secs: u32,
 }
 
 /// A command run before or after the job.

@@ -28,6 +28,7 @@ use crate::device::{devno, hostname, Device};
 use crate::exit::{Refused, DAMAGED};
 use crate::output::{bytes, Bar};
 use crate::secret::{password, PASSWORD_ENV};
+use crate::snapshot_commands::{self, After, BEFORE};
 
 /// Run.
 pub fn run(a: CreateArgs) -> Result<ExitCode> {
@@ -163,6 +164,20 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
 
     // Hold the source (as late as possible: a frozen filesystem stops its writers) and read
     // its allocation as it is now held.
+    let limit = Duration::from_secs(u64::from(a.snapshot_command_timeout));
+    let mut commands = Vec::new();
+    // Created first: whatever happens from here, the command after runs once.
+    let after = After::new(a.after_snapshot.as_deref(), limit);
+    if let Some(cmd) = &a.before_snapshot {
+        let run = snapshot_commands::run(BEFORE, cmd, limit);
+        if !run.succeeded() {
+            bail!(
+                "the command before the snapshot failed, so nothing was imaged: {}",
+                run.summary()
+            );
+        }
+        commands.push(run);
+    }
     let held = choice.apply(asked, max_freeze, &source_file)?;
     let mut plan = if held.changed_anything() {
         read_plan(&reader, &dev, &a)?
@@ -258,6 +273,17 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     });
     let released = held.release();
     bar.finish();
+    let mut warnings = plan.warnings.clone();
+    if let Some(run) = after.run() {
+        if !run.succeeded() {
+            let w = format!("the command after the snapshot failed: {}", run.summary());
+            if !a.common.json {
+                eprintln!("holdfast-agent: warning: {w}");
+            }
+            warnings.push(w);
+        }
+        commands.push(run);
+    }
     if stop.is_cancelled() && !crate::CANCEL.is_cancelled() {
         bail!(
             "imaging did not finish within the maximum freeze time of {} s: the filesystem was thawed and no image was left; \
@@ -302,7 +328,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
             source_size: dev.size,
             block_size,
             consistency: consistency.clone(),
-            warnings: plan.warnings.clone(),
+            warnings: warnings.clone(),
             read_bytes: summary.read_bytes,
             data_bytes: summary.data_bytes,
             image_bytes: summary.image_bytes,
@@ -314,6 +340,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
             imaging_seconds: secs(imaging),
             read_rate_bytes_per_second: rate.round(),
             validation: verified.clone(),
+            commands,
         });
     } else {
         println!(

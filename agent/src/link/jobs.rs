@@ -531,6 +531,16 @@ impl Jobs {
             .map_err(|e| ImageFailure::Failed(format!("{e:#}")))?;
         report.bytes_read += created.read_bytes;
         report.bytes_written += created.image_bytes;
+        for c in &created.commands {
+            let status = if c.succeeded() {
+                StepStatus::Ok
+            } else {
+                StepStatus::Warning
+            };
+            report
+                .steps
+                .push(step(status, &format!("Command {}", c.stage), c.summary()));
+        }
         Ok(ImageWritten {
             name: task.name.clone(),
             method: task.method,
@@ -848,7 +858,15 @@ impl Jobs {
         cmd.arg("--consistency")
             .arg(task.consistency.as_str())
             .arg("--max-freeze")
-            .arg(task.max_freeze_secs.to_string());
+            .arg(task.max_freeze_secs.to_string())
+            .arg("--snapshot-command-timeout")
+            .arg(task.snapshot_command_timeout_secs.to_string());
+        if let Some(c) = &task.before_snapshot {
+            cmd.arg("--before-snapshot").arg(c);
+        }
+        if let Some(c) = &task.after_snapshot {
+            cmd.arg("--after-snapshot").arg(c);
+        }
         if let Some(p) = &task.password {
             cmd.env("HOLDFAST_PASSWORD", p.expose());
         }

@@ -289,6 +289,99 @@ fn a_mounted_filesystem_is_frozen_locked_or_copied_live_as_asked() {
 }
 
 #[test]
+fn commands_run_just_before_the_freeze_and_once_it_is_over() {
+    if !require_devices("snapshot commands") {
+        return;
+    }
+    let f = Mounted4::new();
+    let mnt = f.mnt().display().to_string();
+    // The command before writes into the filesystem before it is frozen: the image holds it;
+    // the command after runs once it is thawed.
+    let s = image_ok(&[
+        "create",
+        "--source",
+        f.lo.path(),
+        "--output",
+        &f.p("hooked.hfi"),
+        "--before-snapshot",
+        &format!("echo flushing; echo flushed > '{mnt}/flushed.txt'"),
+        "--after-snapshot",
+        &format!("echo resumed >> '{mnt}/flushed.txt'; cat '{mnt}/flushed.txt'"),
+    ]);
+    let commands = s["commands"].as_array().expect("commands");
+    assert_eq!(commands.len(), 2, "{s}");
+    assert_eq!(commands[0]["stage"], "before the snapshot", "{s}");
+    assert_eq!(commands[0]["exit_code"], 0, "{s}");
+    assert_eq!(commands[0]["output"], "flushing", "{s}");
+    assert_eq!(commands[1]["output"], "flushed\nresumed", "{s}");
+    assert_eq!(s["warnings"], serde_json::json!([]), "{s}");
+    let copy = f.p("copy.img");
+    sparse_file(Path::new(&copy), 64 << 20);
+    image_ok(&["restore", "--image", &f.p("hooked.hfi"), "--target", &copy]);
+    let m = Mounted::new(&copy, &f.dir.join("copy-mnt"), "ro");
+    assert_eq!(
+        std::fs::read_to_string(m.dir.join("flushed.txt")).expect("written before the freeze"),
+        "flushed\n"
+    );
+    drop(m);
+
+    // A command before that fails or overruns its limit: nothing is frozen or imaged, and
+    // the command after still runs.
+    for (before, says) in [
+        ("echo no database; exit 3", "exit status 3"),
+        ("sleep 30", "stopped at its time limit of 1 s"),
+    ] {
+        let out = f.p("refused.hfi");
+        let r = image(&[
+            "create",
+            "--source",
+            f.lo.path(),
+            "--output",
+            &out,
+            "--snapshot-command-timeout",
+            "1",
+            "--before-snapshot",
+            before,
+            "--after-snapshot",
+            &format!("touch '{mnt}/after-ran'"),
+        ]);
+        assert_eq!(r.code, 1, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("the command before the snapshot failed"),
+            "{}",
+            r.stderr
+        );
+        assert!(r.stderr.contains(says), "{}", r.stderr);
+        assert!(!Path::new(&out).exists());
+        assert!(
+            f.mnt().join("after-ran").exists(),
+            "{before}: the command after ran"
+        );
+        std::fs::remove_file(f.mnt().join("after-ran")).expect("remove");
+        assert!(f.writable_within(Duration::from_secs(5)), "not frozen");
+    }
+
+    // A command after that fails: the image is kept, with a warning.
+    let s = image_ok(&[
+        "create",
+        "--source",
+        f.lo.path(),
+        "--output",
+        &f.p("warned.hfi"),
+        "--after-snapshot",
+        "echo cannot resume >&2; exit 2",
+    ]);
+    assert!(
+        s["warnings"]
+            .to_string()
+            .contains("the command after the snapshot failed")
+            && s["warnings"].to_string().contains("cannot resume"),
+        "{s}"
+    );
+    image_ok(&["validate", "--image", &f.p("warned.hfi")]);
+}
+
+#[test]
 fn a_freeze_always_ends_and_never_leaves_an_image_that_is_not_of_one_instant() {
     if !require_devices("freeze limits") {
         return;

@@ -492,6 +492,12 @@ impl Dispatcher {
                 comment: spec.comment.clone(),
                 consistency: spec.consistency,
                 max_freeze_secs: spec.max_freeze_secs,
+                before_snapshot: spec
+                    .before_snapshot
+                    .clone()
+                    .filter(|c| !c.trim().is_empty()),
+                after_snapshot: spec.after_snapshot.clone().filter(|c| !c.trim().is_empty()),
+                snapshot_command_timeout_secs: spec.snapshot_command_timeout_seconds,
             },
             before: spec.before.as_ref().map(spec::Hook::order),
             after: spec.after.as_ref().map(spec::Hook::order),

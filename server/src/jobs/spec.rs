@@ -173,6 +173,17 @@ pub struct JobSpec {
     /// The longest the source's filesystem may stay frozen, in seconds (1 to 3600).
     #[serde(default = "default_max_freeze")]
     pub max_freeze_secs: u32,
+    /// A command (`/bin/sh -c`, as root) run just before the source is frozen or locked, e.g.
+    /// to flush a database and hold its writes; when it fails, nothing is imaged.
+    #[serde(default)]
+    pub before_snapshot: Option<String>,
+    /// A command run once the freeze or lock is no longer needed; when it fails, the run
+    /// ends as warning.
+    #[serde(default)]
+    pub after_snapshot: Option<String>,
+    /// The time limit of each of those commands, in seconds (1 to 3600).
+    #[serde(default = "default_snapshot_command_timeout")]
+    pub snapshot_command_timeout_seconds: u32,
     #[serde(default)]
     pub before: Option<Hook>,
     #[serde(default)]
@@ -215,6 +226,10 @@ fn default_max_freeze() -> u32 {
     DEFAULT_MAX_FREEZE_SECS
 }
 
+fn default_snapshot_command_timeout() -> u32 {
+    60
+}
+
 fn default_compression() -> i32 {
     3
 }
@@ -242,6 +257,17 @@ impl JobSpec {
         }
         if !(1..=3600).contains(&self.max_freeze_secs) {
             return Err("max_freeze_secs must be 1 to 3600".into());
+        }
+        if !(1..=3600).contains(&self.snapshot_command_timeout_seconds) {
+            return Err("snapshot_command_timeout_seconds must be 1 to 3600".into());
+        }
+        for c in [&self.before_snapshot, &self.after_snapshot]
+            .into_iter()
+            .flatten()
+        {
+            if c.len() > 4096 || c.contains('\0') {
+                return Err("a snapshot command must be at most 4096 bytes, without NUL".into());
+            }
         }
         if self.split_size.is_some_and(|s| s < 5 << 20) {
             return Err("split_size must be at least 5 MiB (5242880 bytes)".into());

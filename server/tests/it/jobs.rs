@@ -260,6 +260,8 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
                     "split_size": 16 << 20,
                     "verify": true,
                     "before": {"command": "echo preparing", "timeout_seconds": 30},
+                    "before_snapshot": "echo holding writes",
+                    "after_snapshot": "echo writes resumed",
                 },
                 "password": IMAGE_PASSWORD,
             })
@@ -318,9 +320,17 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
         [
             "Job started",
             "Command before the job",
+            "Command before the snapshot",
+            "Command after the snapshot",
             "Image created",
             "Job finished"
         ],
+        "{r1}"
+    );
+    assert!(
+        r1["steps"][2]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("exit status 0") && d.contains("holding writes")),
         "{r1}"
     );
     assert!(r1["bytes_written"].as_i64().expect("bytes") > 0);
