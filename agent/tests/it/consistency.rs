@@ -289,6 +289,54 @@ fn a_mounted_filesystem_is_frozen_locked_or_copied_live_as_asked() {
 }
 
 #[test]
+fn a_copy_of_a_mounted_ext4_is_imaged_by_its_used_blocks_and_replays_clean() {
+    if !require_devices("needs_recovery copy") {
+        return;
+    }
+    let f = Mounted4::new();
+    // The last files are written with fsync, which commits them to the journal: their blocks
+    // are marked used in the journal's copies of the bitmaps, while the bitmaps in place are
+    // written back later (a sync would write them at once).
+    let late = f.mnt().join("late");
+    std::fs::create_dir(&late).expect("mkdir");
+    for i in 0..12u64 {
+        let mut file = std::fs::File::create(late.join(format!("f{i}"))).expect("create");
+        file.write_all(&noise(200_000 + i as usize * 4096, 70 + i))
+            .expect("write");
+        file.sync_all().expect("fsync");
+    }
+    let want = checksums(f.mnt());
+    // A crash-consistent copy, as a snapshot of the mounted volume would be.
+    let dirty = f.p("dirty.img");
+    std::fs::copy(f.dir.join("vol.img"), &dirty).expect("copy the volume");
+    let header = sh(Command::new("dumpe2fs").arg("-h").arg(&dirty));
+    assert!(
+        String::from_utf8_lossy(&header.stdout).contains("needs_recovery"),
+        "the copy must need recovery for this test to mean anything"
+    );
+
+    let s = image_ok(&["create", "--source", &dirty, "--output", &f.p("dirty.hfi")]);
+    assert_eq!(s["coverage"], "used-sector", "{s}");
+    assert_eq!(s["warnings"], serde_json::json!([]), "{s}");
+    assert!(s["read_bytes"].as_u64().expect("read") < 48 << 20, "{s}");
+    let copy = f.p("copy.img");
+    sparse_file(Path::new(&copy), 64 << 20);
+    image_ok(&["restore", "--image", &f.p("dirty.hfi"), "--target", &copy]);
+    // The restored filesystem replays its journal, as a mount would, and is then clean.
+    let replay = Command::new("e2fsck")
+        .args(["-fy", &copy])
+        .output()
+        .expect("e2fsck");
+    assert!(
+        matches!(replay.status.code(), Some(0 | 1)),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+    fsck_clean(&copy, "ext4");
+    assert_eq!(read_files(&copy, "ext4", &f.dir), want);
+}
+
+#[test]
 fn commands_run_just_before_the_freeze_and_once_it_is_over() {
     if !require_devices("snapshot commands") {
         return;

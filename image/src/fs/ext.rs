@@ -25,7 +25,7 @@
 //! |---|---|---|
 //! | `compression` | 0x1 | refused: the allocation rules of the e2compr patches are unknown here |
 //! | `filetype`, `extent`, `ea_inode`, `dirdata`, `csum_seed`, `large_dir`, `inline_data`, `encrypt`, `casefold` | 0x2, 0x40, 0x400, 0x1000, 0x2000, 0x4000, 0x8000, 0x10000, 0x20000 | supported: they change what is inside blocks, not which blocks are allocated |
-//! | `needs_recovery` | 0x4 | refused: the journal may hold allocations the on-disk bitmaps lack (e.g. a mounted filesystem); image a snapshot or run e2fsck first |
+//! | `needs_recovery` | 0x4 | supported: the journal (a snapshot or copy of a mounted filesystem) may hold allocations the on-disk bitmaps lack, so every copy of a block bitmap it logs is added (`jbd2.rs`); the journal itself is imaged, and the restored filesystem replays it when mounted or checked |
 //! | `journal_dev` | 0x8 | refused: an external journal device is not a filesystem |
 //! | `meta_bg` | 0x10 | refused: group descriptors are scattered through the volume |
 //! | `64bit` | 0x80 | supported: 64-bit block numbers and `s_desc_size` descriptors |
@@ -50,7 +50,9 @@
 //! With `metadata_csum` the superblock checksum is verified. Group descriptor and bitmap
 //! checksums are not: a damaged descriptor is caught only by range checks.
 
-use super::{bitmap_runs, le16, le32, padded_text, read_at, FilesystemReader, FsError, FsInfo};
+use super::{
+    bitmap_runs, jbd2, le16, le32, padded_text, read_at, FilesystemReader, FsError, FsInfo,
+};
 use crate::extents::Extents;
 use crate::io::ReadAt;
 
@@ -72,6 +74,7 @@ const INCOMPAT_64BIT: u32 = 0x80;
 const INCOMPAT_MMP: u32 = 0x100;
 /// Incompatible features that do not change which blocks are allocated.
 const INCOMPAT_SUPPORTED: u32 = INCOMPAT_FILETYPE
+    | INCOMPAT_RECOVER
     | 0x40 // extent
     | INCOMPAT_64BIT
     | INCOMPAT_MMP
@@ -86,10 +89,6 @@ const INCOMPAT_SUPPORTED: u32 = INCOMPAT_FILETYPE
 /// Named refusals; any other unsupported bit is reported by number.
 const INCOMPAT_REFUSED: &[(u32, &str)] = &[
     (0x1, "compression"),
-    (
-        INCOMPAT_RECOVER,
-        "needs_recovery (a journal not yet replayed)",
-    ),
     (
         INCOMPAT_JOURNAL_DEV,
         "journal_dev (an external journal device)",
@@ -148,6 +147,8 @@ struct Superblock {
     blocks_per_group: u64,
     inodes_per_group: u64,
     inode_size: u64,
+    /// The journal's inode (0: none).
+    journal_inum: u64,
     groups: u64,
     desc_size: u64,
     gdt_blocks: u64,
@@ -299,6 +300,11 @@ impl Superblock {
             blocks_per_group,
             inodes_per_group,
             inode_size,
+            journal_inum: if compat & COMPAT_HAS_JOURNAL != 0 {
+                u64::from(le32(sb, 0xE0))
+            } else {
+                0
+            },
             groups,
             desc_size,
             gdt_blocks,
@@ -478,6 +484,14 @@ impl FilesystemReader for ExtReader {
         for (start, end) in runs {
             used.add(start * sb.block_size, (end - start) * sb.block_size);
         }
+        if sb.incompat & INCOMPAT_RECOVER != 0 {
+            for (start, end) in journal_bitmap_runs(vol, &sb, &descs)? {
+                let end = end.min(sb.blocks_count);
+                if start < end {
+                    used.add(start * sb.block_size, (end - start) * sb.block_size);
+                }
+            }
+        }
         Ok(used)
     }
 }
@@ -590,6 +604,183 @@ fn used_block_runs(
         }
     }
     Ok(merged)
+}
+
+/// Blocks the journal's copies of block bitmaps mark used (what a replay would write), as
+/// `[start, end)` block ranges.
+fn journal_bitmap_runs(
+    vol: &dyn ReadAt,
+    sb: &Superblock,
+    descs: &[GroupDesc],
+) -> Result<Vec<(u64, u64)>, FsError> {
+    if sb.journal_inum == 0 {
+        return Err(corrupt(
+            "the journal needs recovery, but there is no journal inode",
+        ));
+    }
+    let log = inode_blocks(vol, sb, descs, sb.journal_inum)?;
+    let bs = usize::try_from(sb.block_size).unwrap_or(usize::MAX);
+    let read_log = |n: u64| -> Result<Vec<u8>, FsError> {
+        let block = usize::try_from(n)
+            .ok()
+            .and_then(|i| log.get(i))
+            .copied()
+            .filter(|b| *b != 0 && *b < sb.blocks_count)
+            .ok_or_else(|| corrupt(format!("journal block {n} is not mapped")))?;
+        let mut buf = vec![0u8; bs];
+        read_at(vol, FS, &mut buf, block * sb.block_size)?;
+        Ok(buf)
+    };
+    let copies = jbd2::logged_copies(log.len() as u64, read_log)?;
+    let bitmaps: std::collections::HashMap<u64, u64> = (0u64..)
+        .zip(descs)
+        .map(|(g, d)| (d.block_bitmap, g))
+        .collect();
+    let mut runs = Vec::new();
+    for copy in copies {
+        let Some(&group) = bitmaps.get(&copy.target) else {
+            continue;
+        };
+        let mut bitmap = read_log(copy.at)?;
+        copy.restore(&mut bitmap);
+        let base = sb.group_start(group);
+        bitmap_runs(&bitmap, sb.group_blocks(group), |s, e| {
+            runs.push((base + s, base + e))
+        });
+    }
+    Ok(runs)
+}
+
+/// The filesystem blocks of inode `ino`'s data, in file order (0 for a hole).
+fn inode_blocks(
+    vol: &dyn ReadAt,
+    sb: &Superblock,
+    descs: &[GroupDesc],
+    ino: u64,
+) -> Result<Vec<u64>, FsError> {
+    let index = ino
+        .checked_sub(1)
+        .ok_or_else(|| corrupt("inode 0 does not exist"))?;
+    let group = usize::try_from(index / sb.inodes_per_group).unwrap_or(usize::MAX);
+    let d = descs
+        .get(group)
+        .ok_or_else(|| corrupt(format!("inode {ino} is beyond the last group")))?;
+    let mut inode = [0u8; 128];
+    let at = d.inode_table * sb.block_size + (index % sb.inodes_per_group) * sb.inode_size;
+    read_at(vol, FS, &mut inode, at)?;
+    let size = u64::from(le32(&inode, 0x4)) | u64::from(le32(&inode, 0x6C)) << 32;
+    let blocks = size.div_ceil(sb.block_size);
+    // A journal is at most a few GiB; a damaged size must not ask for more.
+    if blocks > MAX_INODE_BLOCKS {
+        return Err(corrupt(format!("inode {ino} claims {size} bytes")));
+    }
+    let mut map = vec![0u64; usize::try_from(blocks).unwrap_or(0)];
+    let i_block = &inode[0x28..0x28 + 60];
+    if le32(&inode, 0x20) & EXTENTS_FL != 0 {
+        extent_blocks(vol, sb, i_block, EXTENT_MAX_DEPTH, &mut map)?;
+    } else {
+        for (i, slot) in i_block.chunks_exact(4).enumerate() {
+            let block = u64::from(le32(slot, 0));
+            match i {
+                0..=11 => {
+                    if let Some(m) = map.get_mut(i) {
+                        *m = block;
+                    }
+                }
+                _ => {
+                    let level = (i - 11) as u32;
+                    let per = sb.block_size / 4;
+                    let first = 12 + (1..level).map(|l| per.pow(l)).sum::<u64>();
+                    indirect_blocks(vol, sb, block, level, first, &mut map)?;
+                }
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// Inodes are read only for the journal: this bounds its size (16 GiB at 4 KiB blocks).
+const MAX_INODE_BLOCKS: u64 = 1 << 22;
+/// Inode flag: the data is mapped by an extent tree.
+const EXTENTS_FL: u32 = 0x8_0000;
+/// The deepest extent tree the kernel makes.
+const EXTENT_MAX_DEPTH: u32 = 5;
+
+/// Fill `map` from the extent tree node `node`.
+fn extent_blocks(
+    vol: &dyn ReadAt,
+    sb: &Superblock,
+    node: &[u8],
+    depth_left: u32,
+    map: &mut [u64],
+) -> Result<(), FsError> {
+    if le16(node, 0) != 0xF30A {
+        return Err(corrupt("an extent tree node has no magic"));
+    }
+    let entries = usize::from(le16(node, 2));
+    let depth = le16(node, 6);
+    if entries * 12 + 12 > node.len() || u32::from(depth) >= depth_left {
+        return Err(corrupt("an extent tree node is damaged"));
+    }
+    for e in node[12..12 + entries * 12].chunks_exact(12) {
+        if depth == 0 {
+            let logical = u64::from(le32(e, 0));
+            let len = u64::from(le16(e, 4));
+            let len = if len > 32768 { len - 32768 } else { len };
+            let start = u64::from(le16(e, 6)) << 32 | u64::from(le32(e, 8));
+            for k in 0..len {
+                if let Some(m) = usize::try_from(logical + k)
+                    .ok()
+                    .and_then(|i| map.get_mut(i))
+                {
+                    *m = start + k;
+                }
+            }
+        } else {
+            let child = u64::from(le32(e, 4)) | u64::from(le16(e, 8)) << 32;
+            if child == 0 || child >= sb.blocks_count {
+                return Err(corrupt("an extent index points outside the filesystem"));
+            }
+            let mut buf = vec![0u8; usize::try_from(sb.block_size).unwrap_or(0)];
+            read_at(vol, FS, &mut buf, child * sb.block_size)?;
+            extent_blocks(vol, sb, &buf, u32::from(depth), map)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fill `map` from `block`, an indirect block `level` levels above the data, whose first
+/// data block is file block `first`.
+fn indirect_blocks(
+    vol: &dyn ReadAt,
+    sb: &Superblock,
+    block: u64,
+    level: u32,
+    first: u64,
+    map: &mut [u64],
+) -> Result<(), FsError> {
+    if block == 0 || first >= map.len() as u64 {
+        return Ok(());
+    }
+    if block >= sb.blocks_count {
+        return Err(corrupt("an indirect block points outside the filesystem"));
+    }
+    let mut buf = vec![0u8; usize::try_from(sb.block_size).unwrap_or(0)];
+    read_at(vol, FS, &mut buf, block * sb.block_size)?;
+    let per = sb.block_size / 4;
+    let span = per.pow(level - 1);
+    for (i, slot) in (0u64..).zip(buf.chunks_exact(4)) {
+        let child = u64::from(le32(slot, 0));
+        let at = first + i * span;
+        if level == 1 {
+            if let Some(m) = usize::try_from(at).ok().and_then(|i| map.get_mut(i)) {
+                *m = child;
+            }
+        } else {
+            indirect_blocks(vol, sb, child, level - 1, at, map)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -836,16 +1027,29 @@ mod tests {
     }
 
     #[test]
-    fn needs_recovery_and_unknown_features_are_unsupported() {
+    fn needs_recovery_reads_the_journal_and_unknown_features_are_unsupported() {
         let Some(made) = make("mkfs.ext4", 16 << 20, &[]) else {
             return;
         };
+        let clean = detect(&open(&made.image))
+            .expect("detect")
+            .expect("ext")
+            .used;
+        // Flagged for recovery with an empty log: nothing more is used.
         patch_sb(&made.image, |sb| {
             let v = le32(sb, 0x60) | INCOMPAT_RECOVER;
             set32(sb, 0x60, v);
         });
-        assert_unsupported(&made, "needs_recovery");
+        let flagged = detect(&open(&made.image))
+            .expect("detect")
+            .expect("ext")
+            .used;
+        assert_eq!(flagged, clean);
+        // A journal inode that is not one: a clean error.
+        patch_sb(&made.image, |sb| set32(sb, 0xE0, 2));
+        assert_corrupt(&open(&made.image), "journal superblock");
         patch_sb(&made.image, |sb| {
+            set32(sb, 0xE0, 8);
             let v = le32(sb, 0x60) & !INCOMPAT_RECOVER | 0x80_0000;
             set32(sb, 0x60, v);
         });

@@ -19,6 +19,7 @@
 
 pub mod ext;
 pub mod fat;
+pub mod jbd2;
 
 use crate::extents::Extents;
 use crate::io::ReadAt;
