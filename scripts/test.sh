@@ -3,8 +3,9 @@
 #
 #   ./scripts/test.sh
 #
-# 1. installs (only when missing) the Debian packages the tests need, and the
+# 1. installs (only when missing) the Debian packages the tests need, the
 #    Python tools from PyPI (openapi-spec-validator, into /var/tmp/holdfast-pytools),
+#    and the VM the device-mapper tests boot (scripts/vm/setup.sh),
 # 2. makes sure the rustfmt and clippy components are there,
 # 3. checks that loop devices can be had (the image tests attach loop devices
 #    and mount filesystems, so they need root),
@@ -48,6 +49,13 @@ PACKAGES=(
     chromium         # the console tests drive a headless browser
     chromium-driver  # chromedriver: the WebDriver endpoint of that browser
     fonts-dejavu-core  # a font for the browser's screenshots
+    qemu-system-x86  # the VM that boots Debian's kernel for device-mapper tests (scripts/vm/)
+    busybox-static   # virtme-ng builds that VM's initramfs from it
+    python3-venv     # virtme-ng (PyPI) is installed in its own venv
+    kmod             # modprobe: device-mapper modules inside the VM
+    lvm2             # pvcreate, lvcreate: LVM volumes and snapshots inside the VM
+    thin-provisioning-tools  # thin pools inside the VM
+    cryptsetup-bin   # cryptsetup: LUKS volumes inside the VM
 )
 
 # Helpers ---------------------------------------------------------------------
@@ -143,6 +151,11 @@ else
         --root-user-action=ignore --target "$PYTOOLS" \
         openapi-spec-validator || die "pip install openapi-spec-validator failed"
 fi
+
+# The VM for what this machine's kernel lacks (device-mapper, LVM, dm-crypt): Debian's
+# kernel, extracted, and virtme-ng, under /var/tmp/holdfast-vm (repaired when broken).
+banner "VM for kernel features"
+"$(dirname "${BASH_SOURCE[0]}")/vm/setup.sh" || die "setting up the test VM failed"
 
 # 2. Rust components ----------------------------------------------------------
 

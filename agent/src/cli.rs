@@ -33,6 +33,9 @@ enum Command {
     /// Check storage targets.
     #[command(subcommand)]
     Target(TargetCommand),
+    /// Show what this machine has: disks (and what loop, LVM and LUKS devices are made of),
+    /// volumes, and how each can be imaged consistently now; what the server is sent.
+    Inventory(InventoryArgs),
     /// Thaw a filesystem frozen by `image create` if that process ends without thawing it or
     /// runs past the maximum freeze time (started by it; not for people).
     #[command(hide = true)]
@@ -54,6 +57,14 @@ pub struct TargetTestArgs {
     pub url: String,
     #[command(flatten)]
     pub common: Common,
+}
+
+/// `inventory`.
+#[derive(Debug, Args)]
+pub struct InventoryArgs {
+    /// Print the inventory as JSON (as the server receives it).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `enroll`.
@@ -353,6 +364,7 @@ impl Cli {
         let c = match &self.command {
             Command::Image(c) => c,
             Command::Target(TargetCommand::Test(a)) => return a.common.json,
+            Command::Inventory(a) => return a.json,
             _ => return false,
         };
         match c {
@@ -374,6 +386,7 @@ impl Cli {
             Command::Run(a) => return crate::link::cli_run(a),
             Command::Target(TargetCommand::Test(a)) => return target_test(a),
             Command::ThawWatchdog(a) => return crate::freeze::watchdog(a),
+            Command::Inventory(a) => return crate::inventory::print(a.json),
         };
         match c {
             ImageCommand::Create(a) => image_cmd::create::run(a),

@@ -56,10 +56,10 @@ impl Estimate {
         let mut buf = vec![0u8; 1 << 20];
         let started = Instant::now();
         let mut read = 0u64;
-        'ranges: for &(start, len) in sample.ranges() {
+        'ranges: for &(start, end) in sample.ranges() {
             let mut at = start;
-            while at < start + len {
-                let n = (start + len - at).min(buf.len() as u64) as usize;
+            while at < end {
+                let n = (end - at).min(buf.len() as u64) as usize;
                 reader.read_exact_at(&mut buf[..n], at)?;
                 at += n as u64;
                 read += n as u64;

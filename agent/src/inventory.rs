@@ -124,6 +124,42 @@ pub fn collect() -> Inventory {
     }
 }
 
+/// `holdfast-agent inventory`: the inventory as JSON, or a table for people.
+pub fn print(json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let inv = collect();
+    if json {
+        crate::outcome::print(&inv);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
+    println!("{} · {}", inv.hostname, inv.os);
+    for d in &inv.disks {
+        let what = match (&d.backing, &d.model) {
+            (Some(b), _) => b.describe(),
+            (None, Some(m)) => m.clone(),
+            (None, None) => "disk".to_owned(),
+        };
+        println!(
+            "{} · {} · {what}",
+            d.name,
+            holdfast_proto::human_bytes(d.size)
+        );
+        for v in inv.volumes.iter().filter(|v| {
+            v.disk.as_deref() == Some(d.name.as_str()) || (v.disk.is_none() && v.name == d.name)
+        }) {
+            let methods: Vec<&str> = v.consistency.iter().map(|m| m.as_str()).collect();
+            println!(
+                "  {} {} {} {} consistency: {}",
+                v.name,
+                holdfast_proto::human_bytes(v.size),
+                v.filesystem.as_deref().unwrap_or("-"),
+                v.mount_point.as_deref().unwrap_or("(not mounted)"),
+                methods.join(", ")
+            );
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 /// How a volume can be imaged consistently now.
 fn methods(read_write: bool, filesystem: Option<&str>) -> Vec<ConsistencyMethod> {
     use ConsistencyMethod::{Freeze, Live, Lock, Unmounted};

@@ -8,3 +8,4 @@ mod consistency;
 mod disks;
 mod faults;
 mod remote;
+mod vm;

@@ -1,0 +1,177 @@
+//! LVM and LUKS volumes, which need device-mapper: this machine's kernel has none, so these
+//! checks run inside a VM with Debian's kernel (`scripts/vm/`), booted once for the group.
+//! Without the VM they skip on a developer's machine and fail under `CI`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use holdfast_testkit::devices::{agent_binary, require_devices, tempdir};
+use serde_json::Value;
+
+/// The repository's `scripts/vm/run.sh`, when the VM is set up.
+fn vm_runner(test: &str) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = root.join("scripts/vm/run.sh");
+    let vm = std::env::var("HOLDFAST_VM").unwrap_or_else(|_| "/var/tmp/holdfast-vm".into());
+    let ready = Path::new(&vm).join("vng/bin/vng").exists()
+        && std::fs::read_dir(Path::new(&vm).join("kernel/root/boot"))
+            .is_ok_and(|mut d| d.next().is_some());
+    if ready {
+        return Some(run);
+    }
+    let why = format!("{test}: the test VM is not set up (run scripts/vm/setup.sh)");
+    if std::env::var_os("CI").is_some() {
+        panic!("{why}; CI is set, so this is a failure");
+    }
+    eprintln!("skipping {why}");
+    None
+}
+
+/// What the VM does: LVM on a loop device with a thick volume, a thin pool and volume, and a
+/// LUKS mapping on a volume, each with ext4; then the agent's inventory, an image of the
+/// unmounted thick volume restored and checked, and a mounted LUKS filesystem frozen.
+const GUEST: &str = r#"#!/bin/sh
+set -eux
+modprobe -a loop dm-snapshot dm-thin-pool dm-crypt
+export DM_DISABLE_UDEV=1 LVM_SUPPRESS_FD_WARNINGS=1 LVM_SYSTEM_DIR=/tmp/lvm
+mkdir -p /tmp/lvm /tmp/m/thick /tmp/m/thin /tmp/m/sealed
+cat > /tmp/lvm/lvm.conf <<'CONF'
+activation { udev_sync = 0 udev_rules = 0 }
+devices { obtain_device_list_from_udev = 0 }
+CONF
+truncate -s 400M /tmp/pv.img
+PV=$(losetup -f --show /tmp/pv.img)
+pvcreate -q "$PV"
+vgcreate -q hfvg "$PV"
+lvcreate -q -y -L 64M -n thick hfvg
+lvcreate -q -y -L 128M -T hfvg/pool
+lvcreate -q -y -V 64M -T hfvg/pool -n thin
+lvcreate -q -y -L 64M -n sealed hfvg
+printf pw | cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - /dev/hfvg/sealed
+printf pw | cryptsetup open --key-file - /dev/hfvg/sealed hfdata
+for d in /dev/hfvg/thick /dev/hfvg/thin /dev/mapper/hfdata; do mkfs.ext4 -q "$d"; done
+mount /dev/hfvg/thick /tmp/m/thick
+mount /dev/hfvg/thin /tmp/m/thin
+mount /dev/mapper/hfdata /tmp/m/sealed
+for m in thick thin sealed; do
+    head -c 3000000 /dev/urandom > /tmp/m/$m/data.bin
+    sha256sum /tmp/m/$m/data.bin | cut -d' ' -f1 > "$OUT/$m.sum"
+done
+umount /tmp/m/thick
+"$AGENT" inventory --json > "$OUT/inventory.json"
+"$AGENT" image create --source /dev/hfvg/thick --output /tmp/thick.hfi --json > "$OUT/thick.json"
+truncate -s 64M /tmp/restored.img
+"$AGENT" image restore --image /tmp/thick.hfi --target /tmp/restored.img --json > "$OUT/restore.json"
+e2fsck -fn /tmp/restored.img
+mkdir -p /tmp/m/restored
+mount -o ro,loop /tmp/restored.img /tmp/m/restored
+sha256sum /tmp/m/restored/data.bin | cut -d' ' -f1 > "$OUT/restored.sum"
+umount /tmp/m/restored
+"$AGENT" image create --source /dev/mapper/hfdata --output /tmp/sealed.hfi --json > "$OUT/sealed.json"
+echo "writable after" > /tmp/m/sealed/after.txt
+"#;
+
+fn read_json(dir: &Path, name: &str) -> Value {
+    let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}: {text}"))
+}
+
+#[test]
+fn lvm_and_luks_volumes_are_listed_imaged_and_frozen_in_a_vm() {
+    if !require_devices("lvm_and_luks_in_a_vm") {
+        return;
+    }
+    let Some(run) = vm_runner("lvm_and_luks_in_a_vm") else {
+        return;
+    };
+    let t = tempdir();
+    let out = t.path();
+    let agent = agent_binary();
+    let guest = out.join("guest.sh");
+    let script = format!(
+        "#!/bin/sh\nexport AGENT='{}' OUT='{}'\n{}",
+        agent.display(),
+        out.display(),
+        GUEST.trim_start_matches("#!/bin/sh\n")
+    );
+    std::fs::write(&guest, script).expect("guest script");
+    let bin_dir = agent.parent().expect("agent folder");
+    let status = Command::new(&run)
+        .arg(&guest)
+        .arg(out)
+        .arg(bin_dir)
+        .status()
+        .expect("run the VM");
+    let log = std::fs::read_to_string(out.join("script.log")).unwrap_or_default();
+    let console = std::fs::read_to_string(out.join("console.log")).unwrap_or_default();
+    let tail: String = console
+        .lines()
+        .rev()
+        .take(30)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        status.success(),
+        "the VM script failed:\n{log}\nconsole (last lines, reversed):\n{tail}"
+    );
+
+    // The inventory shows each device-mapper volume and what it is made of.
+    let inv = read_json(out, "inventory.json");
+    let disks = inv["disks"].as_array().expect("disks");
+    let backing = |kind: &str, key: &str, value: &str| {
+        disks
+            .iter()
+            .find(|d| d["backing"]["kind"] == kind && d["backing"][key] == value)
+            .unwrap_or_else(|| panic!("no {kind} {key}={value} in {inv}"))
+    };
+    let thick = backing("lvm", "lv", "thick");
+    assert_eq!(thick["backing"]["vg"], "hfvg", "{thick}");
+    assert!(
+        thick["backing"]["on"][0]
+            .as_str()
+            .is_some_and(|d| d.starts_with("loop")),
+        "{thick}"
+    );
+    backing("lvm", "lv", "thin");
+    let sealed = backing("crypt", "name", "hfdata");
+    assert!(
+        sealed["backing"]["on"][0]
+            .as_str()
+            .is_some_and(|d| d.starts_with("dm-")),
+        "{sealed}"
+    );
+    let volume = |name: &Value| {
+        inv["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == *name)
+            .unwrap_or_else(|| panic!("no volume {name}"))
+            .clone()
+    };
+    assert_eq!(
+        volume(&thick["name"])["consistency"],
+        serde_json::json!(["unmounted"])
+    );
+    assert_eq!(
+        volume(&sealed["name"])["consistency"],
+        serde_json::json!(["freeze", "lock", "live"])
+    );
+
+    // The unmounted thick volume, used-sector, restores to the same file.
+    let created = read_json(out, "thick.json");
+    assert_eq!(created["coverage"], "used-sector", "{created}");
+    assert_eq!(created["consistency"], "unmounted", "{created}");
+    let sum = |n: &str| std::fs::read_to_string(out.join(n)).expect(n);
+    assert_eq!(sum("restored.sum"), sum("thick.sum"));
+
+    // A mounted filesystem on LUKS on LVM is frozen for its image.
+    let frozen = read_json(out, "sealed.json");
+    assert!(
+        frozen["consistency"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("frozen: the filesystem was frozen for")),
+        "{frozen}"
+    );
+    assert_eq!(frozen["coverage"], "used-sector", "{frozen}");
+}
