@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use holdfast_proto::job::{ConsistencyMethod, DEFAULT_MAX_FREEZE_SECS};
+use holdfast_proto::job::{ConsistencyMethod, DEFAULT_MAX_FREEZE_SECS, DEFAULT_SNAPSHOT_PERCENT};
 
 use crate::image_cmd;
 
@@ -182,10 +182,10 @@ pub struct CreateArgs {
     /// Create the output's folder, and any missing folder above it, on the target.
     #[arg(long)]
     pub create_folders: bool,
-    /// How a source mounted read-write is made consistent: auto (not mounted: as it is;
-    /// mounted: frozen while imaging when the estimate fits --max-freeze; otherwise refused),
-    /// unmounted, freeze, lock (remount read-only while imaging) or live (copy it as it
-    /// changes; not crash-consistent, recorded as such).
+    /// How a source mounted read-write is made consistent: auto (not mounted: as it is; an
+    /// LVM volume: a snapshot; else frozen while imaging when the estimate fits --max-freeze;
+    /// otherwise refused), unmounted, lvm-snapshot, freeze, lock (remount read-only while
+    /// imaging) or live (copy it as it changes; not crash-consistent, recorded as such).
     #[arg(long, default_value = "auto", value_parser = parse_consistency)]
     pub consistency: ConsistencyMethod,
     /// The longest a filesystem may stay frozen, in seconds; imaging stops at that time.
@@ -202,6 +202,10 @@ pub struct CreateArgs {
     /// The time limit of each of those commands, in seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub snapshot_command_timeout: u32,
+    /// A classic LVM snapshot's copy-on-write space, in percent of the volume's size (capped
+    /// by the volume group's free space; refused when it does not fit).
+    #[arg(long, default_value_t = DEFAULT_SNAPSHOT_PERCENT, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub snapshot_size: u32,
     /// The same as --consistency lock.
     #[arg(long, conflicts_with_all = ["allow_live", "consistency"])]
     pub lock: bool,

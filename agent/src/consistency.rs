@@ -4,12 +4,14 @@
 //! | method | when | what the image is |
 //! |---|---|---|
 //! | `unmounted` | not mounted, or mounted read-only | the filesystem as it is |
+//! | `lvm-snapshot` | an LVM logical volume | read from a snapshot of one instant (`lvm.rs`), removed after; the volume stays in use |
 //! | `freeze` | a mounted filesystem that can be frozen, imaged within the maximum freeze time | one instant (crash-consistent); writers wait meanwhile |
 //! | `lock` | asked for | remounted read-only while imaging (fails while a file is open for writing) |
 //! | `live` | asked for | copied as it changes: not crash-consistent, a warning |
 //!
-//! `auto` takes the first of `unmounted` and `freeze` that applies and otherwise refuses,
-//! naming the choices. Snapshots (LVM, device-mapper) are not available yet.
+//! `auto` takes the first of `unmounted`, `lvm-snapshot` and `freeze` that applies and
+//! otherwise refuses, naming the choices. Device-mapper snapshots of other mappings are not
+//! available yet.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -23,6 +25,7 @@ use holdfast_proto::job::ConsistencyMethod;
 use crate::device::{used_bytes, Mount, ReadOnlyLock};
 use crate::exit::Refused;
 use crate::freeze::Frozen;
+use crate::lvm;
 
 /// How much of the used space is read to measure the read rate before freezing.
 const SAMPLE_BYTES: u64 = 64 << 20;
@@ -34,6 +37,8 @@ const SAMPLE_TIME: Duration = Duration::from_secs(2);
 pub enum Choice {
     /// Nothing mounted read-write: read it as it is (the description says which).
     AsIs(&'static str),
+    /// A snapshot of the logical volume, with this much copy-on-write space (thick ones).
+    Snapshot(lvm::Volume, u64),
     Freeze(Vec<Mount>),
     Lock(Vec<Mount>),
     Live,
@@ -88,6 +93,7 @@ pub fn choose(
     source: &Path,
     mounts: &[Mount],
     max_freeze: Duration,
+    snapshot_percent: u32,
     estimate: impl FnOnce(u64) -> Result<Estimate>,
 ) -> Result<Choice> {
     let rw: Vec<Mount> = mounts.iter().filter(|m| m.read_write).cloned().collect();
@@ -112,7 +118,23 @@ pub fn choose(
         .into()),
         ConsistencyMethod::Lock => Ok(Choice::Lock(rw)),
         ConsistencyMethod::Live => Ok(Choice::Live),
-        ConsistencyMethod::Freeze | ConsistencyMethod::Auto => {
+        ConsistencyMethod::LvmSnapshot | ConsistencyMethod::Auto
+            if asked == ConsistencyMethod::LvmSnapshot || lvm::volume_of(source)?.is_some() =>
+        {
+            let Some(volume) = lvm::volume_of(source)? else {
+                return Err(Refused(format!(
+                    "{place}, and it is not an LVM logical volume: {choices}"
+                ))
+                .into());
+            };
+            let cow = if volume.thin {
+                0
+            } else {
+                volume.cow_size(snapshot_percent)?
+            };
+            Ok(Choice::Snapshot(volume, cow))
+        }
+        ConsistencyMethod::LvmSnapshot | ConsistencyMethod::Freeze | ConsistencyMethod::Auto => {
             let mut seen = Vec::new();
             let mut used = 0;
             for m in &rw {
@@ -150,6 +172,7 @@ pub struct Held {
 
 enum Hold {
     Nothing,
+    Snapshot(lvm::Snapshot),
     Locked(ReadOnlyLock),
     Frozen(Vec<Frozen>),
 }
@@ -159,6 +182,18 @@ impl Choice {
     pub fn description(&self, max_freeze: Duration) -> (String, bool) {
         match self {
             Choice::AsIs(how) => ((*how).to_owned(), false),
+            Choice::Snapshot(v, _) if v.thin => (
+                format!("lvm-snapshot: read from a thin snapshot of {}", v.path()),
+                false,
+            ),
+            Choice::Snapshot(v, cow) => (
+                format!(
+                    "lvm-snapshot: read from a snapshot of {} with {} of copy-on-write space",
+                    v.path(),
+                    crate::output::bytes(*cow)
+                ),
+                false,
+            ),
             Choice::Live => (
                 "live: mounted read-write while imaging, not crash-consistent".to_owned(),
                 true,
@@ -189,6 +224,7 @@ impl Choice {
         let (description, _) = self.description(max_freeze);
         let hold = match self {
             Choice::AsIs(_) | Choice::Live => Hold::Nothing,
+            Choice::Snapshot(v, cow) => Hold::Snapshot(lvm::Snapshot::take(&v, cow)?),
             Choice::Lock(rw) => Hold::Locked(ReadOnlyLock::acquire(&rw)?),
             Choice::Freeze(rw) => {
                 let mut frozen = Vec::new();
@@ -214,7 +250,7 @@ impl Choice {
                 Hold::Frozen(frozen)
             }
         };
-        if !matches!(hold, Hold::Nothing) {
+        if matches!(hold, Hold::Locked(_) | Hold::Frozen(_)) {
             drop_cached_pages(source_file);
         }
         Ok(Held { description, hold })
@@ -226,6 +262,14 @@ impl Held {
     /// changed (a freeze also writes out its journal).
     pub fn changed_anything(&self) -> bool {
         !matches!(self.hold, Hold::Nothing)
+    }
+
+    /// The device to read instead of the source (a snapshot of it).
+    pub fn device(&self) -> Option<std::path::PathBuf> {
+        match &self.hold {
+            Hold::Snapshot(s) => Some(s.device()),
+            _ => None,
+        }
     }
 
     /// When imaging must stop, if it is held by a freeze.
@@ -241,6 +285,16 @@ impl Held {
     pub fn release(self) -> Result<String> {
         match self.hold {
             Hold::Nothing => Ok(self.description),
+            Hold::Snapshot(snapshot) => {
+                let fill = snapshot.fill();
+                let removed = snapshot.remove();
+                let fill = fill?;
+                removed?;
+                Ok(format!(
+                    "{}; {fill:.0} % of it was filled by writes while imaging",
+                    self.description
+                ))
+            }
             Hold::Locked(lock) => {
                 drop(lock);
                 Ok(self.description)
@@ -283,18 +337,26 @@ pub fn preview(
     source: &Path,
     asked: ConsistencyMethod,
     max_freeze: Duration,
+    snapshot_percent: u32,
 ) -> Result<(String, bool)> {
     let dev = crate::device::Device::inspect(source)?;
     let file = std::fs::File::open(source)
         .map_err(|e| anyhow::anyhow!("cannot open '{}': {e}", source.display()))?;
     let reader = holdfast_image::io::FileReadAt::new(file, dev.size);
     let mut estimated = None;
-    let choice = choose(asked, source, &dev.mounts()?, max_freeze, |used| {
-        let plan = holdfast_image::plan::plan_source(&reader, dev.sector_size, false)?;
-        let e = Estimate::measure(&reader, &plan.used, used)?;
-        estimated = Some(e.time());
-        Ok(e)
-    })?;
+    let choice = choose(
+        asked,
+        source,
+        &dev.mounts()?,
+        max_freeze,
+        snapshot_percent,
+        |used| {
+            let plan = holdfast_image::plan::plan_source(&reader, dev.sector_size, false)?;
+            let e = Estimate::measure(&reader, &plan.used, used)?;
+            estimated = Some(e.time());
+            Ok(e)
+        },
+    )?;
     let (mut how, live) = choice.description(max_freeze);
     if let Some(t) = estimated {
         how = format!(

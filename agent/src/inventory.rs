@@ -68,6 +68,13 @@ pub fn collect() -> Inventory {
             removable: read_trim(sys.join("removable")).as_deref() == Some("1"),
             backing: backing(&sys),
         });
+        let is_lv = matches!(
+            disks.last(),
+            Some(Disk {
+                backing: Some(Backing::Lvm { .. }),
+                ..
+            })
+        );
         let mut parts: Vec<(u32, String)> = fs::read_dir(&sys)
             .map(|rd| {
                 rd.flatten()
@@ -110,7 +117,7 @@ pub fn collect() -> Inventory {
                 mount_point: mounted.map(|(p, _, _)| p.clone()),
                 used,
                 read_write,
-                consistency: methods(read_write, filesystem.as_deref()),
+                consistency: methods(read_write, is_lv, filesystem.as_deref()),
                 filesystem,
             });
         }
@@ -161,16 +168,20 @@ pub fn print(json: bool) -> anyhow::Result<std::process::ExitCode> {
 }
 
 /// How a volume can be imaged consistently now.
-fn methods(read_write: bool, filesystem: Option<&str>) -> Vec<ConsistencyMethod> {
-    use ConsistencyMethod::{Freeze, Live, Lock, Unmounted};
+fn methods(read_write: bool, lv: bool, filesystem: Option<&str>) -> Vec<ConsistencyMethod> {
+    use ConsistencyMethod::{Freeze, Live, Lock, LvmSnapshot, Unmounted};
     if !read_write {
         return vec![Unmounted];
     }
-    if filesystem.is_some_and(|f| FREEZABLE.contains(&f)) {
-        vec![Freeze, Lock, Live]
-    } else {
-        vec![Lock, Live]
+    let mut m = Vec::new();
+    if lv {
+        m.push(LvmSnapshot);
     }
+    if filesystem.is_some_and(|f| FREEZABLE.contains(&f)) {
+        m.push(Freeze);
+    }
+    m.extend([Lock, Live]);
+    m
 }
 
 /// What the device at `sys` (`/sys/block/NAME`) is made of, when it is not a disk.
@@ -189,31 +200,13 @@ fn backing(sys: &Path) -> Option<Backing> {
         .unwrap_or_default();
     on.sort();
     Some(if uuid.starts_with("LVM-") {
-        let (vg, lv) = lvm_names(&name);
+        let (vg, lv) = crate::lvm::names(&name);
         Backing::Lvm { vg, lv, on }
     } else if uuid.starts_with("CRYPT-") {
         Backing::Crypt { name, on }
     } else {
         Backing::DeviceMapper { name, on }
     })
-}
-
-/// An LVM device-mapper name (`vg-lv`, each `-` inside a name doubled) as (vg, lv).
-fn lvm_names(dm_name: &str) -> (String, String) {
-    let bytes = dm_name.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'-' {
-            if bytes.get(i + 1) == Some(&b'-') {
-                i += 2;
-                continue;
-            }
-            let undouble = |s: &str| s.replace("--", "-");
-            return (undouble(&dm_name[..i]), undouble(&dm_name[i + 1..]));
-        }
-        i += 1;
-    }
-    (dm_name.replace("--", "-"), String::new())
 }
 
 /// A sysfs count of 512-byte sectors, in bytes.
@@ -346,18 +339,6 @@ mod tests {
         m[511] = 0xAA;
         m[446 + 4] = 0x83;
         assert_eq!(table_kind(&m), Some("mbr"));
-    }
-
-    #[test]
-    fn lvm_names_are_split_at_the_single_hyphen() {
-        for (dm, vg, lv) in [
-            ("vg0-root", "vg0", "root"),
-            ("my--vg-my--lv", "my-vg", "my-lv"),
-            ("vg-lv--x", "vg", "lv-x"),
-            ("vg--only", "vg-only", ""),
-        ] {
-            assert_eq!(lvm_names(dm), (vg.to_owned(), lv.to_owned()), "{dm}");
-        }
     }
 
     #[test]

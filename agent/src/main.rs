@@ -14,6 +14,7 @@ mod freeze;
 mod image_cmd;
 mod inventory;
 mod link;
+mod lvm;
 mod outcome;
 mod output;
 mod readahead;

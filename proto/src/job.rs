@@ -72,13 +72,16 @@ impl ImageKind {
 #[serde(rename_all = "kebab-case")]
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum ConsistencyMethod {
-    /// The first that applies: `unmounted` (or mounted read-only), else `freeze` when the
-    /// estimated imaging time fits the maximum freeze time; otherwise refused, naming the
-    /// choices.
+    /// The first that applies: `unmounted` (or mounted read-only), `lvm-snapshot` for an LVM
+    /// logical volume, else `freeze` when the estimated imaging time fits the maximum freeze
+    /// time; otherwise refused, naming the choices.
     #[default]
     Auto,
     /// Only a source that is not mounted read-write.
     Unmounted,
+    /// An LVM snapshot of the logical volume (thin for a thin volume, else a classic one
+    /// whose copy-on-write space is a share of the volume's size), imaged and then removed.
+    LvmSnapshot,
     /// Freeze the mounted filesystem while imaging (always thawed, at the latest after the
     /// maximum freeze time).
     Freeze,
@@ -90,9 +93,10 @@ pub enum ConsistencyMethod {
 
 impl ConsistencyMethod {
     /// Every method, in the order `auto` considers the real ones.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Auto,
         Self::Unmounted,
+        Self::LvmSnapshot,
         Self::Freeze,
         Self::Lock,
         Self::Live,
@@ -103,6 +107,7 @@ impl ConsistencyMethod {
         match self {
             Self::Auto => "auto",
             Self::Unmounted => "unmounted",
+            Self::LvmSnapshot => "lvm-snapshot",
             Self::Freeze => "freeze",
             Self::Lock => "lock",
             Self::Live => "live",
@@ -123,6 +128,9 @@ impl std::str::FromStr for ConsistencyMethod {
             })
     }
 }
+
+/// A classic LVM snapshot's copy-on-write space, in percent of the volume, unless set.
+pub const DEFAULT_SNAPSHOT_PERCENT: u32 = 20;
 
 /// The maximum freeze time when a job does not set one.
 pub const DEFAULT_MAX_FREEZE_SECS: u32 = 30;
@@ -154,6 +162,8 @@ pub struct ImageTask {
     pub consistency: ConsistencyMethod,
     /// The longest a filesystem may stay frozen, in seconds.
     pub max_freeze_secs: u32,
+    /// A classic LVM snapshot's copy-on-write space, in percent of the volume's size.
+    pub snapshot_percent: u32,
     /// A command run just before the source is held (e.g. flush a database).
     pub before_snapshot: Option<String>,
     /// A command run once the hold is no longer needed.

@@ -52,12 +52,19 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     // Consistency: how a source mounted read-write is held while it is read.
     let asked = a.consistency_method();
     let max_freeze = Duration::from_secs(u64::from(a.max_freeze));
-    let choice = consistency::choose(asked, &a.source, &dev.mounts()?, max_freeze, |used| {
-        if let Some(dir) = a.output.parent().filter(|_| !is_remote(&a.output)) {
-            refuse_output_on_source(dir, &dev)?;
-        }
-        Ok(Estimate::measure(&reader, &plan.used, used)?)
-    })?;
+    let choice = consistency::choose(
+        asked,
+        &a.source,
+        &dev.mounts()?,
+        max_freeze,
+        a.snapshot_size,
+        |used| {
+            if let Some(dir) = a.output.parent().filter(|_| !is_remote(&a.output)) {
+                refuse_output_on_source(dir, &dev)?;
+            }
+            Ok(Estimate::measure(&reader, &plan.used, used)?)
+        },
+    )?;
     let (consistency, live) = choice.description(max_freeze);
 
     // Base image for incremental / differential.
@@ -179,8 +186,18 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         commands.push(run);
     }
     let held = choice.apply(asked, max_freeze, &source_file)?;
+    // A snapshot is read instead of the source (and closed before it is removed).
+    let mut snapshot_reader = None;
+    let reader = match held.device() {
+        Some(snapshot) => {
+            let file = File::open(&snapshot)
+                .with_context(|| format!("cannot open the snapshot '{}'", snapshot.display()))?;
+            &*snapshot_reader.insert(FileReadAt::new(file, dev.size))
+        }
+        None => &reader,
+    };
     let mut plan = if held.changed_anything() {
-        read_plan(&reader, &dev, &a)?
+        read_plan(reader, &dev, &a)?
     } else {
         plan
     };
@@ -245,7 +262,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         kdf: None,
     };
     let blocks = DeviceBlocks::new(
-        &reader,
+        reader,
         plan.used.clone(),
         block_size,
         a.source.display().to_string(),
@@ -271,6 +288,8 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         done.store(true, Ordering::Relaxed);
         summary
     });
+    drop(blocks);
+    drop(snapshot_reader);
     let released = held.release();
     bar.finish();
     let mut warnings = plan.warnings.clone();
@@ -291,7 +310,12 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
             max_freeze.as_secs()
         );
     }
-    let summary = summary?;
+    let summary = match (summary, &released) {
+        (Ok(s), _) => s,
+        // A snapshot that overflowed fails its reads: that is the reason to give.
+        (Err(e), Err(why)) => bail!("{why:#} (imaging stopped: {e})"),
+        (Err(e), Ok(_)) => return Err(e.into()),
+    };
     let imaging = t0.elapsed();
     let consistency = match released {
         Ok(how) => how,

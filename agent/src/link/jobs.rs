@@ -612,13 +612,14 @@ impl Jobs {
         };
         let task = &order.image;
         let source = PathBuf::from(&task.source);
-        let (asked, max) = (
+        let (asked, max, percent) = (
             task.consistency,
             Duration::from_secs(u64::from(task.max_freeze_secs)),
+            task.snapshot_percent,
         );
         let dev = tokio::task::spawn_blocking(move || {
             let d = crate::device::Device::inspect(&source)?;
-            let how = crate::consistency::preview(&source, asked, max);
+            let how = crate::consistency::preview(&source, asked, max, percent);
             anyhow::Ok((d.size, how))
         })
         .await
@@ -859,6 +860,8 @@ impl Jobs {
             .arg(task.consistency.as_str())
             .arg("--max-freeze")
             .arg(task.max_freeze_secs.to_string())
+            .arg("--snapshot-size")
+            .arg(task.snapshot_percent.to_string())
             .arg("--snapshot-command-timeout")
             .arg(task.snapshot_command_timeout_secs.to_string());
         if let Some(c) = &task.before_snapshot {

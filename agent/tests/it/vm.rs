@@ -29,7 +29,8 @@ fn vm_runner(test: &str) -> Option<PathBuf> {
 
 /// What the VM does: LVM on a loop device with a thick volume, a thin pool and volume, and a
 /// LUKS mapping on a volume, each with ext4; then the agent's inventory, an image of the
-/// unmounted thick volume restored and checked, and a mounted LUKS filesystem frozen.
+/// unmounted thick volume restored and checked, a mounted LUKS filesystem frozen, the mounted
+/// volumes imaged from LVM snapshots, and a snapshot too small for the writes meanwhile.
 const GUEST: &str = r#"#!/bin/sh
 set -eux
 modprobe -a loop dm-snapshot dm-thin-pool dm-crypt
@@ -69,6 +70,39 @@ sha256sum /tmp/m/restored/data.bin | cut -d' ' -f1 > "$OUT/restored.sum"
 umount /tmp/m/restored
 "$AGENT" image create --source /dev/mapper/hfdata --output /tmp/sealed.hfi --json > "$OUT/sealed.json"
 echo "writable after" > /tmp/m/sealed/after.txt
+
+# A snapshot a killed imaging process left (named after a process that is gone): the next
+# run removes it.
+lvcreate -q -y -s -n holdfast-snap-999999 -L 4M hfvg/thick
+lvs --noheadings -o lv_name hfvg > "$OUT/lvs-stale.txt"
+
+# Mounted volumes, by default: read from an LVM snapshot, which is then removed.
+mount /dev/hfvg/thick /tmp/m/thick
+for m in thick thin; do
+    "$AGENT" image create --source /dev/hfvg/$m --output /tmp/$m-snap.hfi --json > "$OUT/$m-snap.json"
+    truncate -s 64M /tmp/$m-restored.img
+    "$AGENT" image restore --image /tmp/$m-snap.hfi --target /tmp/$m-restored.img --json > /dev/null
+    # What a mount would do first: replay the journal; then it must be clean.
+    e2fsck -fy /tmp/$m-restored.img || [ $? -eq 1 ]
+    e2fsck -fn /tmp/$m-restored.img
+    mkdir -p /tmp/m/$m-restored
+    mount -o ro,loop /tmp/$m-restored.img /tmp/m/$m-restored
+    sha256sum /tmp/m/$m-restored/data.bin | cut -d' ' -f1 > "$OUT/$m-snap.sum"
+    umount /tmp/m/$m-restored
+done
+lvs --noheadings -o lv_name hfvg > "$OUT/lvs-after.txt"
+
+# A snapshot too small for the writes meanwhile: the run fails, and leaves no image.
+( while [ ! -e /tmp/stop ]; do dd if=/dev/zero of=/tmp/m/thick/churn bs=1M count=24 conv=notrunc oflag=direct 2>/dev/null; done ) &
+sleep 1
+set +e
+"$AGENT" image create --source /dev/hfvg/thick --output /tmp/small.hfi --snapshot-size 1 > "$OUT/small.out" 2>&1
+echo $? > "$OUT/small.status"
+set -e
+touch /tmp/stop
+wait
+[ ! -e /tmp/small.hfi ] && echo absent > "$OUT/small.image"
+lvs --noheadings -o lv_name hfvg > "$OUT/lvs-end.txt"
 "#;
 
 fn read_json(dir: &Path, name: &str) -> Value {
@@ -77,7 +111,7 @@ fn read_json(dir: &Path, name: &str) -> Value {
 }
 
 #[test]
-fn lvm_and_luks_volumes_are_listed_imaged_and_frozen_in_a_vm() {
+fn lvm_and_luks_volumes_are_listed_snapshotted_imaged_and_frozen_in_a_vm() {
     if !require_devices("lvm_and_luks_in_a_vm") {
         return;
     }
@@ -174,4 +208,46 @@ fn lvm_and_luks_volumes_are_listed_imaged_and_frozen_in_a_vm() {
         "{frozen}"
     );
     assert_eq!(frozen["coverage"], "used-sector", "{frozen}");
+
+    // Mounted LVM volumes are read from a snapshot (thin for the thin one), restore to a
+    // clean filesystem with the same file, and the snapshots are gone afterwards.
+    for (m, how) in [
+        ("thick", "lvm-snapshot: read from a snapshot of hfvg/thick"),
+        (
+            "thin",
+            "lvm-snapshot: read from a thin snapshot of hfvg/thin",
+        ),
+    ] {
+        let made = read_json(out, &format!("{m}-snap.json"));
+        assert!(
+            made["consistency"]
+                .as_str()
+                .is_some_and(|c| c.starts_with(how)),
+            "{made}"
+        );
+        assert_eq!(made["coverage"], "used-sector", "{made}");
+        assert_eq!(made["warnings"], serde_json::json!([]), "{made}");
+        assert_eq!(
+            sum(&format!("{m}-snap.sum")),
+            sum(&format!("{m}.sum")),
+            "{m}"
+        );
+    }
+    assert!(sum("lvs-stale.txt").contains("holdfast-snap-999999"));
+    let left = sum("lvs-after.txt");
+    assert!(
+        !left.contains("holdfast-snap"),
+        "stale and used snapshots are gone: {left}"
+    );
+
+    // Too small for the writes meanwhile: failed with the reason, no image, no snapshot.
+    let said = sum("small.out");
+    assert_ne!(sum("small.status").trim(), "0", "{said}");
+    assert!(
+        said.contains("overflowed") || said.contains("is full"),
+        "{said}"
+    );
+    assert_eq!(sum("small.image").trim(), "absent", "{said}");
+    let left = sum("lvs-end.txt");
+    assert!(!left.contains("holdfast-snap"), "{left}");
 }

@@ -492,6 +492,7 @@ impl Dispatcher {
                 comment: spec.comment.clone(),
                 consistency: spec.consistency,
                 max_freeze_secs: spec.max_freeze_secs,
+                snapshot_percent: spec.snapshot_percent,
                 before_snapshot: spec
                     .before_snapshot
                     .clone()

@@ -2,7 +2,9 @@
 //! imported), with its validation. Secrets are not part of it: the image password lives
 //! in the vault and the target's credentials with the target.
 
-use holdfast_proto::job::{ConsistencyMethod, HookCommand, ImageKind, DEFAULT_MAX_FREEZE_SECS};
+use holdfast_proto::job::{
+    ConsistencyMethod, HookCommand, ImageKind, DEFAULT_MAX_FREEZE_SECS, DEFAULT_SNAPSHOT_PERCENT,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::store::RunState;
@@ -173,6 +175,9 @@ pub struct JobSpec {
     /// The longest the source's filesystem may stay frozen, in seconds (1 to 3600).
     #[serde(default = "default_max_freeze")]
     pub max_freeze_secs: u32,
+    /// A classic LVM snapshot's copy-on-write space, in percent of the volume (1 to 100).
+    #[serde(default = "default_snapshot_percent")]
+    pub snapshot_percent: u32,
     /// A command (`/bin/sh -c`, as root) run just before the source is frozen or locked, e.g.
     /// to flush a database and hold its writes; when it fails, nothing is imaged.
     #[serde(default)]
@@ -226,6 +231,10 @@ fn default_max_freeze() -> u32 {
     DEFAULT_MAX_FREEZE_SECS
 }
 
+fn default_snapshot_percent() -> u32 {
+    DEFAULT_SNAPSHOT_PERCENT
+}
+
 fn default_snapshot_command_timeout() -> u32 {
     60
 }
@@ -257,6 +266,9 @@ impl JobSpec {
         }
         if !(1..=3600).contains(&self.max_freeze_secs) {
             return Err("max_freeze_secs must be 1 to 3600".into());
+        }
+        if !(1..=100).contains(&self.snapshot_percent) {
+            return Err("snapshot_percent must be 1 to 100".into());
         }
         if !(1..=3600).contains(&self.snapshot_command_timeout_seconds) {
             return Err("snapshot_command_timeout_seconds must be 1 to 3600".into());

@@ -1,0 +1,339 @@
+//! LVM snapshots of the logical volume being imaged: the image is read from a snapshot taken
+//! at one instant while the volume stays in use, then the snapshot is removed.
+//!
+//! A thin volume gets a thin snapshot (it shares the pool). A classic ("thick") volume gets a
+//! snapshot whose copy-on-write space is a share of the volume's size, capped by the volume
+//! group's free space and checked before anything is created; if writes to the volume fill
+//! that space the snapshot becomes invalid, and the image made from it is refused.
+//!
+//! Snapshots are named `holdfast-snap-<process id>`, so one left by a killed process is
+//! recognised and removed by the next snapshot, and when the agent starts. The `lvm2` tools do the
+//! work; their JSON reports are parsed into types.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+
+use crate::device::read_trim;
+use crate::exit::Refused;
+
+/// The prefix of every snapshot this agent makes.
+pub const PREFIX: &str = "holdfast-snap-";
+
+/// A logical volume, as `lvs` reports it.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    pub vg: String,
+    pub lv: String,
+    /// A thin volume (its snapshot is thin too).
+    pub thin: bool,
+    pub size: u64,
+    /// Free space in its volume group.
+    pub vg_free: u64,
+}
+
+#[derive(Deserialize)]
+struct Report {
+    report: Vec<Section>,
+}
+
+#[derive(Deserialize)]
+struct Section {
+    #[serde(default)]
+    lv: Vec<LvRow>,
+}
+
+#[derive(Deserialize)]
+struct LvRow {
+    lv_name: String,
+    vg_name: String,
+    #[serde(default)]
+    segtype: String,
+    #[serde(default)]
+    lv_size: String,
+    #[serde(default)]
+    vg_free: String,
+    #[serde(default)]
+    lv_attr: String,
+    #[serde(default)]
+    snap_percent: String,
+    #[serde(default)]
+    data_percent: String,
+}
+
+/// Run an LVM tool; its standard output, or its own words when it fails.
+fn lvm(args: &[&str]) -> Result<String> {
+    let out = Command::new("lvm")
+        .args(args)
+        .output()
+        .context("cannot run lvm (the lvm2 tools)")?;
+    if !out.status.success() {
+        bail!(
+            "lvm {}: {}",
+            args.first().copied().unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `lvs` rows for `what` (a `vg/lv`, or none for all), with `fields`.
+fn lvs(what: Option<&str>, fields: &str) -> Result<Vec<LvRow>> {
+    let mut args = vec![
+        "lvs",
+        "--reportformat",
+        "json",
+        "--units",
+        "b",
+        "--nosuffix",
+        "-o",
+        fields,
+    ];
+    args.extend(what);
+    let text = lvm(&args)?;
+    let report: Report =
+        serde_json::from_str(&text).map_err(|e| anyhow!("lvs printed what it should not: {e}"))?;
+    Ok(report.report.into_iter().flat_map(|s| s.lv).collect())
+}
+
+fn number(text: &str, what: &str) -> Result<u64> {
+    text.trim()
+        .parse()
+        .map_err(|_| anyhow!("lvs reported {what} as '{text}'"))
+}
+
+/// The (vg, lv) of an LVM device-mapper name (`vg-lv`, each `-` inside a name doubled).
+pub fn names(dm_name: &str) -> (String, String) {
+    let bytes = dm_name.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'-' {
+            if bytes.get(i + 1) == Some(&b'-') {
+                i += 2;
+                continue;
+            }
+            let undouble = |s: &str| s.replace("--", "-");
+            return (undouble(&dm_name[..i]), undouble(&dm_name[i + 1..]));
+        }
+        i += 1;
+    }
+    (dm_name.replace("--", "-"), String::new())
+}
+
+/// The logical volume `source` is, when it is one.
+pub fn volume_of(source: &Path) -> Result<Option<Volume>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    // By device number: without udev, /dev/VG/LV may lead to a node under /dev/mapper.
+    let Ok(meta) = std::fs::metadata(source) else {
+        return Ok(None);
+    };
+    if !meta.file_type().is_block_device() {
+        return Ok(None);
+    }
+    let (major, minor) = crate::device::devno(meta.rdev());
+    let sys = Path::new(&format!("/sys/dev/block/{major}:{minor}")).join("dm");
+    let is_lv = read_trim(sys.join("uuid")).is_some_and(|u| u.starts_with("LVM-"));
+    let Some(dm_name) = read_trim(sys.join("name")).filter(|_| is_lv) else {
+        return Ok(None);
+    };
+    let (vg, lv) = names(&dm_name);
+    let row = lvs(
+        Some(&format!("{vg}/{lv}")),
+        "lv_name,vg_name,segtype,lv_size,vg_free",
+    )?
+    .into_iter()
+    .next()
+    .ok_or_else(|| anyhow!("lvs does not know {vg}/{lv}"))?;
+    Ok(Some(Volume {
+        thin: row.segtype == "thin",
+        size: number(&row.lv_size, "the volume's size")?,
+        vg_free: number(&row.vg_free, "the group's free space")?,
+        vg: row.vg_name,
+        lv: row.lv_name,
+    }))
+}
+
+impl Volume {
+    /// `vg/lv`.
+    pub fn path(&self) -> String {
+        format!("{}/{}", self.vg, self.lv)
+    }
+
+    /// The copy-on-write space a classic snapshot gets at `percent`; refused when the group
+    /// has not that much free.
+    pub fn cow_size(&self, percent: u32) -> Result<u64> {
+        // In whole MiB (LVM wants sectors, and rounds up to extents: 4 MiB by default), at
+        // least one extent.
+        let want = (self.size / 100 * u64::from(percent))
+            .next_multiple_of(1 << 20)
+            .max(4 << 20);
+        if want > self.vg_free {
+            return Err(Refused(format!(
+                "no room for a snapshot of {}: it needs {} ({percent} % of the volume), and its volume group has {} free; free space in the group, lower the snapshot size, or choose another consistency method",
+                self.path(),
+                crate::output::bytes(want),
+                crate::output::bytes(self.vg_free)
+            ))
+            .into());
+        }
+        Ok(want)
+    }
+}
+
+/// A snapshot we made; removed by [`Snapshot::remove`], or when dropped.
+pub struct Snapshot {
+    vg: String,
+    name: String,
+    thin: bool,
+    removed: bool,
+}
+
+impl Snapshot {
+    /// Snapshot `volume` (a classic one with `cow` bytes of copy-on-write space).
+    pub fn take(volume: &Volume, cow: u64) -> Result<Self> {
+        remove_stale();
+        let name = format!("{PREFIX}{}", std::process::id());
+        let size = format!("{cow}b");
+        let path = volume.path();
+        let mut args = vec!["lvcreate", "-q", "-y", "-s", "-n", &name];
+        if volume.thin {
+            // Thin snapshots are made inactive ("activation skip") unless told otherwise.
+            args.extend(["-k", "n"]);
+        } else {
+            args.extend(["-L", &size]);
+        }
+        args.push(&path);
+        lvm(&args).with_context(|| format!("cannot snapshot {path}"))?;
+        Ok(Self {
+            vg: volume.vg.clone(),
+            name,
+            thin: volume.thin,
+            removed: false,
+        })
+    }
+
+    /// The snapshot's device.
+    pub fn device(&self) -> PathBuf {
+        Path::new("/dev").join(&self.vg).join(&self.name)
+    }
+
+    /// An error when the snapshot is no longer a true copy (its copy-on-write space or its
+    /// thin pool ran full); how full it is otherwise, in percent.
+    pub fn fill(&self) -> Result<f64> {
+        let path = format!("{}/{}", self.vg, self.name);
+        let row = lvs(
+            Some(&path),
+            "lv_name,vg_name,lv_attr,snap_percent,data_percent",
+        )?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("the snapshot {path} is gone"))?;
+        // The fifth attribute character is the state: `I` invalid (overflowed).
+        if row.lv_attr.chars().nth(4) == Some('I') {
+            bail!("the snapshot {path} overflowed: writes to the volume filled its copy-on-write space");
+        }
+        let used = if self.thin {
+            &row.data_percent
+        } else {
+            &row.snap_percent
+        };
+        let used: f64 = used.trim().parse().unwrap_or(0.0);
+        if !self.thin && used >= 100.0 {
+            bail!(
+                "the snapshot {path} is full: writes to the volume filled its copy-on-write space"
+            );
+        }
+        Ok(used)
+    }
+
+    /// Remove it.
+    pub fn remove(mut self) -> Result<()> {
+        self.removed = true;
+        remove(&self.vg, &self.name)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        if !self.removed {
+            let _ = remove(&self.vg, &self.name);
+        }
+    }
+}
+
+/// Remove `vg/name`, trying again for a moment while it is still in use (just closed).
+fn remove(vg: &str, name: &str) -> Result<()> {
+    let path = format!("{vg}/{name}");
+    let mut tries = 0;
+    loop {
+        match lvm(&["lvremove", "-q", "-f", &path]) {
+            Ok(_) => return Ok(()),
+            Err(_) if tries < 10 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            }
+            Err(e) => return Err(e.context(format!("the snapshot {path} could not be removed"))),
+        }
+    }
+}
+
+/// Remove snapshots of ours whose process is gone (killed while imaging).
+pub fn remove_stale() {
+    let Ok(rows) = lvs(None, "lv_name,vg_name") else {
+        return;
+    };
+    for row in rows {
+        let Some(pid) = row.lv_name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        let alive = Path::new("/proc").join(pid).exists();
+        if !alive {
+            let _ = remove(&row.vg_name, &row.lv_name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_split_at_the_single_hyphen() {
+        for (dm, vg, lv) in [
+            ("vg0-root", "vg0", "root"),
+            ("my--vg-my--lv", "my-vg", "my-lv"),
+            ("vg-lv--x", "vg", "lv-x"),
+            ("vg--only", "vg-only", ""),
+        ] {
+            assert_eq!(names(dm), (vg.to_owned(), lv.to_owned()), "{dm}");
+        }
+    }
+
+    #[test]
+    fn lvs_reports_are_read_into_types() {
+        let text = r#"{"report": [{"lv": [{"lv_name":"thick", "vg_name":"hfvg", "segtype":"linear", "lv_size":"67108864", "vg_free":"12582912"}]}]}"#;
+        let r: Report = serde_json::from_str(text).expect("parse");
+        let row = &r.report[0].lv[0];
+        assert_eq!(
+            (row.lv_name.as_str(), row.segtype.as_str()),
+            ("thick", "linear")
+        );
+        assert_eq!(number(&row.lv_size, "size").expect("size"), 64 << 20);
+        let v = Volume {
+            vg: "hfvg".into(),
+            lv: "thick".into(),
+            thin: false,
+            size: 64 << 20,
+            vg_free: 12 << 20,
+        };
+        assert_eq!(
+            v.cow_size(10).expect("fits"),
+            7 << 20,
+            "6.4 MiB, in whole MiB"
+        );
+        assert_eq!(v.cow_size(1).expect("fits"), 4 << 20, "at least one extent");
+        assert!(v.cow_size(50).is_err(), "32 MiB do not fit in 12");
+    }
+}
