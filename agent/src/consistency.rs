@@ -264,6 +264,14 @@ impl Held {
         !matches!(self.hold, Hold::Nothing)
     }
 
+    /// An error once it no longer holds the source as it was (a snapshot that overflowed).
+    pub fn check(&self) -> Result<()> {
+        match &self.hold {
+            Hold::Snapshot(s) => s.fill().map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
     /// The device to read instead of the source (a snapshot of it).
     pub fn device(&self) -> Option<std::path::PathBuf> {
         match &self.hold {

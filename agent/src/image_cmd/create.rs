@@ -23,7 +23,7 @@ use holdfast_image::ImageError;
 
 use super::{is_remote, open_chain, open_image, open_sink, secs};
 use crate::cli::CreateArgs;
-use crate::consistency::{self, Estimate};
+use crate::consistency::{self, Estimate, Held};
 use crate::device::{devno, hostname, Device};
 use crate::exit::{Refused, DAMAGED};
 use crate::output::{bytes, Bar};
@@ -271,10 +271,9 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     let parent_index = base_chain.as_ref().map(|c| &c.point().index);
     let t0 = Instant::now();
     let stop = Cancel::new();
-    let deadline = held.deadline();
     let done = AtomicBool::new(false);
-    let summary = std::thread::scope(|s| {
-        s.spawn(|| stop_at(deadline, &stop, &done));
+    let (summary, stopped) = std::thread::scope(|s| {
+        let watch = s.spawn(|| watch(&held, &stop, &done));
         let summary = write_image(
             &blocks,
             &ident,
@@ -286,7 +285,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
             &stop,
         );
         done.store(true, Ordering::Relaxed);
-        summary
+        (summary, watch.join().unwrap_or(None))
     });
     drop(blocks);
     drop(snapshot_reader);
@@ -303,12 +302,14 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         }
         commands.push(run);
     }
-    if stop.is_cancelled() && !crate::CANCEL.is_cancelled() {
-        bail!(
+    match stopped {
+        Some(Stopped::Deadline) => bail!(
             "imaging did not finish within the maximum freeze time of {} s: the filesystem was thawed and no image was left; \
              raise the maximum freeze time, or choose --consistency lock or live",
             max_freeze.as_secs()
-        );
+        ),
+        Some(Stopped::Lost(why)) => bail!("{why}; imaging stopped and no image was left"),
+        None => {}
     }
     let summary = match (summary, &released) {
         (Ok(s), _) => s,
@@ -413,15 +414,42 @@ fn filesystems(source: &holdfast_image::meta::SourceMeta) -> Option<String> {
     Some(format!("{}: {}", table.kind, each.join(", ")))
 }
 
-/// Trip `stop` when the command is cancelled, or at `deadline` (a freeze's end), until `done`.
-fn stop_at(deadline: Option<Instant>, stop: &Cancel, done: &AtomicBool) {
+/// Why imaging was stopped before its end (other than a cancel).
+enum Stopped {
+    /// The freeze's maximum time ran out.
+    Deadline,
+    /// What holds the source stopped holding it (a snapshot overflowed).
+    Lost(String),
+}
+
+/// How often a held source is checked while imaging (a snapshot's fill takes an `lvs` run).
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// Until `done`: trip `stop` when the command is cancelled, at the freeze's deadline, or when
+/// the hold is lost; why, unless cancelled.
+fn watch(held: &Held, stop: &Cancel, done: &AtomicBool) -> Option<Stopped> {
+    let deadline = held.deadline();
+    let mut next_check = Instant::now() + CHECK_EVERY;
     while !done.load(Ordering::Relaxed) {
-        if crate::CANCEL.is_cancelled() || deadline.is_some_and(|d| Instant::now() >= d) {
+        let now = Instant::now();
+        let why = if crate::CANCEL.is_cancelled() {
             stop.cancel();
-            return;
+            return None;
+        } else if deadline.is_some_and(|d| now >= d) {
+            Some(Stopped::Deadline)
+        } else if now >= next_check {
+            next_check = now + CHECK_EVERY;
+            held.check().err().map(|e| Stopped::Lost(format!("{e:#}")))
+        } else {
+            None
+        };
+        if why.is_some() {
+            stop.cancel();
+            return why;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    None
 }
 
 /// Refuse to freeze a filesystem that holds the output folder `dir` (the image's own writes
