@@ -188,11 +188,34 @@ pub struct Snapshot {
     name: String,
     thin: bool,
     removed: bool,
+    /// Held while the snapshot exists: two runs never snapshot one volume at once.
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Take the lock on snapshots of `volume`; refused while another run holds it.
+fn lock(volume: &Volume) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let dir = Path::new("/run/lock");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+    let path = dir.join(format!("holdfast-{}-{}.lock", volume.vg, volume.lv));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open '{}'", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
+        Refused(format!(
+            "another run is imaging {} from a snapshot now; try again when it is done",
+            volume.path()
+        ))
+        .into()
+    })
 }
 
 impl Snapshot {
     /// Snapshot `volume` (a classic one with `cow` bytes of copy-on-write space).
     pub fn take(volume: &Volume, cow: u64) -> Result<Self> {
+        let lock = lock(volume)?;
         remove_stale();
         let name = format!("{PREFIX}{}", std::process::id());
         let size = format!("{cow}b");
@@ -211,6 +234,7 @@ impl Snapshot {
             name,
             thin: volume.thin,
             removed: false,
+            _lock: lock,
         })
     }
 

@@ -92,6 +92,17 @@ for m in thick thin; do
 done
 lvs --noheadings -o lv_name hfvg > "$OUT/lvs-after.txt"
 
+# Another run snapshotting the same volume (it holds the lock): refused, nothing made.
+flock -o /run/lock/holdfast-hfvg-thick.lock sleep 60 &
+LOCKER=$!
+sleep 1
+set +e
+"$AGENT" image create --source /dev/hfvg/thick --output /tmp/busy.hfi > "$OUT/busy.out" 2>&1
+echo $? > "$OUT/busy.status"
+set -e
+kill "$LOCKER"
+wait "$LOCKER" || true
+
 # A snapshot too small for the writes meanwhile: the run fails, and leaves no image.
 ( while [ ! -e /tmp/stop ]; do dd if=/dev/zero of=/tmp/m/thick/churn bs=1M count=24 conv=notrunc oflag=direct 2>/dev/null; done ) &
 sleep 1
@@ -239,6 +250,10 @@ fn lvm_and_luks_volumes_are_listed_snapshotted_imaged_and_frozen_in_a_vm() {
         !left.contains("holdfast-snap"),
         "stale and used snapshots are gone: {left}"
     );
+
+    // One volume is never snapshotted by two runs at once.
+    assert_eq!(sum("busy.status").trim(), "5", "{}", sum("busy.out"));
+    assert!(sum("busy.out").contains("another run is imaging hfvg/thick from a snapshot"));
 
     // Too small for the writes meanwhile: failed with the reason, no image, no snapshot.
     let said = sum("small.out");
