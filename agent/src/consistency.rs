@@ -111,6 +111,11 @@ pub fn choose(
     );
     let choices = "choose --consistency lock (remount it read-only while imaging), \
                    live (copy it as it changes; not crash-consistent), or unmount it";
+    // Asked once (it runs `lvs`): only the methods that may snapshot need it.
+    let lv = match asked {
+        ConsistencyMethod::LvmSnapshot | ConsistencyMethod::Auto => lvm::volume_of(source)?,
+        _ => None,
+    };
     match asked {
         ConsistencyMethod::Unmounted => Err(Refused(format!(
             "{place}, and the consistency method 'unmounted' images only sources that are not: {choices}"
@@ -119,9 +124,9 @@ pub fn choose(
         ConsistencyMethod::Lock => Ok(Choice::Lock(rw)),
         ConsistencyMethod::Live => Ok(Choice::Live),
         ConsistencyMethod::LvmSnapshot | ConsistencyMethod::Auto
-            if asked == ConsistencyMethod::LvmSnapshot || lvm::volume_of(source)?.is_some() =>
+            if asked == ConsistencyMethod::LvmSnapshot || lv.is_some() =>
         {
-            let Some(volume) = lvm::volume_of(source)? else {
+            let Some(volume) = lv else {
                 return Err(Refused(format!(
                     "{place}, and it is not an LVM logical volume: {choices}"
                 ))
