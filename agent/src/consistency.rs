@@ -4,7 +4,7 @@
 //! | method | when | what the image is |
 //! |---|---|---|
 //! | `unmounted` | not mounted, or mounted read-only | the filesystem as it is |
-//! | `lvm-snapshot` | an LVM logical volume | read from a snapshot of one instant (`lvm.rs`), removed after; the volume stays in use |
+//! | `lvm-snapshot` | an LVM logical volume, or a LUKS mapping on one whose key the kernel shows | read from a snapshot of one instant (`lvm.rs`; the LUKS one opened with the live key, `crypt.rs`), removed after; the volume stays in use |
 //! | `freeze` | a mounted filesystem that can be frozen, imaged within the maximum freeze time | one instant (crash-consistent); writers wait meanwhile |
 //! | `lock` | asked for | remounted read-only while imaging (fails while a file is open for writing) |
 //! | `live` | asked for | copied as it changes: not crash-consistent, a warning |
@@ -25,7 +25,7 @@ use holdfast_proto::job::ConsistencyMethod;
 use crate::device::{used_bytes, Mount, ReadOnlyLock};
 use crate::exit::Refused;
 use crate::freeze::Frozen;
-use crate::lvm;
+use crate::{crypt, lvm};
 
 /// How much of the used space is read to measure the read rate before freezing.
 const SAMPLE_BYTES: u64 = 64 << 20;
@@ -37,9 +37,12 @@ const SAMPLE_TIME: Duration = Duration::from_secs(2);
 pub enum Choice {
     /// Nothing mounted read-write: read it as it is (the description says which).
     AsIs(&'static str),
-    /// A snapshot of the logical volume, with this much copy-on-write space (thick ones).
-    Snapshot(lvm::Volume, u64),
-    Freeze(Vec<Mount>),
+    /// A snapshot of the logical volume, with this much copy-on-write space (thick ones),
+    /// opened with the key of the LUKS mapping on it when that is the source (whose mounted
+    /// filesystems are synced first).
+    Snapshot(lvm::Volume, u64, Option<(crypt::Mapping, Vec<Mount>)>),
+    /// Frozen; with why no snapshot could be had, when one was looked for.
+    Freeze(Vec<Mount>, Option<String>),
     Lock(Vec<Mount>),
     Live,
 }
@@ -112,8 +115,22 @@ pub fn choose(
     let choices = "choose --consistency lock (remount it read-only while imaging), \
                    live (copy it as it changes; not crash-consistent), or unmount it";
     // Asked once (it runs `lvs`): only the methods that may snapshot need it.
+    let mut no_snapshot = None;
     let lv = match asked {
-        ConsistencyMethod::LvmSnapshot | ConsistencyMethod::Auto => lvm::volume_of(source)?,
+        ConsistencyMethod::LvmSnapshot | ConsistencyMethod::Auto => {
+            match (lvm::volume_of(source)?, crypt::on_volume(source)?) {
+                (Some(v), _) => Some((v, None)),
+                (None, Some((name, v))) => match crypt::Mapping::read(&name) {
+                    Ok(m) => Some((v, Some((m, rw.clone())))),
+                    Err(e) if asked == ConsistencyMethod::Auto => {
+                        no_snapshot = Some(format!("{e:#}"));
+                        None
+                    }
+                    Err(e) => return Err(Refused(format!("{place}: {e:#}")).into()),
+                },
+                (None, None) => None,
+            }
+        }
         _ => None,
     };
     match asked {
@@ -126,9 +143,9 @@ pub fn choose(
         ConsistencyMethod::LvmSnapshot | ConsistencyMethod::Auto
             if asked == ConsistencyMethod::LvmSnapshot || lv.is_some() =>
         {
-            let Some(volume) = lv else {
+            let Some((volume, key_of)) = lv else {
                 return Err(Refused(format!(
-                    "{place}, and it is not an LVM logical volume: {choices}"
+                    "{place}, and it is neither an LVM logical volume nor a LUKS mapping on one: {choices}"
                 ))
                 .into());
             };
@@ -137,7 +154,7 @@ pub fn choose(
             } else {
                 volume.cow_size(snapshot_percent)?
             };
-            Ok(Choice::Snapshot(volume, cow))
+            Ok(Choice::Snapshot(volume, cow, key_of))
         }
         ConsistencyMethod::LvmSnapshot | ConsistencyMethod::Freeze | ConsistencyMethod::Auto => {
             let mut seen = Vec::new();
@@ -164,7 +181,7 @@ pub fn choose(
                 }
                 .into());
             }
-            Ok(Choice::Freeze(rw))
+            Ok(Choice::Freeze(rw, no_snapshot))
         }
     }
 }
@@ -179,7 +196,8 @@ enum Hold {
     Nothing,
     Snapshot(lvm::Snapshot),
     Locked(ReadOnlyLock),
-    Frozen(Vec<Frozen>),
+    /// The frozen filesystems, and why no snapshot was taken (when one was looked for).
+    Frozen(Vec<Frozen>, Option<String>),
 }
 
 impl Choice {
@@ -187,18 +205,24 @@ impl Choice {
     pub fn description(&self, max_freeze: Duration) -> (String, bool) {
         match self {
             Choice::AsIs(how) => ((*how).to_owned(), false),
-            Choice::Snapshot(v, _) if v.thin => (
-                format!("lvm-snapshot: read from a thin snapshot of {}", v.path()),
-                false,
-            ),
-            Choice::Snapshot(v, cow) => (
-                format!(
-                    "lvm-snapshot: read from a snapshot of {} with {} of copy-on-write space",
-                    v.path(),
-                    crate::output::bytes(*cow)
-                ),
-                false,
-            ),
+            Choice::Snapshot(v, cow, key_of) => {
+                let kind = if v.thin {
+                    "a thin snapshot"
+                } else {
+                    "a snapshot"
+                };
+                let mut how = format!("lvm-snapshot: read from {kind} of {}", v.path());
+                if let Some((m, _)) = key_of {
+                    how += &format!(", opened with the key of the LUKS mapping {}", m.name);
+                }
+                if !v.thin {
+                    how += &format!(
+                        " with {} of copy-on-write space",
+                        crate::output::bytes(*cow)
+                    );
+                }
+                (how, false)
+            }
             Choice::Live => (
                 "live: mounted read-write while imaging, not crash-consistent".to_owned(),
                 true,
@@ -207,10 +231,13 @@ impl Choice {
                 "locked: remounted read-only while imaging".to_owned(),
                 false,
             ),
-            Choice::Freeze(_) => (
+            Choice::Freeze(_, no_snapshot) => (
                 format!(
-                    "frozen: the filesystem was frozen while imaging (at most {} s)",
-                    max_freeze.as_secs()
+                    "frozen: the filesystem was frozen while imaging (at most {} s){}",
+                    max_freeze.as_secs(),
+                    no_snapshot
+                        .as_ref()
+                        .map_or(String::new(), |why| format!("; no snapshot, since {why}"))
                 ),
                 false,
             ),
@@ -229,9 +256,18 @@ impl Choice {
         let (description, _) = self.description(max_freeze);
         let hold = match self {
             Choice::AsIs(_) | Choice::Live => Hold::Nothing,
-            Choice::Snapshot(v, cow) => Hold::Snapshot(lvm::Snapshot::take(&v, cow)?),
+            Choice::Snapshot(v, cow, key_of) => {
+                if let Some((_, mounts)) = &key_of {
+                    // LVM freezes a filesystem on the volume while it takes a snapshot, which
+                    // writes out what the filesystem still holds in memory; one on a mapping
+                    // above the volume it does not see: write it out first.
+                    sync_filesystems(mounts);
+                }
+                let key_of = key_of.as_ref().map(|(m, _)| m);
+                Hold::Snapshot(lvm::Snapshot::take(&v, cow, key_of)?)
+            }
             Choice::Lock(rw) => Hold::Locked(ReadOnlyLock::acquire(&rw)?),
-            Choice::Freeze(rw) => {
+            Choice::Freeze(rw, no_snapshot) => {
                 let mut frozen = Vec::new();
                 let mut seen = Vec::new();
                 for m in rw {
@@ -252,10 +288,10 @@ impl Choice {
                         Err(e) => return Err(e),
                     }
                 }
-                Hold::Frozen(frozen)
+                Hold::Frozen(frozen, no_snapshot)
             }
         };
-        if matches!(hold, Hold::Locked(_) | Hold::Frozen(_)) {
+        if matches!(hold, Hold::Locked(_) | Hold::Frozen(..)) {
             drop_cached_pages(source_file);
         }
         Ok(Held { description, hold })
@@ -288,7 +324,7 @@ impl Held {
     /// When imaging must stop, if it is held by a freeze.
     pub fn deadline(&self) -> Option<Instant> {
         match &self.hold {
-            Hold::Frozen(f) => f.iter().map(Frozen::deadline).min(),
+            Hold::Frozen(f, _) => f.iter().map(Frozen::deadline).min(),
             _ => None,
         }
     }
@@ -312,7 +348,7 @@ impl Held {
                 drop(lock);
                 Ok(self.description)
             }
-            Hold::Frozen(frozen) => {
+            Hold::Frozen(frozen, no_snapshot) => {
                 let mut longest = Duration::ZERO;
                 let mut failed = None;
                 for f in frozen {
@@ -325,10 +361,21 @@ impl Held {
                     return Err(e);
                 }
                 Ok(format!(
-                    "frozen: the filesystem was frozen for {:.1} s while imaging",
-                    longest.as_secs_f64()
+                    "frozen: the filesystem was frozen for {:.1} s while imaging{}",
+                    longest.as_secs_f64(),
+                    no_snapshot.map_or(String::new(), |why| format!("; no snapshot, since {why}"))
                 ))
             }
+        }
+    }
+}
+
+/// Write out what the mounted filesystems hold in memory (`syncfs`); best effort, since the
+/// snapshot that follows is crash-consistent either way.
+fn sync_filesystems(mounts: &[Mount]) {
+    for m in mounts {
+        if let Ok(dir) = std::fs::File::open(&m.mount_point) {
+            let _ = nix::unistd::syncfs(dir.as_raw_fd());
         }
     }
 }

@@ -68,13 +68,16 @@ pub fn collect() -> Inventory {
             removable: read_trim(sys.join("removable")).as_deref() == Some("1"),
             backing: backing(&sys),
         });
-        let is_lv = matches!(
-            disks.last(),
-            Some(Disk {
-                backing: Some(Backing::Lvm { .. }),
-                ..
-            })
-        );
+        // A snapshot can be had of a logical volume, and of a LUKS mapping on one whose key
+        // the kernel shows.
+        let snapshotable = match disks.last().and_then(|d| d.backing.as_ref()) {
+            Some(Backing::Lvm { .. }) => true,
+            Some(Backing::Crypt { name, .. }) => {
+                matches!(crate::crypt::on_volume(&dev), Ok(Some(_)))
+                    && crate::crypt::Mapping::read(name).is_ok()
+            }
+            _ => false,
+        };
         let mut parts: Vec<(u32, String)> = fs::read_dir(&sys)
             .map(|rd| {
                 rd.flatten()
@@ -117,7 +120,7 @@ pub fn collect() -> Inventory {
                 mount_point: mounted.map(|(p, _, _)| p.clone()),
                 used,
                 read_write,
-                consistency: methods(read_write, is_lv, filesystem.as_deref()),
+                consistency: methods(read_write, snapshotable, filesystem.as_deref()),
                 filesystem,
             });
         }
@@ -168,13 +171,17 @@ pub fn print(json: bool) -> anyhow::Result<std::process::ExitCode> {
 }
 
 /// How a volume can be imaged consistently now.
-fn methods(read_write: bool, lv: bool, filesystem: Option<&str>) -> Vec<ConsistencyMethod> {
+fn methods(
+    read_write: bool,
+    snapshotable: bool,
+    filesystem: Option<&str>,
+) -> Vec<ConsistencyMethod> {
     use ConsistencyMethod::{Freeze, Live, Lock, LvmSnapshot, Unmounted};
     if !read_write {
         return vec![Unmounted];
     }
     let mut m = Vec::new();
-    if lv {
+    if snapshotable {
         m.push(LvmSnapshot);
     }
     if filesystem.is_some_and(|f| FREEZABLE.contains(&f)) {

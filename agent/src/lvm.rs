@@ -16,6 +16,7 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
+use crate::crypt;
 use crate::device::read_trim;
 use crate::exit::Refused;
 
@@ -133,6 +134,11 @@ pub fn volume_of(source: &Path) -> Result<Option<Volume>> {
         return Ok(None);
     }
     let (major, minor) = crate::device::devno(meta.rdev());
+    volume_at(major, minor)
+}
+
+/// The logical volume with device number `major:minor`, when it is one.
+pub fn volume_at(major: u32, minor: u32) -> Result<Option<Volume>> {
     let sys = Path::new(&format!("/sys/dev/block/{major}:{minor}")).join("dm");
     let is_lv = read_trim(sys.join("uuid")).is_some_and(|u| u.starts_with("LVM-"));
     let Some(dm_name) = read_trim(sys.join("name")).filter(|_| is_lv) else {
@@ -187,6 +193,8 @@ pub struct Snapshot {
     vg: String,
     name: String,
     thin: bool,
+    /// The LUKS mapping opened over the snapshot with the live mapping's key, if any.
+    opened: Option<String>,
     removed: bool,
     /// Held while the snapshot exists: two runs never snapshot one volume at once.
     _lock: nix::fcntl::Flock<std::fs::File>,
@@ -213,8 +221,9 @@ fn lock(volume: &Volume) -> Result<nix::fcntl::Flock<std::fs::File>> {
 }
 
 impl Snapshot {
-    /// Snapshot `volume` (a classic one with `cow` bytes of copy-on-write space).
-    pub fn take(volume: &Volume, cow: u64) -> Result<Self> {
+    /// Snapshot `volume` (a classic one with `cow` bytes of copy-on-write space), and open
+    /// it with `key_of`'s key when the source is that LUKS mapping on the volume.
+    pub fn take(volume: &Volume, cow: u64, key_of: Option<&crypt::Mapping>) -> Result<Self> {
         let lock = lock(volume)?;
         remove_stale();
         let name = format!("{PREFIX}{}", std::process::id());
@@ -229,18 +238,33 @@ impl Snapshot {
         }
         args.push(&path);
         lvm(&args).with_context(|| format!("cannot snapshot {path}"))?;
-        Ok(Self {
+        let mut snapshot = Self {
             vg: volume.vg.clone(),
             name,
             thin: volume.thin,
+            opened: None,
             removed: false,
             _lock: lock,
-        })
+        };
+        if let Some(mapping) = key_of {
+            let opened = format!("{}-open", snapshot.name);
+            mapping.open_over(&snapshot.volume_device(), &opened)?;
+            snapshot.opened = Some(opened);
+        }
+        Ok(snapshot)
     }
 
-    /// The snapshot's device.
-    pub fn device(&self) -> PathBuf {
+    /// The snapshot's logical volume.
+    fn volume_device(&self) -> PathBuf {
         Path::new("/dev").join(&self.vg).join(&self.name)
+    }
+
+    /// What to read: the snapshot, or the mapping opened over it.
+    pub fn device(&self) -> PathBuf {
+        match &self.opened {
+            Some(name) => Path::new("/dev/mapper").join(name),
+            None => self.volume_device(),
+        }
     }
 
     /// An error when the snapshot is no longer a true copy (its copy-on-write space or its
@@ -275,13 +299,18 @@ impl Snapshot {
     /// Remove it.
     pub fn remove(mut self) -> Result<()> {
         self.removed = true;
-        remove(&self.vg, &self.name)
+        let closed = self.opened.take().map_or(Ok(()), |n| crypt::close(&n));
+        let removed = remove(&self.vg, &self.name);
+        closed.and(removed)
     }
 }
 
 impl Drop for Snapshot {
     fn drop(&mut self) {
         if !self.removed {
+            if let Some(name) = self.opened.take() {
+                let _ = crypt::close(&name);
+            }
             let _ = remove(&self.vg, &self.name);
         }
     }
@@ -303,8 +332,22 @@ fn remove(vg: &str, name: &str) -> Result<()> {
     }
 }
 
-/// Remove snapshots of ours whose process is gone (killed while imaging).
+/// Whether the process whose id ends a name of ours (`holdfast-snap-<pid>`) is gone.
+fn made_by_a_gone_process(pid: &str) -> bool {
+    !Path::new("/proc").join(pid).exists()
+}
+
+/// Remove snapshots of ours whose process is gone (killed while imaging), and first the
+/// LUKS mappings opened over them.
 pub fn remove_stale() {
+    for name in crypt::mapping_names() {
+        let pid = name
+            .strip_prefix(PREFIX)
+            .and_then(|r| r.strip_suffix("-open"));
+        if pid.is_some_and(made_by_a_gone_process) {
+            let _ = crypt::close(&name);
+        }
+    }
     let Ok(rows) = lvs(None, "lv_name,vg_name") else {
         return;
     };
@@ -312,8 +355,7 @@ pub fn remove_stale() {
         let Some(pid) = row.lv_name.strip_prefix(PREFIX) else {
             continue;
         };
-        let alive = Path::new("/proc").join(pid).exists();
-        if !alive {
+        if made_by_a_gone_process(pid) {
             let _ = remove(&row.vg_name, &row.lv_name);
         }
     }

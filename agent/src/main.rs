@@ -8,6 +8,7 @@ use clap::Parser;
 
 mod cli;
 mod consistency;
+mod crypt;
 mod device;
 mod exit;
 mod freeze;

@@ -27,15 +27,15 @@ fn vm_runner(test: &str) -> Option<PathBuf> {
     None
 }
 
-/// What the VM does: LVM on a loop device with a thick volume, a thin pool and volume, and a
-/// LUKS mapping on a volume, each with ext4; then the agent's inventory, an image of the
+/// What the VM does: LVM on a loop device with a thick volume, a thin pool and volume, and two
+/// LUKS mappings on volumes (one with its key in the kernel keyring), each with ext4; then the agent's inventory, an image of the
 /// unmounted thick volume restored and checked, a mounted LUKS filesystem frozen, the mounted
 /// volumes imaged from LVM snapshots, and a snapshot too small for the writes meanwhile.
 const GUEST: &str = r#"#!/bin/sh
 set -eux
 modprobe -a loop dm-snapshot dm-thin-pool dm-crypt
 export DM_DISABLE_UDEV=1 LVM_SUPPRESS_FD_WARNINGS=1 LVM_SYSTEM_DIR=/tmp/lvm
-mkdir -p /tmp/lvm /tmp/m/thick /tmp/m/thin /tmp/m/sealed
+mkdir -p /tmp/lvm /tmp/m/thick /tmp/m/thin /tmp/m/sealed /tmp/m/vault
 cat > /tmp/lvm/lvm.conf <<'CONF'
 activation { udev_sync = 0 udev_rules = 0 }
 devices { obtain_device_list_from_udev = 0 }
@@ -48,13 +48,20 @@ lvcreate -q -y -L 64M -n thick hfvg
 lvcreate -q -y -L 128M -T hfvg/pool
 lvcreate -q -y -V 64M -T hfvg/pool -n thin
 lvcreate -q -y -L 64M -n sealed hfvg
-printf pw | cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - /dev/hfvg/sealed
+lvcreate -q -y -L 64M -n vault hfvg
+for lv in sealed vault; do
+    printf pw | cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --key-file - /dev/hfvg/$lv
+done
+# Opened the default way, LUKS2 keeps its key only inside the kernel; without the keyring, the
+# kernel shows it to root.
 printf pw | cryptsetup open --key-file - /dev/hfvg/sealed hfdata
-for d in /dev/hfvg/thick /dev/hfvg/thin /dev/mapper/hfdata; do mkfs.ext4 -q "$d"; done
+printf pw | cryptsetup open --disable-keyring --key-file - /dev/hfvg/vault hfvault
+for d in /dev/hfvg/thick /dev/hfvg/thin /dev/mapper/hfdata /dev/mapper/hfvault; do mkfs.ext4 -q "$d"; done
 mount /dev/hfvg/thick /tmp/m/thick
 mount /dev/hfvg/thin /tmp/m/thin
 mount /dev/mapper/hfdata /tmp/m/sealed
-for m in thick thin sealed; do
+mount /dev/mapper/hfvault /tmp/m/vault
+for m in thick thin sealed vault; do
     head -c 3000000 /dev/urandom > /tmp/m/$m/data.bin
     sha256sum /tmp/m/$m/data.bin | cut -d' ' -f1 > "$OUT/$m.sum"
 done
@@ -70,17 +77,26 @@ sha256sum /tmp/m/restored/data.bin | cut -d' ' -f1 > "$OUT/restored.sum"
 umount /tmp/m/restored
 "$AGENT" image create --source /dev/mapper/hfdata --output /tmp/sealed.hfi --json > "$OUT/sealed.json"
 echo "writable after" > /tmp/m/sealed/after.txt
+set +e
+"$AGENT" image create --source /dev/mapper/hfdata --output /tmp/sealed2.hfi --consistency lvm-snapshot > "$OUT/sealed-snap.out" 2>&1
+echo $? > "$OUT/sealed-snap.status"
+set -e
 
-# A snapshot a killed imaging process left (named after a process that is gone): the next
-# run removes it.
+# Snapshots a killed imaging process left (named after a process that is gone), one with a
+# LUKS mapping opened over it: the next run removes them.
 lvcreate -q -y -s -n holdfast-snap-999999 -L 4M hfvg/thick
+lvcreate -q -y -s -n holdfast-snap-999998 -L 4M hfvg/vault
+dmsetup table --showkeys hfvault | sed "s# [0-9]*:[0-9]* 32768# $(stat -L -c %Hr:%Lr /dev/hfvg/holdfast-snap-999998) 32768#" | dmsetup create --readonly holdfast-snap-999998-open
 lvs --noheadings -o lv_name hfvg > "$OUT/lvs-stale.txt"
+dmsetup ls > "$OUT/dm-stale.txt"
 
 # Mounted volumes, by default: read from an LVM snapshot, which is then removed.
 mount /dev/hfvg/thick /tmp/m/thick
-for m in thick thin; do
-    "$AGENT" image create --source /dev/hfvg/$m --output /tmp/$m-snap.hfi --json > "$OUT/$m-snap.json"
-    truncate -s 64M /tmp/$m-restored.img
+for m in thick thin vault; do
+    src=/dev/hfvg/$m
+    [ $m = vault ] && src=/dev/mapper/hfvault
+    "$AGENT" image create --source $src --output /tmp/$m-snap.hfi --json > "$OUT/$m-snap.json"
+    truncate -s "$(blockdev --getsize64 $src)" /tmp/$m-restored.img
     "$AGENT" image restore --image /tmp/$m-snap.hfi --target /tmp/$m-restored.img --json > /dev/null
     # What a mount would do first: replay the journal; then it must be clean.
     e2fsck -fy /tmp/$m-restored.img || [ $? -eq 1 ]
@@ -91,6 +107,7 @@ for m in thick thin; do
     umount /tmp/m/$m-restored
 done
 lvs --noheadings -o lv_name hfvg > "$OUT/lvs-after.txt"
+dmsetup ls > "$OUT/dm-after.txt"
 
 # Another run snapshotting the same volume (it holds the lock): refused, nothing made.
 flock -o /run/lock/holdfast-hfvg-thick.lock sleep 60 &
@@ -202,6 +219,11 @@ fn lvm_and_luks_volumes_are_listed_snapshotted_imaged_and_frozen_in_a_vm() {
         volume(&sealed["name"])["consistency"],
         serde_json::json!(["freeze", "lock", "live"])
     );
+    let vault = backing("crypt", "name", "hfvault");
+    assert_eq!(
+        volume(&vault["name"])["consistency"],
+        serde_json::json!(["lvm-snapshot", "freeze", "lock", "live"])
+    );
 
     // The unmounted thick volume, used-sector, restores to the same file.
     let created = read_json(out, "thick.json");
@@ -215,10 +237,23 @@ fn lvm_and_luks_volumes_are_listed_snapshotted_imaged_and_frozen_in_a_vm() {
     assert!(
         frozen["consistency"]
             .as_str()
-            .is_some_and(|c| c.starts_with("frozen: the filesystem was frozen for")),
+            .is_some_and(|c| c.starts_with("frozen: the filesystem was frozen for")
+                && c.contains("no snapshot, since the key of the LUKS mapping hfdata is kept only inside the kernel")),
         "{frozen}"
     );
     assert_eq!(frozen["coverage"], "used-sector", "{frozen}");
+    // Asked for a snapshot of it: refused, with the reason and what to do.
+    assert_eq!(
+        sum("sealed-snap.status").trim(),
+        "5",
+        "{}",
+        sum("sealed-snap.out")
+    );
+    assert!(
+        sum("sealed-snap.out").contains("--disable-keyring"),
+        "{}",
+        sum("sealed-snap.out")
+    );
 
     // Mounted LVM volumes are read from a snapshot (thin for the thin one), restore to a
     // clean filesystem with the same file, and the snapshots are gone afterwards.
@@ -227,6 +262,10 @@ fn lvm_and_luks_volumes_are_listed_snapshotted_imaged_and_frozen_in_a_vm() {
         (
             "thin",
             "lvm-snapshot: read from a thin snapshot of hfvg/thin",
+        ),
+        (
+            "vault",
+            "lvm-snapshot: read from a snapshot of hfvg/vault, opened with the key of the LUKS mapping hfvault",
         ),
     ] {
         let made = read_json(out, &format!("{m}-snap.json"));
@@ -245,7 +284,8 @@ fn lvm_and_luks_volumes_are_listed_snapshotted_imaged_and_frozen_in_a_vm() {
         );
     }
     assert!(sum("lvs-stale.txt").contains("holdfast-snap-999999"));
-    let left = sum("lvs-after.txt");
+    assert!(sum("dm-stale.txt").contains("holdfast-snap-999998-open"));
+    let left = sum("lvs-after.txt") + &sum("dm-after.txt");
     assert!(
         !left.contains("holdfast-snap"),
         "stale and used snapshots are gone: {left}"
