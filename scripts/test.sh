@@ -30,6 +30,7 @@ PACKAGES=(
     mount       # losetup, mount, umount: loop devices for the image and restore tests
     zstd        # zstd CLI: cross-checking compressed streams, benchmarks
     partclone   # partclone.*: reference images compared against ours
+    xfsprogs    # mkfs.xfs, xfs_repair, xfs_io: XFS fixtures (used-sector reader, freeze)
     openssh-server  # sshd: the SFTP target tests start a real server on loopback
     openssh-client  # ssh-keygen: host and client keys of the SFTP fixture
     vsftpd      # the FTP/FTPS target tests start a real server on loopback

@@ -225,13 +225,10 @@ mod tests {
             m.table_over((254, 7)).as_str(),
             "0 98304 crypt aes-xts-plain64 00ff 0 254:7 32768 1 allow_discards\n"
         );
-        let err = Mapping::parse("x", "0 8 linear 8:1 0\n")
-            .err()
-            .expect("refused");
+        let err = Mapping::parse("x", "0 8 linear 8:1 0\n").expect_err("refused");
         assert!(format!("{err}").contains("type linear"), "{err}");
         let err = Mapping::parse("x", "0 8 crypt a k 0 8:1 0\n8 8 crypt a k 0 8:1 8\n")
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert!(format!("{err}").contains("2 table segments"), "{err}");
     }
 }

@@ -398,3 +398,19 @@ impl Drop for ReadThrottle {
         eprintln!("warning: could not remove cgroup {}", self.dir.display());
     }
 }
+
+/// Whether `tool` is installed; when it is not, say so (a skip), or panic under `CI`.
+pub fn require_tool(tool: &str, test: &str) -> bool {
+    let found = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .any(|d| Path::new(d).join(tool).is_file());
+    if !found {
+        let why = format!("{test}: {tool} is not installed");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{why}; CI is set, so this is a failure"
+        );
+        eprintln!("skipping {why}");
+    }
+    found
+}

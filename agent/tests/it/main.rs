@@ -9,3 +9,4 @@ mod disks;
 mod faults;
 mod remote;
 mod vm;
+mod xfs;

@@ -162,20 +162,6 @@ struct Superblock {
     label: Option<String>,
 }
 
-fn corrupt(detail: impl Into<String>) -> FsError {
-    FsError::Corrupt {
-        fs: FS,
-        detail: detail.into(),
-    }
-}
-
-fn unsupported(feature: impl Into<String>) -> FsError {
-    FsError::Unsupported {
-        fs: FS,
-        feature: feature.into(),
-    }
-}
-
 impl Superblock {
     /// Read the primary superblock; `None` when the magic is absent.
     fn read(vol: &dyn ReadAt) -> Result<Option<Self>, FsError> {
@@ -200,17 +186,21 @@ impl Superblock {
             let want = le32(sb, 0x3FC);
             let got = !crc32c::crc32c(&sb[..0x3FC]);
             if want != got {
-                return Err(corrupt(format!(
-                    "superblock checksum mismatch (stored {want:#010x}, computed {got:#010x})"
-                )));
+                return Err(FsError::corrupt(
+                    FS,
+                    format!(
+                        "superblock checksum mismatch (stored {want:#010x}, computed {got:#010x})"
+                    ),
+                ));
             }
         }
 
         let log_block = le32(sb, 0x18);
         if log_block > 6 {
-            return Err(corrupt(format!(
-                "block size 1024 << {log_block} is out of range"
-            )));
+            return Err(FsError::corrupt(
+                FS,
+                format!("block size 1024 << {log_block} is out of range"),
+            ));
         }
         let block_size = 1024u64 << log_block;
         let is_64bit = incompat & INCOMPAT_64BIT != 0;
@@ -231,12 +221,18 @@ impl Superblock {
         // Group 0 starts at or before it (bigalloc puts it at 0 even with 1 KiB blocks).
         let sb_block = SB_OFFSET / block_size;
         if first_data_block > sb_block {
-            return Err(corrupt(format!(
+            return Err(FsError::corrupt(
+                FS,
+                format!(
                 "first data block is {first_data_block}, past the superblock in block {sb_block}"
-            )));
+            ),
+            ));
         }
         if blocks_count <= first_data_block {
-            return Err(corrupt(format!("block count {blocks_count} is too small")));
+            return Err(FsError::corrupt(
+                FS,
+                format!("block count {blocks_count} is too small"),
+            ));
         }
         // With bigalloc a bitmap bit is a cluster, so a group holds more blocks than bits.
         let cluster_ratio = if ro_compat & RO_BIGALLOC != 0 {
@@ -246,10 +242,16 @@ impl Superblock {
         };
         let max_per_group = 8 * block_size * cluster_ratio;
         if blocks_per_group == 0 || blocks_per_group > max_per_group || blocks_per_group % 8 != 0 {
-            return Err(corrupt(format!("{blocks_per_group} blocks per group")));
+            return Err(FsError::corrupt(
+                FS,
+                format!("{blocks_per_group} blocks per group"),
+            ));
         }
         if inodes_per_group == 0 || inodes_per_group > 8 * block_size {
-            return Err(corrupt(format!("{inodes_per_group} inodes per group")));
+            return Err(FsError::corrupt(
+                FS,
+                format!("{inodes_per_group} inodes per group"),
+            ));
         }
         let inode_size = if le32(sb, 0x4C) == 0 {
             128
@@ -257,7 +259,7 @@ impl Superblock {
             u64::from(le16(sb, 0x58))
         };
         if !inode_size.is_power_of_two() || inode_size < 128 || inode_size > block_size {
-            return Err(corrupt(format!("inode size {inode_size}")));
+            return Err(FsError::corrupt(FS, format!("inode size {inode_size}")));
         }
         let desc_size = if is_64bit {
             u64::from(le16(sb, 0xFE))
@@ -265,26 +267,33 @@ impl Superblock {
             32
         };
         if !desc_size.is_power_of_two() || desc_size < 32 || desc_size > block_size.min(1024) {
-            return Err(corrupt(format!("group descriptor size {desc_size}")));
+            return Err(FsError::corrupt(
+                FS,
+                format!("group descriptor size {desc_size}"),
+            ));
         }
         if is_64bit && desc_size < 64 {
-            return Err(corrupt(format!(
-                "64bit filesystem with {desc_size}-byte descriptors"
-            )));
+            return Err(FsError::corrupt(
+                FS,
+                format!("64bit filesystem with {desc_size}-byte descriptors"),
+            ));
         }
         if blocks_count.checked_mul(block_size).is_none() {
-            return Err(corrupt(format!("block count {blocks_count} is too large")));
+            return Err(FsError::corrupt(
+                FS,
+                format!("block count {blocks_count} is too large"),
+            ));
         }
         let groups = (blocks_count - first_data_block).div_ceil(blocks_per_group);
         // Group numbers are 32-bit on disk.
         if groups > u64::from(u32::MAX) {
-            return Err(corrupt(format!("{groups} block groups")));
+            return Err(FsError::corrupt(FS, format!("{groups} block groups")));
         }
         let gdt_blocks = (groups * desc_size).div_ceil(block_size);
         let reserved_gdt_blocks = u64::from(le16(sb, 0xCE));
         // Group 0 must hold its superblock, GDT and reserved GDT.
         if 1 + gdt_blocks + reserved_gdt_blocks > blocks_per_group {
-            return Err(corrupt(format!(
+            return Err(FsError::corrupt(FS, format!(
                 "{gdt_blocks} GDT blocks and {reserved_gdt_blocks} reserved GDT blocks do not fit in a group"
             )));
         }
@@ -348,7 +357,7 @@ impl Superblock {
             if bits & !known != 0 {
                 list.push(format!("unknown {kind} features {:#x}", bits & !known));
             }
-            Err(unsupported(list.join(", ")))
+            Err(FsError::unsupported(FS, list.join(", ")))
         };
         named(
             self.incompat & !INCOMPAT_SUPPORTED,
@@ -469,14 +478,18 @@ impl FilesystemReader for ExtReader {
     }
 
     fn used_extents(&self, vol: &dyn ReadAt, _info: &FsInfo) -> Result<Extents, FsError> {
-        let sb = Superblock::read(vol)?.ok_or_else(|| corrupt("the superblock magic is gone"))?;
+        let sb = Superblock::read(vol)?
+            .ok_or_else(|| FsError::corrupt(FS, "the superblock magic is gone"))?;
         sb.check_features()?;
         let fs_size = sb.blocks_count * sb.block_size;
         if fs_size > vol.size() {
-            return Err(corrupt(format!(
-                "the filesystem spans {fs_size} bytes but its volume has only {}",
-                vol.size()
-            )));
+            return Err(FsError::corrupt(
+                FS,
+                format!(
+                    "the filesystem spans {fs_size} bytes but its volume has only {}",
+                    vol.size()
+                ),
+            ));
         }
         let descs = read_descriptors(vol, &sb)?;
         let runs = used_block_runs(vol, &sb, &descs)?;
@@ -499,7 +512,7 @@ impl FilesystemReader for ExtReader {
 /// Read and range-check every group descriptor.
 fn read_descriptors(vol: &dyn ReadAt, sb: &Superblock) -> Result<Vec<GroupDesc>, FsError> {
     // A damaged superblock can ask for a huge table: fail cleanly rather than abort.
-    let too_big = || corrupt(format!("{} groups do not fit in memory", sb.groups));
+    let too_big = || FsError::corrupt(FS, format!("{} groups do not fit in memory", sb.groups));
     let len = usize::try_from(sb.groups * sb.desc_size).map_err(|_| too_big())?;
     let mut gdt = Vec::new();
     gdt.try_reserve_exact(len).map_err(|_| too_big())?;
@@ -524,7 +537,7 @@ fn read_descriptors(vol: &dyn ReadAt, sb: &Superblock) -> Result<Vec<GroupDesc>,
             || !inside(d.inode_bitmap, 1)
             || !inside(d.inode_table, itable_len)
         {
-            return Err(corrupt(format!(
+            return Err(FsError::corrupt(FS, format!(
                 "group {group} descriptor points outside the filesystem (block bitmap {}, inode bitmap {}, inode table {})",
                 d.block_bitmap, d.inode_bitmap, d.inode_table
             )));
@@ -614,7 +627,8 @@ fn journal_bitmap_runs(
     descs: &[GroupDesc],
 ) -> Result<Vec<(u64, u64)>, FsError> {
     if sb.journal_inum == 0 {
-        return Err(corrupt(
+        return Err(FsError::corrupt(
+            FS,
             "the journal needs recovery, but there is no journal inode",
         ));
     }
@@ -626,7 +640,7 @@ fn journal_bitmap_runs(
             .and_then(|i| log.get(i))
             .copied()
             .filter(|b| *b != 0 && *b < sb.blocks_count)
-            .ok_or_else(|| corrupt(format!("journal block {n} is not mapped")))?;
+            .ok_or_else(|| FsError::corrupt(FS, format!("journal block {n} is not mapped")))?;
         let mut buf = vec![0u8; bs];
         read_at(vol, FS, &mut buf, block * sb.block_size)?;
         Ok(buf)
@@ -660,11 +674,11 @@ fn inode_blocks(
 ) -> Result<Vec<u64>, FsError> {
     let index = ino
         .checked_sub(1)
-        .ok_or_else(|| corrupt("inode 0 does not exist"))?;
+        .ok_or_else(|| FsError::corrupt(FS, "inode 0 does not exist"))?;
     let group = usize::try_from(index / sb.inodes_per_group).unwrap_or(usize::MAX);
     let d = descs
         .get(group)
-        .ok_or_else(|| corrupt(format!("inode {ino} is beyond the last group")))?;
+        .ok_or_else(|| FsError::corrupt(FS, format!("inode {ino} is beyond the last group")))?;
     let mut inode = [0u8; 128];
     let at = d.inode_table * sb.block_size + (index % sb.inodes_per_group) * sb.inode_size;
     read_at(vol, FS, &mut inode, at)?;
@@ -672,7 +686,10 @@ fn inode_blocks(
     let blocks = size.div_ceil(sb.block_size);
     // A journal is at most a few GiB; a damaged size must not ask for more.
     if blocks > MAX_INODE_BLOCKS {
-        return Err(corrupt(format!("inode {ino} claims {size} bytes")));
+        return Err(FsError::corrupt(
+            FS,
+            format!("inode {ino} claims {size} bytes"),
+        ));
     }
     let mut map = vec![0u64; usize::try_from(blocks).unwrap_or(0)];
     let i_block = &inode[0x28..0x28 + 60];
@@ -715,12 +732,12 @@ fn extent_blocks(
     map: &mut [u64],
 ) -> Result<(), FsError> {
     if le16(node, 0) != 0xF30A {
-        return Err(corrupt("an extent tree node has no magic"));
+        return Err(FsError::corrupt(FS, "an extent tree node has no magic"));
     }
     let entries = usize::from(le16(node, 2));
     let depth = le16(node, 6);
     if entries * 12 + 12 > node.len() || u32::from(depth) >= depth_left {
-        return Err(corrupt("an extent tree node is damaged"));
+        return Err(FsError::corrupt(FS, "an extent tree node is damaged"));
     }
     for e in node[12..12 + entries * 12].chunks_exact(12) {
         if depth == 0 {
@@ -739,7 +756,10 @@ fn extent_blocks(
         } else {
             let child = u64::from(le32(e, 4)) | u64::from(le16(e, 8)) << 32;
             if child == 0 || child >= sb.blocks_count {
-                return Err(corrupt("an extent index points outside the filesystem"));
+                return Err(FsError::corrupt(
+                    FS,
+                    "an extent index points outside the filesystem",
+                ));
             }
             let mut buf = vec![0u8; usize::try_from(sb.block_size).unwrap_or(0)];
             read_at(vol, FS, &mut buf, child * sb.block_size)?;
@@ -763,7 +783,10 @@ fn indirect_blocks(
         return Ok(());
     }
     if block >= sb.blocks_count {
-        return Err(corrupt("an indirect block points outside the filesystem"));
+        return Err(FsError::corrupt(
+            FS,
+            "an indirect block points outside the filesystem",
+        ));
     }
     let mut buf = vec![0u8; usize::try_from(sb.block_size).unwrap_or(0)];
     read_at(vol, FS, &mut buf, block * sb.block_size)?;

@@ -66,13 +66,6 @@ struct Bpb {
     label: Option<String>,
 }
 
-fn corrupt(detail: impl Into<String>) -> FsError {
-    FsError::Corrupt {
-        fs: FS,
-        detail: detail.into(),
-    }
-}
-
 impl Bpb {
     fn read(vol: &dyn ReadAt) -> Result<Option<Self>, FsError> {
         if vol.size() < BOOT_SECTOR as u64 {
@@ -123,17 +116,20 @@ impl Bpb {
         let root_dir_sectors = (root_entries * 32).div_ceil(bytes_per_sector);
         let first_data_sector = reserved_sectors + num_fats * fat_sectors + root_dir_sectors;
         if first_data_sector >= total_sectors {
-            return Err(corrupt(format!(
+            return Err(FsError::corrupt(FS, format!(
                 "the data area starts at sector {first_data_sector}, past the last sector {total_sectors}"
             )));
         }
         let clusters = (total_sectors - first_data_sector) / sectors_per_cluster;
         if clusters == 0 {
-            return Err(corrupt("there are no data clusters"));
+            return Err(FsError::corrupt(FS, "there are no data clusters"));
         }
         let fat_type = if fat32_layout {
             if root_entries != 0 {
-                return Err(corrupt("a FAT32 boot sector with a fixed root directory"));
+                return Err(FsError::corrupt(
+                    FS,
+                    "a FAT32 boot sector with a fixed root directory",
+                ));
             }
             FatType::Fat32
         } else if clusters < FAT16_MIN_CLUSTERS {
@@ -141,9 +137,12 @@ impl Bpb {
         } else if clusters < FAT32_MIN_CLUSTERS {
             FatType::Fat16
         } else {
-            return Err(corrupt(format!(
-                "{clusters} clusters need FAT32, but the boot sector has the FAT12/16 layout"
-            )));
+            return Err(FsError::corrupt(
+                FS,
+                format!(
+                    "{clusters} clusters need FAT32, but the boot sector has the FAT12/16 layout"
+                ),
+            ));
         };
         let entry_bits = match fat_type {
             FatType::Fat12 => 12,
@@ -151,18 +150,20 @@ impl Bpb {
             FatType::Fat32 => 32,
         };
         if fat_sectors * bytes_per_sector * 8 / entry_bits < clusters + 2 {
-            return Err(corrupt(format!(
-                "a FAT of {fat_sectors} sectors cannot map {clusters} clusters"
-            )));
+            return Err(FsError::corrupt(
+                FS,
+                format!("a FAT of {fat_sectors} sectors cannot map {clusters} clusters"),
+            ));
         }
 
         // Fields after the BPB differ between FAT12/16 and FAT32.
         let (ext, root_cluster, active_fat) = if fat_type == FatType::Fat32 {
             let root = u64::from(le32(b, 44));
             if root < 2 || root >= clusters + 2 {
-                return Err(corrupt(format!(
-                    "root directory cluster {root} is out of range"
-                )));
+                return Err(FsError::corrupt(
+                    FS,
+                    format!("root directory cluster {root} is out of range"),
+                ));
             }
             let flags = le16(b, 40);
             // Bit 7: mirroring off, bits 0-3 name the one active FAT.
@@ -172,7 +173,10 @@ impl Bpb {
                 0
             };
             if active >= num_fats {
-                return Err(corrupt(format!("active FAT {active} of {num_fats}")));
+                return Err(FsError::corrupt(
+                    FS,
+                    format!("active FAT {active} of {num_fats}"),
+                ));
             }
             (64, Some(root), active)
         } else {
@@ -292,13 +296,16 @@ impl FilesystemReader for FatReader {
     }
 
     fn used_extents(&self, vol: &dyn ReadAt, _info: &FsInfo) -> Result<Extents, FsError> {
-        let bpb = Bpb::read(vol)?.ok_or_else(|| corrupt("the boot sector is gone"))?;
+        let bpb = Bpb::read(vol)?.ok_or_else(|| FsError::corrupt(FS, "the boot sector is gone"))?;
         let fs_size = bpb.total_sectors * bpb.bytes_per_sector;
         if fs_size > vol.size() {
-            return Err(corrupt(format!(
-                "the filesystem spans {fs_size} bytes but its volume has only {}",
-                vol.size()
-            )));
+            return Err(FsError::corrupt(
+                FS,
+                format!(
+                    "the filesystem spans {fs_size} bytes but its volume has only {}",
+                    vol.size()
+                ),
+            ));
         }
         let mut used = Extents::new();
         // Reserved sectors, every FAT copy and the FAT12/16 root directory.

@@ -62,13 +62,6 @@ fn be16(b: &[u8], at: usize) -> u32 {
         .map_or(0, |x| u32::from(u16::from_be_bytes([x[0], x[1]])))
 }
 
-fn corrupt(detail: impl Into<String>) -> FsError {
-    FsError::Corrupt {
-        fs: FS,
-        detail: detail.into(),
-    }
-}
-
 /// Every block copy in the log of a journal of `len` blocks, oldest first; `read` gives
 /// journal block `n`. Empty when the journal is clean.
 pub fn logged_copies(
@@ -77,7 +70,10 @@ pub fn logged_copies(
 ) -> Result<Vec<Logged>, FsError> {
     let sb = read(0)?;
     if be32(&sb, 0) != MAGIC || !matches!(be32(&sb, 4), SUPERBLOCK_V1 | SUPERBLOCK_V2) {
-        return Err(corrupt("the journal superblock's magic is missing"));
+        return Err(FsError::corrupt(
+            FS,
+            "the journal superblock's magic is missing",
+        ));
     }
     let maxlen = u64::from(be32(&sb, 16)).min(len);
     let first = u64::from(be32(&sb, 20));
@@ -87,9 +83,12 @@ pub fn logged_copies(
         return Ok(Vec::new());
     }
     if first == 0 || first >= maxlen || start < first || start >= maxlen {
-        return Err(corrupt(format!(
-            "the log runs from block {start} within {first}..{maxlen}, outside the journal"
-        )));
+        return Err(FsError::corrupt(
+            FS,
+            format!(
+                "the log runs from block {start} within {first}..{maxlen}, outside the journal"
+            ),
+        ));
     }
     let incompat = if be32(&sb, 4) == SUPERBLOCK_V2 {
         be32(&sb, 40)
@@ -144,7 +143,10 @@ pub fn logged_copies(
                     let target = u64::from(be32(&raw, at)) | u64::from(high) << 32;
                     block = next(block);
                     if budget == 0 {
-                        return Err(corrupt("a descriptor names more blocks than the log holds"));
+                        return Err(FsError::corrupt(
+                            FS,
+                            "a descriptor names more blocks than the log holds",
+                        ));
                     }
                     budget -= 1;
                     out.push(Logged {

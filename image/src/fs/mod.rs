@@ -12,7 +12,7 @@
 //!
 //! # Adding a filesystem
 //!
-//! Adding XFS, btrfs, exFAT, NTFS or another filesystem takes one new module here that
+//! Adding btrfs, exFAT, NTFS or another filesystem takes one new module here that
 //! implements [`FilesystemReader`] and one new line in [`READERS`]. Nothing else changes.
 //! A new reader must return `Ok(None)` from `probe` for volumes that are not its own (the
 //! readers are tried in order and must not claim each other's volumes).
@@ -20,6 +20,7 @@
 pub mod ext;
 pub mod fat;
 pub mod jbd2;
+pub mod xfs;
 
 use crate::extents::Extents;
 use crate::io::ReadAt;
@@ -27,11 +28,12 @@ use crate::io::ReadAt;
 /// What a reader learned about a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsInfo {
-    /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"` or `"fat32"`, as blkid names them.
+    /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"` or `"xfs"`, as blkid
+    /// names them.
     pub fs_type: String,
     /// The volume label, if the filesystem has one.
     pub label: Option<String>,
-    /// The identifier in the text form blkid prints: for ext, the UUID as
+    /// The identifier in the text form blkid prints: for ext and XFS, the UUID as
     /// `8-4-4-4-12` lowercase hex; for FAT, the volume serial as `ABCD-1234` uppercase.
     pub uuid: Option<String>,
     /// Bytes the filesystem spans from the start of the volume.
@@ -75,6 +77,24 @@ pub enum FsError {
     },
 }
 
+impl FsError {
+    /// The `fs` filesystem's metadata is inconsistent: `detail` says how.
+    pub(crate) fn corrupt(fs: &'static str, detail: impl Into<String>) -> Self {
+        Self::Corrupt {
+            fs,
+            detail: detail.into(),
+        }
+    }
+
+    /// The `fs` filesystem uses `feature`, which its reader cannot interpret safely.
+    pub(crate) fn unsupported(fs: &'static str, feature: impl Into<String>) -> Self {
+        Self::Unsupported {
+            fs,
+            feature: feature.into(),
+        }
+    }
+}
+
 /// Reads one family of filesystems.
 pub trait FilesystemReader: Sync {
     /// Short name of the family, used in errors (e.g. `"ext"`, `"fat"`).
@@ -92,7 +112,7 @@ pub trait FilesystemReader: Sync {
 }
 
 /// Every supported filesystem, tried in this order by [`detect`].
-pub static READERS: &[&dyn FilesystemReader] = &[&ext::ExtReader, &fat::FatReader];
+pub static READERS: &[&dyn FilesystemReader] = &[&ext::ExtReader, &fat::FatReader, &xfs::XfsReader];
 
 /// A recognised volume and the bytes it uses.
 #[derive(Debug, Clone)]
