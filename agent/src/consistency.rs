@@ -253,7 +253,7 @@ impl Choice {
         max_freeze: Duration,
         source_file: &std::fs::File,
     ) -> Result<Held> {
-        let (description, _) = self.description(max_freeze);
+        let (mut description, _) = self.description(max_freeze);
         let hold = match self {
             Choice::AsIs(_) | Choice::Live => Hold::Nothing,
             Choice::Snapshot(v, cow, key_of) => {
@@ -264,7 +264,11 @@ impl Choice {
                     sync_filesystems(mounts);
                 }
                 let key_of = key_of.as_ref().map(|(m, _)| m);
-                Hold::Snapshot(lvm::Snapshot::take(&v, cow, key_of)?)
+                let snapshot = lvm::Snapshot::take(&v, cow, key_of)?;
+                if replay_xfs_log(&snapshot.device())? {
+                    description += "; the XFS log was replayed into the snapshot";
+                }
+                Hold::Snapshot(snapshot)
             }
             Choice::Lock(rw) => Hold::Locked(ReadOnlyLock::acquire(&rw)?),
             Choice::Freeze(rw, no_snapshot) => {
@@ -368,6 +372,47 @@ impl Held {
             }
         }
     }
+}
+
+/// When the snapshot at `device` holds an XFS filesystem whose log has changes not yet in
+/// place, mount it once, which replays them into the snapshot, so it is imaged by its used
+/// blocks. (LVM freezes a filesystem on the volume itself while it takes the snapshot, which
+/// leaves the log covered; one above a LUKS mapping it does not see.)
+/// True when it did.
+fn replay_xfs_log(device: &Path) -> Result<bool> {
+    let file = std::fs::File::open(device)
+        .map_err(|e| anyhow::anyhow!("cannot open the snapshot '{}': {e}", device.display()))?;
+    let size = crate::device::Device::inspect(device)?.size;
+    let reader = holdfast_image::io::FileReadAt::new(file, size);
+    if !holdfast_image::fs::xfs::log_needs_replay(&reader)? {
+        return Ok(false);
+    }
+    let dir = Path::new("/run").join(format!("holdfast-replay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    // `nouuid`: the volume it is a snapshot of is mounted with the same UUID.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "xfs", "-o", "nouuid"])
+        .arg(device)
+        .arg(&dir)
+        .output()?;
+    let result = if mounted.status.success() {
+        let unmounted = std::process::Command::new("umount").arg(&dir).output()?;
+        if unmounted.status.success() {
+            Ok(true)
+        } else {
+            Err(anyhow::anyhow!(
+                "cannot unmount the snapshot after replaying its XFS log: {}",
+                String::from_utf8_lossy(&unmounted.stderr).trim()
+            ))
+        }
+    } else {
+        Err(anyhow::anyhow!(
+            "cannot mount the snapshot to replay its XFS log: {}",
+            String::from_utf8_lossy(&mounted.stderr).trim()
+        ))
+    };
+    let _ = std::fs::remove_dir(&dir);
+    result
 }
 
 /// Write out what the mounted filesystems hold in memory (`syncfs`); best effort, since the

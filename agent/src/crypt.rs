@@ -136,13 +136,14 @@ impl Mapping {
         line
     }
 
-    /// Open the snapshot at `device` as a read-only mapping named `name`, with this key.
+    /// Open the snapshot at `device` as a mapping named `name`, with this key.
     pub fn open_over(&self, device: &Path, name: &str) -> Result<PathBuf> {
         let meta = std::fs::metadata(device)
             .with_context(|| format!("cannot find the snapshot '{}'", device.display()))?;
         let table = self.table_over(devno(meta.rdev()));
         let mut child = Command::new("dmsetup")
-            .args(["create", "--readonly", name])
+            // Writable: an XFS log is replayed into the snapshot before it is read.
+            .args(["create", name])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -375,14 +375,26 @@ fn free_extents(
     Ok(free)
 }
 
-/// Refuse a log that is not clean (see the module's documentation).
-fn check_log_clean(vol: &dyn ReadAt, sb: &Superblock) -> Result<(), FsError> {
+/// Whether `vol` is an XFS filesystem whose log holds changes not yet written in place
+/// (what mounting it would replay); false for anything else.
+pub fn log_needs_replay(vol: &dyn ReadAt) -> Result<bool, FsError> {
+    match Superblock::read(vol)? {
+        Some(sb) if sb.log_start != 0 => Ok(!log_is_clean(vol, &sb)?),
+        _ => Ok(false),
+    }
+}
+
+fn log_is_clean(vol: &dyn ReadAt, sb: &Superblock) -> Result<bool, FsError> {
     let start = sb
         .fsb_byte(sb.log_start)
         .ok_or_else(|| FsError::corrupt(FS, "the log's start is outside the filesystem"))?;
     let blocks = sb.bytes(u64::from(sb.log_blocks)) / 512;
-    let log = Log { vol, start, blocks };
-    if log.is_clean()? {
+    Log { vol, start, blocks }.is_clean()
+}
+
+/// Refuse a log that is not clean (see the module's documentation).
+fn check_log_clean(vol: &dyn ReadAt, sb: &Superblock) -> Result<(), FsError> {
+    if log_is_clean(vol, sb)? {
         Ok(())
     } else {
         Err(FsError::unsupported(
