@@ -571,3 +571,50 @@ async fn store_on_postgres() {
     let again = Store::open(&pg.url).await.expect("reopen");
     assert_eq!(again.count_users().await.expect("count"), 1);
 }
+
+/// Jobs saved before consistency methods had a `live` flag: migration 0009 turns it into
+/// the method they used (a live copy stays live; the others remounted read-only: `lock`).
+#[tokio::test]
+async fn jobs_saved_with_the_live_flag_keep_doing_what_they_did() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let before = d.path().join("migrations-before-0009");
+    std::fs::create_dir(&before).expect("mkdir");
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/sqlite");
+    for e in std::fs::read_dir(&all).expect("migrations").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.as_str() < "0009" {
+            std::fs::copy(e.path(), before.join(&name)).expect("copy");
+        }
+    }
+    let url = Store::sqlite_url(d.path());
+    let pool = sqlx::sqlite::SqlitePool::connect(&format!("{url}?mode=rwc"))
+        .await
+        .expect("open");
+    sqlx::migrate::Migrator::new(before.as_path())
+        .await
+        .expect("read migrations")
+        .run(&pool)
+        .await
+        .expect("migrate to 0008");
+    for (name, live) in [("copied-live", true), ("remounted", false)] {
+        let spec = format!(r#"{{"source":"/dev/vdb1","live":{live},"method":"full"}}"#);
+        sqlx::query(
+            "INSERT INTO jobs (name, enabled, spec, created_at, updated_at) VALUES (?, 1, ?, 0, 0)",
+        )
+        .bind(name)
+        .bind(spec)
+        .execute(&pool)
+        .await
+        .expect("insert");
+    }
+    pool.close().await;
+
+    let store = Store::open(&url).await.expect("open and migrate");
+    for (id, method) in [(1, "live"), (2, "lock")] {
+        let row = store.job(id).await.expect("read").expect("job");
+        let spec: serde_json::Value = serde_json::from_str(&row.spec).expect("json");
+        assert_eq!(spec["consistency"], method, "{spec}");
+        assert!(spec.get("live").is_none(), "{spec}");
+        assert_eq!(spec["source"], "/dev/vdb1", "{spec}");
+    }
+}
