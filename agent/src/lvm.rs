@@ -332,9 +332,15 @@ fn remove(vg: &str, name: &str) -> Result<()> {
     }
 }
 
-/// Whether the process whose id ends a name of ours (`holdfast-snap-<pid>`) is gone.
+/// Whether the agent process whose id ends a name of ours (`holdfast-snap-<pid>`) is gone:
+/// no such process, a zombie (no command line: killed, not yet reaped), or another program
+/// that took the id since.
 fn made_by_a_gone_process(pid: &str) -> bool {
-    !Path::new("/proc").join(pid).exists()
+    let cmdline = std::fs::read(Path::new("/proc").join(pid).join("cmdline")).unwrap_or_default();
+    !cmdline
+        .split(|&b| b == 0)
+        .next()
+        .is_some_and(|exe| exe.ends_with(b"holdfast-agent"))
 }
 
 /// Remove snapshots of ours whose process is gone (killed while imaging), and first the

@@ -5,6 +5,8 @@
 # goes to OUT_DIR/console.log and the script's status to OUT_DIR/status. Each READ_ONLY_DIR
 # (e.g. the cargo target folder with the binaries under test) is shared read-only; the rest
 # of the host's filesystem is seen read-only too, but /tmp and /var/tmp are the VM's own.
+# With HOLDFAST_VM_NETWORK=user the VM gets user-mode networking: it reaches the host's
+# loopback at 10.0.2.2 (through qemu, a process on this machine) and nothing else is set up.
 set -euo pipefail
 VM=${HOLDFAST_VM:-/var/tmp/holdfast-vm}
 script=$(realpath "$1")
@@ -13,6 +15,8 @@ shift 2
 kernel=$(ls "$VM"/kernel/root/boot/vmlinuz-* 2>/dev/null | head -1)
 [ -n "$kernel" ] || { echo "vm: not set up; run scripts/vm/setup.sh" >&2; exit 1; }
 dirs=(--rodir "$VM/kernel")
+net=()
+[ "${HOLDFAST_VM_NETWORK:-}" = user ] && net=(--network user --no-dhcp)
 for d in "$@"; do dirs+=(--rodir "$(realpath "$d")"); done
 rm -f "$out/status"
 # The wrapper records the script's status: vng itself exits 255 whatever it returns.
@@ -25,6 +29,6 @@ GUEST
 chmod +x "$out/.guest.sh"
 PATH="$VM/vng/bin:$PATH" timeout "${HOLDFAST_VM_TIMEOUT:-900}" vng --verbose --force-9p \
     --run "$kernel" --disable-kvm --cpus 2 --memory 2G \
-    "${dirs[@]}" --rwdir "$out" --exec "$out/.guest.sh" > "$out/console.log" 2>&1 || true
+    "${dirs[@]}" "${net[@]}" --rwdir "$out" --exec "$out/.guest.sh" > "$out/console.log" 2>&1 || true
 [ -s "$out/status" ] || { echo "vm: the VM did not run the script (see $out/console.log)" >&2; exit 1; }
 exit "$(cat "$out/status")"

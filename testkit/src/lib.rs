@@ -8,9 +8,12 @@
 //!   home, its password) on every run.
 //! - [`devices`]: loop devices, filesystems, mounts, file checksums, and running the agent's
 //!   command line.
+//! - [`vm`]: the VM with device-mapper, LVM and dm-crypt (`scripts/vm/`) and running a
+//!   script in it.
 //!
 //! A fixture that cannot start skips its test with a message on a developer's machine and
 //! fails it when `CI` is set.
 
 pub mod devices;
 pub mod servers;
+pub mod vm;

@@ -2,30 +2,11 @@
 //! checks run inside a VM with Debian's kernel (`scripts/vm/`), booted once for the group.
 //! Without the VM they skip on a developer's machine and fail under `CI`.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use holdfast_testkit::devices::{agent_binary, require_devices, tempdir};
+use holdfast_testkit::vm;
 use serde_json::Value;
-
-/// The repository's `scripts/vm/run.sh`, when the VM is set up.
-fn vm_runner(test: &str) -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let run = root.join("scripts/vm/run.sh");
-    let vm = std::env::var("HOLDFAST_VM").unwrap_or_else(|_| "/var/tmp/holdfast-vm".into());
-    let ready = Path::new(&vm).join("vng/bin/vng").exists()
-        && std::fs::read_dir(Path::new(&vm).join("kernel/root/boot"))
-            .is_ok_and(|mut d| d.next().is_some());
-    if ready {
-        return Some(run);
-    }
-    let why = format!("{test}: the test VM is not set up (run scripts/vm/setup.sh)");
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}; CI is set, so this is a failure");
-    }
-    eprintln!("skipping {why}");
-    None
-}
 
 /// What the VM does: LVM on a loop device with a thick volume, a thin pool and volume, and two
 /// LUKS mappings on volumes (one with its key in the kernel keyring), each with ext4, and a
@@ -163,39 +144,22 @@ fn lvm_and_luks_volumes_are_listed_snapshotted_imaged_and_frozen_in_a_vm() {
     if !require_devices("lvm_and_luks_in_a_vm") {
         return;
     }
-    let Some(run) = vm_runner("lvm_and_luks_in_a_vm") else {
+    let Some(run) = vm::runner("lvm_and_luks_in_a_vm") else {
         return;
     };
     let t = tempdir();
     let out = t.path();
     let agent = agent_binary();
-    let guest = out.join("guest.sh");
     let script = format!(
         "#!/bin/sh\nexport AGENT='{}' OUT='{}'\n{}",
         agent.display(),
         out.display(),
         GUEST.trim_start_matches("#!/bin/sh\n")
     );
-    std::fs::write(&guest, script).expect("guest script");
     let bin_dir = agent.parent().expect("agent folder");
-    let status = Command::new(&run)
-        .arg(&guest)
-        .arg(out)
-        .arg(bin_dir)
-        .status()
-        .expect("run the VM");
-    let log = std::fs::read_to_string(out.join("script.log")).unwrap_or_default();
-    let console = std::fs::read_to_string(out.join("console.log")).unwrap_or_default();
-    let tail: String = console
-        .lines()
-        .rev()
-        .take(30)
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(
-        status.success(),
-        "the VM script failed:\n{log}\nconsole (last lines, reversed):\n{tail}"
-    );
+    if let Err(e) = vm::run(&run, &script, out, &[bin_dir], false) {
+        panic!("{e}");
+    }
 
     // The inventory shows each device-mapper volume and what it is made of.
     let inv = read_json(out, "inventory.json");

@@ -9,6 +9,7 @@ mod console;
 mod fleet;
 mod https;
 mod jobs;
+mod live;
 mod netns;
 mod postgres;
 mod proc;

@@ -1,0 +1,59 @@
+//! The test VM (`scripts/vm/`): Debian's kernel, with the device-mapper, LVM and dm-crypt
+//! this machine's kernel lacks, booted with the host's files seen read-only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The repository's `scripts/vm/run.sh`, when the VM is set up; otherwise `None` with a
+/// message (a skip), or a panic under `CI`.
+pub fn runner(test: &str) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = root.join("scripts/vm/run.sh");
+    let vm = std::env::var("HOLDFAST_VM").unwrap_or_else(|_| "/var/tmp/holdfast-vm".into());
+    let ready = Path::new(&vm).join("vng/bin/vng").exists()
+        && std::fs::read_dir(Path::new(&vm).join("kernel/root/boot"))
+            .is_ok_and(|mut d| d.next().is_some());
+    if ready {
+        return Some(run);
+    }
+    let why = format!("{test}: the test VM is not set up (run scripts/vm/setup.sh)");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{why}; CI is set, so this is a failure"
+    );
+    eprintln!("skipping {why}");
+    None
+}
+
+/// Run `script` (a `/bin/sh` script) as root in a VM booted by `runner`, with `out` shared
+/// read-write and each of `rodirs` read-only; with `network`, the VM reaches this machine's
+/// loopback at 10.0.2.2 (its own address is set up by the script). An error holds the
+/// script's output and the end of the console.
+pub fn run(
+    runner: &Path,
+    script: &str,
+    out: &Path,
+    rodirs: &[&Path],
+    network: bool,
+) -> Result<(), String> {
+    let guest = out.join("guest.sh");
+    std::fs::write(&guest, script).map_err(|e| format!("cannot write the script: {e}"))?;
+    let mut cmd = Command::new(runner);
+    cmd.arg(&guest).arg(out).args(rodirs);
+    if network {
+        cmd.env("HOLDFAST_VM_NETWORK", "user");
+    }
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run the VM: {e}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let log = std::fs::read_to_string(out.join("script.log")).unwrap_or_default();
+    let console = std::fs::read_to_string(out.join("console.log")).unwrap_or_default();
+    let lines: Vec<&str> = console.lines().collect();
+    let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+    Err(format!(
+        "the VM script failed:\n{log}\nconsole (last lines):\n{tail}"
+    ))
+}
