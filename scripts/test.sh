@@ -242,8 +242,11 @@ if ((IS_ROOT == 1)); then
     run_stage "benchmark: storage targets (tiny)" env BENCH_SIZE_MIB=1 BENCH_RUNS=1 BENCH_WARMUP=0 \
         BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/targets.sh /var/tmp/holdfast-tbench-tiny
+    run_stage "benchmark: snapshot cost (tiny, in the VM)" env BENCH_RUNS=1 \
+        HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
+        scripts/bench/snapshot.sh 32 /var/tmp/holdfast-sbench-tiny
 else
-    warn "not running as root: skipping the storage benchmark (it starts servers and a user)"
+    warn "not running as root: skipping the storage and snapshot benchmarks (they start servers, a user and the VM)"
 fi
 
 # The console tests' screenshots, to look at (cargo's CARGO_TARGET_TMPDIR).
