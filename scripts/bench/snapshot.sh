@@ -19,7 +19,7 @@ if [ ! -x "$agent" ]; then
 fi
 agent=$(realpath "$agent")
 scripts/vm/setup.sh >&2
-rm -f "$out/results.md" "$out/timings"
+rm -f "$out/results.md" "$out/timings" "$out/pv.img" "$out"/*.hfi
 lv_mib=$((used * 2 + 256))
 dd_mib=$(( used / 8 > 64 ? 64 : (used / 8 > 16 ? used / 8 : 16) ))
 cat > "$out/guest.sh" <<GUEST
@@ -34,7 +34,7 @@ cat > /tmp/lvm/lvm.conf <<'CONF'
 activation { udev_sync = 0 udev_rules = 0 }
 devices { obtain_device_list_from_udev = 0 }
 CONF
-# The volume group on a file on the host's disk (the VM's /tmp is in its memory).
+# The volume group and the images on the host's disk (the VM's /tmp is in its memory).
 truncate -s $((LV * 3 + 1024))M "$OUT/pv.img"
 PV=$(losetup -f --show "$OUT/pv.img")
 pvcreate -q "$PV" >/dev/null
@@ -68,10 +68,10 @@ timed() { # timed LABEL COMMAND...: one line "LABEL seconds read_bytes"
 }
 for r in $(seq "$RUNS"); do
     umount /tmp/m
-    timed unmounted "$AGENT" image create --source /dev/hb/data --output /tmp/u.hfi --overwrite --json
+    timed unmounted "$AGENT" image create --source /dev/hb/data --output "$OUT/u.hfi" --overwrite --json
     mount /dev/hb/data /tmp/m
-    timed thin-snapshot "$AGENT" image create --source /dev/hb/data --output /tmp/s.hfi --overwrite --json
-    rm -f /tmp/u.hfi /tmp/s.hfi
+    timed thin-snapshot "$AGENT" image create --source /dev/hb/data --output "$OUT/s.hfi" --overwrite --json
+    rm -f "$OUT/u.hfi" "$OUT/s.hfi"
 done
 # A writer's speed: direct writes over a file that exists (the blocks a snapshot shares).
 mkdir -p /tmp/p
@@ -100,10 +100,13 @@ vgchange -q -an hb >/dev/null
 losetup -d "$PV"
 rm -f "$OUT/pv.img"
 GUEST
-scripts/vm/run.sh "$out/guest.sh" "$out" "$(dirname "$agent")" >&2 || {
+status=0
+scripts/vm/run.sh "$out/guest.sh" "$out" "$(dirname "$agent")" >&2 || status=$?
+rm -f "$out/pv.img" "$out"/*.hfi
+if [ "$status" -ne 0 ]; then
     cat "$out/script.log" >&2
     exit 1
-}
+fi
 median_of() { awk -v k="$1" '$1 == k { print $2 }' "$out/timings" | sort -g | awk '{ v[NR] = $1 } END { printf "%.2f\n", v[int((NR + 1) / 2)] }'; }
 read_of() { awk -v k="$1" '$1 == k { print $3; exit }' "$out/timings"; }
 div() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }

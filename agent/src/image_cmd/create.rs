@@ -422,8 +422,9 @@ enum Stopped {
     Lost(String),
 }
 
-/// How often a held source is checked while imaging (a snapshot's fill takes an `lvs` run).
-const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// How often a held source is checked while imaging: a snapshot's fill takes an `lvs` run,
+/// whose cost shows on a busy machine; the check at the end catches what the last one missed.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Until `done`: trip `stop` when the command is cancelled, at the freeze's deadline, or when
 /// the hold is lost; why, unless cancelled.

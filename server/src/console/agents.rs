@@ -341,16 +341,26 @@ fn disk_views(inv: &holdfast_proto::Inventory) -> Vec<DiskView> {
         .collect()
 }
 
-fn volume_line(v: &holdfast_proto::inventory::Volume) -> VolumeLine {
+/// How a job images a volume with these methods available, for people (the agent page and
+/// the job wizard).
+pub(super) fn consistency_summary(methods: &[holdfast_proto::job::ConsistencyMethod]) -> String {
     use holdfast_proto::job::ConsistencyMethod as M;
-    let consistency = match v.consistency.as_slice() {
+    match methods {
         [] => String::new(),
         [M::Unmounted] => "as it is (not mounted read-write)".to_owned(),
-        m if m.contains(&M::Freeze) => {
-            "frozen while imaging (auto, within the job's limit); or lock, live".to_owned()
+        m if m.contains(&M::LvmSnapshot) => {
+            "LVM snapshot available (auto); or freeze, lock, live".to_owned()
         }
-        _ => "cannot be frozen: lock (remount read-only) or live".to_owned(),
-    };
+        m if m.contains(&M::Freeze) => {
+            "no snapshot: frozen while imaging (auto, within the job's limit); or lock, live"
+                .to_owned()
+        }
+        _ => "no snapshot, cannot be frozen: lock (remount read-only) or live".to_owned(),
+    }
+}
+
+fn volume_line(v: &holdfast_proto::inventory::Volume) -> VolumeLine {
+    let consistency = consistency_summary(&v.consistency);
     VolumeLine {
         name: v.name.clone(),
         size: holdfast_proto::human_bytes(v.size),

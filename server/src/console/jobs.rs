@@ -280,28 +280,49 @@ async fn form(
             .as_deref()
             .and_then(|t| serde_json::from_str::<holdfast_proto::Inventory>(t).ok())
         {
+            use holdfast_proto::inventory::Backing;
+            // LVM volumes and LUKS mappings by the names admins know them by.
+            let mut named = HashMap::new();
             for d in &inv.disks {
-                sources
-                    .entry(format!("/dev/{}", d.name))
-                    .or_insert_with(|| {
-                        format!(
-                            "whole disk, {} {}",
-                            holdfast_proto::human_bytes(d.size),
-                            d.model.as_deref().unwrap_or("")
-                        )
-                    });
+                match &d.backing {
+                    Some(Backing::Lvm { vg, lv, .. }) => {
+                        named.insert(d.name.as_str(), format!("/dev/{vg}/{lv}"));
+                    }
+                    Some(Backing::Crypt { name, .. }) => {
+                        named.insert(d.name.as_str(), format!("/dev/mapper/{name}"));
+                    }
+                    _ => {
+                        sources
+                            .entry(format!("/dev/{}", d.name))
+                            .or_insert_with(|| {
+                                format!(
+                                    "whole disk, {} {}",
+                                    holdfast_proto::human_bytes(d.size),
+                                    d.model.as_deref().unwrap_or("")
+                                )
+                            });
+                    }
+                }
             }
             for v in &inv.volumes {
-                sources
-                    .entry(format!("/dev/{}", v.name))
-                    .or_insert_with(|| {
-                        format!(
-                            "{} {} {}",
-                            v.filesystem.as_deref().unwrap_or("partition"),
-                            holdfast_proto::human_bytes(v.size),
-                            v.label.as_deref().unwrap_or("")
-                        )
-                    });
+                let path = named
+                    .get(v.name.as_str())
+                    .cloned()
+                    .unwrap_or_else(|| format!("/dev/{}", v.name));
+                sources.entry(path).or_insert_with(|| {
+                    let how = super::agents::consistency_summary(&v.consistency);
+                    format!(
+                        "{} {} {}{}",
+                        v.filesystem.as_deref().unwrap_or("partition"),
+                        holdfast_proto::human_bytes(v.size),
+                        v.label.as_deref().unwrap_or(""),
+                        if how.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" — {how}")
+                        }
+                    )
+                });
                 if let Some(uuid) = &v.uuid {
                     sources
                         .entry(format!("/dev/disk/by-uuid/{uuid}"))

@@ -428,7 +428,7 @@ fn running_volumes_are_imaged_consistently_through_the_server_and_an_agent_in_a_
         .expect("target")
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|f| !all_named.iter().any(|n| f == *n))
+        .filter(|f| !all_named.contains(&f))
         .collect();
     assert!(
         strays
