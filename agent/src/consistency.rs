@@ -384,7 +384,8 @@ fn replay_xfs_log(device: &Path) -> Result<bool> {
         .map_err(|e| anyhow::anyhow!("cannot open the snapshot '{}': {e}", device.display()))?;
     let size = crate::device::Device::inspect(device)?.size;
     let reader = holdfast_image::io::FileReadAt::new(file, size);
-    if !holdfast_image::fs::xfs::log_needs_replay(&reader)? {
+    // Unreadable (e.g. a snapshot already overflowed): the reads that follow say why.
+    if !holdfast_image::fs::xfs::log_needs_replay(&reader).unwrap_or(false) {
         return Ok(false);
     }
     let dir = Path::new("/run").join(format!("holdfast-replay-{}", std::process::id()));

@@ -197,7 +197,14 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         None => &reader,
     };
     let mut plan = if held.changed_anything() {
-        read_plan(reader, &dev, &a)?
+        match read_plan(reader, &dev, &a) {
+            Ok(plan) => plan,
+            // A snapshot that overflowed already fails its reads: that is the reason to give.
+            Err(e) => match held.check() {
+                Err(why) => bail!("{why:#}; imaging stopped and no image was left ({e:#})"),
+                Ok(()) => return Err(e),
+            },
+        }
     } else {
         plan
     };
