@@ -240,6 +240,21 @@ pub fn fsck_clean(dev: &str, fs: &str) {
     );
 }
 
+/// Replay the ext4 journal of `dev` as a mount would (`e2fsck -fy`: exit 0 or 1), then
+/// check it clean.
+pub fn replay_and_fsck_ext4(dev: &str) {
+    let replay = Command::new("e2fsck")
+        .args(["-fy", dev])
+        .output()
+        .expect("e2fsck");
+    assert!(
+        matches!(replay.status.code(), Some(0 | 1)),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+    fsck_clean(dev, "ext4");
+}
+
 /// Make a filesystem.
 pub fn mkfs(dev: &str, fs: &str) {
     match fs {

@@ -323,16 +323,7 @@ fn a_copy_of_a_mounted_ext4_is_imaged_by_its_used_blocks_and_replays_clean() {
     sparse_file(Path::new(&copy), 64 << 20);
     image_ok(&["restore", "--image", &f.p("dirty.hfi"), "--target", &copy]);
     // The restored filesystem replays its journal, as a mount would, and is then clean.
-    let replay = Command::new("e2fsck")
-        .args(["-fy", &copy])
-        .output()
-        .expect("e2fsck");
-    assert!(
-        matches!(replay.status.code(), Some(0 | 1)),
-        "{}",
-        String::from_utf8_lossy(&replay.stdout)
-    );
-    fsck_clean(&copy, "ext4");
+    replay_and_fsck_ext4(&copy);
     assert_eq!(read_files(&copy, "ext4", &f.dir), want);
 }
 

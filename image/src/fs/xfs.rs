@@ -245,9 +245,10 @@ impl FilesystemReader for XfsReader {
         check_log_clean(vol, &sb)?;
         let mut used = Extents::new();
         for agno in 0..sb.ag_count {
-            let length = ag_length(vol, &sb, agno)?;
+            let agf = read_agf(vol, &sb, agno)?;
+            let length = ag_length(&agf, &sb, agno)?;
             used.add(sb.ag_byte(agno, 0), sb.bytes(u64::from(length)));
-            for (start, count) in free_extents(vol, &sb, agno, length)? {
+            for (start, count) in free_extents(vol, &sb, &agf, agno, length)? {
                 used.remove(sb.ag_byte(agno, start), sb.bytes(u64::from(count)));
             }
         }
@@ -255,7 +256,7 @@ impl FilesystemReader for XfsReader {
     }
 }
 
-/// The AGF of `agno`: its length in blocks, checked against the superblock.
+/// The header (AGF) of allocation group `agno`, its magic and number checked.
 fn read_agf(vol: &dyn ReadAt, sb: &Superblock, agno: u32) -> Result<[u8; 512], FsError> {
     let mut agf = [0u8; 512];
     read_at(
@@ -273,8 +274,10 @@ fn read_agf(vol: &dyn ReadAt, sb: &Superblock, agno: u32) -> Result<[u8; 512], F
     Ok(agf)
 }
 
-fn ag_length(vol: &dyn ReadAt, sb: &Superblock, agno: u32) -> Result<u32, FsError> {
-    let length = be32(&read_agf(vol, sb, agno)?, 12);
+/// The length in blocks the AGF `agf` of `agno` gives its group, checked against the
+/// superblock.
+fn ag_length(agf: &[u8; 512], sb: &Superblock, agno: u32) -> Result<u32, FsError> {
+    let length = be32(agf, 12);
     let expected = if agno + 1 == sb.ag_count {
         sb.dblocks - u64::from(sb.ag_blocks) * u64::from(sb.ag_count - 1)
     } else {
@@ -295,12 +298,12 @@ fn ag_length(vol: &dyn ReadAt, sb: &Superblock, agno: u32) -> Result<u32, FsErro
 fn free_extents(
     vol: &dyn ReadAt,
     sb: &Superblock,
+    agf: &[u8; 512],
     agno: u32,
     length: u32,
 ) -> Result<Vec<(u32, u32)>, FsError> {
-    let agf = read_agf(vol, sb, agno)?;
-    let root = be32(&agf, 16);
-    let levels = be32(&agf, 28);
+    let root = be32(agf, 16);
+    let levels = be32(agf, 28);
     if levels == 0 || levels > 10 || root == 0 || root >= length {
         return Err(FsError::corrupt(
             FS,

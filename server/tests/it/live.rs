@@ -222,16 +222,7 @@ fn restore_and_read(image: &Path, fs: &str, work: &Path, name: &str) -> (usize, 
         sh(Command::new("xfs_repair").args(["-n", copy_s]));
         got
     } else {
-        let replay = Command::new("e2fsck")
-            .args(["-fy", copy_s])
-            .output()
-            .expect("e2fsck");
-        assert!(
-            matches!(replay.status.code(), Some(0 | 1)),
-            "{}",
-            String::from_utf8_lossy(&replay.stdout)
-        );
-        holdfast_testkit::devices::fsck_clean(copy_s, "ext4");
+        holdfast_testkit::devices::replay_and_fsck_ext4(copy_s);
         read(&Mounted::new(copy_s, &mnt, "ro,loop"))
     }
 }
