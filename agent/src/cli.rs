@@ -183,9 +183,11 @@ pub struct CreateArgs {
     #[arg(long)]
     pub create_folders: bool,
     /// How a source mounted read-write is made consistent: auto (not mounted: as it is; an
-    /// LVM volume: a snapshot; else frozen while imaging when the estimate fits --max-freeze;
-    /// otherwise refused), unmounted, lvm-snapshot, freeze, lock (remount read-only while
-    /// imaging) or live (copy it as it changes; not crash-consistent, recorded as such).
+    /// LVM volume: a snapshot; another device-mapper device: a snapshot by table swap, with
+    /// copy-on-write space in HOLDFAST_SNAPSHOT_STORE; else frozen while imaging when the
+    /// estimate fits --max-freeze; otherwise refused), unmounted, lvm-snapshot, dm-snapshot,
+    /// freeze, lock (remount read-only while imaging) or live (copy it as it changes; not
+    /// crash-consistent, recorded as such).
     #[arg(long, default_value = "auto", value_parser = parse_consistency)]
     pub consistency: ConsistencyMethod,
     /// The longest a filesystem may stay frozen, in seconds; imaging stops at that time.
@@ -202,8 +204,9 @@ pub struct CreateArgs {
     /// The time limit of each of those commands, in seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub snapshot_command_timeout: u32,
-    /// A classic LVM snapshot's copy-on-write space, in percent of the volume's size (capped
-    /// by the volume group's free space; refused when it does not fit).
+    /// A classic LVM or a device-mapper snapshot's copy-on-write space, in percent of the
+    /// volume's size (refused when the volume group or the snapshot store has not that much
+    /// free).
     #[arg(long, default_value_t = DEFAULT_SNAPSHOT_PERCENT, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub snapshot_size: u32,
     /// The same as --consistency lock.

@@ -5,13 +5,14 @@
 //! |---|---|---|
 //! | `unmounted` | not mounted, or mounted read-only | the filesystem as it is |
 //! | `lvm-snapshot` | an LVM logical volume, or a LUKS mapping on one whose key the kernel shows | read from a snapshot of one instant (`lvm.rs`; the LUKS one opened with the live key, `crypt.rs`), removed after; the volume stays in use |
+//! | `dm-snapshot` | another device-mapper device (linear, striped, or a LUKS mapping whose key the kernel shows), with a snapshot store off it | its table swapped for a snapshot origin while imaging (`dmsnap.rs`); the volume stays in use |
 //! | `freeze` | a mounted filesystem that can be frozen, imaged within the maximum freeze time | one instant (crash-consistent); writers wait meanwhile |
 //! | `lock` | asked for | remounted read-only while imaging (fails while a file is open for writing) |
 //! | `live` | asked for | copied as it changes: not crash-consistent, a warning |
 //!
-//! `auto` takes the first of `unmounted`, `lvm-snapshot` and `freeze` that applies and
-//! otherwise refuses, naming the choices. Device-mapper snapshots of other mappings are not
-//! available yet.
+//! `auto` takes the first of `unmounted`, `lvm-snapshot`, `dm-snapshot` and `freeze` that
+//! applies and otherwise refuses, naming the choices; when a snapshot was looked for and
+//! could not be had, a freeze says why.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -25,7 +26,7 @@ use holdfast_proto::job::ConsistencyMethod;
 use crate::device::{used_bytes, Mount, ReadOnlyLock};
 use crate::exit::Refused;
 use crate::freeze::Frozen;
-use crate::{crypt, lvm};
+use crate::{crypt, dmsnap, lvm};
 
 /// How much of the used space is read to measure the read rate before freezing.
 const SAMPLE_BYTES: u64 = 64 << 20;
@@ -41,6 +42,8 @@ pub enum Choice {
     /// opened with the key of the LUKS mapping on it when that is the source (whose mounted
     /// filesystems are synced first).
     Snapshot(lvm::Volume, u64, Option<(crypt::Mapping, Vec<Mount>)>),
+    /// A device-mapper snapshot of a device that is not an LVM volume.
+    DmSnapshot(dmsnap::Plan),
     /// Frozen; with why no snapshot could be had, when one was looked for.
     Freeze(Vec<Mount>, Option<String>),
     Lock(Vec<Mount>),
@@ -133,6 +136,22 @@ pub fn choose(
         }
         _ => None,
     };
+    let dm = match asked {
+        ConsistencyMethod::DmSnapshot | ConsistencyMethod::Auto if lv.is_none() => {
+            match dmsnap::source_of(source).and_then(|d| {
+                d.map(|d| dmsnap::Plan::new(d, dmsnap::Store::configured(), snapshot_percent))
+                    .transpose()
+            }) {
+                Ok(plan) => plan,
+                Err(e) if asked == ConsistencyMethod::Auto => {
+                    no_snapshot.get_or_insert(format!("{e:#}"));
+                    None
+                }
+                Err(e) => return Err(Refused(format!("{place}: {e:#}")).into()),
+            }
+        }
+        _ => None,
+    };
     match asked {
         ConsistencyMethod::Unmounted => Err(Refused(format!(
             "{place}, and the consistency method 'unmounted' images only sources that are not: {choices}"
@@ -156,7 +175,20 @@ pub fn choose(
             };
             Ok(Choice::Snapshot(volume, cow, key_of))
         }
-        ConsistencyMethod::LvmSnapshot | ConsistencyMethod::Freeze | ConsistencyMethod::Auto => {
+        ConsistencyMethod::DmSnapshot | ConsistencyMethod::Auto
+            if asked == ConsistencyMethod::DmSnapshot || dm.is_some() =>
+        {
+            dm.map(Choice::DmSnapshot).ok_or_else(|| {
+                Refused(format!(
+                    "{place}, and it is not a device-mapper device (an LVM volume gets lvm-snapshot): {choices}"
+                ))
+                .into()
+            })
+        }
+        ConsistencyMethod::LvmSnapshot
+        | ConsistencyMethod::DmSnapshot
+        | ConsistencyMethod::Freeze
+        | ConsistencyMethod::Auto => {
             let mut seen = Vec::new();
             let mut used = 0;
             for m in &rw {
@@ -195,6 +227,7 @@ pub struct Held {
 enum Hold {
     Nothing,
     Snapshot(lvm::Snapshot),
+    DmSnapshot(dmsnap::Snapshot),
     Locked(ReadOnlyLock),
     /// The frozen filesystems, and why no snapshot was taken (when one was looked for).
     Frozen(Vec<Frozen>, Option<String>),
@@ -223,6 +256,7 @@ impl Choice {
                 }
                 (how, false)
             }
+            Choice::DmSnapshot(plan) => (plan.description(), false),
             Choice::Live => (
                 "live: mounted read-write while imaging, not crash-consistent".to_owned(),
                 true,
@@ -270,6 +304,13 @@ impl Choice {
                 }
                 Hold::Snapshot(snapshot)
             }
+            Choice::DmSnapshot(plan) => {
+                let snapshot = dmsnap::Snapshot::take(&plan)?;
+                if replay_xfs_log(&snapshot.device())? {
+                    description += "; the XFS log was replayed into the snapshot";
+                }
+                Hold::DmSnapshot(snapshot)
+            }
             Choice::Lock(rw) => Hold::Locked(ReadOnlyLock::acquire(&rw)?),
             Choice::Freeze(rw, no_snapshot) => {
                 let mut frozen = Vec::new();
@@ -313,6 +354,7 @@ impl Held {
     pub fn check(&self) -> Result<()> {
         match &self.hold {
             Hold::Snapshot(s) => s.fill().map(|_| ()),
+            Hold::DmSnapshot(s) => s.fill().map(|_| ()),
             _ => Ok(()),
         }
     }
@@ -321,6 +363,7 @@ impl Held {
     pub fn device(&self) -> Option<std::path::PathBuf> {
         match &self.hold {
             Hold::Snapshot(s) => Some(s.device()),
+            Hold::DmSnapshot(s) => Some(s.device()),
             _ => None,
         }
     }
@@ -341,12 +384,12 @@ impl Held {
             Hold::Snapshot(snapshot) => {
                 let fill = snapshot.fill();
                 let removed = snapshot.remove();
-                let fill = fill?;
-                removed?;
-                Ok(format!(
-                    "{}; {fill:.0} % of it was filled by writes while imaging",
-                    self.description
-                ))
+                filled(self.description, fill, removed)
+            }
+            Hold::DmSnapshot(snapshot) => {
+                let fill = snapshot.fill();
+                let removed = snapshot.remove();
+                filled(self.description, fill, removed)
             }
             Hold::Locked(lock) => {
                 drop(lock);
@@ -372,6 +415,23 @@ impl Held {
             }
         }
     }
+}
+
+/// Undo what imaging processes that are gone (killed) left: LVM snapshots, and device-mapper
+/// devices swapped for a snapshot origin (or suspended midway through the swap).
+pub fn remove_stale_snapshots() {
+    lvm::remove_stale();
+    dmsnap::remove_stale();
+}
+
+/// A snapshot's description with how full it got; an error when it overflowed or could not
+/// be removed.
+fn filled(description: String, fill: Result<f64>, removed: Result<()>) -> Result<String> {
+    let fill = fill?;
+    removed?;
+    Ok(format!(
+        "{description}; {fill:.0} % of it was filled by writes while imaging"
+    ))
 }
 
 /// When the snapshot at `device` holds an XFS filesystem whose log has changes not yet in

@@ -84,13 +84,7 @@ impl Mapping {
             // `:size:type:description`: usable while that key is in a keyring we can see.
             let description = described.splitn(3, ':').nth(2).unwrap_or_default();
             if !keyring_has(description) {
-                bail!(
-                    "the key of the LUKS mapping {name} is kept only inside the kernel \
-                     (LUKS2 passes it through the kernel keyring, which drops it once the \
-                     mapping is open), so a snapshot of the volume under it cannot be opened \
-                     without the passphrase; open it with `cryptsetup open --disable-keyring` \
-                     (or --link-vk-to-keyring) to let it be snapshotted"
-                );
+                bail!("{}", keyring_only(name));
             }
         }
         Ok(mapping)
@@ -166,8 +160,18 @@ impl Mapping {
     }
 }
 
+/// Why the LUKS mapping `name`'s key cannot be had.
+pub(crate) fn keyring_only(name: &str) -> String {
+    format!(
+        "the key of the LUKS mapping {name} is kept only inside the kernel (LUKS2 passes it \
+         through the kernel keyring, which drops it once the mapping is open), so it cannot \
+         be opened a second time without the passphrase; open it with `cryptsetup open \
+         --disable-keyring` (or --link-vk-to-keyring) to let it be snapshotted"
+    )
+}
+
 /// True when a key of type `logon` with `description` is in a keyring this process sees.
-fn keyring_has(description: &str) -> bool {
+pub(crate) fn keyring_has(description: &str) -> bool {
     let Ok(keys) = std::fs::read_to_string("/proc/keys") else {
         return false;
     };

@@ -68,15 +68,21 @@ pub fn collect() -> Inventory {
             removable: read_trim(sys.join("removable")).as_deref() == Some("1"),
             backing: backing(&sys),
         });
-        // A snapshot can be had of a logical volume, and of a LUKS mapping on one whose key
-        // the kernel shows.
-        let snapshotable = match disks.last().and_then(|d| d.backing.as_ref()) {
+        // An LVM snapshot can be had of a logical volume, and of a LUKS mapping on one whose
+        // key the kernel shows; a device-mapper one of other mappings that can be made twice,
+        // when the snapshot store is fit for it.
+        let lvm_snapshot = match disks.last().and_then(|d| d.backing.as_ref()) {
             Some(Backing::Lvm { .. }) => true,
             Some(Backing::Crypt { name, .. }) => {
                 matches!(crate::crypt::on_volume(&dev), Ok(Some(_)))
                     && crate::crypt::Mapping::read(name).is_ok()
             }
             _ => false,
+        };
+        let snapshot = if lvm_snapshot {
+            Some(ConsistencyMethod::LvmSnapshot)
+        } else {
+            dm_snapshot_possible(&dev).then_some(ConsistencyMethod::DmSnapshot)
         };
         let mut parts: Vec<(u32, String)> = fs::read_dir(&sys)
             .map(|rd| {
@@ -120,7 +126,7 @@ pub fn collect() -> Inventory {
                 mount_point: mounted.map(|(p, _, _)| p.clone()),
                 used,
                 read_write,
-                consistency: methods(read_write, snapshotable, filesystem.as_deref()),
+                consistency: methods(read_write, snapshot, filesystem.as_deref()),
                 filesystem,
             });
         }
@@ -173,22 +179,30 @@ pub fn print(json: bool) -> anyhow::Result<std::process::ExitCode> {
 /// How a volume can be imaged consistently now.
 fn methods(
     read_write: bool,
-    snapshotable: bool,
+    snapshot: Option<ConsistencyMethod>,
     filesystem: Option<&str>,
 ) -> Vec<ConsistencyMethod> {
-    use ConsistencyMethod::{Freeze, Live, Lock, LvmSnapshot, Unmounted};
+    use ConsistencyMethod::{Freeze, Live, Lock, Unmounted};
     if !read_write {
         return vec![Unmounted];
     }
-    let mut m = Vec::new();
-    if snapshotable {
-        m.push(LvmSnapshot);
-    }
+    let mut m: Vec<ConsistencyMethod> = snapshot.into_iter().collect();
     if filesystem.is_some_and(|f| FREEZABLE.contains(&f)) {
         m.push(Freeze);
     }
     m.extend([Lock, Live]);
     m
+}
+
+/// Whether `dev` is a device-mapper device a `dm-snapshot` can be taken of now (with the
+/// default snapshot size).
+fn dm_snapshot_possible(dev: &Path) -> bool {
+    use crate::dmsnap::{source_of, Plan, Store};
+    let Ok(Some(source)) = source_of(dev) else {
+        return false;
+    };
+    let percent = holdfast_proto::job::DEFAULT_SNAPSHOT_PERCENT;
+    Plan::new(source, Store::configured(), percent).is_ok()
 }
 
 /// What the device at `sys` (`/sys/block/NAME`) is made of, when it is not a disk.

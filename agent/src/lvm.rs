@@ -202,9 +202,15 @@ pub struct Snapshot {
 
 /// Take the lock on snapshots of `volume`; refused while another run holds it.
 fn lock(volume: &Volume) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    lock_name(&format!("{}-{}", volume.vg, volume.lv), &volume.path())
+}
+
+/// Take the lock on snapshots of the volume `key` (shown as `shown`); refused while another
+/// run holds it.
+pub(crate) fn lock_name(key: &str, shown: &str) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let dir = Path::new("/run/lock");
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
-    let path = dir.join(format!("holdfast-{}-{}.lock", volume.vg, volume.lv));
+    let path = dir.join(format!("holdfast-{key}.lock"));
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -213,8 +219,7 @@ fn lock(volume: &Volume) -> Result<nix::fcntl::Flock<std::fs::File>> {
         .with_context(|| format!("cannot open '{}'", path.display()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|_| {
         Refused(format!(
-            "another run is imaging {} from a snapshot now; try again when it is done",
-            volume.path()
+            "another run is imaging {shown} from a snapshot now; try again when it is done"
         ))
         .into()
     })
@@ -335,7 +340,7 @@ fn remove(vg: &str, name: &str) -> Result<()> {
 /// Whether the agent process whose id ends a name of ours (`holdfast-snap-<pid>`) is gone:
 /// no such process, a zombie (no command line: killed, not yet reaped), or another program
 /// that took the id since.
-fn made_by_a_gone_process(pid: &str) -> bool {
+pub(crate) fn made_by_a_gone_process(pid: &str) -> bool {
     let cmdline = std::fs::read(Path::new("/proc").join(pid).join("cmdline")).unwrap_or_default();
     !cmdline
         .split(|&b| b == 0)

@@ -10,6 +10,7 @@ mod cli;
 mod consistency;
 mod crypt;
 mod device;
+mod dmsnap;
 mod exit;
 mod freeze;
 mod image_cmd;

@@ -73,8 +73,9 @@ impl ImageKind {
 #[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
 pub enum ConsistencyMethod {
     /// The first that applies: `unmounted` (or mounted read-only), `lvm-snapshot` for an LVM
-    /// logical volume, else `freeze` when the estimated imaging time fits the maximum freeze
-    /// time; otherwise refused, naming the choices.
+    /// logical volume, `dm-snapshot` for another device-mapper device, else `freeze` when the
+    /// estimated imaging time fits the maximum freeze time; otherwise refused, naming the
+    /// choices.
     #[default]
     Auto,
     /// Only a source that is not mounted read-write.
@@ -82,6 +83,10 @@ pub enum ConsistencyMethod {
     /// An LVM snapshot of the logical volume (thin for a thin volume, else a classic one
     /// whose copy-on-write space is a share of the volume's size), imaged and then removed.
     LvmSnapshot,
+    /// A device-mapper snapshot of a device-mapper device that is not an LVM volume (e.g. a
+    /// LUKS mapping on a partition): its table is swapped for a snapshot origin, with
+    /// copy-on-write space in the agent's snapshot store, imaged and then swapped back.
+    DmSnapshot,
     /// Freeze the mounted filesystem while imaging (always thawed, at the latest after the
     /// maximum freeze time).
     Freeze,
@@ -93,10 +98,11 @@ pub enum ConsistencyMethod {
 
 impl ConsistencyMethod {
     /// Every method, in the order `auto` considers the real ones.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Auto,
         Self::Unmounted,
         Self::LvmSnapshot,
+        Self::DmSnapshot,
         Self::Freeze,
         Self::Lock,
         Self::Live,
@@ -108,6 +114,7 @@ impl ConsistencyMethod {
             Self::Auto => "auto",
             Self::Unmounted => "unmounted",
             Self::LvmSnapshot => "lvm-snapshot",
+            Self::DmSnapshot => "dm-snapshot",
             Self::Freeze => "freeze",
             Self::Lock => "lock",
             Self::Live => "live",
@@ -129,7 +136,8 @@ impl std::str::FromStr for ConsistencyMethod {
     }
 }
 
-/// A classic LVM snapshot's copy-on-write space, in percent of the volume, unless set.
+/// A classic LVM or device-mapper snapshot's copy-on-write space, in percent of the volume,
+/// unless set.
 pub const DEFAULT_SNAPSHOT_PERCENT: u32 = 20;
 
 /// The maximum freeze time when a job does not set one.

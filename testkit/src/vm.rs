@@ -57,3 +57,30 @@ pub fn run(
         "the VM script failed:\n{log}\nconsole (last lines):\n{tail}"
     ))
 }
+
+/// Run `guest` (a shell script) in the VM with `AGENT` (the agent under test, whose folder
+/// is shared read-only) and `OUT` (a fresh folder for its results) exported. The folder once
+/// it succeeded; `None` when the VM is not set up (a skip); a panic with the script's log
+/// when it failed.
+pub fn run_agent_script(test: &str, guest: &str) -> Option<tempfile::TempDir> {
+    let runner = runner(test)?;
+    let out = crate::devices::tempdir();
+    let agent = crate::devices::agent_binary();
+    let script = format!(
+        "#!/bin/sh\nexport AGENT='{}' OUT='{}'\n{}",
+        agent.display(),
+        out.path().display(),
+        guest.trim_start_matches("#!/bin/sh\n")
+    );
+    let bin_dir = agent.parent().expect("agent folder");
+    if let Err(e) = run(&runner, &script, out.path(), &[bin_dir], false) {
+        panic!("{e}");
+    }
+    Some(out)
+}
+
+/// The JSON document a guest script wrote to `name` in `dir`.
+pub fn read_json(dir: &Path, name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}: {text}"))
+}

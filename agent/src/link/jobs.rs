@@ -516,6 +516,11 @@ impl Jobs {
             }
         }
         .map_err(|e| ImageFailure::Failed(format!("the imaging process failed: {e}")))?;
+        // Killed, it may have left a snapshot, or a device suspended midway through a table
+        // swap: undo that now rather than at the next run.
+        if std::os::unix::process::ExitStatusExt::signal(&status).is_some() {
+            let _ = tokio::task::spawn_blocking(crate::consistency::remove_stale_snapshots).await;
+        }
         // The outcome is the document on stdout; the other lines on stderr were forwarded as
         // log lines, and the last of them explains a child that died without a document.
         let other_lines = lines.await.unwrap_or_default();

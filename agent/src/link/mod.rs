@@ -124,7 +124,7 @@ pub fn cli_run(a: crate::cli::RunArgs) -> Result<std::process::ExitCode> {
     let path = config::path(a.config);
     let c = config::AgentConfig::load(&path)?;
     // Snapshots a killed imaging process left behind go before anything else runs.
-    crate::lvm::remove_stale();
+    crate::consistency::remove_stale_snapshots();
     runtime()?.block_on(run::run(&c, &path))?;
     Ok(std::process::ExitCode::SUCCESS)
 }

@@ -6,6 +6,7 @@
 mod chains;
 mod consistency;
 mod disks;
+mod dm_snapshot;
 mod faults;
 mod remote;
 mod vm;

@@ -2,10 +2,8 @@
 //! checks run inside a VM with Debian's kernel (`scripts/vm/`), booted once for the group.
 //! Without the VM they skip on a developer's machine and fail under `CI`.
 
-use std::path::Path;
-
-use holdfast_testkit::devices::{agent_binary, require_devices, tempdir};
-use holdfast_testkit::vm;
+use holdfast_testkit::devices::require_devices;
+use holdfast_testkit::vm::{self, read_json};
 use serde_json::Value;
 
 /// What the VM does: LVM on a loop device with a thick volume, a thin pool and volume, and two
@@ -134,32 +132,15 @@ wait
 lvs --noheadings -o lv_name hfvg > "$OUT/lvs-end.txt"
 "#;
 
-fn read_json(dir: &Path, name: &str) -> Value {
-    let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}: {text}"))
-}
-
 #[test]
 fn lvm_and_luks_volumes_are_listed_snapshotted_imaged_and_frozen_in_a_vm() {
     if !require_devices("lvm_and_luks_in_a_vm") {
         return;
     }
-    let Some(run) = vm::runner("lvm_and_luks_in_a_vm") else {
+    let Some(t) = vm::run_agent_script("lvm_and_luks_in_a_vm", GUEST) else {
         return;
     };
-    let t = tempdir();
     let out = t.path();
-    let agent = agent_binary();
-    let script = format!(
-        "#!/bin/sh\nexport AGENT='{}' OUT='{}'\n{}",
-        agent.display(),
-        out.display(),
-        GUEST.trim_start_matches("#!/bin/sh\n")
-    );
-    let bin_dir = agent.parent().expect("agent folder");
-    if let Err(e) = vm::run(&run, &script, out, &[bin_dir], false) {
-        panic!("{e}");
-    }
 
     // The inventory shows each device-mapper volume and what it is made of.
     let inv = read_json(out, "inventory.json");

@@ -351,6 +351,9 @@ pub(super) fn consistency_summary(methods: &[holdfast_proto::job::ConsistencyMet
         m if m.contains(&M::LvmSnapshot) => {
             "LVM snapshot available (auto); or freeze, lock, live".to_owned()
         }
+        m if m.contains(&M::DmSnapshot) => {
+            "device-mapper snapshot available (auto); or freeze, lock, live".to_owned()
+        }
         m if m.contains(&M::Freeze) => {
             "no snapshot: frozen while imaging (auto, within the job's limit); or lock, live"
                 .to_owned()
