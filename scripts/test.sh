@@ -31,6 +31,8 @@ PACKAGES=(
     zstd        # zstd CLI: cross-checking compressed streams, benchmarks
     partclone   # partclone.*: reference images compared against ours
     xfsprogs    # mkfs.xfs, xfs_repair, xfs_io: XFS fixtures (used-sector reader, freeze)
+    exfatprogs  # mkfs.exfat, fsck.exfat, dump.exfat: exFAT fixtures of the image tests
+    exfat-fuse  # mount.exfat-fuse: fill exFAT fixtures (this kernel has no exfat driver)
     openssh-server  # sshd: the SFTP target tests start a real server on loopback
     openssh-client  # ssh-keygen: host and client keys of the SFTP fixture
     vsftpd      # the FTP/FTPS target tests start a real server on loopback

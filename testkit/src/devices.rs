@@ -142,8 +142,19 @@ pub struct Mounted {
 
 impl Mounted {
     pub fn new(dev: &str, dir: &Path, opts: &str) -> Self {
+        Self::with_fs(dev, "", dir, opts)
+    }
+
+    /// Mount the `fs` filesystem on `dev`: exFAT through exfat-fuse (this kernel has no
+    /// exfat driver), anything else by `mount`'s own detection.
+    pub fn with_fs(dev: &str, fs: &str, dir: &Path, opts: &str) -> Self {
         std::fs::create_dir_all(dir).expect("mount dir");
-        sh(Command::new("mount").arg("-o").arg(opts).arg(dev).arg(dir));
+        let program = if fs == "exfat" {
+            "mount.exfat-fuse"
+        } else {
+            "mount"
+        };
+        sh(Command::new(program).arg("-o").arg(opts).arg(dev).arg(dir));
         Self {
             dir: dir.to_owned(),
         }
@@ -229,6 +240,7 @@ pub fn write_files(dir: &Path, round: u64, count: usize) {
 pub fn fsck_clean(dev: &str, fs: &str) {
     let out = match fs {
         "ext4" => Command::new("e2fsck").args(["-fn", dev]).output(),
+        "exfat" => Command::new("fsck.exfat").args(["-n", dev]).output(),
         _ => Command::new("fsck.vfat").args(["-n", dev]).output(),
     }
     .expect("run fsck");
@@ -259,6 +271,7 @@ pub fn replay_and_fsck_ext4(dev: &str) {
 pub fn mkfs(dev: &str, fs: &str) {
     match fs {
         "ext4" => sh(Command::new("mkfs.ext4").args(["-q", "-F", dev])),
+        "exfat" => sh(Command::new("mkfs.exfat").arg(dev)),
         _ => sh(Command::new("mkfs.vfat").args(["-F", "32", dev])),
     };
 }
@@ -282,8 +295,8 @@ pub fn edit_files(
     work: &Path,
     edit: impl FnOnce(&Path),
 ) -> BTreeMap<String, String> {
-    if fs == "ext4" {
-        let m = Mounted::new(dev, &work.join("edit-mnt"), "rw");
+    if fs == "ext4" || fs == "exfat" {
+        let m = Mounted::with_fs(dev, fs, &work.join("edit-mnt"), "rw");
         edit(&m.dir);
         return checksums(&m.dir);
     }
@@ -324,8 +337,8 @@ pub fn edit_files(
 
 /// Checksums of the files on `dev`.
 pub fn read_files(dev: &str, fs: &str, work: &Path) -> BTreeMap<String, String> {
-    if fs == "ext4" {
-        let m = Mounted::new(dev, &work.join("read-mnt"), "ro");
+    if fs == "ext4" || fs == "exfat" {
+        let m = Mounted::with_fs(dev, fs, &work.join("read-mnt"), "ro");
         return checksums(&m.dir);
     }
     checksums(&extract_fat(dev, &work.join("read-stage")))

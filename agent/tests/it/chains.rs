@@ -1,5 +1,5 @@
-//! Full → incremental → incremental → differential on ext4 and FAT32; every point restores
-//! to a fresh device with a clean fsck and exactly the files of that point.
+//! Full → incremental → incremental → differential on ext4, FAT32 and exFAT; every point
+//! restores to a fresh device with a clean fsck and exactly the files of that point.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -144,6 +144,17 @@ fn ext4_chain_full_incremental_differential() {
 fn fat32_chain_full_incremental_differential() {
     if require_devices("fat32_chain_full_incremental_differential") {
         scenario("vfat", &[], &[]);
+    }
+}
+
+#[test]
+fn exfat_chain_full_incremental_differential() {
+    let test = "exfat_chain_full_incremental_differential";
+    if require_devices(test)
+        && require_tool("mkfs.exfat", test)
+        && require_tool("mount.exfat-fuse", test)
+    {
+        scenario("exfat", &[], &[]);
     }
 }
 

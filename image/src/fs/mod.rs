@@ -12,11 +12,12 @@
 //!
 //! # Adding a filesystem
 //!
-//! Adding btrfs, exFAT, NTFS or another filesystem takes one new module here that
+//! Adding btrfs, NTFS or another filesystem takes one new module here that
 //! implements [`FilesystemReader`] and one new line in [`READERS`]. Nothing else changes.
 //! A new reader must return `Ok(None)` from `probe` for volumes that are not its own (the
 //! readers are tried in order and must not claim each other's volumes).
 
+pub mod exfat;
 pub mod ext;
 pub mod fat;
 pub mod jbd2;
@@ -28,13 +29,14 @@ use crate::io::ReadAt;
 /// What a reader learned about a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsInfo {
-    /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"` or `"xfs"`, as blkid
-    /// names them.
+    /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"`, `"exfat"` or `"xfs"`, as
+    /// blkid names them.
     pub fs_type: String,
     /// The volume label, if the filesystem has one.
     pub label: Option<String>,
     /// The identifier in the text form blkid prints: for ext and XFS, the UUID as
-    /// `8-4-4-4-12` lowercase hex; for FAT, the volume serial as `ABCD-1234` uppercase.
+    /// `8-4-4-4-12` lowercase hex; for FAT and exFAT, the volume serial as `ABCD-1234`
+    /// uppercase.
     pub uuid: Option<String>,
     /// Bytes the filesystem spans from the start of the volume.
     pub fs_size: u64,
@@ -112,7 +114,12 @@ pub trait FilesystemReader: Sync {
 }
 
 /// Every supported filesystem, tried in this order by [`detect`].
-pub static READERS: &[&dyn FilesystemReader] = &[&ext::ExtReader, &fat::FatReader, &xfs::XfsReader];
+pub static READERS: &[&dyn FilesystemReader] = &[
+    &ext::ExtReader,
+    &fat::FatReader,
+    &exfat::ExfatReader,
+    &xfs::XfsReader,
+];
 
 /// A recognised volume and the bytes it uses.
 #[derive(Debug, Clone)]
