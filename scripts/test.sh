@@ -11,7 +11,7 @@
 #    and mount filesystems, so they need root),
 # 4. runs, failing fast: cargo fmt --check, cargo clippy -D warnings, the tests
 #    (the doc tests then cargo nextest when nextest is installed; plain
-#    cargo test otherwise), then the storage benchmark at a tiny size.
+#    cargo test otherwise), then the storage, filesystem and snapshot benchmarks at a tiny size.
 #
 # Environment:
 #   CARGO_TARGET_DIR  defaults to /var/tmp/holdfast-target, so that repeated
@@ -244,11 +244,14 @@ if ((IS_ROOT == 1)); then
     run_stage "benchmark: storage targets (tiny)" env BENCH_SIZE_MIB=1 BENCH_RUNS=1 BENCH_WARMUP=0 \
         BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/targets.sh /var/tmp/holdfast-tbench-tiny
+    run_stage "benchmark: filesystems vs partclone (tiny)" env BENCH_RUNS=1 BENCH_WARMUP=0 \
+        BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
+        scripts/bench/filesystems.sh 32 /var/tmp/holdfast-fsbench-tiny
     run_stage "benchmark: snapshot cost (tiny, in the VM)" env BENCH_RUNS=1 \
         HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/snapshot.sh 32 /var/tmp/holdfast-sbench-tiny
 else
-    warn "not running as root: skipping the storage and snapshot benchmarks (they start servers, a user and the VM)"
+    warn "not running as root: skipping the storage, filesystem and snapshot benchmarks (they start servers, a user, loop devices and the VM)"
 fi
 
 # The console tests' screenshots, to look at (cargo's CARGO_TARGET_TMPDIR).
