@@ -134,9 +134,9 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
     sparse_file(&disk, 200 << 20);
     let (table, parts) = partition(
         &disk,
-        "label: gpt\nsize=64MiB, type=L, name=root\nsize=48MiB, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=data\nsize=24MiB, type=L, name=blob\n",
+        "label: gpt\nsize=64MiB, type=L, name=root\nsize=48MiB, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=data\nsize=24MiB, type=L, name=blob\nsize=32MiB, type=S, name=swap\n",
     );
-    assert_eq!(parts.len(), 3);
+    assert_eq!(parts.len(), 4);
     let mut want = Vec::new();
     for (i, fs) in ["ext4", "vfat"].iter().enumerate() {
         let lo = part_loop(&disk, parts[i]);
@@ -152,6 +152,21 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
             .expect("disk");
         f.seek(SeekFrom::Start(parts[2].0)).expect("seek");
         f.write_all(&noise(parts[2].1 as usize, 9)).expect("blob");
+    }
+    // A swap area with what a running system paged out to it: only its header is kept.
+    let swap_uuid = "8c3b2a1d-4e5f-4a6b-9c7d-0e1f2a3b4c5d";
+    {
+        let lo = part_loop(&disk, parts[3]);
+        sh(Command::new("mkswap").args(["-L", "hfswap", "-U", swap_uuid, lo.path()]));
+    }
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk)
+            .expect("disk");
+        f.seek(SeekFrom::Start(parts[3].0 + (1 << 20)))
+            .expect("seek");
+        f.write_all(&noise(16 << 20, 10)).expect("paged out");
     }
     let img = t.path().join("disk.hfi");
     let s = image_ok(&[
@@ -169,6 +184,8 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
     assert_eq!(meta["partitions"][0]["filesystem"]["fs_type"], "ext4");
     assert_eq!(meta["partitions"][1]["filesystem"]["fs_type"], "fat32");
     assert_eq!(meta["partitions"][2]["method"], "forensic");
+    assert_eq!(meta["partitions"][3]["filesystem"]["fs_type"], "swap");
+    assert_eq!(meta["partitions"][3]["filesystem"]["used_bytes"], 4096);
     // Used-sector: far less read than the disk.
     assert!(s["read_bytes"].as_u64().expect("read") < (120 << 20), "{s}");
 
@@ -205,6 +222,14 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
         read_range(&disk, parts[2].0, parts[2].1) == read_range(&out, parts[2].0, parts[2].1),
         "unknown partition differs"
     );
+    // The swap area comes back as the same one: what /etc/fstab names it by.
+    let lo = part_loop(&out, parts[3]);
+    let said = sh(Command::new("blkid").args(["-p", "-o", "export", lo.path()]));
+    let said = String::from_utf8_lossy(&said.stdout).into_owned();
+    for want in ["TYPE=swap", "LABEL=hfswap", &format!("UUID={swap_uuid}")] {
+        assert!(said.lines().any(|l| l == want), "{want} in {said}");
+    }
+    drop(lo);
 
     // Onto a larger disk: the backup GPT moves to the new end and the table verifies clean.
     let big = t.path().join("bigger.img");

@@ -21,6 +21,7 @@ pub mod exfat;
 pub mod ext;
 pub mod fat;
 pub mod jbd2;
+pub mod swap;
 pub mod xfs;
 
 use crate::extents::Extents;
@@ -29,12 +30,12 @@ use crate::io::ReadAt;
 /// What a reader learned about a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsInfo {
-    /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"`, `"exfat"` or `"xfs"`, as
-    /// blkid names them.
+    /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"`, `"exfat"`, `"xfs"` or
+    /// `"swap"`, as blkid names them.
     pub fs_type: String,
     /// The volume label, if the filesystem has one.
     pub label: Option<String>,
-    /// The identifier in the text form blkid prints: for ext and XFS, the UUID as
+    /// The identifier in the text form blkid prints: for ext, XFS and swap, the UUID as
     /// `8-4-4-4-12` lowercase hex; for FAT and exFAT, the volume serial as `ABCD-1234`
     /// uppercase.
     pub uuid: Option<String>,
@@ -119,6 +120,7 @@ pub static READERS: &[&dyn FilesystemReader] = &[
     &fat::FatReader,
     &exfat::ExfatReader,
     &xfs::XfsReader,
+    &swap::SwapReader,
 ];
 
 /// A recognised volume and the bytes it uses.
