@@ -33,6 +33,8 @@ PACKAGES=(
     xfsprogs    # mkfs.xfs, xfs_repair, xfs_io: XFS fixtures (used-sector reader, freeze)
     exfatprogs  # mkfs.exfat, fsck.exfat, dump.exfat: exFAT fixtures of the image tests
     exfat-fuse  # mount.exfat-fuse: fill exFAT fixtures (this kernel has no exfat driver)
+    ntfs-3g     # mkntfs, ntfs-3g (FUSE), ntfsfix: NTFS fixtures of the image tests
+    attr        # setfattr, getfattr: NTFS alternate data streams through ntfs-3g
     openssh-server  # sshd: the SFTP target tests start a real server on loopback
     openssh-client  # ssh-keygen: host and client keys of the SFTP fixture
     vsftpd      # the FTP/FTPS target tests start a real server on loopback

@@ -146,6 +146,10 @@ pub struct CreateArgs {
     /// Image every sector, not only those the filesystem uses.
     #[arg(long)]
     pub forensic: bool,
+    /// Keep the contents of pagefile.sys, hiberfil.sys and swapfile.sys on NTFS volumes (by
+    /// default their clusters are stored as zeros: Windows makes them anew).
+    #[arg(long)]
+    pub keep_windows_system_files: bool,
     /// Store only blocks changed since --base (the newest image of the chain).
     #[arg(long, requires = "base", conflicts_with = "differential")]
     pub incremental: bool,

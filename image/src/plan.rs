@@ -51,6 +51,16 @@ fn identify(vol: &dyn ReadAt) -> Option<FsMeta> {
 
 /// Plan the imaging of `dev`. `forensic` forces every sector.
 pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result<SourcePlan> {
+    plan_source_with(dev, sector_size, forensic, fs::Options::default())
+}
+
+/// [`plan_source`] with the filesystem readers' `options`.
+pub fn plan_source_with(
+    dev: &dyn ReadAt,
+    sector_size: u32,
+    forensic: bool,
+    options: fs::Options,
+) -> Result<SourcePlan> {
     let size = dev.size();
     let mut warnings = Vec::new();
     let mut source = SourceMeta {
@@ -84,9 +94,9 @@ pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result
             let len = p.len.min(size.saturating_sub(p.start));
             let vol = SliceReadAt::new(dev, p.start, len);
             let detected = if forensic {
-                fs::detect(&vol).ok().flatten()
+                fs::detect_with(&vol, options).ok().flatten()
             } else {
-                match fs::detect(&vol) {
+                match fs::detect_with(&vol, options) {
                     Ok(d) => d,
                     Err(e) => {
                         warnings.push(format!(
@@ -138,7 +148,7 @@ pub fn plan_source(dev: &dyn ReadAt, sector_size: u32, forensic: bool) -> Result
     }
 
     source.kind = "volume".into();
-    let detected = match fs::detect(dev) {
+    let detected = match fs::detect_with(dev, options) {
         Ok(d) => d,
         Err(e) => {
             if !forensic {

@@ -165,6 +165,9 @@ pub struct ImageTask {
     pub verify: bool,
     /// Replace an image of the same name.
     pub overwrite: bool,
+    /// Keep the contents of Windows' page, hibernation and swap files on NTFS volumes.
+    #[serde(default)]
+    pub keep_windows_system_files: bool,
     pub comment: String,
     /// How a source mounted read-write is made consistent.
     pub consistency: ConsistencyMethod,

@@ -145,14 +145,14 @@ impl Mounted {
         Self::with_fs(dev, "", dir, opts)
     }
 
-    /// Mount the `fs` filesystem on `dev`: exFAT through exfat-fuse (this kernel has no
-    /// exfat driver), anything else by `mount`'s own detection.
+    /// Mount the `fs` filesystem on `dev`: exFAT and NTFS through FUSE (exfat-fuse, ntfs-3g;
+    /// this kernel has no driver for either), anything else by `mount`'s own detection.
     pub fn with_fs(dev: &str, fs: &str, dir: &Path, opts: &str) -> Self {
         std::fs::create_dir_all(dir).expect("mount dir");
-        let program = if fs == "exfat" {
-            "mount.exfat-fuse"
-        } else {
-            "mount"
+        let program = match fs {
+            "exfat" => "mount.exfat-fuse",
+            "ntfs" => "ntfs-3g",
+            _ => "mount",
         };
         sh(Command::new(program).arg("-o").arg(opts).arg(dev).arg(dir));
         Self {
@@ -241,6 +241,7 @@ pub fn fsck_clean(dev: &str, fs: &str) {
     let out = match fs {
         "ext4" => Command::new("e2fsck").args(["-fn", dev]).output(),
         "exfat" => Command::new("fsck.exfat").args(["-n", dev]).output(),
+        "ntfs" => Command::new("ntfsfix").args(["-n", dev]).output(),
         _ => Command::new("fsck.vfat").args(["-n", dev]).output(),
     }
     .expect("run fsck");
@@ -272,6 +273,7 @@ pub fn mkfs(dev: &str, fs: &str) {
     match fs {
         "ext4" => sh(Command::new("mkfs.ext4").args(["-q", "-F", dev])),
         "exfat" => sh(Command::new("mkfs.exfat").arg(dev)),
+        "ntfs" => sh(Command::new("mkntfs").args(["-q", "-F", "-f", dev])),
         _ => sh(Command::new("mkfs.vfat").args(["-F", "32", dev])),
     };
 }
@@ -295,7 +297,7 @@ pub fn edit_files(
     work: &Path,
     edit: impl FnOnce(&Path),
 ) -> BTreeMap<String, String> {
-    if fs == "ext4" || fs == "exfat" {
+    if fs != "vfat" {
         let m = Mounted::with_fs(dev, fs, &work.join("edit-mnt"), "rw");
         edit(&m.dir);
         return checksums(&m.dir);
@@ -337,7 +339,7 @@ pub fn edit_files(
 
 /// Checksums of the files on `dev`.
 pub fn read_files(dev: &str, fs: &str, work: &Path) -> BTreeMap<String, String> {
-    if fs == "ext4" || fs == "exfat" {
+    if fs != "vfat" {
         let m = Mounted::with_fs(dev, fs, &work.join("read-mnt"), "ro");
         return checksums(&m.dir);
     }

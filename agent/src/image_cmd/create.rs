@@ -15,7 +15,7 @@ use holdfast_image::extents::Extents;
 use holdfast_image::header::{Coverage, Kind};
 use holdfast_image::io::FileReadAt;
 use holdfast_image::meta::Metadata;
-use holdfast_image::plan::{plan_source, SourcePlan};
+use holdfast_image::plan::{plan_source_with, SourcePlan};
 use holdfast_image::progress::{Cancel, NoProgress};
 use holdfast_image::validate::validate;
 use holdfast_image::writer::{default_block_size, write_image, Identity, WriteOptions};
@@ -484,7 +484,10 @@ fn refuse_output_on_source(dir: &Path, dev: &Device) -> Result<()> {
 
 /// What to read of the source, and its description for the metadata.
 fn read_plan(reader: &FileReadAt, dev: &Device, a: &CreateArgs) -> Result<SourcePlan> {
-    let mut plan = plan_source(reader, dev.sector_size, a.forensic)?;
+    let options = holdfast_image::fs::Options {
+        keep_windows_system_files: a.keep_windows_system_files,
+    };
+    let mut plan = plan_source_with(reader, dev.sector_size, a.forensic, options)?;
     plan.source.path = a.source.display().to_string();
     plan.source.model = dev.model.clone();
     plan.source.serial = dev.serial.clone();

@@ -855,6 +855,9 @@ impl Jobs {
         if task.verify {
             cmd.arg("--verify");
         }
+        if task.keep_windows_system_files {
+            cmd.arg("--keep-windows-system-files");
+        }
         if task.overwrite {
             cmd.arg("--overwrite");
         }

@@ -1,4 +1,4 @@
-//! Full → incremental → incremental → differential on ext4, FAT32 and exFAT; every point
+//! Full → incremental → incremental → differential on ext4, FAT32, exFAT and NTFS; every point
 //! restores to a fresh device with a clean fsck and exactly the files of that point.
 
 use std::collections::BTreeMap;
@@ -155,6 +155,14 @@ fn exfat_chain_full_incremental_differential() {
         && require_tool("mount.exfat-fuse", test)
     {
         scenario("exfat", &[], &[]);
+    }
+}
+
+#[test]
+fn ntfs_chain_full_incremental_differential() {
+    let test = "ntfs_chain_full_incremental_differential";
+    if require_devices(test) && require_tool("mkntfs", test) && require_tool("ntfs-3g", test) {
+        scenario("ntfs", &[], &[]);
     }
 }
 

@@ -12,7 +12,7 @@
 //!
 //! # Adding a filesystem
 //!
-//! Adding btrfs, NTFS or another filesystem takes one new module here that
+//! Adding btrfs or another filesystem takes one new module here that
 //! implements [`FilesystemReader`] and one new line in [`READERS`]. Nothing else changes.
 //! A new reader must return `Ok(None)` from `probe` for volumes that are not its own (the
 //! readers are tried in order and must not claim each other's volumes).
@@ -21,6 +21,7 @@ pub mod exfat;
 pub mod ext;
 pub mod fat;
 pub mod jbd2;
+pub mod ntfs;
 pub mod swap;
 pub mod xfs;
 
@@ -30,14 +31,14 @@ use crate::io::ReadAt;
 /// What a reader learned about a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsInfo {
-    /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"`, `"exfat"`, `"xfs"` or
-    /// `"swap"`, as blkid names them.
+    /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"`, `"exfat"`, `"ntfs"`,
+    /// `"xfs"` or `"swap"`, as blkid names them.
     pub fs_type: String,
     /// The volume label, if the filesystem has one.
     pub label: Option<String>,
     /// The identifier in the text form blkid prints: for ext, XFS and swap, the UUID as
     /// `8-4-4-4-12` lowercase hex; for FAT and exFAT, the volume serial as `ABCD-1234`
-    /// uppercase.
+    /// uppercase; for NTFS, its 64-bit serial as 16 uppercase hex digits.
     pub uuid: Option<String>,
     /// Bytes the filesystem spans from the start of the volume.
     pub fs_size: u64,
@@ -119,6 +120,7 @@ pub static READERS: &[&dyn FilesystemReader] = &[
     &ext::ExtReader,
     &fat::FatReader,
     &exfat::ExfatReader,
+    &ntfs::NtfsReader::DEFAULT,
     &xfs::XfsReader,
     &swap::SwapReader,
 ];
@@ -132,13 +134,32 @@ pub struct Detected {
     pub used: Extents,
 }
 
+/// What a caller may choose about what the readers leave out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Keep the contents of Windows' `pagefile.sys`, `hiberfil.sys` and `swapfile.sys`
+    /// (by default their clusters are left out and come back as zeros).
+    pub keep_windows_system_files: bool,
+}
+
+/// Try each reader in [`READERS`], with the default [`Options`].
+pub fn detect(vol: &dyn ReadAt) -> Result<Option<Detected>, FsError> {
+    detect_with(vol, Options::default())
+}
+
 /// Try each reader in [`READERS`].
 ///
 /// `Ok(None)` means the filesystem is unknown: the caller falls back to forensic
 /// (every-sector) imaging with a warning. A reader that recognises the filesystem but finds
 /// it damaged or using an unsupported feature makes this an `Err`.
-pub fn detect(vol: &dyn ReadAt) -> Result<Option<Detected>, FsError> {
-    for reader in READERS {
+pub fn detect_with(vol: &dyn ReadAt, options: Options) -> Result<Option<Detected>, FsError> {
+    let keeping: &dyn FilesystemReader = &ntfs::NtfsReader::KEEPING_SYSTEM_FILES;
+    for &reader in READERS {
+        let reader = if options.keep_windows_system_files && reader.name() == keeping.name() {
+            keeping
+        } else {
+            reader
+        };
         if let Some(mut info) = reader.probe(vol)? {
             let mut used = reader.used_extents(vol, &info)?;
             // A filesystem larger than its volume (e.g. a truncated copy) must not make us

@@ -489,6 +489,7 @@ impl Dispatcher {
                 split_size: spec.split_size,
                 verify: spec.verify,
                 overwrite: spec.overwrite,
+                keep_windows_system_files: spec.keep_windows_system_files,
                 comment: spec.comment.clone(),
                 consistency: spec.consistency,
                 max_freeze_secs: spec.max_freeze_secs,

@@ -166,6 +166,10 @@ pub struct JobSpec {
     /// Replace an existing image of the same name.
     #[serde(default)]
     pub overwrite: bool,
+    /// Keep the contents of `pagefile.sys`, `hiberfil.sys` and `swapfile.sys` on NTFS
+    /// volumes (by default they are left out: Windows makes them anew).
+    #[serde(default)]
+    pub keep_windows_system_files: bool,
     #[serde(default)]
     pub comment: String,
     /// How a source mounted read-write is made consistent: `auto` (the default), `unmounted`,
