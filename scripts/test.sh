@@ -35,6 +35,7 @@ PACKAGES=(
     exfat-fuse  # mount.exfat-fuse: fill exFAT fixtures (this kernel has no exfat driver)
     ntfs-3g     # mkntfs, ntfs-3g (FUSE), ntfsfix: NTFS fixtures of the image tests
     attr        # setfattr, getfattr: NTFS alternate data streams through ntfs-3g
+    btrfs-progs # mkfs.btrfs, btrfs check: btrfs fixtures of the image tests
     openssh-server  # sshd: the SFTP target tests start a real server on loopback
     openssh-client  # ssh-keygen: host and client keys of the SFTP fixture
     vsftpd      # the FTP/FTPS target tests start a real server on loopback

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Used-sector imaging of each filesystem reader (XFS, exFAT, NTFS) against partclone, side by side in one run
+# Used-sector imaging of each filesystem reader (XFS, btrfs, exFAT, NTFS) against partclone, side by side in one run
 # (docs/benchmarks.md, "Filesystems"):
 #
 #   sudo scripts/bench/filesystems.sh [USED_MIB] [OUTDIR]   (defaults 2048 /var/tmp/holdfast-fsbench)
@@ -12,7 +12,7 @@
 # table (times, sizes, bytes read, ratios) and writes OUTDIR/results.md.
 #
 # Environment: HOLDFAST_AGENT (default: the release build), BENCH_RUNS (median of, default 3),
-# BENCH_WARMUP (untimed runs first, default 1), BENCH_FS (default "xfs exfat ntfs"),
+# BENCH_WARMUP (untimed runs first, default 1), BENCH_FS (default "xfs btrfs exfat ntfs"),
 # BENCH_STRICT=1 (a failed command fails the script: the test command's tiny run).
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,6 +38,7 @@ command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
 command -v mkfs.exfat >/dev/null || need+=(exfatprogs)
 command -v mount.exfat-fuse >/dev/null || need+=(exfat-fuse)
 command -v mkntfs >/dev/null || need+=(ntfs-3g)
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
 ((${#need[@]} == 0)) || apt_install "${need[@]}"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/holdfast-target}
 AGENT=${HOLDFAST_AGENT:-$CARGO_TARGET_DIR/release/holdfast-agent}
@@ -91,6 +92,10 @@ make_volume() {
         LOOP=$(losetup -f --show "$vol")
         mount.exfat-fuse "$LOOP" "$MNT"
         ;;
+    btrfs)
+        mkfs.btrfs -q -f "$vol"
+        mount -o loop "$vol" "$MNT"
+        ;;
     ntfs)
         mkntfs -q -F -f "$vol" 2>/dev/null
         ntfs-3g "$vol" "$MNT"
@@ -108,7 +113,7 @@ make_volume() {
 
 rm -f "$OUTDIR/results.md"
 declare -A SIZE_HF SIZE_PC READ_HF
-for fs in ${BENCH_FS:-xfs exfat ntfs}; do
+for fs in ${BENCH_FS:-xfs btrfs exfat ntfs}; do
     VOL=$OUTDIR/$fs.img
     log "$fs: making a volume with $used MiB of files"
     make_volume "$fs" "$VOL"
@@ -131,7 +136,7 @@ done
     echo
     echo "| filesystem | holdfast s | partclone \\| zstd -3 s | time ratio (partclone / holdfast) | holdfast MiB | partclone MiB | size ratio (holdfast / partclone) | holdfast bytes read |"
     echo "| --- | --- | --- | --- | --- | --- | --- | --- |"
-    for fs in ${BENCH_FS:-xfs exfat ntfs}; do
+    for fs in ${BENCH_FS:-xfs btrfs exfat ntfs}; do
         echo "| $fs | ${T[hf_$fs]} | ${T[pc_$fs]} | $(ratio "${T[pc_$fs]}" "${T[hf_$fs]}") | $(mib "${SIZE_HF[$fs]}") | $(mib "${SIZE_PC[$fs]}") | $(ratio "${SIZE_HF[$fs]}" "${SIZE_PC[$fs]}") | ${READ_HF[$fs]} |"
     done
 } | tee "$OUTDIR/results.md"

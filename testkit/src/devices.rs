@@ -242,6 +242,9 @@ pub fn fsck_clean(dev: &str, fs: &str) {
         "ext4" => Command::new("e2fsck").args(["-fn", dev]).output(),
         "exfat" => Command::new("fsck.exfat").args(["-n", dev]).output(),
         "ntfs" => Command::new("ntfsfix").args(["-n", dev]).output(),
+        "btrfs" => Command::new("btrfs")
+            .args(["check", "--readonly", dev])
+            .output(),
         _ => Command::new("fsck.vfat").args(["-n", dev]).output(),
     }
     .expect("run fsck");
@@ -274,6 +277,8 @@ pub fn mkfs(dev: &str, fs: &str) {
         "ext4" => sh(Command::new("mkfs.ext4").args(["-q", "-F", dev])),
         "exfat" => sh(Command::new("mkfs.exfat").arg(dev)),
         "ntfs" => sh(Command::new("mkntfs").args(["-q", "-F", "-f", dev])),
+        // Mixed block groups: the test volumes are smaller than btrfs's usual minimum.
+        "btrfs" => sh(Command::new("mkfs.btrfs").args(["-q", "-f", "--mixed", dev])),
         _ => sh(Command::new("mkfs.vfat").args(["-F", "32", dev])),
     };
 }

@@ -1,4 +1,4 @@
-//! Full → incremental → incremental → differential on ext4, FAT32, exFAT and NTFS; every point
+//! Full → incremental → incremental → differential on ext4, FAT32, exFAT, NTFS and btrfs; every point
 //! restores to a fresh device with a clean fsck and exactly the files of that point.
 
 use std::collections::BTreeMap;
@@ -163,6 +163,14 @@ fn ntfs_chain_full_incremental_differential() {
     let test = "ntfs_chain_full_incremental_differential";
     if require_devices(test) && require_tool("mkntfs", test) && require_tool("ntfs-3g", test) {
         scenario("ntfs", &[], &[]);
+    }
+}
+
+#[test]
+fn btrfs_chain_full_incremental_differential() {
+    let test = "btrfs_chain_full_incremental_differential";
+    if require_devices(test) && require_tool("mkfs.btrfs", test) {
+        scenario("btrfs", &[], &[]);
     }
 }
 

@@ -12,11 +12,12 @@
 //!
 //! # Adding a filesystem
 //!
-//! Adding btrfs or another filesystem takes one new module here that
+//! Adding another filesystem takes one new module here that
 //! implements [`FilesystemReader`] and one new line in [`READERS`]. Nothing else changes.
 //! A new reader must return `Ok(None)` from `probe` for volumes that are not its own (the
 //! readers are tried in order and must not claim each other's volumes).
 
+pub mod btrfs;
 pub mod exfat;
 pub mod ext;
 pub mod fat;
@@ -32,11 +33,11 @@ use crate::io::ReadAt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsInfo {
     /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"`, `"exfat"`, `"ntfs"`,
-    /// `"xfs"` or `"swap"`, as blkid names them.
+    /// `"xfs"`, `"btrfs"` or `"swap"`, as blkid names them.
     pub fs_type: String,
     /// The volume label, if the filesystem has one.
     pub label: Option<String>,
-    /// The identifier in the text form blkid prints: for ext, XFS and swap, the UUID as
+    /// The identifier in the text form blkid prints: for ext, XFS, btrfs and swap, the UUID as
     /// `8-4-4-4-12` lowercase hex; for FAT and exFAT, the volume serial as `ABCD-1234`
     /// uppercase; for NTFS, its 64-bit serial as 16 uppercase hex digits.
     pub uuid: Option<String>,
@@ -122,6 +123,7 @@ pub static READERS: &[&dyn FilesystemReader] = &[
     &exfat::ExfatReader,
     &ntfs::NtfsReader::DEFAULT,
     &xfs::XfsReader,
+    &btrfs::BtrfsReader,
     &swap::SwapReader,
 ];
 
