@@ -224,6 +224,9 @@ impl Super {
     }
 }
 
+/// What a tree walk calls for each leaf item: key objectid, type and offset, and its data.
+type LeafItem<'f> = dyn FnMut(u64, u8, u64, &[u8]) -> Result<(), FsError> + 'f;
+
 /// The filesystem's chunks, and reading tree blocks through them.
 struct Trees<'a> {
     vol: &'a dyn ReadAt,
@@ -274,12 +277,7 @@ impl<'a> Trees<'a> {
 
     /// Call `leaf_item(key objectid, type, offset, data)` for every item of the tree whose
     /// root is at `root` at `level`.
-    fn walk(
-        &self,
-        root: u64,
-        level: u8,
-        leaf_item: &mut dyn FnMut(u64, u8, u64, &[u8]) -> Result<(), FsError>,
-    ) -> Result<(), FsError> {
+    fn walk(&self, root: u64, level: u8, leaf_item: &mut LeafItem<'_>) -> Result<(), FsError> {
         let b = self.block(root, level)?;
         let count = le32(&b, 96) as usize;
         if level == 0 {
