@@ -50,19 +50,33 @@ pub(crate) fn parse_devno(s: &str) -> Option<(u32, u32)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
-/// The device and its partitions, as device numbers.
-fn with_partitions(devno: (u32, u32)) -> HashSet<(u32, u32)> {
-    let mut out = HashSet::from([devno]);
-    let sys = PathBuf::from(format!("/sys/dev/block/{}:{}", devno.0, devno.1));
-    if let Ok(rd) = fs::read_dir(&sys) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.join("partition").exists() {
-                if let Some(d) = read_trim(p.join("dev")).and_then(|s| parse_devno(&s)) {
-                    out.insert(d);
-                }
-            }
+/// The device, its partitions and every device built on any of them (a device-mapper
+/// mapping such as an opened LUKS container or an LVM volume, and theirs in turn), as device
+/// numbers: a filesystem mounted on any of those is using this device.
+fn with_those_built_on_it(devno: (u32, u32)) -> HashSet<(u32, u32)> {
+    let mut out = HashSet::new();
+    let mut todo = vec![devno];
+    while let Some(d) = todo.pop() {
+        // Bounded: a sysfs loop cannot make this run away.
+        if !out.insert(d) || out.len() > 4096 {
+            continue;
         }
+        let sys = PathBuf::from(format!("/sys/dev/block/{}:{}", d.0, d.1));
+        let mut above: Vec<PathBuf> = fs::read_dir(sys.join("holders"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if let Ok(rd) = fs::read_dir(&sys) {
+            above.extend(
+                rd.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.join("partition").exists()),
+            );
+        }
+        todo.extend(
+            above
+                .iter()
+                .filter_map(|p| read_trim(p.join("dev")).and_then(|s| parse_devno(&s))),
+        );
     }
     out
 }
@@ -83,7 +97,7 @@ fn loops_backed_by(file: &Path) -> HashSet<(u32, u32)> {
         };
         if Path::new(&backing) == canon {
             if let Some(d) = read_trim(p.join("dev")).and_then(|s| parse_devno(&s)) {
-                out.extend(with_partitions(d));
+                out.extend(with_those_built_on_it(d));
             }
         }
     }
@@ -123,7 +137,7 @@ impl Device {
                 sector_size,
                 model,
                 serial,
-                devs: with_partitions(devno),
+                devs: with_those_built_on_it(devno),
             })
         } else if ft.is_file() {
             Ok(Self {

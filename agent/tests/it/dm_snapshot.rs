@@ -79,6 +79,10 @@ done
 dmsetup ls > "$OUT/dm-after.txt"
 ls -A /tmp/storefs/snaps > "$OUT/store-after.txt"
 
+# The container under a mounted mapping is in use too: its filesystem is frozen, and the
+# ciphertext imaged whole, saying how to do better.
+"$AGENT" image create --source "${DISK}p1" --output /tmp/container.hfi --json > "$OUT/container.json"
+
 # A LUKS2 mapping opened the default way: its key is only in the kernel, so it is frozen;
 # asked for a snapshot, refused with the reason.
 "$AGENT" image create --source /dev/mapper/hfkeyring --output /tmp/keyring.hfi --json > "$OUT/keyring.json"
@@ -195,6 +199,23 @@ fn device_mapper_devices_are_snapshotted_by_swapping_their_table_in_a_vm() {
     let left = text("dm-after.txt");
     assert!(!left.contains("holdfast-snap"), "{left}");
     assert_eq!(text("store-after.txt").trim(), "", "the store is emptied");
+
+    // A LUKS container whose mapping is mounted: frozen (its filesystem is in use), and
+    // imaged whole with the reason.
+    let container = read_json(out, "container.json");
+    assert!(
+        container["consistency"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("frozen:")),
+        "{container}"
+    );
+    assert_eq!(container["coverage"], "forensic", "{container}");
+    assert!(
+        container["warnings"].as_array().is_some_and(|w| w
+            .iter()
+            .any(|w| w.as_str().is_some_and(|w| w.contains("LUKS container")))),
+        "{container}"
+    );
 
     // No snapshot of a mapping whose key only the kernel holds: frozen, saying why; forced,
     // refused with what to do.

@@ -22,6 +22,7 @@ pub mod exfat;
 pub mod ext;
 pub mod fat;
 pub mod jbd2;
+pub mod luks;
 pub mod ntfs;
 pub mod swap;
 pub mod xfs;
@@ -33,7 +34,7 @@ use crate::io::ReadAt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsInfo {
     /// `"ext2"`, `"ext3"`, `"ext4"`, `"fat12"`, `"fat16"`, `"fat32"`, `"exfat"`, `"ntfs"`,
-    /// `"xfs"`, `"btrfs"` or `"swap"`, as blkid names them.
+    /// `"xfs"`, `"btrfs"`, `"swap"` or `"crypto_LUKS"`, as blkid names them.
     pub fs_type: String,
     /// The volume label, if the filesystem has one.
     pub label: Option<String>,
@@ -124,6 +125,7 @@ pub static READERS: &[&dyn FilesystemReader] = &[
     &ntfs::NtfsReader::DEFAULT,
     &xfs::XfsReader,
     &btrfs::BtrfsReader,
+    &luks::LuksReader,
     &swap::SwapReader,
 ];
 
