@@ -330,7 +330,9 @@ impl FilesystemReader for ExfatReader {
 mod tests {
     use super::*;
     use crate::fs::detect;
-    use crate::fs::test_support::{blkid, copy_used, open, populate, pseudo_random, run, tool};
+    use crate::fs::test_support::{
+        blkid, copy_used, open, populate, pseudo_random, run, tool, FuseMount,
+    };
     use std::path::{Path, PathBuf};
     use std::process::Command;
     use tempfile::TempDir;
@@ -339,41 +341,6 @@ mod tests {
         dir: TempDir,
         image: PathBuf,
         files: Vec<(String, Vec<u8>)>,
-    }
-
-    /// A FUSE mount of an exFAT image (exfat-fuse, which needs a block device: a loop
-    /// device over the image), unmounted and detached when dropped.
-    struct Mounted {
-        dir: PathBuf,
-        lo: String,
-    }
-
-    impl Mounted {
-        fn new(image: &Path, dir: &Path, options: &str) -> Option<Self> {
-            let fuse = tool("mount.exfat-fuse")?;
-            let out = run(Command::new(tool("losetup")?)
-                .args(["-f", "--show"])
-                .arg(image));
-            let lo = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            std::fs::create_dir_all(dir).expect("mountpoint");
-            let m = Self {
-                dir: dir.to_path_buf(),
-                lo,
-            };
-            run(Command::new(fuse)
-                .arg("-o")
-                .arg(options)
-                .arg(&m.lo)
-                .arg(dir));
-            Some(m)
-        }
-    }
-
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.dir).status();
-            let _ = Command::new("losetup").arg("-d").arg(&self.lo).status();
-        }
     }
 
     /// `mkfs.exfat` an image of `size` bytes with `args`, then write `populate`'s tree and a
@@ -398,7 +365,7 @@ mod tests {
             .expect("size");
         run(Command::new(mkfs).args(args).arg(&image));
         let files = {
-            let m = Mounted::new(&image, &dir.path().join("mnt"), "rw")?;
+            let m = FuseMount::new("mount.exfat-fuse", &image, &dir.path().join("mnt"), "rw")?;
             let files = populate(&m.dir);
             std::fs::write(m.dir.join("gone.bin"), pseudo_random(6 << 20, 5)).expect("write");
             std::fs::remove_file(m.dir.join("gone.bin")).expect("delete");
@@ -415,7 +382,13 @@ mod tests {
         run(Command::new(tool("fsck.exfat").expect("fsck.exfat"))
             .arg("-n")
             .arg(&copy));
-        let m = Mounted::new(&copy, &made.dir.path().join("copy-mnt"), "ro").expect("mount");
+        let m = FuseMount::new(
+            "mount.exfat-fuse",
+            &copy,
+            &made.dir.path().join("copy-mnt"),
+            "ro",
+        )
+        .expect("mount");
         for (rel, want) in &made.files {
             let got = std::fs::read(m.dir.join(rel)).unwrap_or_default();
             assert!(got == *want, "{rel} differs after the used-only copy");

@@ -291,6 +291,42 @@ pub(crate) mod test_support {
         out
     }
 
+    /// A FUSE filesystem (`program`: `mount.exfat-fuse`, `ntfs-3g`) mounted from an image
+    /// through a loop device — a `fuseblk` mount, whose unmount waits until everything is
+    /// written — unmounted and detached when dropped. `None` when a tool is missing.
+    pub struct FuseMount {
+        pub dir: PathBuf,
+        lo: String,
+    }
+
+    impl FuseMount {
+        pub fn new(program: &str, image: &Path, dir: &Path, options: &str) -> Option<Self> {
+            let program = tool(program)?;
+            let out = run(Command::new(tool("losetup")?)
+                .args(["-f", "--show"])
+                .arg(image));
+            let lo = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            std::fs::create_dir_all(dir).expect("mountpoint");
+            let m = Self {
+                dir: dir.to_path_buf(),
+                lo,
+            };
+            run(Command::new(program)
+                .arg("-o")
+                .arg(options)
+                .arg(&m.lo)
+                .arg(dir));
+            Some(m)
+        }
+    }
+
+    impl Drop for FuseMount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.dir).status();
+            let _ = Command::new("losetup").arg("-d").arg(&self.lo).status();
+        }
+    }
+
     /// Open a file as a byte source.
     pub fn open(path: &Path) -> FileReadAt {
         let file = File::open(path).expect("open image");

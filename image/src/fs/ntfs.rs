@@ -568,7 +568,9 @@ impl FilesystemReader for NtfsReader {
 mod tests {
     use super::*;
     use crate::fs::detect;
-    use crate::fs::test_support::{blkid, copy_used, open, populate, pseudo_random, run, tool};
+    use crate::fs::test_support::{
+        blkid, copy_used, open, populate, pseudo_random, run, tool, FuseMount,
+    };
     use std::path::{Path, PathBuf};
     use std::process::Command;
     use tempfile::TempDir;
@@ -577,28 +579,6 @@ mod tests {
         dir: TempDir,
         image: PathBuf,
         files: Vec<(String, Vec<u8>)>,
-    }
-
-    /// An ntfs-3g (FUSE) mount of an image file, unmounted when dropped.
-    struct Mounted(PathBuf);
-
-    impl Mounted {
-        fn new(image: &Path, dir: &Path, options: &str) -> Option<Self> {
-            let ntfs3g = tool("ntfs-3g")?;
-            std::fs::create_dir_all(dir).expect("mountpoint");
-            run(Command::new(ntfs3g)
-                .arg("-o")
-                .arg(options)
-                .arg(image)
-                .arg(dir));
-            Some(Self(dir.to_path_buf()))
-        }
-    }
-
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
     }
 
     /// `mkntfs` an image of `size` bytes with `args`; write `populate`'s tree, a sparse file,
@@ -626,10 +606,10 @@ mod tests {
             .args(args)
             .arg(&image));
         let mut files = {
-            let m = Mounted::new(&image, &dir.path().join("mnt"), "rw")?;
-            let mut files = populate(&m.0);
+            let m = FuseMount::new("ntfs-3g", &image, &dir.path().join("mnt"), "rw")?;
+            let mut files = populate(&m.dir);
             // Sparse: 40 MiB long, 8 KiB written in the middle.
-            let sparse = std::fs::File::create(m.0.join("sparse.bin")).expect("sparse");
+            let sparse = std::fs::File::create(m.dir.join("sparse.bin")).expect("sparse");
             sparse.set_len(40 << 20).expect("length");
             let middle = pseudo_random(8192, 11);
             std::os::unix::fs::FileExt::write_all_at(&sparse, &middle, 20 << 20).expect("write");
@@ -638,14 +618,15 @@ mod tests {
             want[20 << 20..(20 << 20) + 8192].copy_from_slice(&middle);
             files.push(("sparse.bin".to_owned(), want));
             // An alternate data stream (ntfs-3g shows named streams as user xattrs).
-            std::fs::write(m.0.join("streams.txt"), b"main stream\n").expect("write");
+            std::fs::write(m.dir.join("streams.txt"), b"main stream\n").expect("write");
             run(Command::new("setfattr")
                 .args(["-n", "user.extra", "-v", "0x0102030405"])
-                .arg(m.0.join("streams.txt")));
+                .arg(m.dir.join("streams.txt")));
             files.push(("streams.txt".to_owned(), b"main stream\n".to_vec()));
-            std::fs::write(m.0.join("pagefile.sys"), pseudo_random(4 << 20, 12)).expect("pagefile");
-            std::fs::write(m.0.join("gone.bin"), pseudo_random(6 << 20, 5)).expect("write");
-            std::fs::remove_file(m.0.join("gone.bin")).expect("delete");
+            std::fs::write(m.dir.join("pagefile.sys"), pseudo_random(4 << 20, 12))
+                .expect("pagefile");
+            std::fs::write(m.dir.join("gone.bin"), pseudo_random(6 << 20, 5)).expect("write");
+            std::fs::remove_file(m.dir.join("gone.bin")).expect("delete");
             files
         };
         // The page file comes back as zeros of the same length.
@@ -661,14 +642,15 @@ mod tests {
         run(Command::new(tool("ntfsfix").expect("ntfsfix"))
             .arg("-n")
             .arg(&copy));
-        let m = Mounted::new(&copy, &made.dir.path().join("copy-mnt"), "ro").expect("mount");
+        let m = FuseMount::new("ntfs-3g", &copy, &made.dir.path().join("copy-mnt"), "ro")
+            .expect("mount");
         for (rel, want) in &made.files {
-            let got = std::fs::read(m.0.join(rel)).unwrap_or_default();
+            let got = std::fs::read(m.dir.join(rel)).unwrap_or_default();
             assert!(got == *want, "{rel} differs after the used-only copy");
         }
         let stream = run(Command::new("getfattr")
             .args(["-n", "user.extra", "-e", "hex"])
-            .arg(m.0.join("streams.txt")));
+            .arg(m.dir.join("streams.txt")));
         assert!(
             String::from_utf8_lossy(&stream.stdout).contains("user.extra=0x0102030405"),
             "the alternate stream is kept"
