@@ -15,7 +15,7 @@
 //! | checked | the superblock's and each tree block's CRC32C (other checksum types: the block's own address and filesystem id), tree levels (no loops), every chunk and stripe inside the device |
 //! | refused (imaged forensically, with the reason) | several devices, RAID and striped profiles, a tree log not yet replayed (not cleanly unmounted: mounting it once replays it), zoned devices, extent tree v2, the RAID stripe tree, unknown incompatible features |
 
-use super::{le16, le32, read_at, FilesystemReader, FsError, FsInfo};
+use super::{le16, le32, read_at, uuid_text, FilesystemReader, FsError, FsInfo};
 use crate::extents::Extents;
 use crate::io::ReadAt;
 use crate::le::u64_at as le64;
@@ -313,20 +313,10 @@ impl FilesystemReader for BtrfsReader {
         let Some(sb) = Super::read(vol)? else {
             return Ok(None);
         };
-        let u = &sb.fsid;
-        let hex =
-            |r: std::ops::Range<usize>| u[r].iter().map(|b| format!("{b:02x}")).collect::<String>();
         Ok(Some(FsInfo {
             fs_type: "btrfs".to_owned(),
             label: sb.label.clone(),
-            uuid: Some(format!(
-                "{}-{}-{}-{}-{}",
-                hex(0..4),
-                hex(4..6),
-                hex(6..8),
-                hex(8..10),
-                hex(10..16)
-            )),
+            uuid: Some(uuid_text(&sb.fsid)),
             fs_size: sb.total_bytes,
             fs_block_size: sb.sector_size,
             used_bytes: sb.bytes_used,
@@ -418,17 +408,11 @@ impl FilesystemReader for BtrfsReader {
 mod tests {
     use super::*;
     use crate::fs::detect;
-    use crate::fs::test_support::{blkid, copy_used, open, populate, pseudo_random, run, tool};
+    use crate::fs::test_support::{
+        blkid, checked_copy, image_file, open, populate, pseudo_random, run, tool, Made,
+    };
     use std::path::{Path, PathBuf};
     use std::process::Command;
-    use tempfile::TempDir;
-
-    struct Made {
-        dir: TempDir,
-        image: PathBuf,
-        /// (path, content) of every file, in the top volume and in the subvolume.
-        files: Vec<(String, Vec<u8>)>,
-    }
 
     /// A loop mount, unmounted when dropped.
     struct Mounted(PathBuf);
@@ -458,11 +442,7 @@ mod tests {
         let mkfs = tool("mkfs.btrfs")?;
         let btrfs = tool("btrfs")?;
         let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
-        let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .expect("create")
-            .set_len(size)
-            .expect("size");
+        let image = image_file(dir.path(), "fs.img", size);
         run(Command::new(mkfs)
             .args(["-q", "-f", "-L", "HOLDTEST"])
             .args(args)
@@ -503,11 +483,7 @@ mod tests {
 
     /// A copy holding only the used extents passes `btrfs check` and gives back every file.
     fn assert_copy_restores(made: &Made, used: &Extents) {
-        let copy = made.dir.path().join("copy.img");
-        copy_used(&made.image, used, &copy);
-        run(Command::new(tool("btrfs").expect("btrfs"))
-            .args(["check", "--readonly"])
-            .arg(&copy));
+        let copy = checked_copy(made, used, &["btrfs", "check", "--readonly"]);
         let m = Mounted::new(&copy, &made.dir.path().join("copy-mnt"), "ro");
         for (rel, want) in &made.files {
             let got = std::fs::read(m.0.join(rel)).unwrap_or_default();

@@ -331,17 +331,11 @@ mod tests {
     use super::*;
     use crate::fs::detect;
     use crate::fs::test_support::{
-        blkid, copy_used, open, populate, pseudo_random, run, tool, FuseMount,
+        blkid, checked_copy, fuse_or_skip, image_file, open, populate, pseudo_random, run, tool,
+        FuseMount, Made,
     };
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
-    use tempfile::TempDir;
-
-    struct Made {
-        dir: TempDir,
-        image: PathBuf,
-        files: Vec<(String, Vec<u8>)>,
-    }
 
     /// `mkfs.exfat` an image of `size` bytes with `args`, then write `populate`'s tree and a
     /// large file that is deleted again through exfat-fuse. `None` when tools or FUSE are
@@ -349,20 +343,11 @@ mod tests {
     fn make(size: u64, args: &[&str]) -> Option<Made> {
         let mkfs = tool("mkfs.exfat")?;
         tool("fsck.exfat")?;
-        if !Path::new("/dev/fuse").exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "/dev/fuse is required under CI"
-            );
-            eprintln!("SKIPPED: no /dev/fuse");
+        if !fuse_or_skip() {
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .expect("create")
-            .set_len(size)
-            .expect("size");
+        let image = image_file(dir.path(), "fs.img", size);
         run(Command::new(mkfs).args(args).arg(&image));
         let files = {
             let m = FuseMount::new("mount.exfat-fuse", &image, &dir.path().join("mnt"), "rw")?;
@@ -377,11 +362,7 @@ mod tests {
     /// A copy holding only the used extents must pass `fsck.exfat -n` and give back every
     /// file.
     fn assert_copy_restores(made: &Made, used: &Extents) {
-        let copy = made.dir.path().join("copy.img");
-        copy_used(&made.image, used, &copy);
-        run(Command::new(tool("fsck.exfat").expect("fsck.exfat"))
-            .arg("-n")
-            .arg(&copy));
+        let copy = checked_copy(made, used, &["fsck.exfat", "-n"]);
         let m = FuseMount::new(
             "mount.exfat-fuse",
             &copy,

@@ -372,18 +372,7 @@ impl Superblock {
     }
 
     fn uuid_text(&self) -> Option<String> {
-        if self.uuid == [0; 16] {
-            return None;
-        }
-        let hex: String = self.uuid.iter().map(|b| format!("{b:02x}")).collect();
-        Some(format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        ))
+        (self.uuid != [0; 16]).then(|| super::uuid_text(&self.uuid))
     }
 
     fn group_start(&self, group: u64) -> u64 {
@@ -810,20 +799,14 @@ fn indirect_blocks(
 mod tests {
     use super::*;
     use crate::fs::detect;
-    use crate::fs::test_support::{blkid, copy_used, open, populate, pseudo_random, run, tool};
+    use crate::fs::test_support::{
+        blkid, copy_used, image_file, open, populate, pseudo_random, run, tool, Made,
+    };
     use std::os::unix::fs::FileExt;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
-    use tempfile::TempDir;
 
     const UUID: &str = "d1b2c3a4-0102-4304-8506-0708090a0b0c";
-
-    /// A test filesystem image populated from a known tree.
-    struct Made {
-        dir: TempDir,
-        image: PathBuf,
-        files: Vec<(String, Vec<u8>)>,
-    }
 
     /// `mkfs` an image of `size` bytes with `args`, populated with `populate`'s tree.
     /// `None` (test skipped) when e2fsprogs is missing.
@@ -834,11 +817,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = dir.path().join("tree");
         let files = populate(&tree);
-        let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .expect("create")
-            .set_len(size)
-            .expect("size");
+        let image = image_file(dir.path(), "fs.img", size);
         run(Command::new(mkfs)
             .args(["-q", "-F", "-L", "holdtest", "-U", UUID])
             .args(args)
@@ -1160,11 +1139,7 @@ mod tests {
             return;
         };
         let dir = tempfile::tempdir().expect("tempdir");
-        let image = dir.path().join("big.img");
-        std::fs::File::create(&image)
-            .expect("create")
-            .set_len(4 << 30)
-            .expect("size");
+        let image = image_file(dir.path(), "big.img", 4 << 30);
         run(Command::new(mkfs)
             // Without checksums every group has an on-disk bitmap to scan.
             .args(["-q", "-F", "-b", "4096", "-O", "^metadata_csum,^uninit_bg"])

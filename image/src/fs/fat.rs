@@ -321,16 +321,10 @@ impl FilesystemReader for FatReader {
 mod tests {
     use super::*;
     use crate::fs::detect;
-    use crate::fs::test_support::{blkid, copy_used, open, populate, pseudo_random, run, tool};
-    use std::path::PathBuf;
+    use crate::fs::test_support::{
+        blkid, checked_copy, copy_used, image_file, open, populate, pseudo_random, run, tool, Made,
+    };
     use std::process::Command;
-    use tempfile::TempDir;
-
-    struct Made {
-        dir: TempDir,
-        image: PathBuf,
-        files: Vec<(String, Vec<u8>)>,
-    }
 
     fn mtools(name: &str) -> Option<Command> {
         let mut cmd = Command::new(tool(name)?);
@@ -349,11 +343,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let tree = dir.path().join("tree");
         let files = populate(&tree);
-        let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .expect("create")
-            .set_len(size)
-            .expect("size");
+        let image = image_file(dir.path(), "fs.img", size);
         run(Command::new(mkfs).args(args).arg(&image));
         let doomed = dir.path().join("gone.bin");
         std::fs::write(&doomed, pseudo_random(100_000, 5)).expect("write");
@@ -369,11 +359,7 @@ mod tests {
     /// The strong check: a copy holding only the used extents must fsck clean and give back
     /// every file.
     fn assert_copy_restores(made: &Made, used: &Extents) {
-        let copy = made.dir.path().join("copy.img");
-        copy_used(&made.image, used, &copy);
-        run(Command::new(tool("fsck.fat").expect("fsck.fat"))
-            .arg("-n")
-            .arg(&copy));
+        let copy = checked_copy(made, used, &["fsck.fat", "-n"]);
         for (i, (rel, want)) in made.files.iter().enumerate() {
             let out = made.dir.path().join(format!("out{i}"));
             let mut mcopy = mtools("mcopy").expect("mcopy");
@@ -447,11 +433,7 @@ mod tests {
         let mkfs = tool("mkfs.fat")?;
         let fsck = tool("fsck.fat")?;
         let dir = tempfile::tempdir().expect("tempdir");
-        let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .expect("create")
-            .set_len(size)
-            .expect("size");
+        let image = image_file(dir.path(), "fs.img", size);
         run(Command::new(mkfs).args(args).arg(&image));
         let found = detect(&open(&image)).expect("detect").expect("fat");
         let copy = dir.path().join("copy.img");

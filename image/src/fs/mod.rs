@@ -192,6 +192,19 @@ fn padded_text(raw: &[u8]) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
+/// A 16-byte UUID in the text form blkid prints: `8-4-4-4-12` lowercase hex.
+fn uuid_text(u: &[u8; 16]) -> String {
+    let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 /// Call `emit(start, end)` for every maximal run of set bits among the first `nbits` bits of
 /// `bitmap` (bit `i` is bit `i % 8` of byte `i / 8`, the order ext, NTFS and XFS use), in
 /// ascending order. Works a 64-bit word at a time and skips all-zero and all-one words
@@ -327,6 +340,36 @@ pub(crate) mod test_support {
         }
     }
 
+    /// A test volume: its folder, the image file, and (path, content) of the files put in.
+    pub struct Made {
+        pub dir: tempfile::TempDir,
+        pub image: PathBuf,
+        pub files: Vec<(String, Vec<u8>)>,
+    }
+
+    /// A new sparse file `name` of `size` bytes in `dir`.
+    pub fn image_file(dir: &Path, name: &str, size: u64) -> PathBuf {
+        let image = dir.join(name);
+        File::create(&image)
+            .expect("create")
+            .set_len(size)
+            .expect("size");
+        image
+    }
+
+    /// Whether FUSE can be used; a skip with a message when not (a failure under CI).
+    pub fn fuse_or_skip() -> bool {
+        if Path::new("/dev/fuse").exists() {
+            return true;
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "/dev/fuse is required under CI"
+        );
+        eprintln!("SKIPPED: no /dev/fuse");
+        false
+    }
+
     /// Open a file as a byte source.
     pub fn open(path: &Path) -> FileReadAt {
         let file = File::open(path).expect("open image");
@@ -351,6 +394,19 @@ pub(crate) mod test_support {
                 at += n as u64;
             }
         }
+    }
+
+    /// Copy only `used` of `made`'s volume into `copy.img` beside it (what restoring a
+    /// used-sector image gives), and run the filesystem's checker on the copy:
+    /// `fsck` is the program and its arguments, the copy's path comes last; it must pass.
+    pub fn checked_copy(made: &Made, used: &Extents, fsck: &[&str]) -> PathBuf {
+        let copy = made.dir.path().join("copy.img");
+        copy_used(&made.image, used, &copy);
+        let (program, args) = fsck.split_first().expect("a checker");
+        run(Command::new(tool(program).expect("checker"))
+            .args(args)
+            .arg(&copy));
+        copy
     }
 
     /// What `blkid -p` says about a volume, as KEY=value pairs; `None` when blkid is missing.

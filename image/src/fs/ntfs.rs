@@ -569,17 +569,11 @@ mod tests {
     use super::*;
     use crate::fs::detect;
     use crate::fs::test_support::{
-        blkid, copy_used, open, populate, pseudo_random, run, tool, FuseMount,
+        blkid, checked_copy, fuse_or_skip, image_file, open, populate, pseudo_random, run, tool,
+        FuseMount, Made,
     };
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
-    use tempfile::TempDir;
-
-    struct Made {
-        dir: TempDir,
-        image: PathBuf,
-        files: Vec<(String, Vec<u8>)>,
-    }
 
     /// `mkntfs` an image of `size` bytes with `args`; write `populate`'s tree, a sparse file,
     /// a file with an alternate data stream, a page file and a large file deleted again,
@@ -587,20 +581,11 @@ mod tests {
     fn make(size: u64, args: &[&str]) -> Option<Made> {
         let mkntfs = tool("mkntfs")?;
         tool("ntfsfix")?;
-        if !Path::new("/dev/fuse").exists() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "/dev/fuse is required under CI"
-            );
-            eprintln!("SKIPPED: no /dev/fuse");
+        if !fuse_or_skip() {
             return None;
         }
         let dir = tempfile::tempdir().expect("tempdir");
-        let image = dir.path().join("fs.img");
-        std::fs::File::create(&image)
-            .expect("create")
-            .set_len(size)
-            .expect("size");
+        let image = image_file(dir.path(), "fs.img", size);
         run(Command::new(mkntfs)
             .args(["-q", "-F", "-f", "-L", "HOLDTEST"])
             .args(args)
@@ -637,11 +622,7 @@ mod tests {
     /// A copy holding only the used extents must pass `ntfsfix -n`, and give back every file
     /// and the alternate stream.
     fn assert_copy_restores(made: &Made, used: &Extents) {
-        let copy = made.dir.path().join("copy.img");
-        copy_used(&made.image, used, &copy);
-        run(Command::new(tool("ntfsfix").expect("ntfsfix"))
-            .arg("-n")
-            .arg(&copy));
+        let copy = checked_copy(made, used, &["ntfsfix", "-n"]);
         let m = FuseMount::new("ntfs-3g", &copy, &made.dir.path().join("copy-mnt"), "ro")
             .expect("mount");
         for (rel, want) in &made.files {

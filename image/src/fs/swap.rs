@@ -12,7 +12,7 @@
 //! | not recognised (imaged forensically) | a swap partition holding a hibernation image (its signature is replaced, e.g. `S1SUSPEND`: that image is the machine's state), old version-0 areas, big-endian ones |
 //! | refused | a header whose last page lies past the volume, or before the header itself |
 
-use super::{le32, read_at, FilesystemReader, FsError, FsInfo};
+use super::{le32, read_at, uuid_text, FilesystemReader, FsError, FsInfo};
 use crate::extents::Extents;
 use crate::io::ReadAt;
 
@@ -90,20 +90,10 @@ impl FilesystemReader for SwapReader {
         let Some(h) = Header::read(vol)? else {
             return Ok(None);
         };
-        let u = &h.uuid;
-        let hex =
-            |r: std::ops::Range<usize>| u[r].iter().map(|b| format!("{b:02x}")).collect::<String>();
         Ok(Some(FsInfo {
             fs_type: "swap".to_owned(),
             label: h.label,
-            uuid: Some(format!(
-                "{}-{}-{}-{}-{}",
-                hex(0..4),
-                hex(4..6),
-                hex(6..8),
-                hex(8..10),
-                hex(10..16)
-            )),
+            uuid: Some(uuid_text(&h.uuid)),
             fs_size: h.pages * h.page,
             // At most 64 KiB.
             fs_block_size: u32::try_from(h.page).unwrap_or(u32::MAX),
@@ -123,7 +113,7 @@ impl FilesystemReader for SwapReader {
 mod tests {
     use super::*;
     use crate::fs::detect;
-    use crate::fs::test_support::{blkid, copy_used, open, pseudo_random, run, tool};
+    use crate::fs::test_support::{blkid, copy_used, image_file, open, pseudo_random, run, tool};
     use std::os::unix::fs::FileExt;
     use std::process::Command;
 
@@ -135,11 +125,7 @@ mod tests {
             return;
         };
         let dir = tempfile::tempdir().expect("tempdir");
-        let area = dir.path().join("swap.img");
-        std::fs::File::create(&area)
-            .expect("create")
-            .set_len(size)
-            .expect("size");
+        let area = image_file(dir.path(), "swap.img", size);
         let uuid = "8c3b2a1d-4e5f-4a6b-9c7d-0e1f2a3b4c5d";
         run(Command::new(mkswap)
             .args(["-L", "hfswap", "-U", uuid, "-p", &page.to_string()])

@@ -204,15 +204,7 @@ impl Superblock {
     }
 
     fn uuid_text(&self) -> String {
-        let h: Vec<String> = self.uuid.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
-            "{}-{}-{}-{}-{}",
-            h[0..4].concat(),
-            h[4..6].concat(),
-            h[6..8].concat(),
-            h[8..10].concat(),
-            h[10..16].concat()
-        )
+        super::uuid_text(&self.uuid)
     }
 }
 
