@@ -20,6 +20,7 @@ fi
 agent=$(realpath "$agent")
 scripts/vm/setup.sh >&2
 rm -f "$out/results.md" "$out/timings" "$out/pv.img" "$out"/*.hfi
+cp scripts/vm/guest-lvm.sh "$out/"
 lv_mib=$((used * 2 + 256))
 dd_mib=$(( used / 8 > 64 ? 64 : (used / 8 > 16 ? used / 8 : 16) ))
 cat > "$out/guest.sh" <<GUEST
@@ -27,13 +28,8 @@ set -eu
 AGENT='$agent' OUT='$out' USED=$used LV=$lv_mib DD=$dd_mib RUNS=$runs
 GUEST
 cat >> "$out/guest.sh" <<'GUEST'
-modprobe -a loop dm-snapshot dm-thin-pool
-export DM_DISABLE_UDEV=1 LVM_SUPPRESS_FD_WARNINGS=1 LVM_SYSTEM_DIR=/tmp/lvm
-mkdir -p /tmp/lvm /tmp/m
-cat > /tmp/lvm/lvm.conf <<'CONF'
-activation { udev_sync = 0 udev_rules = 0 }
-devices { obtain_device_list_from_udev = 0 }
-CONF
+. "$OUT/guest-lvm.sh"
+mkdir -p /tmp/m
 # The volume group and the images on the host's disk (the VM's /tmp is in its memory).
 truncate -s $((LV * 3 + 1024))M "$OUT/pv.img"
 PV=$(losetup -f --show "$OUT/pv.img")

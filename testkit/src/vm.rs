@@ -25,10 +25,14 @@ pub fn runner(test: &str) -> Option<PathBuf> {
     None
 }
 
+/// `scripts/vm/guest-lvm.sh`: loads the device-mapper modules and sets LVM up without udev.
+const GUEST_LVM: &str = include_str!("../../scripts/vm/guest-lvm.sh");
+
 /// Run `script` (a `/bin/sh` script) as root in a VM booted by `runner`, with `out` shared
 /// read-write and each of `rodirs` read-only; with `network`, the VM reaches this machine's
-/// loopback at 10.0.2.2 (its own address is set up by the script). An error holds the
-/// script's output and the end of the console.
+/// loopback at 10.0.2.2 (its own address is set up by the script). `$OUT/guest-lvm.sh` is
+/// there for the script to source. An error holds the script's output and the end of the
+/// console.
 pub fn run(
     runner: &Path,
     script: &str,
@@ -38,6 +42,9 @@ pub fn run(
 ) -> Result<(), String> {
     let guest = out.join("guest.sh");
     std::fs::write(&guest, script).map_err(|e| format!("cannot write the script: {e}"))?;
+    // What guest scripts source to use device-mapper and LVM (the VM sees no /tmp of ours).
+    std::fs::write(out.join("guest-lvm.sh"), GUEST_LVM)
+        .map_err(|e| format!("cannot write the LVM setup: {e}"))?;
     let mut cmd = Command::new(runner);
     cmd.arg(&guest).arg(out).args(rodirs);
     if network {

@@ -13,8 +13,7 @@ use holdfast_testkit::vm::{self, read_json};
 /// refusals, an overflow, and a run killed while its snapshot exists.
 const GUEST: &str = r#"#!/bin/sh
 set -eux
-modprobe -a loop dm-snapshot dm-crypt
-export DM_DISABLE_UDEV=1
+. "$OUT/guest-lvm.sh"
 mkdir -p /tmp/m/plain /tmp/m/luks /tmp/m/xluks /tmp/m/keyring /tmp/m/restored /tmp/storefs
 truncate -s 520M /tmp/disk.img
 DISK=$(losetup -f --show -P /tmp/disk.img)

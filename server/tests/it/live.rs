@@ -37,16 +37,11 @@ const VOLUMES: [(&str, &str, &str); 6] = [
 /// snapshot of ours exists, start the agent again, and list what is left), and `finish`.
 const GUEST: &str = r#"
 set -eux
-modprobe -a loop dm-snapshot dm-thin-pool dm-crypt virtio_net
+. "$OUT/guest-lvm.sh"
+modprobe virtio_net
 ip link set lo up
 ip link set eth0 up
 ip addr add 10.0.2.15/24 dev eth0
-export DM_DISABLE_UDEV=1 LVM_SUPPRESS_FD_WARNINGS=1 LVM_SYSTEM_DIR=/tmp/lvm
-mkdir -p /tmp/lvm
-cat > /tmp/lvm/lvm.conf <<'CONF'
-activation { udev_sync = 0 udev_rules = 0 }
-devices { obtain_device_list_from_udev = 0 }
-CONF
 truncate -s 1800M /tmp/pv.img
 PV=$(losetup -f --show /tmp/pv.img)
 pvcreate -q "$PV"

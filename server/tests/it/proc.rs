@@ -3,10 +3,11 @@
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 
-/// Run curl (10 s limit); its stdout and stderr.
+/// Run curl (30 s limit: generous for a loaded 2-core machine running VMs beside); its
+/// stdout and stderr.
 pub fn curl(args: &[&str]) -> Option<(String, String)> {
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "10"])
+        .args(["-sS", "--max-time", "30"])
         .args(args)
         .output()
         .ok()?;
