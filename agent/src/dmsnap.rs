@@ -262,6 +262,11 @@ fn depends_on(dev: (u32, u32), on: (u32, u32)) -> bool {
         .is_ok_and(|sys| walk(&sys, on, 0))
 }
 
+/// The device-mapper uuid of our device `name`: `dmsetup info` and udev rules see whose it is.
+fn owned(name: &str) -> String {
+    format!("HOLDFAST-{name}")
+}
+
 /// A snapshot we made; removed (and the source's table swapped back) by
 /// [`Snapshot::remove`], or when dropped.
 pub struct Snapshot {
@@ -308,7 +313,7 @@ impl Snapshot {
         let c = &self.control;
         let size = plan.source.size() / 512;
         let real = format!("{}-real", self.name);
-        let real_dev = c.create(&real, None)?;
+        let real_dev = c.create(&real, Some(&owned(&real)))?;
         c.load(&real, &self.original, false)?;
         c.resume(&real)?;
         let cow_dev = match &plan.store {
@@ -331,7 +336,7 @@ impl Snapshot {
                 real_dev.0, real_dev.1, cow_dev.0, cow_dev.1
             ),
         );
-        let snap_dev = c.create(&self.name, None)?;
+        let snap_dev = c.create(&self.name, Some(&owned(&self.name)))?;
         c.load(&self.name, &[snapshot], false)?;
         let origin = Target::new(
             0,

@@ -123,6 +123,7 @@ kill -KILL $VICTIM
 wait $VICTIM || true
 dmsetup table hfplain > "$OUT/killed-table.txt"
 dmsetup ls > "$OUT/dm-killed.txt"
+dmsetup info -c --noheadings -o uuid "holdfast-snap-$VICTIM-real" > "$OUT/killed-uuid.txt"
 ls -A /tmp/storefs/snaps > "$OUT/store-killed.txt"
 echo "written while the origin" > /tmp/m/plain/after-kill.txt
 sync
@@ -259,6 +260,11 @@ fn device_mapper_devices_are_snapshotted_by_swapping_their_table_in_a_vm() {
         text("dm-killed.txt").contains("-real"),
         "{}",
         text("dm-killed.txt")
+    );
+    assert!(
+        text("killed-uuid.txt").starts_with("HOLDFAST-holdfast-snap-"),
+        "our devices say whose they are: {}",
+        text("killed-uuid.txt")
     );
     assert!(
         text("store-killed.txt").contains(".cow"),
