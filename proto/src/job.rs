@@ -159,6 +159,10 @@ pub struct ImageTask {
     pub encryption: Option<String>,
     /// The image password (encryption, and opening an encrypted base).
     pub password: Option<Secret>,
+    /// The passphrase of the LUKS volume being imaged: its contents are then stored
+    /// decrypted, by the used blocks of the filesystem inside, in the encrypted image.
+    #[serde(default)]
+    pub luks_passphrase: Option<Secret>,
     /// Split into parts of at most this many bytes.
     pub split_size: Option<u64>,
     /// Validate the image after writing it.

@@ -1,5 +1,5 @@
-//! The credentials vault: secrets (target passwords and keys, image passwords, the SMTP
-//! password) are sealed with AES-256-GCM under the server's master key before they reach
+//! The credentials vault: secrets (target passwords and keys, image passwords, jobs' LUKS
+//! passphrases, the SMTP password) are sealed with AES-256-GCM under the server's master key before they reach
 //! the store, and opened only to travel to an agent inside a job or to log in to SMTP.
 //!
 //! The master key is 32 random bytes, base64 in `DATA/master.key` (created on first start,

@@ -257,6 +257,8 @@
       if (body.split_mib) spec.split_size = body.split_mib * 1048576;
       const out = { name: body.name || "", enabled: !!body.enabled, spec };
       if (body.password) out.password = body.password;
+      if (body.luks_passphrase) out.luks_passphrase = body.luks_passphrase;
+      if (body.clear_luks_passphrase) out.clear_luks_passphrase = true;
       return out;
     },
     alerts(body) {

@@ -148,6 +148,7 @@ struct JobPage {
     job: JobLine,
     spec_json: String,
     password: bool,
+    luks_passphrase: bool,
     agents: Vec<(i64, String)>,
     runs: Vec<RunLine>,
 }
@@ -222,6 +223,7 @@ pub async fn show(
         job,
         spec_json: serde_json::to_string_pretty(&spec).unwrap_or_default(),
         password: j.secret.is_some(),
+        luks_passphrase: j.luks_secret.is_some(),
         agents,
         runs,
     }))
@@ -248,6 +250,7 @@ struct JobForm {
     /// The job as JSON (name, enabled, spec) for the page's script to fill the form.
     current: String,
     password: bool,
+    luks_passphrase: bool,
     agents: Vec<AgentOption>,
     sites: Vec<(i64, String)>,
     targets: Vec<(i64, String)>,
@@ -258,12 +261,19 @@ struct JobForm {
     sched: &'static str,
 }
 
+/// Which secrets a job has stored: the form says "set" for them.
+#[derive(Default, Clone, Copy)]
+struct StoredSecrets {
+    password: bool,
+    luks_passphrase: bool,
+}
+
 async fn form(
     state: &AppState,
     session: &Session,
     id: i64,
     current: String,
-    password: bool,
+    stored: StoredSecrets,
 ) -> PageResult {
     session.require(Role::Operator)?;
     let sites: Vec<(i64, String)> = site_names(state).await?;
@@ -344,7 +354,8 @@ async fn form(
         shell: session.shell("jobs"),
         id,
         current,
-        password,
+        password: stored.password,
+        luks_passphrase: stored.luks_passphrase,
         agents,
         sites,
         targets,
@@ -370,7 +381,14 @@ pub async fn new(State(state): State<AppState>, session: Session) -> PageResult 
             "retention": {"keep_last": 2},
         }
     });
-    form(&state, &session, 0, current.to_string(), false).await
+    form(
+        &state,
+        &session,
+        0,
+        current.to_string(),
+        StoredSecrets::default(),
+    )
+    .await
 }
 
 pub async fn edit(
@@ -386,7 +404,10 @@ pub async fn edit(
         &session,
         id,
         current.to_string(),
-        j.secret.is_some(),
+        StoredSecrets {
+            password: j.secret.is_some(),
+            luks_passphrase: j.luks_secret.is_some(),
+        },
     )
     .await
 }

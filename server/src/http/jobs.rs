@@ -16,8 +16,8 @@ use super::{attachment, AppState, Page, PageQuery, Stored};
 use crate::auth::Role;
 use crate::jobs::job_xml;
 use crate::jobs::spec::JobSpec;
-use crate::jobs::{job_context, DispatchError};
-use crate::store::jobs::{JobRow, LastRun, RunFilter};
+use crate::jobs::{job_context, job_luks_context, DispatchError};
+use crate::store::jobs::{JobRow, JobSecret, LastRun, RunFilter};
 use crate::store::{Change, RunState};
 
 pub fn router() -> Router<AppState> {
@@ -32,7 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/jobs/{id}/export", get(export))
 }
 
-/// A job as operators write it. The image password is write-only.
+/// A job as operators write it. The image password and the LUKS passphrase are write-only.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobBody {
@@ -47,7 +47,19 @@ pub struct JobBody {
     /// Forget the stored password.
     #[serde(default)]
     clear_password: bool,
+    /// Passphrase of the LUKS volume the job images (kept in the vault, never shown): its
+    /// contents are then stored decrypted, by the used blocks of the filesystem inside, in
+    /// the job's encrypted image. Only for a job that encrypts.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    luks_passphrase: Option<Zeroizing<String>>,
+    /// Forget the stored LUKS passphrase.
+    #[serde(default)]
+    clear_luks_passphrase: bool,
 }
+
+/// The longest LUKS passphrase taken, in bytes (cryptsetup's own limit is 512).
+const MAX_LUKS_PASSPHRASE: usize = 512;
 
 fn yes() -> bool {
     true
@@ -63,7 +75,14 @@ pub struct JobExport {
 }
 
 impl JobBody {
-    async fn check(&self, state: &AppState, stored_password: bool) -> Result<String, ApiError> {
+    /// The definition as stored, once checked; `stored_password` and `stored_luks` say which
+    /// secrets the job has already.
+    async fn check(
+        &self,
+        state: &AppState,
+        stored_password: bool,
+        stored_luks: bool,
+    ) -> Result<String, ApiError> {
         let name = self.name.trim();
         if name.is_empty() || name.chars().count() > 100 {
             return Err(ApiError::Invalid("name must be 1 to 100 characters".into()));
@@ -74,6 +93,18 @@ impl JobBody {
         if self.spec.encryption.is_some() && !has_password {
             return Err(ApiError::Invalid(
                 "an encrypting job needs a password".into(),
+            ));
+        }
+        let new_luks = self.luks_passphrase.as_ref().filter(|p| !p.is_empty());
+        if new_luks.is_some_and(|p| p.len() > MAX_LUKS_PASSPHRASE) {
+            return Err(ApiError::Invalid(format!(
+                "the LUKS passphrase must be at most {MAX_LUKS_PASSPHRASE} bytes"
+            )));
+        }
+        let has_luks = new_luks.is_some() || (stored_luks && !self.clear_luks_passphrase);
+        if has_luks && self.spec.encryption.is_none() {
+            return Err(ApiError::Invalid(
+                "a job with a LUKS passphrase must encrypt its images: the volume's contents are stored decrypted".into(),
             ));
         }
         serde_json::to_string(&self.spec).map_err(|e| ApiError::Internal(e.to_string()))
@@ -187,6 +218,8 @@ struct JobView {
     spec: JobSpec,
     /// The image password, when the job encrypts.
     password: Stored,
+    /// The passphrase of the LUKS volume it images.
+    luks_passphrase: Stored,
     last_run: Option<LastRun>,
     created_at: i64,
     updated_at: i64,
@@ -220,22 +253,40 @@ struct Cancelled {
     errors: Vec<String>,
 }
 
-/// Seal and store the password of job `id` as `body` asks.
-async fn store_password(
+/// Seal and store the password and LUKS passphrase of job `id` as `body` asks.
+async fn store_secrets(
     state: &AppState,
     change: &mut Change,
     id: i64,
     body: &JobBody,
 ) -> Result<(), ApiError> {
+    let seal = |context: String, p: &str| {
+        state
+            .vault
+            .seal(&context, p.as_bytes())
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    };
     if body.clear_password {
-        change.set_job_secret(id, None).await?;
+        change
+            .set_job_secret(id, JobSecret::ImagePassword, None)
+            .await?;
     }
     if let Some(p) = body.password.as_ref().filter(|p| !p.is_empty()) {
-        let sealed = state
-            .vault
-            .seal(&job_context(id), p.as_bytes())
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-        change.set_job_secret(id, Some(&sealed)).await?;
+        let sealed = seal(job_context(id), p)?;
+        change
+            .set_job_secret(id, JobSecret::ImagePassword, Some(&sealed))
+            .await?;
+    }
+    if body.clear_luks_passphrase {
+        change
+            .set_job_secret(id, JobSecret::LuksPassphrase, None)
+            .await?;
+    }
+    if let Some(p) = body.luks_passphrase.as_ref().filter(|p| !p.is_empty()) {
+        let sealed = seal(job_luks_context(id), p)?;
+        change
+            .set_job_secret(id, JobSecret::LuksPassphrase, Some(&sealed))
+            .await?;
     }
     Ok(())
 }
@@ -260,6 +311,7 @@ fn shown(j: &JobRow, last_run: Option<LastRun>) -> Result<JobView, ApiError> {
         enabled: j.enabled,
         spec,
         password: Stored::when(j.secret.is_some()),
+        luks_passphrase: Stored::when(j.luks_secret.is_some()),
         last_run,
         created_at: j.created_at,
         updated_at: j.updated_at,
@@ -310,12 +362,12 @@ async fn create(
     ApiJson(body): ApiJson<JobBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let spec = body.check(&state, false).await?;
+    let spec = body.check(&state, false, false).await?;
     let mut change = state.store.change(&caller.user.name).await?;
     let j = change
         .create_job(body.name.trim(), body.enabled, &spec)
         .await?;
-    store_password(&state, &mut change, j.id, &body).await?;
+    store_secrets(&state, &mut change, j.id, &body).await?;
     change
         .commit("create_job", &format!("job:{}", j.id), &j.name)
         .await?;
@@ -345,13 +397,15 @@ async fn update(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
     let old = find(&state, id).await?;
-    let spec = body.check(&state, old.secret.is_some()).await?;
+    let spec = body
+        .check(&state, old.secret.is_some(), old.luks_secret.is_some())
+        .await?;
     let mut change = state.store.change(&caller.user.name).await?;
     change
         .update_job(id, body.name.trim(), body.enabled, &spec)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
-    store_password(&state, &mut change, id, &body).await?;
+    store_secrets(&state, &mut change, id, &body).await?;
     change
         .commit("update_job", &format!("job:{id}"), body.name.trim())
         .await?;
@@ -595,6 +649,8 @@ async fn import(
         spec: doc.spec,
         password: None,
         clear_password: false,
+        luks_passphrase: None,
+        clear_luks_passphrase: false,
     };
     let name = body.name.trim();
     if name.is_empty() || name.chars().count() > 100 {

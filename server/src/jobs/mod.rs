@@ -86,6 +86,12 @@ pub fn job_context(id: i64) -> String {
     format!("job:{id}")
 }
 
+/// The vault context of a job's LUKS passphrase: apart from its image password's, so that
+/// one sealed value does not open as the other.
+pub fn job_luks_context(id: i64) -> String {
+    format!("job-luks:{id}")
+}
+
 /// The latest progress of a running run, as the console shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LiveProgress {
@@ -461,16 +467,18 @@ impl Dispatcher {
             })
             .unwrap_or_default();
         let access = self.access(target)?;
-        let password = match &job.secret {
-            Some(sealed) => {
-                let plain = self.vault.unseal(&job_context(job.id), sealed)?;
-                Some(Secret::new(String::from_utf8_lossy(&plain).into_owned()))
-            }
-            None => None,
-        };
+        let password = self.unseal_job_secret(&job_context(job.id), job.secret.as_deref())?;
         if spec.encryption.is_some() && password.is_none() {
             return Err(DispatchError::Spec(
                 "the job encrypts but has no password set".into(),
+            ));
+        }
+        let luks_passphrase =
+            self.unseal_job_secret(&job_luks_context(job.id), job.luks_secret.as_deref())?;
+        // The volume's contents travel decrypted: only into an encrypted image.
+        if luks_passphrase.is_some() && spec.encryption.is_none() {
+            return Err(DispatchError::Spec(
+                "the job has a LUKS passphrase but does not encrypt its images".into(),
             ));
         }
         Ok(JobOrder {
@@ -486,6 +494,7 @@ impl Dispatcher {
                 compression_level: spec.compression_level,
                 encryption: spec.encryption.clone(),
                 password,
+                luks_passphrase,
                 split_size: spec.split_size,
                 verify: spec.verify,
                 overwrite: spec.overwrite,
@@ -507,6 +516,21 @@ impl Dispatcher {
             delete_after,
             after_job: spec.after_job,
         })
+    }
+
+    /// A job's secret sealed under `context`, opened for its order.
+    fn unseal_job_secret(
+        &self,
+        context: &str,
+        sealed: Option<&str>,
+    ) -> Result<Option<Secret>, DispatchError> {
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let plain = self.vault.unseal(context, sealed)?;
+        Ok(Some(Secret::new(
+            String::from_utf8_lossy(&plain).into_owned(),
+        )))
     }
 
     /// How an agent reaches `target`: its URL and its credentials opened from the vault.

@@ -6,6 +6,15 @@ use sqlx::{AssertSqlSafe, Row as _};
 use super::states::RunState;
 use super::{now, Change, Store, StoreError};
 
+/// Which of a job's sealed secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobSecret {
+    /// The image password (`secret`).
+    ImagePassword,
+    /// The passphrase of the LUKS volume it images (`luks_secret`).
+    LuksPassphrase,
+}
+
 /// A job as stored: its definition is JSON (see `crate::jobs::spec::JobSpec`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct JobRow {
@@ -16,6 +25,9 @@ pub struct JobRow {
     /// The sealed image password; never serialised.
     #[serde(skip)]
     pub secret: Option<String>,
+    /// The sealed passphrase of the LUKS volume it images; never serialised.
+    #[serde(skip)]
+    pub luks_secret: Option<String>,
     /// The target its definition names (kept in a column beside it, with a foreign key).
     pub target_id: Option<i64>,
     pub created_at: i64,
@@ -92,7 +104,8 @@ pub struct NewImage<'a> {
     pub verified: Option<bool>,
 }
 
-const JOB_COLUMNS: &str = "id, name, enabled, spec, secret, target_id, created_at, updated_at";
+const JOB_COLUMNS: &str =
+    "id, name, enabled, spec, secret, luks_secret, target_id, created_at, updated_at";
 const RUN_COLUMNS: &str = "id, job_id, agent_id, name, cause, scheduled_for, state, created_at, started_at, ended_at, bytes_read, bytes_written, report";
 const IMAGE_COLUMNS: &str = "id, run_id, job_id, agent_id, target_id, name, method, base_name, image_id, bytes, verified, created_at, deleted_at";
 
@@ -103,6 +116,7 @@ fn job(r: &sqlx::any::AnyRow) -> Result<JobRow, sqlx::Error> {
         enabled: r.try_get::<i64, _>("enabled")? != 0,
         spec: r.try_get("spec")?,
         secret: r.try_get("secret")?,
+        luks_secret: r.try_get("luks_secret")?,
         target_id: r.try_get("target_id")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -762,13 +776,22 @@ impl Change {
         Ok(Some(row))
     }
 
-    /// Replace the sealed image password (`None` clears it).
+    /// Replace one of the job's sealed secrets (`None` clears it).
     pub async fn set_job_secret(
         &mut self,
         id: i64,
+        which: JobSecret,
         sealed: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET secret = $1, updated_at = $2 WHERE id = $3")
+        let sql = match which {
+            JobSecret::ImagePassword => {
+                "UPDATE jobs SET secret = $1, updated_at = $2 WHERE id = $3"
+            }
+            JobSecret::LuksPassphrase => {
+                "UPDATE jobs SET luks_secret = $1, updated_at = $2 WHERE id = $3"
+            }
+        };
+        sqlx::query(sql)
             .bind(sealed)
             .bind(now())
             .bind(id)

@@ -10,12 +10,15 @@ use tower::ServiceExt as _;
 use holdfast_server::app::{app, AppState};
 use holdfast_server::http::SESSION_COOKIE;
 use holdfast_server::serve::first_admin;
+use holdfast_server::store::jobs::JobSecret;
 use holdfast_server::store::{RunState, Store};
 
 struct Api {
     app: axum::Router,
     store: Store,
-    _dir: tempfile::TempDir,
+    /// The agents' gateway, where a simulated agent can take orders.
+    gateway: std::sync::Arc<holdfast_server::gateway::Gateway>,
+    dir: tempfile::TempDir,
 }
 
 struct Reply {
@@ -40,9 +43,10 @@ impl Api {
         )
         .expect("state");
         Self {
+            gateway: state.gateway.clone(),
             app: app(state),
             store,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -727,6 +731,22 @@ async fn every_route_refuses_anonymous_and_lower_roles() {
     }
 }
 
+/// An agent `web01`, enrolled through the store: its id.
+async fn enrolled_agent(store: &Store) -> i64 {
+    changed(store, async |c| {
+        c.create_enrollment_token("t", "token-hash", 1, i64::MAX, "admin")
+            .await
+    })
+    .await
+    .expect("token");
+    changed(store, async |c| {
+        c.enroll_agent("token-hash", "web01", "secret-hash").await
+    })
+    .await
+    .expect("enrol")
+    .expect("agent")
+}
+
 /// Targets and jobs: input checked with clear errors, secrets write-only, what a job names
 /// must exist, and a run whose agent is offline ends with a report saying so.
 #[tokio::test]
@@ -739,18 +759,7 @@ async fn targets_and_jobs_check_input_and_keep_secrets() {
         async move { api.call(m, &p, Some(&admin), b).await }
     };
     // An agent, enrolled through the store.
-    changed(&api.store, async |c| {
-        c.create_enrollment_token("t", "token-hash", 1, i64::MAX, "admin")
-            .await
-    })
-    .await
-    .expect("token");
-    let agent = changed(&api.store, async |c| {
-        c.enroll_agent("token-hash", "web01", "secret-hash").await
-    })
-    .await
-    .expect("enrol")
-    .expect("agent");
+    let agent = enrolled_agent(&api.store).await;
 
     for (body, says) in [
         (json!({"name": "a", "url": "http://nas/x"}), "scheme"),
@@ -1061,6 +1070,259 @@ async fn targets_and_jobs_check_input_and_keep_secrets() {
         .secret
         .as_deref()
         .is_some_and(|s| s.starts_with("v1:") && !s.contains("target-pw-42")));
+}
+
+/// A job's LUKS passphrase: only for a job that encrypts, sealed under its own context,
+/// write-only (not in the job, its list, its export or its console pages), in the order its
+/// agent gets, and forgotten when cleared.
+#[tokio::test]
+async fn a_jobs_luks_passphrase_needs_encryption_stays_sealed_and_reaches_the_order() {
+    use holdfast_server::jobs::{job_context, job_luks_context};
+    use holdfast_server::vault::Vault;
+
+    const LUKS: &str = "luks passphrase 31";
+    const IMAGE: &str = "image password 31";
+    let api = Api::new().await;
+    let admin = api.login("admin", "admin-password-1").await;
+    let call = |m: &'static str, p: String, b: Option<Value>| {
+        let admin = admin.clone();
+        let api = &api;
+        async move { api.call(m, &p, Some(&admin), b).await }
+    };
+    let agent = enrolled_agent(&api.store).await;
+    let r = call(
+        "POST",
+        "/api/v1/targets".into(),
+        Some(json!({"name": "nas", "url": "/srv/images"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let target = r.body["id"].as_i64().expect("id");
+    let plain = json!({"agents": [agent], "source": "/dev/vg0/secret", "target_id": target});
+    let mut encrypted = plain.clone();
+    encrypted["encryption"] = json!("aes256");
+
+    // Refused: no encryption (the contents would be stored in clear), and too long.
+    let r = call(
+        "POST",
+        "/api/v1/jobs".into(),
+        Some(json!({"name": "luks", "spec": plain, "luks_passphrase": LUKS})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["message"],
+        "a job with a LUKS passphrase must encrypt its images: the volume's contents are stored decrypted",
+        "{}",
+        r.body
+    );
+    let r = call(
+        "POST",
+        "/api/v1/jobs".into(),
+        Some(
+            json!({"name": "luks", "spec": encrypted, "password": IMAGE, "luks_passphrase": "x".repeat(513)}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(r.body.to_string().contains("512 bytes"), "{}", r.body);
+
+    // Stored with an encrypting job, shown only as set.
+    let r = call(
+        "POST",
+        "/api/v1/jobs".into(),
+        Some(
+            json!({"name": "luks", "spec": encrypted, "password": IMAGE, "luks_passphrase": LUKS}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["luks_passphrase"], "set", "{}", r.body);
+    assert_eq!(r.body["password"], "set", "{}", r.body);
+    let job = r.body["id"].as_i64().expect("id");
+    for path in [
+        format!("/api/v1/jobs/{job}"),
+        "/api/v1/jobs".into(),
+        format!("/api/v1/jobs/{job}/export"),
+        format!("/api/v1/jobs/{job}/export?format=xml"),
+        format!("/jobs/{job}"),
+        format!("/jobs/{job}/edit"),
+    ] {
+        let r = call("GET", path.clone(), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        let text = r.body.to_string();
+        assert!(
+            !text.contains(LUKS) && !text.contains(IMAGE),
+            "{path}: {text}"
+        );
+    }
+    let r = call("GET", format!("/api/v1/jobs/{job}"), None).await;
+    assert_eq!(r.body["luks_passphrase"], "set", "{}", r.body);
+    let r = call("GET", format!("/jobs/{job}/edit"), None).await;
+    assert!(
+        r.body
+            .to_string()
+            .contains("Forget the stored LUKS passphrase"),
+        "{}",
+        r.body
+    );
+    // Export has no passphrase, and an import sets none (nor can a file carry one).
+    let r = call("GET", format!("/api/v1/jobs/{job}/export"), None).await;
+    let mut doc = r.body.clone();
+    doc["name"] = json!("luks copy");
+    let r = call("POST", "/api/v1/jobs/import".into(), Some(doc.clone())).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["luks_passphrase"], "not set", "{}", r.body);
+    doc["name"] = json!("luks smuggled");
+    doc["luks_passphrase"] = json!(LUKS);
+    let r = call("POST", "/api/v1/jobs/import".into(), Some(doc)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+
+    // Sealed in the store under its own context: it does not open as the image password.
+    let stored = api.store.job(job).await.expect("read").expect("job");
+    let sealed = stored.luks_secret.expect("sealed");
+    assert!(
+        sealed.starts_with("v1:") && !sealed.contains(LUKS),
+        "{sealed}"
+    );
+    let vault = Vault::open(api.dir.path(), None).expect("vault");
+    assert_eq!(
+        vault
+            .unseal(&job_luks_context(job), &sealed)
+            .expect("opens")
+            .as_slice(),
+        LUKS.as_bytes()
+    );
+    assert!(vault.unseal(&job_context(job), &sealed).is_err());
+    assert!(vault
+        .unseal(
+            &job_luks_context(job),
+            stored.secret.as_deref().expect("password")
+        )
+        .is_err());
+
+    // Kept by an edit that does not name it; an edit that stops encrypting is refused
+    // while it is stored.
+    let r = call(
+        "PUT",
+        format!("/api/v1/jobs/{job}"),
+        Some(json!({"name": "luks", "spec": encrypted})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["luks_passphrase"], "set", "{}", r.body);
+    let r = call(
+        "PUT",
+        format!("/api/v1/jobs/{job}"),
+        Some(json!({"name": "luks", "spec": plain, "clear_password": true})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(r.body.to_string().contains("must encrypt"), "{}", r.body);
+
+    // The agent's order carries it, beside the image password.
+    let sim = crate::scheduler::SimAgent::connect(&api.gateway, agent);
+    let r = call("POST", format!("/api/v1/jobs/{job}/run"), None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let run = r.body["runs"][0]["id"].as_i64().expect("run id");
+    let orders = sim.wait_orders(1).await;
+    let image = &orders[0]["order"]["image"];
+    assert_eq!(image["luks_passphrase"], LUKS, "{image}");
+    assert_eq!(image["password"], IMAGE, "{image}");
+    assert!(api
+        .store
+        .run_ended_here(run, RunState::Failed, "{}")
+        .await
+        .expect("ended"));
+
+    // Cleared: not set, gone from the store and from the next order.
+    let r = call(
+        "PUT",
+        format!("/api/v1/jobs/{job}"),
+        Some(json!({"name": "luks", "spec": encrypted, "clear_luks_passphrase": true})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["luks_passphrase"], "not set", "{}", r.body);
+    assert_eq!(r.body["password"], "set", "{}", r.body);
+    let stored = api.store.job(job).await.expect("read").expect("job");
+    assert!(stored.luks_secret.is_none());
+    let r = call("POST", format!("/api/v1/jobs/{job}/run"), None).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let run = r.body["runs"][0]["id"].as_i64().expect("run id");
+    let orders = sim.wait_orders(2).await;
+    assert!(
+        orders[1]["order"]["image"]["luks_passphrase"].is_null(),
+        "{}",
+        orders[1]
+    );
+    assert!(api
+        .store
+        .run_ended_here(run, RunState::Failed, "{}")
+        .await
+        .expect("ended"));
+
+    // A passphrase that reached a job that does not encrypt (not through the API) is never
+    // sent: the start is refused and its run ends failed, saying why.
+    let r = call(
+        "POST",
+        "/api/v1/jobs".into(),
+        Some(json!({"name": "plain", "spec": plain})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let bare = r.body["id"].as_i64().expect("id");
+    let sealed = vault
+        .seal(&job_luks_context(bare), LUKS.as_bytes())
+        .expect("seal");
+    changed(&api.store, async |c| {
+        c.set_job_secret(bare, JobSecret::LuksPassphrase, Some(&sealed))
+            .await
+    })
+    .await
+    .expect("stored");
+    let r = call("POST", format!("/api/v1/jobs/{bare}/run"), None).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    assert!(
+        r.body.to_string().contains("does not encrypt"),
+        "{}",
+        r.body
+    );
+    let runs = api
+        .store
+        .runs(
+            &holdfast_server::store::jobs::RunFilter {
+                job_id: Some(bare),
+                ..Default::default()
+            },
+            i64::MAX,
+            10,
+        )
+        .await
+        .expect("runs");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].state, RunState::Failed);
+    assert!(runs[0]
+        .report
+        .as_deref()
+        .is_some_and(|t| t.contains("does not encrypt")));
+    assert_eq!(sim.orders().len(), 2, "{:?}", sim.orders());
+    sim.task.abort();
+
+    // The OpenAPI document has the fields: written in the body, shown as set in the view.
+    let r = api.call("GET", "/api/v1/openapi.json", None, None).await;
+    let schemas = &r.body["components"]["schemas"];
+    for (schema, field) in [
+        ("JobBody", "luks_passphrase"),
+        ("JobBody", "clear_luks_passphrase"),
+        ("JobView", "luks_passphrase"),
+    ] {
+        assert!(
+            schemas[schema]["properties"][field].is_object(),
+            "{schema}.{field}: {}",
+            schemas[schema]
+        );
+    }
 }
 
 #[tokio::test]

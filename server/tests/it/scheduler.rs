@@ -23,14 +23,15 @@ fn at(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// An agent on the gateway that accepts every order and keeps it.
-struct SimAgent {
+/// An agent on the gateway that accepts every order and keeps it (the API's tests use it
+/// too).
+pub(crate) struct SimAgent {
     orders: Arc<Mutex<Vec<Value>>>,
-    task: tokio::task::JoinHandle<()>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
 }
 
 impl SimAgent {
-    fn connect(gateway: &Arc<Gateway>, id: i64) -> Self {
+    pub(crate) fn connect(gateway: &Arc<Gateway>, id: i64) -> Self {
         let mut reg = gateway.register(id);
         let orders = Arc::new(Mutex::new(Vec::new()));
         let (g, o) = (gateway.clone(), orders.clone());
@@ -53,12 +54,12 @@ impl SimAgent {
         Self { orders, task }
     }
 
-    fn orders(&self) -> Vec<Value> {
+    pub(crate) fn orders(&self) -> Vec<Value> {
         self.orders.lock().expect("orders").clone()
     }
 
     /// Wait until `n` orders arrived (deliveries run in tasks).
-    async fn wait_orders(&self, n: usize) -> Vec<Value> {
+    pub(crate) async fn wait_orders(&self, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             let o = self.orders();

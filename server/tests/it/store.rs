@@ -2,6 +2,7 @@
 
 use crate::changed;
 use holdfast_server::auth::Role;
+use holdfast_server::store::jobs::JobSecret;
 use holdfast_server::store::{RunState, Store, StoreError};
 
 use crate::postgres::Postgres;
@@ -254,6 +255,40 @@ async fn exercise_jobs(store: &Store) {
         .await
         .expect("job");
     assert_eq!(j.target_id, Some(t.id));
+    assert_eq!(
+        (j.secret.as_deref(), j.luks_secret.as_deref()),
+        (None, None)
+    );
+    // The image password and the LUKS passphrase: sealed values in columns of their own,
+    // each set and cleared alone, in every list of jobs.
+    changed(store, async |c| {
+        c.set_job_secret(j.id, JobSecret::ImagePassword, Some("v1:image"))
+            .await?;
+        c.set_job_secret(j.id, JobSecret::LuksPassphrase, Some("v1:luks"))
+            .await
+    })
+    .await
+    .expect("secrets");
+    let row = store.job(j.id).await.expect("get").expect("job");
+    assert_eq!(
+        (row.secret.as_deref(), row.luks_secret.as_deref()),
+        (Some("v1:image"), Some("v1:luks"))
+    );
+    let listed = store.jobs_with_last_run(0, 100).await.expect("jobs");
+    assert!(listed
+        .iter()
+        .any(|(r, _)| r.id == j.id && r.luks_secret.as_deref() == Some("v1:luks")));
+    changed(store, async |c| {
+        c.set_job_secret(j.id, JobSecret::LuksPassphrase, None)
+            .await
+    })
+    .await
+    .expect("clear");
+    let row = store.job(j.id).await.expect("get").expect("job");
+    assert_eq!(
+        (row.secret.as_deref(), row.luks_secret.as_deref()),
+        (Some("v1:image"), None)
+    );
     // The database's foreign key refuses, and the error names the job that uses it.
     match changed(store, async |c| c.delete_target(t.id).await).await {
         Err(holdfast_server::store::StoreError::InUse(why)) => {
