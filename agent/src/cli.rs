@@ -21,6 +21,8 @@ pub struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create, inspect, validate, restore, merge and convert images.
@@ -150,6 +152,14 @@ pub struct CreateArgs {
     /// default their clusters are stored as zeros: Windows makes them anew).
     #[arg(long)]
     pub keep_windows_system_files: bool,
+    /// File whose first line is the passphrase of the LUKS volume being imaged (else
+    /// HOLDFAST_LUKS_PASSPHRASE): its contents are then stored decrypted, by the used blocks
+    /// of the filesystem inside, in an encrypted image.
+    #[arg(long, conflicts_with = "luks_key_file")]
+    pub luks_passphrase_file: Option<PathBuf>,
+    /// Key file of the LUKS volume being imaged (used as it is, as cryptsetup --key-file).
+    #[arg(long)]
+    pub luks_key_file: Option<PathBuf>,
     /// Store only blocks changed since --base (the newest image of the chain).
     #[arg(long, requires = "base", conflicts_with = "differential")]
     pub incremental: bool,
@@ -295,6 +305,18 @@ pub struct RestoreArgs {
     /// Password file (else HOLDFAST_PASSWORD).
     #[arg(long)]
     pub password_file: Option<PathBuf>,
+    /// For an image of a LUKS volume's decrypted contents: file whose first line is the
+    /// volume's passphrase (else HOLDFAST_LUKS_PASSPHRASE), to open it once its header is
+    /// written back.
+    #[arg(long, conflicts_with = "luks_key_file")]
+    pub luks_passphrase_file: Option<PathBuf>,
+    /// For an image of a LUKS volume's decrypted contents: the volume's key file.
+    #[arg(long)]
+    pub luks_key_file: Option<PathBuf>,
+    /// For an image of a LUKS volume's decrypted contents: restore only the contents (the
+    /// filesystem inside), unencrypted, without the LUKS header.
+    #[arg(long, conflicts_with_all = ["luks_passphrase_file", "luks_key_file"])]
+    pub decrypted: bool,
     /// Overwrite sectors the image does not hold with zeros.
     #[arg(long)]
     pub zero_unused: bool,

@@ -67,18 +67,7 @@ impl Mapping {
     /// Read the live mapping `name`'s table; an error that says why when its key cannot be
     /// had (kept only inside the kernel) or the table is not one crypt segment.
     pub fn read(name: &str) -> Result<Self> {
-        let out = Command::new("dmsetup")
-            .args(["table", "--showkeys", name])
-            .output()
-            .context("cannot run dmsetup")?;
-        if !out.status.success() {
-            bail!(
-                "dmsetup cannot read the table of {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let text = Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
-        drop(out);
+        let text = table(name, true)?;
         let mapping = Self::parse(name, &text)?;
         if let Some(described) = mapping.fields[4].strip_prefix(':') {
             // `:size:type:description`: usable while that key is in a keyring we can see.
@@ -158,6 +147,26 @@ impl Mapping {
         }
         Ok(Path::new("/dev/mapper").join(name))
     }
+}
+
+/// The table of the mapping `name` (`dmsetup table`), with its key when `with_key`.
+pub fn table(name: &str, with_key: bool) -> Result<Zeroizing<String>> {
+    let mut cmd = Command::new("dmsetup");
+    cmd.arg("table");
+    if with_key {
+        cmd.arg("--showkeys");
+    }
+    let out = cmd.arg(name).output().context("cannot run dmsetup")?;
+    if !out.status.success() {
+        bail!(
+            "dmsetup cannot read the table of {name}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
+    // The output's own buffer held the key too.
+    Zeroizing::new(out.stdout);
+    Ok(text)
 }
 
 /// Why the LUKS mapping `name`'s key cannot be had.

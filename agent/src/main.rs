@@ -16,6 +16,7 @@ mod freeze;
 mod image_cmd;
 mod inventory;
 mod link;
+mod luks;
 mod lvm;
 mod outcome;
 mod output;

@@ -355,6 +355,33 @@ impl<'a> ChainBlocks<'a> {
     }
 }
 
+impl ChainBlocks<'_> {
+    /// The chain point's bytes `[start, start + len)`: stored blocks read and checked, the
+    /// others as zeros. E.g. the header of an encrypted volume, written before its contents.
+    pub fn read_bytes(&self, start: u64, len: u64) -> Result<Vec<u8>> {
+        let size = self.size();
+        let end = start
+            .checked_add(len)
+            .filter(|&e| e <= size)
+            .ok_or_else(|| {
+                ImageError::Invalid(format!(
+                    "bytes {start}..+{len} lie past the end of the image's source ({size} bytes)"
+                ))
+            })?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bs = u64::from(self.block_size());
+        let first = start / bs;
+        let blocks: Vec<u64> = (first..end.div_ceil(bs)).collect();
+        let mut buf = Vec::new();
+        // Blocks without content are left as the zeros `read_blocks` starts from.
+        self.read_blocks(&blocks, &mut buf)?;
+        let from = (start - first * bs) as usize;
+        Ok(buf[from..from + len as usize].to_vec())
+    }
+}
+
 impl BlockSource for ChainBlocks<'_> {
     fn size(&self) -> u64 {
         self.chain.point().header.source_size

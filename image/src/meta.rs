@@ -54,6 +54,22 @@ pub struct TableMeta {
     pub disk_id: String,
 }
 
+/// An encrypted volume (LUKS) imaged through its opened mapping: the bytes before
+/// `data_offset` (the LUKS header and key slots) are stored as they are, the
+/// `data_size` bytes from there on are the decrypted contents, so they compress and are
+/// stored by the used blocks of the filesystem inside. Restoring writes the header back and
+/// the contents through the volume opened with its passphrase (or, asked for, the contents
+/// alone, decrypted).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecryptedMeta {
+    /// Where the encrypted data starts in the volume, in bytes.
+    pub data_offset: u64,
+    /// Bytes of the opened mapping.
+    pub data_size: u64,
+    /// The filesystem inside, if one was found.
+    pub filesystem: Option<FsMeta>,
+}
+
 /// Where the image came from.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceMeta {
@@ -76,6 +92,9 @@ pub struct SourceMeta {
     /// Partitions (whole disks).
     #[serde(default)]
     pub partitions: Vec<PartitionMeta>,
+    /// Set when the source is an encrypted volume imaged decrypted, through its mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decrypted: Option<DecryptedMeta>,
 }
 
 impl SourceMeta {

@@ -6,12 +6,12 @@
 //! own filesystem), so restoring it gives a working disk.
 
 use crate::disk::{self, TableKind};
-use crate::error::Result;
+use crate::error::{ImageError, Result};
 use crate::extents::Extents;
-use crate::fs::{self, Detected};
+use crate::fs::{self, Detected, FilesystemReader};
 use crate::header::Coverage;
 use crate::io::{ReadAt, SliceReadAt};
-use crate::meta::{FsMeta, PartitionMeta, SourceMeta, TableMeta};
+use crate::meta::{DecryptedMeta, FsMeta, PartitionMeta, SourceMeta, TableMeta};
 
 /// What to image.
 #[derive(Debug, Clone)]
@@ -181,4 +181,89 @@ pub fn plan_source_with(
             })
         }
     }
+}
+
+/// Plan the imaging of an encrypted (LUKS) volume through its opened mapping: `container` is
+/// the volume as it is on the device, `inner` the mapping (its decrypted contents), whose
+/// data starts at `data_offset` in the volume. The header and key slots before it, and
+/// whatever follows the mapping's end, are stored as they are; the contents by the used
+/// blocks of the filesystem inside (every block when it is not recognised, or `forensic`).
+pub fn plan_decrypted(
+    container: &dyn ReadAt,
+    inner: &dyn ReadAt,
+    data_offset: u64,
+    sector_size: u32,
+    forensic: bool,
+    options: fs::Options,
+) -> Result<SourcePlan> {
+    let size = container.size();
+    let luks = fs::luks::LuksReader.probe(container).ok().flatten();
+    let Some(luks) = luks else {
+        return Err(ImageError::Invalid(
+            "the source is not a LUKS volume: only LUKS volumes are imaged through their mapping"
+                .into(),
+        ));
+    };
+    let data_end = data_offset.saturating_add(inner.size());
+    if data_end > size {
+        return Err(ImageError::Invalid(format!(
+            "the opened mapping ends at byte {data_end}, past the end of the volume ({size} bytes)"
+        )));
+    }
+    let mut warnings = Vec::new();
+    let detected = match fs::detect_with(inner, options) {
+        Ok(d) => d,
+        Err(e) => {
+            if !forensic {
+                warnings.push(format!(
+                    "inside the LUKS volume: {e}; its contents imaged sector by sector"
+                ));
+            }
+            None
+        }
+    };
+    let filesystem = detected.as_ref().map(fs_meta).or_else(|| identify(inner));
+    let (used, method) = match detected {
+        Some(d) if !forensic => {
+            let mut inside = d.used;
+            inside.truncate(inner.size());
+            let mut used = Extents::full(size);
+            used.remove(data_offset, inner.size());
+            used.add_shifted(&inside, data_offset);
+            (used, Coverage::UsedSector)
+        }
+        other => {
+            if other.is_none() && !forensic && warnings.is_empty() {
+                warnings.push(
+                    "inside the LUKS volume: unknown filesystem; its contents imaged sector by \
+                     sector"
+                        .into(),
+                );
+            }
+            (Extents::full(size), Coverage::Forensic)
+        }
+    };
+    let source = SourceMeta {
+        kind: "volume".into(),
+        size,
+        sector_size,
+        filesystem: Some(FsMeta {
+            fs_type: luks.fs_type,
+            label: luks.label,
+            uuid: luks.uuid,
+            used_bytes: used.total(),
+        }),
+        decrypted: Some(DecryptedMeta {
+            data_offset,
+            data_size: inner.size(),
+            filesystem,
+        }),
+        ..SourceMeta::default()
+    };
+    Ok(SourcePlan {
+        used,
+        method,
+        source,
+        warnings,
+    })
 }

@@ -38,6 +38,12 @@ pub trait WriteAt: Sync {
     }
     /// Flush to stable storage.
     fn sync(&self) -> io::Result<()>;
+    /// Called once every frame needed has been checked, before the first write: e.g. an
+    /// encrypted volume's header is written and the volume opened here, so a damaged image
+    /// changes nothing.
+    fn before_first_write(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A file or block device opened for writing (direct I/O where aligned), with its size.
@@ -195,6 +201,9 @@ pub fn restore(
         })?;
     }
 
+    target
+        .before_first_write()
+        .map_err(|e| ImageError::io("preparing the restore target", e))?;
     let total: u64 = tasks
         .iter()
         .flat_map(|(_, b)| b.iter().map(|&(_, n)| block_len(bs, size, n) as u64))

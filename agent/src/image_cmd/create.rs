@@ -13,9 +13,9 @@ use holdfast_image::chain::Chain;
 use holdfast_image::crypto::Cipher;
 use holdfast_image::extents::Extents;
 use holdfast_image::header::{Coverage, Kind};
-use holdfast_image::io::FileReadAt;
+use holdfast_image::io::{FileReadAt, ReadAt, SplicedReadAt};
 use holdfast_image::meta::Metadata;
-use holdfast_image::plan::{plan_source_with, SourcePlan};
+use holdfast_image::plan::{plan_decrypted, plan_source_with, SourcePlan};
 use holdfast_image::progress::{Cancel, NoProgress};
 use holdfast_image::validate::validate;
 use holdfast_image::writer::{default_block_size, write_image, Identity, WriteOptions};
@@ -26,6 +26,7 @@ use crate::cli::CreateArgs;
 use crate::consistency::{self, Estimate, Held};
 use crate::device::{devno, hostname, Device};
 use crate::exit::{Refused, DAMAGED};
+use crate::luks::{self, Key, Mapped};
 use crate::output::{bytes, Bar};
 use crate::secret::{password, PASSWORD_ENV};
 use crate::snapshot_commands::{self, After, BEFORE};
@@ -47,25 +48,75 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot open '{}'", a.source.display()))?;
     let reader = FileReadAt::new(file, dev.size);
     // Read again once the source is held: a mounted filesystem changes until then.
-    let plan = read_plan(&reader, &dev, &a)?;
+    let plan = read_plan(&reader, None, &dev, &a)?;
 
-    // Consistency: how a source mounted read-write is held while it is read.
+    // A LUKS volume given its key is read through its mapping: header as it is, contents
+    // decrypted.
+    let luks_key = Key::given(
+        a.luks_passphrase_file.as_deref(),
+        a.luks_key_file.as_deref(),
+    )?;
+    let mapped = match &luks_key {
+        Some(key) => {
+            let fs_type = plan.source.filesystem.as_ref().map(|f| f.fs_type.as_str());
+            Some(Mapped::of(&a.source, fs_type, key)?)
+        }
+        None => None,
+    };
+    let inside = match &mapped {
+        Some(m) => {
+            let path = m.path();
+            let file =
+                File::open(&path).with_context(|| format!("cannot open '{}'", path.display()))?;
+            let device = Device::inspect(&path)?;
+            Some((file, device, m.data_offset))
+        }
+        None => None,
+    };
+    let inside_reader = match &inside {
+        Some((file, device, _)) => Some(FileReadAt::new(
+            file.try_clone().context("cannot open the LUKS mapping")?,
+            device.size,
+        )),
+        None => None,
+    };
+    let offset = mapped.as_ref().map_or(0, |m| m.data_offset);
+    let plan = match &inside_reader {
+        Some(r) => read_plan(&reader, Some((r, offset)), &dev, &a)?,
+        None => plan,
+    };
+    let spliced = inside_reader
+        .as_ref()
+        .map(|r| SplicedReadAt::new(&reader, r, offset));
+    let view: &dyn ReadAt = match &spliced {
+        Some(s) => s,
+        None => &reader,
+    };
+
+    // Consistency: how a source mounted read-write is held while it is read (a LUKS volume
+    // read through a mapping open before: that mapping).
     let asked = a.consistency_method();
     let max_freeze = Duration::from_secs(u64::from(a.max_freeze));
+    let (held_path, held_dev, held_file) = match (&mapped, &inside) {
+        (Some(m), Some((file, device, _))) => (m.path(), device, file),
+        _ => (a.source.clone(), &dev, &source_file),
+    };
     let choice = consistency::choose(
         asked,
-        &a.source,
-        &dev.mounts()?,
+        &held_path,
+        &held_dev.mounts()?,
         max_freeze,
         a.snapshot_size,
         |used| {
             if let Some(dir) = a.output.parent().filter(|_| !is_remote(&a.output)) {
                 refuse_output_on_source(dir, &dev)?;
             }
-            Ok(Estimate::measure(&reader, &plan.used, used)?)
+            Ok(Estimate::measure(view, &plan.used, used)?)
         },
     )?;
-    let (consistency, live) = choice.description(max_freeze);
+    let read_through = mapped.as_ref().map(|m| format!("; {}", m.description()));
+    let (mut consistency, live) = choice.description(max_freeze);
+    consistency += read_through.as_deref().unwrap_or_default();
 
     // Base image for incremental / differential.
     let kind = if a.incremental {
@@ -141,6 +192,21 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
             }
             .into());
         }
+        if b.meta.source.decrypted.is_some() != plan.source.decrypted.is_some() {
+            return Err(ImageError::SourceMismatch {
+                name,
+                detail: if plan.source.decrypted.is_some() {
+                    "it holds the LUKS volume as ciphertext, and this image would hold its \
+                     contents decrypted: start a new chain with a full image"
+                        .to_owned()
+                } else {
+                    "it holds the LUKS volume's contents decrypted: give its passphrase \
+                     (--luks-passphrase-file or --luks-key-file) for this image too"
+                        .to_owned()
+                },
+            }
+            .into());
+        }
         match (b.meta.source.identity(), plan.source.identity()) {
             (Some(x), Some(y)) if x != y => {
                 return Err(ImageError::SourceMismatch {
@@ -164,6 +230,15 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         base_chain = Some(chain);
     }
 
+    let cipher = match (&base_chain, a.encrypt) {
+        (_, Some(c)) => c,
+        (Some(ch), None) => ch.point().header.cipher,
+        (None, None) => Cipher::None,
+    };
+    if mapped.is_some() && cipher == Cipher::None {
+        return Err(luks::refuse_in_clear(&a.source).into());
+    }
+
     if a.create_folders {
         crate::storage::create_folders(&a.output, creds)?;
     }
@@ -185,19 +260,29 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         }
         commands.push(run);
     }
-    let held = choice.apply(asked, max_freeze, &source_file)?;
-    // A snapshot is read instead of the source (and closed before it is removed).
+    let held = choice.apply(asked, max_freeze, held_file)?;
+    // A snapshot is read instead of the source (and closed before it is removed); of a LUKS
+    // volume's mapping, instead of the mapping.
     let mut snapshot_reader = None;
-    let reader = match held.device() {
+    let held_reader = match held.device() {
         Some(snapshot) => {
             let file = File::open(&snapshot)
                 .with_context(|| format!("cannot open the snapshot '{}'", snapshot.display()))?;
-            &*snapshot_reader.insert(FileReadAt::new(file, dev.size))
+            &*snapshot_reader.insert(FileReadAt::new(file, held_dev.size))
         }
-        None => &reader,
+        None => inside_reader.as_ref().unwrap_or(&reader),
+    };
+    let (head, inner) = match &inside_reader {
+        Some(_) => (&reader, Some((held_reader, offset))),
+        None => (held_reader, None),
+    };
+    let held_spliced = inner.map(|(r, at)| SplicedReadAt::new(head, r, at));
+    let reader: &dyn ReadAt = match &held_spliced {
+        Some(s) => s,
+        None => head,
     };
     let mut plan = if held.changed_anything() {
-        match read_plan(reader, &dev, &a) {
+        match read_plan(head, inner, &dev, &a) {
             Ok(plan) => plan,
             // A snapshot that overflowed already fails its reads: that is the reason to give.
             Err(e) => match held.check() {
@@ -213,11 +298,6 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
             .push("imaged while mounted read-write: not crash-consistent".into());
     }
 
-    let cipher = match (&base_chain, a.encrypt) {
-        (_, Some(c)) => c,
-        (Some(ch), None) => ch.point().header.cipher,
-        (None, None) => Cipher::None,
-    };
     let forensic = a.forensic
         || base_chain
             .as_ref()
@@ -297,6 +377,10 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     drop(blocks);
     drop(snapshot_reader);
     let released = held.release();
+    // Our own mapping of a LUKS volume is closed once nothing reads it.
+    drop(inside_reader);
+    drop(inside);
+    drop(mapped);
     bar.finish();
     let mut warnings = plan.warnings.clone();
     if let Some(run) = after.run() {
@@ -326,7 +410,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     };
     let imaging = t0.elapsed();
     let consistency = match released {
-        Ok(how) => how,
+        Ok(how) => how + read_through.as_deref().unwrap_or_default(),
         Err(e) => {
             // What was read is not of one instant: the image must not look complete.
             let removed = crate::storage::delete_image(&a.output, creds);
@@ -482,12 +566,23 @@ fn refuse_output_on_source(dir: &Path, dev: &Device) -> Result<()> {
     Ok(())
 }
 
-/// What to read of the source, and its description for the metadata.
-fn read_plan(reader: &FileReadAt, dev: &Device, a: &CreateArgs) -> Result<SourcePlan> {
+/// What to read of the source, and its description for the metadata; `inside` is the
+/// mapping of a LUKS volume read decrypted and where its contents start.
+fn read_plan(
+    reader: &FileReadAt,
+    inside: Option<(&FileReadAt, u64)>,
+    dev: &Device,
+    a: &CreateArgs,
+) -> Result<SourcePlan> {
     let options = holdfast_image::fs::Options {
         keep_windows_system_files: a.keep_windows_system_files,
     };
-    let mut plan = plan_source_with(reader, dev.sector_size, a.forensic, options)?;
+    let mut plan = match inside {
+        Some((inner, at)) => {
+            plan_decrypted(reader, inner, at, dev.sector_size, a.forensic, options)?
+        }
+        None => plan_source_with(reader, dev.sector_size, a.forensic, options)?,
+    };
     plan.source.path = a.source.display().to_string();
     plan.source.model = dev.model.clone();
     plan.source.serial = dev.serial.clone();

@@ -99,6 +99,24 @@ pub fn run(a: InfoArgs) -> Result<ExitCode> {
             bytes(f.used_bytes)
         );
     }
+    if let Some(d) = &m.source.decrypted {
+        let inside = d
+            .filesystem
+            .as_ref()
+            .map_or("no filesystem found".to_owned(), |f| {
+                format!(
+                    "{} label {} uuid {}",
+                    f.fs_type,
+                    f.label.as_deref().unwrap_or("-"),
+                    f.uuid.as_deref().unwrap_or("-")
+                )
+            });
+        println!(
+            "decrypted    header {} as it is, then {} of contents decrypted: {inside}",
+            bytes(d.data_offset),
+            bytes(d.data_size)
+        );
+    }
     println!("consistency  {}", m.consistency);
     println!("encryption   {}", h.cipher.name());
     println!("compression  zstd level {}", h.compression_level);

@@ -5,12 +5,15 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use holdfast_image::chain::ChainBlocks;
 use holdfast_image::io::FileReadAt;
 use holdfast_image::restore::{restore, RestoreOptions};
 use holdfast_image::restore::{FileTarget, WriteAt};
 
 use super::{open_chain, open_target, secs};
 use crate::cli::RestoreArgs;
+use crate::exit::Refused;
+use crate::luks::{check_key, ContentsTarget, EncryptedTarget, Key};
 use crate::output::{bytes, Bar};
 use crate::secret::{password, PASSWORD_ENV};
 
@@ -101,7 +104,44 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         a.common.credentials_file.as_deref(),
         password.as_deref().map(|p| &p[..]),
     )?;
-    let need = chain.point().header.source_size;
+    let source_size = chain.point().header.source_size;
+    let decrypted = chain.point().meta.source.decrypted.clone();
+    let luks_key = Key::given(
+        a.luks_passphrase_file.as_deref(),
+        a.luks_key_file.as_deref(),
+    )?;
+    let need = match &decrypted {
+        None if luks_key.is_some() || a.decrypted => {
+            return Err(Refused(format!(
+                "'{}' does not hold the decrypted contents of a LUKS volume: restore it without \
+                 a LUKS passphrase or --decrypted",
+                a.image.display()
+            ))
+            .into())
+        }
+        Some(_) if luks_key.is_none() && !a.decrypted => {
+            return Err(Refused(format!(
+                "'{}' holds the decrypted contents of a LUKS volume: give the volume's \
+                 passphrase (--luks-passphrase-file or --luks-key-file) to restore it \
+                 encrypted as it was, or --decrypted to restore the filesystem inside without \
+                 encryption",
+                a.image.display()
+            ))
+            .into())
+        }
+        Some(d) if a.decrypted => d.data_size,
+        _ => source_size,
+    };
+    // The LUKS header, read (its frames checked) and tried with the key before anything
+    // is written.
+    let header = match (&decrypted, &luks_key) {
+        (Some(d), Some(key)) => {
+            let header = ChainBlocks::new(&chain, false)?.read_bytes(0, d.data_offset)?;
+            check_key(&header, key)?;
+            Some(header)
+        }
+        _ => None,
+    };
     let new_file = NewFile::for_target(&a.target)?;
     let write_to = new_file
         .as_ref()
@@ -114,7 +154,19 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         threads: a.common.threads,
     };
     let bar = Bar::new(&a.common);
-    let summary = restore(&chain, &target, &opts, &bar, &crate::CANCEL);
+    let summary = match (&decrypted, luks_key, header) {
+        (Some(d), Some(key), Some(header)) => {
+            let encrypted = EncryptedTarget::new(&target, write_to, header, d.data_size, key);
+            let summary = restore(&chain, &encrypted, &opts, &bar, &crate::CANCEL);
+            encrypted.finish().and(Ok(summary))?
+        }
+        (Some(d), None, _) => {
+            let past = source_size.saturating_sub(d.data_offset + d.data_size);
+            let contents = ContentsTarget::new(&target, d.data_offset, past);
+            restore(&chain, &contents, &opts, &bar, &crate::CANCEL)
+        }
+        _ => restore(&chain, &target, &opts, &bar, &crate::CANCEL),
+    };
     bar.finish();
     let summary = summary?;
     let meta = &chain.point().meta.source;

@@ -786,6 +786,7 @@ impl Jobs {
             "HOLDFAST_TARGET_KEY_PASSPHRASE",
             "HOLDFAST_TARGET_CA",
             "HOLDFAST_PASSWORD",
+            crate::luks::PASSPHRASE_ENV,
         ] {
             cmd.env_remove(k);
         }
@@ -880,6 +881,9 @@ impl Jobs {
         }
         if let Some(p) = &task.password {
             cmd.env("HOLDFAST_PASSWORD", p.expose());
+        }
+        if let Some(p) = &task.luks_passphrase {
+            cmd.env(crate::luks::PASSPHRASE_ENV, p.expose());
         }
         Ok(cmd)
     }

@@ -8,6 +8,7 @@ mod consistency;
 mod disks;
 mod dm_snapshot;
 mod faults;
+mod luks;
 mod remote;
 mod vm;
 mod xfs;
