@@ -409,31 +409,11 @@ mod tests {
     use super::*;
     use crate::fs::detect;
     use crate::fs::test_support::{
-        blkid, checked_copy, image_file, open, populate, pseudo_random, run, tool, Made,
+        assert_covers, blkid, checked_copy, image_file, open, populate, pseudo_random, run, tool,
+        LoopMount, Made,
     };
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
-
-    /// A loop mount, unmounted when dropped.
-    struct Mounted(PathBuf);
-
-    impl Mounted {
-        fn new(image: &Path, dir: &Path, options: &str) -> Self {
-            std::fs::create_dir_all(dir).expect("mountpoint");
-            run(Command::new("mount")
-                .arg("-o")
-                .arg(format!("loop,{options}"))
-                .arg(image)
-                .arg(dir));
-            Self(dir.to_path_buf())
-        }
-    }
-
-    impl Drop for Mounted {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
 
     /// `mkfs.btrfs` an image of `size` bytes with `args`; mounted with zstd compression, it
     /// gets `populate`'s tree, a subvolume with files, a snapshot of it changed afterwards,
@@ -448,7 +428,7 @@ mod tests {
             .args(args)
             .arg(&image));
         let files = {
-            let m = Mounted::new(&image, &dir.path().join("mnt"), "compress=zstd");
+            let m = LoopMount::new(&image, &dir.path().join("mnt"), "compress=zstd");
             let mut files = populate(&m.0);
             run(Command::new(&btrfs)
                 .args(["subvolume", "create"])
@@ -484,7 +464,7 @@ mod tests {
     /// A copy holding only the used extents passes `btrfs check` and gives back every file.
     fn assert_copy_restores(made: &Made, used: &Extents) {
         let copy = checked_copy(made, used, &["btrfs", "check", "--readonly"]);
-        let m = Mounted::new(&copy, &made.dir.path().join("copy-mnt"), "ro");
+        let m = LoopMount::new(&copy, &made.dir.path().join("copy-mnt"), "ro");
         for (rel, want) in &made.files {
             let got = std::fs::read(m.0.join(rel)).unwrap_or_default();
             assert!(got == *want, "{rel} differs after the used-only copy");
@@ -508,8 +488,85 @@ mod tests {
             assert_eq!(said.get("UUID"), info.uuid.as_ref(), "blkid {said:?}");
             assert_eq!(said.get("LABEL"), info.label.as_ref(), "blkid {said:?}");
         }
+        assert_covers(
+            &found.used,
+            &used_said(&made.image),
+            "btrfs inspect-internal",
+        );
         assert_copy_restores(made, &found.used);
         found
+    }
+
+    /// What `btrfs inspect-internal dump-tree` lists as in use, placed on the device: every
+    /// extent and metadata item of the extent tree through the chunk tree's stripes, and the
+    /// superblock copies that fit.
+    fn used_said(image: &Path) -> Extents {
+        let dump = |args: &[&str]| {
+            let out = run(Command::new(tool("btrfs").expect("btrfs"))
+                .args(["inspect-internal"])
+                .args(args)
+                .arg(image));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let number = |line: &str, key: &str| -> Option<u64> {
+            let mut words = line.split_whitespace();
+            words.find(|w| *w == key)?;
+            words.next()?.parse().ok()
+        };
+        let node = dump(&["dump-super"])
+            .lines()
+            .find_map(|l| number(l, "nodesize"))
+            .expect("nodesize");
+        // (logical start, length, [physical starts]) of each chunk.
+        let mut chunks: Vec<(u64, u64, Vec<u64>)> = Vec::new();
+        for line in dump(&["dump-tree", "-t", "chunk"]).lines() {
+            let l = line.trim();
+            if let Some(key) = l
+                .strip_prefix("item ")
+                .and_then(|r| r.split_once("CHUNK_ITEM "))
+            {
+                let logical = key.1.split(')').next().and_then(|n| n.parse().ok());
+                chunks.push((logical.expect("chunk key"), 0, Vec::new()));
+            } else if let (Some(c), Some(len)) = (chunks.last_mut(), number(l, "length")) {
+                c.1 = len;
+            } else if let (Some(c), true) = (chunks.last_mut(), l.starts_with("stripe ")) {
+                c.2.push(number(l, "offset").expect("stripe offset"));
+            }
+        }
+        let size = std::fs::metadata(image).expect("stat").len();
+        let mut used = Extents::default();
+        for copy in [64 << 10, 64 << 20, 256 << 30] {
+            if copy + 4096 <= size {
+                used.add(copy, 4096);
+            }
+        }
+        for line in dump(&["dump-tree", "-t", "extent"]).lines() {
+            let Some(key) = line.trim().strip_prefix("item ").and_then(|r| {
+                let inner = r.split_once("key (")?.1.split_once(')')?.0;
+                let f: Vec<&str> = inner.split_whitespace().collect();
+                Some((
+                    f[0].parse::<u64>().ok()?,
+                    f[1].to_owned(),
+                    f[2].parse::<u64>().ok()?,
+                ))
+            }) else {
+                continue;
+            };
+            let (start, len) = match key.1.as_str() {
+                "EXTENT_ITEM" => (key.0, key.2),
+                "METADATA_ITEM" => (key.0, node),
+                _ => continue,
+            };
+            let (logical, _, places) = chunks
+                .iter()
+                .find(|c| (c.0..c.0 + c.1).contains(&start))
+                .expect("an extent in a chunk");
+            for p in places {
+                used.add(p + (start - logical), len);
+            }
+        }
+        assert!(used.total() > 0);
+        used
     }
 
     #[test]

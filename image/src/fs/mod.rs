@@ -340,6 +340,42 @@ pub(crate) mod test_support {
         }
     }
 
+    /// A kernel loop mount of an image (filesystems this machine's kernel has: ext4, XFS,
+    /// btrfs), unmounted when dropped.
+    pub struct LoopMount(pub PathBuf);
+
+    impl LoopMount {
+        pub fn new(image: &Path, dir: &Path, options: &str) -> Self {
+            std::fs::create_dir_all(dir).expect("mountpoint");
+            run(Command::new("mount")
+                .arg("-o")
+                .arg(format!("loop,{options}"))
+                .arg(image)
+                .arg(dir));
+            Self(dir.to_path_buf())
+        }
+    }
+
+    impl Drop for LoopMount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+
+    /// Every byte range a filesystem's own tool says is in use (`needed`) is in `used`.
+    pub fn assert_covers(used: &Extents, needed: &Extents, tool: &str) {
+        let mut missing = needed.clone();
+        for &(start, end) in used.ranges() {
+            missing.remove(start, end - start);
+        }
+        let first: Vec<_> = missing.ranges().iter().take(5).collect();
+        assert_eq!(
+            missing.total(),
+            0,
+            "{tool} says these are in use, the reader does not: {first:?}"
+        );
+    }
+
     /// A test volume: its folder, the image file, and (path, content) of the files put in.
     pub struct Made {
         pub dir: tempfile::TempDir,
