@@ -18,6 +18,8 @@
 //! readers are tried in order and must not claim each other's volumes).
 
 pub mod btrfs;
+#[cfg(test)]
+mod damage;
 pub mod exfat;
 pub mod ext;
 pub mod fat;

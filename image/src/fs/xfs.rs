@@ -10,7 +10,7 @@
 //!
 //! | feature | handling |
 //! |---|---|
-//! | v4 and v5 (CRC) superblocks and B-tree blocks (`ABTB`/`AB3B`) | supported |
+//! | v4 and v5 (CRC) superblocks and B-tree blocks (`ABTB`/`AB3B`) | supported; on v5, the CRC32C of the superblock, each AGF and each free-space tree block is checked (a mismatch is damage) |
 //! | `finobt`, `rmapbt`, `reflink`, `inobtcount` (read-only compatible) | supported: free space is still exactly the bnobt; a shared (reflinked) extent is allocated once |
 //! | `ftype`, `spinodes`, `meta_uuid`, `bigtime`, `nrext64`, `exchange`, `parent` (incompatible) | supported: they change what is inside blocks, not the free-space trees |
 //! | `needsrepair` | refused: the filesystem says it is damaged |
@@ -74,6 +74,23 @@ fn be32(b: &[u8], at: usize) -> u32 {
 fn be64(b: &[u8], at: usize) -> u64 {
     (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
+
+/// Whether a v5 metadata block's CRC32C, stored little-endian at `at`, matches the block
+/// (computed with those four bytes as zeros).
+fn crc_matches(block: &[u8], at: usize) -> bool {
+    let Some(stored) = block.get(at..at + 4) else {
+        return false;
+    };
+    let stored = u32::from_le_bytes([stored[0], stored[1], stored[2], stored[3]]);
+    let crc = crc32c::crc32c(&block[..at]);
+    let crc = crc32c::crc32c_append(crc, &[0; 4]);
+    crc32c::crc32c_append(crc, &block[at + 4..]) == stored
+}
+
+/// Where the CRC is in a v5 superblock, AGF and short-form B-tree block.
+const SB_CRC: usize = 224;
+const AGF_CRC: usize = 216;
+const BTREE_CRC: usize = 52;
 
 /// The fields of the primary superblock this reader uses.
 #[derive(Debug, Clone)]
@@ -140,6 +157,16 @@ impl Superblock {
                 FS,
                 "the superblock's geometry is impossible",
             ));
+        }
+        if sb.version == 5 {
+            let mut sector = vec![0u8; usize::from(sb.sector_size)];
+            read_at(vol, FS, &mut sector, 0)?;
+            if !crc_matches(&sector, SB_CRC) {
+                return Err(FsError::corrupt(
+                    FS,
+                    "the superblock's checksum does not match",
+                ));
+            }
         }
         Ok(Some(sb))
     }
@@ -250,17 +277,25 @@ impl FilesystemReader for XfsReader {
 
 /// The header (AGF) of allocation group `agno`, its magic and number checked.
 fn read_agf(vol: &dyn ReadAt, sb: &Superblock, agno: u32) -> Result<[u8; 512], FsError> {
-    let mut agf = [0u8; 512];
+    let mut sector = vec![0u8; usize::from(sb.sector_size)];
     read_at(
         vol,
         FS,
-        &mut agf,
+        &mut sector,
         sb.ag_byte(agno, 0) + u64::from(sb.sector_size),
     )?;
+    let mut agf = [0u8; 512];
+    agf.copy_from_slice(&sector[..512]);
     if &agf[0..4] != AGF_MAGIC || be32(&agf, 8) != agno {
         return Err(FsError::corrupt(
             FS,
             format!("the header (AGF) of allocation group {agno}"),
+        ));
+    }
+    if sb.version == 5 && !crc_matches(&sector, AGF_CRC) {
+        return Err(FsError::corrupt(
+            FS,
+            format!("the header (AGF) of allocation group {agno}: its checksum does not match"),
         ));
     }
     Ok(agf)
@@ -333,6 +368,14 @@ fn free_extents(
                 return Err(FsError::corrupt(FS, format!(
                     "block {agbno} of allocation group {agno} is not the free-space tree block it should be"
                 )));
+            }
+            if v5 && !crc_matches(&block, BTREE_CRC) {
+                return Err(FsError::corrupt(
+                    FS,
+                    format!(
+                        "free-space tree block {agbno} of allocation group {agno}: its checksum does not match"
+                    ),
+                ));
             }
             if level == 0 {
                 if header + numrecs * 8 > bs {
