@@ -245,6 +245,7 @@ pub fn fsck_clean(dev: &str, fs: &str) {
         "btrfs" => Command::new("btrfs")
             .args(["check", "--readonly", dev])
             .output(),
+        "xfs" => Command::new("xfs_repair").args(["-n", dev]).output(),
         _ => Command::new("fsck.vfat").args(["-n", dev]).output(),
     }
     .expect("run fsck");
@@ -279,6 +280,8 @@ pub fn mkfs(dev: &str, fs: &str) {
         "ntfs" => sh(Command::new("mkntfs").args(["-q", "-F", "-f", dev])),
         // Mixed block groups: the test volumes are smaller than btrfs's usual minimum.
         "btrfs" => sh(Command::new("mkfs.btrfs").args(["-q", "-f", "--mixed", dev])),
+        // v5 with reflink (mkfs.xfs's default), at least 300 MiB.
+        "xfs" => sh(Command::new("mkfs.xfs").args(["-q", "-f", dev])),
         _ => sh(Command::new("mkfs.vfat").args(["-F", "32", dev])),
     };
 }
@@ -340,6 +343,22 @@ pub fn edit_files(
             .arg(format!("::/{path}")));
     }
     after
+}
+
+/// Bytes in use as the filesystem on `dev` reports them (`df`), mounted read-only; none
+/// for FAT (edited through mtools here).
+pub fn fs_used_bytes(dev: &str, fs: &str, work: &Path) -> Option<u64> {
+    if fs == "vfat" {
+        return None;
+    }
+    let m = Mounted::with_fs(dev, fs, &work.join("df-mnt"), "ro");
+    let out = sh(Command::new("df")
+        .args(["-B1", "--output=used"])
+        .arg(&m.dir));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
 }
 
 /// Checksums of the files on `dev`.

@@ -1,12 +1,21 @@
-//! Full → incremental → incremental → differential on ext4, FAT32, exFAT, NTFS and btrfs; every point
-//! restores to a fresh device with a clean fsck and exactly the files of that point.
+//! Full → incremental → incremental → differential on ext4, FAT32, exFAT, NTFS, btrfs and
+//! XFS; every point restores to a fresh device with a clean fsck and exactly the files of
+//! that point, and a full image is at most 2 % larger than the space the filesystem says it
+//! uses.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use holdfast_testkit::devices::*;
 
-const VOL: u64 = 96 << 20;
+/// The test volume's size: XFS needs 300 MiB at least.
+fn vol_size(fs: &str) -> u64 {
+    if fs == "xfs" {
+        320 << 20
+    } else {
+        96 << 20
+    }
+}
 
 fn change(mnt: &Path, round: u64) {
     write_files(mnt, round, 6);
@@ -28,7 +37,7 @@ fn restore_and_check(
     extra: &[&str],
 ) {
     let target = work.join("restore.img");
-    sparse_file(&target, VOL);
+    sparse_file(&target, vol_size(fs));
     let lo = Loop::new(&target);
     let mut args = vec![
         "restore",
@@ -54,7 +63,7 @@ fn scenario(fs: &str, extra_create: &[&str], extra_restore: &[&str]) {
     let t = tempdir();
     let work = t.path();
     let vol = work.join("vol.img");
-    sparse_file(&vol, VOL);
+    sparse_file(&vol, vol_size(fs));
     let lo = Loop::new(&vol);
     mkfs(lo.path(), fs);
     let imgs = work.join("images");
@@ -74,6 +83,13 @@ fn scenario(fs: &str, extra_create: &[&str], extra_restore: &[&str]) {
     states.push(edit_files(lo.path(), fs, work, |d| write_files(d, 0, 40)));
     let full = create(&img("full.hfi"), None);
     assert_eq!(full["coverage"], "used-sector", "{full}");
+    if let Some(used) = fs_used_bytes(lo.path(), fs, work) {
+        let size = full["image_bytes"].as_u64().expect("image bytes");
+        assert!(
+            size <= used + used / 50,
+            "the full image of {fs} has {size} bytes, the filesystem uses {used}"
+        );
+    }
     for round in 1..=3 {
         states.push(edit_files(lo.path(), fs, work, |d| change(d, round)));
         let (out, base) = match round {
@@ -84,8 +100,11 @@ fn scenario(fs: &str, extra_create: &[&str], extra_restore: &[&str]) {
         let s = create(&img(out), Some((base.0, &base.1)));
         let stored = s["blocks"]["data"].as_u64().expect("data blocks");
         let full_stored = full["blocks"]["data"].as_u64().expect("data blocks");
+        // Each mount writes to a new stretch of the XFS log: on a volume this small that
+        // fixed cost is a large part of an increment.
+        let share = if fs == "xfs" { 2 } else { 3 };
         assert!(
-            stored * 3 < full_stored,
+            stored * share < full_stored,
             "{out} stores {stored} blocks, the full {full_stored}"
         );
         assert!(s["blocks"]["inherited"].as_u64().expect("inherited") > 0);
@@ -175,6 +194,14 @@ fn btrfs_chain_full_incremental_differential() {
 }
 
 #[test]
+fn xfs_chain_full_incremental_differential() {
+    let test = "xfs_chain_full_incremental_differential";
+    if require_devices(test) && require_tool("mkfs.xfs", test) {
+        scenario("xfs", &[], &[]);
+    }
+}
+
+#[test]
 fn ext4_chain_encrypted_and_split() {
     if !require_devices("ext4_chain_encrypted_and_split") {
         return;
@@ -201,7 +228,7 @@ fn scenario_with_pw(create: &[&str], restore: &[&str], pw: &str) {
     let work = t.path();
     std::fs::copy(pw, work.join("pw")).expect("copy pw");
     let vol = work.join("vol.img");
-    sparse_file(&vol, VOL);
+    sparse_file(&vol, vol_size("ext4"));
     let lo = Loop::new(&vol);
     mkfs(lo.path(), "ext4");
     let imgs = work.join("images");
