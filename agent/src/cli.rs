@@ -113,6 +113,11 @@ pub enum ImageCommand {
     /// Delete an image: every part of it (the highest first, so an interrupted delete can be
     /// run again).
     Delete(DeleteArgs),
+    /// Show an image (any point of a chain, on any target) read-only as a drive: its
+    /// filesystem mounted at a folder, until Ctrl-C or `image dismount`.
+    Mount(MountArgs),
+    /// Release what `image mount` set up at a folder (also after its process was killed).
+    Dismount(DismountArgs),
 }
 
 /// Flags every command shares.
@@ -277,6 +282,39 @@ pub struct DeleteArgs {
     pub common: Common,
 }
 
+/// `image mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The image: any point of a chain; its ancestors are found in the same folder.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The folder to mount it at (it must exist).
+    #[arg(long)]
+    pub mountpoint: PathBuf,
+    /// Password file (else HOLDFAST_PASSWORD).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// For a disk image: the partition whose filesystem to mount.
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Show the image's volume (or disk and partitions) as files at the mount point instead
+    /// of mounting a filesystem.
+    #[arg(long, conflicts_with = "partition")]
+    pub raw: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `image dismount`.
+#[derive(Debug, Args)]
+pub struct DismountArgs {
+    /// The folder an image is mounted at.
+    #[arg(long)]
+    pub mountpoint: PathBuf,
+    #[command(flatten)]
+    pub common: Common,
+}
+
 /// `image validate`.
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
@@ -408,6 +446,8 @@ impl Cli {
             ImageCommand::Merge(a) => a.common.json,
             ImageCommand::Convert(a) => a.common.json,
             ImageCommand::Delete(a) => a.common.json,
+            ImageCommand::Mount(a) => a.common.json,
+            ImageCommand::Dismount(a) => a.common.json,
         }
     }
 
@@ -429,6 +469,8 @@ impl Cli {
             ImageCommand::Merge(a) => image_cmd::merge::run(a),
             ImageCommand::Convert(a) => image_cmd::convert::run(a),
             ImageCommand::Delete(a) => image_cmd::delete::run(a),
+            ImageCommand::Mount(a) => image_cmd::mount::run(a),
+            ImageCommand::Dismount(a) => image_cmd::mount::dismount(a),
         }
     }
 }

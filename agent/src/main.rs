@@ -14,6 +14,7 @@ mod dmsnap;
 mod exit;
 mod freeze;
 mod image_cmd;
+mod image_files;
 mod inventory;
 mod link;
 mod luks;

@@ -117,6 +117,22 @@ pub struct Validated {
     pub chain: Option<Vec<ValidateReport>>,
 }
 
+/// `image mount --json`, once mounted.
+#[derive(Debug, Serialize)]
+pub struct Mounted {
+    pub ok: bool,
+    pub image: String,
+    pub mountpoint: String,
+    /// The files the image is served as (in the FUSE folder, or at the mount point with
+    /// `--raw`).
+    pub files: Vec<String>,
+    /// The filesystem mounted, unless `--raw`.
+    pub filesystem: Option<String>,
+    pub loop_device: Option<String>,
+    /// The serving process: it runs until dismounted.
+    pub pid: u32,
+}
+
 /// `image restore --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Restored {

@@ -15,13 +15,15 @@
 //! - [`parts`]: split parts, temporary names and commit; [`direct`]: `O_DIRECT` bulk writes;
 //! - [`image`]: opening an image with every check a reader makes;
 //! - [`writer`]: the parallel imaging pipeline; [`blocks`]: what it reads from;
-//! - [`chain`]: resolving incremental chains; [`restore`], [`validate`], [`convert`]:
+//! - [`chain`]: resolving incremental chains; [`chain_reader`]: a chain point read at any
+//!   offset, as its volume; [`restore`], [`validate`], [`convert`]:
 //!   the operations;
 //! - [`fs`], [`disk`]: filesystem allocation maps and partition tables; [`plan`]: turning a
 //!   source into extents and metadata.
 
 pub mod blocks;
 pub mod chain;
+pub mod chain_reader;
 pub mod convert;
 pub mod crypto;
 pub mod direct;

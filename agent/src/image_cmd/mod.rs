@@ -5,6 +5,7 @@ pub mod create;
 pub mod delete;
 pub mod info;
 pub mod merge;
+pub mod mount;
 pub mod restore;
 pub mod validate;
 

@@ -9,6 +9,7 @@ mod disks;
 mod dm_snapshot;
 mod faults;
 mod luks;
+mod mount;
 mod remote;
 mod vm;
 mod xfs;

@@ -1,5 +1,5 @@
 //! Images written to and read from real servers on loopback: SFTP (`sshd`), FTP and FTPS
-//! (`vsftpd`) and SMB (Samba `smbd`).
+//! (`vsftpd`) and SMB (Samba `smbd`): validated, restored and mounted from there.
 
 use std::path::Path;
 
@@ -188,6 +188,26 @@ fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn F
             "restored from {img}"
         );
     }
+    // The full point mounted from the target, read by byte ranges: its files; released.
+    let dir = work.join("mnt");
+    std::fs::create_dir_all(&dir).expect("mount point");
+    let dir_arg = dir.to_str().expect("path");
+    let (mut child, answer) = crate::mount::mount(&[
+        "--image",
+        &full,
+        "--mountpoint",
+        dir_arg,
+        "--password-file",
+        &pw,
+        "--credentials-file",
+        &creds,
+    ]);
+    assert_eq!(checksums(&dir), states[0], "mounted from {full}");
+    let r = image(&["dismount", "--mountpoint", dir_arg]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(crate::mount::ended(&mut child), 0);
+    crate::mount::released(&dir, &answer);
+
     // An existing name is refused; nothing is left behind but the two images.
     let r = image(&[
         "create",

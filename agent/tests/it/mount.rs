@@ -1,0 +1,220 @@
+//! `image mount` / `image dismount`: the middle point of an incremental chain shown as a
+//! read-only drive through FUSE, a loop device and the kernel's ext4; its files those of that
+//! point; the volume itself shown raw equals a restore of it; released by dismount, and also
+//! after the serving process was killed.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use holdfast_testkit::devices::*;
+
+const VOL: u64 = 96 << 20;
+
+/// Start `image mount ARGS --json` and wait for its answer (it serves until dismounted).
+pub fn mount(args: &[&str]) -> (Child, serde_json::Value) {
+    let mut child = agent()
+        .args(["image", "mount"])
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start image mount");
+    let mut text = String::new();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    // One pretty-printed document: it ends with a closing brace on a line of its own.
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).expect("read") == 0 {
+            let status = child.wait().expect("wait");
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err);
+            panic!("image mount {args:?} ended ({status}) before mounting: {text}{err}");
+        }
+        text.push_str(&line);
+        if line.trim_end() == "}" {
+            break;
+        }
+    }
+    let answer: serde_json::Value = serde_json::from_str(&text).expect("mount answer");
+    (child, answer)
+}
+
+/// Wait for `child` to end; its exit code.
+pub fn ended(child: &mut Child) -> i32 {
+    let started = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            return s.code().unwrap_or(-1);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "image mount did not end"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn mounts() -> String {
+    std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo")
+}
+
+/// Nothing of a mount is left: no mount at `dir`, no FUSE folder, no loop device over it.
+pub fn released(dir: &Path, answer: &serde_json::Value) {
+    let m = mounts();
+    assert!(!m.contains(&format!(" {} ", dir.display())), "{m}");
+    assert!(!m.contains("holdfast-image"), "a FUSE mount is left: {m}");
+    let loops = sh(std::process::Command::new("losetup").arg("-a"));
+    let loops = String::from_utf8_lossy(&loops.stdout);
+    assert!(!loops.contains("/run/holdfast/mounts"), "{loops}");
+    let pid = answer["pid"].as_u64().expect("pid");
+    for left in [format!("{pid}.json"), format!("{pid}.files")] {
+        assert!(
+            !Path::new("/run/holdfast/mounts").join(&left).exists(),
+            "{left} is left"
+        );
+    }
+}
+
+#[test]
+fn a_chain_point_mounts_read_only_and_is_released_even_after_a_kill() {
+    if !require_devices("a_chain_point_mounts_read_only_and_is_released_even_after_a_kill") {
+        return;
+    }
+    let t = tempdir();
+    let work = t.path();
+    let vol = work.join("vol.img");
+    sparse_file(&vol, VOL);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    let img = |n: &str| work.join(n).to_str().expect("path").to_owned();
+
+    // Three points: files, a symlink and a hard link; then changes; then more changes.
+    let first = edit_files(lo.path(), "ext4", work, |d| {
+        write_files(d, 0, 20);
+        std::os::unix::fs::symlink("r0/f1.bin", d.join("link")).expect("symlink");
+        std::fs::hard_link(d.join("r0/f2.bin"), d.join("hard")).expect("hard link");
+    });
+    image_ok(&[
+        "create",
+        "--source",
+        lo.path(),
+        "--output",
+        &img("full.hfi"),
+    ]);
+    let middle = edit_files(lo.path(), "ext4", work, |d| {
+        write_files(d, 1, 8);
+        std::fs::remove_file(d.join("r0/f3.bin")).expect("delete");
+    });
+    image_ok(&[
+        "create",
+        "--source",
+        lo.path(),
+        "--output",
+        &img("inc1.hfi"),
+        "--incremental",
+        "--base",
+        &img("full.hfi"),
+    ]);
+    edit_files(lo.path(), "ext4", work, |d| {
+        write_files(d, 2, 8);
+        std::fs::remove_file(d.join("r0/f4.bin")).expect("delete");
+    });
+    image_ok(&[
+        "create",
+        "--source",
+        lo.path(),
+        "--output",
+        &img("inc2.hfi"),
+        "--incremental",
+        "--base",
+        &img("inc1.hfi"),
+    ]);
+    assert_ne!(first, middle);
+
+    // The middle point, mounted: exactly its files, the link and the hard link as they were.
+    let dir = work.join("mnt");
+    std::fs::create_dir_all(&dir).expect("mount point");
+    let (mut child, answer) = mount(&[
+        "--image",
+        &img("inc1.hfi"),
+        "--mountpoint",
+        dir.to_str().expect("path"),
+    ]);
+    assert_eq!(answer["filesystem"], "ext4", "{answer}");
+    assert_eq!(checksums(&dir), middle);
+    assert_eq!(
+        std::fs::read_link(dir.join("link")).expect("link"),
+        Path::new("r0/f1.bin")
+    );
+    let (a, b) = (
+        std::fs::metadata(dir.join("hard")).expect("hard"),
+        std::fs::metadata(dir.join("r0/f2.bin")).expect("f2"),
+    );
+    assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
+    // Read-only: nothing can be written to the image.
+    assert!(std::fs::write(dir.join("new.txt"), b"no").is_err());
+    let r = image(&["dismount", "--mountpoint", dir.to_str().expect("path")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(ended(&mut child), 0);
+    released(&dir, &answer);
+
+    // Raw: the volume as a file, equal to a restore of the same point.
+    let restored = work.join("restored.img");
+    image_ok(&[
+        "restore",
+        "--image",
+        &img("inc1.hfi"),
+        "--target",
+        restored.to_str().expect("path"),
+    ]);
+    let (mut child, answer) = mount(&[
+        "--image",
+        &img("inc1.hfi"),
+        "--mountpoint",
+        dir.to_str().expect("path"),
+        "--raw",
+    ]);
+    assert_eq!(
+        answer["files"],
+        serde_json::json!(["volume.img"]),
+        "{answer}"
+    );
+    let shown = std::fs::read(dir.join("volume.img")).expect("volume.img");
+    assert_eq!(shown.len() as u64, VOL);
+    assert!(
+        shown == std::fs::read(&restored).expect("restored"),
+        "volume.img differs from a restore"
+    );
+    drop(shown);
+
+    // Killed while serving: dismount releases what it left.
+    child.kill().expect("kill");
+    let _ = child.wait();
+    let r = image(&["dismount", "--mountpoint", dir.to_str().expect("path")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    released(&dir, &answer);
+
+    // Killed with its filesystem mounted: dismount releases the mount, the loop device and
+    // the FUSE folder the dead process left.
+    let (mut child, answer) = mount(&[
+        "--image",
+        &img("full.hfi"),
+        "--mountpoint",
+        dir.to_str().expect("path"),
+    ]);
+    child.kill().expect("kill");
+    let _ = child.wait();
+    let r = image(&["dismount", "--mountpoint", dir.to_str().expect("path")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    released(&dir, &answer);
+
+    // Nothing mounted there now: dismount says so.
+    let r = image(&["dismount", "--mountpoint", dir.to_str().expect("path")]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("no image is mounted"), "{}", r.stderr);
+    drop(lo);
+}
