@@ -118,6 +118,10 @@ pub enum ImageCommand {
     Mount(MountArgs),
     /// Release what `image mount` set up at a folder (also after its process was killed).
     Dismount(DismountArgs),
+    /// List a folder (or one file) inside an image, without restoring it.
+    Ls(LsArgs),
+    /// Copy files or folders out of an image, keeping modes, owners, times and links.
+    Extract(ExtractArgs),
 }
 
 /// Flags every command shares.
@@ -305,6 +309,49 @@ pub struct MountArgs {
     pub common: Common,
 }
 
+/// `image ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// The image: any point of a chain; its ancestors are found in the same folder.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// The folder or file inside the image (default: its root).
+    pub path: Option<String>,
+    /// Password file (else HOLDFAST_PASSWORD).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// For a disk image: the partition to read.
+    #[arg(long)]
+    pub partition: Option<u32>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `image extract`.
+#[derive(Debug, Args)]
+pub struct ExtractArgs {
+    /// The image: any point of a chain; its ancestors are found in the same folder.
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Files or folders inside the image, each copied into --to under its own name.
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// The folder to copy them into (created if missing).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Replace files that exist there already (otherwise they are refused).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Password file (else HOLDFAST_PASSWORD).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// For a disk image: the partition to read.
+    #[arg(long)]
+    pub partition: Option<u32>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
 /// `image dismount`.
 #[derive(Debug, Args)]
 pub struct DismountArgs {
@@ -448,6 +495,8 @@ impl Cli {
             ImageCommand::Delete(a) => a.common.json,
             ImageCommand::Mount(a) => a.common.json,
             ImageCommand::Dismount(a) => a.common.json,
+            ImageCommand::Ls(a) => a.common.json,
+            ImageCommand::Extract(a) => a.common.json,
         }
     }
 
@@ -471,6 +520,8 @@ impl Cli {
             ImageCommand::Delete(a) => image_cmd::delete::run(a),
             ImageCommand::Mount(a) => image_cmd::mount::run(a),
             ImageCommand::Dismount(a) => image_cmd::mount::dismount(a),
+            ImageCommand::Ls(a) => image_cmd::browse::ls(a),
+            ImageCommand::Extract(a) => image_cmd::browse::extract(a),
         }
     }
 }

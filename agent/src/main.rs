@@ -11,6 +11,7 @@ mod consistency;
 mod crypt;
 mod device;
 mod dmsnap;
+mod drive;
 mod exit;
 mod freeze;
 mod image_cmd;

@@ -1,5 +1,6 @@
 //! The `image` subcommands, one module each.
 
+pub mod browse;
 pub mod convert;
 pub mod create;
 pub mod delete;

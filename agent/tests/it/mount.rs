@@ -1,8 +1,9 @@
 //! `image mount` / `image dismount`: the middle point of an incremental chain shown as a
 //! read-only drive through FUSE, a loop device and the kernel's ext4; its files those of that
 //! point; the volume itself shown raw equals a restore of it; released by dismount, and also
-//! after the serving process was killed.
+//! after the serving process was killed. `image ls` and `image extract` on the same chain.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -62,15 +63,17 @@ fn mounts() -> String {
     std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo")
 }
 
-/// Nothing of a mount is left: no mount at `dir`, no FUSE folder, no loop device over it.
+/// Nothing of a mount is left: no mount at `dir`, no FUSE folder of its process, no loop
+/// device over it, no record (other tests may be mounting images meanwhile).
 pub fn released(dir: &Path, answer: &serde_json::Value) {
+    let pid = answer["pid"].as_u64().expect("pid");
+    let files = format!("/run/holdfast/mounts/{pid}.files");
     let m = mounts();
     assert!(!m.contains(&format!(" {} ", dir.display())), "{m}");
-    assert!(!m.contains("holdfast-image"), "a FUSE mount is left: {m}");
+    assert!(!m.contains(&files), "the FUSE mount is left: {m}");
     let loops = sh(std::process::Command::new("losetup").arg("-a"));
     let loops = String::from_utf8_lossy(&loops.stdout);
-    assert!(!loops.contains("/run/holdfast/mounts"), "{loops}");
-    let pid = answer["pid"].as_u64().expect("pid");
+    assert!(!loops.contains(&files), "{loops}");
     for left in [format!("{pid}.json"), format!("{pid}.files")] {
         assert!(
             !Path::new("/run/holdfast/mounts").join(&left).exists(),
@@ -97,6 +100,16 @@ fn a_chain_point_mounts_read_only_and_is_released_even_after_a_kill() {
         write_files(d, 0, 20);
         std::os::unix::fs::symlink("r0/f1.bin", d.join("link")).expect("symlink");
         std::fs::hard_link(d.join("r0/f2.bin"), d.join("hard")).expect("hard link");
+        let kept = d.join("r0/f5.bin");
+        std::fs::set_permissions(&kept, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+            .expect("chmod");
+        std::os::unix::fs::chown(&kept, Some(1234), Some(5678)).expect("chown");
+        let when = std::time::UNIX_EPOCH + Duration::from_secs(1_577_934_245);
+        std::fs::File::options()
+            .write(true)
+            .open(&kept)
+            .and_then(|f| f.set_modified(when))
+            .expect("mtime");
     });
     image_ok(&[
         "create",
@@ -212,9 +225,130 @@ fn a_chain_point_mounts_read_only_and_is_released_even_after_a_kill() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     released(&dir, &answer);
 
+    browse(work, &img, &middle);
+
     // Nothing mounted there now: dismount says so.
     let r = image(&["dismount", "--mountpoint", dir.to_str().expect("path")]);
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("no image is mounted"), "{}", r.stderr);
     drop(lo);
+}
+
+/// `image ls` and `image extract` on the chain `scenario` made.
+fn browse(work: &Path, img: &dyn Fn(&str) -> String, middle: &BTreeMap<String, String>) {
+    // The root of the middle point, listed: names, kinds, links.
+    let listing = image_ok(&["ls", "--image", &img("inc1.hfi")]);
+    let entries = listing["entries"].as_array().expect("entries");
+    let find = |name: &str| {
+        entries
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {listing}"))
+    };
+    assert_eq!(find("r0")["kind"], "dir");
+    assert_eq!(find("r1")["kind"], "dir");
+    assert_eq!(find("link")["kind"], "symlink");
+    assert_eq!(find("link")["target"], "r0/f1.bin");
+    assert_eq!(find("hard")["links"], 2);
+    assert!(entries.iter().all(|e| e["name"] != "r2"), "r2 came later");
+    let one = image_ok(&["ls", "--image", &img("full.hfi"), "/r0/f5.bin"]);
+    let f5 = &one["entries"][0];
+    assert_eq!(
+        (&f5["mode"], &f5["uid"], &f5["gid"], &f5["modified"]),
+        (
+            &serde_json::json!("0640"),
+            &serde_json::json!(1234),
+            &serde_json::json!(5678),
+            &serde_json::json!("2020-01-02T03:04:05Z")
+        ),
+        "{one}"
+    );
+
+    // A file deleted after the full image comes back from it, byte for byte.
+    let out = work.join("out");
+    image_ok(&[
+        "extract",
+        "--image",
+        &img("full.hfi"),
+        "r0/f3.bin",
+        "--to",
+        out.to_str().expect("path"),
+    ]);
+    assert_eq!(
+        std::fs::read(out.join("f3.bin")).expect("f3"),
+        noise_file(0, 3),
+        "the deleted file"
+    );
+    // The whole middle point: its files, links and hard links, modes, owners and times.
+    let tree = work.join("tree");
+    let r = image_ok(&[
+        "extract",
+        "--image",
+        &img("inc1.hfi"),
+        "/",
+        "--to",
+        tree.to_str().expect("path"),
+    ]);
+    assert!(r["hard_links"].as_u64() >= Some(1), "{r}");
+    let root = tree.join("root");
+    assert_eq!(&checksums(&root), middle);
+    let (a, b) = (
+        std::fs::symlink_metadata(root.join("hard")).expect("hard"),
+        std::fs::symlink_metadata(root.join("r0/f2.bin")).expect("f2"),
+    );
+    assert_eq!(a.ino(), b.ino(), "hard links stay hard links");
+    assert_eq!(
+        std::fs::read_link(root.join("link")).expect("link"),
+        Path::new("r0/f1.bin")
+    );
+    let f5 = std::fs::metadata(root.join("r0/f5.bin")).expect("f5");
+    assert_eq!(
+        (f5.mode() & 0o7777, f5.uid(), f5.gid(), f5.mtime()),
+        (0o640, 1234, 5678, 1_577_934_245)
+    );
+    // Extracting over what exists is refused, unless asked.
+    let again = image(&[
+        "extract",
+        "--image",
+        &img("full.hfi"),
+        "r0/f3.bin",
+        "--to",
+        out.to_str().expect("path"),
+    ]);
+    assert_eq!(again.code, 5, "{}", again.stderr);
+    assert!(again.stderr.contains("--overwrite"), "{}", again.stderr);
+    image_ok(&[
+        "extract",
+        "--image",
+        &img("full.hfi"),
+        "r0/f3.bin",
+        "--to",
+        out.to_str().expect("path"),
+        "--overwrite",
+    ]);
+    // Paths stay inside the image: no symbolic link followed, no way above its root.
+    let through = image(&["ls", "--image", &img("inc1.hfi"), "link/x"]);
+    assert_eq!(through.code, 5, "{}", through.stderr);
+    assert!(
+        through.stderr.contains("is a symbolic link"),
+        "{}",
+        through.stderr
+    );
+    let above = image(&["ls", "--image", &img("inc1.hfi"), "../../etc"]);
+    assert_ne!(above.code, 0);
+    assert!(
+        above.stderr.contains("'/etc' is not in the image"),
+        "{}",
+        above.stderr
+    );
+}
+
+/// The content `write_files` gives file `i` of round `round`.
+fn noise_file(round: u64, i: usize) -> Vec<u8> {
+    if i.is_multiple_of(3) {
+        return format!("round {round} file {i}\n")
+            .repeat(5000)
+            .into_bytes();
+    }
+    noise(20_000 + i * 7_919, round * 1000 + i as u64)
 }
