@@ -250,11 +250,14 @@ if ((IS_ROOT == 1)); then
     run_stage "benchmark: filesystems vs partclone (tiny)" env BENCH_RUNS=1 BENCH_WARMUP=0 \
         BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/filesystems.sh 32 /var/tmp/holdfast-fsbench-tiny
+    run_stage "benchmark: browse and extract vs restore first (tiny)" env BENCH_RUNS=1 \
+        BENCH_WARMUP=0 BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
+        scripts/bench/browse.sh 32 /var/tmp/holdfast-bbench-tiny
     run_stage "benchmark: snapshot cost (tiny, in the VM)" env BENCH_RUNS=1 \
         HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/snapshot.sh 32 /var/tmp/holdfast-sbench-tiny
 else
-    warn "not running as root: skipping the storage, filesystem and snapshot benchmarks (they start servers, a user, loop devices and the VM)"
+    warn "not running as root: skipping the storage, filesystem, browse and snapshot benchmarks (they start servers, a user, loop devices and the VM)"
 fi
 
 # The console tests' screenshots, to look at (cargo's CARGO_TARGET_TMPDIR).

@@ -79,3 +79,64 @@ measure() {
     T[$id]=$(median "${times[@]}")
     log "$id: ${times[*]} s -> median ${T[$id]} s"
 }
+
+# bench_user: the throwaway user of the test fixtures (USER_NAME, PASS, USER_HOME), created
+# or repaired on every run: vsftpd changes into the user's home before its local_root
+# applies, so the home must exist.
+bench_user() {
+    USER_NAME=hfbkp
+    PASS=hf-test-pass-7
+    USER_HOME=/var/tmp/holdfast-fixture-home
+    mkdir -p "$USER_HOME"
+    if id "$USER_NAME" >/dev/null 2>&1; then
+        usermod -d "$USER_HOME" -s /bin/bash "$USER_NAME"
+    else
+        useradd -M -d "$USER_HOME" -s /bin/bash "$USER_NAME"
+    fi
+    chown "$USER_NAME:" "$USER_HOME"
+    chmod 755 "$USER_HOME"
+    echo "$USER_NAME:$PASS" | chpasswd
+}
+
+# start_sshd DIR PORT [counted]: an sshd on 127.0.0.1:PORT for USER_NAME (password or the
+# key DIR/client_ed25519), its files in DIR, its log in DIR/log/sshd.log; its pid is
+# appended to PIDS. With "counted", SFTP is served by sftp-server logging each file's bytes
+# read and written, when it is closed, to DIR/log/sftp.log.
+start_sshd() {
+    local dir=$1 port=$2 subsystem=internal-sftp
+    ssh-keygen -q -t ed25519 -N '' -f "$dir/host_ed25519" <<<y >/dev/null
+    ssh-keygen -q -t ed25519 -N '' -f "$dir/client_ed25519" <<<y >/dev/null
+    mkdir -p "$dir/authorized_keys" "$dir/log" /run/sshd
+    cp "$dir/client_ed25519.pub" "$dir/authorized_keys/$USER_NAME"
+    if [[ ${3:-} == counted ]]; then
+        subsystem=$dir/sftp-server
+        printf '#!/bin/sh\nexec /usr/lib/openssh/sftp-server -e -l INFO "$@" 2>>%s\n' \
+            "$dir/log/sftp.log" >"$subsystem"
+        chmod 755 "$subsystem" "$dir/log"
+        touch "$dir/log/sftp.log"
+        chown "$USER_NAME:" "$dir/log/sftp.log"
+    fi
+    cat >"$dir/sshd_config" <<CONFIG
+Port $port
+ListenAddress 127.0.0.1
+HostKey $dir/host_ed25519
+PidFile $dir/sshd.pid
+UsePAM no
+PasswordAuthentication yes
+PubkeyAuthentication yes
+AuthorizedKeysFile $dir/authorized_keys/%u
+StrictModes no
+AllowUsers $USER_NAME
+Subsystem sftp $subsystem
+CONFIG
+    /usr/sbin/sshd -D -e -f "$dir/sshd_config" 2>"$dir/log/sshd.log" &
+    PIDS+=($!)
+}
+
+# wait_port PORT: until something listens on 127.0.0.1:PORT (at most 5 s).
+wait_port() {
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.05
+    done
+}

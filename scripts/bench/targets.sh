@@ -48,20 +48,7 @@ if [[ ! -x $AGENT ]]; then
         cargo build --release -p holdfast-agent)
 fi
 
-# The same throwaway user as the test fixtures, created or repaired on every run: vsftpd
-# changes into the user's home before its local_root applies, so the home must exist.
-USER_NAME=hfbkp
-PASS=hf-test-pass-7
-USER_HOME=/var/tmp/holdfast-fixture-home
-mkdir -p "$USER_HOME"
-if id "$USER_NAME" >/dev/null 2>&1; then
-    usermod -d "$USER_HOME" -s /bin/bash "$USER_NAME"
-else
-    useradd -M -d "$USER_HOME" -s /bin/bash "$USER_NAME"
-fi
-chown "$USER_NAME:" "$USER_HOME"
-chmod 755 "$USER_HOME"
-echo "$USER_NAME:$PASS" | chpasswd
+bench_user
 
 mkdir -p "$OUTDIR"
 OUTDIR=$(cd "$OUTDIR" && pwd)
@@ -91,25 +78,7 @@ cleanup() {
 trap cleanup EXIT
 
 # sshd ---------------------------------------------------------------------------------
-ssh-keygen -q -t ed25519 -N '' -f "$D/host_ed25519" <<<y >/dev/null
-ssh-keygen -q -t ed25519 -N '' -f "$D/client_ed25519" <<<y >/dev/null
-mkdir -p "$D/authorized_keys" /run/sshd
-cp "$D/client_ed25519.pub" "$D/authorized_keys/$USER_NAME"
-cat >"$D/sshd_config" <<EOF
-Port $SSH_PORT
-ListenAddress 127.0.0.1
-HostKey $D/host_ed25519
-PidFile $D/sshd.pid
-UsePAM no
-PasswordAuthentication yes
-PubkeyAuthentication yes
-AuthorizedKeysFile $D/authorized_keys/%u
-StrictModes no
-AllowUsers $USER_NAME
-Subsystem sftp internal-sftp
-EOF
-/usr/sbin/sshd -D -e -f "$D/sshd_config" 2>"$D/log/sshd.log" &
-PIDS+=($!)
+start_sshd "$D" "$SSH_PORT"
 
 # vsftpd (plain FTP, passive) ----------------------------------------------------------
 mkdir -p /var/run/vsftpd/empty
@@ -171,10 +140,7 @@ printf '%s\n%s\n' "$PASS" "$PASS" | smbpasswd -c "$D/smb.conf" -s -a "$USER_NAME
 PIDS+=($!)
 
 for port in $SSH_PORT $FTP_PORT $SMB_PORT; do
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-        sleep 0.05
-    done
+    wait_port "$port"
 done
 
 CREDS=$D/creds
