@@ -189,6 +189,62 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
     // Used-sector: far less read than the disk.
     assert!(s["read_bytes"].as_u64().expect("read") < (120 << 20), "{s}");
 
+    // Mounted: a disk needs a partition named, and shows each one raw.
+    let dir = t.path().join("mnt");
+    std::fs::create_dir_all(&dir).expect("mount point");
+    let (image_arg, dir_arg) = (img.to_str().expect("p"), dir.to_str().expect("p"));
+    let whole = image(&["mount", "--image", image_arg, "--mountpoint", dir_arg]);
+    assert_eq!(whole.code, 5, "{}", whole.stderr);
+    assert!(
+        whole
+            .stderr
+            .contains("--partition (1 (ext4), 2 (fat32), 3 (no filesystem), 4 (swap))"),
+        "{}",
+        whole.stderr
+    );
+    let (mut child, answer) = crate::mount::mount(&[
+        "--image",
+        image_arg,
+        "--mountpoint",
+        dir_arg,
+        "--partition",
+        "1",
+    ]);
+    assert_eq!(answer["filesystem"], "ext4", "{answer}");
+    assert_eq!(checksums(&dir), want[0]);
+    assert_eq!(image(&["dismount", "--mountpoint", dir_arg]).code, 0);
+    assert_eq!(crate::mount::ended(&mut child), 0);
+    crate::mount::released(&dir, &answer);
+    let (mut child, answer) =
+        crate::mount::mount(&["--image", image_arg, "--mountpoint", dir_arg, "--raw"]);
+    assert_eq!(
+        answer["files"],
+        serde_json::json!([
+            "disk.img",
+            "part1.img",
+            "part2.img",
+            "part3.img",
+            "part4.img"
+        ]),
+        "{answer}"
+    );
+    let sizes: Vec<u64> = (1..=4)
+        .map(|n| {
+            std::fs::metadata(dir.join(format!("part{n}.img")))
+                .expect("part")
+                .len()
+        })
+        .collect();
+    assert_eq!(sizes, parts.iter().map(|p| p.1).collect::<Vec<_>>());
+    assert_eq!(
+        std::fs::read(dir.join("part3.img")).expect("part3"),
+        noise(parts[2].1 as usize, 9),
+        "the unknown partition, read through the image"
+    );
+    assert_eq!(image(&["dismount", "--mountpoint", dir_arg]).code, 0);
+    assert_eq!(crate::mount::ended(&mut child), 0);
+    crate::mount::released(&dir, &answer);
+
     let out = t.path().join("restored.img");
     image_ok(&[
         "restore",

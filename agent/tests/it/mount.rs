@@ -1,7 +1,8 @@
 //! `image mount` / `image dismount`: the middle point of an incremental chain shown as a
 //! read-only drive through FUSE, a loop device and the kernel's ext4; its files those of that
 //! point; the volume itself shown raw equals a restore of it; released by dismount, and also
-//! after the serving process was killed. `image ls` and `image extract` on the same chain.
+//! after the serving process was killed; a damaged image an I/O error, never wrong bytes.
+//! `image ls` and `image extract` on the same chain.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -226,6 +227,38 @@ fn a_chain_point_mounts_read_only_and_is_released_even_after_a_kill() {
     released(&dir, &answer);
 
     browse(work, &img, &middle);
+
+    // A damaged image: the reads that meet the damage fail (an I/O error, said by the
+    // serving process), never wrong bytes.
+    let mut bytes = std::fs::read(img("full.hfi")).expect("full");
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x10;
+    std::fs::write(img("damaged.hfi"), bytes).expect("damaged copy");
+    assert_eq!(image(&["validate", "--image", &img("damaged.hfi")]).code, 3);
+    let (mut child, answer) = mount(&[
+        "--image",
+        &img("damaged.hfi"),
+        "--mountpoint",
+        dir.to_str().expect("path"),
+        "--raw",
+    ]);
+    let read = std::fs::read(dir.join("volume.img"));
+    assert_eq!(
+        read.map_err(|e| e.raw_os_error()).err(),
+        Some(Some(5)),
+        "EIO"
+    );
+    let r = image(&["dismount", "--mountpoint", dir.to_str().expect("path")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(ended(&mut child), 0);
+    let mut said = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut said)
+        .expect("stderr");
+    assert!(
+        said.contains("error: reading the image at offset"),
+        "{said}"
+    );
+    released(&dir, &answer);
 
     // Nothing mounted there now: dismount says so.
     let r = image(&["dismount", "--mountpoint", dir.to_str().expect("path")]);
