@@ -175,12 +175,22 @@ impl Index {
         if raw_len > max_raw || raw_len < 16 {
             return Err(format!("index body length {raw_len} is out of range"));
         }
-        let body = if flags & FLAG_ZSTD != 0 {
-            zstd::bulk::decompress(&rec[INDEX_FIXED_LEN..], raw_len as usize)
-                .map_err(|e| format!("index does not decompress: {e}"))?
+        // The header decides how large the index is: a damaged or hand-made one may claim far
+        // more than this machine has, which must be an error, not an aborted process.
+        let mut body: Vec<u8> = Vec::new();
+        body.try_reserve_exact(raw_len as usize).map_err(|_| {
+            format!(
+                "index needs {raw_len} bytes of memory (for a source of {} bytes), more than can be had",
+                header.source_size
+            )
+        })?;
+        if flags & FLAG_ZSTD != 0 {
+            zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress_to_buffer(&rec[INDEX_FIXED_LEN..], &mut body))
+                .map_err(|e| format!("index does not decompress: {e}"))?;
         } else {
-            rec[INDEX_FIXED_LEN..].to_vec()
-        };
+            body.extend_from_slice(&rec[INDEX_FIXED_LEN..]);
+        }
         if body.len() as u64 != raw_len {
             return Err("index body length mismatch".into());
         }
@@ -193,6 +203,10 @@ impl Index {
         }
         if 16 + n_frames * FRAME_REF_LEN as u64 + n_entries * ENTRY_LEN as u64 != raw_len {
             return Err("index body size does not match its counts".into());
+        }
+        // Every frame takes at least a byte of the data area.
+        if n_frames > data_end.saturating_sub(header.data_start()) {
+            return Err(format!("index lists {n_frames} frames, more than the image holds"));
         }
         let mut frames = Vec::with_capacity(n_frames as usize);
         let mut at = 16usize;
@@ -222,7 +236,10 @@ impl Index {
             prev_id = Some(f.frame_id);
             frames.push(f);
         }
-        let mut entries = Vec::with_capacity(n_entries as usize);
+        let mut entries = Vec::new();
+        entries.try_reserve_exact(n_entries as usize).map_err(|_| {
+            format!("index lists {n_entries} blocks, more than can be held in memory")
+        })?;
         for b in 0..n_entries {
             let state = BlockState::from_code(body[at])
                 .ok_or_else(|| format!("block {b} has an unknown state"))?;

@@ -194,3 +194,31 @@ fn round_trip_full_and_incremental_in_memory() {
     let err = restore_mem(&dir, "inc.hfi", None, data.len()).expect_err("changed base");
     assert!(err.to_string().contains("has changed"), "{err}");
 }
+
+/// A hand-made image whose header claims a 1 PiB source and whose index claims 512 GiB once
+/// decompressed, every unkeyed checksum recomputed (what anyone who can write to the backup
+/// share can make): opening it is a clear error, not an aborted process.
+#[test]
+fn an_image_claiming_a_huge_index_is_refused_without_allocating_it() {
+    let (bytes, _, _) = plain();
+    let img = open(bytes.clone()).expect("open");
+    let mut header = img.header.clone();
+    header.source_size = 1 << 50;
+    let mut forged = bytes.clone();
+    forged[..HEADER_LEN].copy_from_slice(&header.encode());
+    let at = img.trailer.index_offset as usize;
+    forged[at + 24..at + 32].copy_from_slice(&(512u64 << 30).to_le_bytes());
+    let meta_end = HEADER_LEN + img.meta_bytes().len();
+    let index_end = at + img.trailer.index_len as usize;
+    let mut trailer = img.trailer.clone();
+    trailer.index_digest =
+        holdfast_image::image::digest_of(&forged[..meta_end], &forged[at..index_end]);
+    let len = forged.len();
+    forged[len - holdfast_image::trailer::TRAILER_LEN..].copy_from_slice(&trailer.encode());
+    match open(forged) {
+        Err(ImageError::Corrupt { detail, .. }) => {
+            assert!(detail.contains("index"), "{detail}");
+        }
+        other => panic!("expected a damaged index, got {:?}", other.map(|_| ())),
+    }
+}
