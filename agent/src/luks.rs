@@ -418,6 +418,7 @@ impl WriteAt for EncryptedTarget<'_> {
         if self.opened.get().is_some() {
             return Ok(());
         }
+        self.raw.before_first_write()?;
         let opened = self
             .open()
             .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
@@ -471,6 +472,10 @@ impl WriteAt for ContentsTarget<'_> {
 
     fn sync(&self) -> std::io::Result<()> {
         self.inner.sync()
+    }
+
+    fn before_first_write(&self) -> std::io::Result<()> {
+        self.inner.before_first_write()
     }
 }
 

@@ -206,7 +206,9 @@ impl Index {
         }
         // Every frame takes at least a byte of the data area.
         if n_frames > data_end.saturating_sub(header.data_start()) {
-            return Err(format!("index lists {n_frames} frames, more than the image holds"));
+            return Err(format!(
+                "index lists {n_frames} frames, more than the image holds"
+            ));
         }
         let mut frames = Vec::with_capacity(n_frames as usize);
         let mut at = 16usize;

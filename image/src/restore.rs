@@ -50,6 +50,8 @@ pub trait WriteAt: Sync {
 pub struct FileTarget {
     file: DirectFile,
     size: u64,
+    /// A regular file shorter than `size`: extended only once the restore starts writing.
+    grow: bool,
 }
 
 impl FileTarget {
@@ -58,6 +60,16 @@ impl FileTarget {
         Ok(Self {
             file: DirectFile::open(path)?,
             size,
+            grow: false,
+        })
+    }
+
+    /// Open an existing regular file, to be `size` bytes long once written: it is extended
+    /// just before the first write, so a restore refused before that leaves it as it was.
+    pub fn open_growing(path: &std::path::Path, size: u64) -> io::Result<Self> {
+        Ok(Self {
+            grow: true,
+            ..Self::open(path, size)?
         })
     }
 
@@ -76,6 +88,13 @@ impl WriteAt for FileTarget {
     }
     fn sync(&self) -> io::Result<()> {
         self.file.sync()
+    }
+    fn before_first_write(&self) -> io::Result<()> {
+        let file = self.file.file();
+        if self.grow && file.metadata()?.len() < self.size {
+            file.set_len(self.size)?;
+        }
+        Ok(())
     }
 }
 

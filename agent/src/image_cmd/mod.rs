@@ -120,12 +120,13 @@ pub fn open_target(path: &Path, need: u64, sources: &[&Path]) -> Result<(FileTar
         ))
         .into());
     }
-    if !dev.is_block && dev.size < need {
-        let f = OpenOptions::new().write(true).open(path);
-        f.and_then(|f| f.set_len(need))
-            .with_context(|| format!("cannot extend restore target '{}'", path.display()))?;
-    }
-    let target = FileTarget::open(path, dev.size.max(need)).with_context(|| {
+    // A shorter file is extended once every frame is checked, just before the first write.
+    let open = if !dev.is_block && dev.size < need {
+        FileTarget::open_growing
+    } else {
+        FileTarget::open
+    };
+    let target = open(path, dev.size.max(need)).with_context(|| {
         format!(
             "cannot open restore target '{}' for writing",
             path.display()

@@ -137,6 +137,28 @@ fn flipped_byte_is_named_by_validate_and_refused_by_restore() {
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("damaged in blocks"), "{}", r.stderr);
     assert_eq!(hash(&target), before, "a refused restore must not write");
+    // Over an existing file smaller than the volume: not extended either.
+    let small = f.dir.join("small.img");
+    std::fs::write(&small, vec![0x5Au8; 1 << 20]).expect("small target");
+    let small_before = hash(&small);
+    let r = image(&[
+        "restore",
+        "--image",
+        &img,
+        "--target",
+        small.to_str().expect("p"),
+    ]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(
+        std::fs::metadata(&small).expect("small").len(),
+        1 << 20,
+        "extended"
+    );
+    assert_eq!(
+        hash(&small),
+        small_before,
+        "a refused restore must not write"
+    );
     // Into a new file (written under a temporary name, no checksum pass before): the damage
     // stops it midway and nothing is left, neither the file nor its temporary name.
     let fresh = f.p("fresh.img");
@@ -156,6 +178,15 @@ fn flipped_byte_is_named_by_validate_and_refused_by_restore() {
     image_ok(&["restore", "--image", &good, "--target", &fresh]);
     assert_eq!(hash(Path::new(&fresh)), hash(Path::new(f.vol())));
     assert!(!Path::new(&f.p(".fresh.img.holdfast-partial")).exists());
+    // The smaller existing file takes the whole volume once the image is sound.
+    image_ok(&[
+        "restore",
+        "--image",
+        &good,
+        "--target",
+        small.to_str().expect("p"),
+    ]);
+    assert_eq!(hash(&small), hash(Path::new(f.vol())));
 }
 
 #[test]
