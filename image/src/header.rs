@@ -212,15 +212,27 @@ impl Header {
             });
         }
         let version = u16_at(b, 8);
+        let crc_ok = u32_at(b, CRC_AT) == crc32c::crc32c(&b[..CRC_AT]);
         if version > FORMAT_VERSION || version == 0 {
+            // Intact, it is a format this tool does not know; otherwise a damaged version
+            // field (or a newer layout that puts its checksum elsewhere).
+            if !crc_ok {
+                return Err(ImageError::corrupt(
+                    name,
+                    format!(
+                        "header checksum mismatch (the header names format version {version}, \
+                         which this tool, of version {FORMAT_VERSION}, does not know: damaged, \
+                         or written by a newer holdfast)"
+                    ),
+                ));
+            }
             return Err(ImageError::UnsupportedVersion {
                 name: name.to_owned(),
                 version,
                 supported: FORMAT_VERSION,
             });
         }
-        let crc = u32_at(b, CRC_AT);
-        if crc != crc32c::crc32c(&b[..CRC_AT]) {
+        if !crc_ok {
             return Err(ImageError::corrupt(name, "header checksum mismatch"));
         }
         let bad = |what: &str| ImageError::corrupt(name, format!("header field {what} is invalid"));

@@ -10,7 +10,7 @@ use crate::index::Index;
 use crate::io::ReadAt;
 use crate::meta::Metadata;
 use crate::parts::{LogicalStream, PartStore};
-use crate::trailer::{Trailer, TRAILER_LEN};
+use crate::trailer::{Trailer, TrailerFault, TRAILER_LEN};
 
 /// An opened, structurally checked image.
 pub struct Image {
@@ -80,8 +80,13 @@ impl Image {
         stream
             .read_exact_at(&mut tb, len - TRAILER_LEN as u64)
             .map_err(io_err)?;
-        let trailer = Trailer::decode(&tb).ok_or_else(|| {
-            truncated("no valid trailer at its end (the write did not finish, or later split parts are missing)")
+        let trailer = Trailer::decode(&tb).map_err(|fault| match fault {
+            TrailerFault::Missing => truncated(
+                "no valid trailer at its end (the write did not finish, or later split parts are missing)",
+            ),
+            TrailerFault::Damaged(what) => {
+                ImageError::corrupt(&name, format!("its trailer is damaged: {what}"))
+            }
         })?;
         if trailer.part_count > stream.part_count() {
             let number = stream.part_count() + 1;

@@ -51,15 +51,24 @@ impl Trailer {
         b
     }
 
-    /// Decode; `None` when this is not a valid trailer (the image is incomplete or damaged).
-    pub fn decode(b: &[u8]) -> Option<Self> {
+    /// Decode. [`TrailerFault::Missing`] when no trailer is there (the write did not finish,
+    /// or later parts are missing); [`TrailerFault::Damaged`] when one is there but a byte
+    /// of it changed.
+    pub fn decode(b: &[u8]) -> Result<Self, TrailerFault> {
         if b.len() != TRAILER_LEN || b[0..8] != TRAILER_MAGIC || b[160..168] != END_MAGIC {
-            return None;
+            return Err(TrailerFault::Missing);
         }
-        if u32_at(b, CRC_AT) != crc32c::crc32c(&b[..CRC_AT]) || u16_at(b, 8) == 0 {
-            return None;
+        if u32_at(b, CRC_AT) != crc32c::crc32c(&b[..CRC_AT]) {
+            return Err(TrailerFault::Damaged("its checksum does not match"));
         }
-        Some(Self {
+        // Reserved: written as zeros, and covered by nothing else.
+        if b[CRC_AT + 4..160] != [0; 4] || b[10..12] != [0; 2] {
+            return Err(TrailerFault::Damaged("its reserved bytes are not zero"));
+        }
+        if u16_at(b, 8) == 0 {
+            return Err(TrailerFault::Damaged("it names format version 0"));
+        }
+        Ok(Self {
             part_count: u32_at(b, 12),
             logical_len: u64_at(b, 16),
             index_offset: u64_at(b, 24),
@@ -71,4 +80,13 @@ impl Trailer {
             stored_bytes: u64_at(b, 144),
         })
     }
+}
+
+/// Why the end of an image is not a trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrailerFault {
+    /// No trailer there: the image is incomplete.
+    Missing,
+    /// A trailer with damage: what is wrong.
+    Damaged(&'static str),
 }

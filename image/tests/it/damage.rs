@@ -222,3 +222,32 @@ fn an_image_claiming_a_huge_index_is_refused_without_allocating_it() {
         other => panic!("expected a damaged index, got {:?}", other.map(|_| ())),
     }
 }
+
+/// Every byte of the trailer and the header's version field: a flip is damage, named as
+/// damage (not as a truncated image or a newer format), wherever it lands.
+#[test]
+fn every_trailer_byte_and_the_version_are_covered_and_named_as_damage() {
+    let (bytes, _, _) = plain();
+    let tail = bytes.len() - holdfast_image::trailer::TRAILER_LEN;
+    for i in 0..holdfast_image::trailer::TRAILER_LEN {
+        let mut b = bytes.clone();
+        b[tail + i] ^= 0x04;
+        match open(b) {
+            Err(ImageError::Corrupt { .. }) => {}
+            // Its magic numbers gone, the trailer is not found at all.
+            Err(ImageError::Truncated { .. }) if !(8..160).contains(&i) => {}
+            Err(e) => panic!("trailer byte {i}: {e}"),
+            Ok(_) => panic!("a flip of trailer byte {i} was not noticed"),
+        }
+    }
+    for at in [8, 9] {
+        let mut b = bytes.clone();
+        b[at] ^= 0x01;
+        match open(b) {
+            Err(ImageError::Corrupt { detail, .. }) => {
+                assert!(detail.contains("checksum"), "{detail}");
+            }
+            other => panic!("version byte {at}: {:?}", other.map(|_| ())),
+        }
+    }
+}
