@@ -71,10 +71,11 @@ pub struct DirectAppender {
 }
 
 impl DirectAppender {
-    /// Create (truncate) `path`.
+    /// Create (truncate) `path`, readable by its owner only: an image holds a volume's
+    /// contents.
     pub fn create(path: &Path) -> io::Result<Self> {
         let mut opts = OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create(true).truncate(true).mode(0o600);
         let (direct, buffered) = open_pair(&opts, path)?;
         Ok(Self {
             direct,

@@ -114,6 +114,11 @@ fn flipped_byte_is_named_by_validate_and_refused_by_restore() {
         "--compression-level",
         "1",
     ]);
+    // Only its owner reads an image: it holds the volume's contents.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&img).expect("image").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
     let mut bytes = std::fs::read(&img).expect("img");
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;

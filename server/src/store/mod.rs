@@ -71,6 +71,9 @@ pub enum StoreError {
     /// It names something that does not exist (a target, site or agent).
     #[error("{0}")]
     Dangling(String),
+    /// The store's file could not be made.
+    #[error("{0}")]
+    File(String),
 }
 
 impl StoreError {
@@ -90,6 +93,39 @@ impl StoreError {
     }
 }
 
+/// Make the SQLite file of `url` readable by its owner only (created so when it does not
+/// exist yet; SQLite gives its journal files the same mode): it holds password hashes,
+/// sealed secrets and the audit log.
+fn create_private(url: &str) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Some(path) = url
+        .strip_prefix("sqlite://")
+        .map(|p| p.split('?').next().unwrap_or(p))
+        .filter(|p| !p.is_empty() && !p.starts_with(':'))
+    else {
+        return Ok(());
+    };
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Made by an earlier version, readable by all: made private too.
+            for file in [path.to_owned(), format!("{path}-wal"), format!("{path}-shm")] {
+                let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+                let _ = std::fs::set_permissions(&file, private);
+            }
+            Ok(())
+        }
+        Err(e) => Err(StoreError::File(format!(
+            "cannot create the store file '{path}': {e}"
+        ))),
+    }
+}
+
 impl Store {
     /// Open the store at `url` (`sqlite://…` or `postgres://…`), creating a SQLite file when
     /// missing, and apply the migrations.
@@ -100,6 +136,9 @@ impl Store {
         } else {
             Engine::Sqlite
         };
+        if engine == Engine::Sqlite {
+            create_private(url)?;
+        }
         let url = match engine {
             // Create the file on first start; WAL lets readers run beside the writer.
             Engine::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),

@@ -586,6 +586,13 @@ async fn store_on_sqlite() {
         .expect("open");
     exercise(&store).await;
     exercise_jobs(&store).await;
+    // Private: it holds password hashes, sealed secrets and the audit log.
+    for file in ["holdfast.db", "holdfast.db-wal"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(d.path().join(file)).expect(file).permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
     // Reopening applies no migration twice and keeps the data.
     drop(store);
     let again = Store::open(&Store::sqlite_url(d.path()))
