@@ -11,6 +11,7 @@ pub mod restore;
 pub mod validate;
 
 use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -94,9 +95,11 @@ pub fn open_target(path: &Path, need: u64, sources: &[&Path]) -> Result<(FileTar
         }
     }
     if !path.exists() {
+        // Readable by its owner only, as the image it comes from.
         let f = OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(path)
             .with_context(|| format!("cannot create restore target '{}'", path.display()))?;
         f.set_len(need)
