@@ -185,7 +185,11 @@ fn flipped_byte_is_named_by_validate_and_refused_by_restore() {
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&fresh).expect("restored").permissions(),
     );
-    assert_eq!(mode & 0o777, 0o600, "a restored file is private as its image");
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "a restored file is private as its image"
+    );
     assert!(!Path::new(&f.p(".fresh.img.holdfast-partial")).exists());
     // The smaller existing file takes the whole volume once the image is sound.
     image_ok(&[

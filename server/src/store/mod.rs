@@ -114,7 +114,11 @@ fn create_private(url: &str) -> Result<(), StoreError> {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             // Made by an earlier version, readable by all: made private too.
-            for file in [path.to_owned(), format!("{path}-wal"), format!("{path}-shm")] {
+            for file in [
+                path.to_owned(),
+                format!("{path}-wal"),
+                format!("{path}-shm"),
+            ] {
                 let private = std::os::unix::fs::PermissionsExt::from_mode(0o600);
                 let _ = std::fs::set_permissions(&file, private);
             }

@@ -589,7 +589,9 @@ async fn store_on_sqlite() {
     // Private: it holds password hashes, sealed secrets and the audit log.
     for file in ["holdfast.db", "holdfast.db-wal"] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(d.path().join(file)).expect(file).permissions(),
+            &std::fs::metadata(d.path().join(file))
+                .expect(file)
+                .permissions(),
         );
         assert_eq!(mode & 0o777, 0o600, "{file}");
     }
