@@ -5,9 +5,9 @@
 //!
 //! | | |
 //! |---|---|
-//! | mapping already open (a mounted volume) | read through it; no passphrase needed; held by the consistency method chosen for the mapping |
-//! | not open, passphrase or key file given | opened read-only as `holdfast-luks-<pid>` for the run, closed after |
-//! | neither | the volume is imaged whole (ciphertext), with a warning that says how to do better |
+//! | passphrase or key file given, mapping already open (a mounted volume) | read through that mapping (the key itself is not used), held by the consistency method chosen for the mapping |
+//! | passphrase or key file given, not open | opened read-only as `holdfast-luks-<pid>` for the run, closed after |
+//! | none given | the volume is imaged whole (ciphertext), with a warning that says how to do better |
 //! | unencrypted image | refused when a passphrase is given (the contents would be stored in clear); otherwise imaged whole |
 //! | LUKS2 with integrity (dm-integrity), several segments | imaged whole: their data is not one decryptable range |
 //!
