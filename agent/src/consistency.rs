@@ -417,11 +417,13 @@ impl Held {
     }
 }
 
-/// Undo what imaging processes that are gone (killed) left: LVM snapshots, and device-mapper
-/// devices swapped for a snapshot origin (or suspended midway through the swap).
+/// Undo what imaging processes that are gone (killed) left: LVM snapshots, device-mapper
+/// devices swapped for a snapshot origin (or suspended midway through the swap), and LUKS
+/// volumes opened to be read decrypted.
 pub fn remove_stale_snapshots() {
     lvm::remove_stale();
     dmsnap::remove_stale();
+    crate::luks::remove_stale();
 }
 
 /// A snapshot's description with how full it got; an error when it overflowed or could not

@@ -164,8 +164,8 @@ pub fn table(name: &str, with_key: bool) -> Result<Zeroizing<String>> {
         );
     }
     let text = Zeroizing::new(String::from_utf8_lossy(&out.stdout).into_owned());
-    // The output's own buffer held the key too.
-    Zeroizing::new(out.stdout);
+    // The output's own buffer held the key too: wiped as it goes.
+    drop(Zeroizing::new(out.stdout));
     Ok(text)
 }
 

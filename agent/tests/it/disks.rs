@@ -202,7 +202,7 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
         "{}",
         whole.stderr
     );
-    let (mut child, answer) = crate::mount::mount(&[
+    let (child, answer) = crate::mount::mount(&[
         "--image",
         image_arg,
         "--mountpoint",
@@ -212,10 +212,8 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
     ]);
     assert_eq!(answer["filesystem"], "ext4", "{answer}");
     assert_eq!(checksums(&dir), want[0]);
-    assert_eq!(image(&["dismount", "--mountpoint", dir_arg]).code, 0);
-    assert_eq!(crate::mount::ended(&mut child), 0);
-    crate::mount::released(&dir, &answer);
-    let (mut child, answer) =
+    crate::mount::dismount_released(&dir, child, &answer);
+    let (child, answer) =
         crate::mount::mount(&["--image", image_arg, "--mountpoint", dir_arg, "--raw"]);
     assert_eq!(
         answer["files"],
@@ -241,9 +239,7 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
         noise(parts[2].1 as usize, 9),
         "the unknown partition, read through the image"
     );
-    assert_eq!(image(&["dismount", "--mountpoint", dir_arg]).code, 0);
-    assert_eq!(crate::mount::ended(&mut child), 0);
-    crate::mount::released(&dir, &answer);
+    crate::mount::dismount_released(&dir, child, &answer);
 
     let out = t.path().join("restored.img");
     image_ok(&[

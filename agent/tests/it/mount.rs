@@ -83,6 +83,14 @@ pub fn released(dir: &Path, answer: &serde_json::Value) {
     }
 }
 
+/// `image dismount` at `dir`: it succeeds, the serving `child` ends well, nothing is left.
+pub fn dismount_released(dir: &Path, mut child: Child, answer: &serde_json::Value) {
+    let r = image(&["dismount", "--mountpoint", dir.to_str().expect("path")]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(ended(&mut child), 0);
+    released(dir, answer);
+}
+
 #[test]
 fn a_chain_point_mounts_read_only_and_is_released_even_after_a_kill() {
     if !require_devices("a_chain_point_mounts_read_only_and_is_released_even_after_a_kill") {
@@ -152,7 +160,7 @@ fn a_chain_point_mounts_read_only_and_is_released_even_after_a_kill() {
     // The middle point, mounted: exactly its files, the link and the hard link as they were.
     let dir = work.join("mnt");
     std::fs::create_dir_all(&dir).expect("mount point");
-    let (mut child, answer) = mount(&[
+    let (child, answer) = mount(&[
         "--image",
         &img("inc1.hfi"),
         "--mountpoint",
@@ -171,10 +179,7 @@ fn a_chain_point_mounts_read_only_and_is_released_even_after_a_kill() {
     assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
     // Read-only: nothing can be written to the image.
     assert!(std::fs::write(dir.join("new.txt"), b"no").is_err());
-    let r = image(&["dismount", "--mountpoint", dir.to_str().expect("path")]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(ended(&mut child), 0);
-    released(&dir, &answer);
+    dismount_released(&dir, child, &answer);
 
     // Raw: the volume as a file, equal to a restore of the same point.
     let restored = work.join("restored.img");

@@ -192,7 +192,7 @@ fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn F
     let dir = work.join("mnt");
     std::fs::create_dir_all(&dir).expect("mount point");
     let dir_arg = dir.to_str().expect("path");
-    let (mut child, answer) = crate::mount::mount(&[
+    let (child, answer) = crate::mount::mount(&[
         "--image",
         &full,
         "--mountpoint",
@@ -203,10 +203,7 @@ fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn F
         &creds,
     ]);
     assert_eq!(checksums(&dir), states[0], "mounted from {full}");
-    let r = image(&["dismount", "--mountpoint", dir_arg]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert_eq!(crate::mount::ended(&mut child), 0);
-    crate::mount::released(&dir, &answer);
+    crate::mount::dismount_released(&dir, child, &answer);
 
     // An existing name is refused; nothing is left behind but the two images.
     let r = image(&[
