@@ -122,6 +122,9 @@ pub enum ImageCommand {
     Ls(LsArgs),
     /// Copy files or folders out of an image, keeping modes, owners, times and links.
     Extract(ExtractArgs),
+    /// Write files or folders of an image as one archive (or one file) to a file or
+    /// standard output.
+    Export(ExportArgs),
 }
 
 /// Flags every command shares.
@@ -309,20 +312,30 @@ pub struct MountArgs {
     pub common: Common,
 }
 
-/// `image ls`.
+/// An image point to read files from.
 #[derive(Debug, Args)]
-pub struct LsArgs {
+pub struct PointArgs {
     /// The image: any point of a chain; its ancestors are found in the same folder.
     #[arg(long)]
     pub image: PathBuf,
-    /// The folder or file inside the image (default: its root).
-    pub path: Option<String>,
     /// Password file (else HOLDFAST_PASSWORD).
     #[arg(long)]
     pub password_file: Option<PathBuf>,
     /// For a disk image: the partition to read.
     #[arg(long)]
     pub partition: Option<u32>,
+}
+
+/// `image ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub point: PointArgs,
+    /// The folder or file inside the image (default: its root).
+    pub path: Option<String>,
+    /// Also count the files, folders and bytes the path holds all the way down.
+    #[arg(long)]
+    pub total: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -330,9 +343,8 @@ pub struct LsArgs {
 /// `image extract`.
 #[derive(Debug, Args)]
 pub struct ExtractArgs {
-    /// The image: any point of a chain; its ancestors are found in the same folder.
-    #[arg(long)]
-    pub image: PathBuf,
+    #[command(flatten)]
+    pub point: PointArgs,
     /// Files or folders inside the image, each copied into --to under its own name.
     #[arg(required = true)]
     pub paths: Vec<String>,
@@ -342,12 +354,25 @@ pub struct ExtractArgs {
     /// Replace files that exist there already (otherwise they are refused).
     #[arg(long)]
     pub overwrite: bool,
-    /// Password file (else HOLDFAST_PASSWORD).
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `image export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub point: PointArgs,
+    /// Files or folders inside the image, each stored under its own name.
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+    /// `tar.gz` (keeps modes, owners, times and links), `zip`, or `file` (one regular
+    /// file, as it is).
+    #[arg(long, default_value = "tar.gz")]
+    pub format: holdfast_proto::ExportFormat,
+    /// Where to write it: a file, or `-` for standard output.
     #[arg(long)]
-    pub password_file: Option<PathBuf>,
-    /// For a disk image: the partition to read.
-    #[arg(long)]
-    pub partition: Option<u32>,
+    pub output: PathBuf,
     #[command(flatten)]
     pub common: Common,
 }
@@ -497,6 +522,7 @@ impl Cli {
             ImageCommand::Dismount(a) => a.common.json,
             ImageCommand::Ls(a) => a.common.json,
             ImageCommand::Extract(a) => a.common.json,
+            ImageCommand::Export(a) => a.common.json,
         }
     }
 
@@ -522,6 +548,7 @@ impl Cli {
             ImageCommand::Dismount(a) => image_cmd::mount::dismount(a),
             ImageCommand::Ls(a) => image_cmd::browse::ls(a),
             ImageCommand::Extract(a) => image_cmd::browse::extract(a),
+            ImageCommand::Export(a) => image_cmd::export::export(a),
         }
     }
 }

@@ -26,6 +26,7 @@ mod readahead;
 mod secret;
 mod snapshot_commands;
 mod storage;
+mod zip_stream;
 
 /// Set by Ctrl-C / SIGTERM: long operations stop between frames and remove partial output.
 pub static CANCEL: holdfast_image::progress::Cancel = holdfast_image::progress::Cancel::new();

@@ -11,12 +11,14 @@
 //! one message at a time and answers in its own time, and both sides bound their queues (the
 //! back-pressure of a slow peer reaches the sender instead of growing memory).
 
+pub mod files;
 pub mod inventory;
 pub mod job;
 pub mod request;
 
 use serde::{Deserialize, Serialize};
 
+pub use files::{ExportFormat, FileEntry, FileKind, ImageRef, Listing, TreeTotal};
 pub use inventory::{Disk, Inventory, Volume};
 pub use job::{JobOrder, RunReport, RunStatus};
 pub use request::{Call, Reply, Request};
@@ -28,7 +30,28 @@ pub use request::{Call, Reply, Request};
 /// picked apart by an `op` string.
 /// 3: an image task names its consistency method and maximum freeze time instead of a
 /// `live` flag.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: files are browsed and streamed out of images (binary data frames, acknowledged).
+pub const PROTOCOL_VERSION: u32 = 4;
+
+/// Bytes of one data frame's payload at most.
+pub const STREAM_CHUNK: usize = 64 << 10;
+/// Bytes an agent may send on a stream beyond what the server has acknowledged: a slow
+/// download holds the agent back instead of filling the server's memory.
+pub const STREAM_WINDOW: u64 = 2 << 20;
+
+/// A binary frame of stream `id`: its id (8 bytes, big-endian), then the payload.
+pub fn data_frame(id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(8 + payload.len());
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The stream id and payload of a binary frame; `None` when it is too short to hold an id.
+pub fn parse_data_frame(frame: &[u8]) -> Option<(u64, &[u8])> {
+    let (id, payload) = frame.split_first_chunk::<8>()?;
+    Some((u64::from_be_bytes(*id), payload))
+}
 
 /// Why an agent speaking protocol `agent` cannot talk to a server speaking `server`, and
 /// which side to upgrade; `None` when they match.
@@ -119,6 +142,9 @@ pub enum AgentMsg {
         level: String,
         text: String,
     },
+    /// Stream `id` (a request's id) is over: all its data frames were sent, or it broke
+    /// off for the reason given.
+    StreamEnd { id: u64, error: Option<String> },
     /// A finished run. Kept on the agent's disk until [`ServerMsg::ReportStored`] says the
     /// server has it, so a report made while the server was away arrives later.
     Report(job::RunReport),
@@ -142,6 +168,11 @@ pub enum ServerMsg {
     Request { id: u64, request: Request },
     /// The report of this run is stored: the agent may forget it.
     ReportStored { run_id: i64 },
+    /// The server has passed on `bytes` of stream `id` in all: the agent may send up to
+    /// [`STREAM_WINDOW`] beyond that.
+    StreamAck { id: u64, bytes: u64 },
+    /// Stop stream `id` (its download was abandoned); no [`AgentMsg::StreamEnd`] is needed.
+    StreamStop { id: u64 },
 }
 
 /// Why a channel or enrolment was refused.
@@ -228,6 +259,26 @@ mod tests {
         assert!(serde_json::from_str::<AgentMsg>(missing).is_err());
         let unknown = r#"{"type":"request","id":1,"request":{"request":"format_disk"}}"#;
         assert!(serde_json::from_str::<ServerMsg>(unknown).is_err());
+    }
+
+    #[test]
+    fn data_frames_carry_their_stream_id() {
+        let f = data_frame(0x0102_0304_0506_0708, b"payload");
+        assert_eq!(&f[..8], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            parse_data_frame(&f),
+            Some((0x0102_0304_0506_0708, &b"payload"[..]))
+        );
+        assert_eq!(parse_data_frame(&data_frame(9, b"")), Some((9, &b""[..])));
+        assert_eq!(parse_data_frame(&[1, 2, 3]), None);
+        let end = AgentMsg::StreamEnd {
+            id: 4,
+            error: Some("gone".into()),
+        };
+        assert_eq!(
+            serde_json::from_str::<AgentMsg>(&end.to_text()).expect("parse"),
+            end
+        );
     }
 
     #[test]

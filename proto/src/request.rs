@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::{ExportFormat, ImageRef, Listing};
 use crate::inventory::Inventory;
 use crate::job::{JobOrder, TargetAccess};
 
@@ -23,6 +24,8 @@ pub enum Request {
     CheckJob(CheckJob),
     TestTarget(TestTarget),
     Inventory(GetInventory),
+    BrowseImage(BrowseImage),
+    ExportFiles(ExportFiles),
 }
 
 /// An agent's answer to a [`Request`], as it travels.
@@ -35,6 +38,8 @@ pub enum Reply {
     JobCheck(JobCheck),
     TargetProbe(TargetProbe),
     Inventory(Inventory),
+    Listing(Listing),
+    ExportStarted(ExportStarted),
 }
 
 impl Request {
@@ -47,6 +52,8 @@ impl Request {
             Self::CheckJob(_) => "check_job",
             Self::TestTarget(_) => "test_target",
             Self::Inventory(_) => "inventory",
+            Self::BrowseImage(_) => "browse_image",
+            Self::ExportFiles(_) => "export_files",
         }
     }
 }
@@ -61,6 +68,8 @@ impl Reply {
             Self::JobCheck(_) => "job_check",
             Self::TargetProbe(_) => "target_probe",
             Self::Inventory(_) => "inventory",
+            Self::Listing(_) => "listing",
+            Self::ExportStarted(_) => "export_started",
         }
     }
 }
@@ -215,3 +224,32 @@ pub struct TargetProbe {
 pub struct GetInventory {}
 
 call!(Inventory(GetInventory) => Inventory(Inventory));
+
+/// List a folder inside an image point (read from its target, nothing restored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrowseImage {
+    pub image: Box<ImageRef>,
+    /// The folder (or file) inside the image.
+    pub path: String,
+    /// Also count what the path holds all the way down (the size of a folder's download).
+    pub total: bool,
+}
+call!(BrowseImage(BrowseImage) => Listing(Listing));
+
+/// Stream files or folders out of an image point: the agent answers [`ExportStarted`] once
+/// the paths are found, then sends the bytes as data frames under the request's id
+/// ([`crate::data_frame`]), never more than [`crate::STREAM_WINDOW`] ahead of the server's
+/// [`ServerMsg::StreamAck`](crate::ServerMsg::StreamAck), and ends with
+/// [`AgentMsg::StreamEnd`](crate::AgentMsg::StreamEnd).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportFiles {
+    pub image: Box<ImageRef>,
+    /// Paths inside the image; with [`ExportFormat::File`], exactly one regular file.
+    pub paths: Vec<String>,
+    pub format: ExportFormat,
+}
+call!(ExportFiles(ExportFiles) => ExportStarted(ExportStarted));
+
+/// The paths were found and their bytes follow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportStarted {}

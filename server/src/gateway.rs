@@ -3,13 +3,18 @@
 //! Each connected agent has a bounded queue of messages to send (a slow agent makes
 //! senders wait instead of growing memory) and a kick signal (revocation closes the channel
 //! at once). A request gets a fresh id; the agent's response with that id completes it.
+//!
+//! A download is a request whose reply is followed by a stream of data frames under the
+//! same id ([`Gateway::stream`]): the frames wait in the stream's queue until the HTTP body
+//! takes them, and only what the body took is acknowledged to the agent, so the agent is
+//! never more than [`holdfast_proto::STREAM_WINDOW`] ahead of the browser.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use holdfast_proto::{Call, Reply, ServerMsg};
+use holdfast_proto::{Call, Reply, ServerMsg, STREAM_CHUNK, STREAM_WINDOW};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Messages queued per agent before senders wait.
@@ -61,11 +66,29 @@ struct Conn {
     generation: u64,
 }
 
+/// What arrives on a stream.
+enum Piece {
+    Data(bytes::Bytes),
+    /// The agent ended the stream: complete, or broken off for the reason given.
+    End(Option<String>),
+}
+
+/// A stream's queue, as the channel handler fills it.
+struct Inflow {
+    agent: i64,
+    tx: mpsc::UnboundedSender<Piece>,
+    /// Bytes received, and acknowledged: the agent may not run further ahead than the
+    /// window (a frame of slack for rounding).
+    received: u64,
+    acked: std::sync::Arc<AtomicU64>,
+}
+
 /// Connected agents and requests in flight.
 #[derive(Default)]
 pub struct Gateway {
     conns: Mutex<HashMap<i64, Conn>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
+    streams: Mutex<HashMap<u64, Inflow>>,
     ids: AtomicU64,
 }
 
@@ -104,12 +127,26 @@ impl Gateway {
         }
     }
 
-    /// Forget a connection (only if it is still the current one of the agent).
+    /// Forget a connection (only if it is still the current one of the agent); its
+    /// streams break off.
     pub fn unregister(&self, id: i64, generation: u64) {
         let mut conns = self.conns();
         if conns.get(&id).is_some_and(|c| c.generation == generation) {
             conns.remove(&id);
+            drop(conns);
+            self.streams().retain(|_, s| {
+                if s.agent == id {
+                    let _ = s.tx.send(Piece::End(Some(
+                        "the agent disconnected during the download".into(),
+                    )));
+                }
+                s.agent != id
+            });
         }
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Inflow>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Close agent `id`'s channel now (it was revoked).
@@ -143,6 +180,100 @@ impl Gateway {
         call: C,
         timeout: Duration,
     ) -> Result<C::Reply, GatewayError> {
+        let req = self.ids.fetch_add(1, Ordering::Relaxed);
+        self.request_as(req, id, call, timeout).await
+    }
+
+    /// Send `call` to agent `id`, wait up to `timeout` for its reply, then hand over the
+    /// data that follows it: a download.
+    pub async fn stream<C: Call>(
+        self: &std::sync::Arc<Self>,
+        id: i64,
+        call: C,
+        timeout: Duration,
+    ) -> Result<(C::Reply, DataStream), GatewayError> {
+        let req = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let acked = std::sync::Arc::new(AtomicU64::new(0));
+        self.streams().insert(
+            req,
+            Inflow {
+                agent: id,
+                tx,
+                received: 0,
+                acked: acked.clone(),
+            },
+        );
+        let mut data = DataStream {
+            gateway: self.clone(),
+            agent: id,
+            id: req,
+            rx,
+            acked,
+            taken: 0,
+            ended: false,
+        };
+        match self.request_as(req, id, call, timeout).await {
+            Ok(reply) => Ok((reply, data)),
+            Err(e) => {
+                data.ended = true;
+                self.streams().remove(&req);
+                Err(e)
+            }
+        }
+    }
+
+    /// A data frame of agent `agent`; false when it broke the protocol (no such stream of
+    /// its own, or past the window): the stream is then broken off.
+    pub fn data(&self, agent: i64, frame: &[u8]) -> bool {
+        let Some((id, payload)) = holdfast_proto::parse_data_frame(frame) else {
+            return false;
+        };
+        let mut streams = self.streams();
+        let Some(s) = streams.get_mut(&id).filter(|s| s.agent == agent) else {
+            // A stream the server stopped may still have frames on the way.
+            return true;
+        };
+        s.received += payload.len() as u64;
+        let ahead = s.received.saturating_sub(s.acked.load(Ordering::Relaxed));
+        if payload.len() > STREAM_CHUNK || ahead > STREAM_WINDOW + STREAM_CHUNK as u64 {
+            let _ = s.tx.send(Piece::End(Some(
+                "the agent sent more than the download's window".into(),
+            )));
+            streams.remove(&id);
+            return false;
+        }
+        let _ =
+            s.tx.send(Piece::Data(bytes::Bytes::copy_from_slice(payload)));
+        true
+    }
+
+    /// Agent `agent` ended stream `id`.
+    pub fn end_stream(&self, agent: i64, id: u64, error: Option<String>) {
+        let mut streams = self.streams();
+        if streams.get(&id).is_some_and(|s| s.agent == agent) {
+            if let Some(s) = streams.remove(&id) {
+                let _ = s.tx.send(Piece::End(error));
+            }
+        }
+    }
+
+    /// Queue `msg` for agent `id` without waiting (from a stream's body, which cannot wait).
+    fn post(&self, id: i64, msg: ServerMsg) {
+        if let Some(tx) = self.conns().get(&id).map(|c| c.tx.clone()) {
+            tokio::spawn(async move {
+                let _ = tx.send(msg).await;
+            });
+        }
+    }
+
+    async fn request_as<C: Call>(
+        &self,
+        req: u64,
+        id: i64,
+        call: C,
+        timeout: Duration,
+    ) -> Result<C::Reply, GatewayError> {
         let request = call.into();
         let asked = request.kind();
         let tx = self
@@ -150,7 +281,6 @@ impl Gateway {
             .get(&id)
             .map(|c| c.tx.clone())
             .ok_or(GatewayError::Offline(id))?;
-        let req = self.ids.fetch_add(1, Ordering::Relaxed);
         let (done, answer) = oneshot::channel();
         self.pending
             .lock()
@@ -194,3 +324,68 @@ impl Gateway {
 
 /// A shared gateway.
 pub type SharedGateway = Arc<Gateway>;
+
+/// The data of a download as it arrives from the agent: a stream of byte chunks for an
+/// HTTP body. What the body takes is acknowledged (in steps of a quarter window); dropped
+/// before the end, it stops the agent's export.
+pub struct DataStream {
+    gateway: Arc<Gateway>,
+    agent: i64,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Piece>,
+    acked: Arc<AtomicU64>,
+    taken: u64,
+    ended: bool,
+}
+
+impl futures_util::Stream for DataStream {
+    type Item = Result<bytes::Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Piece::Data(b))) => {
+                self.taken += b.len() as u64;
+                let taken = self.taken;
+                if taken - self.acked.load(Ordering::Relaxed) >= STREAM_WINDOW / 4 {
+                    self.acked.store(taken, Ordering::Relaxed);
+                    let (agent, id) = (self.agent, self.id);
+                    self.gateway
+                        .post(agent, ServerMsg::StreamAck { id, bytes: taken });
+                }
+                Poll::Ready(Some(Ok(b)))
+            }
+            Poll::Ready(Some(Piece::End(None))) => {
+                self.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Piece::End(Some(why)))) => {
+                self.ended = true;
+                tracing::warn!(agent = self.agent, "download broken off: {why}");
+                Poll::Ready(Some(Err(std::io::Error::other(why))))
+            }
+            Poll::Ready(None) => {
+                self.ended = true;
+                Poll::Ready(Some(Err(std::io::Error::other(
+                    "the download was broken off",
+                ))))
+            }
+        }
+    }
+}
+
+impl Drop for DataStream {
+    fn drop(&mut self) {
+        if !self.ended && self.gateway.streams().remove(&self.id).is_some() {
+            self.gateway
+                .post(self.agent, ServerMsg::StreamStop { id: self.id });
+        }
+    }
+}

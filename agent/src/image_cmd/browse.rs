@@ -14,41 +14,22 @@ use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use holdfast_proto::{FileEntry, FileKind, Listing, TreeTotal};
+use serde::{Deserialize, Serialize};
 
 use super::open_chain;
-use crate::cli::{ExtractArgs, LsArgs};
+use crate::cli::{ExtractArgs, LsArgs, PointArgs};
 use crate::drive::{state_dir, Drive};
 use crate::exit::Refused;
 use crate::secret::{password, PASSWORD_ENV};
 
-/// One entry as listed.
-#[derive(Debug, Serialize)]
-pub struct Entry {
-    /// Its name (for the path itself when it is not a folder: the path as given).
-    pub name: String,
-    /// `file`, `dir`, `symlink`, `block`, `char`, `fifo` or `socket`.
-    pub kind: &'static str,
-    pub size: u64,
-    /// Permission bits, in octal.
-    pub mode: String,
-    pub uid: u32,
-    pub gid: u32,
-    /// Modification time, RFC 3339.
-    pub modified: String,
-    /// A symbolic link's target.
-    pub target: Option<String>,
-    pub inode: u64,
-    pub links: u64,
-}
-
 /// `image ls --json`.
-#[derive(Debug, Serialize)]
-struct Listing {
-    ok: bool,
-    image: String,
-    path: String,
-    entries: Vec<Entry>,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Listed {
+    pub ok: bool,
+    pub image: String,
+    #[serde(flatten)]
+    pub listing: Listing,
 }
 
 /// `image extract --json`.
@@ -67,19 +48,15 @@ struct Extracted {
 
 /// A drive of `image` (of `partition` for a disk) mounted in a private folder, removed with
 /// it.
-struct Private {
+pub(super) struct Private {
     drive: Option<Drive>,
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
 }
 
 impl Private {
-    fn open(
-        image: &Path,
-        creds: Option<&Path>,
-        password_file: Option<&Path>,
-        partition: Option<u32>,
-    ) -> Result<Self> {
-        let password = password(password_file, PASSWORD_ENV)?;
+    pub(super) fn open(point: &PointArgs, creds: Option<&Path>) -> Result<Self> {
+        let (image, partition) = (&point.image, point.partition);
+        let password = password(point.password_file.as_deref(), PASSWORD_ENV)?;
         let chain = open_chain(image, creds, password.as_deref().map(|p| &p[..]))?;
         let dir = state_dir()?.join(format!("{}.mnt", std::process::id()));
         let _ = std::fs::remove_dir(&dir);
@@ -102,7 +79,7 @@ impl Private {
 
     /// `path` inside the image as a path here, every component checked: no `..` above the
     /// root, no symbolic link followed on the way.
-    fn resolve(&self, path: &str) -> Result<PathBuf> {
+    pub(super) fn resolve(&self, path: &str) -> Result<PathBuf> {
         let mut here = self.dir.clone();
         let mut inside = PathBuf::from("/");
         for c in Path::new(path).components() {
@@ -136,7 +113,7 @@ impl Private {
         Ok(here)
     }
 
-    fn close(mut self) -> Result<()> {
+    pub(super) fn close(mut self) -> Result<()> {
         let released = self.drive.take().map_or(Ok(()), Drive::release);
         let _ = std::fs::remove_dir(&self.dir);
         released
@@ -150,25 +127,55 @@ impl Drop for Private {
     }
 }
 
-fn kind_of(ft: std::fs::FileType) -> &'static str {
+pub(super) fn kind_of(ft: std::fs::FileType) -> FileKind {
     if ft.is_dir() {
-        "dir"
+        FileKind::Dir
     } else if ft.is_symlink() {
-        "symlink"
+        FileKind::Symlink
     } else if ft.is_block_device() {
-        "block"
+        FileKind::Block
     } else if ft.is_char_device() {
-        "char"
+        FileKind::Char
     } else if ft.is_fifo() {
-        "fifo"
+        FileKind::Fifo
     } else if ft.is_socket() {
-        "socket"
+        FileKind::Socket
     } else {
-        "file"
+        FileKind::File
     }
 }
 
-fn entry(name: String, path: &Path) -> Result<Entry> {
+/// What `path` holds all the way down (each hard-linked file counted once).
+fn tree_total(path: &Path) -> Result<TreeTotal> {
+    fn walk(
+        path: &Path,
+        seen: &mut std::collections::HashSet<u64>,
+        t: &mut TreeTotal,
+    ) -> Result<()> {
+        if crate::CANCEL.is_cancelled() {
+            bail!("cancelled");
+        }
+        let m = std::fs::symlink_metadata(path)
+            .with_context(|| format!("cannot read '{}' in the image", path.display()))?;
+        if m.is_dir() {
+            t.folders += 1;
+            for e in std::fs::read_dir(path)
+                .with_context(|| format!("cannot list '{}' in the image", path.display()))?
+            {
+                walk(&e?.path(), seen, t)?;
+            }
+        } else if m.is_file() && (m.nlink() < 2 || seen.insert(m.ino())) {
+            t.files += 1;
+            t.bytes += m.len();
+        }
+        Ok(())
+    }
+    let mut t = TreeTotal::default();
+    walk(path, &mut std::collections::HashSet::new(), &mut t)?;
+    Ok(t)
+}
+
+fn entry(name: String, path: &Path) -> Result<FileEntry> {
     let m = std::fs::symlink_metadata(path)
         .with_context(|| format!("cannot read '{}' in the image", path.display()))?;
     let modified = std::time::UNIX_EPOCH
@@ -176,7 +183,7 @@ fn entry(name: String, path: &Path) -> Result<Entry> {
             m.mtime().max(0) as u64,
             m.mtime_nsec().clamp(0, 999_999_999) as u32,
         );
-    Ok(Entry {
+    Ok(FileEntry {
         name,
         kind: kind_of(m.file_type()),
         size: m.len(),
@@ -197,12 +204,7 @@ fn entry(name: String, path: &Path) -> Result<Entry> {
 
 /// Run `image ls`.
 pub fn ls(a: LsArgs) -> Result<ExitCode> {
-    let private = Private::open(
-        &a.image,
-        a.common.credentials_file.as_deref(),
-        a.password_file.as_deref(),
-        a.partition,
-    )?;
+    let private = Private::open(&a.point, a.common.credentials_file.as_deref())?;
     let path = a.path.clone().unwrap_or_else(|| "/".into());
     let here = private.resolve(&path)?;
     let mut entries = Vec::new();
@@ -219,13 +221,17 @@ pub fn ls(a: LsArgs) -> Result<ExitCode> {
     } else {
         entries.push(entry(path.clone(), &here)?);
     }
+    let total = a.total.then(|| tree_total(&here)).transpose()?;
     private.close()?;
     if a.common.json {
-        crate::outcome::print(&Listing {
+        crate::outcome::print(&Listed {
             ok: true,
-            image: a.image.display().to_string(),
-            path,
-            entries,
+            image: a.point.image.display().to_string(),
+            listing: Listing {
+                path,
+                entries,
+                total,
+            },
         });
     } else {
         for e in &entries {
@@ -234,9 +240,19 @@ pub fn ls(a: LsArgs) -> Result<ExitCode> {
                 .as_ref()
                 .map(|t| format!(" -> {t}"))
                 .unwrap_or_default();
+            let kind = serde_json::to_value(e.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
             println!(
-                "{:<7} {} {:>6} {:>6} {:>14} {} {}{target}",
-                e.kind, e.mode, e.uid, e.gid, e.size, e.modified, e.name
+                "{kind:<7} {} {:>6} {:>6} {:>14} {} {}{target}",
+                e.mode, e.uid, e.gid, e.size, e.modified, e.name
+            );
+        }
+        if let Some(t) = total {
+            println!(
+                "total: {} file(s), {} folder(s), {} bytes",
+                t.files, t.folders, t.bytes
             );
         }
     }
@@ -364,12 +380,7 @@ fn keep_attributes(to: &Path, m: &std::fs::Metadata) -> Result<()> {
 pub fn extract(a: ExtractArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&a.to)
         .with_context(|| format!("cannot create '{}'", a.to.display()))?;
-    let private = Private::open(
-        &a.image,
-        a.common.credentials_file.as_deref(),
-        a.password_file.as_deref(),
-        a.partition,
-    )?;
+    let private = Private::open(&a.point, a.common.credentials_file.as_deref())?;
     let mut copier = Copier {
         overwrite: a.overwrite,
         seen: HashMap::new(),
@@ -387,7 +398,7 @@ pub fn extract(a: ExtractArgs) -> Result<ExitCode> {
     private.close()?;
     let done = Extracted {
         ok: true,
-        image: a.image.display().to_string(),
+        image: a.point.image.display().to_string(),
         to: a.to.display().to_string(),
         ..copier.done
     };

@@ -4,6 +4,7 @@ pub mod browse;
 pub mod convert;
 pub mod create;
 pub mod delete;
+pub mod export;
 pub mod info;
 pub mod merge;
 pub mod mount;

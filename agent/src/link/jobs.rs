@@ -567,22 +567,24 @@ impl Jobs {
         })
     }
 
-    /// Run a child `holdfast-agent ARGS --json` with the target's credentials; its typed
-    /// answer, or its error.
-    async fn child_json<T: serde::de::DeserializeOwned>(
+    /// Run a child `holdfast-agent ARGS --json` with the target's credentials (and the
+    /// image password, when given); its typed answer, or its error.
+    pub(super) async fn child_json<T: serde::de::DeserializeOwned>(
         &self,
         target: &holdfast_proto::job::TargetAccess,
+        password: Option<&holdfast_proto::job::Secret>,
         args: &[&str],
     ) -> Result<T> {
-        let mut tag = [0u8; 6];
-        getrandom::getrandom(&mut tag).map_err(|e| anyhow!("no randomness: {e}"))?;
-        let work = self.dir.join("work").join(format!(
-            "check-{}",
-            tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ));
+        let work = self.work_dir("check")?;
         let out = async {
             let mut cmd = self.target_command(target, &work)?;
-            cmd.args(args).arg("--json");
+            if let Some(p) = password {
+                cmd.env(crate::secret::PASSWORD_ENV, p.expose());
+            }
+            // `--json` goes before a `--` that ends the flags.
+            let (flags, rest) =
+                args.split_at(args.iter().position(|a| *a == "--").unwrap_or(args.len()));
+            cmd.args(flags).arg("--json").args(rest);
             let o = cmd
                 .output()
                 .await
@@ -599,7 +601,7 @@ impl Jobs {
         &self,
         target: &holdfast_proto::job::TargetAccess,
     ) -> Result<TargetProbe> {
-        self.child_json(target, &["target", "test", "--url", &target.url])
+        self.child_json(target, None, &["target", "test", "--url", &target.url])
             .await
     }
 
@@ -685,6 +687,7 @@ impl Jobs {
             match self
                 .child_json::<crate::outcome::Info>(
                     &task.target,
+                    None,
                     &["image", "info", "--image", &url],
                 )
                 .await
@@ -763,9 +766,19 @@ impl Jobs {
         }
     }
 
+    /// A private folder under the spool for one child's key and CA files.
+    pub(super) fn work_dir(&self, what: &str) -> Result<PathBuf> {
+        let mut tag = [0u8; 6];
+        getrandom::getrandom(&mut tag).map_err(|e| anyhow!("no randomness: {e}"))?;
+        Ok(self.dir.join("work").join(format!(
+            "{what}-{}",
+            tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )))
+    }
+
     /// A child `holdfast-agent` with the target's credentials in its environment (a key or
     /// CA in private files under `work`), never on its command line.
-    fn target_command(
+    pub(super) fn target_command(
         &self,
         t: &holdfast_proto::job::TargetAccess,
         work: &Path,
@@ -938,7 +951,7 @@ enum ImageFailure {
 }
 
 /// `name` inside the folder `url` (a URL or a local path).
-fn join(url: &str, name: &str) -> String {
+pub(super) fn join(url: &str, name: &str) -> String {
     format!(
         "{}/{}",
         url.trim_end_matches('/'),

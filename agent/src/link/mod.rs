@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod enroll;
+pub mod files;
 pub mod jobs;
 pub mod pin;
 pub mod run;

@@ -14,6 +14,7 @@ use holdfast_proto::{
 };
 
 use super::config::AgentConfig;
+use super::files::{browse, Streams};
 use super::jobs::{state_dir, Jobs, EVENTS};
 use super::{connect, recv, recv_frame, send, Frame, Ws};
 use crate::inventory::collect;
@@ -111,6 +112,15 @@ async fn session(
     check.reset();
     let mut cancel = tokio::time::interval(Duration::from_millis(250));
     let mut heard = std::time::Instant::now();
+    // Downloads end with the channel that carries them.
+    let (streams, mut stream_frames) = Streams::new();
+    struct StopStreams(Arc<Streams>);
+    impl Drop for StopStreams {
+        fn drop(&mut self) {
+            self.0.stop_all();
+        }
+    }
+    let _stop_streams = StopStreams(streams.clone());
     loop {
         tokio::select! {
             _ = beat.tick() => send(&mut ws, &AgentMsg::Heartbeat).await?,
@@ -132,14 +142,21 @@ async fn session(
                 }
             }
             Some(event) = events.recv() => send(&mut ws, &event).await?,
+            Some(frame) = stream_frames.recv() => {
+                use futures_util::SinkExt as _;
+                ws.send(frame).await.map_err(|e| anyhow::anyhow!("the connection to the server broke: {e}"))?;
+            }
             () = jobs.reports_ready.notified() => send_reports(&mut ws, jobs).await?,
             frame = recv_frame(&mut ws) => {
                 heard = std::time::Instant::now();
                 match frame? {
+                    Frame::Msg(ServerMsg::Request { id, request: Request::ExportFiles(r) }) => {
+                        streams.export(jobs, id, r);
+                    }
                     Frame::Msg(ServerMsg::Request { id, request }) => {
                         // Checks that touch targets take seconds: answered from a task, so
                         // heartbeats and other requests go on meanwhile.
-                        if matches!(request, Request::TestTarget(_) | Request::CheckJob(_)) {
+                        if matches!(request, Request::TestTarget(_) | Request::CheckJob(_) | Request::BrowseImage(_)) {
                             let jobs = jobs.clone();
                             tokio::spawn(async move {
                                 let result = answer(&jobs, request).await;
@@ -151,6 +168,8 @@ async fn session(
                         }
                     }
                     Frame::Msg(ServerMsg::ReportStored { run_id }) => jobs.stored(run_id),
+                    Frame::Msg(ServerMsg::StreamAck { id, bytes }) => streams.ack(id, bytes),
+                    Frame::Msg(ServerMsg::StreamStop { id }) => streams.stop(id),
                     Frame::Msg(ServerMsg::Refused { code, reason }) => return Ok(End::Refused(code, reason)),
                     Frame::Msg(_) | Frame::Control => {}
                     Frame::Closed => return Ok(End::Closed),
@@ -190,6 +209,12 @@ async fn answer(jobs: &Arc<Jobs>, request: Request) -> Result<Reply, String> {
             .map(Reply::TargetProbe)
             .map_err(|e| format!("{e:#}")),
         Request::CheckJob(r) => Ok(Reply::JobCheck(jobs.check(&r.order).await)),
+        Request::BrowseImage(r) => browse(jobs, &r)
+            .await
+            .map(Reply::Listing)
+            .map_err(|e| format!("{e:#}")),
+        // Answered by its stream (see `session`).
+        Request::ExportFiles(_) => Err("a download is answered by its stream".into()),
         Request::Cancel(r) => {
             if jobs.cancel(r.run_id) {
                 Ok(Reply::Cancelling(Cancelling { run_id: r.run_id }))

@@ -63,17 +63,36 @@ async fn refuse(mut ws: WebSocket, code: RefusalCode, reason: &str) {
     let _ = ws.send(Message::Close(None)).await;
 }
 
+/// What an agent sends: a message, or a data frame of a download.
+enum Incoming {
+    Msg(AgentMsg),
+    Data(axum::body::Bytes),
+}
+
 /// The next agent message; `None` on close, timeout or garbage.
-async fn next(ws: &mut WebSocket, within: Duration) -> Option<Result<AgentMsg, String>> {
+async fn next(ws: &mut WebSocket, within: Duration) -> Option<Result<Incoming, String>> {
     loop {
         let msg = tokio::time::timeout(within, ws.recv()).await.ok()??.ok()?;
         match msg {
             Message::Text(t) => {
-                return Some(serde_json::from_str(t.as_str()).map_err(|e| e.to_string()))
+                return Some(
+                    serde_json::from_str(t.as_str())
+                        .map(Incoming::Msg)
+                        .map_err(|e| e.to_string()),
+                )
             }
+            Message::Binary(b) => return Some(Ok(Incoming::Data(b))),
             Message::Close(_) => return None,
             _ => continue,
         }
+    }
+}
+
+/// A message frame where only a message may come.
+fn message(m: Incoming) -> Result<AgentMsg, String> {
+    match m {
+        Incoming::Msg(m) => Ok(m),
+        Incoming::Data(_) => Err("a data frame where a message was expected".into()),
     }
 }
 
@@ -87,7 +106,7 @@ async fn enroll(
     ws: WebSocketUpgrade,
 ) -> Response {
     sized(ws).on_upgrade(move |mut ws| async move {
-        let (token, hostname) = match next(&mut ws, FIRST_MESSAGE).await {
+        let (token, hostname) = match next(&mut ws, FIRST_MESSAGE).await.map(|m| m.and_then(message)) {
             Some(Ok(AgentMsg::Enroll { protocol, token, hostname })) => {
                 if let Some(reason) = version_refusal(protocol) {
                     return refuse(ws, RefusalCode::Version, &reason).await;
@@ -204,7 +223,10 @@ async fn channel(
 }
 
 async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
-    match next(&mut ws, FIRST_MESSAGE).await {
+    match next(&mut ws, FIRST_MESSAGE)
+        .await
+        .map(|m| m.and_then(message))
+    {
         Some(Ok(AgentMsg::Hello { protocol, .. })) => {
             if let Some(reason) = version_refusal(protocol) {
                 // The agent stops on this refusal: the agent's page says why.
@@ -259,6 +281,15 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
                         let _ = state.store.agent_seen(id).await;
                         recorded = heard;
                     }
+                    let m = match m {
+                        Incoming::Msg(m) => m,
+                        Incoming::Data(frame) => {
+                            if !state.gateway.data(id, &frame) {
+                                tracing::warn!(agent = id, "malformed or oversized data frame from agent");
+                            }
+                            continue;
+                        }
+                    };
                     if let Some(answer) = handle(&state, id, m).await {
                         if !send(&mut ws, &answer).await {
                             break;
@@ -303,6 +334,7 @@ async fn handle(state: &AppState, id: i64, msg: AgentMsg) -> Option<ServerMsg> {
         // Proof of life only: the channel loop noted the time.
         AgentMsg::Heartbeat => {}
         AgentMsg::Response { id: req, result } => state.gateway.respond(req, result),
+        AgentMsg::StreamEnd { id: stream, error } => state.gateway.end_stream(id, stream, error),
         AgentMsg::Progress {
             run_id,
             stage,

@@ -5,6 +5,7 @@ mod agent_channel;
 mod agents;
 mod caller;
 mod error;
+mod images;
 mod jobs;
 mod meta;
 mod openapi;
@@ -38,6 +39,7 @@ pub fn router() -> Router<AppState> {
         .merge(targets::router())
         .merge(jobs::router())
         .merge(reports::router())
+        .merge(images::router())
         .merge(settings::router())
         .merge(sites::router())
         .merge(agent_channel::router())

@@ -3,6 +3,7 @@
 //! over the agent's channel, following its progress, and storing its report.
 
 pub mod alerts;
+pub mod image_files;
 pub mod job_xml;
 pub mod notify;
 pub mod report_xml;
@@ -519,7 +520,7 @@ impl Dispatcher {
     }
 
     /// A job's secret sealed under `context`, opened for its order.
-    fn unseal_job_secret(
+    pub(crate) fn unseal_job_secret(
         &self,
         context: &str,
         sealed: Option<&str>,
@@ -608,7 +609,7 @@ impl Dispatcher {
     }
 
     /// Gateway error `e` told about agent `agent_id`'s host.
-    async fn on_host(&self, agent_id: i64, e: GatewayError) -> DispatchError {
+    pub(crate) async fn on_host(&self, agent_id: i64, e: GatewayError) -> DispatchError {
         DispatchError::Agent(e.on(&self.host_name(agent_id).await))
     }
 

@@ -703,6 +703,17 @@ impl Store {
         Ok(rows.iter().map(image).collect::<Result<_, _>>()?)
     }
 
+    /// Image `id` (deleted or not).
+    pub async fn image(&self, id: i64) -> Result<Option<ImageRow>, StoreError> {
+        let row = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.as_ref().map(image).transpose()?)
+    }
+
     /// Images with an id above `after`, by id (deleted ones included, marked).
     pub async fn images(&self, after: i64, limit: i64) -> Result<Vec<ImageRow>, StoreError> {
         let rows = sqlx::query(AssertSqlSafe(format!(

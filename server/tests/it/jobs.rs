@@ -3,12 +3,12 @@
 //! live progress, reports (JSON and XML) and an incremental chain that restores.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::fleet::{agent_bin, enroll, wait_for, wait_secs, Api};
-use crate::proc::{curl, free_port, printed_secrets, start};
+use crate::fleet::{agent_bin, wait_secs, Api, Fleet};
+use crate::proc::curl;
 use holdfast_testkit::devices::{
     checksums, edit_files, image_ok, mkfs, noise, read_files, require_devices, sh, sparse_file,
     tempdir, write_files, Loop, Mounted,
@@ -17,156 +17,6 @@ use holdfast_testkit::servers::{Smbd, SmtpSink, Sshd, PASSWORD, SMTP_PASSWORD, S
 
 /// The image password of the test job.
 const IMAGE_PASSWORD: &str = "job image password 9";
-
-/// A running `holdfast-agent run`, stopped on drop.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A server with one enrolled, running agent.
-struct Fleet {
-    server: Daemon,
-    dir: std::path::PathBuf,
-    port: u16,
-    agent: Option<Daemon>,
-    api: Api,
-    log: std::path::PathBuf,
-    agent_log: std::path::PathBuf,
-    agent_id: i64,
-    config: String,
-    /// More environment for the agent daemon.
-    agent_env: Vec<(String, String)>,
-}
-
-impl Fleet {
-    fn start(dir: &Path) -> Self {
-        let port = free_port();
-        let (server, printed) = start(dir, port, true);
-        let log = dir.join("server.log");
-        let (fingerprint, password) = printed_secrets(&printed);
-        let api = Api {
-            base: format!("https://localhost:{port}"),
-            ca: dir.join("tls/ca.pem").display().to_string(),
-            cookies: dir.join("cookies").display().to_string(),
-        };
-        wait_for("the server", &log, || {
-            curl(&["--cacert", &api.ca, &format!("{}/healthz", api.base)])
-                .is_some_and(|(o, _)| o == "ok\n")
-        });
-        let login = api.call(
-            "POST",
-            "/api/v1/session",
-            Some(&json!({"name": "admin", "password": password}).to_string()),
-        );
-        assert_eq!(login["role"], "admin", "{login}");
-        let token = api.call("POST", "/api/v1/enrollment-tokens", Some("{}"));
-        let config = dir.join("agent.json").display().to_string();
-        let out = enroll(
-            &api.base,
-            token["secret"].as_str().expect("secret"),
-            &fingerprint,
-            &config,
-        );
-        assert!(out.status.success(), "{out:?}");
-        let agents = api.call("GET", "/api/v1/agents", None);
-        let agent_id = agents["items"][0]["id"].as_i64().expect("agent id");
-        let mut f = Self {
-            server: Daemon(server),
-            dir: dir.to_owned(),
-            port,
-            agent: None,
-            api,
-            log,
-            agent_log: dir.join("agent.log"),
-            agent_id,
-            config,
-            agent_env: Vec::new(),
-        };
-        f.start_agent();
-        f
-    }
-
-    fn start_agent(&mut self) {
-        self.agent = None;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.agent_log)
-            .expect("agent log");
-        let child = Command::new(agent_bin().expect("agent"))
-            .args(["run", "--config", &self.config])
-            .envs(self.agent_env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("agent starts");
-        self.agent = Some(Daemon(child));
-        let path = format!("/api/v1/agents/{}", self.agent_id);
-        wait_for("the agent online", &self.log, || {
-            self.api.call("GET", &path, None)["status"] == "online"
-        });
-    }
-
-    /// Kill the server at once and start it again on the same data.
-    fn restart_server(&mut self) {
-        let _ = self.server.0.kill();
-        let _ = self.server.0.wait();
-        let (server, _) = start(&self.dir, self.port, false);
-        self.server = Daemon(server);
-        wait_for("the server again", &self.log, || {
-            curl(&[
-                "--cacert",
-                &self.api.ca,
-                &format!("{}/healthz", self.api.base),
-            ])
-            .is_some_and(|(o, _)| o == "ok\n")
-        });
-    }
-
-    /// Kill the agent daemon at once (as a crash would).
-    fn kill_agent(&mut self) {
-        self.agent = None;
-    }
-
-    /// Wait until run `id` shows progress (bytes done).
-    fn wait_progress(&self, id: i64) {
-        wait_secs("progress of the run", &self.log, 60, || {
-            let r = self.api.call("GET", &format!("/api/v1/reports/{id}"), None);
-            r["progress"]["done"].as_u64().is_some_and(|d| d > 0)
-        });
-    }
-
-    /// Run job `job` now; the run's id.
-    fn run(&self, job: i64) -> i64 {
-        let r = self
-            .api
-            .call("POST", &format!("/api/v1/jobs/{job}/run"), None);
-        assert_eq!(r["runs"][0]["status"], "running", "{r}");
-        r["runs"][0]["id"].as_i64().expect("run id")
-    }
-
-    /// Wait for run `id` to end; its report and the largest progress fraction seen.
-    fn finish(&self, id: i64) -> (Value, f64) {
-        let mut seen = 0.0f64;
-        let mut report = Value::Null;
-        wait_secs("the run to end", &self.log, 120, || {
-            report = self.api.call("GET", &format!("/api/v1/reports/{id}"), None);
-            let p = &report["progress"];
-            if let (Some(d), Some(t)) = (p["done"].as_f64(), p["total"].as_f64()) {
-                if t > 0.0 {
-                    seen = seen.max(d / t);
-                }
-            }
-            !matches!(report["status"].as_str(), Some("running" | "queued"))
-        });
-        (report, seen)
-    }
-}
 
 #[test]
 fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {

@@ -1,0 +1,292 @@
+//! Images and the files in them: an image with its chain and what its run said about it,
+//! folder listings of any image point, and downloads of a file (as it is) or a folder (as
+//! `.tar.gz` or `.zip`), streamed from the agent that reads the image through the server to
+//! the client without a copy on the server. Listing needs the viewer role; downloading,
+//! which takes data out, the operator role, and is recorded in the audit log.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use holdfast_proto::job::ImageWritten;
+use holdfast_proto::{ExportFormat, ImageRef, Listing, RunReport};
+use serde::{Deserialize, Serialize};
+
+use super::caller::Caller;
+use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use super::AppState;
+use crate::auth::Role;
+use crate::jobs::image_files::chain_to;
+use crate::jobs::DispatchError;
+use crate::store::jobs::ImageRow;
+
+/// Longest path inside an image a request may name.
+const MAX_PATH: usize = 4096;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/images/{id}", get(show))
+        .route("/api/v1/images/{id}/files", get(files))
+        .route("/api/v1/images/{id}/download", get(download))
+}
+
+/// An image, its chain and what its run reported about it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ImageDetail {
+    image: ImageRow,
+    /// What the run that wrote it said: source, filesystem, target, coverage, consistency,
+    /// warnings (none for reports stored before these were kept).
+    written: Option<ImageWritten>,
+    /// The chain up to this image, oldest (the full image) first, this one last.
+    chain: Vec<ImageRow>,
+    /// Host name of the agent that wrote it.
+    agent: String,
+    job: Option<String>,
+    target: Option<String>,
+}
+
+/// `?path=&agent=&partition=&total=`
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FilesQuery {
+    /// The folder inside the image (default `/`).
+    path: Option<String>,
+    /// The agent that reads the image (default: the one that wrote it).
+    agent: Option<i64>,
+    /// For a disk image: the partition.
+    partition: Option<u32>,
+    /// Also count what the folder holds all the way down (a download's size).
+    total: Option<bool>,
+}
+
+/// `?path=&format=&agent=&partition=`
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DownloadQuery {
+    /// The file or folder inside the image.
+    path: String,
+    /// `file` (one regular file, as it is), `tar.gz` (the default) or `zip`.
+    format: Option<String>,
+    /// The agent that reads the image (default: the one that wrote it).
+    agent: Option<i64>,
+    /// For a disk image: the partition.
+    partition: Option<u32>,
+}
+
+async fn find(state: &AppState, id: i64) -> Result<ImageRow, ApiError> {
+    state
+        .store
+        .image(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("image {id}")))
+}
+
+/// A path inside an image, as requests may name it: absolute, of sane length, no NUL.
+fn inside_path(path: &str) -> Result<String, ApiError> {
+    if !path.starts_with('/') || path.len() > MAX_PATH || path.contains('\0') {
+        return Err(ApiError::Invalid(format!(
+            "path must be an absolute path inside the image, at most {MAX_PATH} bytes"
+        )));
+    }
+    Ok(path.to_owned())
+}
+
+fn dispatch(e: DispatchError) -> ApiError {
+    match e {
+        DispatchError::NotFound(what) => ApiError::NotFound(what),
+        DispatchError::Store(e) => e.into(),
+        DispatchError::Vault(e) => ApiError::Internal(e.to_string()),
+        other => ApiError::Invalid(other.to_string()),
+    }
+}
+
+/// Image `id` as an agent opens it for a request, and that agent: the one asked for (it
+/// must exist), or the one that wrote the image.
+async fn open(
+    state: &AppState,
+    id: i64,
+    asked: Option<i64>,
+    partition: Option<u32>,
+) -> Result<(ImageRow, i64, ImageRef), ApiError> {
+    let image = find(state, id).await?;
+    let agent = match asked {
+        None => image.agent_id,
+        Some(a) => match state.store.agent(a).await? {
+            Some(agent) if agent.revoked_at.is_none() => a,
+            _ => return Err(ApiError::Invalid(format!("there is no agent {a}"))),
+        },
+    };
+    let source = state
+        .jobs
+        .image_ref(&image, partition)
+        .await
+        .map_err(dispatch)?;
+    Ok((image, agent, source))
+}
+
+/// Show an image with its chain.
+#[utoipa::path(get, path = "/api/v1/images/{id}", tag = "images", params(("id" = i64, Path)), responses((status = 200, description = "the image, its chain (oldest first) and what its run reported about it", body = ImageDetail), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let image = find(&state, id).await?;
+    let siblings = match image.job_id {
+        Some(job) => state.store.job_images(job, image.agent_id).await?,
+        None => Vec::new(),
+    };
+    let chain: Vec<ImageRow> = chain_to(&siblings, &image).into_iter().cloned().collect();
+    let written = state
+        .store
+        .run(image.run_id)
+        .await?
+        .and_then(|r| r.report)
+        .and_then(|t| serde_json::from_str::<RunReport>(&t).ok())
+        .and_then(|r| r.images.into_iter().find(|i| i.name == image.name));
+    let job = match image.job_id {
+        Some(j) => state.store.job(j).await?.map(|j| j.name),
+        None => None,
+    };
+    let target = match image.target_id {
+        Some(t) => state.store.target(t).await?.map(|t| t.name),
+        None => None,
+    };
+    Ok(Json(ImageDetail {
+        agent: state.jobs.host_name(image.agent_id).await,
+        image,
+        written,
+        chain,
+        job,
+        target,
+    }))
+}
+
+/// List a folder inside an image point, read by an agent from the image's target.
+#[utoipa::path(get, path = "/api/v1/images/{id}/files", tag = "images", params(("id" = i64, Path), FilesQuery), responses((status = 200, description = "the folder's entries (for a path that is not a folder: its one entry)", body = Listing), (status = 404, body = ErrorBody), (status = 422, description = "the agent is offline, or cannot read the image or the path (the error says why)", body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn files(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<FilesQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Viewer)?;
+    let path = inside_path(q.path.as_deref().unwrap_or("/"))?;
+    let (_, agent, source) = open(&state, id, q.agent, q.partition).await?;
+    let listing = state
+        .jobs
+        .browse(agent, source, path, q.total.unwrap_or(false))
+        .await
+        .map_err(dispatch)?;
+    Ok(Json(listing))
+}
+
+/// A name for a download: the path's last part (the image's for its root), in characters
+/// every browser keeps, with the format's extension.
+fn download_name(image: &str, path: &str, format: ExportFormat) -> String {
+    let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+    let base = if last.is_empty() {
+        image
+            .rsplit('/')
+            .next()
+            .unwrap_or(image)
+            .trim_end_matches(".hfi")
+    } else {
+        last
+    };
+    let mut name: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.trim_matches('.').is_empty() {
+        name = "download".into();
+    }
+    match format {
+        ExportFormat::File => name,
+        other => format!("{name}.{}", other.as_str()),
+    }
+}
+
+/// Download a file, or a folder as an archive, from an image point: streamed from the
+/// agent as it reads it.
+#[utoipa::path(get, path = "/api/v1/images/{id}/download", tag = "images", params(("id" = i64, Path), DownloadQuery), responses((status = 200, description = "the file, or a .tar.gz or .zip of the folder, streamed"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, description = "the agent is offline, or the path is not in the image (the error says why)", body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn download(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(q): ApiQuery<DownloadQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Operator)?;
+    let path = inside_path(&q.path)?;
+    let format: ExportFormat = q
+        .format
+        .as_deref()
+        .unwrap_or("tar.gz")
+        .parse()
+        .map_err(ApiError::Invalid)?;
+    let (image, agent, source) = open(&state, id, q.agent, q.partition).await?;
+    let data = state
+        .jobs
+        .export(agent, source, vec![path.clone()], format)
+        .await
+        .map_err(dispatch)?;
+    state
+        .store
+        .record_action(
+            &caller.user.name,
+            "download_files",
+            &format!("image:{id}"),
+            &format!("{path} as {} through agent {agent}", format.as_str()),
+        )
+        .await?;
+    let name = download_name(&image.name, &path, format);
+    Ok((
+        [
+            (header::CONTENT_TYPE, format.mime().to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+        Body::from_stream(data),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_names_are_safe_and_say_the_format() {
+        let n = |img, path, f| download_name(img, path, f);
+        assert_eq!(n("a/b.hfi", "/etc/hosts", ExportFormat::File), "hosts");
+        assert_eq!(
+            n("a/b.hfi", "/home/ann/", ExportFormat::TarGz),
+            "ann.tar.gz"
+        );
+        assert_eq!(n("pc/vol-1.hfi", "/", ExportFormat::Zip), "vol-1.zip");
+        assert_eq!(n("x.hfi", "/\"q\";\r\n", ExportFormat::File), "_q___");
+        assert_eq!(n("x.hfi", "/..", ExportFormat::File), "download");
+        assert_eq!(n("x.hfi", "/Grüße", ExportFormat::Zip), "Gr__e.zip");
+    }
+
+    #[test]
+    fn paths_must_be_absolute_and_bounded() {
+        assert!(inside_path("/").is_ok());
+        assert!(inside_path("/a b/c").is_ok());
+        assert!(inside_path("a").is_err());
+        assert!(inside_path("/a\0b").is_err());
+        assert!(inside_path(&format!("/{}", "a".repeat(MAX_PATH))).is_err());
+    }
+}
