@@ -187,6 +187,36 @@ pub struct ImageTask {
     pub snapshot_command_timeout_secs: u32,
 }
 
+/// Files or folders of an image point copied back onto the agent's machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestoreFilesTask {
+    pub image: crate::files::ImageRef,
+    /// Paths inside the image.
+    pub paths: Vec<String>,
+    /// The folder to restore into; none for their original place: the same folder under
+    /// where the imaged volume is mounted now on this machine.
+    pub to: Option<String>,
+    /// Replace files that exist there (otherwise the run fails naming them).
+    pub overwrite: bool,
+}
+
+/// An image point written back over a device of the agent's machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestoreVolumeTask {
+    pub image: crate::files::ImageRef,
+    /// The device to overwrite (refused when mounted or too small).
+    pub device: String,
+}
+
+/// What a run does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "task", rename_all = "snake_case")]
+pub enum Task {
+    Image(ImageTask),
+    RestoreFiles(RestoreFilesTask),
+    RestoreVolume(RestoreVolumeTask),
+}
+
 /// A command run before or after the job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HookCommand {
@@ -219,7 +249,7 @@ pub struct JobOrder {
     pub job_id: Option<i64>,
     /// Job name, for the report.
     pub name: String,
-    pub image: ImageTask,
+    pub task: Task,
     pub before: Option<HookCommand>,
     pub after: Option<HookCommand>,
     /// Stop at the first failing step (otherwise later steps still run and the report says
@@ -337,6 +367,10 @@ pub struct ImageWritten {
     /// What the imaging warned about (a forensic fallback, a live source…).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Size of the source in bytes: what a restore needs at least (0 in reports stored
+    /// before it was kept).
+    #[serde(default)]
+    pub source_size: u64,
 }
 
 /// What a run did, from the agent.

@@ -33,17 +33,17 @@ pub struct Listed {
 }
 
 /// `image extract --json`.
-#[derive(Debug, Default, Serialize)]
-struct Extracted {
-    ok: bool,
-    image: String,
-    to: String,
-    files: u64,
-    folders: u64,
-    symlinks: u64,
-    hard_links: u64,
-    special: u64,
-    bytes: u64,
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Extracted {
+    pub ok: bool,
+    pub image: String,
+    pub to: String,
+    pub files: u64,
+    pub folders: u64,
+    pub symlinks: u64,
+    pub hard_links: u64,
+    pub special: u64,
+    pub bytes: u64,
 }
 
 /// A drive of `image` (of `partition` for a disk) mounted in a private folder, removed with

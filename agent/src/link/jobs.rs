@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _, Result};
 use holdfast_proto::job::{
     AfterJob, Coverage, HookCommand, ImageKind, ImageTask, ImageWritten, JobOrder, RunReport,
-    RunStatus, Step, StepStatus,
+    RunStatus, Step, StepStatus, Task,
 };
 use holdfast_proto::request::{Acceptance, Check, CheckStatus, JobCheck, TargetProbe};
 use holdfast_proto::AgentMsg;
@@ -70,7 +70,7 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
-fn step(status: StepStatus, title: &str, detail: impl Into<String>) -> Step {
+pub(super) fn step(status: StepStatus, title: &str, detail: impl Into<String>) -> Step {
     Step {
         at: now(),
         status,
@@ -310,68 +310,20 @@ impl Jobs {
         }
         if !stop {
             let work = self.dir.join("work").join(order.run_id.to_string());
-            let outcome = self.image(&order, &work, &cancel, &mut report).await;
-            match outcome {
-                Ok(written) => {
-                    report.steps.push(step(
-                        StepStatus::Ok,
-                        "Image created",
-                        format!(
-                            "{} {} ({}) on {}: {} image '{}' in {}, {}; read {} bytes, wrote {} bytes in {} part(s){}",
-                            written.source_kind,
-                            written.source,
-                            written.filesystem.as_deref().unwrap_or("no filesystem recognised"),
-                            report.host,
-                            written.method.as_str(),
-                            written.name,
-                            written.target,
-                            written.consistency,
-                            report.bytes_read,
-                            written.bytes,
-                            written.parts,
-                            match written.verified {
-                                Some(true) => ", validated",
-                                Some(false) => ", VALIDATION FAILED",
-                                None => "",
-                            }
-                        ),
-                    ));
-                    // A forensic fallback or a live source is not what was asked for.
-                    for w in &written.warnings {
-                        report
-                            .steps
-                            .push(step(StepStatus::Warning, "Imaging warning", w.clone()));
-                    }
-                    if !written.warnings.is_empty() && report.status == RunStatus::Successful {
-                        report.status = RunStatus::Warning;
-                    }
-                    let sound = written.verified != Some(false);
-                    if !sound {
-                        report.status = RunStatus::Failed;
-                    }
-                    report.images.push(written);
-                    // Older images go only once the new one is written and sound.
-                    if sound && !order.delete_after.is_empty() {
-                        self.retention(&order, &work, &mut report).await;
-                    }
+            stop = match &order.task {
+                Task::Image(task) => {
+                    self.image_step(&order, task, &work, &cancel, &mut report)
+                        .await
                 }
-                Err(ImageFailure::Cancelled) => {
-                    report.steps.push(step(
-                        StepStatus::Error,
-                        "Cancelled",
-                        "cancelled by an operator; the partial image was removed",
-                    ));
-                    report.status = RunStatus::Cancelled;
-                    stop = true;
+                Task::RestoreFiles(task) => {
+                    self.restore_files(&order, task, &work, &cancel, &mut report)
+                        .await
                 }
-                Err(ImageFailure::Failed(e)) => {
-                    report
-                        .steps
-                        .push(step(StepStatus::Error, "Image failed", e));
-                    report.status = RunStatus::Failed;
-                    stop = order.abort_on_error;
+                Task::RestoreVolume(task) => {
+                    self.restore_volume(&order, task, &work, &cancel, &mut report)
+                        .await
                 }
-            }
+            };
         }
         let _ = std::fs::remove_dir_all(self.dir.join("work").join(order.run_id.to_string()));
         if let Some(hook) = &order.after {
@@ -409,6 +361,82 @@ impl Jobs {
         report
     }
 
+    /// The imaging step of a run, with what follows a sound image (retention); true when
+    /// the job must stop.
+    async fn image_step(
+        &self,
+        order: &JobOrder,
+        task: &ImageTask,
+        work: &Path,
+        cancel: &Notify,
+        report: &mut RunReport,
+    ) -> bool {
+        let outcome = self.image(order, task, work, cancel, report).await;
+        let mut stop = false;
+        match outcome {
+            Ok(written) => {
+                report.steps.push(step(
+                    StepStatus::Ok,
+                    "Image created",
+                    format!(
+                        "{} {} ({}) on {}: {} image '{}' in {}, {}; read {} bytes, wrote {} bytes in {} part(s){}",
+                        written.source_kind,
+                        written.source,
+                        written.filesystem.as_deref().unwrap_or("no filesystem recognised"),
+                        report.host,
+                        written.method.as_str(),
+                        written.name,
+                        written.target,
+                        written.consistency,
+                        report.bytes_read,
+                        written.bytes,
+                        written.parts,
+                        match written.verified {
+                            Some(true) => ", validated",
+                            Some(false) => ", VALIDATION FAILED",
+                            None => "",
+                        }
+                    ),
+                ));
+                // A forensic fallback or a live source is not what was asked for.
+                for w in &written.warnings {
+                    report
+                        .steps
+                        .push(step(StepStatus::Warning, "Imaging warning", w.clone()));
+                }
+                if !written.warnings.is_empty() && report.status == RunStatus::Successful {
+                    report.status = RunStatus::Warning;
+                }
+                let sound = written.verified != Some(false);
+                if !sound {
+                    report.status = RunStatus::Failed;
+                }
+                report.images.push(written);
+                // Older images go only once the new one is written and sound.
+                if sound && !order.delete_after.is_empty() {
+                    self.retention(order, &task.target, work, report).await;
+                }
+            }
+            Err(ChildFailure::Cancelled) => {
+                report.steps.push(step(
+                    StepStatus::Error,
+                    "Cancelled",
+                    "cancelled by an operator; the partial image was removed",
+                ));
+                report.status = RunStatus::Cancelled;
+                stop = true;
+            }
+            Err(ChildFailure::Failed(e)) => {
+                report
+                    .steps
+                    .push(step(StepStatus::Error, "Image failed", e));
+                report.status = RunStatus::Failed;
+                stop = order.abort_on_error;
+            }
+        }
+        stop
+    }
+
     /// Run a before/after command; true when the job must stop.
     async fn hook(
         &self,
@@ -444,24 +472,21 @@ impl Jobs {
         }
     }
 
-    /// Write the image with a child `image create`.
-    async fn image(
+    /// Run the child `cmd` of run `run_id`: its progress lines become progress events and
+    /// its other lines on stderr log lines; a cancel stops it with SIGTERM (it cleans up
+    /// between frames), killed after a grace time. Its output: the document on stdout, and
+    /// the other lines of stderr.
+    pub(super) async fn run_child(
         &self,
-        order: &JobOrder,
-        work: &Path,
+        run_id: i64,
+        mut cmd: tokio::process::Command,
         cancel: &Notify,
-        report: &mut RunReport,
-    ) -> Result<ImageWritten, ImageFailure> {
-        let task = &order.image;
-        let mut cmd = self
-            .image_command(task, work)
-            .map_err(|e| ImageFailure::Failed(format!("{e:#}")))?;
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| ImageFailure::Failed(format!("cannot start the imaging: {e}")))?;
+    ) -> Result<std::process::Output, ChildFailure> {
+        let mut child = cmd.spawn().map_err(|e| {
+            ChildFailure::Failed(format!("cannot start the agent's own binary: {e}"))
+        })?;
         let stderr = child.stderr.take();
         let mut stdout = child.stdout.take();
-        let run_id = order.run_id;
         let events = self.events.clone();
         // Progress lines become events; anything else is a log line (warnings, errors).
         let lines = tokio::spawn(async move {
@@ -515,7 +540,7 @@ impl Jobs {
                 }
             }
         }
-        .map_err(|e| ImageFailure::Failed(format!("the imaging process failed: {e}")))?;
+        .map_err(|e| ChildFailure::Failed(format!("the child process failed: {e}")))?;
         // Killed, it may have left a snapshot, or a device suspended midway through a table
         // swap: undo that now rather than at the next run.
         if std::os::unix::process::ExitStatusExt::signal(&status).is_some() {
@@ -525,15 +550,31 @@ impl Jobs {
         // log lines, and the last of them explains a child that died without a document.
         let other_lines = lines.await.unwrap_or_default();
         if cancelled || status.code() == Some(crate::exit::CANCELLED.into()) {
-            return Err(ImageFailure::Cancelled);
+            return Err(ChildFailure::Cancelled);
         }
         let out = std::process::Output {
             status,
             stdout: stdout_bytes,
             stderr: other_lines.join("\n").into_bytes(),
         };
+        Ok(out)
+    }
+
+    /// Write the image with a child `image create`.
+    async fn image(
+        &self,
+        order: &JobOrder,
+        task: &ImageTask,
+        work: &Path,
+        cancel: &Notify,
+        report: &mut RunReport,
+    ) -> Result<ImageWritten, ChildFailure> {
+        let cmd = self
+            .image_command(task, work)
+            .map_err(|e| ChildFailure::Failed(format!("{e:#}")))?;
+        let out = self.run_child(order.run_id, cmd, cancel).await?;
         let created: crate::outcome::Created = crate::outcome::read("the imaging process", &out)
-            .map_err(|e| ImageFailure::Failed(format!("{e:#}")))?;
+            .map_err(|e| ChildFailure::Failed(format!("{e:#}")))?;
         report.bytes_read += created.read_bytes;
         report.bytes_written += created.image_bytes;
         for c in &created.commands {
@@ -564,6 +605,7 @@ impl Jobs {
             }),
             consistency: created.consistency,
             warnings: created.warnings,
+            source_size: created.source_size,
         })
     }
 
@@ -617,7 +659,14 @@ impl Jobs {
                 detail,
             });
         };
-        let task = &order.image;
+        let Task::Image(task) = &order.task else {
+            add(
+                "job",
+                Error,
+                "only imaging jobs are checked; a restore checks its target when it runs".into(),
+            );
+            return JobCheck::new(checks);
+        };
         let source = PathBuf::from(&task.source);
         let (asked, max, percent) = (
             task.consistency,
@@ -727,13 +776,19 @@ impl Jobs {
 
     /// Delete the images retention lets go, each with a child `image delete`; a failure is
     /// a warning (the images stay, and the next run tries again).
-    async fn retention(&self, order: &JobOrder, work: &Path, report: &mut RunReport) {
+    async fn retention(
+        &self,
+        order: &JobOrder,
+        target: &holdfast_proto::job::TargetAccess,
+        work: &Path,
+        report: &mut RunReport,
+    ) {
         let mut failed = Vec::new();
         for name in &order.delete_after {
-            let outcome = match self.target_command(&order.image.target, work) {
+            let outcome = match self.target_command(target, work) {
                 Ok(mut cmd) => {
                     cmd.args(["image", "delete", "--json", "--image"])
-                        .arg(join(&order.image.target.url, name));
+                        .arg(join(&target.url, name));
                     cmd.output().await.map_err(|e| e.to_string()).and_then(|o| {
                         crate::outcome::read::<crate::outcome::Deleted>("image delete", &o)
                             .map(|_| ())
@@ -944,8 +999,8 @@ struct Progress {
     total: u64,
 }
 
-/// How writing an image did not work out.
-enum ImageFailure {
+/// How a child for a run's step did not work out.
+pub(super) enum ChildFailure {
     Cancelled,
     Failed(String),
 }

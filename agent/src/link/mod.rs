@@ -6,6 +6,7 @@ pub mod enroll;
 pub mod files;
 pub mod jobs;
 pub mod pin;
+pub mod restore;
 pub mod run;
 
 use std::sync::Arc;

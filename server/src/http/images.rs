@@ -7,18 +7,21 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use holdfast_proto::job::ImageWritten;
-use holdfast_proto::{ExportFormat, ImageRef, Listing, RunReport};
+use holdfast_proto::{ExportFormat, ImageRef, Inventory, Listing, RunReport};
 use serde::{Deserialize, Serialize};
 
 use super::caller::Caller;
-use super::error::{ApiError, ApiPath, ApiQuery, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
+use super::reports::{summary, RunSummary};
 use super::AppState;
 use crate::auth::Role;
 use crate::jobs::image_files::chain_to;
+use crate::jobs::restore::RestoreSpec;
 use crate::jobs::DispatchError;
 use crate::store::jobs::ImageRow;
 
@@ -30,7 +33,12 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/images/{id}", get(show))
         .route("/api/v1/images/{id}/files", get(files))
         .route("/api/v1/images/{id}/download", get(download))
+        .route("/api/v1/images/{id}/restore-files", post(restore_files))
+        .route("/api/v1/images/{id}/restore-volume", post(restore_volume))
 }
+
+/// Paths a file restore may name at once.
+const MAX_PATHS: usize = 100;
 
 /// An image, its chain and what its run reported about it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -111,19 +119,27 @@ async fn open(
     partition: Option<u32>,
 ) -> Result<(ImageRow, i64, ImageRef), ApiError> {
     let image = find(state, id).await?;
-    let agent = match asked {
-        None => image.agent_id,
-        Some(a) => match state.store.agent(a).await? {
-            Some(agent) if agent.revoked_at.is_none() => a,
-            _ => return Err(ApiError::Invalid(format!("there is no agent {a}"))),
-        },
-    };
+    let agent = chosen_agent(state, &image, asked).await?;
     let source = state
         .jobs
         .image_ref(&image, partition)
         .await
         .map_err(dispatch)?;
     Ok((image, agent, source))
+}
+
+/// What the run that wrote `image` reported about it.
+async fn written_by_run(
+    state: &AppState,
+    image: &ImageRow,
+) -> Result<Option<ImageWritten>, ApiError> {
+    Ok(state
+        .store
+        .run(image.run_id)
+        .await?
+        .and_then(|r| r.report)
+        .and_then(|t| serde_json::from_str::<RunReport>(&t).ok())
+        .and_then(|r| r.images.into_iter().find(|i| i.name == image.name)))
 }
 
 /// Show an image with its chain.
@@ -140,13 +156,7 @@ async fn show(
         None => Vec::new(),
     };
     let chain: Vec<ImageRow> = chain_to(&siblings, &image).into_iter().cloned().collect();
-    let written = state
-        .store
-        .run(image.run_id)
-        .await?
-        .and_then(|r| r.report)
-        .and_then(|t| serde_json::from_str::<RunReport>(&t).ok())
-        .and_then(|r| r.images.into_iter().find(|i| i.name == image.name));
+    let written = written_by_run(&state, &image).await?;
     let job = match image.job_id {
         Some(j) => state.store.job(j).await?.map(|j| j.name),
         None => None,
@@ -263,6 +273,197 @@ async fn download(
         .into_response())
 }
 
+/// Files to restore from an image point.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreFilesBody {
+    /// Files or folders inside the image (1 to 100).
+    paths: Vec<String>,
+    /// The folder on the agent to restore into (created if missing); absent: back where
+    /// they were, under where the imaged volume is mounted now on the agent.
+    to: Option<String>,
+    /// Replace files that exist (otherwise the run fails, naming them).
+    #[serde(default)]
+    overwrite: bool,
+    /// The agent to restore on (default: the one that wrote the image).
+    agent_id: Option<i64>,
+    /// For a disk image: the partition.
+    partition: Option<u32>,
+}
+
+/// An image point to write over a device.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreVolumeBody {
+    /// The device to overwrite, `/dev/…`.
+    device: String,
+    /// The device's name typed again: everything on it is replaced.
+    confirm: String,
+    /// The agent whose device it is (default: the one that wrote the image).
+    agent_id: Option<i64>,
+}
+
+/// A restore run was started.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RestoreStarted {
+    run: RunSummary,
+}
+
+/// The agent that serves a request on `image`: the one asked for, or the one that wrote it.
+async fn chosen_agent(
+    state: &AppState,
+    image: &ImageRow,
+    asked: Option<i64>,
+) -> Result<i64, ApiError> {
+    let Some(a) = asked else {
+        return Ok(image.agent_id);
+    };
+    match state.store.agent(a).await? {
+        Some(agent) if agent.revoked_at.is_none() => Ok(a),
+        _ => Err(ApiError::Invalid(format!("there is no agent {a}"))),
+    }
+}
+
+async fn start_restore(
+    state: &AppState,
+    caller: &Caller,
+    spec: RestoreSpec,
+    agent: i64,
+) -> Result<(StatusCode, Json<RestoreStarted>), ApiError> {
+    let run = state
+        .jobs
+        .restore(&spec, agent, &caller.user.name)
+        .await
+        .map_err(dispatch)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RestoreStarted {
+            run: summary(state, &run),
+        }),
+    ))
+}
+
+/// Restore files or folders of an image point on an agent: a run with a report.
+#[utoipa::path(post, path = "/api/v1/images/{id}/restore-files", tag = "images", params(("id" = i64, Path)), request_body = RestoreFilesBody, responses((status = 202, description = "the restore run started; its report follows", body = RestoreStarted), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn restore_files(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<RestoreFilesBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    if body.paths.is_empty() || body.paths.len() > MAX_PATHS {
+        return Err(ApiError::Invalid(format!(
+            "paths must name 1 to {MAX_PATHS} files or folders"
+        )));
+    }
+    let paths = body
+        .paths
+        .iter()
+        .map(|p| inside_path(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(to) = &body.to {
+        if !to.starts_with('/') || to.len() > MAX_PATH || to.contains('\0') {
+            return Err(ApiError::Invalid(format!(
+                "to must be an absolute folder on the agent, at most {MAX_PATH} bytes"
+            )));
+        }
+    }
+    let image = find(&state, id).await?;
+    let agent = chosen_agent(&state, &image, body.agent_id).await?;
+    let spec = RestoreSpec::Files {
+        image_id: id,
+        partition: body.partition,
+        paths,
+        to: body.to,
+        overwrite: body.overwrite,
+    };
+    start_restore(&state, &caller, spec, agent).await
+}
+
+/// Why `device` on agent `inventory` cannot take an image of `needed` bytes: mounted (it,
+/// or a partition on it), or smaller; none when it can, or the inventory does not know it
+/// (the agent checks again before writing anything).
+fn unfit(inventory: &Inventory, device: &str, needed: u64) -> Option<String> {
+    let name = device.strip_prefix("/dev/")?;
+    if let Some(v) = inventory
+        .volumes
+        .iter()
+        .find(|v| (v.name == name || v.disk.as_deref() == Some(name)) && v.mount_point.is_some())
+    {
+        return Some(format!(
+            "{device} is in use: /dev/{} is mounted at {}; unmount it first",
+            v.name,
+            v.mount_point.as_deref().unwrap_or_default()
+        ));
+    }
+    let size = inventory
+        .disks
+        .iter()
+        .find(|d| d.name == name)
+        .map(|d| d.size)
+        .or_else(|| {
+            inventory
+                .volumes
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| v.size)
+        })?;
+    (needed > size).then(|| {
+        format!(
+            "{device} holds {} and the image needs {}: choose a larger device",
+            holdfast_proto::human_bytes(size),
+            holdfast_proto::human_bytes(needed)
+        )
+    })
+}
+
+/// Write an image point over a device of an agent: a run with a report. The device's name
+/// must be typed again in `confirm`; a device the agent's inventory shows mounted or too
+/// small is refused here, and the agent checks again before it writes.
+#[utoipa::path(post, path = "/api/v1/images/{id}/restore-volume", tag = "images", params(("id" = i64, Path)), request_body = RestoreVolumeBody, responses((status = 202, description = "the restore run started; its report follows", body = RestoreStarted), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, description = "not confirmed, mounted, too small, or not a device (the error says which)", body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn restore_volume(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<RestoreVolumeBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Operator)?;
+    let device = body.device.trim().to_owned();
+    let plain = device.strip_prefix("/dev/").is_some_and(|n| {
+        !n.is_empty() && !n.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+    });
+    if !plain || device.len() > 255 {
+        return Err(ApiError::Invalid(
+            "device must be a device path such as /dev/sdb1".into(),
+        ));
+    }
+    if body.confirm.trim() != device {
+        return Err(ApiError::Invalid(format!(
+            "type the device name ({device}) in confirm: everything on it is replaced"
+        )));
+    }
+    let image = find(&state, id).await?;
+    let agent = chosen_agent(&state, &image, body.agent_id).await?;
+    let inventory = state
+        .store
+        .agent(agent)
+        .await?
+        .and_then(|a| a.inventory)
+        .and_then(|t| serde_json::from_str::<Inventory>(&t).ok());
+    let needed = written_by_run(&state, &image)
+        .await?
+        .map_or(0, |w| w.source_size);
+    if let Some(why) = inventory.and_then(|inv| unfit(&inv, &device, needed)) {
+        return Err(ApiError::Invalid(why));
+    }
+    let spec = RestoreSpec::Volume {
+        image_id: id,
+        device,
+    };
+    start_restore(&state, &caller, spec, agent).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,9 +477,43 @@ mod tests {
             "ann.tar.gz"
         );
         assert_eq!(n("pc/vol-1.hfi", "/", ExportFormat::Zip), "vol-1.zip");
-        assert_eq!(n("x.hfi", "/\"q\";\r\n", ExportFormat::File), "_q___");
+        assert_eq!(n("x.hfi", "/\"q\";\r\n", ExportFormat::File), "_q____");
         assert_eq!(n("x.hfi", "/..", ExportFormat::File), "download");
         assert_eq!(n("x.hfi", "/Grüße", ExportFormat::Zip), "Gr__e.zip");
+    }
+
+    #[test]
+    fn a_mounted_or_small_device_is_unfit() {
+        use holdfast_proto::{Disk, Volume};
+        let inv = Inventory {
+            disks: vec![Disk {
+                name: "sdb".into(),
+                size: 100 << 30,
+                ..Disk::default()
+            }],
+            volumes: vec![
+                Volume {
+                    name: "sdb1".into(),
+                    disk: Some("sdb".into()),
+                    size: 10 << 30,
+                    mount_point: Some("/srv".into()),
+                    ..Volume::default()
+                },
+                Volume {
+                    name: "sdb2".into(),
+                    disk: Some("sdb".into()),
+                    size: 20 << 30,
+                    ..Volume::default()
+                },
+            ],
+            ..Inventory::default()
+        };
+        let why = |dev, need| unfit(&inv, dev, need).unwrap_or_default();
+        assert!(why("/dev/sdb1", 1).contains("mounted at /srv"));
+        assert!(why("/dev/sdb", 1).contains("/dev/sdb1 is mounted"));
+        assert!(why("/dev/sdb2", 30 << 30).contains("larger device"));
+        assert_eq!(unfit(&inv, "/dev/sdb2", 20 << 30), None);
+        assert_eq!(unfit(&inv, "/dev/sdc", 1 << 40), None);
     }
 
     #[test]

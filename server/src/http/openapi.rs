@@ -24,7 +24,7 @@ use super::{
         targets::list, targets::create, targets::show, targets::update, targets::remove, targets::test,
         jobs::list, jobs::create, jobs::show, jobs::update, jobs::remove, jobs::run_now, jobs::cancel, jobs::check, jobs::export, jobs::import, jobs::preview,
         reports::list, reports::show, reports::download, reports::images,
-        images::show, images::files, images::download,
+        images::show, images::files, images::download, images::restore_files, images::restore_volume,
         sites::list, sites::create, sites::show, sites::update, sites::remove, sites::move_agent,
         settings::smtp, settings::set_smtp, settings::test_mail, settings::security, settings::outbox, settings::alerts, settings::set_alerts,
     ),

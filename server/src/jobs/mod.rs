@@ -7,6 +7,7 @@ pub mod image_files;
 pub mod job_xml;
 pub mod notify;
 pub mod report_xml;
+pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod scheduler;
@@ -17,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use holdfast_proto::job::{ImageKind, ImageTask, JobOrder, RunReport, Secret, TargetAccess};
+use holdfast_proto::job::{ImageKind, ImageTask, JobOrder, RunReport, Secret, TargetAccess, Task};
 use holdfast_proto::request::{
     Cancel, CheckJob, JobCheck, ListRuns, RunJob, TargetProbe, TestTarget,
 };
@@ -398,6 +399,9 @@ impl Dispatcher {
 
     /// The order for `run`, from its job, agent and target as they are now.
     async fn prepare(&self, run: &RunRow) -> Result<JobOrder, DispatchError> {
+        if let Some(task) = &run.task {
+            return self.restore_order(run, task).await;
+        }
         let job_id = run
             .job_id
             .ok_or_else(|| DispatchError::NotFound("the run's job".into()))?;
@@ -486,7 +490,7 @@ impl Dispatcher {
             run_id: run.id,
             job_id: Some(job.id),
             name: job.name.clone(),
-            image: ImageTask {
+            task: Task::Image(ImageTask {
                 source: spec.source.clone(),
                 target: access,
                 name,
@@ -510,7 +514,7 @@ impl Dispatcher {
                     .filter(|c| !c.trim().is_empty()),
                 after_snapshot: spec.after_snapshot.clone().filter(|c| !c.trim().is_empty()),
                 snapshot_command_timeout_secs: spec.snapshot_command_timeout_seconds,
-            },
+            }),
             before: spec.before.as_ref().map(spec::Hook::order),
             after: spec.after.as_ref().map(spec::Hook::order),
             abort_on_error: spec.abort_on_error,
@@ -589,6 +593,7 @@ impl Dispatcher {
             bytes_read: 0,
             bytes_written: 0,
             report: None,
+            task: None,
         };
         let order = self.prepare(&probe).await?;
         let order = CheckJob {

@@ -53,6 +53,9 @@ pub struct RunRow {
     /// The agent's report (JSON of `holdfast_proto::RunReport`).
     #[serde(skip)]
     pub report: Option<String>,
+    /// What a run that is not a job's does (JSON of `crate::jobs::restore::RestoreSpec`).
+    #[serde(skip)]
+    pub task: Option<String>,
 }
 
 impl RunRow {
@@ -106,7 +109,7 @@ pub struct NewImage<'a> {
 
 const JOB_COLUMNS: &str =
     "id, name, enabled, spec, secret, luks_secret, target_id, created_at, updated_at";
-const RUN_COLUMNS: &str = "id, job_id, agent_id, name, cause, scheduled_for, state, created_at, started_at, ended_at, bytes_read, bytes_written, report";
+const RUN_COLUMNS: &str = "id, job_id, agent_id, name, cause, scheduled_for, state, created_at, started_at, ended_at, bytes_read, bytes_written, report, task";
 const IMAGE_COLUMNS: &str = "id, run_id, job_id, agent_id, target_id, name, method, base_name, image_id, bytes, verified, created_at, deleted_at";
 
 fn job(r: &sqlx::any::AnyRow) -> Result<JobRow, sqlx::Error> {
@@ -141,6 +144,7 @@ fn run(r: &sqlx::any::AnyRow) -> Result<RunRow, sqlx::Error> {
         bytes_read: r.try_get("bytes_read")?,
         bytes_written: r.try_get("bytes_written")?,
         report: r.try_get("report")?,
+        task: r.try_get("task")?,
     })
 }
 
@@ -822,6 +826,26 @@ impl Change {
 
     /// Record a new run; `None` when this job already has a run on this agent for this
     /// scheduled time (a schedule never fires twice, even across restarts).
+    /// Record a run of `task` (no job) on `agent_id`, queued, with cause `restore`.
+    pub async fn create_task_run(
+        &mut self,
+        agent_id: i64,
+        name: &str,
+        task: &str,
+    ) -> Result<RunRow, StoreError> {
+        let r = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO runs (agent_id, name, cause, state, created_at, task) \
+             VALUES ($1, $2, 'restore', 'queued', $3, $4) RETURNING {RUN_COLUMNS}"
+        )))
+        .bind(agent_id)
+        .bind(name)
+        .bind(now())
+        .bind(task)
+        .fetch_one(self.conn())
+        .await?;
+        Ok(run(&r)?)
+    }
+
     pub async fn create_run(
         &mut self,
         job_id: Option<i64>,

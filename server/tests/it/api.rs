@@ -1226,7 +1226,7 @@ async fn a_jobs_luks_passphrase_needs_encryption_stays_sealed_and_reaches_the_or
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     let run = r.body["runs"][0]["id"].as_i64().expect("run id");
     let orders = sim.wait_orders(1).await;
-    let image = &orders[0]["order"]["image"];
+    let image = &orders[0]["order"]["task"];
     assert_eq!(image["luks_passphrase"], LUKS, "{image}");
     assert_eq!(image["password"], IMAGE, "{image}");
     assert!(api
@@ -1252,7 +1252,7 @@ async fn a_jobs_luks_passphrase_needs_encryption_stays_sealed_and_reaches_the_or
     let run = r.body["runs"][0]["id"].as_i64().expect("run id");
     let orders = sim.wait_orders(2).await;
     assert!(
-        orders[1]["order"]["image"]["luks_passphrase"].is_null(),
+        orders[1]["order"]["task"]["luks_passphrase"].is_null(),
         "{}",
         orders[1]
     );

@@ -3,6 +3,9 @@
 //! incremental; the API shows the chain, lists folders of either point, and streams a
 //! file, a `.tar.gz` and a `.zip` from the agent to the client, each equal to the source.
 //! A viewer may list but not download; an abandoned download stops the agent's export.
+//! Restore runs bring files back into a new folder and to their original place, and a
+//! whole point onto another device; a mounted, too small or unconfirmed device is refused
+//! before anything is written.
 
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::Path;

@@ -164,6 +164,7 @@ fn report(run_id: i64, job_id: i64, image: Option<&str>) -> RunReport {
                 coverage: Some(Coverage::UsedSector),
                 consistency: "unmounted".into(),
                 warnings: Vec::new(),
+                source_size: 1 << 30,
             })
             .into_iter()
             .collect(),
@@ -234,8 +235,9 @@ async fn schedules_fire_once_wait_for_agents_chain_images_and_miss_after_the_fra
     .expect("tick");
     let orders = alpha.wait_orders(1).await;
     let order = &orders[0]["order"];
-    assert_eq!(order["image"]["name"], "alpha-20261122.hfi", "{order}");
-    assert_eq!(order["image"]["method"], "full", "{order}");
+    assert_eq!(order["task"]["task"], "image", "{order}");
+    assert_eq!(order["task"]["name"], "alpha-20261122.hfi", "{order}");
+    assert_eq!(order["task"]["method"], "full", "{order}");
     assert_eq!(state_of(&store, job, a).await, ["running"]);
     assert_eq!(state_of(&store, job, b).await, ["queued"]);
 
@@ -328,7 +330,7 @@ async fn schedules_fire_once_wait_for_agents_chain_images_and_miss_after_the_fra
     .await
     .expect("tick");
     let orders = alpha.wait_orders(2).await;
-    let second = &orders[1]["order"]["image"];
+    let second = &orders[1]["order"]["task"];
     assert_eq!(second["method"], "incremental", "{second}");
     assert_eq!(second["base"], "alpha-20261122.hfi", "{second}");
     assert_eq!(second["name"], "alpha-20261123.hfi", "{second}");
