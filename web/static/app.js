@@ -228,6 +228,11 @@
     pre.textContent = "Your new token (shown once): " + data.secret;
     pre.hidden = false;
   };
+  // A restore started: its report.
+  result.restored = (data) => {
+    location.href = "/reports/" + data.run.id;
+  };
+
   result.checked = (data, el) => {
     const lines = (data.agents || []).map((a) => {
       const r = a.result || {};
@@ -341,12 +346,179 @@
     preview();
   }
 
+
+  // An image point's files: folders listed on demand by an agent, downloads for operators,
+  // and the paths ticked for a restore.
+  function browser(root) {
+    const id = root.dataset.image;
+    const operator = root.dataset.operator === "1";
+    const body = root.querySelector("tbody");
+    const crumbs = root.querySelector("[data-crumbs]");
+    const out = root.querySelector(".msg");
+    const reader = document.getElementById("reader-agent");
+    const part = document.getElementById("partition");
+    const chosen = new Set();
+    const query = (extra) => {
+      const q = new URLSearchParams(extra);
+      if (reader && reader.value) q.set("agent", reader.value);
+      if (part && part.value) q.set("partition", part.value);
+      return q.toString();
+    };
+    const url = (what, extra) => "/api/v1/images/" + id + "/" + what + "?" + query(extra);
+    const join = (dir, name) => (dir === "/" ? "" : dir) + "/" + name;
+    const el = (tag, text, cls) => {
+      const e = document.createElement(tag);
+      if (text) e.textContent = text;
+      if (cls) e.className = cls;
+      return e;
+    };
+    const downloads = (cell, path, formats) => {
+      for (const f of formats) {
+        const a = el("a", f === "file" ? "Download" : "." + f, "btn alt small");
+        a.href = url("download", { path, format: f });
+        a.dataset.download = path;
+        cell.append(a, " ");
+      }
+    };
+    async function open(path) {
+      show(out, "Reading " + path + " …", true);
+      try {
+        const list = await api("GET", url("files", { path }));
+        root.dataset.path = path;
+        crumbs.textContent = "";
+        const crumb = (label, p) => { const a = el("a", label); a.href = "#"; a.dataset.dir = p; crumbs.append(a); };
+        crumb("/", "/");
+        let at = "";
+        path.split("/").filter(Boolean).forEach((p, i) => { at += "/" + p; if (i) crumbs.append(" / "); crumb(p, at); });
+        body.textContent = "";
+        for (const e of list.entries) {
+          const tr = el("tr");
+          const full = join(path, e.name);
+          const cell = (child, cls) => { const td = el("td", "", cls); if (child !== undefined) td.append(child); tr.append(td); return td; };
+          if (operator) {
+            const c = el("input");
+            c.type = "checkbox";
+            c.dataset.pick = full;
+            c.checked = chosen.has(full);
+            c.setAttribute("aria-label", "select " + e.name);
+            cell(c);
+          }
+          if (e.kind === "dir") {
+            const a = el("a", e.name + "/");
+            a.href = "#";
+            a.dataset.dir = full;
+            cell(a, "mono");
+          } else cell(e.name + (e.target ? " → " + e.target : ""), "mono");
+          cell(e.kind);
+          cell(e.kind === "file" ? bytes(e.size) : "", "num");
+          cell(e.mode, "mono");
+          cell(e.uid + ":" + e.gid);
+          cell(e.modified.replace("T", " ").replace("Z", " UTC"), "small");
+          const act = cell();
+          if (operator && e.kind === "file") downloads(act, full, ["file"]);
+          if (operator && e.kind === "dir") {
+            const b = el("button", "Download…", "alt small");
+            b.type = "button";
+            b.dataset.measure = full;
+            act.append(b);
+          }
+          body.append(tr);
+        }
+        if (!list.entries.length) body.append(el("tr", "Empty folder.", "empty"));
+        out.textContent = "";
+        out.className = "msg";
+      } catch (e) {
+        show(out, e.message, false);
+      }
+    }
+    root.addEventListener("click", async (ev) => {
+      const d = ev.target.closest("[data-dir]");
+      if (d) {
+        ev.preventDefault();
+        open(d.dataset.dir);
+        return;
+      }
+      const m = ev.target.closest("[data-measure]");
+      if (!m) return;
+      // The size first: a folder's download is counted before it starts.
+      m.disabled = true;
+      m.textContent = "Counting…";
+      try {
+        const t = (await api("GET", url("files", { path: m.dataset.measure, total: "true" }))).total;
+        const box = m.parentElement;
+        box.textContent = t.files + " file(s), " + bytes(t.bytes) + ": ";
+        downloads(box, m.dataset.measure, ["tar.gz", "zip"]);
+      } catch (e) {
+        show(out, e.message, false);
+        m.disabled = false;
+        m.textContent = "Download…";
+      }
+    });
+    root.addEventListener("change", (ev) => {
+      const c = ev.target.closest("[data-pick]");
+      if (!c) return;
+      if (c.checked) chosen.add(c.dataset.pick);
+      else chosen.delete(c.dataset.pick);
+      const p = document.getElementById("picked");
+      if (p) p.textContent = chosen.size ? [...chosen].join(", ") : "nothing yet: tick files or folders above";
+    });
+    [reader, part].forEach((x) => x && x.addEventListener("change", () => open(root.dataset.path || "/")));
+    build.restoreFiles = (b) => {
+      b.paths = [...chosen];
+      if (!b.paths.length) throw new Error("tick the files or folders to restore first");
+      if (b.dest === "original") delete b.to;
+      else if (!b.to) throw new Error("name the folder to restore into");
+      delete b.dest;
+      if (part && part.value) b.partition = Number(part.value);
+      return b;
+    };
+    open("/");
+  }
+
+  // A volume restore's device list: the chosen agent's disks and partitions, with their
+  // size and what is on them; mounted ones cannot be chosen.
+  function devices(form) {
+    const agent = form.querySelector("[name=agent_id]");
+    const dev = form.querySelector("[name=device]");
+    async function load() {
+      dev.textContent = "";
+      try {
+        const inv = (await api("GET", "/api/v1/agents/" + agent.value)).inventory || { disks: [], volumes: [] };
+        const what = (v) => (v ? ", " + (v.filesystem || "no filesystem") + (v.label ? " '" + v.label + "'" : "") : "");
+        const add = (name, text, mounted) => {
+          const o = document.createElement("option");
+          o.value = "/dev/" + name;
+          o.textContent = "/dev/" + name + ": " + text + (mounted ? ", mounted (" + mounted + ")" : "");
+          o.disabled = !!mounted;
+          dev.append(o);
+        };
+        for (const d of inv.disks) {
+          const whole = inv.volumes.find((v) => v.name === d.name && !v.disk);
+          const parts = inv.volumes.filter((v) => v.disk === d.name);
+          const busy = parts.find((p) => p.mount_point);
+          add(
+            d.name,
+            "disk, " + bytes(d.size) + (d.model ? ", " + d.model : "") + (parts.length ? ", " + parts.length + " partition(s)" : "") + what(whole),
+            (whole && whole.mount_point) || (busy && "/dev/" + busy.name + " at " + busy.mount_point),
+          );
+          for (const p of parts) add(p.name, bytes(p.size) + what(p), p.mount_point);
+        }
+      } catch (e) {
+        show(form.querySelector(".msg"), e.message, false);
+      }
+    }
+    agent.addEventListener("change", load);
+    load();
+  }
+
   function init() {
     document.querySelectorAll("form[data-wizard]").forEach(wizard);
     document.querySelectorAll("form[data-current]:not([data-wizard])").forEach((f) => {
       fill(f, JSON.parse(f.dataset.current || "{}"));
       switches(f);
     });
+    document.querySelectorAll("[data-browser]").forEach(browser);
+    document.querySelectorAll("form[data-devices]").forEach(devices);
     live();
   }
 

@@ -151,6 +151,17 @@ struct JobPage {
     luks_passphrase: bool,
     agents: Vec<(i64, String)>,
     runs: Vec<RunLine>,
+    images: Vec<JobImage>,
+}
+
+/// One of a job's images that still exist, newest first: its page browses and restores it.
+pub struct JobImage {
+    pub id: i64,
+    pub name: String,
+    pub method: String,
+    pub agent: String,
+    pub created: String,
+    pub bytes: String,
 }
 
 async fn find(state: &AppState, id: i64) -> Result<JobRow, PageError> {
@@ -217,6 +228,20 @@ pub async fn show(
             }
         })
         .collect();
+    let images = state
+        .store
+        .recent_job_images(id, 20)
+        .await?
+        .into_iter()
+        .map(|i| JobImage {
+            agent: name_of(i.agent_id),
+            created: when(Some(i.created_at)),
+            bytes: super::view::bytes(i.bytes),
+            id: i.id,
+            name: i.name,
+            method: i.method,
+        })
+        .collect();
     let spec: serde_json::Value = serde_json::from_str(&j.spec).unwrap_or_default();
     Ok(render(JobPage {
         shell: session.shell("jobs"),
@@ -226,6 +251,7 @@ pub async fn show(
         luks_passphrase: j.luks_secret.is_some(),
         agents,
         runs,
+        images,
     }))
 }
 

@@ -8,6 +8,7 @@ mod agents;
 mod assets;
 mod dashboard;
 mod events;
+mod images;
 mod jobs;
 mod reports;
 mod settings;
@@ -42,6 +43,7 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{id}/edit", get(jobs::edit))
         .route("/reports", get(reports::list))
         .route("/reports/{id}", get(reports::show))
+        .route("/images/{id}", get(images::show))
         .route("/targets", get(targets::list))
         .route("/targets/{id}", get(targets::show))
         .route("/settings", get(settings::page))

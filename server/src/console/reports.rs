@@ -142,6 +142,8 @@ pub struct StepLine {
 }
 
 pub struct ImageLine {
+    /// Its page, while it exists.
+    pub id: Option<i64>,
     pub name: String,
     pub method: String,
     pub base: String,
@@ -199,6 +201,13 @@ pub async fn show(
         .report
         .as_deref()
         .and_then(|t| serde_json::from_str(t).ok());
+    let stored = store.run_images(id).await?;
+    let page_of = |name: &str| {
+        stored
+            .iter()
+            .find(|i| i.name == name && i.deleted_at.is_none())
+            .map(|i| i.id)
+    };
     let (steps, images, deleted) = match report {
         Some(rep) => (
             rep.steps
@@ -241,6 +250,7 @@ pub async fn show(
                         Some(false) => "damaged",
                         None => "not checked",
                     },
+                    id: page_of(&i.name),
                     name: i.name,
                 })
                 .collect(),

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use holdfast_proto::job::ImageWritten;
-use holdfast_proto::{ExportFormat, ImageRef, Inventory, Listing, RunReport};
+use holdfast_proto::{ExportFormat, ImageRef, Inventory, Listing};
 use serde::{Deserialize, Serialize};
 
 use super::caller::Caller;
@@ -20,7 +20,7 @@ use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::reports::{summary, RunSummary};
 use super::AppState;
 use crate::auth::Role;
-use crate::jobs::image_files::chain_to;
+use crate::jobs::image_files::{chain_of, written_by_run};
 use crate::jobs::restore::RestoreSpec;
 use crate::jobs::DispatchError;
 use crate::store::jobs::ImageRow;
@@ -128,20 +128,6 @@ async fn open(
     Ok((image, agent, source))
 }
 
-/// What the run that wrote `image` reported about it.
-async fn written_by_run(
-    state: &AppState,
-    image: &ImageRow,
-) -> Result<Option<ImageWritten>, ApiError> {
-    Ok(state
-        .store
-        .run(image.run_id)
-        .await?
-        .and_then(|r| r.report)
-        .and_then(|t| serde_json::from_str::<RunReport>(&t).ok())
-        .and_then(|r| r.images.into_iter().find(|i| i.name == image.name)))
-}
-
 /// Show an image with its chain.
 #[utoipa::path(get, path = "/api/v1/images/{id}", tag = "images", params(("id" = i64, Path)), responses((status = 200, description = "the image, its chain (oldest first) and what its run reported about it", body = ImageDetail), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn show(
@@ -151,12 +137,8 @@ async fn show(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Viewer)?;
     let image = find(&state, id).await?;
-    let siblings = match image.job_id {
-        Some(job) => state.store.job_images(job, image.agent_id).await?,
-        None => Vec::new(),
-    };
-    let chain: Vec<ImageRow> = chain_to(&siblings, &image).into_iter().cloned().collect();
-    let written = written_by_run(&state, &image).await?;
+    let chain = chain_of(&state.store, &image).await?;
+    let written = written_by_run(&state.store, &image).await?;
     let job = match image.job_id {
         Some(j) => state.store.job(j).await?.map(|j| j.name),
         None => None,
@@ -451,7 +433,7 @@ async fn restore_volume(
         .await?
         .and_then(|a| a.inventory)
         .and_then(|t| serde_json::from_str::<Inventory>(&t).ok());
-    let needed = written_by_run(&state, &image)
+    let needed = written_by_run(&state.store, &image)
         .await?
         .map_or(0, |w| w.source_size);
     if let Some(why) = inventory.and_then(|inv| unfit(&inv, &device, needed)) {

@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
+use holdfast_proto::job::ImageWritten;
 use holdfast_proto::request::{BrowseImage, ExportFiles};
-use holdfast_proto::{ExportFormat, ImageRef, Listing};
+use holdfast_proto::{ExportFormat, ImageRef, Listing, RunReport};
 
 use super::{job_context, DispatchError, Dispatcher};
 use crate::gateway::DataStream;
 use crate::store::jobs::ImageRow;
+use crate::store::{Store, StoreError};
 
 /// How long a listing may take: the agent opens the chain on its target and mounts it.
 const BROWSE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -34,6 +36,29 @@ pub fn chain_to<'a>(images: &'a [ImageRow], head: &'a ImageRow) -> Vec<&'a Image
     }
     chain.reverse();
     chain
+}
+
+/// What the run that wrote `image` reported about it (none for reports stored before
+/// this was kept, or a report that cannot be read).
+pub async fn written_by_run(
+    store: &Store,
+    image: &ImageRow,
+) -> Result<Option<ImageWritten>, StoreError> {
+    Ok(store
+        .run(image.run_id)
+        .await?
+        .and_then(|r| r.report)
+        .and_then(|t| serde_json::from_str::<RunReport>(&t).ok())
+        .and_then(|r| r.images.into_iter().find(|i| i.name == image.name)))
+}
+
+/// The chain up to `image`, oldest first, from its job's images on its agent.
+pub async fn chain_of(store: &Store, image: &ImageRow) -> Result<Vec<ImageRow>, StoreError> {
+    let siblings = match image.job_id {
+        Some(job) => store.job_images(job, image.agent_id).await?,
+        None => Vec::new(),
+    };
+    Ok(chain_to(&siblings, image).into_iter().cloned().collect())
 }
 
 impl Dispatcher {

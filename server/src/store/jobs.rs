@@ -707,6 +707,33 @@ impl Store {
         Ok(rows.iter().map(image).collect::<Result<_, _>>()?)
     }
 
+    /// The newest `limit` images of job `job_id` (any agent) that still exist, newest first.
+    pub async fn recent_job_images(
+        &self,
+        job_id: i64,
+        limit: i64,
+    ) -> Result<Vec<ImageRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE job_id = $1 AND deleted_at IS NULL ORDER BY id DESC LIMIT $2"
+        )))
+        .bind(job_id)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(image).collect::<Result<_, _>>()?)
+    }
+
+    /// The images run `run_id` wrote (deleted or not).
+    pub async fn run_images(&self, run_id: i64) -> Result<Vec<ImageRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {IMAGE_COLUMNS} FROM images WHERE run_id = $1 ORDER BY id"
+        )))
+        .bind(run_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(image).collect::<Result<_, _>>()?)
+    }
+
     /// Image `id` (deleted or not).
     pub async fn image(&self, id: i64) -> Result<Option<ImageRow>, StoreError> {
         let row = sqlx::query(AssertSqlSafe(format!(

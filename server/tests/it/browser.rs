@@ -229,11 +229,17 @@ impl Browser {
     }
 
     /// The text of the downloaded file whose name starts with `prefix` and ends with
-    /// `suffix`, once complete (Chromium creates the name empty and writes to a
-    /// `.crdownload` file first), waiting up to 30 s for it.
+    /// `suffix`, once complete.
     pub fn download(&self, prefix: &str, suffix: &str) -> String {
-        let mut text = String::new();
-        self.wait("the download", 30, |b| {
+        std::fs::read_to_string(self.downloaded(prefix, suffix)).expect("a text download")
+    }
+
+    /// The downloaded file whose name starts with `prefix` and ends with `suffix`, once
+    /// complete (Chromium creates the name empty and writes to a `.crdownload` file
+    /// first), waiting up to 60 s for it.
+    pub fn downloaded(&self, prefix: &str, suffix: &str) -> PathBuf {
+        let mut found = None;
+        self.wait("the download", 60, |b| {
             let names: Vec<std::path::PathBuf> = std::fs::read_dir(&b.downloads)
                 .into_iter()
                 .flatten()
@@ -243,17 +249,17 @@ impl Browser {
             let busy = names
                 .iter()
                 .any(|p| p.extension().is_some_and(|x| x == "crdownload"));
-            text = names
+            found = names
                 .iter()
                 .find(|p| {
                     let n = p.file_name().unwrap_or_default().to_string_lossy();
                     n.starts_with(prefix) && n.ends_with(suffix)
                 })
-                .and_then(|p| std::fs::read_to_string(p).ok())
-                .unwrap_or_default();
-            !busy && !text.is_empty()
+                .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+                .cloned();
+            !busy && found.is_some()
         });
-        text
+        found.expect("a download")
     }
 
     /// Set field `selector` to `value` as a script would (for date and time fields, whose

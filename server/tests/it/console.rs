@@ -27,7 +27,7 @@ impl Drop for Kill {
 
 /// The browser's `fetch` of `path` with `method` (and the page's CSRF token unless
 /// `csrf` is false): the status and the error code.
-fn fetch(b: &Browser, method: &str, path: &str, csrf: bool) -> (i64, String) {
+pub fn fetch(b: &Browser, method: &str, path: &str, csrf: bool) -> (i64, String) {
     let v = b.script_async(
         "const [method, path, csrf, done] = arguments;
          const headers = {'content-type': 'application/json'};
@@ -43,7 +43,7 @@ fn fetch(b: &Browser, method: &str, path: &str, csrf: bool) -> (i64, String) {
     )
 }
 
-fn log_in(b: &Browser, base: &str, name: &str, password: &str) {
+pub fn log_in(b: &Browser, base: &str, name: &str, password: &str) {
     b.go(&format!("{base}/login"));
     b.fill("#login-form input[name=name]", name);
     b.fill("#login-form input[name=password]", password);

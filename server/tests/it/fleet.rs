@@ -154,6 +154,8 @@ pub struct Fleet {
     pub log: std::path::PathBuf,
     pub agent_log: std::path::PathBuf,
     pub agent_id: i64,
+    /// The first admin's password, as the server printed it.
+    pub admin_password: String,
     pub config: String,
     /// More environment for the agent daemon.
     pub agent_env: Vec<(String, String)>,
@@ -200,6 +202,7 @@ impl Fleet {
             log,
             agent_log: dir.join("agent.log"),
             agent_id,
+            admin_password: password,
             config,
             agent_env: Vec::new(),
         };

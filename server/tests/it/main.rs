@@ -6,6 +6,7 @@ mod api;
 mod browser;
 mod channel;
 mod console;
+mod console_files;
 mod files;
 mod fleet;
 mod https;
