@@ -76,8 +76,7 @@ impl Record {
             unmount(&self.mountpoint)?;
         }
         if let Some(dev) = &self.loop_device {
-            // A busy device is detached when its last user closes it.
-            let _ = Command::new("losetup").arg("-d").arg(dev).output();
+            detach_loop(dev, &self.files_dir);
         }
         if self.alive() {
             unmount(&self.files_dir)?;
@@ -93,6 +92,18 @@ impl Record {
         }
         let _ = std::fs::remove_file(Self::path(self.pid));
         Ok(())
+    }
+}
+
+/// Detach loop device `dev` if it is still over a file in `files_dir` (a busy device is
+/// detached when its last user closes it). A device already detached may have been taken
+/// by someone else since: it is left alone.
+fn detach_loop(dev: &str, files_dir: &Path) {
+    let name = dev.trim_start_matches("/dev/");
+    let backing =
+        std::fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).unwrap_or_default();
+    if Path::new(backing.trim()).starts_with(files_dir) {
+        let _ = Command::new("losetup").arg("-d").arg(dev).output();
     }
 }
 
@@ -348,8 +359,8 @@ impl Drive {
         if !self.record.raw {
             unmount(&self.record.mountpoint)?;
         }
-        if let Some(dev) = &self.record.loop_device {
-            let _ = Command::new("losetup").arg("-d").arg(dev).output();
+        if let Some(dev) = self.record.loop_device.take() {
+            detach_loop(&dev, &self.record.files_dir);
         }
         if let Err(e) = session.umount_and_join() {
             // Still in use: the serving thread goes on until the files are closed.

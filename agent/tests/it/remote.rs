@@ -1,5 +1,7 @@
 //! Images written to and read from real servers on loopback: SFTP (`sshd`), FTP and FTPS
-//! (`vsftpd`) and SMB (Samba `smbd`): validated, restored and mounted from there.
+//! (`vsftpd`) and SMB (Samba `smbd`): a chain of five points validated, restored and its
+//! middle point mounted from there (that point's files; released, also after a kill) and a
+//! file deleted later extracted from it.
 
 use std::path::Path;
 
@@ -135,24 +137,33 @@ fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn F
     ]);
     assert!(s["parts"].as_u64().expect("parts") > 1, "{s}");
     assert!(data.join("full.hfi.002").exists());
-    states.push(edit_files(lo.path(), "ext4", work, |d| {
-        write_files(d, 1, 5)
-    }));
-    let inc = url("inc.hfi");
-    image_ok(&[
-        "create",
-        "--source",
-        lo.path(),
-        "--output",
-        &inc,
-        "--incremental",
-        "--base",
-        &full,
-        "--password-file",
-        &pw,
-        "--credentials-file",
-        &creds,
-    ]);
+    // Four incrementals: a chain of five points. A file deleted after the middle one.
+    let mut points = vec![full.clone()];
+    for round in 1..=4u64 {
+        states.push(edit_files(lo.path(), "ext4", work, |d| {
+            write_files(d, round, 5);
+            if round == 3 {
+                std::fs::remove_file(d.join("r0/f4.bin")).expect("rm");
+            }
+        }));
+        let next = url(&format!("inc{round}.hfi"));
+        image_ok(&[
+            "create",
+            "--source",
+            lo.path(),
+            "--output",
+            &next,
+            "--incremental",
+            "--base",
+            points.last().expect("base"),
+            "--password-file",
+            &pw,
+            "--credentials-file",
+            &creds,
+        ]);
+        points.push(next);
+    }
+    let inc = points[4].clone();
     let v = image_ok(&[
         "validate",
         "--image",
@@ -163,10 +174,10 @@ fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn F
         "--credentials-file",
         &creds,
     ]);
-    assert_eq!(v["chain"].as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(v["chain"].as_array().map(Vec::len), Some(5), "{v}");
     let info = image_ok(&["info", "--image", &full, "--credentials-file", &creds]);
     assert_eq!(info["encryption"], "aes256");
-    for (i, img) in [&full, &inc].iter().enumerate() {
+    for (i, img) in [(0, &full), (4, &inc)] {
         let target = work.join("restore.img");
         sparse_file(&target, 64 << 20);
         let rl = Loop::new(&target);
@@ -188,24 +199,54 @@ fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn F
             "restored from {img}"
         );
     }
-    // The full point mounted from the target, read by byte ranges: its files; released.
+    // The middle point mounted from the target, read by byte ranges: that point's files;
+    // released by `image dismount`, and again after the serving process is killed.
     let dir = work.join("mnt");
     std::fs::create_dir_all(&dir).expect("mount point");
     let dir_arg = dir.to_str().expect("path");
-    let (child, answer) = crate::mount::mount(&[
+    let middle = &points[2];
+    let args = [
         "--image",
-        &full,
+        middle.as_str(),
         "--mountpoint",
         dir_arg,
         "--password-file",
         &pw,
         "--credentials-file",
         &creds,
-    ]);
-    assert_eq!(checksums(&dir), states[0], "mounted from {full}");
+    ];
+    let (child, answer) = crate::mount::mount(&args);
+    assert_eq!(checksums(&dir), states[2], "mounted from {middle}");
     crate::mount::dismount_released(&dir, child, &answer);
+    let (mut child, answer) = crate::mount::mount(&args);
+    child.kill().expect("kill");
+    let _ = child.wait();
+    let r = image(&["dismount", "--mountpoint", dir_arg]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    crate::mount::released(&dir, &answer);
+    // A file deleted after the middle point comes back from it byte for byte.
+    let back = work.join("back");
+    image_ok(&[
+        "extract",
+        "--image",
+        middle,
+        "/r0/f4.bin",
+        "--to",
+        back.to_str().expect("path"),
+        "--password-file",
+        &pw,
+        "--credentials-file",
+        &creds,
+    ]);
+    assert!(!states[4].contains_key("r0/f4.bin"));
+    assert_eq!(
+        blake3::hash(&std::fs::read(back.join("f4.bin")).expect("extracted"))
+            .to_hex()
+            .to_string(),
+        states[2]["r0/f4.bin"]
+    );
 
-    // An existing name is refused; nothing is left behind but the two images.
+    // An existing name is refused; nothing is left behind but the chain's images.
     let r = image(&[
         "create",
         "--source",
@@ -225,7 +266,7 @@ fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn F
     assert!(
         names
             .iter()
-            .all(|n| n.starts_with("full.hfi") || n == "inc.hfi"),
+            .all(|n| n.starts_with("full.hfi") || (n.starts_with("inc") && n.ends_with(".hfi"))),
         "{names:?}"
     );
 
