@@ -208,6 +208,17 @@ pub struct RestoreVolumeTask {
     pub device: String,
 }
 
+/// Stored images validated again where they are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerifyTask {
+    pub target: TargetAccess,
+    /// The image password: with it every block is checked against its hash; without it,
+    /// the structure and the ciphertext's checksums.
+    pub password: Option<Secret>,
+    /// The images (names in the target's folder), oldest first.
+    pub images: Vec<String>,
+}
+
 /// What a run does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "snake_case")]
@@ -215,6 +226,7 @@ pub enum Task {
     Image(ImageTask),
     RestoreFiles(RestoreFilesTask),
     RestoreVolume(RestoreVolumeTask),
+    Verify(VerifyTask),
 }
 
 /// A command run before or after the job.
@@ -261,6 +273,10 @@ pub struct JobOrder {
     pub delete_after: Vec<String>,
     #[serde(default)]
     pub after_job: AfterJob,
+    /// What the server decided for this run that its report should say (e.g. why it
+    /// starts a new chain).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// How a run ended.
@@ -373,6 +389,28 @@ pub struct ImageWritten {
     pub source_size: u64,
 }
 
+/// How a stored image was found when validated again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub enum ImageHealth {
+    Sound,
+    /// Damaged, truncated or with a part missing: not to be built on or trusted.
+    Damaged,
+    /// It could not be read this time (target unreachable, password refused…): nothing is
+    /// known about its state.
+    Unchecked,
+}
+
+/// One image of a verify run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct ImageCheck {
+    pub name: String,
+    pub health: ImageHealth,
+    pub detail: String,
+}
+
 /// What a run did, from the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
@@ -392,5 +430,8 @@ pub struct RunReport {
     /// Images the run deleted (retention).
     #[serde(default)]
     pub deleted: Vec<String>,
+    /// Stored images a verify run validated again.
+    #[serde(default)]
+    pub checked: Vec<ImageCheck>,
     pub steps: Vec<Step>,
 }

@@ -253,6 +253,7 @@
         spec.agents = (spec.agents || []).map(Number);
       }
       if (spec.schedule && (spec.schedule.kind === "none" || !spec.schedule.kind)) delete spec.schedule;
+      if (spec.verify_schedule && (spec.verify_schedule.kind === "none" || !spec.verify_schedule.kind)) delete spec.verify_schedule;
       for (const hook of ["before", "after"]) {
         if (spec[hook] && !spec[hook].command) delete spec[hook];
       }

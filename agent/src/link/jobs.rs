@@ -132,6 +132,7 @@ impl Jobs {
                 bytes_written: 0,
                 images: Vec::new(),
                 deleted: Vec::new(),
+                checked: Vec::new(),
                 steps: vec![step(
                     StepStatus::Error,
                     "Agent stopped",
@@ -296,7 +297,13 @@ impl Jobs {
             images: Vec::new(),
             deleted: Vec::new(),
             steps: vec![step(StepStatus::Info, "Job started", &order.name)],
+            checked: Vec::new(),
         };
+        for note in &order.notes {
+            report
+                .steps
+                .push(step(StepStatus::Info, "Note", note.clone()));
+        }
         self.log(
             order.run_id,
             "info",
@@ -321,6 +328,10 @@ impl Jobs {
                 }
                 Task::RestoreVolume(task) => {
                     self.restore_volume(&order, task, &work, &cancel, &mut report)
+                        .await
+                }
+                Task::Verify(task) => {
+                    self.verify_images(&order, task, &work, &cancel, &mut report)
                         .await
                 }
             };

@@ -6,8 +6,8 @@ pub mod enroll;
 pub mod files;
 pub mod jobs;
 pub mod pin;
-pub mod restore;
 pub mod run;
+pub mod tasks;
 
 use std::sync::Arc;
 

@@ -21,7 +21,7 @@ use super::reports::{summary, RunSummary};
 use super::AppState;
 use crate::auth::Role;
 use crate::jobs::image_files::{chain_of, written_by_run};
-use crate::jobs::restore::RestoreSpec;
+use crate::jobs::tasks::TaskSpec;
 use crate::jobs::DispatchError;
 use crate::store::jobs::ImageRow;
 
@@ -309,7 +309,7 @@ async fn chosen_agent(
 async fn start_restore(
     state: &AppState,
     caller: &Caller,
-    spec: RestoreSpec,
+    spec: TaskSpec,
     agent: i64,
 ) -> Result<(StatusCode, Json<RestoreStarted>), ApiError> {
     let run = state
@@ -353,7 +353,7 @@ async fn restore_files(
     }
     let image = find(&state, id).await?;
     let agent = chosen_agent(&state, &image, body.agent_id).await?;
-    let spec = RestoreSpec::Files {
+    let spec = TaskSpec::Files {
         image_id: id,
         partition: body.partition,
         paths,
@@ -439,7 +439,7 @@ async fn restore_volume(
     if let Some(why) = inventory.and_then(|inv| unfit(&inv, &device, needed)) {
         return Err(ApiError::Invalid(why));
     }
-    let spec = RestoreSpec::Volume {
+    let spec = TaskSpec::Volume {
         image_id: id,
         device,
     };

@@ -89,6 +89,57 @@ pub async fn check(jobs: &Dispatcher, now: DateTime<Utc>) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Mail that a verify run of `job` on `host` found `damaged` images (name, what is wrong):
+/// to the job's notification recipients and the stale-backup alert's, whatever their rules
+/// say about ordinary reports. Nobody to tell: logged only.
+pub async fn damaged_images(
+    jobs: &Dispatcher,
+    job: &crate::store::jobs::JobRow,
+    host: &str,
+    run_id: i64,
+    damaged: &[(String, String)],
+) -> Result<(), StoreError> {
+    let mut to: Vec<String> = Vec::new();
+    if let Ok(spec) = jobs.spec_of(job).await {
+        to.extend(spec.notify.map(|n| n.recipients).unwrap_or_default());
+    }
+    if let Some((value, _)) = jobs.store.setting(ALERTS_KEY).await? {
+        if let Ok(rules) = serde_json::from_str::<Alerts>(&value) {
+            to.extend(rules.stale.map(|s| s.recipients).unwrap_or_default());
+        }
+    }
+    to.sort();
+    to.dedup();
+    if to.is_empty() {
+        tracing::warn!(
+            job = job.id,
+            run = run_id,
+            "damaged images found and nobody to mail"
+        );
+        return Ok(());
+    }
+    let subject = format!(
+        "[Holdfast] Damaged image{}: {} on {host}",
+        if damaged.len() == 1 { "" } else { "s" },
+        job.name
+    );
+    let mut body = format!(
+        "A verify run of job '{}' on {host} (report {run_id}) found {} stored image(s) damaged:\n\n",
+        job.name,
+        damaged.len()
+    );
+    for (name, detail) in damaged {
+        let _ = writeln!(body, "- {name}: {detail}");
+    }
+    body.push_str(
+        "\nThey are marked damaged (the console shows it on their page), and the job's next run starts a new chain with a full image.\n",
+    );
+    jobs.store
+        .enqueue_mail("damaged", &to.join(", "), &subject, &body)
+        .await?;
+    Ok(())
+}
+
 async fn digest(jobs: &Dispatcher, d: &Digest, now: DateTime<Utc>) -> Result<(), StoreError> {
     let (Ok(tz), Ok(at)) = (
         d.timezone.parse::<Tz>(),

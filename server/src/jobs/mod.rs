@@ -7,11 +7,11 @@ pub mod image_files;
 pub mod job_xml;
 pub mod notify;
 pub mod report_xml;
-pub mod restore;
 pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod spec;
+pub mod tasks;
 pub mod template;
 
 use std::collections::{HashMap, VecDeque};
@@ -400,7 +400,7 @@ impl Dispatcher {
     /// The order for `run`, from its job, agent and target as they are now.
     async fn prepare(&self, run: &RunRow) -> Result<JobOrder, DispatchError> {
         if let Some(task) = &run.task {
-            return self.restore_order(run, task).await;
+            return self.task_order(run, task).await;
         }
         let job_id = run
             .job_id
@@ -451,13 +451,20 @@ impl Dispatcher {
             .collect();
         let name = template::unique_name(name, run.id, &taken);
         let (mut head, mut full) = chain_bases(&images, spec.target());
+        let mut notes = Vec::new();
         // A chain that reached its length is closed: the next image starts a new one.
         if let (Some(limit), Some(h)) = (spec.chain_length, head) {
             if chain_len(&images, h) >= limit as usize {
                 (head, full) = (None, None);
+                notes.push(format!(
+                    "a new chain starts with a full image: the chain reached its length of {limit} images"
+                ));
             }
         }
         let (method, base) = spec.next_method(head, full);
+        if method == ImageKind::Full && spec.method != spec::ChainMode::Full {
+            notes.extend(damaged_base(&images, spec.target()));
+        }
         let delete_after = spec
             .retention
             .as_ref()
@@ -520,6 +527,7 @@ impl Dispatcher {
             abort_on_error: spec.abort_on_error,
             delete_after,
             after_job: spec.after_job,
+            notes,
         })
     }
 
@@ -634,6 +642,7 @@ impl Dispatcher {
             bytes_written: 0,
             images: Vec::new(),
             deleted: Vec::new(),
+            checked: Vec::new(),
             steps: vec![holdfast_proto::job::Step {
                 at: now,
                 status: holdfast_proto::job::StepStatus::Error,
@@ -777,6 +786,9 @@ impl Dispatcher {
                     {
                         tracing::error!(run = run.id, error = %e, "cannot record deleted images");
                     }
+                    if let Err(e) = self.record_checks(&run, report).await {
+                        tracing::error!(run = run.id, error = %e, "cannot record what a verify run found");
+                    }
                     if let Some(job_id) = run.job_id {
                         // The target as the job runs: its own, or its site's.
                         if let Ok(Some(job)) = self.store.job(job_id).await {
@@ -804,6 +816,52 @@ impl Dispatcher {
     }
 }
 
+impl Dispatcher {
+    /// Mark the images a verify run checked as sound or damaged, and mail the damage.
+    async fn record_checks(&self, run: &RunRow, report: &RunReport) -> Result<(), StoreError> {
+        use holdfast_proto::job::ImageHealth;
+        let Some(job_id) = run.job_id else {
+            return Ok(());
+        };
+        if report.checked.is_empty() {
+            return Ok(());
+        }
+        let mut change = self.store.change("verify").await?;
+        let mut damaged = Vec::new();
+        for c in &report.checked {
+            let sound = match c.health {
+                ImageHealth::Sound => true,
+                ImageHealth::Damaged => false,
+                ImageHealth::Unchecked => continue,
+            };
+            change
+                .set_image_verified(job_id, run.agent_id, &c.name, sound)
+                .await?;
+            if !sound {
+                damaged.push((c.name.clone(), c.detail.clone()));
+            }
+        }
+        change
+            .commit(
+                "images_verified",
+                &format!("run:{}", run.id),
+                &format!(
+                    "{} checked, {} damaged",
+                    report.checked.len(),
+                    damaged.len()
+                ),
+            )
+            .await?;
+        if !damaged.is_empty() {
+            if let Some(job) = self.store.job(job_id).await? {
+                let host = self.host_name(run.agent_id).await;
+                alerts::damaged_images(self, &job, &host, run.id, &damaged).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// How many images the chain ending in `head` has, back to its full image.
 pub fn chain_len(images: &[ImageRow], head: &str) -> usize {
     let by_name: HashMap<&str, &ImageRow> = images.iter().map(|i| (i.name.as_str(), i)).collect();
@@ -820,6 +878,36 @@ pub fn chain_len(images: &[ImageRow], head: &str) -> usize {
             .and_then(|b| by_name.get(b).copied());
     }
     n
+}
+
+/// Why a chain job's next image is a full one when the newest chain on `target_id` had
+/// an image found damaged (after writing, or by a verify run): the sentence its report
+/// carries.
+pub fn damaged_base(images: &[ImageRow], target_id: i64) -> Option<String> {
+    let newest = images
+        .iter()
+        .rev()
+        .find(|i| i.target_id == Some(target_id))?;
+    let by_name: HashMap<&str, &ImageRow> = images
+        .iter()
+        .filter(|i| i.target_id == Some(target_id))
+        .map(|i| (i.name.as_str(), i))
+        .collect();
+    let mut cur = Some(newest);
+    for _ in 0..=images.len() {
+        let img = cur?;
+        if img.verified == Some(false) {
+            return Some(format!(
+                "a new chain starts with a full image: image '{}' of the previous chain was found damaged, and nothing is built on a damaged image",
+                img.name
+            ));
+        }
+        cur = img
+            .base_name
+            .as_deref()
+            .and_then(|b| by_name.get(b).copied());
+    }
+    None
 }
 
 /// The bases a new image of a chain may use, from the job's images on one agent: the

@@ -62,7 +62,9 @@ async fn scheduled_jobs(
                 continue;
             }
             match jobs.spec_of(&j).await {
-                Ok(spec) if spec.schedule.is_some() => out.push((j, spec)),
+                Ok(spec) if spec.schedule.is_some() || spec.verify_schedule.is_some() => {
+                    out.push((j, spec))
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(job = j.id, error = %e, "job cannot be scheduled"),
             }
@@ -83,20 +85,36 @@ pub async fn once(
     let mut frames: HashMap<i64, i64> = HashMap::new();
     let mut next: Option<DateTime<Utc>> = None;
     for (job, spec) in &scheduled {
-        let Some(schedule) = &spec.schedule else {
-            continue;
-        };
-        frames.insert(job.id, schedule.frame_seconds());
-        if let Some(n) = schedule.next_after(now) {
-            next = Some(next.map_or(n, |m| m.min(n)));
-        }
-        for start in schedule.starts_between(since, now, STARTS_PER_TICK) {
-            let made = jobs
-                .store
-                .create_scheduled_runs(job.id, &spec.agents, &job.name, start.timestamp())
-                .await?;
-            if !made.is_empty() {
-                tracing::info!(job = job.id, start = %start, runs = made.len(), "schedule fired");
+        for (schedule, verify) in [(&spec.schedule, false), (&spec.verify_schedule, true)] {
+            let Some(schedule) = schedule else {
+                continue;
+            };
+            let frame = frames.entry(job.id).or_default();
+            *frame = (*frame).max(schedule.frame_seconds());
+            if let Some(n) = schedule.next_after(now) {
+                next = Some(next.map_or(n, |m| m.min(n)));
+            }
+            for start in schedule.starts_between(since, now, STARTS_PER_TICK) {
+                let made = if verify {
+                    let mut made = Vec::new();
+                    for &agent in &spec.agents {
+                        match jobs.create_verify_run(job, agent, start.timestamp()).await {
+                            Ok(Some(run)) => made.push(run),
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(job = job.id, error = %e, "verify run not recorded")
+                            }
+                        }
+                    }
+                    made
+                } else {
+                    jobs.store
+                        .create_scheduled_runs(job.id, &spec.agents, &job.name, start.timestamp())
+                        .await?
+                };
+                if !made.is_empty() {
+                    tracing::info!(job = job.id, start = %start, runs = made.len(), verify, "schedule fired");
+                }
             }
         }
     }

@@ -218,6 +218,12 @@ pub struct JobSpec {
     /// When it runs by itself; none: only when started by hand.
     #[serde(default)]
     pub schedule: Option<super::schedule::Schedule>,
+    /// When its stored images are validated again on their target (with the image
+    /// password from the vault: every block; without: structure and ciphertext). An image
+    /// found damaged is marked, alerts go out, and the next run starts a new chain. A start
+    /// at the same second as an imaging start is skipped.
+    #[serde(default)]
+    pub verify_schedule: Option<super::schedule::Schedule>,
     /// Free text for admins.
     #[serde(default)]
     pub notes: String,
@@ -307,6 +313,9 @@ impl JobSpec {
         }
         if let Some(s) = &self.schedule {
             s.validate().map_err(|e| format!("schedule: {e}"))?;
+        }
+        if let Some(s) = &self.verify_schedule {
+            s.validate().map_err(|e| format!("verify_schedule: {e}"))?;
         }
         for (what, hook) in [("before", &self.before), ("after", &self.after)] {
             if let Some(h) = hook {

@@ -53,7 +53,7 @@ pub struct RunRow {
     /// The agent's report (JSON of `holdfast_proto::RunReport`).
     #[serde(skip)]
     pub report: Option<String>,
-    /// What a run that is not a job's does (JSON of `crate::jobs::restore::RestoreSpec`).
+    /// What a run that is not a job's does (JSON of `crate::jobs::tasks::TaskSpec`).
     #[serde(skip)]
     pub task: Option<String>,
 }
@@ -853,24 +853,60 @@ impl Change {
 
     /// Record a new run; `None` when this job already has a run on this agent for this
     /// scheduled time (a schedule never fires twice, even across restarts).
-    /// Record a run of `task` (no job) on `agent_id`, queued, with cause `restore`.
+    /// Record a run of `task` on `agent_id`, queued: a restore (no job, cause `restore`), or
+    /// a job's verify run for the start `scheduled_for` (cause `verify`; `None` when that
+    /// start has a run already).
     pub async fn create_task_run(
         &mut self,
+        job_id: Option<i64>,
         agent_id: i64,
         name: &str,
         task: &str,
-    ) -> Result<RunRow, StoreError> {
+        scheduled_for: Option<i64>,
+    ) -> Result<Option<RunRow>, StoreError> {
+        let cause = if job_id.is_some() {
+            "verify"
+        } else {
+            "restore"
+        };
         let r = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO runs (agent_id, name, cause, state, created_at, task) \
-             VALUES ($1, $2, 'restore', 'queued', $3, $4) RETURNING {RUN_COLUMNS}"
+            "INSERT INTO runs (job_id, agent_id, name, cause, scheduled_for, state, created_at, task) \
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7) RETURNING {RUN_COLUMNS}"
         )))
+        .bind(job_id)
         .bind(agent_id)
         .bind(name)
+        .bind(cause)
+        .bind(scheduled_for)
         .bind(now())
         .bind(task)
         .fetch_one(self.conn())
+        .await;
+        match r {
+            Ok(r) => Ok(Some(run(&r)?)),
+            Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Record what a verify run found: image `name` of `job_id` on `agent_id` is sound or not.
+    pub async fn set_image_verified(
+        &mut self,
+        job_id: i64,
+        agent_id: i64,
+        name: &str,
+        sound: bool,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE images SET verified = $1 WHERE job_id = $2 AND agent_id = $3 AND name = $4 AND deleted_at IS NULL",
+        )
+        .bind(i64::from(sound))
+        .bind(job_id)
+        .bind(agent_id)
+        .bind(name)
+        .execute(self.conn())
         .await?;
-        Ok(run(&r)?)
+        Ok(())
     }
 
     pub async fn create_run(

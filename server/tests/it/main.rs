@@ -17,6 +17,7 @@ mod postgres;
 mod proc;
 mod scheduler;
 mod store;
+mod verify;
 
 use holdfast_server::store::{Change, Store, StoreError};
 

@@ -169,6 +169,7 @@ fn report(run_id: i64, job_id: i64, image: Option<&str>) -> RunReport {
             .into_iter()
             .collect(),
         deleted: Vec::new(),
+        checked: Vec::new(),
         steps: vec![Step {
             at: 2,
             status: StepStatus::Ok,

@@ -1,7 +1,8 @@
-//! Restore runs: files of an image point copied back onto this machine (a child `image
-//! extract`), or an image point written over a device (a child `image restore`, which
-//! refuses a mounted or too small device and checks every frame before writing). Each is
-//! a run like an imaging job's, with its report.
+//! Runs that are not imaging: restores — files of an image point copied back onto this
+//! machine (a child `image extract`), or an image point written over a device (a child
+//! `image restore`, which refuses a mounted or too small device and checks every frame
+//! before writing) — and verify runs, which validate stored images again where they are (a
+//! child `image validate` each). Each is a run like an imaging job's, with its report.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
@@ -9,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use holdfast_proto::job::{
-    JobOrder, RestoreFilesTask, RestoreVolumeTask, RunReport, RunStatus, StepStatus,
+    ImageCheck, ImageHealth, JobOrder, RestoreFilesTask, RestoreVolumeTask, RunReport, RunStatus,
+    StepStatus, VerifyTask,
 };
 use holdfast_proto::ImageRef;
 use tokio::sync::Notify;
@@ -247,6 +249,144 @@ impl Jobs {
                 format!("{} onto {}: {e}", task.image.name, task.device),
             ),
         }
+    }
+}
+
+impl Jobs {
+    /// Validate each stored image again; true when the run must stop (cancelled). Damage
+    /// fails the run; an image that could not be read makes it a warning.
+    pub(super) async fn verify_images(
+        &self,
+        order: &JobOrder,
+        task: &VerifyTask,
+        work: &Path,
+        cancel: &Notify,
+        report: &mut RunReport,
+    ) -> bool {
+        if task.images.is_empty() {
+            report.steps.push(step(
+                StepStatus::Info,
+                "Nothing to verify",
+                "the job has no stored images on this target",
+            ));
+            return false;
+        }
+        let depth = if task.password.is_some() {
+            "every block against its hash"
+        } else {
+            "structure and ciphertext checksums (no password)"
+        };
+        for name in &task.images {
+            let mut cmd = match self.target_command(&task.target, work) {
+                Ok(c) => c,
+                Err(e) => return fail(report, "Verify failed", format!("{e:#}")),
+            };
+            if let Some(p) = &task.password {
+                cmd.env(crate::secret::PASSWORD_ENV, p.expose());
+            }
+            cmd.args(["image", "validate", "--json", "--progress-lines", "--image"])
+                .arg(join(&task.target.url, name));
+            let out = match self.run_child(order.run_id, cmd, cancel).await {
+                Ok(out) => out,
+                Err(ChildFailure::Cancelled) => {
+                    report.steps.push(step(
+                        StepStatus::Error,
+                        "Cancelled",
+                        "cancelled by an operator",
+                    ));
+                    report.status = RunStatus::Cancelled;
+                    return true;
+                }
+                Err(ChildFailure::Failed(e)) => {
+                    report.checked.push(ImageCheck {
+                        name: name.clone(),
+                        health: ImageHealth::Unchecked,
+                        detail: e,
+                    });
+                    continue;
+                }
+            };
+            report.checked.push(check_of(name, &out));
+        }
+        for c in &report.checked {
+            let (status, title) = match c.health {
+                ImageHealth::Sound => (StepStatus::Ok, "Image sound"),
+                ImageHealth::Damaged => (StepStatus::Error, "Image damaged"),
+                ImageHealth::Unchecked => (StepStatus::Warning, "Image not checked"),
+            };
+            report
+                .steps
+                .push(step(status, title, format!("{}: {}", c.name, c.detail)));
+        }
+        let damaged = report
+            .checked
+            .iter()
+            .any(|c| c.health == ImageHealth::Damaged);
+        let unchecked = report
+            .checked
+            .iter()
+            .any(|c| c.health == ImageHealth::Unchecked);
+        report.steps.push(step(
+            StepStatus::Info,
+            "Verified",
+            format!(
+                "{} image(s) on {}: {depth}",
+                report.checked.len(),
+                task.target.url
+            ),
+        ));
+        if damaged {
+            report.status = RunStatus::Failed;
+        } else if unchecked && report.status == RunStatus::Successful {
+            report.status = RunStatus::Warning;
+        }
+        false
+    }
+}
+
+/// What `image validate --json` said about `name`: sound, damaged (exit code 3: damage,
+/// truncation or a missing part), or not checked (anything else: the target, the password).
+fn check_of(name: &str, out: &std::process::Output) -> ImageCheck {
+    let check = |health, detail: String| ImageCheck {
+        name: name.to_owned(),
+        health,
+        detail,
+    };
+    if let Ok(v) = serde_json::from_slice::<crate::outcome::Validated>(&out.stdout) {
+        let r = &v.report;
+        let level = match r.level {
+            holdfast_image::validate::Level::Full => "full check",
+            holdfast_image::validate::Level::Structure => "structure check",
+        };
+        if v.ok {
+            return check(
+                ImageHealth::Sound,
+                format!(
+                    "{level} of {} frames, {} blocks verified: no damage",
+                    r.frames, r.blocks_verified
+                ),
+            );
+        }
+        let ranges: Vec<String> = r
+            .damage
+            .iter()
+            .take(5)
+            .map(|d| format!("bytes {}..{} ({})", d.start, d.end, d.detail))
+            .collect();
+        return check(
+            ImageHealth::Damaged,
+            format!(
+                "{level}: {} damaged range(s): {}",
+                r.damage.len(),
+                ranges.join("; ")
+            ),
+        );
+    }
+    let why = crate::outcome::failure("image validate", out);
+    if out.status.code() == Some(crate::exit::DAMAGED.into()) {
+        check(ImageHealth::Damaged, why)
+    } else {
+        check(ImageHealth::Unchecked, why)
     }
 }
 

@@ -1,0 +1,240 @@
+//! Runs that are not a job's imaging: restores (files of an image point copied back onto a
+//! machine, or an image point written over a device, on a chosen agent) and verify runs (a
+//! job's stored images validated again on their target). Each is a run like an imaging
+//! one (queued, delivered, cancelled, reported), recorded with what it does; its secrets
+//! (the target's credentials, the image password of the job that wrote the images) are
+//! opened from the vault only when its order is made.
+
+use holdfast_proto::job::{
+    AfterJob, JobOrder, RestoreFilesTask, RestoreVolumeTask, Task, VerifyTask,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{job_context, DispatchError, Dispatcher};
+use crate::store::jobs::RunRow;
+use crate::store::RunState;
+
+/// What a run that is not an imaging run does, as stored with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum TaskSpec {
+    /// Paths of image `image_id` into the folder `to` (none: back where they were).
+    Files {
+        image_id: i64,
+        partition: Option<u32>,
+        paths: Vec<String>,
+        to: Option<String>,
+        overwrite: bool,
+    },
+    /// Image `image_id` over `device`.
+    Volume { image_id: i64, device: String },
+    /// The run's job's images on the run's agent, validated again where they are.
+    Verify,
+}
+
+impl TaskSpec {
+    fn image_id(&self) -> Option<i64> {
+        match self {
+            Self::Files { image_id, .. } | Self::Volume { image_id, .. } => Some(*image_id),
+            Self::Verify => None,
+        }
+    }
+
+    /// The run's name, as reports list it.
+    fn title(&self, image: &str) -> String {
+        match self {
+            Self::Files { paths, .. } if paths.len() == 1 => {
+                format!("Restore {} from {image}", paths[0])
+            }
+            Self::Files { paths, .. } => format!("Restore {} paths from {image}", paths.len()),
+            Self::Volume { device, .. } => format!("Restore {image} to {device}"),
+            Self::Verify => format!("Verify the images of {image}"),
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Start `spec` on `agent_id` now: refused when the agent is at its limit of runs; the
+    /// run is recorded with its audit entry naming `by`, then sent (an offline agent's run
+    /// ends at once, failed).
+    pub async fn restore(
+        &self,
+        spec: &TaskSpec,
+        agent_id: i64,
+        by: &str,
+    ) -> Result<RunRow, DispatchError> {
+        let id = spec
+            .image_id()
+            .ok_or_else(|| DispatchError::Spec("a verify run is started by its job".into()))?;
+        let image = self
+            .store
+            .image(id)
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("image {id}")))?;
+        // Fail now, before a run is recorded, when the image cannot be opened.
+        self.image_ref(&image, None).await?;
+        let host = self
+            .store
+            .agent(agent_id)
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("agent {agent_id}")))?
+            .hostname;
+        let open = self.store.open_runs(agent_id).await?;
+        let limit = self.per_agent();
+        if let Some(r) = open
+            .iter()
+            .filter(|r| r.state == RunState::Running)
+            .nth(limit.saturating_sub(1))
+        {
+            return Err(DispatchError::Busy(
+                host,
+                format!(
+                    "it runs {limit} job(s) at once, its limit, and has no slot free (the last to start: '{}', report {})",
+                    r.name, r.id
+                ),
+            ));
+        }
+        let task = serde_json::to_string(spec).map_err(|e| DispatchError::Spec(e.to_string()))?;
+        let mut change = self.store.change(by).await?;
+        let run = change
+            .create_task_run(None, agent_id, &spec.title(&image.name), &task, None)
+            .await?
+            .ok_or_else(|| DispatchError::AlreadyRan(host.clone()))?;
+        let action = match spec {
+            TaskSpec::Files { .. } => "restore_files",
+            TaskSpec::Volume { .. } => "restore_volume",
+            TaskSpec::Verify => "verify_images",
+        };
+        change
+            .commit(
+                action,
+                &format!("run:{}", run.id),
+                &format!("image:{} on {host}: {task}", image.id),
+            )
+            .await?;
+        self.deliver(&run, false).await?;
+        Ok(self.store.run(run.id).await?.unwrap_or(run))
+    }
+
+    /// Record a verify run of `job` on `agent_id` for the start `at` (once: a second
+    /// record of the same start is refused by the store, and `None` is answered).
+    pub async fn create_verify_run(
+        &self,
+        job: &crate::store::jobs::JobRow,
+        agent_id: i64,
+        at: i64,
+    ) -> Result<Option<RunRow>, DispatchError> {
+        let task = serde_json::to_string(&TaskSpec::Verify)
+            .map_err(|e| DispatchError::Spec(e.to_string()))?;
+        let mut change = self.store.change("scheduler").await?;
+        let Some(run) = change
+            .create_task_run(
+                Some(job.id),
+                agent_id,
+                &TaskSpec::Verify.title(&job.name),
+                &task,
+                Some(at),
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        change
+            .commit(
+                "verify_images",
+                &format!("run:{}", run.id),
+                &format!("job:{}", job.id),
+            )
+            .await?;
+        Ok(Some(run))
+    }
+
+    /// The order of run `run`, whose stored task is `task`.
+    pub(super) async fn task_order(
+        &self,
+        run: &RunRow,
+        task: &str,
+    ) -> Result<JobOrder, DispatchError> {
+        let spec: TaskSpec = serde_json::from_str(task)
+            .map_err(|e| DispatchError::Spec(format!("the run's task cannot be read: {e}")))?;
+        let Some(id) = spec.image_id() else {
+            return self.verify_order(run).await;
+        };
+        let image = self
+            .store
+            .image(id)
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("image {id}")))?;
+        let task = match spec {
+            TaskSpec::Files {
+                partition,
+                paths,
+                to,
+                overwrite,
+                ..
+            } => Task::RestoreFiles(RestoreFilesTask {
+                image: self.image_ref(&image, partition).await?,
+                paths,
+                to,
+                overwrite,
+            }),
+            TaskSpec::Volume { device, .. } => Task::RestoreVolume(RestoreVolumeTask {
+                image: self.image_ref(&image, None).await?,
+                device,
+            }),
+            TaskSpec::Verify => return self.verify_order(run).await,
+        };
+        Ok(task_order(run, task))
+    }
+
+    /// The order of verify run `run`: its job's images on its agent that still exist, on
+    /// the job's target, with the job's password.
+    async fn verify_order(&self, run: &RunRow) -> Result<JobOrder, DispatchError> {
+        let job_id = run
+            .job_id
+            .ok_or_else(|| DispatchError::NotFound("the verify run's job".into()))?;
+        let job = self
+            .store
+            .job(job_id)
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("job {job_id}")))?;
+        let spec = self.spec_of(&job).await?;
+        let target = self
+            .store
+            .target(spec.target())
+            .await?
+            .ok_or_else(|| DispatchError::NotFound(format!("target {}", spec.target())))?;
+        let images = self
+            .store
+            .job_images(job_id, run.agent_id)
+            .await?
+            .into_iter()
+            .filter(|i| i.target_id == Some(target.id))
+            .map(|i| i.name)
+            .collect();
+        let task = Task::Verify(VerifyTask {
+            target: self.access(&target)?,
+            password: self.unseal_job_secret(&job_context(job_id), job.secret.as_deref())?,
+            images,
+        });
+        Ok(task_order(run, task))
+    }
+}
+
+/// An order for `run` doing `task`, with nothing around it.
+fn task_order(run: &RunRow, task: Task) -> JobOrder {
+    {
+        JobOrder {
+            run_id: run.id,
+            job_id: None,
+            name: run.name.clone(),
+            task,
+            before: None,
+            after: None,
+            abort_on_error: true,
+            delete_after: Vec::new(),
+            after_job: AfterJob::None,
+            notes: Vec::new(),
+        }
+    }
+}
