@@ -164,6 +164,10 @@ pub struct CreateArgs {
     /// default their clusters are stored as zeros: Windows makes them anew).
     #[arg(long)]
     pub keep_windows_system_files: bool,
+    /// Also read a small sample of the source's files (as held) and print them with their
+    /// checksums, for restore drills to compare a restored volume against.
+    #[arg(long)]
+    pub sample_files: bool,
     /// File whose first line is the passphrase of the LUKS volume being imaged (else
     /// HOLDFAST_LUKS_PASSPHRASE): its contents are then stored decrypted, by the used blocks
     /// of the filesystem inside, in an encrypted image.

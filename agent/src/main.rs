@@ -23,6 +23,7 @@ mod lvm;
 mod outcome;
 mod output;
 mod readahead;
+mod sample;
 mod secret;
 mod snapshot_commands;
 mod storage;

@@ -61,6 +61,8 @@ pub struct Created {
     pub validation: Option<ValidateReport>,
     /// The commands run before and after the source was held, in order.
     pub commands: Vec<CommandRun>,
+    /// With `--sample-files`: files of the source as held, with checksums.
+    pub sample: Vec<holdfast_proto::job::SampleFile>,
 }
 
 /// A command run around the instant an image is taken of (see `crate::snapshot_commands`).

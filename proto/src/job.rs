@@ -172,6 +172,9 @@ pub struct ImageTask {
     /// Keep the contents of Windows' page, hibernation and swap files on NTFS volumes.
     #[serde(default)]
     pub keep_windows_system_files: bool,
+    /// Take a sample of the source's files with checksums (for restore drills).
+    #[serde(default)]
+    pub sample_files: bool,
     pub comment: String,
     /// How a source mounted read-write is made consistent.
     pub consistency: ConsistencyMethod,
@@ -219,6 +222,34 @@ pub struct VerifyTask {
     pub images: Vec<String>,
 }
 
+/// A restore drill: an image point restored into scratch space and checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillTask {
+    pub image: crate::files::ImageRef,
+    /// What the source held when it was imaged.
+    pub sample: Vec<SampleFile>,
+    /// The folder for the scratch copy (default: the agent's state folder).
+    pub scratch: Option<String>,
+}
+
+/// What a drill found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct DrillResult {
+    /// The filesystem's checker found it clean.
+    pub fsck_clean: bool,
+    /// The checker's command and the end of what it said.
+    pub fsck: String,
+    /// Regular files on the restored volume.
+    pub files: u64,
+    /// Sampled files compared, and how many were equal.
+    pub sampled: u64,
+    pub matched: u64,
+    /// Seconds to restore (the recovery time), and for the whole drill.
+    pub restore_seconds: f64,
+    pub seconds: f64,
+}
+
 /// What a run does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "snake_case")]
@@ -227,6 +258,7 @@ pub enum Task {
     RestoreFiles(RestoreFilesTask),
     RestoreVolume(RestoreVolumeTask),
     Verify(VerifyTask),
+    Drill(DrillTask),
 }
 
 /// A command run before or after the job.
@@ -387,6 +419,10 @@ pub struct ImageWritten {
     /// before it was kept).
     #[serde(default)]
     pub source_size: u64,
+    /// Files of the source with their checksums, taken while it was held (for restore
+    /// drills; empty when not asked for or not possible).
+    #[serde(default)]
+    pub sample: Vec<SampleFile>,
 }
 
 /// How a stored image was found when validated again.
@@ -411,6 +447,17 @@ pub struct ImageCheck {
     pub detail: String,
 }
 
+/// A file of the source as it was imaged, for restore drills to compare against.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct SampleFile {
+    /// Its path inside the volume (`/home/ann/a.txt`).
+    pub path: String,
+    pub size: u64,
+    /// BLAKE3 of its contents, hex.
+    pub blake3: String,
+}
+
 /// What a run did, from the agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunReport {
@@ -433,5 +480,8 @@ pub struct RunReport {
     /// Stored images a verify run validated again.
     #[serde(default)]
     pub checked: Vec<ImageCheck>,
+    /// What a restore drill found.
+    #[serde(default)]
+    pub drill: Option<DrillResult>,
     pub steps: Vec<Step>,
 }

@@ -375,6 +375,19 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         (summary, watch.join().unwrap_or(None))
     });
     drop(blocks);
+    // Still held: the files a restore drill will compare against, as they were imaged.
+    let sample = if a.sample_files && summary.is_ok() && stopped.is_none() {
+        let fs = plan.source.filesystem.as_ref().map(|f| f.fs_type.clone());
+        match take_sample(&held, &held_path, held_dev, fs.as_deref()) {
+            Ok(files) => files,
+            Err(e) => {
+                eprintln!("holdfast-agent: no sample of files was taken for restore drills: {e:#}");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
     drop(snapshot_reader);
     let released = held.release();
     // Our own mapping of a LUKS volume is closed once nothing reads it.
@@ -457,6 +470,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
             read_rate_bytes_per_second: rate.round(),
             validation: verified.clone(),
             commands,
+            sample,
         });
     } else {
         println!(
@@ -542,6 +556,24 @@ fn watch(held: &Held, stop: &Cancel, done: &AtomicBool) -> Option<Stopped> {
         std::thread::sleep(Duration::from_millis(20));
     }
     None
+}
+
+/// A sample of the held source's files: from its snapshot, from where it is mounted, or
+/// from the unmounted device mounted read-only for the purpose.
+fn take_sample(
+    held: &consistency::Held,
+    source: &Path,
+    dev: &Device,
+    fs_type: Option<&str>,
+) -> Result<Vec<holdfast_proto::job::SampleFile>> {
+    let fs_type = fs_type.context("no filesystem is known in the source")?;
+    if let Some(snapshot) = held.device() {
+        return crate::sample::take(crate::sample::View::Device(&snapshot, fs_type));
+    }
+    if let Some(m) = dev.mounts()?.first() {
+        return crate::sample::take(crate::sample::View::Mounted(&m.mount_point));
+    }
+    crate::sample::take(crate::sample::View::Device(source, fs_type))
 }
 
 /// Refuse to freeze a filesystem that holds the output folder `dir` (the image's own writes

@@ -133,6 +133,7 @@ impl Jobs {
                 images: Vec::new(),
                 deleted: Vec::new(),
                 checked: Vec::new(),
+                drill: None,
                 steps: vec![step(
                     StepStatus::Error,
                     "Agent stopped",
@@ -298,6 +299,7 @@ impl Jobs {
             deleted: Vec::new(),
             steps: vec![step(StepStatus::Info, "Job started", &order.name)],
             checked: Vec::new(),
+            drill: None,
         };
         for note in &order.notes {
             report
@@ -334,6 +336,7 @@ impl Jobs {
                     self.verify_images(&order, task, &work, &cancel, &mut report)
                         .await
                 }
+                Task::Drill(task) => self.drill(&order, task, &work, &cancel, &mut report).await,
             };
         }
         let _ = std::fs::remove_dir_all(self.dir.join("work").join(order.run_id.to_string()));
@@ -617,6 +620,7 @@ impl Jobs {
             consistency: created.consistency,
             warnings: created.warnings,
             source_size: created.source_size,
+            sample: created.sample,
         })
     }
 
@@ -832,6 +836,11 @@ impl Jobs {
         }
     }
 
+    /// Where restore drills put their scratch copies unless told otherwise.
+    pub(super) fn drill_dir(&self) -> PathBuf {
+        self.dir.join("drills")
+    }
+
     /// A private folder under the spool for one child's key and CA files.
     pub(super) fn work_dir(&self, what: &str) -> Result<PathBuf> {
         let mut tag = [0u8; 6];
@@ -937,6 +946,9 @@ impl Jobs {
         }
         if task.keep_windows_system_files {
             cmd.arg("--keep-windows-system-files");
+        }
+        if task.sample_files {
+            cmd.arg("--sample-files");
         }
         if task.overwrite {
             cmd.arg("--overwrite");

@@ -2,6 +2,7 @@
 //! (over TLS pinned at enrolment), reports the inventory and answers the server's requests.
 
 pub mod config;
+pub mod drill;
 pub mod enroll;
 pub mod files;
 pub mod jobs;

@@ -55,6 +55,18 @@ struct Dashboard {
     stale: Vec<StaleLine>,
     usage: Vec<UsageLine>,
     chart: String,
+    drills: Vec<DrillLine>,
+}
+
+/// A job's last successful restore drill.
+pub struct DrillLine {
+    pub report: i64,
+    pub job_id: Option<i64>,
+    pub job: String,
+    pub at: String,
+    /// The recovery time: how long the restore took.
+    pub restore: String,
+    pub files: u64,
 }
 
 pub async fn page(State(state): State<AppState>, session: Session) -> PageResult {
@@ -148,6 +160,29 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
         })
         .collect();
     let days = daily_totals(&state, now).await?;
+    let mut drills = Vec::new();
+    for r in store.last_drills().await? {
+        let result = r
+            .report
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<holdfast_proto::RunReport>(t).ok())
+            .and_then(|rep| rep.drill);
+        let job = match r.job_id {
+            Some(j) => store.job(j).await?.map(|j| j.name),
+            None => None,
+        };
+        drills.push(DrillLine {
+            report: r.id,
+            job_id: r.job_id,
+            job: job.unwrap_or_else(|| r.name.clone()),
+            at: super::view::when(r.ended_at),
+            restore: result
+                .as_ref()
+                .map(|d| format!("{:.1} s", d.restore_seconds))
+                .unwrap_or_default(),
+            files: result.map_or(0, |d| d.files),
+        });
+    }
     Ok(render(Dashboard {
         shell: session.shell("dashboard"),
         total,
@@ -161,6 +196,7 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
         stale,
         usage,
         chart: chart(&days, now / 86_400),
+        drills,
     }))
 }
 

@@ -65,7 +65,7 @@ async fn refuse(mut ws: WebSocket, code: RefusalCode, reason: &str) {
 
 /// What an agent sends: a message, or a data frame of a download.
 enum Incoming {
-    Msg(AgentMsg),
+    Msg(Box<AgentMsg>),
     Data(axum::body::Bytes),
 }
 
@@ -77,7 +77,7 @@ async fn next(ws: &mut WebSocket, within: Duration) -> Option<Result<Incoming, S
             Message::Text(t) => {
                 return Some(
                     serde_json::from_str(t.as_str())
-                        .map(Incoming::Msg)
+                        .map(|m| Incoming::Msg(Box::new(m)))
                         .map_err(|e| e.to_string()),
                 )
             }
@@ -91,7 +91,7 @@ async fn next(ws: &mut WebSocket, within: Duration) -> Option<Result<Incoming, S
 /// A message frame where only a message may come.
 fn message(m: Incoming) -> Result<AgentMsg, String> {
     match m {
-        Incoming::Msg(m) => Ok(m),
+        Incoming::Msg(m) => Ok(*m),
         Incoming::Data(_) => Err("a data frame where a message was expected".into()),
     }
 }
@@ -282,7 +282,7 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
                         recorded = heard;
                     }
                     let m = match m {
-                        Incoming::Msg(m) => m,
+                        Incoming::Msg(m) => *m,
                         Incoming::Data(frame) => {
                             if !state.gateway.data(id, &frame) {
                                 tracing::warn!(agent = id, "malformed or oversized data frame from agent");

@@ -63,6 +63,12 @@ pub struct RunDetail {
     /// Images the run's retention deleted.
     #[serde(skip_serializing_if = "Option::is_none")]
     deleted: Option<Vec<String>>,
+    /// Stored images a verify run validated again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checked: Option<Vec<holdfast_proto::job::ImageCheck>>,
+    /// What a restore drill found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    drill: Option<holdfast_proto::job::DrillResult>,
 }
 
 pub fn summary(state: &AppState, r: &RunRow) -> RunSummary {
@@ -97,6 +103,8 @@ fn full(state: &AppState, r: &RunRow, report: Option<&RunReport>) -> RunDetail {
         steps: report.map(|rep| rep.steps.clone()),
         images: report.map(|rep| rep.images.clone()),
         deleted: report.map(|rep| rep.deleted.clone()),
+        checked: report.map(|rep| rep.checked.clone()),
+        drill: report.and_then(|rep| rep.drill.clone()),
     }
 }
 

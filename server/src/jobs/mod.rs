@@ -511,6 +511,7 @@ impl Dispatcher {
                 verify: spec.verify,
                 overwrite: spec.overwrite,
                 keep_windows_system_files: spec.keep_windows_system_files,
+                sample_files: spec.drill.is_some(),
                 comment: spec.comment.clone(),
                 consistency: spec.consistency,
                 max_freeze_secs: spec.max_freeze_secs,
@@ -643,6 +644,7 @@ impl Dispatcher {
             images: Vec::new(),
             deleted: Vec::new(),
             checked: Vec::new(),
+            drill: None,
             steps: vec![holdfast_proto::job::Step {
                 at: now,
                 status: holdfast_proto::job::StepStatus::Error,

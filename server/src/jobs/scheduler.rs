@@ -23,6 +23,14 @@ const STARTS_PER_TICK: usize = 50;
 /// How long a manual run waits for its agent before it counts as missed.
 const MANUAL_FRAME: i64 = 24 * 3600;
 
+/// What a job's schedule starts.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Image,
+    Verify,
+    Drill,
+}
+
 /// Run the scheduler until the task is dropped.
 pub fn spawn(jobs: Arc<Dispatcher>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -62,7 +70,11 @@ async fn scheduled_jobs(
                 continue;
             }
             match jobs.spec_of(&j).await {
-                Ok(spec) if spec.schedule.is_some() || spec.verify_schedule.is_some() => {
+                Ok(spec)
+                    if spec.schedule.is_some()
+                        || spec.verify_schedule.is_some()
+                        || spec.drill.is_some() =>
+                {
                     out.push((j, spec))
                 }
                 Ok(_) => {}
@@ -85,7 +97,12 @@ pub async fn once(
     let mut frames: HashMap<i64, i64> = HashMap::new();
     let mut next: Option<DateTime<Utc>> = None;
     for (job, spec) in &scheduled {
-        for (schedule, verify) in [(&spec.schedule, false), (&spec.verify_schedule, true)] {
+        let drill = spec.drill.as_ref().map(|d| &d.schedule);
+        for (schedule, kind) in [
+            (spec.schedule.as_ref(), Kind::Image),
+            (spec.verify_schedule.as_ref(), Kind::Verify),
+            (drill, Kind::Drill),
+        ] {
             let Some(schedule) = schedule else {
                 continue;
             };
@@ -95,25 +112,38 @@ pub async fn once(
                 next = Some(next.map_or(n, |m| m.min(n)));
             }
             for start in schedule.starts_between(since, now, STARTS_PER_TICK) {
-                let made = if verify {
-                    let mut made = Vec::new();
-                    for &agent in &spec.agents {
-                        match jobs.create_verify_run(job, agent, start.timestamp()).await {
-                            Ok(Some(run)) => made.push(run),
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::warn!(job = job.id, error = %e, "verify run not recorded")
+                let at = start.timestamp();
+                let made = match kind {
+                    Kind::Image => {
+                        jobs.store
+                            .create_scheduled_runs(job.id, &spec.agents, &job.name, at)
+                            .await?
+                    }
+                    Kind::Verify => {
+                        let mut made = Vec::new();
+                        for &agent in &spec.agents {
+                            match jobs.create_verify_run(job, agent, at).await {
+                                Ok(run) => made.extend(run),
+                                Err(e) => {
+                                    tracing::warn!(job = job.id, error = %e, "verify run not recorded")
+                                }
                             }
                         }
+                        made
                     }
-                    made
-                } else {
-                    jobs.store
-                        .create_scheduled_runs(job.id, &spec.agents, &job.name, start.timestamp())
-                        .await?
+                    Kind::Drill => match spec.drill.as_ref() {
+                        Some(plan) => match jobs.create_drill_run(job, plan, at).await {
+                            Ok(run) => run.into_iter().collect(),
+                            Err(e) => {
+                                tracing::warn!(job = job.id, error = %e, "drill not recorded");
+                                Vec::new()
+                            }
+                        },
+                        None => Vec::new(),
+                    },
                 };
                 if !made.is_empty() {
-                    tracing::info!(job = job.id, start = %start, runs = made.len(), verify, "schedule fired");
+                    tracing::info!(job = job.id, start = %start, runs = made.len(), ?kind, "schedule fired");
                 }
             }
         }

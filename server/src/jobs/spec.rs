@@ -124,6 +124,20 @@ impl SiteDefaults {
     }
 }
 
+/// When and where a job's restore drills run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrillPlan {
+    pub schedule: super::schedule::Schedule,
+    /// The agent that restores (default: the one that wrote the image).
+    #[serde(default)]
+    pub agent_id: Option<i64>,
+    /// The folder on that agent for the scratch copy (a sparse file of the volume's size;
+    /// default: the agent's state folder).
+    #[serde(default)]
+    pub scratch_dir: Option<String>,
+}
+
 /// A job definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +238,11 @@ pub struct JobSpec {
     /// at the same second as an imaging start is skipped.
     #[serde(default)]
     pub verify_schedule: Option<super::schedule::Schedule>,
+    /// Restore drills: on this schedule the job's newest sound image is restored into
+    /// scratch space, checked, its files compared with a sample taken from the source, timed
+    /// and deleted. Images are then made with that sample.
+    #[serde(default)]
+    pub drill: Option<DrillPlan>,
     /// Free text for admins.
     #[serde(default)]
     pub notes: String,
@@ -316,6 +335,17 @@ impl JobSpec {
         }
         if let Some(s) = &self.verify_schedule {
             s.validate().map_err(|e| format!("verify_schedule: {e}"))?;
+        }
+        if let Some(d) = &self.drill {
+            d.schedule
+                .validate()
+                .map_err(|e| format!("drill.schedule: {e}"))?;
+            if d.scratch_dir
+                .as_deref()
+                .is_some_and(|p| !p.starts_with('/') || p.len() > 4096)
+            {
+                return Err("drill.scratch_dir must be an absolute folder".into());
+            }
         }
         for (what, hook) in [("before", &self.before), ("after", &self.after)] {
             if let Some(h) = hook {

@@ -6,7 +6,7 @@
 //! opened from the vault only when its order is made.
 
 use holdfast_proto::job::{
-    AfterJob, JobOrder, RestoreFilesTask, RestoreVolumeTask, Task, VerifyTask,
+    AfterJob, DrillTask, JobOrder, RestoreFilesTask, RestoreVolumeTask, Task, VerifyTask,
 };
 use serde::{Deserialize, Serialize};
 
@@ -30,12 +30,19 @@ pub enum TaskSpec {
     Volume { image_id: i64, device: String },
     /// The run's job's images on the run's agent, validated again where they are.
     Verify,
+    /// Image `image_id` restored into scratch space in `scratch` and checked.
+    Drill {
+        image_id: i64,
+        scratch: Option<String>,
+    },
 }
 
 impl TaskSpec {
     fn image_id(&self) -> Option<i64> {
         match self {
-            Self::Files { image_id, .. } | Self::Volume { image_id, .. } => Some(*image_id),
+            Self::Files { image_id, .. }
+            | Self::Volume { image_id, .. }
+            | Self::Drill { image_id, .. } => Some(*image_id),
             Self::Verify => None,
         }
     }
@@ -49,6 +56,7 @@ impl TaskSpec {
             Self::Files { paths, .. } => format!("Restore {} paths from {image}", paths.len()),
             Self::Volume { device, .. } => format!("Restore {image} to {device}"),
             Self::Verify => format!("Verify the images of {image}"),
+            Self::Drill { .. } => format!("Restore drill of {image}"),
         }
     }
 }
@@ -97,13 +105,20 @@ impl Dispatcher {
         let task = serde_json::to_string(spec).map_err(|e| DispatchError::Spec(e.to_string()))?;
         let mut change = self.store.change(by).await?;
         let run = change
-            .create_task_run(None, agent_id, &spec.title(&image.name), &task, None)
+            .create_task_run(
+                None,
+                agent_id,
+                (&spec.title(&image.name), "restore"),
+                &task,
+                None,
+            )
             .await?
             .ok_or_else(|| DispatchError::AlreadyRan(host.clone()))?;
         let action = match spec {
             TaskSpec::Files { .. } => "restore_files",
             TaskSpec::Volume { .. } => "restore_volume",
             TaskSpec::Verify => "verify_images",
+            TaskSpec::Drill { .. } => "restore_drill",
         };
         change
             .commit(
@@ -131,7 +146,7 @@ impl Dispatcher {
             .create_task_run(
                 Some(job.id),
                 agent_id,
-                &TaskSpec::Verify.title(&job.name),
+                (&TaskSpec::Verify.title(&job.name), "verify"),
                 &task,
                 Some(at),
             )
@@ -144,6 +159,48 @@ impl Dispatcher {
                 "verify_images",
                 &format!("run:{}", run.id),
                 &format!("job:{}", job.id),
+            )
+            .await?;
+        Ok(Some(run))
+    }
+
+    /// Record a restore drill of `job` for the start `at`: its newest image not found
+    /// damaged, on the plan's agent (default: the image's). `None` when the job has no
+    /// image yet, or the start has a run already.
+    pub async fn create_drill_run(
+        &self,
+        job: &crate::store::jobs::JobRow,
+        plan: &super::spec::DrillPlan,
+        at: i64,
+    ) -> Result<Option<RunRow>, DispatchError> {
+        let images = self.store.recent_job_images(job.id, 50).await?;
+        let Some(image) = images.into_iter().find(|i| i.verified != Some(false)) else {
+            return Ok(None);
+        };
+        let spec = TaskSpec::Drill {
+            image_id: image.id,
+            scratch: plan.scratch_dir.clone(),
+        };
+        let task = serde_json::to_string(&spec).map_err(|e| DispatchError::Spec(e.to_string()))?;
+        let agent = plan.agent_id.unwrap_or(image.agent_id);
+        let mut change = self.store.change("scheduler").await?;
+        let Some(run) = change
+            .create_task_run(
+                Some(job.id),
+                agent,
+                (&spec.title(&image.name), "drill"),
+                &task,
+                Some(at),
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        change
+            .commit(
+                "restore_drill",
+                &format!("run:{}", run.id),
+                &format!("job:{} image:{}", job.id, image.id),
             )
             .await?;
         Ok(Some(run))
@@ -183,6 +240,14 @@ impl Dispatcher {
                 device,
             }),
             TaskSpec::Verify => return self.verify_order(run).await,
+            TaskSpec::Drill { scratch, .. } => Task::Drill(DrillTask {
+                image: self.image_ref(&image, None).await?,
+                sample: super::image_files::written_by_run(&self.store, &image)
+                    .await?
+                    .map(|w| w.sample)
+                    .unwrap_or_default(),
+                scratch,
+            }),
         };
         Ok(task_order(run, task))
     }

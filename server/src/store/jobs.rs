@@ -723,6 +723,18 @@ impl Store {
         Ok(rows.iter().map(image).collect::<Result<_, _>>()?)
     }
 
+    /// Each job's newest successful restore drill.
+    pub async fn last_drills(&self) -> Result<Vec<RunRow>, StoreError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE id IN \
+             (SELECT MAX(id) FROM runs WHERE cause = 'drill' AND state = 'successful' GROUP BY job_id) \
+             ORDER BY id DESC"
+        )))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(run).collect::<Result<_, _>>()?)
+    }
+
     /// The images run `run_id` wrote (deleted or not).
     pub async fn run_images(&self, run_id: i64) -> Result<Vec<ImageRow>, StoreError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
@@ -851,24 +863,17 @@ impl Change {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Record a new run; `None` when this job already has a run on this agent for this
-    /// scheduled time (a schedule never fires twice, even across restarts).
-    /// Record a run of `task` on `agent_id`, queued: a restore (no job, cause `restore`), or
-    /// a job's verify run for the start `scheduled_for` (cause `verify`; `None` when that
-    /// start has a run already).
+    /// Record a run of `task` on `agent_id`, queued, with `cause`: a restore (no job), or a
+    /// job's verify run or drill for the start `scheduled_for` (`None` when that start has a
+    /// run already).
     pub async fn create_task_run(
         &mut self,
         job_id: Option<i64>,
         agent_id: i64,
-        name: &str,
+        (name, cause): (&str, &str),
         task: &str,
         scheduled_for: Option<i64>,
     ) -> Result<Option<RunRow>, StoreError> {
-        let cause = if job_id.is_some() {
-            "verify"
-        } else {
-            "restore"
-        };
         let r = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO runs (job_id, agent_id, name, cause, scheduled_for, state, created_at, task) \
              VALUES ($1, $2, $3, $4, $5, 'queued', $6, $7) RETURNING {RUN_COLUMNS}"
@@ -909,6 +914,8 @@ impl Change {
         Ok(())
     }
 
+    /// Record a new run; `None` when this job already has a run on this agent for this
+    /// scheduled time (a schedule never fires twice, even across restarts).
     pub async fn create_run(
         &mut self,
         job_id: Option<i64>,

@@ -7,6 +7,7 @@ mod browser;
 mod channel;
 mod console;
 mod console_files;
+mod drill;
 mod files;
 mod fleet;
 mod https;

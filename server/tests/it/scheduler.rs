@@ -165,11 +165,13 @@ fn report(run_id: i64, job_id: i64, image: Option<&str>) -> RunReport {
                 consistency: "unmounted".into(),
                 warnings: Vec::new(),
                 source_size: 1 << 30,
+                sample: Vec::new(),
             })
             .into_iter()
             .collect(),
         deleted: Vec::new(),
         checked: Vec::new(),
+        drill: None,
         steps: vec![Step {
             at: 2,
             status: StepStatus::Ok,
