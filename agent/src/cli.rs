@@ -431,6 +431,10 @@ pub struct RestoreArgs {
     /// filesystem inside), unencrypted, without the LUKS header.
     #[arg(long, conflicts_with_all = ["luks_passphrase_file", "luks_key_file"])]
     pub decrypted: bool,
+    /// For a disk image: restore only this partition (numbered as Linux numbers them) onto
+    /// the target, e.g. a partition of another disk.
+    #[arg(long, conflicts_with_all = ["luks_passphrase_file", "luks_key_file", "decrypted"])]
+    pub partition: Option<u32>,
     /// Overwrite sectors the image does not hold with zeros.
     #[arg(long)]
     pub zero_unused: bool,

@@ -108,6 +108,57 @@ pub struct RestoreOptions {
     pub skip_precheck: bool,
     /// Worker threads (0 = number of cores).
     pub threads: usize,
+    /// Only this byte range of the source (start, length) — a partition of a disk image —
+    /// written at the start of the target.
+    pub range: Option<(u64, u64)>,
+}
+
+/// The part `[start, start + len)` of a restore, written at the start of `inner`: what a
+/// block carries before or after the range is left out.
+struct Window<'a> {
+    inner: &'a dyn WriteAt,
+    start: u64,
+    len: u64,
+}
+
+impl Window<'_> {
+    /// The piece of `[offset, offset + n)` inside the range: its offset in the target and
+    /// where it starts in the buffer, and its length.
+    fn clip(&self, offset: u64, n: u64) -> Option<(u64, u64, u64)> {
+        let from = offset.max(self.start);
+        let to = (offset + n).min(self.start + self.len);
+        (from < to).then(|| (from - self.start, from - offset, to - from))
+    }
+}
+
+impl WriteAt for Window<'_> {
+    fn size(&self) -> u64 {
+        self.len
+    }
+
+    fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        match self.clip(offset, buf.len() as u64) {
+            Some((at, skip, n)) => self
+                .inner
+                .write_all_at(&buf[skip as usize..(skip + n) as usize], at),
+            None => Ok(()),
+        }
+    }
+
+    fn write_zeros(&self, offset: u64, len: u64) -> io::Result<()> {
+        match self.clip(offset, len) {
+            Some((at, _, n)) => self.inner.write_zeros(at, n),
+            None => Ok(()),
+        }
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
+    }
+
+    fn before_first_write(&self) -> io::Result<()> {
+        self.inner.before_first_write()
+    }
 }
 
 /// What was restored.
@@ -161,17 +212,37 @@ pub fn restore(
     let point = chain.point();
     let size = point.header.source_size;
     let bs = point.header.block_size;
-    if target.size() < size {
+    let (start, len) = opts.range.unwrap_or((0, size));
+    if start.checked_add(len).is_none_or(|end| end > size) {
         return Err(ImageError::Invalid(format!(
-            "restore target is too small: the image needs {size} bytes, the target has {}",
+            "the range {start}+{len} is not inside the image's {size} bytes"
+        )));
+    }
+    if target.size() < len {
+        return Err(ImageError::Invalid(format!(
+            "restore target is too small: the image needs {len} bytes, the target has {}",
             target.size()
         )));
     }
+    let window = Window {
+        inner: target,
+        start,
+        len,
+    };
+    let target: &dyn WriteAt = match opts.range {
+        Some(_) => &window,
+        None => target,
+    };
+    // The blocks that touch the range.
+    let blocks = (start / u64::from(bs))..(start + len).div_ceil(u64::from(bs));
     let located = chain.locate_all()?;
     let mut plan: Plan = BTreeMap::new();
     let mut zero_runs: Vec<(u64, u64)> = Vec::new();
     for (b, loc) in located.iter().enumerate() {
         let b = b as u64;
+        if !blocks.contains(&b) {
+            continue;
+        }
         let zero = match loc {
             Located::Data { image, frame, slot } => {
                 plan.entry((*image, *frame)).or_default().push((*slot, b));

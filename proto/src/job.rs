@@ -209,6 +209,9 @@ pub struct RestoreVolumeTask {
     pub image: crate::files::ImageRef,
     /// The device to overwrite (refused when mounted or too small).
     pub device: String,
+    /// For a disk image: only this partition, written onto the device.
+    #[serde(default)]
+    pub partition: Option<u32>,
 }
 
 /// Stored images validated again where they are.

@@ -132,6 +132,38 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         Some(d) if a.decrypted => d.data_size,
         _ => source_size,
     };
+    // One partition of a disk image: its byte range.
+    let range = match a.partition {
+        None => None,
+        Some(n) => {
+            let source = &chain.point().meta.source;
+            if source.partition_table.is_none() {
+                return Err(Refused(format!(
+                    "'{}' holds a volume, not a disk: leave out --partition",
+                    a.image.display()
+                ))
+                .into());
+            }
+            let p = source
+                .partitions
+                .iter()
+                .find(|p| p.number == n)
+                .ok_or_else(|| {
+                    let numbers: Vec<String> = source
+                        .partitions
+                        .iter()
+                        .map(|p| p.number.to_string())
+                        .collect();
+                    Refused(format!(
+                        "the disk in '{}' has no partition {n} (it has {})",
+                        a.image.display(),
+                        numbers.join(", ")
+                    ))
+                })?;
+            Some((p.start, p.len))
+        }
+    };
+    let need = range.map_or(need, |(_, len)| len);
     // The LUKS header, read (its frames checked) and tried with the key before anything
     // is written.
     let header = match (&decrypted, &luks_key) {
@@ -152,6 +184,7 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         // Nothing is overwritten in a new file: frames are checked as they are decoded.
         skip_precheck: a.skip_precheck || new_file.is_some(),
         threads: a.common.threads,
+        range,
     };
     let bar = Bar::new(&a.common);
     let summary = match (&decrypted, luks_key, header) {
@@ -174,6 +207,7 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         .partition_table
         .as_ref()
         .is_some_and(|t| t.kind == "gpt")
+        && range.is_none()
         && target.size() > need;
     if gpt_moved {
         relocate_gpt(write_to, &target, meta.sector_size)?;
@@ -182,7 +216,7 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
     if let Some(n) = new_file {
         n.complete(&a.target)?;
     }
-    if dev.is_block && chain.point().meta.source.partition_table.is_some() {
+    if dev.is_block && range.is_none() && chain.point().meta.source.partition_table.is_some() {
         // Let the kernel see the restored partition table (best effort).
         let _ = std::process::Command::new("partx")
             .arg("-u")

@@ -206,6 +206,9 @@ impl Jobs {
             .arg(join(&task.image.target.url, &task.image.name))
             .arg("--target")
             .arg(&task.device);
+        if let Some(p) = task.partition {
+            cmd.arg("--partition").arg(p.to_string());
+        }
         let done = match self.run_child(order.run_id, cmd, cancel).await {
             Ok(out) => crate::outcome::read::<crate::outcome::Restored>("image restore", &out)
                 .map_err(|e| format!("{e:#}")),

@@ -283,6 +283,64 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
     }
     drop(lo);
 
+    // One partition alone, onto a device of its own (a partition of another disk), and the
+    // blob partition into a new file: each equal to the source's.
+    let one = t.path().join("one.img");
+    sparse_file(&one, parts[0].1 + (4 << 20));
+    let one_lo = Loop::new(&one);
+    let r = image_ok(&[
+        "restore",
+        "--image",
+        img.to_str().expect("p"),
+        "--partition",
+        "1",
+        "--target",
+        one_lo.path(),
+    ]);
+    assert_eq!(r["source_size"], parts[0].1, "{r}");
+    fsck_clean(one_lo.path(), "ext4");
+    assert_eq!(read_files(one_lo.path(), "ext4", t.path()), want[0]);
+    drop(one_lo);
+    let blob = t.path().join("blob.img");
+    image_ok(&[
+        "restore",
+        "--image",
+        img.to_str().expect("p"),
+        "--partition",
+        "3",
+        "--target",
+        blob.to_str().expect("p"),
+    ]);
+    assert!(
+        std::fs::read(&blob).expect("blob") == read_range(&disk, parts[2].0, parts[2].1),
+        "partition 3 restored alone differs"
+    );
+    // A device smaller than the partition is refused; so is a partition the disk has not.
+    let small = t.path().join("small.img");
+    sparse_file(&small, parts[0].1 - (1 << 20));
+    let small_lo = Loop::new(&small);
+    let r = image(&[
+        "restore",
+        "--image",
+        img.to_str().expect("p"),
+        "--partition",
+        "1",
+        "--target",
+        small_lo.path(),
+    ]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    let r = image(&[
+        "restore",
+        "--image",
+        img.to_str().expect("p"),
+        "--partition",
+        "9",
+        "--target",
+        small_lo.path(),
+    ]);
+    drop(small_lo);
+    assert!(r.stderr.contains("no partition 9"), "{}", r.stderr);
+
     // Onto a larger disk: the backup GPT moves to the new end and the table verifies clean.
     let big = t.path().join("bigger.img");
     sparse_file(&big, 256 << 20);

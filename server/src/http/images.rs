@@ -283,6 +283,8 @@ pub struct RestoreVolumeBody {
     confirm: String,
     /// The agent whose device it is (default: the one that wrote the image).
     agent_id: Option<i64>,
+    /// For a disk image: only this partition, written onto the device.
+    partition: Option<u32>,
 }
 
 /// A restore run was started.
@@ -433,15 +435,20 @@ async fn restore_volume(
         .await?
         .and_then(|a| a.inventory)
         .and_then(|t| serde_json::from_str::<Inventory>(&t).ok());
-    let needed = written_by_run(&state.store, &image)
-        .await?
-        .map_or(0, |w| w.source_size);
+    // A partition's size is checked by the agent (the report does not list partitions).
+    let needed = match body.partition {
+        Some(_) => 0,
+        None => written_by_run(&state.store, &image)
+            .await?
+            .map_or(0, |w| w.source_size),
+    };
     if let Some(why) = inventory.and_then(|inv| unfit(&inv, &device, needed)) {
         return Err(ApiError::Invalid(why));
     }
     let spec = TaskSpec::Volume {
         image_id: id,
         device,
+        partition: body.partition,
     };
     start_restore(&state, &caller, spec, agent).await
 }

@@ -26,8 +26,13 @@ pub enum TaskSpec {
         to: Option<String>,
         overwrite: bool,
     },
-    /// Image `image_id` over `device`.
-    Volume { image_id: i64, device: String },
+    /// Image `image_id` (or one `partition` of a disk image) over `device`.
+    Volume {
+        image_id: i64,
+        device: String,
+        #[serde(default)]
+        partition: Option<u32>,
+    },
     /// The run's job's images on the run's agent, validated again where they are.
     Verify,
     /// Image `image_id` restored into scratch space in `scratch` and checked.
@@ -235,9 +240,12 @@ impl Dispatcher {
                 to,
                 overwrite,
             }),
-            TaskSpec::Volume { device, .. } => Task::RestoreVolume(RestoreVolumeTask {
+            TaskSpec::Volume {
+                device, partition, ..
+            } => Task::RestoreVolume(RestoreVolumeTask {
                 image: self.image_ref(&image, None).await?,
                 device,
+                partition,
             }),
             TaskSpec::Verify => return self.verify_order(run).await,
             TaskSpec::Drill { scratch, .. } => Task::Drill(DrillTask {
