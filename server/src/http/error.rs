@@ -19,6 +19,9 @@ pub enum ApiError {
     /// Authenticated, but the role does not allow this.
     #[error("your role does not allow this")]
     Forbidden,
+    /// Authenticated, but the role does not allow this part of the request (the reason).
+    #[error("{0}")]
+    ForbiddenBecause(String),
     /// A console session's change without its CSRF token.
     #[error("the request lacks this session's CSRF token (header x-csrf-token); reload the page")]
     Csrf,
@@ -62,7 +65,9 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::BadLogin => (StatusCode::UNAUTHORIZED, "bad_login"),
-            ApiError::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::Forbidden | ApiError::ForbiddenBecause(_) => {
+                (StatusCode::FORBIDDEN, "forbidden")
+            }
             ApiError::Csrf => (StatusCode::FORBIDDEN, "csrf"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),

@@ -112,6 +112,42 @@ impl JobBody {
 }
 
 /// The definition's own rules, and that what it names (resolved through its site) exists.
+/// The audit detail of a saved job: its name, and the commands it runs (who set what
+/// runs as root stays on record).
+fn commands_noted(name: &str, spec: &JobSpec) -> String {
+    let commands = spec.commands();
+    if commands.is_empty() {
+        return name.to_owned();
+    }
+    let list: Vec<String> = commands
+        .iter()
+        .map(|(at, c)| format!("{at}: {c}"))
+        .collect();
+    format!("{name}; commands: {}", list.join("; "))
+}
+
+/// Commands run as root on every agent of a job: only admins add or change them. An
+/// operator may save a job whose commands stay as they were (`before`: the stored spec).
+fn check_commands(
+    caller: &Caller,
+    spec: &JobSpec,
+    before: Option<&JobSpec>,
+) -> Result<(), ApiError> {
+    if caller.user.role >= Role::Admin {
+        return Ok(());
+    }
+    let now = spec.commands();
+    let was = before.map(JobSpec::commands).unwrap_or_default();
+    if now != was {
+        return Err(ApiError::ForbiddenBecause(
+            "only admins may add or change a job's commands (they run as root on its agents); \
+             save it without them, or ask an admin"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn check_spec(state: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
     spec.validate().map_err(ApiError::Invalid)?;
     let resolved = spec
@@ -362,6 +398,7 @@ async fn create(
     ApiJson(body): ApiJson<JobBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
+    check_commands(&caller, &body.spec, None)?;
     let spec = body.check(&state, false, false).await?;
     let mut change = state.store.change(&caller.user.name).await?;
     let j = change
@@ -369,7 +406,11 @@ async fn create(
         .await?;
     store_secrets(&state, &mut change, j.id, &body).await?;
     change
-        .commit("create_job", &format!("job:{}", j.id), &j.name)
+        .commit(
+            "create_job",
+            &format!("job:{}", j.id),
+            &commands_noted(&j.name, &body.spec),
+        )
         .await?;
     let j = find(&state, j.id).await?;
     Ok((StatusCode::CREATED, Json(view(&state, &j).await?)))
@@ -397,6 +438,8 @@ async fn update(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
     let old = find(&state, id).await?;
+    let old_spec = state.jobs.spec_of(&old).await.ok();
+    check_commands(&caller, &body.spec, old_spec.as_ref())?;
     let spec = body
         .check(&state, old.secret.is_some(), old.luks_secret.is_some())
         .await?;
@@ -407,7 +450,11 @@ async fn update(
         .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
     store_secrets(&state, &mut change, id, &body).await?;
     change
-        .commit("update_job", &format!("job:{id}"), body.name.trim())
+        .commit(
+            "update_job",
+            &format!("job:{id}"),
+            &commands_noted(body.name.trim(), &body.spec),
+        )
         .await?;
     let j = find(&state, id).await?;
     Ok(Json(view(&state, &j).await?))
@@ -631,17 +678,21 @@ async fn import(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("xml"));
-    let value = if is_xml {
-        let text = std::str::from_utf8(&file)
-            .map_err(|_| ApiError::Invalid("the job file is not UTF-8 text".into()))?;
-        job_xml::from_xml("job", text)
-            .map_err(|e| ApiError::Invalid(format!("the job file: {e}")))?
-    } else {
-        serde_json::from_slice(&file)
-            .map_err(|e| ApiError::Invalid(format!("the job file is not valid JSON: {e}")))?
-    };
-    let doc: JobExport = serde_json::from_value(value)
-        .map_err(|e| ApiError::Invalid(format!("the job file: {e}")))?;
+    // Parsing a file of up to the body limit takes CPU time: off the async threads, so
+    // agents' heartbeats and other requests go on meanwhile.
+    let doc: JobExport = super::blocking(move || -> Result<JobExport, ApiError> {
+        let value = if is_xml {
+            let text = std::str::from_utf8(&file)
+                .map_err(|_| ApiError::Invalid("the job file is not UTF-8 text".into()))?;
+            job_xml::from_xml("job", text)
+                .map_err(|e| ApiError::Invalid(format!("the job file: {e}")))?
+        } else {
+            serde_json::from_slice(&file)
+                .map_err(|e| ApiError::Invalid(format!("the job file is not valid JSON: {e}")))?
+        };
+        serde_json::from_value(value).map_err(|e| ApiError::Invalid(format!("the job file: {e}")))
+    })
+    .await??;
     let body = JobBody {
         name: doc.name,
         // An imported job that needs a password stays off until one is set.
@@ -656,12 +707,17 @@ async fn import(
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ApiError::Invalid("name must be 1 to 100 characters".into()));
     }
+    check_commands(&caller, &body.spec, None)?;
     check_spec(&state, &body.spec).await?;
     let spec = serde_json::to_string(&body.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut change = state.store.change(&caller.user.name).await?;
     let j = change.create_job(name, body.enabled, &spec).await?;
     change
-        .commit("import_job", &format!("job:{}", j.id), &j.name)
+        .commit(
+            "import_job",
+            &format!("job:{}", j.id),
+            &commands_noted(&j.name, &body.spec),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(view(&state, &j).await?)))
 }

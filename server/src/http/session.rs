@@ -89,7 +89,24 @@ async fn login(
         Some(u) if ok && !u.disabled => u,
         _ => {
             state.limiter.failed(ip);
-            tracing::warn!(user = %body.name, %ip, "failed login");
+            // The name as typed, control characters escaped and cut short: it cannot forge
+            // a log line or an audit entry.
+            let shown: String = body
+                .name
+                .chars()
+                .take(100)
+                .flat_map(char::escape_debug)
+                .collect();
+            tracing::warn!(user = %shown, %ip, "failed login");
+            state
+                .store
+                .record_action(
+                    &shown,
+                    "login_failed",
+                    &format!("user:{shown}"),
+                    &ip.to_string(),
+                )
+                .await?;
             return Err(ApiError::BadLogin);
         }
     };
@@ -112,13 +129,22 @@ async fn login(
     ))
 }
 
-/// Log out: end the session.
-#[utoipa::path(delete, path = "/api/v1/session", tag = "session", responses((status = 204, description = "logged out")))]
+/// Log out: end the session (with the session's CSRF token, like every change: another
+/// site cannot log a user out).
+#[utoipa::path(delete, path = "/api/v1/session", tag = "session", responses((status = 204, description = "logged out"), (status = 403, description = "the session's CSRF token is missing", body = ErrorBody)))]
 async fn logout(
     State(state): State<AppState>,
     parts: axum::http::request::Parts,
 ) -> Result<impl IntoResponse, ApiError> {
     if let Some(session) = cookie(&parts, SESSION_COOKIE) {
+        let sent = parts
+            .headers
+            .get(super::caller::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !crate::auth::constant_time_eq(sent, &csrf_token(session)) {
+            return Err(ApiError::Csrf);
+        }
         state.store.delete_session(&secret_hash(session)).await?;
     }
     Ok((StatusCode::NO_CONTENT, session_cookies("", 0)?))

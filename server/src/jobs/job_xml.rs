@@ -2,6 +2,10 @@
 //! are plain text; other values say their type (`type="number"`, `"bool"`, `"null"`,
 //! `"object"`, `"array"` with `<item>` children), so a file reads back to exactly what was
 //! written, and an admin can edit it by hand.
+//!
+//! Files come from users: reading one is bounded — nesting depth, elements and attributes
+//! per element — so no file can exhaust the stack (values are built and dropped
+//! recursively) or the processor (attributes are not checked for duplicates pairwise).
 
 use std::fmt::Write as _;
 
@@ -50,6 +54,13 @@ pub fn to_xml(root: &str, v: &Value) -> String {
     out
 }
 
+/// Deepest nesting a job file may have (a job is at most five levels deep).
+pub const MAX_DEPTH: usize = 32;
+/// Elements a job file may have.
+pub const MAX_ELEMENTS: usize = 20_000;
+/// Attributes an element may have (only `type` means anything).
+pub const MAX_ATTRIBUTES: usize = 8;
+
 /// One element being read: its name, type and what it holds so far.
 struct Open {
     name: String,
@@ -86,10 +97,27 @@ pub fn from_xml(root: &str, text: &str) -> Result<Value, String> {
     let mut reader = Reader::from_str(text);
     let mut stack: Vec<Open> = Vec::new();
     let mut done: Option<Value> = None;
-    let open = |e: &quick_xml::events::BytesStart<'_>| -> Result<Open, String> {
+    let mut elements = 0usize;
+    let mut open = |e: &quick_xml::events::BytesStart<'_>, depth: usize| -> Result<Open, String> {
         let name = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+        elements += 1;
+        if elements > MAX_ELEMENTS {
+            return Err(format!("more than {MAX_ELEMENTS} elements: not a job file"));
+        }
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "<{name}> is nested deeper than {MAX_DEPTH} levels: not a job file"
+            ));
+        }
         let mut kind = String::new();
-        for a in e.attributes() {
+        // Checking attributes for duplicates compares each with every other: a job's
+        // elements have one, so the count is bounded instead.
+        for (i, a) in e.attributes().with_checks(false).enumerate() {
+            if i >= MAX_ATTRIBUTES {
+                return Err(format!(
+                    "<{name}> has more than {MAX_ATTRIBUTES} attributes"
+                ));
+            }
             let a = a.map_err(|err| format!("<{name}>: {err}"))?;
             if a.key.as_ref() == b"type" {
                 kind = a
@@ -125,11 +153,11 @@ pub fn from_xml(root: &str, text: &str) -> Result<Value, String> {
             Err(e) => return Err(format!("not valid XML near byte {pos}: {e}")),
             Ok(Event::Eof) => break,
             Ok(Event::Start(e)) => {
-                let node = open(&e)?;
+                let node = open(&e, stack.len() + 1)?;
                 stack.push(node);
             }
             Ok(Event::Empty(e)) => {
-                let node = open(&e)?;
+                let node = open(&e, stack.len() + 1)?;
                 close(&mut stack, node)?;
             }
             Ok(Event::Text(t)) => {
@@ -189,6 +217,26 @@ mod tests {
         let xml = to_xml("job", &v);
         assert!(xml.contains("<source>/dev/sda</source>"), "{xml}");
         assert_eq!(from_xml("job", &xml).expect("read"), v);
+    }
+
+    #[test]
+    fn hostile_files_are_refused_quickly() {
+        // 20,000 levels deep: refused at the limit, not a stack overflow.
+        let deep = "<a>".repeat(20_000) + &"</a>".repeat(20_000);
+        let e = from_xml("job", &format!("<job>{deep}</job>")).expect_err("deep");
+        assert!(e.contains("nested deeper than 32"), "{e}");
+        // 150,000 attributes on one element: refused after a few, not parsed quadratically.
+        let attrs: String = (0..150_000).map(|i| format!(" a{i}=\"x\"")).collect();
+        let started = std::time::Instant::now();
+        let e = from_xml("job", &format!("<job{attrs}/>")).expect_err("attributes");
+        assert!(e.contains("more than 8 attributes"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let wide = "<i/>".repeat(MAX_ELEMENTS + 1);
+        let e = from_xml("job", &format!("<job>{wide}</job>")).expect_err("wide");
+        assert!(e.contains("more than 20000 elements"), "{e}");
+        // A real job still reads.
+        let ok = "<job type=\"object\"><a type=\"object\"><b type=\"number\">1</b></a></job>";
+        assert!(from_xml("job", ok).is_ok());
     }
 
     #[test]

@@ -273,6 +273,23 @@ fn default_compression() -> i32 {
 }
 
 impl JobSpec {
+    /// The shell commands the job runs as root on its agents (before and after the job,
+    /// before and after the snapshot), by where they run; empty ones left out.
+    pub fn commands(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        for (at, cmd) in [
+            ("before", self.before.as_ref().map(|h| &h.command)),
+            ("after", self.after.as_ref().map(|h| &h.command)),
+            ("before_snapshot", self.before_snapshot.as_ref()),
+            ("after_snapshot", self.after_snapshot.as_ref()),
+        ] {
+            if let Some(c) = cmd.map(|c| c.trim()).filter(|c| !c.is_empty()) {
+                out.push((at, c.to_owned()));
+            }
+        }
+        out
+    }
+
     /// Every rule a definition must follow, with what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         if self.agents.is_empty() && self.site_id.is_none() {

