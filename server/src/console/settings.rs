@@ -21,6 +21,10 @@ pub struct UserLine {
 pub struct TokenLine {
     pub id: i64,
     pub name: String,
+    /// What it may do (the owner's role for tokens made before tokens had their own).
+    pub role: &'static str,
+    /// When it stops working.
+    pub expires: String,
     pub created: String,
     pub last_used: String,
     pub revoked: bool,
@@ -85,6 +89,10 @@ pub async fn page(State(state): State<AppState>, session: Session) -> PageResult
         .map(|t| TokenLine {
             id: t.id,
             name: t.name,
+            role: t.role.unwrap_or(session.user.role).as_str(),
+            expires: t
+                .expires_at
+                .map_or_else(|| "never".to_owned(), |e| when(Some(e))),
             created: when(Some(t.created_at)),
             last_used: when(t.last_used_at),
             revoked: t.revoked_at.is_some(),

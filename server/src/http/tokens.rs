@@ -31,9 +31,19 @@ async fn list(
     }))
 }
 
+/// Days a token works unless asked otherwise, and at most.
+const DEFAULT_DAYS: u32 = 90;
+const MAX_DAYS: u32 = 3650;
+
 #[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 struct NewToken {
     name: String,
+    /// What it may do: `viewer` (the default), `operator` or `admin`; at most the caller's
+    /// own role.
+    role: Option<Role>,
+    /// Days until it stops working (1 to 3650; default 90).
+    expires_in_days: Option<u32>,
 }
 
 /// A new API token and its secret, shown this once.
@@ -58,13 +68,36 @@ async fn create(
             "a token needs a name of 1 to 100 characters".into(),
         ));
     }
+    let role = body.role.unwrap_or(Role::Viewer);
+    if role > caller.user.role {
+        return Err(ApiError::ForbiddenBecause(format!(
+            "a token may not do more than its owner: you are {}",
+            caller.user.role.as_str()
+        )));
+    }
+    let days = body.expires_in_days.unwrap_or(DEFAULT_DAYS);
+    if !(1..=MAX_DAYS).contains(&days) {
+        return Err(ApiError::Invalid(format!(
+            "expires_in_days must be between 1 and {MAX_DAYS}"
+        )));
+    }
+    let expires_at = crate::store::now() + i64::from(days) * 86_400;
     let secret = new_secret("hft_").map_err(ApiError::Internal)?;
     let mut change = state.store.change(&caller.user.name).await?;
     let token = change
-        .create_token(caller.user.id, name, &secret_hash(&secret))
+        .create_token(
+            caller.user.id,
+            (name, role),
+            &secret_hash(&secret),
+            expires_at,
+        )
         .await?;
     change
-        .commit("create_token", &format!("token:{}", token.id), name)
+        .commit(
+            "create_token",
+            &format!("token:{}", token.id),
+            &format!("{name} ({}, {days} days)", role.as_str()),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }

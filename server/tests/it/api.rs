@@ -1550,3 +1550,84 @@ async fn only_admins_add_or_change_a_jobs_commands() {
         r.body
     );
 }
+
+/// API tokens act with their own role (viewer unless asked; never more than the owner's)
+/// and stop working when they expire.
+#[tokio::test]
+async fn tokens_have_their_own_role_and_expire() {
+    let api = Api::new().await;
+    let admin = api.login("admin", "admin-password-1").await;
+    let token = |body: Value| {
+        let admin = admin.clone();
+        let api = &api;
+        async move {
+            api.call("POST", "/api/v1/tokens", Some(&admin), Some(body))
+                .await
+        }
+    };
+    // Default: a viewer token for 90 days, even for an admin.
+    let r = token(json!({"name": "dashboards"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["token"]["role"], "viewer", "{}", r.body);
+    let days = (r.body["token"]["expires_at"].as_i64().unwrap_or(0)
+        - r.body["token"]["created_at"].as_i64().unwrap_or(0))
+        / 86_400;
+    assert_eq!(days, 90, "{}", r.body);
+    let viewer_token = r.body["secret"].as_str().expect("secret").to_owned();
+    let me = api
+        .call("GET", "/api/v1/me", Some(&viewer_token), None)
+        .await;
+    assert_eq!(
+        (&me.body["name"], &me.body["role"]),
+        (&json!("admin"), &json!("viewer"))
+    );
+    let r = api
+        .call("GET", "/api/v1/users", Some(&viewer_token), None)
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a viewer token cannot list users"
+    );
+    // An operator token does an operator's work, not an admin's.
+    let r = token(json!({"name": "ci", "role": "operator", "expires_in_days": 7})).await;
+    let ci = r.body["secret"].as_str().expect("secret").to_owned();
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/targets",
+            Some(&ci),
+            Some(json!({"name": "t", "url": "/srv"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    // Bounds, and never more than the owner.
+    for days in [0, 3651] {
+        let r = token(json!({"name": "x", "expires_in_days": days})).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    }
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/users",
+            Some(&admin),
+            Some(json!({"name": "vic", "password": "long-enough-pw", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let vic = api.login("vic", "long-enough-pw").await;
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/tokens",
+            Some(&vic),
+            Some(json!({"name": "x", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, code(&r)),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{}",
+        r.body
+    );
+}

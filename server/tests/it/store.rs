@@ -63,17 +63,34 @@ async fn exercise(store: &Store) {
     assert!(store.session_user("s-old").await.expect("get").is_none());
     assert_eq!(store.purge_sessions().await.expect("purge"), 1);
 
-    // Tokens: usable until revoked, and only by their owner.
-    let t = changed(store, async |c| c.create_token(b.id, "ci", "t-hash").await)
-        .await
-        .expect("token");
+    // Tokens: usable until revoked or expired, with their own role, and only by their owner.
+    let t = changed(store, async |c| {
+        c.create_token(b.id, ("ci", Role::Viewer), "t-hash", i64::MAX)
+            .await
+    })
+    .await
+    .expect("token");
     assert_eq!(
-        store.token_user("t-hash").await.expect("get").map(|u| u.id),
-        Some(b.id)
+        store
+            .token_user("t-hash")
+            .await
+            .expect("get")
+            .map(|u| (u.id, u.role)),
+        Some((b.id, Role::Viewer))
     );
-    assert!(store.tokens(b.id).await.expect("list")[0]
-        .last_used_at
-        .is_some());
+    changed(store, async |c| {
+        c.create_token(b.id, ("old", Role::Viewer), "t-expired", 1)
+            .await
+    })
+    .await
+    .expect("token");
+    assert!(store.token_user("t-expired").await.expect("get").is_none());
+    assert!(store
+        .tokens(b.id)
+        .await
+        .expect("list")
+        .iter()
+        .any(|x| x.id == t.id && x.last_used_at.is_some()));
     assert!(
         !changed(store, async |c| c.revoke_token(a.id, t.id).await)
             .await
