@@ -6,7 +6,7 @@
 #   ./scripts/run.sh --local-agent     # also enrol and run an agent on this machine
 #
 # It prints the console URL, the certificate fingerprint agents pin and, on first start,
-# the admin's password.
+# where the admin's password is (DATA/first-start.txt, readable by its owner only).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

@@ -170,7 +170,9 @@ async fn main() -> Res<()> {
     let hash = holdfast_server::auth::hash_password("bench-password-1")?;
     let secret = "bench-session-secret";
     let mut change = store.change("bench").await?;
-    let user = change.create_user("bench", &hash, Role::Admin).await?;
+    let user = change
+        .create_user("bench", &hash, Role::Admin, false)
+        .await?;
     change
         .create_session(
             &secret_hash(secret),

@@ -50,6 +50,9 @@ pub struct AppState {
     /// The listener's handle, for the open-connections gauge (absent when the router is
     /// used without a listener, as in tests).
     pub listener: Option<axum_server::Handle>,
+    /// The file the first start wrote the admin's password to; removed when a user who had
+    /// to change their password has done so.
+    pub first_start_file: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -77,6 +80,7 @@ impl AppState {
             dummy_hash,
             heartbeat_seconds: crate::http::HEARTBEAT_SECONDS,
             listener: None,
+            first_start_file: None,
         })
     }
 

@@ -1,6 +1,7 @@
 //! Start-up: data folder, store, the first admin, TLS identity, HTTPS, graceful shutdown.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
@@ -12,15 +13,19 @@ use crate::config::Config;
 use crate::store::Store;
 use crate::tls;
 
-/// Environment variable that sets the first admin's password (else one is generated and
-/// printed once).
+/// Environment variable that sets the first admin's password (else one is generated,
+/// written to [`FIRST_START_FILE`] and must be changed at the first login).
 pub const ADMIN_PASSWORD_ENV: &str = "HOLDFAST_ADMIN_PASSWORD";
 
-/// Machines the enrolment token printed at first start may enrol.
+/// Where the first start writes the admin's password and an enrolment command.
+pub const FIRST_START_FILE: &str = "first-start.txt";
+
+/// Machines the enrolment token written at first start may enrol.
 const FIRST_TOKEN_USES: i64 = 10;
 
 /// Create the `admin` user when there is no user at all, with `given` as its password or
-/// a generated one; the password, when the user is new.
+/// a generated one; the password, when the user is new. A generated password must be
+/// changed at the first login (it has been written to a file).
 pub async fn first_admin(
     store: &Store,
     given: Option<Zeroizing<String>>,
@@ -28,20 +33,42 @@ pub async fn first_admin(
     if store.count_users().await? > 0 {
         return Ok(None);
     }
-    let password = match given {
-        Some(p) if !p.is_empty() => p,
-        _ => Zeroizing::new(new_secret("").map_err(|e| anyhow!(e))?[..20].to_owned()),
+    let (password, generated) = match given {
+        Some(p) if !p.is_empty() => (p, false),
+        _ => (
+            Zeroizing::new(new_secret("").map_err(|e| anyhow!(e))?[..20].to_owned()),
+            true,
+        ),
     };
     let p = password.clone();
     let hash = tokio::task::spawn_blocking(move || hash_password(&p))
         .await?
         .map_err(|e| anyhow!(e))?;
     let mut change = store.change("server").await?;
-    let admin = change.create_user("admin", &hash, Role::Admin).await?;
+    let admin = change
+        .create_user("admin", &hash, Role::Admin, generated)
+        .await?;
     change
         .commit("create_user", &format!("user:{}", admin.id), "first start")
         .await?;
     Ok(Some(password))
+}
+
+/// Write the first start's secrets to `DATA/first-start.txt`, readable by its owner only:
+/// standard output goes to the journal, where every reader of logs would see them.
+fn write_first_start(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()).map(|()| f))
+        .with_context(|| format!("cannot write '{}'", path.display()))?;
+    file.flush()?;
+    Ok(())
 }
 
 /// Run the server until SIGINT or SIGTERM. `admin_password` is used when the first start
@@ -57,6 +84,7 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         .await
         .context("cannot open the database")?;
     let identity = tls::identity(&config.data_dir, config.tls_paths(), &config.names)?;
+    let generated = admin_password.as_ref().is_none_or(|p| p.is_empty());
     let new_admin = first_admin(&store, admin_password).await?;
 
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -102,13 +130,10 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         "  certificate:  {} (agents pin this)",
         identity.fingerprint
     ));
+    let first_start = config.data_dir.join(FIRST_START_FILE);
     if let Some(p) = new_admin {
-        say(format_args!(
-            "  first start:  user 'admin', password '{}' (shown once; change it)",
-            p.as_str()
-        ));
         // A first token, so other machines can join before anyone opens the console.
-        let token = new_secret("hfe_").map_err(|e| anyhow!(e))?;
+        let token = Zeroizing::new(new_secret("hfe_").map_err(|e| anyhow!(e))?);
         let mut change = store.change("server").await?;
         let created = change
             .create_enrollment_token(
@@ -126,13 +151,36 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
                 "first start",
             )
             .await?;
+        let enrol_host = if config.listen.ip().is_unspecified() {
+            crate::config::host_name()
+        } else {
+            host.clone()
+        };
+        let text = Zeroizing::new(format!(
+            "Holdfast first start. This file is readable by its owner only; the server removes it\n\
+             when the admin's generated password is changed (the console asks for that at the\n\
+             first login). Delete it yourself once the machines below are enrolled.\n\n\
+             console:   https://{host}:{port}/\n\
+             user:      admin\n\
+             password:  {password}\n\n\
+             To enrol other machines (valid 24 h, {FIRST_TOKEN_USES} machines):\n\
+             holdfast-agent enroll --server https://{enrol_host}:{port} --token {token} --fingerprint {fingerprint}\n",
+            port = config.listen.port(),
+            password = if generated {
+                p.as_str()
+            } else {
+                "(the one given in HOLDFAST_ADMIN_PASSWORD)"
+            },
+            token = token.as_str(),
+            fingerprint = identity.fingerprint,
+        ));
+        write_first_start(&first_start, &text)?;
         say(format_args!(
-            "  enrol others: holdfast-agent enroll --server https://{}:{} --token {token} --fingerprint {}   (valid 24 h, {FIRST_TOKEN_USES} machines)",
-            if config.listen.ip().is_unspecified() { crate::config::host_name() } else { host.clone() },
-            config.listen.port(),
-            identity.fingerprint
+            "  first start:  user 'admin'; its password and a command to enrol other machines are in {} (readable by its owner only)",
+            first_start.display()
         ));
     }
+    state.first_start_file = Some(first_start);
 
     // Expired sessions are dropped now and then.
     let purge = store.clone();

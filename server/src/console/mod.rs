@@ -33,6 +33,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(dashboard::page))
         .route("/login", get(login))
+        .route("/password", get(password))
         .route("/agents", get(agents::list))
         .route("/agents/{id}", get(agents::show))
         .route("/sites", get(sites::list))
@@ -89,6 +90,13 @@ impl FromRequestParts<AppState> for Session {
         };
         let key = secret_hash(secret);
         match state.store.session_user(&key).await {
+            // Nothing else until the password is changed.
+            Ok(Some(user)) if user.must_change_password && parts.uri.path() != "/password" => {
+                let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                let next =
+                    url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>();
+                Err(Redirect::to(&format!("/password?next={next}")).into_response())
+            }
             Ok(Some(user)) => Ok(Session {
                 csrf: csrf_token(secret),
                 user,
@@ -226,11 +234,37 @@ struct LoginQuery {
     next: Option<String>,
 }
 
+/// Only a path on this server: never an open redirect.
+fn local_path(next: Option<String>) -> String {
+    next.filter(|n| n.starts_with('/') && !n.starts_with("//"))
+        .unwrap_or_else(|| "/".into())
+}
+
 async fn login(axum::extract::Query(q): axum::extract::Query<LoginQuery>) -> Response {
-    // Only a path on this server: never an open redirect.
-    let next = q
-        .next
-        .filter(|n| n.starts_with('/') && !n.starts_with("//"))
-        .unwrap_or_else(|| "/".into());
-    render(Login { next })
+    render(Login {
+        next: local_path(q.next),
+    })
+}
+
+#[derive(Template)]
+#[template(path = "password.html")]
+struct PasswordPage {
+    user: String,
+    csrf: String,
+    /// The user must change it before going on (else they came by choice).
+    required: bool,
+    next: String,
+}
+
+/// Change one's password: where a user who must change it is sent before anything else.
+async fn password(
+    session: Session,
+    axum::extract::Query(q): axum::extract::Query<LoginQuery>,
+) -> Response {
+    render(PasswordPage {
+        required: session.user.must_change_password,
+        user: session.user.name,
+        csrf: session.csrf,
+        next: local_path(q.next),
+    })
 }

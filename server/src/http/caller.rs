@@ -27,7 +27,22 @@ pub struct Caller {
     pub user: User,
 }
 
+/// What a user who must change their password may still call: who they are, and the change.
+const BEFORE_PASSWORD_CHANGE: [(&str, &str); 2] =
+    [("GET", "/api/v1/me"), ("PUT", "/api/v1/me/password")];
+
 impl Caller {
+    /// The caller, unless they must change their password first and this is not the change.
+    fn checked(user: User, parts: &Parts) -> Result<Self, ApiError> {
+        let allowed = BEFORE_PASSWORD_CHANGE
+            .iter()
+            .any(|(m, p)| parts.method.as_str() == *m && parts.uri.path() == *p);
+        if user.must_change_password && !allowed {
+            return Err(ApiError::PasswordChange);
+        }
+        Ok(Caller { user })
+    }
+
     /// Refuse unless the caller's role is at least `role`.
     pub fn require(&self, role: Role) -> Result<(), ApiError> {
         if self.user.role >= role {
@@ -61,10 +76,12 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if let Some(token) = bearer {
-            let user = state.store.token_user(&secret_hash(token.trim())).await?;
-            return user
-                .map(|user| Caller { user })
-                .ok_or(ApiError::Unauthorized);
+            let user = state
+                .store
+                .token_user(&secret_hash(token.trim()))
+                .await?
+                .ok_or(ApiError::Unauthorized)?;
+            return Caller::checked(user, parts);
         }
         if let Some(session) = cookie(parts, SESSION_COOKIE) {
             let user = state
@@ -84,7 +101,7 @@ impl FromRequestParts<AppState> for Caller {
                     return Err(ApiError::Csrf);
                 }
             }
-            return Ok(Caller { user });
+            return Caller::checked(user, parts);
         }
         Err(ApiError::Unauthorized)
     }

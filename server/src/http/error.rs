@@ -22,6 +22,9 @@ pub enum ApiError {
     /// Authenticated, but the role does not allow this part of the request (the reason).
     #[error("{0}")]
     ForbiddenBecause(String),
+    /// The user must choose a new password before anything else.
+    #[error("change your password first (PUT /api/v1/me/password)")]
+    PasswordChange,
     /// A console session's change without its CSRF token.
     #[error("the request lacks this session's CSRF token (header x-csrf-token); reload the page")]
     Csrf,
@@ -37,6 +40,9 @@ pub enum ApiError {
     /// A unique name is taken.
     #[error("{0}")]
     Conflict(String),
+    /// The request body is larger than this many bytes.
+    #[error("the request body is larger than the {} KiB this server takes", .0 / 1024)]
+    TooLarge(usize),
     /// Too many attempts; retry after this many seconds.
     #[error("too many failed attempts; try again in {0} s")]
     RateLimited(u64),
@@ -54,8 +60,9 @@ pub struct ErrorBody {
 /// What went wrong: a stable code and a message for people.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
-    /// `unauthorized`, `bad_login`, `forbidden`, `csrf`, `not_found`, `bad_request`,
-    /// `invalid`, `conflict`, `rate_limited` or `internal`.
+    /// `unauthorized`, `bad_login`, `forbidden`, `csrf`, `password_change_required`,
+    /// `not_found`, `bad_request`,
+    /// `invalid`, `conflict`, `too_large`, `rate_limited` or `internal`.
     pub code: String,
     pub message: String,
 }
@@ -69,10 +76,12 @@ impl ApiError {
                 (StatusCode::FORBIDDEN, "forbidden")
             }
             ApiError::Csrf => (StatusCode::FORBIDDEN, "csrf"),
+            ApiError::PasswordChange => (StatusCode::FORBIDDEN, "password_change_required"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -124,6 +133,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let req = super::body::buffered(req).await?;
         <Json<T> as axum::extract::FromRequest<S>>::from_request(req, state)
             .await
             .map(|Json(v)| ApiJson(v))

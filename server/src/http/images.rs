@@ -299,13 +299,31 @@ async fn chosen_agent(
     image: &ImageRow,
     asked: Option<i64>,
 ) -> Result<i64, ApiError> {
-    let Some(a) = asked else {
+    let Some(a) = asked.filter(|a| *a != image.agent_id) else {
         return Ok(image.agent_id);
     };
     match state.store.agent(a).await? {
         Some(agent) if agent.revoked_at.is_none() => Ok(a),
         _ => Err(ApiError::Invalid(format!("there is no agent {a}"))),
     }
+}
+
+/// The agent a restore writes on: the image's own machine for operators; another one only
+/// for admins, since agents write as root and one machine's files (keys, passwords,
+/// programs) planted on another are more than running jobs.
+async fn restoring_agent(
+    state: &AppState,
+    caller: &Caller,
+    image: &ImageRow,
+    asked: Option<i64>,
+) -> Result<i64, ApiError> {
+    let agent = chosen_agent(state, image, asked).await?;
+    if agent != image.agent_id && caller.user.role < Role::Admin {
+        return Err(ApiError::ForbiddenBecause(
+            "restoring onto another machine than the image's own needs the admin role".into(),
+        ));
+    }
+    Ok(agent)
 }
 
 async fn start_restore(
@@ -354,7 +372,7 @@ async fn restore_files(
         }
     }
     let image = find(&state, id).await?;
-    let agent = chosen_agent(&state, &image, body.agent_id).await?;
+    let agent = restoring_agent(&state, &caller, &image, body.agent_id).await?;
     let spec = TaskSpec::Files {
         image_id: id,
         partition: body.partition,
@@ -428,7 +446,7 @@ async fn restore_volume(
         )));
     }
     let image = find(&state, id).await?;
-    let agent = chosen_agent(&state, &image, body.agent_id).await?;
+    let agent = restoring_agent(&state, &caller, &image, body.agent_id).await?;
     let inventory = state
         .store
         .agent(agent)

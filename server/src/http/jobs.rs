@@ -9,6 +9,7 @@ use holdfast_proto::request::{Check, CheckStatus, JobCheck};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::body::ApiBytes;
 use super::caller::Caller;
 use super::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorBody};
 use super::reports::RunSummary;
@@ -492,7 +493,7 @@ async fn run_now(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
     let (job, agents) = job_and_agents(&state, id, &body).await?;
@@ -518,7 +519,7 @@ async fn check(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<i64>,
-    body: axum::body::Bytes,
+    ApiBytes(body): ApiBytes,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
     let (job, agents) = job_and_agents(&state, id, &body).await?;
@@ -671,7 +672,7 @@ async fn import(
     State(state): State<AppState>,
     caller: Caller,
     headers: axum::http::HeaderMap,
-    file: axum::body::Bytes,
+    ApiBytes(file): ApiBytes,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
     let is_xml = headers

@@ -3,6 +3,7 @@
 
 mod agent_channel;
 mod agents;
+mod body;
 mod caller;
 mod error;
 mod images;
@@ -44,6 +45,7 @@ pub fn router() -> Router<AppState> {
         .merge(sites::router())
         .merge(agent_channel::router())
         .merge(openapi::router())
+        .layer(axum::middleware::from_fn(body::limit))
 }
 
 /// Run CPU-heavy work (password hashing) on the blocking pool.

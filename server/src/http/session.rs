@@ -164,7 +164,8 @@ struct ChangePassword {
     new: Zeroizing<String>,
 }
 
-/// Change the caller's password.
+/// Change the caller's password (the one call, with `GET /api/v1/me`, a user who must
+/// change their password may make).
 #[utoipa::path(put, path = "/api/v1/me/password", tag = "session", request_body = ChangePassword, responses((status = 204), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn change_password(
     State(state): State<AppState>,
@@ -175,6 +176,11 @@ async fn change_password(
         return Err(ApiError::Invalid(format!(
             "the new password must have at least {MIN_PASSWORD} characters"
         )));
+    }
+    if body.new == body.current {
+        return Err(ApiError::Invalid(
+            "the new password must differ from the current one".into(),
+        ));
     }
     let Some((_, hash)) = state.store.user_with_hash(&caller.user.name).await? else {
         return Err(ApiError::Unauthorized);
@@ -192,5 +198,17 @@ async fn change_password(
     change
         .commit("change_password", &format!("user:{}", caller.user.id), "")
         .await?;
+    // The first admin's generated password, written at first start, is no longer valid.
+    if caller.user.must_change_password {
+        if let Some(file) = &state.first_start_file {
+            match std::fs::remove_file(file) {
+                Ok(()) => tracing::info!(file = %file.display(), "first-start file removed"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "cannot remove the first-start file")
+                }
+            }
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -40,6 +40,9 @@ struct NewUser {
     #[schema(value_type = String)]
     password: Zeroizing<String>,
     role: Role,
+    /// The user must choose a new password at their first login (the admin set this one).
+    #[serde(default)]
+    must_change_password: bool,
 }
 
 /// A user name: 1–64 letters, digits, `.`, `_`, `-` or `@`.
@@ -77,7 +80,9 @@ async fn create(
         .await?
         .map_err(ApiError::Internal)?;
     let mut change = state.store.change(&caller.user.name).await?;
-    let user = change.create_user(&body.name, &hash, body.role).await?;
+    let user = change
+        .create_user(&body.name, &hash, body.role, body.must_change_password)
+        .await?;
     change
         .commit(
             "create_user",

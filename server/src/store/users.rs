@@ -14,6 +14,8 @@ pub struct User {
     pub role: Role,
     pub created_at: i64,
     pub disabled: bool,
+    /// Must choose a new password before anything else is allowed.
+    pub must_change_password: bool,
 }
 
 fn user(row: &sqlx::any::AnyRow) -> Result<User, sqlx::Error> {
@@ -26,11 +28,12 @@ fn user(row: &sqlx::any::AnyRow) -> Result<User, sqlx::Error> {
             .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
         created_at: row.try_get("created_at")?,
         disabled: row.try_get::<i64, _>("disabled")? != 0,
+        must_change_password: row.try_get::<i64, _>("must_change_password")? != 0,
     })
 }
 
 /// The columns every user query returns (a constant, so the formatted SQL is safe).
-const COLUMNS: &str = "id, name, role, created_at, disabled";
+const COLUMNS: &str = "id, name, role, created_at, disabled, must_change_password";
 
 impl Store {
     /// The number of users.
@@ -80,33 +83,39 @@ impl Store {
 }
 
 impl Change {
-    /// Add a user; `Conflict` when the name is taken.
+    /// Add a user; `Conflict` when the name is taken. With `must_change`, the user must
+    /// choose a new password before doing anything else.
     pub async fn create_user(
         &mut self,
         name: &str,
         password_hash: &str,
         role: Role,
+        must_change: bool,
     ) -> Result<User, StoreError> {
         let row = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO users (name, password_hash, role, created_at) VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}"
+            "INSERT INTO users (name, password_hash, role, created_at, must_change_password) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
         )))
         .bind(name)
         .bind(password_hash)
         .bind(role.as_str())
         .bind(now())
+        .bind(i64::from(must_change))
         .fetch_one(self.conn())
         .await
         .map_err(|e| StoreError::unique(e, format!("user '{name}'")))?;
         Ok(user(&row)?)
     }
 
-    /// Change a user's password hash.
+    /// Change a user's password hash (the user chose it: no change is owed any more).
     pub async fn set_password(&mut self, id: i64, password_hash: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
-            .bind(password_hash)
-            .bind(id)
-            .execute(self.conn())
-            .await?;
+        let done = sqlx::query(
+            "UPDATE users SET password_hash = $1, must_change_password = 0 WHERE id = $2",
+        )
+        .bind(password_hash)
+        .bind(id)
+        .execute(self.conn())
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 

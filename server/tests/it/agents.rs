@@ -9,7 +9,7 @@ use holdfast_proto::{AgentMsg, RefusalCode, CHANNEL_PATH, PROTOCOL_VERSION};
 use serde_json::Value;
 
 use crate::fleet::{agent, agent_bin, enroll, wait_for, Api};
-use crate::proc::{curl, free_port, printed_secrets, start, start_with};
+use crate::proc::{curl, first_start_secrets, free_port, start, start_with};
 
 #[test]
 fn enrol_connect_report_inventory_and_revoke() {
@@ -20,7 +20,7 @@ fn enrol_connect_report_inventory_and_revoke() {
     let port = free_port();
     let (mut server, printed) = start(dir.path(), port, true);
     let log = dir.path().join("server.log");
-    let (fingerprint, password) = printed_secrets(&printed);
+    let first = first_start_secrets(dir.path(), &printed);
     let api = Api {
         base: format!("https://localhost:{port}"),
         ca: dir.path().join("tls/ca.pem").display().to_string(),
@@ -30,14 +30,8 @@ fn enrol_connect_report_inventory_and_revoke() {
         curl(&["--cacert", &api.ca, &format!("{}/healthz", api.base)])
             .is_some_and(|(o, _)| o == "ok\n")
     });
-    let login = api.call(
-        "POST",
-        "/api/v1/session",
-        Some(&format!(
-            "{{\"name\":\"admin\",\"password\":\"{password}\"}}"
-        )),
-    );
-    assert_eq!(login["role"], "admin", "{login}");
+    let password = api.first_login(&first);
+    let fingerprint = first.fingerprint.clone();
 
     let created = api.call(
         "POST",
@@ -222,7 +216,7 @@ fn enrol_connect_report_inventory_and_revoke() {
         .expect("agent secret");
     let logged = std::fs::read_to_string(&log).expect("log");
     assert!(logged.contains("agent enrolled"), "the log is the server's");
-    for secret in [&password, &token, &agent_secret] {
+    for secret in [&first.password, &password, &token, &agent_secret] {
         assert!(
             !logged.contains(secret.as_str()),
             "a secret is in the server log"
@@ -242,7 +236,7 @@ fn local_agent_flag_enrols_this_machine() {
     let port = free_port();
     let (mut server, printed) = start_with(dir.path(), port, true, &["--local-agent"]);
     let log = dir.path().join("server.log");
-    let (_, password) = printed_secrets(&printed);
+    let first = first_start_secrets(dir.path(), &printed);
     let api = Api {
         base: format!("https://localhost:{port}"),
         ca: dir.path().join("tls/ca.pem").display().to_string(),
@@ -252,13 +246,7 @@ fn local_agent_flag_enrols_this_machine() {
         curl(&["--cacert", &api.ca, &format!("{}/healthz", api.base)])
             .is_some_and(|(o, _)| o == "ok\n")
     });
-    api.call(
-        "POST",
-        "/api/v1/session",
-        Some(&format!(
-            "{{\"name\":\"admin\",\"password\":\"{password}\"}}"
-        )),
-    );
+    api.first_login(&first);
     wait_for("the local agent online", &log, || {
         let list = api.call("GET", "/api/v1/agents", None);
         list["items"][0]["status"] == "online"

@@ -13,22 +13,22 @@ use holdfast_server::serve::first_admin;
 use holdfast_server::store::jobs::JobSecret;
 use holdfast_server::store::{RunState, Store};
 
-struct Api {
-    app: axum::Router,
-    store: Store,
+pub(crate) struct Api {
+    pub app: axum::Router,
+    pub store: Store,
     /// The agents' gateway, where a simulated agent can take orders.
     gateway: std::sync::Arc<holdfast_server::gateway::Gateway>,
     dir: tempfile::TempDir,
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    body: Value,
+pub(crate) struct Reply {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: Value,
 }
 
 impl Api {
-    async fn new() -> Self {
+    pub async fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&Store::sqlite_url(dir.path()))
             .await
@@ -50,7 +50,7 @@ impl Api {
         }
     }
 
-    async fn call(
+    pub async fn call(
         &self,
         method: &str,
         path: &str,
@@ -62,7 +62,7 @@ impl Api {
     }
 
     /// A request with a body of any content type.
-    async fn send(
+    pub async fn send(
         &self,
         method: &str,
         path: &str,
@@ -96,8 +96,24 @@ impl Api {
         }
     }
 
+    /// Have the admin session `admin` create user `name` with `role` (password
+    /// `long-enough-pw`), and log them in; their session.
+    pub async fn user(&self, admin: &str, name: &str, role: &str, must_change: bool) -> String {
+        let r = self
+            .call(
+                "POST",
+                "/api/v1/users",
+                Some(admin),
+                Some(json!({"name": name, "password": "long-enough-pw", "role": role, "must_change_password": must_change})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        assert_eq!(r.body["must_change_password"], must_change, "{}", r.body);
+        self.login(name, "long-enough-pw").await
+    }
+
     /// Log in; the session cookie's value.
-    async fn login(&self, name: &str, password: &str) -> String {
+    pub async fn login(&self, name: &str, password: &str) -> String {
         let r = self
             .call(
                 "POST",
@@ -607,159 +623,8 @@ async fn openapi_document_validates_and_types_every_response() {
     );
 }
 
-/// Every authenticated route refuses anonymous callers (401) and roles below the one it
-/// needs (403).
-#[tokio::test]
-async fn every_route_refuses_anonymous_and_lower_roles() {
-    let api = Api::new().await;
-    let admin = api.login("admin", "admin-password-1").await;
-    for (name, role) in [("olga", "operator"), ("vic", "viewer")] {
-        let r = api
-            .call(
-                "POST",
-                "/api/v1/users",
-                Some(&admin),
-                Some(json!({"name": name, "password": "long-enough-pw", "role": role})),
-            )
-            .await;
-        assert_eq!(r.status, StatusCode::CREATED);
-    }
-    let operator = api.login("olga", "long-enough-pw").await;
-    let viewer = api.login("vic", "long-enough-pw").await;
-    let user = json!({"name": "x", "password": "long-enough-pw", "role": "viewer"});
-    let target = json!({"name": "t", "url": "/srv/images"});
-    let smtp = json!({"settings": {"server": "mail", "port": 25, "tls": "none", "sender": "a@example.test"}});
-    let job = json!({"name": "j", "enabled": true, "spec": {"agents": [1], "source": "/dev/sda", "target_id": 1}});
-    let routes: Vec<(&str, &str, &str, Option<Value>)> = vec![
-        ("GET", "/api/v1/me", "viewer", None),
-        (
-            "PUT",
-            "/api/v1/me/password",
-            "viewer",
-            Some(json!({"current": "a", "new": "b"})),
-        ),
-        ("GET", "/api/v1/info", "viewer", None),
-        ("GET", "/api/v1/tokens", "viewer", None),
-        (
-            "POST",
-            "/api/v1/tokens",
-            "viewer",
-            Some(json!({"name": "t"})),
-        ),
-        ("DELETE", "/api/v1/tokens/1", "viewer", None),
-        ("GET", "/api/v1/agents", "viewer", None),
-        ("GET", "/api/v1/agents/1", "viewer", None),
-        (
-            "POST",
-            "/api/v1/agents/1/inventory/refresh",
-            "operator",
-            None,
-        ),
-        ("DELETE", "/api/v1/agents/1", "admin", None),
-        ("GET", "/api/v1/users", "admin", None),
-        ("POST", "/api/v1/users", "admin", Some(user)),
-        (
-            "PUT",
-            "/api/v1/users/1",
-            "admin",
-            Some(json!({"role": "viewer"})),
-        ),
-        ("DELETE", "/api/v1/users/1", "admin", None),
-        ("GET", "/api/v1/audit", "admin", None),
-        ("GET", "/api/v1/enrollment-tokens", "admin", None),
-        (
-            "POST",
-            "/api/v1/enrollment-tokens",
-            "admin",
-            Some(json!({"uses": 1})),
-        ),
-        ("DELETE", "/api/v1/enrollment-tokens/1", "admin", None),
-        ("GET", "/api/v1/targets", "viewer", None),
-        ("GET", "/api/v1/targets/1", "viewer", None),
-        ("POST", "/api/v1/targets", "admin", Some(target.clone())),
-        ("PUT", "/api/v1/targets/1", "admin", Some(target)),
-        ("DELETE", "/api/v1/targets/1", "admin", None),
-        ("GET", "/api/v1/jobs", "viewer", None),
-        ("GET", "/api/v1/jobs/1", "viewer", None),
-        ("GET", "/api/v1/jobs/1/export", "viewer", None),
-        ("POST", "/api/v1/jobs", "operator", Some(job.clone())),
-        ("POST", "/api/v1/jobs/import", "operator", Some(job.clone())),
-        ("PUT", "/api/v1/jobs/1", "operator", Some(job)),
-        ("DELETE", "/api/v1/jobs/1", "operator", None),
-        ("POST", "/api/v1/jobs/1/run", "operator", None),
-        (
-            "POST",
-            "/api/v1/jobs/preview",
-            "viewer",
-            Some(json!({"spec": {"agents": [1], "source": "/dev/sda", "target_id": 1}})),
-        ),
-        ("POST", "/api/v1/jobs/1/cancel", "operator", None),
-        ("POST", "/api/v1/jobs/1/check", "operator", None),
-        (
-            "POST",
-            "/api/v1/targets/1/test",
-            "operator",
-            Some(json!({"agent_id": 1})),
-        ),
-        ("GET", "/api/v1/reports", "viewer", None),
-        ("GET", "/api/v1/reports/1", "viewer", None),
-        ("GET", "/api/v1/reports/1/download", "viewer", None),
-        ("GET", "/api/v1/images", "viewer", None),
-        ("GET", "/api/v1/sites", "viewer", None),
-        ("GET", "/api/v1/sites/1", "viewer", None),
-        ("POST", "/api/v1/sites", "admin", Some(json!({"name": "s"}))),
-        (
-            "PUT",
-            "/api/v1/sites/1",
-            "admin",
-            Some(json!({"name": "s"})),
-        ),
-        ("DELETE", "/api/v1/sites/1", "admin", None),
-        (
-            "PUT",
-            "/api/v1/agents/1/site",
-            "admin",
-            Some(json!({"site_id": null})),
-        ),
-        ("GET", "/api/v1/settings/smtp", "admin", None),
-        ("PUT", "/api/v1/settings/smtp", "admin", Some(smtp)),
-        (
-            "POST",
-            "/api/v1/settings/smtp/test",
-            "admin",
-            Some(json!({"to": "a@example.test"})),
-        ),
-        ("GET", "/api/v1/settings/security", "admin", None),
-        ("GET", "/api/v1/settings/alerts", "admin", None),
-        ("PUT", "/api/v1/settings/alerts", "admin", Some(json!({}))),
-        ("GET", "/api/v1/mail", "admin", None),
-    ];
-    for (method, path, needs, body) in routes {
-        let r = api.call(method, path, None, body.clone()).await;
-        assert_eq!(
-            r.status,
-            StatusCode::UNAUTHORIZED,
-            "anonymous {method} {path}"
-        );
-        let lower: &[(&str, &String)] = match needs {
-            "admin" => &[("operator", &operator), ("viewer", &viewer)],
-            "operator" => &[("viewer", &viewer)],
-            _ => &[],
-        };
-        for (role, session) in lower {
-            let r = api.call(method, path, Some(session), body.clone()).await;
-            assert_eq!(
-                r.status,
-                StatusCode::FORBIDDEN,
-                "{role} {method} {path}: {}",
-                r.body
-            );
-        }
-    }
-}
-
 /// An agent `web01`, enrolled through the store: its id.
-async fn enrolled_agent(store: &Store) -> i64 {
+pub(crate) async fn enrolled_agent(store: &Store) -> i64 {
     changed(store, async |c| {
         c.create_enrollment_token("t", "token-hash", 1, i64::MAX, "admin")
             .await
@@ -1438,16 +1303,7 @@ async fn console_pages_need_a_session_and_a_role() {
 async fn only_admins_add_or_change_a_jobs_commands() {
     let api = Api::new().await;
     let admin = api.login("admin", "admin-password-1").await;
-    let r = api
-        .call(
-            "POST",
-            "/api/v1/users",
-            Some(&admin),
-            Some(json!({"name": "olga", "password": "long-enough-pw", "role": "operator"})),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
-    let operator = api.login("olga", "long-enough-pw").await;
+    let operator = api.user(&admin, "olga", "operator", false).await;
     let agent = enrolled_agent(&api.store).await;
     let r = api
         .call(

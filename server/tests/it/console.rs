@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::browser::Browser;
 use crate::fleet::{agent_bin, wait_for};
-use crate::proc::{curl, free_port, printed_secrets, start};
+use crate::proc::{curl, first_start_secrets, free_port, start};
 use holdfast_testkit::devices::{
     edit_files, mkfs, require_devices, sparse_file, tempdir, write_files, Loop,
 };
@@ -51,6 +51,32 @@ pub fn log_in(b: &Browser, base: &str, name: &str, password: &str) {
     b.wait("the dashboard", 15, |b| b.has("nav a.on[href='/']"));
 }
 
+/// Log in with a password someone else chose: the console asks for a new one first, and
+/// no other page opens before it is changed.
+pub fn log_in_first(b: &Browser, base: &str, name: &str, given: &str, chosen: &str) {
+    b.go(&format!("{base}/login?next=/jobs"));
+    b.fill("#login-form input[name=name]", name);
+    b.fill("#login-form input[name=password]", given);
+    b.click("#login-form button[type=submit]");
+    b.wait("the password page", 15, |b| b.has("#password-required"));
+    assert!(b.url().contains("/password?next="), "{}", b.url());
+    b.go(&format!("{base}/settings"));
+    b.wait("the password page again", 15, |b| {
+        b.has("#password-required")
+    });
+    b.fill("#password-form input[name=current]", given);
+    b.fill("#password-form input[name=new]", given);
+    b.click("#password-form button[type=submit]");
+    b.wait("the refusal of the same password", 15, |b| {
+        b.text("#password-form .msg").contains("must differ")
+    });
+    b.fill("#password-form input[name=new]", chosen);
+    b.click("#password-form button[type=submit]");
+    b.wait("the page asked for", 15, |b| {
+        b.has("nav a.on[href='/settings']")
+    });
+}
+
 #[test]
 fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() {
     const TEST: &str = "console";
@@ -72,7 +98,7 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     let (server, printed) = start(work, port, true);
     let _server = Kill(server);
     let log = work.join("server.log");
-    let (_, password) = printed_secrets(&printed);
+    let first = first_start_secrets(work, &printed);
     let base = format!("https://localhost:{port}");
     let ca = work.join("tls/ca.pem").display().to_string();
     wait_for("the server", &log, || {
@@ -90,7 +116,7 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
         b.text("#login-form .msg")
             .contains("wrong user name or password")
     });
-    log_in(&b, &base, "admin", &password);
+    log_in_first(&b, &base, "admin", &first.password, "admin-chosen-pass-1");
     b.shot("02-dashboard-empty");
 
     // Enrol an agent with the command the page shows.
@@ -436,7 +462,7 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     });
     b.click("#logout");
     b.wait("the login page", 15, |b| b.url().contains("/login"));
-    log_in(&b, &base, "vera", "viewer-password-1");
+    log_in_first(&b, &base, "vera", "viewer-password-1", "vera-chosen-pass-1");
     for (page, absent) in [
         ("/jobs/1", "#run-now"),
         ("/jobs", "#new-job"),

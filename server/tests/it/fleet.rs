@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::proc::{curl, free_port, printed_secrets, start};
+use crate::proc::{curl, first_start_secrets, free_port, start, FirstStart};
 
 /// The agent binary, built next to the server's.
 pub fn agent_bin() -> Option<PathBuf> {
@@ -71,6 +71,25 @@ impl Api {
 }
 
 impl Api {
+    /// Log in as the first admin with the password the first start wrote, and change it as
+    /// the server asks; the new password.
+    pub fn first_login(&self, first: &FirstStart) -> String {
+        let login = self.call(
+            "POST",
+            "/api/v1/session",
+            Some(&json!({"name": "admin", "password": first.password}).to_string()),
+        );
+        assert_eq!(login["role"], "admin", "{login}");
+        let chosen = format!("{}-chosen", first.password);
+        let changed = self.call(
+            "PUT",
+            "/api/v1/me/password",
+            Some(&json!({"current": first.password, "new": chosen}).to_string()),
+        );
+        assert_eq!(changed, Value::String(String::new()), "password changed");
+        chosen
+    }
+
     /// GET `path` into the file `out` with extra curl `args`; the HTTP status (0 when curl
     /// gave up).
     pub fn fetch(&self, path: &str, out: &Path, args: &[&str]) -> u16 {
@@ -154,7 +173,8 @@ pub struct Fleet {
     pub log: std::path::PathBuf,
     pub agent_log: std::path::PathBuf,
     pub agent_id: i64,
-    /// The first admin's password, as the server printed it.
+    /// The first admin's password (changed from the one the first start gave, as the server
+    /// asks).
     pub admin_password: String,
     pub config: String,
     /// More environment for the agent daemon.
@@ -166,7 +186,7 @@ impl Fleet {
         let port = free_port();
         let (server, printed) = start(dir, port, true);
         let log = dir.join("server.log");
-        let (fingerprint, password) = printed_secrets(&printed);
+        let first = first_start_secrets(dir, &printed);
         let api = Api {
             base: format!("https://localhost:{port}"),
             ca: dir.join("tls/ca.pem").display().to_string(),
@@ -176,12 +196,8 @@ impl Fleet {
             curl(&["--cacert", &api.ca, &format!("{}/healthz", api.base)])
                 .is_some_and(|(o, _)| o == "ok\n")
         });
-        let login = api.call(
-            "POST",
-            "/api/v1/session",
-            Some(&json!({"name": "admin", "password": password}).to_string()),
-        );
-        assert_eq!(login["role"], "admin", "{login}");
+        let password = api.first_login(&first);
+        let fingerprint = first.fingerprint;
         let token = api.call("POST", "/api/v1/enrollment-tokens", Some("{}"));
         let config = dir.join("agent.json").display().to_string();
         let out = enroll(

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::fleet::{agent_bin, jar_cookie, Api};
-use crate::proc::{curl, free_port, printed_secrets, start_with};
+use crate::proc::{curl, first_start_secrets, free_port, start_with};
 use holdfast_testkit::devices::{require_devices, require_tool, sh, sparse_file, tempdir, Mounted};
 use holdfast_testkit::servers::{Sshd, PASSWORD, USER};
 use holdfast_testkit::vm;
@@ -259,7 +259,8 @@ fn running_volumes_are_imaged_consistently_through_the_server_and_an_agent_in_a_
         }
     }
     let _server = Server(server);
-    let (fingerprint, password) = printed_secrets(&printed);
+    let first = first_start_secrets(d, &printed);
+    let fingerprint = first.fingerprint.clone();
     let api = Api {
         base: format!("https://localhost:{port}"),
         ca: d.join("tls/ca.pem").display().to_string(),
@@ -275,12 +276,7 @@ fn running_volumes_are_imaged_consistently_through_the_server_and_an_agent_in_a_
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let login = api.call(
-        "POST",
-        "/api/v1/session",
-        Some(&json!({"name": "admin", "password": password}).to_string()),
-    );
-    assert_eq!(login["role"], "admin", "{login}");
+    api.first_login(&first);
     assert!(jar_cookie(Path::new(&api.cookies), "holdfast_csrf").is_some());
     let token = api.call("POST", "/api/v1/enrollment-tokens", Some("{}"));
 

@@ -3,6 +3,7 @@
 
 mod agents;
 mod api;
+mod authz;
 mod browser;
 mod channel;
 mod console;

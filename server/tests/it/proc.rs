@@ -18,7 +18,7 @@ pub fn curl(args: &[&str]) -> Option<(String, String)> {
 }
 
 /// Start the server; the lines it printed up to the certificate line (on a first start, up
-/// to the enrolment command for other machines).
+/// to the line that names the first-start file).
 pub fn start(dir: &std::path::Path, port: u16, first: bool) -> (std::process::Child, Vec<String>) {
     start_with(dir, port, first, &[])
 }
@@ -51,7 +51,7 @@ pub fn start_with(
         let line = line.expect("line");
         seen_certificate |= line.contains("certificate:");
         let done = if first {
-            line.contains("enrol others")
+            line.contains("first start:")
         } else {
             seen_certificate
         };
@@ -71,18 +71,37 @@ pub fn free_port() -> u16 {
         .expect("port")
 }
 
-/// The certificate fingerprint and the first admin's password the server printed.
-pub fn printed_secrets(printed: &[String]) -> (String, String) {
+/// The certificate fingerprint the server printed, and the first admin's password and the
+/// enrolment command from the first-start file in `dir`.
+pub fn first_start_secrets(dir: &std::path::Path, printed: &[String]) -> FirstStart {
     let text = printed.join("\n");
     let fingerprint = text
         .split_whitespace()
         .find(|w| w.starts_with("SHA256:"))
         .expect("fingerprint printed")
         .to_owned();
-    let password = text
-        .split('\'')
-        .nth(3)
-        .expect("password printed")
+    let file = std::fs::read_to_string(dir.join("first-start.txt")).expect("first-start file");
+    let password = file
+        .lines()
+        .find_map(|l| l.strip_prefix("password:"))
+        .expect("password in the first-start file")
+        .trim()
         .to_owned();
-    (fingerprint, password)
+    let enrol = file
+        .lines()
+        .find(|l| l.starts_with("holdfast-agent enroll"))
+        .expect("enrolment command in the first-start file")
+        .to_owned();
+    FirstStart {
+        fingerprint,
+        password,
+        enrol,
+    }
+}
+
+/// What a first start gives the admin.
+pub struct FirstStart {
+    pub fingerprint: String,
+    pub password: String,
+    pub enrol: String,
 }

@@ -10,18 +10,18 @@ use crate::postgres::Postgres;
 async fn exercise(store: &Store) {
     assert_eq!(store.count_users().await.expect("count"), 0);
     let a = changed(store, async |c| {
-        c.create_user("alice", "hash-a", Role::Admin).await
+        c.create_user("alice", "hash-a", Role::Admin, false).await
     })
     .await
     .expect("create");
     let b = changed(store, async |c| {
-        c.create_user("bob", "hash-b", Role::Viewer).await
+        c.create_user("bob", "hash-b", Role::Viewer, false).await
     })
     .await
     .expect("create");
     assert!(matches!(
         changed(store, async |c| c
-            .create_user("alice", "x", Role::Viewer)
+            .create_user("alice", "x", Role::Viewer, false)
             .await)
         .await,
         Err(StoreError::Conflict(_))
