@@ -49,6 +49,9 @@ enum Command {
 pub enum TargetCommand {
     /// Write a test file to a folder, read it back, delete it, and tell the free space.
     Test(TargetTestArgs),
+    /// Show the host key an SFTP server offers (from the handshake alone: nothing is sent
+    /// that logs in), to compare with the server's own before trusting it.
+    HostKey(TargetTestArgs),
 }
 
 /// `target test`.
@@ -141,8 +144,9 @@ pub struct Common {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// Credentials for target URLs: `key = value` lines (user, password, private_key,
-    /// passphrase, known_hosts, ca_file); else HOLDFAST_TARGET_USER, HOLDFAST_TARGET_PASSWORD,
-    /// HOLDFAST_TARGET_KEY, HOLDFAST_TARGET_KEY_PASSPHRASE, HOLDFAST_KNOWN_HOSTS, HOLDFAST_TARGET_CA.
+    /// passphrase, known_hosts, host_key, ca_file); else HOLDFAST_TARGET_USER,
+    /// HOLDFAST_TARGET_PASSWORD, HOLDFAST_TARGET_KEY, HOLDFAST_TARGET_KEY_PASSPHRASE,
+    /// HOLDFAST_KNOWN_HOSTS, HOLDFAST_TARGET_HOST_KEY, HOLDFAST_TARGET_CA.
     #[arg(long)]
     pub credentials_file: Option<PathBuf>,
 }
@@ -514,7 +518,9 @@ impl Cli {
     pub fn json(&self) -> bool {
         let c = match &self.command {
             Command::Image(c) => c,
-            Command::Target(TargetCommand::Test(a)) => return a.common.json,
+            Command::Target(TargetCommand::Test(a) | TargetCommand::HostKey(a)) => {
+                return a.common.json
+            }
             Command::Inventory(a) => return a.json,
             _ => return false,
         };
@@ -541,6 +547,7 @@ impl Cli {
             Command::Enroll(a) => return crate::link::cli_enroll(a),
             Command::Run(a) => return crate::link::cli_run(a),
             Command::Target(TargetCommand::Test(a)) => return target_test(a),
+            Command::Target(TargetCommand::HostKey(a)) => return target_host_key(a),
             Command::ThawWatchdog(a) => return crate::freeze::watchdog(a),
             Command::Inventory(a) => return crate::inventory::print(a.json),
         };
@@ -576,6 +583,17 @@ fn target_test(a: TargetTestArgs) -> anyhow::Result<ExitCode> {
             p.free_bytes
                 .map_or_else(|| "unknown".to_owned(), crate::output::bytes)
         );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `target host-key`.
+fn target_host_key(a: TargetTestArgs) -> anyhow::Result<ExitCode> {
+    let p = crate::storage::host_key(&a.url)?;
+    if a.common.json {
+        crate::outcome::print(&p);
+    } else if let Some(k) = &p.host_key {
+        println!("{}: host key {}", p.target, k.fingerprint);
     }
     Ok(ExitCode::SUCCESS)
 }

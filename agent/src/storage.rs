@@ -17,7 +17,7 @@ use bytes::Bytes;
 use holdfast_image::chain::Locator;
 use holdfast_image::parts::{is_later_part, part_number, PartSink, PartStore};
 use holdfast_image::ImageError;
-use holdfast_proto::request::TargetProbe;
+use holdfast_proto::request::{HostKeyCheck, TargetProbe};
 use holdfast_targets::body::{channel_body, BodySender};
 
 use crate::readahead::ReadAhead;
@@ -111,6 +111,14 @@ pub fn probe(folder: &str, credentials_file: Option<&Path>) -> Result<TargetProb
                 (r.target, r.name, shown)
             }
         };
+    // The test got past the handshake only with the key it was given.
+    let host_key = credentials(credentials_file)?
+        .host_key
+        .filter(|_| spec.starts_with("sftp://"))
+        .map(|fingerprint| HostKeyCheck {
+            fingerprint,
+            confirmed: true,
+        });
     let k = key(&file)?;
     let mut data = vec![0u8; PROBE_BYTES];
     getrandom::getrandom(&mut data).map_err(|e| anyhow!("no randomness: {e}"))?;
@@ -141,7 +149,29 @@ pub fn probe(folder: &str, credentials_file: Option<&Path>) -> Result<TargetProb
             write_ms,
             read_ms,
             free_bytes,
+            host_key,
         })
+    })
+}
+
+/// The host key the SFTP server of `folder` offers, read from the handshake alone: a probe
+/// that is not `ok` (nothing was written) and names the key, unconfirmed.
+pub fn host_key(folder: &str) -> Result<TargetProbe> {
+    let location = Location::parse(folder)?;
+    let fingerprint = location
+        .offered_host_key()
+        .ok_or_else(|| anyhow!("only SFTP targets have a host key: '{folder}' is not sftp://"))??;
+    Ok(TargetProbe {
+        ok: false,
+        target: folder.to_owned(),
+        bytes: 0,
+        write_ms: 0,
+        read_ms: 0,
+        free_bytes: None,
+        host_key: Some(HostKeyCheck {
+            fingerprint,
+            confirmed: false,
+        }),
     })
 }
 
@@ -265,6 +295,7 @@ fn credentials(file: Option<&Path>) -> Result<Credentials> {
                 "private_key" => c.private_key = Some(PathBuf::from(v)),
                 "passphrase" => c.passphrase = Some(Zeroizing::new(v)),
                 "known_hosts" => c.known_hosts = Some(PathBuf::from(v)),
+                "host_key" => c.host_key = Some(v),
                 "ca_file" => c.ca_file = Some(PathBuf::from(v)),
                 other => bail!(
                     "credentials file '{}' line {}: unknown key '{other}'",
@@ -288,6 +319,7 @@ fn credentials(file: Option<&Path>) -> Result<Credentials> {
     c.known_hosts = c
         .known_hosts
         .or_else(|| env("HOLDFAST_KNOWN_HOSTS").map(PathBuf::from));
+    c.host_key = c.host_key.or_else(|| env("HOLDFAST_TARGET_HOST_KEY"));
     if c.known_hosts.is_none() {
         let home = std::env::var_os("HOME")
             .map(PathBuf::from)

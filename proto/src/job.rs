@@ -41,6 +41,10 @@ pub struct TargetAccess {
     pub passphrase: Option<Secret>,
     /// CA certificate(s) to trust for FTPS, PEM text.
     pub ca_pem: Option<String>,
+    /// The SFTP server's host key as an admin confirmed it (`SHA256:…`): the agent refuses
+    /// any other before sending credentials. The server sends SFTP targets only with one,
+    /// except to test the connection, where the agent then only reads the key offered.
+    pub host_key: Option<String>,
 }
 
 /// How an image relates to earlier ones.

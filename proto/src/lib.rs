@@ -31,7 +31,9 @@ pub use request::{Call, Reply, Request};
 /// 3: an image task names its consistency method and maximum freeze time instead of a
 /// `live` flag.
 /// 4: files are browsed and streamed out of images (binary data frames, acknowledged).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: an SFTP target carries the host key an admin confirmed, which the agent must hold the
+/// server to; a target test reports the key offered.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Bytes of one data frame's payload at most.
 pub const STREAM_CHUNK: usize = 64 << 10;

@@ -217,6 +217,21 @@ pub struct TargetProbe {
     pub read_ms: u64,
     /// Free bytes, where the protocol can tell.
     pub free_bytes: Option<u64>,
+    /// An SFTP server's host key.
+    pub host_key: Option<HostKeyCheck>,
+}
+
+/// The host key an SFTP server offered to a target test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct HostKeyCheck {
+    /// `SHA256:` and the base64 of the key's SHA-256, as `ssh-keygen -lf` shows it.
+    pub fingerprint: String,
+    /// The admin confirmed this key before (the test ran in full). When false the agent
+    /// only read the key from the handshake and sent nothing that logs in (`ok` is false):
+    /// compare it with the server's (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`)
+    /// and confirm it before anything else.
+    pub confirmed: bool,
 }
 
 /// The machine's disks and volumes, read now.

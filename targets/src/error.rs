@@ -42,6 +42,16 @@ pub enum TargetError {
         /// The pin file.
         known_hosts: String,
     },
+    /// The server's host key is not the one an admin confirmed.
+    #[error("{target}: the server offers the host key {offered}, not the one an admin confirmed ({confirmed}); refusing to connect — if the server was reinstalled, test the target again and confirm its new key")]
+    HostKeyChanged {
+        /// Target.
+        target: String,
+        /// Confirmed fingerprint.
+        confirmed: String,
+        /// Offered fingerprint.
+        offered: String,
+    },
     /// The target is full.
     #[error("{target}: no space left while writing '{key}'")]
     Full {

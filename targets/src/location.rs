@@ -170,6 +170,16 @@ impl Location {
         Ok((folder, name))
     }
 
+    /// The host key an SFTP server offers (its fingerprint, `SHA256:…`), read from the
+    /// handshake alone: nothing is sent that could log in. None for other kinds of target.
+    pub fn offered_host_key(&self) -> Option<Result<String, TargetError>> {
+        match self {
+            #[cfg(feature = "sftp")]
+            Location::Sftp { host, port, .. } => Some(crate::sftp::offered_host_key(host, *port)),
+            _ => None,
+        }
+    }
+
     /// The backend for this folder, logging in with `creds` (a network backend left out of
     /// this build is an error that says so).
     pub fn open(
@@ -322,8 +332,12 @@ pub struct Credentials {
     pub private_key: Option<PathBuf>,
     /// Passphrase of the private key.
     pub passphrase: Option<Zeroizing<String>>,
-    /// File of pinned host keys (SFTP): first use records, a mismatch is refused.
+    /// File of pinned host keys (SFTP): first use records, a mismatch is refused. Not
+    /// read when [`Credentials::host_key`] is given.
     pub known_hosts: Option<PathBuf>,
+    /// The SFTP server's host key as an admin confirmed it (`SHA256:` and the base64 of
+    /// the key's SHA-256): any other key is refused.
+    pub host_key: Option<String>,
     /// PEM file of the CA(s) to trust for FTPS (default: the public web roots).
     pub ca_file: Option<PathBuf>,
 }
@@ -336,6 +350,7 @@ impl std::fmt::Debug for Credentials {
             .field("private_key", &self.private_key)
             .field("passphrase", &self.passphrase.as_ref().map(|_| "<set>"))
             .field("known_hosts", &self.known_hosts)
+            .field("host_key", &self.host_key)
             .field("ca_file", &self.ca_file)
             .finish()
     }

@@ -2,9 +2,10 @@
 //! pool with a session from a small pool; uploads cross over through a bounded channel and
 //! are written by two sessions at once, each its own stretches of the file.
 //!
-//! The server's host key is pinned: the first connection records its SHA-256 fingerprint in
-//! the known-hosts file given with the credentials; later connections with another key are
-//! refused with [`TargetError::HostKeyMismatch`].
+//! The server's host key is pinned: either to the fingerprint an admin confirmed (given with
+//! the credentials; another key is refused with [`TargetError::HostKeyChanged`] before any
+//! credential is sent), or, from the command line, to the one the first connection recorded
+//! in a known-hosts file (another key: [`TargetError::HostKeyMismatch`]).
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -40,6 +41,49 @@ const LANES: u64 = 2;
 const LANE_QUEUE: usize = 4;
 /// How long a TCP connect may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+const NO_KEY: &str = "the server sent no host key";
+
+/// A TCP connection to `host:port` and an SSH session over it, handshake done (nothing
+/// sent that logs in); on failure, the step and why.
+fn handshake(host: &str, port: u16) -> Result<(ssh2::Session, TcpStream), (&'static str, String)> {
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| ("connect", e.to_string()))?
+        .next()
+        .ok_or(("connect", "host name has no address".to_owned()))?;
+    let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        .map_err(|e| ("connect", e.to_string()))?;
+    let mut session = ssh2::Session::new().map_err(|e| ("connect", e.to_string()))?;
+    let socket = tcp.try_clone().map_err(|e| ("connect", e.to_string()))?;
+    session.set_tcp_stream(tcp);
+    session
+        .handshake()
+        .map_err(|e| ("handshake", e.message().to_owned()))?;
+    Ok((session, socket))
+}
+
+/// The session's host key as OpenSSH shows it: `SHA256:` and the unpadded base64 of the
+/// SHA-256 of the key.
+fn fingerprint(session: &ssh2::Session) -> Option<String> {
+    let (key, _) = session.host_key()?;
+    Some(format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(key))
+    ))
+}
+
+/// The host key `host:port` offers, from the handshake alone (blocking).
+pub fn offered_host_key(host: &str, port: u16) -> Result<String, TargetError> {
+    let display = format!("sftp://{host}:{port}");
+    let transient = |op, detail: String| TargetError::Transient {
+        target: display.clone(),
+        op,
+        key: String::new(),
+        detail,
+    };
+    let (session, _socket) = handshake(host, port).map_err(|(op, d)| transient(op, d))?;
+    fingerprint(&session).ok_or_else(|| transient("handshake", NO_KEY.into()))
+}
 
 struct Conn {
     _session: ssh2::Session,
@@ -65,8 +109,16 @@ struct Inner {
     root: String,
     display: String,
     creds: Credentials,
-    known_hosts: PathBuf,
+    pin: Pin,
     pool: Mutex<Vec<Conn>>,
+}
+
+/// Which host key a connection accepts.
+enum Pin {
+    /// The fingerprint an admin confirmed.
+    Confirmed(String),
+    /// The one recorded in this known-hosts file (by the first connection).
+    File(PathBuf),
 }
 
 /// A folder on an SFTP server.
@@ -85,7 +137,8 @@ impl std::fmt::Debug for SftpTarget {
 
 impl SftpTarget {
     /// A target at `host:port`, folder `root`, logging in with `creds` (user from `creds` or
-    /// `url_user`; a known-hosts file is required to pin the server's key).
+    /// `url_user`; a confirmed host key or a known-hosts file is required to pin the
+    /// server's key).
     pub fn new(
         host: &str,
         port: u16,
@@ -102,11 +155,15 @@ impl SftpTarget {
                     "SFTP needs a user name (in the URL or the credentials)".into(),
                 )
             })?;
-        let known_hosts = creds.known_hosts.clone().ok_or_else(|| {
-            TargetError::Invalid(
-                "SFTP needs a known-hosts file to pin the server's host key".into(),
-            )
-        })?;
+        let pin =
+            match (&creds.host_key, &creds.known_hosts) {
+                (Some(key), _) => Pin::Confirmed(key.clone()),
+                (None, Some(file)) => Pin::File(file.clone()),
+                (None, None) => return Err(TargetError::Invalid(
+                    "SFTP needs a confirmed host key or a known-hosts file to pin the server's key"
+                        .into(),
+                )),
+            };
         if creds.password.is_none() && creds.private_key.is_none() {
             return Err(TargetError::Invalid(
                 "SFTP needs a password or a private key".into(),
@@ -125,7 +182,7 @@ impl SftpTarget {
                 root,
                 display,
                 creds,
-                known_hosts,
+                pin,
                 pool: Mutex::new(Vec::new()),
             }),
         })
@@ -219,21 +276,8 @@ impl Inner {
     }
 
     fn connect(&self) -> Result<Conn, TargetError> {
-        let addr = (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .map_err(|e| self.transient("connect", "", e))?
-            .next()
-            .ok_or_else(|| self.transient("connect", "", "host name has no address"))?;
-        let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-            .map_err(|e| self.transient("connect", "", e))?;
-        let mut session = ssh2::Session::new().map_err(|e| self.map("connect", "", &e))?;
-        let socket = tcp
-            .try_clone()
-            .map_err(|e| self.transient("connect", "", e))?;
-        session.set_tcp_stream(tcp);
-        session
-            .handshake()
-            .map_err(|e| self.map("handshake", "", &e))?;
+        let (session, socket) = handshake(&self.host, self.port)
+            .map_err(|(op, detail)| self.transient(op, "", detail))?;
         self.check_host_key(&session)?;
         let c = &self.creds;
         let auth = match (&c.private_key, &c.password) {
@@ -260,17 +304,24 @@ impl Inner {
         })
     }
 
-    /// Trust on first use, then refuse any other key.
+    /// The confirmed key, or trust on first use of the known-hosts file; any other key is
+    /// refused.
     fn check_host_key(&self, session: &ssh2::Session) -> Result<(), TargetError> {
-        let (key, _) = session
-            .host_key()
-            .ok_or_else(|| self.transient("handshake", "", "the server sent no host key"))?;
-        let offered = format!(
-            "SHA256:{}",
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(sha2::Sha256::digest(key))
-        );
+        let offered =
+            fingerprint(session).ok_or_else(|| self.transient("handshake", "", NO_KEY))?;
+        let known_hosts = match &self.pin {
+            Pin::Confirmed(confirmed) if *confirmed == offered => return Ok(()),
+            Pin::Confirmed(confirmed) => {
+                return Err(TargetError::HostKeyChanged {
+                    target: self.display.clone(),
+                    confirmed: confirmed.clone(),
+                    offered,
+                })
+            }
+            Pin::File(file) => file,
+        };
         let who = format!("[{}]:{}", self.host, self.port);
-        let text = std::fs::read_to_string(&self.known_hosts).unwrap_or_default();
+        let text = std::fs::read_to_string(known_hosts).unwrap_or_default();
         for line in text.lines() {
             let mut f = line.split_whitespace();
             if f.next() == Some(who.as_str()) {
@@ -282,26 +333,22 @@ impl Inner {
                     target: self.display.clone(),
                     expected,
                     offered,
-                    known_hosts: self.known_hosts.display().to_string(),
+                    known_hosts: known_hosts.display().to_string(),
                 });
             }
         }
+        let record = |e: std::io::Error| {
+            TargetError::Invalid(format!(
+                "cannot record the host key in '{}': {e}",
+                known_hosts.display()
+            ))
+        };
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.known_hosts)
-            .map_err(|e| {
-                TargetError::Invalid(format!(
-                    "cannot record the host key in '{}': {e}",
-                    self.known_hosts.display()
-                ))
-            })?;
-        writeln!(f, "{who} {offered}").map_err(|e| {
-            TargetError::Invalid(format!(
-                "cannot record the host key in '{}': {e}",
-                self.known_hosts.display()
-            ))
-        })
+            .open(known_hosts)
+            .map_err(record)?;
+        writeln!(f, "{who} {offered}").map_err(record)
     }
 
     fn exists(&self, conn: &Conn, path: &Path) -> bool {

@@ -312,6 +312,21 @@ impl Sshd {
         self.child.is_some()
     }
 
+    /// The server's host key as OpenSSH's `ssh-keygen -lf` shows it (`SHA256:…`): what an
+    /// admin compares and confirms.
+    pub fn host_key_fingerprint(&self) -> String {
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.dir.path().join("host_ed25519.pub"))
+            .output()
+            .expect("ssh-keygen -lf");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .expect("a fingerprint")
+            .to_owned()
+    }
+
     /// Stop the server and its connections at once (as if it crashed): sshd forks a process
     /// per connection, which outlives the listener unless killed too.
     pub fn kill(&mut self) {

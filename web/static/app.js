@@ -208,6 +208,19 @@
     // "Test connection" / "check job" answers: say what the agent found.
     probe(data, el) {
       const out = document.getElementById(el.dataset.out || "") || el.parentElement.querySelector(".msg");
+      // An SFTP server whose key nobody confirmed: the agent only read the key; show it to
+      // compare, with the button that trusts it.
+      if (data.host_key && !data.host_key.confirmed) {
+        const box = document.getElementById("host-key-offer");
+        if (box) {
+          box.querySelector("code").textContent = data.host_key.fingerprint;
+          const trust = document.getElementById("trust-key");
+          if (trust) trust.dataset.body = JSON.stringify({ fingerprint: data.host_key.fingerprint });
+          box.hidden = false;
+        }
+        show(out, "Not tested yet: the server's host key must be confirmed first (below).", false);
+        return;
+      }
       const ok = data.ok !== false;
       let text = data.detail || data.message || (ok ? "OK" : "failed");
       if (data.write_ms !== undefined) {

@@ -658,7 +658,14 @@ impl Jobs {
         &self,
         target: &holdfast_proto::job::TargetAccess,
     ) -> Result<TargetProbe> {
-        self.child_json(target, None, &["target", "test", "--url", &target.url])
+        // An SFTP server whose key no admin confirmed gets nothing that logs in: the test
+        // only reads the key it offers, for the admin to compare and confirm.
+        let what = if target.host_key.is_none() && target.url.starts_with("sftp://") {
+            "host-key"
+        } else {
+            "test"
+        };
+        self.child_json(target, None, &["target", what, "--url", &target.url])
             .await
     }
 
@@ -865,7 +872,8 @@ impl Jobs {
             .with_context(|| format!("cannot create '{}'", work.display()))?;
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.env(crate::PARENT_ENV, std::process::id().to_string());
-        // Host keys are pinned per agent: the first job to a server records its key.
+        // The server sends SFTP targets with the host key an admin confirmed; the agent's
+        // own known-hosts file pins keys only for orders that come without one.
         cmd.env("HOLDFAST_KNOWN_HOSTS", self.dir.join("known_hosts"));
         for k in [
             "HOLDFAST_TARGET_USER",
@@ -873,6 +881,7 @@ impl Jobs {
             "HOLDFAST_TARGET_KEY",
             "HOLDFAST_TARGET_KEY_PASSPHRASE",
             "HOLDFAST_TARGET_CA",
+            "HOLDFAST_TARGET_HOST_KEY",
             "HOLDFAST_PASSWORD",
             crate::luks::PASSPHRASE_ENV,
         ] {
@@ -891,6 +900,9 @@ impl Jobs {
         }
         if let Some(p) = &t.passphrase {
             cmd.env("HOLDFAST_TARGET_KEY_PASSPHRASE", p.expose());
+        }
+        if let Some(k) = &t.host_key {
+            cmd.env("HOLDFAST_TARGET_HOST_KEY", k);
         }
         if let Some(ca) = &t.ca_pem {
             let path = work.join("ca.pem");

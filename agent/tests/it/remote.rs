@@ -336,3 +336,56 @@ fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn F
         r.stderr
     );
 }
+
+/// An SFTP server's host key: shown from the handshake alone, held to when given, and a
+/// changed key refused before any credential is sent (a wrong password is never reached).
+#[test]
+fn sftp_host_key_is_shown_then_held_to() {
+    const TEST: &str = "sftp_host_key";
+    let Some(mut sshd) = Sshd::start(TEST) else {
+        return;
+    };
+    let url = format!(
+        "sftp://{USER}@127.0.0.1:{}{}",
+        sshd.port,
+        sshd.data.display()
+    );
+    let key = sshd.host_key_fingerprint();
+    let run = |what: &str, host_key: &str, password: &str| {
+        agent()
+            .args(["target", what, "--url", &url, "--json"])
+            .env("HOLDFAST_TARGET_PASSWORD", password)
+            .env("HOLDFAST_TARGET_HOST_KEY", host_key)
+            .env("HOLDFAST_KNOWN_HOSTS", "/nonexistent/known_hosts")
+            .output()
+            .expect("agent")
+    };
+    let shown = run("host-key", "", "");
+    assert!(shown.status.success(), "{shown:?}");
+    let probe: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("json");
+    assert_eq!(
+        probe["host_key"],
+        serde_json::json!({"fingerprint": key, "confirmed": false}),
+        "the key is the one ssh-keygen -lf shows: {probe}"
+    );
+    assert_eq!(probe["ok"], false, "{probe}");
+
+    let tested = run("test", &key, PASSWORD);
+    assert!(tested.status.success(), "{tested:?}");
+    let probe: serde_json::Value = serde_json::from_slice(&tested.stdout).expect("json");
+    assert_eq!(probe["ok"], true, "{probe}");
+    assert_eq!(probe["host_key"]["confirmed"], true, "{probe}");
+
+    // The server is "reinstalled": its new key is refused, before the (wrong) password
+    // could be tried.
+    assert!(sshd.restart_with_new_host_key(TEST), "sshd restarts");
+    let refused = run("test", &key, "not-the-password");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("not the one an admin confirmed")
+            && !err.contains("authentication"),
+        "{refused:?}"
+    );
+    assert_ne!(sshd.host_key_fingerprint(), key);
+}

@@ -26,6 +26,8 @@ struct TargetForm {
     url: String,
     username: String,
     ca_pem: String,
+    /// The SFTP server's confirmed host key (empty: none).
+    host_key: String,
     notes: String,
     password: bool,
     private_key: bool,
@@ -70,6 +72,8 @@ pub async fn list(State(state): State<AppState>, session: Session) -> PageResult
 struct TargetPage {
     shell: Shell,
     form: TargetForm,
+    /// An SFTP target: it has a host key to confirm.
+    sftp: bool,
     updated: String,
     agents: Vec<(i64, String)>,
 }
@@ -96,12 +100,14 @@ pub async fn show(
         .collect();
     Ok(render(TargetPage {
         shell: session.shell("targets"),
+        sftp: t.url.starts_with("sftp://"),
         form: TargetForm {
             id: t.id,
             name: t.name,
             url: t.url,
             username: t.username.unwrap_or_default(),
             ca_pem: t.ca_pem.unwrap_or_default(),
+            host_key: t.host_key.unwrap_or_default(),
             notes: t.notes,
             password: secret.password.is_some(),
             private_key: secret.private_key.is_some(),

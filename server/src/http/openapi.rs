@@ -21,7 +21,7 @@ use super::{
         meta::healthz, meta::metrics, meta::info, meta::audit,
         agents::create_token, agents::list_tokens, agents::revoke_token,
         agents::list, agents::show, agents::revoke, agents::refresh_inventory,
-        targets::list, targets::create, targets::show, targets::update, targets::remove, targets::test,
+        targets::list, targets::create, targets::show, targets::update, targets::remove, targets::test, targets::confirm_host_key,
         jobs::list, jobs::create, jobs::show, jobs::update, jobs::remove, jobs::run_now, jobs::cancel, jobs::check, jobs::export, jobs::import, jobs::preview,
         reports::list, reports::show, reports::download, reports::images,
         images::show, images::files, images::download, images::restore_files, images::restore_volume,

@@ -25,6 +25,35 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/targets", get(list).post(create))
         .route("/api/v1/targets/{id}", get(show).put(update).delete(remove))
         .route("/api/v1/targets/{id}/test", axum::routing::post(test))
+        .route(
+            "/api/v1/targets/{id}/host-key",
+            axum::routing::put(confirm_host_key),
+        )
+}
+
+/// Whether `key` looks like an SSH key fingerprint as OpenSSH prints it (`SHA256:` and 43
+/// characters of unpadded base64).
+fn check_fingerprint(key: &str) -> Result<(), ApiError> {
+    let ok = key.strip_prefix("SHA256:").is_some_and(|b| {
+        b.len() == 43
+            && b.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid(
+            "host_key: expected an SSH key fingerprint such as ssh-keygen -lf prints: SHA256: and 43 base64 characters".into(),
+        ))
+    }
+}
+
+/// The server `url` points at, for telling whether a changed URL still names it.
+fn server_of(url: &str) -> Option<(String, u16)> {
+    match Location::parse(url).ok()? {
+        Location::Sftp { host, port, .. } => Some((host, port)),
+        _ => None,
+    }
 }
 
 /// A target as admins write it. Credentials are write-only.
@@ -51,6 +80,11 @@ pub struct TargetBody {
     /// CA certificate(s) to trust for FTPS, PEM text.
     #[serde(default)]
     ca_pem: Option<String>,
+    /// The SFTP server's host key (`SHA256:…`, as `ssh-keygen -lf` prints it on the
+    /// server), when the admin has it at hand; else test the target and confirm the key the
+    /// test shows. A changed host or port forgets a key confirmed before.
+    #[serde(default)]
+    host_key: Option<String>,
     #[serde(default)]
     notes: String,
     /// Forget the stored credentials (before any given here are set).
@@ -89,10 +123,20 @@ impl TargetBody {
                 ));
             }
         }
+        if let Some(key) = &self.host_key {
+            check_fingerprint(key)?;
+            if server_of(self.url.trim()).is_none() {
+                return Err(ApiError::Invalid(
+                    "host_key: only SFTP targets have a host key".into(),
+                ));
+            }
+        }
         Ok(())
     }
 
-    fn fields(&self) -> TargetFields<'_> {
+    /// The fields to store; `kept_key` is the host key confirmed before, kept unless one is
+    /// given.
+    fn fields<'a>(&'a self, kept_key: Option<&'a str>) -> TargetFields<'a> {
         TargetFields {
             name: self.name.trim(),
             url: self.url.trim(),
@@ -102,6 +146,7 @@ impl TargetBody {
                 .map(str::trim)
                 .filter(|u| !u.is_empty()),
             ca_pem: self.ca_pem.as_deref(),
+            host_key: self.host_key.as_deref().or(kept_key),
             notes: &self.notes,
         }
     }
@@ -176,6 +221,9 @@ struct TargetView {
     username: Option<String>,
     /// CA certificate(s) to trust for FTPS, PEM text.
     ca_pem: Option<String>,
+    /// The SFTP server's host key an admin confirmed; jobs do not go to an SFTP target
+    /// without one.
+    host_key: Option<String>,
     notes: String,
     credentials: Credentials,
     created_at: i64,
@@ -198,6 +246,7 @@ fn view(state: &AppState, t: &TargetRow) -> Result<TargetView, ApiError> {
         url: t.url.clone(),
         username: t.username.clone(),
         ca_pem: t.ca_pem.clone(),
+        host_key: t.host_key.clone(),
         notes: t.notes.clone(),
         credentials: Credentials {
             password: set(&s.password),
@@ -239,7 +288,7 @@ async fn create(
     caller.require(Role::Admin)?;
     body.check()?;
     let mut change = state.store.change(&caller.user.name).await?;
-    let t = change.create_target(&body.fields()).await?;
+    let t = change.create_target(&body.fields(None)).await?;
     store_secret(&state, &mut change, &t, body).await?;
     change
         .commit("create_target", &format!("target:{}", t.id), &t.url)
@@ -274,9 +323,18 @@ async fn update(
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Admin)?;
     body.check()?;
+    let before = state
+        .store
+        .target(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("target {id}")))?;
+    // A key confirmed for one server means nothing for another.
+    let same_server =
+        server_of(&before.url).is_some() && server_of(&before.url) == server_of(body.url.trim());
+    let kept = before.host_key.as_deref().filter(|_| same_server);
     let mut change = state.store.change(&caller.user.name).await?;
     let t = change
-        .update_target(id, &body.fields())
+        .update_target(id, &body.fields(kept))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("target {id}")))?;
     let changed_secret = body.clear_credentials
@@ -321,8 +379,10 @@ pub struct TestBody {
     agent_id: i64,
 }
 
-/// Test a storage target from an agent: write, read back and delete a test file.
-#[utoipa::path(post, path = "/api/v1/targets/{id}/test", tag = "targets", params(("id" = i64, Path)), request_body = TestBody, responses((status = 200, description = "the agent wrote, read back and deleted a test file; timings and free space", body = TargetProbe), (status = 404, body = ErrorBody), (status = 422, description = "the agent is offline, or the target failed (the error says how)", body = ErrorBody)), security(("session" = []), ("token" = [])))]
+/// Test a storage target from an agent: write, read back and delete a test file. For an
+/// SFTP target whose host key is not confirmed, the agent only reads the key the server
+/// offers (`ok` false, `host_key.confirmed` false), for an admin to compare and confirm.
+#[utoipa::path(post, path = "/api/v1/targets/{id}/test", tag = "targets", params(("id" = i64, Path)), request_body = TestBody, responses((status = 200, description = "the agent wrote, read back and deleted a test file; timings and free space; or, for an SFTP server whose key is not confirmed, the key it offers", body = TargetProbe), (status = 404, body = ErrorBody), (status = 422, description = "the agent is offline, or the target failed (the error says how)", body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn test(
     State(state): State<AppState>,
     caller: Caller,
@@ -341,6 +401,46 @@ async fn test(
         .await
         .map_err(|e| ApiError::Invalid(format!("the test of target '{}' failed: {e}", t.name)))?;
     Ok(Json(found))
+}
+
+/// `PUT /targets/{id}/host-key`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostKeyBody {
+    /// `SHA256:…`, as a test of the target showed it (or `ssh-keygen -lf` on the server).
+    fingerprint: String,
+}
+
+/// Confirm the host key of an SFTP target's server: agents accept that key only, and jobs
+/// go to the target from now on.
+#[utoipa::path(put, path = "/api/v1/targets/{id}/host-key", tag = "targets", params(("id" = i64, Path)), request_body = HostKeyBody, responses((status = 200, description = "the target, its host key confirmed", body = TargetView), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn confirm_host_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<HostKeyBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let key = body.fingerprint.trim();
+    check_fingerprint(key)?;
+    let t = state
+        .store
+        .target(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("target {id}")))?;
+    if server_of(&t.url).is_none() {
+        return Err(ApiError::Invalid(format!(
+            "target '{}' is not an SFTP target: only those have a host key",
+            t.name
+        )));
+    }
+    let mut change = state.store.change(&caller.user.name).await?;
+    change.set_target_host_key(id, key).await?;
+    change
+        .commit("confirm_host_key", &format!("target:{id}"), key)
+        .await?;
+    let t = state.store.target(id).await?.unwrap_or(t);
+    Ok(Json(view(&state, &t)?))
 }
 
 #[cfg(test)]

@@ -547,8 +547,21 @@ impl Dispatcher {
         )))
     }
 
-    /// How an agent reaches `target`: its URL and its credentials opened from the vault.
+    /// How an agent reaches `target`: its URL, its credentials opened from the vault and,
+    /// for SFTP, the host key an admin confirmed (without one, nothing goes there).
     pub fn access(&self, target: &TargetRow) -> Result<TargetAccess, DispatchError> {
+        if target.host_key.is_none() && target.url.starts_with("sftp://") {
+            return Err(DispatchError::Spec(format!(
+                "the host key of SFTP target '{}' has not been confirmed: test the target on its page and confirm the key it shows",
+                target.name
+            )));
+        }
+        self.access_unpinned(target)
+    }
+
+    /// [`Dispatcher::access`] also for an SFTP target whose key is not confirmed yet (a
+    /// connection test, which then only reads the key offered).
+    fn access_unpinned(&self, target: &TargetRow) -> Result<TargetAccess, DispatchError> {
         let secret: TargetSecret = match &target.secret {
             Some(sealed) => {
                 let plain = self.vault.unseal(&target_context(target.id), sealed)?;
@@ -564,6 +577,7 @@ impl Dispatcher {
             private_key: reveal(&secret.private_key),
             passphrase: reveal(&secret.passphrase),
             ca_pem: target.ca_pem.clone(),
+            host_key: target.host_key.clone(),
         })
     }
 
@@ -574,7 +588,7 @@ impl Dispatcher {
         target: &TargetRow,
         agent_id: i64,
     ) -> Result<TargetProbe, DispatchError> {
-        let access = self.access(target)?;
+        let access = self.access_unpinned(target)?;
         match self
             .gateway
             .request(agent_id, TestTarget { target: access }, CHECK_TIMEOUT)

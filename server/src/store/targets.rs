@@ -20,6 +20,8 @@ pub struct TargetRow {
     pub secret: Option<String>,
     /// CA certificate(s) for FTPS, PEM (public data).
     pub ca_pem: Option<String>,
+    /// The SFTP server's host key an admin confirmed (`SHA256:…`).
+    pub host_key: Option<String>,
     pub notes: String,
     pub created_at: i64,
     pub updated_at: i64,
@@ -32,10 +34,12 @@ pub struct TargetFields<'a> {
     pub url: &'a str,
     pub username: Option<&'a str>,
     pub ca_pem: Option<&'a str>,
+    pub host_key: Option<&'a str>,
     pub notes: &'a str,
 }
 
-const COLUMNS: &str = "id, name, url, username, secret, ca_pem, notes, created_at, updated_at";
+const COLUMNS: &str =
+    "id, name, url, username, secret, ca_pem, host_key, notes, created_at, updated_at";
 
 fn row(r: &sqlx::any::AnyRow) -> Result<TargetRow, sqlx::Error> {
     Ok(TargetRow {
@@ -45,6 +49,7 @@ fn row(r: &sqlx::any::AnyRow) -> Result<TargetRow, sqlx::Error> {
         username: r.try_get("username")?,
         secret: r.try_get("secret")?,
         ca_pem: r.try_get("ca_pem")?,
+        host_key: r.try_get("host_key")?,
         notes: r.try_get("notes")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -80,8 +85,8 @@ impl Change {
     pub async fn create_target(&mut self, f: &TargetFields<'_>) -> Result<TargetRow, StoreError> {
         let t = now();
         let r = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO targets (name, url, username, ca_pem, notes, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {COLUMNS}"
+            "INSERT INTO targets (name, url, username, ca_pem, notes, created_at, updated_at, host_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7) RETURNING {COLUMNS}"
         )))
         .bind(f.name)
         .bind(f.url)
@@ -89,6 +94,7 @@ impl Change {
         .bind(f.ca_pem)
         .bind(f.notes)
         .bind(t)
+        .bind(f.host_key)
         .fetch_one(self.conn())
         .await
         .map_err(|e| StoreError::unique(e, format!("a target named '{}'", f.name)))?;
@@ -102,8 +108,8 @@ impl Change {
         f: &TargetFields<'_>,
     ) -> Result<Option<TargetRow>, StoreError> {
         let r = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE targets SET name = $1, url = $2, username = $3, ca_pem = $4, notes = $5, updated_at = $6 \
-             WHERE id = $7 RETURNING {COLUMNS}"
+            "UPDATE targets SET name = $1, url = $2, username = $3, ca_pem = $4, notes = $5, updated_at = $6, \
+             host_key = $8 WHERE id = $7 RETURNING {COLUMNS}"
         )))
         .bind(f.name)
         .bind(f.url)
@@ -112,10 +118,22 @@ impl Change {
         .bind(f.notes)
         .bind(now())
         .bind(id)
+        .bind(f.host_key)
         .fetch_optional(self.conn())
         .await
         .map_err(|e| StoreError::unique(e, format!("a target named '{}'", f.name)))?;
         Ok(r.as_ref().map(row).transpose()?)
+    }
+
+    /// Pin the host key of a target's SFTP server; false when there is no such target.
+    pub async fn set_target_host_key(&mut self, id: i64, key: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE targets SET host_key = $1, updated_at = $2 WHERE id = $3")
+            .bind(key)
+            .bind(now())
+            .bind(id)
+            .execute(self.conn())
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Replace a target's sealed credentials (`None` clears them).

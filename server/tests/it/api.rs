@@ -1487,3 +1487,146 @@ async fn tokens_have_their_own_role_and_expire() {
         r.body
     );
 }
+
+/// An SFTP target's host key: given at creation or confirmed after a test showed it, in
+/// OpenSSH's fingerprint form; forgotten when the target moves to another server; and
+/// without one no job goes there.
+#[tokio::test]
+async fn sftp_targets_need_a_confirmed_host_key() {
+    let api = Api::new().await;
+    let admin = api.login("admin", "admin-password-1").await;
+    let operator = api.user(&admin, "olga", "operator", false).await;
+    let agent = enrolled_agent(&api.store).await;
+    let key = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+    let url = "sftp://backup@nas:2222/images";
+    for (body, says) in [
+        (
+            json!({"name": "a", "url": url, "host_key": "uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"}),
+            "SHA256:",
+        ),
+        (
+            json!({"name": "a", "url": url, "host_key": "SHA256:short"}),
+            "43 base64",
+        ),
+        (
+            json!({"name": "a", "url": "/srv/images", "host_key": key}),
+            "only SFTP",
+        ),
+    ] {
+        let r = api
+            .call("POST", "/api/v1/targets", Some(&admin), Some(body))
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+        assert!(r.body.to_string().contains(says), "{}", r.body);
+    }
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/targets",
+            Some(&admin),
+            Some(json!({"name": "nas", "url": url, "password": "pw"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert!(r.body["host_key"].is_null(), "{}", r.body);
+    let id = r.body["id"].as_i64().expect("id");
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/jobs",
+            Some(&admin),
+            Some(json!({"name": "web", "enabled": true, "spec": {"agents": [agent], "source": "/dev/sda", "target_id": id}})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let job = r.body["id"].as_i64().expect("job");
+    // Unconfirmed: no job goes there, and the answer says what to do.
+    let refused = async || {
+        let r = api
+            .call(
+                "POST",
+                &format!("/api/v1/jobs/{job}/run"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        r.body.to_string().contains("has not been confirmed")
+    };
+    assert!(refused().await);
+    // Confirming is an admin's, audited.
+    let path = format!("/api/v1/targets/{id}/host-key");
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(&operator),
+            Some(json!({"fingerprint": key})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(&admin),
+            Some(json!({"fingerprint": "SHA256:nope"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+    let r = api
+        .call(
+            "PUT",
+            &path,
+            Some(&admin),
+            Some(json!({"fingerprint": key})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["host_key"], key, "{}", r.body);
+    let r = api.call("GET", "/api/v1/audit", Some(&admin), None).await;
+    assert!(
+        r.body.to_string().contains("confirm_host_key") && r.body.to_string().contains(key),
+        "{}",
+        r.body
+    );
+    assert!(!refused().await);
+    // Edits keep the key while the server stays; another host or port forgets it.
+    let edit = |url: &str| json!({"name": "nas", "url": url});
+    let r = api
+        .call(
+            "PUT",
+            &format!("/api/v1/targets/{id}"),
+            Some(&admin),
+            Some(edit("sftp://backup@nas:2222/other-folder")),
+        )
+        .await;
+    assert_eq!(r.body["host_key"], key, "{}", r.body);
+    let r = api
+        .call(
+            "PUT",
+            &format!("/api/v1/targets/{id}"),
+            Some(&admin),
+            Some(edit("sftp://backup@nas2:2222/other-folder")),
+        )
+        .await;
+    assert!(r.body["host_key"].is_null(), "{}", r.body);
+    // Only SFTP targets have one to confirm.
+    let r = api
+        .call(
+            "POST",
+            "/api/v1/targets",
+            Some(&admin),
+            Some(json!({"name": "local", "url": "/srv/images"})),
+        )
+        .await;
+    let local = r.body["id"].as_i64().expect("id");
+    let r = api
+        .call(
+            "PUT",
+            &format!("/api/v1/targets/{local}/host-key"),
+            Some(&admin),
+            Some(json!({"fingerprint": key})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.body);
+}

@@ -127,6 +127,13 @@ const MATRIX: &[(&str, &str, Needs, &str, &str)] = &[
     ),
     ("delete", "/api/v1/targets/{id}", Admin, "", ""),
     (
+        "put",
+        "/api/v1/targets/{id}/host-key",
+        Admin,
+        "",
+        r#"{"fingerprint":"SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"}"#,
+    ),
+    (
         "post",
         "/api/v1/targets/{id}/test",
         Operator,

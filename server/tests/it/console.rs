@@ -202,6 +202,23 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
         .script("return document.body.innerHTML", &[])
         .to_string()
         .contains(PASSWORD));
+    // The server's host key is shown before anything logs in, and trusted by a click.
+    assert!(b.text("#host-key").contains("not confirmed"));
+    b.click("#test-form button[type=submit]");
+    b.wait("the offered host key", 60, |b| {
+        !b.text("#host-key-offer code").is_empty()
+    });
+    assert!(b.text("#test-result").contains("must be confirmed"));
+    assert_eq!(
+        b.text("#host-key-offer code"),
+        sshd.host_key_fingerprint(),
+        "the key shown is the one OpenSSH's ssh-keygen -lf shows"
+    );
+    b.shot("06-target-host-key");
+    b.click("#trust-key");
+    b.wait("the confirmed key", 15, |b| {
+        b.text("#host-key").contains(&sshd.host_key_fingerprint())
+    });
     b.click("#test-form button[type=submit]");
     b.wait("the connection test", 60, |b| {
         b.text("#test-result").starts_with("OK")

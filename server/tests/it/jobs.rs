@@ -65,8 +65,28 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
         &format!("/api/v1/targets/{target_id}/test"),
         Some(&agent_body),
     );
+    // First the server's host key only, unconfirmed; confirmed, the test runs in full.
+    assert_eq!(tested["ok"], false, "{tested}");
+    let key = sshd.host_key_fingerprint();
+    assert_eq!(
+        tested["host_key"],
+        json!({"fingerprint": key, "confirmed": false}),
+        "{tested}"
+    );
+    let confirmed = api.call(
+        "PUT",
+        &format!("/api/v1/targets/{target_id}/host-key"),
+        Some(&json!({ "fingerprint": key }).to_string()),
+    );
+    assert_eq!(confirmed["host_key"], key.as_str(), "{confirmed}");
+    let tested = api.call(
+        "POST",
+        &format!("/api/v1/targets/{target_id}/test"),
+        Some(&agent_body),
+    );
     assert_eq!(tested["ok"], true, "{tested}");
     assert_eq!(tested["bytes"], 1 << 20, "{tested}");
+    assert_eq!(tested["host_key"]["confirmed"], true, "{tested}");
     let bad = api.call(
         "POST",
         "/api/v1/targets",
@@ -76,6 +96,7 @@ fn job_images_a_loop_device_to_sftp_as_an_incremental_chain_that_restores() {
                 "url": format!("sftp://127.0.0.1:{}{}", sshd.port, sshd.data.display()),
                 "username": USER,
                 "password": "not-the-password",
+                "host_key": key,
             })
             .to_string(),
         ),
@@ -373,6 +394,7 @@ fn jobs_survive_cancel_agent_crash_server_restart_and_failing_commands() {
                 "url": format!("sftp://127.0.0.1:{}{}", sshd.port, sshd.data.display()),
                 "username": USER,
                 "password": PASSWORD,
+                "host_key": sshd.host_key_fingerprint(),
             })
             .to_string(),
         ),

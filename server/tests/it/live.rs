@@ -324,6 +324,7 @@ fn running_volumes_are_imaged_consistently_through_the_server_and_an_agent_in_a_
                 "url": format!("sftp://10.0.2.2:{}{}", sshd.port, sshd.data.display()),
                 "username": USER,
                 "password": PASSWORD,
+                "host_key": sshd.host_key_fingerprint(),
             })
             .to_string(),
         ),

@@ -582,7 +582,8 @@ fn scheduled_chains_on_two_agents_go_to_sftp_and_smb_with_retention_and_mail() {
         "POST",
         "/api/v1/targets",
         json!({"name": "sftp in the lab", "username": USER, "password": PASSWORD,
-            "url": format!("sftp://{SERVER_IP}:{}{}", sshd.port, sshd.data.display())}),
+            "url": format!("sftp://{SERVER_IP}:{}{}", sshd.port, sshd.data.display()),
+            "host_key": sshd.host_key_fingerprint()}),
     );
     let smb = api(
         "POST",

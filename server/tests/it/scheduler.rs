@@ -118,6 +118,7 @@ impl Setup {
                 url: "/srv/images",
                 username: None,
                 ca_pem: None,
+                host_key: None,
                 notes: "",
             })
             .await

@@ -240,6 +240,7 @@ async fn exercise_jobs(store: &Store) {
         url: "smb://nas/share",
         username: Some("bk"),
         ca_pem: None,
+        host_key: None,
         notes: "",
     };
     let t = changed(store, async |c| c.create_target(&fields).await)

@@ -270,6 +270,9 @@ pub fn sftp_creds(sshd: &Sshd, use_key: bool) -> Credentials {
         private_key: use_key.then(|| sshd.client_key.clone()),
         passphrase: None,
         known_hosts: Some(sshd.dir.path().join("known_hosts")),
+        // Both pins: the key an admin confirmed (with key logins), the known-hosts file
+        // (with passwords).
+        host_key: use_key.then(|| sshd.host_key_fingerprint()),
         ca_file: None,
     }
 }
