@@ -11,7 +11,8 @@
 #    and mount filesystems, so they need root),
 # 4. runs, failing fast: cargo fmt --check, cargo clippy -D warnings, the tests
 #    (the doc tests then cargo nextest when nextest is installed; plain
-#    cargo test otherwise), then the storage, filesystem and snapshot benchmarks at a tiny size.
+#    cargo test otherwise), then the storage, filesystem and snapshot benchmarks at a tiny size,
+#    then every fuzz target for 15 s (FUZZ_SECONDS) from its corpus (scripts/fuzz.sh).
 #
 # Environment:
 #   CARGO_TARGET_DIR  defaults to /var/tmp/holdfast-target, so that repeated
@@ -48,6 +49,7 @@ PACKAGES=(
     iproute2    # ip netns: the multi-agent test runs each agent in its own network namespace
     passwd      # useradd, chpasswd: the throwaway user the SFTP tests log in as
     gcc         # C compiler and linker for Rust build scripts and -sys crates
+    g++         # libFuzzer's C++ runtime, built by libfuzzer-sys for scripts/fuzz.sh
     libc6-dev   # C runtime files gcc needs to link (not pulled without recommends)
     pkg-config  # locating system libraries for -sys crates (openssl-sys)
     libssl-dev  # OpenSSL headers for openssl-sys (TLS to the server)
@@ -223,6 +225,7 @@ fi
 # 4. Checks and tests ---------------------------------------------------------
 
 run_stage "cargo fmt" cargo fmt --all --check
+run_stage "cargo fmt (fuzz targets)" cargo fmt --manifest-path fuzz/Cargo.toml --check
 run_stage "cargo clippy" cargo clippy --workspace --all-targets -- -D warnings
 # The server builds holdfast-targets without its network backends: keep that build sound.
 run_stage "cargo clippy (targets without backends)" \
@@ -259,6 +262,11 @@ if ((IS_ROOT == 1)); then
 else
     warn "not running as root: skipping the storage, filesystem, browse and snapshot benchmarks (they start servers, a user, loop devices and the VM)"
 fi
+
+# Every fuzz target for a short while from its committed corpus, so that none stops
+# building or running unnoticed (the long runs: scripts/fuzz.sh TARGET SECONDS, figures in
+# docs/reliability.md).
+run_stage "fuzz every parser (${FUZZ_SECONDS:-15} s each)" scripts/fuzz.sh all "${FUZZ_SECONDS:-15}"
 
 # The console tests' screenshots, to look at (cargo's CARGO_TARGET_TMPDIR).
 echo "console screenshots: $(cargo metadata --format-version 1 --no-deps 2>/dev/null \
