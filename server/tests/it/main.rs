@@ -8,6 +8,7 @@ mod browser;
 mod channel;
 mod console;
 mod console_files;
+mod crash;
 mod drill;
 mod files;
 mod fleet;
