@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Make the seed corpora in fuzz/corpus/ from real files: images written by holdfast-agent,
-# filesystems made by their own mkfs, partition tables by sfdisk, job files and agent
-# messages as the server and agents write them, target URLs. Run as root from the
+# Make the seed corpora in fuzz/corpus/: images written by holdfast-agent, filesystems made
+# by their own mkfs, partition tables by sfdisk; job files, agent messages and target URLs
+# written by hand in the forms the server and agents use. Run as root from the
 # repository (needs the agent built: cargo build -p holdfast-agent, and the Debian
 # packages of scripts/test.sh). Seeds are at most 1 MiB (scripts/fuzz.sh's -max_len).
 set -euo pipefail
@@ -52,7 +52,7 @@ printf 'label: dos\nstart=64, size=512, type=83\nstart=600, type=5\nstart=640, s
 printf 'label: gpt\nstart=34, size=512\nstart=546, size=400\n' | sfdisk -q "$work/gpt.img"
 for t in mbr gpt; do { printf '\x00'; cat "$work/$t.img"; } >"$c/partition_table/$t"; done
 
-# Job files, as exported.
+# Job files in the exported form (written by hand: the fields of docs/jobs.md).
 cat >"$c/job_file/nightly.json" <<'JSON'
 {"name":"nightly","enabled":true,"spec":{"agents":[1],"source":"/dev/sda1","target_id":1,"folder":"web","name":"{hostname}-{date}","method":"incremental","chain_length":7,"compression":"zstd","schedule":{"kind":"daily","every":1,"time":"02:00","timezone":"Europe/Berlin"},"retention":{"keep_chains":3},"verify":true}}
 JSON
