@@ -189,6 +189,18 @@ pub struct CreateArgs {
     /// Base image for --incremental / --differential.
     #[arg(long)]
     pub base: Option<PathBuf>,
+    /// Hash every used block of an incremental instead of reading only what the filesystem
+    /// says changed since --base (ext2/3/4: files whose inode change time is newer).
+    #[arg(long)]
+    pub no_change_tracking: bool,
+    /// Every Nth incremental of a chain hashes every used block, as a safeguard (0: only when
+    /// the base's state cannot be trusted).
+    #[arg(long, default_value_t = holdfast_image::changes::DEFAULT_FULL_HASH_EVERY)]
+    pub full_hash_every: u32,
+    /// Files changed up to this many seconds before the base's snapshot are read again
+    /// (covers clock ticks and adjustments between the agent and the kernel).
+    #[arg(long, default_value_t = holdfast_image::changes::DEFAULT_MARGIN_SECS, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub change_margin: u32,
     /// zstd level, 0 (store) to 22.
     #[arg(long, default_value_t = 3)]
     pub compression_level: i32,

@@ -47,7 +47,10 @@ pub struct Created {
     /// How a consistent state was obtained (`unmounted`, `frozen: …`, `locked: …`, `live: …`).
     pub consistency: String,
     pub warnings: Vec<String>,
+    /// Bytes read from the source: the blocks hashed plus what finding changes took.
     pub read_bytes: u64,
+    /// How the changed blocks were found, and what it cost.
+    pub changes: ChangeSummary,
     pub data_bytes: u64,
     pub image_bytes: u64,
     pub parts: u32,
@@ -63,6 +66,21 @@ pub struct Created {
     pub commands: Vec<CommandRun>,
     /// With `--sample-files`: files of the source as held, with checksums.
     pub sample: Vec<holdfast_proto::job::SampleFile>,
+}
+
+/// How an image found its changed blocks (`image create --json`, `changes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSummary {
+    /// The change source used (e.g. `ext4 inode change times`) or `full hash pass`.
+    pub pass: String,
+    /// Why a full hash pass ran instead of a change-tracked one.
+    pub reason: Option<String>,
+    /// Bytes of the source read and hashed block by block.
+    pub hashed_bytes: u64,
+    /// Bytes read to find the changes (inode tables, extent trees).
+    pub scanned_bytes: u64,
+    /// Bytes of used blocks taken from the base image without reading them.
+    pub skipped_bytes: u64,
 }
 
 /// A command run around the instant an image is taken of (see `crate::snapshot_commands`).

@@ -24,6 +24,7 @@
 pub mod blocks;
 pub mod chain;
 pub mod chain_reader;
+pub mod changes;
 pub mod convert;
 pub mod crypto;
 pub mod direct;

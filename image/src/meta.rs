@@ -144,4 +144,8 @@ pub struct Metadata {
     /// Warnings raised while imaging (e.g. unknown filesystem, imaged forensically).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// What the next change-tracked incremental needs to know (absent from images made
+    /// before change tracking existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<crate::changes::ChangeState>,
 }

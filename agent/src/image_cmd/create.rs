@@ -8,8 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use holdfast_image::blocks::DeviceBlocks;
+use holdfast_image::blocks::{BlockSource, DeviceBlocks};
 use holdfast_image::chain::Chain;
+use holdfast_image::changes::{self, Settings, TrackedBlocks};
 use holdfast_image::crypto::Cipher;
 use holdfast_image::extents::Extents;
 use holdfast_image::header::{Coverage, Kind};
@@ -260,6 +261,8 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         }
         commands.push(run);
     }
+    // Taken before the hold: every change after it is seen by the next incremental.
+    let held_at = i64::try_from(holdfast_image::writer::now()).unwrap_or(i64::MAX);
     let held = choice.apply(asked, max_freeze, held_file)?;
     // A snapshot is read instead of the source (and closed before it is removed); of a LUKS
     // volume's mapping, instead of the mapping.
@@ -319,6 +322,28 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         (None, Some(bs)) => u32::try_from(bs).context("block size too large")?,
         (None, None) => default_block_size(dev.size),
     };
+    // How the changed blocks are found: from the filesystem where it can tell, else by
+    // hashing every used block.
+    let tracking = changes::plan(
+        reader,
+        &plan.source,
+        kind,
+        base_chain
+            .as_ref()
+            .and_then(|c| c.point().meta.changes.as_ref()),
+        held_at,
+        Settings {
+            enabled: !a.no_change_tracking && !live,
+            full_hash_every: a.full_hash_every,
+            margin_secs: a.change_margin,
+        },
+    );
+    let tracking_off_reason = (live && kind != Kind::Full)
+        .then(|| "imaged live, without a snapshot: every block hashed".to_owned());
+    let mut change_state = tracking.state.clone();
+    if let Some(why) = &tracking_off_reason {
+        change_state.reason = Some(why.clone());
+    }
     let meta = Metadata {
         host: hostname(),
         source: plan.source.clone(),
@@ -335,6 +360,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         live,
         consistency,
         warnings: plan.warnings.clone(),
+        changes: Some(change_state.clone()),
     };
     if !a.common.json {
         for w in &plan.warnings {
@@ -354,15 +380,23 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         block_size,
         a.source.display().to_string(),
     );
-    let bar = Bar::new(&a.common);
     let parent_index = base_chain.as_ref().map(|c| &c.point().index);
+    let tracked = parent_index
+        .filter(|_| !tracking.unchanged.is_empty())
+        .map(|base| TrackedBlocks::new(&blocks, base, &tracking.unchanged));
+    let skipped_bytes = tracked.as_ref().map_or(0, |t| t.skipped_bytes());
+    let source: &dyn BlockSource = match &tracked {
+        Some(t) => t,
+        None => &blocks,
+    };
+    let bar = Bar::new(&a.common);
     let t0 = Instant::now();
     let stop = Cancel::new();
     let done = AtomicBool::new(false);
     let (summary, stopped) = std::thread::scope(|s| {
         let watch = s.spawn(|| watch(&held, &stop, &done));
         let summary = write_image(
-            &blocks,
+            source,
             &ident,
             &meta,
             parent_index,
@@ -374,6 +408,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         done.store(true, Ordering::Relaxed);
         (summary, watch.join().unwrap_or(None))
     });
+    drop(tracked);
     drop(blocks);
     // Still held: the files a restore drill will compare against, as they were imaged.
     let sample = if a.sample_files && summary.is_ok() && stopped.is_none() {
@@ -458,7 +493,14 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
             block_size,
             consistency: consistency.clone(),
             warnings: warnings.clone(),
-            read_bytes: summary.read_bytes,
+            read_bytes: summary.read_bytes + tracking.scanned_bytes,
+            changes: crate::outcome::ChangeSummary {
+                pass: change_state.pass.clone(),
+                reason: change_state.reason.clone(),
+                hashed_bytes: summary.read_bytes,
+                scanned_bytes: tracking.scanned_bytes,
+                skipped_bytes,
+            },
             data_bytes: summary.data_bytes,
             image_bytes: summary.image_bytes,
             parts: summary.parts,
@@ -485,6 +527,17 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
             bytes(summary.image_bytes),
             summary.parts
         );
+        if kind != Kind::Full {
+            match &change_state.reason {
+                Some(why) => println!("changes: {}: {why}", change_state.pass),
+                None => println!(
+                    "changes: {}: {} read to find them, {} taken from the base unread",
+                    change_state.pass,
+                    bytes(tracking.scanned_bytes),
+                    bytes(skipped_bytes)
+                ),
+            }
+        }
         if let Some(r) = &verified {
             println!(
                 "verified: {} frames, {} blocks checked, {} damaged ranges",

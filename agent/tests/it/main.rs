@@ -4,6 +4,7 @@
 //! a test skips with a message on a developer's machine, and fails when `CI` is set.
 
 mod chains;
+mod change_tracking;
 mod consistency;
 mod disks;
 mod dm_snapshot;

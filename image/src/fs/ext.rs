@@ -56,6 +56,8 @@ use super::{
 use crate::extents::Extents;
 use crate::io::ReadAt;
 
+mod changes;
+
 const FS: &str = "ext";
 const SB_OFFSET: u64 = 1024;
 const SB_SIZE: usize = 1024;
@@ -125,6 +127,8 @@ const RO_REFUSED: &[(u32, &str)] = &[
 const EXT3_INCOMPAT: u32 = INCOMPAT_FILETYPE | INCOMPAT_RECOVER | INCOMPAT_META_BG;
 const EXT3_RO_COMPAT: u32 = RO_SPARSE_SUPER | 0x2 | 0x4;
 
+/// Group descriptor flag: the inode table and bitmap are not initialised (no inode in use).
+const BG_INODE_UNINIT: u16 = 0x1;
 /// Group descriptor flag: the block bitmap is not initialised.
 const BG_BLOCK_UNINIT: u16 = 0x2;
 
@@ -149,6 +153,10 @@ struct Superblock {
     inode_size: u64,
     /// The journal's inode (0: none).
     journal_inum: u64,
+    /// The first inode that can belong to a user's file (11 before revision 1).
+    first_ino: u64,
+    /// Mounts since the last check (`s_mnt_count`).
+    mount_count: u16,
     groups: u64,
     desc_size: u64,
     gdt_blocks: u64,
@@ -309,6 +317,12 @@ impl Superblock {
             blocks_per_group,
             inodes_per_group,
             inode_size,
+            first_ino: if le32(sb, 0x4C) == 0 {
+                11
+            } else {
+                u64::from(le32(sb, 0x54))
+            },
+            mount_count: le16(sb, 0x34),
             journal_inum: if compat & COMPAT_HAS_JOURNAL != 0 {
                 u64::from(le32(sb, 0xE0))
             } else {
@@ -425,6 +439,8 @@ struct GroupDesc {
     inode_bitmap: u64,
     inode_table: u64,
     flags: u16,
+    /// Inodes at the end of the group's table never used (`bg_itable_unused`).
+    itable_unused: u64,
 }
 
 impl GroupDesc {
@@ -442,6 +458,12 @@ impl GroupDesc {
             inode_bitmap: loc(0x4, 0x24),
             inode_table: loc(0x8, 0x28),
             flags: le16(d, 0x12),
+            itable_unused: u64::from(le16(d, 0x1C))
+                | if wide {
+                    u64::from(le16(d, 0x32)) << 16
+                } else {
+                    0
+                },
         }
     }
 }
@@ -495,6 +517,14 @@ impl FilesystemReader for ExtReader {
             }
         }
         Ok(used)
+    }
+
+    fn mount_count(&self, vol: &dyn ReadAt) -> Result<Option<u64>, FsError> {
+        Ok(Superblock::read(vol)?.map(|sb| u64::from(sb.mount_count)))
+    }
+
+    fn unchanged_since(&self, vol: &dyn ReadAt, since: i64) -> Result<Option<Extents>, FsError> {
+        changes::unchanged_since(vol, since).map(Some)
     }
 }
 
@@ -720,6 +750,36 @@ fn extent_blocks(
     depth_left: u32,
     map: &mut [u64],
 ) -> Result<(), FsError> {
+    walk_extents(vol, sb, node, depth_left, &mut |e| {
+        for k in 0..e.len {
+            if let Some(m) = usize::try_from(e.logical + k)
+                .ok()
+                .and_then(|i| map.get_mut(i))
+            {
+                *m = e.start + k;
+            }
+        }
+    })
+}
+
+/// One leaf extent: `len` blocks of the file from block `logical` live at block `start`.
+struct LeafExtent {
+    logical: u64,
+    start: u64,
+    len: u64,
+    /// Allocated but never written (preallocated): reads as zeros whatever the disk holds.
+    unwritten: bool,
+}
+
+/// Call `leaf` for every leaf extent under the extent tree node `node`, reading index nodes
+/// from the volume; at most `depth_left` levels deep.
+fn walk_extents(
+    vol: &dyn ReadAt,
+    sb: &Superblock,
+    node: &[u8],
+    depth_left: u32,
+    leaf: &mut dyn FnMut(LeafExtent),
+) -> Result<(), FsError> {
     if le16(node, 0) != 0xF30A {
         return Err(FsError::corrupt(FS, "an extent tree node has no magic"));
     }
@@ -730,18 +790,14 @@ fn extent_blocks(
     }
     for e in node[12..12 + entries * 12].chunks_exact(12) {
         if depth == 0 {
-            let logical = u64::from(le32(e, 0));
-            let len = u64::from(le16(e, 4));
-            let len = if len > 32768 { len - 32768 } else { len };
-            let start = u64::from(le16(e, 6)) << 32 | u64::from(le32(e, 8));
-            for k in 0..len {
-                if let Some(m) = usize::try_from(logical + k)
-                    .ok()
-                    .and_then(|i| map.get_mut(i))
-                {
-                    *m = start + k;
-                }
-            }
+            let raw_len = u64::from(le16(e, 4));
+            let unwritten = raw_len > 32768;
+            leaf(LeafExtent {
+                logical: u64::from(le32(e, 0)),
+                start: u64::from(le16(e, 6)) << 32 | u64::from(le32(e, 8)),
+                len: if unwritten { raw_len - 32768 } else { raw_len },
+                unwritten,
+            });
         } else {
             let child = u64::from(le32(e, 4)) | u64::from(le16(e, 8)) << 32;
             if child == 0 || child >= sb.blocks_count {
@@ -752,7 +808,7 @@ fn extent_blocks(
             }
             let mut buf = vec![0u8; usize::try_from(sb.block_size).unwrap_or(0)];
             read_at(vol, FS, &mut buf, child * sb.block_size)?;
-            extent_blocks(vol, sb, &buf, u32::from(depth), map)?;
+            walk_extents(vol, sb, &buf, u32::from(depth), leaf)?;
         }
     }
     Ok(())
@@ -922,6 +978,38 @@ mod tests {
         let found = detect_and_verify(&made, "ext4", 4096);
         // The journal (inode 8, 4 MiB here) is covered through the bitmap.
         assert!(found.info.used_bytes >= data_bytes(&made) + (4 << 20));
+    }
+
+    #[test]
+    fn unchanged_file_data_is_named_by_change_time() {
+        let Some(made) = make("mkfs.ext4", 64 << 20, &["-b", "4096"]) else {
+            return;
+        };
+        let vol = open(&made.image);
+        let found = detect(&vol).expect("detect").expect("ext4");
+        let all = ExtReader
+            .unchanged_since(&vol, i64::MAX)
+            .expect("scan")
+            .expect("ext tracks changes");
+        // Every file's data, and nothing the filesystem does not use.
+        assert!(all.total() >= data_bytes(&made), "{} named", all.total());
+        let mut outside = all.clone();
+        for &(s, e) in found.used.ranges() {
+            outside.remove(s, e - s);
+        }
+        assert!(
+            outside.is_empty(),
+            "named unused ranges {:?}",
+            outside.ranges()
+        );
+        // Nothing is older than the epoch; the journal (inode 8) is never named.
+        let none = ExtReader
+            .unchanged_since(&vol, 0)
+            .expect("scan")
+            .expect("ext");
+        assert!(none.is_empty());
+        assert!(all.total() < found.used.total() - (4 << 20));
+        assert_eq!(ExtReader.mount_count(&vol).expect("sb"), Some(0));
     }
 
     #[test]

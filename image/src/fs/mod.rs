@@ -117,6 +117,32 @@ pub trait FilesystemReader: Sync {
     /// FATs, root directory, allocated data). Being conservative (marking more as used) is
     /// always safe; marking a needed block unused loses data. `info` comes from `probe`.
     fn used_extents(&self, vol: &dyn ReadAt, info: &FsInfo) -> Result<Extents, FsError>;
+
+    /// How many times the filesystem has been mounted, by its own count, when it keeps one
+    /// (ext: `s_mnt_count`). A change between two images means it was mounted in between,
+    /// perhaps elsewhere with another clock, so change times cannot be trusted.
+    fn mount_count(&self, _vol: &dyn ReadAt) -> Result<Option<u64>, FsError> {
+        Ok(None)
+    }
+
+    /// Byte ranges, relative to the volume start, that hold only file data unchanged since
+    /// `since` (Unix seconds), for change-tracked incrementals: their blocks may be taken from
+    /// the base image without reading them. Missing a range only costs a read; naming a range
+    /// that changed puts stale data in the image, so a reader names only what its
+    /// filesystem's rules guarantee. `Ok(None)` when this reader cannot tell.
+    fn unchanged_since(&self, _vol: &dyn ReadAt, _since: i64) -> Result<Option<Extents>, FsError> {
+        Ok(None)
+    }
+}
+
+/// The reader whose filesystem `vol` holds, if any.
+pub fn reader_of(vol: &dyn ReadAt) -> Result<Option<&'static dyn FilesystemReader>, FsError> {
+    for &reader in READERS {
+        if reader.probe(vol)?.is_some() {
+            return Ok(Some(reader));
+        }
+    }
+    Ok(None)
 }
 
 /// Every supported filesystem, tried in this order by [`detect`].

@@ -66,6 +66,7 @@ pub fn meta() -> Metadata {
         live: false,
         consistency: "unmounted".into(),
         warnings: vec![],
+        changes: None,
     }
 }
 
