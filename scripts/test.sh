@@ -30,6 +30,8 @@ PACKAGES=(
     util-linux  # partx, blkid, wipefs: partition discovery in whole-disk tests
     mount       # losetup, mount, umount: loop devices for the image and restore tests
     zstd        # zstd CLI: cross-checking compressed streams, benchmarks
+    restic      # restic: the change-tracking benchmark compares its second backup
+    borgbackup  # borg: the same, for borg
     partclone   # partclone.*: reference images compared against ours
     xfsprogs    # mkfs.xfs, xfs_repair, xfs_io: XFS fixtures (used-sector reader, freeze)
     exfatprogs  # mkfs.exfat, fsck.exfat, dump.exfat: exFAT fixtures of the image tests
@@ -253,6 +255,9 @@ if ((IS_ROOT == 1)); then
     run_stage "benchmark: filesystems vs partclone (tiny)" env BENCH_RUNS=1 BENCH_WARMUP=0 \
         BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/filesystems.sh 32 /var/tmp/holdfast-fsbench-tiny
+    run_stage "benchmark: change-tracked incrementals (tiny)" env BENCH_RUNS=1 BENCH_STRICT=1 \
+        HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
+        scripts/bench/changes.sh 32 /var/tmp/holdfast-cbench-tiny
     run_stage "benchmark: browse and extract vs restore first (tiny)" env BENCH_RUNS=1 \
         BENCH_WARMUP=0 BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/browse.sh 32 /var/tmp/holdfast-bbench-tiny

@@ -83,6 +83,27 @@ pub struct ChangeSummary {
     pub skipped_bytes: u64,
 }
 
+impl ChangeSummary {
+    /// One line for a report: how the changes were found, or why every block was hashed.
+    pub fn describe(&self) -> String {
+        let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+        match &self.reason {
+            Some(why) => format!(
+                "{}: {why}; {:.1} MiB read and hashed",
+                self.pass,
+                mib(self.hashed_bytes)
+            ),
+            None => format!(
+                "{}: {:.1} MiB read and hashed, {:.1} MiB read to find the changes, {:.1} MiB unchanged and not read",
+                self.pass,
+                mib(self.hashed_bytes),
+                mib(self.scanned_bytes),
+                mib(self.skipped_bytes)
+            ),
+        }
+    }
+}
+
 /// A command run around the instant an image is taken of (see `crate::snapshot_commands`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandRun {

@@ -192,6 +192,25 @@ pub struct ImageTask {
     pub after_snapshot: Option<String>,
     /// The time limit of each, in seconds.
     pub snapshot_command_timeout_secs: u32,
+    /// Find an incremental's changed blocks from the filesystem (where it can tell) instead
+    /// of hashing every used block.
+    #[serde(default = "yes")]
+    pub change_tracking: bool,
+    /// Every this many incrementals hash every used block (0: only when the base's state
+    /// cannot be trusted).
+    #[serde(default = "default_full_hash_every")]
+    pub full_hash_every: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The full hash pass runs every 7th incremental unless the job says otherwise.
+pub const DEFAULT_FULL_HASH_EVERY: u32 = 7;
+
+fn default_full_hash_every() -> u32 {
+    DEFAULT_FULL_HASH_EVERY
 }
 
 /// Files or folders of an image point copied back onto the agent's machine.
@@ -430,6 +449,10 @@ pub struct ImageWritten {
     /// drills; empty when not asked for or not possible).
     #[serde(default)]
     pub sample: Vec<SampleFile>,
+    /// How an incremental or differential found its changed blocks (a change source, or
+    /// a full hash pass and why); none for a full image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<String>,
 }
 
 /// How a stored image was found when validated again.

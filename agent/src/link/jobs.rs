@@ -412,6 +412,11 @@ impl Jobs {
                         }
                     ),
                 ));
+                if let Some(c) = &written.changes {
+                    report
+                        .steps
+                        .push(step(StepStatus::Info, "Changes", c.clone()));
+                }
                 // A forensic fallback or a live source is not what was asked for.
                 for w in &written.warnings {
                     report
@@ -621,6 +626,8 @@ impl Jobs {
             warnings: created.warnings,
             source_size: created.source_size,
             sample: created.sample,
+            changes: (created.kind != holdfast_image::header::Kind::Full)
+                .then(|| created.changes.describe()),
         })
     }
 
@@ -975,7 +982,12 @@ impl Jobs {
             .arg("--snapshot-size")
             .arg(task.snapshot_percent.to_string())
             .arg("--snapshot-command-timeout")
-            .arg(task.snapshot_command_timeout_secs.to_string());
+            .arg(task.snapshot_command_timeout_secs.to_string())
+            .arg("--full-hash-every")
+            .arg(task.full_hash_every.to_string());
+        if !task.change_tracking {
+            cmd.arg("--no-change-tracking");
+        }
         if let Some(c) = &task.before_snapshot {
             cmd.arg("--before-snapshot").arg(c);
         }

@@ -856,7 +856,8 @@ mod tests {
     use super::*;
     use crate::fs::detect;
     use crate::fs::test_support::{
-        blkid, copy_used, image_file, open, populate, pseudo_random, run, tool, Made,
+        blkid, copy_used, image_file, open, populate, pseudo_random, run, tool,
+        written_file_extents, Made,
     };
     use std::os::unix::fs::FileExt;
     use std::path::Path;
@@ -991,8 +992,9 @@ mod tests {
             .unchanged_since(&vol, i64::MAX)
             .expect("scan")
             .expect("ext tracks changes");
-        // Every file's data, and nothing the filesystem does not use.
-        assert!(all.total() >= data_bytes(&made), "{} named", all.total());
+        // Every file's written data, as the kernel maps it, and nothing else.
+        let want = written_file_extents(&made.image, &made.dir.path().join("fiemap"));
+        assert_eq!(all, want, "named vs the kernel's file extents");
         let mut outside = all.clone();
         for &(s, e) in found.used.ranges() {
             outside.remove(s, e - s);

@@ -404,6 +404,56 @@ pub(crate) mod test_support {
         );
     }
 
+    /// The written extents of every regular file of the volume in `image`, as byte ranges,
+    /// as the kernel reports them (`filefrag -v`, mounted read-only): what a change scan
+    /// with every file unchanged must name, exactly.
+    pub fn written_file_extents(image: &Path, mnt: &Path) -> Extents {
+        let m = LoopMount::new(image, mnt, "ro");
+        let mut files = Vec::new();
+        let mut stack = vec![m.0.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).expect("read dir").flatten() {
+                let t = e.file_type().expect("type");
+                if t.is_dir() {
+                    stack.push(e.path());
+                } else if t.is_file() {
+                    files.push(e.path());
+                }
+            }
+        }
+        let mut out = Extents::new();
+        for f in files {
+            let o = run(Command::new(tool("filefrag").expect("filefrag"))
+                .arg("-v")
+                .arg(&f));
+            let text = String::from_utf8_lossy(&o.stdout);
+            // "File size of F is 81920 (20 blocks of 4096 bytes)"
+            let bs: u64 = text
+                .rsplit('(')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(3)?.parse().ok())
+                .expect("block size in filefrag's output");
+            // "  0:        0..     767:      34304..     35071:    768:             last,eof"
+            for line in text
+                .lines()
+                .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            {
+                let cols: Vec<&str> = line.split(':').map(str::trim).collect();
+                if cols.len() < 4 || line.contains("unwritten") || line.contains("inline") {
+                    continue;
+                }
+                let start: u64 = cols[2]
+                    .split("..")
+                    .next()
+                    .and_then(|s| s.trim().parse().ok())
+                    .expect("start");
+                let len: u64 = cols[3].parse().expect("length");
+                out.add(start * bs, len * bs);
+            }
+        }
+        out
+    }
+
     /// A test volume: its folder, the image file, and (path, content) of the files put in.
     pub struct Made {
         pub dir: tempfile::TempDir,

@@ -35,6 +35,8 @@ use super::{padded_text, read_at, FilesystemReader, FsError, FsInfo};
 use crate::extents::Extents;
 use crate::io::ReadAt;
 
+mod changes;
+
 const FS: &str = "xfs";
 const SB_MAGIC: &[u8; 4] = b"XFSB";
 const AGF_MAGIC: &[u8; 4] = b"XAGF";
@@ -107,6 +109,10 @@ struct Superblock {
     sector_size: u16,
     label: Option<String>,
     ag_blk_log: u8,
+    /// Bytes per inode (`sb_inodesize`).
+    inode_size: u16,
+    /// Log2 of inodes per block (`sb_inopblog`).
+    inopb_log: u8,
     free_blocks: u64,
     ro_compat: u32,
     incompat: u32,
@@ -137,6 +143,8 @@ impl Superblock {
             sector_size: be16(&b, 102),
             label: padded_text(&b[108..120]),
             ag_blk_log: b[124],
+            inode_size: be16(&b, 104),
+            inopb_log: b[123],
             free_blocks: be64(&b, 144),
             ro_compat: be32(&b, 212),
             incompat: be32(&b, 216),
@@ -149,6 +157,9 @@ impl Superblock {
             && sb.ag_blocks >= 16
             && sb.ag_count >= 1
             && sb.ag_blk_log < 32
+            && sb.inode_size.is_power_of_two()
+            && (256..=2048).contains(&sb.inode_size)
+            && u32::from(sb.inode_size) << sb.inopb_log == sb.block_size
             && u64::from(sb.ag_blocks) <= 1 << sb.ag_blk_log
             && sb.dblocks <= u64::from(sb.ag_blocks) * u64::from(sb.ag_count)
             && sb.dblocks > u64::from(sb.ag_blocks) * u64::from(sb.ag_count - 1);
@@ -272,6 +283,10 @@ impl FilesystemReader for XfsReader {
             }
         }
         Ok(used)
+    }
+
+    fn unchanged_since(&self, vol: &dyn ReadAt, since: i64) -> Result<Option<Extents>, FsError> {
+        changes::unchanged_since(vol, since).map(Some)
     }
 }
 
@@ -670,7 +685,7 @@ mod tests {
     use crate::fs::detect;
     use crate::fs::test_support::{
         assert_covers, checked_copy, image_file, open, populate, pseudo_random, run, tool,
-        LoopMount, Made,
+        written_file_extents, LoopMount, Made,
     };
     use std::path::Path;
     use std::process::Command;
@@ -769,6 +784,25 @@ mod tests {
             let got = std::fs::read(m.0.join(rel)).unwrap_or_default();
             assert!(got == *want, "{rel} differs after the used-only copy");
         }
+    }
+
+    #[test]
+    fn unchanged_file_data_is_every_written_extent_the_kernel_reports() {
+        let Some(made) = make(&[]) else {
+            return;
+        };
+        let vol = open(&made.image);
+        let named = XfsReader
+            .unchanged_since(&vol, i64::MAX)
+            .expect("scan")
+            .expect("xfs tracks changes");
+        let want = written_file_extents(&made.image, &made.dir.path().join("fiemap"));
+        assert_eq!(named, want, "named vs the kernel's file extents");
+        let none = XfsReader
+            .unchanged_since(&vol, 0)
+            .expect("scan")
+            .expect("xfs");
+        assert!(none.is_empty());
     }
 
     #[test]

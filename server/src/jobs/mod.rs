@@ -522,6 +522,8 @@ impl Dispatcher {
                     .filter(|c| !c.trim().is_empty()),
                 after_snapshot: spec.after_snapshot.clone().filter(|c| !c.trim().is_empty()),
                 snapshot_command_timeout_secs: spec.snapshot_command_timeout_seconds,
+                change_tracking: spec.change_tracking,
+                full_hash_every: spec.full_hash_every,
             }),
             before: spec.before.as_ref().map(spec::Hook::order),
             after: spec.after.as_ref().map(spec::Hook::order),

@@ -193,6 +193,14 @@ pub struct JobSpec {
     /// The longest the source's filesystem may stay frozen, in seconds (1 to 3600).
     #[serde(default = "default_max_freeze")]
     pub max_freeze_secs: u32,
+    /// Incrementals read only the blocks of files the filesystem says changed since the
+    /// base (ext2/3/4, XFS), instead of hashing every used block (default on).
+    #[serde(default = "change_tracking_on")]
+    pub change_tracking: bool,
+    /// Every this many incrementals of a chain hash every used block as a safeguard
+    /// (0 to 1000, default 7; 0: only when the base's state cannot be trusted).
+    #[serde(default = "default_full_hash_every")]
+    pub full_hash_every: u32,
     /// A classic LVM snapshot's copy-on-write space, in percent of the volume (1 to 100).
     #[serde(default = "default_snapshot_percent")]
     pub snapshot_percent: u32,
@@ -256,6 +264,14 @@ fn default_method() -> ChainMode {
     ChainMode::Full
 }
 
+fn change_tracking_on() -> bool {
+    true
+}
+
+fn default_full_hash_every() -> u32 {
+    holdfast_proto::job::DEFAULT_FULL_HASH_EVERY
+}
+
 fn default_max_freeze() -> u32 {
     DEFAULT_MAX_FREEZE_SECS
 }
@@ -312,6 +328,9 @@ impl JobSpec {
         }
         if !(1..=3600).contains(&self.max_freeze_secs) {
             return Err("max_freeze_secs must be 1 to 3600".into());
+        }
+        if self.full_hash_every > 1000 {
+            return Err("full_hash_every must be 0 to 1000".into());
         }
         if !(1..=100).contains(&self.snapshot_percent) {
             return Err("snapshot_percent must be 1 to 100".into());

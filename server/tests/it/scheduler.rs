@@ -167,6 +167,7 @@ fn report(run_id: i64, job_id: i64, image: Option<&str>) -> RunReport {
                 warnings: Vec::new(),
                 source_size: 1 << 30,
                 sample: Vec::new(),
+                changes: None,
             })
             .into_iter()
             .collect(),
