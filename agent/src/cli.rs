@@ -190,7 +190,8 @@ pub struct CreateArgs {
     #[arg(long)]
     pub base: Option<PathBuf>,
     /// Hash every used block of an incremental instead of reading only what the filesystem
-    /// says changed since --base (ext2/3/4 and XFS: files whose inode change time is newer).
+    /// says changed since --base (ext2/3/4 and XFS: files whose inode change time is newer;
+    /// btrfs: extents newer than the base's generation).
     #[arg(long)]
     pub no_change_tracking: bool,
     /// Every Nth incremental of a chain hashes every used block, as a safeguard (0: only when

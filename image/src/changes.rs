@@ -60,6 +60,18 @@ pub struct VolumeState {
     /// The filesystem's own mount count, when it keeps one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_count: Option<u64>,
+    /// The filesystem's last committed transaction, when it numbers them (btrfs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+}
+
+impl VolumeState {
+    fn history(&self) -> fs::History {
+        fs::History {
+            mount_count: self.mount_count,
+            generation: self.generation,
+        }
+    }
 }
 
 /// The pass name of an image that hashed every used block.
@@ -162,14 +174,17 @@ pub fn plan(
         .map(|(offset, len, fs_type)| {
             let vol = SliceReadAt::new(&counted, offset, len);
             let reader = fs::reader_of(&vol).ok().flatten();
-            let mount_count = reader.and_then(|r| r.mount_count(&vol).ok().flatten());
+            let history = reader
+                .and_then(|r| r.history(&vol).ok())
+                .unwrap_or_default();
             (
                 len,
                 reader,
                 VolumeState {
                     offset,
                     fs_type,
-                    mount_count,
+                    mount_count: history.mount_count,
+                    generation: history.generation,
                 },
             )
         })
@@ -198,12 +213,12 @@ pub fn plan(
     let mut unchanged = Extents::new();
     let mut sources = Vec::new();
     let mut refused = Vec::new();
-    for (len, reader, v) in &vols {
+    for ((len, reader, v), was) in vols.iter().zip(&base.volumes) {
         let vol = SliceReadAt::new(&counted, v.offset, *len);
-        match reader.map(|r| r.unchanged_since(&vol, since)) {
+        match reader.map(|r| r.unchanged_since(&vol, since, &was.history())) {
             Some(Ok(Some(found))) => {
-                unchanged.add_shifted(&found, v.offset);
-                sources.push(format!("{} inode change times", v.fs_type));
+                unchanged.add_shifted(&found.ranges, v.offset);
+                sources.push(format!("{} {}", v.fs_type, found.source));
             }
             Some(Err(e)) => refused.push(format!("{}: {e}", v.fs_type)),
             Some(Ok(None)) | None => refused.push(format!("{}: no change source", v.fs_type)),
@@ -274,6 +289,14 @@ fn untrusted<'a>(
         return Err("the source's filesystems differ from the base image's".into());
     }
     for (was, now) in base.volumes.iter().zip(volumes) {
+        if let (Some(then), Some(gen)) = (was.generation, now.generation) {
+            if gen < then {
+                return Err(format!(
+                    "the {} filesystem at offset {} is at generation {gen}, before the base image's {then}: an older copy of it",
+                    now.fs_type, now.offset
+                ));
+            }
+        }
         if was.mount_count != now.mount_count {
             return Err(format!(
                 "the {} filesystem at offset {} was mounted since the base image (mount count {} then, {} now)",
@@ -383,6 +406,7 @@ mod tests {
                 offset: 0,
                 fs_type: "ext4".into(),
                 mount_count: mounts,
+                generation: None,
             }],
             pass: FULL_HASH_PASS.into(),
             reason: None,

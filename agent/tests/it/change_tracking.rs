@@ -38,6 +38,8 @@ impl Rng {
 struct Tree {
     /// The filesystem can share blocks between files (`cp --reflink`).
     reflinks: bool,
+    /// The filesystem can be told to write a file in place (`chattr +C`).
+    nocow: bool,
     root: PathBuf,
     files: Vec<PathBuf>,
     made: u64,
@@ -67,17 +69,35 @@ impl Tree {
 
     /// One random change; returns what it did, for the failure message.
     fn change(&mut self, rng: &mut Rng, round: u64) -> String {
-        let op = rng.below(15);
+        let op = rng.below(16);
+        if op == 15 && self.nocow {
+            // Written in place from now on: every later change to it is an in-place one.
+            self.made += 1;
+            let p = self.root.join(format!("nocow{}.bin", self.made));
+            std::fs::File::create(&p).expect("create");
+            sh(Command::new("chattr").arg("+C").arg(&p));
+            let len = 4096 * (1 + rng.below(300));
+            std::fs::write(&p, noise(len as usize, rng.next())).expect("write");
+            self.files.push(p.clone());
+            return format!("NOCOW file {}", p.display());
+        }
         if op == 14 && self.reflinks && !self.files.is_empty() {
             // A copy sharing the original's blocks, then one of the two changed.
             let Some(p) = self.pick(rng) else {
                 return "nothing".into();
             };
             let copy = p.with_extension(format!("reflink{round}"));
-            sh(Command::new("cp")
+            // btrfs refuses to share a NOCOW file's blocks with a copy-on-write one.
+            let cloned = Command::new("cp")
                 .arg("--reflink=always")
                 .arg(&p)
-                .arg(&copy));
+                .arg(&copy)
+                .status()
+                .expect("cp");
+            if !cloned.success() {
+                let _ = std::fs::remove_file(&copy);
+                return format!("reflink copy of {} refused", p.display());
+            }
             let changed = if rng.below(2) == 0 {
                 p.clone()
             } else {
@@ -289,6 +309,16 @@ fn ext4_change_tracking_restores_what_full_hashing_does() {
 }
 
 #[test]
+fn btrfs_change_tracking_restores_what_full_hashing_does() {
+    if require_devices("btrfs_change_tracking_restores_what_full_hashing_does")
+        && require_tool("fsfreeze", "btrfs change tracking")
+        && require_tool("mkfs.btrfs", "btrfs change tracking")
+    {
+        torture("btrfs");
+    }
+}
+
+#[test]
 fn xfs_change_tracking_restores_what_full_hashing_does() {
     if require_devices("xfs_change_tracking_restores_what_full_hashing_does")
         && require_tool("fsfreeze", "xfs change tracking")
@@ -312,7 +342,8 @@ fn torture(fs: &str) {
     mkfs(lo.path(), fs);
     let mnt = Mounted::new(lo.path(), &w.join("mnt"), "rw");
     let mut tree = Tree {
-        reflinks: fs == "xfs",
+        reflinks: fs == "xfs" || fs == "btrfs",
+        nocow: fs == "btrfs",
         root: mnt.dir.clone(),
         files: Vec::new(),
         made: 0,
@@ -373,7 +404,12 @@ fn torture(fs: &str) {
         ]);
         assert_eq!(
             tj["changes"]["pass"],
-            format!("{fs} inode change times").as_str(),
+            if fs == "btrfs" {
+                "btrfs extent generations".to_owned()
+            } else {
+                format!("{fs} inode change times")
+            }
+            .as_str(),
             "round {round}: {tj}"
         );
         assert_eq!(

@@ -15,10 +15,14 @@
 //! | checked | the superblock's and each tree block's CRC32C (other checksum types: the block's own address and filesystem id), tree levels (no loops), every chunk and stripe inside the device |
 //! | refused (imaged forensically, with the reason) | several devices, RAID and striped profiles, a tree log not yet replayed (not cleanly unmounted: mounting it once replays it), zoned devices, extent tree v2, the RAID stripe tree, unknown incompatible features |
 
-use super::{le16, le32, read_at, uuid_text, FilesystemReader, FsError, FsInfo};
+use super::{
+    le16, le32, read_at, uuid_text, FilesystemReader, FsError, FsInfo, History, Unchanged,
+};
 use crate::extents::Extents;
 use crate::io::ReadAt;
 use crate::le::u64_at as le64;
+
+mod changes;
 
 const FS: &str = "btrfs";
 const SUPER: u64 = 0x1_0000;
@@ -57,6 +61,8 @@ struct Super {
     tree_fsid: [u8; 16],
     total_bytes: u64,
     bytes_used: u64,
+    /// The last committed transaction.
+    generation: u64,
     sector_size: u32,
     node_size: u32,
     root: u64,
@@ -210,6 +216,7 @@ impl Super {
             tree_fsid,
             total_bytes,
             bytes_used: le64(&b, 0x78),
+            generation: le64(&b, 0x48),
             sector_size,
             node_size,
             root: le64(&b, 0x50),
@@ -235,6 +242,71 @@ struct Trees<'a> {
 }
 
 impl<'a> Trees<'a> {
+    /// The volume's trees, with every chunk loaded from the chunk tree.
+    fn open(vol: &'a dyn ReadAt, sb: &'a Super) -> Result<Self, FsError> {
+        if sb.total_bytes > vol.size() {
+            return Err(FsError::corrupt(
+                FS,
+                format!(
+                    "the filesystem spans {} bytes but its volume has only {}",
+                    sb.total_bytes,
+                    vol.size()
+                ),
+            ));
+        }
+        // The system chunks first (they hold the chunk tree), then every chunk.
+        let mut trees = Trees {
+            vol,
+            sb,
+            chunks: sb.sys_chunks.clone(),
+        };
+        let mut chunks = Vec::new();
+        trees.walk(
+            sb.chunk_root,
+            sb.chunk_root_level,
+            &mut |_, kind, logical, data| {
+                if kind == CHUNK_ITEM {
+                    chunks.push(chunk(logical, data, sb.devid, sb.total_bytes)?);
+                }
+                Ok(())
+            },
+        )?;
+        trees.chunks = chunks;
+        Ok(trees)
+    }
+
+    /// The root (logical address, level) of tree `id`, from the root tree.
+    fn root_of(&self, id: u64) -> Result<(u64, u8), FsError> {
+        let mut found = None;
+        self.walk(
+            self.sb.root,
+            self.sb.root_level,
+            &mut |obj, kind, _, data| {
+                if obj == id && kind == ROOT_ITEM && data.len() >= 239 {
+                    found = Some((le64(data, 176), data[238]));
+                }
+                Ok(())
+            },
+        )?;
+        found.ok_or_else(|| FsError::corrupt(FS, format!("the root tree has no tree {id}")))
+    }
+
+    /// The device offsets of every copy of the logical extent `[start, start + len)`.
+    fn places_of(&self, start: u64, len: u64) -> Result<impl Iterator<Item = u64> + '_, FsError> {
+        let c = self
+            .chunks
+            .iter()
+            .find(|c| (c.logical..c.logical + c.length).contains(&start))
+            .filter(|c| start + len <= c.logical + c.length)
+            .ok_or_else(|| {
+                FsError::corrupt(
+                    FS,
+                    format!("the extent at {start} of {len} bytes is in no chunk"),
+                )
+            })?;
+        Ok(c.places.iter().map(move |&p| p + (start - c.logical)))
+    }
+
     /// Where logical `at` is on the device (the first copy), and how far its chunk goes.
     fn place(&self, at: u64) -> Result<(u64, u64), FsError> {
         let c = self
@@ -325,45 +397,9 @@ impl FilesystemReader for BtrfsReader {
 
     fn used_extents(&self, vol: &dyn ReadAt, _info: &FsInfo) -> Result<Extents, FsError> {
         let sb = Super::read(vol)?.ok_or_else(|| FsError::corrupt(FS, "the superblock is gone"))?;
-        if sb.total_bytes > vol.size() {
-            return Err(FsError::corrupt(
-                FS,
-                format!(
-                    "the filesystem spans {} bytes but its volume has only {}",
-                    sb.total_bytes,
-                    vol.size()
-                ),
-            ));
-        }
         let device = sb.total_bytes;
-        // The system chunks first (they hold the chunk tree), then every chunk.
-        let mut trees = Trees {
-            vol,
-            sb: &sb,
-            chunks: sb.sys_chunks.clone(),
-        };
-        let mut chunks = Vec::new();
-        trees.walk(
-            sb.chunk_root,
-            sb.chunk_root_level,
-            &mut |_, kind, logical, data| {
-                if kind == CHUNK_ITEM {
-                    chunks.push(chunk(logical, data, sb.devid, device)?);
-                }
-                Ok(())
-            },
-        )?;
-        trees.chunks = chunks;
-        // The extent tree's root, from the root tree.
-        let mut extent_root = None;
-        trees.walk(sb.root, sb.root_level, &mut |id, kind, _, data| {
-            if id == EXTENT_TREE && kind == ROOT_ITEM && data.len() >= 239 {
-                extent_root = Some((le64(data, 176), data[238]));
-            }
-            Ok(())
-        })?;
-        let (root, level) =
-            extent_root.ok_or_else(|| FsError::corrupt(FS, "the root tree has no extent tree"))?;
+        let trees = Trees::open(vol, &sb)?;
+        let (root, level) = trees.root_of(EXTENT_TREE)?;
 
         let mut used = Extents::new();
         used.add(0, RESERVED);
@@ -378,20 +414,9 @@ impl FilesystemReader for BtrfsReader {
             }
         }
         let node = u64::from(sb.node_size);
-        let chunks = &trees.chunks;
         let mut extent = |start: u64, len: u64| -> Result<(), FsError> {
-            let c = chunks
-                .iter()
-                .find(|c| (c.logical..c.logical + c.length).contains(&start))
-                .filter(|c| start + len <= c.logical + c.length)
-                .ok_or_else(|| {
-                    FsError::corrupt(
-                        FS,
-                        format!("the extent at {start} of {len} bytes is in no chunk"),
-                    )
-                })?;
-            for &p in &c.places {
-                used.add(p + (start - c.logical), len);
+            for p in trees.places_of(start, len)? {
+                used.add(p, len);
             }
             Ok(())
         };
@@ -401,6 +426,28 @@ impl FilesystemReader for BtrfsReader {
             _ => Ok(()),
         })?;
         Ok(used)
+    }
+
+    fn history(&self, vol: &dyn ReadAt) -> Result<History, FsError> {
+        Ok(History {
+            mount_count: None,
+            generation: Super::read(vol)?.map(|sb| sb.generation),
+        })
+    }
+
+    fn unchanged_since(
+        &self,
+        vol: &dyn ReadAt,
+        _since: i64,
+        base: &History,
+    ) -> Result<Option<Unchanged>, FsError> {
+        let Some(generation) = base.generation else {
+            return Ok(None);
+        };
+        Ok(Some(Unchanged {
+            ranges: changes::unchanged_since(vol, generation)?,
+            source: changes::SOURCE,
+        }))
     }
 }
 
@@ -575,6 +622,96 @@ mod tests {
             return;
         };
         verify(&made);
+    }
+
+    #[test]
+    fn extents_older_than_the_base_generation_are_unchanged_unless_written_in_place() {
+        let Some(made) = make(256 << 20, &[]) else {
+            return;
+        };
+        // A NOCOW file: written in place, never named.
+        let nocow_data = pseudo_random(1 << 20, 31);
+        {
+            let m = LoopMount::new(&made.image, &made.dir.path().join("mnt2"), "rw");
+            let f = m.0.join("nocow.bin");
+            std::fs::File::create(&f).expect("create");
+            run(Command::new("chattr").arg("+C").arg(&f));
+            std::fs::write(&f, &nocow_data).expect("write");
+        }
+        let vol = open(&made.image);
+        let used = detect(&vol).expect("detect").expect("btrfs").used;
+        let history = BtrfsReader.history(&vol).expect("history");
+        let now = history.generation.expect("btrfs has a generation");
+        let named = BtrfsReader
+            .unchanged_since(&vol, 0, &history)
+            .expect("scan")
+            .expect("btrfs tracks changes")
+            .ranges;
+        // Everything the extent tree names, in place, but the NOCOW file's extent; never
+        // the first MiB, the superblock mirrors or system chunks' free space.
+        let mut outside = named.clone();
+        for &(s, e) in used.ranges() {
+            outside.remove(s, e - s);
+        }
+        assert!(
+            outside.is_empty(),
+            "named unused ranges {:?}",
+            outside.ranges()
+        );
+        assert!(named.overlapping(0, RESERVED).next().is_none());
+        let sb = Super::read(&vol).expect("sb").expect("btrfs");
+        let trees = Trees::open(&vol, &sb).expect("trees");
+        let mut nocow_at = Vec::new();
+        let (root, level) = trees.root_of(changes::FS_TREE).expect("fs tree");
+        trees
+            .walk(root, level, &mut |_, kind, _, data| {
+                if kind == changes::EXTENT_DATA && data.len() >= 53 && le64(data, 29) == 1 << 20 {
+                    nocow_at.push(le64(data, 21));
+                }
+                Ok(())
+            })
+            .expect("walk");
+        assert!(
+            !nocow_at.is_empty(),
+            "the NOCOW file's extent is in the fs tree"
+        );
+        let mut nocow_places = Extents::new();
+        for at in nocow_at {
+            for place in trees.places_of(at, 1 << 20).expect("place") {
+                nocow_places.add(place, 1 << 20);
+                assert!(
+                    named.overlapping(place, place + (1 << 20)).next().is_none(),
+                    "a NOCOW extent at {place} was named unchanged"
+                );
+            }
+        }
+        // And everything else the extent tree names: all of the used set but the first MiB,
+        // the superblock mirrors, the system chunks (imaged whole) and the NOCOW extent.
+        let mut want = used.clone();
+        let mut got = named.clone();
+        want.remove(0, RESERVED);
+        for m in MIRRORS {
+            want.remove(m, SUPER_SIZE as u64);
+        }
+        for c in trees.chunks.iter().filter(|c| c.kind & CHUNK_SYSTEM != 0) {
+            for &p in &c.places {
+                want.remove(p, c.length);
+                got.remove(p, c.length);
+            }
+        }
+        for &(s, e) in nocow_places.ranges() {
+            want.remove(s, e - s);
+        }
+        assert_eq!(got, want, "named vs what the extent tree allocated");
+        // Nothing was allocated before generation 0; a base newer than the filesystem is an
+        // older copy (the plan refuses it before asking).
+        let older = History {
+            mount_count: None,
+            generation: Some(0),
+        };
+        let none = BtrfsReader.unchanged_since(&vol, 0, &older).expect("scan");
+        assert!(none.expect("btrfs").ranges.is_empty());
+        assert!(now > 0);
     }
 
     #[test]

@@ -52,6 +52,7 @@
 
 use super::{
     bitmap_runs, jbd2, le16, le32, padded_text, read_at, FilesystemReader, FsError, FsInfo,
+    History, Unchanged,
 };
 use crate::extents::Extents;
 use crate::io::ReadAt;
@@ -519,12 +520,23 @@ impl FilesystemReader for ExtReader {
         Ok(used)
     }
 
-    fn mount_count(&self, vol: &dyn ReadAt) -> Result<Option<u64>, FsError> {
-        Ok(Superblock::read(vol)?.map(|sb| u64::from(sb.mount_count)))
+    fn history(&self, vol: &dyn ReadAt) -> Result<History, FsError> {
+        Ok(History {
+            mount_count: Superblock::read(vol)?.map(|sb| u64::from(sb.mount_count)),
+            generation: None,
+        })
     }
 
-    fn unchanged_since(&self, vol: &dyn ReadAt, since: i64) -> Result<Option<Extents>, FsError> {
-        changes::unchanged_since(vol, since).map(Some)
+    fn unchanged_since(
+        &self,
+        vol: &dyn ReadAt,
+        since: i64,
+        _base: &History,
+    ) -> Result<Option<Unchanged>, FsError> {
+        Ok(Some(Unchanged {
+            ranges: changes::unchanged_since(vol, since)?,
+            source: changes::SOURCE,
+        }))
     }
 }
 
@@ -988,10 +1000,12 @@ mod tests {
         };
         let vol = open(&made.image);
         let found = detect(&vol).expect("detect").expect("ext4");
+        let base = History::default();
         let all = ExtReader
-            .unchanged_since(&vol, i64::MAX)
+            .unchanged_since(&vol, i64::MAX, &base)
             .expect("scan")
-            .expect("ext tracks changes");
+            .expect("ext tracks changes")
+            .ranges;
         // Every file's written data, as the kernel maps it, and nothing else.
         let want = written_file_extents(&made.image, &made.dir.path().join("fiemap"));
         assert_eq!(all, want, "named vs the kernel's file extents");
@@ -1005,13 +1019,10 @@ mod tests {
             outside.ranges()
         );
         // Nothing is older than the epoch; the journal (inode 8) is never named.
-        let none = ExtReader
-            .unchanged_since(&vol, 0)
-            .expect("scan")
-            .expect("ext");
-        assert!(none.is_empty());
+        let older = ExtReader.unchanged_since(&vol, 0, &base).expect("scan");
+        assert!(older.expect("ext").ranges.is_empty());
         assert!(all.total() < found.used.total() - (4 << 20));
-        assert_eq!(ExtReader.mount_count(&vol).expect("sb"), Some(0));
+        assert_eq!(ExtReader.history(&vol).expect("sb").mount_count, Some(0));
     }
 
     #[test]

@@ -118,21 +118,46 @@ pub trait FilesystemReader: Sync {
     /// always safe; marking a needed block unused loses data. `info` comes from `probe`.
     fn used_extents(&self, vol: &dyn ReadAt, info: &FsInfo) -> Result<Extents, FsError>;
 
-    /// How many times the filesystem has been mounted, by its own count, when it keeps one
-    /// (ext: `s_mnt_count`). A change between two images means it was mounted in between,
-    /// perhaps elsewhere with another clock, so change times cannot be trusted.
-    fn mount_count(&self, _vol: &dyn ReadAt) -> Result<Option<u64>, FsError> {
-        Ok(None)
+    /// What the filesystem records about its own history (see [`History`]).
+    fn history(&self, _vol: &dyn ReadAt) -> Result<History, FsError> {
+        Ok(History::default())
     }
 
-    /// Byte ranges, relative to the volume start, that hold only file data unchanged since
-    /// `since` (Unix seconds), for change-tracked incrementals: their blocks may be taken from
-    /// the base image without reading them. Missing a range only costs a read; naming a range
-    /// that changed puts stale data in the image, so a reader names only what its
-    /// filesystem's rules guarantee. `Ok(None)` when this reader cannot tell.
-    fn unchanged_since(&self, _vol: &dyn ReadAt, _since: i64) -> Result<Option<Extents>, FsError> {
+    /// Byte ranges, relative to the volume start, whose contents are as they were when the
+    /// base image was taken, for change-tracked incrementals: their blocks may be taken
+    /// from the base image without reading them. `since` is the base's snapshot time less a
+    /// margin (Unix seconds), `base` the history it recorded. Missing a range only costs a
+    /// read; naming a range that changed puts stale data in the image, so a reader names
+    /// only what its filesystem's rules guarantee. `Ok(None)` when this reader cannot tell.
+    fn unchanged_since(
+        &self,
+        _vol: &dyn ReadAt,
+        _since: i64,
+        _base: &History,
+    ) -> Result<Option<Unchanged>, FsError> {
         Ok(None)
     }
+}
+
+/// What a filesystem records about its own history, kept with every image so that the
+/// next incremental can tell whether the filesystem was touched in ways change tracking
+/// cannot see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct History {
+    /// Mounts by its own count (ext: `s_mnt_count`): a change means it was mounted in
+    /// between, perhaps elsewhere with another clock, so change times cannot be trusted.
+    pub mount_count: Option<u64>,
+    /// The last committed transaction (btrfs: the superblock's generation): it only grows.
+    pub generation: Option<u64>,
+}
+
+/// What [`FilesystemReader::unchanged_since`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unchanged {
+    /// The byte ranges, relative to the volume start.
+    pub ranges: Extents,
+    /// How they were found, for reports (e.g. `inode change times`).
+    pub source: &'static str,
 }
 
 /// The reader whose filesystem `vol` holds, if any.

@@ -31,7 +31,7 @@
 //! is refused, and the volume is imaged sector by sector with a warning; a snapshot, being
 //! writable, has its log replayed by mounting it before it is read (the agent does that).
 
-use super::{padded_text, read_at, FilesystemReader, FsError, FsInfo};
+use super::{padded_text, read_at, FilesystemReader, FsError, FsInfo, History, Unchanged};
 use crate::extents::Extents;
 use crate::io::ReadAt;
 
@@ -285,8 +285,16 @@ impl FilesystemReader for XfsReader {
         Ok(used)
     }
 
-    fn unchanged_since(&self, vol: &dyn ReadAt, since: i64) -> Result<Option<Extents>, FsError> {
-        changes::unchanged_since(vol, since).map(Some)
+    fn unchanged_since(
+        &self,
+        vol: &dyn ReadAt,
+        since: i64,
+        _base: &History,
+    ) -> Result<Option<Unchanged>, FsError> {
+        Ok(Some(Unchanged {
+            ranges: changes::unchanged_since(vol, since)?,
+            source: changes::SOURCE,
+        }))
     }
 }
 
@@ -792,17 +800,16 @@ mod tests {
             return;
         };
         let vol = open(&made.image);
+        let base = History::default();
         let named = XfsReader
-            .unchanged_since(&vol, i64::MAX)
+            .unchanged_since(&vol, i64::MAX, &base)
             .expect("scan")
-            .expect("xfs tracks changes");
+            .expect("xfs tracks changes")
+            .ranges;
         let want = written_file_extents(&made.image, &made.dir.path().join("fiemap"));
         assert_eq!(named, want, "named vs the kernel's file extents");
-        let none = XfsReader
-            .unchanged_since(&vol, 0)
-            .expect("scan")
-            .expect("xfs");
-        assert!(none.is_empty());
+        let older = XfsReader.unchanged_since(&vol, 0, &base).expect("scan");
+        assert!(older.expect("xfs").ranges.is_empty());
     }
 
     #[test]

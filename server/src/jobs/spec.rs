@@ -194,7 +194,7 @@ pub struct JobSpec {
     #[serde(default = "default_max_freeze")]
     pub max_freeze_secs: u32,
     /// Incrementals read only the blocks of files the filesystem says changed since the
-    /// base (ext2/3/4, XFS), instead of hashing every used block (default on).
+    /// base (ext2/3/4, XFS, btrfs), instead of hashing every used block (default on).
     #[serde(default = "change_tracking_on")]
     pub change_tracking: bool,
     /// Every this many incrementals of a chain hash every used block as a safeguard

@@ -27,6 +27,9 @@ const INLINE_DATA_FL: u32 = 0x1000_0000;
 /// `i_mode` type bits of a regular file.
 const S_IFREG: u16 = 0x8000;
 
+/// How this module finds unchanged data, for reports.
+pub(super) const SOURCE: &str = "inode change times";
+
 /// Byte ranges holding only written data of regular files whose ctime is before `since`.
 pub(super) fn unchanged_since(vol: &dyn ReadAt, since: i64) -> Result<Extents, FsError> {
     let sb = Superblock::read(vol)?

@@ -45,6 +45,9 @@ const MAX_RECORD_BLOCKS: u64 = (1 << 21) - 1;
 /// The deepest block-map tree worth following.
 const MAX_BMAP_LEVELS: u16 = 10;
 
+/// How this module finds unchanged data, for reports.
+pub(super) const SOURCE: &str = "inode change times";
+
 /// Byte ranges holding only written data of regular files whose ctime is before `since`.
 pub(super) fn unchanged_since(vol: &dyn ReadAt, since: i64) -> Result<Extents, FsError> {
     let sb =
