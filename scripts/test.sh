@@ -32,6 +32,7 @@ PACKAGES=(
     zstd        # zstd CLI: cross-checking compressed streams, benchmarks
     restic      # restic: the change-tracking benchmark compares its second backup
     borgbackup  # borg: the same, for borg
+    faketime    # faketime: an agent whose clock runs ahead, for the change-tracking safeguards
     partclone   # partclone.*: reference images compared against ours
     xfsprogs    # mkfs.xfs, xfs_repair, xfs_io: XFS fixtures (used-sector reader, freeze)
     exfatprogs  # mkfs.exfat, fsck.exfat, dump.exfat: exFAT fixtures of the image tests
@@ -255,9 +256,11 @@ if ((IS_ROOT == 1)); then
     run_stage "benchmark: filesystems vs partclone (tiny)" env BENCH_RUNS=1 BENCH_WARMUP=0 \
         BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/filesystems.sh 32 /var/tmp/holdfast-fsbench-tiny
-    run_stage "benchmark: change-tracked incrementals (tiny)" env BENCH_RUNS=1 BENCH_STRICT=1 \
-        HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
-        scripts/bench/changes.sh 32 /var/tmp/holdfast-cbench-tiny
+    for fs in ext4 xfs btrfs; do
+        run_stage "benchmark: change-tracked incrementals on $fs (tiny)" env BENCH_FS=$fs \
+            BENCH_RUNS=1 BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
+            scripts/bench/changes.sh 32 /var/tmp/holdfast-cbench-tiny
+    done
     run_stage "benchmark: browse and extract vs restore first (tiny)" env BENCH_RUNS=1 \
         BENCH_WARMUP=0 BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/browse.sh 32 /var/tmp/holdfast-bbench-tiny

@@ -202,6 +202,11 @@ pub struct CreateArgs {
     /// (covers clock ticks and adjustments between the agent and the kernel).
     #[arg(long, default_value_t = holdfast_image::changes::DEFAULT_MARGIN_SECS, value_parser = clap::value_parser!(u32).range(1..=86_400))]
     pub change_margin: u32,
+    /// Remove the LVM thin snapshot after imaging instead of keeping it for the next
+    /// incremental to compare block mappings with (it is kept only while its pool is less
+    /// than 70 % full).
+    #[arg(long = "no-keep-snapshot", action = clap::ArgAction::SetFalse)]
+    pub keep_snapshot: bool,
     /// zstd level, 0 (store) to 22.
     #[arg(long, default_value_t = 3)]
     pub compression_level: i32,

@@ -368,6 +368,14 @@ impl Held {
         }
     }
 
+    /// The LVM thin snapshot being read, when it is one.
+    pub fn thin_snapshot(&self) -> Result<Option<lvm::ThinSnapshot>> {
+        match &self.hold {
+            Hold::Snapshot(s) => s.thin(),
+            _ => Ok(None),
+        }
+    }
+
     /// When imaging must stop, if it is held by a freeze.
     pub fn deadline(&self) -> Option<Instant> {
         match &self.hold {
@@ -377,14 +385,32 @@ impl Held {
     }
 
     /// Let go; how it went, for the report. An error when a freeze ended before we thawed it
-    /// (what was read is then not of one instant).
-    pub fn release(self) -> Result<String> {
+    /// (what was read is then not of one instant). A thin snapshot is kept under `keep`,
+    /// when given, instead of being removed.
+    pub fn release(self, keep: Option<&str>) -> Result<String> {
         match self.hold {
             Hold::Nothing => Ok(self.description),
             Hold::Snapshot(snapshot) => {
                 let fill = snapshot.fill();
-                let removed = snapshot.remove();
-                filled(self.description, fill, removed)
+                match keep {
+                    Some(name) if fill.is_ok() => {
+                        let description = match snapshot.keep_as(name) {
+                            Ok(()) => format!(
+                                "{}; the snapshot is kept as {name} for the next incremental",
+                                self.description
+                            ),
+                            Err(e) => format!(
+                                "{}; the snapshot could not be kept for the next incremental ({e:#})",
+                                self.description
+                            ),
+                        };
+                        filled(description, fill, Ok(()))
+                    }
+                    _ => {
+                        let removed = snapshot.remove();
+                        filled(self.description, fill, removed)
+                    }
+                }
             }
             Hold::DmSnapshot(snapshot) => {
                 let fill = snapshot.fill();

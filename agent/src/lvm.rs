@@ -62,6 +62,75 @@ struct LvRow {
     snap_percent: String,
     #[serde(default)]
     data_percent: String,
+    #[serde(default)]
+    metadata_percent: String,
+    #[serde(default)]
+    pool_lv: String,
+    #[serde(default)]
+    thin_id: String,
+}
+
+/// A thin volume's place in its pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThinInfo {
+    /// The pool's logical volume name.
+    pub pool: String,
+    /// The volume's device id inside the pool (what `thin_delta` names it by).
+    pub thin_id: u64,
+}
+
+/// A thin snapshot being read, and the volume it is of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThinSnapshot {
+    pub vg: String,
+    pub pool: String,
+    pub thin_id: u64,
+    /// The volume snapshotted.
+    pub origin: String,
+}
+
+/// Where `vg/lv` is in its thin pool; `None` when there is no such volume, or it is not thin.
+pub fn thin_info(vg: &str, lv: &str) -> Result<Option<ThinInfo>> {
+    let rows = lvs(Some(vg), "lv_name,vg_name,segtype,pool_lv,thin_id")?;
+    let Some(row) = rows
+        .into_iter()
+        .find(|r| r.lv_name == lv && r.segtype == "thin")
+    else {
+        return Ok(None);
+    };
+    Ok(Some(ThinInfo {
+        thin_id: number(&row.thin_id, "the thin volume's id")?,
+        pool: row.pool_lv,
+    }))
+}
+
+/// How full the thin pool `vg/pool` is: data and metadata, in percent.
+pub fn pool_fill(vg: &str, pool: &str) -> Result<(f64, f64)> {
+    let row = lvs(
+        Some(&format!("{vg}/{pool}")),
+        "lv_name,vg_name,data_percent,metadata_percent",
+    )?
+    .into_iter()
+    .next()
+    .ok_or_else(|| anyhow!("lvs does not know the pool {vg}/{pool}"))?;
+    let percent = |text: &str, what: &str| -> Result<f64> {
+        text.trim()
+            .parse()
+            .map_err(|_| anyhow!("lvs reported the pool's {what} use as '{text}'"))
+    };
+    Ok((
+        percent(&row.data_percent, "data")?,
+        percent(&row.metadata_percent, "metadata")?,
+    ))
+}
+
+/// Remove `vg/name` when it exists.
+pub fn remove_if_present(vg: &str, name: &str) -> Result<()> {
+    let rows = lvs(Some(vg), "lv_name,vg_name")?;
+    if rows.iter().any(|r| r.lv_name == name) {
+        remove(vg, name)?;
+    }
+    Ok(())
 }
 
 /// Run an LVM tool; its standard output, or its own words when it fails.
@@ -192,6 +261,8 @@ impl Volume {
 pub struct Snapshot {
     vg: String,
     name: String,
+    /// The volume it is of.
+    origin: String,
     thin: bool,
     /// The LUKS mapping opened over the snapshot with the live mapping's key, if any.
     opened: Option<String>,
@@ -246,6 +317,7 @@ impl Snapshot {
         let mut snapshot = Self {
             vg: volume.vg.clone(),
             name,
+            origin: volume.lv.clone(),
             thin: volume.thin,
             opened: None,
             removed: false,
@@ -299,6 +371,33 @@ impl Snapshot {
             );
         }
         Ok(used)
+    }
+
+    /// Where it is in its thin pool, for a thin snapshot.
+    pub fn thin(&self) -> Result<Option<ThinSnapshot>> {
+        if !self.thin {
+            return Ok(None);
+        }
+        let info = thin_info(&self.vg, &self.name)?
+            .ok_or_else(|| anyhow!("lvs does not know the snapshot {}/{}", self.vg, self.name))?;
+        Ok(Some(ThinSnapshot {
+            vg: self.vg.clone(),
+            pool: info.pool,
+            thin_id: info.thin_id,
+            origin: self.origin.clone(),
+        }))
+    }
+
+    /// Keep it, under `name` (replacing a volume of that name), instead of removing it.
+    pub fn keep_as(mut self, name: &str) -> Result<()> {
+        if let Some(opened) = self.opened.take() {
+            crypt::close(&opened)?;
+        }
+        remove_if_present(&self.vg, name)?;
+        lvm(&["lvrename", "-q", &self.vg, &self.name, name])
+            .with_context(|| format!("cannot rename {}/{} to {name}", self.vg, self.name))?;
+        self.removed = true;
+        Ok(())
     }
 
     /// Remove it.

@@ -27,6 +27,7 @@ mod sample;
 mod secret;
 mod snapshot_commands;
 mod storage;
+mod thin_changes;
 mod zip_stream;
 
 /// Set by Ctrl-C / SIGTERM: long operations stop between frames and remove partial output.

@@ -48,6 +48,31 @@ pub struct ChangeState {
     /// Why a full hash pass ran (none for a full image or a change-tracked one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The LVM thin snapshot this image was read from, kept for the next incremental to
+    /// compare block mappings with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_snapshot: Option<KeptSnapshot>,
+}
+
+/// An LVM thin snapshot kept after imaging (see `holdfast-agent`'s `thin_changes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptSnapshot {
+    /// Its volume group.
+    pub volume_group: String,
+    /// Its logical volume name.
+    pub name: String,
+    /// Its device id in the thin pool.
+    pub thin_id: u64,
+}
+
+/// Unchanged ranges found by a change source below the filesystem (LVM thin mappings),
+/// tried before the filesystems' own.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// Byte ranges of the source.
+    pub ranges: Extents,
+    /// The source's name, for reports.
+    pub source: String,
 }
 
 /// One filesystem of the source as it was held.
@@ -155,7 +180,8 @@ impl ReadAt for Counted<'_> {
 
 /// Decide how the image of `view` (the held source, described by `source`) finds its
 /// changes, and find them. `base` is the state the base image recorded; `held_at` is when
-/// the source was held for this image.
+/// the source was held for this image; `below` what a change source below the filesystem
+/// found (or why it could not), used first when the base can be trusted.
 pub fn plan(
     view: &dyn ReadAt,
     source: &SourceMeta,
@@ -163,6 +189,7 @@ pub fn plan(
     base: Option<&ChangeState>,
     held_at: i64,
     settings: Settings,
+    below: Option<std::result::Result<Found, String>>,
 ) -> Tracking {
     let read = AtomicU64::new(0);
     let counted = Counted {
@@ -197,6 +224,7 @@ pub fn plan(
             volumes: volumes.clone(),
             pass: FULL_HASH_PASS.into(),
             reason,
+            kept_snapshot: None,
         },
         unchanged: Extents::new(),
         scanned_bytes: read.load(Ordering::Relaxed),
@@ -209,6 +237,24 @@ pub fn plan(
         Ok(base) => base,
     };
 
+    let not_below = match below {
+        Some(Ok(found)) => {
+            return Tracking {
+                state: ChangeState {
+                    held_at,
+                    tracked_since_full_pass: base.tracked_since_full_pass + 1,
+                    volumes,
+                    pass: found.source,
+                    reason: None,
+                    kept_snapshot: None,
+                },
+                unchanged: found.ranges,
+                scanned_bytes: read.load(Ordering::Relaxed),
+            };
+        }
+        Some(Err(why)) => Some(why),
+        None => None,
+    };
     let since = base.held_at - i64::from(settings.margin_secs);
     let mut unchanged = Extents::new();
     let mut sources = Vec::new();
@@ -234,6 +280,9 @@ pub fn plan(
     }
     sources.dedup();
     let mut pass = sources.join(", ");
+    if let Some(why) = not_below {
+        pass += &format!(" (LVM thin snapshot mappings not used: {why})");
+    }
     if !refused.is_empty() {
         pass += &format!(
             "; every block hashed on the others ({})",
@@ -247,6 +296,7 @@ pub fn plan(
             volumes,
             pass,
             reason: None,
+            kept_snapshot: None,
         },
         unchanged,
         scanned_bytes: read.load(Ordering::Relaxed),
@@ -410,6 +460,7 @@ mod tests {
             }],
             pass: FULL_HASH_PASS.into(),
             reason: None,
+            kept_snapshot: None,
         }
     }
 

@@ -63,6 +63,25 @@ impl Extents {
         self.ranges = out;
     }
 
+    /// What both sets cover.
+    pub fn intersect(&self, other: &Extents) -> Extents {
+        let (mut i, mut j) = (0, 0);
+        let mut out = Extents::new();
+        while i < self.ranges.len() && j < other.ranges.len() {
+            let (a, b) = (self.ranges[i], other.ranges[j]);
+            let (s, e) = (a.0.max(b.0), a.1.min(b.1));
+            if s < e {
+                out.add(s, e - s);
+            }
+            if a.1 < b.1 {
+                i += 1;
+            } else {
+                j += 1;
+            }
+        }
+        out
+    }
+
     /// Keep only what lies below `len`.
     pub fn truncate(&mut self, len: u64) {
         self.remove(len, u64::MAX - len);
@@ -118,6 +137,26 @@ mod tests {
         e.add(2, 2);
         assert_eq!(e.ranges(), &[(0, 4), (10, 20)]);
         assert_eq!(e.total(), 14);
+    }
+
+    #[test]
+    fn intersect_keeps_what_both_cover() {
+        let of = |r: &[(u64, u64)]| {
+            let mut e = Extents::new();
+            for &(s, end) in r {
+                e.add(s, end - s);
+            }
+            e
+        };
+        let a = of(&[(0, 10), (20, 30), (40, 100)]);
+        let b = of(&[(5, 25), (28, 45), (99, 200)]);
+        assert_eq!(
+            a.intersect(&b).ranges(),
+            &[(5, 10), (20, 25), (28, 30), (40, 45), (99, 100)]
+        );
+        assert_eq!(b.intersect(&a), a.intersect(&b));
+        assert!(a.intersect(&Extents::new()).is_empty());
+        assert_eq!(a.intersect(&Extents::full(1000)), a);
     }
 
     #[test]

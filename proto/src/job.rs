@@ -200,6 +200,10 @@ pub struct ImageTask {
     /// cannot be trusted).
     #[serde(default = "default_full_hash_every")]
     pub full_hash_every: u32,
+    /// Keep an LVM thin snapshot after imaging for the next incremental to compare block
+    /// mappings with (only while its pool has room).
+    #[serde(default = "yes")]
+    pub keep_thin_snapshot: bool,
 }
 
 fn yes() -> bool {

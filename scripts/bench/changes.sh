@@ -4,7 +4,8 @@
 #
 #   sudo scripts/bench/changes.sh [USED_MIB] [OUTDIR]   (defaults 2900 /var/tmp/holdfast-cbench)
 #
-# A mounted ext4 volume (4 GiB for the default size) with USED_MIB of files — 8 MiB files,
+# A mounted volume (BENCH_FS: ext4, the default, xfs or btrfs; 4 GiB for the default size)
+# with USED_MIB of files — 8 MiB files,
 # half incompressible and half text, and a folder of small files — is imaged full (frozen
 # while imaging), then about 5 % of its data is changed (parts of files rewritten in
 # place, new files, appends, deletions) and it is imaged incremental three ways, each from
@@ -12,10 +13,11 @@
 # (`--no-change-tracking`), and for scale a new full image. restic and borg back up the
 # mounted files before and after the same change (their second backup is timed).
 # Reported: wall time (median of BENCH_RUNS), bytes read from the volume, and ratios.
-# Both incrementals are restored and checked: e2fsck clean, every file equal to the
+# Both incrementals are restored and checked: the filesystem's checker clean (e2fsck,
+# xfs_repair -n after a mount settles the frozen log, btrfs check), every file equal to the
 # volume's.
 #
-# Environment: HOLDFAST_AGENT (default: the release build), BENCH_RUNS (default 3),
+# Environment: BENCH_FS, HOLDFAST_AGENT (default: the release build), BENCH_RUNS (default 3),
 # BENCH_STRICT=1 (a failed command or check fails the script). Needs root.
 set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,7 +36,16 @@ declare -A T
 [[ $(id -u) -eq 0 ]] || die "must run as root (loop devices, mounts, fsfreeze, drop_caches)"
 [[ $used =~ ^[1-9][0-9]*$ ]] || die "USED_MIB must be a positive integer"
 need=()
+FS=${BENCH_FS:-ext4}
+case $FS in
+ext4) MKFS=(mkfs.ext4 -q -F) SOURCE_NAME="ext4 inode change times" COPY_OPTS=ro,noload ;;
+xfs) MKFS=(mkfs.xfs -q -f) SOURCE_NAME="xfs inode change times" COPY_OPTS=ro,nouuid ;;
+btrfs) MKFS=(mkfs.btrfs -q -f) SOURCE_NAME="btrfs extent generations" COPY_OPTS=ro ;;
+*) die "BENCH_FS must be ext4, xfs or btrfs" ;;
+esac
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+command -v mkfs.xfs >/dev/null || need+=(xfsprogs)
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
 command -v restic >/dev/null || need+=(restic)
 command -v borg >/dev/null || need+=(borgbackup)
 ((${#need[@]} == 0)) || apt_install "${need[@]}"
@@ -60,8 +71,10 @@ mkdir -p "$WORK" "$IMG" "$MNT" "$WORK/check"
 # incremental hash every block: the filesystem's mount count changes).
 vol_mib=$((used >= 1024 ? 4096 : used * 4 + 96))
 ((vol_mib * 10 >= used * 14)) || vol_mib=$((used * 14 / 10 + 64))
+# XFS needs 300 MiB at least.
+[[ $FS != xfs ]] || ((vol_mib >= 320)) || vol_mib=320
 truncate -s "${vol_mib}M" "$VOL"
-mkfs.ext4 -q -F "$VOL"
+"${MKFS[@]}" "$VOL"
 LOOP=$(losetup -f --show "$VOL")
 mount "$LOOP" "$MNT"
 # A file is 8 MiB, or 1 MiB on small volumes; a tenth of the space is small files.
@@ -143,13 +156,22 @@ for k in sys.argv[2].split("."): v=v[k]
 print(v)' "$1" "$2"; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f\n", 100 * a / b }'; }
 
+# check_fs FILE: the filesystem's own checker, read-only. A frozen XFS has its log covered
+# and its counters not summed yet: a mount settles them, as after any restore.
+check_fs() {
+    case $FS in
+    ext4) e2fsck -fn "$1" ;;
+    xfs) mount -o loop,nouuid "$1" "$WORK/check" && umount "$WORK/check" && xfs_repair -n "$1" ;;
+    btrfs) btrfs check --readonly "$1" ;;
+    esac
+}
 # Both incrementals restore to the volume's files, with a clean fsck.
 want=$( (cd "$MNT" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum)
 for kind in tracked hashed; do
     rm -f "$WORK/restored"
     "$AGENT" image restore --image "$IMG/inc-$kind.hfi" --target "$WORK/restored" >/dev/null
-    e2fsck -fn "$WORK/restored" >"$WORK/fsck-$kind.log" 2>&1 || die "the $kind incremental restores to a volume e2fsck finds errors in"
-    mount -o ro,loop,noload "$WORK/restored" "$WORK/check"
+    check_fs "$WORK/restored" >"$WORK/fsck-$kind.log" 2>&1 || die "the $kind incremental restores to a volume its checker finds errors in ($WORK/fsck-$kind.log)"
+    mount -o "loop,$COPY_OPTS" "$WORK/restored" "$WORK/check"
     got=$( (cd "$WORK/check" && find . -type f ! -path './lost+found/*' -print0 | sort -z | xargs -0 sha256sum) | sha256sum)
     umount "$WORK/check"
     [[ $got == "$want" ]] || die "the $kind incremental restores to other files than the volume holds"
@@ -162,7 +184,7 @@ read_f=$(field "$WORK/full.json" read_bytes)
 scan_t=$(field "$WORK/tracked.json" changes.scanned_bytes)
 skip_t=$(field "$WORK/tracked.json" changes.skipped_bytes)
 pass_t=$(field "$WORK/tracked.json" changes.pass)
-[[ $pass_t == "ext4 inode change times" ]] || die "the tracked incremental ran as: $pass_t"
+[[ $pass_t == "$SOURCE_NAME" ]] || die "the tracked incremental ran as: $pass_t"
 if [[ ${BENCH_STRICT:-} == 1 ]] && ((read_t >= read_h)); then
     die "change tracking read $read_t bytes, no fewer than hashing every block ($read_h)"
 fi
@@ -176,10 +198,10 @@ fi
     echo "| restic backup, after the change (1 run) | ${T[restic]} | n/a | n/a | $(ratio "${T[restic]}" "${T[full]}") |"
     echo "| borg create --compression zstd,3, after the change (1 run) | ${T[borg]} | n/a | n/a | $(ratio "${T[borg]}" "${T[full]}") |"
     echo
-    echo "Volume $vol_mib MiB: $(mib "$used_bytes") MiB used by files (df), $(mib "$read_f") MiB of used blocks" \
+    echo "$FS volume $vol_mib MiB: $(mib "$used_bytes") MiB used by files (df), $(mib "$read_f") MiB of used blocks" \
         "with the filesystem's metadata and journal (what a full image reads); about $budget MiB of data changed."
-    echo "Change tracking read $(mib "$scan_t") MiB of inode tables to find the changes and took" \
+    echo "Change tracking read $(mib "$scan_t") MiB of metadata to find the changes and took" \
         "$(mib "$skip_t") MiB of used blocks from the base image unread; it read" \
         "$(pct "$read_t" "$read_h") % of what hashing every block read."
-    echo "Both incrementals restore with e2fsck clean and every file equal to the volume's."
+    echo "Both incrementals restore with the $FS checker clean and every file equal to the volume's."
 } | tee "$OUTDIR/results.md"

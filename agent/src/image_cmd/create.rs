@@ -31,6 +31,7 @@ use crate::luks::{self, Key, Mapped};
 use crate::output::{bytes, Bar};
 use crate::secret::{password, PASSWORD_ENV};
 use crate::snapshot_commands::{self, After, BEFORE};
+use crate::thin_changes;
 
 /// Run.
 pub fn run(a: CreateArgs) -> Result<ExitCode> {
@@ -322,21 +323,41 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         (None, Some(bs)) => u32::try_from(bs).context("block size too large")?,
         (None, None) => default_block_size(dev.size),
     };
-    // How the changed blocks are found: from the filesystem where it can tell, else by
-    // hashing every used block.
+    // How the changed blocks are found: from an LVM thin snapshot's mappings, else from
+    // the filesystem where it can tell, else by hashing every used block.
+    let base_state = base_chain
+        .as_ref()
+        .and_then(|c| c.point().meta.changes.as_ref());
+    let tracking_on = !a.no_change_tracking && !live;
+    let thin = held.thin_snapshot().unwrap_or_else(|e| {
+        eprintln!(
+            "holdfast-agent: warning: the thin snapshot's place in its pool is unknown: {e:#}"
+        );
+        None
+    });
+    let below = match (&thin, base_state.and_then(|s| s.kept_snapshot.as_ref())) {
+        (Some(now), Some(kept)) if tracking_on && kind != Kind::Full => Some(
+            thin_changes::unchanged(kept, now)
+                .map(|ranges| changes::Found {
+                    ranges,
+                    source: thin_changes::SOURCE.into(),
+                })
+                .map_err(|e| format!("{e:#}")),
+        ),
+        _ => None,
+    };
     let tracking = changes::plan(
         reader,
         &plan.source,
         kind,
-        base_chain
-            .as_ref()
-            .and_then(|c| c.point().meta.changes.as_ref()),
+        base_state,
         held_at,
         Settings {
-            enabled: !a.no_change_tracking && !live,
+            enabled: tracking_on,
             full_hash_every: a.full_hash_every,
             margin_secs: a.change_margin,
         },
+        below,
     );
     let tracking_off_reason = (live && kind != Kind::Full)
         .then(|| "imaged live, without a snapshot: every block hashed".to_owned());
@@ -344,6 +365,13 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     if let Some(why) = &tracking_off_reason {
         change_state.reason = Some(why.clone());
     }
+    // This run's thin snapshot is kept for the next incremental (a differential's base
+    // stays the full image's).
+    let (kept, keep_note) = match &thin {
+        Some(t) if a.keep_snapshot && kind != Kind::Differential => thin_changes::keep_decision(t),
+        _ => (None, None),
+    };
+    change_state.kept_snapshot = kept.clone();
     let meta = Metadata {
         host: hostname(),
         source: plan.source.clone(),
@@ -381,9 +409,12 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         a.source.display().to_string(),
     );
     let parent_index = base_chain.as_ref().map(|c| &c.point().index);
+    // Only blocks wholly in use now are taken unread: a block partly freed since must be
+    // read for its free part to be zeroed (a block-level source says nothing of use).
+    let unchanged = tracking.unchanged.intersect(&plan.used);
     let tracked = parent_index
-        .filter(|_| !tracking.unchanged.is_empty())
-        .map(|base| TrackedBlocks::new(&blocks, base, &tracking.unchanged));
+        .filter(|_| !unchanged.is_empty())
+        .map(|base| TrackedBlocks::new(&blocks, base, &unchanged));
     let skipped_bytes = tracked.as_ref().map_or(0, |t| t.skipped_bytes());
     let source: &dyn BlockSource = match &tracked {
         Some(t) => t,
@@ -424,7 +455,12 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         Vec::new()
     };
     drop(snapshot_reader);
-    let released = held.release();
+    // Kept only for an image that was written: the base's kept snapshot stays otherwise.
+    let keep = kept
+        .as_ref()
+        .filter(|_| summary.is_ok() && stopped.is_none())
+        .map(|k| k.name.as_str());
+    let released = held.release(keep);
     // Our own mapping of a LUKS volume is closed once nothing reads it.
     drop(inside_reader);
     drop(inside);
@@ -458,7 +494,10 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     };
     let imaging = t0.elapsed();
     let consistency = match released {
-        Ok(how) => how + read_through.as_deref().unwrap_or_default(),
+        Ok(how) => {
+            how + read_through.as_deref().unwrap_or_default()
+                + &keep_note.map(|n| format!("; {n}")).unwrap_or_default()
+        }
         Err(e) => {
             // What was read is not of one instant: the image must not look complete.
             let removed = crate::storage::delete_image(&a.output, creds);

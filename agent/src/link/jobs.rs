@@ -988,6 +988,9 @@ impl Jobs {
         if !task.change_tracking {
             cmd.arg("--no-change-tracking");
         }
+        if !task.keep_thin_snapshot {
+            cmd.arg("--no-keep-snapshot");
+        }
         if let Some(c) = &task.before_snapshot {
             cmd.arg("--before-snapshot").arg(c);
         }

@@ -153,7 +153,8 @@ pub struct ImageLine {
     /// What was imaged: `partition /dev/sdb1 (ext4)`.
     pub source: String,
     pub target: String,
-    /// Used-sector or forensic, and how it was made consistent.
+    /// Used-sector or forensic, how it was made consistent, and (an incremental) how its
+    /// changes were found.
     pub how: String,
 }
 
@@ -237,11 +238,15 @@ pub async fn show(
                     .trim()
                     .to_owned(),
                     target: i.target,
-                    how: [i.coverage.map_or("", |c| c.as_str()), &i.consistency]
-                        .into_iter()
-                        .filter(|s| !s.is_empty())
-                        .collect::<Vec<_>>()
-                        .join("; "),
+                    how: [
+                        i.coverage.map_or("", |c| c.as_str()),
+                        &i.consistency,
+                        i.changes.as_deref().unwrap_or_default(),
+                    ]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
                     base: i.base.unwrap_or_default(),
                     bytes: holdfast_proto::human_bytes(i.bytes),
                     parts: i.parts,

@@ -524,6 +524,7 @@ impl Dispatcher {
                 snapshot_command_timeout_secs: spec.snapshot_command_timeout_seconds,
                 change_tracking: spec.change_tracking,
                 full_hash_every: spec.full_hash_every,
+                keep_thin_snapshot: spec.keep_thin_snapshot,
             }),
             before: spec.before.as_ref().map(spec::Hook::order),
             after: spec.after.as_ref().map(spec::Hook::order),

@@ -201,6 +201,11 @@ pub struct JobSpec {
     /// (0 to 1000, default 7; 0: only when the base's state cannot be trusted).
     #[serde(default = "default_full_hash_every")]
     pub full_hash_every: u32,
+    /// Keep the LVM thin snapshot an image was read from, for the next incremental to read
+    /// only the blocks whose mapping changed (default on; only while the pool is less than
+    /// 70 % full; one per volume, named `holdfast-base-<volume>`).
+    #[serde(default = "change_tracking_on")]
+    pub keep_thin_snapshot: bool,
     /// A classic LVM snapshot's copy-on-write space, in percent of the volume (1 to 100).
     #[serde(default = "default_snapshot_percent")]
     pub snapshot_percent: u32,
