@@ -3,8 +3,8 @@
 //! of that snapshot and its own with `thin_delta` (thin-provisioning-tools) on a
 //! metadata snapshot of the pool. A block both snapshots map to the same data block is
 //! shared, so it holds what it held then (thin pools copy a shared block before writing
-//! it): it is taken from the base image unread. Only the pool's metadata is read to find
-//! them.
+//! it), and one neither maps reads as zeros in both: such blocks are taken from the base
+//! image unread. Only the pool's metadata is read to find them.
 //!
 //! A kept snapshot pins the blocks the volume has overwritten since, so one is kept only
 //! while the pool has room (below [`MAX_POOL_PERCENT`] of its data and metadata space), and
@@ -70,9 +70,10 @@ pub fn keep_decision(now: &lvm::ThinSnapshot) -> (Option<KeptSnapshot>, Option<S
     }
 }
 
-/// Byte ranges of the volume unchanged between the kept snapshot `base` and the snapshot
-/// `now` (both of one pool): what both map to the same data block.
-pub fn unchanged(base: &KeptSnapshot, now: &lvm::ThinSnapshot) -> Result<Extents> {
+/// Byte ranges of the volume (of `size` bytes) unchanged between the kept snapshot `base`
+/// and the snapshot `now` (both of one pool): what both map to the same data block, and what
+/// neither maps (both read zeros there).
+pub fn unchanged(base: &KeptSnapshot, now: &lvm::ThinSnapshot, size: u64) -> Result<Extents> {
     let kept = lvm::thin_info(&base.volume_group, &base.name)?.ok_or_else(|| {
         anyhow!(
             "the base's snapshot {}/{} is gone",
@@ -106,7 +107,12 @@ pub fn unchanged(base: &KeptSnapshot, now: &lvm::ThinSnapshot) -> Result<Extents
         );
     }
     released?;
-    parse(&String::from_utf8_lossy(&out.stdout))
+    let changed = parse(&String::from_utf8_lossy(&out.stdout))?;
+    let mut unchanged = Extents::full(size);
+    for &(start, end) in changed.ranges() {
+        unchanged.remove(start, end - start);
+    }
+    Ok(unchanged)
 }
 
 /// Send `msg` to the thin pool device `pool_dm`.
@@ -129,11 +135,12 @@ fn dm(name: &str) -> String {
     name.replace('-', "--")
 }
 
-/// The `same` ranges of `thin_delta`'s report, in bytes: each range's `begin` and `length`
-/// count data blocks of `data_block_size` sectors of 512 bytes.
+/// What changed, by `thin_delta`'s report: its `different`, `left_only` and `right_only`
+/// ranges, in bytes (each range's `begin` and `length` count data blocks of
+/// `data_block_size` sectors of 512 bytes). A report that is not one comparison is refused.
 fn parse(report: &str) -> Result<Extents> {
     let mut block: Option<u64> = None;
-    let mut same = Extents::new();
+    let mut changed = Vec::new();
     let mut diffs = 0;
     for line in report.lines().map(str::trim) {
         let Some(tag) = line
@@ -151,13 +158,15 @@ fn parse(report: &str) -> Result<Extents> {
                 block = Some(sectors * 512);
             }
             "diff" => diffs += 1,
-            "same" => {
+            "same" | "different" | "left_only" | "right_only" => {
                 let bytes = block.ok_or_else(|| anyhow!("thin_delta gave no data block size"))?;
                 let (begin, length) = (attr(line, "begin")?, attr(line, "length")?);
                 let start = begin
                     .checked_mul(bytes)
                     .ok_or_else(|| anyhow!("thin_delta reported block {begin}"))?;
-                same.add(start, length.saturating_mul(bytes));
+                if tag != "same" {
+                    changed.push((start, length.saturating_mul(bytes)));
+                }
             }
             _ => {}
         }
@@ -165,7 +174,12 @@ fn parse(report: &str) -> Result<Extents> {
     if diffs != 1 {
         bail!("thin_delta printed {diffs} comparisons, not one");
     }
-    Ok(same)
+    changed.sort_unstable();
+    let mut out = Extents::new();
+    for (start, len) in changed {
+        out.add(start, len);
+    }
+    Ok(out)
 }
 
 /// The number in attribute `name="…"` of the tag `line`.
@@ -198,13 +212,10 @@ mod tests {
 "#;
 
     #[test]
-    fn same_ranges_become_bytes() {
-        let same = parse(REPORT).expect("parse");
+    fn changed_ranges_become_bytes() {
+        let changed = parse(REPORT).expect("parse");
         let b = 64 << 10;
-        assert_eq!(
-            same.ranges(),
-            &[(0, 10 * b), (12 * b, 16 * b), (30 * b, 31 * b)]
-        );
+        assert_eq!(changed.ranges(), &[(10 * b, 12 * b), (16 * b, 20 * b)]);
     }
 
     #[test]

@@ -337,7 +337,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     });
     let below = match (&thin, base_state.and_then(|s| s.kept_snapshot.as_ref())) {
         (Some(now), Some(kept)) if tracking_on && kind != Kind::Full => Some(
-            thin_changes::unchanged(kept, now)
+            thin_changes::unchanged(kept, now, dev.size)
                 .map(|ranges| changes::Found {
                     ranges,
                     source: thin_changes::SOURCE.into(),
