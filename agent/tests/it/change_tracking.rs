@@ -679,12 +679,17 @@ python3 /tmp/changes.py /tmp/m 1000
 lvs --noheadings -o lv_name hfvg > "$OUT/lvs-end.txt"
 "#;
 
+/// Rounds in the VM unless `HOLDFAST_TORTURE_ROUNDS` says otherwise: qemu without KVM is
+/// about ten times slower than this machine, and 40 rounds there (run on 2026-12-05: 40 of
+/// 40 byte-identical) take longer than the suite can spend on one test.
+const VM_ROUNDS: u64 = 16;
+
 #[test]
 fn lvm_thin_change_tracking_restores_what_full_hashing_does() {
     let rounds: u64 = std::env::var("HOLDFAST_TORTURE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
+        .unwrap_or(VM_ROUNDS);
     let guest = THIN_GUEST.replacen("set -eu\n", &format!("set -eu\nROUNDS={rounds}\n"), 1);
     let Some(out) = holdfast_testkit::vm::run_agent_script("lvm_thin_change_tracking", &guest)
     else {
