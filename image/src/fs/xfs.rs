@@ -159,7 +159,7 @@ impl Superblock {
             && sb.ag_blk_log < 32
             && sb.inode_size.is_power_of_two()
             && (256..=2048).contains(&sb.inode_size)
-            && u32::from(sb.inode_size) << sb.inopb_log == sb.block_size
+            && u32::from(sb.inode_size).checked_shl(u32::from(sb.inopb_log)) == Some(sb.block_size)
             && u64::from(sb.ag_blocks) <= 1 << sb.ag_blk_log
             && sb.dblocks <= u64::from(sb.ag_blocks) * u64::from(sb.ag_count)
             && sb.dblocks > u64::from(sb.ag_blocks) * u64::from(sb.ag_count - 1);
