@@ -352,88 +352,132 @@ fn free_extents(
     agno: u32,
     length: u32,
 ) -> Result<Vec<(u32, u32)>, FsError> {
-    let root = be32(agf, 16);
-    let levels = be32(agf, 28);
-    if levels == 0 || levels > 10 || root == 0 || root >= length {
-        return Err(FsError::corrupt(
-            FS,
-            format!(
-                "the free-space tree of allocation group {agno} (root {root}, {levels} levels)"
-            ),
-        ));
-    }
-    let v5 = sb.version == 5;
-    let (magic, header) = if v5 {
-        (BNOBT_MAGIC_V5, 56)
-    } else {
-        (BNOBT_MAGIC_V4, 16)
+    let tree = AgTree {
+        name: "free-space",
+        magic: if sb.version == 5 {
+            BNOBT_MAGIC_V5
+        } else {
+            BNOBT_MAGIC_V4
+        },
+        key_len: 8,
+        rec_len: 8,
     };
-    let bs = sb.block_size as usize;
-    let mut block = vec![0u8; bs];
     let mut free = Vec::new();
-    // Every block of the tree is visited once: a node's children, breadth first, level by
-    // level; a cycle or a wrong level is damage.
-    let mut level_blocks = vec![root];
-    let mut visited = 0u64;
-    for level in (0..levels).rev() {
-        let mut next = Vec::new();
-        for &agbno in &level_blocks {
-            visited += 1;
-            if agbno >= length || visited > u64::from(length) {
+    tree.walk(
+        vol,
+        sb,
+        agno,
+        length,
+        be32(agf, 16),
+        be32(agf, 28),
+        &mut |rec| {
+            let (start, count) = (be32(rec, 0), be32(rec, 4));
+            if u64::from(start) + u64::from(count) > u64::from(length) {
                 return Err(FsError::corrupt(
                     FS,
-                    format!("the free-space tree of allocation group {agno} points outside it"),
+                    format!("a free extent of allocation group {agno} runs past its end"),
                 ));
             }
-            read_at(vol, FS, &mut block, sb.ag_byte(agno, agbno))?;
-            let numrecs = usize::from(be16(&block, 6));
-            if &block[0..4] != magic || u32::from(be16(&block, 4)) != level {
-                return Err(FsError::corrupt(FS, format!(
-                    "block {agbno} of allocation group {agno} is not the free-space tree block it should be"
-                )));
-            }
-            if v5 && !crc_matches(&block, BTREE_CRC) {
-                return Err(FsError::corrupt(
-                    FS,
-                    format!(
-                        "free-space tree block {agbno} of allocation group {agno}: its checksum does not match"
-                    ),
-                ));
-            }
-            if level == 0 {
-                if header + numrecs * 8 > bs {
+            free.push((start, count));
+            Ok(())
+        },
+    )?;
+    Ok(free)
+}
+
+/// A short-form B-tree of an allocation group (free space, inodes): its block magic and the
+/// sizes of its keys and leaf records.
+struct AgTree {
+    name: &'static str,
+    magic: &'static [u8; 4],
+    key_len: usize,
+    rec_len: usize,
+}
+
+impl AgTree {
+    /// Call `record` for every leaf record of the tree rooted at AG block `root` with
+    /// `levels` levels in AG `agno` (`length` blocks). Every block is visited once, level by
+    /// level; a block that is not the tree's (magic, level, v5 CRC), a loop or a pointer
+    /// outside the group is damage.
+    #[allow(clippy::too_many_arguments)]
+    fn walk(
+        &self,
+        vol: &dyn ReadAt,
+        sb: &Superblock,
+        agno: u32,
+        length: u32,
+        root: u32,
+        levels: u32,
+        record: &mut dyn FnMut(&[u8]) -> Result<(), FsError>,
+    ) -> Result<(), FsError> {
+        let name = self.name;
+        if levels == 0 || levels > 10 || root == 0 || root >= length {
+            return Err(FsError::corrupt(
+                FS,
+                format!(
+                    "the {name} tree of allocation group {agno} (root {root}, {levels} levels)"
+                ),
+            ));
+        }
+        let v5 = sb.version == 5;
+        let header = if v5 { 56 } else { 16 };
+        let bs = sb.block_size as usize;
+        let mut block = vec![0u8; bs];
+        let mut level_blocks = vec![root];
+        let mut visited = 0u64;
+        for level in (0..levels).rev() {
+            let mut next = Vec::new();
+            for &agbno in &level_blocks {
+                visited += 1;
+                if agbno >= length || visited > u64::from(length) {
                     return Err(FsError::corrupt(
                         FS,
-                        format!("free-space leaf {agbno} of group {agno}"),
+                        format!("the {name} tree of allocation group {agno} points outside it"),
                     ));
                 }
-                for r in 0..numrecs {
-                    let at = header + r * 8;
-                    let (start, count) = (be32(&block, at), be32(&block, at + 4));
-                    if u64::from(start) + u64::from(count) > u64::from(length) {
+                read_at(vol, FS, &mut block, sb.ag_byte(agno, agbno))?;
+                let numrecs = usize::from(be16(&block, 6));
+                if &block[0..4] != self.magic || u32::from(be16(&block, 4)) != level {
+                    return Err(FsError::corrupt(FS, format!(
+                        "block {agbno} of allocation group {agno} is not the {name} tree block it should be"
+                    )));
+                }
+                if v5 && !crc_matches(&block, BTREE_CRC) {
+                    return Err(FsError::corrupt(
+                        FS,
+                        format!(
+                            "{name} tree block {agbno} of allocation group {agno}: its checksum does not match"
+                        ),
+                    ));
+                }
+                if level == 0 {
+                    if header + numrecs * self.rec_len > bs {
                         return Err(FsError::corrupt(
                             FS,
-                            format!("a free extent of allocation group {agno} runs past its end"),
+                            format!("{name} leaf {agbno} of group {agno}"),
                         ));
                     }
-                    free.push((start, count));
+                    for r in 0..numrecs {
+                        let at = header + r * self.rec_len;
+                        record(&block[at..at + self.rec_len])?;
+                    }
+                } else {
+                    // Keys for as many as fit, then the 4-byte pointers.
+                    let maxrecs = (bs - header) / (self.key_len + 4);
+                    if numrecs > maxrecs {
+                        return Err(FsError::corrupt(
+                            FS,
+                            format!("{name} node {agbno} of group {agno}"),
+                        ));
+                    }
+                    let ptrs = header + maxrecs * self.key_len;
+                    next.extend((0..numrecs).map(|i| be32(&block, ptrs + i * 4)));
                 }
-            } else {
-                // Keys (8 bytes each) for as many as fit, then the pointers.
-                let maxrecs = (bs - header) / 12;
-                if numrecs > maxrecs {
-                    return Err(FsError::corrupt(
-                        FS,
-                        format!("free-space node {agbno} of group {agno}"),
-                    ));
-                }
-                let ptrs = header + maxrecs * 8;
-                next.extend((0..numrecs).map(|i| be32(&block, ptrs + i * 4)));
             }
+            level_blocks = next;
         }
-        level_blocks = next;
+        Ok(())
     }
-    Ok(free)
 }
 
 /// Whether `vol` is an XFS filesystem whose log holds changes not yet written in place

@@ -14,7 +14,7 @@
 //! A known exception, as for ext4: `xfs_fsr` (online defragmentation) swaps a file's
 //! extents; a full hash pass or a new chain after running it is the safe course.
 
-use super::{be16, be32, be64, crc_matches, read_at, Superblock, FS};
+use super::{be16, be32, be64, crc_matches, read_at, AgTree, Superblock, FS};
 use crate::extents::Extents;
 use crate::fs::FsError;
 use crate::io::ReadAt;
@@ -34,8 +34,6 @@ const DIFLAG2_BIGTIME: u64 = 1 << 3;
 const DIFLAG2_NREXT64: u64 = 1 << 4;
 /// Inode CRC offset (v3 inodes).
 const INODE_CRC: usize = 100;
-/// Where the inode B-tree's CRC is (short-form block header, v5).
-const INOBT_CRC: usize = 52;
 /// Where a long-form (bmap) B-tree block's CRC is (v5).
 const BMAP_CRC: usize = 64;
 /// Bigtime counts nanoseconds from this many seconds before the Unix epoch.
@@ -115,74 +113,24 @@ fn inode_records(
             format!("the inode header (AGI) of allocation group {agno}"),
         ));
     }
-    let (root, levels) = (be32(&sector, 20), be32(&sector, 24));
-    if levels == 0 || levels > 10 || root == 0 || root >= sb.ag_blocks {
-        return Err(FsError::corrupt(
-            FS,
-            format!("the inode tree of allocation group {agno} (root {root}, {levels} levels)"),
-        ));
-    }
     let v5 = sb.version == 5;
-    let (magic, header) = if v5 {
-        (INOBT_MAGIC_V5, 56)
-    } else {
-        (INOBT_MAGIC_V4, 16)
+    let tree = AgTree {
+        name: "inode",
+        magic: if v5 { INOBT_MAGIC_V5 } else { INOBT_MAGIC_V4 },
+        key_len: 4,
+        rec_len: 16,
     };
     let sparse = sb.incompat & INCOMPAT_SPINODES != 0 && v5;
-    let bs = sb.block_size as usize;
-    let mut block = vec![0u8; bs];
     let mut out = Vec::new();
-    let mut level_blocks = vec![root];
-    let mut visited = 0u64;
-    for level in (0..levels).rev() {
-        let mut next = Vec::new();
-        for &agbno in &level_blocks {
-            visited += 1;
-            if agbno >= sb.ag_blocks || visited > u64::from(sb.ag_blocks) {
-                return Err(FsError::corrupt(
-                    FS,
-                    format!("the inode tree of allocation group {agno} points outside it"),
-                ));
-            }
-            read_at(vol, FS, &mut block, sb.ag_byte(agno, agbno))?;
-            let numrecs = usize::from(be16(&block, 6));
-            if &block[0..4] != magic
-                || u32::from(be16(&block, 4)) != level
-                || (v5 && !crc_matches(&block, INOBT_CRC))
-            {
-                return Err(FsError::corrupt(FS, format!(
-                    "block {agbno} of allocation group {agno} is not the inode tree block it should be"
-                )));
-            }
-            if level == 0 {
-                if header + numrecs * 16 > bs {
-                    return Err(FsError::corrupt(
-                        FS,
-                        format!("inode tree leaf {agbno} of group {agno}"),
-                    ));
-                }
-                for r in 0..numrecs {
-                    let at = header + r * 16;
-                    out.push(InodeRecord {
-                        start: be32(&block, at),
-                        holes: if sparse { be16(&block, at + 4) } else { 0 },
-                        free: be64(&block, at + 8),
-                    });
-                }
-            } else {
-                let maxrecs = (bs - header) / 8;
-                if numrecs > maxrecs {
-                    return Err(FsError::corrupt(
-                        FS,
-                        format!("inode tree node {agbno} of group {agno}"),
-                    ));
-                }
-                let ptrs = header + maxrecs * 4;
-                next.extend((0..numrecs).map(|i| be32(&block, ptrs + i * 4)));
-            }
-        }
-        level_blocks = next;
-    }
+    let (root, levels) = (be32(&sector, 20), be32(&sector, 24));
+    tree.walk(vol, sb, agno, sb.ag_blocks, root, levels, &mut |rec| {
+        out.push(InodeRecord {
+            start: be32(rec, 0),
+            holes: if sparse { be16(rec, 4) } else { 0 },
+            free: be64(rec, 8),
+        });
+        Ok(())
+    })?;
     Ok(out)
 }
 
