@@ -272,6 +272,115 @@ pub fn replay_and_fsck_ext4(dev: &str) {
     fsck_clean(dev, "ext4");
 }
 
+/// What e2fsprogs says an ext filesystem on `dev` ignores until it writes there again, as
+/// sorted `[start, end)` byte ranges: the inode-table blocks wholly past each group's unused
+/// inodes (when descriptors are checksummed) and, when the journal is empty, every journal
+/// block but the first. Read from `dumpe2fs` and `debugfs`, so it checks Holdfast's own
+/// parsing of the same structures.
+pub fn ext_ignored_ranges(dev: &str) -> Vec<(u64, u64)> {
+    let dump = String::from_utf8(sh(Command::new("dumpe2fs").arg(dev)).stdout).expect("utf-8");
+    let header = |key: &str| -> Option<&str> {
+        dump.lines()
+            .find_map(|l| l.strip_prefix(key).map(str::trim))
+    };
+    let number = |key: &str| -> u64 {
+        header(key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("dumpe2fs: no {key}"))
+    };
+    let (bs, isize, ipg) = (
+        number("Block size:"),
+        number("Inode size:"),
+        number("Inodes per group:"),
+    );
+    let features = header("Filesystem features:").unwrap_or_default();
+    let mut out = Vec::new();
+    if features.split(' ').any(|f| f == "needs_recovery") {
+        return out;
+    }
+    let honoured = features
+        .split(' ')
+        .any(|f| f == "uninit_bg" || f == "metadata_csum");
+    let table_len = (ipg * isize).div_ceil(bs);
+    let mut table = None;
+    for line in dump.lines().map(str::trim) {
+        if let Some(range) = line.strip_prefix("Inode table at ") {
+            let first = range.split(['-', ' ']).next().expect("table start");
+            table = Some(first.parse::<u64>().expect("table block"));
+        } else if let (Some(start), true, Some(unused)) = (
+            table,
+            honoured,
+            line.strip_suffix(" unused inodes")
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|n| n.parse::<u64>().ok()),
+        ) {
+            let front = ((ipg - unused) * isize).div_ceil(bs);
+            if front < table_len {
+                out.push(((start + front) * bs, (start + table_len) * bs));
+            }
+            table = None;
+        }
+    }
+    if header("Journal start:") == Some("0") {
+        let blocks = sh(Command::new("debugfs").args(["-R", "blocks <8>", dev])).stdout;
+        let blocks: Vec<u64> = String::from_utf8_lossy(&blocks)
+            .split_whitespace()
+            .map(|b| b.parse().expect("journal block"))
+            .collect();
+        for b in blocks.into_iter().skip(1) {
+            match out.last_mut() {
+                Some(last) if last.1 == b * bs => last.1 += bs,
+                _ => out.push((b * bs, (b + 1) * bs)),
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Whether files `a` and `b` hold the same bytes outside `ignored` (sorted byte ranges);
+/// the first differing offset when not.
+pub fn differ_outside(a: &Path, b: &Path, ignored: &[(u64, u64)]) -> Option<u64> {
+    use std::io::Read;
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).expect("open a"),
+        std::fs::File::open(b).expect("open b"),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut at = 0u64;
+    loop {
+        let n = fa.read(&mut ba).expect("read a");
+        let m = {
+            let mut got = 0;
+            while got < n {
+                let k = fb.read(&mut bb[got..n]).expect("read b");
+                if k == 0 {
+                    break;
+                }
+                got += k;
+            }
+            got
+        };
+        if n == 0 {
+            return (fb.read(&mut bb[..1]).expect("read b") != 0).then_some(at);
+        }
+        if m < n {
+            return Some(at + m as u64);
+        }
+        if ba[..n] == bb[..n] {
+            at += n as u64;
+            continue;
+        }
+        for i in 0..n {
+            let off = at + i as u64;
+            if ba[i] != bb[i] && !ignored.iter().any(|&(s, e)| s <= off && off < e) {
+                return Some(off);
+            }
+        }
+        at += n as u64;
+    }
+}
+
 /// Make a filesystem.
 pub fn mkfs(dev: &str, fs: &str) {
     match fs {

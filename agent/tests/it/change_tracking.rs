@@ -422,15 +422,17 @@ fn torture(fs: &str) {
         let (rt, rh) = (w.join("rt"), w.join("rh"));
         restore(&t, &rt);
         restore(&h, &rh);
-        let same = Command::new("cmp")
-            .arg("-s")
-            .arg(&rt)
-            .arg(&rh)
-            .status()
-            .expect("cmp");
+        // ext4's empty journal and never-used inode-table tails are taken from the base
+        // unread: byte-equal everywhere else (e2fsprogs names those blocks).
+        let ignored = if fs == "ext4" {
+            ext_ignored_ranges(&src)
+        } else {
+            Vec::new()
+        };
+        let differs = differ_outside(&rt, &rh, &ignored);
         assert!(
-            same.success(),
-            "round {round}: the change-tracked image restores to another volume than full hashing after {done:#?}"
+            differs.is_none(),
+            "round {round}: the change-tracked image restores to another volume than full hashing (from byte {differs:?}) after {done:#?}"
         );
         check(&rt, fs, w);
         if let Some(want) = want {
@@ -448,12 +450,44 @@ fn torture(fs: &str) {
     // is 64 MiB, half of what is used here; metadata; image blocks small files share with
     // changed ones).
     eprintln!("change tracking skipped {skipped_total} of {used_total} used bytes");
+    if fs == "ext4" {
+        reuse_restored_ext4(&w.join("rt"), w);
+    }
     assert!(
         skipped_total * 5 > used_total,
         "change tracking skipped only {skipped_total} of {used_total} used bytes"
     );
     drop(mnt);
     drop(lo);
+}
+
+/// The last change-tracked restore holds the base's copy of blocks ext4 ignores: the kernel
+/// must write over them as over zeros. Thousands of new files (inodes handed out past the
+/// old marks, transactions over the stale log), then a copy taken mid-flight as a crash
+/// would leave it: the journal replays and e2fsck finds it clean.
+fn reuse_restored_ext4(restored: &Path, w: &Path) {
+    let crashed = w.join("crashed");
+    {
+        let lo = Loop::new(restored);
+        let m = Mounted::new(lo.path(), &w.join("reuse"), "rw");
+        for i in 0..3000 {
+            let dir = m.dir.join(format!("reuse{}", i % 7));
+            std::fs::create_dir_all(&dir).expect("dir");
+            std::fs::write(
+                dir.join(format!("n{i}")),
+                format!("new {i}\n").repeat(i % 50),
+            )
+            .expect("new file");
+        }
+        sh(&mut Command::new("sync"));
+        std::fs::write(m.dir.join("after-sync"), b"in the log only").expect("write");
+        sh(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(restored)
+            .arg(&crashed));
+    }
+    fsck_clean(Loop::new(restored).path(), "ext4");
+    replay_and_fsck_ext4(Loop::new(&crashed).path());
 }
 
 #[test]

@@ -62,6 +62,19 @@ fn be16(b: &[u8], at: usize) -> u32 {
         .map_or(0, |x| u32::from(u16::from_be_bytes([x[0], x[1]])))
 }
 
+/// Check the journal superblock (journal block 0) and say whether the log is empty
+/// (`s_start` 0: nothing to replay, as after a freeze or a clean unmount). Then no block of
+/// the journal but its superblock is read before the kernel writes it again.
+pub fn is_empty(sb: &[u8]) -> Result<bool, FsError> {
+    if be32(sb, 0) != MAGIC || !matches!(be32(sb, 4), SUPERBLOCK_V1 | SUPERBLOCK_V2) {
+        return Err(FsError::corrupt(
+            FS,
+            "the journal superblock's magic is missing",
+        ));
+    }
+    Ok(be32(sb, 28) == 0)
+}
+
 /// Every block copy in the log of a journal of `len` blocks, oldest first; `read` gives
 /// journal block `n`. Empty when the journal is clean.
 pub fn logged_copies(
@@ -69,19 +82,13 @@ pub fn logged_copies(
     mut read: impl FnMut(u64) -> Result<Vec<u8>, FsError>,
 ) -> Result<Vec<Logged>, FsError> {
     let sb = read(0)?;
-    if be32(&sb, 0) != MAGIC || !matches!(be32(&sb, 4), SUPERBLOCK_V1 | SUPERBLOCK_V2) {
-        return Err(FsError::corrupt(
-            FS,
-            "the journal superblock's magic is missing",
-        ));
+    if is_empty(&sb)? {
+        return Ok(Vec::new());
     }
     let maxlen = u64::from(be32(&sb, 16)).min(len);
     let first = u64::from(be32(&sb, 20));
     let mut sequence = be32(&sb, 24);
     let start = u64::from(be32(&sb, 28));
-    if start == 0 {
-        return Ok(Vec::new());
-    }
     if first == 0 || first >= maxlen || start < first || start >= maxlen {
         return Err(FsError::corrupt(
             FS,

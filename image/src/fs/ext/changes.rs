@@ -4,8 +4,10 @@
 //! program make to a file sets the inode's change time (ctime), and no system call sets ctime
 //! to a chosen value (`touch -d` sets mtime; ctime becomes now). So the blocks of a regular
 //! file whose ctime is before the base image's snapshot hold what they held then. Only
-//! *written* extents of extent-mapped regular files are named; everything else is read and
-//! hashed as in a full pass: metadata, directories, the journal and other special inodes,
+//! *written* extents of extent-mapped regular files are named, with the allocated blocks
+//! whose content the filesystem ignores (see [`ignored_blocks`]: inode-table tails never
+//! handed out, an empty journal's log); everything else is read and hashed as in a full
+//! pass: metadata, directories, the journal's superblock and other special inodes,
 //! extent-tree blocks, extended-attribute blocks, unwritten (preallocated) extents, inline
 //! data and files mapped by indirect blocks (ext2/3).
 //!
@@ -15,7 +17,10 @@
 //! so run a full pass (or a new chain) after defragmenting; `docs/jobs.md` says so.
 //! `shared_blocks` filesystems (blocks shared between files by deduplication) are refused.
 
-use super::{le16, le32, read_at, walk_extents, Superblock, BG_INODE_UNINIT, EXTENTS_FL, FS};
+use super::{
+    inode_blocks, jbd2, le16, le32, read_at, walk_extents, GroupDesc, Superblock, BG_INODE_UNINIT,
+    EXTENTS_FL, FS, INCOMPAT_RECOVER,
+};
 use crate::extents::Extents;
 use crate::fs::FsError;
 use crate::io::ReadAt;
@@ -45,16 +50,7 @@ pub(super) fn unchanged_since(vol: &dyn ReadAt, since: i64) -> Result<Extents, F
     let mut bitmap = vec![0u8; block_size];
     let mut table = Vec::new();
     for (group, d) in (0u64..).zip(&descs) {
-        if sb.uninit_allowed() && d.flags & BG_INODE_UNINIT != 0 {
-            continue;
-        }
-        // Inodes past `itable_unused` were never handed out (and may never have been
-        // zeroed): only the front of the table is read.
-        let in_table = if sb.uninit_allowed() {
-            sb.inodes_per_group.saturating_sub(d.itable_unused)
-        } else {
-            sb.inodes_per_group
-        };
+        let in_table = inodes_handed_out(&sb, d);
         if in_table == 0 {
             continue;
         }
@@ -94,10 +90,76 @@ pub(super) fn unchanged_since(vol: &dyn ReadAt, since: i64) -> Result<Extents, F
             }
         }
     }
+    for (s, e) in ignored_blocks(vol, &sb, &descs)? {
+        ranges.push((s * sb.block_size, e * sb.block_size));
+    }
     ranges.sort_unstable();
     let mut out = Extents::new();
     for (s, e) in ranges {
         out.add(s, e - s);
+    }
+    Ok(out)
+}
+
+/// Inodes at the front of group `d`'s table that were ever handed out: past `itable_unused`
+/// none was (and the table may never have been zeroed there).
+fn inodes_handed_out(sb: &Superblock, d: &GroupDesc) -> u64 {
+    if !sb.uninit_allowed() {
+        sb.inodes_per_group
+    } else if d.flags & BG_INODE_UNINIT != 0 {
+        0
+    } else {
+        sb.inodes_per_group.saturating_sub(d.itable_unused)
+    }
+}
+
+/// Allocated blocks, as `[start, end)` block ranges, whose content the filesystem ignores
+/// until it writes them again, so the base image's copy restores as well as today's:
+///
+/// - inode-table blocks wholly past a group's `itable_unused` mark (the kernel zeroes a new
+///   inode in memory before it first writes it; e2fsck skips them when descriptors are
+///   checksummed, which is when the mark is honoured);
+/// - when the log is empty (`s_start` 0, as a freeze leaves it), every journal block but the
+///   journal superblock: mounting and e2fsck replay nothing, and the kernel's next
+///   transaction starts a new sequence the stale blocks cannot continue.
+///
+/// None while the filesystem needs recovery: its journal may log any of them. Neither
+/// holds beyond a mount count change (e2fsck can move the mark back, tune2fs can make a new
+/// journal), which `changes::plan` answers with a full hash pass.
+fn ignored_blocks(
+    vol: &dyn ReadAt,
+    sb: &Superblock,
+    descs: &[GroupDesc],
+) -> Result<Vec<(u64, u64)>, FsError> {
+    let mut out = Vec::new();
+    if sb.incompat & INCOMPAT_RECOVER != 0 {
+        return Ok(out);
+    }
+    let table = sb.inode_table_blocks();
+    for d in descs {
+        let front = (inodes_handed_out(sb, d) * sb.inode_size).div_ceil(sb.block_size);
+        if front < table {
+            out.push((d.inode_table + front, d.inode_table + table));
+        }
+    }
+    if sb.journal_inum != 0 {
+        let log = inode_blocks(vol, sb, descs, sb.journal_inum)?;
+        let Some(&first) = log.first().filter(|&&b| b != 0 && b < sb.blocks_count) else {
+            return Err(FsError::corrupt(FS, "the journal superblock is not mapped"));
+        };
+        let mut head = vec![0u8; usize::try_from(sb.block_size).unwrap_or(usize::MAX)];
+        read_at(vol, FS, &mut head, first * sb.block_size)?;
+        if jbd2::is_empty(&head)? {
+            for &b in log.iter().skip(1) {
+                if b == 0 || b >= sb.blocks_count {
+                    continue;
+                }
+                match out.last_mut() {
+                    Some(last) if last.1 == b => last.1 = b + 1,
+                    _ => out.push((b, b + 1)),
+                }
+            }
+        }
     }
     Ok(out)
 }
