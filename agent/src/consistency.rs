@@ -28,8 +28,9 @@ use crate::exit::Refused;
 use crate::freeze::Frozen;
 use crate::{crypt, dmsnap, lvm};
 
-/// How much of the used space is read to measure the read rate before freezing.
-const SAMPLE_BYTES: u64 = 64 << 20;
+/// How much of the used space is read to measure the read rate before freezing: enough for
+/// a rate (a few device requests' worth), little beside a change-tracked incremental's reads.
+const SAMPLE_BYTES: u64 = 16 << 20;
 /// The longest the measurement reads.
 const SAMPLE_TIME: Duration = Duration::from_secs(2);
 

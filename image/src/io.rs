@@ -46,6 +46,11 @@ impl FileReadAt {
     pub fn new(file: File, size: u64) -> Self {
         Self { file, size }
     }
+
+    /// The open file, e.g. to advise the kernel how it will be read.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 impl ReadAt for FileReadAt {

@@ -1,6 +1,7 @@
 //! `image create`: full, incremental and differential images of a device or file.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::ExitCode;
@@ -416,6 +417,16 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         .filter(|_| !unchanged.is_empty())
         .map(|base| TrackedBlocks::new(&blocks, base, &unchanged));
     let skipped_bytes = tracked.as_ref().map_or(0, |t| t.skipped_bytes());
+    if tracked.is_some() {
+        // Scattered runs: a device's read-ahead (often megabytes) past the end of each run
+        // would read more than the runs themselves. Best effort.
+        let _ = nix::fcntl::posix_fadvise(
+            held_reader.file().as_raw_fd(),
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_RANDOM,
+        );
+    }
     let source: &dyn BlockSource = match &tracked {
         Some(t) => t,
         None => &blocks,
