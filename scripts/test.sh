@@ -274,6 +274,13 @@ else
     warn "not running as root: skipping the storage, filesystem, browse and snapshot benchmarks (they start servers, a user, loop devices and the VM)"
 fi
 
+# The server benchmarks at a tiny size with the test build (no root needed): simulated
+# agents connecting, listed and given a job; console pages on a generated store.
+run_stage "benchmark: simulated agents (tiny)" env BENCH_PROFILE=dev scripts/bench/swarm.sh 50 20 2
+run_stage "benchmark: simulated agents, dispatch (tiny)" env BENCH_PROFILE=dev SWARM_DISPATCH=1 \
+    scripts/bench/swarm.sh 50
+run_stage "benchmark: console pages (tiny)" env BENCH_PROFILE=dev scripts/bench/console.sh 20 200 2
+
 # Every fuzz target for a short while from its committed corpus, so that none stops
 # building or running unnoticed (the long runs: scripts/fuzz.sh TARGET SECONDS, figures in
 # docs/reliability.md).

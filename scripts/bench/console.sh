@@ -8,5 +8,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/holdfast-target}
-cargo build --release -p holdfast-server --example console_bench >&2
-"$CARGO_TARGET_DIR/release/examples/console_bench" "${1:-2000}" "${2:-100000}" "${3:-20}"
+# BENCH_PROFILE=dev: the test command's (optimised) build, so its tiny run builds nothing new.
+PROFILE=${BENCH_PROFILE:-release}
+BIN="$CARGO_TARGET_DIR/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
+cargo build --profile "$PROFILE" -p holdfast-server --example console_bench >&2
+"$BIN/examples/console_bench" "${1:-2000}" "${2:-100000}" "${3:-20}"

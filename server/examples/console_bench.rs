@@ -206,11 +206,13 @@ async fn main() -> Res<()> {
     timed!("running_runs", store.running_runs());
     let vault = Vault::open(dir.path(), None)?;
     let router = app(AppState::new(store, "SHA256:bench".into(), vault)?);
+    // Pages of one agent in the middle of the fleet (and of the reports of another).
+    let (mid_agent, some_agent) = ((agents / 2).max(1), (agents * 77 / 2000).max(1));
     let pages = [
         "/",
         "/agents",
         "/agents?status=offline&q=host-01",
-        "/agents/1000",
+        &format!("/agents/{mid_agent}"),
         "/sites",
         "/sites/3",
         "/jobs",
@@ -219,7 +221,7 @@ async fn main() -> Res<()> {
         "/reports",
         "/reports?status=failed",
         "/reports?status=warning",
-        "/reports?agent=77",
+        &format!("/reports?agent={some_agent}"),
         &format!("/reports?before={}", reports / 2),
         &format!("/reports/{}", reports - 3),
         "/targets",

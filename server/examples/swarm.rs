@@ -360,6 +360,14 @@ async fn dispatch(o: &Opts, http: &mut Http, auth: &str, orders: &Orders) -> Res
         cpu,
         rss_mib(o.server_pid)
     );
+    let doubled = per_agent.values().filter(|&&c| c > 1).count();
+    if per_agent.len() < ids.len() || doubled > 0 {
+        return Err(format!(
+            "{} agents got no order and {doubled} more than one",
+            ids.len() - per_agent.len().min(ids.len())
+        )
+        .into());
+    }
     Ok(())
 }
 
@@ -397,16 +405,20 @@ async fn main() -> Res<()> {
             )),
         )
         .await?;
-    let cookie = head
+    // The session cookie and the CSRF cookie, whose value every write repeats in a header.
+    let cookies: Vec<&str> = head
         .lines()
-        .find_map(|l| {
+        .filter_map(|l| {
             l.strip_prefix("set-cookie: ")
                 .or_else(|| l.strip_prefix("Set-Cookie: "))
         })
-        .and_then(|c| c.split(';').next())
-        .ok_or("login failed")?
-        .to_owned();
-    let auth = format!("Cookie: {cookie}\r\n");
+        .filter_map(|c| c.split(';').next())
+        .collect();
+    let csrf = cookies
+        .iter()
+        .find_map(|c| c.strip_prefix("holdfast_csrf="))
+        .ok_or("login failed: no CSRF cookie")?;
+    let auth = format!("Cookie: {}\r\nx-csrf-token: {csrf}\r\n", cookies.join("; "));
     let (_, _, body) = http
         .call(
             "POST",
@@ -417,7 +429,15 @@ async fn main() -> Res<()> {
         .await?;
     let token = serde_json::from_slice::<serde_json::Value>(&body)?["secret"]
         .as_str()
-        .ok_or("no token")?
+        .ok_or_else(|| {
+            format!(
+                "no enrolment token: {}",
+                String::from_utf8_lossy(&body)
+                    .chars()
+                    .take(300)
+                    .collect::<String>()
+            )
+        })?
         .to_owned();
 
     let orders: Orders = Arc::default();
@@ -452,6 +472,10 @@ async fn main() -> Res<()> {
         start.elapsed().as_secs_f64(),
         rss_mib(o.server_pid)
     );
+    let failed_now = failed.load(Ordering::Relaxed);
+    if failed_now > 0 {
+        return Err(format!("{failed_now} agents failed to connect").into());
+    }
 
     if o.dispatch {
         return dispatch(&o, &mut http, &auth, &orders).await;
@@ -512,5 +536,8 @@ async fn main() -> Res<()> {
         online.load(Ordering::Relaxed) - failed.load(Ordering::Relaxed).min(online.load(Ordering::Relaxed)),
         rss_mib(o.server_pid)
     );
+    if errors > 0 {
+        return Err(format!("{errors} listing requests failed").into());
+    }
     Ok(())
 }
