@@ -73,6 +73,36 @@ fn write_first_start(path: &Path, text: &str) -> Result<()> {
 
 /// Run the server until SIGINT or SIGTERM. `admin_password` is used when the first start
 /// creates the `admin` user.
+/// The lock file that keeps a second server off a data folder with an SQLite store.
+pub const LOCK_FILE: &str = "server.lock";
+
+/// Take the data folder for this process alone. Two servers on one SQLite store would each
+/// start every scheduled run, send every mail and apply retention: only PostgreSQL lets
+/// instances share a store (they elect one leader for that work). The lock is the kernel's
+/// (`flock`): it goes with the process, however it ends.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open the lock file '{}'", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another holdfast-server is already running on the data folder '{}' (it holds '{}'): \
+             with the SQLite store only one instance may run per data folder; stop the other \
+             one, or use PostgreSQL (--database-url) to run several instances",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock '{}'", path.display()))
+        }
+    }
+}
+
 pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> Result<()> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data folder '{}'", config.data_dir.display()))?;
@@ -80,6 +110,12 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         .database_url
         .clone()
         .unwrap_or_else(|| Store::sqlite_url(&config.data_dir));
+    // Held until the server stops.
+    let _only_instance = if url.starts_with("sqlite:") {
+        Some(lock_data_dir(&config.data_dir)?)
+    } else {
+        None
+    };
     let store = Store::open(&url)
         .await
         .context("cannot open the database")?;

@@ -39,6 +39,49 @@ fn acknowledged_writes_survive_kills_on_postgres() {
     survives_kills(dir.path(), &["--database-url", &pg.url]);
 }
 
+/// Two servers on one SQLite store would both start every scheduled run: the second is
+/// refused, saying why, and the folder is free again once the first is gone (even killed).
+#[test]
+fn a_second_server_on_one_sqlite_folder_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut first, _) = start_with(dir.path(), free_port(), true, &[]);
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_holdfast-server"))
+        .args(["--data-dir", dir.path().to_str().expect("path")])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // A second server that starts would serve forever: give it 20 s to give up.
+    let stopped = (0..200).find_map(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        second.try_wait().expect("wait")
+    });
+    if stopped.is_none() {
+        let _ = second.kill();
+    }
+    let second = second.wait_with_output().expect("output");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stopped.is_some_and(|s| !s.success()),
+        "the second server did not refuse: {said}"
+    );
+    assert!(
+        said.contains("another holdfast-server is already running on the data folder")
+            && said.contains("PostgreSQL"),
+        "{said}"
+    );
+    first.kill().expect("kill");
+    first.wait().expect("wait");
+    let (mut again, printed) = start_with(dir.path(), free_port(), false, &[]);
+    assert!(
+        printed.iter().any(|l| l.contains("certificate:")),
+        "{printed:?}"
+    );
+    again.kill().expect("kill");
+    let _ = again.wait();
+}
+
 fn curl_present() -> bool {
     let present = std::process::Command::new("curl")
         .arg("--version")
