@@ -85,7 +85,8 @@ pub struct VolumeState {
     /// The filesystem's own mount count, when it keeps one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_count: Option<u64>,
-    /// The filesystem's last committed transaction, when it numbers them (btrfs).
+    /// The filesystem's last committed transaction, when it numbers them (btrfs: the
+    /// generation; XFS v5: the superblock's log sequence number).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
 }
@@ -342,7 +343,7 @@ fn untrusted<'a>(
         if let (Some(then), Some(gen)) = (was.generation, now.generation) {
             if gen < then {
                 return Err(format!(
-                    "the {} filesystem at offset {} is at generation {gen}, before the base image's {then}: an older copy of it",
+                    "the {} filesystem at offset {} has committed up to transaction {gen}, before the base image's {then}: an older copy of it",
                     now.fs_type, now.offset
                 ));
             }

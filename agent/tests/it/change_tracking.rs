@@ -490,6 +490,67 @@ fn reuse_restored_ext4(restored: &Path, w: &Path) {
     replay_and_fsck_ext4(Loop::new(&crashed).path());
 }
 
+/// XFS counts no mounts, but its log sequence only grows: an older copy of the volume (a
+/// restored or rolled-back one, whose change times say nothing about the base) is imaged
+/// with every block hashed, and says why.
+#[test]
+fn an_older_copy_of_xfs_gets_a_full_hash_pass() {
+    if !require_devices("an_older_copy_of_xfs_gets_a_full_hash_pass")
+        || !require_tool("mkfs.xfs", "an older copy of XFS")
+    {
+        return;
+    }
+    let work = tempdir();
+    let w = work.path();
+    let (vol, old) = (w.join("vol"), w.join("old"));
+    sparse_file(&vol, 320 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "xfs");
+    let edit = |round: u64| {
+        let m = Mounted::new(lo.path(), &w.join("mnt"), "rw");
+        write_files(&m.dir, round, 4);
+    };
+    edit(0);
+    sh(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&vol)
+        .arg(&old));
+    edit(1);
+    let img = |name: &str| w.join(format!("{name}.hfi")).display().to_string();
+    image_ok(&["create", "--source", lo.path(), "--output", &img("full")]);
+    let next = |source: &str, name: &str| {
+        let j = image_ok(&[
+            "create",
+            "--source",
+            source,
+            "--output",
+            &img(name),
+            "--incremental",
+            "--base",
+            &img("full"),
+            "--change-margin",
+            "1",
+        ]);
+        let c = &j["changes"];
+        (
+            c["pass"].as_str().unwrap_or_default().to_owned(),
+            c["reason"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    assert_eq!(
+        next(lo.path(), "same"),
+        ("xfs inode change times".to_owned(), String::new())
+    );
+    let older = Loop::new(&old);
+    let (pass, why) = next(older.path(), "older");
+    assert_eq!(pass, "full hash pass");
+    assert!(
+        why.starts_with("the xfs filesystem at offset 0 has committed up to transaction ")
+            && why.ends_with(": an older copy of it"),
+        "{why}"
+    );
+}
+
 #[test]
 fn a_base_that_cannot_be_trusted_gets_a_full_hash_pass_with_the_reason() {
     if !require_devices("a_base_that_cannot_be_trusted_gets_a_full_hash_pass_with_the_reason") {

@@ -147,7 +147,8 @@ pub struct History {
     /// Mounts by its own count (ext: `s_mnt_count`): a change means it was mounted in
     /// between, perhaps elsewhere with another clock, so change times cannot be trusted.
     pub mount_count: Option<u64>,
-    /// The last committed transaction (btrfs: the superblock's generation): it only grows.
+    /// The last committed transaction (btrfs: the superblock's generation; XFS v5: the
+    /// superblock's log sequence number): it only grows.
     pub generation: Option<u64>,
 }
 

@@ -116,6 +116,9 @@ struct Superblock {
     free_blocks: u64,
     ro_compat: u32,
     incompat: u32,
+    /// v5: the log sequence number of the superblock's last write (`sb_lsn`); it only
+    /// grows, across freezes and mounts alike.
+    lsn: Option<u64>,
 }
 
 impl Superblock {
@@ -148,6 +151,7 @@ impl Superblock {
             free_blocks: be64(&b, 144),
             ro_compat: be32(&b, 212),
             incompat: be32(&b, 216),
+            lsn: (be16(&b, 100) & 0xf == 5).then(|| be64(&b, 240)),
         };
         let sane = sb.block_size.is_power_of_two()
             && (512..=65536).contains(&sb.block_size)
@@ -283,6 +287,15 @@ impl FilesystemReader for XfsReader {
             }
         }
         Ok(used)
+    }
+
+    /// XFS counts no mounts; its log sequence tells an older copy of the filesystem (a
+    /// sequence behind the base's) from the one the base was taken of.
+    fn history(&self, vol: &dyn ReadAt) -> Result<History, FsError> {
+        Ok(History {
+            mount_count: None,
+            generation: Superblock::read(vol)?.and_then(|sb| sb.lsn),
+        })
     }
 
     fn unchanged_since(
