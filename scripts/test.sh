@@ -34,6 +34,7 @@ PACKAGES=(
     borgbackup  # borg: the same, for borg
     faketime    # faketime: an agent whose clock runs ahead, for the change-tracking safeguards
     partclone   # partclone.*: reference images compared against ours
+    qemu-utils  # qemu-img: the oracle for the virtual disks image convert writes (qcow2)
     xfsprogs    # mkfs.xfs, xfs_repair, xfs_io: XFS fixtures (used-sector reader, freeze)
     exfatprogs  # mkfs.exfat, fsck.exfat, dump.exfat: exFAT fixtures of the image tests
     exfat-fuse  # mount.exfat-fuse: fill exFAT fixtures (this kernel has no exfat driver)

@@ -521,8 +521,9 @@ pub struct ConvertArgs {
     /// Split size of the output.
     #[arg(long, value_parser = parse_size)]
     pub split: Option<u64>,
-    /// `holdfast` (re-encode this image) or `raw` (the restored bytes of this point of the chain).
-    #[arg(long, default_value = "holdfast", value_parser = ["holdfast", "raw"])]
+    /// `holdfast` (re-encode this image), `raw` (the restored bytes of this point of the
+    /// chain) or `qcow2` (a sparse virtual disk of them, for KVM and Proxmox).
+    #[arg(long, default_value = "holdfast", value_parser = ["holdfast", "raw", "qcow2"])]
     pub format: String,
     /// Replace an existing output.
     #[arg(long)]

@@ -209,6 +209,13 @@ pub struct Merged {
 pub enum ConvertedTo {
     /// A raw copy of the source: `bytes` long.
     Raw { bytes: u64 },
+    /// A qcow2 virtual disk of `disk_bytes`, `file_bytes` long, of which `data_bytes` are
+    /// data clusters (the rest is unused and not stored).
+    Qcow2 {
+        disk_bytes: u64,
+        file_bytes: u64,
+        data_bytes: u64,
+    },
     /// A new Holdfast image (other compression, encryption, password or split size).
     Holdfast {
         encryption: String,

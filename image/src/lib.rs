@@ -43,6 +43,7 @@ pub mod meta;
 pub mod parts;
 pub mod plan;
 pub mod progress;
+pub mod qcow2;
 pub mod restore;
 pub mod trailer;
 pub mod validate;

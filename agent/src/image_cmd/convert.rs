@@ -1,11 +1,13 @@
-//! `image convert`: re-encode one image, or write the restored bytes raw.
+//! `image convert`: re-encode one image, or write the restored bytes raw or as a qcow2
+//! virtual disk.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use crate::outcome::ConvertedTo;
 use anyhow::{Context, Result};
-use holdfast_image::chain::Chain;
+use holdfast_image::chain::{Chain, ChainBlocks};
+use holdfast_image::qcow2::write_qcow2;
 use holdfast_image::restore::{restore, FileTarget, RestoreOptions};
 use holdfast_image::writer::WriteOptions;
 
@@ -21,7 +23,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
     let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
     let creds = a.common.credentials_file.as_deref();
     let bar = Bar::new(&a.common);
-    let to = if a.format == "raw" {
+    let to = if a.format == "raw" || a.format == "qcow2" {
         let chain = open_chain(&a.image, creds, password.as_deref().map(|p| &p[..]))?;
         if a.output.exists() && !a.overwrite {
             return Err(Refused(format!(
@@ -30,32 +32,27 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
             ))
             .into());
         }
-        let size = chain.point().header.source_size;
+        // Written under a temporary name and renamed when complete: a failed or cancelled
+        // conversion leaves no file that looks whole.
         let mut tmp = a.output.clone().into_os_string();
         tmp.push(".partial");
         let tmp = std::path::PathBuf::from(tmp);
-        let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create '{}'", tmp.display()))?;
-        file.set_len(size)?;
-        drop(file);
-        let target = FileTarget::open(&tmp, size)
-            .with_context(|| format!("cannot open '{}'", tmp.display()))?;
-        let r = restore(
-            &chain,
-            &target,
-            &RestoreOptions {
-                threads: a.common.threads,
-                ..Default::default()
-            },
-            &bar,
-            &crate::CANCEL,
-        );
-        if let Err(e) = r {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e.into());
+        let written = if a.format == "raw" {
+            to_raw(&chain, &tmp, &a, &bar)
+        } else {
+            to_qcow2(&chain, &tmp, &bar)
+        };
+        match written {
+            Ok(to) => {
+                std::fs::rename(&tmp, &a.output)
+                    .with_context(|| format!("cannot rename '{}' to its name", tmp.display()))?;
+                to
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
         }
-        std::fs::rename(&tmp, &a.output)?;
-        ConvertedTo::Raw { bytes: size }
     } else {
         let mut img = open_image(&a.image, creds)?;
         img.unlock(password.as_deref().map(|p| &p[..]))?;
@@ -105,6 +102,56 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The restored bytes of the chain's point, into the file `to`.
+fn to_raw(chain: &Chain, to: &std::path::Path, a: &ConvertArgs, bar: &Bar) -> Result<ConvertedTo> {
+    let size = chain.point().header.source_size;
+    let file = create_private(to)?;
+    file.set_len(size)?;
+    drop(file);
+    let target =
+        FileTarget::open(to, size).with_context(|| format!("cannot open '{}'", to.display()))?;
+    restore(
+        chain,
+        &target,
+        &RestoreOptions {
+            threads: a.common.threads,
+            ..Default::default()
+        },
+        bar,
+        &crate::CANCEL,
+    )?;
+    Ok(ConvertedTo::Raw { bytes: size })
+}
+
+/// The chain's point as a qcow2 virtual disk, into the file `to`.
+fn to_qcow2(chain: &Chain, to: &std::path::Path, bar: &Bar) -> Result<ConvertedTo> {
+    let blocks = ChainBlocks::new(chain, false)?;
+    let file = create_private(to)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    let w = write_qcow2(&blocks, &mut out, bar, &crate::CANCEL)?;
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot write '{}'", to.display()))?;
+    Ok(ConvertedTo::Qcow2 {
+        disk_bytes: w.disk_bytes,
+        file_bytes: w.file_bytes,
+        data_bytes: w.data_bytes,
+    })
+}
+
+/// Create `path` readable by its owner only: it holds the volume's contents, as the image.
+fn create_private(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create '{}'", path.display()))
 }
 
 fn password_or(

@@ -137,6 +137,36 @@ fn scenario(fs: &str, extra_create: &[&str], extra_restore: &[&str]) {
         crate::mount::dismount_released(&dir, child, &answer);
     }
 
+    // The middle point as a qcow2 virtual disk: clean for qemu-img, and read back by it,
+    // that point's files with a clean fsck; unused space not stored.
+    if require_tool("qemu-img", "qcow2 conversion") {
+        let qcow = img("inc1.qcow2");
+        let inc1 = img("inc1.hfi");
+        let mut cargs = vec!["convert", "--image", &inc1, "--output", &qcow];
+        cargs.extend_from_slice(&["--format", "qcow2"]);
+        cargs.extend_from_slice(extra_restore);
+        let c = image_ok(&cargs);
+        assert_eq!(c["format"], "qcow2", "{c}");
+        assert!(
+            c["file_bytes"].as_u64() < Some(vol_size(fs) / 2),
+            "the qcow2 file is not sparse: {c}"
+        );
+        sh(std::process::Command::new("qemu-img").args(["check", "-f", "qcow2", &qcow]));
+        let raw = work.join("from-qcow2.img");
+        sh(std::process::Command::new("qemu-img")
+            .args(["convert", "-f", "qcow2", "-O", "raw", &qcow])
+            .arg(&raw));
+        let lo = Loop::new(&raw);
+        fsck_clean(lo.path(), fs);
+        assert_eq!(
+            read_files(lo.path(), fs, work),
+            states[1],
+            "{fs} from qcow2"
+        );
+        drop(lo);
+        std::fs::remove_file(&raw).expect("remove");
+    }
+
     // Merge the incremental chain into a new full image: same content as inc2.
     let inc2_name = img("inc2.hfi");
     let mut margs = vec!["merge", "--image", &inc2_name];

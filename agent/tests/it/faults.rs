@@ -39,6 +39,22 @@ fn hash(p: &Path) -> String {
         .to_string()
 }
 
+/// The permission bits of `path`.
+fn mode_of(path: &str) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).expect("meta").permissions())
+        & 0o777
+}
+
+/// The fixture's files whose names contain `part`.
+fn files_named(f: &Fixture, part: &str) -> Vec<String> {
+    std::fs::read_dir(f.p(""))
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(part))
+        .collect()
+}
+
 /// A restore target full of a pattern, to prove a refused restore wrote nothing.
 fn patterned_target(f: &Fixture) -> (PathBuf, String) {
     let t = f.dir.join("target.img");
@@ -170,27 +186,40 @@ fn flipped_byte_is_named_by_validate_and_refused_by_restore() {
     let r = image(&["restore", "--image", &img, "--target", &fresh]);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("damaged in blocks"), "{}", r.stderr);
-    let left: Vec<String> = std::fs::read_dir(f.p(""))
-        .expect("dir")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("fresh"))
-        .collect();
+    let left = files_named(&f, "fresh");
     assert!(left.is_empty(), "left behind: {left:?}");
+    // Converting it to a virtual disk or raw file stops at the damage and leaves nothing.
+    for format in ["qcow2", "raw"] {
+        let out = f.p(&format!("converted.{format}"));
+        let r = image(&[
+            "convert", "--image", &img, "--output", &out, "--format", format,
+        ]);
+        assert_eq!(r.code, 3, "{format}: {}", r.stderr);
+        assert!(r.stderr.contains("damaged in blocks"), "{}", r.stderr);
+        let left = files_named(&f, "converted");
+        assert!(left.is_empty(), "{format}: left behind: {left:?}");
+    }
     // An intact image restores into a new file under its name, with no temporary left.
     let good = f.p("good.hfi");
     image_ok(&["create", "--source", f.vol(), "--output", &good]);
     image_ok(&["restore", "--image", &good, "--target", &fresh]);
     assert_eq!(hash(Path::new(&fresh)), hash(Path::new(f.vol())));
-    let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&fresh).expect("restored").permissions(),
-    );
     assert_eq!(
-        mode & 0o777,
+        mode_of(&fresh),
         0o600,
         "a restored file is private as its image"
     );
     assert!(!Path::new(&f.p(".fresh.img.holdfast-partial")).exists());
+    // A virtual disk of it is as private.
+    let qcow = f.p("good.qcow2");
+    image_ok(&[
+        "convert", "--image", &good, "--output", &qcow, "--format", "qcow2",
+    ]);
+    assert_eq!(
+        mode_of(&qcow),
+        0o600,
+        "a virtual disk is private as its image"
+    );
     // The smaller existing file takes the whole volume once the image is sound.
     image_ok(&[
         "restore",
