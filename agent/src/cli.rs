@@ -522,8 +522,9 @@ pub struct ConvertArgs {
     #[arg(long, value_parser = parse_size)]
     pub split: Option<u64>,
     /// `holdfast` (re-encode this image), `raw` (the restored bytes of this point of the
-    /// chain) or `qcow2` (a sparse virtual disk of them, for KVM and Proxmox).
-    #[arg(long, default_value = "holdfast", value_parser = ["holdfast", "raw", "qcow2"])]
+    /// chain), or a sparse virtual disk of them: `qcow2` (KVM, Proxmox) or `vhd` (dynamic
+    /// VHD: Hyper-V, VirtualBox, Azure).
+    #[arg(long, default_value = "holdfast", value_parser = ["holdfast", "raw", "qcow2", "vhd"])]
     pub format: String,
     /// Replace an existing output.
     #[arg(long)]

@@ -209,18 +209,26 @@ pub struct Merged {
 pub enum ConvertedTo {
     /// A raw copy of the source: `bytes` long.
     Raw { bytes: u64 },
-    /// A qcow2 virtual disk of `disk_bytes`, `file_bytes` long, of which `data_bytes` are
-    /// data clusters (the rest is unused and not stored).
-    Qcow2 {
-        disk_bytes: u64,
-        file_bytes: u64,
-        data_bytes: u64,
-    },
+    /// A qcow2 virtual disk.
+    Qcow2(VirtualDisk),
+    /// A dynamic VHD virtual disk.
+    Vhd(VirtualDisk),
     /// A new Holdfast image (other compression, encryption, password or split size).
     Holdfast {
         encryption: String,
         summary: WriteSummary,
     },
+}
+
+/// A virtual disk `image convert` wrote.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VirtualDisk {
+    /// The disk's size (VHD: rounded up to its geometry).
+    pub disk_bytes: u64,
+    /// The file's size.
+    pub file_bytes: u64,
+    /// Disk bytes stored as data; the rest is unused and not stored.
+    pub data_bytes: u64,
 }
 
 /// `image convert --json`.

@@ -43,10 +43,10 @@ pub mod meta;
 pub mod parts;
 pub mod plan;
 pub mod progress;
-pub mod qcow2;
 pub mod restore;
 pub mod trailer;
 pub mod validate;
+pub mod vdisk;
 pub mod writer;
 
 pub use error::{ImageError, Result};

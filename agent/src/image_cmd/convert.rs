@@ -1,14 +1,14 @@
-//! `image convert`: re-encode one image, or write the restored bytes raw or as a qcow2
-//! virtual disk.
+//! `image convert`: re-encode one image, or write the restored bytes raw or as a virtual
+//! disk (qcow2, VHD).
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use crate::outcome::ConvertedTo;
+use crate::outcome::{ConvertedTo, VirtualDisk};
 use anyhow::{Context, Result};
 use holdfast_image::chain::{Chain, ChainBlocks};
-use holdfast_image::qcow2::write_qcow2;
 use holdfast_image::restore::{restore, FileTarget, RestoreOptions};
+use holdfast_image::vdisk::{qcow2::write_qcow2, vhd::write_vhd};
 use holdfast_image::writer::WriteOptions;
 
 use super::{open_chain, open_image, open_sink, secs};
@@ -23,7 +23,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
     let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
     let creds = a.common.credentials_file.as_deref();
     let bar = Bar::new(&a.common);
-    let to = if a.format == "raw" || a.format == "qcow2" {
+    let to = if a.format != "holdfast" {
         let chain = open_chain(&a.image, creds, password.as_deref().map(|p| &p[..]))?;
         if a.output.exists() && !a.overwrite {
             return Err(Refused(format!(
@@ -40,7 +40,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
         let written = if a.format == "raw" {
             to_raw(&chain, &tmp, &a, &bar)
         } else {
-            to_qcow2(&chain, &tmp, &bar)
+            to_virtual_disk(&chain, &a.format, &tmp, &bar)
         };
         match written {
             Ok(to) => {
@@ -125,20 +125,36 @@ fn to_raw(chain: &Chain, to: &std::path::Path, a: &ConvertArgs, bar: &Bar) -> Re
     Ok(ConvertedTo::Raw { bytes: size })
 }
 
-/// The chain's point as a qcow2 virtual disk, into the file `to`.
-fn to_qcow2(chain: &Chain, to: &std::path::Path, bar: &Bar) -> Result<ConvertedTo> {
+/// The chain's point as a virtual disk (`qcow2` or `vhd`), into the file `to`.
+fn to_virtual_disk(
+    chain: &Chain,
+    format: &str,
+    to: &std::path::Path,
+    bar: &Bar,
+) -> Result<ConvertedTo> {
     let blocks = ChainBlocks::new(chain, false)?;
     let file = create_private(to)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let w = write_qcow2(&blocks, &mut out, bar, &crate::CANCEL)?;
+    let w = if format == "qcow2" {
+        write_qcow2(&blocks, &mut out, bar, &crate::CANCEL)?
+    } else {
+        let created = holdfast_image::writer::now();
+        let id = holdfast_image::crypto::random_array();
+        write_vhd(&blocks, &mut out, id, created, bar, &crate::CANCEL)?
+    };
     out.into_inner()
         .map_err(|e| e.into_error())
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot write '{}'", to.display()))?;
-    Ok(ConvertedTo::Qcow2 {
+    let disk = VirtualDisk {
         disk_bytes: w.disk_bytes,
         file_bytes: w.file_bytes,
         data_bytes: w.data_bytes,
+    };
+    Ok(if format == "qcow2" {
+        ConvertedTo::Qcow2(disk)
+    } else {
+        ConvertedTo::Vhd(disk)
     })
 }
 

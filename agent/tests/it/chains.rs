@@ -137,34 +137,53 @@ fn scenario(fs: &str, extra_create: &[&str], extra_restore: &[&str]) {
         crate::mount::dismount_released(&dir, child, &answer);
     }
 
-    // The middle point as a qcow2 virtual disk: clean for qemu-img, and read back by it,
-    // that point's files with a clean fsck; unused space not stored.
-    if require_tool("qemu-img", "qcow2 conversion") {
-        let qcow = img("inc1.qcow2");
+    // The middle point as virtual disks: clean for qemu-img, and read back by it, that
+    // point's files with a clean fsck; unused space not stored.
+    if require_tool("qemu-img", "virtual disk conversion") {
         let inc1 = img("inc1.hfi");
-        let mut cargs = vec!["convert", "--image", &inc1, "--output", &qcow];
-        cargs.extend_from_slice(&["--format", "qcow2"]);
-        cargs.extend_from_slice(extra_restore);
-        let c = image_ok(&cargs);
-        assert_eq!(c["format"], "qcow2", "{c}");
-        assert!(
-            c["file_bytes"].as_u64() < Some(vol_size(fs) / 2),
-            "the qcow2 file is not sparse: {c}"
-        );
-        sh(std::process::Command::new("qemu-img").args(["check", "-f", "qcow2", &qcow]));
-        let raw = work.join("from-qcow2.img");
-        sh(std::process::Command::new("qemu-img")
-            .args(["convert", "-f", "qcow2", "-O", "raw", &qcow])
-            .arg(&raw));
-        let lo = Loop::new(&raw);
-        fsck_clean(lo.path(), fs);
-        assert_eq!(
-            read_files(lo.path(), fs, work),
-            states[1],
-            "{fs} from qcow2"
-        );
-        drop(lo);
-        std::fs::remove_file(&raw).expect("remove");
+        for (format, qemu_format) in [("qcow2", "qcow2"), ("vhd", "vpc")] {
+            let disk = img(&format!("inc1.{format}"));
+            let mut cargs = vec!["convert", "--image", &inc1, "--output", &disk];
+            cargs.extend_from_slice(&["--format", format]);
+            cargs.extend_from_slice(extra_restore);
+            let c = image_ok(&cargs);
+            assert_eq!(c["format"], format, "{c}");
+            assert!(
+                c["file_bytes"].as_u64() < Some(vol_size(fs) / 2),
+                "the {format} file is not sparse: {c}"
+            );
+            if format == "qcow2" {
+                sh(std::process::Command::new("qemu-img").args(["check", "-f", "qcow2", &disk]));
+            }
+            let raw = work.join("from-virtual-disk.img");
+            sh(std::process::Command::new("qemu-img")
+                .args(["convert", "-f", qemu_format, "-O", "raw", &disk])
+                .arg(&raw));
+            // A VHD is a whole number of its cylinders: what it adds past the volume is
+            // zeros, cut here (NTFS looks for its backup boot sector at the device's end).
+            let bytes = std::fs::read(&raw).expect("read back");
+            let vol_len = usize::try_from(vol_size(fs)).expect("size");
+            assert!(bytes.len() >= vol_len, "{format}: {} bytes", bytes.len());
+            assert!(
+                bytes[vol_len..].iter().all(|&b| b == 0),
+                "{format}: data past the volume"
+            );
+            drop(bytes);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&raw)
+                .and_then(|f| f.set_len(vol_size(fs)))
+                .expect("cut");
+            let lo = Loop::new(&raw);
+            fsck_clean(lo.path(), fs);
+            assert_eq!(
+                read_files(lo.path(), fs, work),
+                states[1],
+                "{fs} from {format}"
+            );
+            drop(lo);
+            std::fs::remove_file(&raw).expect("remove");
+        }
     }
 
     // Merge the incremental chain into a new full image: same content as inc2.

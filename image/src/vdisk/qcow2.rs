@@ -17,9 +17,8 @@
 //! Every table entry carries the `COPIED` flag (its cluster's count is exactly 1), as
 //! `qemu-img check` expects of an image without snapshots.
 
-use std::io::Write;
-
-use crate::blocks::{BlockSource, Class};
+use super::{allocated_units, read_unit, Output, Written};
+use crate::blocks::BlockSource;
 use crate::error::{ImageError, Result};
 use crate::progress::{Cancel, Progress};
 
@@ -35,17 +34,6 @@ const COPIED: u64 = 1 << 63;
 const DEFAULT_CLUSTER: u64 = 64 << 10;
 /// The largest cluster qcow2 allows (`cluster_bits` 21).
 const MAX_CLUSTER: u64 = 2 << 20;
-
-/// What was written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Written {
-    /// Bytes of the qcow2 file.
-    pub file_bytes: u64,
-    /// Disk bytes stored as data clusters.
-    pub data_bytes: u64,
-    /// The virtual disk's size.
-    pub disk_bytes: u64,
-}
 
 /// Where everything goes, in clusters of `cluster` bytes.
 struct Layout {
@@ -76,15 +64,8 @@ impl Layout {
         }
         // QEMU sizes disks in 512-byte sectors: an odd tail is padded with zeros.
         let disk = src.size().div_ceil(512) * 512;
-        let per_cluster = cluster / bs;
         let guest_clusters = disk.div_ceil(cluster);
-        let n_blocks = disk.div_ceil(bs);
-        let mut allocated = vec![false; usize::try_from(guest_clusters).unwrap_or(0)];
-        for n in 0..n_blocks {
-            if src.classify(n) == Class::Read {
-                allocated[(n / per_cluster) as usize] = true;
-            }
-        }
+        let allocated = allocated_units(src, cluster, guest_clusters);
         let per_l2 = cluster / 8;
         let l1_entries = guest_clusters.div_ceil(per_l2);
         let l1_clusters = (l1_entries * 8).div_ceil(cluster).max(1);
@@ -157,7 +138,7 @@ impl Layout {
 /// Write `src` as a qcow2 file to `out`, front to back.
 pub fn write_qcow2(
     src: &dyn BlockSource,
-    out: &mut dyn Write,
+    out: &mut dyn std::io::Write,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<Written> {
@@ -168,35 +149,26 @@ pub fn write_qcow2(
         ));
     }
     let cs = usize::try_from(l.cluster).unwrap_or(usize::MAX);
-    let werr = |e: std::io::Error| ImageError::io("writing the qcow2 file", e);
-    let mut written = 0u64;
-    let mut put = |out: &mut dyn Write, bytes: &[u8]| -> Result<()> {
-        out.write_all(bytes).map_err(werr)?;
-        written += bytes.len() as u64;
-        Ok(())
-    };
+    let mut out = Output::new(out, "qcow2");
     let mut buf = vec![0u8; cs];
 
     // Header cluster.
     let header = l.header();
     buf[..header.len()].copy_from_slice(&header);
-    put(out, &buf)?;
+    out.put(&buf)?;
     // L1 table.
     let mut table = Vec::with_capacity(cs);
     for l2 in &l.l2_of {
         let entry = l2.map_or(0, |c| (c * l.cluster) | COPIED);
         table.extend_from_slice(&entry.to_be_bytes());
     }
-    put(
-        out,
-        &padded(table, (l.refcount_table_at - l.l1_at) * l.cluster),
-    )?;
+    out.put(&padded(table, (l.refcount_table_at - l.l1_at) * l.cluster))?;
     // Refcount table, then its blocks: every cluster of the file counts once.
     let mut table = Vec::new();
     for b in 0..l.refcount_blocks {
         table.extend_from_slice(&((l.refcount_blocks_at + b) * l.cluster).to_be_bytes());
     }
-    put(out, &padded(table, l.refcount_table_clusters * l.cluster))?;
+    out.put(&padded(table, l.refcount_table_clusters * l.cluster))?;
     let per_refblock = l.cluster / 2;
     for b in 0..l.refcount_blocks {
         let first = b * per_refblock;
@@ -206,7 +178,7 @@ pub fn write_qcow2(
                 count.copy_from_slice(&1u16.to_be_bytes());
             }
         }
-        put(out, &block)?;
+        out.put(&block)?;
     }
     // L2 tables: the n-th data cluster in disk order is the n-th stored.
     let per_l2 = cs / 8;
@@ -224,11 +196,9 @@ pub fn write_qcow2(
             };
             table.extend_from_slice(&entry.to_be_bytes());
         }
-        put(out, &padded(table, l.cluster))?;
+        out.put(&padded(table, l.cluster))?;
     }
     // Data clusters.
-    let bs = u64::from(src.block_size());
-    let per_cluster = l.cluster / bs;
     let data_bytes = stored * l.cluster;
     progress.stage("converting", data_bytes);
     let mut read = Vec::new();
@@ -236,26 +206,12 @@ pub fn write_qcow2(
         if cancel.is_cancelled() {
             return Err(ImageError::Cancelled);
         }
-        let first = c as u64 * per_cluster;
-        let last = (first + per_cluster).min(src.size().div_ceil(bs));
-        let wanted: Vec<u64> = (first..last)
-            .filter(|&n| src.classify(n) == Class::Read)
-            .collect();
-        src.read_blocks(&wanted, &mut read)?;
-        buf.fill(0);
-        let mut at = 0usize;
-        for &n in &wanted {
-            let len = usize::try_from(bs.min(src.size() - n * bs)).unwrap_or(0);
-            let to = usize::try_from((n - first) * bs).unwrap_or(0);
-            buf[to..to + len].copy_from_slice(&read[at..at + len]);
-            at += len;
-        }
-        put(out, &buf)?;
+        read_unit(src, l.cluster, c as u64, &mut buf, &mut read)?;
+        out.put(&buf)?;
         progress.advance(l.cluster);
     }
-    out.flush().map_err(werr)?;
     Ok(Written {
-        file_bytes: written,
+        file_bytes: out.finish()?,
         data_bytes,
         disk_bytes: l.disk,
     })
@@ -269,73 +225,14 @@ fn padded(mut bytes: Vec<u8>, len: u64) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::blocks::DeviceBlocks;
-    use crate::extents::Extents;
-    use crate::fs::test_support::{run, tool};
-    use crate::progress::NoProgress;
-    use std::process::Command;
-
-    /// A disk of `size` bytes (a sparse file) whose used extents hold a pattern (the first
-    /// one zeros), written as qcow2: `qemu-img check` finds it clean, and `qemu-img
-    /// compare` finds it equal to the disk. Data clusters are those the extents touch.
-    fn round_trip(size: u64, block_size: u32, used: &[(u64, u64)]) -> Option<Written> {
-        let qemu_img = tool("qemu-img")?;
-        let dir = tempfile::tempdir().expect("tempdir");
-        let raw = dir.path().join("disk.raw");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&raw)
-            .expect("create");
-        // As QEMU sees it: whole sectors.
-        file.set_len(size.div_ceil(512) * 512).expect("size");
-        let mut extents = Extents::new();
-        for (k, &(start, len)) in used.iter().enumerate() {
-            extents.add(start, len);
-            if k > 0 {
-                let bytes: Vec<u8> = (0..len)
-                    .map(|i| (i * 31 + k as u64 * 7 + (i >> 12)) as u8 | 1)
-                    .collect();
-                std::os::unix::fs::FileExt::write_all_at(&file, &bytes, start).expect("write");
-            }
-        }
-        let src = DeviceBlocks::new(
-            crate::io::FileReadAt::new(file, size),
-            extents.clone(),
-            block_size,
-            "test disk",
-        );
-        let qcow = dir.path().join("disk.qcow2");
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&qcow).expect("create"));
-        let w = write_qcow2(&src, &mut out, &NoProgress, &Cancel::new()).expect("write");
-        drop(out);
-        assert_eq!(std::fs::metadata(&qcow).expect("meta").len(), w.file_bytes);
-        assert_eq!(w.disk_bytes, size.div_ceil(512) * 512);
-        run(Command::new(&qemu_img)
-            .args(["check", "-f", "qcow2"])
-            .arg(&qcow));
-        run(Command::new(&qemu_img)
-            .args(["compare", "-f", "raw", "-F", "qcow2"])
-            .arg(&raw)
-            .arg(&qcow));
-        let cluster = DEFAULT_CLUSTER.max(u64::from(block_size));
-        let touched: std::collections::BTreeSet<u64> = extents
-            .ranges()
-            .iter()
-            .flat_map(|&(s, e)| s / cluster..e.div_ceil(cluster))
-            .collect();
-        assert_eq!(w.data_bytes, touched.len() as u64 * cluster);
-        Some(w)
-    }
+    use crate::vdisk::test_support::round_trip;
 
     #[test]
     fn a_sparse_disk_reads_back_from_qcow2() {
         // An odd size (the last block short), data in the first and last clusters.
         let size = (5 << 20) + 12_345;
         round_trip(
+            "qcow2",
             size,
             32 << 10,
             &[
@@ -352,6 +249,7 @@ mod tests {
         // 1.5 GiB: three L2 tables' worth at 64 KiB clusters, data in the first and third.
         let gib = 1u64 << 30;
         if let Some(w) = round_trip(
+            "qcow2",
             gib + (gib / 2),
             32 << 10,
             &[(4096, 8192), (gib + 777 * 4096, 3 << 16)],
@@ -359,6 +257,6 @@ mod tests {
             assert!(w.file_bytes < 2 << 20, "{w:?}");
         }
         // 1 MiB blocks: 1 MiB clusters.
-        round_trip(8 << 20, 1 << 20, &[(0, 1 << 20), (5 << 20, 4096)]);
+        round_trip("qcow2", 8 << 20, 1 << 20, &[(0, 1 << 20), (5 << 20, 4096)]);
     }
 }
