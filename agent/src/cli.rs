@@ -522,9 +522,9 @@ pub struct ConvertArgs {
     #[arg(long, value_parser = parse_size)]
     pub split: Option<u64>,
     /// `holdfast` (re-encode this image), `raw` (the restored bytes of this point of the
-    /// chain), or a sparse virtual disk of them: `qcow2` (KVM, Proxmox) or `vhd` (dynamic
-    /// VHD: Hyper-V, VirtualBox, Azure).
-    #[arg(long, default_value = "holdfast", value_parser = ["holdfast", "raw", "qcow2", "vhd"])]
+    /// chain), or a sparse virtual disk of them: `vhdx` (Hyper-V), `qcow2` (KVM, Proxmox)
+    /// or `vhd` (dynamic VHD: older Hyper-V, VirtualBox, Azure).
+    #[arg(long, default_value = "holdfast", value_parser = ["holdfast", "raw", "vhdx", "qcow2", "vhd"])]
     pub format: String,
     /// Replace an existing output.
     #[arg(long)]

@@ -213,6 +213,8 @@ pub enum ConvertedTo {
     Qcow2(VirtualDisk),
     /// A dynamic VHD virtual disk.
     Vhd(VirtualDisk),
+    /// A dynamic VHDX virtual disk.
+    Vhdx(VirtualDisk),
     /// A new Holdfast image (other compression, encryption, password or split size).
     Holdfast {
         encryption: String,

@@ -1,5 +1,5 @@
 //! `image convert`: re-encode one image, or write the restored bytes raw or as a virtual
-//! disk (qcow2, VHD).
+//! disk (qcow2, VHD, VHDX).
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -8,7 +8,7 @@ use crate::outcome::{ConvertedTo, VirtualDisk};
 use anyhow::{Context, Result};
 use holdfast_image::chain::{Chain, ChainBlocks};
 use holdfast_image::restore::{restore, FileTarget, RestoreOptions};
-use holdfast_image::vdisk::{qcow2::write_qcow2, vhd::write_vhd};
+use holdfast_image::vdisk::{qcow2::write_qcow2, vhd::write_vhd, vhdx::write_vhdx};
 use holdfast_image::writer::WriteOptions;
 
 use super::{open_chain, open_image, open_sink, secs};
@@ -125,7 +125,7 @@ fn to_raw(chain: &Chain, to: &std::path::Path, a: &ConvertArgs, bar: &Bar) -> Re
     Ok(ConvertedTo::Raw { bytes: size })
 }
 
-/// The chain's point as a virtual disk (`qcow2` or `vhd`), into the file `to`.
+/// The chain's point as a virtual disk (`qcow2`, `vhd` or `vhdx`), into the file `to`.
 fn to_virtual_disk(
     chain: &Chain,
     format: &str,
@@ -135,12 +135,20 @@ fn to_virtual_disk(
     let blocks = ChainBlocks::new(chain, false)?;
     let file = create_private(to)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
-    let w = if format == "qcow2" {
-        write_qcow2(&blocks, &mut out, bar, &crate::CANCEL)?
-    } else {
-        let created = holdfast_image::writer::now();
-        let id = holdfast_image::crypto::random_array();
-        write_vhd(&blocks, &mut out, id, created, bar, &crate::CANCEL)?
+    let random = holdfast_image::crypto::random_array;
+    let w = match format {
+        "qcow2" => write_qcow2(&blocks, &mut out, bar, &crate::CANCEL)?,
+        "vhdx" => write_vhdx(
+            &blocks,
+            &mut out,
+            [random(), random(), random()],
+            bar,
+            &crate::CANCEL,
+        )?,
+        _ => {
+            let created = holdfast_image::writer::now();
+            write_vhd(&blocks, &mut out, random(), created, bar, &crate::CANCEL)?
+        }
     };
     out.into_inner()
         .map_err(|e| e.into_error())
@@ -151,10 +159,10 @@ fn to_virtual_disk(
         file_bytes: w.file_bytes,
         data_bytes: w.data_bytes,
     };
-    Ok(if format == "qcow2" {
-        ConvertedTo::Qcow2(disk)
-    } else {
-        ConvertedTo::Vhd(disk)
+    Ok(match format {
+        "qcow2" => ConvertedTo::Qcow2(disk),
+        "vhdx" => ConvertedTo::Vhdx(disk),
+        _ => ConvertedTo::Vhd(disk),
     })
 }
 

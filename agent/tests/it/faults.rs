@@ -189,7 +189,7 @@ fn flipped_byte_is_named_by_validate_and_refused_by_restore() {
     let left = files_named(&f, "fresh");
     assert!(left.is_empty(), "left behind: {left:?}");
     // Converting it to a virtual disk or raw file stops at the damage and leaves nothing.
-    for format in ["qcow2", "vhd", "raw"] {
+    for format in ["qcow2", "vhd", "vhdx", "raw"] {
         let out = f.p(&format!("converted.{format}"));
         let r = image(&[
             "convert", "--image", &img, "--output", &out, "--format", format,

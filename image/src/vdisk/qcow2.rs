@@ -17,7 +17,7 @@
 //! Every table entry carries the `COPIED` flag (its cluster's count is exactly 1), as
 //! `qemu-img check` expects of an image without snapshots.
 
-use super::{allocated_units, read_unit, Output, Written};
+use super::{allocated_units, write_units, Output, Written};
 use crate::blocks::BlockSource;
 use crate::error::{ImageError, Result};
 use crate::progress::{Cancel, Progress};
@@ -199,22 +199,16 @@ pub fn write_qcow2(
         out.put(&padded(table, l.cluster))?;
     }
     // Data clusters.
-    let data_bytes = stored * l.cluster;
-    progress.stage("converting", data_bytes);
-    let mut read = Vec::new();
-    for (c, _) in l.allocated.iter().enumerate().filter(|(_, a)| **a) {
-        if cancel.is_cancelled() {
-            return Err(ImageError::Cancelled);
-        }
-        read_unit(src, l.cluster, c as u64, &mut buf, &mut read)?;
-        out.put(&buf)?;
-        progress.advance(l.cluster);
-    }
-    Ok(Written {
-        file_bytes: out.finish()?,
-        data_bytes,
-        disk_bytes: l.disk,
-    })
+    let data_bytes = write_units(
+        src,
+        l.cluster,
+        &l.allocated,
+        &[],
+        &mut out,
+        progress,
+        cancel,
+    )?;
+    out.finish(data_bytes, l.disk)
 }
 
 /// `bytes` zero-padded to `len`.

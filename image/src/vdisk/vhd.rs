@@ -18,7 +18,7 @@
 //! (about 127 GB) the geometry is the maximum and readers take the size field, exact to
 //! the sector.
 
-use super::{allocated_units, read_unit, Output, Written};
+use super::{allocated_units, write_units, Output, Written};
 use crate::blocks::BlockSource;
 use crate::error::{ImageError, Result};
 use crate::progress::{Cancel, Progress};
@@ -178,25 +178,10 @@ pub fn write_vhd(
     table.resize(usize::try_from(table_bytes).unwrap_or(0), 0xFF);
     out.put(&table)?;
 
-    progress.stage("converting", stored * BLOCK);
     let bitmap = vec![0xFFu8; BITMAP as usize];
-    let mut buf = vec![0u8; BLOCK as usize];
-    let mut scratch = Vec::new();
-    for (b, _) in allocated.iter().enumerate().filter(|(_, a)| **a) {
-        if cancel.is_cancelled() {
-            return Err(ImageError::Cancelled);
-        }
-        read_unit(src, BLOCK, b as u64, &mut buf, &mut scratch)?;
-        out.put(&bitmap)?;
-        out.put(&buf)?;
-        progress.advance(BLOCK);
-    }
+    let data_bytes = write_units(src, BLOCK, &allocated, &bitmap, &mut out, progress, cancel)?;
     out.put(&foot)?;
-    Ok(Written {
-        file_bytes: out.finish()?,
-        data_bytes: stored * BLOCK,
-        disk_bytes: disk,
-    })
+    out.finish(data_bytes, disk)
 }
 
 #[cfg(test)]
