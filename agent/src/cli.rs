@@ -526,6 +526,10 @@ pub struct ConvertArgs {
     /// or `vhd` (dynamic VHD: older Hyper-V, VirtualBox, Azure).
     #[arg(long, default_value = "holdfast", value_parser = ["holdfast", "raw", "vhdx", "qcow2", "vhd"])]
     pub format: String,
+    /// For a disk image, with a raw or virtual-disk format: only this partition (numbered
+    /// as Linux numbers them), as a disk of its own.
+    #[arg(long)]
+    pub partition: Option<u32>,
     /// Replace an existing output.
     #[arg(long)]
     pub overwrite: bool,

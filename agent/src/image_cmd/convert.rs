@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use crate::outcome::{ConvertedTo, VirtualDisk};
 use anyhow::{Context, Result};
+use holdfast_image::blocks::BlockSource;
 use holdfast_image::chain::{Chain, ChainBlocks};
 use holdfast_image::restore::{restore, FileTarget, RestoreOptions};
-use holdfast_image::vdisk::{qcow2::write_qcow2, vhd::write_vhd, vhdx::write_vhdx};
+use holdfast_image::vdisk::{qcow2::write_qcow2, vhd::write_vhd, vhdx::write_vhdx, Window};
 use holdfast_image::writer::WriteOptions;
 
-use super::{open_chain, open_image, open_sink, secs};
+use super::{open_chain, open_image, open_sink, partition_range, secs};
 use crate::cli::ConvertArgs;
 use crate::exit::Refused;
 use crate::output::Bar;
@@ -23,8 +24,18 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
     let password = password(a.password_file.as_deref(), PASSWORD_ENV)?;
     let creds = a.common.credentials_file.as_deref();
     let bar = Bar::new(&a.common);
+    if a.partition.is_some() && a.format == "holdfast" {
+        return Err(Refused(
+            "--partition takes one partition out as a disk of its own: give --format raw, vhdx, qcow2 or vhd".into(),
+        )
+        .into());
+    }
     let to = if a.format != "holdfast" {
         let chain = open_chain(&a.image, creds, password.as_deref().map(|p| &p[..]))?;
+        let range = a
+            .partition
+            .map(|n| partition_range(&chain, n, &a.image))
+            .transpose()?;
         if a.output.exists() && !a.overwrite {
             return Err(Refused(format!(
                 "'{}' already exists (use --overwrite to replace it)",
@@ -38,9 +49,9 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
         tmp.push(".partial");
         let tmp = std::path::PathBuf::from(tmp);
         let written = if a.format == "raw" {
-            to_raw(&chain, &tmp, &a, &bar)
+            to_raw(&chain, range, &tmp, &a, &bar)
         } else {
-            to_virtual_disk(&chain, &a.format, &tmp, &bar)
+            to_virtual_disk(&chain, range, &a.format, &tmp, &bar)
         };
         match written {
             Ok(to) => {
@@ -104,9 +115,15 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The restored bytes of the chain's point, into the file `to`.
-fn to_raw(chain: &Chain, to: &std::path::Path, a: &ConvertArgs, bar: &Bar) -> Result<ConvertedTo> {
-    let size = chain.point().header.source_size;
+/// The restored bytes of the chain's point (or of its byte `range`), into the file `to`.
+fn to_raw(
+    chain: &Chain,
+    range: Option<(u64, u64)>,
+    to: &std::path::Path,
+    a: &ConvertArgs,
+    bar: &Bar,
+) -> Result<ConvertedTo> {
+    let size = range.map_or(chain.point().header.source_size, |(_, len)| len);
     let file = create_private(to)?;
     file.set_len(size)?;
     drop(file);
@@ -117,6 +134,7 @@ fn to_raw(chain: &Chain, to: &std::path::Path, a: &ConvertArgs, bar: &Bar) -> Re
         &target,
         &RestoreOptions {
             threads: a.common.threads,
+            range,
             ..Default::default()
         },
         bar,
@@ -125,21 +143,31 @@ fn to_raw(chain: &Chain, to: &std::path::Path, a: &ConvertArgs, bar: &Bar) -> Re
     Ok(ConvertedTo::Raw { bytes: size })
 }
 
-/// The chain's point as a virtual disk (`qcow2`, `vhd` or `vhdx`), into the file `to`.
+/// The chain's point (or its byte `range`) as a virtual disk (`qcow2`, `vhd` or `vhdx`),
+/// into the file `to`.
 fn to_virtual_disk(
     chain: &Chain,
+    range: Option<(u64, u64)>,
     format: &str,
     to: &std::path::Path,
     bar: &Bar,
 ) -> Result<ConvertedTo> {
-    let blocks = ChainBlocks::new(chain, false)?;
+    let whole = ChainBlocks::new(chain, false)?;
+    let window = range
+        .map(|(start, len)| Window::new(&whole, start, len))
+        .transpose()
+        .context("the partition cannot be taken out block by block; convert the whole disk")?;
+    let blocks: &dyn BlockSource = match &window {
+        Some(w) => w,
+        None => &whole,
+    };
     let file = create_private(to)?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
     let random = holdfast_image::crypto::random_array;
     let w = match format {
-        "qcow2" => write_qcow2(&blocks, &mut out, bar, &crate::CANCEL)?,
+        "qcow2" => write_qcow2(blocks, &mut out, bar, &crate::CANCEL)?,
         "vhdx" => write_vhdx(
-            &blocks,
+            blocks,
             &mut out,
             [random(), random(), random()],
             bar,
@@ -147,7 +175,7 @@ fn to_virtual_disk(
         )?,
         _ => {
             let created = holdfast_image::writer::now();
-            write_vhd(&blocks, &mut out, random(), created, bar, &crate::CANCEL)?
+            write_vhd(blocks, &mut out, random(), created, bar, &crate::CANCEL)?
         }
     };
     out.into_inner()

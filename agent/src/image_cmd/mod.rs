@@ -140,6 +140,36 @@ pub fn open_target(path: &Path, need: u64, sources: &[&Path]) -> Result<(FileTar
 }
 
 /// Seconds as a float with millisecond precision.
+/// The byte range (start, length) of partition `n` of the disk in the chain's image
+/// `image`; refused, naming what there is, when there is no such partition.
+pub fn partition_range(chain: &Chain, n: u32, image: &Path) -> Result<(u64, u64)> {
+    let source = &chain.point().meta.source;
+    if source.partition_table.is_none() {
+        return Err(Refused(format!(
+            "'{}' holds a volume, not a disk: leave out --partition",
+            image.display()
+        ))
+        .into());
+    }
+    let p = source
+        .partitions
+        .iter()
+        .find(|p| p.number == n)
+        .ok_or_else(|| {
+            let numbers: Vec<String> = source
+                .partitions
+                .iter()
+                .map(|p| p.number.to_string())
+                .collect();
+            Refused(format!(
+                "the disk in '{}' has no partition {n} (it has {})",
+                image.display(),
+                numbers.join(", ")
+            ))
+        })?;
+    Ok((p.start, p.len))
+}
+
 pub fn secs(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }

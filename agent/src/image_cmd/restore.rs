@@ -10,7 +10,7 @@ use holdfast_image::io::FileReadAt;
 use holdfast_image::restore::{restore, RestoreOptions};
 use holdfast_image::restore::{FileTarget, WriteAt};
 
-use super::{open_chain, open_target, secs};
+use super::{open_chain, open_target, partition_range, secs};
 use crate::cli::RestoreArgs;
 use crate::exit::Refused;
 use crate::luks::{check_key, ContentsTarget, EncryptedTarget, Key};
@@ -133,36 +133,10 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
         _ => source_size,
     };
     // One partition of a disk image: its byte range.
-    let range = match a.partition {
-        None => None,
-        Some(n) => {
-            let source = &chain.point().meta.source;
-            if source.partition_table.is_none() {
-                return Err(Refused(format!(
-                    "'{}' holds a volume, not a disk: leave out --partition",
-                    a.image.display()
-                ))
-                .into());
-            }
-            let p = source
-                .partitions
-                .iter()
-                .find(|p| p.number == n)
-                .ok_or_else(|| {
-                    let numbers: Vec<String> = source
-                        .partitions
-                        .iter()
-                        .map(|p| p.number.to_string())
-                        .collect();
-                    Refused(format!(
-                        "the disk in '{}' has no partition {n} (it has {})",
-                        a.image.display(),
-                        numbers.join(", ")
-                    ))
-                })?;
-            Some((p.start, p.len))
-        }
-    };
+    let range = a
+        .partition
+        .map(|n| partition_range(&chain, n, &a.image))
+        .transpose()?;
     let need = range.map_or(need, |(_, len)| len);
     // The LUKS header, read (its frames checked) and tried with the key before anything
     // is written.

@@ -315,6 +315,81 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
         std::fs::read(&blob).expect("blob") == read_range(&disk, parts[2].0, parts[2].1),
         "partition 3 restored alone differs"
     );
+    // As virtual disks, read back by qemu-img: the whole disk as VHDX (its exact size, so
+    // the backup GPT stays at the end), partition 1 as qcow2 and the blob partition as VHD
+    // (rounded up to its geometry with zeros).
+    if require_tool("qemu-img", "virtual disks of a disk image") {
+        let to_raw = |disk_file: &Path, format: &str| {
+            let raw = t.path().join(format!("back-{format}.img"));
+            sh(Command::new("qemu-img")
+                .args(["convert", "-f", format, "-O", "raw"])
+                .arg(disk_file)
+                .arg(&raw));
+            raw
+        };
+        let convert = |format: &str, partition: Option<&str>| {
+            let out = t
+                .path()
+                .join(format!("conv-{}.{format}", partition.unwrap_or("all")));
+            let mut args = vec![
+                "convert",
+                "--image",
+                img.to_str().expect("p"),
+                "--output",
+                out.to_str().expect("p"),
+                "--format",
+                format,
+            ];
+            if let Some(n) = partition {
+                args.extend_from_slice(&["--partition", n]);
+            }
+            image_ok(&args);
+            out
+        };
+        let vhdx = convert("vhdx", None);
+        let back = to_raw(&vhdx, "vhdx");
+        assert_eq!(std::fs::metadata(&back).expect("back").len(), 200 << 20);
+        let d3 = sh(Command::new("sfdisk").arg("--dump").arg(&back)).stdout;
+        assert_eq!(
+            String::from_utf8_lossy(&d1).replace(disk.to_str().expect("p"), "X"),
+            String::from_utf8_lossy(&d3).replace(back.to_str().expect("p"), "X")
+        );
+        sh(Command::new("sfdisk").arg("--verify").arg(&back));
+        let lo = part_loop(&back, parts[1]);
+        fsck_clean(lo.path(), "vfat");
+        assert_eq!(read_files(lo.path(), "vfat", t.path()), want[1]);
+        drop(lo);
+        let qcow = convert("qcow2", Some("1"));
+        let back = to_raw(&qcow, "qcow2");
+        assert_eq!(std::fs::metadata(&back).expect("back").len(), parts[0].1);
+        let lo = Loop::new(&back);
+        fsck_clean(lo.path(), "ext4");
+        assert_eq!(read_files(lo.path(), "ext4", t.path()), want[0]);
+        drop(lo);
+        let vhd = convert("vhd", Some("3"));
+        let back = std::fs::read(to_raw(&vhd, "vpc")).expect("back");
+        let len = usize::try_from(parts[2].1).expect("len");
+        assert!(
+            back[..len] == noise(len, 9)[..] && back[len..].iter().all(|&b| b == 0),
+            "partition 3 as VHD differs"
+        );
+        let r = image(&[
+            "convert",
+            "--image",
+            img.to_str().expect("p"),
+            "--output",
+            t.path().join("x.hfi").to_str().expect("p"),
+            "--partition",
+            "1",
+        ]);
+        assert_eq!(r.code, 5, "{}", r.stderr);
+        assert!(
+            r.stderr.contains("--partition takes one partition out"),
+            "{}",
+            r.stderr
+        );
+    }
+
     // A device smaller than the partition is refused; so is a partition the disk has not.
     let small = t.path().join("small.img");
     sparse_file(&small, parts[0].1 - (1 << 20));

@@ -24,6 +24,59 @@ pub struct Written {
     pub disk_bytes: u64,
 }
 
+/// A byte range of a block source (one partition of a disk image) as a source of its
+/// own: its block `n` is the source's block `start / block size + n`.
+pub struct Window<'a> {
+    inner: &'a dyn BlockSource,
+    first: u64,
+    len: u64,
+}
+
+impl<'a> Window<'a> {
+    /// The `len` bytes of `inner` from `start`, which must fall on a block boundary.
+    pub fn new(inner: &'a dyn BlockSource, start: u64, len: u64) -> Result<Self> {
+        let bs = u64::from(inner.block_size());
+        if !start.is_multiple_of(bs) || start.checked_add(len).is_none_or(|end| end > inner.size())
+        {
+            return Err(crate::ImageError::Invalid(format!(
+                "bytes {start}..{} are not a range of whole {bs}-byte blocks of the image's {} bytes",
+                start.saturating_add(len),
+                inner.size()
+            )));
+        }
+        Ok(Self {
+            inner,
+            first: start / bs,
+            len,
+        })
+    }
+}
+
+impl BlockSource for Window<'_> {
+    fn size(&self) -> u64 {
+        self.len
+    }
+    fn block_size(&self) -> u32 {
+        self.inner.block_size()
+    }
+    fn classify(&self, n: u64) -> Class {
+        self.inner.classify(self.first + n)
+    }
+    fn read_blocks(&self, blocks: &[u64], buf: &mut Vec<u8>) -> Result<()> {
+        let mapped: Vec<u64> = blocks.iter().map(|n| self.first + n).collect();
+        self.inner.read_blocks(&mapped, buf)?;
+        // The window's last block may be shorter than the source's block there.
+        let bs = u64::from(self.block_size());
+        if let Some(&last) = blocks.last() {
+            let given = bs.min(self.inner.size() - (self.first + last) * bs);
+            let wanted = bs.min(self.len - last * bs);
+            let extra = usize::try_from(given - wanted).unwrap_or(0);
+            buf.truncate(buf.len().saturating_sub(extra));
+        }
+        Ok(())
+    }
+}
+
 /// The file being written: counts its bytes, names it in errors.
 struct Output<'a> {
     out: &'a mut dyn std::io::Write,
@@ -130,6 +183,36 @@ fn read_unit(
         at += len;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::DeviceBlocks;
+    use crate::extents::Extents;
+
+    #[test]
+    fn a_window_is_whole_blocks_of_its_source_cut_at_its_end() {
+        let bytes: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let mut used = Extents::new();
+        used.add(0, 40_000);
+        let src = DeviceBlocks::new(bytes.clone(), used, 4096, "bytes");
+        assert!(
+            Window::new(&src, 100, 4096).is_err(),
+            "not on a block boundary"
+        );
+        assert!(Window::new(&src, 8192, 40_000).is_err(), "past the end");
+        // Blocks 2.. of the source, the last one cut short inside the source's block 6.
+        let w = Window::new(&src, 8192, 4096 * 4 + 100).expect("window");
+        assert_eq!(w.size(), 16_484);
+        let mut buf = Vec::new();
+        w.read_blocks(&[0, 1, 2, 3, 4], &mut buf).expect("read");
+        assert_eq!(buf, bytes[8192..8192 + 16_484]);
+        // At the source's own short end: nothing cut twice.
+        let w = Window::new(&src, 36_864, 3136).expect("tail");
+        w.read_blocks(&[0], &mut buf).expect("read");
+        assert_eq!(buf, bytes[36_864..]);
+    }
 }
 
 #[cfg(test)]
