@@ -130,8 +130,13 @@ fn allocated_units(src: &dyn BlockSource, unit: u64, units: u64) -> Vec<bool> {
     allocated
 }
 
+/// Disk bytes read and decoded as one piece: several of the image's 4 MiB frames, each
+/// decoded once.
+const SPAN: u64 = 16 << 20;
+
 /// Write every allocated unit of `unit` bytes in disk order, each after `prefix` (VHD's
-/// sector bitmap; empty for the others); the data bytes written.
+/// sector bitmap; empty for the others); the data bytes written. Spans of the disk are
+/// read and decoded on every core, and written in order.
 fn write_units(
     src: &dyn BlockSource,
     unit: u64,
@@ -141,48 +146,106 @@ fn write_units(
     progress: &dyn crate::progress::Progress,
     cancel: &crate::progress::Cancel,
 ) -> Result<u64> {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
     let stored = allocated.iter().filter(|&&a| a).count() as u64;
     progress.stage("converting", stored * unit);
-    let mut buf = vec![0u8; usize::try_from(unit).unwrap_or(0)];
-    let mut scratch = Vec::new();
-    for (u, _) in allocated.iter().enumerate().filter(|(_, a)| **a) {
-        if cancel.is_cancelled() {
-            return Err(crate::ImageError::Cancelled);
-        }
-        read_unit(src, unit, u as u64, &mut buf, &mut scratch)?;
-        out.put(prefix)?;
-        out.put(&buf)?;
-        progress.advance(unit);
+    let per_span = usize::try_from((SPAN / unit).max(1)).unwrap_or(1);
+    let spans: Vec<usize> = (0..allocated.len().div_ceil(per_span))
+        .filter(|&k| allocated[k * per_span..].iter().take(per_span).any(|&a| a))
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+    // At most this many spans decoded ahead of the writer.
+    let (credit_tx, credit_rx) = crossbeam_channel::bounded::<()>(threads * 2);
+    for _ in 0..threads * 2 {
+        let _ = credit_tx.send(());
     }
-    Ok(stored * unit)
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<(usize, Result<Vec<u8>>)>();
+    std::thread::scope(|s| -> Result<u64> {
+        for _ in 0..threads {
+            let (done_tx, credit_rx) = (done_tx.clone(), credit_rx.clone());
+            let (next, stop, spans) = (&next, &stop, &spans);
+            s.spawn(move || loop {
+                if credit_rx.recv().is_err() || stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(&k) = spans.get(i) else { return };
+                let units = (k * per_span..allocated.len().min((k + 1) * per_span))
+                    .filter(|&u| allocated[u])
+                    .map(|u| u as u64);
+                if done_tx.send((i, read_units(src, unit, units))).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(done_tx);
+        let mut waiting = BTreeMap::new();
+        let mut written = 0;
+        let result = (|| {
+            while written < spans.len() {
+                if cancel.is_cancelled() {
+                    return Err(crate::ImageError::Cancelled);
+                }
+                let Ok((i, data)) = done_rx.recv() else {
+                    break;
+                };
+                waiting.insert(i, data);
+                while let Some(data) = waiting.remove(&written) {
+                    for piece in data?.chunks(usize::try_from(unit).unwrap_or(usize::MAX)) {
+                        out.put(prefix)?;
+                        out.put(piece)?;
+                        progress.advance(unit);
+                    }
+                    written += 1;
+                    let _ = credit_tx.send(());
+                }
+            }
+            Ok(stored * unit)
+        })();
+        stop.store(true, Ordering::Relaxed);
+        // Wake every worker waiting for a credit, so the scope can end.
+        for _ in 0..threads {
+            let _ = credit_tx.send(());
+        }
+        result
+    })
 }
 
-/// Fill `buf` (`unit` bytes) with unit `u` of the source: its data blocks as read, zeros
-/// elsewhere (and past the source's end). `scratch` is reused between calls.
-fn read_unit(
+/// The given units of `unit` bytes of the source, back to back: their data blocks as read
+/// (in one read, so each frame is decoded once), zeros elsewhere and past the source's end.
+fn read_units(
     src: &dyn BlockSource,
     unit: u64,
-    u: u64,
-    buf: &mut [u8],
-    scratch: &mut Vec<u8>,
-) -> Result<()> {
+    units: impl Iterator<Item = u64>,
+) -> Result<Vec<u8>> {
     let bs = u64::from(src.block_size());
     let size = src.size();
-    let first = u * (unit / bs);
-    let last = (first + unit / bs).min(size.div_ceil(bs));
-    let wanted: Vec<u64> = (first..last)
+    let per_unit = unit / bs;
+    let units: Vec<u64> = units.collect();
+    let wanted: Vec<u64> = units
+        .iter()
+        .flat_map(|&u| u * per_unit..((u + 1) * per_unit).min(size.div_ceil(bs)))
         .filter(|&n| src.classify(n) == Class::Read)
         .collect();
-    src.read_blocks(&wanted, scratch)?;
-    buf.fill(0);
+    let mut read = Vec::new();
+    src.read_blocks(&wanted, &mut read)?;
+    let mut out = vec![0u8; units.len() * usize::try_from(unit).unwrap_or(0)];
     let mut at = 0usize;
+    let mut slot = 0usize;
     for &n in &wanted {
+        while units[slot] != n / per_unit {
+            slot += 1;
+        }
         let len = usize::try_from(bs.min(size - n * bs)).unwrap_or(0);
-        let to = usize::try_from((n - first) * bs).unwrap_or(0);
-        buf[to..to + len].copy_from_slice(&scratch[at..at + len]);
+        let to = slot * usize::try_from(unit).unwrap_or(0)
+            + usize::try_from((n % per_unit) * bs).unwrap_or(0);
+        out[to..to + len].copy_from_slice(&read[at..at + len]);
         at += len;
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]
