@@ -39,6 +39,16 @@ fn hash(p: &Path) -> String {
         .to_string()
 }
 
+/// The names in folder `dir` but `lost+found`.
+fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lost+found")
+        .collect()
+}
+
 /// The permission bits of `path`.
 fn mode_of(path: &str) -> u32 {
     std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).expect("meta").permissions())
@@ -525,14 +535,8 @@ fn full_output_filesystem_fails_cleanly() {
         "{}",
         r.stderr
     );
-    let names: Vec<String> = std::fs::read_dir(&m.dir)
-        .expect("dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "lost+found")
-        .collect();
     assert_eq!(
-        names,
+        names_in(&m.dir),
         vec!["keep.txt".to_owned()],
         "only the existing file may remain"
     );
@@ -540,4 +544,36 @@ fn full_output_filesystem_fails_cleanly() {
         std::fs::read_to_string(m.dir.join("keep.txt")).expect("keep"),
         "existing data"
     );
+    // A virtual disk of the 40 MiB source does not fit either: said, and nothing left.
+    let img = t.path().join("src.hfi");
+    image_ok(&[
+        "create",
+        "--source",
+        src.to_str().expect("p"),
+        "--output",
+        img.to_str().expect("p"),
+    ]);
+    for format in ["vhdx", "qcow2", "vhd", "raw"] {
+        let out = m.dir.join(format!("x.{format}"));
+        let r = image(&[
+            "convert",
+            "--image",
+            img.to_str().expect("p"),
+            "--output",
+            out.to_str().expect("p"),
+            "--format",
+            format,
+        ]);
+        assert_eq!(r.code, 1, "{format}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("No space left on device"),
+            "{format}: {}",
+            r.stderr
+        );
+        assert_eq!(
+            names_in(&m.dir),
+            vec!["keep.txt".to_owned()],
+            "{format}: left behind"
+        );
+    }
 }
