@@ -34,7 +34,8 @@ PACKAGES=(
     borgbackup  # borg: the same, for borg
     faketime    # faketime: an agent whose clock runs ahead, for the change-tracking safeguards
     partclone   # partclone.*: reference images compared against ours
-    qemu-utils  # qemu-img: the oracle for the virtual disks image convert writes (qcow2)
+    qemu-utils  # qemu-img: the oracle for the virtual disks image convert writes (qcow2, VHD, VHDX)
+    python3-venv  # a venv for schemathesis (from PyPI), which fuzzes the REST API
     xfsprogs    # mkfs.xfs, xfs_repair, xfs_io: XFS fixtures (used-sector reader, freeze)
     exfatprogs  # mkfs.exfat, fsck.exfat, dump.exfat: exFAT fixtures of the image tests
     exfat-fuse  # mount.exfat-fuse: fill exFAT fixtures (this kernel has no exfat driver)
@@ -265,6 +266,8 @@ if ((IS_ROOT == 1)); then
     run_stage "benchmark: change-tracked incrementals on LVM thin (tiny, in the VM)" env \
         BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/thin.sh 64 /var/tmp/holdfast-thbench-tiny
+    run_stage "API fuzzing with schemathesis (5 examples per operation)" env \
+        HOLDFAST_SERVER="$CARGO_TARGET_DIR/debug/holdfast-server" scripts/api-fuzz.sh 5
     run_stage "benchmark: virtual disks vs qemu-img (tiny)" env BENCH_RUNS=1 BENCH_STRICT=1 \
         HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/convert.sh 32 /var/tmp/holdfast-vbench-tiny
