@@ -19,7 +19,9 @@
 //!   offset, as its volume; [`restore`], [`validate`], [`convert`]:
 //!   the operations;
 //! - [`fs`], [`disk`]: filesystem allocation maps and partition tables; [`plan`]: turning a
-//!   source into extents and metadata.
+//!   source into extents and metadata; [`changes`]: what a change-tracked incremental takes
+//!   from its base unread;
+//! - [`vdisk`]: a chain point written as a virtual disk (qcow2, VHD, VHDX).
 
 pub mod blocks;
 pub mod chain;

@@ -1261,7 +1261,7 @@ mod tests {
     }
 
     #[test]
-    fn four_gib_scans_quickly() {
+    fn four_gib_without_checksums_scans_every_bitmap() {
         let Some(mkfs) = tool("mkfs.ext4") else {
             return;
         };
