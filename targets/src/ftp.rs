@@ -7,7 +7,6 @@
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::ops::Range;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,34 +53,6 @@ impl std::fmt::Debug for FtpTarget {
     }
 }
 
-fn tls_config(ca_file: Option<&PathBuf>) -> Result<Arc<rustls::ClientConfig>, TargetError> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| {
-                TargetError::Invalid(format!("cannot read CA file '{}': {e}", path.display()))
-            })?;
-            for cert in certs {
-                let cert = cert.map_err(|e| {
-                    TargetError::Invalid(format!("CA file '{}': {e}", path.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    TargetError::Invalid(format!("CA file '{}': {e}", path.display()))
-                })?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TargetError::Invalid(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
 impl FtpTarget {
     /// A target at `host:port`, folder `root`; `secure` uses explicit FTPS. The server
     /// certificate is checked against `creds.ca_file` (or the public web roots).
@@ -104,7 +75,7 @@ impl FtpTarget {
             return Err(TargetError::Invalid("FTP needs a password".into()));
         }
         let tls = if secure {
-            Some(tls_config(creds.ca_file.as_ref())?)
+            Some(crate::tls::client_config(creds.ca_file.as_ref())?)
         } else {
             None
         };

@@ -2,12 +2,13 @@
 //!
 //! Where images are stored: one async [`Target`] trait and its backends — a local folder
 //! ([`local::LocalTarget`]), SFTP ([`sftp::SftpTarget`]), FTP/FTPS ([`ftp::FtpTarget`]) and
-//! SMB 2/3 ([`smb::SmbTarget`]), each behind a cargo feature of its name (all on by default)
+//! SMB 2/3 ([`smb::SmbTarget`]) and S3 object storage ([`s3::S3Target`]), each behind a cargo feature of its name (all on by default)
 //! — plus behaviour that applies to any backend as wrappers: retries
 //! with back-off ([`wrap::Retry`]) and a cap on concurrent connections ([`wrap::Limited`]).
 //!
 //! Targets are named by URLs as in the O&O manual (`sftp://user@host:port/path`,
-//! `ftp://…`, `ftps://…`, `smb://[domain;]user@server/share/path`, plain paths, `file://`),
+//! `ftp://…`, `ftps://…`, `smb://[domain;]user@server/share/path`,
+//! `s3://bucket/prefix?endpoint=…&region=…&path_style=true`, plain paths, `file://`),
 //! parsed by [`location::Location`], which also opens the backend a URL names
 //! ([`location::Location::open`]); credentials travel separately ([`location::Credentials`]), are zeroised on drop and never appear in `Debug` output or
 //! error messages.
@@ -21,10 +22,15 @@ pub mod ftp;
 pub mod key;
 pub mod local;
 pub mod location;
+#[cfg(feature = "s3")]
+pub mod s3;
+pub mod s3config;
 #[cfg(feature = "sftp")]
 pub mod sftp;
 #[cfg(feature = "smb")]
 pub mod smb;
+#[cfg(any(feature = "ftp", feature = "s3"))]
+mod tls;
 pub mod wrap;
 
 use std::ops::Range;

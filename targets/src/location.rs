@@ -53,6 +53,9 @@ pub enum Location {
         /// Folder inside the share (`/`-separated, may be empty).
         path: String,
     },
+    /// An S3 bucket: `s3://bucket/prefix?endpoint=URL&region=R&path_style=true|false`
+    /// (AWS when no endpoint is given; path-style addressing by default with an endpoint).
+    S3(crate::s3config::S3Config),
 }
 
 impl Location {
@@ -122,8 +125,9 @@ impl Location {
                     path: folder,
                 })
             }
+            "s3" => crate::s3config::S3Config::from_url(&u).map(Location::S3),
             other => Err(TargetError::Invalid(format!(
-                "target scheme '{other}' is not supported by this build (supported: plain paths, file://, sftp://, ftp://, ftps://, smb://)"
+                "target scheme '{other}' is not supported by this build (supported: plain paths, file://, sftp://, ftp://, ftps://, smb://, s3://)"
             ))),
         }
     }
@@ -166,6 +170,11 @@ impl Location {
                 *path = f.trim_start_matches('/').to_owned();
                 name
             }
+            Location::S3(config) => {
+                let (f, name) = split(&format!("/{}", config.prefix))?;
+                config.prefix = f.trim_start_matches('/').to_owned();
+                name
+            }
         };
         Ok((folder, name))
     }
@@ -186,7 +195,7 @@ impl Location {
         &self,
         creds: Credentials,
     ) -> Result<std::sync::Arc<dyn crate::Target>, TargetError> {
-        #[cfg(not(all(feature = "sftp", feature = "ftp", feature = "smb")))]
+        #[cfg(not(all(feature = "sftp", feature = "ftp", feature = "smb", feature = "s3")))]
         let missing = |what: &str| {
             TargetError::Invalid(format!(
                 "this build of Holdfast has no {what} support (cargo feature of holdfast-targets)"
@@ -241,6 +250,15 @@ impl Location {
                 path,
                 creds,
             )?)),
+            #[cfg(feature = "s3")]
+            Location::S3(config) => Ok(std::sync::Arc::new(crate::s3::S3Target::new(
+                config, creds,
+            )?)),
+            #[cfg(not(feature = "s3"))]
+            Location::S3(_) => {
+                drop(creds);
+                Err(missing("S3"))
+            }
             #[cfg(not(feature = "sftp"))]
             Location::Sftp { .. } => {
                 drop(creds);
@@ -298,11 +316,12 @@ impl Location {
                     .unwrap_or_default();
                 format!("smb://{user}{host}:{port}/{share}/{path}")
             }
+            Location::S3(config) => config.url(),
         }
     }
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -404,6 +423,42 @@ mod tests {
         );
         assert_eq!(m.display(), "smb://OFFICE;bkp@nas:4445/backup/Büro A/img");
         assert!(Location::parse("smb://nas/").is_err(), "a share is needed");
+        let b =
+            Location::parse("s3://backups/site%20a/img?endpoint=http://127.0.0.1:8333&region=eu-1")
+                .expect("s3");
+        let Location::S3(c) = &b else { panic!("{b:?}") };
+        assert_eq!(
+            (
+                c.bucket.as_str(),
+                c.prefix.as_str(),
+                c.endpoint.as_str(),
+                c.region.as_str(),
+                c.path_style
+            ),
+            (
+                "backups",
+                "site a/img",
+                "http://127.0.0.1:8333",
+                "eu-1",
+                true
+            )
+        );
+        assert_eq!(Location::parse(&b.display()).expect("again"), b);
+        let (folder, name) = b.split_file().expect("split");
+        assert_eq!(name, "img");
+        assert!(matches!(folder, Location::S3(ref f) if f.prefix == "site a"));
+        let aws = Location::parse("s3://backups").expect("aws");
+        assert!(matches!(aws, Location::S3(ref a)
+            if a.endpoint == "https://s3.us-east-1.amazonaws.com" && !a.path_style && a.prefix.is_empty()));
+        for bad in [
+            "s3:///x",
+            "s3://Bad_Bucket/x",
+            "s3://b/x?endpoint=ftp://h",
+            "s3://bkt/x?colour=red",
+            "s3://bkt/x?path_style=maybe",
+        ] {
+            assert!(Location::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

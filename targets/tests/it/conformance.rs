@@ -5,6 +5,7 @@ use std::io::Cursor;
 use futures_util::StreamExt as _;
 use holdfast_targets::local::LocalTarget;
 use holdfast_targets::location::Credentials;
+use holdfast_targets::s3::{S3Config, S3Target};
 use holdfast_targets::sftp::SftpTarget;
 use holdfast_targets::smb::SmbTarget;
 use holdfast_targets::wrap::{Limited, Retry};
@@ -51,8 +52,8 @@ fn key(k: &str) -> ObjectKey {
 }
 
 /// A body that fails after `n` bytes, as a dying source would.
-struct Failing {
-    left: usize,
+pub struct Failing {
+    pub left: usize,
 }
 
 impl tokio::io::AsyncRead for Failing {
@@ -386,4 +387,50 @@ async fn smb_conforms() {
         .await
         .expect("free space")
         .is_some_and(|f| f > 0));
+}
+
+pub fn s3_target(s3: &holdfast_testkit::servers::S3Server, bucket: &str, prefix: &str) -> S3Target {
+    use holdfast_testkit::servers::{S3_ACCESS_KEY, S3_SECRET_KEY};
+    let creds = Credentials {
+        user: Some(S3_ACCESS_KEY.into()),
+        password: Some(Zeroizing::new(S3_SECRET_KEY.to_owned())),
+        ..Default::default()
+    };
+    let config = S3Config {
+        endpoint: s3.endpoint.clone(),
+        region: "us-east-1".into(),
+        bucket: bucket.into(),
+        prefix: prefix.into(),
+        path_style: true,
+    };
+    S3Target::new(&config, creds).expect("target")
+}
+
+/// SeaweedFS on loopback: the same contract, in a folder of a bucket; multipart uploads
+/// (the suite's 24 MiB stream is two parts) leave no unfinished upload behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_conforms() {
+    let Some(s3) = holdfast_testkit::servers::S3Server::start("s3_conforms") else {
+        return;
+    };
+    let t = s3_target(&s3, "backups", "site a");
+    t.create_bucket(false).await.expect("bucket");
+    suite(&t).await;
+    // The same bucket from its root sees the folder.
+    let root = s3_target(&s3, "backups", "");
+    let top = root.list(None).await.expect("list the root");
+    assert!(
+        top.iter().any(|m| m.name == "site a" && m.is_dir),
+        "{top:?}"
+    );
+    // A body failing in its third part: the multipart upload is aborted, its parts freed.
+    let k = key("images/broken big.hfi");
+    let broken = t
+        .put_stream(&k, Box::new(Failing { left: 40 << 20 }), false)
+        .await
+        .expect_err("a failing body fails the upload");
+    assert!(broken.to_string().contains("source went away"), "{broken}");
+    assert!(t.size(&k).await.is_err_and(|e| e.is_not_found()));
+    assert!(t.unfinished_uploads().await.expect("uploads").is_empty());
+    assert!(t.free_space().await.expect("free space").is_none());
 }

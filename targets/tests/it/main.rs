@@ -4,5 +4,6 @@
 mod conformance;
 mod ftp_faults;
 mod full;
+mod s3_faults;
 mod sftp_faults;
 mod smb_faults;
