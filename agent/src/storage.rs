@@ -87,7 +87,7 @@ pub fn probe(folder: &str, credentials_file: Option<&Path>) -> Result<TargetProb
     let mut tag = [0u8; 6];
     getrandom::getrandom(&mut tag).map_err(|e| anyhow!("no randomness: {e}"))?;
     let name: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-    let spec = format!("{}/.holdfast-test-{name}", folder.trim_end_matches('/'));
+    let spec = holdfast_targets::location::join(folder, &format!(".holdfast-test-{name}"));
     let (target, file, shown): (Arc<dyn Target>, String, String) =
         match place(Path::new(&spec), credentials_file)? {
             Place::Local(path) => {
@@ -226,8 +226,8 @@ pub fn create_folders(spec: &Path, credentials_file: Option<&Path>) -> Result<()
             }
             Ok(())
         }
-        Place::Remote(_) => match text.rsplit_once('/') {
-            Some((folder, _)) => make_folder(folder, credentials_file, 0),
+        Place::Remote(_) => match holdfast_targets::location::split_name(&text) {
+            Some((folder, _)) => make_folder(&folder, credentials_file, 0),
             None => Ok(()),
         },
     }
@@ -245,12 +245,12 @@ fn make_folder(folder: &str, credentials_file: Option<&Path>, depth: u32) -> Res
     match made {
         Ok(()) => Ok(()),
         Err(first) => {
-            let up = folder.rsplit_once('/').map(|(p, _)| p);
+            let up = holdfast_targets::location::split_name(folder).map(|(p, _)| p);
             match up {
                 Some(up)
                     if depth < 32
                         && up.contains("://")
-                        && make_folder(up, credentials_file, depth + 1).is_ok() =>
+                        && make_folder(&up, credentials_file, depth + 1).is_ok() =>
                 {
                     parent
                         .block_on(parent.target.mkdirs(&dir))?

@@ -321,6 +321,39 @@ impl Location {
     }
 }
 
+/// `name` inside the folder `folder` (a target URL or a local path): appended to the URL's
+/// path, before its options (`s3://b/dir?endpoint=…` + `x.hfi` → `s3://b/dir/x.hfi?endpoint=…`).
+pub fn join(folder: &str, name: &str) -> String {
+    let (path, options) = match folder.split_once('?') {
+        Some((path, options)) if folder.contains("://") => (path, Some(options)),
+        _ => (folder, None),
+    };
+    let joined = format!(
+        "{}/{}",
+        path.trim_end_matches('/'),
+        name.trim_start_matches('/')
+    );
+    match options {
+        Some(o) => format!("{joined}?{o}"),
+        None => joined,
+    }
+}
+
+/// The folder and the last name of `spec` (a target URL or a local path), the inverse of
+/// [`join`]: URL options stay with the folder. None when `spec` has no `/`.
+pub fn split_name(spec: &str) -> Option<(String, String)> {
+    let (path, options) = match spec.split_once('?') {
+        Some((path, options)) if spec.contains("://") => (path, Some(options)),
+        _ => (spec, None),
+    };
+    let (folder, name) = path.rsplit_once('/')?;
+    let folder = match options {
+        Some(o) => format!("{folder}?{o}"),
+        None => folder.to_owned(),
+    };
+    Some((folder, name.to_owned()))
+}
+
 pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
@@ -459,6 +492,26 @@ mod tests {
         ] {
             assert!(Location::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn joins_names_before_url_options() {
+        assert_eq!(join("/srv/img/", "a.hfi"), "/srv/img/a.hfi");
+        assert_eq!(join("/srv/what?", "a.hfi"), "/srv/what?/a.hfi");
+        assert_eq!(join("sftp://h/x", "/a.hfi"), "sftp://h/x/a.hfi");
+        assert_eq!(
+            join("s3://b/dir/?endpoint=http://h:1&region=r", "job/a.hfi"),
+            "s3://b/dir/job/a.hfi?endpoint=http://h:1&region=r"
+        );
+        assert_eq!(
+            split_name("s3://b/dir/a.hfi?endpoint=http://h:1"),
+            Some(("s3://b/dir?endpoint=http://h:1".into(), "a.hfi".into()))
+        );
+        assert_eq!(
+            split_name("/srv/img/a.hfi"),
+            Some(("/srv/img".into(), "a.hfi".into()))
+        );
+        assert_eq!(split_name("a.hfi"), None);
     }
 
     #[test]

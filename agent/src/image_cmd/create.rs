@@ -134,9 +134,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     if let Some(base) = a.base.as_deref().filter(|_| kind != Kind::Full) {
         if is_remote(base) || is_remote(&a.output) {
             let folder = |p: &std::path::Path| {
-                p.to_string_lossy()
-                    .rsplit_once('/')
-                    .map(|(f, _)| f.to_owned())
+                holdfast_targets::location::split_name(&p.to_string_lossy()).map(|(f, _)| f)
             };
             if folder(base) != folder(&a.output) || is_remote(base) != is_remote(&a.output) {
                 bail!("an incremental or differential image must be written to the folder of its base image");

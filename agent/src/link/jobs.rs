@@ -1057,11 +1057,7 @@ pub(super) enum ChildFailure {
 
 /// `name` inside the folder `url` (a URL or a local path).
 pub(super) fn join(url: &str, name: &str) -> String {
-    format!(
-        "{}/{}",
-        url.trim_end_matches('/'),
-        name.trim_start_matches('/')
-    )
+    holdfast_targets::location::join(url, name)
 }
 
 /// Largest part of a command's output kept in the report.

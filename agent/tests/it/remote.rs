@@ -26,7 +26,7 @@ fn encrypted_split_chain_on_sftp_validates_and_restores_from_there() {
                 sshd.data.display()
             )
         },
-        &sshd.data,
+        &|| files_in(&sshd.data),
         &|password: &str| {
             format!(
                 "# test target\nuser = {USER}\npassword = {password}\nknown_hosts = {}\n",
@@ -61,7 +61,7 @@ fn chain_on_ftp(test: &str, scheme: &str) {
                 ftpd.data.display()
             )
         },
-        &ftpd.data,
+        &|| files_in(&ftpd.data),
         &|password: &str| {
             format!(
                 "user = {USER}\npassword = {password}\nca_file = {}\n",
@@ -93,14 +93,80 @@ fn encrypted_split_chain_on_smb_validates_and_restores_from_there() {
                 smbd.port
             )
         },
-        &folder,
+        &|| files_in(&folder),
         &|password: &str| format!("password = {password}\n"),
+    );
+}
+
+/// The names of the files in `dir`.
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .expect("the server's folder")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn encrypted_split_chain_on_s3_validates_and_restores_from_there() {
+    use holdfast_targets::location::{Credentials, Location};
+    use holdfast_testkit::servers::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+    if !require_devices("chain_on_s3") {
+        return;
+    }
+    let Some(s3) = S3Server::start("chain_on_s3") else {
+        return;
+    };
+    let folder = format!(
+        "s3://images/site%20a/b%C3%BCro?endpoint={}&region=eu-west-1",
+        s3.endpoint
+    );
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let creds = Credentials {
+        user: Some(S3_ACCESS_KEY.into()),
+        password: Some(zeroize::Zeroizing::new(S3_SECRET_KEY.into())),
+        ..Default::default()
+    };
+    let target = Location::parse(&folder)
+        .expect("url")
+        .open(creds)
+        .expect("target");
+    let Location::S3(config) = Location::parse(&folder).expect("url") else {
+        panic!("not s3")
+    };
+    let bucket = holdfast_targets::s3::S3Target::new(
+        &config,
+        Credentials {
+            user: Some(S3_ACCESS_KEY.into()),
+            password: Some(zeroize::Zeroizing::new(S3_SECRET_KEY.into())),
+            ..Default::default()
+        },
+    )
+    .expect("target");
+    rt.block_on(bucket.create_bucket(false)).expect("bucket");
+    chain_on_target(
+        &|name: &str| {
+            let (path, query) = folder.split_once('?').expect("query");
+            format!("{path}/{name}?{query}")
+        },
+        &|| {
+            rt.block_on(target.list(None))
+                .expect("list")
+                .into_iter()
+                .map(|m| m.name)
+                .collect()
+        },
+        &|password: &str| format!("user = {S3_ACCESS_KEY}\npassword = {password}\n"),
     );
 }
 
 /// Full and incremental, encrypted and split, on the target; validated there and restored
 /// from there by byte ranges; an existing name refused; a wrong target password a clear error.
-fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn Fn(&str) -> String) {
+fn chain_on_target(
+    url: &dyn Fn(&str) -> String,
+    names_there: &dyn Fn() -> Vec<String>,
+    creds_text: &dyn Fn(&str) -> String,
+) {
     let t = tempdir();
     let work = t.path();
     let vol = work.join("vol.img");
@@ -136,7 +202,7 @@ fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn F
         &creds,
     ]);
     assert!(s["parts"].as_u64().expect("parts") > 1, "{s}");
-    assert!(data.join("full.hfi.002").exists());
+    assert!(names_there().iter().any(|n| n == "full.hfi.002"));
     // Four incrementals: a chain of five points. A file deleted after the middle one.
     let mut points = vec![full.clone()];
     for round in 1..=4u64 {
@@ -257,12 +323,7 @@ fn chain_on_target(url: &dyn Fn(&str) -> String, data: &Path, creds_text: &dyn F
         &creds,
     ]);
     assert_eq!(r.code, 5, "{}", r.stderr);
-    let mut names: Vec<String> = std::fs::read_dir(data)
-        .expect("data")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let names = names_there();
     assert!(
         names
             .iter()

@@ -181,13 +181,12 @@ async fn files(
 fn download_name(image: &str, path: &str, format: ExportFormat) -> String {
     let last = path.trim_end_matches('/').rsplit('/').next().unwrap_or("");
     let base = if last.is_empty() {
-        image
-            .rsplit('/')
-            .next()
-            .unwrap_or(image)
+        holdfast_targets::location::split_name(image)
+            .map_or(image.to_owned(), |(_, name)| name)
             .trim_end_matches(".hfi")
+            .to_owned()
     } else {
-        last
+        last.to_owned()
     };
     let mut name: String = base
         .chars()

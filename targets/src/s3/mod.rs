@@ -190,11 +190,7 @@ impl S3Target {
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
         let prefix = config.prefix.trim_matches('/').to_owned();
-        let display = format!(
-            "s3://{}/{prefix} ({})",
-            config.bucket,
-            config.endpoint.trim_end_matches('/')
-        );
+        let display = format!("s3://{}/{prefix}", config.bucket);
         Ok(Self {
             inner: Arc::new(Inner {
                 display,
