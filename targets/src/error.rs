@@ -52,6 +52,18 @@ pub enum TargetError {
         /// Offered fingerprint.
         offered: String,
     },
+    /// The object is under an Object Lock retention and cannot be deleted or replaced yet.
+    #[error(
+        "{target}: '{key}' is locked (Object Lock) until {until}; it can be deleted after that"
+    )]
+    Locked {
+        /// Target.
+        target: String,
+        /// Key.
+        key: String,
+        /// When the lock ends (RFC 3339, UTC).
+        until: String,
+    },
     /// The target is full.
     #[error("{target}: no space left while writing '{key}'")]
     Full {

@@ -195,6 +195,24 @@ impl Location {
         &self,
         creds: Credentials,
     ) -> Result<std::sync::Arc<dyn crate::Target>, TargetError> {
+        self.open_locked(creds, None)
+    }
+
+    /// [`Location::open`], every file written locked for `lock` — which only S3 buckets
+    /// with Object Lock can do: elsewhere asking for it is an error (an SFTP, FTP or SMB
+    /// server is made immutable by its own admin, see `docs/jobs.md`).
+    pub fn open_locked(
+        &self,
+        creds: Credentials,
+        lock: Option<crate::s3config::ObjectLock>,
+    ) -> Result<std::sync::Arc<dyn crate::Target>, TargetError> {
+        if lock.is_some() && !matches!(self, Location::S3(_)) {
+            return Err(TargetError::Invalid(format!(
+                "{}: only S3 targets can lock images (Object Lock); make other storage \
+                 immutable on the server itself",
+                self.display()
+            )));
+        }
         #[cfg(not(all(feature = "sftp", feature = "ftp", feature = "smb", feature = "s3")))]
         let missing = |what: &str| {
             TargetError::Invalid(format!(
@@ -251,9 +269,13 @@ impl Location {
                 creds,
             )?)),
             #[cfg(feature = "s3")]
-            Location::S3(config) => Ok(std::sync::Arc::new(crate::s3::S3Target::new(
-                config, creds,
-            )?)),
+            Location::S3(config) => {
+                let target = crate::s3::S3Target::new(config, creds)?;
+                Ok(std::sync::Arc::new(match lock {
+                    Some(lock) => target.with_retention(lock),
+                    None => target,
+                }))
+            }
             #[cfg(not(feature = "s3"))]
             Location::S3(_) => {
                 drop(creds);

@@ -88,6 +88,45 @@ impl S3Config {
     }
 }
 
+/// Object Lock retention given to every image written (S3 buckets with Object Lock only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// Governance (users with a special permission may lift it) or compliance (nobody can).
+    pub mode: LockMode,
+    /// How long each new object stays locked.
+    pub period: std::time::Duration,
+}
+
+/// An Object Lock mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Lifted only with `s3:BypassGovernanceRetention`.
+    Governance,
+    /// Lifted by nobody, not even the account's root user, until it ends.
+    Compliance,
+}
+
+impl LockMode {
+    /// The mode as S3 headers name it.
+    pub fn header(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+impl std::str::FromStr for LockMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "governance" => Ok(LockMode::Governance),
+            "compliance" => Ok(LockMode::Compliance),
+            other => Err(format!("lock mode '{other}': governance or compliance")),
+        }
+    }
+}
+
 /// S3 bucket naming rules (the DNS-compatible ones every provider accepts).
 pub fn valid_bucket(name: &str) -> bool {
     (3..=63).contains(&name.len())

@@ -62,7 +62,9 @@ fn server_of(url: &str) -> Option<(String, u16)> {
 pub struct TargetBody {
     name: String,
     /// The folder: `sftp://host[:port]/path`, `ftp://…`, `ftps://…`,
-    /// `smb://[domain;]server[:port]/share/path`, `file:///path` or an absolute path on the
+    /// `smb://[domain;]server[:port]/share/path`,
+    /// `s3://bucket/prefix[?endpoint=URL&region=R&path_style=true|false]` (username: the
+    /// access key id, password: the secret key), `file:///path` or an absolute path on the
     /// agents.
     url: String,
     #[serde(default)]
@@ -77,7 +79,7 @@ pub struct TargetBody {
     #[serde(default)]
     #[schema(value_type = Option<String>)]
     passphrase: Option<Zeroizing<String>>,
-    /// CA certificate(s) to trust for FTPS, PEM text.
+    /// CA certificate(s) to trust for FTPS and S3 over HTTPS, PEM text.
     #[serde(default)]
     ca_pem: Option<String>,
     /// The SFTP server's host key (`SHA256:…`, as `ssh-keygen -lf` prints it on the
@@ -219,7 +221,7 @@ struct TargetView {
     name: String,
     url: String,
     username: Option<String>,
-    /// CA certificate(s) to trust for FTPS, PEM text.
+    /// CA certificate(s) to trust for FTPS and S3 over HTTPS, PEM text.
     ca_pem: Option<String>,
     /// The SFTP server's host key an admin confirmed; jobs do not go to an SFTP target
     /// without one.

@@ -33,7 +33,7 @@ use zeroize::Zeroizing;
 use crate::error::TargetError;
 use crate::location::Credentials;
 use crate::s3config::valid_bucket;
-pub use crate::s3config::S3Config;
+pub use crate::s3config::{LockMode, ObjectLock, S3Config};
 use crate::{Body, ByteStream, ObjectKey, ObjectMeta, Target, TargetCaps};
 
 pub use xml::LockConfiguration;
@@ -57,38 +57,11 @@ fn part_size(number: u32) -> usize {
     (16 << 20) << doublings
 }
 
-/// Object Lock retention for new objects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// Governance (users with a special permission may lift it) or compliance (nobody can).
-    pub mode: LockMode,
-    /// How long each new object stays locked.
-    pub period: Duration,
-}
-
-/// An Object Lock mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockMode {
-    /// Lifted only with `s3:BypassGovernanceRetention`.
-    Governance,
-    /// Lifted by nobody, not even the account's root user.
-    Compliance,
-}
-
-impl LockMode {
-    fn header(self) -> &'static str {
-        match self {
-            LockMode::Governance => "GOVERNANCE",
-            LockMode::Compliance => "COMPLIANCE",
-        }
-    }
-}
-
 /// An S3 bucket (or a folder in it).
 #[derive(Clone)]
 pub struct S3Target {
     inner: Arc<Inner>,
-    retention: Option<Retention>,
+    retention: Option<ObjectLock>,
 }
 
 struct Inner {
@@ -211,7 +184,7 @@ impl S3Target {
 
     /// Lock every object written from now on for `retention` (the bucket must have Object
     /// Lock enabled, or uploads are refused).
-    pub fn with_retention(mut self, retention: Retention) -> Self {
+    pub fn with_retention(mut self, retention: ObjectLock) -> Self {
         self.retention = Some(retention);
         self
     }
@@ -228,6 +201,39 @@ impl S3Target {
             .into_iter()
             .map(|u| u.key.strip_prefix(&prefix).unwrap_or(&u.key).to_owned())
             .collect())
+    }
+
+    /// The version id of `key`'s current version (None on a bucket without versioning).
+    pub async fn current_version(&self, key: &ObjectKey) -> Result<Option<String>, TargetError> {
+        self.inner.head(key).await.map(|(_, version)| version)
+    }
+
+    /// Send `DeleteObject` for `version` of `key` (the current one when None) without asking
+    /// about locks first: the bucket decides. On a versioned (Object Lock) bucket a DELETE
+    /// without a version only hides the object behind a delete marker, so
+    /// [`Target::delete`] names the version, which a lock refuses.
+    pub async fn delete_version(
+        &self,
+        key: &ObjectKey,
+        version: Option<&str>,
+    ) -> Result<(), TargetError> {
+        let object = self.inner.object(key);
+        let query: Vec<(&str, String)> = version
+            .map(|v| ("versionId", v.to_owned()))
+            .into_iter()
+            .collect();
+        self.inner
+            .call(
+                "delete",
+                key.as_str(),
+                Method::DELETE,
+                Some(&object),
+                &query,
+                Vec::new(),
+                Bytes::new(),
+            )
+            .await
+            .map(drop)
     }
 
     /// Create the bucket, with Object Lock (and so versioning) when `object_lock` — which
@@ -598,7 +604,7 @@ impl Inner {
     }
 
     /// Headers that lock a new object, when a retention is set.
-    fn lock_headers(retention: Option<Retention>) -> Vec<(String, String)> {
+    fn lock_headers(retention: Option<ObjectLock>) -> Vec<(String, String)> {
         let Some(r) = retention else {
             return Vec::new();
         };
@@ -645,7 +651,7 @@ impl Inner {
         key: &ObjectKey,
         mut body: Body,
         overwrite: bool,
-        retention: Option<Retention>,
+        retention: Option<ObjectLock>,
     ) -> Result<u64, TargetError> {
         let object = self.object(key);
         if !overwrite {
@@ -1109,22 +1115,17 @@ impl Target for S3Target {
     async fn delete(&self, key: &ObjectKey) -> Result<(), TargetError> {
         // S3 answers a DELETE of a missing key with success: ask first, as the contract says.
         let (_, version) = self.inner.head(key).await?;
-        let object = self.inner.object(key);
-        // On a versioned (Object Lock) bucket, a DELETE without a version only hides the
-        // object behind a delete marker: remove the version itself, which a lock refuses.
-        let query: Vec<(&str, String)> = version.map(|v| ("versionId", v)).into_iter().collect();
-        self.inner
-            .call(
-                "delete",
-                key.as_str(),
-                Method::DELETE,
-                Some(&object),
-                &query,
-                Vec::new(),
-                Bytes::new(),
-            )
-            .await
-            .map(drop)
+        if version.is_some() {
+            // Say why the bucket will refuse, and until when.
+            if let Some(until) = self.locked_until(key).await? {
+                return Err(TargetError::Locked {
+                    target: self.inner.display.clone(),
+                    key: key.to_string(),
+                    until: until.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                });
+            }
+        }
+        self.delete_version(key, version.as_deref()).await
     }
 
     async fn mkdirs(&self, _dir: &ObjectKey) -> Result<(), TargetError> {

@@ -5,5 +5,6 @@ mod conformance;
 mod ftp_faults;
 mod full;
 mod s3_faults;
+mod s3_lock;
 mod sftp_faults;
 mod smb_faults;
