@@ -234,6 +234,16 @@ pub struct CreateArgs {
     /// Create the output's folder, and any missing folder above it, on the target.
     #[arg(long)]
     pub create_folders: bool,
+    /// Lock every part of the image against deletion and replacement for this long (e.g.
+    /// `45days`, `36h`): S3 buckets with Object Lock only (other targets refuse). The base an
+    /// incremental needs must stay as long: lock each image for the chain's retention plus the
+    /// time a chain keeps growing.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_for: Option<std::time::Duration>,
+    /// Object Lock mode: governance (lifted only by users allowed to bypass it) or
+    /// compliance (lifted by nobody until it ends).
+    #[arg(long, default_value = "governance", requires = "lock_for")]
+    pub lock_mode: holdfast_targets::s3config::LockMode,
     /// How a source mounted read-write is made consistent: auto (not mounted: as it is; an
     /// LVM volume: a snapshot; another device-mapper device: a snapshot by table swap, with
     /// copy-on-write space in HOLDFAST_SNAPSHOT_STORE; else frozen while imaging when the
@@ -620,6 +630,25 @@ fn target_host_key(a: TargetTestArgs) -> anyhow::Result<ExitCode> {
         println!("{}: host key {}", p.target, k.fingerprint);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("'{s}': {e} (e.g. 45days, 36h)"))?;
+    if d.is_zero() {
+        return Err("a lock of no time locks nothing".into());
+    }
+    Ok(d)
+}
+
+impl CreateArgs {
+    /// The Object Lock every part gets, when asked for.
+    pub fn object_lock(&self) -> Option<holdfast_targets::s3config::ObjectLock> {
+        self.lock_for
+            .map(|period| holdfast_targets::s3config::ObjectLock {
+                mode: self.lock_mode,
+                period,
+            })
+    }
 }
 
 fn parse_consistency(s: &str) -> Result<ConsistencyMethod, String> {

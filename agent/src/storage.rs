@@ -22,6 +22,7 @@ use holdfast_targets::body::{channel_body, BodySender};
 
 use crate::readahead::ReadAhead;
 use holdfast_targets::location::{Credentials, Location};
+use holdfast_targets::s3config::ObjectLock;
 use holdfast_targets::wrap::{Limited, Retry};
 use holdfast_targets::{ObjectKey, Target, TargetError};
 use tokio::runtime::Runtime;
@@ -62,13 +63,22 @@ fn runtime() -> Result<&'static Runtime> {
 
 /// Parse `spec` (a path or a target URL naming the image file).
 pub fn place(spec: &Path, credentials_file: Option<&Path>) -> Result<Place> {
+    place_locked(spec, credentials_file, None)
+}
+
+/// [`place`], every file written there locked for `lock` (S3 buckets with Object Lock only).
+pub fn place_locked(
+    spec: &Path,
+    credentials_file: Option<&Path>,
+    lock: Option<ObjectLock>,
+) -> Result<Place> {
     let text = spec.to_string_lossy();
     let location = Location::parse(&text)?;
-    if let Location::Local { root } = location {
-        return Ok(Place::Local(root));
+    if let (Location::Local { root }, None) = (&location, lock) {
+        return Ok(Place::Local(root.clone()));
     }
     let (folder, name) = location.split_file()?;
-    let (backend, caps) = limited(folder.open(credentials(credentials_file)?)?);
+    let (backend, caps) = limited(folder.open_locked(credentials(credentials_file)?, lock)?);
     let display = format!("{}/{name}", caps.display.trim_end_matches('/'));
     let target: Arc<dyn Target> = Arc::new(Retry::new(backend, 4, Duration::from_millis(200)));
     Ok(Place::Remote(Remote {

@@ -204,6 +204,40 @@ pub struct ImageTask {
     /// mappings with (only while its pool has room).
     #[serde(default = "yes")]
     pub keep_thin_snapshot: bool,
+    /// Lock every part of the image against deletion and replacement (S3 Object Lock).
+    #[serde(default)]
+    pub object_lock: Option<ObjectLockOrder>,
+}
+
+/// How long, and how strictly, an image is locked on its S3 bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct ObjectLockOrder {
+    pub mode: LockMode,
+    /// Seconds from the moment each part is written.
+    pub seconds: u64,
+}
+
+/// An Object Lock mode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub enum LockMode {
+    /// Lifted only by users allowed to bypass governance retention.
+    #[default]
+    Governance,
+    /// Lifted by nobody, not even the account's root user, until it ends.
+    Compliance,
+}
+
+impl LockMode {
+    /// As the agent's command line takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "governance",
+            LockMode::Compliance => "compliance",
+        }
+    }
 }
 
 fn yes() -> bool {

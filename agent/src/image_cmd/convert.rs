@@ -83,7 +83,7 @@ pub fn run(a: ConvertArgs) -> Result<ExitCode> {
             kdf: None,
         };
         let chain = Chain::single(img);
-        let mut sink = open_sink(&a.output, creds, a.overwrite)?;
+        let mut sink = open_sink(&a.output, creds, a.overwrite, None)?;
         let s = holdfast_image::convert::convert(
             &chain,
             cipher,

@@ -243,7 +243,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     if a.create_folders {
         crate::storage::create_folders(&a.output, creds)?;
     }
-    let mut sink = open_sink(&a.output, creds, a.overwrite)?;
+    let mut sink = open_sink(&a.output, creds, a.overwrite, a.object_lock())?;
 
     // Hold the source (as late as possible: a frozen filesystem stops its writers) and read
     // its allocation as it is now held.

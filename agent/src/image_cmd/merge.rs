@@ -25,7 +25,7 @@ pub fn run(a: MergeArgs) -> Result<ExitCode> {
         password: password.clone(),
         kdf: None,
     };
-    let mut sink = open_sink(&a.output, creds, a.overwrite)?;
+    let mut sink = open_sink(&a.output, creds, a.overwrite, None)?;
     let bar = Bar::new(&a.common);
     let s =
         holdfast_image::convert::merge(&chain, cipher, &opts, sink.as_mut(), &bar, &crate::CANCEL);

@@ -25,7 +25,8 @@ use holdfast_image::ImageError;
 
 use crate::device::Device;
 use crate::exit::Refused;
-use crate::storage::{place, Place, TargetLocator, TargetParts, TargetSink};
+use crate::storage::{place, place_locked, Place, TargetLocator, TargetParts, TargetSink};
+use holdfast_targets::s3config::ObjectLock;
 
 /// Open one image, a local path or a target URL (structure checked, not unlocked).
 pub fn open_image(spec: &Path, creds: Option<&Path>) -> Result<Image> {
@@ -65,9 +66,15 @@ pub fn open_chain(spec: &Path, creds: Option<&Path>, password: Option<&[u8]>) ->
     open_chain_with(spec, creds, password, false)
 }
 
-/// Where a new image goes: local files (direct I/O, rename on commit) or a target.
-pub fn open_sink(spec: &Path, creds: Option<&Path>, overwrite: bool) -> Result<Box<dyn PartSink>> {
-    Ok(match place(spec, creds)? {
+/// Where a new image goes: local files (direct I/O, rename on commit) or a target; with
+/// `lock`, every part is locked against deletion for its period (S3 Object Lock).
+pub fn open_sink(
+    spec: &Path,
+    creds: Option<&Path>,
+    overwrite: bool,
+    lock: Option<ObjectLock>,
+) -> Result<Box<dyn PartSink>> {
+    Ok(match place_locked(spec, creds, lock)? {
         Place::Local(path) => Box::new(FileSink::create(path, overwrite).map_err(|e| match e {
             ImageError::Invalid(m) => anyhow::Error::new(Refused(m)),
             e => e.into(),

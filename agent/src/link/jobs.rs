@@ -813,16 +813,27 @@ impl Jobs {
         report: &mut RunReport,
     ) {
         let mut failed = Vec::new();
+        let mut locked = Vec::new();
         for name in &order.delete_after {
             let outcome = match self.target_command(target, work) {
                 Ok(mut cmd) => {
                     cmd.args(["image", "delete", "--json", "--image"])
                         .arg(join(&target.url, name));
-                    cmd.output().await.map_err(|e| e.to_string()).and_then(|o| {
-                        crate::outcome::read::<crate::outcome::Deleted>("image delete", &o)
-                            .map(|_| ())
-                            .map_err(|e| format!("{e:#}"))
-                    })
+                    match cmd.output().await {
+                        Ok(o) if o.status.code() == Some(i32::from(crate::exit::LOCKED)) => {
+                            locked.push(format!(
+                                "{name} ({})",
+                                crate::outcome::failure("image delete", &o)
+                            ));
+                            continue;
+                        }
+                        Ok(o) => {
+                            crate::outcome::read::<crate::outcome::Deleted>("image delete", &o)
+                                .map(|_| ())
+                                .map_err(|e| format!("{e:#}"))
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
                 }
                 Err(e) => Err(format!("{e:#}")),
             };
@@ -830,6 +841,18 @@ impl Jobs {
                 Ok(()) => report.deleted.push(name.clone()),
                 Err(e) => failed.push(format!("{name}: {e}")),
             }
+        }
+        if !locked.is_empty() {
+            // The lock is doing its job: the image stays recorded, and the first run after
+            // its lock ends deletes it.
+            report.steps.push(step(
+                StepStatus::Ok,
+                "Retention",
+                format!(
+                    "kept while locked, deleted by a run after the lock ends: {}",
+                    locked.join("; ")
+                ),
+            ));
         }
         if !report.deleted.is_empty() {
             report.steps.push(step(
@@ -956,6 +979,12 @@ impl Jobs {
         }
         if let Some(c) = &task.encryption {
             cmd.arg("--encrypt").arg(c);
+        }
+        if let Some(lock) = task.object_lock {
+            cmd.arg("--lock-for")
+                .arg(format!("{}s", lock.seconds))
+                .arg("--lock-mode")
+                .arg(lock.mode.as_str());
         }
         if let Some(s) = task.split_size {
             cmd.arg("--split").arg(s.to_string());

@@ -461,6 +461,19 @@ impl Dispatcher {
                 ));
             }
         }
+        // On immutable storage a chain is closed by age, so whole chains can expire.
+        if let (Some(i), Some(f)) = (&spec.immutability, full) {
+            let days = i.new_chain_after_days;
+            let old = images.iter().find(|img| img.name == f).is_some_and(|img| {
+                crate::store::now() - img.created_at >= i64::from(days) * 86_400
+            });
+            if old && head.is_some() {
+                (head, full) = (None, None);
+                notes.push(format!(
+                    "a new chain starts with a full image: on immutable storage a chain is closed after {days} days, so that its images' locks can end together"
+                ));
+            }
+        }
         let (method, base) = spec.next_method(head, full);
         if method == ImageKind::Full && spec.method != spec::ChainMode::Full {
             notes.extend(damaged_base(&images, spec.target()));
@@ -478,6 +491,24 @@ impl Dispatcher {
                 )
             })
             .unwrap_or_default();
+        let object_lock = match &spec.immutability {
+            Some(i) => {
+                if !matches!(
+                    holdfast_targets::location::Location::parse(&target.url),
+                    Ok(holdfast_targets::location::Location::S3(_))
+                ) {
+                    return Err(DispatchError::Spec(format!(
+                        "immutability needs an s3:// target with Object Lock; target '{}' is not one (make other storage immutable on the server itself, see docs/jobs.md)",
+                        target.name
+                    )));
+                }
+                Some(holdfast_proto::job::ObjectLockOrder {
+                    mode: i.mode,
+                    seconds: u64::from(i.lock_days(spec.retention.as_ref())) * 86_400,
+                })
+            }
+            None => None,
+        };
         let access = self.access(target)?;
         let password = self.unseal_job_secret(&job_context(job.id), job.secret.as_deref())?;
         if spec.encryption.is_some() && password.is_none() {
@@ -525,6 +556,7 @@ impl Dispatcher {
                 change_tracking: spec.change_tracking,
                 full_hash_every: spec.full_hash_every,
                 keep_thin_snapshot: spec.keep_thin_snapshot,
+                object_lock,
             }),
             before: spec.before.as_ref().map(spec::Hook::order),
             after: spec.after.as_ref().map(spec::Hook::order),

@@ -138,6 +138,63 @@ pub struct DrillPlan {
     pub scratch_dir: Option<String>,
 }
 
+/// Images locked against deletion on an S3 bucket with Object Lock.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Immutability {
+    /// `governance` (default: users with the bypass permission may still lift a lock) or
+    /// `compliance` (nobody can, not even the account's root user).
+    #[serde(default)]
+    #[schema(value_type = String)]
+    pub mode: holdfast_proto::job::LockMode,
+    /// Days each image stays locked (1–36500). Default: as long as retention may keep the
+    /// chain (its `keep_days`, or `keep_last` chains of `new_chain_after_days` each; 30 days
+    /// without retention) plus `new_chain_after_days` plus one — an incremental's base must
+    /// stay locked as long as the incremental.
+    #[serde(default)]
+    pub days: Option<u32>,
+    /// A chain is closed, and the next run starts a new one with a full image, once its full
+    /// image is this many days old (1–365, default 7): so whole chains, locks and all, can
+    /// expire.
+    #[serde(default = "default_new_chain_after_days")]
+    pub new_chain_after_days: u32,
+}
+
+fn default_new_chain_after_days() -> u32 {
+    7
+}
+
+impl Immutability {
+    /// Days each image is locked, given the job's retention.
+    pub fn lock_days(&self, retention: Option<&super::retention::Retention>) -> u32 {
+        if let Some(days) = self.days {
+            return days;
+        }
+        let chain = self.new_chain_after_days;
+        let kept = match retention {
+            Some(r) => {
+                let by_days = r.keep_days.unwrap_or(0);
+                let by_count = r
+                    .keep_last
+                    .map_or(0, |n| n.saturating_add(1).saturating_mul(chain));
+                by_days.max(by_count)
+            }
+            None => 30,
+        };
+        kept.saturating_add(chain).saturating_add(1).min(36_500)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.days.is_some_and(|d| !(1..=36_500).contains(&d)) {
+            return Err("days must be 1 to 36500".into());
+        }
+        if !(1..=365).contains(&self.new_chain_after_days) {
+            return Err("new_chain_after_days must be 1 to 365".into());
+        }
+        Ok(())
+    }
+}
+
 /// A job definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +299,11 @@ pub struct JobSpec {
     /// What to keep; older chains are deleted whole after a successful run.
     #[serde(default)]
     pub retention: Option<super::retention::Retention>,
+    /// Lock every image against deletion and replacement on its S3 bucket (Object Lock:
+    /// the bucket refuses, whoever asks — ransomware with the admin's keys included). The
+    /// target must be an `s3://` bucket created with Object Lock.
+    #[serde(default)]
+    pub immutability: Option<Immutability>,
     /// When it runs by itself; none: only when started by hand.
     #[serde(default)]
     pub schedule: Option<super::schedule::Schedule>,
@@ -367,6 +429,9 @@ impl JobSpec {
         }
         if let Some(r) = &self.retention {
             r.validate().map_err(|e| format!("retention: {e}"))?;
+        }
+        if let Some(i) = &self.immutability {
+            i.validate().map_err(|e| format!("immutability: {e}"))?;
         }
         if self.chain_length == Some(0) {
             return Err("chain_length must be at least 1".into());

@@ -969,3 +969,139 @@ fn a_chain_job_writes_to_an_smb_share_and_restores_from_it() {
         &states[1],
     );
 }
+
+/// A job on an S3 bucket with Object Lock: every image is locked for the job's days, so
+/// retention keeps the image it would delete (the run says so and stays successful, the image
+/// stays recorded and on the bucket), and neither our target nor a plain S3 delete of its
+/// version removes it.
+#[test]
+fn an_immutable_job_on_s3_locks_its_images_and_retention_keeps_them() {
+    use holdfast_targets::location::Credentials;
+    use holdfast_targets::s3::{S3Config, S3Target};
+    use holdfast_targets::{ObjectKey, Target as _, TargetError};
+    use holdfast_testkit::servers::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+    if agent_bin().is_none() || !require_devices("job_s3_lock") {
+        return;
+    }
+    let Some(s3) = S3Server::start("job_s3_lock") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let bucket = S3Target::new(
+        &S3Config {
+            endpoint: s3.endpoint.clone(),
+            region: "us-east-1".into(),
+            bucket: "vault".into(),
+            prefix: "pcs".into(),
+            path_style: true,
+        },
+        Credentials {
+            user: Some(S3_ACCESS_KEY.into()),
+            password: Some(zeroize::Zeroizing::new(S3_SECRET_KEY.into())),
+            ..Default::default()
+        },
+    )
+    .expect("target");
+    rt.block_on(bucket.create_bucket(true))
+        .expect("lock bucket");
+    let t = tempdir();
+    let work = t.path();
+    let fleet = Fleet::start(work);
+    let api = &fleet.api;
+    let vol = work.join("vol.img");
+    sparse_file(&vol, 32 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    edit_files(lo.path(), "ext4", work, |d| write_files(d, 0, 5));
+    let target = api.call(
+        "POST",
+        "/api/v1/targets",
+        Some(
+            &json!({
+                "name": "vault",
+                "url": format!("s3://vault/pcs?endpoint={}", s3.endpoint),
+                "username": S3_ACCESS_KEY,
+                "password": S3_SECRET_KEY,
+            })
+            .to_string(),
+        ),
+    );
+    let target_id = target["id"].as_i64().unwrap_or_else(|| panic!("{target}"));
+    let tested = api.call(
+        "POST",
+        &format!("/api/v1/targets/{target_id}/test"),
+        Some(&json!({"agent_id": fleet.agent_id}).to_string()),
+    );
+    assert_eq!(tested["ok"], true, "{tested}");
+    let bad = api.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &json!({"name": "bad", "spec": {
+                "agents": [fleet.agent_id], "source": lo.path(), "target_id": target_id,
+                "immutability": {"new_chain_after_days": 0},
+            }})
+            .to_string(),
+        ),
+    );
+    assert!(
+        bad.to_string()
+            .contains("new_chain_after_days must be 1 to 365"),
+        "{bad}"
+    );
+    let job = api.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &json!({"name": "immutable", "spec": {
+                "agents": [fleet.agent_id],
+                "source": lo.path(),
+                "target_id": target_id,
+                "name_template": "i-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi",
+                "method": "full",
+                "retention": {"keep_last": 1},
+                "immutability": {"days": 1, "mode": "compliance"},
+            }})
+            .to_string(),
+        ),
+    );
+    let job_id = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+    let (r1, _) = fleet.finish(fleet.run(job_id));
+    assert_eq!(r1["status"], "successful", "{r1}");
+    let first = r1["images"][0]["name"].as_str().expect("name").to_owned();
+    let k = ObjectKey::new(first.clone()).expect("key");
+    let until = rt
+        .block_on(bucket.locked_until(&k))
+        .expect("retention")
+        .expect("the image is locked");
+    let hours = (until - chrono::Utc::now()).num_hours();
+    assert!((23..=24).contains(&hours), "locked for {hours} h");
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a new name (seconds)
+    let (r2, _) = fleet.finish(fleet.run(job_id));
+    assert_eq!(r2["status"], "successful", "{r2}");
+    assert!(r2["deleted"].as_array().is_some_and(Vec::is_empty), "{r2}");
+    assert!(
+        r2["steps"].to_string().contains("kept while locked")
+            && r2["steps"].to_string().contains(&first),
+        "{r2}"
+    );
+    assert!(
+        rt.block_on(bucket.size(&k)).is_ok(),
+        "the locked image is gone"
+    );
+    let listed = api.call("GET", "/api/v1/images", None);
+    assert!(
+        listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|i| i["name"] == first.as_str() && i["deleted_at"].is_null()),
+        "{listed}"
+    );
+    let e = rt.block_on(bucket.delete(&k)).expect_err("locked");
+    assert!(matches!(e, TargetError::Locked { .. }), "{e}");
+    let version = rt.block_on(bucket.current_version(&k)).expect("version");
+    assert!(rt
+        .block_on(bucket.delete_version(&k, version.as_deref()))
+        .is_err());
+}
