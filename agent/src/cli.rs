@@ -617,6 +617,19 @@ fn target_test(a: TargetTestArgs) -> anyhow::Result<ExitCode> {
             p.free_bytes
                 .map_or_else(|| "unknown".to_owned(), crate::output::bytes)
         );
+        match &p.object_lock {
+            Some(l) if l.enabled => println!(
+                "Object Lock: enabled — images can be locked (--lock-for){}",
+                match (&l.default_mode, l.default_days) {
+                    (Some(m), Some(d)) => format!("; the bucket locks every new object {m} for {d} days"),
+                    _ => String::new(),
+                }
+            ),
+            Some(_) => println!(
+                "Object Lock: not enabled on this bucket — images on it can be deleted by anyone with its keys"
+            ),
+            None => {}
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

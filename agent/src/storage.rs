@@ -17,7 +17,7 @@ use bytes::Bytes;
 use holdfast_image::chain::Locator;
 use holdfast_image::parts::{is_later_part, part_number, PartSink, PartStore};
 use holdfast_image::ImageError;
-use holdfast_proto::request::{HostKeyCheck, TargetProbe};
+use holdfast_proto::request::{HostKeyCheck, ObjectLockState, TargetProbe};
 use holdfast_targets::body::{channel_body, BodySender};
 
 use crate::readahead::ReadAhead;
@@ -152,6 +152,27 @@ pub fn probe(folder: &str, credentials_file: Option<&Path>) -> Result<TargetProb
             .free_space()
             .await
             .with_context(|| format!("cannot ask {shown} for its free space"))?;
+        let object_lock = match Location::parse(folder)? {
+            Location::S3(config) => {
+                let bucket =
+                    holdfast_targets::s3::S3Target::new(&config, credentials(credentials_file)?)?;
+                let lock = bucket
+                    .lock_configuration()
+                    .await
+                    .with_context(|| format!("cannot ask {shown} about Object Lock"))?;
+                let default = lock
+                    .as_ref()
+                    .and_then(|l| l.rule.as_ref())
+                    .and_then(|r| r.default_retention.as_ref());
+                Some(ObjectLockState {
+                    enabled: lock.is_some(),
+                    default_mode: default.and_then(|d| d.mode.clone()),
+                    default_days: default
+                        .and_then(|d| d.days.or(d.years.map(|y| y.saturating_mul(365)))),
+                })
+            }
+            _ => None,
+        };
         Ok(TargetProbe {
             ok: true,
             target: shown,
@@ -160,6 +181,7 @@ pub fn probe(folder: &str, credentials_file: Option<&Path>) -> Result<TargetProb
             read_ms,
             free_bytes,
             host_key,
+            object_lock,
         })
     })
 }
@@ -182,6 +204,7 @@ pub fn host_key(folder: &str) -> Result<TargetProbe> {
             fingerprint,
             confirmed: false,
         }),
+        object_lock: None,
     })
 }
 

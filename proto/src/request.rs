@@ -219,6 +219,22 @@ pub struct TargetProbe {
     pub free_bytes: Option<u64>,
     /// An SFTP server's host key.
     pub host_key: Option<HostKeyCheck>,
+    /// Whether an S3 bucket enforces Object Lock (none for other targets, and from agents
+    /// older than this field).
+    #[serde(default)]
+    pub object_lock: Option<ObjectLockState>,
+}
+
+/// What an S3 bucket says about Object Lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(utoipa::ToSchema))]
+pub struct ObjectLockState {
+    /// The bucket was created with Object Lock: images can be locked on it.
+    pub enabled: bool,
+    /// The retention the bucket gives every new object by itself, if any: mode
+    /// (`GOVERNANCE`/`COMPLIANCE`) and days.
+    pub default_mode: Option<String>,
+    pub default_days: Option<u32>,
 }
 
 /// The host key an SFTP server offered to a target test.

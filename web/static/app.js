@@ -226,6 +226,11 @@
       if (data.write_ms !== undefined) {
         text = "wrote, read back and deleted a " + bytes(data.bytes) + " test file (write " + data.write_ms +
           " ms, read " + data.read_ms + " ms); free space " + (data.free_bytes == null ? "unknown" : bytes(data.free_bytes));
+        if (data.object_lock) {
+          text += data.object_lock.enabled
+            ? "; Object Lock enabled: jobs can lock their images here"
+            : "; Object Lock NOT enabled on this bucket: images can be deleted by anyone with its keys";
+        }
       }
       if (data.problems && data.problems.length) text = data.problems.join("; ");
       show(out, (ok ? "OK: " : "Failed: ") + text, ok);

@@ -450,3 +450,118 @@ fn sftp_host_key_is_shown_then_held_to() {
     );
     assert_ne!(sshd.host_key_fingerprint(), key);
 }
+
+/// Images locked on an S3 bucket with Object Lock from the command line: every part locked,
+/// `image delete` refused with exit code 7 until the lock ends and done after; a lock asked of
+/// storage that cannot keep it refused; `target test` tells whether the bucket locks.
+#[test]
+fn images_locked_on_s3_are_deleted_only_after_the_lock() {
+    use holdfast_targets::location::{Credentials, Location};
+    use holdfast_testkit::servers::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+    const TEST: &str = "images_locked_on_s3";
+    if !require_devices(TEST) {
+        return;
+    }
+    let Some(s3) = S3Server::start(TEST) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    for (bucket, lock) in [("vault", true), ("open", false)] {
+        let url = format!("s3://{bucket}?endpoint={}", s3.endpoint);
+        let Location::S3(config) = Location::parse(&url).expect("url") else {
+            panic!("not s3")
+        };
+        let creds = Credentials {
+            user: Some(S3_ACCESS_KEY.into()),
+            password: Some(zeroize::Zeroizing::new(S3_SECRET_KEY.into())),
+            ..Default::default()
+        };
+        let b = holdfast_targets::s3::S3Target::new(&config, creds).expect("target");
+        rt.block_on(b.create_bucket(lock)).expect("bucket");
+    }
+    let t = tempdir();
+    let work = t.path();
+    let creds = work.join("creds");
+    std::fs::write(
+        &creds,
+        format!("user = {S3_ACCESS_KEY}\npassword = {S3_SECRET_KEY}\n"),
+    )
+    .expect("creds");
+    let creds = creds.to_str().expect("p");
+    let src = work.join("src.img");
+    std::fs::write(&src, noise(12 << 20, 5)).expect("source");
+    let src = src.to_str().expect("p");
+    let url = format!("s3://vault/pcs/a.hfi?endpoint={}", s3.endpoint);
+
+    let local = work.join("local.hfi");
+    let r = image(&[
+        "create",
+        "--source",
+        src,
+        "--output",
+        local.to_str().expect("p"),
+        "--lock-for",
+        "5s",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("only S3 targets can lock images"),
+        "{}",
+        r.stderr
+    );
+    assert!(!local.exists());
+
+    let made = image_ok(&[
+        "create",
+        "--source",
+        src,
+        "--output",
+        &url,
+        "--split",
+        "5M",
+        "--lock-for",
+        "5s",
+        "--lock-mode",
+        "compliance",
+        "--credentials-file",
+        creds,
+    ]);
+    assert_eq!(made["parts"], 3, "{made}");
+    let r = image(&["delete", "--image", &url, "--credentials-file", creds]);
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("locked (Object Lock) until"),
+        "{}",
+        r.stderr
+    );
+    image_ok(&["validate", "--image", &url, "--credentials-file", creds]);
+
+    let probe = |folder: &str| {
+        let out = agent()
+            .args([
+                "target",
+                "test",
+                "--json",
+                "--url",
+                folder,
+                "--credentials-file",
+                creds,
+            ])
+            .output()
+            .expect("target test");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let vault = probe(&format!("s3://vault/pcs?endpoint={}", s3.endpoint));
+    assert_eq!(vault["object_lock"]["enabled"], true, "{vault}");
+    let open = probe(&format!("s3://open?endpoint={}", s3.endpoint));
+    assert_eq!(open["object_lock"]["enabled"], false, "{open}");
+
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    let gone = image_ok(&["delete", "--image", &url, "--credentials-file", creds]);
+    assert_eq!(gone["parts"], 3, "{gone}");
+}

@@ -521,3 +521,35 @@ impl JobSpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::retention::Retention;
+    use super::*;
+
+    #[test]
+    fn an_image_stays_locked_as_long_as_retention_may_keep_its_chain() {
+        let lock = |days: Option<u32>, chain: u32| Immutability {
+            mode: holdfast_proto::job::LockMode::Governance,
+            days,
+            new_chain_after_days: chain,
+        };
+        let keep = |last: Option<u32>, days: Option<u32>| Retention {
+            keep_last: last,
+            keep_days: days,
+        };
+        // Given: exactly that.
+        assert_eq!(lock(Some(3), 7).lock_days(Some(&keep(None, Some(90)))), 3);
+        // 30 days kept + a week of chain + a day.
+        assert_eq!(lock(None, 7).lock_days(Some(&keep(None, Some(30)))), 38);
+        // 4 chains of up to a week: the oldest goes after 5 weeks at most.
+        assert_eq!(lock(None, 7).lock_days(Some(&keep(Some(4), None))), 43);
+        // Both: the longer.
+        assert_eq!(lock(None, 7).lock_days(Some(&keep(Some(1), Some(30)))), 38);
+        // No retention: a month.
+        assert_eq!(lock(None, 10).lock_days(None), 41);
+        assert!(lock(Some(0), 7).validate().is_err());
+        assert!(lock(None, 0).validate().is_err());
+        assert!(lock(None, 366).validate().is_err());
+    }
+}

@@ -36,7 +36,7 @@ use crate::s3config::valid_bucket;
 pub use crate::s3config::{LockMode, ObjectLock, S3Config};
 use crate::{Body, ByteStream, ObjectKey, ObjectMeta, Target, TargetCaps};
 
-pub use xml::LockConfiguration;
+pub use xml::{DefaultRetention, LockConfiguration, LockRule};
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
