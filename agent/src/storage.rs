@@ -164,12 +164,12 @@ pub fn probe(folder: &str, credentials_file: Option<&Path>) -> Result<TargetProb
                     .as_ref()
                     .and_then(|l| l.rule.as_ref())
                     .and_then(|r| r.default_retention.as_ref());
-                Some(ObjectLockState {
+                Some(Box::new(ObjectLockState {
                     enabled: lock.is_some(),
                     default_mode: default.and_then(|d| d.mode.clone()),
                     default_days: default
                         .and_then(|d| d.days.or(d.years.map(|y| y.saturating_mul(365)))),
-                })
+                }))
             }
             _ => None,
         };

@@ -222,7 +222,7 @@ pub struct TargetProbe {
     /// Whether an S3 bucket enforces Object Lock (none for other targets, and from agents
     /// older than this field).
     #[serde(default)]
-    pub object_lock: Option<ObjectLockState>,
+    pub object_lock: Option<Box<ObjectLockState>>,
 }
 
 /// What an S3 bucket says about Object Lock.
