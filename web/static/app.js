@@ -276,6 +276,7 @@
         if (spec[hook] && !spec[hook].command) delete spec[hook];
       }
       if (spec.retention && Object.keys(spec.retention).length === 0) delete spec.retention;
+      if (spec.immutability && !spec.immutability.mode) delete spec.immutability;
       if (spec.notify && !spec.notify.when) delete spec.notify;
       if (spec.notify && !spec.notify.recipients) spec.notify.recipients = [];
       if (body.split_mib) spec.split_size = body.split_mib * 1048576;
