@@ -4,7 +4,8 @@
 //! ([`local::LocalTarget`]), SFTP ([`sftp::SftpTarget`]), FTP/FTPS ([`ftp::FtpTarget`]) and
 //! SMB 2/3 ([`smb::SmbTarget`]) and S3 object storage ([`s3::S3Target`]), each behind a cargo feature of its name (all on by default)
 //! — plus behaviour that applies to any backend as wrappers: retries
-//! with back-off ([`wrap::Retry`]) and a cap on concurrent connections ([`wrap::Limited`]).
+//! with back-off ([`wrap::Retry`]), a cap on concurrent connections ([`wrap::Limited`]) and
+//! bandwidth limits with time windows ([`bandwidth::Throttled`]).
 //!
 //! Targets are named by URLs as in the O&O manual (`sftp://user@host:port/path`,
 //! `ftp://…`, `ftps://…`, `smb://[domain;]user@server/share/path`,
@@ -13,6 +14,7 @@
 //! ([`location::Location::open`]); credentials travel separately ([`location::Credentials`]), are zeroised on drop and never appear in `Debug` output or
 //! error messages.
 
+pub mod bandwidth;
 #[cfg(any(feature = "sftp", feature = "ftp"))]
 mod blocking;
 pub mod body;
