@@ -149,6 +149,15 @@ pub struct Common {
     /// HOLDFAST_KNOWN_HOSTS, HOLDFAST_TARGET_HOST_KEY, HOLDFAST_TARGET_CA.
     #[arg(long)]
     pub credentials_file: Option<PathBuf>,
+    /// Bandwidth limit for transfers to and from targets, with time windows (local time):
+    /// e.g. `20M@mon-fri/08:00-18:00,unlimited` (bytes per second; the first matching rule
+    /// applies). HOLDFAST_AGENT_BANDWIDTH adds a limit for the machine: the lower applies.
+    #[arg(long, env = "HOLDFAST_TARGET_BANDWIDTH", value_parser = parse_bandwidth)]
+    pub bandwidth: Option<holdfast_targets::bandwidth::Bandwidth>,
+}
+
+fn parse_bandwidth(s: &str) -> Result<holdfast_targets::bandwidth::Bandwidth, String> {
+    s.parse()
 }
 
 /// `image create`.
@@ -550,32 +559,40 @@ pub struct ConvertArgs {
 impl Cli {
     /// True when the command asked for JSON output.
     pub fn json(&self) -> bool {
+        match &self.command {
+            Command::Inventory(a) => a.json,
+            _ => self.common().is_some_and(|c| c.json),
+        }
+    }
+
+    /// The flags every image and target command shares.
+    fn common(&self) -> Option<&Common> {
         let c = match &self.command {
             Command::Image(c) => c,
             Command::Target(TargetCommand::Test(a) | TargetCommand::HostKey(a)) => {
-                return a.common.json
+                return Some(&a.common)
             }
-            Command::Inventory(a) => return a.json,
-            _ => return false,
+            _ => return None,
         };
-        match c {
-            ImageCommand::Create(a) => a.common.json,
-            ImageCommand::Info(a) => a.common.json,
-            ImageCommand::Validate(a) => a.common.json,
-            ImageCommand::Restore(a) => a.common.json,
-            ImageCommand::Merge(a) => a.common.json,
-            ImageCommand::Convert(a) => a.common.json,
-            ImageCommand::Delete(a) => a.common.json,
-            ImageCommand::Mount(a) => a.common.json,
-            ImageCommand::Dismount(a) => a.common.json,
-            ImageCommand::Ls(a) => a.common.json,
-            ImageCommand::Extract(a) => a.common.json,
-            ImageCommand::Export(a) => a.common.json,
-        }
+        Some(match c {
+            ImageCommand::Create(a) => &a.common,
+            ImageCommand::Info(a) => &a.common,
+            ImageCommand::Validate(a) => &a.common,
+            ImageCommand::Restore(a) => &a.common,
+            ImageCommand::Merge(a) => &a.common,
+            ImageCommand::Convert(a) => &a.common,
+            ImageCommand::Delete(a) => &a.common,
+            ImageCommand::Mount(a) => &a.common,
+            ImageCommand::Dismount(a) => &a.common,
+            ImageCommand::Ls(a) => &a.common,
+            ImageCommand::Extract(a) => &a.common,
+            ImageCommand::Export(a) => &a.common,
+        })
     }
 
     /// Run the command.
     pub fn run(self) -> anyhow::Result<ExitCode> {
+        crate::storage::set_bandwidth(self.common().and_then(|c| c.bandwidth.clone()))?;
         let c = match self.command {
             Command::Image(c) => c,
             Command::Enroll(a) => return crate::link::cli_enroll(a),

@@ -21,6 +21,7 @@ use holdfast_proto::request::{HostKeyCheck, ObjectLockState, TargetProbe};
 use holdfast_targets::body::{channel_body, BodySender};
 
 use crate::readahead::ReadAhead;
+use holdfast_targets::bandwidth::{Bandwidth, Throttle, Throttled};
 use holdfast_targets::location::{Credentials, Location};
 use holdfast_targets::s3config::ObjectLock;
 use holdfast_targets::wrap::{Limited, Retry};
@@ -78,7 +79,10 @@ pub fn place_locked(
         return Ok(Place::Local(root.clone()));
     }
     let (folder, name) = location.split_file()?;
-    let (backend, caps) = limited(folder.open_locked(credentials(credentials_file)?, lock)?);
+    let (mut backend, caps) = limited(folder.open_locked(credentials(credentials_file)?, lock)?);
+    if let Some(Some(throttle)) = THROTTLE.get() {
+        backend = Arc::new(Throttled::new(backend, Arc::clone(throttle)));
+    }
     let display = format!("{}/{name}", caps.display.trim_end_matches('/'));
     let target: Arc<dyn Target> = Arc::new(Retry::new(backend, 4, Duration::from_millis(200)));
     Ok(Place::Remote(Remote {
@@ -86,6 +90,27 @@ pub fn place_locked(
         name,
         display,
     }))
+}
+
+/// The bandwidth limits of this process's target transfers (all of them share one bucket).
+static THROTTLE: OnceLock<Option<Arc<Throttle>>> = OnceLock::new();
+
+/// Hold every transfer to and from targets to `target` (the command's `--bandwidth` or
+/// `HOLDFAST_TARGET_BANDWIDTH`) and the machine's `HOLDFAST_AGENT_BANDWIDTH`, the lower
+/// of the two at each moment.
+pub fn set_bandwidth(target: Option<Bandwidth>) -> Result<()> {
+    let agent = match std::env::var("HOLDFAST_AGENT_BANDWIDTH") {
+        Ok(text) if !text.trim().is_empty() => Some(
+            text.parse::<Bandwidth>()
+                .map_err(|e| anyhow!("HOLDFAST_AGENT_BANDWIDTH: {e}"))?,
+        ),
+        _ => None,
+    };
+    let limits: Vec<Bandwidth> = target.into_iter().chain(agent).collect();
+    let throttle = (!limits.is_empty()).then(|| Arc::new(Throttle::new(limits)));
+    // Set once, before any target is opened.
+    let _ = THROTTLE.set(throttle);
+    Ok(())
 }
 
 /// Size of the test file.

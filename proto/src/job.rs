@@ -45,6 +45,10 @@ pub struct TargetAccess {
     /// any other before sending credentials. The server sends SFTP targets only with one,
     /// except to test the connection, where the agent then only reads the key offered.
     pub host_key: Option<String>,
+    /// Bandwidth limit for transfers to and from the target, with time windows
+    /// (`holdfast_targets::bandwidth` syntax).
+    #[serde(default)]
+    pub bandwidth: Option<String>,
 }
 
 /// How an image relates to earlier ones.

@@ -75,9 +75,9 @@ fn parse_rate(text: &str) -> Result<Option<u64>, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("rate '{text}': a number of bytes per second (e.g. 20M) or unlimited"))?;
+    let n: u64 = number.parse().map_err(|_| {
+        format!("rate '{text}': a number of bytes per second (e.g. 20M) or unlimited")
+    })?;
     let unit = unit.trim().trim_end_matches("/s");
     let scale: u64 = match unit.to_ascii_uppercase().as_str() {
         "" | "B" => 1,
@@ -479,10 +479,21 @@ mod tests {
         ] {
             assert_eq!(bw(text).to_string(), text);
         }
-        assert_eq!(bw("20 MiB @ sat+sun").to_string(), "20M@sat+sun/00:00-24:00");
+        assert_eq!(
+            bw("20 MiB @ sat+sun").to_string(),
+            "20M@sat+sun/00:00-24:00"
+        );
         for bad in [
-            "", "0", "20X", "fast", "20M@someday", "20M@mon/08:00", "20M@mon/25:00-26:00",
-            "20M@mon/08:00-08:00", "20M@mon/08:60-09:00", "99999999999999G",
+            "",
+            "0",
+            "20X",
+            "fast",
+            "20M@someday",
+            "20M@mon/08:00",
+            "20M@mon/25:00-26:00",
+            "20M@mon/08:00-08:00",
+            "20M@mon/08:60-09:00",
+            "99999999999999G",
         ] {
             assert!(bad.parse::<Bandwidth>().is_err(), "{bad}");
         }
@@ -497,7 +508,7 @@ mod tests {
         assert_eq!(b.rate_at(4, h(18)), None); // Friday 18:00
         assert_eq!(b.rate_at(5, h(12)), Some(50 << 20)); // Saturday
         assert_eq!(b.rate_at(6, h(23)), Some(50 << 20)); // Sunday night
-        // Across midnight: Friday 22:00 to Saturday 06:00, not Sunday night.
+                                                         // Across midnight: Friday 22:00 to Saturday 06:00, not Sunday night.
         let night = bw("1M@fri/22:00-06:00");
         assert_eq!(night.rate_at(4, h(23)), Some(1 << 20));
         assert_eq!(night.rate_at(5, h(5)), Some(1 << 20));

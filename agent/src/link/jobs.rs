@@ -912,10 +912,16 @@ impl Jobs {
             "HOLDFAST_TARGET_KEY_PASSPHRASE",
             "HOLDFAST_TARGET_CA",
             "HOLDFAST_TARGET_HOST_KEY",
+            "HOLDFAST_TARGET_BANDWIDTH",
             "HOLDFAST_PASSWORD",
             crate::luks::PASSPHRASE_ENV,
         ] {
             cmd.env_remove(k);
+        }
+        // The machine's own limit (HOLDFAST_AGENT_BANDWIDTH, from the daemon's environment)
+        // is inherited; the target's comes with the order. The lower applies.
+        if let Some(b) = t.bandwidth.as_deref().filter(|b| !b.trim().is_empty()) {
+            cmd.env("HOLDFAST_TARGET_BANDWIDTH", b);
         }
         if let Some(u) = &t.user {
             cmd.env("HOLDFAST_TARGET_USER", u);

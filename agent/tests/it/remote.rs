@@ -561,7 +561,41 @@ fn images_locked_on_s3_are_deleted_only_after_the_lock() {
     let open = probe(&format!("s3://open?endpoint={}", s3.endpoint));
     assert_eq!(open["object_lock"]["enabled"], false, "{open}");
 
-    std::thread::sleep(std::time::Duration::from_secs(7));
+    // Held to the lower of the target's limit (--bandwidth) and the machine's
+    // (HOLDFAST_AGENT_BANDWIDTH): 12 MiB at 2 MiB/s cannot take less than 5 s.
+    let slow = format!("s3://open/slow.hfi?endpoint={}", s3.endpoint);
+    let started = std::time::Instant::now();
+    let out = agent()
+        .env("HOLDFAST_AGENT_BANDWIDTH", "2M")
+        .args([
+            "image", "create", "--json", "--source", src, "--output", &slow,
+        ])
+        .args([
+            "--bandwidth",
+            "8M@*/00:00-24:00",
+            "--credentials-file",
+            creds,
+        ])
+        .output()
+        .expect("create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_secs(5),
+        "12 MiB in {took:?}"
+    );
+    let bad = agent()
+        .args(["image", "info", "--image", &slow, "--bandwidth", "fast"])
+        .output()
+        .expect("info");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("rate 'fast'"));
+
+    std::thread::sleep(std::time::Duration::from_secs(7).saturating_sub(took));
     let gone = image_ok(&["delete", "--image", &url, "--credentials-file", creds]);
     assert_eq!(gone["parts"], 3, "{gone}");
 }

@@ -28,6 +28,8 @@ struct TargetForm {
     ca_pem: String,
     /// The SFTP server's confirmed host key (empty: none).
     host_key: String,
+    /// Bandwidth limit (empty: none).
+    bandwidth: String,
     notes: String,
     password: bool,
     private_key: bool,
@@ -108,6 +110,7 @@ pub async fn show(
             username: t.username.unwrap_or_default(),
             ca_pem: t.ca_pem.unwrap_or_default(),
             host_key: t.host_key.unwrap_or_default(),
+            bandwidth: t.bandwidth.unwrap_or_default(),
             notes: t.notes,
             password: secret.password.is_some(),
             private_key: secret.private_key.is_some(),

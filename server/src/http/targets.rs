@@ -87,6 +87,12 @@ pub struct TargetBody {
     /// test shows. A changed host or port forgets a key confirmed before.
     #[serde(default)]
     host_key: Option<String>,
+    /// Bandwidth limit for the agents' transfers to and from this target, with time windows
+    /// in the agents' local time: rules separated by commas, the first matching applies —
+    /// `RATE[@DAYS/HH:MM-HH:MM]`, e.g. `20M@mon-fri/08:00-18:00,unlimited` (bytes per
+    /// second, binary units). Empty or absent: no limit.
+    #[serde(default)]
+    bandwidth: Option<String>,
     #[serde(default)]
     notes: String,
     /// Forget the stored credentials (before any given here are set).
@@ -125,6 +131,15 @@ impl TargetBody {
                 ));
             }
         }
+        if let Some(b) = self
+            .bandwidth
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+        {
+            b.parse::<holdfast_targets::bandwidth::Bandwidth>()
+                .map_err(|e| ApiError::Invalid(format!("bandwidth: {e}")))?;
+        }
         if let Some(key) = &self.host_key {
             check_fingerprint(key)?;
             if server_of(self.url.trim()).is_none() {
@@ -149,6 +164,11 @@ impl TargetBody {
                 .filter(|u| !u.is_empty()),
             ca_pem: self.ca_pem.as_deref(),
             host_key: self.host_key.as_deref().or(kept_key),
+            bandwidth: self
+                .bandwidth
+                .as_deref()
+                .map(str::trim)
+                .filter(|b| !b.is_empty()),
             notes: &self.notes,
         }
     }
@@ -226,6 +246,8 @@ struct TargetView {
     /// The SFTP server's host key an admin confirmed; jobs do not go to an SFTP target
     /// without one.
     host_key: Option<String>,
+    /// Bandwidth limit with time windows; none: unlimited.
+    bandwidth: Option<String>,
     notes: String,
     credentials: Credentials,
     created_at: i64,
@@ -249,6 +271,7 @@ fn view(state: &AppState, t: &TargetRow) -> Result<TargetView, ApiError> {
         username: t.username.clone(),
         ca_pem: t.ca_pem.clone(),
         host_key: t.host_key.clone(),
+        bandwidth: t.bandwidth.clone(),
         notes: t.notes.clone(),
         credentials: Credentials {
             password: set(&s.password),

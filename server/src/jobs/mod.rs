@@ -613,6 +613,7 @@ impl Dispatcher {
             passphrase: reveal(&secret.passphrase),
             ca_pem: target.ca_pem.clone(),
             host_key: target.host_key.clone(),
+            bandwidth: target.bandwidth.clone(),
         })
     }
 

@@ -22,6 +22,8 @@ pub struct TargetRow {
     pub ca_pem: Option<String>,
     /// The SFTP server's host key an admin confirmed (`SHA256:…`).
     pub host_key: Option<String>,
+    /// Bandwidth limit with time windows (`holdfast_targets::bandwidth` syntax).
+    pub bandwidth: Option<String>,
     pub notes: String,
     pub created_at: i64,
     pub updated_at: i64,
@@ -35,11 +37,12 @@ pub struct TargetFields<'a> {
     pub username: Option<&'a str>,
     pub ca_pem: Option<&'a str>,
     pub host_key: Option<&'a str>,
+    pub bandwidth: Option<&'a str>,
     pub notes: &'a str,
 }
 
 const COLUMNS: &str =
-    "id, name, url, username, secret, ca_pem, host_key, notes, created_at, updated_at";
+    "id, name, url, username, secret, ca_pem, host_key, bandwidth, notes, created_at, updated_at";
 
 fn row(r: &sqlx::any::AnyRow) -> Result<TargetRow, sqlx::Error> {
     Ok(TargetRow {
@@ -50,6 +53,7 @@ fn row(r: &sqlx::any::AnyRow) -> Result<TargetRow, sqlx::Error> {
         secret: r.try_get("secret")?,
         ca_pem: r.try_get("ca_pem")?,
         host_key: r.try_get("host_key")?,
+        bandwidth: r.try_get("bandwidth")?,
         notes: r.try_get("notes")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
@@ -85,8 +89,8 @@ impl Change {
     pub async fn create_target(&mut self, f: &TargetFields<'_>) -> Result<TargetRow, StoreError> {
         let t = now();
         let r = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO targets (name, url, username, ca_pem, notes, created_at, updated_at, host_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6, $7) RETURNING {COLUMNS}"
+            "INSERT INTO targets (name, url, username, ca_pem, notes, created_at, updated_at, host_key, bandwidth) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8) RETURNING {COLUMNS}"
         )))
         .bind(f.name)
         .bind(f.url)
@@ -95,6 +99,7 @@ impl Change {
         .bind(f.notes)
         .bind(t)
         .bind(f.host_key)
+        .bind(f.bandwidth)
         .fetch_one(self.conn())
         .await
         .map_err(|e| StoreError::unique(e, format!("a target named '{}'", f.name)))?;
@@ -109,7 +114,7 @@ impl Change {
     ) -> Result<Option<TargetRow>, StoreError> {
         let r = sqlx::query(AssertSqlSafe(format!(
             "UPDATE targets SET name = $1, url = $2, username = $3, ca_pem = $4, notes = $5, updated_at = $6, \
-             host_key = $8 WHERE id = $7 RETURNING {COLUMNS}"
+             host_key = $8, bandwidth = $9 WHERE id = $7 RETURNING {COLUMNS}"
         )))
         .bind(f.name)
         .bind(f.url)
@@ -119,6 +124,7 @@ impl Change {
         .bind(now())
         .bind(id)
         .bind(f.host_key)
+        .bind(f.bandwidth)
         .fetch_optional(self.conn())
         .await
         .map_err(|e| StoreError::unique(e, format!("a target named '{}'", f.name)))?;

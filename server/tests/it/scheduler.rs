@@ -119,6 +119,7 @@ impl Setup {
                 username: None,
                 ca_pem: None,
                 host_key: None,
+                bandwidth: None,
                 notes: "",
             })
             .await

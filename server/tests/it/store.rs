@@ -241,6 +241,7 @@ async fn exercise_jobs(store: &Store) {
         username: Some("bk"),
         ca_pem: None,
         host_key: None,
+        bandwidth: Some("20M@mon-fri/08:00-18:00,unlimited"),
         notes: "",
     };
     let t = changed(store, async |c| c.create_target(&fields).await)
@@ -264,6 +265,16 @@ async fn exercise_jobs(store: &Store) {
             .secret
             .as_deref(),
         Some("v1:sealed")
+    );
+    assert_eq!(
+        store
+            .target(t.id)
+            .await
+            .expect("get")
+            .expect("t")
+            .bandwidth
+            .as_deref(),
+        Some("20M@mon-fri/08:00-18:00,unlimited")
     );
     let spec = format!(
         "{{\"agents\":[{a},{b}],\"source\":\"/dev/sda\",\"target_id\":{}}}",

@@ -72,25 +72,40 @@ async fn an_upload_changes_rate_when_a_window_ends() {
         .expect("limit");
     // The boundary, as an instant: three seconds after `now`, less what has passed.
     let boundary = Instant::now()
-        + Duration::from_millis(3000)
-            .saturating_sub(Duration::from_millis(u64::from(now.nanosecond() / 1_000_000)));
+        + Duration::from_millis(3000).saturating_sub(Duration::from_millis(u64::from(
+            now.nanosecond() / 1_000_000,
+        )));
     let dir = tempfile::tempdir_in("/var/tmp").expect("dir");
-    let t = Throttled::new(LocalTarget::new(dir.path()), Arc::new(Throttle::new(vec![limit])));
+    let t = Throttled::new(
+        LocalTarget::new(dir.path()),
+        Arc::new(Throttle::new(vec![limit])),
+    );
     let log = Arc::new(Mutex::new(Vec::new()));
     let body = Timed {
         data: std::io::Cursor::new(noise(20 << 20, 1)),
         log: Arc::clone(&log),
     };
     let k = ObjectKey::new("limited.bin").expect("key");
-    t.put_stream(&k, Box::new(body), false).await.expect("upload");
+    t.put_stream(&k, Box::new(body), false)
+        .await
+        .expect("upload");
     let log = log.lock().expect("log").clone();
     let before = rate(&log, boundary, -2.0, -0.2) / MIB;
     let first = rate(&log, boundary, 0.2, 1.0) / MIB;
     let after = rate(&log, boundary, 1.0, 3.0) / MIB;
     eprintln!("MiB/s: {before:.2} before, {first:.2} in the first second after, {after:.2} after");
-    assert!((0.7..1.3).contains(&before), "before the boundary: {before:.2} MiB/s");
-    assert!(first > 2.5, "in the second after the boundary: {first:.2} MiB/s");
-    assert!((3.0..5.0).contains(&after), "after the boundary: {after:.2} MiB/s");
+    assert!(
+        (0.7..1.3).contains(&before),
+        "before the boundary: {before:.2} MiB/s"
+    );
+    assert!(
+        first > 2.5,
+        "in the second after the boundary: {first:.2} MiB/s"
+    );
+    assert!(
+        (3.0..5.0).contains(&after),
+        "after the boundary: {after:.2} MiB/s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,12 +115,18 @@ async fn downloads_keep_to_the_limit() {
     let data = noise(3 << 20, 2);
     std::fs::write(dir.path().join("data.bin"), &data).expect("write");
     let limit: Bandwidth = "1M".parse().expect("limit");
-    let t = Throttled::new(LocalTarget::new(dir.path()), Arc::new(Throttle::new(vec![limit])));
+    let t = Throttled::new(
+        LocalTarget::new(dir.path()),
+        Arc::new(Throttle::new(vec![limit])),
+    );
     let t0 = Instant::now();
     let mut log = Vec::new();
     let mut got = Vec::new();
     for start in (0..data.len() as u64).step_by(128 << 10) {
-        let piece = t.get_range(&k, start..start + (128 << 10)).await.expect("range");
+        let piece = t
+            .get_range(&k, start..start + (128 << 10))
+            .await
+            .expect("range");
         got.extend_from_slice(&piece);
         log.push((Instant::now(), got.len() as u64));
     }
