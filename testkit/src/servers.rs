@@ -495,15 +495,27 @@ pub fn weed_binary() -> PathBuf {
 pub struct S3Server {
     /// Removed (with its contents) when the server is dropped.
     _dir: tempfile::TempDir,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (in a namespace: its address).
     pub endpoint: String,
-    port: u16,
+    /// The S3 port.
+    pub port: u16,
+    ip: String,
+    netns: Option<String>,
     args: Vec<String>,
     child: Option<Child>,
 }
 
 impl S3Server {
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_at(test, None)
+    }
+
+    /// In the network namespace `ns`, listening on `addr` there.
+    pub fn start_in_netns(test: &str, ns: &str, addr: &str) -> Option<Self> {
+        Self::start_at(test, Some((ns.to_owned(), addr.to_owned())))
+    }
+
+    fn start_at(test: &str, netns: Netns) -> Option<Self> {
         let weed = weed_binary();
         if !weed.exists() {
             unavailable(
@@ -528,10 +540,14 @@ impl S3Server {
         let port = free_port();
         // Every component listens on a port of its own (gRPC ones too): none on defaults, so
         // tests and a developer's own SeaweedFS never collide.
+        let ip = netns
+            .as_ref()
+            .map_or("127.0.0.1", |(_, a)| a.as_str())
+            .to_owned();
         let mut args = vec![
             format!("-dir={}", d.join("data").display()),
-            "-ip=127.0.0.1".into(),
-            "-ip.bind=127.0.0.1".into(),
+            format!("-ip={ip}"),
+            format!("-ip.bind={ip}"),
             format!("-s3.port={port}"),
             format!("-s3.config={}", d.join("s3.json").display()),
             "-s3.port.iceberg=0".into(),
@@ -556,8 +572,10 @@ impl S3Server {
         }
         let mut server = Self {
             _dir: dir,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("http://{ip}:{port}"),
             port,
+            ip,
+            netns: netns.map(|(ns, _)| ns),
             args,
             child: None,
         };
@@ -582,7 +600,15 @@ impl S3Server {
         let Ok(log2) = log.try_clone() else {
             return !unavailable(test, "cannot write the SeaweedFS log");
         };
-        match Command::new(weed_binary())
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(weed_binary());
+                c
+            }
+            None => Command::new(weed_binary()),
+        };
+        match cmd
             .arg("mini")
             .args(&self.args)
             .stdout(log)
@@ -594,7 +620,7 @@ impl S3Server {
         }
         // The port opens before the filer behind it serves: wait for an S3 answer.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !s3_answers(self.port) {
+        while !s3_answers(&self.ip, self.port) {
             if Instant::now() > deadline {
                 self.kill();
                 return !unavailable(test, "SeaweedFS did not answer S3 requests within 60 s");
@@ -605,15 +631,15 @@ impl S3Server {
     }
 }
 
-/// True when `port` answers an (unsigned) S3 listing with an S3 error document: the gateway
+/// True when `ip:port` answers an (unsigned) S3 listing with an S3 error document: the gateway
 /// and the filer behind it are up.
-fn s3_answers(port: u16) -> bool {
+fn s3_answers(ip: &str, port: u16) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+    let Ok(mut s) = TcpStream::connect((ip, port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET / HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n");
     if s.write_all(request.as_bytes()).is_err() {
         return false;
     }

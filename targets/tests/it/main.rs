@@ -5,6 +5,7 @@ mod bandwidth;
 mod conformance;
 mod ftp_faults;
 mod full;
+mod links;
 mod s3_faults;
 mod s3_lock;
 mod sftp_faults;
