@@ -48,10 +48,11 @@ PACKAGES=(
     openssl     # the FTPS fixture's test CA and server certificate
     samba       # smbd, smbpasswd: the SMB target tests start a real server on loopback
     smbclient   # smbclient: the SMB side of the target benchmark
+    rclone      # rclone: the S3 side of the target benchmark
     procps      # kill, pkill: stopping fixture servers as if they crashed
     postgresql  # initdb, pg_ctl: the server's store tests run on PostgreSQL too
     curl        # the server's HTTPS test talks to the real binary
-    iproute2    # ip netns: the multi-agent test runs each agent in its own network namespace
+    iproute2    # ip netns, tc: agents in their own network namespaces; shaped links (tbf) for targets
     passwd      # useradd, chpasswd: the throwaway user the SFTP tests log in as
     gcc         # C compiler and linker for Rust build scripts and -sys crates
     g++         # libFuzzer's C++ runtime, built by libfuzzer-sys for scripts/fuzz.sh
@@ -257,6 +258,13 @@ if ((IS_ROOT == 1)); then
     run_stage "benchmark: storage targets (tiny)" env BENCH_SIZE_MIB=1 BENCH_RUNS=1 BENCH_WARMUP=0 \
         BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/targets.sh /var/tmp/holdfast-tbench-tiny
+    run_stage "build: holdfast-delay-relay (the link benchmark's relay)" \
+        cargo build -p holdfast-testkit --bin holdfast-delay-relay
+    run_stage "benchmark: storage targets over a shaped 100 Mbit/s, 20 ms link (tiny)" env \
+        BENCH_LINK=wan BENCH_SIZE_MIB=1 BENCH_RUNS=1 BENCH_WARMUP=0 BENCH_STRICT=1 \
+        HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
+        HOLDFAST_RELAY="$CARGO_TARGET_DIR/debug/holdfast-delay-relay" \
+        scripts/bench/targets.sh /var/tmp/holdfast-tbench-wan-tiny
     run_stage "benchmark: filesystems vs partclone (tiny)" env BENCH_RUNS=1 BENCH_WARMUP=0 \
         BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/filesystems.sh 32 /var/tmp/holdfast-fsbench-tiny

@@ -98,7 +98,8 @@ bench_user() {
     echo "$USER_NAME:$PASS" | chpasswd
 }
 
-# start_sshd DIR PORT [counted]: an sshd on 127.0.0.1:PORT for USER_NAME (password or the
+# start_sshd DIR PORT [counted]: an sshd on ${LISTEN_ADDR:-127.0.0.1}:PORT (run through the
+# command prefix in the array NS_EXEC, if set: e.g. ip netns exec NS) for USER_NAME (password or the
 # key DIR/client_ed25519), its files in DIR, its log in DIR/log/sshd.log; its pid is
 # appended to PIDS. With "counted", SFTP is served by sftp-server logging each file's bytes
 # read and written, when it is closed, to DIR/log/sftp.log.
@@ -118,7 +119,7 @@ start_sshd() {
     fi
     cat >"$dir/sshd_config" <<CONFIG
 Port $port
-ListenAddress 127.0.0.1
+ListenAddress ${LISTEN_ADDR:-127.0.0.1}
 HostKey $dir/host_ed25519
 PidFile $dir/sshd.pid
 UsePAM no
@@ -129,14 +130,15 @@ StrictModes no
 AllowUsers $USER_NAME
 Subsystem sftp $subsystem
 CONFIG
-    /usr/sbin/sshd -D -e -f "$dir/sshd_config" 2>"$dir/log/sshd.log" &
+    ${NS_EXEC[@]+"${NS_EXEC[@]}"} /usr/sbin/sshd -D -e -f "$dir/sshd_config" 2>"$dir/log/sshd.log" &
     PIDS+=($!)
 }
 
-# wait_port PORT: until something listens on 127.0.0.1:PORT (at most 5 s).
+# wait_port PORT [ADDR]: until something listens on ADDR:PORT (default 127.0.0.1; at most
+# 10 s).
 wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    for _ in $(seq 200); do
+        (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null && return 0
         sleep 0.05
     done
 }

