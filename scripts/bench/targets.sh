@@ -278,8 +278,8 @@ curl_put() { curl -sS -T "$SRC" "ftp://$USER_NAME:$PASS@127.0.0.1:$FTP_PORT$DATA
 curl_get() { curl -sS -o "$RESTORED" "ftp://$USER_NAME:$PASS@127.0.0.1:$FTP_PORT$DATA/ref.bin"; }
 smb_put() { smbclient -p "$SMB_PORT" //127.0.0.1/backup -U "$USER_NAME%$PASS" -c "put $SRC ref.bin" >/dev/null; }
 smb_get() { smbclient -p "$SMB_PORT" //127.0.0.1/backup -U "$USER_NAME%$PASS" -c "get ref.bin $RESTORED" >/dev/null; }
-s3_put() { rclone copyto "$SRC" hfs3:bench/ref.bin; }
-s3_get() { rclone copyto hfs3:bench/ref.bin "$RESTORED"; }
+s3_put() { rclone copyto --ignore-times "$SRC" hfs3:bench/ref.bin; }
+s3_get() { rclone copyto --ignore-times hfs3:bench/ref.bin "$RESTORED"; }
 no_restored() { rm -f "$RESTORED"; }
 
 # Ours: the same file as a raw (incompressible) image, and its restore into a file.
