@@ -84,7 +84,7 @@ impl std::fmt::Debug for S3Target {
     }
 }
 
-/// A parsed response: status, headers and (for errors) the error document.
+/// An unsuccessful answer: its status and the code and message of its error document.
 struct Failure {
     status: StatusCode,
     code: String,
