@@ -348,6 +348,8 @@ const READ_STEP: usize = 64 << 10;
 /// An upload body held to a throttle: each read waits for the bytes before it to fit.
 struct ThrottledBody {
     inner: Body,
+    /// Where each read lands before it is passed on (allocated once).
+    step: Vec<u8>,
     throttle: Arc<Throttle>,
     waiting: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
@@ -366,9 +368,9 @@ impl tokio::io::AsyncRead for ThrottledBody {
             }
         }
         let room = buf.remaining().min(READ_STEP);
-        let mut step = vec![0u8; room];
-        let mut part = tokio::io::ReadBuf::new(&mut step);
-        match std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut part) {
+        let this = &mut *self;
+        let mut part = tokio::io::ReadBuf::new(&mut this.step[..room]);
+        match std::pin::Pin::new(&mut this.inner).poll_read(cx, &mut part) {
             Poll::Ready(Ok(())) => {
                 let n = part.filled().len();
                 buf.put_slice(part.filled());
@@ -409,6 +411,7 @@ impl<T: Target> Target for Throttled<T> {
     ) -> Result<u64, TargetError> {
         let body = ThrottledBody {
             inner: body,
+            step: vec![0; READ_STEP],
             throttle: Arc::clone(&self.throttle),
             waiting: None,
         };

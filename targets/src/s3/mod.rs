@@ -288,15 +288,15 @@ impl S3Target {
             .await?;
         match self.inner.check(resp).await {
             Ok(resp) => {
-                let body = read_body(resp, MAX_ERROR_BODY).await.map_err(|d| {
-                    self.inner
-                        .transient("read the lock configuration of", "", d)
-                })?;
-                let config: LockConfiguration = xml::parse("object lock configuration", &body)
-                    .map_err(|d| {
-                        self.inner
-                            .permanent("read the lock configuration of", "", d)
-                    })?;
+                let config: LockConfiguration = self
+                    .inner
+                    .answer(
+                        resp,
+                        "read the lock configuration of",
+                        "",
+                        "object lock configuration",
+                    )
+                    .await?;
                 Ok(config
                     .object_lock_enabled
                     .as_deref()
@@ -333,14 +333,15 @@ impl S3Target {
             .await?;
         match self.inner.check(resp).await {
             Ok(resp) => {
-                let body = read_body(resp, MAX_ERROR_BODY).await.map_err(|d| {
-                    self.inner
-                        .transient("read the retention of", key.as_str(), d)
-                })?;
-                let r: xml::Retention = xml::parse("object retention", &body).map_err(|d| {
-                    self.inner
-                        .permanent("read the retention of", key.as_str(), d)
-                })?;
+                let r: xml::Retention = self
+                    .inner
+                    .answer(
+                        resp,
+                        "read the retention of",
+                        key.as_str(),
+                        "object retention",
+                    )
+                    .await?;
                 let until = match r.retain_until_date {
                     Some(text) => chrono::DateTime::parse_from_rfc3339(&text)
                         .map_err(|e| {
@@ -560,6 +561,21 @@ impl Inner {
         }
     }
 
+    /// A successful answer's XML document (at most 16 MiB: a listing page) as `T`; a cut
+    /// connection is transient, a document that is not one is permanent.
+    async fn answer<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        resp: Response<Incoming>,
+        op: &'static str,
+        key: &str,
+        what: &str,
+    ) -> Result<T, TargetError> {
+        let doc = read_body(resp, 16 << 20)
+            .await
+            .map_err(|d| self.transient(op, key, d))?;
+        xml::parse(what, &doc).map_err(|d| self.permanent(op, key, d))
+    }
+
     /// Send, and turn an unsuccessful answer into an error.
     #[allow(clippy::too_many_arguments)]
     async fn call(
@@ -698,11 +714,9 @@ impl Inner {
                 Bytes::new(),
             )
             .await?;
-        let doc = read_body(resp, MAX_ERROR_BODY)
-            .await
-            .map_err(|d| self.transient("upload", key.as_str(), d))?;
-        let started: xml::MultipartStarted = xml::parse("start of a multipart upload", &doc)
-            .map_err(|d| self.permanent("upload", key.as_str(), d))?;
+        let started: xml::MultipartStarted = self
+            .answer(resp, "upload", key.as_str(), "start of a multipart upload")
+            .await?;
         let upload_id = started.upload_id;
         let result = match self.put_parts(key, &object, &upload_id, first, body).await {
             Ok((parts, len)) => self
@@ -765,11 +779,14 @@ impl Inner {
                     Bytes::new(),
                 )
                 .await?;
-            let doc = read_body(resp, 16 << 20)
-                .await
-                .map_err(|d| self.transient("list unfinished uploads of", prefix, d))?;
-            let page: xml::UploadsPage = xml::parse("unfinished uploads", &doc)
-                .map_err(|d| self.permanent("list unfinished uploads of", prefix, d))?;
+            let page: xml::UploadsPage = self
+                .answer(
+                    resp,
+                    "list unfinished uploads of",
+                    prefix,
+                    "unfinished uploads",
+                )
+                .await?;
             uploads.extend(page.uploads);
             match (
                 page.is_truncated,
@@ -1077,11 +1094,7 @@ impl Target for S3Target {
                     Bytes::new(),
                 )
                 .await?;
-            let doc = read_body(resp, 16 << 20)
-                .await
-                .map_err(|d| inner.transient("list", shown, d))?;
-            let page: xml::ListPage =
-                xml::parse("listing", &doc).map_err(|d| inner.permanent("list", shown, d))?;
+            let page: xml::ListPage = inner.answer(resp, "list", shown, "listing").await?;
             for o in page.contents {
                 let name = o.key.strip_prefix(&prefix).unwrap_or(&o.key);
                 // A zero-byte "folder/" object made by other tools names the folder itself.
