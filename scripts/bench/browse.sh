@@ -56,9 +56,9 @@ cleanup() {
     done
 }
 trap cleanup EXIT
-SSH_PORT=$(free_port)
+SSH_PORT=$(free_ports 1)
 start_sshd "$D" "$SSH_PORT" counted
-wait_port "$SSH_PORT"
+wait_port "$SSH_PORT" || die "sshd does not listen on port $SSH_PORT"
 CREDS=$D/creds
 printf 'user = %s\npassword = %s\nknown_hosts = %s\n' "$USER_NAME" "$PASS" "$D/known_hosts" >"$CREDS"
 chmod 600 "$CREDS"

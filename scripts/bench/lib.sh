@@ -16,9 +16,32 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
 
-# A loopback port free now (bound to 0 and released).
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# free_ports N: N consecutive loopback ports, all free now and below the kernel's ephemeral
+# range, so no outgoing connection can take one before the server that needs it binds it
+# (a relay listening on a run of FTP passive ports failed on exactly that). One per line.
+free_ports() {
+    python3 - "$1" <<'PY'
+import random, socket, sys
+n = int(sys.argv[1])
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(500):
+    start = random.randrange(10000, low - n)
+    held = []
+    try:
+        for port in range(start, start + n):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            held.append(s)
+            s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        for s in held:
+            s.close()
+    print("\n".join(str(p) for p in range(start, start + n)))
+    sys.exit(0)
+sys.exit("no run of %d free ports below %d" % (n, low))
+PY
 }
 
 now() { printf '%s\n' "${EPOCHREALTIME/,/.}"; }
@@ -141,4 +164,5 @@ wait_port() {
         (exec 3<>"/dev/tcp/${2:-127.0.0.1}/$1") 2>/dev/null && return 0
         sleep 0.05
     done
+    return 1
 }

@@ -97,11 +97,13 @@ if [[ $(stat -c %s "$SRC" 2>/dev/null || echo 0) -ne $((SIZE_MIB << 20)) ]]; the
     log "making $SIZE_MIB MiB of random data"
     head -c "$((SIZE_MIB << 20))" /dev/urandom >"$SRC"
 fi
-# Ports the kernel hands out now (another server on the machine may hold any fixed one).
-SSH_PORT=$(free_port) FTP_PORT=$(free_port) SMB_PORT=$(free_port) S3_PORT=$(free_port)
-PASV_MIN=$(free_port)
-# FTP passive ports: a short range (the relay listens on each).
-PASV_MAX=$((PASV_MIN + 8))
+# Every port the servers and the relay bind, free now (another server on the machine may hold
+# any fixed one): four service ports, nine FTP passive ports (the relay listens on each) and
+# the ten internal ports of SeaweedFS.
+mapfile -t PORTS < <(free_ports 23) && ((${#PORTS[@]} == 23)) || die "no free ports"
+SSH_PORT=${PORTS[0]} FTP_PORT=${PORTS[1]} SMB_PORT=${PORTS[2]} S3_PORT=${PORTS[3]}
+PASV_MIN=${PORTS[4]} PASV_MAX=${PORTS[12]}
+WEED_PORTS=("${PORTS[@]:13}")
 
 NS=hfbench
 HOST_IF=hfv-bench
@@ -212,9 +214,10 @@ mkdir -p "$D/weed"
 printf '{"identities":[{"name":"bench","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List","Tagging"]}]}\n' \
     "$S3_KEY" "$PASS" >"$D/s3.json"
 weed_ports=()
+i=0
 for flag in s3.port.grpc master.port master.port.grpc volume.port volume.port.grpc filer.port \
     filer.port.grpc admin.port admin.port.grpc; do
-    weed_ports+=("-$flag=$(free_port)")
+    weed_ports+=("-$flag=${WEED_PORTS[i++]}")
 done
 "${NS_EXEC[@]}" "$WEED" mini -dir="$D/weed" -ip="$LISTEN_ADDR" -ip.bind="$LISTEN_ADDR" \
     -s3.port="$S3_PORT" -s3.config="$D/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 \
@@ -224,7 +227,7 @@ PIDS+=($!)
 
 # Up where they listen (reachable from here over the veth pair), then behind the relay.
 for port in $SSH_PORT $FTP_PORT $SMB_PORT $S3_PORT; do
-    wait_port "$port" "$LISTEN_ADDR"
+    wait_port "$port" "$LISTEN_ADDR" || die "nothing listens on $LISTEN_ADDR:$port (logs: $D/log)"
 done
 if [[ $LINK != loopback ]]; then
     "$RELAY" --to "$LISTEN_ADDR" --delay-ms "$(awk -v r="$LINK_RTT_MS" 'BEGIN { print r / 2 }')" \
@@ -232,11 +235,12 @@ if [[ $LINK != loopback ]]; then
     PIDS+=($!)
 fi
 for port in $SSH_PORT $FTP_PORT $SMB_PORT $S3_PORT; do
-    wait_port "$port"
+    wait_port "$port" || die "nothing listens on 127.0.0.1:$port"
 done
 # The S3 port opens before the filer behind it serves.
-for _ in $(seq 300); do
+for i in $(seq 300); do
     curl -s "http://127.0.0.1:$S3_PORT/" | grep -q '<Error>' && break
+    ((i < 300)) || die "SeaweedFS does not answer on port $S3_PORT (log: $D/log/weed.log)"
     sleep 0.1
 done
 
