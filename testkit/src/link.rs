@@ -93,6 +93,17 @@ impl ShapedNet {
         }
         Some(shaped)
     }
+
+    /// Bytes the server's side has sent over the link so far (headers included).
+    pub fn bytes_from_server(&self) -> u64 {
+        std::fs::read_to_string(format!(
+            "/sys/class/net/{}/statistics/rx_bytes",
+            self.host_if
+        ))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+    }
 }
 
 impl Drop for ShapedNet {
