@@ -67,9 +67,10 @@ alloc_of() { du -B1 "$1" 2>/dev/null | cut -f1 || echo "n/a"; }
 
 # measure ID PREP_FN RUN_FN: RUN_FN is timed RUNS times (PREP_FN, untimed, before
 # each run; "-" for none). A failure is reported and recorded, and the
-# benchmark goes on.
+# benchmark goes on. With COUNTER_FN set (a function printing a byte counter, e.g. of a
+# network interface), the counter's growth over the last run goes in BYTES[ID].
 measure() {
-    local id=$1 prep=$2 fn=$3 r t0 t1 times=()
+    local id=$1 prep=$2 fn=$3 r t0 t1 c0=0 times=()
     # Untimed warm-up runs: the first run after another command pays for the page cache
     # and memory that command left behind (seen here as 1.5-2x slower first runs, for
     # every tool alike).
@@ -86,6 +87,7 @@ measure() {
         fi
         # Flush dirty pages of the previous run so its writeback does not land in this one.
         sync
+        [[ -z ${COUNTER_FN:-} ]] || c0=$("$COUNTER_FN")
         t0=$(now)
         if ! "$fn" >"$WORK/$id.out" 2>"$WORK/$id.err"; then
             log "$id: FAILED (run $r); last lines of its output:"
@@ -98,6 +100,7 @@ measure() {
         fi
         t1=$(now)
         times+=("$(sub "$t1" "$t0")")
+        [[ -z ${COUNTER_FN:-} ]] || BYTES[$id]=$(($("$COUNTER_FN") - c0))
     done
     T[$id]=$(median "${times[@]}")
     log "$id: ${times[*]} s -> median ${T[$id]} s"

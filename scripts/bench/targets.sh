@@ -271,7 +271,14 @@ if [[ -n ${BENCH_SERVE:-} ]]; then
     exit 0
 fi
 
-declare -A T
+declare -A T BYTES
+# On a shaped link every byte crosses the veth pair: its counters (both directions) say
+# what each client moved, headers, retransmissions and over-reads included.
+wire_bytes() {
+    local d=/sys/class/net/$HOST_IF/statistics
+    echo $(($(<"$d/rx_bytes") + $(<"$d/tx_bytes")))
+}
+[[ $LINK == loopback ]] || COUNTER_FN=wire_bytes
 
 # Reference clients.
 sftp_put() { sftp -q -i "$D/client_ed25519" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
@@ -331,6 +338,16 @@ for p in "${PROTOCOLS[@]}"; do
     cmp -s "$SRC" "$RESTORED" || die "$p: the restored file differs from the source"
 done
 
+# ref_client TARGET put|get: the reference command's name in the tables.
+ref_client() {
+    case $1-$2 in
+    sftp-*) echo "sftp $2" ;;
+    ftp-put) echo "curl -T" ;;
+    ftp-get) echo "curl" ;;
+    smb-*) echo "smbclient $2" ;;
+    s3-*) echo "rclone copyto" ;;
+    esac
+}
 rate() { awk -v s="$SIZE" -v t="$1" 'BEGIN { if (t > 0) printf "%.0f", s / t / 1048576; else print "n/a" }'; }
 {
     case $LINK in
@@ -341,12 +358,7 @@ rate() { awk -v s="$SIZE" -v t="$1" 'BEGIN { if (t > 0) printf "%.0f", s / t / 1
     echo "| target | direction | reference client | s | MiB/s | holdfast-agent | s | MiB/s | ours vs reference |"
     echo "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"
     for p in "${PROTOCOLS[@]}"; do
-        case $p in
-        sftp) rp="sftp put" rg="sftp get" ;;
-        ftp) rp="curl -T" rg="curl" ;;
-        smb) rp="smbclient put" rg="smbclient get" ;;
-        s3) rp="rclone copyto" rg="rclone copyto" ;;
-        esac
+        rp=$(ref_client "$p" put) rg=$(ref_client "$p" get)
         a=${T[${p}_ref_put]} b=${T[${p}_ours_put]}
         echo "| $p | write | $rp | $a | $(rate "$a") | image create | $b | $(rate "$b") | $(ratio "$a" "$b")× |"
         a=${T[${p}_ref_get]} b=${T[${p}_ours_get]}
@@ -356,6 +368,18 @@ rate() { awk -v s="$SIZE" -v t="$1" 'BEGIN { if (t > 0) printf "%.0f", s / t / 1
     echo "| local folder | write / read | — | | | image create / restore | $a / $b | $(rate "$a") / $(rate "$b") | |"
     echo
     echo "ours vs reference = reference time / our time (above 1: we are faster)."
+    if [[ -n ${COUNTER_FN:-} ]]; then
+        echo
+        echo "Bytes over the link (both directions, one run; the payload is $(mib "$SIZE") MiB):"
+        echo
+        echo "| target | direction | reference client | MiB | holdfast-agent | MiB |"
+        echo "| --- | --- | --- | ---: | --- | ---: |"
+        for p in "${PROTOCOLS[@]}"; do
+            for d in put get; do
+                echo "| $p | $([[ $d == put ]] && echo "write | $(ref_client "$p" put)" || echo "read | $(ref_client "$p" get)") | $(mib "${BYTES[${p}_ref_$d]:-n/a}") | image $([[ $d == put ]] && echo create || echo restore) | $(mib "${BYTES[${p}_ours_$d]:-n/a}") |"
+            done
+        done
+    fi
     for p in "${PROTOCOLS[@]}"; do
         echo "- image written to $p at $(ratio "${T[local_put]}" "${T[${p}_ours_put]}")× the speed of the same image written to a local folder"
     done
