@@ -95,18 +95,23 @@ pub fn place_locked(
 /// The bandwidth limits of this process's target transfers (all of them share one bucket).
 static THROTTLE: OnceLock<Option<Arc<Throttle>>> = OnceLock::new();
 
+/// The machine's limit set on its own (the daemon's environment, e.g. its systemd unit).
+pub const AGENT_BANDWIDTH_ENV: &str = "HOLDFAST_AGENT_BANDWIDTH";
+/// The machine's limit set on the console, passed by the daemon with each order.
+pub const CONSOLE_BANDWIDTH_ENV: &str = "HOLDFAST_CONSOLE_BANDWIDTH";
+
 /// Hold every transfer to and from targets to `target` (the command's `--bandwidth` or
-/// `HOLDFAST_TARGET_BANDWIDTH`) and the machine's `HOLDFAST_AGENT_BANDWIDTH`, the lower
-/// of the two at each moment.
+/// `HOLDFAST_TARGET_BANDWIDTH`) and the machine's limits ([`AGENT_BANDWIDTH_ENV`],
+/// [`CONSOLE_BANDWIDTH_ENV`]): the lowest of them at each moment.
 pub fn set_bandwidth(target: Option<Bandwidth>) -> Result<()> {
-    let agent = match std::env::var("HOLDFAST_AGENT_BANDWIDTH") {
-        Ok(text) if !text.trim().is_empty() => Some(
-            text.parse::<Bandwidth>()
-                .map_err(|e| anyhow!("HOLDFAST_AGENT_BANDWIDTH: {e}"))?,
-        ),
-        _ => None,
-    };
-    let limits: Vec<Bandwidth> = target.into_iter().chain(agent).collect();
+    let mut limits: Vec<Bandwidth> = target.into_iter().collect();
+    for var in [AGENT_BANDWIDTH_ENV, CONSOLE_BANDWIDTH_ENV] {
+        if let Ok(text) = std::env::var(var) {
+            if !text.trim().is_empty() {
+                limits.push(text.parse().map_err(|e| anyhow!("{var}: {e}"))?);
+            }
+        }
+    }
     let throttle = (!limits.is_empty()).then(|| Arc::new(Throttle::new(limits)));
     // Set once, before any target is opened.
     let _ = THROTTLE.set(throttle);

@@ -49,6 +49,10 @@ pub struct TargetAccess {
     /// (`holdfast_targets::bandwidth` syntax).
     #[serde(default)]
     pub bandwidth: Option<String>,
+    /// The agent's own bandwidth limit as set on the console (same syntax), for all its
+    /// targets: the lower of the two applies at each moment.
+    #[serde(default)]
+    pub agent_bandwidth: Option<String>,
 }
 
 /// How an image relates to earlier ones.

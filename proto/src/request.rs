@@ -200,7 +200,7 @@ impl JobCheck {
 /// Write, read back and delete a test file on a target.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TestTarget {
-    pub target: TargetAccess,
+    pub target: Box<TargetAccess>,
 }
 call!(TestTarget(TestTarget) => TargetProbe(TargetProbe));
 

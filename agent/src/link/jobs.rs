@@ -417,6 +417,9 @@ impl Jobs {
                         .steps
                         .push(step(StepStatus::Info, "Changes", c.clone()));
                 }
+                if let Some(held) = bandwidth_note(&task.target) {
+                    report.steps.push(step(StepStatus::Info, "Bandwidth", held));
+                }
                 // A forensic fallback or a live source is not what was asked for.
                 for w in &written.warnings {
                     report
@@ -913,15 +916,24 @@ impl Jobs {
             "HOLDFAST_TARGET_CA",
             "HOLDFAST_TARGET_HOST_KEY",
             "HOLDFAST_TARGET_BANDWIDTH",
+            crate::storage::CONSOLE_BANDWIDTH_ENV,
             "HOLDFAST_PASSWORD",
             crate::luks::PASSPHRASE_ENV,
         ] {
             cmd.env_remove(k);
         }
         // The machine's own limit (HOLDFAST_AGENT_BANDWIDTH, from the daemon's environment)
-        // is inherited; the target's comes with the order. The lower applies.
+        // is inherited; the target's and the one set on the console come with the order.
+        // The lowest applies.
         if let Some(b) = t.bandwidth.as_deref().filter(|b| !b.trim().is_empty()) {
             cmd.env("HOLDFAST_TARGET_BANDWIDTH", b);
+        }
+        if let Some(b) = t
+            .agent_bandwidth
+            .as_deref()
+            .filter(|b| !b.trim().is_empty())
+        {
+            cmd.env(crate::storage::CONSOLE_BANDWIDTH_ENV, b);
         }
         if let Some(u) = &t.user {
             cmd.env("HOLDFAST_TARGET_USER", u);
@@ -1044,6 +1056,36 @@ impl Jobs {
 
 /// Ask the system to restart or shut down in a minute (`shutdown -r|-h +1`), so the report
 /// can still reach the server; the step says whether it was scheduled.
+/// The bandwidth limits that held a run's transfers, for its report (none: unlimited).
+fn bandwidth_note(target: &holdfast_proto::job::TargetAccess) -> Option<String> {
+    let given = |b: Option<&str>| {
+        b.map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(str::to_owned)
+    };
+    let machine = std::env::var(crate::storage::AGENT_BANDWIDTH_ENV).ok();
+    let held: Vec<String> = [
+        given(target.bandwidth.as_deref()).map(|b| format!("the target's limit {b}")),
+        given(target.agent_bandwidth.as_deref())
+            .map(|b| format!("this agent's limit set on the console {b}")),
+        given(machine.as_deref()).map(|b| {
+            format!(
+                "this machine's own limit {b} ({})",
+                crate::storage::AGENT_BANDWIDTH_ENV
+            )
+        }),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!held.is_empty()).then(|| {
+        format!(
+            "transfers to and from the target were held to {} (the lowest applies at each moment)",
+            held.join(", ")
+        )
+    })
+}
+
 async fn after_job(action: AfterJob, job: &str) -> Step {
     let (flag, what) = match action {
         AfterJob::Restart => ("-r", "restart"),

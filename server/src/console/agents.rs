@@ -184,6 +184,8 @@ struct AgentPage {
     revoked: bool,
     /// Why the server refused the agent's channel (another protocol version), and when.
     refusal: Option<(String, String)>,
+    /// Bandwidth limit of its target transfers (empty: none).
+    bandwidth: String,
 }
 
 pub async fn show(
@@ -267,6 +269,7 @@ pub async fn show(
         reports,
         revoked: a.revoked_at.is_some(),
         refusal: a.refusal.clone().map(|why| (why, view::ago(a.refused_at))),
+        bandwidth: a.bandwidth.clone().unwrap_or_default(),
     }))
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use holdfast_proto::Inventory;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/enrollment-tokens/{id}", delete(revoke_token))
         .route("/api/v1/agents", get(list))
         .route("/api/v1/agents/{id}", get(show).delete(revoke))
+        .route("/api/v1/agents/{id}/bandwidth", put(set_bandwidth))
         .route(
             "/api/v1/agents/{id}/inventory/refresh",
             post(refresh_inventory),
@@ -160,6 +161,8 @@ pub(crate) struct AgentView {
     /// connects again.
     refusal: Option<String>,
     refused_at: Option<i64>,
+    /// Bandwidth limit of all its transfers to and from targets (none: unlimited).
+    bandwidth: Option<String>,
     /// Its disks and volumes (one agent only; lists leave it out).
     #[serde(skip_serializing_if = "Option::is_none")]
     inventory: Option<Inventory>,
@@ -185,6 +188,7 @@ fn view(state: &AppState, a: &Agent, with_inventory: bool) -> AgentView {
         site_id: a.site_id,
         refusal: a.refusal.clone(),
         refused_at: a.refused_at,
+        bandwidth: a.bandwidth.clone(),
         // Written by the server from what the agent sent: unreadable only if damaged.
         inventory: with_inventory
             .then(|| {
@@ -242,6 +246,42 @@ async fn revoke(
         .commit("revoke_agent", &format!("agent:{id}"), "")
         .await?;
     state.gateway.kick(id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /agents/{id}/bandwidth`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentBandwidth {
+    /// Bandwidth limit of all the agent's transfers to and from targets, with time windows
+    /// in the agent's local time: rules separated by commas, the first matching applies —
+    /// `RATE[@DAYS/HH:MM-HH:MM]`, e.g. `20M@mon-fri/08:00-18:00,unlimited` (bytes per
+    /// second, binary units). A target's own limit applies too: the lower wins. Empty or
+    /// null: no limit.
+    bandwidth: Option<String>,
+}
+
+/// Set an agent's bandwidth limit (applies from its next transfer on).
+#[utoipa::path(put, path = "/api/v1/agents/{id}/bandwidth", tag = "agents", params(("id" = i64, Path)), request_body = AgentBandwidth, responses((status = 204), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+async fn set_bandwidth(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<AgentBandwidth>,
+) -> Result<impl IntoResponse, ApiError> {
+    caller.require(Role::Admin)?;
+    let limit = super::targets::bandwidth_limit(body.bandwidth.as_deref())?;
+    let mut change = state.store.change(&caller.user.name).await?;
+    if !change.set_agent_bandwidth(id, limit).await? {
+        return Err(ApiError::NotFound(format!("agent {id}")));
+    }
+    change
+        .commit(
+            "set_agent_bandwidth",
+            &format!("agent:{id}"),
+            limit.unwrap_or("unlimited"),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

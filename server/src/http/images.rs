@@ -122,7 +122,7 @@ async fn open(
     let agent = chosen_agent(state, &image, asked).await?;
     let source = state
         .jobs
-        .image_ref(&image, partition)
+        .image_ref(&image, partition, agent)
         .await
         .map_err(dispatch)?;
     Ok((image, agent, source))

@@ -100,6 +100,17 @@ pub struct TargetBody {
     clear_credentials: bool,
 }
 
+/// A bandwidth limit as given (of a target or an agent): checked with the agents' parser;
+/// empty or absent is none.
+pub(crate) fn bandwidth_limit(given: Option<&str>) -> Result<Option<&str>, ApiError> {
+    let Some(b) = given.map(str::trim).filter(|b| !b.is_empty()) else {
+        return Ok(None);
+    };
+    b.parse::<holdfast_targets::bandwidth::Bandwidth>()
+        .map_err(|e| ApiError::Invalid(format!("bandwidth: {e}")))?;
+    Ok(Some(b))
+}
+
 /// What a target URL must look like; the agent checks the rest when it connects.
 /// A target URL as the agents will read it: parsed by the same parser (`holdfast-targets`),
 /// plus what only makes sense for a folder given to many machines.
@@ -131,15 +142,7 @@ impl TargetBody {
                 ));
             }
         }
-        if let Some(b) = self
-            .bandwidth
-            .as_deref()
-            .map(str::trim)
-            .filter(|b| !b.is_empty())
-        {
-            b.parse::<holdfast_targets::bandwidth::Bandwidth>()
-                .map_err(|e| ApiError::Invalid(format!("bandwidth: {e}")))?;
-        }
+        bandwidth_limit(self.bandwidth.as_deref())?;
         if let Some(key) = &self.host_key {
             check_fingerprint(key)?;
             if server_of(self.url.trim()).is_none() {
@@ -164,11 +167,7 @@ impl TargetBody {
                 .filter(|u| !u.is_empty()),
             ca_pem: self.ca_pem.as_deref(),
             host_key: self.host_key.as_deref().or(kept_key),
-            bandwidth: self
-                .bandwidth
-                .as_deref()
-                .map(str::trim)
-                .filter(|b| !b.is_empty()),
+            bandwidth: bandwidth_limit(self.bandwidth.as_deref()).unwrap_or_default(),
             notes: &self.notes,
         }
     }

@@ -63,11 +63,13 @@ pub async fn chain_of(store: &Store, image: &ImageRow) -> Result<Vec<ImageRow>, 
 
 impl Dispatcher {
     /// What an agent needs to open `image` (its target's credentials and its job's
-    /// password, from the vault), for `partition` of a disk image.
+    /// password, from the vault), for `partition` of a disk image, to be opened by agent
+    /// `agent_id`.
     pub async fn image_ref(
         &self,
         image: &ImageRow,
         partition: Option<u32>,
+        agent_id: i64,
     ) -> Result<ImageRef, DispatchError> {
         if image.deleted_at.is_some() {
             return Err(DispatchError::NotFound(format!(
@@ -91,7 +93,7 @@ impl Dispatcher {
             None => None,
         };
         Ok(ImageRef {
-            target: self.access(&target)?,
+            target: self.access(&target, agent_id).await?,
             name: image.name.clone(),
             password,
             partition,

@@ -462,16 +462,12 @@ impl Dispatcher {
             }
         }
         // On immutable storage a chain is closed by age, so whole chains can expire.
-        if let (Some(i), Some(f)) = (&spec.immutability, full) {
-            let days = i.new_chain_after_days;
-            let old = images.iter().find(|img| img.name == f).is_some_and(|img| {
-                crate::store::now() - img.created_at >= i64::from(days) * 86_400
-            });
-            if old && head.is_some() {
+        if let (Some(i), Some(f), Some(_)) = (&spec.immutability, full, head) {
+            if let Some(note) =
+                chain_aged_out(&images, f, i.new_chain_after_days, crate::store::now())
+            {
                 (head, full) = (None, None);
-                notes.push(format!(
-                    "a new chain starts with a full image: on immutable storage a chain is closed after {days} days, so that its images' locks can end together"
-                ));
+                notes.push(note);
             }
         }
         let (method, base) = spec.next_method(head, full);
@@ -493,14 +489,9 @@ impl Dispatcher {
             .unwrap_or_default();
         let object_lock = match &spec.immutability {
             Some(i) => {
-                if !matches!(
-                    holdfast_targets::location::Location::parse(&target.url),
-                    Ok(holdfast_targets::location::Location::S3(_))
-                ) {
-                    return Err(DispatchError::Spec(format!(
-                        "immutability needs an s3:// target with Object Lock; target '{}' is not one (make other storage immutable on the server itself, see docs/jobs.md)",
-                        target.name
-                    )));
+                // Checked when the job is saved too; the target's URL may have changed since.
+                if let Some(why) = not_lockable(target) {
+                    return Err(DispatchError::Spec(why));
                 }
                 Some(holdfast_proto::job::ObjectLockOrder {
                     mode: i.mode,
@@ -509,7 +500,7 @@ impl Dispatcher {
             }
             None => None,
         };
-        let access = self.access(target)?;
+        let access = self.access(target, run.agent_id).await?;
         let password = self.unseal_job_secret(&job_context(job.id), job.secret.as_deref())?;
         if spec.encryption.is_some() && password.is_none() {
             return Err(DispatchError::Spec(
@@ -584,19 +575,31 @@ impl Dispatcher {
 
     /// How an agent reaches `target`: its URL, its credentials opened from the vault and,
     /// for SFTP, the host key an admin confirmed (without one, nothing goes there).
-    pub fn access(&self, target: &TargetRow) -> Result<TargetAccess, DispatchError> {
+    pub async fn access(
+        &self,
+        target: &TargetRow,
+        agent_id: i64,
+    ) -> Result<TargetAccess, DispatchError> {
         if target.host_key.is_none() && target.url.starts_with("sftp://") {
             return Err(DispatchError::Spec(format!(
                 "the host key of SFTP target '{}' has not been confirmed: test the target on its page and confirm the key it shows",
                 target.name
             )));
         }
-        self.access_unpinned(target)
+        self.access_unpinned(target, agent_id).await
     }
 
     /// [`Dispatcher::access`] also for an SFTP target whose key is not confirmed yet (a
     /// connection test, which then only reads the key offered).
-    fn access_unpinned(&self, target: &TargetRow) -> Result<TargetAccess, DispatchError> {
+    async fn access_unpinned(
+        &self,
+        target: &TargetRow,
+        agent_id: i64,
+    ) -> Result<TargetAccess, DispatchError> {
+        let agent_bandwidth = match self.store.agent(agent_id).await? {
+            Some(a) => a.bandwidth,
+            None => return Err(DispatchError::NotFound(format!("agent {agent_id}"))),
+        };
         let secret: TargetSecret = match &target.secret {
             Some(sealed) => {
                 let plain = self.vault.unseal(&target_context(target.id), sealed)?;
@@ -614,6 +617,7 @@ impl Dispatcher {
             ca_pem: target.ca_pem.clone(),
             host_key: target.host_key.clone(),
             bandwidth: target.bandwidth.clone(),
+            agent_bandwidth,
         })
     }
 
@@ -624,10 +628,16 @@ impl Dispatcher {
         target: &TargetRow,
         agent_id: i64,
     ) -> Result<TargetProbe, DispatchError> {
-        let access = self.access_unpinned(target)?;
+        let access = self.access_unpinned(target, agent_id).await?;
         match self
             .gateway
-            .request(agent_id, TestTarget { target: access }, CHECK_TIMEOUT)
+            .request(
+                agent_id,
+                TestTarget {
+                    target: Box::new(access),
+                },
+                CHECK_TIMEOUT,
+            )
             .await
         {
             Ok(probe) => Ok(probe),
@@ -932,6 +942,28 @@ pub fn chain_len(images: &[ImageRow], head: &str) -> usize {
     n
 }
 
+/// Why a job with immutability cannot write to `target`: only S3 targets lock images.
+pub fn not_lockable(target: &TargetRow) -> Option<String> {
+    use holdfast_targets::location::Location;
+    (!matches!(Location::parse(&target.url), Ok(Location::S3(_)))).then(|| {
+        format!(
+            "immutability needs an s3:// target with Object Lock; target '{}' is not one (make other storage immutable on the server itself, see docs/jobs.md)",
+            target.name
+        )
+    })
+}
+
+/// Why a chain on immutable storage whose full image is `full` ends at `now`: its full
+/// image is `days` days old or more (so whole chains, locks and all, can expire).
+pub fn chain_aged_out(images: &[ImageRow], full: &str, days: u32, now: i64) -> Option<String> {
+    let made = images.iter().find(|i| i.name == full)?.created_at;
+    (now - made >= i64::from(days) * 86_400).then(|| {
+        format!(
+            "a new chain starts with a full image: on immutable storage a chain is closed after {days} days, so that its images' locks can end together"
+        )
+    })
+}
+
 /// Why a chain job's next image is a full one when the newest chain on `target_id` had
 /// an image found damaged (after writing, or by a verify run): the sentence its report
 /// carries.
@@ -1054,5 +1086,20 @@ mod tests {
         // A missing link (deleted image) too.
         let e = img(5, "e", "incremental", Some("gone"), None);
         assert_eq!(chain_bases(&[a, e], 7), (None, Some("a")));
+    }
+
+    #[test]
+    fn chains_on_immutable_storage_close_when_their_full_image_is_old_enough() {
+        const DAY: i64 = 86_400;
+        let mut a = img(1, "a", "full", None, Some(true));
+        a.created_at = 100 * DAY;
+        let b = img(2, "b", "incremental", Some("a"), None);
+        let images = [a, b];
+        assert_eq!(chain_aged_out(&images, "a", 7, 107 * DAY - 1), None);
+        let note = chain_aged_out(&images, "a", 7, 107 * DAY).expect("closed at 7 days");
+        assert!(note.contains("closed after 7 days"), "{note}");
+        assert!(chain_aged_out(&images, "a", 1, 101 * DAY).is_some());
+        // A full image not among the job's images: nothing to judge by.
+        assert_eq!(chain_aged_out(&images, "gone", 1, 1000 * DAY), None);
     }
 }

@@ -85,7 +85,7 @@ impl Dispatcher {
             .await?
             .ok_or_else(|| DispatchError::NotFound(format!("image {id}")))?;
         // Fail now, before a run is recorded, when the image cannot be opened.
-        self.image_ref(&image, None).await?;
+        self.image_ref(&image, None, agent_id).await?;
         let host = self
             .store
             .agent(agent_id)
@@ -235,7 +235,7 @@ impl Dispatcher {
                 overwrite,
                 ..
             } => Task::RestoreFiles(RestoreFilesTask {
-                image: self.image_ref(&image, partition).await?,
+                image: self.image_ref(&image, partition, run.agent_id).await?,
                 paths,
                 to,
                 overwrite,
@@ -243,13 +243,13 @@ impl Dispatcher {
             TaskSpec::Volume {
                 device, partition, ..
             } => Task::RestoreVolume(RestoreVolumeTask {
-                image: self.image_ref(&image, None).await?,
+                image: self.image_ref(&image, None, run.agent_id).await?,
                 device,
                 partition,
             }),
             TaskSpec::Verify => return self.verify_order(run).await,
             TaskSpec::Drill { scratch, .. } => Task::Drill(DrillTask {
-                image: self.image_ref(&image, None).await?,
+                image: self.image_ref(&image, None, run.agent_id).await?,
                 sample: super::image_files::written_by_run(&self.store, &image)
                     .await?
                     .map(|w| w.sample)
@@ -286,7 +286,7 @@ impl Dispatcher {
             .map(|i| i.name)
             .collect();
         let task = Task::Verify(VerifyTask {
-            target: self.access(&target)?,
+            target: self.access(&target, run.agent_id).await?,
             password: self.unseal_job_secret(&job_context(job_id), job.secret.as_deref())?,
             images,
         });

@@ -37,14 +37,17 @@ pub struct Agent {
     /// it next connects.
     pub refusal: Option<String>,
     pub refused_at: Option<i64>,
+    /// Bandwidth limit of all its target transfers, set on the console
+    /// (`holdfast_targets::bandwidth` syntax).
+    pub bandwidth: Option<String>,
     #[serde(skip)]
     pub secret_hash: String,
 }
 
 /// The columns every agent query returns (a constant, so the formatted SQL is safe).
-const AGENT_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, inventory, inventory_at, site_id, refusal, refused_at, secret_hash";
+const AGENT_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, inventory, inventory_at, site_id, refusal, refused_at, bandwidth, secret_hash";
 /// [`AGENT_COLUMNS`] without the inventory (read as none).
-const AGENT_LIST_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, CAST(NULL AS TEXT) AS inventory, inventory_at, site_id, refusal, refused_at, secret_hash";
+const AGENT_LIST_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, CAST(NULL AS TEXT) AS inventory, inventory_at, site_id, refusal, refused_at, bandwidth, secret_hash";
 const TOKEN_COLUMNS: &str = "id, name, uses_left, expires_at, created_by, created_at, revoked_at";
 
 fn agent(r: &sqlx::any::AnyRow) -> Result<Agent, sqlx::Error> {
@@ -61,6 +64,7 @@ fn agent(r: &sqlx::any::AnyRow) -> Result<Agent, sqlx::Error> {
         site_id: r.try_get("site_id")?,
         refusal: r.try_get("refusal")?,
         refused_at: r.try_get("refused_at")?,
+        bandwidth: r.try_get("bandwidth")?,
         secret_hash: r.try_get("secret_hash")?,
     })
 }
@@ -241,6 +245,21 @@ impl Change {
         .fetch_one(self.conn())
         .await?;
         Ok(Some(row.try_get("id")?))
+    }
+
+    /// Set (or with `None` remove) agent `id`'s bandwidth limit; false when there is no
+    /// such agent.
+    pub async fn set_agent_bandwidth(
+        &mut self,
+        id: i64,
+        bandwidth: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE agents SET bandwidth = $1 WHERE id = $2")
+            .bind(bandwidth)
+            .bind(id)
+            .execute(self.conn())
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Revoke an agent; false when there is no such live agent.
