@@ -159,11 +159,16 @@ async fn check_spec(state: &AppState, spec: &JobSpec) -> Result<(), ApiError> {
             return Err(ApiError::Invalid(format!("there is no agent {a}")));
         }
     }
-    if state.store.target(resolved.target()).await?.is_none() {
+    let Some(target) = state.store.target(resolved.target()).await? else {
         return Err(ApiError::Invalid(format!(
             "there is no target {}",
             resolved.target()
         )));
+    };
+    if spec.immutability.is_some() {
+        if let Some(why) = crate::jobs::not_lockable(&target) {
+            return Err(ApiError::Invalid(why));
+        }
     }
     Ok(())
 }

@@ -170,6 +170,22 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
         b.script("return window.beforeRefresh === undefined", &[]) == json!(true)
             && b.has(".disk table.volumes")
     });
+    // The agent's bandwidth limit: a wrong one is explained, a right one shown.
+    assert_eq!(b.text("#agent-bandwidth"), "unlimited");
+    b.fill("#bandwidth-form input[name=bandwidth]", "20M@someday");
+    b.click("#bandwidth-form button[type=submit]");
+    b.wait("the bandwidth error", 15, |b| {
+        b.text("#bandwidth-form .msg").contains("bandwidth:")
+    });
+    b.fill(
+        "#bandwidth-form input[name=bandwidth]",
+        "20M@mon-fri/08:00-18:00,unlimited",
+    );
+    b.click("#bandwidth-form button[type=submit]");
+    b.wait("the agent's limit", 15, |b| {
+        b.text("#agent-bandwidth") == "20M@mon-fri/08:00-18:00,unlimited"
+    });
+    b.shot("05-agent-bandwidth");
 
     // An SFTP target, tested from the agent.
     b.go(&format!("{base}/targets"));
@@ -180,6 +196,10 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     );
     b.fill("#target-form input[name=username]", USER);
     b.fill("#target-form input[name=password]", PASSWORD);
+    b.fill(
+        "#target-form input[name=bandwidth]",
+        "50M@sat-sun/00:00-24:00",
+    );
     b.click("#target-form button[type=submit]");
     b.wait("the target's page", 15, |b| b.has("#test-form"));
     // The edit form holds the target as saved; the password only as "set".
@@ -198,6 +218,13 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
     assert!(b
         .text("#target-form")
         .contains("set; leave empty to keep it"));
+    assert_eq!(
+        b.script(
+            "return document.querySelector('#target-form input[name=bandwidth]').value",
+            &[]
+        ),
+        json!("50M@sat-sun/00:00-24:00")
+    );
     assert!(!b
         .script("return document.body.innerHTML", &[])
         .to_string()
@@ -283,6 +310,18 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
         "ops@example.test",
     );
     b.choose("#job-form select[name='spec.notify.when']", "always");
+    // Locking images needs an S3 bucket: the wizard says so, and saves without the lock.
+    b.set(
+        "#job-form select[name='spec.immutability.mode']",
+        "governance",
+    );
+    b.set("#job-form input[name='spec.immutability.days']", "30");
+    b.click("#save-job");
+    b.wait("the lock refused", 15, |b| {
+        b.text("#job-form")
+            .contains("immutability needs an s3:// target with Object Lock")
+    });
+    b.set("#job-form select[name='spec.immutability.mode']", "");
     b.click("#save-job");
     b.wait("the job's page", 15, |b| b.has("#run-now"));
     b.shot("09-job");
@@ -484,6 +523,7 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
         ("/jobs/1", "#run-now"),
         ("/jobs", "#new-job"),
         ("/agents", "#enrol-form"),
+        ("/agents/1", "#bandwidth-form"),
         ("/targets/1", "#test-form"),
         ("/settings", "#smtp-form"),
     ] {

@@ -972,12 +972,11 @@ fn a_chain_job_writes_to_an_smb_share_and_restores_from_it() {
 
 /// A job on an S3 bucket with Object Lock: every image is locked for the job's days, so
 /// retention keeps the image it would delete (the run says so and stays successful, the image
-/// stays recorded and on the bucket), and neither our target nor a plain S3 delete of its
-/// version removes it.
+/// stays recorded and on the bucket), neither our target nor a plain S3 delete of its
+/// version removes it, and the first run after the lock ends deletes it. Only S3 targets
+/// take such a job.
 #[test]
 fn an_immutable_job_on_s3_locks_its_images_and_retention_keeps_them() {
-    use holdfast_targets::location::Credentials;
-    use holdfast_targets::s3::{S3Config, S3Target};
     use holdfast_targets::{ObjectKey, Target as _, TargetError};
     use holdfast_testkit::servers::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
     if agent_bin().is_none() || !require_devices("job_s3_lock") {
@@ -987,23 +986,7 @@ fn an_immutable_job_on_s3_locks_its_images_and_retention_keeps_them() {
         return;
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let bucket = S3Target::new(
-        &S3Config {
-            endpoint: s3.endpoint.clone(),
-            region: "us-east-1".into(),
-            bucket: "vault".into(),
-            prefix: "pcs".into(),
-            path_style: true,
-        },
-        Credentials {
-            user: Some(S3_ACCESS_KEY.into()),
-            password: Some(zeroize::Zeroizing::new(S3_SECRET_KEY.into())),
-            ..Default::default()
-        },
-    )
-    .expect("target");
-    rt.block_on(bucket.create_bucket(true))
-        .expect("lock bucket");
+    let bucket = s3_bucket(&rt, &s3.endpoint, "vault", true);
     let t = tempdir();
     let work = t.path();
     let fleet = Fleet::start(work);
@@ -1060,12 +1043,68 @@ fn an_immutable_job_on_s3_locks_its_images_and_retention_keeps_them() {
                 "name_template": "i-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second).hfi",
                 "method": "full",
                 "retention": {"keep_last": 1},
-                "immutability": {"days": 1, "mode": "compliance"},
+                "immutability": {"days": 1, "mode": "governance"},
             }})
             .to_string(),
         ),
     );
     let job_id = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+
+    // Only S3 targets lock images: a job that asks for it elsewhere is refused when saved,
+    // and when its target stopped being S3 since, when it starts.
+    let folder = work.join("folder");
+    let local = api.call(
+        "POST",
+        "/api/v1/targets",
+        Some(&json!({"name": "folder", "url": folder.display().to_string()}).to_string()),
+    );
+    let immutable_on = |target: &Value| {
+        api.call(
+            "POST",
+            "/api/v1/jobs",
+            Some(
+                &json!({"name": format!("on {}", target["name"]), "spec": {
+                    "agents": [fleet.agent_id], "source": lo.path(),
+                    "target_id": target["id"], "immutability": {},
+                }})
+                .to_string(),
+            ),
+        )
+    };
+    let refused = immutable_on(&local);
+    assert!(
+        refused
+            .to_string()
+            .contains("immutability needs an s3:// target with Object Lock; target 'folder'"),
+        "{refused}"
+    );
+    let moved = api.call(
+        "POST",
+        "/api/v1/targets",
+        Some(
+            &json!({"name": "moved", "url": format!("s3://vault/moved?endpoint={}", s3.endpoint),
+                    "username": S3_ACCESS_KEY, "password": S3_SECRET_KEY})
+            .to_string(),
+        ),
+    );
+    let moved_job = immutable_on(&moved);
+    let moved_job = moved_job["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{moved_job}"));
+    api.call(
+        "PUT",
+        &format!("/api/v1/targets/{}", moved["id"]),
+        Some(&json!({"name": "moved", "url": folder.display().to_string()}).to_string()),
+    );
+    let started = api.call("POST", &format!("/api/v1/jobs/{moved_job}/run"), None);
+    assert!(
+        started
+            .to_string()
+            .contains("immutability needs an s3:// target with Object Lock; target 'moved'"),
+        "{started}"
+    );
+    assert!(!folder.exists(), "nothing may be written to the folder");
+
     let (r1, _) = fleet.finish(fleet.run(job_id));
     assert_eq!(r1["status"], "successful", "{r1}");
     let first = r1["images"][0]["name"].as_str().expect("name").to_owned();
@@ -1089,19 +1128,202 @@ fn an_immutable_job_on_s3_locks_its_images_and_retention_keeps_them() {
         rt.block_on(bucket.size(&k)).is_ok(),
         "the locked image is gone"
     );
-    let listed = api.call("GET", "/api/v1/images", None);
-    assert!(
-        listed["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .any(|i| i["name"] == first.as_str() && i["deleted_at"].is_null()),
-        "{listed}"
-    );
+    assert_eq!(deleted_at(api, &first), Value::Null);
     let e = rt.block_on(bucket.delete(&k)).expect_err("locked");
     assert!(matches!(e, TargetError::Locked { .. }), "{e}");
     let version = rt.block_on(bucket.current_version(&k)).expect("version");
     assert!(rt
         .block_on(bucket.delete_version(&k, version.as_deref()))
         .is_err());
+
+    // Once the lock ends, the next run's retention deletes the image. A lock of whole days
+    // is shortened here as an admin with the bypass permission may shorten a governance
+    // lock: to two seconds from now, through the S3 API (curl signs it).
+    let until = (chrono::Utc::now() + chrono::Duration::seconds(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = format!(
+        "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>GOVERNANCE</Mode><RetainUntilDate>{until}</RetainUntilDate></Retention>"
+    );
+    let body_file = work.join("retention.xml");
+    std::fs::write(&body_file, &body).expect("body");
+    let md5 = sh(Command::new("sh").arg("-c").arg(format!(
+        "openssl dgst -md5 -binary '{}' | base64",
+        body_file.display()
+    )));
+    let md5 = String::from_utf8_lossy(&md5.stdout).trim().to_owned();
+    let shortened = curl(&[
+        "-sS",
+        "-w",
+        "%{http_code}",
+        "--aws-sigv4",
+        "aws:amz:us-east-1:s3",
+        "--user",
+        &format!("{S3_ACCESS_KEY}:{S3_SECRET_KEY}"),
+        "-H",
+        "x-amz-bypass-governance-retention: true",
+        "-H",
+        &format!("content-md5: {md5}"),
+        "-T",
+        body_file.to_str().expect("path"),
+        &format!("{}/vault/pcs/{first}?retention=", s3.endpoint),
+    ])
+    .expect("curl");
+    assert!(shortened.0.ends_with("200"), "{shortened:?}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let (r3, _) = fleet.finish(fleet.run(job_id));
+    assert_eq!(r3["status"], "successful", "{r3}");
+    assert_eq!(r3["deleted"], json!([first]), "{r3}");
+    assert!(
+        rt.block_on(bucket.size(&k)).is_err(),
+        "the image whose lock ended is still there"
+    );
+    assert!(deleted_at(api, &first).is_i64(), "not recorded as deleted");
+}
+
+/// Bandwidth limits reach a job's transfers from every place an admin sets one: the
+/// target's, the agent's on the console and the machine's own (the agent daemon's
+/// environment). The lowest holds the run, and its report names all three.
+#[test]
+fn a_job_is_held_to_the_lowest_of_its_target_agent_and_machine_limits() {
+    use holdfast_testkit::servers::{S3Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+    if agent_bin().is_none() || !require_devices("job_bandwidth") {
+        return;
+    }
+    let Some(s3) = S3Server::start("job_bandwidth") else {
+        return;
+    };
+    let t = tempdir();
+    let work = t.path();
+    let mut fleet = Fleet::start(work);
+    fleet
+        .agent_env
+        .push(("HOLDFAST_AGENT_BANDWIDTH".into(), "4M".into()));
+    fleet.start_agent();
+    let api = &fleet.api;
+    let agent = format!("/api/v1/agents/{}", fleet.agent_id);
+    let vol = work.join("vol.img");
+    sparse_file(&vol, 32 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "ext4");
+    edit_files(lo.path(), "ext4", work, |d| {
+        std::fs::write(d.join("noise.bin"), noise(3 << 20, 9)).expect("noise");
+    });
+    let target = api.call(
+        "POST",
+        "/api/v1/targets",
+        Some(
+            &json!({
+                "name": "bucket",
+                "url": format!("s3://plain/pcs?endpoint={}", s3.endpoint),
+                "username": S3_ACCESS_KEY,
+                "password": S3_SECRET_KEY,
+                "bandwidth": "8M",
+            })
+            .to_string(),
+        ),
+    );
+    let target_id = target["id"].as_i64().unwrap_or_else(|| panic!("{target}"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    s3_bucket(&rt, &s3.endpoint, "plain", false);
+    let tested = api.call(
+        "POST",
+        &format!("/api/v1/targets/{target_id}/test"),
+        Some(&json!({"agent_id": fleet.agent_id}).to_string()),
+    );
+    assert_eq!(tested["ok"], true, "{tested}");
+
+    let bad = api.call(
+        "PUT",
+        &format!("{agent}/bandwidth"),
+        Some(&json!({"bandwidth": "fast"}).to_string()),
+    );
+    assert!(bad.to_string().contains("bandwidth:"), "{bad}");
+    assert_eq!(api.call("GET", &agent, None)["bandwidth"], Value::Null);
+    api.call(
+        "PUT",
+        &format!("{agent}/bandwidth"),
+        Some(&json!({"bandwidth": " 1M "}).to_string()),
+    );
+    assert_eq!(api.call("GET", &agent, None)["bandwidth"], "1M");
+
+    let job = api.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &json!({"name": "held", "spec": {
+                "agents": [fleet.agent_id],
+                "source": lo.path(),
+                "target_id": target_id,
+                "method": "full",
+            }})
+            .to_string(),
+        ),
+    );
+    let job_id = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+    let (r, _) = fleet.finish(fleet.run(job_id));
+    assert_eq!(r["status"], "successful", "{r}");
+    let steps = r["steps"].to_string();
+    for limit in [
+        "the target's limit 8M",
+        "this agent's limit set on the console 1M",
+        "this machine's own limit 4M",
+    ] {
+        assert!(steps.contains(limit), "{limit} missing: {steps}");
+    }
+    // Over 3 MiB of data at 1 MiB/s (the lowest limit) cannot take less than 2.9 s.
+    let written = r["images"][0]["bytes"].as_i64().expect("bytes");
+    assert!(written > 3 << 20, "{r}");
+    let (started, ended) = (r["started_at"].as_i64(), r["ended_at"].as_i64());
+    let took = ended.zip(started).map(|(e, s)| e - s).expect("times");
+    assert!(took >= 2, "{written} bytes in {took} s at 1 MiB/s: {r}");
+
+    // Cleared: the report no longer names it.
+    api.call(
+        "PUT",
+        &format!("{agent}/bandwidth"),
+        Some(&json!({"bandwidth": null}).to_string()),
+    );
+    assert_eq!(api.call("GET", &agent, None)["bandwidth"], Value::Null);
+    std::thread::sleep(std::time::Duration::from_millis(1100)); // a new name (seconds)
+    let (r, _) = fleet.finish(fleet.run(job_id));
+    assert_eq!(r["status"], "successful", "{r}");
+    assert!(!r["steps"].to_string().contains("console"), "{r}");
+}
+
+/// Bucket `name` (`pcs` its prefix) on the S3 server at `endpoint`, created on `rt` (with
+/// Object Lock when `lock`).
+fn s3_bucket(
+    rt: &tokio::runtime::Runtime,
+    endpoint: &str,
+    name: &str,
+    lock: bool,
+) -> holdfast_targets::s3::S3Target {
+    use holdfast_targets::location::Credentials;
+    use holdfast_targets::s3::{S3Config, S3Target};
+    use holdfast_testkit::servers::{S3_ACCESS_KEY, S3_SECRET_KEY};
+    let bucket = S3Target::new(
+        &S3Config {
+            endpoint: endpoint.to_owned(),
+            region: "us-east-1".into(),
+            bucket: name.into(),
+            prefix: "pcs".into(),
+            path_style: true,
+        },
+        Credentials {
+            user: Some(S3_ACCESS_KEY.into()),
+            password: Some(zeroize::Zeroizing::new(S3_SECRET_KEY.into())),
+            ..Default::default()
+        },
+    )
+    .expect("target");
+    rt.block_on(bucket.create_bucket(lock)).expect("bucket");
+    bucket
+}
+
+/// When the server recorded image `name` as deleted (null: it was not).
+fn deleted_at(api: &Api, name: &str) -> Value {
+    let listed = api.call("GET", "/api/v1/images", None);
+    let items = listed["items"].as_array().expect("items");
+    let image = items.iter().find(|i| i["name"] == name);
+    image.unwrap_or_else(|| panic!("{name} not listed: {listed}"))["deleted_at"].clone()
 }
