@@ -189,6 +189,10 @@ pub struct Restored {
     pub seconds: f64,
     /// A GPT restored onto a larger disk has its backup copy moved to the new end.
     pub gpt_backup_moved_to_end: bool,
+    /// What the restore read around: e.g. a damaged copy of an image's index whose other
+    /// copy stood in. The data restored is whole, but the image needs replacing.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// `image merge --json`.

@@ -27,6 +27,8 @@ pub struct Image {
     header_bytes: Vec<u8>,
     meta_bytes: Vec<u8>,
     index_bytes_digest_input: Vec<u8>,
+    /// What was wrong with the index's first copy when its second was used.
+    index_repaired: Option<String>,
     keys: Option<Keys>,
     cipher: Option<Arc<FrameCipher>>,
 }
@@ -102,9 +104,22 @@ impl Image {
                 "trailer does not match the parts found",
             ));
         }
+        if trailer.version != header.version {
+            return Err(ImageError::corrupt(
+                &name,
+                format!(
+                    "its header names format version {} and its trailer {}",
+                    header.version, trailer.version
+                ),
+            ));
+        }
         let data_end = len - TRAILER_LEN as u64;
         if trailer.index_offset < header.data_start()
-            || trailer.index_offset.checked_add(trailer.index_len) != Some(data_end)
+            || trailer
+                .index_len
+                .checked_mul(trailer.index_copies())
+                .and_then(|l| l.checked_add(trailer.index_offset))
+                != Some(data_end)
         {
             return Err(ImageError::corrupt(
                 &name,
@@ -115,32 +130,39 @@ impl Image {
         stream
             .read_exact_at(&mut meta_bytes, HEADER_LEN as u64)
             .map_err(io_err)?;
-        let index_len = usize::try_from(trailer.index_len)
-            .map_err(|_| ImageError::corrupt(&name, "index too large"))?;
         // The largest legitimate index: 24 bytes per block plus frame table, compressed.
         if trailer.index_len > 64 + header.block_count() * 64 {
             return Err(ImageError::corrupt(&name, "index length is out of range"));
         }
-        let mut index_rec = vec![0u8; index_len];
-        stream
-            .read_exact_at(&mut index_rec, trailer.index_offset)
-            .map_err(io_err)?;
         let mut digest_input = header_bytes.clone();
         digest_input.extend_from_slice(&meta_bytes);
-        let digest = digest_of(&digest_input, &index_rec);
-        if digest != trailer.index_digest {
-            return Err(ImageError::corrupt(
-                &name,
-                "header, metadata or index checksum mismatch",
-            ));
-        }
+        let (index, index_rec, index_repaired) = match read_index(
+            &stream,
+            &name,
+            &header,
+            &trailer,
+            &digest_input,
+            0,
+        ) {
+            Ok((index, rec)) => (index, rec, None),
+            Err(first) if trailer.index_copies() == 2 => {
+                match read_index(&stream, &name, &header, &trailer, &digest_input, 1) {
+                        Ok((index, rec)) => (
+                            index,
+                            rec,
+                            Some(format!(
+                                "the index's first copy (at logical offset {}) is damaged: its checksum does not match (the second copy is intact and was used)",
+                                trailer.index_offset
+                            )),
+                        ),
+                        // Both bad: header or metadata, or both copies.
+                        Err(_) => return Err(first),
+                    }
+            }
+            Err(first) => return Err(first),
+        };
         let meta: Metadata = serde_json::from_slice(&meta_bytes)
             .map_err(|e| ImageError::corrupt(&name, format!("metadata is not valid: {e}")))?;
-        let index = Index::decode(&index_rec, &header, trailer.index_offset)
-            .map_err(|d| ImageError::corrupt(&name, d))?;
-        if index.content_digest(header.block_size, header.source_size) != trailer.content_digest {
-            return Err(ImageError::corrupt(&name, "content digest mismatch"));
-        }
         let keys = match &header.keys {
             KeySection::Plain { chain_key } => Some(Keys::plain(*chain_key)),
             KeySection::Wrapped { .. } => None,
@@ -156,9 +178,38 @@ impl Image {
             header_bytes,
             meta_bytes,
             index_bytes_digest_input: digest_input,
+            index_repaired,
             keys,
             cipher: None,
         })
+    }
+
+    /// What was wrong with the index's first copy, when opening used the second.
+    pub fn index_repaired(&self) -> Option<&str> {
+        self.index_repaired.as_deref()
+    }
+
+    /// Damage found in a copy of the index, which the other copy stood in for: the first
+    /// copy as found when opening, else the second as read now (`None`: every copy intact).
+    pub fn index_copy_damage(&self) -> Result<Option<String>> {
+        if let Some(why) = &self.index_repaired {
+            return Ok(Some(why.clone()));
+        }
+        if self.trailer.index_copies() < 2 {
+            return Ok(None);
+        }
+        let at = self.trailer.index_offset + self.trailer.index_len;
+        let mut copy = vec![0u8; self.trailer.index_len as usize];
+        self.stream
+            .read_exact_at(&mut copy, at)
+            .map_err(|e| ImageError::io(format!("reading '{}'", self.name), e))?;
+        let header_and_meta =
+            &self.index_bytes_digest_input[..self.header_bytes.len() + self.meta_bytes.len()];
+        Ok((digest_of(header_and_meta, &copy) != self.trailer.index_digest).then(|| {
+            format!(
+                "the index's second copy (at logical offset {at}) is damaged: its checksum does not match (the first copy is intact)"
+            )
+        }))
     }
 
     /// A part 1 shorter than a header: either truncated or not an image at all.
@@ -373,6 +424,37 @@ pub fn slot_offsets(block_size: u32, size: u64, blocks: &[u64]) -> Vec<(usize, u
             r
         })
         .collect()
+}
+
+/// Copy `copy` (0 or 1) of the index record: read, checked against the trailer's digest and
+/// content digest, decoded; with its bytes.
+fn read_index(
+    stream: &LogicalStream,
+    name: &str,
+    header: &Header,
+    trailer: &Trailer,
+    header_and_meta: &[u8],
+    copy: u64,
+) -> Result<(Index, Vec<u8>)> {
+    let len = usize::try_from(trailer.index_len)
+        .map_err(|_| ImageError::corrupt(name, "index too large"))?;
+    let at = trailer.index_offset + copy * trailer.index_len;
+    let mut rec = vec![0u8; len];
+    stream
+        .read_exact_at(&mut rec, at)
+        .map_err(|e| ImageError::io(format!("reading '{name}'"), e))?;
+    if digest_of(header_and_meta, &rec) != trailer.index_digest {
+        return Err(ImageError::corrupt(
+            name,
+            "header, metadata or index checksum mismatch",
+        ));
+    }
+    let index = Index::decode(&rec, header, trailer.index_offset)
+        .map_err(|d| ImageError::corrupt(name, d))?;
+    if index.content_digest(header.block_size, header.source_size) != trailer.content_digest {
+        return Err(ImageError::corrupt(name, "content digest mismatch"));
+    }
+    Ok((index, rec))
 }
 
 /// BLAKE3 over header+metadata bytes and the index record.

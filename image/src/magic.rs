@@ -18,8 +18,8 @@ pub const TRAILER_MAGIC: [u8; 8] = *b"HFTRAIL\n";
 pub const END_MAGIC: [u8; 8] = *b"HFEND\n\0\0";
 
 /// Format version written by this code. Readers refuse a higher version (see the spec,
-/// "Versioning").
-pub const FORMAT_VERSION: u16 = 1;
+/// "Versioning"). Version 2 stores the index record twice, one copy after the other.
+pub const FORMAT_VERSION: u16 = 2;
 
 /// Domain-separation contexts for BLAKE3 key derivation (never change them).
 pub const KDF_CONTEXT_HASH: &str = "holdfast image 2026-11 block hash key";

@@ -1,7 +1,7 @@
 //! The trailer: the last bytes of a complete image.
 
 use crate::le::{arr, u16_at, u32_at, u64_at};
-use crate::magic::{END_MAGIC, FORMAT_VERSION, TRAILER_MAGIC};
+use crate::magic::{END_MAGIC, TRAILER_MAGIC};
 
 /// Trailer length in bytes.
 pub const TRAILER_LEN: usize = 168;
@@ -10,13 +10,15 @@ const CRC_AT: usize = 152;
 /// The decoded trailer.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Trailer {
+    /// Format version that wrote the image (as in the header).
+    pub version: u16,
     /// Number of parts the image was split into (1 when not split).
     pub part_count: u32,
     /// Total logical length including the trailer.
     pub logical_len: u64,
     /// Logical offset of the index record.
     pub index_offset: u64,
-    /// Length of the index record.
+    /// Length of the index record (of one copy, from version 2 on).
     pub index_len: u64,
     /// BLAKE3 of header, metadata and index record.
     pub index_digest: [u8; 32],
@@ -31,11 +33,21 @@ pub struct Trailer {
 }
 
 impl Trailer {
+    /// Copies of the index record before the trailer: two from version 2 on, so one damaged
+    /// byte there no longer costs the whole image.
+    pub fn index_copies(&self) -> u64 {
+        if self.version >= 2 {
+            2
+        } else {
+            1
+        }
+    }
+
     /// Encode.
     pub fn encode(&self) -> [u8; TRAILER_LEN] {
         let mut b = [0u8; TRAILER_LEN];
         b[0..8].copy_from_slice(&TRAILER_MAGIC);
-        b[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        b[8..10].copy_from_slice(&self.version.to_le_bytes());
         b[12..16].copy_from_slice(&self.part_count.to_le_bytes());
         b[16..24].copy_from_slice(&self.logical_len.to_le_bytes());
         b[24..32].copy_from_slice(&self.index_offset.to_le_bytes());
@@ -69,6 +81,7 @@ impl Trailer {
             return Err(TrailerFault::Damaged("it names format version 0"));
         }
         Ok(Self {
+            version: u16_at(b, 8),
             part_count: u32_at(b, 12),
             logical_len: u64_at(b, 16),
             index_offset: u64_at(b, 24),

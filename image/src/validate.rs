@@ -53,12 +53,16 @@ pub struct ValidateReport {
     pub blocks_verified: u64,
     /// Damaged ranges, ascending.
     pub damage: Vec<Damage>,
+    /// Damaged records the image can do without, each named: a copy of the index whose
+    /// other copy stood in. Nothing is lost yet, but the image is no longer whole.
+    #[serde(default)]
+    pub records: Vec<String>,
 }
 
 impl ValidateReport {
     /// True when nothing is damaged.
     pub fn is_ok(&self) -> bool {
-        self.damage.is_empty()
+        self.damage.is_empty() && self.records.is_empty()
     }
 }
 
@@ -171,5 +175,6 @@ pub fn validate(
         frames: frames.len() as u64,
         blocks_verified: verified.into_inner(),
         damage,
+        records: image.index_copy_damage()?.into_iter().collect(),
     })
 }

@@ -439,6 +439,8 @@ fn write_inner(
         .encode()
         .map_err(|e| ImageError::io("encoding the index", e))?;
     let index_offset = pw.position();
+    // Twice: a damaged byte in one copy is read around from the other.
+    pw.write(&index_rec).map_err(werr)?;
     pw.write(&index_rec).map_err(werr)?;
     let mut digest_input = header_bytes.to_vec();
     digest_input.extend_from_slice(&meta_bytes);
@@ -453,9 +455,10 @@ fn write_inner(
     let content_digest = index.content_digest(bs, size);
     let stored_bytes = index.frames.iter().map(|f| u64::from(f.len)).sum();
     // The trailer must land in one part; it is small, so this only matters for its count.
-    let logical_len = index_offset + index_rec.len() as u64 + TRAILER_LEN as u64;
+    let logical_len = index_offset + 2 * index_rec.len() as u64 + TRAILER_LEN as u64;
     let part_count = parts_for(logical_len, opts.split_size);
     let trailer = Trailer {
+        version: FORMAT_VERSION,
         part_count,
         logical_len,
         index_offset,

@@ -199,6 +199,14 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
     }
     let elapsed = t0.elapsed();
     let chain_names: Vec<String> = chain.images.iter().map(|i| i.name().to_owned()).collect();
+    let warnings: Vec<String> = chain
+        .images
+        .iter()
+        .filter_map(|i| {
+            i.index_repaired()
+                .map(|why| format!("'{}': {why}", i.name()))
+        })
+        .collect();
     if a.common.json {
         crate::outcome::print(&crate::outcome::Restored {
             ok: true,
@@ -211,8 +219,12 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode> {
             frames: summary.frames,
             seconds: secs(elapsed),
             gpt_backup_moved_to_end: gpt_moved,
+            warnings,
         });
     } else {
+        for w in &warnings {
+            eprintln!("holdfast-agent: warning: {w}");
+        }
         println!(
             "restored '{}' to '{}': {} of data, {} zeroed, from {} image(s) in {:.1} s",
             a.image.display(),

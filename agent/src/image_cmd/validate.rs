@@ -53,9 +53,17 @@ pub fn run(a: ValidateArgs) -> Result<ExitCode> {
     }
     if !ok {
         let damaged: usize = reports.iter().map(|r| r.damage.len()).sum();
+        let records: Vec<&str> = reports
+            .iter()
+            .flat_map(|r| r.records.iter().map(String::as_str))
+            .collect();
         eprintln!(
-            "holdfast-agent: error: '{}' is damaged: {damaged} damaged ranges",
-            a.image.display()
+            "holdfast-agent: error: '{}' is damaged: {damaged} damaged ranges{}",
+            a.image.display(),
+            match records.is_empty() {
+                true => String::new(),
+                false => format!("; {}", records.join("; ")),
+            }
         );
         return Ok(ExitCode::from(DAMAGED));
     }
@@ -86,5 +94,8 @@ fn print_report(report: &ValidateReport) {
             "  blocks {}..={} (source bytes {}..{}), frame at image offset {}: {}",
             d.first_block, d.last_block, d.start, d.end, d.image_offset, d.detail
         );
+    }
+    for r in &report.records {
+        println!("  {r}");
     }
 }

@@ -244,6 +244,14 @@ impl Jobs {
                         if r.gpt_backup_moved_to_end { "; the GPT's backup copy moved to the disk's end" } else { "" },
                     ),
                 ));
+                for w in r.warnings {
+                    report
+                        .steps
+                        .push(step(StepStatus::Warning, "Image damaged", w));
+                    if report.status == RunStatus::Successful {
+                        report.status = RunStatus::Warning;
+                    }
+                }
                 false
             }
             Err(e) => fail(

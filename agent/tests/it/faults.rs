@@ -124,6 +124,48 @@ fn wrong_password_is_refused_before_anything_is_written() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"full\""));
 }
 
+/// One damaged byte in the first copy of an image's index: validation fails naming that copy,
+/// and a restore reads the second copy, is whole, and says what it read around.
+#[test]
+fn a_damaged_copy_of_the_index_fails_validation_and_the_restore_says_so() {
+    if !require_devices("index_copy") {
+        return;
+    }
+    let f = Fixture::new();
+    let img = f.p("full.hfi");
+    let good = f.p("good.hfi");
+    image_ok(&["create", "--source", f.vol(), "--output", &img]);
+    std::fs::copy(&img, &good).expect("copy");
+    let mut bytes = std::fs::read(&img).expect("img");
+    let trailer = bytes.len() - 168;
+    let field = |at: usize| {
+        u64::from_le_bytes(bytes[trailer + at..trailer + at + 8].try_into().expect("8")) as usize
+    };
+    let (index_at, index_len) = (field(24), field(32));
+    assert_eq!(index_at + 2 * index_len, trailer, "two copies of the index");
+    bytes[index_at + index_len / 2] ^= 0x08;
+    std::fs::write(&img, bytes).expect("write");
+
+    let r = image(&["validate", "--image", &img]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let records = r.json["report"]["records"].to_string();
+    assert!(records.contains("the index's first copy"), "{}", r.json);
+    assert!(r.stderr.contains("the index's first copy"), "{}", r.stderr);
+
+    let (restored, reference) = (f.p("restored.img"), f.p("reference.img"));
+    let r = image(&["restore", "--image", &img, "--target", &restored]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.json["warnings"]
+            .to_string()
+            .contains("second copy is intact and was used"),
+        "{}",
+        r.json
+    );
+    image_ok(&["restore", "--image", &good, "--target", &reference]);
+    assert_eq!(hash(Path::new(&restored)), hash(Path::new(&reference)));
+}
+
 #[test]
 fn flipped_byte_is_named_by_validate_and_refused_by_restore() {
     if !require_devices("flipped_byte") {

@@ -154,7 +154,9 @@ fn classes(path: &Path) -> Classes {
             .flat_map(|f| logical(f.offset, u64::from(f.len)))
             .collect(),
     );
-    out.insert("index", logical(index_at, img.trailer.index_len));
+    // Every copy of the index (two from format version 2 on).
+    let index_end = index_at + img.trailer.index_len * img.trailer.index_copies();
+    out.insert("index", logical(index_at, index_end - index_at));
     out.insert("trailer", logical(trailer_at, TRAILER_LEN as u64));
     out.insert(
         "part headers",
@@ -168,7 +170,7 @@ fn classes(path: &Path) -> Classes {
         .map(|f| (f.offset, f.offset + u64::from(f.len)))
         .collect();
     records.push((0, meta_end));
-    records.push((index_at, index_at + img.trailer.index_len));
+    records.push((index_at, index_end));
     records.push((trailer_at, img.logical_len()));
     records.sort();
     let mut padding = Vec::new();
@@ -197,7 +199,7 @@ fn flipped(path: &Path, part: u32, offset: u64, mask: u8) -> Option<String> {
         Err(e) => Some(e.to_string()),
         Ok(img) => match validate(&img, 1, &NoProgress, &Cancel::new()) {
             Err(e) => Some(e.to_string()),
-            Ok(r) if r.damage.is_empty() => None,
+            Ok(r) if r.is_ok() => None,
             Ok(r) => Some(
                 r.damage
                     .iter()
@@ -205,6 +207,7 @@ fn flipped(path: &Path, part: u32, offset: u64, mask: u8) -> Option<String> {
                         assert!(d.first_block <= d.last_block, "{d:?}");
                         format!("blocks {}..={}: {}", d.first_block, d.last_block, d.detail)
                     })
+                    .chain(r.records.iter().cloned())
                     .collect::<Vec<_>>()
                     .join("; "),
             ),

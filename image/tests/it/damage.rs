@@ -50,19 +50,54 @@ fn flipped_bytes_in_records_are_refused_at_open() {
     let (bytes, _, _) = plain();
     let img = open(bytes.clone()).expect("open");
     let index_at = img.trailer.index_offset as usize;
-    // Header, metadata, index, trailer: each must fail the open.
+    let index_len = img.trailer.index_len as usize;
+    let mut both = bytes.clone();
+    both[index_at + 40] ^= 0x10;
+    both[index_at + index_len + 41] ^= 0x10;
+    let err = open(both).expect_err("both copies of the index damaged");
+    assert!(err.to_string().contains("index"), "{err}");
+    // Header, metadata, trailer: each must fail the open (the index has a second copy).
     for at in [
         9,
         100,
         4000,
         HEADER_LEN + 5,
-        index_at + 40,
         bytes.len() - 100,
         bytes.len() - 3,
     ] {
         let mut b = bytes.clone();
         b[at] ^= 0x10;
         assert!(open(b).is_err(), "flip at {at} was not noticed");
+    }
+}
+
+/// One damaged byte in either copy of the index (format version 2) costs nothing: the other
+/// copy stands in, the restore is whole and says so, and validation names the damaged copy.
+#[test]
+fn a_damaged_copy_of_the_index_is_read_around_and_named() {
+    let (bytes, data, used) = plain();
+    let img = open(bytes.clone()).expect("open");
+    assert_eq!(img.trailer.index_copies(), 2);
+    let at = img.trailer.index_offset as usize;
+    let len = img.trailer.index_len as usize;
+    let sound = validate(&img, 1, &NoProgress, &Cancel::new()).expect("validate");
+    assert!(sound.is_ok(), "{sound:?}");
+    for (copy, offset) in [("first", at + len / 2), ("second", at + len + len / 2)] {
+        let mut b = bytes.clone();
+        b[offset] ^= 0x20;
+        let img = open(b.clone()).expect("opens from the other copy");
+        assert_eq!(img.index_repaired().is_some(), copy == "first");
+        let report = validate(&img, 1, &NoProgress, &Cancel::new()).expect("validate");
+        assert!(!report.is_ok() && report.damage.is_empty(), "{report:?}");
+        assert_eq!(report.records.len(), 1, "{report:?}");
+        assert!(
+            report.records[0].contains(&format!("the index's {copy} copy")),
+            "{report:?}"
+        );
+        let dir = MemDir::default();
+        dir.put("x.hfi", b);
+        let got = restore_mem(&dir, "x.hfi", None, data.len()).expect("restore");
+        assert!(got == expected(&data, &used), "{copy} copy damaged");
     }
 }
 
