@@ -378,18 +378,20 @@ fn check_of(name: &str, out: &std::process::Output) -> ImageCheck {
                 ),
             );
         }
-        let ranges: Vec<String> = r
+        let found: Vec<String> = r
             .damage
             .iter()
             .take(5)
             .map(|d| format!("bytes {}..{} ({})", d.start, d.end, d.detail))
+            .chain(r.records.iter().cloned())
             .collect();
         return check(
             ImageHealth::Damaged,
             format!(
-                "{level}: {} damaged range(s): {}",
+                "{level}: {} damaged range(s), {} damaged record(s): {}",
                 r.damage.len(),
-                ranges.join("; ")
+                r.records.len(),
+                found.join("; ")
             ),
         );
     }
