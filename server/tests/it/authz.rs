@@ -91,6 +91,13 @@ const MATRIX: &[(&str, &str, Needs, &str, &str)] = &[
     ("get", "/api/v1/agents/{id}", Viewer, "", ""),
     ("delete", "/api/v1/agents/{id}", Admin, "", ""),
     (
+        "put",
+        "/api/v1/agents/{id}/bandwidth",
+        Admin,
+        "",
+        r#"{"bandwidth":"20M"}"#,
+    ),
+    (
         "post",
         "/api/v1/agents/{id}/inventory/refresh",
         Operator,
