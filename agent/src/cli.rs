@@ -109,6 +109,9 @@ pub enum ImageCommand {
     Validate(ValidateArgs),
     /// Restore an image (any point of a chain) to a device or file.
     Restore(RestoreArgs),
+    /// Write what is intact of a damaged full image (both copies of its index lost, or cut
+    /// off before its end) into a new file, and name the block ranges it could not recover.
+    Salvage(SalvageArgs),
     /// Merge an incremental chain into a new full image.
     Merge(MergeArgs),
     /// Re-encode an image (compression, encryption, password, split) or write it raw.
@@ -488,6 +491,23 @@ pub struct RestoreArgs {
     pub common: Common,
 }
 
+/// `image salvage`.
+#[derive(Debug, Args)]
+pub struct SalvageArgs {
+    /// The damaged full image (its header must be intact).
+    #[arg(long)]
+    pub image: PathBuf,
+    /// New file to write the source's blocks to (it must not exist): what could not be
+    /// recovered reads as zeros, and the output names those block ranges.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Password file (else HOLDFAST_PASSWORD).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
 /// `image merge`.
 #[derive(Debug, Args)]
 pub struct MergeArgs {
@@ -579,6 +599,7 @@ impl Cli {
             ImageCommand::Info(a) => &a.common,
             ImageCommand::Validate(a) => &a.common,
             ImageCommand::Restore(a) => &a.common,
+            ImageCommand::Salvage(a) => &a.common,
             ImageCommand::Merge(a) => &a.common,
             ImageCommand::Convert(a) => &a.common,
             ImageCommand::Delete(a) => &a.common,
@@ -607,6 +628,7 @@ impl Cli {
             ImageCommand::Info(a) => image_cmd::info::run(a),
             ImageCommand::Validate(a) => image_cmd::validate::run(a),
             ImageCommand::Restore(a) => image_cmd::restore::run(a),
+            ImageCommand::Salvage(a) => image_cmd::salvage::run(a),
             ImageCommand::Merge(a) => image_cmd::merge::run(a),
             ImageCommand::Convert(a) => image_cmd::convert::run(a),
             ImageCommand::Delete(a) => image_cmd::delete::run(a),

@@ -195,6 +195,17 @@ pub struct Restored {
     pub warnings: Vec<String>,
 }
 
+/// `image salvage --json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Salvaged {
+    /// True when every frame the image held was found intact.
+    pub ok: bool,
+    /// The file written.
+    pub target: String,
+    pub report: holdfast_image::salvage::SalvageReport,
+    pub seconds: f64,
+}
+
 /// `image merge --json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Merged {

@@ -46,6 +46,7 @@ pub mod parts;
 pub mod plan;
 pub mod progress;
 pub mod restore;
+pub mod salvage;
 pub mod trailer;
 pub mod validate;
 pub mod vdisk;

@@ -9,6 +9,7 @@ pub mod info;
 pub mod merge;
 pub mod mount;
 pub mod restore;
+pub mod salvage;
 pub mod validate;
 
 use std::fs::OpenOptions;

@@ -166,6 +166,66 @@ fn a_damaged_copy_of_the_index_fails_validation_and_the_restore_says_so() {
     assert_eq!(hash(Path::new(&restored)), hash(Path::new(&reference)));
 }
 
+/// Both copies of the index lost, or the image cut off: `image restore` refuses it, and
+/// `image salvage` writes what is intact into a new file and names what it could not recover.
+#[test]
+fn salvage_writes_what_is_intact_and_names_what_is_lost() {
+    if !require_devices("salvage") {
+        return;
+    }
+    let f = Fixture::new();
+    let (img, good) = (f.p("full.hfi"), f.p("good.hfi"));
+    image_ok(&["create", "--source", f.vol(), "--output", &img]);
+    std::fs::copy(&img, &good).expect("copy");
+    let intact = std::fs::read(&img).expect("img");
+    let trailer = intact.len() - 168;
+    let field = |at: usize| {
+        u64::from_le_bytes(
+            intact[trailer + at..trailer + at + 8]
+                .try_into()
+                .expect("8"),
+        ) as usize
+    };
+    let (index_at, index_len) = (field(24), field(32));
+    let mut bytes = intact.clone();
+    bytes[index_at + 40] ^= 0x02;
+    bytes[index_at + index_len + 40] ^= 0x02;
+    std::fs::write(&img, &bytes).expect("write");
+    let r = image(&["restore", "--image", &img, "--target", &f.p("refused.img")]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+
+    let (salvaged, reference) = (f.p("salvaged.img"), f.p("reference.img"));
+    let r = image(&["salvage", "--image", &img, "--target", &salvaged]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.json["ok"], true, "{}", r.json);
+    image_ok(&["restore", "--image", &good, "--target", &reference]);
+    assert_eq!(hash(Path::new(&salvaged)), hash(Path::new(&reference)));
+    // It writes new files only.
+    let r = image(&["salvage", "--image", &img, "--target", &salvaged]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.stderr.contains("salvage writes a new file"),
+        "{}",
+        r.stderr
+    );
+
+    // Cut off in the middle of its frames: the rest is named as lost, the file still written.
+    std::fs::write(&img, &intact[..index_at / 2]).expect("cut");
+    let cut = f.p("cut.img");
+    let r = image(&["salvage", "--image", &img, "--target", &cut]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let skipped = &r.json["report"]["skipped"];
+    assert_eq!(skipped.as_array().map(Vec::len), Some(1), "{}", r.json);
+    assert!(
+        skipped[0]["detail"].to_string().contains("ends"),
+        "{}",
+        r.json
+    );
+    assert!(r.stderr.contains("could not be salvaged"), "{}", r.stderr);
+    assert!(Path::new(&cut).exists());
+    assert!(files_named(&f, "holdfast-partial").is_empty());
+}
+
 #[test]
 fn flipped_byte_is_named_by_validate_and_refused_by_restore() {
     if !require_devices("flipped_byte") {

@@ -6,3 +6,4 @@ mod chain_reader;
 mod damage;
 mod golden;
 mod mem;
+mod salvage;
