@@ -597,9 +597,13 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     }
     if let Some(r) = verified.filter(|r| !r.is_ok()) {
         eprintln!(
-            "holdfast-agent: error: verification after writing found {} damaged ranges in '{}'",
+            "holdfast-agent: error: verification after writing found {} damaged ranges in '{}'{}",
             r.damage.len(),
-            r.image
+            r.image,
+            r.records
+                .iter()
+                .map(|d| format!("; {d}"))
+                .collect::<String>()
         );
         return Ok(ExitCode::from(DAMAGED));
     }

@@ -181,3 +181,15 @@ pub fn partition_range(chain: &Chain, n: u32, image: &Path) -> Result<(u64, u64)
 pub fn secs(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
+
+/// The temporary name a file restored or salvaged to `target` is written under, beside it,
+/// until it is complete (`.NAME.holdfast-partial`).
+pub fn partial_name(target: &Path) -> Result<std::path::PathBuf> {
+    let name = target
+        .file_name()
+        .with_context(|| format!("'{}' has no file name", target.display()))?;
+    let mut temp = std::ffi::OsString::from(".");
+    temp.push(name);
+    temp.push(".holdfast-partial");
+    Ok(target.with_file_name(temp))
+}

@@ -54,13 +54,7 @@ impl NewFile {
         if target.symlink_metadata().is_ok() {
             return Ok(None);
         }
-        let name = target
-            .file_name()
-            .with_context(|| format!("restore target '{}' has no file name", target.display()))?;
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(name);
-        temp_name.push(".holdfast-partial");
-        let temp = target.with_file_name(temp_name);
+        let temp = super::partial_name(target)?;
         // A leftover of an earlier restore that died (power loss, kill -9) is replaced.
         let _ = std::fs::remove_file(&temp);
         Ok(Some(Self { temp, done: false }))

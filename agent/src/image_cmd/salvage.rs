@@ -1,6 +1,5 @@
 //! `image salvage`: what is intact of a damaged full image, into a new file.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +9,7 @@ use holdfast_image::parts::{FileParts, PartStore};
 use holdfast_image::restore::FileTarget;
 use holdfast_image::salvage::{read_header, salvage, SalvageReport};
 
-use super::secs;
+use super::{partial_name, secs};
 use crate::cli::SalvageArgs;
 use crate::exit::{Refused, DAMAGED};
 use crate::output::{bytes, Bar};
@@ -105,15 +104,4 @@ pub fn run(a: SalvageArgs) -> Result<ExitCode> {
         a.target.display()
     );
     Ok(ExitCode::from(DAMAGED))
-}
-
-/// The temporary name the salvaged file is written under, beside it.
-fn partial_name(target: &Path) -> Result<std::path::PathBuf> {
-    let name = target
-        .file_name()
-        .with_context(|| format!("salvage target '{}' has no file name", target.display()))?;
-    let mut temp = std::ffi::OsString::from(".");
-    temp.push(name);
-    temp.push(".holdfast-partial");
-    Ok(target.with_file_name(temp))
 }

@@ -75,16 +75,7 @@ fn without_index(bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn every_frame_comes_back_when_both_copies_of_the_index_are_lost() {
     let (data, used) = big_source();
-    let bytes = write(
-        &data,
-        &used,
-        &fixed_identity(Cipher::None),
-        None,
-        &opts(Cipher::None),
-        &meta(),
-    )
-    .expect("write")
-    .0;
+    let bytes = write_full(&data, &used, Cipher::None);
     let frames = Image::open(mem(bytes.clone()))
         .expect("open")
         .index
@@ -100,16 +91,7 @@ fn every_frame_comes_back_when_both_copies_of_the_index_are_lost() {
 #[test]
 fn a_damaged_frame_and_a_cut_off_end_cost_only_their_blocks_and_are_named() {
     let (data, used) = big_source();
-    let bytes = write(
-        &data,
-        &used,
-        &fixed_identity(Cipher::None),
-        None,
-        &opts(Cipher::None),
-        &meta(),
-    )
-    .expect("write")
-    .0;
+    let bytes = write_full(&data, &used, Cipher::None);
     let img = Image::open(mem(bytes.clone())).expect("open");
     let frames = img.index.frames.clone();
     let mut b = bytes.clone();
@@ -163,16 +145,7 @@ fn a_damaged_frame_and_a_cut_off_end_cost_only_their_blocks_and_are_named() {
 #[test]
 fn an_encrypted_image_needs_its_password_and_an_incremental_is_refused() {
     let (data, used) = big_source();
-    let bytes = write(
-        &data,
-        &used,
-        &fixed_identity(Cipher::Aes256),
-        None,
-        &opts(Cipher::Aes256),
-        &meta(),
-    )
-    .expect("write")
-    .0;
+    let bytes = write_full(&data, &used, Cipher::Aes256);
     let lost = without_index(&bytes);
     let e = salvaged(lost.clone(), None, data.len()).expect_err("no password");
     assert!(matches!(e, ImageError::PasswordRequired { .. }), "{e}");
