@@ -78,12 +78,44 @@ fn ensure_user() -> bool {
     child.wait().is_ok_and(|s| s.success())
 }
 
-/// A free loopback port (bind to 0, read it, release it).
+/// A free loopback port, below the kernel's ephemeral range: a port from `bind(0)` comes from
+/// that range, where any outgoing connection of a busy test run can take it between our check
+/// and the server's bind (seen in CI: SeaweedFS refused to start). Picked at random so that
+/// tests in parallel processes rarely try the same one, and bound once to check it is free.
 pub fn free_port() -> u16 {
+    const SPAN: u16 = 16384;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if low > SPAN + 1024 {
+        for _ in 0..64 {
+            let port = low - 1 - (random_u64() % u64::from(SPAN)) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
+}
+
+/// A different number at every call, in every process (no cryptographic quality needed).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
 }
 
 fn wait_for_port(port: u16) -> bool {
@@ -537,14 +569,42 @@ impl S3Server {
             r#"{{"identities":[{{"name":"holdfast","credentials":[{{"accessKey":"{S3_ACCESS_KEY}","secretKey":"{S3_SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
         );
         std::fs::write(d.join("s3.json"), identities).ok()?;
-        let port = free_port();
-        // Every component listens on a port of its own (gRPC ones too): none on defaults, so
-        // tests and a developer's own SeaweedFS never collide.
         let ip = netns
             .as_ref()
             .map_or("127.0.0.1", |(_, a)| a.as_str())
             .to_owned();
-        let mut args = vec![
+        let mut server = Self {
+            _dir: dir,
+            endpoint: String::new(),
+            port: 0,
+            ip,
+            netns: netns.map(|(ns, _)| ns),
+            args: Vec::new(),
+            child: None,
+        };
+        // A port taken by someone else makes weed exit at once: try fresh ports then.
+        for attempt in 1..=3 {
+            server.choose_ports();
+            match server.launch() {
+                Ok(()) => return Some(server),
+                Err(Failure::Exited(_)) if attempt < 3 => continue,
+                Err(e) => {
+                    unavailable(test, &e.to_string());
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Every component listens on a port of its own (gRPC ones too): none on defaults, so
+    /// tests and a developer's own SeaweedFS never collide.
+    fn choose_ports(&mut self) {
+        let d = self._dir.path();
+        let (ip, port) = (&self.ip, free_port());
+        self.port = port;
+        self.endpoint = format!("http://{ip}:{port}");
+        self.args = vec![
             format!("-dir={}", d.join("data").display()),
             format!("-ip={ip}"),
             format!("-ip.bind={ip}"),
@@ -568,18 +628,8 @@ impl S3Server {
             "admin.port",
             "admin.port.grpc",
         ] {
-            args.push(format!("-{flag}={}", free_port()));
+            self.args.push(format!("-{flag}={}", free_port()));
         }
-        let mut server = Self {
-            _dir: dir,
-            endpoint: format!("http://{ip}:{port}"),
-            port,
-            ip,
-            netns: netns.map(|(ns, _)| ns),
-            args,
-            child: None,
-        };
-        server.restart(test).then_some(server)
     }
 
     /// Kill the server at once (SIGKILL), as a crash or a power cut would.
@@ -589,17 +639,24 @@ impl S3Server {
 
     /// Start it again on the same ports and data; true once it answers S3 requests.
     pub fn restart(&mut self, test: &str) -> bool {
+        match self.launch() {
+            Ok(()) => true,
+            Err(e) => !unavailable(test, &e.to_string()),
+        }
+    }
+
+    /// (Re)start weed and wait until it answers S3 requests.
+    fn launch(&mut self) -> Result<(), Failure> {
         self.kill();
-        let Ok(log) = std::fs::OpenOptions::new()
+        let log_path = self._dir.path().join("weed.log");
+        let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self._dir.path().join("weed.log"))
-        else {
-            return !unavailable(test, "cannot write the SeaweedFS log");
-        };
-        let Ok(log2) = log.try_clone() else {
-            return !unavailable(test, "cannot write the SeaweedFS log");
-        };
+            .open(&log_path)
+            .map_err(|e| Failure::Start(format!("cannot write the SeaweedFS log: {e}")))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| Failure::Start(format!("cannot write the SeaweedFS log: {e}")))?;
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
@@ -608,26 +665,60 @@ impl S3Server {
             }
             None => Command::new(weed_binary()),
         };
-        match cmd
+        let child = cmd
             .arg("mini")
             .args(&self.args)
             .stdout(log)
             .stderr(log2)
             .spawn()
-        {
-            Ok(c) => self.child = Some(c),
-            Err(e) => return !unavailable(test, &format!("weed does not start: {e}")),
-        }
+            .map_err(|e| Failure::Start(format!("weed does not start: {e}")))?;
+        self.child = Some(child);
+        let log_tail = || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(5)..].join("\n")
+        };
         // The port opens before the filer behind it serves: wait for an S3 answer.
         let deadline = Instant::now() + Duration::from_secs(60);
         while !s3_answers(&self.ip, self.port) {
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                self.child = None;
+                return Err(Failure::Exited(log_tail()));
+            }
             if Instant::now() > deadline {
                 self.kill();
-                return !unavailable(test, "SeaweedFS did not answer S3 requests within 60 s");
+                return Err(Failure::Timeout(log_tail()));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        true
+        Ok(())
+    }
+}
+
+/// Why SeaweedFS did not come up.
+#[derive(Debug)]
+enum Failure {
+    Start(String),
+    /// It exited; the end of its log.
+    Exited(String),
+    /// It ran but did not answer; the end of its log.
+    Timeout(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Start(why) => f.write_str(why),
+            Failure::Exited(log) => write!(f, "SeaweedFS exited at start; its log ends:\n{log}"),
+            Failure::Timeout(log) => write!(
+                f,
+                "SeaweedFS did not answer S3 requests within 60 s; its log ends:\n{log}"
+            ),
+        }
     }
 }
 
