@@ -28,6 +28,9 @@ enum Command {
     /// Create, inspect, validate, restore, merge and convert images.
     #[command(subcommand, after_help = EXIT_CODES)]
     Image(ImageCommand),
+    /// Copy a disk or volume onto another device (equal or larger) in one step, without an
+    /// image: used-sector or forensic, held consistent as `image create` holds a source.
+    Clone(CloneArgs),
     /// Register this machine with a server (one-time token from the console or API).
     Enroll(EnrollArgs),
     /// Run the agent: keep the channel to the server open and do what it asks.
@@ -163,6 +166,41 @@ fn parse_bandwidth(s: &str) -> Result<holdfast_targets::bandwidth::Bandwidth, St
     s.parse()
 }
 
+/// `clone`.
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// The disk, partition or volume to copy.
+    #[arg(long)]
+    pub source: PathBuf,
+    /// The device to overwrite with it: a disk or partition at least as large (an existing
+    /// file works too). Refused when it is mounted, in use, part of the source, or smaller.
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Copy every sector, not only those the filesystems use.
+    #[arg(long)]
+    pub forensic: bool,
+    /// On a larger target, grow the last partition of a disk to fill it (or a volume's
+    /// filesystem to fill the target), and its filesystem with it: ext2/3/4 (resize2fs), XFS
+    /// (xfs_growfs) or btrfs (btrfs filesystem resize).
+    #[arg(long)]
+    pub grow: bool,
+    /// Write zeros over everything the source does not use, so nothing of the target's old
+    /// contents stays readable.
+    #[arg(long)]
+    pub zero_unused: bool,
+    /// Go on past source sectors that cannot be read: they are written as zeros and listed,
+    /// and the clone ends with a warning (else it stops at the first one).
+    #[arg(long)]
+    pub ignore_read_errors: bool,
+    /// Do not ask before overwriting the target (else its path must be typed on a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub hold: HoldArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
 /// `image create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
@@ -256,6 +294,15 @@ pub struct CreateArgs {
     /// compliance (lifted by nobody until it ends).
     #[arg(long, default_value = "governance", requires = "lock_for")]
     pub lock_mode: holdfast_targets::s3config::LockMode,
+    #[command(flatten)]
+    pub hold: HoldArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// How a source in use is held while it is read (`image create`, `clone`).
+#[derive(Debug, Args)]
+pub struct HoldArgs {
     /// How a source mounted read-write is made consistent: auto (not mounted: as it is; an
     /// LVM volume: a snapshot; another device-mapper device: a snapshot by table swap, with
     /// copy-on-write space in HOLDFAST_SNAPSHOT_STORE; else frozen while imaging when the
@@ -289,11 +336,9 @@ pub struct CreateArgs {
     /// The same as --consistency live.
     #[arg(long, conflicts_with = "consistency")]
     pub allow_live: bool,
-    #[command(flatten)]
-    pub common: Common,
 }
 
-impl CreateArgs {
+impl HoldArgs {
     /// The consistency method asked for, shorthands included.
     pub fn consistency_method(&self) -> ConsistencyMethod {
         if self.lock {
@@ -589,6 +634,7 @@ impl Cli {
     fn common(&self) -> Option<&Common> {
         let c = match &self.command {
             Command::Image(c) => c,
+            Command::Clone(a) => return Some(&a.common),
             Command::Target(TargetCommand::Test(a) | TargetCommand::HostKey(a)) => {
                 return Some(&a.common)
             }
@@ -616,6 +662,7 @@ impl Cli {
         crate::storage::set_bandwidth(self.common().and_then(|c| c.bandwidth.clone()))?;
         let c = match self.command {
             Command::Image(c) => c,
+            Command::Clone(a) => return crate::clone::run(a),
             Command::Enroll(a) => return crate::link::cli_enroll(a),
             Command::Run(a) => return crate::link::cli_run(a),
             Command::Target(TargetCommand::Test(a)) => return target_test(a),

@@ -16,11 +16,13 @@
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use holdfast_image::extents::Extents;
 use holdfast_image::io::ReadAt;
+use holdfast_image::progress::Cancel;
 use holdfast_proto::job::ConsistencyMethod;
 
 use crate::device::{used_bytes, Mount, ReadOnlyLock};
@@ -441,6 +443,47 @@ impl Held {
                 ))
             }
         }
+    }
+}
+
+/// Why imaging was stopped before its end (other than a cancel).
+pub enum Stopped {
+    /// The freeze's maximum time ran out.
+    Deadline,
+    /// What holds the source stopped holding it (a snapshot overflowed).
+    Lost(String),
+}
+
+/// How often a held source is checked while imaging: a snapshot's fill takes an `lvs` run,
+/// whose cost shows on a busy machine; the check at the end catches what the last one missed.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+impl Held {
+    /// Until `done`: trip `stop` when the command is cancelled, at the freeze's deadline, or
+    /// when the hold is lost; why, unless cancelled.
+    pub fn watch(&self, stop: &Cancel, done: &AtomicBool) -> Option<Stopped> {
+        let deadline = self.deadline();
+        let mut next_check = Instant::now() + CHECK_EVERY;
+        while !done.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            let why = if crate::CANCEL.is_cancelled() {
+                stop.cancel();
+                return None;
+            } else if deadline.is_some_and(|d| now >= d) {
+                Some(Stopped::Deadline)
+            } else if now >= next_check {
+                next_check = now + CHECK_EVERY;
+                self.check().err().map(|e| Stopped::Lost(format!("{e:#}")))
+            } else {
+                None
+            };
+            if why.is_some() {
+                stop.cancel();
+                return why;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 }
 

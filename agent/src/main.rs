@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 mod cli;
+mod clone;
 mod consistency;
 mod crypt;
 mod device;
@@ -14,6 +15,7 @@ mod dmsnap;
 mod drive;
 mod exit;
 mod freeze;
+mod grow;
 mod image_cmd;
 mod image_files;
 mod inventory;

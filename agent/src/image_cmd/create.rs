@@ -25,7 +25,7 @@ use holdfast_image::ImageError;
 
 use super::{is_remote, open_chain, open_image, open_sink, secs};
 use crate::cli::CreateArgs;
-use crate::consistency::{self, Estimate, Held};
+use crate::consistency::{self, Estimate, Stopped};
 use crate::device::{devno, hostname, Device};
 use crate::exit::{Refused, DAMAGED};
 use crate::luks::{self, Key, Mapped};
@@ -98,8 +98,8 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
 
     // Consistency: how a source mounted read-write is held while it is read (a LUKS volume
     // read through a mapping open before: that mapping).
-    let asked = a.consistency_method();
-    let max_freeze = Duration::from_secs(u64::from(a.max_freeze));
+    let asked = a.hold.consistency_method();
+    let max_freeze = Duration::from_secs(u64::from(a.hold.max_freeze));
     let (held_path, held_dev, held_file) = match (&mapped, &inside) {
         (Some(m), Some((file, device, _))) => (m.path(), device, file),
         _ => (a.source.clone(), &dev, &source_file),
@@ -109,7 +109,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         &held_path,
         &held_dev.mounts()?,
         max_freeze,
-        a.snapshot_size,
+        a.hold.snapshot_size,
         |used| {
             if let Some(dir) = a.output.parent().filter(|_| !is_remote(&a.output)) {
                 refuse_output_on_source(dir, &dev)?;
@@ -247,11 +247,11 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
 
     // Hold the source (as late as possible: a frozen filesystem stops its writers) and read
     // its allocation as it is now held.
-    let limit = Duration::from_secs(u64::from(a.snapshot_command_timeout));
+    let limit = Duration::from_secs(u64::from(a.hold.snapshot_command_timeout));
     let mut commands = Vec::new();
     // Created first: whatever happens from here, the command after runs once.
-    let after = After::new(a.after_snapshot.as_deref(), limit);
-    if let Some(cmd) = &a.before_snapshot {
+    let after = After::new(a.hold.after_snapshot.as_deref(), limit);
+    if let Some(cmd) = &a.hold.before_snapshot {
         let run = snapshot_commands::run(BEFORE, cmd, limit);
         if !run.succeeded() {
             bail!(
@@ -434,7 +434,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     let stop = Cancel::new();
     let done = AtomicBool::new(false);
     let (summary, stopped) = std::thread::scope(|s| {
-        let watch = s.spawn(|| watch(&held, &stop, &done));
+        let watch = s.spawn(|| held.watch(&stop, &done));
         let summary = write_image(
             source,
             &ident,
@@ -622,45 +622,6 @@ fn filesystems(source: &holdfast_image::meta::SourceMeta) -> Option<String> {
         .map(|p| p.filesystem.as_ref().map_or("none", |f| f.fs_type.as_str()))
         .collect();
     Some(format!("{}: {}", table.kind, each.join(", ")))
-}
-
-/// Why imaging was stopped before its end (other than a cancel).
-enum Stopped {
-    /// The freeze's maximum time ran out.
-    Deadline,
-    /// What holds the source stopped holding it (a snapshot overflowed).
-    Lost(String),
-}
-
-/// How often a held source is checked while imaging: a snapshot's fill takes an `lvs` run,
-/// whose cost shows on a busy machine; the check at the end catches what the last one missed.
-const CHECK_EVERY: Duration = Duration::from_secs(5);
-
-/// Until `done`: trip `stop` when the command is cancelled, at the freeze's deadline, or when
-/// the hold is lost; why, unless cancelled.
-fn watch(held: &Held, stop: &Cancel, done: &AtomicBool) -> Option<Stopped> {
-    let deadline = held.deadline();
-    let mut next_check = Instant::now() + CHECK_EVERY;
-    while !done.load(Ordering::Relaxed) {
-        let now = Instant::now();
-        let why = if crate::CANCEL.is_cancelled() {
-            stop.cancel();
-            return None;
-        } else if deadline.is_some_and(|d| now >= d) {
-            Some(Stopped::Deadline)
-        } else if now >= next_check {
-            next_check = now + CHECK_EVERY;
-            held.check().err().map(|e| Stopped::Lost(format!("{e:#}")))
-        } else {
-            None
-        };
-        if why.is_some() {
-            stop.cancel();
-            return why;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
 }
 
 /// A sample of the held source's files: from its snapshot, from where it is mounted, or

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use holdfast_image::chain::{Chain, DirLocator};
 use holdfast_image::image::Image;
+use holdfast_image::io::FileReadAt;
 use holdfast_image::parts::{FileParts, FileSink, PartSink};
-use holdfast_image::restore::FileTarget;
+use holdfast_image::restore::{FileTarget, WriteAt};
 use holdfast_image::ImageError;
 
 use crate::device::Device;
@@ -147,7 +148,6 @@ pub fn open_target(path: &Path, need: u64, sources: &[&Path]) -> Result<(FileTar
     Ok((target, dev))
 }
 
-/// Seconds as a float with millisecond precision.
 /// The byte range (start, length) of partition `n` of the disk in the chain's image
 /// `image`; refused, naming what there is, when there is no such partition.
 pub fn partition_range(chain: &Chain, n: u32, image: &Path) -> Result<(u64, u64)> {
@@ -178,6 +178,29 @@ pub fn partition_range(chain: &Chain, n: u32, image: &Path) -> Result<(u64, u64)
     Ok((p.start, p.len))
 }
 
+/// A whole disk restored or cloned onto a larger one: move the GPT backup to the new end.
+pub fn relocate_gpt(path: &std::path::Path, target: &FileTarget, sector_size: u32) -> Result<()> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read back '{}'", path.display()))?;
+    let disk = FileReadAt::new(file, target.size());
+    let sector_size = if sector_size == 0 { 512 } else { sector_size };
+    let writes = holdfast_image::disk::gpt_relocation(&disk, sector_size)
+        .with_context(|| format!("cannot grow the restored GPT on '{}'", path.display()))?;
+    for (offset, bytes) in writes.unwrap_or_default() {
+        target.write_all_at(&bytes, offset).with_context(|| {
+            format!(
+                "cannot write the GPT on '{}' at offset {offset}",
+                path.display()
+            )
+        })?;
+    }
+    target
+        .sync()
+        .with_context(|| format!("cannot flush '{}'", path.display()))?;
+    Ok(())
+}
+
+/// Seconds as a float with millisecond precision.
 pub fn secs(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }

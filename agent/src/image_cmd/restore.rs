@@ -6,38 +6,15 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use holdfast_image::chain::ChainBlocks;
-use holdfast_image::io::FileReadAt;
+use holdfast_image::restore::WriteAt;
 use holdfast_image::restore::{restore, RestoreOptions};
-use holdfast_image::restore::{FileTarget, WriteAt};
 
-use super::{open_chain, open_target, partition_range, secs};
+use super::{open_chain, open_target, partition_range, relocate_gpt, secs};
 use crate::cli::RestoreArgs;
 use crate::exit::Refused;
 use crate::luks::{check_key, ContentsTarget, EncryptedTarget, Key};
 use crate::output::{bytes, Bar};
 use crate::secret::{password, PASSWORD_ENV};
-
-/// A whole disk restored onto a larger one: move the GPT backup to the new end.
-fn relocate_gpt(path: &std::path::Path, target: &FileTarget, sector_size: u32) -> Result<()> {
-    let file = std::fs::File::open(path)
-        .with_context(|| format!("cannot read back '{}'", path.display()))?;
-    let disk = FileReadAt::new(file, target.size());
-    let sector_size = if sector_size == 0 { 512 } else { sector_size };
-    let writes = holdfast_image::disk::gpt_relocation(&disk, sector_size)
-        .with_context(|| format!("cannot grow the restored GPT on '{}'", path.display()))?;
-    for (offset, bytes) in writes.unwrap_or_default() {
-        target.write_all_at(&bytes, offset).with_context(|| {
-            format!(
-                "cannot write the GPT on '{}' at offset {offset}",
-                path.display()
-            )
-        })?;
-    }
-    target
-        .sync()
-        .with_context(|| format!("cannot flush '{}'", path.display()))?;
-    Ok(())
-}
 
 /// A restore into a file that does not exist yet: written under a temporary name beside it
 /// and renamed when complete, so a failed or cancelled restore leaves no file that looks
