@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::cli::CloneArgs;
 use crate::consistency::{self, Estimate, Stopped};
-use crate::device::Device;
+use crate::device::{file_range, Device};
 use crate::exit::Refused;
 use crate::grow::{self, Growth};
 use crate::image_cmd::{relocate_gpt, secs};
@@ -271,7 +271,14 @@ fn refuse_unsafe(a: &CloneArgs, source: &Device, target: &Device) -> Result<()> 
         (Ok(s), Ok(t)) => s == t,
         _ => false,
     };
-    if same || !source.devs.is_disjoint(&target.devs) {
+    // Loop devices over one file (a disk image and a partition of it) share bytes too.
+    let shared_file = match (file_range(&a.source), file_range(&a.target)) {
+        (Some((d1, i1, s1, e1)), Some((d2, i2, s2, e2))) => {
+            (d1, i1) == (d2, i2) && s1 < e2 && s2 < e1
+        }
+        _ => false,
+    };
+    if same || shared_file || !source.devs.is_disjoint(&target.devs) {
         return Err(Refused(format!(
             "clone target '{}' is the source '{}', part of it, or holds it",
             a.target.display(),

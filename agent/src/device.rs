@@ -165,6 +165,43 @@ impl Device {
     }
 }
 
+/// Where a device's bytes live when they are those of a file: the file (device and inode
+/// numbers) and the byte range `[start, end)` of it. For a regular file, all of it; for a
+/// loop device, its backing file from its offset (and size limit); for a partition of a loop
+/// device, that range shifted by the partition's start. `None` for other devices.
+pub fn file_range(path: &Path) -> Option<(u64, u64, u64, u64)> {
+    let meta = fs::metadata(path).ok()?;
+    if meta.file_type().is_file() {
+        return Some((meta.dev(), meta.ino(), 0, meta.len()));
+    }
+    if !meta.file_type().is_block_device() {
+        return None;
+    }
+    let sys = PathBuf::from(format!(
+        "/sys/dev/block/{}:{}",
+        major(meta.rdev()),
+        minor(meta.rdev())
+    ));
+    let (loop_dir, part_start, part_len) = if sys.join("partition").exists() {
+        let sectors = |f: &str| read_trim(sys.join(f)).and_then(|s| s.parse::<u64>().ok());
+        (
+            sys.join("../loop"),
+            sectors("start")? * 512,
+            Some(sectors("size")? * 512),
+        )
+    } else {
+        (sys.join("loop"), 0, None)
+    };
+    let backing = fs::metadata(read_trim(loop_dir.join("backing_file"))?).ok()?;
+    let number = |f: &str| read_trim(loop_dir.join(f)).and_then(|s| s.parse::<u64>().ok());
+    let offset = number("offset").unwrap_or(0);
+    let limit = number("sizelimit").filter(|&l| l > 0);
+    let loop_end = limit.map_or(backing.len(), |l| offset + l);
+    let start = offset + part_start;
+    let end = part_len.map_or(loop_end, |l| start + l);
+    Some((backing.dev(), backing.ino(), start, end))
+}
+
 /// One line of /proc/self/mountinfo.
 #[derive(Debug, Clone)]
 pub struct Mount {

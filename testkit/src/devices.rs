@@ -1,6 +1,7 @@
 //! Loop devices, filesystems, mounts, file checksums, and running the agent.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -132,6 +133,64 @@ impl Loop {
 impl Drop for Loop {
     fn drop(&mut self) {
         let _ = Command::new("losetup").arg("-d").arg(&self.dev).output();
+    }
+}
+
+/// Write a partition table with `sfdisk SCRIPT`; return its JSON dump and the byte ranges of
+/// the data partitions (not extended containers).
+pub fn partition_disk(disk: &Path, script: &str) -> (serde_json::Value, Vec<(u64, u64)>) {
+    let mut child = Command::new("sfdisk")
+        .arg("--quiet")
+        .arg(disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("script");
+    assert!(child.wait().expect("sfdisk").success());
+    partitions_of(disk)
+}
+
+/// The partition table of `disk` (`sfdisk --json`) and the byte ranges (start, length) of
+/// its data partitions (not extended containers).
+pub fn partitions_of(disk: &Path) -> (serde_json::Value, Vec<(u64, u64)>) {
+    let dump = sh(Command::new("sfdisk").arg("--json").arg(disk));
+    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("sfdisk json");
+    let parts = table["partitiontable"]["partitions"]
+        .as_array()
+        .expect("partitions")
+        .iter()
+        .filter(|p| !["5", "f", "85"].contains(&p["type"].as_str().unwrap_or("")))
+        .map(|p| {
+            (
+                p["start"].as_u64().expect("start") * 512,
+                p["size"].as_u64().expect("size") * 512,
+            )
+        })
+        .collect();
+    (table, parts)
+}
+
+impl Loop {
+    /// A loop device over one partition (start, length) of a disk image.
+    pub fn over(file: &Path, (start, len): (u64, u64)) -> Self {
+        let out = sh(Command::new("losetup")
+            .args([
+                "-f",
+                "--show",
+                "-o",
+                &start.to_string(),
+                "--sizelimit",
+                &len.to_string(),
+            ])
+            .arg(file));
+        Self {
+            dev: String::from_utf8_lossy(&out.stdout).trim().into(),
+        }
     }
 }
 
@@ -457,12 +516,19 @@ pub fn edit_files(
 /// Bytes in use as the filesystem on `dev` reports them (`df`), mounted read-only; none
 /// for FAT (edited through mtools here).
 pub fn fs_used_bytes(dev: &str, fs: &str, work: &Path) -> Option<u64> {
-    if fs == "vfat" {
-        return None;
-    }
+    (fs != "vfat").then(|| df(dev, fs, work, "used")).flatten()
+}
+
+/// The filesystem's own size as `df` reports it, mounted read-only.
+pub fn fs_size_bytes(dev: &str, fs: &str, work: &Path) -> Option<u64> {
+    df(dev, fs, work, "size")
+}
+
+/// One `df -B1` field of the filesystem on `dev`.
+fn df(dev: &str, fs: &str, work: &Path, field: &str) -> Option<u64> {
     let m = Mounted::with_fs(dev, fs, &work.join("df-mnt"), "ro");
     let out = sh(Command::new("df")
-        .args(["-B1", "--output=used"])
+        .args(["-B1", &format!("--output={field}")])
         .arg(&m.dir));
     String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -15,56 +15,6 @@ fn read_range(path: &Path, start: u64, len: u64) -> Vec<u8> {
     buf
 }
 
-/// Write a partition table with `sfdisk SCRIPT`; return its JSON dump and the byte ranges of
-/// the data partitions (not extended containers).
-fn partition(disk: &Path, script: &str) -> (serde_json::Value, Vec<(u64, u64)>) {
-    let mut child = Command::new("sfdisk")
-        .arg("--quiet")
-        .arg(disk)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .expect("sfdisk");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(script.as_bytes())
-        .expect("script");
-    assert!(child.wait().expect("sfdisk").success());
-    let dump = sh(Command::new("sfdisk").arg("--json").arg(disk));
-    let table: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("sfdisk json");
-    let parts = table["partitiontable"]["partitions"]
-        .as_array()
-        .expect("partitions")
-        .iter()
-        .filter(|p| !["5", "f", "85"].contains(&p["type"].as_str().unwrap_or("")))
-        .map(|p| {
-            (
-                p["start"].as_u64().expect("start") * 512,
-                p["size"].as_u64().expect("size") * 512,
-            )
-        })
-        .collect();
-    (table, parts)
-}
-
-/// A loop device over one partition of a disk image.
-fn part_loop(file: &Path, (start, len): (u64, u64)) -> Loop {
-    let out = sh(Command::new("losetup")
-        .args([
-            "-f",
-            "--show",
-            "-o",
-            &start.to_string(),
-            "--sizelimit",
-            &len.to_string(),
-        ])
-        .arg(file));
-    Loop {
-        dev: String::from_utf8_lossy(&out.stdout).trim().into(),
-    }
-}
-
 #[test]
 fn forensic_restore_is_byte_identical() {
     if !require_devices("forensic_restore_is_byte_identical") {
@@ -132,14 +82,14 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
     let t = tempdir();
     let disk = t.path().join("disk.img");
     sparse_file(&disk, 200 << 20);
-    let (table, parts) = partition(
+    let (table, parts) = partition_disk(
         &disk,
         "label: gpt\nsize=64MiB, type=L, name=root\nsize=48MiB, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7, name=data\nsize=24MiB, type=L, name=blob\nsize=32MiB, type=S, name=swap\n",
     );
     assert_eq!(parts.len(), 4);
     let mut want = Vec::new();
     for (i, fs) in ["ext4", "vfat"].iter().enumerate() {
-        let lo = part_loop(&disk, parts[i]);
+        let lo = Loop::over(&disk, parts[i]);
         mkfs(lo.path(), fs);
         want.push(edit_files(lo.path(), fs, t.path(), |d| {
             write_files(d, i as u64, 8)
@@ -156,7 +106,7 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
     // A swap area with what a running system paged out to it: only its header is kept.
     let swap_uuid = "8c3b2a1d-4e5f-4a6b-9c7d-0e1f2a3b4c5d";
     {
-        let lo = part_loop(&disk, parts[3]);
+        let lo = Loop::over(&disk, parts[3]);
         sh(Command::new("mkswap").args(["-L", "hfswap", "-U", swap_uuid, lo.path()]));
     }
     {
@@ -261,7 +211,7 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
         read_range(&out, (200 << 20) - 33 * 512, 33 * 512)
     );
     for (i, fs) in ["ext4", "vfat"].iter().enumerate() {
-        let lo = part_loop(&out, parts[i]);
+        let lo = Loop::over(&out, parts[i]);
         fsck_clean(lo.path(), fs);
         assert_eq!(
             read_files(lo.path(), fs, t.path()),
@@ -275,7 +225,7 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
         "unknown partition differs"
     );
     // The swap area comes back as the same one: what /etc/fstab names it by.
-    let lo = part_loop(&out, parts[3]);
+    let lo = Loop::over(&out, parts[3]);
     let said = sh(Command::new("blkid").args(["-p", "-o", "export", lo.path()]));
     let said = String::from_utf8_lossy(&said.stdout).into_owned();
     for want in ["TYPE=swap", "LABEL=hfswap", &format!("UUID={swap_uuid}")] {
@@ -355,7 +305,7 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
             String::from_utf8_lossy(&d3).replace(back.to_str().expect("p"), "X")
         );
         sh(Command::new("sfdisk").arg("--verify").arg(&back));
-        let lo = part_loop(&back, parts[1]);
+        let lo = Loop::over(&back, parts[1]);
         fsck_clean(lo.path(), "vfat");
         assert_eq!(read_files(lo.path(), "vfat", t.path()), want[1]);
         drop(lo);
@@ -462,7 +412,7 @@ fn gpt_disk_with_ext4_fat_and_unknown_partitions_round_trips() {
             ))
             .unwrap_or_default()
     );
-    let lo = part_loop(&big, parts[0]);
+    let lo = Loop::over(&big, parts[0]);
     fsck_clean(lo.path(), "ext4");
 }
 
@@ -474,7 +424,7 @@ fn mbr_disk_with_logical_partitions_round_trips() {
     let t = tempdir();
     let disk = t.path().join("disk.img");
     sparse_file(&disk, 160 << 20);
-    let (table, parts) = partition(
+    let (table, parts) = partition_disk(
         &disk,
         "label: dos\nsize=48MiB, type=83\ntype=5\nsize=40MiB, type=c\nsize=40MiB, type=83\n",
     );
@@ -483,7 +433,7 @@ fn mbr_disk_with_logical_partitions_round_trips() {
     let fss = ["ext4", "vfat", "ext4"];
     let mut want = Vec::new();
     for (i, fs) in fss.iter().enumerate() {
-        let lo = part_loop(&disk, parts[i]);
+        let lo = Loop::over(&disk, parts[i]);
         mkfs(lo.path(), fs);
         want.push(edit_files(lo.path(), fs, t.path(), |d| {
             write_files(d, i as u64 + 10, 6)
@@ -526,7 +476,7 @@ fn mbr_disk_with_logical_partitions_round_trips() {
             read_range(&disk, parts[i].0 - 512, 512),
             read_range(&out, parts[i].0 - 512, 512)
         );
-        let lo = part_loop(&out, parts[i]);
+        let lo = Loop::over(&out, parts[i]);
         fsck_clean(lo.path(), fs);
         assert_eq!(
             read_files(lo.path(), fs, t.path()),

@@ -5,6 +5,7 @@
 
 mod chains;
 mod change_tracking;
+mod clone;
 mod consistency;
 mod disks;
 mod dm_snapshot;
