@@ -31,6 +31,10 @@ enum Command {
     /// Copy a disk or volume onto another device (equal or larger) in one step, without an
     /// image: used-sector or forensic, held consistent as `image create` holds a source.
     Clone(CloneArgs),
+    /// Run O&O DiskImage command files (XML): create, incremental, restore, validate,
+    /// convert, mount and dismount images, clone devices.
+    #[command(subcommand)]
+    Script(ScriptCommand),
     /// Register this machine with a server (one-time token from the console or API).
     Enroll(EnrollArgs),
     /// Run the agent: keep the channel to the server open and do what it asks.
@@ -164,6 +168,22 @@ pub struct Common {
 
 fn parse_bandwidth(s: &str) -> Result<holdfast_targets::bandwidth::Bandwidth, String> {
     s.parse()
+}
+
+/// The script subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ScriptCommand {
+    /// Run every command of the file in order (each as the agent command it becomes).
+    Run(ScriptArgs),
+    /// Read the file and show what each command would run, without running anything.
+    Check(ScriptArgs),
+}
+
+/// `script run` / `script check`.
+#[derive(Debug, Args)]
+pub struct ScriptArgs {
+    /// The command file.
+    pub file: PathBuf,
 }
 
 /// `clone`.
@@ -663,6 +683,8 @@ impl Cli {
         let c = match self.command {
             Command::Image(c) => c,
             Command::Clone(a) => return crate::clone::run(a),
+            Command::Script(ScriptCommand::Run(a)) => return crate::script::run(a, false),
+            Command::Script(ScriptCommand::Check(a)) => return crate::script::run(a, true),
             Command::Enroll(a) => return crate::link::cli_enroll(a),
             Command::Run(a) => return crate::link::cli_run(a),
             Command::Target(TargetCommand::Test(a)) => return target_test(a),

@@ -26,6 +26,7 @@ mod outcome;
 mod output;
 mod readahead;
 mod sample;
+mod script;
 mod secret;
 mod snapshot_commands;
 mod storage;
