@@ -111,6 +111,13 @@ impl Params {
                 .or_default()
                 .push((unquote(&v), p.line));
         }
+        // Said first: a Windows selector usually stands where a device path is missing.
+        if let Some((name, why, line)) = values
+            .iter()
+            .find_map(|(n, v)| windows_parameter(n).map(|why| (n, why, v[0].1)))
+        {
+            return Err(format!("line {line}: <{name}> is {why}"));
+        }
         Ok(Self {
             values,
             command: cmd.name.clone(),

@@ -6,7 +6,7 @@ mod commands;
 mod expand;
 pub mod parse;
 
-use std::io::{BufRead as _, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::{ExitCode, Stdio};
 
@@ -202,16 +202,29 @@ fn execute(step: &Step, log: &mut Log) -> std::result::Result<(), (u8, String)> 
             .stdout(Stdio::piped())
             .stderr(errors.map_or_else(Stdio::null, Stdio::from));
         let mut child = cmd.spawn().map_err(|e| (1, format!("cannot start: {e}")))?;
-        let mut first = String::new();
-        if let Some(out) = child.stdout.take() {
-            let _ = std::io::BufReader::new(out).read_line(&mut first);
-        }
-        let ready: Ready = serde_json::from_str(&first).unwrap_or(Ready {
-            ok: false,
-            error: None,
-            exit_code: None,
+        // The first JSON document it prints (pretty, over several lines).
+        let ready: Ready = child
+            .stdout
+            .take()
+            .and_then(|out| {
+                serde_json::Deserializer::from_reader(out)
+                    .into_iter::<Ready>()
+                    .next()
+                    .and_then(|r| r.ok())
+            })
+            .unwrap_or(Ready {
+                ok: false,
+                error: None,
+                exit_code: None,
+            });
+        log.line(&if ready.ok {
+            "  ready".to_owned()
+        } else {
+            format!(
+                "  not ready: {}",
+                ready.error.as_deref().unwrap_or("no answer")
+            )
         });
-        log.line(first.trim());
         if ready.ok {
             return Ok(());
         }

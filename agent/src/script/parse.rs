@@ -21,8 +21,9 @@ const MAX_ATTRIBUTES: usize = 4;
 /// Characters of one value.
 const MAX_VALUE: usize = 4096;
 
-/// The elements a command file may be wrapped in.
-const WRAPPERS: [&str; 3] = ["diskimage", "job", "diskimagejob"];
+/// The elements a command file may be wrapped in (`BackupJob`, as the manual's own backup
+/// example writes it, too).
+const WRAPPERS: [&str; 4] = ["diskimage", "job", "diskimagejob", "backupjob"];
 
 /// A name and its value, with the line it is on.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,5 +13,6 @@ mod faults;
 mod luks;
 mod mount;
 mod remote;
+mod script;
 mod vm;
 mod xfs;
