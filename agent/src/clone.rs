@@ -20,7 +20,7 @@ use holdfast_image::direct::AlignedBuf;
 use holdfast_image::extents::Extents;
 use holdfast_image::header::Coverage;
 use holdfast_image::io::{FileReadAt, ReadAt};
-use holdfast_image::plan::{plan_source, SourcePlan};
+use holdfast_image::plan::plan_source;
 use holdfast_image::progress::{Cancel, Progress};
 use holdfast_image::restore::{FileTarget, WriteAt};
 use serde::Serialize;
@@ -80,9 +80,9 @@ pub fn run(a: CloneArgs) -> Result<ExitCode> {
             .with_context(|| format!("cannot open '{}'", a.source.display()))?,
         source.size,
     );
-    let plan = read_plan(&reader, &source, a.forensic)?;
+    let plan = plan_source(&reader, source.sector_size, a.forensic)?;
     let growth = if a.grow {
-        Some(grow::plan(&plan.source, target.size)?)
+        Some(grow::plan(&plan.source)?)
     } else {
         None
     };
@@ -128,7 +128,7 @@ pub fn run(a: CloneArgs) -> Result<ExitCode> {
     };
     let held_reader = snapshot_reader.as_ref().unwrap_or(&reader);
     let mut plan = if held.changed_anything() {
-        read_plan(held_reader, &source, a.forensic)?
+        plan_source(held_reader, source.sector_size, a.forensic)?
     } else {
         plan
     };
@@ -250,15 +250,6 @@ pub fn run(a: CloneArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What to copy of the source.
-fn read_plan(reader: &FileReadAt, dev: &Device, forensic: bool) -> Result<SourcePlan> {
-    let mut plan = plan_source(reader, dev.sector_size, forensic)?;
-    if forensic {
-        plan.used = Extents::full(dev.size);
-    }
-    Ok(plan)
 }
 
 /// Refuse a target that is the source or part of it (or holds it), is mounted or in use,

@@ -54,8 +54,8 @@ fn tools(fs_type: &str) -> Option<&'static [&'static str]> {
 }
 
 /// Check, before anything is written, that the source's last partition (a disk) or its
-/// filesystem (a volume) can be grown onto a target of `target_size` bytes.
-pub fn plan(source: &SourceMeta, target_size: u64) -> Result<Growth> {
+/// filesystem (a volume) can be grown (the target is known to be at least as large).
+pub fn plan(source: &SourceMeta) -> Result<Growth> {
     let (partition, fs, start, len, mut need) = match &source.partition_table {
         Some(table) => {
             let last = source
@@ -109,9 +109,6 @@ pub fn plan(source: &SourceMeta, target_size: u64) -> Result<Growth> {
         if find_tool(tool).is_none() {
             bail!("--grow needs '{tool}', which is not installed");
         }
-    }
-    if target_size < start + len {
-        bail!("the target ends before {what}");
     }
     Ok(Growth {
         partition,

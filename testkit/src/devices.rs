@@ -92,8 +92,12 @@ pub struct Run {
 
 /// Run `holdfast-agent image ARGS --json`.
 pub fn image(args: &[&str]) -> Run {
+    agent_json(&[&["image"], args].concat())
+}
+
+/// Run `holdfast-agent ARGS --json`.
+pub fn agent_json(args: &[&str]) -> Run {
     let out = agent()
-        .arg("image")
         .args(args)
         .arg("--json")
         .output()
@@ -450,7 +454,8 @@ pub fn mkfs(dev: &str, fs: &str) {
         "btrfs" => sh(Command::new("mkfs.btrfs").args(["-q", "-f", "--mixed", dev])),
         // v5 with reflink (mkfs.xfs's default), at least 300 MiB.
         "xfs" => sh(Command::new("mkfs.xfs").args(["-q", "-f", dev])),
-        _ => sh(Command::new("mkfs.vfat").args(["-F", "32", dev])),
+        // -I: a loop device reused from a partitioned one can still show its partitions.
+        _ => sh(Command::new("mkfs.vfat").args(["-I", "-F", "32", dev])),
     };
 }
 

@@ -526,7 +526,7 @@ pub fn weed_binary() -> PathBuf {
 /// enforces Object Lock; it is stopped with SIGKILL (it takes seconds to stop otherwise).
 pub struct S3Server {
     /// Removed (with its contents) when the server is dropped.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     /// `http://127.0.0.1:PORT` (in a namespace: its address).
     pub endpoint: String,
     /// The S3 port.
@@ -574,7 +574,7 @@ impl S3Server {
             .map_or("127.0.0.1", |(_, a)| a.as_str())
             .to_owned();
         let mut server = Self {
-            _dir: dir,
+            dir,
             endpoint: String::new(),
             port: 0,
             ip,
@@ -600,7 +600,7 @@ impl S3Server {
     /// Every component listens on a port of its own (gRPC ones too): none on defaults, so
     /// tests and a developer's own SeaweedFS never collide.
     fn choose_ports(&mut self) {
-        let d = self._dir.path();
+        let d = self.dir.path();
         let (ip, port) = (&self.ip, free_port());
         self.port = port;
         self.endpoint = format!("http://{ip}:{port}");
@@ -648,7 +648,7 @@ impl S3Server {
     /// (Re)start weed and wait until it answers S3 requests.
     fn launch(&mut self) -> Result<(), Failure> {
         self.kill();
-        let log_path = self._dir.path().join("weed.log");
+        let log_path = self.dir.path().join("weed.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

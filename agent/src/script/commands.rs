@@ -165,17 +165,14 @@ impl Params {
         }
     }
 
-    /// Everything not taken: Windows-only or unknown.
+    /// Everything not taken is unknown (Windows-only ones were refused in [`Params::new`]).
     fn finish(self) -> Result<(), String> {
         match self.values.into_iter().next() {
             None => Ok(()),
-            Some((name, v)) => Err(match windows_parameter(&name) {
-                Some(why) => format!("line {}: <{name}> is {why}", v[0].1),
-                None => format!(
-                    "line {}: '{}' has no parameter <{name}>",
-                    v[0].1, self.command
-                ),
-            }),
+            Some((name, v)) => Err(format!(
+                "line {}: '{}' has no parameter <{name}>",
+                v[0].1, self.command
+            )),
         }
     }
 }

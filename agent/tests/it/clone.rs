@@ -8,17 +8,7 @@ use holdfast_testkit::devices::*;
 
 /// Run `holdfast-agent clone ARGS --json`.
 fn clone(args: &[&str]) -> Run {
-    let out = agent()
-        .arg("clone")
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run agent");
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        json: serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    agent_json(&[&["clone"], args].concat())
 }
 
 fn clone_ok(args: &[&str]) -> serde_json::Value {
@@ -217,6 +207,29 @@ fn volumes_clone_forensic_and_grow_with_their_filesystem() {
             std::fs::read(&vol).expect("vol") == std::fs::read(&same).expect("same"),
             "{fs}: the forensic clone differs from its source"
         );
+        if fs == "ext4" {
+            // Used-sector with --zero-unused over old contents: nothing of them is left, so
+            // the copy of a volume made on zeros is byte for byte the source.
+            std::fs::write(&same, noise(size as usize, 5)).expect("same");
+            let same_lo = Loop::new(&same);
+            let r = clone_ok(&[
+                "--source",
+                src.path(),
+                "--target",
+                same_lo.path(),
+                "--zero-unused",
+                "--yes",
+            ]);
+            assert!(
+                r["zeroed_bytes"].as_u64().expect("zeroed") > size / 2,
+                "{r}"
+            );
+            drop(same_lo);
+            assert!(
+                std::fs::read(&vol).expect("vol") == std::fs::read(&same).expect("same"),
+                "the target's old contents survived --zero-unused"
+            );
+        }
 
         // Used-sector onto a larger one, the filesystem grown to fill it.
         let big = work.join(format!("{fs}-big.img"));
