@@ -60,14 +60,27 @@ TOKEN=$(api -H "x-csrf-token: $CSRF" -d '{"name":"schemathesis","role":"admin"}'
     "$URL/api/v1/tokens" | python3 -c 'import json, sys; print(json.load(sys.stdin)["secret"])')
 
 echo "schemathesis: $EXAMPLES examples per operation against $URL (namespace $NS)"
+fuzz() {
+    in_ns "$VENV/bin/st" run "$URL/api/v1/openapi.json" \
+        --header "Authorization: Bearer $TOKEN" \
+        --checks not_a_server_error \
+        --max-examples "$EXAMPLES" \
+        --tls-verify "$D/tls/ca.pem" \
+        --request-timeout 30 \
+        --workers 2 2>&1 | tee "$D/st.out"
+    return "${PIPESTATUS[0]}"
+}
 status=0
-in_ns "$VENV/bin/st" run "$URL/api/v1/openapi.json" \
-    --header "Authorization: Bearer $TOKEN" \
-    --checks not_a_server_error \
-    --max-examples "$EXAMPLES" \
-    --tls-verify "$D/tls/ca.pem" \
-    --request-timeout 30 \
-    --workers 2 || status=$?
+fuzz || status=$?
+# schemathesis can fail inside its own case generation (Hypothesis "Inconsistent results",
+# seen in CI with every generated case passing): that says nothing about the API, so such a
+# run is repeated once with a new seed. A failed check never is.
+if [ "$status" -ne 0 ] && grep -q "Runtime Error" "$D/st.out" \
+    && grep -Eq '^ +([0-9]+) generated, \1 passed$' "$D/st.out"; then
+    echo "schemathesis failed inside its own generator with every case passing: once more, new seed" >&2
+    status=0
+    fuzz || status=$?
+fi
 if ! kill -0 "$PID" 2>/dev/null; then
     echo "the server died during the run:" >&2
     tail -n 20 "$D/server.err" >&2
