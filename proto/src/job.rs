@@ -322,11 +322,25 @@ pub struct DrillResult {
     pub seconds: f64,
 }
 
+/// One source of a run that images several (a whole machine).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceImage {
+    pub image: ImageTask,
+    /// Images of this source's chains (names on the same target) to delete once its new
+    /// image is written and sound.
+    #[serde(default)]
+    pub delete_after: Vec<String>,
+}
+
 /// What a run does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "task", rename_all = "snake_case")]
 pub enum Task {
     Image(ImageTask),
+    /// Several sources, one after another, each into its own image and chain, in one report.
+    Images {
+        sources: Vec<SourceImage>,
+    },
     RestoreFiles(RestoreFilesTask),
     RestoreVolume(RestoreVolumeTask),
     Verify(VerifyTask),
@@ -372,7 +386,8 @@ pub struct JobOrder {
     /// what failed).
     pub abort_on_error: bool,
     /// Images (names on the same target) to delete once the new image is written and
-    /// sound: what the job's retention lets go.
+    /// sound: what the job's retention lets go (of a [`Task::Image`]; several sources
+    /// carry their own).
     #[serde(default)]
     pub delete_after: Vec<String>,
     #[serde(default)]

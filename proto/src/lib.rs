@@ -33,7 +33,8 @@ pub use request::{Call, Reply, Request};
 /// 4: files are browsed and streamed out of images (binary data frames, acknowledged).
 /// 5: an SFTP target carries the host key an admin confirmed, which the agent must hold the
 /// server to; a target test reports the key offered.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: a run may image several sources ([`job::Task::Images`]: a whole machine).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Bytes of one data frame's payload at most.
 pub const STREAM_CHUNK: usize = 64 << 10;

@@ -341,6 +341,13 @@
     const current = JSON.parse(form.dataset.current || "{}");
     const spec = current.spec || {};
     current.run_on = spec.site_id ? "site" : "agents";
+    // Several sources are edited together, the first one included.
+    if (spec.all_disks) current.what = "machine";
+    else if (spec.sources && spec.sources.length) {
+      current.what = "several";
+      spec.sources = [spec.source, ...spec.sources].filter(Boolean);
+      spec.source = "";
+    } else current.what = "one";
     if (spec.split_size) current.split_mib = Math.round(spec.split_size / 1048576);
     fill(form, current);
     switches(form);

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _, Result};
 use holdfast_proto::job::{
     AfterJob, Coverage, HookCommand, ImageKind, ImageTask, ImageWritten, JobOrder, RunReport,
-    RunStatus, Step, StepStatus, Task,
+    RunStatus, SourceImage, Step, StepStatus, Task,
 };
 use holdfast_proto::request::{Acceptance, Check, CheckStatus, JobCheck, TargetProbe};
 use holdfast_proto::AgentMsg;
@@ -321,7 +321,12 @@ impl Jobs {
             let work = self.dir.join("work").join(order.run_id.to_string());
             stop = match &order.task {
                 Task::Image(task) => {
-                    self.image_step(&order, task, &work, &cancel, &mut report)
+                    let delete = &order.delete_after;
+                    self.image_step(&order, task, delete, &work, &cancel, &mut report)
+                        .await
+                }
+                Task::Images { sources } => {
+                    self.images_step(&order, sources, &work, &cancel, &mut report)
                         .await
                 }
                 Task::RestoreFiles(task) => {
@@ -375,12 +380,56 @@ impl Jobs {
         report
     }
 
-    /// The imaging step of a run, with what follows a sound image (retention); true when
-    /// the job must stop.
+    /// Several sources, one after another, each with its own retention; true when the job
+    /// must stop. A source that fails does not keep the next from being imaged, unless the
+    /// job stops at the first error.
+    async fn images_step(
+        &self,
+        order: &JobOrder,
+        sources: &[SourceImage],
+        work: &Path,
+        cancel: &Notify,
+        report: &mut RunReport,
+    ) -> bool {
+        for (i, s) in sources.iter().enumerate() {
+            self.log(
+                order.run_id,
+                "info",
+                format!(
+                    "imaging {} ({} of {})",
+                    s.image.source,
+                    i + 1,
+                    sources.len()
+                ),
+            );
+            let stop = self
+                .image_step(order, &s.image, &s.delete_after, work, cancel, report)
+                .await;
+            if stop {
+                let left: Vec<&str> = sources[i + 1..]
+                    .iter()
+                    .map(|s| s.image.source.as_str())
+                    .collect();
+                if !left.is_empty() {
+                    report.steps.push(step(
+                        StepStatus::Error,
+                        "Not imaged",
+                        format!("the job stopped before {}", left.join(", ")),
+                    ));
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The imaging step of a run, with what follows a sound image (retention of
+    /// `delete_after`); true when the job must stop.
     async fn image_step(
         &self,
         order: &JobOrder,
         task: &ImageTask,
+        delete_after: &[String],
         work: &Path,
         cancel: &Notify,
         report: &mut RunReport,
@@ -435,8 +484,9 @@ impl Jobs {
                 }
                 report.images.push(written);
                 // Older images go only once the new one is written and sound.
-                if sound && !order.delete_after.is_empty() {
-                    self.retention(order, &task.target, work, report).await;
+                if sound && !delete_after.is_empty() {
+                    self.retention(delete_after, &task.target, work, report)
+                        .await;
                 }
             }
             Err(ChildFailure::Cancelled) => {
@@ -449,9 +499,11 @@ impl Jobs {
                 stop = true;
             }
             Err(ChildFailure::Failed(e)) => {
-                report
-                    .steps
-                    .push(step(StepStatus::Error, "Image failed", e));
+                report.steps.push(step(
+                    StepStatus::Error,
+                    "Image failed",
+                    format!("{}: {e}", task.source),
+                ));
                 report.status = RunStatus::Failed;
                 stop = order.abort_on_error;
             }
@@ -691,51 +743,64 @@ impl Jobs {
                 detail,
             });
         };
-        let Task::Image(task) = &order.task else {
-            add(
-                "job",
-                Error,
-                "only imaging jobs are checked; a restore checks its target when it runs".into(),
-            );
+        let tasks: Vec<&ImageTask> = match &order.task {
+            Task::Image(task) => vec![task],
+            Task::Images { sources } => sources.iter().map(|s| &s.image).collect(),
+            _ => {
+                add(
+                    "job",
+                    Error,
+                    "only imaging jobs are checked; a restore checks its target when it runs"
+                        .into(),
+                );
+                return JobCheck::new(checks);
+            }
+        };
+        let Some(first) = tasks.first() else {
+            add("job", Error, "the job names no source".into());
             return JobCheck::new(checks);
         };
-        let source = PathBuf::from(&task.source);
-        let (asked, max, percent) = (
-            task.consistency,
-            Duration::from_secs(u64::from(task.max_freeze_secs)),
-            task.snapshot_percent,
-        );
-        let dev = tokio::task::spawn_blocking(move || {
-            let d = crate::device::Device::inspect(&source)?;
-            let how = crate::consistency::preview(&source, asked, max, percent);
-            anyhow::Ok((d.size, how))
-        })
-        .await
-        .map_err(|e| anyhow!("{e}"))
-        .and_then(|r| r);
-        let size = match dev {
-            Ok((size, how)) => {
-                add(
-                    "source",
-                    Fine,
-                    format!("{} ({})", task.source, crate::output::bytes(size)),
-                );
-                match how {
-                    Ok((how, live)) => add(
-                        "consistency",
-                        if live { Warning } else { Fine },
-                        format!("{} ({}): {how}", task.source, asked.as_str()),
-                    ),
-                    Err(e) => add("consistency", Error, format!("{e:#}")),
+        // The sources' sizes together: what the target may have to hold.
+        let mut size = Some(0u64);
+        for task in &tasks {
+            let source = PathBuf::from(&task.source);
+            let (asked, max, percent) = (
+                task.consistency,
+                Duration::from_secs(u64::from(task.max_freeze_secs)),
+                task.snapshot_percent,
+            );
+            let dev = tokio::task::spawn_blocking(move || {
+                let d = crate::device::Device::inspect(&source)?;
+                let how = crate::consistency::preview(&source, asked, max, percent);
+                anyhow::Ok((d.size, how))
+            })
+            .await
+            .map_err(|e| anyhow!("{e}"))
+            .and_then(|r| r);
+            match dev {
+                Ok((bytes, how)) => {
+                    add(
+                        "source",
+                        Fine,
+                        format!("{} ({})", task.source, crate::output::bytes(bytes)),
+                    );
+                    match how {
+                        Ok((how, live)) => add(
+                            "consistency",
+                            if live { Warning } else { Fine },
+                            format!("{} ({}): {how}", task.source, asked.as_str()),
+                        ),
+                        Err(e) => add("consistency", Error, format!("{e:#}")),
+                    }
+                    size = size.map(|s| s.saturating_add(bytes));
                 }
-                Some(size)
+                Err(e) => {
+                    add("source", Error, format!("{}: {e:#}", task.source));
+                    size = None;
+                }
             }
-            Err(e) => {
-                add("source", Error, format!("{e:#}"));
-                None
-            }
-        };
-        match self.test_target(&task.target).await {
+        }
+        match self.test_target(&first.target).await {
             Ok(p) => {
                 let free = p.free_bytes;
                 add(
@@ -753,8 +818,9 @@ impl Jobs {
                             "space",
                             Warning,
                             format!(
-                                "{} free for a {} source: enough only if it is mostly unused or compresses well",
+                                "{} free for {} of {}: enough only if it is mostly unused or compresses well",
                                 crate::output::bytes(free),
+                                if tasks.len() > 1 { "sources" } else { "a source" },
                                 crate::output::bytes(size)
                             ),
                         );
@@ -763,25 +829,27 @@ impl Jobs {
             }
             Err(e) => add("target", Error, format!("{e:#}")),
         }
-        if let Some(base) = &task.base {
-            let url = join(&task.target.url, base);
-            match self
-                .child_json::<crate::outcome::Info>(
-                    &task.target,
-                    None,
-                    &["image", "info", "--image", &url],
-                )
-                .await
-            {
-                Ok(info) => add(
-                    "base image",
-                    Fine,
-                    format!(
-                        "{base} is there and complete (image of {}, created {})",
-                        info.metadata.source.path, info.created
+        for task in &tasks {
+            if let Some(base) = &task.base {
+                let url = join(&task.target.url, base);
+                match self
+                    .child_json::<crate::outcome::Info>(
+                        &task.target,
+                        None,
+                        &["image", "info", "--image", &url],
+                    )
+                    .await
+                {
+                    Ok(info) => add(
+                        "base image",
+                        Fine,
+                        format!(
+                            "{base} is there and complete (image of {}, created {})",
+                            info.metadata.source.path, info.created
+                        ),
                     ),
-                ),
-                Err(e) => add("base image", Error, format!("{base}: {e:#}")),
+                    Err(e) => add("base image", Error, format!("{base}: {e:#}")),
+                }
             }
         }
         for (what, hook) in [
@@ -810,14 +878,15 @@ impl Jobs {
     /// a warning (the images stay, and the next run tries again).
     async fn retention(
         &self,
-        order: &JobOrder,
+        names: &[String],
         target: &holdfast_proto::job::TargetAccess,
         work: &Path,
         report: &mut RunReport,
     ) {
         let mut failed = Vec::new();
         let mut locked = Vec::new();
-        for name in &order.delete_after {
+        let mut deleted = Vec::new();
+        for name in names {
             let outcome = match self.target_command(target, work) {
                 Ok(mut cmd) => {
                     cmd.args(["image", "delete", "--json", "--image"])
@@ -841,7 +910,7 @@ impl Jobs {
                 Err(e) => Err(format!("{e:#}")),
             };
             match outcome {
-                Ok(()) => report.deleted.push(name.clone()),
+                Ok(()) => deleted.push(name.clone()),
                 Err(e) => failed.push(format!("{name}: {e}")),
             }
         }
@@ -857,12 +926,13 @@ impl Jobs {
                 ),
             ));
         }
-        if !report.deleted.is_empty() {
+        if !deleted.is_empty() {
             report.steps.push(step(
                 StepStatus::Ok,
                 "Retention",
-                format!("deleted {}", report.deleted.join(", ")),
+                format!("deleted {}", deleted.join(", ")),
             ));
+            report.deleted.extend(deleted);
         }
         if !failed.is_empty() {
             report.steps.push(step(

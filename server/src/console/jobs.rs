@@ -147,6 +147,8 @@ struct JobPage {
     shell: Shell,
     job: JobLine,
     spec_json: String,
+    /// What it images.
+    sources: String,
     password: bool,
     luks_passphrase: bool,
     agents: Vec<(i64, String)>,
@@ -194,10 +196,12 @@ pub async fn show(
             .cloned()
             .unwrap_or_else(|| format!("agent {a}"))
     };
-    let agents = state
-        .jobs
-        .spec_of(&j)
-        .await
+    let spec = state.jobs.spec_of(&j).await.ok();
+    let sources = spec
+        .as_ref()
+        .map(|s| s.describe_sources())
+        .unwrap_or_default();
+    let agents = spec
         .map(|s| s.agents)
         .unwrap_or_default()
         .into_iter()
@@ -247,6 +251,7 @@ pub async fn show(
         shell: session.shell("jobs"),
         job,
         spec_json: serde_json::to_string_pretty(&spec).unwrap_or_default(),
+        sources,
         password: j.secret.is_some(),
         luks_passphrase: j.luks_secret.is_some(),
         agents,
@@ -395,8 +400,22 @@ async fn form(
     }))
 }
 
-pub async fn new(State(state): State<AppState>, session: Session) -> PageResult {
-    let current = serde_json::json!({
+/// What the agent page's "Image this whole machine" asks the wizard for.
+#[derive(Debug, serde::Deserialize)]
+pub struct NewJob {
+    /// The agent the job runs on.
+    agent: Option<i64>,
+    /// Every disk of it.
+    #[serde(default)]
+    whole_machine: bool,
+}
+
+pub async fn new(
+    State(state): State<AppState>,
+    session: Session,
+    axum::extract::Query(ask): axum::extract::Query<NewJob>,
+) -> PageResult {
+    let mut current = serde_json::json!({
         "name": "", "enabled": true,
         "spec": {
             "name_template": "$TEMPL:(ComputerName)-$TEMPL:(Year)$TEMPL:(Month)$TEMPL:(Day)-$TEMPL:(Hour)$TEMPL:(Minute)$TEMPL:(Second)-r$TEMPL:(RunId).hfi",
@@ -407,6 +426,16 @@ pub async fn new(State(state): State<AppState>, session: Session) -> PageResult 
             "retention": {"keep_last": 2},
         }
     });
+    if let Some(id) = ask.agent {
+        current["spec"]["agents"] = serde_json::json!([id]);
+        if ask.whole_machine {
+            let host = state.store.agent(id).await?.map(|a| a.hostname);
+            current["name"] = format!("Whole machine {}", host.unwrap_or_default())
+                .trim()
+                .into();
+            current["spec"]["all_disks"] = serde_json::json!({"include_removable": false});
+        }
+    }
     form(
         &state,
         &session,

@@ -164,6 +164,7 @@ mod tests {
             verified: Some(true),
             created_at: id,
             deleted_at: None,
+            source: None,
         }
     }
 

@@ -429,10 +429,15 @@ impl Dispatcher {
             at,
             run_id: Some(run.id),
         };
-        self.order(&job, &spec, &target, run, &vars).await
+        let inventory = agent
+            .inventory
+            .as_deref()
+            .and_then(|t| serde_json::from_str::<holdfast_proto::Inventory>(t).ok());
+        self.order(&job, &spec, &target, run, &vars, inventory.as_ref())
+            .await
     }
 
-    /// Everything the agent needs for this run.
+    /// Everything the agent needs for this run on a machine whose inventory is `inventory`.
     async fn order(
         &self,
         job: &JobRow,
@@ -440,53 +445,12 @@ impl Dispatcher {
         target: &TargetRow,
         run: &RunRow,
         vars: &template::Vars<'_, chrono::Utc>,
+        inventory: Option<&holdfast_proto::Inventory>,
     ) -> Result<JobOrder, DispatchError> {
+        let sources = spec.sources_on(inventory).map_err(DispatchError::Spec)?;
         let name = template::image_name(&spec.folder, &spec.name_template, vars)
             .map_err(DispatchError::Spec)?;
         let images = self.store.job_images(job.id, run.agent_id).await?;
-        let taken: Vec<&str> = images
-            .iter()
-            .filter(|i| i.deleted_at.is_none())
-            .map(|i| i.name.as_str())
-            .collect();
-        let name = template::unique_name(name, run.id, &taken);
-        let (mut head, mut full) = chain_bases(&images, spec.target());
-        let mut notes = Vec::new();
-        // A chain that reached its length is closed: the next image starts a new one.
-        if let (Some(limit), Some(h)) = (spec.chain_length, head) {
-            if chain_len(&images, h) >= limit as usize {
-                (head, full) = (None, None);
-                notes.push(format!(
-                    "a new chain starts with a full image: the chain reached its length of {limit} images"
-                ));
-            }
-        }
-        // On immutable storage a chain is closed by age, so whole chains can expire.
-        if let (Some(i), Some(f), Some(_)) = (&spec.immutability, full, head) {
-            if let Some(note) =
-                chain_aged_out(&images, f, i.new_chain_after_days, crate::store::now())
-            {
-                (head, full) = (None, None);
-                notes.push(note);
-            }
-        }
-        let (method, base) = spec.next_method(head, full);
-        if method == ImageKind::Full && spec.method != spec::ChainMode::Full {
-            notes.extend(damaged_base(&images, spec.target()));
-        }
-        let delete_after = spec
-            .retention
-            .as_ref()
-            .map(|rule| {
-                retention::expired(
-                    &images,
-                    spec.target(),
-                    method == ImageKind::Full,
-                    rule,
-                    crate::store::now(),
-                )
-            })
-            .unwrap_or_default();
         let object_lock = match &spec.immutability {
             Some(i) => {
                 // Checked when the job is saved too; the target's URL may have changed since.
@@ -515,20 +479,42 @@ impl Dispatcher {
                 "the job has a LUKS passphrase but does not encrypt its images".into(),
             ));
         }
-        Ok(JobOrder {
-            run_id: run.id,
-            job_id: Some(job.id),
-            name: job.name.clone(),
-            task: Task::Image(ImageTask {
-                source: spec.source.clone(),
-                target: access,
-                name,
+        let several = sources.len() > 1;
+        let mut notes = Vec::new();
+        let mut planned = Vec::new();
+        for source in &sources {
+            // Each source has its own chains; images stored before jobs named several
+            // sources belong to the job's first.
+            let first = spec.source.trim();
+            let mine: Vec<ImageRow> = images
+                .iter()
+                .filter(|i| i.source.as_deref().unwrap_or(first) == source)
+                .cloned()
+                .collect();
+            let name = if several {
+                template::source_name(&name, source)
+            } else {
+                name.clone()
+            };
+            let plan = plan_source(spec, &mine, &name, run.id);
+            let (method, base, delete_after) = (plan.method, plan.base, plan.delete_after);
+            notes.extend(plan.notes.into_iter().map(|n| {
+                if several {
+                    format!("{source}: {n}")
+                } else {
+                    n
+                }
+            }));
+            let task = ImageTask {
+                source: source.clone(),
+                target: access.clone(),
+                name: plan.name,
                 method,
                 base,
                 compression_level: spec.compression_level,
                 encryption: spec.encryption.clone(),
-                password,
-                luks_passphrase,
+                password: password.clone(),
+                luks_passphrase: luks_passphrase.clone(),
                 split_size: spec.split_size,
                 verify: spec.verify,
                 overwrite: spec.overwrite,
@@ -548,7 +534,28 @@ impl Dispatcher {
                 full_hash_every: spec.full_hash_every,
                 keep_thin_snapshot: spec.keep_thin_snapshot,
                 object_lock,
-            }),
+            };
+            planned.push(holdfast_proto::job::SourceImage {
+                image: task,
+                delete_after,
+            });
+        }
+        let (task, delete_after) = match <[_; 1]>::try_from(planned) {
+            Ok([one]) => (Task::Image(one.image), one.delete_after),
+            Err(all) => {
+                notes.push(format!(
+                    "{} sources, imaged one after another, each held consistent on its own: {}",
+                    all.len(),
+                    sources.join(", ")
+                ));
+                (Task::Images { sources: all }, Vec::new())
+            }
+        };
+        Ok(JobOrder {
+            run_id: run.id,
+            job_id: Some(job.id),
+            name: job.name.clone(),
+            task,
             before: spec.before.as_ref().map(spec::Hook::order),
             after: spec.after.as_ref().map(spec::Hook::order),
             abort_on_error: spec.abort_on_error,
@@ -835,6 +842,7 @@ impl Dispatcher {
                     image_id: &i.image_id,
                     bytes: i64::try_from(i.bytes).unwrap_or(i64::MAX),
                     verified: i.verified,
+                    source: Some(i.source.as_str()).filter(|s| !s.is_empty()),
                 })
                 .collect(),
         };
@@ -921,6 +929,67 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+}
+
+/// The next image of one source of a job, from that source's images on the agent.
+struct SourcePlan {
+    name: String,
+    method: ImageKind,
+    base: Option<String>,
+    delete_after: Vec<String>,
+    /// Why it starts a new chain, when it does.
+    notes: Vec<String>,
+}
+
+fn plan_source(spec: &JobSpec, images: &[ImageRow], name: &str, run_id: i64) -> SourcePlan {
+    let taken: Vec<&str> = images
+        .iter()
+        .filter(|i| i.deleted_at.is_none())
+        .map(|i| i.name.as_str())
+        .collect();
+    let name = template::unique_name(name.to_owned(), run_id, &taken);
+    let (mut head, mut full) = chain_bases(images, spec.target());
+    let mut notes = Vec::new();
+    // A chain that reached its length is closed: the next image starts a new one.
+    if let (Some(limit), Some(h)) = (spec.chain_length, head) {
+        if chain_len(images, h) >= limit as usize {
+            (head, full) = (None, None);
+            notes.push(format!(
+                "a new chain starts with a full image: the chain reached its length of {limit} images"
+            ));
+        }
+    }
+    // On immutable storage a chain is closed by age, so whole chains can expire.
+    if let (Some(i), Some(f), Some(_)) = (&spec.immutability, full, head) {
+        if let Some(note) = chain_aged_out(images, f, i.new_chain_after_days, crate::store::now()) {
+            (head, full) = (None, None);
+            notes.push(note);
+        }
+    }
+    let (method, base) = spec.next_method(head, full);
+    if method == ImageKind::Full && spec.method != spec::ChainMode::Full {
+        notes.extend(damaged_base(images, spec.target()));
+    }
+    let delete_after = spec
+        .retention
+        .as_ref()
+        .map(|rule| {
+            retention::expired(
+                images,
+                spec.target(),
+                method == ImageKind::Full,
+                rule,
+                crate::store::now(),
+            )
+        })
+        .unwrap_or_default();
+    SourcePlan {
+        name,
+        method,
+        base,
+        delete_after,
+        notes,
     }
 }
 
@@ -1059,6 +1128,7 @@ mod tests {
             verified,
             created_at: id,
             deleted_at: None,
+            source: None,
         }
     }
 

@@ -124,6 +124,7 @@ mod tests {
             verified: None,
             created_at: day * 86_400,
             deleted_at: None,
+            source: None,
         }
     }
 

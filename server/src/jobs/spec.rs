@@ -5,6 +5,7 @@
 use holdfast_proto::job::{
     ConsistencyMethod, HookCommand, ImageKind, DEFAULT_MAX_FREEZE_SECS, DEFAULT_SNAPSHOT_PERCENT,
 };
+use holdfast_proto::Inventory;
 use serde::{Deserialize, Serialize};
 
 use crate::store::RunState;
@@ -195,6 +196,44 @@ impl Immutability {
     }
 }
 
+/// Which disks "all disks of the machine" means.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllDisks {
+    /// Also disks the kernel calls removable (USB sticks, card readers); left out by default.
+    #[serde(default)]
+    pub include_removable: bool,
+    /// Disks left out, by path (`/dev/sdb`) or kernel name (`sdb`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// Most sources one job may name.
+pub const MAX_SOURCES: usize = 64;
+
+impl AllDisks {
+    /// The disks of `inventory` this rule takes, as device paths: the machine's own disks,
+    /// not what is built on them (loop devices, LVM volumes, LUKS and other device-mapper
+    /// mappings, software RAID and network block devices are inside what is imaged, or not
+    /// the machine's), nor empty ones.
+    pub fn disks(&self, inventory: &Inventory) -> Vec<String> {
+        inventory
+            .disks
+            .iter()
+            .filter(|d| d.backing.is_none() && d.size > 0)
+            .filter(|d| !["md", "nbd", "drbd"].iter().any(|p| d.name.starts_with(p)))
+            .filter(|d| self.include_removable || !d.removable)
+            .filter(|d| {
+                !self
+                    .exclude
+                    .iter()
+                    .any(|x| x.trim().trim_start_matches("/dev/") == d.name)
+            })
+            .map(|d| format!("/dev/{}", d.name))
+            .collect()
+    }
+}
+
 /// A job definition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -206,8 +245,18 @@ pub struct JobSpec {
     /// leaves unset (target, folder, schedule, notification).
     #[serde(default)]
     pub site_id: Option<i64>,
-    /// Device, partition or image file to image on each agent (e.g. `/dev/sda`).
+    /// Device, partition or image file to image on each agent (e.g. `/dev/sda`); empty
+    /// when `sources` or `all_disks` say what to image.
+    #[serde(default)]
     pub source: String,
+    /// More sources imaged in the same run, after `source` (a whole machine): each into
+    /// its own image and chain, with retention applied to each, all in one report.
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Image every disk of each agent's machine, as its inventory lists them, instead of
+    /// naming sources.
+    #[serde(default)]
+    pub all_disks: Option<AllDisks>,
     /// The target the images go to (default: the site's).
     #[serde(default)]
     pub target_id: Option<i64>,
@@ -381,10 +430,7 @@ impl JobSpec {
         if self.target_id.is_none() && self.site_id.is_none() {
             return Err("a job needs a storage target (or a site with a default target)".into());
         }
-        let source = self.source.trim();
-        if source.is_empty() || !source.starts_with('/') {
-            return Err("source must be an absolute device or file path, such as /dev/sda".into());
-        }
+        self.check_sources()?;
         if !(0..=22).contains(&self.compression_level) {
             return Err("compression_level must be 0 to 22".into());
         }
@@ -466,6 +512,109 @@ impl JobSpec {
         Ok(())
     }
 
+    fn check_sources(&self) -> Result<(), String> {
+        let named = self.named_sources();
+        if let Some(all) = &self.all_disks {
+            if !named.is_empty() {
+                return Err(
+                    "all_disks images every disk: leave source and sources empty with it".into(),
+                );
+            }
+            if all.exclude.len() > MAX_SOURCES
+                || all
+                    .exclude
+                    .iter()
+                    .any(|x| x.len() > 4096 || x.contains('\0'))
+            {
+                return Err(format!(
+                    "all_disks.exclude takes at most {MAX_SOURCES} disk names or paths"
+                ));
+            }
+            return Ok(());
+        }
+        if named.is_empty() {
+            return Err(
+                "a job needs a source (an absolute device or file path, such as /dev/sda), sources, or all_disks"
+                    .into(),
+            );
+        }
+        if named.len() > MAX_SOURCES {
+            return Err(format!("a job images at most {MAX_SOURCES} sources"));
+        }
+        for (i, s) in named.iter().enumerate() {
+            if !s.starts_with('/') || s.len() > 4096 || s.contains('\0') {
+                return Err(format!(
+                    "source '{s}' must be an absolute device or file path, such as /dev/sda"
+                ));
+            }
+            if named[..i].contains(s) {
+                return Err(format!("source '{s}' is named twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// `source` and then `sources`, trimmed, empty ones left out.
+    fn named_sources(&self) -> Vec<&str> {
+        std::iter::once(&self.source)
+            .chain(&self.sources)
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    /// What it images, for people: the sources, or which disks.
+    pub fn describe_sources(&self) -> String {
+        let Some(all) = &self.all_disks else {
+            return self.named_sources().join(", ");
+        };
+        let mut out = String::from("all disks of each machine");
+        if all.include_removable {
+            out.push_str(", removable ones too");
+        }
+        let left: Vec<&str> = all.exclude.iter().map(|x| x.trim()).collect();
+        if !left.is_empty() {
+            out.push_str(&format!(", except {}", left.join(", ")));
+        }
+        out
+    }
+
+    /// What a run images on an agent whose machine is `inventory` (as it last reported it).
+    pub fn sources_on(&self, inventory: Option<&Inventory>) -> Result<Vec<String>, String> {
+        let Some(all) = &self.all_disks else {
+            return Ok(self
+                .named_sources()
+                .into_iter()
+                .map(str::to_owned)
+                .collect());
+        };
+        let inventory = inventory
+            .ok_or("the agent has not reported its disks yet, so 'all disks' names none")?;
+        let disks = all.disks(inventory);
+        if disks.is_empty() {
+            return Err(format!(
+                "'all disks' names no disk on {}: of the disks it reported ({}), loop devices, device-mapper volumes{} and excluded disks are left out",
+                inventory.hostname,
+                if inventory.disks.is_empty() {
+                    "none".to_owned()
+                } else {
+                    inventory
+                        .disks
+                        .iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                if all.include_removable {
+                    ""
+                } else {
+                    ", removable disks"
+                }
+            ));
+        }
+        Ok(disks)
+    }
+
     /// The target, once resolved (see [`JobSpec::resolve`]).
     pub fn target(&self) -> i64 {
         self.target_id.unwrap_or_default()
@@ -526,6 +675,106 @@ impl JobSpec {
 mod tests {
     use super::super::retention::Retention;
     use super::*;
+    use holdfast_proto::inventory::{Backing, Disk};
+
+    fn spec(what: serde_json::Value) -> JobSpec {
+        let mut v = serde_json::json!({"agents": [1], "target_id": 1});
+        for (k, x) in what.as_object().expect("an object") {
+            v[k] = x.clone();
+        }
+        serde_json::from_value(v).expect("a spec")
+    }
+
+    fn disk(name: &str, removable: bool, backing: Option<Backing>) -> Disk {
+        Disk {
+            name: name.into(),
+            size: 1 << 30,
+            removable,
+            backing,
+            ..Disk::default()
+        }
+    }
+
+    #[test]
+    fn all_disks_are_the_machines_own_without_removable_or_excluded_ones() {
+        let inv = Inventory {
+            hostname: "pc".into(),
+            disks: vec![
+                disk("nvme0n1", false, None),
+                disk("sda", false, None),
+                disk("sdb", true, None),
+                disk("sdc", false, None),
+                disk("loop0", false, Some(Backing::Loop { file: "/x".into() })),
+                disk(
+                    "dm-0",
+                    false,
+                    Some(Backing::Lvm {
+                        vg: "vg".into(),
+                        lv: "root".into(),
+                        on: vec!["sda".into()],
+                    }),
+                ),
+                disk("md0", false, None),
+                Disk {
+                    size: 0,
+                    ..disk("sdd", false, None)
+                },
+            ],
+            ..Inventory::default()
+        };
+        let job = spec(serde_json::json!({"all_disks": {"exclude": ["/dev/sdc"]}}));
+        job.validate().expect("valid");
+        assert_eq!(
+            job.sources_on(Some(&inv)).expect("disks"),
+            ["/dev/nvme0n1", "/dev/sda"]
+        );
+        let all = spec(serde_json::json!({"all_disks": {"include_removable": true}}));
+        assert_eq!(
+            all.sources_on(Some(&inv)).expect("disks"),
+            ["/dev/nvme0n1", "/dev/sda", "/dev/sdb", "/dev/sdc"]
+        );
+        assert_eq!(
+            all.describe_sources(),
+            "all disks of each machine, removable ones too"
+        );
+        // No inventory, or nothing left: the run says why instead of imaging nothing.
+        assert!(job.sources_on(None).is_err());
+        let none = spec(serde_json::json!({"all_disks": {"exclude": ["nvme0n1", "sda", "sdc"]}}));
+        let why = none.sources_on(Some(&inv)).expect_err("no disk");
+        assert!(why.contains("names no disk on pc"), "{why}");
+    }
+
+    #[test]
+    fn sources_are_named_once_each_or_all_disks_alone() {
+        let two = spec(serde_json::json!({"source": "/dev/sda", "sources": ["/dev/sdb "]}));
+        two.validate().expect("valid");
+        assert_eq!(
+            two.sources_on(None).expect("named"),
+            ["/dev/sda", "/dev/sdb"]
+        );
+        assert_eq!(two.describe_sources(), "/dev/sda, /dev/sdb");
+        let only_list = spec(serde_json::json!({"sources": ["/dev/sda", "/dev/sdb"]}));
+        only_list.validate().expect("valid without source");
+        for (bad, says) in [
+            (serde_json::json!({}), "needs a source"),
+            (
+                serde_json::json!({"source": "/dev/sda", "sources": ["/dev/sda"]}),
+                "named twice",
+            ),
+            (serde_json::json!({"sources": ["sdb"]}), "absolute"),
+            (
+                serde_json::json!({"source": "/dev/sda", "all_disks": {}}),
+                "leave source and sources empty",
+            ),
+        ] {
+            let e = spec(bad).validate().expect_err("refused");
+            assert!(e.contains(says), "{e}");
+        }
+        let many: Vec<String> = (0..=MAX_SOURCES).map(|i| format!("/dev/d{i}")).collect();
+        assert!(spec(serde_json::json!({ "sources": many }))
+            .validate()
+            .is_err());
+    }
 
     #[test]
     fn an_image_stays_locked_as_long_as_retention_may_keep_its_chain() {

@@ -112,19 +112,43 @@ pub fn unique_name(name: String, run_id: i64, taken: &[&str]) -> String {
     if !taken.contains(&name.as_str()) {
         return name;
     }
-    let (dir, file) = name
-        .rsplit_once('/')
-        .map_or(("", name.as_str()), |(d, f)| (d, f));
+    with_suffix(&name, &format!("-r{run_id}"))
+}
+
+/// `name` with `suffix` before the extension of its file: `a/pc.hfi` → `a/pc-x.hfi`.
+fn with_suffix(name: &str, suffix: &str) -> String {
+    let (dir, file) = name.rsplit_once('/').map_or(("", name), |(d, f)| (d, f));
     let (stem, ext) = match file.rsplit_once('.') {
         Some((s, e)) if !s.is_empty() => (s, format!(".{e}")),
         _ => (file, String::new()),
     };
-    let file = format!("{stem}-r{run_id}{ext}");
+    let file = format!("{stem}{suffix}{ext}");
     if dir.is_empty() {
         file
     } else {
         format!("{dir}/{file}")
     }
+}
+
+/// The image name of one source of a job that images several: the source's device name
+/// before the extension, so each source's images and chains stay apart
+/// (`pc-0300.hfi`, `/dev/sda` → `pc-0300-sda.hfi`; `/dev/vg0/root` → `…-vg0_root.hfi`;
+/// `/dev/disk/by-uuid/ab-12` → `…-ab-12.hfi`).
+pub fn source_name(name: &str, source: &str) -> String {
+    let path = source.trim_start_matches("/dev/");
+    let path = match path.strip_prefix("disk/") {
+        Some(by) => by.split_once('/').map_or(by, |(_, rest)| rest),
+        None => path,
+    };
+    let tag: String = path
+        .trim_matches('/')
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    with_suffix(name, &format!("-{}", tag.trim_start_matches('.')))
 }
 
 /// The image's name under its target: `folder` and `file` filled, joined by one `/` (no
@@ -215,6 +239,21 @@ mod tests {
             "pc/vol-0300-r7"
         );
         assert_eq!(unique_name("x.hfi".into(), 9, &taken), "x-r9.hfi");
+    }
+
+    #[test]
+    fn each_source_of_a_machine_job_gets_its_device_in_the_name() {
+        assert_eq!(
+            source_name("pc/m-0300.hfi", "/dev/sda"),
+            "pc/m-0300-sda.hfi"
+        );
+        assert_eq!(source_name("m.hfi", "/dev/vg0/root"), "m-vg0_root.hfi");
+        assert_eq!(
+            source_name("m.hfi", "/dev/disk/by-uuid/ab-12"),
+            "m-ab-12.hfi"
+        );
+        assert_eq!(source_name("m", "/srv/disk.img"), "m-srv_disk.img");
+        assert_eq!(source_name("m.hfi", "/dev/../x"), "m-_x.hfi");
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct ImageRow {
     pub verified: Option<bool>,
     pub created_at: i64,
     pub deleted_at: Option<i64>,
+    /// The source it was made of, as the job names it (none: stored before jobs named
+    /// several; then the job's one source).
+    pub source: Option<String>,
 }
 
 /// A finished run as the agent reported it.
@@ -105,12 +108,14 @@ pub struct NewImage<'a> {
     pub image_id: &'a str,
     pub bytes: i64,
     pub verified: Option<bool>,
+    /// The source as the job names it.
+    pub source: Option<&'a str>,
 }
 
 const JOB_COLUMNS: &str =
     "id, name, enabled, spec, secret, luks_secret, target_id, created_at, updated_at";
 const RUN_COLUMNS: &str = "id, job_id, agent_id, name, cause, scheduled_for, state, created_at, started_at, ended_at, bytes_read, bytes_written, report, task";
-const IMAGE_COLUMNS: &str = "id, run_id, job_id, agent_id, target_id, name, method, base_name, image_id, bytes, verified, created_at, deleted_at";
+const IMAGE_COLUMNS: &str = "id, run_id, job_id, agent_id, target_id, name, method, base_name, image_id, bytes, verified, created_at, deleted_at, source";
 
 fn job(r: &sqlx::any::AnyRow) -> Result<JobRow, sqlx::Error> {
     Ok(JobRow {
@@ -163,6 +168,7 @@ fn image(r: &sqlx::any::AnyRow) -> Result<ImageRow, sqlx::Error> {
         verified: r.try_get::<Option<i64>, _>("verified")?.map(|v| v != 0),
         created_at: r.try_get("created_at")?,
         deleted_at: r.try_get("deleted_at")?,
+        source: r.try_get("source")?,
     })
 }
 
@@ -519,8 +525,8 @@ impl Store {
         }
         for i in &f.images {
             sqlx::query(
-                "INSERT INTO images (run_id, job_id, agent_id, target_id, name, method, base_name, image_id, bytes, verified, created_at) \
-                 SELECT r.id, r.job_id, r.agent_id, NULL, $1, $2, $3, $4, $5, $6, $7 FROM runs r WHERE r.id = $8",
+                "INSERT INTO images (run_id, job_id, agent_id, target_id, name, method, base_name, image_id, bytes, verified, created_at, source) \
+                 SELECT r.id, r.job_id, r.agent_id, NULL, $1, $2, $3, $4, $5, $6, $7, $9 FROM runs r WHERE r.id = $8",
             )
             .bind(i.name)
             .bind(i.method)
@@ -530,6 +536,7 @@ impl Store {
             .bind(i.verified.map(i64::from))
             .bind(f.ended_at)
             .bind(f.run_id)
+            .bind(i.source)
             .execute(&mut *tx)
             .await?;
         }

@@ -448,6 +448,7 @@ async fn restores_onto_another_machine_need_an_admin() {
             image_id: "id1",
             bytes: 5,
             verified: Some(true),
+            source: Some("/dev/sdb"),
         }],
     };
     assert!(api.store.finish_run(&finish).await.expect("finish"));

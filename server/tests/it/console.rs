@@ -356,6 +356,7 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
         ("input[name='spec.notify.recipients']", "ops@example.test"),
         ("input[name='spec.compression_level']", "19"),
         ("select[name='spec.method']", "incremental_chain"),
+        ("input[name=what]:checked", "one"),
     ] {
         let got = b.script(
             "return document.querySelector('#job-form ' + arguments[0]).value",
@@ -447,6 +448,49 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
         b.text("main h1").contains("Nightly office image (copy)")
     });
 
+    // A whole machine from its agent's page: the wizard opens on "all disks", named.
+    b.go(&format!("{base}/agents/1"));
+    b.click("#image-machine");
+    b.wait("the whole-machine wizard", 15, |b| {
+        b.script(
+            "return document.querySelector('#job-form input[name=name]').value",
+            &[],
+        )
+        .as_str()
+        .is_some_and(|n| n.starts_with("Whole machine "))
+    });
+    assert_eq!(
+        b.script(
+            "return document.querySelector('#job-form input[name=what]:checked').value",
+            &[]
+        ),
+        "machine"
+    );
+    b.fill(
+        "#job-form input[name='spec.all_disks.exclude']",
+        "sdy, /dev/sdz",
+    );
+    b.choose("#job-form select[name='spec.target_id']", "1");
+    b.shot("11b-whole-machine-wizard");
+    b.click("#save-job");
+    b.wait("the whole-machine job", 15, |b| b.has("#job-sources"));
+    assert_eq!(
+        b.text("#job-sources"),
+        "all disks of each machine, except sdy, /dev/sdz"
+    );
+    // Edited into two named disks: the wizard shows them together, the page lists them.
+    b.click("#edit-job");
+    b.wait("the filled wizard", 15, |b| b.has("#job-form"));
+    b.click("#job-form input[name=what][value=several]");
+    b.fill(
+        "#job-form textarea[name='spec.sources']",
+        "/dev/sda\n/dev/sdb",
+    );
+    b.click("#save-job");
+    b.wait("the two-disk job", 15, |b| {
+        b.has("#job-sources") && b.text("#job-sources") == "/dev/sda, /dev/sdb"
+    });
+
     // Mail settings and a test e-mail to the sink.
     b.go(&format!("{base}/settings"));
     b.fill("#smtp-form input[name='settings.server']", "localhost");
@@ -524,6 +568,7 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
         ("/jobs", "#new-job"),
         ("/agents", "#enrol-form"),
         ("/agents/1", "#bandwidth-form"),
+        ("/agents/1", "#image-machine"),
         ("/targets/1", "#test-form"),
         ("/settings", "#smtp-form"),
     ] {

@@ -15,6 +15,7 @@ mod fleet;
 mod https;
 mod jobs;
 mod live;
+mod machine;
 mod netns;
 mod postgres;
 mod proc;

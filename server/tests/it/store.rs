@@ -396,6 +396,7 @@ async fn exercise_jobs(store: &Store) {
             image_id: "id1",
             bytes: 5,
             verified: Some(true),
+            source: Some("/dev/sdb"),
         }],
     };
     assert!(store.finish_run(&finish).await.expect("finish"));
