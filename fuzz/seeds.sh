@@ -11,7 +11,7 @@ agent=${HOLDFAST_AGENT:-${CARGO_TARGET_DIR:-target}/debug/holdfast-agent}
 c=fuzz/corpus
 work=$(mktemp -d /var/tmp/holdfast-fuzz-seeds-XXXXXX)
 trap 'rm -rf "$work"' EXIT
-mkdir -p $c/{image,filesystems,partition_table,job_file,agent_protocol,target_url}
+mkdir -p $c/{image,filesystems,partition_table,job_file,agent_protocol,target_url,command_file}
 
 # Images: a small volume with files, full and incremental, plain, compressed, encrypted.
 head -c 196608 /dev/urandom >"$work/src"
@@ -85,4 +85,36 @@ printf '%s' 'smb://CORP;admin@nas:445/share/dir/a%20b' >"$u/smb"
 printf '%s' 'file:///srv/images' >"$u/file"
 printf '%s' '/var/backups/images' >"$u/path"
 printf '%s' 'sftp://[fe80::1]:22/x/y.hfi' >"$u/ipv6"
+
+# Command files: the forms of the manual's examples, with conditions and settings, and the
+# refused kinds (a document type, a Windows-only command).
+k=$c/command_file
+cat >"$k/create" <<'XML'
+<?xml version="1.0" encoding="UTF-8"?>
+<DiskImageJob version="12.0">
+<logfile>$ENV:(LOG)/script.log</logfile>
+<stop_at_error>YES</stop_at_error>
+<command name="create image">
+<image_type>used sector</image_type>
+<image_name>$ENV:(IMAGES)/$TEMPL:(ComputerName)-${TEMPL:(Year)}.hfi</image_name>
+<devicename>/dev/sdb1</devicename>
+<max_image_size>8</max_image_size>
+<password CONDITION="$ENV:(PW) != ''">$ENV:(PW)</password>
+<automatically_validate_image>YES</automatically_validate_image>
+</command>
+</DiskImageJob>
+XML
+cat >"$k/restore" <<'XML'
+<DiskImage><Job>
+<command name="restore image" CONDITION="$ENV:(RESTORE) == 'yes'">
+<image_name>/backup/base.hfi</image_name>
+<devicename>/dev/sdc1</devicename>
+</command>
+<command name="validate image"><image_name>/backup/base.hfi</image_name></command>
+<command name="mount image"><image_name>/backup/base.hfi</image_name><driveletter>/mnt/x</driveletter></command>
+<command name="dismount image"><driveletter>/mnt/x</driveletter></command>
+</Job></DiskImage>
+XML
+printf '%s\n' '<!DOCTYPE x [<!ENTITY a "aaaa">]><DiskImageJob>&a;</DiskImageJob>' >"$k/doctype"
+printf '%s\n' '<BackupJob><command name="create backup"><target>C:\\</target></command></BackupJob>' >"$k/windows"
 echo "seeds in $c: $(find $c -type f | wc -l) files"

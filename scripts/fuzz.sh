@@ -2,7 +2,8 @@
 # Coverage-guided fuzzing of Holdfast's parsers with libFuzzer, on stable Rust.
 #
 #   scripts/fuzz.sh TARGET SECONDS     one target (image, filesystems, partition_table,
-#                                      job_file, agent_protocol, target_url)
+#                                      job_file, agent_protocol, target_url,
+#                                      command_file)
 #   scripts/fuzz.sh all SECONDS        every target, SECONDS each
 #   FUZZ_SAVE=1 scripts/fuzz.sh ...    also merge inputs that found new coverage into
 #                                      the corpus in fuzz/corpus/TARGET (commit them)
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-TARGETS=(image filesystems partition_table job_file agent_protocol target_url)
+TARGETS=(image filesystems partition_table job_file agent_protocol target_url command_file)
 what=${1:?usage: scripts/fuzz.sh TARGET|all SECONDS}
 seconds=${2:?usage: scripts/fuzz.sh TARGET|all SECONDS}
 if [[ $what == all ]]; then
