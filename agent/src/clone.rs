@@ -42,7 +42,7 @@ const CHUNK: usize = 4 << 20;
 const IN_FLIGHT: usize = 4;
 
 /// `clone --json`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Cloned {
     /// False when source sectors could not be read (written as zeros).
     pub ok: bool,

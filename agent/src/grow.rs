@@ -18,7 +18,7 @@ use crate::exit::Refused;
 use crate::output::bytes;
 
 /// What is grown, and (once applied) to what size.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Growth {
     /// The partition grown, on a disk; none for a volume.
     pub partition: Option<u32>,

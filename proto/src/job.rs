@@ -322,6 +322,25 @@ pub struct DrillResult {
     pub seconds: f64,
 }
 
+/// One device of the agent's machine copied onto another, without an image (a system moved
+/// to a new disk). The agent refuses a target that is mounted, in use, smaller than the
+/// source or part of it before it writes anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloneTask {
+    pub source: String,
+    /// Everything on it is replaced.
+    pub target: String,
+    /// Every sector instead of the used ones.
+    pub forensic: bool,
+    /// On a larger target, grow the last partition and its filesystem into the new space.
+    pub grow: bool,
+    /// Zero what the source does not use instead of leaving the target's old bytes there.
+    pub zero_unused: bool,
+    /// Write unreadable source sectors as zeros and list them (the run ends as warning)
+    /// instead of stopping.
+    pub ignore_read_errors: bool,
+}
+
 /// One source of a run that images several (a whole machine).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SourceImage {
@@ -345,6 +364,7 @@ pub enum Task {
     RestoreVolume(RestoreVolumeTask),
     Verify(VerifyTask),
     Drill(DrillTask),
+    Clone(CloneTask),
 }
 
 /// A command run before or after the job.

@@ -33,7 +33,8 @@ pub use request::{Call, Reply, Request};
 /// 4: files are browsed and streamed out of images (binary data frames, acknowledged).
 /// 5: an SFTP target carries the host key an admin confirmed, which the agent must hold the
 /// server to; a target test reports the key offered.
-/// 6: a run may image several sources ([`job::Task::Images`]: a whole machine).
+/// 6: a run may image several sources ([`job::Task::Images`]: a whole machine), or clone a
+/// device onto another ([`job::Task::Clone`]).
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Bytes of one data frame's payload at most.

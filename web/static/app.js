@@ -502,22 +502,26 @@
     open("/");
   }
 
-  // A volume restore's device list: the chosen agent's disks and partitions, with their
-  // size and what is on them; mounted ones cannot be chosen.
+  // Device lists of a restore or clone form (select[data-device-list]): the agent's disks
+  // and partitions, with their size and what is on them. A device written to ("target")
+  // cannot be chosen while it is mounted; a source can (it is held consistent meanwhile).
   function devices(form) {
     const agent = form.querySelector("[name=agent_id]");
-    const dev = form.querySelector("[name=device]");
+    const lists = form.querySelectorAll("select[data-device-list]");
     async function load() {
-      dev.textContent = "";
+      lists.forEach((l) => { l.textContent = ""; });
       try {
-        const inv = (await api("GET", "/api/v1/agents/" + agent.value)).inventory || { disks: [], volumes: [] };
+        const id = agent ? agent.value : form.dataset.agentId;
+        const inv = (await api("GET", "/api/v1/agents/" + id)).inventory || { disks: [], volumes: [] };
         const what = (v) => (v ? ", " + (v.filesystem || "no filesystem") + (v.label ? " '" + v.label + "'" : "") : "");
         const add = (name, text, mounted) => {
-          const o = document.createElement("option");
-          o.value = "/dev/" + name;
-          o.textContent = "/dev/" + name + ": " + text + (mounted ? ", mounted (" + mounted + ")" : "");
-          o.disabled = !!mounted;
-          dev.append(o);
+          for (const list of lists) {
+            const o = document.createElement("option");
+            o.value = "/dev/" + name;
+            o.textContent = "/dev/" + name + ": " + text + (mounted ? ", mounted (" + mounted + ")" : "");
+            o.disabled = !!mounted && list.dataset.deviceList === "target";
+            list.append(o);
+          }
         };
         for (const d of inv.disks) {
           const whole = inv.volumes.find((v) => v.name === d.name && !v.disk);
@@ -534,7 +538,7 @@
         show(form.querySelector(".msg"), e.message, false);
       }
     }
-    agent.addEventListener("change", load);
+    if (agent) agent.addEventListener("change", load);
     load();
   }
 

@@ -342,6 +342,7 @@ impl Jobs {
                         .await
                 }
                 Task::Drill(task) => self.drill(&order, task, &work, &cancel, &mut report).await,
+                Task::Clone(task) => self.clone_device(&order, task, &cancel, &mut report).await,
             };
         }
         let _ = std::fs::remove_dir_all(self.dir.join("work").join(order.run_id.to_string()));
@@ -973,25 +974,7 @@ impl Jobs {
             .mode(0o700)
             .create(work)
             .with_context(|| format!("cannot create '{}'", work.display()))?;
-        let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.env(crate::PARENT_ENV, std::process::id().to_string());
-        // The server sends SFTP targets with the host key an admin confirmed; the agent's
-        // own known-hosts file pins keys only for orders that come without one.
-        cmd.env("HOLDFAST_KNOWN_HOSTS", self.dir.join("known_hosts"));
-        for k in [
-            "HOLDFAST_TARGET_USER",
-            "HOLDFAST_TARGET_PASSWORD",
-            "HOLDFAST_TARGET_KEY",
-            "HOLDFAST_TARGET_KEY_PASSPHRASE",
-            "HOLDFAST_TARGET_CA",
-            "HOLDFAST_TARGET_HOST_KEY",
-            "HOLDFAST_TARGET_BANDWIDTH",
-            crate::storage::CONSOLE_BANDWIDTH_ENV,
-            "HOLDFAST_PASSWORD",
-            crate::luks::PASSPHRASE_ENV,
-        ] {
-            cmd.env_remove(k);
-        }
+        let mut cmd = self.own_command();
         // The machine's own limit (HOLDFAST_AGENT_BANDWIDTH, from the daemon's environment)
         // is inherited; the target's and the one set on the console come with the order.
         // The lowest applies.
@@ -1027,11 +1010,36 @@ impl Jobs {
             write_private(&path, ca.as_bytes())?;
             cmd.env("HOLDFAST_TARGET_CA", path);
         }
+        Ok(cmd)
+    }
+
+    /// A child `holdfast-agent` without any credential of the daemon's environment, its
+    /// output piped back.
+    pub(super) fn own_command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.env(crate::PARENT_ENV, std::process::id().to_string());
+        // The server sends SFTP targets with the host key an admin confirmed; the agent's
+        // own known-hosts file pins keys only for orders that come without one.
+        cmd.env("HOLDFAST_KNOWN_HOSTS", self.dir.join("known_hosts"));
+        for k in [
+            "HOLDFAST_TARGET_USER",
+            "HOLDFAST_TARGET_PASSWORD",
+            "HOLDFAST_TARGET_KEY",
+            "HOLDFAST_TARGET_KEY_PASSPHRASE",
+            "HOLDFAST_TARGET_CA",
+            "HOLDFAST_TARGET_HOST_KEY",
+            "HOLDFAST_TARGET_BANDWIDTH",
+            crate::storage::CONSOLE_BANDWIDTH_ENV,
+            "HOLDFAST_PASSWORD",
+            crate::luks::PASSPHRASE_ENV,
+        ] {
+            cmd.env_remove(k);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        Ok(cmd)
+        cmd
     }
 
     /// The child command for `task`: flags for the options, secrets in the environment or

@@ -2,7 +2,8 @@
 //! machine (a child `image extract`), or an image point written over a device (a child
 //! `image restore`, which refuses a mounted or too small device and checks every frame
 //! before writing) — and verify runs, which validate stored images again where they are (a
-//! child `image validate` each). Each is a run like an imaging job's, with its report.
+//! child `image validate` each) — and clones, a device copied onto another (a child
+//! `clone`, with the same refusals). Each is a run like an imaging job's, with its report.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
@@ -10,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
 use holdfast_proto::job::{
-    ImageCheck, ImageHealth, JobOrder, RestoreFilesTask, RestoreVolumeTask, RunReport, RunStatus,
-    StepStatus, VerifyTask,
+    CloneTask, ImageCheck, ImageHealth, JobOrder, RestoreFilesTask, RestoreVolumeTask, RunReport,
+    RunStatus, StepStatus, VerifyTask,
 };
 use holdfast_proto::ImageRef;
 use tokio::sync::Notify;
@@ -400,6 +401,100 @@ fn check_of(name: &str, out: &std::process::Output) -> ImageCheck {
         check(ImageHealth::Damaged, why)
     } else {
         check(ImageHealth::Unchecked, why)
+    }
+}
+
+impl Jobs {
+    /// Copy a device onto another with a child `clone --yes` (the operator typed the
+    /// target's name in the console); true when the run must stop.
+    pub(super) async fn clone_device(
+        &self,
+        order: &JobOrder,
+        task: &CloneTask,
+        cancel: &Notify,
+        report: &mut RunReport,
+    ) -> bool {
+        let mut cmd = self.own_command();
+        cmd.args(["clone", "--json", "--progress-lines", "--yes", "--source"])
+            .arg(&task.source)
+            .arg("--target")
+            .arg(&task.target);
+        for (on, flag) in [
+            (task.forensic, "--forensic"),
+            (task.grow, "--grow"),
+            (task.zero_unused, "--zero-unused"),
+            (task.ignore_read_errors, "--ignore-read-errors"),
+        ] {
+            if on {
+                cmd.arg(flag);
+            }
+        }
+        let out = match self.run_child(order.run_id, cmd, cancel).await {
+            Ok(out) => out,
+            Err(ChildFailure::Cancelled) => {
+                report.steps.push(step(
+                    StepStatus::Error,
+                    "Cancelled",
+                    format!(
+                        "cancelled by an operator; {} holds a partial clone, its first MiB cleared so it does not look like a disk",
+                        task.target
+                    ),
+                ));
+                report.status = RunStatus::Cancelled;
+                return true;
+            }
+            Err(ChildFailure::Failed(e)) => return fail(report, "Clone failed", e),
+        };
+        let c = match crate::outcome::read::<crate::clone::Cloned>("clone", &out) {
+            Ok(c) => c,
+            Err(e) => {
+                return fail(
+                    report,
+                    "Clone failed",
+                    format!("{} onto {}: {e:#}", task.source, task.target),
+                )
+            }
+        };
+        report.bytes_read += c.copied_bytes;
+        report.bytes_written += c.copied_bytes + c.zeroed_bytes;
+        let mut done = format!(
+            "{} copied onto {} on {} ({}, {}): {} bytes copied, {} zeroed, in {:.1} s",
+            c.source,
+            c.target,
+            report.host,
+            match c.coverage {
+                holdfast_image::header::Coverage::UsedSector => "used-sector",
+                holdfast_image::header::Coverage::Forensic => "forensic",
+            },
+            c.consistency,
+            c.copied_bytes,
+            c.zeroed_bytes,
+            c.seconds
+        );
+        if c.gpt_backup_moved_to_end {
+            done.push_str("; the GPT's backup copy moved to the disk's end");
+        }
+        if let Some(g) = &c.grown {
+            done.push_str(&format!(
+                "; {} grown from {} to {} bytes",
+                g.partition
+                    .map_or_else(|| "the volume".to_owned(), |p| format!("partition {p}")),
+                g.old_len,
+                g.new_len
+            ));
+        }
+        report.steps.push(step(StepStatus::Ok, "Cloned", done));
+        for w in c.warnings {
+            report
+                .steps
+                .push(step(StepStatus::Warning, "Clone warning", w));
+        }
+        if (!c.ok || report.steps.iter().any(|s| s.status == StepStatus::Warning))
+            && report.status == RunStatus::Successful
+        {
+            report.status = RunStatus::Warning;
+        }
+        false
     }
 }
 

@@ -286,7 +286,7 @@ pub struct RestoreVolumeBody {
     partition: Option<u32>,
 }
 
-/// A restore run was started.
+/// A restore (or clone) run was started.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RestoreStarted {
     run: RunSummary,
@@ -325,7 +325,7 @@ async fn restoring_agent(
     Ok(agent)
 }
 
-async fn start_restore(
+pub(super) async fn start_restore(
     state: &AppState,
     caller: &Caller,
     spec: TaskSpec,
@@ -382,10 +382,34 @@ async fn restore_files(
     start_restore(&state, &caller, spec, agent).await
 }
 
+/// `raw` as a device path (`/dev/…`, no empty, `.` or `..` parts), or why not.
+pub(super) fn device_path(field: &str, raw: &str) -> Result<String, ApiError> {
+    let device = raw.trim();
+    let plain = device.strip_prefix("/dev/").is_some_and(|n| {
+        !n.is_empty() && !n.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+    });
+    if !plain || device.len() > 255 {
+        return Err(ApiError::Invalid(format!(
+            "{field} must be a device path such as /dev/sdb1"
+        )));
+    }
+    Ok(device.to_owned())
+}
+
+/// The operator typed the name of `device`, which is overwritten, in `confirm`.
+pub(super) fn confirmed(device: &str, confirm: &str) -> Result<(), ApiError> {
+    if confirm.trim() != device {
+        return Err(ApiError::Invalid(format!(
+            "type the device name ({device}) in confirm: everything on it is replaced"
+        )));
+    }
+    Ok(())
+}
+
 /// Why `device` on agent `inventory` cannot take an image of `needed` bytes: mounted (it,
 /// or a partition on it), or smaller; none when it can, or the inventory does not know it
 /// (the agent checks again before writing anything).
-fn unfit(inventory: &Inventory, device: &str, needed: u64) -> Option<String> {
+pub(super) fn unfit(inventory: &Inventory, device: &str, needed: u64) -> Option<String> {
     let name = device.strip_prefix("/dev/")?;
     if let Some(v) = inventory
         .volumes
@@ -430,20 +454,8 @@ async fn restore_volume(
     ApiJson(body): ApiJson<RestoreVolumeBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     caller.require(Role::Operator)?;
-    let device = body.device.trim().to_owned();
-    let plain = device.strip_prefix("/dev/").is_some_and(|n| {
-        !n.is_empty() && !n.split('/').any(|c| c.is_empty() || c == "." || c == "..")
-    });
-    if !plain || device.len() > 255 {
-        return Err(ApiError::Invalid(
-            "device must be a device path such as /dev/sdb1".into(),
-        ));
-    }
-    if body.confirm.trim() != device {
-        return Err(ApiError::Invalid(format!(
-            "type the device name ({device}) in confirm: everything on it is replaced"
-        )));
-    }
+    let device = device_path("device", &body.device)?;
+    confirmed(&device, &body.confirm)?;
     let image = find(&state, id).await?;
     let agent = restoring_agent(&state, &caller, &image, body.agent_id).await?;
     let inventory = state

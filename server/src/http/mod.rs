@@ -5,6 +5,7 @@ mod agent_channel;
 mod agents;
 mod body;
 mod caller;
+mod clone;
 mod error;
 mod images;
 mod jobs;
@@ -37,6 +38,7 @@ pub fn router() -> Router<AppState> {
         .merge(users::router())
         .merge(tokens::router())
         .merge(agents::router())
+        .merge(clone::router())
         .merge(targets::router())
         .merge(jobs::router())
         .merge(reports::router())

@@ -40,6 +40,8 @@ pub enum TaskSpec {
         image_id: i64,
         scratch: Option<String>,
     },
+    /// Device `source` of the agent copied onto its device `target`.
+    Clone(holdfast_proto::job::CloneTask),
 }
 
 impl TaskSpec {
@@ -48,7 +50,7 @@ impl TaskSpec {
             Self::Files { image_id, .. }
             | Self::Volume { image_id, .. }
             | Self::Drill { image_id, .. } => Some(*image_id),
-            Self::Verify => None,
+            Self::Verify | Self::Clone(_) => None,
         }
     }
 
@@ -62,6 +64,7 @@ impl TaskSpec {
             Self::Volume { device, .. } => format!("Restore {image} to {device}"),
             Self::Verify => format!("Verify the images of {image}"),
             Self::Drill { .. } => format!("Restore drill of {image}"),
+            Self::Clone(c) => format!("Clone {} to {}", c.source, c.target),
         }
     }
 }
@@ -76,16 +79,22 @@ impl Dispatcher {
         agent_id: i64,
         by: &str,
     ) -> Result<RunRow, DispatchError> {
-        let id = spec
-            .image_id()
-            .ok_or_else(|| DispatchError::Spec("a verify run is started by its job".into()))?;
-        let image = self
-            .store
-            .image(id)
-            .await?
-            .ok_or_else(|| DispatchError::NotFound(format!("image {id}")))?;
-        // Fail now, before a run is recorded, when the image cannot be opened.
-        self.image_ref(&image, None, agent_id).await?;
+        let (subject, title) = match spec {
+            TaskSpec::Clone(_) => (format!("agent:{agent_id}"), spec.title("")),
+            _ => {
+                let id = spec.image_id().ok_or_else(|| {
+                    DispatchError::Spec("a verify run is started by its job".into())
+                })?;
+                let image = self
+                    .store
+                    .image(id)
+                    .await?
+                    .ok_or_else(|| DispatchError::NotFound(format!("image {id}")))?;
+                // Fail now, before a run is recorded, when the image cannot be opened.
+                self.image_ref(&image, None, agent_id).await?;
+                (format!("image:{}", image.id), spec.title(&image.name))
+            }
+        };
         let host = self
             .store
             .agent(agent_id)
@@ -113,7 +122,14 @@ impl Dispatcher {
             .create_task_run(
                 None,
                 agent_id,
-                (&spec.title(&image.name), "restore"),
+                (
+                    &title,
+                    if matches!(spec, TaskSpec::Clone(_)) {
+                        "clone"
+                    } else {
+                        "restore"
+                    },
+                ),
                 &task,
                 None,
             )
@@ -124,12 +140,13 @@ impl Dispatcher {
             TaskSpec::Volume { .. } => "restore_volume",
             TaskSpec::Verify => "verify_images",
             TaskSpec::Drill { .. } => "restore_drill",
+            TaskSpec::Clone(_) => "clone_device",
         };
         change
             .commit(
                 action,
                 &format!("run:{}", run.id),
-                &format!("image:{} on {host}: {task}", image.id),
+                &format!("{subject} on {host}: {task}"),
             )
             .await?;
         self.deliver(&run, false).await?;
@@ -219,6 +236,9 @@ impl Dispatcher {
     ) -> Result<JobOrder, DispatchError> {
         let spec: TaskSpec = serde_json::from_str(task)
             .map_err(|e| DispatchError::Spec(format!("the run's task cannot be read: {e}")))?;
+        if let TaskSpec::Clone(c) = spec {
+            return Ok(task_order(run, Task::Clone(c)));
+        }
         let Some(id) = spec.image_id() else {
             return self.verify_order(run).await;
         };
@@ -248,6 +268,7 @@ impl Dispatcher {
                 partition,
             }),
             TaskSpec::Verify => return self.verify_order(run).await,
+            TaskSpec::Clone(c) => Task::Clone(c),
             TaskSpec::Drill { scratch, .. } => Task::Drill(DrillTask {
                 image: self.image_ref(&image, None, run.agent_id).await?,
                 sample: super::image_files::written_by_run(&self.store, &image)

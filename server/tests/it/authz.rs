@@ -99,6 +99,13 @@ const MATRIX: &[(&str, &str, Needs, &str, &str)] = &[
     ),
     (
         "post",
+        "/api/v1/agents/{id}/clone",
+        Operator,
+        "",
+        r#"{"source":"/dev/sdy","target":"/dev/sdz","confirm":"/dev/sdz"}"#,
+    ),
+    (
+        "post",
         "/api/v1/agents/{id}/inventory/refresh",
         Operator,
         "",

@@ -450,6 +450,11 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
 
     // A whole machine from its agent's page: the wizard opens on "all disks", named.
     b.go(&format!("{base}/agents/1"));
+    // Its clone form lists the machine's devices, sources and targets.
+    b.wait("the clone form's devices", 15, |b| {
+        b.has("#clone-form select[name=source] option")
+            && b.has("#clone-form select[name=target] option")
+    });
     b.click("#image-machine");
     b.wait("the whole-machine wizard", 15, |b| {
         b.script(
@@ -569,6 +574,7 @@ fn an_admin_sets_up_a_nightly_job_in_the_console_and_a_viewer_changes_nothing() 
         ("/agents", "#enrol-form"),
         ("/agents/1", "#bandwidth-form"),
         ("/agents/1", "#image-machine"),
+        ("/agents/1", "#clone-form"),
         ("/targets/1", "#test-form"),
         ("/settings", "#smtp-form"),
     ] {

@@ -6,6 +6,7 @@ mod api;
 mod authz;
 mod browser;
 mod channel;
+mod clone;
 mod console;
 mod console_files;
 mod crash;
