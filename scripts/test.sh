@@ -281,6 +281,9 @@ if ((IS_ROOT == 1)); then
     run_stage "benchmark: virtual disks vs qemu-img (tiny)" env BENCH_RUNS=1 BENCH_STRICT=1 \
         HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/convert.sh 32 /var/tmp/holdfast-vbench-tiny
+    run_stage "benchmark: cloning vs partclone and dd (tiny)" env BENCH_RUNS=1 BENCH_STRICT=1 \
+        HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
+        scripts/bench/clone.sh 32 /var/tmp/holdfast-clbench-tiny
     run_stage "benchmark: browse and extract vs restore first (tiny)" env BENCH_RUNS=1 \
         BENCH_WARMUP=0 BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/browse.sh 32 /var/tmp/holdfast-bbench-tiny

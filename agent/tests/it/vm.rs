@@ -10,7 +10,8 @@ use serde_json::Value;
 /// LUKS mappings on volumes (one with its key in the kernel keyring), each with ext4, and a
 /// thick, a thin and a LUKS one with XFS; then the agent's inventory, an image of the
 /// unmounted thick volume restored and checked, a mounted LUKS filesystem frozen, the mounted
-/// volumes imaged from LVM snapshots, and a snapshot too small for the writes meanwhile.
+/// volumes imaged from LVM snapshots, a snapshot too small for the writes meanwhile, and a
+/// disk with unreadable sectors (device-mapper's error target) cloned.
 const GUEST: &str = r#"#!/bin/sh
 set -eux
 . "$OUT/guest-lvm.sh"
@@ -127,6 +128,24 @@ touch /tmp/stop
 wait
 [ ! -e /tmp/small.hfi ] && echo absent > "$OUT/small.image"
 lvs --noheadings -o lv_name hfvg > "$OUT/lvs-end.txt"
+
+# A disk with unreadable sectors (device-mapper's error target over 32 KiB in the middle of
+# 16 MiB), cloned: it stops at the first unreadable chunk, its target's first MiB left
+# cleared; with --ignore-read-errors it writes them as zeros and lists them.
+head -c 16777216 /dev/urandom > /tmp/bad.img
+BADLOOP=$(losetup -f --show /tmp/bad.img)
+printf '0 16384 linear %s 0\n16384 64 error\n16448 16320 linear %s 16448\n' "$BADLOOP" "$BADLOOP" | dmsetup create hfbad
+head -c 16777216 /dev/urandom > /tmp/clone-target.img
+CT=$(losetup -f --show /tmp/clone-target.img)
+set +e
+"$AGENT" clone --source /dev/mapper/hfbad --target "$CT" --forensic --yes > "$OUT/badclone-stop.out" 2>&1
+echo $? > "$OUT/badclone-stop.status"
+set -e
+cmp -n 1048576 "$CT" /dev/zero && echo cleared > "$OUT/badclone-stop.head"
+"$AGENT" clone --source /dev/mapper/hfbad --target "$CT" --forensic --ignore-read-errors --yes --json > "$OUT/badclone.json"
+# The unreadable 32 KiB are zeros; everything else is the source's.
+dd if="$CT" bs=512 skip=16384 count=64 status=none | cmp -s - /dev/zero -n 32768 && echo zeros > "$OUT/badclone.hole"
+cmp -n 8388608 "$CT" /tmp/bad.img && cmp -i 8421376 "$CT" /tmp/bad.img && echo equal > "$OUT/badclone.rest"
 "#;
 
 #[test]
@@ -282,4 +301,24 @@ fn lvm_and_luks_volumes_are_listed_snapshotted_imaged_and_frozen_in_a_vm() {
     assert_eq!(sum("small.image").trim(), "absent", "{said}");
     let left = sum("lvs-end.txt");
     assert!(!left.contains("holdfast-snap"), "{left}");
+
+    // A clone of a failing disk stops at the unreadable sectors and leaves its target's
+    // head cleared; told to go on, it writes them as zeros, lists them and warns.
+    let said = sum("badclone-stop.out");
+    assert_ne!(sum("badclone-stop.status").trim(), "0", "{said}");
+    assert!(said.to_lowercase().contains("read"), "{said}");
+    assert_eq!(sum("badclone-stop.head").trim(), "cleared", "{said}");
+    let cloned = read_json(out, "badclone.json");
+    assert_eq!(cloned["ok"], false, "{cloned}");
+    assert_eq!(
+        cloned["unreadable"],
+        serde_json::json!([[16384 * 512, 16448 * 512]]),
+        "{cloned}"
+    );
+    assert!(
+        !cloned["warnings"].as_array().expect("warnings").is_empty(),
+        "{cloned}"
+    );
+    assert_eq!(sum("badclone.hole").trim(), "zeros", "{cloned}");
+    assert_eq!(sum("badclone.rest").trim(), "equal", "{cloned}");
 }
