@@ -359,7 +359,10 @@
       try {
         const body = build.job(read(form));
         const p = await api("POST", "/api/v1/jobs/preview", { spec: body.spec });
-        name.textContent = "Image: " + p.name + (p.agents > 1 ? "  (first of " + p.agents + " agents)" : "");
+        const of = [];
+        if (p.sources > 1) of.push("first of " + p.sources + " sources");
+        if (p.agents > 1) of.push("first of " + p.agents + " agents");
+        name.textContent = "Image: " + p.name + (of.length ? "  (" + of.join(", ") + ")" : "");
         runs.replaceChildren(...p.next_runs.map((t) => { const li = document.createElement("li"); li.textContent = t; return li; }));
         if (!p.next_runs.length) { const li = document.createElement("li"); li.textContent = "no scheduled runs: run by hand"; runs.replaceChildren(li); }
         error.textContent = "";

@@ -205,19 +205,30 @@ async fn preview(
             at = t;
         }
     }
-    let computer = match spec.agents.first() {
-        Some(a) => state.store.agent(*a).await?.map(|a| a.hostname),
+    let first = match spec.agents.first() {
+        Some(a) => state.store.agent(*a).await?,
         None => None,
-    }
-    .unwrap_or_else(|| "COMPUTER".into());
+    };
+    let inventory = first
+        .as_ref()
+        .and_then(|a| a.inventory.as_deref())
+        .and_then(|t| serde_json::from_str::<holdfast_proto::Inventory>(t).ok());
+    // What that agent would image (none known: its disks not reported yet).
+    let sources = spec.sources_on(inventory.as_ref()).unwrap_or_default();
+    let computer = first
+        .map(|a| a.hostname)
+        .unwrap_or_else(|| "COMPUTER".into());
     let vars = crate::jobs::template::Vars {
         computer: &computer,
         user: "root",
         at: next_runs.first().copied().unwrap_or(now),
         run_id: None,
     };
-    let name = crate::jobs::template::image_name(&spec.folder, &spec.name_template, &vars)
+    let mut name = crate::jobs::template::image_name(&spec.folder, &spec.name_template, &vars)
         .map_err(ApiError::Invalid)?;
+    if let (true, Some(s)) = (sources.len() > 1, sources.first()) {
+        name = crate::jobs::template::source_name(&name, s);
+    }
     let tz: chrono_tz::Tz = spec
         .schedule
         .as_ref()
@@ -227,6 +238,7 @@ async fn preview(
         name,
         computer,
         agents: spec.agents.len(),
+        sources: sources.len(),
         next_runs: next_runs
             .iter()
             .map(|t| {
@@ -247,6 +259,9 @@ struct Preview {
     computer: String,
     /// How many agents the job runs on.
     agents: usize,
+    /// How many sources the first agent would image (its disks, for all disks; 0 when it
+    /// has not reported them yet); with several, `name` is the first one's.
+    sources: usize,
     /// The next five starts, in the schedule's time zone.
     next_runs: Vec<String>,
 }

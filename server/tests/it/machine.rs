@@ -162,6 +162,20 @@ fn a_whole_machine_job_images_every_disk_into_one_report_with_a_chain_each() {
         ),
     );
     let job_id = job["id"].as_i64().unwrap_or_else(|| panic!("{job}"));
+    // The wizard's preview names the first source's image and counts the sources.
+    let preview = api.call(
+        "POST",
+        "/api/v1/jobs/preview",
+        Some(&json!({"spec": job["spec"]}).to_string()),
+    );
+    assert_eq!(preview["sources"], 2, "{preview}");
+    let first = format!("-{}.hfi", l1.path().trim_start_matches("/dev/"));
+    assert!(
+        preview["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with(&first)),
+        "{preview}"
+    );
     let checked = api.call("POST", &format!("/api/v1/jobs/{job_id}/check"), None);
     let sources: Vec<&str> = checked["agents"][0]["result"]["checks"]
         .as_array()
