@@ -58,6 +58,8 @@ cleanup() {
     for d in "$SRC" "$DST" "${PARTS[@]}"; do
         if [[ -n $d ]]; then losetup -d "$d" 2>/dev/null || true; fi
     done
+    # The disks are as large as asked: only the results stay.
+    rm -f "$SRC_IMG" "$DST_IMG"
 }
 trap cleanup EXIT
 rm -rf "$WORK" "$SRC_IMG" "$DST_IMG"

@@ -479,6 +479,12 @@ impl Dispatcher {
                 "the job has a LUKS passphrase but does not encrypt its images".into(),
             ));
         }
+        let shared = Shared {
+            access,
+            password,
+            luks_passphrase,
+            object_lock,
+        };
         let several = sources.len() > 1;
         let mut notes = Vec::new();
         let mut planned = Vec::new();
@@ -496,45 +502,23 @@ impl Dispatcher {
             } else {
                 name.clone()
             };
-            let plan = plan_source(spec, &mine, &name, run.id);
-            let (method, base, delete_after) = (plan.method, plan.base, plan.delete_after);
-            notes.extend(plan.notes.into_iter().map(|n| {
-                if several {
-                    format!("{source}: {n}")
-                } else {
-                    n
-                }
-            }));
-            let task = ImageTask {
-                source: source.clone(),
-                target: access.clone(),
-                name: plan.name,
+            let SourcePlan {
+                name,
                 method,
                 base,
-                compression_level: spec.compression_level,
-                encryption: spec.encryption.clone(),
-                password: password.clone(),
-                luks_passphrase: luks_passphrase.clone(),
-                split_size: spec.split_size,
-                verify: spec.verify,
-                overwrite: spec.overwrite,
-                keep_windows_system_files: spec.keep_windows_system_files,
-                sample_files: spec.drill.is_some(),
-                comment: spec.comment.clone(),
-                consistency: spec.consistency,
-                max_freeze_secs: spec.max_freeze_secs,
-                snapshot_percent: spec.snapshot_percent,
-                before_snapshot: spec
-                    .before_snapshot
-                    .clone()
-                    .filter(|c| !c.trim().is_empty()),
-                after_snapshot: spec.after_snapshot.clone().filter(|c| !c.trim().is_empty()),
-                snapshot_command_timeout_secs: spec.snapshot_command_timeout_seconds,
-                change_tracking: spec.change_tracking,
-                full_hash_every: spec.full_hash_every,
-                keep_thin_snapshot: spec.keep_thin_snapshot,
-                object_lock,
-            };
+                delete_after,
+                notes: why,
+            } = plan_source(spec, &mine, &name, run.id);
+            notes.extend(why.into_iter().map(
+                |n| {
+                    if several {
+                        format!("{source}: {n}")
+                    } else {
+                        n
+                    }
+                },
+            ));
+            let task = shared.task(spec, source, name, method, base);
             planned.push(holdfast_proto::job::SourceImage {
                 image: task,
                 delete_after,
@@ -929,6 +913,55 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+}
+
+/// What every image of a run shares: where it goes, its secrets and its lock.
+struct Shared {
+    access: TargetAccess,
+    password: Option<Secret>,
+    luks_passphrase: Option<Secret>,
+    object_lock: Option<holdfast_proto::job::ObjectLockOrder>,
+}
+
+impl Shared {
+    /// The image task of `source`: image `name`, `method` on `base`, the job's options.
+    fn task(
+        &self,
+        spec: &JobSpec,
+        source: &str,
+        name: String,
+        method: ImageKind,
+        base: Option<String>,
+    ) -> ImageTask {
+        let command = |c: &Option<String>| c.clone().filter(|c| !c.trim().is_empty());
+        ImageTask {
+            source: source.to_owned(),
+            target: self.access.clone(),
+            name,
+            method,
+            base,
+            compression_level: spec.compression_level,
+            encryption: spec.encryption.clone(),
+            password: self.password.clone(),
+            luks_passphrase: self.luks_passphrase.clone(),
+            split_size: spec.split_size,
+            verify: spec.verify,
+            overwrite: spec.overwrite,
+            keep_windows_system_files: spec.keep_windows_system_files,
+            sample_files: spec.drill.is_some(),
+            comment: spec.comment.clone(),
+            consistency: spec.consistency,
+            max_freeze_secs: spec.max_freeze_secs,
+            snapshot_percent: spec.snapshot_percent,
+            before_snapshot: command(&spec.before_snapshot),
+            after_snapshot: command(&spec.after_snapshot),
+            snapshot_command_timeout_secs: spec.snapshot_command_timeout_seconds,
+            change_tracking: spec.change_tracking,
+            full_hash_every: spec.full_hash_every,
+            keep_thin_snapshot: spec.keep_thin_snapshot,
+            object_lock: self.object_lock,
+        }
     }
 }
 
