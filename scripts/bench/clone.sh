@@ -56,6 +56,8 @@ cleanup() {
         if mountpoint -q "$m" 2>/dev/null; then umount "$m" || true; fi
     done
     for d in "$SRC" "$DST" "${PARTS[@]}"; do
+        # The partitions a clone told the kernel about would outlive the loop device.
+        if [[ -n $d ]]; then partx -d "$d" 2>/dev/null || true; fi
         if [[ -n $d ]]; then losetup -d "$d" 2>/dev/null || true; fi
     done
     # The disks are as large as asked: only the results stay.

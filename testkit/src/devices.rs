@@ -124,10 +124,36 @@ pub struct Loop {
 
 impl Loop {
     pub fn new(file: &Path) -> Self {
-        let out = sh(Command::new("losetup").arg("-f").arg("--show").arg(file));
-        Self {
-            dev: PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+        Self::attach(Command::new("losetup").arg("-f").arg("--show").arg(file))
+    }
+
+    /// Attach with `losetup`, and drop the partitions the kernel may still list for the
+    /// device from an earlier use: without partition scanning (this kernel's loop devices
+    /// have none by default), partitions a tool added through BLKPG stay when the device is
+    /// detached and would show on whatever file it holds next.
+    fn attach(losetup: &mut Command) -> Self {
+        let out = sh(losetup);
+        let dev = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let stale = |dev: &Path| {
+            let name = dev.file_name().map(|n| n.to_string_lossy().into_owned());
+            std::fs::read_dir(Path::new("/sys/block").join(name.unwrap_or_default()))
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.path().join("partition").exists())
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        if stale(&dev) > 0 {
+            let _ = Command::new("partx").arg("-d").arg(&dev).output();
+            assert_eq!(
+                stale(&dev),
+                0,
+                "{} still lists partitions of an earlier use",
+                dev.display()
+            );
         }
+        Self { dev }
     }
     pub fn path(&self) -> &str {
         self.dev.to_str().expect("utf-8 path")
@@ -136,6 +162,8 @@ impl Loop {
 
 impl Drop for Loop {
     fn drop(&mut self) {
+        // Partitions a restore or clone told the kernel about would outlive the device.
+        let _ = Command::new("partx").arg("-d").arg(&self.dev).output();
         let _ = Command::new("losetup").arg("-d").arg(&self.dev).output();
     }
 }
@@ -182,19 +210,18 @@ pub fn partitions_of(disk: &Path) -> (serde_json::Value, Vec<(u64, u64)>) {
 impl Loop {
     /// A loop device over one partition (start, length) of a disk image.
     pub fn over(file: &Path, (start, len): (u64, u64)) -> Self {
-        let out = sh(Command::new("losetup")
-            .args([
-                "-f",
-                "--show",
-                "-o",
-                &start.to_string(),
-                "--sizelimit",
-                &len.to_string(),
-            ])
-            .arg(file));
-        Self {
-            dev: String::from_utf8_lossy(&out.stdout).trim().into(),
-        }
+        Self::attach(
+            Command::new("losetup")
+                .args([
+                    "-f",
+                    "--show",
+                    "-o",
+                    &start.to_string(),
+                    "--sizelimit",
+                    &len.to_string(),
+                ])
+                .arg(file),
+        )
     }
 }
 
