@@ -6,8 +6,12 @@ use std::process::{Command, Stdio};
 /// Run curl (30 s limit: generous for a loaded 2-core machine running VMs beside); its
 /// stdout and stderr.
 pub fn curl(args: &[&str]) -> Option<(String, String)> {
+    // Longer than the server's own longest wait (an agent's answer to a check, 180 s), so a
+    // slow agent shows as the server's answer, not as the client giving up first (at 30 s,
+    // the same as the server's wait for an agent to accept an order, a loaded VM's agent
+    // made run-now look hung).
     let out = Command::new("curl")
-        .args(["-sS", "--max-time", "30"])
+        .args(["-sS", "--max-time", "200"])
         .args(args)
         .output()
         .ok()?;
