@@ -807,6 +807,15 @@ impl Dispatcher {
             );
             return true;
         }
+        // Images of a job with one source are that source's (none: whatever the agent
+        // called it); of a job with several, the source each was ordered for.
+        let several = match run.job_id {
+            Some(id) => match self.store.job(id).await {
+                Ok(Some(job)) => self.spec_of(&job).await.is_ok_and(|s| s.several_sources()),
+                _ => false,
+            },
+            None => false,
+        };
         let text = serde_json::to_string(report).unwrap_or_default();
         let finish = Finish {
             run_id: run.id,
@@ -826,7 +835,7 @@ impl Dispatcher {
                     image_id: &i.image_id,
                     bytes: i64::try_from(i.bytes).unwrap_or(i64::MAX),
                     verified: i.verified,
-                    source: Some(i.source.as_str()).filter(|s| !s.is_empty()),
+                    source: Some(i.source.as_str()).filter(|s| several && !s.is_empty()),
                 })
                 .collect(),
         };

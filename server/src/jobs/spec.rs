@@ -563,6 +563,12 @@ impl JobSpec {
             .collect()
     }
 
+    /// True when a run images more than one source (or every disk), each with its own
+    /// chain; otherwise every image is of the job's one source.
+    pub fn several_sources(&self) -> bool {
+        self.all_disks.is_some() || self.named_sources().len() > 1
+    }
+
     /// What it images, for people: the sources, or which disks.
     pub fn describe_sources(&self) -> String {
         let Some(all) = &self.all_disks else {
