@@ -9,7 +9,7 @@
 # (both loop devices): `holdfast-agent clone` used-sector, against partclone (the table
 # with sfdisk, each partition with partclone.fat32 / partclone.ext4 device to device: the
 # well-known used-block copier) and against `holdfast-agent clone --forensic`, against
-# `dd bs=4M oflag=direct` (every sector). Reported: wall time (median of BENCH_RUNS, page
+# `dd bs=4M iflag=direct oflag=direct` (every sector). Reported: wall time (median of BENCH_RUNS, page
 # cache dropped before each run) and the bytes each reads from the source and writes to
 # the target (the loop devices' own counters).
 # Every copy is checked: the target's table equal to the source's, fsck clean, the same

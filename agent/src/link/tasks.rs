@@ -484,15 +484,14 @@ impl Jobs {
             ));
         }
         report.steps.push(step(StepStatus::Ok, "Cloned", done));
+        // Unreadable sectors written as zeros, or anything else the clone warned about.
+        if (!c.ok || !c.warnings.is_empty()) && report.status == RunStatus::Successful {
+            report.status = RunStatus::Warning;
+        }
         for w in c.warnings {
             report
                 .steps
                 .push(step(StepStatus::Warning, "Clone warning", w));
-        }
-        if (!c.ok || report.steps.iter().any(|s| s.status == StepStatus::Warning))
-            && report.status == RunStatus::Successful
-        {
-            report.status = RunStatus::Warning;
         }
         false
     }

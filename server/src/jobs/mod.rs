@@ -489,14 +489,7 @@ impl Dispatcher {
         let mut notes = Vec::new();
         let mut planned = Vec::new();
         for source in &sources {
-            // Each source has its own chains; images stored before jobs named several
-            // sources belong to the job's first.
-            let first = spec.source.trim();
-            let mine: Vec<ImageRow> = images
-                .iter()
-                .filter(|i| i.source.as_deref().unwrap_or(first) == source)
-                .cloned()
-                .collect();
+            let mine = images_of_source(spec, &images, source);
             let name = if several {
                 template::source_name(&name, source)
             } else {
@@ -974,6 +967,18 @@ impl Shared {
     }
 }
 
+/// The images of `source` among a job's: each source has its own chains. Images recorded
+/// without a source (those of a job with one source, and those stored before jobs named
+/// several) belong to the job's first source.
+fn images_of_source(spec: &JobSpec, images: &[ImageRow], source: &str) -> Vec<ImageRow> {
+    let first = spec.first_source();
+    images
+        .iter()
+        .filter(|i| i.source.as_deref().or(first) == Some(source))
+        .cloned()
+        .collect()
+}
+
 /// The next image of one source of a job, from that source's images on the agent.
 struct SourcePlan {
     name: String,
@@ -1172,6 +1177,45 @@ mod tests {
             deleted_at: None,
             source: None,
         }
+    }
+
+    #[test]
+    fn each_source_has_its_own_images_and_unrecorded_ones_are_the_first_sources() {
+        let spec = |v: serde_json::Value| -> JobSpec {
+            let mut base = serde_json::json!({"agents": [1], "target_id": 7});
+            for (k, x) in v.as_object().expect("object") {
+                base[k] = x.clone();
+            }
+            serde_json::from_value(base).expect("spec")
+        };
+        let of = |source: Option<&str>, id: i64| ImageRow {
+            source: source.map(str::to_owned),
+            ..img(id, &format!("i{id}"), "full", None, None)
+        };
+        let images = [
+            of(None, 1),
+            of(Some("/dev/sda"), 2),
+            of(Some("/dev/sdb"), 3),
+        ];
+        let names = |spec: &JobSpec, source: &str| -> Vec<String> {
+            images_of_source(spec, &images, source)
+                .into_iter()
+                .map(|i| i.name)
+                .collect()
+        };
+        // One source, named either way: its images recorded without a source are its own.
+        for one in [
+            serde_json::json!({"source": "/dev/sda"}),
+            serde_json::json!({"sources": ["/dev/sda"]}),
+        ] {
+            assert_eq!(names(&spec(one), "/dev/sda"), ["i1", "i2"]);
+        }
+        let two = spec(serde_json::json!({"sources": ["/dev/sda", "/dev/sdb"]}));
+        assert_eq!(names(&two, "/dev/sda"), ["i1", "i2"]);
+        assert_eq!(names(&two, "/dev/sdb"), ["i3"]);
+        // All disks: only what was recorded for each disk.
+        let all = spec(serde_json::json!({"all_disks": {}}));
+        assert_eq!(names(&all, "/dev/sda"), ["i2"]);
     }
 
     #[test]

@@ -563,6 +563,12 @@ impl JobSpec {
             .collect()
     }
 
+    /// The first source the job names (what its images recorded without a source belong
+    /// to); none for all disks.
+    pub fn first_source(&self) -> Option<&str> {
+        self.named_sources().first().copied()
+    }
+
     /// True when a run images more than one source (or every disk), each with its own
     /// chain; otherwise every image is of the job's one source.
     pub fn several_sources(&self) -> bool {

@@ -82,8 +82,9 @@ pub struct ImageRow {
     pub verified: Option<bool>,
     pub created_at: i64,
     pub deleted_at: Option<i64>,
-    /// The source it was made of, as the job names it (none: stored before jobs named
-    /// several; then the job's one source).
+    /// The source it was made of, recorded for jobs that image several (none: an image of
+    /// a job with one source, or stored before jobs named several; then the job's first
+    /// source's).
     pub source: Option<String>,
 }
 
@@ -108,7 +109,7 @@ pub struct NewImage<'a> {
     pub image_id: &'a str,
     pub bytes: i64,
     pub verified: Option<bool>,
-    /// The source as the job names it.
+    /// The source as the job named it, for a job that images several.
     pub source: Option<&'a str>,
 }
 
