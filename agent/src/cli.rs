@@ -49,6 +49,10 @@ enum Command {
     /// runs past the maximum freeze time (started by it; not for people).
     #[command(hide = true)]
     ThawWatchdog(ThawWatchdogArgs),
+    /// Snapshot several volumes at one instant and hold them until told (started by the
+    /// daemon for a job with several sources; not for people).
+    #[command(hide = true)]
+    HoldTogether(HoldTogetherArgs),
 }
 
 /// The target subcommands.
@@ -109,7 +113,7 @@ pub struct RunArgs {
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
     /// Image a device, partition or file holding one.
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Show what an image holds (no password needed).
     Info(InfoArgs),
     /// Check an image: structure and ciphertext without the password, every block with it.
@@ -317,6 +321,8 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub hold: HoldArgs,
     #[command(flatten)]
+    pub held: HeldArgs,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -334,17 +340,8 @@ pub struct HoldArgs {
     /// The longest a filesystem may stay frozen, in seconds; imaging stops at that time.
     #[arg(long, default_value_t = DEFAULT_MAX_FREEZE_SECS, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub max_freeze: u32,
-    /// A command (`/bin/sh -c`) run just before the source is held (frozen or locked), e.g. to
-    /// flush a database and hold its writes; when it fails, nothing is imaged.
-    #[arg(long)]
-    pub before_snapshot: Option<String>,
-    /// A command run once the hold is no longer needed (the image is of one instant), e.g. to
-    /// let the database go on; when it fails, the image is kept with a warning.
-    #[arg(long)]
-    pub after_snapshot: Option<String>,
-    /// The time limit of each of those commands, in seconds.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
-    pub snapshot_command_timeout: u32,
+    #[command(flatten)]
+    pub commands: SnapshotCommandArgs,
     /// A classic LVM or a device-mapper snapshot's copy-on-write space, in percent of the
     /// volume's size (refused when the volume group or the snapshot store has not that much
     /// free).
@@ -369,6 +366,51 @@ impl HoldArgs {
             self.consistency
         }
     }
+}
+
+/// The commands run around the instant a source is held.
+#[derive(Debug, Args)]
+pub struct SnapshotCommandArgs {
+    /// A command (`/bin/sh -c`) run just before the source is held (frozen, locked or
+    /// snapshotted), e.g. to flush a database and hold its writes; when it fails, nothing is
+    /// imaged.
+    #[arg(long)]
+    pub before_snapshot: Option<String>,
+    /// A command run once the hold is no longer needed (the image is of one instant), e.g. to
+    /// let the database go on; when it fails, the image is kept with a warning.
+    #[arg(long)]
+    pub after_snapshot: Option<String>,
+    /// The time limit of each of those commands, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub snapshot_command_timeout: u32,
+}
+
+/// A source another process holds already (`hold-together`), for `image create`: set by the
+/// daemon, not for people.
+#[derive(Debug, Args)]
+pub struct HeldArgs {
+    /// Read this snapshot of the source (one of ours) instead of holding the source.
+    #[arg(long, hide = true, requires_all = ["held_at", "held_description"])]
+    pub held_snapshot: Option<PathBuf>,
+    /// When the snapshot was taken (seconds since the epoch).
+    #[arg(long, hide = true)]
+    pub held_at: Option<i64>,
+    /// How it is held, for the image's metadata.
+    #[arg(long, hide = true)]
+    pub held_description: Option<String>,
+}
+
+/// `hold-together` (started by the daemon for a run that images several sources).
+#[derive(Debug, Args)]
+pub struct HoldTogetherArgs {
+    /// A source of the run (in the order they are imaged).
+    #[arg(long, required = true)]
+    pub source: Vec<PathBuf>,
+    /// Each snapshot's copy-on-write space, in percent of its volume's size.
+    #[arg(long, default_value_t = DEFAULT_SNAPSHOT_PERCENT, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub snapshot_size: u32,
+    #[command(flatten)]
+    pub commands: SnapshotCommandArgs,
 }
 
 /// `thaw-watchdog` (started by `image create` before it freezes a filesystem).
@@ -690,10 +732,11 @@ impl Cli {
             Command::Target(TargetCommand::Test(a)) => return target_test(a),
             Command::Target(TargetCommand::HostKey(a)) => return target_host_key(a),
             Command::ThawWatchdog(a) => return crate::freeze::watchdog(a),
+            Command::HoldTogether(a) => return crate::hold_together::run(a),
             Command::Inventory(a) => return crate::inventory::print(a.json),
         };
         match c {
-            ImageCommand::Create(a) => image_cmd::create::run(a),
+            ImageCommand::Create(a) => image_cmd::create::run(*a),
             ImageCommand::Info(a) => image_cmd::info::run(a),
             ImageCommand::Validate(a) => image_cmd::validate::run(a),
             ImageCommand::Restore(a) => image_cmd::restore::run(a),

@@ -32,7 +32,7 @@ use crate::exit::Refused;
 use crate::grow::{self, Growth};
 use crate::image_cmd::{relocate_gpt, secs};
 use crate::output::{bytes, Bar};
-use crate::snapshot_commands::{self, After, BEFORE};
+use crate::snapshot_commands;
 
 /// The head of the target written last.
 const HEAD: u64 = 1 << 20;
@@ -106,17 +106,7 @@ pub fn run(a: CloneArgs) -> Result<ExitCode> {
         )
     })?;
 
-    let limit = Duration::from_secs(u64::from(a.hold.snapshot_command_timeout));
-    let after = After::new(a.hold.after_snapshot.as_deref(), limit);
-    if let Some(cmd) = &a.hold.before_snapshot {
-        let run = snapshot_commands::run(BEFORE, cmd, limit);
-        if !run.succeeded() {
-            bail!(
-                "the command before the snapshot failed, so nothing was cloned: {}",
-                run.summary()
-            );
-        }
-    }
+    let (after, _) = snapshot_commands::around(&a.hold.commands, "cloned")?;
     let held = choice.apply(asked, max_freeze, &file)?;
     let snapshot_reader = match held.device() {
         Some(snapshot) => {

@@ -9,6 +9,7 @@
 //! | `freeze` | a mounted filesystem that can be frozen, imaged within the maximum freeze time | one instant (crash-consistent); writers wait meanwhile |
 //! | `lock` | asked for | remounted read-only while imaging (fails while a file is open for writing) |
 //! | `live` | asked for | copied as it changes: not crash-consistent, a warning |
+//! | held together | a run with several sources, for those that are device-mapper devices mounted read-write | read from a snapshot another process took of all of them at one instant (`hold_together.rs`) |
 //!
 //! `auto` takes the first of `unmounted`, `lvm-snapshot`, `dm-snapshot` and `freeze` that
 //! applies and otherwise refuses, naming the choices; when a snapshot was looked for and
@@ -51,6 +52,25 @@ pub enum Choice {
     Freeze(Vec<Mount>, Option<String>),
     Lock(Vec<Mount>),
     Live,
+    /// Held already, with the run's other sources: read this snapshot (described so).
+    Together(std::path::PathBuf, String),
+}
+
+/// The choice for a source held already by `hold-together`: its snapshot `snapshot`, checked
+/// to be one of ours of the source's size.
+pub fn held_together(snapshot: &Path, source_size: u64, description: String) -> Result<Choice> {
+    let ours = snapshot
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(lvm::PREFIX));
+    let size = crate::device::Device::inspect(snapshot)?.size;
+    if !ours || size != source_size {
+        anyhow::bail!(
+            "{} is not a snapshot of this source taken by Holdfast ({size} bytes, the source has {source_size})",
+            snapshot.display()
+        );
+    }
+    Ok(Choice::Together(snapshot.to_owned(), description))
 }
 
 /// What `auto` and `freeze` need to know before freezing: an estimate of the imaging time.
@@ -231,6 +251,8 @@ enum Hold {
     Nothing,
     Snapshot(lvm::Snapshot),
     DmSnapshot(dmsnap::Snapshot),
+    /// A snapshot `hold-together` took and removes.
+    Together(std::path::PathBuf),
     Locked(ReadOnlyLock),
     /// The frozen filesystems, and why no snapshot was taken (when one was looked for).
     Frozen(Vec<Frozen>, Option<String>),
@@ -260,6 +282,7 @@ impl Choice {
                 (how, false)
             }
             Choice::DmSnapshot(plan) => (plan.description(), false),
+            Choice::Together(_, how) => (how.clone(), false),
             Choice::Live => (
                 "live: mounted read-write while imaging, not crash-consistent".to_owned(),
                 true,
@@ -314,6 +337,12 @@ impl Choice {
                 }
                 Hold::DmSnapshot(snapshot)
             }
+            Choice::Together(snapshot, _) => {
+                if replay_xfs_log(&snapshot)? {
+                    description += "; the XFS log was replayed into the snapshot";
+                }
+                Hold::Together(snapshot)
+            }
             Choice::Lock(rw) => Hold::Locked(ReadOnlyLock::acquire(&rw)?),
             Choice::Freeze(rw, no_snapshot) => {
                 let mut frozen = Vec::new();
@@ -358,6 +387,7 @@ impl Held {
         match &self.hold {
             Hold::Snapshot(s) => s.fill().map(|_| ()),
             Hold::DmSnapshot(s) => s.fill().map(|_| ()),
+            Hold::Together(s) => dmsnap::fill_at(s).map(|_| ()),
             _ => Ok(()),
         }
     }
@@ -367,6 +397,7 @@ impl Held {
         match &self.hold {
             Hold::Snapshot(s) => Some(s.device()),
             Hold::DmSnapshot(s) => Some(s.device()),
+            Hold::Together(s) => Some(s.clone()),
             _ => None,
         }
     }
@@ -420,6 +451,7 @@ impl Held {
                 let removed = snapshot.remove();
                 filled(self.description, fill, removed)
             }
+            Hold::Together(s) => filled(self.description, dmsnap::fill_at(&s), Ok(())),
             Hold::Locked(lock) => {
                 drop(lock);
                 Ok(self.description)

@@ -105,6 +105,22 @@ pub struct Plan {
 /// The device-mapper device `source` is, when it is one that is not an LVM volume; an error
 /// that says why when it is one that cannot be snapshotted.
 pub fn source_of(source: &Path) -> Result<Option<Source>> {
+    mapping_of(source, Volumes::Skip)
+}
+
+/// Whether [`mapping_of`] takes LVM logical volumes too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Volumes {
+    /// Not a source here: one volume alone gets LVM's own snapshot.
+    Skip,
+    /// Taken like any linear or striped mapping: LVM snapshots one volume at a time, and
+    /// volumes held together must be suspended together (`hold_together.rs`).
+    Include,
+}
+
+/// The device-mapper device `source` is, LVM volumes taken or not as `volumes` says; an
+/// error that says why when it is one that cannot be snapshotted.
+pub fn mapping_of(source: &Path, volumes: Volumes) -> Result<Option<Source>> {
     let Ok(meta) = std::fs::metadata(source) else {
         return Ok(None);
     };
@@ -116,7 +132,9 @@ pub fn source_of(source: &Path) -> Result<Option<Source>> {
     let Some(name) = read_trim(sys.join("dm/name")) else {
         return Ok(None);
     };
-    if read_trim(sys.join("dm/uuid")).is_some_and(|u| u.starts_with("LVM-")) {
+    if volumes == Volumes::Skip
+        && read_trim(sys.join("dm/uuid")).is_some_and(|u| u.starts_with("LVM-"))
+    {
         return Ok(None);
     }
     if name.starts_with(PREFIX) {
@@ -271,12 +289,16 @@ fn owned(name: &str) -> String {
 /// [`Snapshot::remove`], or when dropped.
 pub struct Snapshot {
     control: Control,
+    /// The source's device-mapper name, and its path for messages.
     source: String,
+    shown: String,
     original: Vec<Target>,
-    /// `holdfast-snap-<pid>`; `-real` and `-cow` after it.
+    /// `holdfast-snap-<pid>` (with `-<n>` after it when several are held together);
+    /// `-real` and `-cow` after it.
     name: String,
     /// The device node of the snapshot, made by us (no udev needed).
     node: PathBuf,
+    snap_dev: (u32, u32),
     cow_file: Option<PathBuf>,
     /// The loop device the store file is attached to.
     cow_loop: Option<PathBuf>,
@@ -289,16 +311,25 @@ pub struct Snapshot {
 impl Snapshot {
     /// Take it (see the module's steps); on an error, what was made is undone.
     pub fn take(plan: &Plan) -> Result<Self> {
+        let mut snap = Self::prepare(plan, format!("{PREFIX}{}", std::process::id()))?;
+        swap_together(std::slice::from_mut(&mut snap))?;
+        Ok(snap)
+    }
+
+    /// Steps 1 and 2 and the tables of step 3, loaded but not live: the snapshot `name`
+    /// (which starts with [`PREFIX`] and our process id) is taken by [`swap_together`].
+    pub fn prepare(plan: &Plan, name: String) -> Result<Self> {
         let lock = crate::lvm::lock_name(&plan.source.name, &plan.source.path())?;
         remove_stale();
         let control = Control::open()?;
-        let name = format!("{PREFIX}{}", std::process::id());
         let mut snap = Self {
             control,
             source: plan.source.name.clone(),
+            shown: plan.source.path(),
             original: plan.source.table.clone(),
             node: Path::new("/run").join(&name),
             name,
+            snap_dev: (0, 0),
             cow_file: None,
             cow_loop: None,
             swapped: false,
@@ -336,7 +367,7 @@ impl Snapshot {
                 real_dev.0, real_dev.1, cow_dev.0, cow_dev.1
             ),
         );
-        let snap_dev = c.create(&self.name, Some(&owned(&self.name)))?;
+        self.snap_dev = c.create(&self.name, Some(&owned(&self.name)))?;
         c.load(&self.name, &[snapshot], false)?;
         let origin = Target::new(
             0,
@@ -344,27 +375,8 @@ impl Snapshot {
             "snapshot-origin",
             format!("{}:{}", real_dev.0, real_dev.1),
         );
-        c.load(&self.source, &[origin], false)?;
-        // From here until the source resumes: no program, no file, no allocation that
-        // could page in from the suspended filesystem.
-        let locked = nix::sys::mman::mlockall(nix::sys::mman::MlockAllFlags::MCL_CURRENT);
-        let swapped = (|| {
-            c.suspend(&self.source, true)?;
-            c.resume(&self.name)?;
-            c.resume(&self.source)
-        })();
-        if locked.is_ok() {
-            let _ = nix::sys::mman::munlockall();
-        }
-        if let Err(e) = swapped {
-            // Back to the table it had: drop the loaded one and resume.
-            let _ = c.clear(&self.source);
-            let _ = c.resume(&self.source);
-            return Err(anyhow!(e).context(format!("cannot snapshot {}", plan.source.path())));
-        }
-        self.swapped = true;
-        make_node(&self.node, snap_dev)?;
-        Ok(())
+        c.load(&self.source, &[origin], false)
+            .with_context(|| format!("cannot snapshot {}", self.shown))
     }
 
     /// What to read.
@@ -375,12 +387,7 @@ impl Snapshot {
     /// An error once the snapshot is no longer a true copy (its store ran full); how full it
     /// is otherwise, in percent.
     pub fn fill(&self) -> Result<f64> {
-        let status = self.control.status(&self.name)?;
-        let line = status
-            .first()
-            .map(|t| t.params.trim().to_owned())
-            .unwrap_or_default();
-        fill_of(&line).map_err(|why| anyhow!("the snapshot of /dev/mapper/{} {why}", self.source))
+        fill_named(&self.control, &self.name, &format!("of {}", self.shown))
     }
 
     /// Swap the source's table back and remove what was made.
@@ -422,6 +429,90 @@ impl Drop for Snapshot {
             let _ = self.teardown();
         }
     }
+}
+
+/// Make prepared snapshots live at one instant: every source is suspended (device-mapper
+/// freezes a filesystem mounted on it, and holds its writes) before any resumes with its
+/// snapshot-origin table, so no write can reach one source after a later write reached
+/// another. How long the first source was suspended (writes to it waited that long); on an
+/// error, every source keeps (or gets back) its own table.
+pub fn swap_together(snaps: &mut [Snapshot]) -> Result<std::time::Duration> {
+    // From the first suspend until the last resume: no program, no file, no allocation that
+    // could page in from a suspended filesystem.
+    let locked = nix::sys::mman::mlockall(nix::sys::mman::MlockAllFlags::MCL_CURRENT);
+    let started = std::time::Instant::now();
+    let mut failed = None;
+    let mut suspended = 0;
+    for s in snaps.iter() {
+        if let Err(e) = s.control.suspend(&s.source, true) {
+            failed = Some((e, s.shown.clone()));
+            break;
+        }
+        suspended += 1;
+    }
+    if failed.is_none() {
+        for s in snaps.iter() {
+            if let Err(e) = s.control.resume(&s.name) {
+                failed = Some((e, s.shown.clone()));
+                break;
+            }
+        }
+    }
+    if failed.is_none() {
+        for s in snaps.iter_mut() {
+            match s.control.resume(&s.source) {
+                Ok(()) => s.swapped = true,
+                Err(e) => {
+                    failed = Some((e, s.shown.clone()));
+                    break;
+                }
+            }
+        }
+    }
+    if let Some((e, shown)) = failed {
+        // The ones not swapped: back to the table they had (drop the loaded one), and
+        // running again.
+        for s in snaps.iter().filter(|s| !s.swapped) {
+            let _ = s.control.clear(&s.source);
+        }
+        for s in snaps.iter().take(suspended).filter(|s| !s.swapped) {
+            let _ = s.control.resume(&s.source);
+        }
+        if locked.is_ok() {
+            let _ = nix::sys::mman::munlockall();
+        }
+        return Err(anyhow!(e).context(format!("cannot snapshot {shown}")));
+    }
+    let paused = started.elapsed();
+    if locked.is_ok() {
+        let _ = nix::sys::mman::munlockall();
+    }
+    for s in snaps.iter() {
+        make_node(&s.node, s.snap_dev)?;
+    }
+    Ok(paused)
+}
+
+/// How full the snapshot whose device node is `node` is (a snapshot another process of
+/// ours took and holds), as [`Snapshot::fill`].
+pub fn fill_at(node: &Path) -> Result<f64> {
+    let name = node
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| n.starts_with(PREFIX))
+        .ok_or_else(|| anyhow!("{} is not a snapshot Holdfast made", node.display()))?;
+    fill_named(&Control::open()?, name, &node.display().to_string())
+}
+
+/// The fill of our snapshot device `name`, or why it failed; `shown` names it in messages
+/// ("the snapshot SHOWN overflowed: …").
+fn fill_named(c: &Control, name: &str, shown: &str) -> Result<f64> {
+    let status = c.status(name)?;
+    let line = status
+        .first()
+        .map(|t| t.params.trim().to_owned())
+        .unwrap_or_default();
+    fill_of(&line).map_err(|why| anyhow!("the snapshot {shown} {why}"))
 }
 
 /// What a `snapshot` target's status says: percent filled, or why it is no longer valid.
@@ -567,6 +658,12 @@ fn make_node(path: &Path, dev: (u32, u32)) -> Result<()> {
     .with_context(|| format!("cannot make the device node '{}'", path.display()))
 }
 
+/// The process id in a snapshot's id: `<pid>`, or `<pid>-<n>` for one of several held
+/// together.
+fn process_of(id: &str) -> &str {
+    id.split('-').next().unwrap_or(id)
+}
+
 /// Undo what runs of ours whose process is gone left: the source's table swapped back
 /// (from the `-real` device's), then the snapshot, its devices, node and store file removed.
 pub fn remove_stale() {
@@ -577,16 +674,16 @@ pub fn remove_stale() {
         return;
     };
     for (name, dev) in &devices {
-        let Some(pid) = name
+        let Some(id) = name
             .strip_prefix(PREFIX)
             .and_then(|r| r.strip_suffix("-real"))
         else {
             continue;
         };
-        if !made_by_a_gone_process(pid) {
+        if !made_by_a_gone_process(process_of(id)) {
             continue;
         }
-        let snapshot = format!("{PREFIX}{pid}");
+        let snapshot = format!("{PREFIX}{id}");
         let origin_params = format!("{}:{}", dev.0, dev.1);
         let Ok(real_table) = control.table(name) else {
             continue;
@@ -631,5 +728,12 @@ mod tests {
             .contains("overflowed"));
         assert!(fill_of("Overflow").is_err());
         assert!(fill_of("").is_err());
+    }
+
+    #[test]
+    fn a_snapshot_held_with_others_belongs_to_its_process() {
+        assert_eq!(process_of("1234"), "1234");
+        assert_eq!(process_of("1234-0"), "1234");
+        assert_eq!(process_of("1234-17"), "1234");
     }
 }

@@ -16,6 +16,7 @@ mod drive;
 mod exit;
 mod freeze;
 mod grow;
+mod hold_together;
 mod image_cmd;
 mod image_files;
 mod inventory;

@@ -274,6 +274,14 @@ pub fn print<T: Serialize>(doc: &T) {
     }
 }
 
+/// Print `doc` as one line of JSON (for a parent that reads line by line).
+pub fn print_line<T: Serialize>(doc: &T) {
+    match serde_json::to_string(doc) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("holdfast-agent: error: cannot print the JSON answer: {e}"),
+    }
+}
+
 /// The answer of a child `holdfast-agent … --json` that has ended: its document on success,
 /// its error otherwise (the [`Failure`] it printed; failing that, its last line on stderr).
 pub fn read<T: DeserializeOwned>(what: &str, out: &Output) -> Result<T> {

@@ -115,6 +115,28 @@ impl CommandRun {
     }
 }
 
+/// The commands of `args` around a hold: the one before run now — when it fails, an error
+/// saying that nothing was `done` ("imaged") — and the one after armed (created first, so
+/// that it runs whatever happens from here). The run of the one before, when there is one.
+pub fn around(
+    args: &crate::cli::SnapshotCommandArgs,
+    done: &str,
+) -> anyhow::Result<(After, Option<CommandRun>)> {
+    let limit = Duration::from_secs(u64::from(args.snapshot_command_timeout));
+    let after = After::new(args.after_snapshot.as_deref(), limit);
+    let Some(cmd) = &args.before_snapshot else {
+        return Ok((after, None));
+    };
+    let before = run(BEFORE, cmd, limit);
+    if !before.succeeded() {
+        anyhow::bail!(
+            "the command before the snapshot failed, so nothing was {done}: {}",
+            before.summary()
+        );
+    }
+    Ok((after, Some(before)))
+}
+
 /// The command after the snapshot, run exactly once: by [`After::run`], or when dropped on an
 /// early return (an error), so that what the command before held is always let go.
 pub struct After {

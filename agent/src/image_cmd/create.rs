@@ -31,7 +31,7 @@ use crate::exit::{Refused, DAMAGED};
 use crate::luks::{self, Key, Mapped};
 use crate::output::{bytes, Bar};
 use crate::secret::{password, PASSWORD_ENV};
-use crate::snapshot_commands::{self, After, BEFORE};
+use crate::snapshot_commands;
 use crate::thin_changes;
 
 /// Run.
@@ -104,19 +104,27 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         (Some(m), Some((file, device, _))) => (m.path(), device, file),
         _ => (a.source.clone(), &dev, &source_file),
     };
-    let choice = consistency::choose(
-        asked,
-        &held_path,
-        &held_dev.mounts()?,
-        max_freeze,
-        a.hold.snapshot_size,
-        |used| {
-            if let Some(dir) = a.output.parent().filter(|_| !is_remote(&a.output)) {
-                refuse_output_on_source(dir, &dev)?;
-            }
-            Ok(Estimate::measure(view, &plan.used, used)?)
-        },
-    )?;
+    let choice = match (&a.held.held_snapshot, &a.held.held_description) {
+        (Some(_), _) if mapped.is_some() => bail!(
+            "a LUKS volume read through its mapping is held by its own run, not together with others"
+        ),
+        (Some(snapshot), Some(how)) => {
+            consistency::held_together(snapshot, held_dev.size, how.clone())?
+        }
+        _ => consistency::choose(
+            asked,
+            &held_path,
+            &held_dev.mounts()?,
+            max_freeze,
+            a.hold.snapshot_size,
+            |used| {
+                if let Some(dir) = a.output.parent().filter(|_| !is_remote(&a.output)) {
+                    refuse_output_on_source(dir, &dev)?;
+                }
+                Ok(Estimate::measure(view, &plan.used, used)?)
+            },
+        )?,
+    };
     let read_through = mapped.as_ref().map(|m| format!("; {}", m.description()));
     let (mut consistency, live) = choice.description(max_freeze);
     consistency += read_through.as_deref().unwrap_or_default();
@@ -247,22 +255,14 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
 
     // Hold the source (as late as possible: a frozen filesystem stops its writers) and read
     // its allocation as it is now held.
-    let limit = Duration::from_secs(u64::from(a.hold.snapshot_command_timeout));
-    let mut commands = Vec::new();
-    // Created first: whatever happens from here, the command after runs once.
-    let after = After::new(a.hold.after_snapshot.as_deref(), limit);
-    if let Some(cmd) = &a.hold.before_snapshot {
-        let run = snapshot_commands::run(BEFORE, cmd, limit);
-        if !run.succeeded() {
-            bail!(
-                "the command before the snapshot failed, so nothing was imaged: {}",
-                run.summary()
-            );
-        }
-        commands.push(run);
-    }
+    let (after, before) = snapshot_commands::around(&a.hold.commands, "imaged")?;
+    let mut commands: Vec<_> = before.into_iter().collect();
     // Taken before the hold: every change after it is seen by the next incremental.
-    let held_at = i64::try_from(holdfast_image::writer::now()).unwrap_or(i64::MAX);
+    // (Held together with other sources: when that was.)
+    let held_at = a
+        .held
+        .held_at
+        .unwrap_or_else(|| i64::try_from(holdfast_image::writer::now()).unwrap_or(i64::MAX));
     let held = choice.apply(asked, max_freeze, held_file)?;
     // A snapshot is read instead of the source (and closed before it is removed); of a LUKS
     // volume's mapping, instead of the mapping.

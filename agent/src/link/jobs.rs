@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, BufReader};
 use tokio::sync::{mpsc, Notify};
 
+use crate::hold_together::HeldVolume;
+
 /// Events buffered for the channel; beyond that progress is dropped (the report is not).
 pub const EVENTS: usize = 256;
 /// How long a cancelled image gets to clean up before it is killed.
@@ -76,6 +78,20 @@ pub(super) fn step(status: StepStatus, title: &str, detail: impl Into<String>) -
         status,
         title: title.to_owned(),
         detail: detail.into(),
+    }
+}
+
+/// A step for each command run around a snapshot: ok, or a warning when it failed.
+pub(super) fn command_steps(commands: &[crate::outcome::CommandRun], report: &mut RunReport) {
+    for c in commands {
+        let status = if c.succeeded() {
+            StepStatus::Ok
+        } else {
+            StepStatus::Warning
+        };
+        report
+            .steps
+            .push(step(status, &format!("Command {}", c.stage), c.summary()));
     }
 }
 
@@ -322,7 +338,7 @@ impl Jobs {
             stop = match &order.task {
                 Task::Image(task) => {
                     let delete = &order.delete_after;
-                    self.image_step(&order, task, delete, &work, &cancel, &mut report)
+                    self.image_step(&order, task, delete, &work, &cancel, &mut report, None)
                         .await
                 }
                 Task::Images { sources } => {
@@ -392,6 +408,9 @@ impl Jobs {
         cancel: &Notify,
         report: &mut RunReport,
     ) -> bool {
+        // Held together where the sources allow; each read from its snapshot then.
+        let mut group = self.hold_together(sources, report).await;
+        let mut stopped = false;
         for (i, s) in sources.iter().enumerate() {
             self.log(
                 order.run_id,
@@ -403,9 +422,24 @@ impl Jobs {
                     sources.len()
                 ),
             );
+            let held = group.as_ref().and_then(|g| {
+                g.of(&s.image.source)
+                    .map(|(n, h)| (n, h.clone(), g.held_at()))
+            });
             let stop = self
-                .image_step(order, &s.image, &s.delete_after, work, cancel, report)
+                .image_step(
+                    order,
+                    &s.image,
+                    &s.delete_after,
+                    work,
+                    cancel,
+                    report,
+                    held.as_ref().map(|(_, h, at)| (h, *at)),
+                )
                 .await;
+            if let (Some(g), Some((n, _, _))) = (group.as_mut(), &held) {
+                g.release(*n).await;
+            }
             if stop {
                 let left: Vec<&str> = sources[i + 1..]
                     .iter()
@@ -418,14 +452,19 @@ impl Jobs {
                         format!("the job stopped before {}", left.join(", ")),
                     ));
                 }
-                return true;
+                stopped = true;
+                break;
             }
         }
-        false
+        if let Some(group) = group {
+            group.finish(report).await;
+        }
+        stopped
     }
 
     /// The imaging step of a run, with what follows a sound image (retention of
     /// `delete_after`); true when the job must stop.
+    #[allow(clippy::too_many_arguments)]
     async fn image_step(
         &self,
         order: &JobOrder,
@@ -434,8 +473,9 @@ impl Jobs {
         work: &Path,
         cancel: &Notify,
         report: &mut RunReport,
+        held: Option<(&HeldVolume, i64)>,
     ) -> bool {
-        let outcome = self.image(order, task, work, cancel, report).await;
+        let outcome = self.image(order, task, work, cancel, report, held).await;
         let mut stop = false;
         match outcome {
             Ok(written) => {
@@ -643,25 +683,17 @@ impl Jobs {
         work: &Path,
         cancel: &Notify,
         report: &mut RunReport,
+        held: Option<(&HeldVolume, i64)>,
     ) -> Result<ImageWritten, ChildFailure> {
         let cmd = self
-            .image_command(task, work)
+            .image_command(task, work, held)
             .map_err(|e| ChildFailure::Failed(format!("{e:#}")))?;
         let out = self.run_child(order.run_id, cmd, cancel).await?;
         let created: crate::outcome::Created = crate::outcome::read("the imaging process", &out)
             .map_err(|e| ChildFailure::Failed(format!("{e:#}")))?;
         report.bytes_read += created.read_bytes;
         report.bytes_written += created.image_bytes;
-        for c in &created.commands {
-            let status = if c.succeeded() {
-                StepStatus::Ok
-            } else {
-                StepStatus::Warning
-            };
-            report
-                .steps
-                .push(step(status, &format!("Command {}", c.stage), c.summary()));
-        }
+        command_steps(&created.commands, report);
         Ok(ImageWritten {
             name: task.name.clone(),
             method: task.method,
@@ -1044,7 +1076,13 @@ impl Jobs {
 
     /// The child command for `task`: flags for the options, secrets in the environment or
     /// in private files under `work`.
-    fn image_command(&self, task: &ImageTask, work: &Path) -> Result<tokio::process::Command> {
+    /// `held`: the source is read from this snapshot, taken then with the run's others.
+    fn image_command(
+        &self,
+        task: &ImageTask,
+        work: &Path,
+        held: Option<(&HeldVolume, i64)>,
+    ) -> Result<tokio::process::Command> {
         let at = |name: &str| join(&task.target.url, name);
         let mut cmd = self.target_command(&task.target, work)?;
         cmd.args([
@@ -1116,11 +1154,24 @@ impl Jobs {
         if !task.keep_thin_snapshot {
             cmd.arg("--no-keep-snapshot");
         }
-        if let Some(c) = &task.before_snapshot {
-            cmd.arg("--before-snapshot").arg(c);
-        }
-        if let Some(c) = &task.after_snapshot {
-            cmd.arg("--after-snapshot").arg(c);
+        match held {
+            // The commands around the snapshot ran around the group's.
+            Some((h, at)) => {
+                cmd.arg("--held-snapshot")
+                    .arg(&h.snapshot)
+                    .arg("--held-at")
+                    .arg(at.to_string())
+                    .arg("--held-description")
+                    .arg(&h.description);
+            }
+            None => {
+                if let Some(c) = &task.before_snapshot {
+                    cmd.arg("--before-snapshot").arg(c);
+                }
+                if let Some(c) = &task.after_snapshot {
+                    cmd.arg("--after-snapshot").arg(c);
+                }
+            }
         }
         if let Some(p) = &task.password {
             cmd.env("HOLDFAST_PASSWORD", p.expose());

@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod pin;
 pub mod run;
 pub mod tasks;
+mod together;
 
 use std::sync::Arc;
 

@@ -10,7 +10,8 @@ use holdfast_testkit::vm::{self, read_json};
 /// without the keyring (XFS), a plain linear mapping (ext4) and a LUKS2 one opened the
 /// default way; a snapshot store directory on another disk's ext4, and a spare device as a
 /// store. Each mounted mapping is imaged under writes, restored and checked; then the
-/// refusals, an overflow, and a run killed while its snapshot exists.
+/// refusals, an overflow, and a run killed while its snapshot exists; then two mappings held
+/// together (`hold-together`), released, and held again by a process that is killed.
 const GUEST: &str = r#"#!/bin/sh
 set -eux
 . "$OUT/guest-lvm.sh"
@@ -132,6 +133,38 @@ dmsetup table --showkeys hfplain | cmp - /tmp/plain.table && echo same > "$OUT/n
 dmsetup ls > "$OUT/dm-end.txt"
 ls -A /tmp/storefs/snaps > "$OUT/store-end.txt"
 ls /run > "$OUT/run-end.txt"
+
+# Two mounted mappings held together (as a job with several sources holds them): both are
+# origins at once; `release 0` gives the first its table back, the end of input the second.
+mkfifo /tmp/hold.in
+"$AGENT" hold-together --source /dev/mapper/hfplain --source /dev/mapper/hfxluks --source "${DISK}p3" < /tmp/hold.in > "$OUT/hold.json" 2> "$OUT/hold.err" &
+HOLDER=$!
+exec 9> /tmp/hold.in
+until [ -s "$OUT/hold.json" ]; do kill -0 $HOLDER || { cat "$OUT/hold.err"; exit 1; }; sleep 0.1; done
+{ dmsetup table hfplain; dmsetup table hfxluks; } > "$OUT/held-tables.txt"
+echo "release 0" >&9
+until dmsetup table --showkeys hfplain | cmp -s - /tmp/plain.table; do kill -0 $HOLDER || exit 1; sleep 0.1; done
+dmsetup table hfxluks > "$OUT/held-second.txt"
+exec 9>&-
+wait $HOLDER
+dmsetup table --showkeys hfxluks | cmp - /tmp/xluks.table && echo same > "$OUT/hold.xluks-after"
+dmsetup ls > "$OUT/dm-hold-end.txt"
+ls -A /tmp/storefs/snaps > "$OUT/store-hold-end.txt"
+
+# The holder killed while it holds them: the next run swaps both back and removes both.
+"$AGENT" hold-together --source /dev/mapper/hfplain --source /dev/mapper/hfxluks < /tmp/hold.in > "$OUT/hold-killed.json" 2> "$OUT/hold-killed.err" &
+HOLDER=$!
+exec 9> /tmp/hold.in
+until [ -s "$OUT/hold-killed.json" ]; do kill -0 $HOLDER || { cat "$OUT/hold-killed.err"; exit 1; }; sleep 0.1; done
+kill -KILL $HOLDER
+wait $HOLDER || true
+exec 9>&-
+dmsetup ls > "$OUT/dm-hold-killed.txt"
+"$AGENT" image create --source /dev/mapper/hfplain --output /tmp/after-hold.hfi --json > "$OUT/after-hold.json"
+dmsetup table --showkeys hfplain | cmp - /tmp/plain.table && echo same > "$OUT/hold-killed.plain-after"
+dmsetup table --showkeys hfxluks | cmp - /tmp/xluks.table && echo same > "$OUT/hold-killed.xluks-after"
+dmsetup ls > "$OUT/dm-hold-killed-end.txt"
+ls -A /tmp/storefs/snaps > "$OUT/store-hold-killed-end.txt"
 "#;
 
 #[test]
@@ -280,5 +313,54 @@ fn device_mapper_devices_are_snapshotted_by_swapping_their_table_in_a_vm() {
     );
     assert_eq!(text("next.table-after").trim(), "same");
     let left = text("dm-end.txt") + &text("store-end.txt") + &text("run-end.txt");
+    assert!(!left.contains("holdfast-snap"), "{left}");
+
+    // Held together: both origins at once, each snapshot of its own, the unmounted
+    // partition named with the reason; released one by one, then all gone.
+    let hold = read_json(out, "hold.json");
+    let held = hold["held"].as_array().expect("held");
+    assert_eq!(held.len(), 2, "{hold}");
+    for (h, other) in held
+        .iter()
+        .zip(["/dev/mapper/hfxluks", "/dev/mapper/hfplain"])
+    {
+        let how = h["description"].as_str().unwrap_or_default();
+        assert!(
+            how.starts_with("dm-snapshot:")
+                && how.ends_with(&format!("taken at one instant together with {other}")),
+            "{hold}"
+        );
+    }
+    assert_ne!(held[0]["snapshot"], held[1]["snapshot"], "{hold}");
+    assert_eq!(
+        hold["not_held"][0]["source"]
+            .as_str()
+            .map(|s| s.ends_with("p3")),
+        Some(true),
+        "{hold}"
+    );
+    assert!(
+        hold["not_held"][0]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("not a device-mapper device")),
+        "{hold}"
+    );
+    let tables = text("held-tables.txt");
+    assert_eq!(tables.matches("snapshot-origin").count(), 2, "{tables}");
+    assert!(text("held-second.txt").contains("snapshot-origin"));
+    assert_eq!(text("hold.xluks-after").trim(), "same");
+    let left = text("dm-hold-end.txt") + &text("store-hold-end.txt");
+    assert!(!left.contains("holdfast-snap"), "{left}");
+
+    // Killed while holding: both left as origins, both given back by the next run.
+    assert_eq!(
+        text("dm-hold-killed.txt").matches("-real").count(),
+        2,
+        "{}",
+        text("dm-hold-killed.txt")
+    );
+    assert_eq!(text("hold-killed.plain-after").trim(), "same");
+    assert_eq!(text("hold-killed.xluks-after").trim(), "same");
+    let left = text("dm-hold-killed-end.txt") + &text("store-hold-killed-end.txt");
     assert!(!left.contains("holdfast-snap"), "{left}");
 }

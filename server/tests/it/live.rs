@@ -4,8 +4,10 @@
 //! a thick LV, a thin LV and a LUKS mapping on an LV, are mounted read-write under a writer
 //! that fsyncs numbered files with their checksum; jobs with default settings image each as
 //! a full and an incremental. Each image restores (here) to a filesystem that checks clean,
-//! holding every file the writer had completed, whole. The agent is killed mid-run: its
-//! snapshot is gone once it starts again, and no image appears under the run's name.
+//! holding every file the writer had completed, whole. A job of three volumes holds the two
+//! thick ones at one instant (the writer's files on both agree to within the one being
+//! written) and the thin one on its own. The agent is killed mid-run: its snapshot is gone
+//! once it starts again, and no image appears under the run's name.
 //!
 //! The host never connects to 10.0.2.x itself: that subnet gets an `unreachable` route.
 
@@ -92,6 +94,14 @@ sync
 ) &
 WRITER=$!
 
+# Copy-on-write space for device-mapper snapshots (volumes held together), off the volumes.
+truncate -s 300M /tmp/store.img
+mkfs.ext4 -q /tmp/store.img
+mkdir -p /tmp/storefs
+mount -o loop /tmp/store.img /tmp/storefs
+mkdir /tmp/storefs/snaps
+export HOLDFAST_SNAPSHOT_STORE=/tmp/storefs/snaps
+
 "$AGENT" enroll --server "$SERVER" --token "$TOKEN" --fingerprint "$FINGERPRINT" --config /tmp/agent.json
 start_agent() {
     "$AGENT" run --config /tmp/agent.json >> "$OUT/agent.log" 2>&1 &
@@ -102,6 +112,11 @@ touch "$OUT/ready"
 deadline=$(( $(date +%s) + 1500 ))
 while [ ! -e "$OUT/finish" ]; do
     [ "$(date +%s)" -lt "$deadline" ] || { echo "the host never said finish"; exit 1; }
+    if [ -e "$OUT/list-devices" ]; then
+        rm "$OUT/list-devices"
+        { dmsetup ls; dmsetup table hfvg-thick hfvg-xthick; ls /tmp/storefs/snaps; } > "$OUT/devices.tmp"
+        mv "$OUT/devices.tmp" "$OUT/devices.txt"
+    fi
     if [ -e "$OUT/kill-when-snapshot" ]; then
         rm "$OUT/kill-when-snapshot"
         until lvs --noheadings -o lv_name hfvg | grep -q holdfast-snap; do sleep 0.1; done
@@ -382,6 +397,78 @@ fn running_volumes_are_imaged_consistently_through_the_server_and_an_agent_in_a_
         }
     }
 
+    // A job of several volumes: the two thick ones held at one instant (device-mapper
+    // snapshots, both suspended before either resumed), the thin one on its own.
+    let machine = api.call(
+        "POST",
+        "/api/v1/jobs",
+        Some(
+            &json!({"name": "machine", "spec": {
+                "agents": [agent_id], "target_id": target_id, "method": "incremental_chain",
+                "sources": ["/dev/hfvg/thick", "/dev/hfvg/xthick", "/dev/hfvg/thin"],
+            }})
+            .to_string(),
+        ),
+    );
+    let machine = machine["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{machine}"));
+    let r = finish(run(machine));
+    assert_eq!(r["status"], "successful", "{r}");
+    let together = r["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["title"] == "Held together"))
+        .unwrap_or_else(|| panic!("no 'Held together' step: {r}"));
+    let detail = together["detail"].as_str().unwrap_or_default();
+    eprintln!("held together: {detail}");
+    assert!(
+        detail.starts_with(
+            "/dev/hfvg/thick, /dev/hfvg/xthick held at one instant by device-mapper snapshots (writes to them waited "
+        ) && detail.contains("/dev/hfvg/thin held on its own"),
+        "{detail}"
+    );
+    let machine_image = |source: &str| {
+        r["images"]
+            .as_array()
+            .and_then(|i| i.iter().find(|i| i["source"] == source))
+            .unwrap_or_else(|| panic!("no image of {source}: {r}"))
+            .clone()
+    };
+    for (source, with) in [
+        ("/dev/hfvg/thick", "/dev/hfvg/xthick"),
+        ("/dev/hfvg/xthick", "/dev/hfvg/thick"),
+    ] {
+        let c = machine_image(source)["consistency"].to_string();
+        assert!(
+            c.contains("dm-snapshot: read from a snapshot")
+                && c.contains(&format!("taken at one instant together with {with}")),
+            "{source}: {c}"
+        );
+    }
+    let thin_image = machine_image("/dev/hfvg/thin");
+    let thin_name = thin_image["name"].as_str().expect("name").to_owned();
+    let thin = thin_image["consistency"].to_string();
+    assert!(
+        thin.contains("lvm-snapshot: read from a thin snapshot"),
+        "{thin}"
+    );
+    // Both snapshots removed, both volumes back on their own tables.
+    std::fs::write(out.join("list-devices"), "").expect("ask");
+    wait_vm("the VM's device list", 60, &vm, &out, || {
+        out.join("devices.txt").exists()
+    });
+    let devices = std::fs::read_to_string(out.join("devices.txt")).expect("devices");
+    assert!(!devices.contains("holdfast-snap"), "{devices}");
+    assert!(!devices.contains("snapshot-origin"), "{devices}");
+    assert!(!devices.contains(".cow"), "{devices}");
+    let machine_images: Vec<(String, &str)> = ["/dev/hfvg/thick", "/dev/hfvg/xthick"]
+        .iter()
+        .map(|s| {
+            let name = machine_image(s)["name"].as_str().expect("name").to_owned();
+            (name, *s)
+        })
+        .collect();
+
     // Killed mid-run: the snapshot is gone once the agent is back, and the run left no
     // image under its name.
     let slow = job("killed", "/dev/hfvg/slow");
@@ -406,7 +493,12 @@ fn running_volumes_are_imaged_consistently_through_the_server_and_an_agent_in_a_
     assert!(r.to_string().contains("Agent stopped"), "{r}");
     // What the killed run had uploaded is under a temporary name only: nothing that looks
     // like an image.
-    let all_named: Vec<&String> = images.values().flatten().collect();
+    let all_named: Vec<&String> = images
+        .values()
+        .flatten()
+        .chain(machine_images.iter().map(|(n, _)| n))
+        .chain(std::iter::once(&thin_name))
+        .collect();
     let strays: Vec<String> = std::fs::read_dir(&sshd.data)
         .expect("target")
         .flatten()
@@ -439,4 +531,25 @@ fn running_volumes_are_imaged_consistently_through_the_server_and_an_agent_in_a_
         }
         assert!(before > 0, "{name}: the writer's files are in the images");
     }
+
+    // Held at one instant: the writer completes a file on thick before the same file on
+    // xthick, so at one instant xthick has as many files as thick, or one fewer. (Held
+    // one after the other, xthick would have every file written while thick was imaged.)
+    let counts: Vec<usize> = machine_images
+        .iter()
+        .map(|(image, source)| {
+            let fs = if source.ends_with("xthick") {
+                "xfs"
+            } else {
+                "ext4"
+            };
+            restore_and_read(&sshd.data.join(image), fs, d, &format!("machine-{fs}")).0
+        })
+        .collect();
+    assert!(
+        counts[1] <= counts[0] && counts[0] <= counts[1] + 1,
+        "thick has {} writer files and xthick {}: not one instant",
+        counts[0],
+        counts[1]
+    );
 }

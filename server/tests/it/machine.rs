@@ -238,6 +238,17 @@ fn a_whole_machine_job_images_every_disk_into_one_report_with_a_chain_each() {
             .contains("2 sources, imaged one after another"),
         "{r1}"
     );
+    // Disks are not device-mapper devices: each is held on its own, and the report says so.
+    let together = r1["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["title"] == "Held together"))
+        .unwrap_or_else(|| panic!("no 'Held together' step: {r1}"));
+    assert!(
+        together["detail"].as_str().is_some_and(|d| d
+            .starts_with("no two sources could be held at one instant")
+            && d.contains("held on its own")),
+        "{together}"
+    );
 
     // Run 2: each disk's increment on its own full image. The disks' loop devices stay
     // attached (the job names them; a new one might get another name): what they cached
