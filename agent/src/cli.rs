@@ -89,6 +89,10 @@ pub struct EnrollArgs {
     /// The server, `https://host:port`.
     #[arg(long)]
     pub server: String,
+    /// Another instance of the server (on the same database), tried when the one before
+    /// cannot be reached; repeat for more.
+    #[arg(long = "also-server", value_name = "URL")]
+    pub also_servers: Vec<String>,
     /// The enrolment token.
     #[arg(long, env = "HOLDFAST_ENROLL_TOKEN", hide_env_values = true)]
     pub token: String,

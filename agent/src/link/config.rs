@@ -16,6 +16,11 @@ pub const DEFAULT_PATH: &str = "/etc/holdfast/agent.json";
 pub struct AgentConfig {
     /// `https://host:port` of the server.
     pub server: String,
+    /// More instances of the same server (`https://host:port` each, all on one database and
+    /// presenting certificates from the same authority), tried in order when the one before
+    /// cannot be reached.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_servers: Vec<String>,
     /// SHA-256 fingerprint of the certificate pinned at enrolment.
     pub fingerprint: String,
     /// The agent's id on the server.
@@ -31,6 +36,13 @@ pub fn path(flag: Option<PathBuf>) -> PathBuf {
 }
 
 impl AgentConfig {
+    /// Every address of the server, in the order they are tried.
+    pub fn servers(&self) -> Vec<&str> {
+        std::iter::once(self.server.as_str())
+            .chain(self.more_servers.iter().map(String::as_str))
+            .collect()
+    }
+
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| {
             format!(

@@ -9,13 +9,20 @@ use super::config::AgentConfig;
 use super::{connect, recv, send};
 use crate::device::hostname;
 
-/// Enrol at `server` with `token`, pinning `fingerprint`; write the configuration to `path`.
+/// Enrol at `server` with `token`, pinning `fingerprint`; write the configuration to `path`,
+/// with `more_servers` to try when `server` cannot be reached.
 pub async fn enroll(
     server: &str,
+    more_servers: &[String],
     token: &str,
     fingerprint: &str,
     path: &Path,
 ) -> Result<AgentConfig> {
+    for s in more_servers {
+        if !s.starts_with("https://") {
+            bail!("'{s}' is not a server address: it must look like https://host:port");
+        }
+    }
     if !fingerprint.starts_with("SHA256:") {
         bail!("the fingerprint must look like SHA256:… (the server prints it at start)");
     }
@@ -47,6 +54,10 @@ pub async fn enroll(
         .unwrap_or_else(|| fingerprint.to_owned());
     let config = AgentConfig {
         server: server.trim_end_matches('/').to_owned(),
+        more_servers: more_servers
+            .iter()
+            .map(|s| s.trim_end_matches('/').to_owned())
+            .collect(),
         fingerprint: pinned,
         agent_id,
         secret,

@@ -113,7 +113,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 /// `holdfast-agent enroll`.
 pub fn cli_enroll(a: crate::cli::EnrollArgs) -> Result<std::process::ExitCode> {
     let path = config::path(a.config);
-    let c = runtime()?.block_on(enroll::enroll(&a.server, &a.token, &a.fingerprint, &path))?;
+    let c = runtime()?.block_on(enroll::enroll(
+        &a.server,
+        &a.also_servers,
+        &a.token,
+        &a.fingerprint,
+        &path,
+    ))?;
     println!(
         "enrolled as agent {} at {}; configuration written to {}",
         c.agent_id,

@@ -1,7 +1,8 @@
 //! `holdfast-agent run`: the daemon. Keeps one channel to the server open, reconnecting
-//! with jittered back-off; sends the inventory on connect and when it changes, heartbeats,
-//! and answers requests. A refusal that retrying cannot fix (revoked, unknown, other
-//! protocol version) ends the daemon with its reason.
+//! with jittered back-off — to the next of the server's addresses when one cannot be
+//! reached, to the same one after a channel that worked closes; sends the inventory on
+//! connect and when it changes, heartbeats, and answers requests. A refusal that retrying
+//! cannot fix (revoked, unknown, other protocol version) ends the daemon with its reason.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,23 +37,37 @@ enum End {
 pub async fn run(config: &AgentConfig, config_path: &Path) -> Result<()> {
     let (events_tx, mut events) = tokio::sync::mpsc::channel(EVENTS);
     let jobs = Jobs::open(state_dir(config_path), events_tx)?;
+    let servers = config.servers();
+    let mut at = 0;
     let mut backoff = Duration::from_secs(1);
     loop {
         if crate::CANCEL.is_cancelled() {
             return Ok(());
         }
-        match session(config, &jobs, &mut events).await {
+        let server = servers[at % servers.len()];
+        match session(config, server, &jobs, &mut events).await {
             Ok(End::Closed) => backoff = Duration::from_secs(1),
             Ok(End::Refused(code, reason)) => match code {
                 RefusalCode::Revoked | RefusalCode::Unknown | RefusalCode::Version => {
                     bail!("the server refused this agent: {reason}")
                 }
-                _ => eprintln!("holdfast-agent: the server refused the channel: {reason}"),
+                _ => eprintln!("holdfast-agent: {server} refused the channel: {reason}"),
             },
-            Err(e) => eprintln!(
-                "holdfast-agent: {e:#}; retrying in about {} s",
-                backoff.as_secs()
-            ),
+            Err(e) => {
+                // The next address at once; after the last, the back-off.
+                at += 1;
+                if at % servers.len() != 0 {
+                    eprintln!(
+                        "holdfast-agent: {server}: {e:#}; trying {}",
+                        servers[at % servers.len()]
+                    );
+                    continue;
+                }
+                eprintln!(
+                    "holdfast-agent: {server}: {e:#}; retrying in about {} s",
+                    backoff.as_secs()
+                );
+            }
         }
         if crate::CANCEL.is_cancelled() {
             return Ok(());
@@ -71,11 +86,12 @@ fn jitter(base: Duration) -> Duration {
 
 async fn session(
     config: &AgentConfig,
+    server: &str,
     jobs: &Arc<Jobs>,
     events: &mut tokio::sync::mpsc::Receiver<AgentMsg>,
 ) -> Result<End> {
     let (mut ws, _) = connect(
-        &config.server,
+        server,
         CHANNEL_PATH,
         &config.fingerprint,
         Some(&config.secret),
@@ -98,8 +114,8 @@ async fn session(
         None => bail!("the server closed the channel at once"),
     };
     eprintln!(
-        "holdfast-agent: connected to {} as agent {}",
-        config.server, config.agent_id
+        "holdfast-agent: connected to {server} as agent {}",
+        config.agent_id
     );
     let mut inventory = current_inventory().await;
     send(&mut ws, &AgentMsg::Inventory(inventory.clone())).await?;

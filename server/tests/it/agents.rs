@@ -9,7 +9,29 @@ use holdfast_proto::{AgentMsg, RefusalCode, CHANNEL_PATH, PROTOCOL_VERSION};
 use serde_json::Value;
 
 use crate::fleet::{agent, agent_bin, enroll, wait_for, Api};
-use crate::proc::{curl, first_start_secrets, free_port, start, start_with};
+use crate::proc::{curl, first_start_secrets, free_port, start, start_with, FirstStart};
+
+/// The server's first start in `dir` on `port` (with `extra` flags), answering: the process,
+/// its log, what it printed for the first admin, and the API.
+fn first_start(
+    dir: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+) -> (std::process::Child, std::path::PathBuf, FirstStart, Api) {
+    let (server, printed) = start_with(dir, port, true, extra);
+    let log = dir.join("server.log");
+    let first = first_start_secrets(dir, &printed);
+    let api = Api {
+        base: format!("https://localhost:{port}"),
+        ca: dir.join("tls/ca.pem").display().to_string(),
+        cookies: dir.join("cookies").display().to_string(),
+    };
+    wait_for("the server", &log, || {
+        curl(&["--cacert", &api.ca, &format!("{}/healthz", api.base)])
+            .is_some_and(|(o, _)| o == "ok\n")
+    });
+    (server, log, first, api)
+}
 
 #[test]
 fn enrol_connect_report_inventory_and_revoke() {
@@ -18,18 +40,7 @@ fn enrol_connect_report_inventory_and_revoke() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let (mut server, printed) = start(dir.path(), port, true);
-    let log = dir.path().join("server.log");
-    let first = first_start_secrets(dir.path(), &printed);
-    let api = Api {
-        base: format!("https://localhost:{port}"),
-        ca: dir.path().join("tls/ca.pem").display().to_string(),
-        cookies: dir.path().join("cookies").display().to_string(),
-    };
-    wait_for("the server", &log, || {
-        curl(&["--cacert", &api.ca, &format!("{}/healthz", api.base)])
-            .is_some_and(|(o, _)| o == "ok\n")
-    });
+    let (mut server, log, first, api) = first_start(dir.path(), port, &[]);
     let password = api.first_login(&first);
     let fingerprint = first.fingerprint.clone();
 
@@ -234,18 +245,7 @@ fn local_agent_flag_enrols_this_machine() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let (mut server, printed) = start_with(dir.path(), port, true, &["--local-agent"]);
-    let log = dir.path().join("server.log");
-    let first = first_start_secrets(dir.path(), &printed);
-    let api = Api {
-        base: format!("https://localhost:{port}"),
-        ca: dir.path().join("tls/ca.pem").display().to_string(),
-        cookies: dir.path().join("cookies").display().to_string(),
-    };
-    wait_for("the server", &log, || {
-        curl(&["--cacert", &api.ca, &format!("{}/healthz", api.base)])
-            .is_some_and(|(o, _)| o == "ok\n")
-    });
+    let (mut server, log, first, api) = first_start(dir.path(), port, &["--local-agent"]);
     api.first_login(&first);
     wait_for("the local agent online", &log, || {
         let list = api.call("GET", "/api/v1/agents", None);
@@ -261,4 +261,106 @@ fn local_agent_flag_enrols_this_machine() {
         .args(["-TERM", &server.id().to_string()])
         .status();
     let _ = server.wait();
+}
+
+#[test]
+fn an_agent_fails_over_to_the_next_address_of_its_server() {
+    if agent_bin().is_none() || Command::new("curl").arg("--version").output().is_err() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, dead, other) = (free_port(), free_port(), free_port());
+    let (mut server, log, first, mut api) = first_start(dir.path(), port, &[]);
+    api.first_login(&first);
+    let created = api.call("POST", "/api/v1/enrollment-tokens", Some("{}"));
+    let token = created["secret"].as_str().expect("token secret");
+    let config = dir.path().join("agent.json");
+    let cfg = config.to_str().expect("path");
+    let at = |p: u16| format!("https://localhost:{p}");
+
+    // Only https addresses are taken; nothing is written otherwise.
+    let out = agent(&[
+        "enroll",
+        "--server",
+        &at(port),
+        "--also-server",
+        "ftp://localhost:21",
+        "--token",
+        token,
+        "--fingerprint",
+        &first.fingerprint,
+        "--config",
+        cfg,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("https://host:port"),
+        "{err}"
+    );
+    assert!(!config.exists());
+    let out = agent(&[
+        "enroll",
+        "--server",
+        &at(port),
+        "--also-server",
+        &at(dead),
+        "--also-server",
+        &at(other),
+        "--token",
+        token,
+        "--fingerprint",
+        &first.fingerprint,
+        "--config",
+        cfg,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("config")).expect("json");
+    assert_eq!(
+        saved["more_servers"],
+        serde_json::json!([at(dead), at(other)])
+    );
+
+    let agent_log = dir.path().join("agent.log");
+    let mut daemon = Command::new(agent_bin().expect("agent"))
+        .args(["run", "--config", cfg])
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::File::create(&agent_log)
+                .map(Stdio::from)
+                .expect("log"),
+        )
+        .spawn()
+        .expect("run");
+    let online =
+        |api: &Api| api.call("GET", "/api/v1/agents", None)["items"][0]["status"] == "online";
+    wait_for("the agent online at the first address", &log, || {
+        online(&api)
+    });
+
+    // The server moves to the third address (as another instance would take over): the
+    // agent skips the address nobody answers and connects there.
+    let _ = server.kill();
+    let _ = server.wait();
+    let (mut moved, _) = start(dir.path(), other, false);
+    api.base = at(other);
+    let said = || std::fs::read_to_string(&agent_log).unwrap_or_default();
+    wait_for("the agent at the third address", &log, || {
+        said().contains(&format!("connected to {} as agent", at(other)))
+    });
+    wait_for("the agent online there", &log, || online(&api));
+    let said = said();
+    assert!(
+        said.contains(&format!("{}: ", at(dead)))
+            && said.contains(&format!("trying {}", at(other))),
+        "{said}"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = moved.kill();
+    let _ = moved.wait();
 }
