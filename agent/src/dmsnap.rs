@@ -69,6 +69,11 @@ impl Source {
     pub fn path(&self) -> String {
         format!("/dev/mapper/{}", self.name)
     }
+
+    /// Whether this device is built on `other` (through the devices under it).
+    pub fn is_on(&self, other: &Source) -> bool {
+        self.dev != other.dev && depends_on(self.dev, other.dev)
+    }
 }
 
 /// Where copy-on-write data goes.

@@ -81,6 +81,19 @@ pub fn run(a: HoldTogetherArgs) -> Result<ExitCode> {
             }),
         }
     }
+    // A source another one is built on (a volume under a LUKS mapping of the run) is not
+    // held with it: suspending the lower device first would leave the upper one's flush
+    // waiting on it for ever.
+    for i in beneath_others(&plans, |(_, a), (_, b)| a.source.is_on(&b.source))
+        .into_iter()
+        .rev()
+    {
+        let (source, _) = plans.remove(i);
+        not_held.push(NotHeld {
+            source: source.display().to_string(),
+            why: "another source of the run is built on it".into(),
+        });
+    }
     // One alone is held as a one-source job holds it; several that do not fit the store
     // together, each on its own, one after another.
     let alone = if plans.len() < 2 {
@@ -216,5 +229,33 @@ fn room_for_all(plans: &[(PathBuf, Plan)]) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// The indexes, in order, of the items another item is built on (`on(a, b)`: a is built on
+/// b).
+fn beneath_others<T>(items: &[T], on: impl Fn(&T, &T) -> bool) -> Vec<usize> {
+    (0..items.len())
+        .filter(|&i| {
+            items
+                .iter()
+                .enumerate()
+                .any(|(j, upper)| j != i && on(upper, &items[i]))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_under_another_is_left_out() {
+        // 0: a volume; 1: a LUKS mapping on it; 2: another volume; 3: a mapping on 1.
+        let under = [None, Some(0), None, Some(1)];
+        let on = |a: &usize, b: &usize| under[*a] == Some(*b);
+        let items = [0, 1, 2, 3];
+        assert_eq!(beneath_others(&items, on), vec![0, 1]);
+        assert!(beneath_others(&[0, 2], on).is_empty());
     }
 }

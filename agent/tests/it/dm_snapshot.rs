@@ -165,6 +165,19 @@ dmsetup table --showkeys hfplain | cmp - /tmp/plain.table && echo same > "$OUT/h
 dmsetup table --showkeys hfxluks | cmp - /tmp/xluks.table && echo same > "$OUT/hold-killed.xluks-after"
 dmsetup ls > "$OUT/dm-hold-killed-end.txt"
 ls -A /tmp/storefs/snaps > "$OUT/store-hold-killed-end.txt"
+
+# A mapping on another mapping, both sources: the lower one is left out (suspended first, it
+# would hold the upper one's flush for ever), the upper one held with hfplain.
+truncate -s 48M /tmp/low.img
+LOW=$(losetup -f --show /tmp/low.img)
+echo "0 $(blockdev --getsz "$LOW") linear $(stat -L -c %Hr:%Lr "$LOW") 0" | dmsetup create hflow
+echo "0 $(blockdev --getsz /dev/mapper/hflow) linear $(stat -L -c %Hr:%Lr /dev/mapper/hflow) 0" | dmsetup create hfhigh
+mkfs.ext4 -q /dev/mapper/hfhigh
+mkdir -p /tmp/m/high
+mount /dev/mapper/hfhigh /tmp/m/high
+echo data > /tmp/m/high/file
+"$AGENT" hold-together --source /dev/mapper/hflow --source /dev/mapper/hfhigh --source /dev/mapper/hfplain < /dev/null > "$OUT/hold-stacked.json"
+dmsetup ls > "$OUT/dm-stacked-end.txt"
 "#;
 
 #[test]
@@ -363,4 +376,27 @@ fn device_mapper_devices_are_snapshotted_by_swapping_their_table_in_a_vm() {
     assert_eq!(text("hold-killed.xluks-after").trim(), "same");
     let left = text("dm-hold-killed-end.txt") + &text("store-hold-killed-end.txt");
     assert!(!left.contains("holdfast-snap"), "{left}");
+
+    // Stacked: the upper mapping held with hfplain, the one under it on its own.
+    let stacked = read_json(out, "hold-stacked.json");
+    let held: Vec<&str> = stacked["held"]
+        .as_array()
+        .expect("held")
+        .iter()
+        .filter_map(|h| h["source"].as_str())
+        .collect();
+    assert_eq!(
+        held,
+        ["/dev/mapper/hfhigh", "/dev/mapper/hfplain"],
+        "{stacked}"
+    );
+    assert_eq!(
+        stacked["not_held"][0]["source"], "/dev/mapper/hflow",
+        "{stacked}"
+    );
+    assert_eq!(
+        stacked["not_held"][0]["why"], "another source of the run is built on it",
+        "{stacked}"
+    );
+    assert!(!text("dm-stacked-end.txt").contains("holdfast-snap"));
 }
