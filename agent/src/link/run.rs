@@ -1,6 +1,6 @@
 //! `holdfast-agent run`: the daemon. Keeps one channel to the server open, reconnecting
 //! with jittered back-off — to the next of the server's addresses when one cannot be
-//! reached, to the same one after a channel that worked closes; sends the inventory on
+//! reached or its channel breaks, to the same one after the server closed a channel; sends the inventory on
 //! connect and when it changes, heartbeats, and answers requests. A refusal that retrying
 //! cannot fix (revoked, unknown, other protocol version) ends the daemon with its reason.
 

@@ -521,7 +521,7 @@ impl Dispatcher {
             Ok([one]) => (Task::Image(one.image), one.delete_after),
             Err(all) => {
                 notes.push(format!(
-                    "{} sources, imaged one after another into one report (the agent holds those it can at one instant): {}",
+                    "{} sources, imaged one after another into one report (its steps say how each was held): {}",
                     all.len(),
                     sources.join(", ")
                 ));
