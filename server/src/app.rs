@@ -12,6 +12,7 @@ use axum::response::{IntoResponse as _, Response};
 use axum::Router;
 
 use crate::auth::LoginLimiter;
+use crate::cluster::Cluster;
 use crate::gateway::Gateway;
 use crate::http::ApiError;
 use crate::jobs::Dispatcher;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     /// Runs from order to report.
     pub jobs: Arc<Dispatcher>,
+    /// This server instance among the others on its store.
+    pub cluster: Arc<Cluster>,
     /// Sends e-mail with the stored SMTP settings.
     pub mailer: Arc<crate::mail::Mailer>,
     pub limiter: Arc<LoginLimiter>,
@@ -58,16 +61,33 @@ pub struct AppState {
 impl AppState {
     /// State over `store`, for a server whose pinned certificate has `fingerprint`.
     pub fn new(store: Store, fingerprint: String, vault: Vault) -> anyhow::Result<Self> {
+        Self::in_cluster(
+            store,
+            fingerprint,
+            vault,
+            Arc::new(Cluster::sole("localhost")),
+        )
+    }
+
+    /// [`AppState::new`] for server instance `cluster`.
+    pub fn in_cluster(
+        store: Store,
+        fingerprint: String,
+        vault: Vault,
+        cluster: Arc<Cluster>,
+    ) -> anyhow::Result<Self> {
         let dummy_hash = crate::auth::hash_password("holdfast-no-such-user")
             .map_err(|e| anyhow::anyhow!("cannot hash: {e}"))?;
         let gateway: Arc<Gateway> = Arc::default();
         let vault = Arc::new(vault);
         Ok(Self {
-            jobs: Arc::new(Dispatcher::new(
+            jobs: Arc::new(Dispatcher::in_cluster(
                 store.clone(),
                 gateway.clone(),
                 vault.clone(),
+                cluster.clone(),
             )),
+            cluster,
             mailer: Arc::new(crate::mail::Mailer::new(store.clone(), vault.clone())),
             store,
             gateway,
@@ -89,7 +109,7 @@ impl AppState {
     pub fn agent_status(&self, a: &crate::store::agents::Agent) -> AgentStatus {
         if a.revoked_at.is_some() {
             AgentStatus::Revoked
-        } else if self.gateway.is_online(a.id) {
+        } else if self.gateway.is_online(a.id) || self.cluster.elsewhere(a).is_some() {
             AgentStatus::Online
         } else {
             AgentStatus::Offline

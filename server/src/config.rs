@@ -47,6 +47,10 @@ pub struct Args {
     /// Job runs an agent may have at once [default: 1; imaging saturates a machine's disks].
     #[arg(long, env = "HOLDFAST_AGENT_CONCURRENCY", value_parser = clap::value_parser!(u64).range(1..=64))]
     pub agent_concurrency: Option<u64>,
+    /// With several instances on one PostgreSQL store: how long a leader's term lasts
+    /// unless renewed (another instance takes over this long after the leader dies).
+    #[arg(long, env = "HOLDFAST_LEADER_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub leader_lease_seconds: u64,
 }
 
 /// The configuration file's keys.
@@ -75,6 +79,8 @@ pub struct Config {
     pub heartbeat_seconds: u64,
     /// Job runs an agent may have at once.
     pub agent_concurrency: usize,
+    /// A leader's term, unless renewed (several instances on PostgreSQL).
+    pub leader_lease: std::time::Duration,
 }
 
 impl Config {
@@ -119,6 +125,7 @@ impl Config {
             names,
             local_agent: args.local_agent || file.local_agent.unwrap_or(false),
             heartbeat_seconds: args.heartbeat_seconds,
+            leader_lease: std::time::Duration::from_secs(args.leader_lease_seconds),
             agent_concurrency: match args.agent_concurrency.or(file.agent_concurrency) {
                 Some(n @ 1..=64) => n as usize,
                 Some(n) => bail!("agent_concurrency must be 1 to 64 (got {n})"),

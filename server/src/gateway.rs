@@ -128,10 +128,11 @@ impl Gateway {
     }
 
     /// Forget a connection (only if it is still the current one of the agent); its
-    /// streams break off.
-    pub fn unregister(&self, id: i64, generation: u64) {
+    /// streams break off. True when it was the current one.
+    pub fn unregister(&self, id: i64, generation: u64) -> bool {
         let mut conns = self.conns();
-        if conns.get(&id).is_some_and(|c| c.generation == generation) {
+        let current = conns.get(&id).is_some_and(|c| c.generation == generation);
+        if current {
             conns.remove(&id);
             drop(conns);
             self.streams().retain(|_, s| {
@@ -143,6 +144,7 @@ impl Gateway {
                 s.agent != id
             });
         }
+        current
     }
 
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Inflow>> {

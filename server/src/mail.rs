@@ -28,6 +28,8 @@ const RETRY_MINUTES: [i64; 6] = [1, 5, 15, 60, 180, 720];
 const OUTBOX_TICK: Duration = Duration::from_secs(5);
 /// How long one SMTP conversation may take.
 const SMTP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a mail taken for sending stays with its sender before it is due again.
+const CLAIM: Duration = Duration::from_secs(120);
 
 /// How the connection to the SMTP server is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -157,6 +159,19 @@ impl Mailer {
 
     /// Send one mail now.
     pub async fn send(&self, to: &[String], subject: &str, body: &str) -> Result<(), MailError> {
+        self.send_as(to, subject, body, None).await
+    }
+
+    /// Send one mail now; `message_id` is the left part of its Message-ID when given (a
+    /// mail sent again keeps its id, so mail readers show it once), the sender's domain
+    /// the right.
+    async fn send_as(
+        &self,
+        to: &[String],
+        subject: &str,
+        body: &str,
+        message_id: Option<&str>,
+    ) -> Result<(), MailError> {
         let (s, password) = self.settings().await?.ok_or(MailError::NotConfigured)?;
         let smtp = |detail: String| MailError::Smtp {
             server: s.server.clone(),
@@ -170,6 +185,10 @@ impl Mailer {
                     .map_err(|_| MailError::Address(s.sender.clone()))?,
             )
             .subject(subject)
+            .message_id(message_id.map(|left| {
+                let domain = s.sender.rsplit_once('@').map_or("holdfast", |(_, d)| d);
+                format!("<{left}@{}>", domain.trim_end_matches('>'))
+            }))
             .header(ContentType::TEXT_PLAIN);
         for m in mailboxes(to)? {
             builder = builder.to(m);
@@ -211,9 +230,22 @@ impl Mailer {
             .map_err(|e| smtp(e.to_string()))
     }
 
-    /// Deliver the mails that are due; a failure is recorded and retried later.
-    pub async fn deliver_due(&self) -> Result<(), StoreError> {
+    /// Deliver the mails that are due; a failure is recorded and retried later. With
+    /// several server instances only the leader sends, and it takes each mail before
+    /// sending it, so no two instances send one mail. A mail being sent when its sender
+    /// dies goes again (once its claim ran out) with the same Message-ID.
+    pub async fn deliver_due(
+        &self,
+        leadership: &crate::cluster::Leadership,
+    ) -> Result<(), StoreError> {
         for m in self.store.due_mail(now(), 50).await? {
+            if leadership.leading().await.is_none() {
+                return Ok(());
+            }
+            let until = now() + CLAIM.as_secs() as i64;
+            if !self.store.claim_mail(&m, until).await? {
+                continue;
+            }
             let to: Vec<String> = m
                 .recipients
                 .split(',')
@@ -221,7 +253,11 @@ impl Mailer {
                 .filter(|a| !a.is_empty())
                 .map(str::to_owned)
                 .collect();
-            match self.send(&to, &m.subject, &m.body).await {
+            let message_id = format!("holdfast-mail-{}-{}", m.id, m.created_at);
+            match self
+                .send_as(&to, &m.subject, &m.body, Some(&message_id))
+                .await
+            {
                 Ok(()) => self.store.mail_sent(m.id).await?,
                 Err(e) => {
                     let retry = usize::try_from(m.attempts)
@@ -237,12 +273,15 @@ impl Mailer {
     }
 
     /// Run the outbox until the task is dropped.
-    pub fn spawn(self: Arc<Self>) -> tokio::task::JoinHandle<()> {
+    pub fn spawn(
+        self: Arc<Self>,
+        cluster: Arc<crate::cluster::Cluster>,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(OUTBOX_TICK);
             loop {
                 tick.tick().await;
-                if let Err(e) = self.deliver_due().await {
+                if let Err(e) = self.deliver_due(&cluster.leadership).await {
                     tracing::error!(error = %e, "outbox failed");
                 }
             }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context as _, Result};
@@ -9,8 +10,9 @@ use zeroize::Zeroizing;
 
 use crate::app::{app, AppState};
 use crate::auth::{hash_password, new_secret, Role};
+use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{Engine, Store};
 use crate::tls;
 
 /// Environment variable that sets the first admin's password (else one is generated,
@@ -45,9 +47,15 @@ pub async fn first_admin(
         .await?
         .map_err(|e| anyhow!(e))?;
     let mut change = store.change("server").await?;
-    let admin = change
+    let admin = match change
         .create_user("admin", &hash, Role::Admin, generated)
-        .await?;
+        .await
+    {
+        Ok(a) => a,
+        // Another instance on the same store made it a moment ago.
+        Err(crate::store::StoreError::Conflict(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
     change
         .commit("create_user", &format!("user:{}", admin.id), "first start")
         .await?;
@@ -139,7 +147,21 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
             config.data_dir.join(crate::vault::KEY_FILE).display()
         ));
     }
-    let mut state = AppState::new(store.clone(), identity.fingerprint.clone(), vault)?;
+    check_master_key(&store, &vault).await?;
+    let name = format!("{}:{}", crate::config::host_name(), config.listen.port());
+    let (cluster, campaign) = match store.engine() {
+        Engine::Postgres => {
+            let (c, task) = Cluster::shared(store.clone(), url.clone(), &name, config.leader_lease);
+            (Arc::new(c), Some(task))
+        }
+        Engine::Sqlite => (Arc::new(Cluster::sole(&name)), None),
+    };
+    let mut state = AppState::in_cluster(
+        store.clone(),
+        identity.fingerprint.clone(),
+        vault,
+        cluster.clone(),
+    )?;
     state.jobs.set_per_agent(config.agent_concurrency);
     state.heartbeat_seconds = config.heartbeat_seconds;
     let handle = axum_server::Handle::new();
@@ -253,8 +275,26 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
     };
 
     let scheduler = crate::jobs::scheduler::spawn(state.jobs.clone());
-    let outbox = state.mailer.clone().spawn();
+    let outbox = state.mailer.clone().spawn(cluster.clone());
     let alerts = crate::jobs::alerts::spawn(state.jobs.clone());
+    // With other instances: beats, and notes to and from them.
+    let mut shared_tasks: Vec<tokio::task::JoinHandle<()>> = campaign.into_iter().collect();
+    shared_tasks.extend(cluster.spawn_beat());
+    if store.engine() == Engine::Postgres {
+        say(format_args!(
+            "  instance:     {} (one of the instances on its PostgreSQL store)",
+            cluster.id
+        ));
+        shared_tasks.push(crate::cluster::relay::spawn_listener(
+            url.clone(),
+            cluster.clone(),
+            state.jobs.clone(),
+        ));
+        shared_tasks.push(crate::cluster::relay::spawn_publisher(
+            cluster.clone(),
+            state.jobs.clone(),
+        ));
+    }
     let on_signal = handle.clone();
     let gateway = state.gateway.clone();
     tokio::spawn(async move {
@@ -273,6 +313,11 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
     scheduler.abort();
     outbox.abort();
     alerts.abort();
+    for task in shared_tasks {
+        task.abort();
+    }
+    // Another instance leads from now, not a lease later.
+    cluster.leadership.step_down().await;
     // The local agent stops with the server (its child is killed when dropped).
     if let Some(task) = local_agent {
         task.abort();
@@ -281,6 +326,41 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         }
     }
     served
+}
+
+/// The setting that holds a value sealed with the master key the store's secrets are
+/// sealed with.
+const KEY_CHECK: &str = "vault.key_check";
+
+/// Refuse to start with a master key other than the one the store's secrets are sealed
+/// with (another instance on the same PostgreSQL store started with its own key): every
+/// credential would fail to open, run after run. The first start seals the check.
+async fn check_master_key(store: &Store, vault: &crate::vault::Vault) -> Result<()> {
+    const PLAIN: &[u8] = b"holdfast master key check";
+    match store.setting(KEY_CHECK).await? {
+        Some((_, Some(sealed))) => match vault.unseal(KEY_CHECK, &sealed) {
+            Ok(plain) if plain.as_slice() == PLAIN => Ok(()),
+            _ => anyhow::bail!(
+                "this server's master key is not the one the store's credentials are sealed with: \
+                 every instance on one database needs the same key (HOLDFAST_MASTER_KEY, or the \
+                 first instance's '{}' copied into this data folder)",
+                crate::vault::KEY_FILE
+            ),
+        },
+        _ => {
+            let sealed = vault
+                .seal(KEY_CHECK, PLAIN)
+                .map_err(|e| anyhow!("cannot seal the key check: {e}"))?;
+            store
+                .set_setting(KEY_CHECK, "", Some(Some(&sealed)))
+                .await?;
+            // Another instance starting at the same moment may have written its own.
+            match store.setting(KEY_CHECK).await? {
+                Some((_, Some(now))) if now == sealed => Ok(()),
+                _ => Box::pin(check_master_key(store, vault)).await,
+            }
+        }
+    }
 }
 
 /// Print a line on stdout; a closed stdout (a detached or piped start) is not an error.

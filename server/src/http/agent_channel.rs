@@ -248,7 +248,7 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
         state.gateway.unregister(id, reg.generation);
         return;
     }
-    let _ = state.store.agent_seen(id).await;
+    let _ = state.store.agent_connected(id, &state.cluster.id).await;
     if let Err(e) = state.store.set_agent_refusal(id, None).await {
         tracing::error!(agent = id, error = %e, "cannot clear a refusal");
     }
@@ -316,14 +316,17 @@ async fn serve_channel(state: AppState, id: i64, mut ws: WebSocket) {
                 } else {
                     let _ = ws.send(Message::Close(None)).await;
                 }
-                state.gateway.unregister(id, reg.generation);
+                if state.gateway.unregister(id, reg.generation) {
+                    let _ = state.store.agent_disconnected(id, &state.cluster.id).await;
+                }
                 tracing::info!(agent = id, "agent channel closed by the server");
                 return;
             }
         }
     }
-    state.gateway.unregister(id, reg.generation);
-    let _ = state.store.agent_seen(id).await;
+    if state.gateway.unregister(id, reg.generation) {
+        let _ = state.store.agent_disconnected(id, &state.cluster.id).await;
+    }
     tracing::info!(agent = id, "agent disconnected");
 }
 

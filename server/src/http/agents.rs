@@ -246,6 +246,12 @@ async fn revoke(
         .commit("revoke_agent", &format!("agent:{id}"), "")
         .await?;
     state.gateway.kick(id);
+    // Its channel may be open on another instance.
+    let note = crate::cluster::Note::Kick {
+        from: state.cluster.id.clone(),
+        agent: id,
+    };
+    state.cluster.tell(&note).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -49,7 +49,10 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
          # HELP holdfast_users Console and API users.\n\
          # TYPE holdfast_users gauge\n\
          holdfast_users {users}\n\
-         # HELP holdfast_agents_online Agents with their channel open.\n\
+         # HELP holdfast_leader 1 when this instance leads the work that must happen once.\n\
+         # TYPE holdfast_leader gauge\n\
+         holdfast_leader {}\n\
+         # HELP holdfast_agents_online Agents with their channel open to this instance.\n\
          # TYPE holdfast_agents_online gauge\n\
          holdfast_agents_online {}\n\
          # HELP holdfast_connections Open HTTPS connections serving requests (agent channels: holdfast_agents_online).\n\
@@ -60,6 +63,7 @@ async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, Api
          holdfast_uptime_seconds {}\n",
         m.requests.load(Ordering::Relaxed),
         m.errors.load(Ordering::Relaxed),
+        u8::from(state.cluster.leadership.believes_leading()),
         state.gateway.online_count(),
         state.listener.as_ref().map_or(0, |h| h.connection_count()),
         state.started.elapsed().as_secs(),
@@ -82,6 +86,9 @@ async fn info(
         },
         certificate_fingerprint: state.fingerprint.clone(),
         uptime_seconds: state.started.elapsed().as_secs(),
+        instance: state.cluster.id.clone(),
+        leading: state.cluster.leadership.leading().await.is_some(),
+        other_instances: state.cluster.other_names(),
     }))
 }
 
@@ -94,6 +101,13 @@ struct Info {
     /// What agents pin (`SHA256:…`).
     certificate_fingerprint: String,
     uptime_seconds: u64,
+    /// This server instance (several may share a PostgreSQL store).
+    instance: String,
+    /// True when this instance leads the work that must happen once (scheduled starts,
+    /// mail, alerts); always true with SQLite.
+    leading: bool,
+    /// The other instances on the store that are alive, by name (host:port).
+    other_instances: Vec<String>,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -280,12 +280,16 @@ async fn stale(jobs: &Dispatcher, s: &Stale, now: DateTime<Utc>) -> Result<(), S
     Ok(())
 }
 
-/// Run the checks every minute until the task is dropped.
+/// Run the checks every minute until the task is dropped (on the leading instance only:
+/// each digest and alert goes out once).
 pub fn spawn(jobs: std::sync::Arc<Dispatcher>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tick.tick().await;
+            if jobs.cluster.leadership.leading().await.is_none() {
+                continue;
+            }
             if let Err(e) = check(&jobs, Utc::now()).await {
                 tracing::error!(error = %e, "alert check failed");
             }

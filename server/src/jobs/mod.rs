@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod image_files;
 pub mod job_xml;
+pub mod live;
 pub mod notify;
 pub mod report_xml;
 pub mod retention;
@@ -14,8 +15,8 @@ pub mod spec;
 pub mod tasks;
 pub mod template;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use holdfast_proto::job::{ImageKind, ImageTask, JobOrder, RunReport, Secret, TargetAccess, Task};
@@ -26,19 +27,19 @@ use holdfast_proto::RunStatus;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::cluster::Cluster;
 use crate::gateway::{Gateway, GatewayError};
 use crate::store::jobs::{Finish, ImageRow, JobRow, NewImage, RunRow};
 use crate::store::targets::TargetRow;
 use crate::store::{RunState, Store, StoreError};
 use crate::vault::{Vault, VaultError};
+pub use live::LiveProgress;
 use spec::{JobSpec, SiteBook};
 
 /// How long an agent has to accept an order.
 const ACCEPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a check on an agent may take (a target that does not answer times out first).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(180);
-/// Log lines kept per running run.
-const LOG_LINES: usize = 50;
 
 /// Why a run could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -94,41 +95,6 @@ pub fn job_luks_context(id: i64) -> String {
     format!("job-luks:{id}")
 }
 
-/// The latest progress of a running run, as the console shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct LiveProgress {
-    pub stage: String,
-    pub done: u64,
-    pub total: u64,
-    /// Bytes per second, smoothed.
-    pub rate: f64,
-    /// Seconds left at this rate.
-    pub eta_seconds: Option<u64>,
-    /// The latest log lines.
-    #[schema(value_type = Vec<String>)]
-    pub log: VecDeque<String>,
-    #[serde(skip)]
-    at: Option<Instant>,
-    /// The agent running it: only it may report progress.
-    #[serde(skip)]
-    agent_id: i64,
-}
-
-impl LiveProgress {
-    fn new(agent_id: i64) -> Self {
-        Self {
-            stage: "starting".into(),
-            done: 0,
-            total: 0,
-            rate: 0.0,
-            eta_seconds: None,
-            log: VecDeque::new(),
-            at: None,
-            agent_id,
-        }
-    }
-}
-
 /// Runs from order to report.
 pub struct Dispatcher {
     pub store: Store,
@@ -136,7 +102,9 @@ pub struct Dispatcher {
     pub vault: Arc<Vault>,
     /// Runs an agent may have at once.
     per_agent: std::sync::atomic::AtomicUsize,
-    live: Mutex<HashMap<i64, LiveProgress>>,
+    live: live::Board,
+    /// This server instance among the others on its store.
+    pub cluster: Arc<Cluster>,
     /// Sites and their agents, read at most once a second (a fleet-wide start prepares
     /// thousands of orders at once).
     sites: tokio::sync::Mutex<Option<CachedSites>>,
@@ -157,13 +125,30 @@ const SITES_FRESH: Duration = Duration::from_secs(1);
 pub const PER_AGENT: usize = 1;
 
 impl Dispatcher {
+    /// The dispatcher of the only server instance on `store`.
     pub fn new(store: Store, gateway: Arc<Gateway>, vault: Arc<Vault>) -> Self {
+        Self::in_cluster(
+            store,
+            gateway,
+            vault,
+            Arc::new(Cluster::sole("this server")),
+        )
+    }
+
+    /// The dispatcher of server instance `cluster`.
+    pub fn in_cluster(
+        store: Store,
+        gateway: Arc<Gateway>,
+        vault: Arc<Vault>,
+        cluster: Arc<Cluster>,
+    ) -> Self {
         Self {
             store,
             gateway,
             vault,
             per_agent: std::sync::atomic::AtomicUsize::new(PER_AGENT),
-            live: Mutex::default(),
+            live: live::Board::default(),
+            cluster,
             sites: tokio::sync::Mutex::default(),
         }
     }
@@ -205,30 +190,36 @@ impl Dispatcher {
             .map_err(DispatchError::Spec)
     }
 
-    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<i64, LiveProgress>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    /// The progress of run `id`, while it runs (here or on another instance).
+    pub fn progress(&self, id: i64) -> Option<LiveProgress> {
+        self.live.get(id)
     }
 
-    /// The progress of run `id`, while it runs.
-    pub fn progress(&self, id: i64) -> Option<LiveProgress> {
-        self.live().get(&id).cloned()
+    /// Progress and ended runs followed here since the last call, to pass on.
+    pub fn take_changes(&self) -> (Vec<crate::cluster::relay::Progress>, Vec<i64>) {
+        self.live.take_changes()
+    }
+
+    /// Another instance's progress and ended runs.
+    pub fn merge_remote(&self, progress: Vec<crate::cluster::relay::Progress>, ended: &[i64]) {
+        self.live.merge_remote(progress, ended);
     }
 
     /// True when `run_id` is a running run of `agent_id` (known live, or found in the
-    /// store after a server restart).
+    /// store after a server restart or a move from another instance); it is followed here
+    /// from now on.
     async fn owns(&self, agent_id: i64, run_id: i64) -> bool {
-        if let Some(p) = self.live().get(&run_id) {
-            return p.agent_id == agent_id;
+        let known = match self.live.agent_of(run_id) {
+            Some(a) => a == agent_id,
+            None => matches!(
+                self.store.run(run_id).await,
+                Ok(Some(r)) if r.agent_id == agent_id && !r.finished()
+            ),
+        };
+        if known {
+            self.live.follow(run_id, agent_id);
         }
-        match self.store.run(run_id).await {
-            Ok(Some(r)) if r.agent_id == agent_id && !r.finished() => {
-                self.live()
-                    .entry(run_id)
-                    .or_insert_with(|| LiveProgress::new(agent_id));
-                true
-            }
-            _ => false,
-        }
+        known
     }
 
     /// Agent `agent_id`'s progress event for one of its runs.
@@ -240,49 +231,15 @@ impl Dispatcher {
         done: u64,
         total: u64,
     ) {
-        if !self.owns(agent_id, run_id).await {
-            return;
+        if self.owns(agent_id, run_id).await {
+            self.live.progress(run_id, stage, done, total);
         }
-        let mut live = self.live();
-        let Some(p) = live.get_mut(&run_id) else {
-            return;
-        };
-        let now = Instant::now();
-        if p.stage == stage && done >= p.done {
-            if let Some(at) = p.at {
-                let secs = now.duration_since(at).as_secs_f64();
-                if secs > 0.0 {
-                    let rate = (done - p.done) as f64 / secs;
-                    // Smoothed so one slow moment does not swing the estimate.
-                    p.rate = if p.rate == 0.0 {
-                        rate
-                    } else {
-                        0.7 * p.rate + 0.3 * rate
-                    };
-                }
-            }
-        } else {
-            p.rate = 0.0;
-        }
-        p.stage = stage;
-        p.done = done;
-        p.total = total;
-        p.at = Some(now);
-        p.eta_seconds =
-            (p.rate > 0.0).then(|| (total.saturating_sub(done) as f64 / p.rate).round() as u64);
     }
 
     /// Agent `agent_id`'s log line for one of its runs.
     pub async fn on_log(&self, agent_id: i64, run_id: i64, level: &str, text: &str) {
-        if !self.owns(agent_id, run_id).await {
-            return;
-        }
-        let mut live = self.live();
-        if let Some(p) = live.get_mut(&run_id) {
-            if p.log.len() == LOG_LINES {
-                p.log.pop_front();
-            }
-            p.log.push_back(format!("{level}: {text}"));
+        if self.owns(agent_id, run_id).await {
+            self.live.log(run_id, format!("{level}: {text}"));
         }
     }
 
@@ -349,6 +306,11 @@ impl Dispatcher {
     /// Send queued run `run` to its agent. When the agent is not connected the run goes
     /// back to the queue (`requeue`) or ends failed.
     pub async fn deliver(&self, run: &RunRow, requeue: bool) -> Result<(), DispatchError> {
+        // An agent connected to another instance gets the run from that instance's next
+        // look at the queue.
+        if self.connected_elsewhere(run.agent_id).await.is_some() {
+            return Ok(());
+        }
         if !self.store.claim_run(run.id).await? {
             return Ok(());
         }
@@ -375,11 +337,7 @@ impl Dispatcher {
             )
             .await
         {
-            Ok(_) => {
-                self.live()
-                    .entry(run.id)
-                    .or_insert_with(|| LiveProgress::new(run.agent_id));
-            }
+            Ok(_) => self.live.follow(run.id, run.agent_id),
             Err(GatewayError::Offline(_)) if requeue => self.store.requeue_run(run.id).await?,
             // The order may have reached the agent: its report will say, or the check of
             // its runs when it next connects ends the run.
@@ -668,7 +626,25 @@ impl Dispatcher {
 
     /// Gateway error `e` told about agent `agent_id`'s host.
     pub(crate) async fn on_host(&self, agent_id: i64, e: GatewayError) -> DispatchError {
-        DispatchError::Agent(e.on(&self.host_name(agent_id).await))
+        let host = self.host_name(agent_id).await;
+        if matches!(e, GatewayError::Offline(_)) {
+            if let Some(other) = self.connected_elsewhere(agent_id).await {
+                return DispatchError::Agent(format!(
+                    "{host} is connected to the server instance {other}, not to this one: ask through that instance (its console or API)"
+                ));
+            }
+        }
+        DispatchError::Agent(e.on(&host))
+    }
+
+    /// The name of the other server instance agent `agent_id` is connected to, when it is
+    /// not connected here.
+    pub async fn connected_elsewhere(&self, agent_id: i64) -> Option<String> {
+        if self.gateway.is_online(agent_id) {
+            return None;
+        }
+        let agent = self.store.agent(agent_id).await.ok()??;
+        self.cluster.elsewhere(&agent)
     }
 
     /// End a run that no agent ran, with a one-step report saying why.
@@ -706,7 +682,7 @@ impl Dispatcher {
             Ok(false) => {}
             Err(e) => tracing::error!(run = run.id, error = %e, "cannot record the end of a run"),
         }
-        self.live().remove(&run.id);
+        self.live.end(run.id);
     }
 
     /// Agent `agent_id` just connected: runs the store has running there that the agent
@@ -762,14 +738,30 @@ impl Dispatcher {
     }
 
     /// Ask the agent to cancel run `run`.
+    /// An agent connected to another instance is asked through that instance (a note:
+    /// the run's report says whether it was cancelled).
     pub async fn cancel(&self, run: &RunRow) -> Result<(), DispatchError> {
+        if self.connected_elsewhere(run.agent_id).await.is_some() {
+            let note = crate::cluster::Note::Cancel {
+                from: self.cluster.id.clone(),
+                agent: run.agent_id,
+                run: run.id,
+            };
+            self.cluster.tell(&note).await;
+            return Ok(());
+        }
+        self.cancel_here(run.agent_id, run.id).await
+    }
+
+    /// Ask agent `agent_id`, connected here, to cancel run `run_id`.
+    pub async fn cancel_here(&self, agent_id: i64, run_id: i64) -> Result<(), DispatchError> {
         match self
             .gateway
-            .request(run.agent_id, Cancel { run_id: run.id }, ACCEPT_TIMEOUT)
+            .request(agent_id, Cancel { run_id }, ACCEPT_TIMEOUT)
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.on_host(run.agent_id, e).await),
+            Err(e) => Err(self.on_host(agent_id, e).await),
         }
     }
 
@@ -861,7 +853,7 @@ impl Dispatcher {
                     );
                     self.ended(run.id).await;
                 }
-                self.live().remove(&run.id);
+                self.live.end(run.id);
                 true
             }
             Err(e) => {

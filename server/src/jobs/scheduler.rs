@@ -3,6 +3,12 @@
 //! twice), then hands queued runs to agents that are connected and free: one run per job at
 //! a time, at most `per_agent` runs per agent. A run whose agent stays away past the
 //! schedule's time frame ends as missed.
+//!
+//! Several instances on one PostgreSQL store each hand out runs to the agents connected
+//! to them; recording starts and ending missed runs is the leader's (see
+//! [`crate::cluster::leader`]). The leader records how far it got in the store, so the
+//! next leader (or this one after a restart) goes on from there: no start lost in
+//! between, and none recorded twice (the store refuses a second).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,6 +28,8 @@ const LOOK_BACK: i64 = 24 * 3600;
 const STARTS_PER_TICK: usize = 50;
 /// How long a manual run waits for its agent before it counts as missed.
 const MANUAL_FRAME: i64 = 24 * 3600;
+/// The setting that says through when starts are recorded (Unix seconds).
+const RECORDED_THROUGH: &str = "scheduler.recorded_through";
 
 /// What a job's schedule starts.
 #[derive(Debug, Clone, Copy)]
@@ -34,13 +42,34 @@ enum Kind {
 /// Run the scheduler until the task is dropped.
 pub fn spawn(jobs: Arc<Dispatcher>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut since = Utc::now() - chrono::Duration::seconds(LOOK_BACK);
+        // Through when starts are recorded, while this instance leads.
+        let mut since: Option<DateTime<Utc>> = None;
         loop {
             let now = Utc::now();
             let mut wake = now + chrono::Duration::from_std(TICK).unwrap_or_default();
-            match once(&jobs, since, now).await {
+            let from = if jobs.cluster.leadership.leading().await.is_some() {
+                match since {
+                    Some(s) => Some(s),
+                    None => Some(recorded_through(&jobs, now).await),
+                }
+            } else {
+                None
+            };
+            match look(&jobs, from, now).await {
                 Ok(next) => {
-                    since = now;
+                    if from.is_some() {
+                        since = Some(now);
+                        let through = now.timestamp().to_string();
+                        if let Err(e) = jobs
+                            .store
+                            .set_setting(RECORDED_THROUGH, &through, None)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "cannot record how far the schedules were looked at");
+                        }
+                    } else {
+                        since = None;
+                    }
                     // Wake at the next start itself, not up to a tick after it.
                     if let Some(n) = next.filter(|n| *n < wake) {
                         wake = n;
@@ -52,6 +81,27 @@ pub fn spawn(jobs: Arc<Dispatcher>) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(pause).await;
         }
     })
+}
+
+/// Where a leader that just took over (or started) goes on recording starts: where the
+/// last leader got to, at most [`LOOK_BACK`] ago.
+async fn recorded_through(jobs: &Dispatcher, now: DateTime<Utc>) -> DateTime<Utc> {
+    let earliest = now - chrono::Duration::seconds(LOOK_BACK);
+    let recorded = match jobs.store.setting(RECORDED_THROUGH).await {
+        Ok(Some((v, _))) => v
+            .parse::<i64>()
+            .ok()
+            .and_then(|t| DateTime::from_timestamp(t, 0)),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read how far the schedules were looked at");
+            None
+        }
+    };
+    // A time after now (a clock that went back) is not trusted either.
+    recorded
+        .filter(|t| *t <= now)
+        .map_or(earliest, |t| t.max(earliest))
 }
 
 /// Every enabled job that has a schedule, with its definition.
@@ -86,11 +136,21 @@ async fn scheduled_jobs(
     Ok(out)
 }
 
-/// One look: record due starts in `(since, now]`, end what was missed, hand out the rest.
-/// The next start after `now` of any job, to wake for.
+/// One look as the leader: record due starts in `(since, now]`, end what was missed, hand
+/// out the rest. The next start after `now` of any job, to wake for.
 pub async fn once(
     jobs: &Arc<Dispatcher>,
     since: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, crate::store::StoreError> {
+    look(jobs, Some(since), now).await
+}
+
+/// One look: as the leader (`since` given) record due starts in `(since, now]` and end
+/// what was missed; then hand out queued runs to agents connected here.
+async fn look(
+    jobs: &Arc<Dispatcher>,
+    since: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, crate::store::StoreError> {
     let scheduled = scheduled_jobs(jobs).await?;
@@ -111,6 +171,9 @@ pub async fn once(
             if let Some(n) = schedule.next_after(now) {
                 next = Some(next.map_or(n, |m| m.min(n)));
             }
+            let Some(since) = since else {
+                continue;
+            };
             for start in schedule.starts_between(since, now, STARTS_PER_TICK) {
                 let at = start.timestamp();
                 let made = match kind {
@@ -169,6 +232,10 @@ pub async fn once(
             None => (run.created_at, MANUAL_FRAME),
         };
         if now_s > reference + frame {
+            // Ending it is the leader's.
+            if since.is_none() {
+                continue;
+            }
             let why = format!(
                 "{} was not connected from the start time {} through the time frame ({} min); the job did not run",
                 jobs.host_name(run.agent_id).await,

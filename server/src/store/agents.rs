@@ -42,12 +42,16 @@ pub struct Agent {
     pub bandwidth: Option<String>,
     #[serde(skip)]
     pub secret_hash: String,
+    /// The server instance its channel is open on (several instances share a PostgreSQL
+    /// store); cleared when the channel closes.
+    #[serde(skip)]
+    pub instance: Option<String>,
 }
 
 /// The columns every agent query returns (a constant, so the formatted SQL is safe).
-const AGENT_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, inventory, inventory_at, site_id, refusal, refused_at, bandwidth, secret_hash";
+const AGENT_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, inventory, inventory_at, site_id, refusal, refused_at, bandwidth, secret_hash, instance";
 /// [`AGENT_COLUMNS`] without the inventory (read as none).
-const AGENT_LIST_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, CAST(NULL AS TEXT) AS inventory, inventory_at, site_id, refusal, refused_at, bandwidth, secret_hash";
+const AGENT_LIST_COLUMNS: &str = "id, hostname, enrolled_at, revoked_at, last_seen_at, os, agent_version, CAST(NULL AS TEXT) AS inventory, inventory_at, site_id, refusal, refused_at, bandwidth, secret_hash, instance";
 const TOKEN_COLUMNS: &str = "id, name, uses_left, expires_at, created_by, created_at, revoked_at";
 
 fn agent(r: &sqlx::any::AnyRow) -> Result<Agent, sqlx::Error> {
@@ -66,6 +70,7 @@ fn agent(r: &sqlx::any::AnyRow) -> Result<Agent, sqlx::Error> {
         refused_at: r.try_get("refused_at")?,
         bandwidth: r.try_get("bandwidth")?,
         secret_hash: r.try_get("secret_hash")?,
+        instance: r.try_get("instance")?,
     })
 }
 
@@ -143,6 +148,31 @@ impl Store {
     }
 
     /// Note that agent `id` was heard from now.
+    /// Agent `id`'s channel opened on server instance `instance`.
+    pub async fn agent_connected(&self, id: i64, instance: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE agents SET last_seen_at = $1, instance = $2 WHERE id = $3")
+            .bind(now())
+            .bind(instance)
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Agent `id`'s channel on `instance` closed (a newer channel on another instance is
+    /// left named).
+    pub async fn agent_disconnected(&self, id: i64, instance: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE agents SET last_seen_at = $1, instance = NULL WHERE id = $2 AND instance = $3",
+        )
+        .bind(now())
+        .bind(id)
+        .bind(instance)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     pub async fn agent_seen(&self, id: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE agents SET last_seen_at = $1 WHERE id = $2")
             .bind(now())

@@ -108,6 +108,21 @@ impl Store {
         Ok(rows.iter().map(mail).collect::<Result<_, _>>()?)
     }
 
+    /// Take due mail `m` for sending until `until`: false when another sender took it
+    /// first. Should the sender die, the mail is due again at `until`.
+    pub async fn claim_mail(&self, m: &MailRow, until: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE mail_outbox SET next_attempt_at = $1 \
+             WHERE id = $2 AND state = 'pending' AND next_attempt_at = $3",
+        )
+        .bind(until)
+        .bind(m.id)
+        .bind(m.next_attempt_at)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// A mail went out.
     pub async fn mail_sent(&self, id: i64) -> Result<(), StoreError> {
         let t = now();

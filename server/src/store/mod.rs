@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod audit;
 pub mod change;
+pub mod cluster;
 pub mod jobs;
 pub mod mail;
 pub mod overview;
