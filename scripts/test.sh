@@ -70,6 +70,10 @@ PACKAGES=(
     lvm2             # pvcreate, lvcreate: LVM volumes and snapshots inside the VM
     thin-provisioning-tools  # thin pools inside the VM
     cryptsetup-bin   # cryptsetup: LUKS volumes inside the VM
+    dpkg-dev         # dpkg-shlibdeps: the Depends of the Debian packages (scripts/package.sh)
+    binutils         # strip: the packaged binaries
+    debootstrap      # a clean Debian root the packages are installed, upgraded and purged in
+    lintian          # checks the Debian packages
 )
 
 # Helpers ---------------------------------------------------------------------
@@ -287,6 +291,8 @@ if ((IS_ROOT == 1)); then
     run_stage "benchmark: browse and extract vs restore first (tiny)" env BENCH_RUNS=1 \
         BENCH_WARMUP=0 BENCH_STRICT=1 HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/browse.sh 32 /var/tmp/holdfast-bbench-tiny
+    run_stage "Debian packages: lintian, units, install, upgrade and purge in a clean root" env \
+        PACKAGE_PROFILE=dev scripts/packages-check.sh /var/tmp/holdfast-packages
     run_stage "benchmark: snapshot cost (tiny, in the VM)" env BENCH_RUNS=1 \
         HOLDFAST_AGENT="$CARGO_TARGET_DIR/debug/holdfast-agent" \
         scripts/bench/snapshot.sh 32 /var/tmp/holdfast-sbench-tiny
