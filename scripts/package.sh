@@ -8,7 +8,8 @@
 #   PACKAGE_PROFILE=dev scripts/package.sh  package the test build instead of a release build
 #   PACKAGE_NO_BUILD=1 …                    package what is built already
 #
-# Writes OUTDIR/holdfast-server_VERSION_ARCH.deb and OUTDIR/holdfast-agent_VERSION_ARCH.deb.
+# Writes OUTDIR/holdfast-agent_VERSION_ARCH.deb and OUTDIR/holdfast-server_VERSION_ARCH.deb
+# (which carries the agent package, for installations over SSH from the console).
 # Install: apt install ./holdfast-server_….deb (see README.md).
 set -euo pipefail
 OUT=${1:?usage: scripts/package.sh OUTDIR [VERSION]}
@@ -122,6 +123,9 @@ TXT
     chmod 0644 "$root/usr/share/doc/$pkg/"*
     case $kind in
     server)
+        # The agent package of the same version, for installations over SSH.
+        install -d -m 0755 "$root/usr/share/holdfast-server/agents"
+        install -m 0644 "$OUT/holdfast-agent_${VERSION}_${ARCH}.deb" "$root/usr/share/holdfast-server/agents/"
         install -d -m 0755 "$root/etc/holdfast"
         # 0640 root:holdfast once installed (postinst): the user does not exist before.
         install -m 0644 "$SRC/deploy/server.toml" "$root/etc/holdfast/server.toml"
@@ -159,9 +163,9 @@ TXT
     echo "$OUT/${pkg}_${VERSION}_${ARCH}.deb"
 }
 
-build server "Holdfast backup server: console, REST API and agent gateway" \
-    "The control plane of Holdfast disk-imaging backups: the web console, the REST API, the agents' channels over TLS, schedules, reports and report mails. It keeps its store in SQLite under /var/lib/holdfast, or in PostgreSQL (several instances may share one). Configuration: /etc/holdfast/server.toml." \
-    "passwd" ""
 build agent "Holdfast backup agent: images the machine's disks" \
     "The Holdfast agent images the disks and volumes of a running machine (snapshots through device-mapper and LVM) to SMB, FTP, SFTP, S3 or local storage and restores them, steered by a Holdfast server. Enrol it with holdfast-agent enroll; the unit starts once /etc/holdfast/agent.json exists. The image command line works on its own (holdfast-agent image --help)." \
     "fdisk, mount, e2fsprogs" "lvm2, dmsetup, cryptsetup-bin, xfsprogs, btrfs-progs, thin-provisioning-tools"
+build server "Holdfast backup server: console, REST API and agent gateway" \
+    "The control plane of Holdfast disk-imaging backups: the web console, the REST API, the agents' channels over TLS, schedules, reports and report mails. It keeps its store in SQLite under /var/lib/holdfast, or in PostgreSQL (several instances may share one). Configuration: /etc/holdfast/server.toml." \
+    "passwd" ""

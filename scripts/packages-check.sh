@@ -9,7 +9,6 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 W=${1:-/var/tmp/holdfast-packages}
-BASE=${HOLDFAST_DEBROOT:-/var/tmp/holdfast-debroot}
 CARGO_VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 fail() { echo "packages-check: $*" >&2; exit 1; }
 ((EUID == 0)) || fail "run as root (debootstrap, chroot, mounts)"
@@ -35,20 +34,9 @@ for deb in "$W"/v1/*.deb; do
     lintian --fail-on error --suppress-tags no-manual-page,initial-upload-closes-no-bugs "$deb" || fail "lintian reports errors in $deb"
 done
 
-# 2. A clean Debian root: debootstrap'ed once (from the mirror apt uses), then an overlay
-#    per run so that every run starts from the same clean state.
-# systemd: the units are verified against the root's own targets.
-INCLUDE=fdisk,e2fsprogs,libssl3,zlib1g,init-system-helpers,systemd
-if [[ ! -x $BASE/usr/bin/dpkg || $(cat "$BASE/.holdfast-complete" 2>/dev/null) != "$INCLUDE" ]]; then
-    mirror=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
-    mirror=${mirror:-http://deb.debian.org/debian}
-    rm -rf "$BASE"
-    echo "debootstrap bookworm from $mirror into $BASE (once)"
-    debootstrap --variant=minbase --include="$INCLUDE" \
-        bookworm "$BASE" "$mirror" >"$W/debootstrap.log" 2>&1 \
-        || { tail -20 "$W/debootstrap.log"; fail "debootstrap failed"; }
-    echo "$INCLUDE" >"$BASE/.holdfast-complete"
-fi
+# 2. A clean Debian root (scripts/debroot.sh, made once), and an overlay of it per run so
+#    that every run starts from the same clean state.
+BASE=$(scripts/debroot.sh)
 mkdir -p "$W/upper" "$W/work" "$R"
 mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$W/upper,workdir=$W/work" "$R"
 mount -t proc proc "$R/proc"

@@ -7,6 +7,9 @@
 #   scripts/bench/swarm.sh [AGENTS] [RATE] [SECONDS]     (defaults 5000 200 30)
 #   SWARM_DISPATCH=1 scripts/bench/swarm.sh 2000          a job scheduled for every agent at
 #                                                         once: time until each has its order
+#   SWARM_INSTANCES=2 scripts/bench/swarm.sh 20000        two server instances on one
+#                                                         PostgreSQL (started here), agents
+#                                                         split between them
 set -euo pipefail
 AGENTS=${1:-5000}
 RATE=${2:-200}
@@ -20,16 +23,48 @@ cargo build --profile "$PROFILE" -p holdfast-server --bins --example swarm >&2
 # Every agent is a socket on both sides: use the hard limit of open files.
 ulimit -n "$(ulimit -Hn)"
 D=$(mktemp -d /var/tmp/holdfast-swarm.XXXXXX)
-trap 'kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; rm -rf "$D"' EXIT
-PORT=18555
-env HOLDFAST_ADMIN_PASSWORD=swarm-admin-pass RUST_LOG=warn ${SWARM_SERVER_ENV:-} \
-    "$BIN/holdfast-server" --data-dir "$D" --listen "127.0.0.1:$PORT" >"$D/server.out" 2>"$D/server.err" &
-PID=$!
-for _ in $(seq 100); do
-    [[ -f $D/tls/ca.pem ]] && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
-    sleep 0.1
+chmod 711 "$D" # the PostgreSQL server's user reaches its folder inside
+INSTANCES=${SWARM_INSTANCES:-1}
+PIDS=()
+stop_all() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    if [[ -n ${PGBIN:-} ]]; then
+        su postgres -s /bin/sh -c "$PGBIN/pg_ctl -D $D/pg/data -m immediate stop" >/dev/null 2>&1 || true
+    fi
+    rm -rf "$D"
+}
+trap stop_all EXIT
+DB_FLAGS=()
+if ((INSTANCES > 1)); then
+    # Several instances share one PostgreSQL store (docs/instances.md).
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+    mkdir "$D/pg" && chown postgres: "$D/pg"
+    su postgres -s /bin/sh -c "$PGBIN/initdb -D $D/pg/data -U postgres --auth=trust -E UTF8 --no-sync" >/dev/null
+    PGPORT=18545
+    su postgres -s /bin/sh -c "$PGBIN/pg_ctl -D $D/pg/data -o '-p $PGPORT -k $D/pg -c listen_addresses=127.0.0.1 -c max_connections=200' -l $D/pg/pg.log -w start" >/dev/null
+    DB_FLAGS=(--database-url "postgres://postgres@127.0.0.1:$PGPORT/postgres")
+fi
+SERVER_ARGS=()
+for i in $(seq 0 $((INSTANCES - 1))); do
+    PORT=$((18555 + i))
+    S=$D/s$i
+    mkdir -p "$S"
+    if ((i > 0)); then
+        # The same master key and certificate as the first instance.
+        cp -a "$D/s0/master.key" "$D/s0/tls" "$S/"
+    fi
+    env HOLDFAST_ADMIN_PASSWORD=swarm-admin-pass RUST_LOG=warn ${SWARM_SERVER_ENV:-} \
+        "$BIN/holdfast-server" --data-dir "$S" --listen "127.0.0.1:$PORT" "${DB_FLAGS[@]}" \
+        >"$S/server.out" 2>"$S/server.err" &
+    PIDS+=($!)
+    for _ in $(seq 300); do
+        [[ -f $S/tls/ca.pem ]] && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+        sleep 0.1
+    done
+    echo "server $i pid ${PIDS[$i]}, idle RSS $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/${PIDS[$i]}/status")"
+    SERVER_ARGS+=(--server "https://localhost:$PORT" --server-pid "${PIDS[$i]}")
 done
-echo "server pid $PID, idle RSS $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/$PID/status")"
-"$BIN/examples/swarm" --server "https://localhost:$PORT" --ca "$D/tls/ca.pem" \
-    --password swarm-admin-pass --agents "$AGENTS" --rate "$RATE" --seconds "$SECONDS_" --server-pid "$PID" \
+"$BIN/examples/swarm" "${SERVER_ARGS[@]}" --ca "$D/s0/tls/ca.pem" \
+    --password swarm-admin-pass --agents "$AGENTS" --rate "$RATE" --seconds "$SECONDS_" \
     ${SWARM_DISPATCH:+--dispatch}

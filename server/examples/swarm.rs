@@ -5,6 +5,10 @@
 //!
 //! `swarm --server https://localhost:PORT --ca CA.pem --password ADMIN_PASSWORD --agents N
 //!  --rate REQ_PER_S --seconds S [--server-pid PID]`
+//!
+//! `--server` (and `--server-pid`) may be given several times: instances of one server on
+//! one PostgreSQL store. Agents and listing clients are spread over them in turn; RSS is
+//! reported per instance, CPU summed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -22,14 +26,14 @@ use tokio_tungstenite::tungstenite::Message;
 type Res<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 struct Opts {
-    host: String,
-    port: u16,
+    /// Each instance's host and port.
+    servers: Vec<(String, u16)>,
     tls: Arc<rustls::ClientConfig>,
     password: String,
     agents: usize,
     rate: u64,
     seconds: u64,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     /// Instead of listing: schedule one job for every agent and time its dispatch.
     dispatch: bool,
 }
@@ -41,14 +45,26 @@ fn opts() -> Res<Opts> {
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1).cloned())
     };
-    let server = get("--server").ok_or("--server https://HOST:PORT is needed")?;
-    let rest = server
-        .strip_prefix("https://")
-        .ok_or("the server URL starts with https://")?;
-    let (host, port) = rest
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .ok_or("the server URL needs a port")?;
+    let all = |name: &str| -> Vec<String> {
+        args.windows(2)
+            .filter(|w| w[0] == name)
+            .map(|w| w[1].clone())
+            .collect()
+    };
+    let mut servers = Vec::new();
+    for server in all("--server") {
+        let rest = server
+            .strip_prefix("https://")
+            .ok_or("the server URL starts with https://")?;
+        let (host, port) = rest
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .ok_or("the server URL needs a port")?;
+        servers.push((host.to_owned(), port.parse()?));
+    }
+    if servers.is_empty() {
+        return Err("--server https://HOST:PORT is needed".into());
+    }
     let pem = std::fs::read(get("--ca").ok_or("--ca CA.pem is needed")?)?;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
@@ -61,14 +77,16 @@ fn opts() -> Res<Opts> {
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(Opts {
-        host: host.to_owned(),
-        port: port.parse()?,
+        servers,
         tls: Arc::new(tls),
         password: get("--password").ok_or("--password is needed")?,
         agents: get("--agents").map_or(Ok(1000), |v| v.parse())?,
         rate: get("--rate").map_or(Ok(200), |v| v.parse())?,
         seconds: get("--seconds").map_or(Ok(30), |v| v.parse())?,
-        server_pid: get("--server-pid").and_then(|v| v.parse().ok()),
+        server_pids: all("--server-pid")
+            .iter()
+            .filter_map(|v| v.parse().ok())
+            .collect(),
         dispatch: args.iter().any(|a| a == "--dispatch"),
     })
 }
@@ -80,16 +98,18 @@ struct Http {
 }
 
 impl Http {
-    async fn connect(o: &Opts) -> Res<Self> {
-        let tcp = tokio::net::TcpStream::connect((o.host.as_str(), o.port)).await?;
+    /// A connection to instance `n` (taken in turn).
+    async fn connect(o: &Opts, n: usize) -> Res<Self> {
+        let (host, port) = &o.servers[n % o.servers.len()];
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
         tcp.set_nodelay(true)?;
-        let name = rustls_pki_types::ServerName::try_from(o.host.clone())?;
+        let name = rustls_pki_types::ServerName::try_from(host.clone())?;
         let stream = tokio_rustls::TlsConnector::from(o.tls.clone())
             .connect(name, tcp)
             .await?;
         Ok(Self {
             stream,
-            host: o.host.clone(),
+            host: host.clone(),
         })
     }
 
@@ -144,11 +164,13 @@ impl Http {
 
 async fn ws(
     o: &Opts,
+    n: usize,
     path: &str,
     bearer: Option<&str>,
 ) -> Res<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>>
 {
-    let mut req = format!("wss://{}:{}{path}", o.host, o.port).into_client_request()?;
+    let (host, port) = &o.servers[n % o.servers.len()];
+    let mut req = format!("wss://{host}:{port}{path}").into_client_request()?;
     if let Some(b) = bearer {
         req.headers_mut()
             .insert("authorization", format!("Bearer {b}").parse()?);
@@ -182,7 +204,7 @@ async fn agent(
     orders: Orders,
 ) -> Res<()> {
     let permit = enrolled.acquire().await?;
-    let mut e = ws(&o, ENROLL_PATH, None).await?;
+    let mut e = ws(&o, n, ENROLL_PATH, None).await?;
     let hello = AgentMsg::Enroll {
         protocol: PROTOCOL_VERSION,
         token,
@@ -194,7 +216,7 @@ async fn agent(
         other => return Err(format!("enrolment refused: {other:?}").into()),
     };
     drop(e);
-    let mut c = ws(&o, CHANNEL_PATH, Some(&secret)).await?;
+    let mut c = ws(&o, n, CHANNEL_PATH, Some(&secret)).await?;
     let hello = AgentMsg::Hello {
         protocol: PROTOCOL_VERSION,
         agent_version: "sim".into(),
@@ -242,16 +264,17 @@ async fn agent(
 /// Job orders the simulated agents received: agent number and when.
 type Orders = Arc<std::sync::Mutex<Vec<(usize, SystemTime)>>>;
 
-/// CPU seconds the process has used (user + system).
-fn cpu_seconds(pid: Option<u32>) -> f64 {
-    pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .and_then(|s| {
+/// CPU seconds the processes have used (user + system), together.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
             let fields: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
             let ticks =
                 fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
             Some(ticks / 100.0)
         })
-        .unwrap_or(0.0)
+        .sum()
 }
 
 /// Schedule one job for every agent a few seconds ahead and time how long until each has
@@ -325,13 +348,13 @@ async fn dispatch(o: &Opts, http: &mut Http, auth: &str, orders: &Orders) -> Res
     while SystemTime::now() < fire_at {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu0 = cpu_seconds(o.server_pid);
+    let cpu0 = cpu_seconds(&o.server_pids);
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && orders.lock().map_err(|_| "lock")?.len() < ids.len() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await; // late doubles would show now
-    let cpu = cpu_seconds(o.server_pid) - cpu0;
+    let cpu = cpu_seconds(&o.server_pids) - cpu0;
     let got = orders.lock().map_err(|_| "lock")?.clone();
     let mut per_agent = std::collections::HashMap::new();
     for (n, _) in &got {
@@ -358,7 +381,7 @@ async fn dispatch(o: &Opts, http: &mut Http, auth: &str, orders: &Orders) -> Res
         ids.len().saturating_sub(per_agent.len()),
         per_agent.values().filter(|&&c| c > 1).count(),
         cpu,
-        rss_mib(o.server_pid)
+        rss_mib(&o.server_pids)
     );
     let doubled = per_agent.values().filter(|&&c| c > 1).count();
     if per_agent.len() < ids.len() || doubled > 0 {
@@ -371,8 +394,20 @@ async fn dispatch(o: &Opts, http: &mut Http, auth: &str, orders: &Orders) -> Res
     Ok(())
 }
 
-fn rss_mib(pid: Option<u32>) -> String {
-    pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+/// Each process's resident memory, joined by " + ".
+fn rss_mib(pids: &[u32]) -> String {
+    if pids.is_empty() {
+        return "n/a".into();
+    }
+    pids.iter()
+        .map(|p| one_rss_mib(*p))
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+fn one_rss_mib(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
         .and_then(|s| {
             s.lines()
                 .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_owned()))
@@ -393,7 +428,7 @@ fn rss_mib(pid: Option<u32>) -> String {
 #[tokio::main]
 async fn main() -> Res<()> {
     let o = Arc::new(opts()?);
-    let mut http = Http::connect(&o).await?;
+    let mut http = Http::connect(&o, 0).await?;
     let (_, head, _) = http
         .call(
             "POST",
@@ -470,7 +505,7 @@ async fn main() -> Res<()> {
         online.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
         start.elapsed().as_secs_f64(),
-        rss_mib(o.server_pid)
+        rss_mib(&o.server_pids)
     );
     let failed_now = failed.load(Ordering::Relaxed);
     if failed_now > 0 {
@@ -483,8 +518,8 @@ async fn main() -> Res<()> {
 
     // Agent listings at a fixed rate over 4 kept-alive connections, while agents stay on.
     let mut clients = Vec::new();
-    for _ in 0..4 {
-        clients.push(Http::connect(&o).await?);
+    for n in 0..4 {
+        clients.push(Http::connect(&o, n).await?);
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Res<Duration>>(1024);
     let per_client = (o.rate as f64 / 4.0).max(0.1);
@@ -534,7 +569,7 @@ async fn main() -> Res<()> {
         pct(0.99),
         pct(1.0),
         online.load(Ordering::Relaxed) - failed.load(Ordering::Relaxed).min(online.load(Ordering::Relaxed)),
-        rss_mib(o.server_pid)
+        rss_mib(&o.server_pids)
     );
     if errors > 0 {
         return Err(format!("{errors} listing requests failed").into());

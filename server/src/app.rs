@@ -37,6 +37,8 @@ pub struct AppState {
     pub jobs: Arc<Dispatcher>,
     /// This server instance among the others on its store.
     pub cluster: Arc<Cluster>,
+    /// Agents installed over SSH.
+    pub installer: Arc<crate::install::Installer>,
     /// Sends e-mail with the stored SMTP settings.
     pub mailer: Arc<crate::mail::Mailer>,
     pub limiter: Arc<LoginLimiter>,
@@ -80,13 +82,19 @@ impl AppState {
             .map_err(|e| anyhow::anyhow!("cannot hash: {e}"))?;
         let gateway: Arc<Gateway> = Arc::default();
         let vault = Arc::new(vault);
+        let jobs = Arc::new(Dispatcher::in_cluster(
+            store.clone(),
+            gateway.clone(),
+            vault.clone(),
+            cluster.clone(),
+        ));
         Ok(Self {
-            jobs: Arc::new(Dispatcher::in_cluster(
-                store.clone(),
-                gateway.clone(),
-                vault.clone(),
-                cluster.clone(),
+            installer: Arc::new(crate::install::Installer::new(
+                jobs.clone(),
+                crate::config::AGENT_PACKAGES.into(),
+                fingerprint.clone(),
             )),
+            jobs,
             cluster,
             mailer: Arc::new(crate::mail::Mailer::new(store.clone(), vault.clone())),
             store,

@@ -51,6 +51,10 @@ pub struct Args {
     /// unless renewed (another instance takes over this long after the leader dies).
     #[arg(long, env = "HOLDFAST_LEADER_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
     pub leader_lease_seconds: u64,
+    /// The folder of agent packages (`holdfast-agent_VERSION_ARCH.deb`) installed over SSH
+    /// from the console.
+    #[arg(long, env = "HOLDFAST_AGENT_PACKAGES")]
+    pub agent_packages: Option<PathBuf>,
 }
 
 /// The configuration file's keys.
@@ -65,6 +69,7 @@ struct FileConfig {
     names: Option<Vec<String>>,
     local_agent: Option<bool>,
     agent_concurrency: Option<u64>,
+    agent_packages: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -81,7 +86,12 @@ pub struct Config {
     pub agent_concurrency: usize,
     /// A leader's term, unless renewed (several instances on PostgreSQL).
     pub leader_lease: std::time::Duration,
+    /// Agent packages installed over SSH.
+    pub agent_packages: PathBuf,
 }
+
+/// Where the server package puts the agent packages of its version.
+pub const AGENT_PACKAGES: &str = "/usr/share/holdfast-server/agents";
 
 impl Config {
     /// Resolve `args` over the file they name and the defaults.
@@ -126,6 +136,10 @@ impl Config {
             local_agent: args.local_agent || file.local_agent.unwrap_or(false),
             heartbeat_seconds: args.heartbeat_seconds,
             leader_lease: std::time::Duration::from_secs(args.leader_lease_seconds),
+            agent_packages: args
+                .agent_packages
+                .or(file.agent_packages)
+                .unwrap_or_else(|| PathBuf::from(AGENT_PACKAGES)),
             agent_concurrency: match args.agent_concurrency.or(file.agent_concurrency) {
                 Some(n @ 1..=64) => n as usize,
                 Some(n) => bail!("agent_concurrency must be 1 to 64 (got {n})"),

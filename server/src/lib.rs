@@ -16,6 +16,7 @@ pub mod config;
 pub mod console;
 pub mod gateway;
 pub mod http;
+pub mod install;
 pub mod jobs;
 pub mod local_agent;
 pub mod mail;

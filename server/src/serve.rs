@@ -163,6 +163,17 @@ pub async fn run(config: Config, admin_password: Option<Zeroizing<String>>) -> R
         cluster.clone(),
     )?;
     state.jobs.set_per_agent(config.agent_concurrency);
+    state.installer = Arc::new(crate::install::Installer::new(
+        state.jobs.clone(),
+        config.agent_packages.clone(),
+        identity.fingerprint.clone(),
+    ));
+    if store.engine() == Engine::Sqlite {
+        // The only instance: whatever installation is running was this server's.
+        store
+            .end_abandoned_installs(&[], "the server stopped during the installation")
+            .await?;
+    }
     state.heartbeat_seconds = config.heartbeat_seconds;
     let handle = axum_server::Handle::new();
     state.listener = Some(handle.clone());

@@ -131,6 +131,18 @@ impl Cluster {
                     if let Err(e) = store.forget_instances(forget).await {
                         tracing::warn!(error = %e, "cannot forget gone instances");
                     }
+                    // Installations of instances that stopped end failed.
+                    let mut live: Vec<String> = me.others().keys().cloned().collect();
+                    live.push(me.id.clone());
+                    if let Err(e) = store
+                        .end_abandoned_installs(
+                            &live,
+                            "its server instance stopped during the installation",
+                        )
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot end abandoned installations");
+                    }
                 }
             }
         }))

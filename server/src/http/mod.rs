@@ -8,6 +8,7 @@ mod caller;
 mod clone;
 mod error;
 mod images;
+mod installs;
 mod jobs;
 mod meta;
 mod openapi;
@@ -39,6 +40,7 @@ pub fn router() -> Router<AppState> {
         .merge(tokens::router())
         .merge(agents::router())
         .merge(clone::router())
+        .merge(installs::router())
         .merge(targets::router())
         .merge(jobs::router())
         .merge(reports::router())

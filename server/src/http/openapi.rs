@@ -7,8 +7,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    agents, clone, images, jobs, meta, reports, session, settings, sites, targets, tokens, users,
-    AppState, SESSION_COOKIE,
+    agents, clone, images, installs, jobs, meta, reports, session, settings, sites, targets,
+    tokens, users, AppState, SESSION_COOKIE,
 };
 
 #[derive(OpenApi)]
@@ -21,6 +21,7 @@ use super::{
         meta::healthz, meta::metrics, meta::info, meta::audit,
         agents::create_token, agents::list_tokens, agents::revoke_token,
         agents::list, agents::show, agents::revoke, agents::refresh_inventory, agents::set_bandwidth, clone::clone,
+        installs::host_keys, installs::install, installs::list, installs::show,
         targets::list, targets::create, targets::show, targets::update, targets::remove, targets::test, targets::confirm_host_key,
         jobs::list, jobs::create, jobs::show, jobs::update, jobs::remove, jobs::run_now, jobs::cancel, jobs::check, jobs::export, jobs::import, jobs::preview,
         reports::list, reports::show, reports::download, reports::images,

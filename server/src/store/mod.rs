@@ -9,6 +9,7 @@ pub mod agents;
 pub mod audit;
 pub mod change;
 pub mod cluster;
+pub mod installs;
 pub mod jobs;
 pub mod mail;
 pub mod overview;

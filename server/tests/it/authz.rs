@@ -106,6 +106,22 @@ const MATRIX: &[(&str, &str, Needs, &str, &str)] = &[
     ),
     (
         "post",
+        "/api/v1/installs/host-keys",
+        Admin,
+        "",
+        r#"{"machines":[{"host":"127.0.0.1","port":1}]}"#,
+    ),
+    (
+        "post",
+        "/api/v1/installs",
+        Admin,
+        "",
+        r#"{"machines":[{"host":"127.0.0.1","port":1,"fingerprint":"SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}],"user":"root","password":"x","server_url":"https://localhost:1"}"#,
+    ),
+    ("get", "/api/v1/installs", Admin, "", ""),
+    ("get", "/api/v1/installs/{id}", Admin, "", ""),
+    (
+        "post",
         "/api/v1/agents/{id}/inventory/refresh",
         Operator,
         "",

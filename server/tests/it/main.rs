@@ -14,6 +14,7 @@ mod drill;
 mod files;
 mod fleet;
 mod https;
+mod install;
 mod instances;
 mod jobs;
 mod live;

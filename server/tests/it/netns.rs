@@ -68,13 +68,13 @@ impl Drop for Net {
     }
 }
 
-fn in_ns(ns: &str, program: &Path) -> Command {
+pub(crate) fn in_ns(ns: &str, program: &Path) -> Command {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns]).arg(program);
     c
 }
 
-fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {
         if check() {
@@ -85,7 +85,7 @@ fn wait_for(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-struct Kill(Child);
+pub(crate) struct Kill(pub(crate) Child);
 impl Drop for Kill {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -133,11 +133,11 @@ fn start_server(net: &Net, server_bin: &Path, d: &Path, port: u16) -> Kill {
 }
 
 /// The API over curl run inside the server's namespace, to its loopback.
-struct NsApi {
-    ns: String,
-    ca: std::path::PathBuf,
-    cookies: std::path::PathBuf,
-    port: u16,
+pub(crate) struct NsApi {
+    pub(crate) ns: String,
+    pub(crate) ca: std::path::PathBuf,
+    pub(crate) cookies: std::path::PathBuf,
+    pub(crate) port: u16,
 }
 
 impl NsApi {
@@ -150,7 +150,7 @@ impl NsApi {
         }
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> Value {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<&str>) -> Value {
         let mut c = in_ns(&self.ns, Path::new("curl"));
         c.args(["-sS", "--max-time", "10", "--cacert"])
             .arg(&self.ca);
@@ -184,7 +184,7 @@ impl NsApi {
     }
 
     /// Wait for the server and log in as admin.
-    fn login(&self) {
+    pub(crate) fn login(&self) {
         wait_for("the server", 20, || {
             self.ca.exists()
                 && self.call(
