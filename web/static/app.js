@@ -545,7 +545,111 @@
     load();
   }
 
+  // Agents installed over SSH (agents page): read the machines' host keys, let the admin
+  // confirm each, install on the confirmed ones and follow their steps.
+  function installer(card) {
+    const form = card.querySelector("#install-form");
+    const msg = form.querySelector(".msg");
+    const rows = card.querySelector("#install-key-rows");
+    const progress = card.querySelector("#install-progress");
+    const server = card.querySelector("#install-server");
+    if (!server.value) server.value = location.origin;
+    const machines = () => form.elements.machines.value.split(/\s+/).filter(Boolean).map((m) => {
+      const at = m.lastIndexOf(":");
+      return at > 0 && /^\d+$/.test(m.slice(at + 1)) && m.indexOf(":") === at
+        ? { host: m.slice(0, at), port: Number(m.slice(at + 1)) } : { host: m };
+    });
+    card.querySelector("#install-keys").addEventListener("click", async () => {
+      rows.textContent = "";
+      try {
+        const r = await api("POST", "/api/v1/installs/host-keys", { machines: machines() });
+        for (const k of r.keys) {
+          const tr = document.createElement("tr");
+          const name = document.createElement("td");
+          name.textContent = k.host + ":" + k.port;
+          const key = document.createElement("td");
+          key.textContent = k.fingerprint || k.error;
+          key.className = k.fingerprint ? "mono" : "error";
+          const ok = document.createElement("td");
+          if (k.fingerprint) {
+            const box = document.createElement("input");
+            box.type = "checkbox";
+            box.dataset.host = k.host;
+            box.dataset.port = k.port;
+            box.dataset.fingerprint = k.fingerprint;
+            ok.append(box);
+          }
+          tr.append(name, key, ok);
+          rows.append(tr);
+        }
+        card.querySelector("#install-confirm").hidden = false;
+        show(msg, "", true);
+      } catch (e) {
+        show(msg, e.message, false);
+      }
+    });
+    card.querySelector("#install-start").addEventListener("click", async () => {
+      const chosen = [...rows.querySelectorAll("input:checked")].map((b) => ({
+        host: b.dataset.host, port: Number(b.dataset.port), fingerprint: b.dataset.fingerprint,
+      }));
+      if (!chosen.length) return show(msg, "confirm at least one machine's host key", false);
+      const f = form.elements;
+      const body = { machines: chosen, user: f.user.value.trim(), server_url: f.server_url.value.trim() };
+      if (f.private_key.value.trim()) {
+        body.private_key = f.private_key.value;
+        if (f.passphrase.value) body.passphrase = f.passphrase.value;
+      } else body.password = f.password.value;
+      try {
+        const r = await api("POST", "/api/v1/installs", body);
+        f.password.value = f.private_key.value = f.passphrase.value = "";
+        for (const i of r.installs) follow(i.id);
+      } catch (e) {
+        show(msg, e.message, false);
+      }
+    });
+    function follow(id) {
+      const box = document.createElement("div");
+      box.className = "card";
+      box.dataset.install = id;
+      progress.prepend(box);
+      const draw = (i) => {
+        box.textContent = "";
+        const h = document.createElement("h3");
+        h.textContent = i.user_name + "@" + i.host + ":" + i.port + " ";
+        const badge = document.createElement("span");
+        badge.className = "badge s-" + i.state;
+        badge.textContent = i.state;
+        h.append(badge);
+        const list = document.createElement("ol");
+        for (const s of i.steps) {
+          const li = document.createElement("li");
+          li.className = s.status;
+          li.textContent = s.title + ": " + s.detail;
+          list.append(li);
+        }
+        box.append(h, list);
+        if (i.state === "successful" || i.state === "warning") {
+          const a = document.createElement("a");
+          a.href = "/agents/" + i.agent_id;
+          a.textContent = "the agent's page";
+          box.append(a);
+        }
+      };
+      const tick = async () => {
+        try {
+          const i = await api("GET", "/api/v1/installs/" + id);
+          draw(i);
+          if (i.state === "running") setTimeout(tick, 1000);
+        } catch (e) {
+          box.textContent = e.message;
+        }
+      };
+      tick();
+    }
+  }
+
   function init() {
+    document.querySelectorAll("#install").forEach(installer);
     document.querySelectorAll("form[data-wizard]").forEach(wizard);
     document.querySelectorAll("form[data-current]:not([data-wizard])").forEach((f) => {
       fill(f, JSON.parse(f.dataset.current || "{}"));

@@ -20,6 +20,8 @@ pub struct AgentLine {
     pub status: AgentStatus,
     pub os: String,
     pub version: String,
+    /// Older than the server: an installation over SSH upgrades it.
+    pub older: bool,
     pub site: String,
     pub last_seen: String,
     pub last_backup: String,
@@ -35,6 +37,21 @@ struct Agents {
     q: String,
     status: String,
     total: usize,
+    server_version: &'static str,
+}
+
+/// True when agent version `v` is known and older than this server's.
+fn older_than_server(v: &str) -> bool {
+    let parse = |v: &str| -> Option<Vec<u64>> {
+        v.split(['.', '-', '+'])
+            .take(3)
+            .map(|p| p.parse().ok())
+            .collect()
+    };
+    match (parse(v), parse(env!("CARGO_PKG_VERSION"))) {
+        (Some(a), Some(s)) => a < s,
+        _ => false,
+    }
 }
 
 #[derive(Deserialize)]
@@ -87,6 +104,7 @@ pub async fn list(
                 status,
                 os: a.os.clone(),
                 version: a.agent_version.clone(),
+                older: older_than_server(&a.agent_version),
                 site: a
                     .site_id
                     .and_then(|s| site_names.get(&s).map(|n| (*n).to_owned()))
@@ -111,6 +129,7 @@ pub async fn list(
         q: f.q,
         status: f.status,
         total,
+        server_version: env!("CARGO_PKG_VERSION"),
     }))
 }
 
@@ -397,5 +416,17 @@ fn free(len: u64, disk: f64) -> Segment {
         percent: len as f64 / disk * 100.0,
         used_percent: 0.0,
         free: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn older_agents_are_told_apart() {
+        assert!(super::older_than_server("0.0.9"));
+        assert!(!super::older_than_server(env!("CARGO_PKG_VERSION")));
+        assert!(!super::older_than_server("99.0.0"));
+        assert!(!super::older_than_server("sim"));
+        assert!(!super::older_than_server(""));
     }
 }
