@@ -1,16 +1,20 @@
-//! Agents installed over SSH through the API the console uses. The "machine" is a clean
-//! Debian root (an overlay of scripts/debroot.sh's debootstrap) running `sshd` in its own
-//! network namespace; the server runs in another, joined by a veth pair (the root namespace
-//! routes the subnet nowhere). The host key is read and confirmed first; a wrong password
-//! and a changed host key are refused with a clear message and install nothing; then the
-//! agent package is installed, enrolled and started, comes online and runs a job; a second
-//! installation upgrades in place and keeps the enrolment.
+//! Agents installed over SSH from the console. The "machine" is a clean Debian root (an
+//! overlay of scripts/debroot.sh's debootstrap) running `sshd` in its own network
+//! namespace; the server runs in another, joined by a veth pair (the root namespace routes
+//! the subnet nowhere; the browser reaches the server through a forwarder whose connections
+//! start inside the server's namespace). Through the API, a wrong password and a changed
+//! host key are refused with a clear message and install nothing; in headless Chromium the
+//! admin reads the host key, confirms it and installs: the package is installed, enrolled
+//! and started, the agent comes online and runs a job; a second installation through the
+//! API upgrades in place and keeps the enrolment.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
+use crate::browser::Browser;
+use crate::console::log_in;
 use crate::netns::{in_ns, wait_for, Kill, NsApi};
 use holdfast_testkit::devices::{
     edit_files, mkfs, require_devices, sparse_file, tempdir, write_files, Loop,
@@ -147,6 +151,43 @@ impl Drop for Machine {
         let _ = sh(&format!("umount -l {r}"));
         let _ = sh(&format!("ip netns del {SERVER_NS}; ip netns del {HOST_NS}"));
     }
+}
+
+/// A port on this namespace's loopback whose connections are passed to `127.0.0.1:to` in
+/// network namespace `ns`: each connection's thread enters the namespace to connect
+/// (`setns` changes only that thread), then copies both ways. Nothing leaves the machine.
+fn forward_into(ns: &str, to: u16) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let ns_path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let ns_path = ns_path.clone();
+            std::thread::spawn(move || {
+                let Ok(ns_file) = std::fs::File::open(&ns_path) else {
+                    return;
+                };
+                if nix::sched::setns(&ns_file, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                    return;
+                }
+                let Ok(upstream) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                    return;
+                };
+                let (Ok(mut c2), Ok(mut u2)) = (client.try_clone(), upstream.try_clone()) else {
+                    return;
+                };
+                let back = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut u2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut c, mut u) = (client, upstream);
+                let _ = std::io::copy(&mut c, &mut u);
+                let _ = u.shutdown(std::net::Shutdown::Both);
+                let _ = back.join();
+            });
+        }
+    });
+    port
 }
 
 fn repo() -> PathBuf {
@@ -298,9 +339,37 @@ fn an_agent_is_installed_over_ssh_and_runs_a_job() {
     let audit = api.call("GET", "/api/v1/audit", None).to_string();
     assert!(!audit.contains(ROOT_PASSWORD) && !log().contains(ROOT_PASSWORD));
 
-    // The right ones: installed, enrolled, started (no systemd in this root: a warning
-    // that says so), online.
-    let r = start(body(&fingerprint, ROOT_PASSWORD));
+    // In the console: the host key read, compared and confirmed, then installed, enrolled,
+    // started (no systemd in this root: a warning that says so) and online.
+    let Some(b) = Browser::start("install", work, 1400) else {
+        return;
+    };
+    let base = format!("https://localhost:{}", forward_into(SERVER_NS, PORT));
+    log_in(&b, &base, "admin", "netns-admin-pass");
+    b.go(&format!("{base}/agents"));
+    b.fill("#install-form textarea[name=machines]", HOST_IP);
+    b.fill("#install-form input[name=password]", ROOT_PASSWORD);
+    b.fill(
+        "#install-form input[name=server_url]",
+        &format!("https://{SERVER_IP}:{PORT}"),
+    );
+    b.click("#install-keys");
+    b.wait("the host key", 30, |b| {
+        b.text("#install-key-rows").contains(&fingerprint)
+    });
+    b.shot("install-1-host-key");
+    b.click("#install-key-rows input[type=checkbox]");
+    b.click("#install-start");
+    b.wait("the installation to end", 240, |b| {
+        b.has("#install-progress .badge.s-warning") || b.has("#install-progress .badge.s-failed")
+    });
+    b.script(
+        "document.querySelector('#install-progress').scrollIntoView()",
+        &[],
+    );
+    b.shot("install-2-done");
+    let shown = b.text("#install-progress");
+    let r = api.call("GET", "/api/v1/installs", None)["items"][0].clone();
     let said = steps(&r);
     assert_eq!(r["state"], "warning", "{said}\n{}", log());
     for step in [
@@ -312,8 +381,19 @@ fn an_agent_is_installed_over_ssh_and_runs_a_job() {
         "Started without systemd",
         "Online",
     ] {
-        assert!(said.contains(step), "{step}: {said}");
+        assert!(
+            said.contains(step) && shown.contains(step),
+            "{step}: {said}\n{shown}"
+        );
     }
+    assert_eq!(
+        b.script(
+            "return document.querySelector('#install-form input[name=password]').value",
+            &[]
+        ),
+        json!(""),
+        "the password stays in the form"
+    );
     let agent_id = r["agent_id"].as_i64().expect("agent id");
     let agent = api.call("GET", &format!("/api/v1/agents/{agent_id}"), None);
     assert_eq!(agent["status"], "online", "{agent}");
