@@ -306,6 +306,13 @@ run_stage "benchmark: simulated agents (tiny)" env BENCH_PROFILE=dev scripts/ben
 run_stage "benchmark: simulated agents, dispatch (tiny)" env BENCH_PROFILE=dev SWARM_DISPATCH=1 \
     scripts/bench/swarm.sh 50
 run_stage "benchmark: console pages (tiny)" env BENCH_PROFILE=dev scripts/bench/console.sh 20 200 2
+if ((IS_ROOT == 1)); then
+    # Two server instances on one PostgreSQL (started by the script as the postgres user).
+    run_stage "benchmark: simulated agents over two instances on PostgreSQL (tiny)" env \
+        BENCH_PROFILE=dev SWARM_INSTANCES=2 scripts/bench/swarm.sh 50 20 2
+    run_stage "benchmark: simulated agents over two instances, dispatch (tiny)" env \
+        BENCH_PROFILE=dev SWARM_INSTANCES=2 SWARM_DISPATCH=1 scripts/bench/swarm.sh 50
+fi
 
 # Every fuzz target for a short while from its committed corpus, so that none stops
 # building or running unnoticed (the long runs: scripts/fuzz.sh TARGET SECONDS, figures in

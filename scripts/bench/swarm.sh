@@ -7,6 +7,8 @@
 #   scripts/bench/swarm.sh [AGENTS] [RATE] [SECONDS]     (defaults 5000 200 30)
 #   SWARM_DISPATCH=1 scripts/bench/swarm.sh 2000          a job scheduled for every agent at
 #                                                         once: time until each has its order
+#   SWARM_RUNS=5000                                       with SWARM_DISPATCH: the job names
+#                                                         only that many of the agents
 #   SWARM_INSTANCES=2 scripts/bench/swarm.sh 20000        two server instances on one
 #                                                         PostgreSQL (started here), agents
 #                                                         split between them
@@ -20,7 +22,9 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/holdfast-target}
 PROFILE=${BENCH_PROFILE:-release}
 BIN="$CARGO_TARGET_DIR/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")"
 cargo build --profile "$PROFILE" -p holdfast-server --bins --example swarm >&2
-# Every agent is a socket on both sides: use the hard limit of open files.
+# Every agent is a socket on both sides: raise the limit of open files (root may raise the
+# hard limit too), then use it.
+ulimit -Hn 262144 2>/dev/null || true
 ulimit -n "$(ulimit -Hn)"
 D=$(mktemp -d /var/tmp/holdfast-swarm.XXXXXX)
 chmod 711 "$D" # the PostgreSQL server's user reaches its folder inside
@@ -67,4 +71,4 @@ for i in $(seq 0 $((INSTANCES - 1))); do
 done
 "$BIN/examples/swarm" "${SERVER_ARGS[@]}" --ca "$D/s0/tls/ca.pem" \
     --password swarm-admin-pass --agents "$AGENTS" --rate "$RATE" --seconds "$SECONDS_" \
-    ${SWARM_DISPATCH:+--dispatch}
+    ${SWARM_DISPATCH:+--dispatch} ${SWARM_RUNS:+--runs "$SWARM_RUNS"}

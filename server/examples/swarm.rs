@@ -36,6 +36,8 @@ struct Opts {
     server_pids: Vec<u32>,
     /// Instead of listing: schedule one job for every agent and time its dispatch.
     dispatch: bool,
+    /// With `dispatch`: the job names only this many agents (all by default).
+    runs: Option<usize>,
 }
 
 fn opts() -> Res<Opts> {
@@ -88,6 +90,7 @@ fn opts() -> Res<Opts> {
             .filter_map(|v| v.parse().ok())
             .collect(),
         dispatch: args.iter().any(|a| a == "--dispatch"),
+        runs: get("--runs").map(|v| v.parse()).transpose()?,
     })
 }
 
@@ -298,6 +301,9 @@ async fn dispatch(o: &Opts, http: &mut Http, auth: &str, orders: &Orders) -> Res
             Some(n) => after = n,
             None => break,
         }
+    }
+    if let Some(n) = o.runs {
+        ids.truncate(n);
     }
     let (status, _, body) = http
         .call(

@@ -147,11 +147,16 @@ impl Campaign {
         let mut conn = PgConnection::connect(&self.url).await?;
         // A session idle for a lease is a paused or hung process: PostgreSQL ends it and
         // the lock goes with it. Every loop below speaks at least every third of a lease.
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SET idle_session_timeout = {lease_ms}"
         )))
         .execute(&mut conn)
-        .await?;
+        .await
+        {
+            // PostgreSQL before 14: a paused leader keeps the lock until its connection
+            // drops; its term still runs out, and it still cannot act after that.
+            tracing::warn!(error = %e, "idle_session_timeout is not available: a paused leader keeps others waiting until its connection drops");
+        }
         loop {
             let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                 .bind(LOCK_KEY)

@@ -47,12 +47,17 @@ pub enum Note {
     Cancel { from: String, agent: i64, run: i64 },
     /// Close `agent`'s channel: it was revoked.
     Kick { from: String, agent: i64 },
+    /// Runs were queued: look at the queue now rather than at the next tick.
+    Queued { from: String },
 }
 
 impl Note {
     fn from(&self) -> &str {
         match self {
-            Note::Live { from, .. } | Note::Cancel { from, .. } | Note::Kick { from, .. } => from,
+            Note::Live { from, .. }
+            | Note::Cancel { from, .. }
+            | Note::Kick { from, .. }
+            | Note::Queued { from } => from,
         }
     }
 
@@ -135,6 +140,7 @@ async fn listen(url: &str, cluster: &Cluster, jobs: &Arc<Dispatcher>) -> Result<
                 }
             }
             Note::Kick { agent, .. } => jobs.gateway.kick(agent),
+            Note::Queued { .. } => jobs.queue_changed.notify_one(),
         }
     }
 }

@@ -105,6 +105,9 @@ pub struct Dispatcher {
     live: live::Board,
     /// This server instance among the others on its store.
     pub cluster: Arc<Cluster>,
+    /// Wakes the scheduler: runs were queued elsewhere (another instance) for agents that
+    /// may be connected here.
+    pub queue_changed: tokio::sync::Notify,
     /// Sites and their agents, read at most once a second (a fleet-wide start prepares
     /// thousands of orders at once).
     sites: tokio::sync::Mutex<Option<CachedSites>>,
@@ -149,6 +152,7 @@ impl Dispatcher {
             per_agent: std::sync::atomic::AtomicUsize::new(PER_AGENT),
             live: live::Board::default(),
             cluster,
+            queue_changed: tokio::sync::Notify::new(),
             sites: tokio::sync::Mutex::default(),
         }
     }
@@ -306,9 +310,14 @@ impl Dispatcher {
     /// Send queued run `run` to its agent. When the agent is not connected the run goes
     /// back to the queue (`requeue`) or ends failed.
     pub async fn deliver(&self, run: &RunRow, requeue: bool) -> Result<(), DispatchError> {
-        // An agent connected to another instance gets the run from that instance's next
-        // look at the queue.
+        // An agent connected to another instance gets the run from that instance, told
+        // to look at the queue now.
         if self.connected_elsewhere(run.agent_id).await.is_some() {
+            self.cluster
+                .tell(&crate::cluster::Note::Queued {
+                    from: self.cluster.id.clone(),
+                })
+                .await;
             return Ok(());
         }
         if !self.store.claim_run(run.id).await? {

@@ -78,7 +78,10 @@ pub fn spawn(jobs: Arc<Dispatcher>) -> tokio::task::JoinHandle<()> {
                 Err(e) => tracing::error!(error = %e, "scheduler tick failed"),
             }
             let pause = (wake - Utc::now()).to_std().unwrap_or_default();
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = jobs.queue_changed.notified() => {}
+            }
         }
     })
 }
@@ -154,6 +157,7 @@ async fn look(
     now: DateTime<Utc>,
 ) -> Result<Option<DateTime<Utc>>, crate::store::StoreError> {
     let scheduled = scheduled_jobs(jobs).await?;
+    let mut queued = false;
     let mut frames: HashMap<i64, i64> = HashMap::new();
     let mut next: Option<DateTime<Utc>> = None;
     for (job, spec) in &scheduled {
@@ -207,11 +211,20 @@ async fn look(
                 };
                 if !made.is_empty() {
                     tracing::info!(job = job.id, start = %start, runs = made.len(), ?kind, "schedule fired");
+                    queued = true;
                 }
             }
         }
     }
 
+    if queued {
+        // The other instances hand these runs to their agents at once.
+        jobs.cluster
+            .tell(&crate::cluster::Note::Queued {
+                from: jobs.cluster.id.clone(),
+            })
+            .await;
+    }
     let running = jobs.store.running_runs().await?;
     let mut per_agent: HashMap<i64, usize> = HashMap::new();
     let mut busy: HashSet<(Option<i64>, i64)> = HashSet::new();
