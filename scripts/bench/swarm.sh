@@ -31,6 +31,9 @@ chmod 711 "$D" # the PostgreSQL server's user reaches its folder inside
 INSTANCES=${SWARM_INSTANCES:-1}
 PIDS=()
 stop_all() {
+    for f in "$D"/s*/server.err; do
+        [[ -s $f ]] && { echo "== $f"; tail -5 "$f"; } >&2
+    done
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
     if [[ -n ${PGBIN:-} ]]; then
@@ -69,6 +72,30 @@ for i in $(seq 0 $((INSTANCES - 1))); do
     echo "server $i pid ${PIDS[$i]}, idle RSS $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/${PIDS[$i]}/status")"
     SERVER_ARGS+=(--server "https://localhost:$PORT" --server-pid "${PIDS[$i]}")
 done
+# One process holds at most its limit of open files in sockets: a larger fleet is split,
+# helpers first (they connect their agents and keep them), the measuring process last.
+PER_PROCESS=$(( $(ulimit -n) * 3 / 4 ))
+FIRST=0
+while ((AGENTS - FIRST > PER_PROCESS)); do
+    "$BIN/examples/swarm" "${SERVER_ARGS[@]}" --ca "$D/s0/tls/ca.pem" --password swarm-admin-pass \
+        --agents "$PER_PROCESS" --first "$FIRST" --hold 86400 >"$D/helper-$FIRST.out" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1200); do
+        grep -q '^connected:' "$D/helper-$FIRST.out" 2>/dev/null && break
+        kill -0 "${PIDS[-1]}" 2>/dev/null || { cat "$D/helper-$FIRST.out" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "helper (agents $FIRST-$((FIRST + PER_PROCESS - 1))): $(cat "$D/helper-$FIRST.out")"
+    FIRST=$((FIRST + PER_PROCESS))
+done
 "$BIN/examples/swarm" "${SERVER_ARGS[@]}" --ca "$D/s0/tls/ca.pem" \
-    --password swarm-admin-pass --agents "$AGENTS" --rate "$RATE" --seconds "$SECONDS_" \
+    --password swarm-admin-pass --agents "$((AGENTS - FIRST))" --first "$FIRST" --rate "$RATE" --seconds "$SECONDS_" \
     ${SWARM_DISPATCH:+--dispatch} ${SWARM_RUNS:+--runs "$SWARM_RUNS"}
+# Agents still connected to each instance once the measuring process has gone (its own
+# agents went with it): a split fleet's helpers kept theirs throughout.
+online=()
+for i in $(seq 0 $((INSTANCES - 1))); do
+    online+=("$(curl -fsS --cacert "$D/s0/tls/ca.pem" "https://localhost:$((18555 + i))/metrics" \
+        | sed -n 's/^holdfast_agents_online //p')")
+done
+echo "agents still online afterwards (the helpers'), per instance: ${online[*]}"

@@ -38,6 +38,12 @@ struct Opts {
     dispatch: bool,
     /// With `dispatch`: the job names only this many agents (all by default).
     runs: Option<usize>,
+    /// The number of this process's first agent (`sim-NNNNN`): a process holds at most as
+    /// many sockets as its limit of open files, so a large fleet is split over processes.
+    first: usize,
+    /// Only connect the agents and keep them connected this many seconds (a helper
+    /// process of a split fleet).
+    hold: Option<u64>,
 }
 
 fn opts() -> Res<Opts> {
@@ -91,6 +97,8 @@ fn opts() -> Res<Opts> {
             .collect(),
         dispatch: args.iter().any(|a| a == "--dispatch"),
         runs: get("--runs").map(|v| v.parse()).transpose()?,
+        first: get("--first").map_or(Ok(0), |v| v.parse())?,
+        hold: get("--hold").map(|v| v.parse()).transpose()?,
     })
 }
 
@@ -211,7 +219,7 @@ async fn agent(
     let hello = AgentMsg::Enroll {
         protocol: PROTOCOL_VERSION,
         token,
-        hostname: format!("sim-{n:05}"),
+        hostname: format!("sim-{:05}", o.first + n),
     };
     e.send(Message::Text(hello.to_text().into())).await?;
     let secret = match next_msg(&mut e).await? {
@@ -232,7 +240,7 @@ async fn agent(
         other => return Err(format!("channel refused: {other:?}").into()),
     };
     let inv = Inventory {
-        hostname: format!("sim-{n:05}"),
+        hostname: format!("sim-{:05}", o.first + n),
         os: "sim".into(),
         agent_version: "sim".into(),
         ..Default::default()
@@ -296,7 +304,12 @@ async fn dispatch(o: &Opts, http: &mut Http, auth: &str, orders: &Orders) -> Res
             .await?;
         let page: serde_json::Value = serde_json::from_slice(&body)?;
         let items = page["items"].as_array().cloned().unwrap_or_default();
-        ids.extend(items.iter().filter_map(|a| a["id"].as_i64()));
+        // This process's own agents only (a split fleet has others).
+        let own = o.first..o.first + o.agents;
+        ids.extend(items.iter().filter_map(|a| {
+            let n: usize = a["hostname"].as_str()?.strip_prefix("sim-")?.parse().ok()?;
+            own.contains(&n).then_some(a["id"].as_i64()?)
+        }));
         match page["next"].as_i64() {
             Some(n) => after = n,
             None => break,
@@ -460,26 +473,33 @@ async fn main() -> Res<()> {
         .find_map(|c| c.strip_prefix("holdfast_csrf="))
         .ok_or("login failed: no CSRF cookie")?;
     let auth = format!("Cookie: {}\r\nx-csrf-token: {csrf}\r\n", cookies.join("; "));
-    let (_, _, body) = http
-        .call(
-            "POST",
-            "/api/v1/enrollment-tokens",
-            &auth,
-            Some(&format!("{{\"uses\":{}}}", o.agents)),
-        )
-        .await?;
-    let token = serde_json::from_slice::<serde_json::Value>(&body)?["secret"]
-        .as_str()
-        .ok_or_else(|| {
-            format!(
-                "no enrolment token: {}",
-                String::from_utf8_lossy(&body)
-                    .chars()
-                    .take(300)
-                    .collect::<String>()
+    // A token enrols at most 10,000 machines: one per 10,000 agents.
+    const PER_TOKEN: usize = 10_000;
+    let mut tokens = Vec::new();
+    for chunk in 0..o.agents.div_ceil(PER_TOKEN) {
+        let uses = (o.agents - chunk * PER_TOKEN).min(PER_TOKEN);
+        let (_, _, body) = http
+            .call(
+                "POST",
+                "/api/v1/enrollment-tokens",
+                &auth,
+                Some(&format!("{{\"uses\":{uses}}}")),
             )
-        })?
-        .to_owned();
+            .await?;
+        let token = serde_json::from_slice::<serde_json::Value>(&body)?["secret"]
+            .as_str()
+            .ok_or_else(|| {
+                format!(
+                    "no enrolment token: {}",
+                    String::from_utf8_lossy(&body)
+                        .chars()
+                        .take(300)
+                        .collect::<String>()
+                )
+            })?
+            .to_owned();
+        tokens.push(token);
+    }
 
     let orders: Orders = Arc::default();
     let online = Arc::new(AtomicUsize::new(0));
@@ -489,7 +509,7 @@ async fn main() -> Res<()> {
     for n in 0..o.agents {
         let (o, token, online, failed, enrolling, orders) = (
             o.clone(),
-            token.clone(),
+            tokens[n / PER_TOKEN].clone(),
             online.clone(),
             failed.clone(),
             enrolling.clone(),
@@ -518,6 +538,10 @@ async fn main() -> Res<()> {
         return Err(format!("{failed_now} agents failed to connect").into());
     }
 
+    if let Some(secs) = o.hold {
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        return Ok(());
+    }
     if o.dispatch {
         return dispatch(&o, &mut http, &auth, &orders).await;
     }
