@@ -83,7 +83,7 @@ struct HostKeys {
 
 /// Read each machine's SSH host key (nothing is sent but the handshake), for the admin to
 /// compare and confirm before installing.
-#[utoipa::path(post, path = "/api/v1/installs/host-keys", tag = "agents", request_body = HostKeysBody, responses((status = 200, description = "each machine's host key, or why it could not be read", body = HostKeys), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+#[utoipa::path(post, path = "/api/v1/installs/host-keys", tag = "installs", request_body = HostKeysBody, responses((status = 200, description = "each machine's host key, or why it could not be read", body = HostKeys), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn host_keys(
     caller: Caller,
     ApiJson(body): ApiJson<HostKeysBody>,
@@ -162,7 +162,7 @@ struct Installs {
 /// Install (or upgrade) the agent on each machine over SSH: in the background, one
 /// installation per machine, each with its steps. The password or key is used for these
 /// installations only and not stored.
-#[utoipa::path(post, path = "/api/v1/installs", tag = "agents", request_body = InstallBody, responses((status = 202, description = "the installations started", body = Installs), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+#[utoipa::path(post, path = "/api/v1/installs", tag = "installs", request_body = InstallBody, responses((status = 202, description = "the installations started", body = Installs), (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn install(
     State(state): State<AppState>,
     caller: Caller,
@@ -245,7 +245,7 @@ struct ListQuery {
 }
 
 /// Installations, newest first.
-#[utoipa::path(get, path = "/api/v1/installs", tag = "agents", params(ListQuery), responses((status = 200, description = "installations with their steps, newest first", body = Page<InstallRow>), (status = 403, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+#[utoipa::path(get, path = "/api/v1/installs", tag = "installs", params(ListQuery), responses((status = 200, description = "installations with their steps, newest first", body = Page<InstallRow>), (status = 403, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -261,7 +261,7 @@ async fn list(
 }
 
 /// One installation with its steps.
-#[utoipa::path(get, path = "/api/v1/installs/{id}", tag = "agents", params(("id" = i64, Path)), responses((status = 200, description = "the installation", body = InstallRow), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
+#[utoipa::path(get, path = "/api/v1/installs/{id}", tag = "installs", params(("id" = i64, Path)), responses((status = 200, description = "the installation", body = InstallRow), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)), security(("session" = []), ("token" = [])))]
 async fn show(
     State(state): State<AppState>,
     caller: Caller,
