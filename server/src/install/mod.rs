@@ -9,7 +9,7 @@
 
 pub mod ssh;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,11 +64,6 @@ impl Installer {
             packages,
             server_fingerprint,
         }
-    }
-
-    /// The folder agent packages are taken from.
-    pub fn packages(&self) -> &Path {
-        &self.packages
     }
 
     /// The agent package for Debian architecture `arch`: of this server's version when

@@ -30,6 +30,9 @@ const STARTS_PER_TICK: usize = 50;
 const MANUAL_FRAME: i64 = 24 * 3600;
 /// The setting that says through when starts are recorded (Unix seconds).
 const RECORDED_THROUGH: &str = "scheduler.recorded_through";
+/// How often that setting is written. A next leader looks again at up to this much that
+/// was recorded already; the store refuses those starts a second time.
+const RECORD_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What a job's schedule starts.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +47,7 @@ pub fn spawn(jobs: Arc<Dispatcher>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         // Through when starts are recorded, while this instance leads.
         let mut since: Option<DateTime<Utc>> = None;
+        let mut written: Option<std::time::Instant> = None;
         loop {
             let now = Utc::now();
             let mut wake = now + chrono::Duration::from_std(TICK).unwrap_or_default();
@@ -59,16 +63,22 @@ pub fn spawn(jobs: Arc<Dispatcher>) -> tokio::task::JoinHandle<()> {
                 Ok(next) => {
                     if from.is_some() {
                         since = Some(now);
-                        let through = now.timestamp().to_string();
-                        if let Err(e) = jobs
-                            .store
-                            .set_setting(RECORDED_THROUGH, &through, None)
-                            .await
-                        {
-                            tracing::warn!(error = %e, "cannot record how far the schedules were looked at");
+                        if written.is_none_or(|w| w.elapsed() >= RECORD_EVERY) {
+                            let through = now.timestamp().to_string();
+                            match jobs
+                                .store
+                                .set_setting(RECORDED_THROUGH, &through, None)
+                                .await
+                            {
+                                Ok(()) => written = Some(std::time::Instant::now()),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "cannot record how far the schedules were looked at")
+                                }
+                            }
                         }
                     } else {
                         since = None;
+                        written = None;
                     }
                     // Wake at the next start itself, not up to a tick after it.
                     if let Some(n) = next.filter(|n| *n < wake) {

@@ -85,20 +85,6 @@ impl Store {
         .await?;
         Ok(r.is_some())
     }
-
-    /// The instance whose term is current and not run out, with its epoch.
-    pub async fn leader(&self) -> Result<Option<(String, i64)>, StoreError> {
-        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT instance, epoch FROM server_leader WHERE id = 1 AND instance IS NOT NULL \
-             AND expires_at > {DB_NOW_MS}"
-        )))
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(match r {
-            Some(r) => Some((r.try_get("instance")?, r.try_get("epoch")?)),
-            None => None,
-        })
-    }
 }
 
 /// Begin a new term for instance `id` when the last one has run out (or was its own):

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::browser::Browser;
 use crate::console::log_in;
-use crate::netns::{in_ns, wait_for, Kill, NsApi};
+use crate::netns::{in_ns, sh, unavailable, wait_for, Kill, NsApi};
 use holdfast_testkit::devices::{
     edit_files, mkfs, require_devices, sparse_file, tempdir, write_files, Loop,
 };
@@ -27,20 +27,6 @@ const SERVER_NS: &str = "hfinstsrv";
 const HOST_NS: &str = "hfinsthost";
 const ROOT_PASSWORD: &str = "machine-root-pass-7";
 const PORT: u16 = 8443;
-
-fn sh(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", cmd])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn unavailable(why: &str) {
-    assert!(std::env::var_os("CI").is_none(), "{why} (CI is set)");
-    eprintln!("skipping: {why}");
-}
 
 /// The machine: an overlay root with sshd in its namespace; all undone on drop.
 struct Machine {

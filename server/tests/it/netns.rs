@@ -13,7 +13,7 @@ use serde_json::Value;
 const SUBNET: &str = "10.231.7.0/24";
 const SERVER_IP: &str = "10.231.7.1";
 
-fn sh(cmd: &str) -> bool {
+pub(crate) fn sh(cmd: &str) -> bool {
     Command::new("sh")
         .args(["-c", cmd])
         .stdout(Stdio::null())
@@ -94,7 +94,7 @@ impl Drop for Kill {
 }
 
 /// Skip with a message, or fail under CI.
-fn unavailable(why: &str) {
+pub(crate) fn unavailable(why: &str) {
     assert!(std::env::var_os("CI").is_none(), "{why} (CI is set)");
     eprintln!("skipping: {why}");
 }
