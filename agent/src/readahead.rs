@@ -4,15 +4,19 @@
 //! one range request at a time waits a round trip (FTP even logs in again) for each frame.
 //! Once reads run in order, this reads the part ahead in fixed blocks, several requests in
 //! flight (as many as the target's connection cap lets through), and serves the reads from
-//! those blocks. Scattered reads (header, index, trailer) go straight to the target.
+//! those blocks; the first block starts where the first in-order read does, so bytes read
+//! before the order showed are not read again. Other scattered reads go straight to the
+//! target, but for those at a part's two ends: opening an image reads its header, trailer
+//! and index in several small pieces there, so each end is read once, whole, and kept.
 //!
 //! Where the target reads a file front to back cheaper than by ranges (FTP: one `RETR`
 //! instead of a connection per range), the blocks come from one stream per part instead; a
 //! block the stream fails to deliver is read by range, so a passing fault is retried like any
 //! other read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -29,6 +33,10 @@ const FIRST_WINDOW: u64 = 1;
 const MAX_WINDOW: u64 = 6;
 /// Blocks kept behind the current read, for readers on several threads slightly out of order.
 const KEEP_BEHIND: u64 = 1;
+/// Bytes kept of a part's start (the image's header, a later part's header) ...
+const HEAD: u64 = 64 << 10;
+/// ... and of its end (the trailer and, in most images, the index before it).
+const TAIL: u64 = 256 << 10;
 
 type Fetch = Shared<BoxFuture<'static, Result<Bytes, Arc<TargetError>>>>;
 
@@ -38,13 +46,17 @@ pub struct ReadAhead {
     state: Mutex<State>,
     /// Whether the target streams (asked once: its answer does not change).
     streams: std::sync::OnceLock<bool>,
+    /// The ends of the parts read so far, by part and start offset.
+    ends: Mutex<HashMap<(u32, u64), Fetch>>,
 }
 
 #[derive(Default)]
 struct State {
     /// Part the blocks belong to, and its size.
     part: Option<(u32, u64)>,
-    blocks: BTreeMap<u64, Fetch>,
+    /// Blocks by number, each with the offset its data starts at (a block's start, or later
+    /// for the first block of a stream).
+    blocks: BTreeMap<u64, (u64, Fetch)>,
     /// Last block the previous read touched.
     last: Option<u64>,
     window: u64,
@@ -53,8 +65,9 @@ struct State {
 }
 
 impl ReadAhead {
-    /// Fill `buf` from `key` (part `part` of `size` bytes) at `offset` through the blocks,
-    /// when reads run in order; `None` when this read should go straight to the target.
+    /// Fill `buf` from `key` (part `part` of `size` bytes) at `offset` through the blocks
+    /// when reads run in order, or through the kept ends of the part; `None` when this read
+    /// should go straight to the target.
     pub fn read(
         &self,
         rt: &Runtime,
@@ -86,27 +99,31 @@ impl ReadAhead {
                 || st.last.is_some_and(|l| first == l || first == l + 1);
             st.last = Some(last);
             if !in_order {
-                return None;
+                drop(st);
+                let (from, to) = end_around(offset..end, size)?;
+                return Some(self.read_end(rt, target, (part, key), from..to, buf, offset));
             }
             st.blocks.retain(|&b, _| b + KEEP_BEHIND >= first);
             let ahead = last + st.window;
             for b in first..=ahead {
-                let start = b * BLOCK;
-                if start >= size {
+                let block_start = b * BLOCK;
+                if block_start >= size {
                     break;
                 }
                 if st.blocks.contains_key(&b) {
                     continue;
                 }
+                // What this read asks for, and everything after it.
+                let start = block_start.max(offset);
                 let f = match streams {
-                    true => st.streamed_block(rt, target, key, size, b),
-                    false => fetch(rt, target, key, start..(start + BLOCK).min(size)),
+                    true => st.streamed_block(rt, target, key, size, b, start),
+                    false => fetch(rt, target, key, start..(block_start + BLOCK).min(size)),
                 };
-                st.blocks.insert(b, f);
+                st.blocks.insert(b, (start, f));
             }
             st.window = (st.window * 2).min(MAX_WINDOW);
             (first..=last)
-                .filter_map(|b| st.blocks.get(&b).map(|f| (b, f.clone())))
+                .filter_map(|b| st.blocks.get(&b).cloned())
                 .collect()
         };
         if fetches.len() as u64 != last - first + 1 {
@@ -118,35 +135,92 @@ impl ReadAhead {
                 ),
             )));
         }
-        for (b, f) in fetches {
+        if fetches
+            .iter()
+            .any(|&(start, _)| start > offset.max(start / BLOCK * BLOCK))
+        {
+            // A block kept from a later start than this read's (a reader on another thread
+            // came first): this one goes to the target.
+            return None;
+        }
+        for (data_start, f) in fetches {
             let data = match rt.block_on(f) {
                 Ok(d) => d,
                 Err(e) => {
                     // Forget the failed block, so the next read asks again.
                     let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                    st.blocks.remove(&b);
+                    st.blocks.remove(&(data_start / BLOCK));
                     return Some(Err(crate::storage::to_io(&e)));
                 }
             };
-            let block_start = b * BLOCK;
-            let from = offset.max(block_start);
-            let to = end.min(block_start + data.len() as u64);
-            if to <= from {
-                return Some(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the part is shorter than its size said",
-                )));
+            if let Err(e) = copy_out(&data, data_start, buf, offset) {
+                return Some(Err(e));
             }
-            buf[(from - offset) as usize..(to - offset) as usize]
-                .copy_from_slice(&data[(from - block_start) as usize..(to - block_start) as usize]);
         }
         Some(Ok(()))
     }
+
+    /// Fill `buf` (at `offset`) from the part's end `window`, read once and kept.
+    fn read_end(
+        &self,
+        rt: &Runtime,
+        target: &Arc<dyn Target>,
+        (part, key): (u32, &ObjectKey),
+        window: Range<u64>,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> io::Result<()> {
+        let f = {
+            let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+            ends.entry((part, window.start))
+                .or_insert_with(|| fetch(rt, target, key, window.clone()))
+                .clone()
+        };
+        match rt.block_on(f) {
+            Ok(data) => copy_out(&data, window.start, buf, offset),
+            Err(e) => {
+                // Forget the failed read, so the next one asks again.
+                let mut ends = self.ends.lock().unwrap_or_else(|p| p.into_inner());
+                ends.remove(&(part, window.start));
+                Err(crate::storage::to_io(&e))
+            }
+        }
+    }
+}
+
+/// The end of a part of `size` bytes that holds all of `read`, when it is one.
+fn end_around(read: Range<u64>, size: u64) -> Option<(u64, u64)> {
+    let head = HEAD.min(size);
+    let tail = size.saturating_sub(TAIL);
+    if read.end <= head {
+        Some((0, head))
+    } else if read.start >= tail {
+        Some((tail, size))
+    } else {
+        None
+    }
+}
+
+/// Copy what `data` (the part's bytes from `data_start`) holds of the read at `offset` into
+/// the matching place of `buf`.
+fn copy_out(data: &[u8], data_start: u64, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    let end = offset + buf.len() as u64;
+    let from = offset.max(data_start);
+    let to = end.min(data_start + data.len() as u64);
+    if to <= from {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the part is shorter than its size said",
+        ));
+    }
+    buf[(from - offset) as usize..(to - offset) as usize]
+        .copy_from_slice(&data[(from - data_start) as usize..(to - data_start) as usize]);
+    Ok(())
 }
 
 impl State {
-    /// Block `b` of `key` (`size` bytes) from the stream, started here when there is none
-    /// that delivers `b` next.
+    /// Block `b` of `key` (`size` bytes) from the stream, from `start` on; a stream is
+    /// started there when there is none that delivers `b` next.
     fn streamed_block(
         &mut self,
         rt: &Runtime,
@@ -154,19 +228,19 @@ impl State {
         key: &ObjectKey,
         size: u64,
         b: u64,
+        start: u64,
     ) -> Fetch {
-        let mut s = match self.stream.take() {
-            Some(s) if s.next == b && !s.wanted.is_closed() => s,
+        let (mut s, start) = match self.stream.take() {
+            Some(s) if s.next == b && !s.wanted.is_closed() => (s, b * BLOCK),
             // The old stream still delivers the blocks already asked of it, then stops (and
             // with it its transfer).
-            _ => Streamed::start(rt, target, key, b, size),
+            _ => (Streamed::start(rt, target, key, start, size), start),
         };
         let (reply, delivered) = oneshot::channel();
         let asked = s.wanted.send(reply).is_ok();
         s.next = b + 1;
         self.stream = Some(s);
         let (target, key) = (target.clone(), key.clone());
-        let start = b * BLOCK;
         async move {
             if asked {
                 if let Ok(data) = delivered.await {
@@ -174,7 +248,7 @@ impl State {
                 }
             }
             target
-                .get_range(&key, start..(start + BLOCK).min(size))
+                .get_range(&key, start..((b + 1) * BLOCK).min(size))
                 .await
                 .map_err(Arc::new)
         }
@@ -187,25 +261,25 @@ impl State {
 struct Streamed {
     /// The block the next request is for.
     next: u64,
-    /// Requests, in block order; each is answered with its block, or dropped when the stream
-    /// broke.
+    /// Requests, in block order; each is answered with the rest of its block, or dropped
+    /// when the stream broke.
     wanted: mpsc::UnboundedSender<oneshot::Sender<Bytes>>,
 }
 
 impl Streamed {
-    /// A stream over `key` (`size` bytes) from block `first` to the end. It reads only as
-    /// far as blocks are asked for.
+    /// A stream over `key` (`size` bytes) from offset `from` to the end. It reads only as
+    /// far as blocks are asked for; the first is the rest of the block `from` is in.
     fn start(
         rt: &Runtime,
         target: &Arc<dyn Target>,
         key: &ObjectKey,
-        first: u64,
+        from: u64,
         size: u64,
     ) -> Self {
         let (wanted, mut asked) = mpsc::unbounded_channel::<oneshot::Sender<Bytes>>();
         let (target, key) = (target.clone(), key.clone());
         rt.spawn(async move {
-            let mut at = first * BLOCK;
+            let mut at = from;
             // An error ends the stream; the blocks asked for are then read by range and
             // report it.
             let Ok(mut stream) = target.read_stream(&key, at..size).await else {
@@ -216,7 +290,8 @@ impl Streamed {
                 let Some(reply) = asked.recv().await else {
                     return;
                 };
-                let want = (size - at).min(BLOCK) as usize;
+                let want = ((at / BLOCK + 1) * BLOCK).min(size) - at;
+                let want = want as usize;
                 let mut block = BytesMut::with_capacity(want);
                 while block.len() < want {
                     if carry.is_empty() {
@@ -233,19 +308,14 @@ impl Streamed {
             }
         });
         Self {
-            next: first,
+            next: from / BLOCK,
             wanted,
         }
     }
 }
 
 /// Start reading `range` of `key` now; the result can be awaited by any reader.
-fn fetch(
-    rt: &Runtime,
-    target: &Arc<dyn Target>,
-    key: &ObjectKey,
-    range: std::ops::Range<u64>,
-) -> Fetch {
+fn fetch(rt: &Runtime, target: &Arc<dyn Target>, key: &ObjectKey, range: Range<u64>) -> Fetch {
     let (target, key) = (target.clone(), key.clone());
     let task = rt.spawn(async move { target.get_range(&key, range).await });
     async move {
@@ -262,7 +332,6 @@ fn fetch(
 
 #[cfg(test)]
 mod tests {
-    use std::ops::Range;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
@@ -275,6 +344,8 @@ mod tests {
         local: LocalTarget,
         break_after: u64,
         opened: AtomicU64,
+        /// Bytes handed out, by ranges and by streams.
+        served: Arc<AtomicU64>,
     }
 
     #[async_trait::async_trait]
@@ -289,6 +360,7 @@ mod tests {
             self.local.put_stream(k, b, o).await
         }
         async fn get_range(&self, k: &ObjectKey, r: Range<u64>) -> Result<Bytes, TargetError> {
+            self.served.fetch_add(r.end - r.start, Ordering::SeqCst);
             self.local.get_range(k, r).await
         }
         async fn read_stream(
@@ -312,7 +384,14 @@ mod tests {
                     detail: "connection reset".into(),
                 }));
             }
-            Ok(Box::pin(futures_util::stream::iter(items)))
+            let served = self.served.clone();
+            Ok(Box::pin(futures_util::stream::iter(items).inspect(
+                move |item| {
+                    if let Ok(piece) = item {
+                        served.fetch_add(piece.len() as u64, Ordering::SeqCst);
+                    }
+                },
+            )))
         }
         async fn size(&self, k: &ObjectKey) -> Result<u64, TargetError> {
             self.local.size(k).await
@@ -381,6 +460,7 @@ mod tests {
                 local: LocalTarget::new(dir.path()),
                 break_after,
                 opened: AtomicU64::new(0),
+                served: Arc::default(),
             });
             let target: Arc<dyn Target> = streaming.clone();
             read_all_ways(&target, &data);
@@ -391,5 +471,57 @@ mod tests {
                 "streams opened: {opened} (break after {break_after})"
             );
         }
+    }
+
+    #[test]
+    fn opening_then_restoring_an_image_reads_each_byte_about_once() {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let data: Vec<u8> = (0..(40u32 << 20)).map(|i| (i % 253) as u8).collect();
+        std::fs::write(dir.path().join("img"), &data).expect("write");
+        let streaming = Arc::new(Streaming {
+            local: LocalTarget::new(dir.path()),
+            break_after: u64::MAX,
+            opened: AtomicU64::new(0),
+            served: Arc::default(),
+        });
+        let target: Arc<dyn Target> = streaming.clone();
+        let rt = Runtime::new().expect("runtime");
+        let key = ObjectKey::new("img").expect("key");
+        let size = data.len() as u64;
+        let ahead = ReadAhead::default();
+        // As the storage does: through the read-ahead, or else straight from the target.
+        let read = |offset: u64, len: u64| {
+            let mut buf = vec![0u8; len as usize];
+            match ahead.read(&rt, &target, (1, &key, size), &mut buf, offset) {
+                Some(r) => r.expect("read"),
+                None => buf.copy_from_slice(
+                    &rt.block_on(target.get_range(&key, offset..offset + len))
+                        .expect("read"),
+                ),
+            }
+            let at = offset as usize;
+            assert!(
+                buf == data[at..at + len as usize],
+                "read at {offset} of {len}"
+            );
+        };
+        // Opening: header, trailer, the rest of the header, the index before the trailer.
+        let index = size - 168 - 80_000;
+        read(0, 4096);
+        read(size - 168, 168);
+        read(4096, 597);
+        read(index, 80_000);
+        // Restoring: frames in order up to the index.
+        let mut at = 4693;
+        while at < index {
+            let len = (4u64 << 20).min(index - at);
+            read(at, len);
+            at += len;
+        }
+        let served = streaming.served.load(Ordering::SeqCst);
+        assert!(
+            served <= size + HEAD + TAIL,
+            "{served} bytes read for an image of {size}"
+        );
     }
 }
