@@ -466,6 +466,17 @@ impl TargetSink {
     }
 }
 
+impl TargetSink {
+    /// The error the current part's upload ended with, when it ended with one.
+    fn upload_error(&mut self) -> Option<io::Error> {
+        let (_, _, handle) = self.current.take()?;
+        match self.remote.block_on(handle) {
+            Ok(Ok(Err(e))) => Some(to_io(&e)),
+            _ => None,
+        }
+    }
+}
+
 impl PartSink for TargetSink {
     fn begin_part(&mut self, number: u32) -> io::Result<()> {
         let k = key(&self.remote.part_name(number))?;
@@ -479,10 +490,12 @@ impl PartSink for TargetSink {
         Ok(())
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match &self.current {
+        let sent = match &self.current {
             Some((_, tx, _)) => tx.send(Bytes::copy_from_slice(buf)),
-            None => Err(io::Error::other("no part open")),
-        }
+            None => return Err(io::Error::other("no part open")),
+        };
+        // An upload that stopped taking bytes failed: its own error says why.
+        sent.map_err(|stopped| self.upload_error().unwrap_or(stopped))
     }
     fn end_part(&mut self) -> io::Result<()> {
         if let Some((number, tx, handle)) = self.current.take() {

@@ -4,6 +4,7 @@
 //! file deleted later extracted from it.
 
 use std::path::Path;
+use std::process::Command;
 
 use holdfast_testkit::devices::*;
 use holdfast_testkit::servers::{Smbd, Sshd, Vsftpd, PASSWORD, USER};
@@ -34,6 +35,71 @@ fn encrypted_split_chain_on_sftp_validates_and_restores_from_there() {
             )
         },
     );
+}
+
+/// An image larger than the SFTP folder's filesystem: the run fails with the server's own
+/// reason (not just that the upload stopped, said twice) and leaves nothing in the folder.
+#[test]
+fn an_image_too_big_for_its_sftp_folder_fails_saying_why_and_leaves_nothing() {
+    const TEST: &str = "image_too_big_for_sftp";
+    if !require_devices(TEST) {
+        return;
+    }
+    let Some(sshd) = Sshd::start(TEST) else {
+        return;
+    };
+    let t = tempdir();
+    let fs_file = t.path().join("small.img");
+    sparse_file(&fs_file, 16 << 20);
+    let small = Loop::new(&fs_file);
+    mkfs(small.path(), "ext4");
+    let folder = sshd.data.join("small");
+    let _mounted = Mounted::new(small.path(), &folder, "rw");
+    sh(Command::new("chown").arg(format!("{USER}:")).arg(&folder));
+    let source = t.path().join("source.bin");
+    // Far more than the folder holds, so the writer is still sending when the upload fails
+    // (stored as it is: no compression).
+    std::fs::write(&source, vec![0x5a; 160 << 20]).expect("source");
+    let creds = t.path().join("creds");
+    let known = t.path().join("known_hosts");
+    std::fs::write(
+        &creds,
+        format!(
+            "user = {USER}\npassword = {PASSWORD}\nknown_hosts = {}\n",
+            known.display()
+        ),
+    )
+    .expect("credentials");
+    let output = format!(
+        "sftp://{USER}@127.0.0.1:{}{}/big.hfi",
+        sshd.port,
+        folder.display()
+    );
+    let r = image(&[
+        "create",
+        "--source",
+        source.to_str().expect("utf-8"),
+        "--output",
+        &output,
+        "--forensic",
+        "--compression-level",
+        "0",
+        "--credentials-file",
+        creds.to_str().expect("utf-8"),
+    ]);
+    assert_ne!(r.code, 0, "a 160 MiB image fit in 16 MiB: {}", r.json);
+    assert!(
+        r.stderr.contains("full disk") && !r.stderr.contains("the upload stopped"),
+        "the error says the server's reason: {}",
+        r.stderr
+    );
+    let left: Vec<String> = std::fs::read_dir(&folder)
+        .expect("folder")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lost+found")
+        .collect();
+    assert!(left.is_empty(), "left in the folder: {left:?}");
 }
 
 #[test]
