@@ -20,11 +20,12 @@ use zeroize::Zeroizing;
 pub enum Error {
     #[error("cannot open /dev/mapper/control (is device-mapper, `dm_mod`, loaded?): {0}")]
     Control(io::Error),
-    #[error("device-mapper cannot {op} '{name}': {source}")]
+    #[error("device-mapper cannot {op} '{name}': {cause}")]
     Request {
         op: &'static str,
         name: String,
-        source: io::Error,
+        /// In the message, not also a `source` (a chain's report would say it twice).
+        cause: io::Error,
     },
     #[error("'{0}' is not a device-mapper name (at most 127 bytes, no '/')")]
     Name(String),
@@ -157,10 +158,10 @@ impl Control {
         if name.len() >= NAME_LEN || name.contains('/') {
             return Err(Error::Name(name.to_owned()));
         }
-        let fail = |source| Error::Request {
+        let fail = |cause| Error::Request {
             op,
             name: name.to_owned(),
-            source,
+            cause,
         };
         let mut body = Zeroizing::new(Vec::new());
         for &(start, length, kind, params) in targets {
@@ -259,7 +260,7 @@ impl Control {
                 suspended: r.flags() & flag::SUSPEND != 0,
                 inactive_table: r.flags() & flag::INACTIVE_PRESENT != 0,
             })),
-            Err(Error::Request { source, .. }) if source.raw_os_error() == Some(libc::ENXIO) => {
+            Err(Error::Request { cause, .. }) if cause.raw_os_error() == Some(libc::ENXIO) => {
                 Ok(None)
             }
             Err(e) => Err(e),

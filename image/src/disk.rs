@@ -51,12 +51,12 @@ pub struct PartitionTable {
 #[non_exhaustive]
 pub enum DiskError {
     /// The disk could not be read.
-    #[error("reading the partition table at offset {offset}: {source}")]
+    #[error("reading the partition table at offset {offset}: {cause}")]
     Io {
         /// Byte offset of the failed read.
         offset: u64,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, not also a `source`).
+        cause: std::io::Error,
     },
     /// A table is present but inconsistent.
     #[error("the partition table is damaged: {detail}")]
@@ -115,7 +115,7 @@ pub fn read_partition_table(
 
 fn read_at(disk: &dyn ReadAt, buf: &mut [u8], offset: u64) -> Result<(), DiskError> {
     disk.read_exact_at(buf, offset)
-        .map_err(|source| DiskError::Io { offset, source })
+        .map_err(|cause| DiskError::Io { offset, cause })
 }
 
 fn read_sector(disk: &dyn ReadAt, lba: u64, ss: u64) -> Result<Vec<u8>, DiskError> {

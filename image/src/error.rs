@@ -12,12 +12,13 @@ use crate::fs::FsError;
 #[non_exhaustive]
 pub enum ImageError {
     /// An I/O operation failed; `context` says what we were doing.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done, e.g. "reading part 2 of 'x.hfi'".
         context: String,
-        /// The underlying error.
-        source: io::Error,
+        /// The underlying error (in the message, so not also a `source`: a report of
+        /// the whole chain would say it twice).
+        cause: io::Error,
     },
     /// The file does not start with the image magic.
     #[error("'{name}' is not a Holdfast image (bad magic)")]
@@ -121,10 +122,10 @@ pub enum ImageError {
 
 impl ImageError {
     /// Wrap an I/O error with what we were doing.
-    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+    pub fn io(context: impl Into<String>, cause: io::Error) -> Self {
         Self::Io {
             context: context.into(),
-            source,
+            cause,
         }
     }
 

@@ -25,10 +25,11 @@ const VERSION: &str = "v1:";
 /// Why the vault cannot open or seal.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
-    #[error("cannot read or create the master key '{path}': {source}")]
+    #[error("cannot read or create the master key '{path}': {cause}")]
     Io {
         path: String,
-        source: std::io::Error,
+        /// In the message, not also a `source` (a chain's report would say it twice).
+        cause: std::io::Error,
     },
     #[error("the master key {0} is not 32 bytes in base64")]
     BadKey(String),
@@ -74,9 +75,9 @@ impl Vault {
         }
         let path = data_dir.join(KEY_FILE);
         let shown = path.display().to_string();
-        let io = |source| VaultError::Io {
+        let io = |cause| VaultError::Io {
             path: shown.clone(),
-            source,
+            cause,
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => {

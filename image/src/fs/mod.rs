@@ -58,14 +58,14 @@ pub struct FsInfo {
 #[non_exhaustive]
 pub enum FsError {
     /// The volume could not be read.
-    #[error("reading the {fs} filesystem at offset {offset}: {source}")]
+    #[error("reading the {fs} filesystem at offset {offset}: {cause}")]
     Io {
         /// The reader's name.
         fs: &'static str,
         /// Byte offset in the volume of the failed read.
         offset: u64,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (in the message, not also a `source`).
+        cause: std::io::Error,
     },
     /// The filesystem's metadata is inconsistent.
     #[error("the {fs} filesystem is damaged: {detail}")]
@@ -233,7 +233,7 @@ pub fn detect_with(vol: &dyn ReadAt, options: Options) -> Result<Option<Detected
 /// Read exactly `buf.len()` bytes at `offset`, mapping failure to [`FsError::Io`].
 fn read_at(vol: &dyn ReadAt, fs: &'static str, buf: &mut [u8], offset: u64) -> Result<(), FsError> {
     vol.read_exact_at(buf, offset)
-        .map_err(|source| FsError::Io { fs, offset, source })
+        .map_err(|cause| FsError::Io { fs, offset, cause })
 }
 
 use crate::le::{u16_at as le16, u32_at as le32};
