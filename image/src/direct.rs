@@ -1,4 +1,5 @@
-//! Bulk writes that bypass the page cache (`O_DIRECT`) where the file system allows it.
+//! Bulk writes and reads that bypass the page cache (`O_DIRECT`) where the file system
+//! allows it.
 //!
 //! Images and restored volumes are written once and not read back soon: pushing them through
 //! the page cache costs a copy and page allocation per 4 KiB, and then a flush. On the
@@ -8,12 +9,21 @@
 //! [`ALIGN`] and send whatever is not aligned (an image's last bytes, a volume's short last
 //! block) through a second, ordinary handle on the same file. File systems without
 //! `O_DIRECT` (tmpfs) get the ordinary handle only.
+//!
+//! The source of an image is read the same way ([`DirectReadAt`]): a volume is read once, and
+//! through the page cache every 4 KiB costs a page and a copy and pushes the machine's own
+//! working set out of memory. On the reference machine a loop device read at 0.45 GB/s through
+//! the page cache and 2.2 GB/s direct (`dd`, one reader, 4 MiB reads). A direct read of a
+//! block device first writes back what is dirty in its cache for that range, so it sees what a
+//! buffered read would.
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+
+use crate::io::{FileReadAt, ReadAt};
 
 /// Alignment of direct I/O: covers 512-byte and 4 KiB logical blocks.
 pub const ALIGN: usize = 4096;
@@ -207,6 +217,100 @@ impl DirectFile {
     }
 }
 
+thread_local! {
+    /// Per-thread landing buffer for direct reads into unaligned memory.
+    static LANDING: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
+}
+
+/// Reads shorter than this go through the page cache (metadata, headers): they are often
+/// read again, and unaligned.
+const MIN_DIRECT_READ: usize = 64 << 10;
+
+/// Positional reads of a file or block device, direct where aligned and large.
+pub struct DirectReadAt {
+    buffered: FileReadAt,
+    direct: Option<File>,
+}
+
+impl DirectReadAt {
+    /// `file`, open for reading, of `size` bytes at `path`; a second handle on `path` reads
+    /// direct where the file system allows it.
+    pub fn new(file: File, size: u64, path: &Path) -> Self {
+        let direct = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok();
+        Self {
+            buffered: FileReadAt::new(file, size),
+            direct,
+        }
+    }
+
+    /// The ordinary handle, e.g. to advise the kernel how it will be read.
+    pub fn file(&self) -> &File {
+        self.buffered.file()
+    }
+
+    /// Whether large reads bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Read the aligned `buf` (at the aligned `offset`) direct; `false` when the file system
+    /// refused (then nothing was read).
+    fn read_direct(direct: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+        if buf.as_ptr().align_offset(ALIGN) == 0 {
+            return match direct.read_exact_at(buf, offset) {
+                Ok(()) => Ok(true),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+                Err(e) => Err(e),
+            };
+        }
+        LANDING.with(|l| {
+            let mut l = l.borrow_mut();
+            let landing = l.get_or_insert_with(|| AlignedBuf::new(CHUNK));
+            for (i, piece) in buf.chunks_mut(CHUNK).enumerate() {
+                let at = offset + (i * CHUNK) as u64;
+                let land = &mut landing.as_mut_slice()[..piece.len()];
+                match direct.read_exact_at(land, at) {
+                    Ok(()) => piece.copy_from_slice(land),
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(true)
+        })
+    }
+}
+
+impl ReadAt for DirectReadAt {
+    fn size(&self) -> u64 {
+        self.buffered.size()
+    }
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let Some(end) = offset.checked_add(buf.len() as u64) else {
+            return self.buffered.read_exact_at(buf, offset);
+        };
+        let from = offset.next_multiple_of(ALIGN as u64);
+        let to = end - end % ALIGN as u64;
+        let Some(direct) = self
+            .direct
+            .as_ref()
+            .filter(|_| buf.len() >= MIN_DIRECT_READ && end <= self.size() && to > from)
+        else {
+            return self.buffered.read_exact_at(buf, offset);
+        };
+        let (head, rest) = buf.split_at_mut((from - offset) as usize);
+        let (middle, tail) = rest.split_at_mut((to - from) as usize);
+        self.buffered.read_exact_at(head, offset)?;
+        if !Self::read_direct(direct, middle, from)? {
+            self.buffered.read_exact_at(middle, from)?;
+        }
+        self.buffered.read_exact_at(tail, to)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +351,35 @@ mod tests {
             .iter()
             .all(|&b| b == 3));
         assert_eq!(back.len(), 3 * CHUNK + 2 * ALIGN);
+    }
+
+    #[test]
+    fn direct_reads_return_the_bytes_at_any_offset_and_length() {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let p = dir.path().join("z");
+        let data: Vec<u8> = (0..(3 * CHUNK + 5000)).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&p, &data).expect("write");
+        let file = File::open(&p).expect("open");
+        let r = DirectReadAt::new(file, data.len() as u64, &p);
+        assert!(r.is_direct(), "/var/tmp takes O_DIRECT here");
+        let mut in_aligned_memory = AlignedBuf::new(CHUNK + ALIGN);
+        r.read_exact_at(in_aligned_memory.as_mut_slice(), ALIGN as u64)
+            .expect("aligned");
+        assert!(in_aligned_memory.as_slice() == &data[ALIGN..2 * ALIGN + CHUNK]);
+        for (offset, len) in [
+            (0, 100),
+            (1, MIN_DIRECT_READ + 3),
+            (ALIGN - 1, 2 * CHUNK + 7),
+            (CHUNK, CHUNK),
+            (3 * CHUNK - 70_000, 70_000 + 5000),
+        ] {
+            let mut buf = vec![0u8; len];
+            r.read_exact_at(&mut buf, offset as u64).expect("read");
+            assert!(buf == data[offset..offset + len], "{offset} + {len}");
+        }
+        let mut past = vec![0u8; MIN_DIRECT_READ];
+        assert!(r
+            .read_exact_at(&mut past, (data.len() - 100) as u64)
+            .is_err());
     }
 }

@@ -13,9 +13,10 @@ use holdfast_image::blocks::{BlockSource, DeviceBlocks};
 use holdfast_image::chain::Chain;
 use holdfast_image::changes::{self, Settings, TrackedBlocks};
 use holdfast_image::crypto::Cipher;
+use holdfast_image::direct::DirectReadAt;
 use holdfast_image::extents::Extents;
 use holdfast_image::header::{Coverage, Kind};
-use holdfast_image::io::{FileReadAt, ReadAt, SplicedReadAt};
+use holdfast_image::io::{ReadAt, SplicedReadAt};
 use holdfast_image::meta::Metadata;
 use holdfast_image::plan::{plan_decrypted, plan_source_with, SourcePlan};
 use holdfast_image::progress::{Cancel, NoProgress};
@@ -49,7 +50,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     let source_file = file
         .try_clone()
         .with_context(|| format!("cannot open '{}'", a.source.display()))?;
-    let reader = FileReadAt::new(file, dev.size);
+    let reader = DirectReadAt::new(file, dev.size, &a.source);
     // Read again once the source is held: a mounted filesystem changes until then.
     let plan = read_plan(&reader, None, &dev, &a)?;
 
@@ -72,14 +73,15 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
             let file =
                 File::open(&path).with_context(|| format!("cannot open '{}'", path.display()))?;
             let device = Device::inspect(&path)?;
-            Some((file, device, m.data_offset))
+            Some((file, device, m.data_offset, path))
         }
         None => None,
     };
     let inside_reader = match &inside {
-        Some((file, device, _)) => Some(FileReadAt::new(
+        Some((file, device, _, path)) => Some(DirectReadAt::new(
             file.try_clone().context("cannot open the LUKS mapping")?,
             device.size,
+            path,
         )),
         None => None,
     };
@@ -101,7 +103,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     let asked = a.hold.consistency_method();
     let max_freeze = Duration::from_secs(u64::from(a.hold.max_freeze));
     let (held_path, held_dev, held_file) = match (&mapped, &inside) {
-        (Some(m), Some((file, device, _))) => (m.path(), device, file),
+        (Some(_), Some((file, device, _, path))) => (path.clone(), device, file),
         _ => (a.source.clone(), &dev, &source_file),
     };
     let choice = match (&a.held.held_snapshot, &a.held.held_description) {
@@ -271,7 +273,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         Some(snapshot) => {
             let file = File::open(&snapshot)
                 .with_context(|| format!("cannot open the snapshot '{}'", snapshot.display()))?;
-            &*snapshot_reader.insert(FileReadAt::new(file, held_dev.size))
+            &*snapshot_reader.insert(DirectReadAt::new(file, held_dev.size, &snapshot))
         }
         None => inside_reader.as_ref().unwrap_or(&reader),
     };
@@ -667,8 +669,8 @@ fn refuse_output_on_source(dir: &Path, dev: &Device) -> Result<()> {
 /// What to read of the source, and its description for the metadata; `inside` is the
 /// mapping of a LUKS volume read decrypted and where its contents start.
 fn read_plan(
-    reader: &FileReadAt,
-    inside: Option<(&FileReadAt, u64)>,
+    reader: &DirectReadAt,
+    inside: Option<(&DirectReadAt, u64)>,
     dev: &Device,
     a: &CreateArgs,
 ) -> Result<SourcePlan> {
