@@ -68,9 +68,9 @@ fn handshake(host: &str, port: u16) -> Result<(ssh2::Session, TcpStream), (&'sta
 }
 
 /// The ciphers offered, best first. libssh2's own ChaCha20-Poly1305 (its default first
-/// choice) is plain C, where AES-GCM runs on the CPU's AES instructions through OpenSSL:
-/// with them, an upload on a 1 Gbit/s link spent its time encrypting. CBC comes last, for
-/// old servers that offer nothing else.
+/// choice) is portable C, where AES-GCM runs on the CPU's AES instructions through OpenSSL,
+/// so with them it costs an upload less CPU. CBC comes last, for old servers that offer
+/// nothing else.
 fn ciphers() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     let aes = std::arch::is_x86_feature_detected!("aes")
