@@ -1,5 +1,8 @@
 //! Block sources: what the writer images, one block at a time.
 
+use std::ops::{Deref, DerefMut};
+
+use crate::direct::AlignedBuf;
 use crate::error::{ImageError, Result};
 use crate::extents::Extents;
 use crate::index::Entry;
@@ -26,7 +29,71 @@ pub trait BlockSource: Sync {
     fn classify(&self, n: u64) -> Class;
     /// Read the given blocks (ascending, all classified `Read`) into `buf`, back to back;
     /// the last block of the source may be short. Bytes the filesystem does not use are zeros.
-    fn read_blocks(&self, blocks: &[u64], buf: &mut Vec<u8>) -> Result<()>;
+    fn read_blocks(&self, blocks: &[u64], buf: &mut BlockBuf) -> Result<()>;
+}
+
+/// Blocks read from a source, end to end, in memory aligned for direct I/O so a device reads
+/// straight into it (no bounce copy). Reused from batch to batch and not cleared in between:
+/// whoever grows it writes every byte it is handed.
+pub struct BlockBuf {
+    storage: AlignedBuf,
+    len: usize,
+}
+
+impl Default for BlockBuf {
+    fn default() -> Self {
+        Self {
+            storage: AlignedBuf::new(0),
+            len: 0,
+        }
+    }
+}
+
+impl BlockBuf {
+    /// An empty buffer with room for `capacity` bytes (untouched memory costs nothing until
+    /// it is written).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            storage: AlignedBuf::new(capacity),
+            len: 0,
+        }
+    }
+
+    /// Forget the contents, keep the memory.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Append `n` bytes for the caller to fill; they hold whatever an earlier use left.
+    pub fn grow(&mut self, n: usize) -> &mut [u8] {
+        let at = self.len;
+        let end = at + n;
+        if end > self.storage.len() {
+            let mut bigger = AlignedBuf::new(end.max(self.storage.len() * 2));
+            bigger.as_mut_slice()[..at].copy_from_slice(&self.storage.as_slice()[..at]);
+            self.storage = bigger;
+        }
+        self.len = end;
+        &mut self.storage.as_mut_slice()[at..end]
+    }
+
+    /// Keep the first `len` bytes.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+impl Deref for BlockBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.storage.as_slice()[..self.len]
+    }
+}
+
+impl DerefMut for BlockBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.storage.as_mut_slice()[..self.len]
+    }
 }
 
 /// A device or file read directly, limited to its used extents.
@@ -77,7 +144,7 @@ impl<R: ReadAt> BlockSource for DeviceBlocks<R> {
             Class::Unallocated
         }
     }
-    fn read_blocks(&self, blocks: &[u64], buf: &mut Vec<u8>) -> Result<()> {
+    fn read_blocks(&self, blocks: &[u64], buf: &mut BlockBuf) -> Result<()> {
         let bs = u64::from(self.block_size);
         let size = self.dev.size();
         buf.clear();
@@ -90,9 +157,8 @@ impl<R: ReadAt> BlockSource for DeviceBlocks<R> {
             }
             let start = blocks[i] * bs;
             let end = ((blocks[j - 1] + 1) * bs).min(size);
-            let at = buf.len();
-            buf.resize(at + (end - start) as usize, 0);
-            self.dev.read_exact_at(&mut buf[at..], start).map_err(|e| {
+            let run = buf.grow((end - start) as usize);
+            self.dev.read_exact_at(run, start).map_err(|e| {
                 ImageError::io(
                     format!(
                         "reading '{}' at offset {start} ({} bytes)",
@@ -106,10 +172,10 @@ impl<R: ReadAt> BlockSource for DeviceBlocks<R> {
             // shows up as a change.
             let mut cursor = start;
             for (s, e) in self.used.overlapping(start, end) {
-                buf[at + (cursor - start) as usize..at + (s - start) as usize].fill(0);
+                run[(cursor - start) as usize..(s - start) as usize].fill(0);
                 cursor = e;
             }
-            buf[at + (cursor - start) as usize..].fill(0);
+            run[(cursor - start) as usize..].fill(0);
             i = j;
         }
         Ok(())

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::blocks::{BlockSource, Class};
+use crate::blocks::{BlockBuf, BlockSource, Class};
 use crate::crypto::BlockHasher;
 use crate::error::{ImageError, Result};
 use crate::frame::FrameFault;
@@ -374,7 +374,7 @@ impl ChainBlocks<'_> {
         let bs = u64::from(self.block_size());
         let first = start / bs;
         let blocks: Vec<u64> = (first..end.div_ceil(bs)).collect();
-        let mut buf = Vec::new();
+        let mut buf = BlockBuf::default();
         // Blocks without content are left as the zeros `read_blocks` starts from.
         self.read_blocks(&blocks, &mut buf)?;
         let from = (start - first * bs) as usize;
@@ -404,7 +404,7 @@ impl BlockSource for ChainBlocks<'_> {
             Located::Data { .. } => Class::Read,
         }
     }
-    fn read_blocks(&self, blocks: &[u64], buf: &mut Vec<u8>) -> Result<()> {
+    fn read_blocks(&self, blocks: &[u64], buf: &mut BlockBuf) -> Result<()> {
         let point = self.chain.point();
         let bs = point.header.block_size;
         let size = point.header.source_size;
@@ -420,7 +420,7 @@ impl BlockSource for ChainBlocks<'_> {
             }
         }
         buf.clear();
-        buf.resize(at, 0);
+        buf.grow(at).fill(0);
         let mut dec = zstd::bulk::Decompressor::new()
             .map_err(|e| ImageError::io("starting the decompressor", e))?;
         for ((image, frame), wanted) in frames {

@@ -14,7 +14,7 @@
 //! a filesystem mounted in between, different volumes) and every `full_hash_every`-th
 //! incremental.
 
-use crate::blocks::{BlockSource, Class};
+use crate::blocks::{BlockBuf, BlockSource, Class};
 use crate::extents::Extents;
 use crate::fs;
 use crate::header::Kind;
@@ -438,7 +438,7 @@ impl BlockSource for TrackedBlocks<'_> {
             (class, _, _) => class,
         }
     }
-    fn read_blocks(&self, blocks: &[u64], buf: &mut Vec<u8>) -> Result<()> {
+    fn read_blocks(&self, blocks: &[u64], buf: &mut BlockBuf) -> Result<()> {
         self.inner.read_blocks(blocks, buf)
     }
 }

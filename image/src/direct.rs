@@ -48,6 +48,14 @@ impl AlignedBuf {
             len,
         }
     }
+    /// Usable bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether it has no usable bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
     /// The aligned window.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.storage[self.start..self.start + self.len]

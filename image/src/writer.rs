@@ -1,10 +1,10 @@
-//! The image writer: a pipeline that keeps every core busy.
+//! The image writer: a pipeline that keeps the disk and every core busy.
 //!
-//! A dispatcher hands out batches of consecutive blocks (one batch = one potential frame);
-//! worker threads read, zero-check, hash, compare with the parent, compress and encrypt; the
-//! calling thread writes finished frames in batch order and builds the index. A credit window
-//! bounds how far workers may run ahead of the writer, so memory stays bounded whatever the
-//! speed of the sink.
+//! A planner walks the batches of consecutive blocks (one batch = one potential frame) in
+//! order and decides which blocks must be read; reader threads read them; hasher threads
+//! zero-check, hash, compare with the parent, compress and encrypt; the calling thread writes
+//! finished frames in batch order and builds the index. A batch holds one of a fixed set of
+//! read buffers until it is written, so memory stays bounded whatever the speed of the sink.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use zeroize::Zeroizing;
 
-use crate::blocks::{BlockSource, Class};
+use crate::blocks::{BlockBuf, BlockSource, Class};
 use crate::crypto::{Cipher, KdfParams, Keys};
 use crate::error::{ImageError, Result};
 use crate::frame::{FrameEncoder, MAX_FRAME_BLOCKS};
@@ -32,6 +32,11 @@ use crate::trailer::{Trailer, TRAILER_LEN};
 /// as one zstd stream over the same data), small enough that restore has hundreds of
 /// independent frames to spread over the cores.
 pub const FRAME_TARGET: u32 = 4 << 20;
+
+/// How many batches the planner may run ahead of the writer. Batches with nothing to read
+/// hold only their entries (a few KiB), so this bounds memory while letting the planner
+/// skip long unchanged stretches without waiting for the writer.
+const LOOKAHEAD: usize = 1024;
 
 /// Blocks per frame for a block size.
 pub fn frame_blocks(block_size: u32) -> usize {
@@ -193,6 +198,8 @@ struct BatchOut {
     record: Option<Vec<u8>>,
     read_bytes: u64,
     data_bytes: u64,
+    /// The read buffer, back to the pool once the batch is written.
+    buf: Option<BlockBuf>,
 }
 
 /// Write one image of `src` to `sink`. On error or cancel the sink is aborted: nothing that
@@ -335,7 +342,7 @@ fn write_inner(
     let hasher = ident.keys.block_hasher();
     let frame_cipher = ident.keys.frame_cipher();
     let stop = AtomicBool::new(false);
-    let window = threads * 2;
+    let buffers = threads * 2;
 
     let mut index = Index {
         entries: vec![Entry::UNALLOCATED; n_blocks as usize],
@@ -344,27 +351,85 @@ fn write_inner(
     let mut read_bytes = 0u64;
     let mut data_bytes = 0u64;
 
-    let (work_tx, work_rx) = bounded::<u64>(threads * 2);
-    let (res_tx, res_rx) = bounded::<Result<BatchOut>>(threads * 2);
-    let (credit_tx, credit_rx) = bounded::<()>(window);
-    for _ in 0..window {
+    let (read_tx, read_rx) = bounded::<ReadBatch>(buffers);
+    let (hash_tx, hash_rx) = bounded::<Result<ReadBatch>>(buffers);
+    let (res_tx, res_rx) = bounded::<Result<BatchOut>>(buffers);
+    // Each batch with blocks to read holds one buffer from here until it is written, so the
+    // buffers bound the memory in flight; they go round, so steady state allocates nothing.
+    let (pool_tx, pool_rx) = bounded::<BlockBuf>(buffers);
+    for _ in 0..buffers {
+        let _ = pool_tx.send(BlockBuf::with_capacity(per_frame as usize * bs as usize));
+    }
+    let (credit_tx, credit_rx) = bounded::<()>(LOOKAHEAD);
+    for _ in 0..LOOKAHEAD {
         let _ = credit_tx.send(());
     }
 
+    // Four stages. The planner walks the batches in order and sends those with nothing to
+    // read straight to the writer (an incremental that reads 5 % of a volume is mostly such
+    // batches, and each hop between threads is a wake-up). Readers read,
+    // hashers hash: a thread that did both would, with its peers, fall into step — all
+    // reading while the cores idle, then all hashing while the disk idles. The planner takes
+    // buffers in batch order, so the oldest batch always has one and the pipeline cannot
+    // stall on buffers.
     let outcome: Result<[u8; crate::header::HEADER_LEN]> = std::thread::scope(|s| {
         let stop = &stop;
+        let planner_res_tx = res_tx.clone();
         s.spawn(move || {
             for k in 0..batches {
-                if credit_rx.recv().is_err()
-                    || stop.load(Ordering::Relaxed)
-                    || work_tx.send(k).is_err()
-                {
+                if credit_rx.recv().is_err() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let first = k * per_frame;
+                let last = (first + per_frame).min(n_blocks);
+                let (entries, to_read) = plan_batch(src, first, last);
+                let sent = if to_read.is_empty() {
+                    planner_res_tx
+                        .send(Ok(BatchOut {
+                            batch: k,
+                            entries,
+                            record: None,
+                            read_bytes: 0,
+                            data_bytes: 0,
+                            buf: None,
+                        }))
+                        .is_ok()
+                } else {
+                    let Ok(buf) = pool_rx.recv() else { break };
+                    read_tx
+                        .send(ReadBatch {
+                            batch: k,
+                            first,
+                            entries,
+                            to_read,
+                            buf,
+                        })
+                        .is_ok()
+                };
+                if !sent {
                     break;
                 }
             }
         });
         for _ in 0..threads {
-            let work_rx = work_rx.clone();
+            let read_rx = read_rx.clone();
+            let hash_tx = hash_tx.clone();
+            s.spawn(move || {
+                for mut batch in read_rx.iter() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let read = src
+                        .read_blocks(&batch.to_read, &mut batch.buf)
+                        .map(|()| batch);
+                    if hash_tx.send(read).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        for _ in 0..threads {
+            let hash_rx = hash_rx.clone();
             let res_tx = res_tx.clone();
             let hasher = hasher.clone();
             let frame_cipher = frame_cipher.as_ref();
@@ -377,32 +442,30 @@ fn write_inner(
                         return;
                     }
                 };
-                let mut buf = Vec::new();
-                for k in work_rx.iter() {
+                for read in hash_rx.iter() {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let first = k * per_frame;
-                    let last = (first + per_frame).min(n_blocks);
-                    let out = process_batch(
-                        src,
-                        k,
-                        first,
-                        last,
-                        parent,
-                        &hasher,
-                        frame_cipher,
-                        &image_id,
-                        &mut enc,
-                        &mut buf,
-                    );
+                    let out = read.and_then(|read| {
+                        hash_batch(
+                            src,
+                            read,
+                            parent,
+                            &hasher,
+                            frame_cipher,
+                            &image_id,
+                            &mut enc,
+                        )
+                    });
                     if res_tx.send(out).is_err() {
                         break;
                     }
                 }
             });
         }
-        drop(work_rx);
+        drop(read_rx);
+        drop(hash_tx);
+        drop(hash_rx);
         drop(res_tx);
         let r = (|| {
             if let Some(job) = wrap_job {
@@ -416,6 +479,7 @@ fn write_inner(
             collect(
                 res_rx,
                 credit_tx,
+                pool_tx,
                 batches,
                 per_frame as usize,
                 &mut pw,
@@ -504,21 +568,20 @@ pub fn parts_for(len: u64, split: u64) -> u32 {
 /// Zeros to compare blocks against (memcmp is the fastest zero test there is).
 static ZEROS: [u8; MAX_BLOCK_SIZE as usize] = [0; MAX_BLOCK_SIZE as usize];
 
-#[allow(clippy::too_many_arguments)]
-fn process_batch(
-    src: &dyn BlockSource,
+/// A batch's blocks as read from the source, on their way to a hasher.
+struct ReadBatch {
     batch: u64,
     first: u64,
-    last: u64,
-    parent: Option<&Index>,
-    hasher: &crate::crypto::BlockHasher,
-    cipher: Option<&crate::crypto::FrameCipher>,
-    image_id: &Id,
-    enc: &mut FrameEncoder,
-    buf: &mut Vec<u8>,
-) -> Result<BatchOut> {
-    let bs = src.block_size();
-    let size = src.size();
+    /// Blocks the source fixed without reading (unallocated, or taken from the base).
+    entries: Vec<Entry>,
+    /// Blocks read, in order; their bytes lie end to end in `buf`.
+    to_read: Vec<u64>,
+    buf: BlockBuf,
+}
+
+/// Classify blocks `first..last`: the entries of those decided without reading, and the
+/// blocks to read.
+fn plan_batch(src: &dyn BlockSource, first: u64, last: u64) -> (Vec<Entry>, Vec<u64>) {
     let mut entries = vec![Entry::UNALLOCATED; (last - first) as usize];
     let mut to_read = Vec::with_capacity(entries.len());
     for n in first..last {
@@ -528,16 +591,28 @@ fn process_batch(
             Class::Read => to_read.push(n),
         }
     }
-    if to_read.is_empty() {
-        return Ok(BatchOut {
-            batch,
-            entries,
-            record: None,
-            read_bytes: 0,
-            data_bytes: 0,
-        });
-    }
-    src.read_blocks(&to_read, buf)?;
+    (entries, to_read)
+}
+
+/// Zero-check, hash and compare the blocks read; compress and encrypt those that changed.
+fn hash_batch(
+    src: &dyn BlockSource,
+    read: ReadBatch,
+    parent: Option<&Index>,
+    hasher: &crate::crypto::BlockHasher,
+    cipher: Option<&crate::crypto::FrameCipher>,
+    image_id: &Id,
+    enc: &mut FrameEncoder,
+) -> Result<BatchOut> {
+    let bs = src.block_size();
+    let size = src.size();
+    let ReadBatch {
+        batch,
+        first,
+        mut entries,
+        to_read,
+        buf,
+    } = read;
     let mut data_blocks = Vec::with_capacity(to_read.len());
     let mut ranges = Vec::with_capacity(to_read.len());
     let mut at = 0usize;
@@ -581,6 +656,7 @@ fn process_batch(
             record: None,
             read_bytes,
             data_bytes: 0,
+            buf: Some(buf),
         });
     }
     // Avoid a copy when every block read is stored.
@@ -605,6 +681,7 @@ fn process_batch(
         record: Some(record),
         read_bytes,
         data_bytes,
+        buf: Some(buf),
     })
 }
 
@@ -612,6 +689,7 @@ fn process_batch(
 fn collect(
     res_rx: Receiver<Result<BatchOut>>,
     credit_tx: Sender<()>,
+    pool_tx: Sender<BlockBuf>,
     batches: u64,
     per_frame: usize,
     pw: &mut PartWriter<'_>,
@@ -655,6 +733,9 @@ fn collect(
             *data_bytes += out.data_bytes;
             progress.advance(out.read_bytes);
             next += 1;
+            if let Some(buf) = out.buf {
+                let _ = pool_tx.send(buf);
+            }
             let _ = credit_tx.send(());
         }
     }

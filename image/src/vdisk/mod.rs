@@ -10,7 +10,7 @@ pub mod qcow2;
 pub mod vhd;
 pub mod vhdx;
 
-use crate::blocks::{BlockSource, Class};
+use crate::blocks::{BlockBuf, BlockSource, Class};
 use crate::error::Result;
 
 /// What was written.
@@ -62,7 +62,7 @@ impl BlockSource for Window<'_> {
     fn classify(&self, n: u64) -> Class {
         self.inner.classify(self.first + n)
     }
-    fn read_blocks(&self, blocks: &[u64], buf: &mut Vec<u8>) -> Result<()> {
+    fn read_blocks(&self, blocks: &[u64], buf: &mut BlockBuf) -> Result<()> {
         let mapped: Vec<u64> = blocks.iter().map(|n| self.first + n).collect();
         self.inner.read_blocks(&mapped, buf)?;
         // The window's last block may be shorter than the source's block there.
@@ -230,7 +230,7 @@ fn read_units(
         .flat_map(|&u| u * per_unit..((u + 1) * per_unit).min(size.div_ceil(bs)))
         .filter(|&n| src.classify(n) == Class::Read)
         .collect();
-    let mut read = Vec::new();
+    let mut read = BlockBuf::default();
     src.read_blocks(&wanted, &mut read)?;
     let mut out = vec![0u8; units.len() * usize::try_from(unit).unwrap_or(0)];
     let mut at = 0usize;
@@ -268,13 +268,13 @@ mod tests {
         // Blocks 2.. of the source, the last one cut short inside the source's block 6.
         let w = Window::new(&src, 8192, 4096 * 4 + 100).expect("window");
         assert_eq!(w.size(), 16_484);
-        let mut buf = Vec::new();
+        let mut buf = BlockBuf::default();
         w.read_blocks(&[0, 1, 2, 3, 4], &mut buf).expect("read");
-        assert_eq!(buf, bytes[8192..8192 + 16_484]);
+        assert_eq!(&buf[..], &bytes[8192..8192 + 16_484]);
         // At the source's own short end: nothing cut twice.
         let w = Window::new(&src, 36_864, 3136).expect("tail");
         w.read_blocks(&[0], &mut buf).expect("read");
-        assert_eq!(buf, bytes[36_864..]);
+        assert_eq!(&buf[..], &bytes[36_864..]);
     }
 }
 

@@ -6,4 +6,5 @@ mod chain_reader;
 mod damage;
 mod golden;
 mod mem;
+mod pipeline;
 mod salvage;
