@@ -22,6 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::io::{FileReadAt, ReadAt};
 
@@ -238,6 +239,9 @@ const MIN_DIRECT_READ: usize = 64 << 10;
 pub struct DirectReadAt {
     buffered: FileReadAt,
     direct: Option<File>,
+    /// Set once the file system refused a direct read's alignment: later reads go through
+    /// the page cache without trying again.
+    refused: AtomicBool,
 }
 
 impl DirectReadAt {
@@ -252,6 +256,7 @@ impl DirectReadAt {
         Self {
             buffered: FileReadAt::new(file, size),
             direct,
+            refused: AtomicBool::new(false),
         }
     }
 
@@ -262,7 +267,7 @@ impl DirectReadAt {
 
     /// Whether large reads bypass the page cache.
     pub fn is_direct(&self) -> bool {
-        self.direct.is_some()
+        self.direct.is_some() && !self.refused.load(Ordering::Relaxed)
     }
 
     /// Read the aligned `buf` (at the aligned `offset`) direct; `false` when the file system
@@ -302,17 +307,19 @@ impl ReadAt for DirectReadAt {
         };
         let from = offset.next_multiple_of(ALIGN as u64);
         let to = end - end % ALIGN as u64;
-        let Some(direct) = self
-            .direct
-            .as_ref()
-            .filter(|_| buf.len() >= MIN_DIRECT_READ && end <= self.size() && to > from)
-        else {
+        let Some(direct) = self.direct.as_ref().filter(|_| {
+            buf.len() >= MIN_DIRECT_READ
+                && end <= self.size()
+                && to > from
+                && !self.refused.load(Ordering::Relaxed)
+        }) else {
             return self.buffered.read_exact_at(buf, offset);
         };
         let (head, rest) = buf.split_at_mut((from - offset) as usize);
         let (middle, tail) = rest.split_at_mut((to - from) as usize);
         self.buffered.read_exact_at(head, offset)?;
         if !Self::read_direct(direct, middle, from)? {
+            self.refused.store(true, Ordering::Relaxed);
             self.buffered.read_exact_at(middle, from)?;
         }
         self.buffered.read_exact_at(tail, to)

@@ -5,7 +5,7 @@
 //! with Nagle's algorithm off, and it is replaced by a new login every 128 MiB (see
 //! `CREDITS_BACKLOG` for why).
 //! A single outstanding read is slow (each round trip waits for the server), so reads and
-//! writes keep [`DEPTH`] requests in flight. A connection that broke is dropped and the next
+//! writes keep `DEPTH` (16) requests in flight. A connection that broke is dropped and the next
 //! operation logs in again, so the [`Retry`](crate::wrap::Retry) wrapper can recover.
 
 use std::ops::Range;
@@ -443,7 +443,7 @@ impl SmbTarget {
         }
     }
 
-    /// Write chunks from `rx` at `at` onwards with [`DEPTH`] requests in flight, until the
+    /// Write chunks from `rx` at `at` onwards with `DEPTH` requests in flight, until the
     /// body ends (true) or the connection has carried its share (false).
     async fn write_leg(
         &self,
