@@ -44,28 +44,57 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const NO_KEY: &str = "the server sent no host key";
 
 /// A TCP connection to `host:port` and an SSH session over it, handshake done (nothing
-/// sent that logs in); on failure, the step and why.
-fn handshake(host: &str, port: u16) -> Result<(ssh2::Session, TcpStream), (&'static str, String)> {
+/// sent that logs in); on failure, a [`TargetError`] naming `target`.
+fn handshake(
+    host: &str,
+    port: u16,
+    target: &str,
+) -> Result<(ssh2::Session, TcpStream), TargetError> {
+    let fail = |op, detail: String| TargetError::Transient {
+        target: target.to_owned(),
+        op,
+        key: String::new(),
+        detail,
+    };
     let addr = (host, port)
         .to_socket_addrs()
-        .map_err(|e| ("connect", e.to_string()))?
+        .map_err(|e| fail("connect", e.to_string()))?
         .next()
-        .ok_or(("connect", "host name has no address".to_owned()))?;
+        .ok_or_else(|| fail("connect", "host name has no address".to_owned()))?;
     let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
-        .map_err(|e| ("connect", e.to_string()))?;
-    let mut session = ssh2::Session::new().map_err(|e| ("connect", e.to_string()))?;
-    let socket = tcp.try_clone().map_err(|e| ("connect", e.to_string()))?;
+        .map_err(|e| fail("connect", e.to_string()))?;
+    let mut session = ssh2::Session::new().map_err(|e| fail("connect", e.to_string()))?;
+    let socket = tcp
+        .try_clone()
+        .map_err(|e| fail("connect", e.to_string()))?;
     session.set_tcp_stream(tcp);
     for way in [ssh2::MethodType::CryptCs, ssh2::MethodType::CryptSc] {
         session
             .method_pref(way, ciphers())
-            .map_err(|e| ("connect", e.message().to_owned()))?;
+            .map_err(|e| fail("connect", e.message().to_owned()))?;
     }
-    session
-        .handshake()
-        .map_err(|e| ("handshake", e.message().to_owned()))?;
+    if let Err(e) = session.handshake() {
+        // The server offers nothing we speak: asking again will not change that.
+        if e.code() == ssh2::ErrorCode::Session(LIBSSH2_ERROR_KEX_FAILURE) {
+            let ours = ciphers().replace(',', ", ");
+            return Err(TargetError::Permanent {
+                target: target.to_owned(),
+                op: "handshake",
+                key: String::new(),
+                detail: format!(
+                    "no cipher in common with the server, or no key exchange or host key \
+                     type (we offer the ciphers {ours}; the server's sshd_config `Ciphers` \
+                     line says what it offers)"
+                ),
+            });
+        }
+        return Err(fail("handshake", e.message().to_owned()));
+    }
     Ok((session, socket))
 }
+
+/// libssh2's code for a handshake that found no algorithms in common.
+const LIBSSH2_ERROR_KEX_FAILURE: std::os::raw::c_int = -5;
 
 /// The ciphers offered, best first. libssh2's own ChaCha20-Poly1305 (its default first
 /// choice) is portable C, where AES-GCM runs on the CPU's AES instructions through OpenSSL,
@@ -101,14 +130,13 @@ fn fingerprint(session: &ssh2::Session) -> Option<String> {
 /// The host key `host:port` offers, from the handshake alone (blocking).
 pub fn offered_host_key(host: &str, port: u16) -> Result<String, TargetError> {
     let display = format!("sftp://{host}:{port}");
-    let transient = |op, detail: String| TargetError::Transient {
-        target: display.clone(),
-        op,
+    let (session, _socket) = handshake(host, port, &display)?;
+    fingerprint(&session).ok_or_else(|| TargetError::Transient {
+        target: display,
+        op: "handshake",
         key: String::new(),
-        detail,
-    };
-    let (session, _socket) = handshake(host, port).map_err(|(op, d)| transient(op, d))?;
-    fingerprint(&session).ok_or_else(|| transient("handshake", NO_KEY.into()))
+        detail: NO_KEY.into(),
+    })
 }
 
 struct Conn {
@@ -302,8 +330,7 @@ impl Inner {
     }
 
     fn connect(&self) -> Result<Conn, TargetError> {
-        let (session, socket) = handshake(&self.host, self.port)
-            .map_err(|(op, detail)| self.transient(op, "", detail))?;
+        let (session, socket) = handshake(&self.host, self.port, &self.display)?;
         self.check_host_key(&session)?;
         let c = &self.creds;
         let auth = match (&c.private_key, &c.password) {

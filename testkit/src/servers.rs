@@ -264,21 +264,29 @@ pub struct Sshd {
     pub client_key: PathBuf,
     /// A network namespace and address to serve on instead of the loopback.
     netns: Netns,
+    /// The ciphers it offers (`None`: OpenSSH's defaults).
+    ciphers: Option<String>,
     child: Option<Child>,
 }
 
 impl Sshd {
     /// Start one; `None` when sshd or the user cannot be had.
     pub fn start(test: &str) -> Option<Self> {
-        Self::start_at(test, None)
+        Self::start_at(test, None, None)
     }
 
     /// Start one in network namespace `ns`, serving on `addr` there.
     pub fn start_in_netns(test: &str, ns: &str, addr: &str) -> Option<Self> {
-        Self::start_at(test, Some((ns.to_owned(), addr.to_owned())))
+        Self::start_at(test, Some((ns.to_owned(), addr.to_owned())), None)
     }
 
-    fn start_at(test: &str, netns: Netns) -> Option<Self> {
+    /// Start one that offers only `ciphers` (OpenSSH's `Ciphers` list), like an old or
+    /// hardened server.
+    pub fn start_with_ciphers(test: &str, ciphers: &str) -> Option<Self> {
+        Self::start_at(test, None, Some(ciphers.to_owned()))
+    }
+
+    fn start_at(test: &str, netns: Netns, ciphers: Option<String>) -> Option<Self> {
         let (dir, data) = server_dir(test, "/usr/sbin/sshd", "openssh-server", "holdfast-sshd-")?;
         let d = dir.path().to_owned();
         let d = d.as_path();
@@ -305,6 +313,7 @@ impl Sshd {
             data,
             client_key: d.join("client_ed25519"),
             netns,
+            ciphers,
             child: None,
         };
         if !s.spawn(test) {
@@ -320,9 +329,13 @@ impl Sshd {
             "Port {port}\nListenAddress {listen}\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
              UsePAM no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              AuthorizedKeysFile {d}/authorized_keys/%u\nStrictModes no\nPermitRootLogin no\nAllowUsers {USER}\n\
-             Subsystem sftp internal-sftp\n",
+             Subsystem sftp internal-sftp\n{ciphers}",
             port = self.port,
-            d = d.display()
+            d = d.display(),
+            ciphers = self
+                .ciphers
+                .as_ref()
+                .map_or(String::new(), |c| format!("Ciphers {c}\n"))
         );
         if std::fs::write(d.join("sshd_config"), config).is_err() {
             return false;

@@ -96,3 +96,46 @@ async fn server_killed_mid_upload_leaves_nothing_complete_looking() {
         "the partial file is gone"
     );
 }
+
+/// Servers offering a single cipher each — old (CBC), counter mode, OpenSSH's ChaCha20,
+/// AES-GCM — all take an upload and give it back whole; a server offering none of ours is
+/// refused once, not retried, with a message that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_cipher_we_offer_carries_an_upload_and_none_in_common_is_named() {
+    let test = "each_cipher_we_offer";
+    for cipher in [
+        "aes128-cbc",
+        "aes256-ctr",
+        "chacha20-poly1305@openssh.com",
+        "aes256-gcm@openssh.com",
+    ] {
+        let Some(sshd) = Sshd::start_with_ciphers(test, cipher) else {
+            return;
+        };
+        let t = sftp_target(&sshd, true);
+        let data = noise(3 << 20, 11);
+        let key = ObjectKey::new("cipher.bin").expect("key");
+        t.put_stream(&key, body(data.clone()), false)
+            .await
+            .unwrap_or_else(|e| panic!("{cipher}: {e}"));
+        let back = t
+            .get_range(&key, 0..data.len() as u64)
+            .await
+            .unwrap_or_else(|e| panic!("{cipher}: {e}"));
+        assert!(back[..] == data[..], "{cipher}: other bytes came back");
+    }
+    // OpenSSH still has 3DES; we do not offer it.
+    let Some(sshd) = Sshd::start_with_ciphers(test, "3des-cbc") else {
+        return;
+    };
+    let e = sftp_target(&sshd, true)
+        .list(None)
+        .await
+        .expect_err("no cipher in common");
+    let text = e.to_string();
+    assert!(!e.is_retryable(), "{text}");
+    assert!(
+        text.contains("no cipher in common") && text.contains("aes128-ctr"),
+        "{text}"
+    );
+}
