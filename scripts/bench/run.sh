@@ -335,8 +335,10 @@ manifest_of() {
     # cached per source state, keyed by the volume stamp
     local cache
     cache=$OUTDIR/$(basename "$1").manifest
-    if [[ ! -f $cache || $cache -ot $OUTDIR/volumes.stamp ]]; then
-        manifest "$1" >"$cache"
+    # Written aside and moved in whole: a run that failed half-way (a full disk) must not
+    # leave an empty manifest every later run would compare against.
+    if [[ ! -s $cache || $cache -ot $OUTDIR/volumes.stamp ]]; then
+        manifest "$1" >"$cache.part" && [[ -s $cache.part ]] && mv "$cache.part" "$cache"
     fi
     cat "$cache"
 }
