@@ -464,9 +464,7 @@ impl TargetSink {
             committed: false,
         })
     }
-}
 
-impl TargetSink {
     /// The error the current part's upload ended with, when it ended with one.
     fn upload_error(&mut self) -> Option<io::Error> {
         let (_, _, handle) = self.current.take()?;

@@ -159,8 +159,14 @@ impl DirectAppender {
 }
 
 thread_local! {
-    /// Per-thread staging buffer for direct positional writes.
-    static STAGING: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
+    /// Per-thread bounce buffer: data bound for or coming from a direct transfer passes
+    /// through it when the caller's memory is not aligned.
+    static BOUNCE: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
+}
+
+/// Run `f` with this thread's bounce buffer of [`CHUNK`] bytes.
+fn with_bounce<T>(f: impl FnOnce(&mut AlignedBuf) -> T) -> T {
+    BOUNCE.with(|b| f(b.borrow_mut().get_or_insert_with(|| AlignedBuf::new(CHUNK))))
 }
 
 /// Positional writes to an existing file or block device, direct where aligned.
@@ -201,9 +207,7 @@ impl DirectFile {
                 other => other,
             };
         }
-        STAGING.with(|s| {
-            let mut s = s.borrow_mut();
-            let staging = s.get_or_insert_with(|| AlignedBuf::new(CHUNK));
+        with_bounce(|staging| {
             for (i, piece) in data.chunks(CHUNK).enumerate() {
                 let at = offset + (i * CHUNK) as u64;
                 let buf = &mut staging.as_mut_slice()[..piece.len()];
@@ -224,11 +228,6 @@ impl DirectFile {
     pub fn sync(&self) -> io::Result<()> {
         self.buffered.sync_all()
     }
-}
-
-thread_local! {
-    /// Per-thread landing buffer for direct reads into unaligned memory.
-    static LANDING: RefCell<Option<AlignedBuf>> = const { RefCell::new(None) };
 }
 
 /// Reads shorter than this go through the page cache (metadata, headers): they are often
@@ -280,9 +279,7 @@ impl DirectReadAt {
                 Err(e) => Err(e),
             };
         }
-        LANDING.with(|l| {
-            let mut l = l.borrow_mut();
-            let landing = l.get_or_insert_with(|| AlignedBuf::new(CHUNK));
+        with_bounce(|landing| {
             for (i, piece) in buf.chunks_mut(CHUNK).enumerate() {
                 let at = offset + (i * CHUNK) as u64;
                 let land = &mut landing.as_mut_slice()[..piece.len()];

@@ -368,11 +368,10 @@ fn write_inner(
 
     // Four stages. The planner walks the batches in order and sends those with nothing to
     // read straight to the writer (an incremental that reads 5 % of a volume is mostly such
-    // batches, and each hop between threads is a wake-up). Readers read,
-    // hashers hash: a thread that did both would, with its peers, fall into step — all
-    // reading while the cores idle, then all hashing while the disk idles. The planner takes
-    // buffers in batch order, so the oldest batch always has one and the pipeline cannot
-    // stall on buffers.
+    // batches, and each hop between threads is a wake-up). Readers read, hashers hash: a
+    // thread that did both would, with its peers, fall into step — all reading while the
+    // cores idle, then all hashing while the disk idles. The planner takes buffers in batch
+    // order, so the oldest batch always has one and the pipeline cannot stall on buffers.
     let outcome: Result<[u8; crate::header::HEADER_LEN]> = std::thread::scope(|s| {
         let stop = &stop;
         let planner_res_tx = res_tx.clone();
