@@ -181,3 +181,50 @@ impl<R: ReadAt> BlockSource for DeviceBlocks<R> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::direct::ALIGN;
+
+    #[test]
+    fn a_block_buffer_keeps_what_it_holds_when_it_grows_and_stays_aligned() {
+        let mut buf = BlockBuf::with_capacity(8192);
+        buf.grow(8192).fill(1);
+        // Past its capacity: moved to bigger memory, the first run kept.
+        buf.grow(3 * 8192).fill(2);
+        assert_eq!(buf.len(), 4 * 8192);
+        assert!(buf[..8192].iter().all(|&b| b == 1));
+        assert!(buf[8192..].iter().all(|&b| b == 2));
+        assert_eq!(buf.as_ptr().align_offset(ALIGN), 0);
+        // Cleared and grown again within its memory: the same memory, aligned.
+        let at = buf.as_ptr();
+        buf.clear();
+        assert!(buf.is_empty());
+        buf.grow(2 * 8192).fill(3);
+        assert_eq!(buf.as_ptr(), at);
+        buf.truncate(100);
+        assert_eq!(&buf[..], &[3u8; 100][..]);
+    }
+
+    #[test]
+    fn a_device_reads_blocks_back_to_back_with_unused_bytes_zeroed() {
+        let data: Vec<u8> = (0..10 * 4096u32).map(|i| (i % 251) as u8 | 1).collect();
+        let mut used = Extents::new();
+        used.add(0, 4096 * 3);
+        // Block 5 only half used: its second half reads as zeros.
+        used.add(5 * 4096, 2048);
+        let src = DeviceBlocks::new(data.clone(), used, 4096, "mem");
+        // A buffer reused from an earlier batch: nothing of that shows through.
+        let mut buf = BlockBuf::default();
+        buf.grow(3 * 4096).fill(0xAA);
+        src.read_blocks(&[1, 2, 5], &mut buf).expect("read");
+        assert_eq!(buf.len(), 3 * 4096);
+        assert_eq!(&buf[..2 * 4096], &data[4096..3 * 4096]);
+        assert_eq!(
+            &buf[2 * 4096..2 * 4096 + 2048],
+            &data[5 * 4096..5 * 4096 + 2048]
+        );
+        assert!(buf[2 * 4096 + 2048..].iter().all(|&b| b == 0));
+    }
+}
