@@ -45,6 +45,10 @@ enum Command {
     /// Show what this machine has: disks (and what loop, LVM and LUKS devices are made of),
     /// volumes, and how each can be imaged consistently now; what the server is sent.
     Inventory(InventoryArgs),
+    /// The records of block writes kept between images for change-tracked incrementals
+    /// (`image create --write-log`; the daemon keeps them in its state folder).
+    #[command(subcommand)]
+    WriteLog(WriteLogCommand),
     /// Thaw a filesystem frozen by `image create` if that process ends without thawing it or
     /// runs past the maximum freeze time (started by it; not for people).
     #[command(hide = true)]
@@ -53,6 +57,27 @@ enum Command {
     /// daemon for a job with several sources; not for people).
     #[command(hide = true)]
     HoldTogether(HoldTogetherArgs),
+}
+
+/// The write-log subcommands.
+#[derive(Debug, Subcommand)]
+pub enum WriteLogCommand {
+    /// Read what the kernel traced into the records now (the daemon does it every few
+    /// seconds; without it, run this often enough that no trace buffer fills).
+    Update(WriteLogArgs),
+    /// Show each device recorded: since when and why, the cuts kept, what was written
+    /// since the last cut.
+    Show(WriteLogArgs),
+    /// Stop recording: remove every trace and record kept in the folder.
+    Stop(WriteLogArgs),
+}
+
+/// `write-log` subcommands.
+#[derive(Debug, Args)]
+pub struct WriteLogArgs {
+    /// The folder given to `image create --write-log`.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// The target subcommands.
@@ -285,6 +310,11 @@ pub struct CreateArgs {
     /// than 70 % full).
     #[arg(long = "no-keep-snapshot", action = clap::ArgAction::SetFalse)]
     pub keep_snapshot: bool,
+    /// Keep a record of the source's block writes in this folder (the daemon gives its own):
+    /// the image is cut into it, and the next incremental reads only what was written
+    /// after that cut, block by block, when the record has no gap. Block devices only.
+    #[arg(long, value_name = "DIR")]
+    pub write_log: Option<PathBuf>,
     /// zstd level, 0 (store) to 22.
     #[arg(long, default_value_t = 3)]
     pub compression_level: i32,
@@ -738,6 +768,7 @@ impl Cli {
             Command::ThawWatchdog(a) => return crate::freeze::watchdog(a),
             Command::HoldTogether(a) => return crate::hold_together::run(a),
             Command::Inventory(a) => return crate::inventory::print(a.json),
+            Command::WriteLog(c) => return crate::write_log::cli(c),
         };
         match c {
             ImageCommand::Create(a) => image_cmd::create::run(*a),

@@ -32,6 +32,7 @@ mod secret;
 mod snapshot_commands;
 mod storage;
 mod thin_changes;
+mod write_log;
 mod zip_stream;
 
 /// Set by Ctrl-C / SIGTERM: long operations stop between frames and remove partial output.

@@ -52,6 +52,21 @@ pub struct ChangeState {
     /// compare block mappings with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kept_snapshot: Option<KeptSnapshot>,
+    /// Where this image's place in the agent's record of the source's block writes is: the
+    /// next incremental reads what was written after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_mark: Option<WriteMark>,
+}
+
+/// A cut in the agent's record of one device's block writes (see `holdfast-agent`'s
+/// `write_log`), made just before the source was held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteMark {
+    /// The recording it belongs to: a new one starts whenever the record could have missed
+    /// a write (a reboot, lost events, the device replaced).
+    pub session: String,
+    /// The cut's number within the recording.
+    pub cut: u64,
 }
 
 /// An LVM thin snapshot kept after imaging (see `holdfast-agent`'s `thin_changes`).
@@ -65,8 +80,8 @@ pub struct KeptSnapshot {
     pub thin_id: u64,
 }
 
-/// Unchanged ranges found by a change source below the filesystem (LVM thin mappings),
-/// tried before the filesystems' own.
+/// Unchanged ranges found by a change source below the filesystem (LVM thin mappings, traced
+/// block writes), tried before the filesystems' own.
 #[derive(Debug, Clone)]
 pub struct Found {
     /// Byte ranges of the source.
@@ -182,7 +197,7 @@ impl ReadAt for Counted<'_> {
 /// Decide how the image of `view` (the held source, described by `source`) finds its
 /// changes, and find them. `base` is the state the base image recorded; `held_at` is when
 /// the source was held for this image; `below` what a change source below the filesystem
-/// found (or why it could not), used first when the base can be trusted.
+/// found (or why it could not, naming the source), used first when the base can be trusted.
 pub fn plan(
     view: &dyn ReadAt,
     source: &SourceMeta,
@@ -226,6 +241,7 @@ pub fn plan(
             pass: FULL_HASH_PASS.into(),
             reason,
             kept_snapshot: None,
+            write_mark: None,
         },
         unchanged: Extents::new(),
         scanned_bytes: read.load(Ordering::Relaxed),
@@ -248,6 +264,7 @@ pub fn plan(
                     pass: found.source,
                     reason: None,
                     kept_snapshot: None,
+                    write_mark: None,
                 },
                 unchanged: found.ranges,
                 scanned_bytes: read.load(Ordering::Relaxed),
@@ -282,7 +299,7 @@ pub fn plan(
     sources.dedup();
     let mut pass = sources.join(", ");
     if let Some(why) = not_below {
-        pass += &format!(" (LVM thin snapshot mappings not used: {why})");
+        pass += &format!(" ({why})");
     }
     if !refused.is_empty() {
         pass += &format!(
@@ -298,6 +315,7 @@ pub fn plan(
             pass,
             reason: None,
             kept_snapshot: None,
+            write_mark: None,
         },
         unchanged,
         scanned_bytes: read.load(Ordering::Relaxed),
@@ -462,6 +480,7 @@ mod tests {
             pass: FULL_HASH_PASS.into(),
             reason: None,
             kept_snapshot: None,
+            write_mark: None,
         }
     }
 

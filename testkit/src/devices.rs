@@ -225,6 +225,33 @@ impl Loop {
     }
 }
 
+/// A folder of the agent's records of block writes (`image create --write-log`); its
+/// kernel traces are removed on drop (`write-log stop`).
+pub struct WriteLog {
+    dir: PathBuf,
+}
+
+impl WriteLog {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self) -> &str {
+        self.dir.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for WriteLog {
+    fn drop(&mut self) {
+        let _ = agent()
+            .args(["write-log", "stop", "--dir"])
+            .arg(&self.dir)
+            .output();
+    }
+}
+
 /// A mount, unmounted on drop.
 pub struct Mounted {
     pub dir: PathBuf,

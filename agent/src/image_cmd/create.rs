@@ -34,6 +34,7 @@ use crate::output::{bytes, Bar};
 use crate::secret::{password, PASSWORD_ENV};
 use crate::snapshot_commands;
 use crate::thin_changes;
+use crate::write_log::{self, DeviceLog};
 
 /// Run.
 pub fn run(a: CreateArgs) -> Result<ExitCode> {
@@ -259,6 +260,28 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     // its allocation as it is now held.
     let (after, before) = snapshot_commands::around(&a.hold.commands, "imaged")?;
     let mut commands: Vec<_> = before.into_iter().collect();
+    // The record of block writes is cut before the hold too: every write a snapshot holds
+    // is before it or recorded after it. (Held together, the hold came first: no cut.)
+    let write_log = a
+        .write_log
+        .as_deref()
+        .filter(|_| !a.no_change_tracking && dev.is_block && a.held.held_snapshot.is_none());
+    let write_mark = write_log.and_then(|dir| {
+        // What is dirty now is written before the cut, not read again by the next image.
+        for m in held_dev.mounts().unwrap_or_default() {
+            if let Ok(d) = File::open(&m.mount_point) {
+                let _ = nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&d));
+            }
+        }
+        DeviceLog::open(dir, &a.source)
+            .and_then(DeviceLog::cut)
+            .map_err(|e| {
+                eprintln!(
+                    "holdfast-agent: note: block writes are not recorded for the next incremental: {e:#}"
+                );
+            })
+            .ok()
+    });
     // Taken before the hold: every change after it is seen by the next incremental.
     // (Held together with other sources: when that was.)
     let held_at = a
@@ -343,9 +366,14 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
                     ranges,
                     source: thin_changes::SOURCE.into(),
                 })
-                .map_err(|e| format!("{e:#}")),
+                .map_err(|e| format!("{} not used: {e:#}", thin_changes::SOURCE)),
         ),
-        _ => None,
+        _ => match (write_log, base_state.and_then(|s| s.write_mark.as_ref())) {
+            (Some(dir), Some(mark)) if tracking_on && kind != Kind::Full => {
+                Some(unwritten_since(dir, &a.source, mark, dev.size))
+            }
+            _ => None,
+        },
     };
     let tracking = changes::plan(
         reader,
@@ -373,6 +401,7 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
         _ => (None, None),
     };
     change_state.kept_snapshot = kept.clone();
+    change_state.write_mark = write_mark;
     let meta = Metadata {
         host: hostname(),
         source: plan.source.clone(),
@@ -613,6 +642,29 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
 }
 
 /// The filesystem of a volume, or each partition's of a disk (`gpt: ext4, fat32, none`).
+/// What of `source` (of `size` bytes) was not written since `mark`, from the record of its
+/// block writes in `dir`; or why that is not known.
+fn unwritten_since(
+    dir: &Path,
+    source: &Path,
+    mark: &holdfast_image::changes::WriteMark,
+    size: u64,
+) -> std::result::Result<changes::Found, String> {
+    let not_used = |why: String| format!("{} not used: {why}", write_log::SOURCE);
+    let written = DeviceLog::open(dir, source)
+        .and_then(|log| log.written_since(mark))
+        .map_err(|e| not_used(format!("{e:#}")))?
+        .map_err(not_used)?;
+    let mut unchanged = Extents::full(size);
+    for &(s, e) in written.ranges() {
+        unchanged.remove(s, e - s);
+    }
+    Ok(changes::Found {
+        ranges: unchanged,
+        source: write_log::SOURCE.into(),
+    })
+}
+
 fn filesystems(source: &holdfast_image::meta::SourceMeta) -> Option<String> {
     if let Some(fs) = &source.filesystem {
         return Some(fs.fs_type.clone());

@@ -65,6 +65,11 @@ pub fn state_dir(config: &Path) -> PathBuf {
     config.with_extension("state")
 }
 
+/// Where the records of block writes are kept (see `write_log`).
+pub fn write_log_dir(state: &Path) -> PathBuf {
+    state.join("writes")
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1097,7 +1102,9 @@ impl Jobs {
         .arg("--output")
         .arg(at(&task.name))
         .arg("--compression-level")
-        .arg(task.compression_level.to_string());
+        .arg(task.compression_level.to_string())
+        .arg("--write-log")
+        .arg(write_log_dir(&self.dir));
         match (task.method, &task.base) {
             (ImageKind::Full, _) => {}
             (m, Some(base)) => {

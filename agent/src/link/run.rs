@@ -16,7 +16,7 @@ use holdfast_proto::{
 
 use super::config::AgentConfig;
 use super::files::{browse, Streams};
-use super::jobs::{state_dir, Jobs, EVENTS};
+use super::jobs::{state_dir, write_log_dir, Jobs, EVENTS};
 use super::{connect, recv, recv_frame, send, Frame, Ws};
 use crate::inventory::collect;
 
@@ -33,10 +33,34 @@ enum End {
     Refused(RefusalCode, String),
 }
 
+/// How often the kernel's traces of block writes are read into their records: often
+/// enough that a buffer (~60 000 writes per CPU) does not fill on a busy server.
+const WRITE_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Read the traces of block writes into their records, in the background, for as long as
+/// the daemon runs (a failure is told once, until one succeeds again).
+fn read_write_logs(dir: std::path::PathBuf) {
+    std::thread::spawn(move || {
+        let mut failing = false;
+        loop {
+            match crate::write_log::update_all(&dir) {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    eprintln!("holdfast-agent: cannot read the traces of block writes: {e:#}");
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(WRITE_LOG_EVERY);
+        }
+    });
+}
+
 /// Run until cancelled or refused for good. `config_path` places the state directory.
 pub async fn run(config: &AgentConfig, config_path: &Path) -> Result<()> {
     let (events_tx, mut events) = tokio::sync::mpsc::channel(EVENTS);
     let jobs = Jobs::open(state_dir(config_path), events_tx)?;
+    read_write_logs(write_log_dir(&state_dir(config_path)));
     let servers = config.servers();
     let mut at = 0;
     let mut backoff = Duration::from_secs(1);

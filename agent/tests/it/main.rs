@@ -15,4 +15,5 @@ mod mount;
 mod remote;
 mod script;
 mod vm;
+mod write_tracking;
 mod xfs;
