@@ -732,3 +732,86 @@ pub fn cli(c: crate::cli::WriteLogCommand) -> Result<std::process::ExitCode> {
     }
     Ok(std::process::ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_lines_parse_into_records() {
+        let w = "  kworker/u8:2-56  [001] ..... 44818.220826: block_bio_queue: 7,0 WS 104528 + 8 [kworker/u8:2]";
+        assert_eq!(
+            Line::parse(w),
+            Line::Change {
+                dev: (7, 0),
+                sector: 104_528,
+                count: 8
+            }
+        );
+        let discard =
+            "blkdiscard-21 [000] ..... 1.2: block_bio_queue: 259,1 DS 104576 + 128 [blkdiscard]";
+        assert!(matches!(
+            Line::parse(discard),
+            Line::Change { dev: (259, 1), .. }
+        ));
+        // Preflush and FUA around a write are still a write.
+        let fua =
+            "jbd2/loop0-8-1 [000] ..... 1.2: block_bio_queue: 7,0 FWFS 4096 + 8 [jbd2/loop0-8]";
+        assert!(matches!(Line::parse(fua), Line::Change { .. }));
+        let read = "dd-1 [001] ..... 1.2: block_bio_queue: 7,0 RA 409472 + 8 [dd]";
+        assert_eq!(Line::parse(read), Line::Other);
+        let flush = "kworker-1 [001] ..... 1.2: block_bio_queue: 7,0 FWS 0 + 0 [kworker]";
+        assert_eq!(Line::parse(flush), Line::Other);
+        let mark = "agent-9 [000] ...1. 1.2: tracing_mark_write: holdfast cut 5\n";
+        assert_eq!(Line::parse(mark), Line::Marker("holdfast cut 5".into()));
+        assert_eq!(Line::parse("CPU:1 [LOST 42 EVENTS]"), Line::Lost);
+        // A block event we cannot read might have been a write: a gap, not nothing.
+        let garbled = "x-1 [000] ..... 1.2: block_bio_queue: 7,zero WS 8 + 8 [x]";
+        assert_eq!(Line::parse(garbled), Line::Lost);
+    }
+
+    #[test]
+    fn a_partition_takes_only_its_own_sectors_counted_from_its_start() {
+        let part = Place {
+            dev: (259, 1),
+            disk: (7, 0),
+            start: 2048,
+            sectors: 1000,
+            diskseq: None,
+        };
+        assert_eq!(part.bytes((7, 0), 2048, 8), Some((0, 4096)));
+        // Straddling either end: clipped.
+        assert_eq!(part.bytes((7, 0), 2040, 16), Some((0, 4096)));
+        assert_eq!(part.bytes((7, 0), 3040, 16), Some((992 * 512, 1000 * 512)));
+        // Another partition's sectors, or another disk's.
+        assert_eq!(part.bytes((7, 0), 0, 2048), None);
+        assert_eq!(part.bytes((7, 0), 3048, 8), None);
+        assert_eq!(part.bytes((7, 1), 2048, 8), None);
+        // A kernel naming the partition counts from its start.
+        assert_eq!(part.bytes((259, 1), 8, 8), Some((4096, 8192)));
+        assert_eq!(part.filter(), "dev == 7340032 || dev == 271581185");
+        let disk = Place {
+            dev: (7, 0),
+            disk: (7, 0),
+            start: 0,
+            sectors: 1000,
+            diskseq: Some(3),
+        };
+        assert_eq!(disk.filter(), "dev == 7340032");
+    }
+
+    #[test]
+    fn ranges_coalesce_when_they_touch_or_overlap() {
+        assert_eq!(
+            coalesced(vec![
+                (8192, 12288),
+                (0, 4096),
+                (4096, 8192),
+                (20480, 24576),
+                (22000, 23000)
+            ]),
+            vec![(0, 12288), (20480, 24576)]
+        );
+        assert!(coalesced(Vec::new()).is_empty());
+    }
+}

@@ -8,13 +8,14 @@
 # with USED_MIB of files — 8 MiB files,
 # half incompressible and half text, and a folder of small files — is imaged full (frozen
 # while imaging), then about 5 % of its data is changed (parts of files rewritten in
-# place, new files, appends, deletions) and it is imaged incremental three ways, each from
-# a cold page cache: with change tracking (the default), hashing every used block
+# place, new files, appends, deletions) and it is imaged incremental four ways, each from
+# a cold page cache: with the filesystem's change source (the default), with the agent's
+# record of block writes (`--write-log`, as the daemon runs it), hashing every used block
 # (`--no-change-tracking`), and for scale a new full image. restic and borg back up the
 # mounted files before and after the same change (their second backup is timed).
 # Reported: wall time (median of BENCH_RUNS), bytes read from the volume (by the agent, and
 # as the device served them with the kernel's read-ahead), and ratios.
-# Both incrementals are restored and checked: the filesystem's checker clean (e2fsck,
+# The three incrementals are restored and checked: the filesystem's checker clean (e2fsck,
 # xfs_repair -n after a mount settles the frozen log, btrfs check), every file equal to the
 # volume's.
 #
@@ -60,6 +61,7 @@ MNT=$OUTDIR/mnt
 IMG=$OUTDIR/images
 LOOP=
 cleanup() {
+    if [[ -d $WORK/writes ]]; then "$AGENT" write-log stop --dir "$WORK/writes" || true; fi
     if mountpoint -q "$MNT" 2>/dev/null; then umount "$MNT" || true; fi
     if [[ -n $LOOP ]]; then losetup -d "$LOOP" 2>/dev/null || true; fi
     if mountpoint -q "$WORK/check" 2>/dev/null; then umount "$WORK/check" || true; fi
@@ -128,7 +130,7 @@ counted() {
     "$@"
     echo $(($(device_read) - r0)) >"$WORK/$id.device"
 }
-full() { counted full "$AGENT" image create --source "$LOOP" --output "$IMG/full.hfi" --overwrite --consistency freeze --json >"$WORK/full.json"; }
+full() { counted full "$AGENT" image create --source "$LOOP" --output "$IMG/full.hfi" --overwrite --consistency freeze --write-log "$WORK/writes" --json >"$WORK/full.json"; }
 measure full cold full
 cp "$IMG/full.hfi" "$IMG/base.hfi"
 sleep 2
@@ -152,8 +154,10 @@ touch -d '2001-01-01' "$MNT/big/f1"
 sync
 
 tracked() { counted tracked "$AGENT" image create --source "$LOOP" --output "$IMG/inc-tracked.hfi" --overwrite --incremental --base "$IMG/base.hfi" --consistency freeze --change-margin 1 --json >"$WORK/tracked.json"; }
+traced() { counted traced "$AGENT" image create --source "$LOOP" --output "$IMG/inc-traced.hfi" --overwrite --incremental --base "$IMG/base.hfi" --consistency freeze --write-log "$WORK/writes" --json >"$WORK/traced.json"; }
 hashed() { counted hashed "$AGENT" image create --source "$LOOP" --output "$IMG/inc-hashed.hfi" --overwrite --incremental --base "$IMG/base.hfi" --consistency freeze --no-change-tracking --json >"$WORK/hashed.json"; }
 measure tracked cold tracked
+measure traced cold traced
 measure hashed cold hashed
 runs=$RUNS
 RUNS=1
@@ -177,9 +181,9 @@ check_fs() {
     btrfs) btrfs check --readonly "$1" ;;
     esac
 }
-# Both incrementals restore to the volume's files, with a clean fsck.
+# Every incremental restores to the volume's files, with a clean fsck.
 want=$( (cd "$MNT" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum)
-for kind in tracked hashed; do
+for kind in tracked traced hashed; do
     rm -f "$WORK/restored"
     "$AGENT" image restore --image "$IMG/inc-$kind.hfi" --target "$WORK/restored" >/dev/null
     check_fs "$WORK/restored" >"$WORK/fsck-$kind.log" 2>&1 || die "the $kind incremental restores to a volume its checker finds errors in ($WORK/fsck-$kind.log)"
@@ -192,11 +196,14 @@ rm -f "$WORK/restored"
 
 read_t=$(field "$WORK/tracked.json" read_bytes)
 read_h=$(field "$WORK/hashed.json" read_bytes)
+read_w=$(field "$WORK/traced.json" read_bytes)
 read_f=$(field "$WORK/full.json" read_bytes)
 scan_t=$(field "$WORK/tracked.json" changes.scanned_bytes)
 skip_t=$(field "$WORK/tracked.json" changes.skipped_bytes)
 pass_t=$(field "$WORK/tracked.json" changes.pass)
 [[ $pass_t == "$SOURCE_NAME" ]] || die "the tracked incremental ran as: $pass_t"
+pass_w=$(field "$WORK/traced.json" changes.pass)
+[[ $pass_w == "block writes traced by the agent" ]] || die "the traced incremental ran as: $pass_w"
 if [[ ${BENCH_STRICT:-} == 1 ]] && ((read_t >= read_h)); then
     die "change tracking read $read_t bytes, no fewer than hashing every block ($read_h)"
 fi
@@ -205,7 +212,8 @@ fi
     echo "| command | wall s (median, cold cache) | read from the volume MiB | % of used blocks | device served MiB | time vs full image |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: |"
     echo "| full image (\`image create\`) | ${T[full]} | $(mib "$read_f") | $(pct "$read_f" "$read_f") | $(mib "$(cat "$WORK/full.device")") | 1.00 |"
-    echo "| incremental, change tracking (default) | ${T[tracked]} | $(mib "$read_t") | $(pct "$read_t" "$read_f") | $(mib "$(cat "$WORK/tracked.device")") | $(ratio "${T[tracked]}" "${T[full]}") |"
+    echo "| incremental, filesystem change source (default) | ${T[tracked]} | $(mib "$read_t") | $(pct "$read_t" "$read_f") | $(mib "$(cat "$WORK/tracked.device")") | $(ratio "${T[tracked]}" "${T[full]}") |"
+    echo "| incremental, traced block writes (\`--write-log\`) | ${T[traced]} | $(mib "$read_w") | $(pct "$read_w" "$read_f") | $(mib "$(cat "$WORK/traced.device")") | $(ratio "${T[traced]}" "${T[full]}") |"
     echo "| incremental, every block hashed (\`--no-change-tracking\`) | ${T[hashed]} | $(mib "$read_h") | $(pct "$read_h" "$read_f") | $(mib "$(cat "$WORK/hashed.device")") | $(ratio "${T[hashed]}" "${T[full]}") |"
     echo "| restic backup, after the change (1 run) | ${T[restic]} | n/a | n/a | n/a | $(ratio "${T[restic]}" "${T[full]}") |"
     echo "| borg create --compression zstd,3, after the change (1 run) | ${T[borg]} | n/a | n/a | n/a | $(ratio "${T[borg]}" "${T[full]}") |"
@@ -215,5 +223,6 @@ fi
     echo "Change tracking read $(mib "$scan_t") MiB of metadata to find the changes and took" \
         "$(mib "$skip_t") MiB of used blocks from the base image unread; it read" \
         "$(pct "$read_t" "$read_h") % of what hashing every block read."
-    echo "Both incrementals restore with the $FS checker clean and every file equal to the volume's."
+    echo "The traced incremental read $(pct "$read_w" "$read_h") % of what hashing every block read."
+    echo "All three incrementals restore with the $FS checker clean and every file equal to the volume's."
 } | tee "$OUTDIR/results.md"
