@@ -23,6 +23,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -38,6 +39,9 @@ use crate::device::devno;
 pub const SOURCE: &str = "block writes traced by the agent";
 
 const TRACEFS: &str = "/sys/kernel/tracing";
+/// Which folder each instance tag belongs to, for this boot (as the instances are): an
+/// instance whose folder is gone is removed by the next agent that looks.
+const REGISTRY: &str = "/run/holdfast/write-logs";
 /// Each CPU's buffer in an instance: ~60 000 writes before the oldest are lost (a gap).
 const BUFFER_KB_PER_CPU: u32 = 4096;
 /// Cuts kept: the oldest two segments are merged beyond this (the cut between them is
@@ -45,7 +49,7 @@ const BUFFER_KB_PER_CPU: u32 = 4096;
 const MAX_SEGMENTS: usize = 32;
 /// Ranges are kept in units of at least 4 KiB, coarser on large devices so that a record
 /// holds at most this many units.
-const MAX_UNITS: u64 = 1 << 22;
+const MAX_UNITS: u64 = 1 << 25;
 /// How long to wait for our own marker to come out of the trace.
 const MARKER_WAIT: Duration = Duration::from_secs(10);
 
@@ -319,7 +323,10 @@ impl DeviceLog {
             .with_context(|| format!("cannot open the lock of {}", dir.display()))?;
         lock.lock().context("cannot lock the write log")?;
         let path = dir.join(format!("{name}.json"));
-        let instance = format!("holdfast-{}-{name}", folder_tag(dir));
+        let tag = folder_tag(dir);
+        register(dir, &tag)?;
+        remove_orphans();
+        let instance = format!("holdfast-{tag}-{name}");
         let kept = match fs::read(&path) {
             Ok(bytes) => Some(
                 serde_json::from_slice::<Kept>(&bytes)
@@ -633,6 +640,55 @@ impl DeviceLog {
             .with_context(|| format!("cannot write {}", self.path.display()))?;
         self.changed = false;
         Ok(())
+    }
+}
+
+/// Record that instances tagged `tag` belong to `dir`.
+fn register(dir: &Path, tag: &str) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(REGISTRY)
+        .with_context(|| format!("cannot create {REGISTRY}"))?;
+    let canon = fs::canonicalize(dir).with_context(|| format!("cannot find {}", dir.display()))?;
+    let entry = Path::new(REGISTRY).join(tag);
+    if fs::read(&entry).ok().as_deref() != Some(canon.as_os_str().as_encoded_bytes()) {
+        fs::write(&entry, canon.as_os_str().as_encoded_bytes())
+            .with_context(|| format!("cannot write {}", entry.display()))?;
+    }
+    Ok(())
+}
+
+/// Remove our instances whose device or folder is gone: nobody reads them any more, and
+/// each holds its buffers. Best effort: one in use by its reader stays until next time.
+fn remove_orphans() {
+    let Ok(entries) = fs::read_dir(Path::new(TRACEFS).join("instances")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some((tag, dev)) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("holdfast-"))
+            .and_then(|n| n.split_once('-'))
+        else {
+            continue;
+        };
+        let device_gone = !Path::new(&format!("/sys/dev/block/{}", dev.replace('_', ":"))).exists();
+        let folder_gone = fs::read(Path::new(REGISTRY).join(tag))
+            .map(|f| !Path::new(std::ffi::OsStr::from_bytes(&f)).is_dir())
+            .unwrap_or(true);
+        if device_gone || folder_gone {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+    for e in fs::read_dir(REGISTRY).into_iter().flatten().flatten() {
+        let gone = fs::read(e.path())
+            .map(|f| !Path::new(std::ffi::OsStr::from_bytes(&f)).is_dir())
+            .unwrap_or(true);
+        if gone {
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! are placed where they fall on it (not the disk's other partitions), a gap in the record
 //! (the kernel dropped events) or a trace removed ends in the filesystem's change source
 //! with the reason, and a record read often enough (`write-log update`, as the daemon does)
-//! has no gap.
+//! has no gap; a trace whose folder is gone is removed.
 
 use std::path::Path;
 use std::process::Command;
@@ -149,6 +149,24 @@ fn traced_writes_follow_a_partition_and_fall_back_on_a_gap() {
             && pass.ends_with("its trace was stopped or removed)"),
         "{i6}"
     );
+
+    // A folder removed without `write-log stop`: its trace goes when an agent next looks.
+    let other = w.join("other-writes");
+    let out = img("other");
+    let other_log = other.to_str().expect("path");
+    image_ok(&[
+        "create",
+        "--source",
+        &p2,
+        "--output",
+        &out,
+        "--write-log",
+        other_log,
+    ]);
+    let orphan = instance(&other);
+    std::fs::remove_dir_all(&other).expect("remove the folder");
+    create("i7", Some(&img("i6")));
+    assert!(!orphan.exists(), "{} outlived its folder", orphan.display());
 
     // `write-log stop` leaves nothing behind.
     let inst = instance(&w.join("writes"));
