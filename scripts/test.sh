@@ -319,6 +319,11 @@ fi
 # docs/reliability.md).
 run_stage "fuzz every parser (${FUZZ_SECONDS:-15} s each)" scripts/fuzz.sh all "${FUZZ_SECONDS:-15}"
 
+# The tests' agents record block writes in temporary folders: the kernel traces of those
+# now gone are removed (what `write-log update` does for any folder).
+run_stage "remove the tests' block-write traces" cargo run -q -p holdfast-agent -- \
+    write-log update --dir "${TMPDIR:-/tmp}/holdfast-no-write-log"
+
 # The console tests' screenshots, to look at (cargo's CARGO_TARGET_TMPDIR).
 echo "console screenshots: $(cargo metadata --format-version 1 --no-deps 2>/dev/null \
     | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/tmp/console-screenshots/"

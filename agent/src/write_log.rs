@@ -693,8 +693,10 @@ fn remove_orphans() {
 }
 
 /// Read every device's trace kept in `dir` (the daemon, every few seconds), so that no
-/// buffer fills; the record of a device that is gone is removed with its trace.
+/// buffer fills; the record of a device that is gone is removed with its trace, and so is
+/// any trace of ours whose folder is gone.
 pub fn update_all(dir: &Path) -> Result<()> {
+    remove_orphans();
     for dev in kept_devices(dir)? {
         if Path::new(&format!("/sys/dev/block/{}:{}", dev.0, dev.1)).exists() {
             DeviceLog::open_dev(dir, dev)?.update()?;
