@@ -17,8 +17,8 @@
 //! back to the filesystem's change source, with the reason: a reboot, events lost because
 //! the buffer filled before it was read, the instance removed or reconfigured, the device
 //! replaced (its disk sequence number changed). Writes that do not pass through this
-//! machine's block layer (the disk written from elsewhere, a loop device's file written
-//! directly) cannot be seen: the full hash pass every few incrementals and the filesystems'
+//! machine's block layer as requests to the device (the disk written from elsewhere, a
+//! loop device's file written directly, `SG_IO` or NVMe passthrough commands) cannot be seen: the full hash pass every few incrementals and the filesystems'
 //! mount counts are the safeguards there, as for the other change sources.
 
 use std::fs::{self, File, OpenOptions};

@@ -9,7 +9,8 @@ use holdfast_testkit::vm::{self, read_json};
 /// What the VM does: a partitioned disk with a LUKS1 mapping (ext4), a LUKS2 one opened
 /// without the keyring (XFS), a plain linear mapping (ext4) and a LUKS2 one opened the
 /// default way; a snapshot store directory on another disk's ext4, and a spare device as a
-/// store. Each mounted mapping is imaged under writes, restored and checked; then the
+/// store. Each mounted mapping is imaged under writes, restored and checked; a change-tracked
+/// incremental from the record of block writes follows one through its table swaps; then the
 /// refusals, an overflow, and a run killed while its snapshot exists; then two mappings held
 /// together (`hold-together`), released, and held again by a process that is killed.
 const GUEST: &str = r#"#!/bin/sh
@@ -78,6 +79,27 @@ for m in plain luks xluks; do
 done
 dmsetup ls > "$OUT/dm-after.txt"
 ls -A /tmp/storefs/snaps > "$OUT/store-after.txt"
+
+# The record of block writes on a device-mapper device whose table is swapped for each
+# snapshot: the full image cuts it; the incremental reads what was written after, under
+# writes, and holds the file written in between.
+( while [ ! -e /tmp/stop-wl ]; do dd if=/dev/urandom of=/tmp/m/plain/churn bs=64k count=4 conv=notrunc,fsync 2>/dev/null; done ) &
+WRITER=$!
+"$AGENT" image create --source /dev/mapper/hfplain --output /tmp/wl-full.hfi --write-log /tmp/wl --json > "$OUT/wl-full.json"
+head -c 1000000 /dev/urandom > /tmp/m/plain/after.bin
+sha256sum /tmp/m/plain/after.bin | cut -d' ' -f1 > "$OUT/wl-after.sum"
+"$AGENT" image create --source /dev/mapper/hfplain --output /tmp/wl-inc.hfi --incremental --base /tmp/wl-full.hfi --write-log /tmp/wl --json > "$OUT/wl-inc.json"
+touch /tmp/stop-wl
+wait $WRITER
+truncate -s "$(blockdev --getsize64 /dev/mapper/hfplain)" /tmp/wl-restored.img
+"$AGENT" image restore --image /tmp/wl-inc.hfi --target /tmp/wl-restored.img --json > /dev/null
+e2fsck -fy /tmp/wl-restored.img || [ $? -eq 1 ]
+e2fsck -fn /tmp/wl-restored.img
+mount -o ro,loop /tmp/wl-restored.img /tmp/m/restored
+sha256sum /tmp/m/restored/after.bin | cut -d' ' -f1 > "$OUT/wl-restored.sum"
+umount /tmp/m/restored
+"$AGENT" write-log stop --dir /tmp/wl
+ls /sys/kernel/tracing/instances > "$OUT/wl-instances.txt"
 
 # The container under a mounted mapping is in use too: its filesystem is frozen, and the
 # ciphertext imaged whole, saying how to do better.
@@ -242,6 +264,25 @@ fn device_mapper_devices_are_snapshotted_by_swapping_their_table_in_a_vm() {
         );
         assert_eq!(text(&format!("{m}.table-after")).trim(), "same", "{m}");
     }
+    // The record of block writes follows a mapping through its table swaps: only what was
+    // written since the full image is read (the 1 MB file, the 256 KiB rewritten over and
+    // over, the journal and metadata), not the rest, and the restore holds the file.
+    let inc = read_json(out, "wl-inc.json");
+    assert_eq!(
+        inc["changes"]["pass"], "block writes traced by the agent",
+        "{inc}"
+    );
+    let hashed = inc["changes"]["hashed_bytes"].as_u64().expect("hashed");
+    let full = read_json(out, "wl-full.json")["read_bytes"]
+        .as_u64()
+        .expect("read");
+    assert!(hashed * 2 < full, "read {hashed} of {full} bytes: {inc}");
+    assert_eq!(text("wl-restored.sum"), text("wl-after.sum"));
+    assert_eq!(
+        text("wl-instances.txt").trim(),
+        "",
+        "write-log stop left a trace"
+    );
     let left = text("dm-after.txt");
     assert!(!left.contains("holdfast-snap"), "{left}");
     assert_eq!(text("store-after.txt").trim(), "", "the store is emptied");
