@@ -442,13 +442,18 @@ impl DeviceLog {
         for cpu in
             fs::read_dir(&per_cpu).with_context(|| format!("cannot list {}", per_cpu.display()))?
         {
-            let stats = fs::read_to_string(cpu?.path().join("stats"))?;
+            let path = cpu?.path().join("stats");
+            let stats = fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
             for line in stats.lines() {
                 let Some((key, value)) = line.split_once(':') else {
                     continue;
                 };
                 if matches!(key.trim(), "overrun" | "commit overrun" | "dropped events") {
-                    total += value.trim().parse::<u64>().unwrap_or(0);
+                    total += value
+                        .trim()
+                        .parse::<u64>()
+                        .with_context(|| format!("{}: '{line}' is not a count", path.display()))?;
                 }
             }
         }
@@ -495,9 +500,11 @@ impl DeviceLog {
                 continue;
             }
             carry.extend_from_slice(&buf[..n]);
-            while let Some(end) = carry.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = carry.drain(..=end).collect();
-                match Line::parse(&String::from_utf8_lossy(&line)) {
+            let mut at = 0;
+            while let Some(len) = carry[at..].iter().position(|&b| b == b'\n') {
+                let line = Line::parse(&String::from_utf8_lossy(&carry[at..at + len]));
+                at += len + 1;
+                match line {
                     Line::Change { dev, sector, count } => {
                         if let Some((s, e)) = self.rec.place.bytes(dev, sector, count) {
                             let u = self.rec.unit;
@@ -524,6 +531,7 @@ impl DeviceLog {
                     Line::Other => {}
                 }
             }
+            carry.drain(..at);
         }
         self.flush(&mut batch);
         // An instance with a file open cannot be removed (restarted).

@@ -151,8 +151,8 @@ pub struct Tracking {
     pub scanned_bytes: u64,
 }
 
-/// A used-sector filesystem of `source`: `(offset, len, fs_type)`.
-fn filesystems(source: &SourceMeta) -> Vec<(u64, u64, String)> {
+/// The used-sector filesystems of `source`: `(offset, len, fs_type)`.
+pub fn filesystems(source: &SourceMeta) -> Vec<(u64, u64, String)> {
     if !source.partitions.is_empty() {
         return source
             .partitions

@@ -14,7 +14,8 @@
 # (`--no-change-tracking`), and for scale a new full image. restic and borg back up the
 # mounted files before and after the same change (their second backup is timed).
 # Reported: wall time (median of BENCH_RUNS), bytes read from the volume (by the agent, and
-# as the device served them with the kernel's read-ahead), and ratios.
+# as the device served them with the kernel's read-ahead), and ratios; and what the trace
+# of block writes costs writers (4 KiB direct writes with it and without).
 # The three incrementals are restored and checked: the filesystem's checker clean (e2fsck,
 # xfs_repair -n after a mount settles the frozen log, btrfs check), every file equal to the
 # volume's.
@@ -185,6 +186,16 @@ check_fs() {
 want=$( (cd "$MNT" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum)
 for kind in tracked traced hashed; do
     rm -f "$WORK/restored"
+
+# What the trace costs the volume's writers: the same 4 KiB direct writes over a file made
+# beforehand, with the record's trace on (the full image started it), then off.
+wcount=$((used >= 512 ? 16384 : 512))
+small_writes() { dd if=/dev/zero of="$MNT/writes.tmp" bs=4k count="$wcount" oflag=direct conv=notrunc status=none; }
+small_writes
+measure writes_traced - small_writes
+"$AGENT" write-log stop --dir "$WORK/writes"
+measure writes_untraced - small_writes
+rm -f "$MNT/writes.tmp"
     "$AGENT" image restore --image "$IMG/inc-$kind.hfi" --target "$WORK/restored" >/dev/null
     check_fs "$WORK/restored" >"$WORK/fsck-$kind.log" 2>&1 || die "the $kind incremental restores to a volume its checker finds errors in ($WORK/fsck-$kind.log)"
     mount -o "loop,$COPY_OPTS" "$WORK/restored" "$WORK/check"
@@ -224,5 +235,7 @@ fi
         "$(mib "$skip_t") MiB of used blocks from the base image unread; it read" \
         "$(pct "$read_t" "$read_h") % of what hashing every block read."
     echo "The traced incremental read $(pct "$read_w" "$read_h") % of what hashing every block read."
+    echo "$wcount direct 4 KiB writes took ${T[writes_traced]} s with the trace on, ${T[writes_untraced]} s without" \
+        "($(ratio "${T[writes_traced]}" "${T[writes_untraced]}"))."
     echo "All three incrementals restore with the $FS checker clean and every file equal to the volume's."
 } | tee "$OUTDIR/results.md"

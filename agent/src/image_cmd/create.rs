@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use holdfast_image::blocks::{BlockSource, DeviceBlocks};
 use holdfast_image::chain::Chain;
+use holdfast_image::chain_reader::ChainReader;
 use holdfast_image::changes::{self, Settings, TrackedBlocks};
 use holdfast_image::crypto::Cipher;
 use holdfast_image::direct::DirectReadAt;
 use holdfast_image::extents::Extents;
 use holdfast_image::header::{Coverage, Kind};
+use holdfast_image::index::BlockState;
 use holdfast_image::io::{ReadAt, SplicedReadAt};
 use holdfast_image::meta::Metadata;
 use holdfast_image::plan::{plan_decrypted, plan_source_with, SourcePlan};
@@ -369,9 +371,20 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
                 .map_err(|e| format!("{} not used: {e:#}", thin_changes::SOURCE)),
         ),
         _ => match (write_log, base_state.and_then(|s| s.write_mark.as_ref())) {
-            (Some(dir), Some(mark)) if tracking_on && kind != Kind::Full => {
-                Some(unwritten_since(dir, &a.source, mark, dev.size))
-            }
+            (Some(dir), Some(mark)) if tracking_on && kind != Kind::Full => Some(
+                unwritten_since(dir, &a.source, mark, dev.size).and_then(|found| {
+                    let base = base_chain.as_ref().map(|c| c.point().name().to_owned());
+                    let base = open_chain(
+                        Path::new(&base.unwrap_or_default()),
+                        creds,
+                        password.as_deref().map(|p| &p[..]),
+                    )
+                    .and_then(|c| Ok(ChainReader::new(c)?))
+                    .map_err(|e| format!("{} not used: {e:#}", write_log::SOURCE))?;
+                    superblocks_agree(&found, reader, &base, &plan)?;
+                    Ok(found)
+                }),
+            ),
             _ => None,
         },
     };
@@ -663,6 +676,52 @@ fn unwritten_since(
         ranges: unchanged,
         source: write_log::SOURCE.into(),
     })
+}
+
+/// How much of each filesystem's start is compared: its superblock and the headers next to
+/// it (ext: group descriptors; XFS: the first allocation group's; btrfs: the superblock at
+/// 64 KiB), which a filesystem changed anywhere rewrites.
+const SUPERBLOCK_AREA: u64 = 128 << 10;
+
+/// Writes the record cannot see (the disk, or a loop device's file, written some other way)
+/// still show at each filesystem's start: each image block there that the record says was
+/// not written, that is wholly in use and that the base holds, must read as in the base.
+fn superblocks_agree(
+    found: &changes::Found,
+    held: &dyn ReadAt,
+    base: &ChainReader,
+    plan: &SourcePlan,
+) -> std::result::Result<(), String> {
+    let not_used = |why: String| format!("{} not used: {why}", write_log::SOURCE);
+    let point = base.chain().point();
+    let bs = u64::from(point.header.block_size);
+    let mut now = vec![0u8; usize::try_from(bs).unwrap_or(0)];
+    let mut then = now.clone();
+    for (offset, len, fs_type) in changes::filesystems(&plan.source) {
+        let end = offset + len.min(SUPERBLOCK_AREA);
+        for block in offset / bs..end.div_ceil(bs) {
+            let (s, e) = (block * bs, ((block + 1) * bs).min(held.size()));
+            let whole = |x: &Extents| x.overlapping(s, e).map(|(a, b)| b - a).sum::<u64>() == e - s;
+            let held_by_base = point
+                .index
+                .entries
+                .get(usize::try_from(block).unwrap_or(usize::MAX))
+                .is_some_and(|entry| entry.state != BlockState::Unallocated);
+            if !(whole(&found.ranges) && whole(&plan.used) && held_by_base) {
+                continue;
+            }
+            let n = usize::try_from(e - s).unwrap_or(0);
+            held.read_exact_at(&mut now[..n], s)
+                .and_then(|()| base.read_exact_at(&mut then[..n], s))
+                .map_err(|e| not_used(format!("cannot compare the {fs_type} superblock: {e}")))?;
+            if now[..n] != then[..n] {
+                return Err(not_used(format!(
+                    "the {fs_type} filesystem at offset {offset} changed where no write was traced (was the device, or its file, written some other way?)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn filesystems(source: &holdfast_image::meta::SourceMeta) -> Option<String> {

@@ -175,3 +175,58 @@ fn traced_writes_follow_a_partition_and_fall_back_on_a_gap() {
     drop(mnt);
     sh(Command::new("partx").arg("-d").arg(&lo.dev));
 }
+
+/// Writes the record cannot see — another loop device over the same file, as the whole-
+/// machine job test edits its disks — show in the filesystem's superblock area: the
+/// incremental falls back to the filesystem's change source and holds the new files.
+#[test]
+fn writes_through_another_device_are_caught_at_the_superblock() {
+    if !(require_devices("writes_through_another_device_are_caught_at_the_superblock")
+        && require_tool("mkfs.xfs", "writes through another device"))
+    {
+        return;
+    }
+    let work = tempdir();
+    let w = work.path();
+    let vol = w.join("vol");
+    sparse_file(&vol, 320 << 20);
+    let lo = Loop::new(&vol);
+    mkfs(lo.path(), "xfs");
+    edit_files(lo.path(), "xfs", w, |d| write_files(d, 0, 4));
+    let log = WriteLog::new(&w.join("writes"));
+    let img = |n: &str| {
+        w.join(format!("{n}.hfi"))
+            .to_str()
+            .expect("path")
+            .to_owned()
+    };
+    let create = |out: &str, base: Option<&str>| {
+        let mut args = vec!["create", "--source", lo.path(), "--output", out];
+        args.extend(["--write-log", log.path()]);
+        if let Some(b) = base {
+            args.extend(["--incremental", "--base", b]);
+        }
+        image_ok(&args)
+    };
+    create(&img("full"), None);
+    let other = Loop::new(&vol);
+    let want = edit_files(other.path(), "xfs", w, |d| write_files(d, 1, 4));
+    drop(other);
+    sh(Command::new("blockdev").args(["--flushbufs", lo.path()]));
+    let inc = create(&img("inc"), Some(&img("full")));
+    let pass = inc["changes"]["pass"].as_str().expect("pass");
+    assert!(
+        pass.starts_with("xfs inode change times (block writes traced by the agent not used: the xfs filesystem at offset 0 changed where no write was traced"),
+        "{inc}"
+    );
+    let to = w.join("restored");
+    image_ok(&[
+        "restore",
+        "--image",
+        &img("inc"),
+        "--target",
+        to.to_str().expect("path"),
+    ]);
+    let copy = Loop::new(&to);
+    assert_eq!(read_files(copy.path(), "xfs", w), want);
+}
