@@ -18,8 +18,11 @@
 //! the buffer filled before it was read, the instance removed or reconfigured, the device
 //! replaced (its disk sequence number changed). Writes that do not pass through this
 //! machine's block layer as requests to the device (the disk written from elsewhere, a
-//! loop device's file written directly, `SG_IO` or NVMe passthrough commands) cannot be seen: the full hash pass every few incrementals and the filesystems'
-//! mount counts are the safeguards there, as for the other change sources.
+//! loop device's file written directly, `SG_IO` or NVMe passthrough commands) cannot be
+//! seen: `image create` compares each filesystem's superblock area with the base where the
+//! record says nothing was written, and beyond that the full hash pass every few
+//! incrementals and the filesystems' mount counts are the safeguards, as for the other
+//! change sources.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};

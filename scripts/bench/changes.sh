@@ -186,6 +186,14 @@ check_fs() {
 want=$( (cd "$MNT" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum)
 for kind in tracked traced hashed; do
     rm -f "$WORK/restored"
+    "$AGENT" image restore --image "$IMG/inc-$kind.hfi" --target "$WORK/restored" >/dev/null
+    check_fs "$WORK/restored" >"$WORK/fsck-$kind.log" 2>&1 || die "the $kind incremental restores to a volume its checker finds errors in ($WORK/fsck-$kind.log)"
+    mount -o "loop,$COPY_OPTS" "$WORK/restored" "$WORK/check"
+    got=$( (cd "$WORK/check" && find . -type f ! -path './lost+found/*' -print0 | sort -z | xargs -0 sha256sum) | sha256sum)
+    umount "$WORK/check"
+    [[ $got == "$want" ]] || die "the $kind incremental restores to other files than the volume holds"
+done
+rm -f "$WORK/restored"
 
 # What the trace costs the volume's writers: the same 4 KiB direct writes over a file made
 # beforehand, with the record's trace on (the full image started it), then off.
@@ -196,14 +204,6 @@ measure writes_traced - small_writes
 "$AGENT" write-log stop --dir "$WORK/writes"
 measure writes_untraced - small_writes
 rm -f "$MNT/writes.tmp"
-    "$AGENT" image restore --image "$IMG/inc-$kind.hfi" --target "$WORK/restored" >/dev/null
-    check_fs "$WORK/restored" >"$WORK/fsck-$kind.log" 2>&1 || die "the $kind incremental restores to a volume its checker finds errors in ($WORK/fsck-$kind.log)"
-    mount -o "loop,$COPY_OPTS" "$WORK/restored" "$WORK/check"
-    got=$( (cd "$WORK/check" && find . -type f ! -path './lost+found/*' -print0 | sort -z | xargs -0 sha256sum) | sha256sum)
-    umount "$WORK/check"
-    [[ $got == "$want" ]] || die "the $kind incremental restores to other files than the volume holds"
-done
-rm -f "$WORK/restored"
 
 read_t=$(field "$WORK/tracked.json" read_bytes)
 read_h=$(field "$WORK/hashed.json" read_bytes)
