@@ -320,8 +320,9 @@ fi
 run_stage "fuzz every parser (${FUZZ_SECONDS:-15} s each)" scripts/fuzz.sh all "${FUZZ_SECONDS:-15}"
 
 # The tests' agents record block writes in temporary folders: the kernel traces of those
-# now gone are removed (what `write-log update` does for any folder).
-run_stage "remove the tests' block-write traces" cargo run -q -p holdfast-agent -- \
+# now gone are removed (what `write-log update` does for any folder). The agent the tests
+# ran, not a rebuild (the fuzz stage's features would make `cargo run` compile again).
+run_stage "remove the tests' block-write traces" "$CARGO_TARGET_DIR/debug/holdfast-agent" \
     write-log update --dir "${TMPDIR:-/tmp}/holdfast-no-write-log"
 
 # The console tests' screenshots, to look at (cargo's CARGO_TARGET_TMPDIR).
