@@ -654,7 +654,6 @@ pub fn run(a: CreateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The filesystem of a volume, or each partition's of a disk (`gpt: ext4, fat32, none`).
 /// What of `source` (of `size` bytes) was not written since `mark`, from the record of its
 /// block writes in `dir`; or why that is not known.
 fn unwritten_since(
@@ -724,6 +723,7 @@ fn superblocks_agree(
     Ok(())
 }
 
+/// The filesystem of a volume, or each partition's of a disk (`gpt: ext4, fat32, none`).
 fn filesystems(source: &holdfast_image::meta::SourceMeta) -> Option<String> {
     if let Some(fs) = &source.filesystem {
         return Some(fs.fs_type.clone());
